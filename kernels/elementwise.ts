@@ -1,0 +1,68 @@
+// Element-wise kernels: residual add, SwiGLU gate, SiLU, GELU (tanh). See shaders/elementwise.wgsl.
+import type { Gpu } from '../src/gpu/device.ts';
+import { UniformLayout } from '../src/gpu/uniforms.ts';
+import { composeShader, dispatchGrid } from './shader.ts';
+import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
+
+export const ElementwiseParams = new UniformLayout('Params', [
+  ['count', 'u32'],
+  ['a_offset', 'u32'],
+  ['b_offset', 'u32'],
+  ['out_offset', 'u32'],
+] as const);
+
+export type BinaryOp = 'add' | 'swiglu';
+export type UnaryOp = 'silu' | 'gelu';
+const ENTRY: Record<BinaryOp | UnaryOp, string> = { add: 'add', swiglu: 'swiglu', silu: 'silu_op', gelu: 'gelu' };
+
+export interface ElementwiseRun {
+  count: number;
+  aOffset?: number;
+  bOffset?: number;
+  outOffset?: number;
+}
+
+export interface ElementwiseBuffers {
+  a: GPUBuffer;
+  /** Second operand; binary ops only. */
+  b?: GPUBuffer;
+  out: GPUBuffer;
+}
+
+/** out = op(a[, b]) over `count` elements. `out` may be the same buffer as `a` (in place). */
+export class Elementwise {
+  readonly op: BinaryOp | UnaryOp;
+  readonly #dispatch: Dispatch<(typeof ElementwiseParams.fields)[number][0]>;
+  readonly #buffers: ElementwiseBuffers;
+  readonly #wg: number;
+  readonly #maxPerDimension: number;
+
+  constructor(gpu: Gpu, op: BinaryOp | UnaryOp, buffers: ElementwiseBuffers, workgroupSize = 256) {
+    this.op = op;
+    this.#wg = checkWorkgroupSize(gpu, workgroupSize, `elementwise.${op}`);
+    this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
+    const binary = op === 'add' || op === 'swiglu';
+    if (binary !== (buffers.b !== undefined)) {
+      throw new TypeError(`elementwise.${op}: ${binary ? 'needs' : 'takes no'} second operand b`);
+    }
+    this.#buffers = buffers;
+    const storage = [buffers.a, buffers.b, buffers.out];
+    this.#dispatch = new Dispatch(
+      gpu,
+      { name: 'elementwise', variant: op, code: composeShader('elementwise.wgsl'), entryPoint: ENTRY[op], constants: { WG: this.#wg } },
+      ElementwiseParams,
+      storage,
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: ElementwiseRun): void {
+    const { count, aOffset = 0, bOffset = 0, outOffset = 0 } = run;
+    const label = `elementwise.${this.op}`;
+    checkShape(label, { count, aOffset, bOffset, outOffset }, ['aOffset', 'bOffset', 'outOffset']);
+    checkFits(label, 'a', this.#buffers.a, aOffset, count);
+    if (this.#buffers.b) checkFits(label, 'b', this.#buffers.b, bOffset, count);
+    checkFits(label, 'out', this.#buffers.out, outOffset, count);
+    const [x, y] = dispatchGrid(Math.ceil(count / this.#wg), this.#maxPerDimension);
+    this.#dispatch.encode(pass, { count, a_offset: aOffset, b_offset: bOffset, out_offset: outOffset }, x, y);
+  }
+}

@@ -1,0 +1,62 @@
+// Element-wise ops over flat f32 arrays. Offsets are in elements so one buffer can hold many tensors.
+// Legend: n = params.count elements.
+//! include grid.wgsl
+
+struct Params {
+  count: u32,       // elements to process
+  a_offset: u32,    // first element of a (elements)
+  b_offset: u32,    // first element of b (elements)
+  out_offset: u32,  // first element of out (elements)
+}
+
+override WG: u32 = 256;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;        // (n)
+@group(0) @binding(2) var<storage, read> b: array<f32>;        // (n); unary ops leave it unbound
+@group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n); may alias nothing above
+
+fn silu(x: f32) -> f32 {
+  return x / (1.0 + exp(-x));
+}
+
+// GELU, tanh approximation as GPT-2 uses: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+// tanh is written through exp of a clamped argument: the builtin overflows to NaN on some drivers.
+fn gelu_tanh(x: f32) -> f32 {
+  let u = clamp(0.7978845608028654 * (x + 0.044715 * x * x * x), -15.0, 15.0);
+  let e = exp(2.0 * u);
+  return 0.5 * x * (1.0 + (e - 1.0) / (e + 1.0));
+}
+
+@compute @workgroup_size(WG)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = a[params.a_offset + i] + b[params.b_offset + i];
+}
+
+// out = silu(a) * b: the SwiGLU gate with a = gate projection, b = up projection.
+@compute @workgroup_size(WG)
+fn swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = silu(a[params.a_offset + i]) * b[params.b_offset + i];
+}
+
+@compute @workgroup_size(WG)
+fn silu_op(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = silu(a[params.a_offset + i]);
+}
+
+@compute @workgroup_size(WG)
+fn gelu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = gelu_tanh(a[params.a_offset + i]);
+}

@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { Elementwise, type BinaryOp, type UnaryOp } from '../kernels/elementwise.ts';
+import { runPass } from '../kernels/dispatch.ts';
+import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
+import { expectClose, randomF32 } from './support/reference.ts';
+
+const gpu = useGpu();
+
+const silu = (x: number) => x / (1 + Math.exp(-x));
+const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+const REFERENCE: Record<BinaryOp | UnaryOp, (a: number, b: number) => number> = {
+  add: (a, b) => a + b,
+  swiglu: (a, b) => silu(a) * b,
+  silu: (a) => silu(a),
+  gelu: (a) => gelu(a),
+};
+
+describe('elementwise', () => {
+  // 1, a prime, and sizes above one workgroup; non-zero offsets in every buffer.
+  for (const op of ['add', 'swiglu', 'silu', 'gelu'] as const) {
+    for (const count of [1, 97, 1031]) {
+      it(`${op} n=${count}`, async () => {
+        const aOffset = 3;
+        const bOffset = 5;
+        const outOffset = 7;
+        const a = randomF32(count + aOffset, count, 8);
+        const b = randomF32(count + bOffset, count + 1, 4);
+        const binary = op === 'add' || op === 'swiglu';
+        const out = poisoned(gpu(), 'out', count + outOffset);
+        const kernel = new Elementwise(gpu(), op, {
+          a: createStorage(gpu(), 'a', a),
+          b: binary ? createStorage(gpu(), 'b', b) : undefined,
+          out,
+        });
+        await runPass(gpu(), (pass) => kernel.encode(pass, { count, aOffset, bOffset, outOffset }));
+        const got = await readF32(gpu(), out, count, outOffset);
+        const want = Array.from({ length: count }, (_, i) => REFERENCE[op](a[aOffset + i], b[bOffset + i]));
+        expectClose(got, want, 1e-5, `${op} n=${count}`);
+        // The elements before the output offset stay untouched.
+        expect(Number.isNaN((await readF32(gpu(), out, outOffset))[0])).toBe(true);
+      });
+    }
+  }
+
+  it('gelu stays finite for large inputs', async () => {
+    const a = new Float32Array([-100, -30, 30, 100, 0]);
+    const out = poisoned(gpu(), 'out', a.length);
+    const kernel = new Elementwise(gpu(), 'gelu', { a: createStorage(gpu(), 'a', a), out });
+    await runPass(gpu(), (pass) => kernel.encode(pass, { count: a.length }));
+    expectClose(await readF32(gpu(), out, a.length), Array.from(a, gelu), 1e-6, 'gelu extremes');
+  });
+});

@@ -1,0 +1,84 @@
+// Float64 references and the helpers every kernel test shares: a seeded generator, NaN poisoning,
+// and the relative L2 error with the first bad index for failure messages.
+
+/** mulberry32: small, fast, and the same sequence on every machine for a given seed. */
+export function rng(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `n` values uniform in [-scale, scale). */
+export function randomF32(n: number, seed: number, scale = 1): Float32Array {
+  const next = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (next() * 2 - 1) * scale;
+  return out;
+}
+
+/** A Float32Array of `n` NaNs: outputs start poisoned so an unwritten element fails the test. */
+export function nanArray(n: number): Float32Array {
+  return new Float32Array(n).fill(NaN);
+}
+
+export interface Comparison {
+  relL2: number;
+  maxAbs: number;
+  /** First index where the output is not finite while the reference is, or -1. */
+  firstNonFinite: number;
+  /** Index of the largest absolute error. */
+  worstIndex: number;
+}
+
+/** ||out - ref|| / ||ref|| over float64; non-finite reference entries must match exactly. */
+export function compare(out: ArrayLike<number>, ref: ArrayLike<number>): Comparison {
+  if (out.length !== ref.length) throw new Error(`length mismatch: out ${out.length}, ref ${ref.length}`);
+  let num = 0;
+  let den = 0;
+  let maxAbs = 0;
+  let worstIndex = -1;
+  let firstNonFinite = -1;
+  for (let i = 0; i < ref.length; i++) {
+    const r = ref[i];
+    const o = out[i];
+    if (!Number.isFinite(r)) {
+      if (!Object.is(o, r) && !(Number.isNaN(o) && Number.isNaN(r)) && firstNonFinite < 0) firstNonFinite = i;
+      continue;
+    }
+    if (!Number.isFinite(o)) {
+      if (firstNonFinite < 0) firstNonFinite = i;
+      continue;
+    }
+    const d = o - r;
+    num += d * d;
+    den += r * r;
+    if (Math.abs(d) > maxAbs) {
+      maxAbs = Math.abs(d);
+      worstIndex = i;
+    }
+  }
+  const relL2 = den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+  return { relL2, maxAbs, firstNonFinite, worstIndex };
+}
+
+/** Throw a descriptive error unless out matches ref within `tolerance` relative L2. */
+export function expectClose(out: ArrayLike<number>, ref: ArrayLike<number>, tolerance: number, what: string): Comparison {
+  const c = compare(out, ref);
+  if (c.firstNonFinite >= 0) {
+    throw new Error(
+      `${what}: element ${c.firstNonFinite} is ${out[c.firstNonFinite]} but the reference is ${ref[c.firstNonFinite]} (unwritten or overflowed)`,
+    );
+  }
+  if (!(c.relL2 <= tolerance)) {
+    throw new Error(
+      `${what}: rel-L2 ${c.relL2.toExponential(3)} > ${tolerance} (max abs ${c.maxAbs.toExponential(3)} at ${c.worstIndex}: ` +
+        `got ${out[c.worstIndex]}, want ${ref[c.worstIndex]})`,
+    );
+  }
+  return c;
+}
