@@ -1,0 +1,148 @@
+// Token sampling on the CPU over a small candidate set the GPU has already chosen.
+//
+// The GPU returns, per sequence, the K highest logits (K = CANDIDATES, ids sorted by logit) and the
+// log-sum-exp of the whole row, so the CPU never reads a whole vocabulary row per token. Sampling
+// then happens among those candidates: with CANDIDATES = 64 the probability mass left out is
+// negligible for real models, and `top_k` above 64 is clamped (documented in docs/sampling).
+//
+// Logprobs reported to validators are the model's own distribution (log-softmax of the raw logits,
+// temperature 1, no penalties): that is what validators recompute and compare against.
+import { xoroshiro128plus, type RandomGenerator } from 'pure-rand';
+import { OptionError } from '../errors.ts';
+
+/** How many candidates the GPU hands to the sampler per sequence and step. */
+export const CANDIDATES = 64;
+
+export interface SamplingParams {
+  /** 0 means greedy (argmax). Default 1. */
+  temperature?: number;
+  /** Keep the k most likely candidates (0 = off). */
+  topK?: number;
+  /** Nucleus: keep the smallest prefix whose probability reaches p (1 = off). */
+  topP?: number;
+  /** Keep candidates with probability >= minP * p(best) (0 = off). */
+  minP?: number;
+  /** HF-style: logit / p when positive, logit * p when negative, for tokens already seen (1 = off). */
+  repetitionPenalty?: number;
+  /** Seed for the sampler's generator; the same seed on the same adapter reproduces the output. */
+  seed?: number;
+}
+
+export interface Candidates {
+  /** Token ids, highest logit first. */
+  ids: ArrayLike<number>;
+  /** Raw logits, in the same order. */
+  logits: ArrayLike<number>;
+  /** log(sum(exp(logits))) over the whole vocabulary row. */
+  logSumExp: number;
+}
+
+export interface SampledToken {
+  tokenId: number;
+  /** Model log-probability of the chosen token. */
+  logprob: number;
+  /** The most likely alternatives by the model's own distribution, best first. */
+  top: Array<{ tokenId: number; logprob: number }>;
+}
+
+function checkRange(name: string, value: number, min: number, max: number): void {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
+    throw new OptionError(`${name} must be a number in [${min}, ${max}] (got ${value})`);
+  }
+}
+
+/** Validate sampling parameters (a plain function, so requests can be checked before any GPU work). */
+export function validateSamplingParams(params: SamplingParams): Required<SamplingParams> {
+  const p = {
+    temperature: params.temperature ?? 1,
+    topK: params.topK ?? 0,
+    topP: params.topP ?? 1,
+    minP: params.minP ?? 0,
+    repetitionPenalty: params.repetitionPenalty ?? 1,
+    seed: params.seed ?? Math.floor(Math.random() * 2 ** 31),
+  };
+  checkRange('temperature', p.temperature, 0, 100);
+  checkRange('top_k', p.topK, 0, 1 << 30);
+  if (!Number.isInteger(p.topK)) throw new OptionError(`top_k must be an integer (got ${p.topK})`);
+  checkRange('top_p', p.topP, 0, 1);
+  checkRange('min_p', p.minP, 0, 1);
+  checkRange('repetition_penalty', p.repetitionPenalty, 0.01, 100);
+  if (!Number.isSafeInteger(p.seed)) throw new OptionError(`seed must be an integer (got ${p.seed})`);
+  return p;
+}
+
+export class Sampler {
+  readonly params: Required<SamplingParams>;
+  #rng: RandomGenerator;
+
+  constructor(params: SamplingParams = {}) {
+    this.params = validateSamplingParams(params);
+    // xoroshiro128+ seeded from a 32-bit value: the seed's low 32 bits and a fixed high word.
+    this.#rng = xoroshiro128plus(this.params.seed | 0);
+  }
+
+  /** A uniform number in [0, 1) with 32 bits of randomness. */
+  #uniform(): number {
+    return (this.#rng.unsafeNext() >>> 0) / 2 ** 32;
+  }
+
+  /**
+   * Choose the next token from the candidates. `history` holds the ids seen so far (prompt and
+   * output) for the repetition penalty; `topLogprobs` is how many alternatives to report.
+   */
+  sample(candidates: Candidates, history: ReadonlySet<number>, topLogprobs = 0): SampledToken {
+    const { ids, logits, logSumExp } = candidates;
+    const n = ids.length;
+    if (n === 0) throw new OptionError('sampler got no candidates');
+    const { temperature, topK, topP, minP, repetitionPenalty } = this.params;
+
+    // Scores after the repetition penalty, ordered best first.
+    const order = Array.from({ length: n }, (_, i) => i);
+    const scores = Array.from(logits, (logit, i) => {
+      if (repetitionPenalty === 1 || !history.has(ids[i])) return logit;
+      return logit > 0 ? logit / repetitionPenalty : logit * repetitionPenalty;
+    });
+    order.sort((a, b) => scores[b] - scores[a] || ids[a] - ids[b]);
+
+    let chosen = order[0];
+    if (temperature > 0) {
+      let kept = order.slice(0, topK > 0 ? Math.min(topK, n) : n);
+      const best = scores[kept[0]];
+      let weights = kept.map((i) => Math.exp((scores[i] - best) / temperature));
+      let total = weights.reduce((a, b) => a + b, 0);
+      if (minP > 0) {
+        const keep = weights.map((w) => w / total >= minP * (weights[0] / total));
+        kept = kept.filter((_, j) => keep[j]);
+        weights = weights.filter((_, j) => keep[j]);
+        total = weights.reduce((a, b) => a + b, 0);
+      }
+      if (topP < 1) {
+        let cumulative = 0;
+        let cut = weights.length;
+        for (let j = 0; j < weights.length; j++) {
+          cumulative += weights[j] / total;
+          if (cumulative >= topP) {
+            cut = j + 1;
+            break;
+          }
+        }
+        kept = kept.slice(0, cut);
+        weights = weights.slice(0, cut);
+        total = weights.reduce((a, b) => a + b, 0);
+      }
+      let r = this.#uniform() * total;
+      chosen = kept[kept.length - 1];
+      for (let j = 0; j < kept.length; j++) {
+        r -= weights[j];
+        if (r < 0) {
+          chosen = kept[j];
+          break;
+        }
+      }
+    }
+
+    const top: SampledToken['top'] = [];
+    for (let i = 0; i < Math.min(topLogprobs, n); i++) top.push({ tokenId: ids[i], logprob: logits[i] - logSumExp });
+    return { tokenId: ids[chosen], logprob: logits[chosen] - logSumExp, top };
+  }
+}
