@@ -1,0 +1,20 @@
+// KV cache layout and constants shared by the attention kernels (kernels/attention.ts).
+//
+// A cache buffer (one for K, one for V, both f32) holds many regions: one per (sequence slot, layer).
+// A region starts at element `kv_base` and is laid out (Hkv, capacity, D): head-major, so one head's
+// keys are `capacity * D` contiguous elements and one key row is D contiguous elements.
+
+// Score of a masked or missing key, and the running max before any key. Finite on purpose:
+// exp(NEG_BIG - NEG_BIG) is 1, never NaN, and exp(NEG_BIG - x) is 0 for any real score x.
+const NEG_BIG: f32 = -3.0e38;
+
+// Element index of (head, pos, 0) in the region starting at kv_base.
+fn kv_row(kv_base: u32, head: u32, pos: u32, capacity: u32, head_dim: u32) -> u32 {
+  return kv_base + (head * capacity + pos) * head_dim;
+}
+
+// True when a region of `region_len` elements starting at kv_base lies inside an array of `len`
+// elements (written so that no u32 sum can wrap).
+fn region_fits(kv_base: u32, region_len: u32, len: u32) -> bool {
+  return kv_base <= len && region_len <= len - kv_base;
+}

@@ -1,0 +1,119 @@
+// Tiled matrix multiply for prefill: out = a · Wᵀ (+ bias), activations f32, W any weight dtype.
+// Compose with one weights_<dtype>.wgsl (bindings 1-2, the weight4 interface); W is dequantised
+// while a tile is loaded into workgroup memory, and every product accumulates in f32.
+// Legend: M activation rows (tokens), N output features = weight rows, K input features = weight
+// cols, Kp = K rounded up to 4 (stored weight row length).
+//
+// A workgroup computes a TILE_M x TILE_N output tile with (TILE_N/4) x (TILE_M/4) threads, each
+// owning a 4x4 register block. K advances TILE_K = 32 columns at a time (one quant block). Tiles are
+// stored transposed ([k][row], vec4 over rows) so the inner loop reads one vec4 of a and one of W
+// per k, conflict-free, for 16 FMAs.
+
+struct Params {
+  m: u32,           // activation rows (tokens)
+  n: u32,           // output features (weight rows)
+  k: u32,           // input features (weight cols)
+  a_offset: u32,    // first element of a (elements)
+  a_stride: u32,    // elements between consecutive rows of a (>= k)
+  out_offset: u32,  // first element of out (elements)
+  out_stride: u32,  // elements between consecutive rows of out (>= n)
+  bias_offset: u32, // first element of bias (elements); unused without HAS_BIAS
+}
+
+override TILE_M: u32 = 64; // output rows per workgroup, multiple of 4
+override TILE_N: u32 = 64; // output cols per workgroup, multiple of 4
+override HAS_BIAS: bool = false;
+const TILE_K: u32 = 32u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> a: array<f32>;          // (M, a_stride) from a_offset
+@group(0) @binding(4) var<storage, read> bias: array<f32>;       // (N) from bias_offset; a placeholder without HAS_BIAS
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset
+
+var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>; // (TILE_K, TILE_M/4): a[m0 + m, k0 + kk]
+var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE_N / 4u>; // (TILE_K, TILE_N/4): W[n0 + n, k0 + kk]
+
+// a[row, k..k+3], zero outside (M, K): a's offset and stride are arbitrary, so scalar loads.
+fn load_a4(row: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (row < params.m) {
+    let base = params.a_offset + row * params.a_stride + k;
+    for (var i = 0u; i < 4u; i++) {
+      if (k + i < params.k) { v[i] = a[base + i]; }
+    }
+  }
+  return v;
+}
+
+// W[row, k..k+3], zero outside (N, Kp); the padded columns K..Kp are zero in the weight planes.
+fn load_w4(row: u32, k: u32, kp: u32) -> vec4<f32> {
+  if (row < params.n && k < kp) { return weight4(row, k, params.k); }
+  return vec4<f32>(0.0);
+}
+
+@compute @workgroup_size(TILE_N / 4u, TILE_M / 4u)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+  let n0 = wid.x * TILE_N;
+  let m0 = wid.y * TILE_M;
+  let threads = (TILE_N / 4u) * (TILE_M / 4u);
+  let kp = (params.k + 3u) & ~3u;
+  // Tile loads go in 4x4 units (4 rows x 4 columns of k), transposed in registers into 4 vec4 stores.
+  let k_units = TILE_K / 4u;
+  let a_units = (TILE_M / 4u) * k_units;
+  let w_units = (TILE_N / 4u) * k_units;
+  var acc: array<vec4<f32>, 4>; // acc[i][j] = out[m0 + 4 ty + i, n0 + 4 tx + j]
+
+  for (var k0 = 0u; k0 < kp; k0 += TILE_K) {
+    for (var u = lid; u < a_units + w_units; u += threads) {
+      if (u < a_units) {
+        let r = (u / k_units) * 4u;
+        let c = (u % k_units) * 4u;
+        let v0 = load_a4(m0 + r, k0 + c);
+        let v1 = load_a4(m0 + r + 1u, k0 + c);
+        let v2 = load_a4(m0 + r + 2u, k0 + c);
+        let v3 = load_a4(m0 + r + 3u, k0 + c);
+        let base = c * (TILE_M / 4u) + r / 4u;
+        tile_a[base] = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
+        tile_a[base + TILE_M / 4u] = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
+        tile_a[base + 2u * (TILE_M / 4u)] = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
+        tile_a[base + 3u * (TILE_M / 4u)] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
+      } else {
+        let uw = u - a_units;
+        let r = (uw / k_units) * 4u;
+        let c = (uw % k_units) * 4u;
+        let v0 = load_w4(n0 + r, k0 + c, kp);
+        let v1 = load_w4(n0 + r + 1u, k0 + c, kp);
+        let v2 = load_w4(n0 + r + 2u, k0 + c, kp);
+        let v3 = load_w4(n0 + r + 3u, k0 + c, kp);
+        let base = c * (TILE_N / 4u) + r / 4u;
+        tile_w[base] = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
+        tile_w[base + TILE_N / 4u] = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
+        tile_w[base + 2u * (TILE_N / 4u)] = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
+        tile_w[base + 3u * (TILE_N / 4u)] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
+      }
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < TILE_K; kk++) {
+      let av = tile_a[kk * (TILE_M / 4u) + lid3.y];
+      let wv = tile_w[kk * (TILE_N / 4u) + lid3.x];
+      acc[0] += av.x * wv;
+      acc[1] += av.y * wv;
+      acc[2] += av.z * wv;
+      acc[3] += av.w * wv;
+    }
+    workgroupBarrier();
+  }
+
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + 4u * lid3.y + i;
+    if (m >= params.m) { break; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + 4u * lid3.x + j;
+      if (n >= params.n) { break; }
+      var v = acc[i][j];
+      if (HAS_BIAS) { v += bias[params.bias_offset + n]; }
+      out[params.out_offset + m * params.out_stride + n] = v;
+    }
+  }
+}

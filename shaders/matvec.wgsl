@@ -1,0 +1,96 @@
+// Matrix-vector product for decode: out = a · Wᵀ (+ bias) for M = 1..8 activation rows.
+// Compose with one weights_<dtype>.wgsl (bindings 1-2, the weight4 interface).
+// Legend: M activation rows (<= MAX_M), N output features = weight rows, K input features = weight
+// cols, Kp = K rounded up to 4 (stored weight row length).
+//
+// Memory-bound: a workgroup owns ROWS consecutive weight rows; its WG threads stride over K four
+// columns at a time, so each weight element is read once and used for all M activation rows, then a
+// workgroup tree reduction sums the WG partials. Workgroups are numbered over a 2-D grid
+// (grid_group) so vocabularies above 65535 rows fit.
+//! include grid.wgsl
+
+struct Params {
+  m: u32,           // activation rows (1..MAX_M)
+  n: u32,           // output features (weight rows)
+  k: u32,           // input features (weight cols)
+  a_offset: u32,    // first element of a (elements)
+  a_stride: u32,    // elements between consecutive rows of a (>= k)
+  out_offset: u32,  // first element of out (elements)
+  out_stride: u32,  // elements between consecutive rows of out (>= n)
+  bias_offset: u32, // first element of bias (elements); unused without HAS_BIAS
+}
+
+const MAX_M: u32 = 8u;
+const MAX_ROWS: u32 = 4u;
+override WG: u32 = 128;    // threads per workgroup, power of two >= ROWS * MAX_M
+override ROWS: u32 = 1;    // weight rows per workgroup, 1..MAX_ROWS
+override HAS_BIAS: bool = false;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> a: array<f32>;          // (M, a_stride) from a_offset
+@group(0) @binding(4) var<storage, read> bias: array<f32>;       // (N) from bias_offset; a placeholder without HAS_BIAS
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset
+
+var<workgroup> partial: array<f32, ROWS * MAX_M * WG>; // (ROWS * MAX_M, WG): per-thread partial sums
+
+// a[row, k..k+3], zero past K: a's offset and stride are arbitrary, so scalar loads.
+fn load_a4(row: u32, k: u32) -> vec4<f32> {
+  let base = params.a_offset + row * params.a_stride + k;
+  if (k + 4u <= params.k) {
+    return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
+  }
+  var v = vec4<f32>(0.0);
+  for (var i = 0u; i < 4u; i++) {
+    if (k + i < params.k) { v[i] = a[base + i]; }
+  }
+  return v;
+}
+
+@compute @workgroup_size(WG)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+  let row0 = grid_group(wid, nwg) * ROWS;
+  if (row0 >= params.n) { return; } // whole workgroup: the grid may overshoot when split over y
+  let kp = (params.k + 3u) & ~3u;
+  // Loops run to the constant MAX_M with an `m < M` guard so the indices stay compile-time constants
+  // and acc / xs live in registers.
+  var acc: array<f32, MAX_ROWS * MAX_M>; // acc[r * MAX_M + m]
+  for (var k = 4u * lid; k < kp; k += 4u * WG) {
+    var xs: array<vec4<f32>, MAX_M>;
+    for (var m = 0u; m < MAX_M; m++) {
+      if (m < params.m) { xs[m] = load_a4(m, k); }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+      if (row0 + r < params.n) {
+        let w = weight4(row0 + r, k, params.k);
+        for (var m = 0u; m < MAX_M; m++) {
+          if (m < params.m) { acc[r * MAX_M + m] += dot(w, xs[m]); }
+        }
+      }
+    }
+  }
+
+  let slots = ROWS * MAX_M;
+  for (var j = 0u; j < slots; j++) {
+    partial[j * WG + lid] = acc[j];
+  }
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) {
+      for (var j = 0u; j < slots; j++) {
+        if (j % MAX_M < params.m) { partial[j * WG + lid] += partial[j * WG + lid + s]; }
+      }
+    }
+    workgroupBarrier();
+  }
+  if (lid < slots) {
+    let r = lid / MAX_M;
+    let m = lid % MAX_M;
+    let n = row0 + r;
+    if (m < params.m && n < params.n) {
+      var v = partial[lid * WG];
+      if (HAS_BIAS) { v += bias[params.bias_offset + n]; }
+      out[params.out_offset + m * params.out_stride + n] = v;
+    }
+  }
+}

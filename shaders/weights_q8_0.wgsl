@@ -1,0 +1,13 @@
+// Weight module: GGUF Q8_0 (blocks of 32 columns: value = q * d, q int8, d f16), repacked at load
+// into a quants plane (int8 packed 4 per u32, row-major) and a scales plane (weights_scales.wgsl).
+// Interface: see weights_f32.wgsl. K % 32 == 0.
+//! include weights_scales.wgsl
+
+@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/4), int8 x4, column k at byte k % 4
+
+fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
+  let word = bitcast<i32>(weight_quants[row * (cols / 4u) + k / 4u]);
+  // Move each byte to the top, then an arithmetic shift sign-extends it.
+  let q = vec4<i32>(word << 24u, word << 16u, word << 8u, word) >> vec4<u32>(24u);
+  return vec4<f32>(q) * weight_scale(row, k, cols);
+}

@@ -1,0 +1,163 @@
+// Float64 reference forward passes on Hugging Face-named weights, written for clarity, not speed.
+// They are the oracle for the GPU models (llama.cpp is the second oracle, for GGUF files).
+import type { ModelConfig, RopeScaling } from '../../models/config.ts';
+
+export type Weights = Map<string, ArrayLike<number>>;
+
+function get(weights: Weights, name: string): ArrayLike<number> {
+  const w = weights.get(name);
+  if (!w) throw new Error(`reference: missing weight ${name}`);
+  return w;
+}
+
+/** y[n] = sum_k x[k] W[n, k] (+ b[n]) with W stored [N, K] (HF linear). */
+function linear(x: Float64Array, w: ArrayLike<number>, n: number, b?: ArrayLike<number>): Float64Array {
+  const k = x.length;
+  const y = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = b ? b[i] : 0;
+    for (let j = 0; j < k; j++) s += x[j] * w[i * k + j];
+    y[i] = s;
+  }
+  return y;
+}
+
+/** y[n] = sum_k x[k] W[k, n] + b[n] with W stored [K, N] (GPT-2 Conv1D). */
+function conv1d(x: Float64Array, w: ArrayLike<number>, n: number, b: ArrayLike<number>): Float64Array {
+  const y = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = b[i];
+    for (let j = 0; j < x.length; j++) s += x[j] * w[j * n + i];
+    y[i] = s;
+  }
+  return y;
+}
+
+function rmsnorm(x: Float64Array, w: ArrayLike<number>, eps: number): Float64Array {
+  let ss = 0;
+  for (const v of x) ss += v * v;
+  const r = 1 / Math.sqrt(ss / x.length + eps);
+  return x.map((v, i) => v * r * w[i]);
+}
+
+function layernorm(x: Float64Array, w: ArrayLike<number>, b: ArrayLike<number>, eps: number): Float64Array {
+  const mean = x.reduce((a, v) => a + v, 0) / x.length;
+  const variance = x.reduce((a, v) => a + (v - mean) ** 2, 0) / x.length;
+  const r = 1 / Math.sqrt(variance + eps);
+  return x.map((v, i) => (v - mean) * r * w[i] + b[i]);
+}
+
+const silu = (x: number) => x / (1 + Math.exp(-x));
+const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+
+/** Inverse frequencies as transformers computes them (default, linear and llama3 scaling). */
+export function referenceInverseFrequencies(dims: number, theta: number, scaling?: RopeScaling): Float64Array {
+  const inv = new Float64Array(dims / 2).map((_, i) => 1 / theta ** ((2 * i) / dims));
+  if (!scaling) return inv;
+  if (scaling.type === 'linear') return inv.map((f) => f / scaling.factor);
+  const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: old } = scaling;
+  const lowWavelen = old / lowFreqFactor;
+  const highWavelen = old / highFreqFactor;
+  return inv.map((f) => {
+    const wavelen = (2 * Math.PI) / f;
+    if (wavelen < highWavelen) return f;
+    if (wavelen > lowWavelen) return f / factor;
+    const smooth = (old / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
+    return (1 - smooth) * (f / factor) + smooth * f;
+  });
+}
+
+/** HF rotate_half RoPE on one head vector, in place. */
+function ropeHalf(v: Float64Array, offset: number, dims: number, inv: Float64Array, pos: number): void {
+  const half = dims / 2;
+  for (let i = 0; i < half; i++) {
+    const a = pos * inv[i];
+    const c = Math.cos(a);
+    const s = Math.sin(a);
+    const x0 = v[offset + i];
+    const x1 = v[offset + i + half];
+    v[offset + i] = x0 * c - x1 * s;
+    v[offset + i + half] = x1 * c + x0 * s;
+  }
+}
+
+/** Logits at every position for `tokens` (one sequence, from position 0). */
+export function referenceLogits(config: ModelConfig, weights: Weights, tokens: number[]): Float64Array[] {
+  const { hiddenSize: C, numHeads: H, numKvHeads: Hkv, headDim: D, numLayers, vocabSize: V } = config;
+  const gpt2 = config.architecture === 'gpt2';
+  const inv = config.rope ? referenceInverseFrequencies(config.rope.dims, config.rope.theta, config.rope.scaling) : undefined;
+  const prefix = gpt2 ? 'transformer.' : 'model.';
+  const embed = get(weights, gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight');
+  const keys: Float64Array[][] = Array.from({ length: numLayers }, () => []);
+  const values: Float64Array[][] = Array.from({ length: numLayers }, () => []);
+  const out: Float64Array[] = [];
+
+  tokens.forEach((token, pos) => {
+    let x = new Float64Array(C).map((_, i) => embed[token * C + i]);
+    if (gpt2) {
+      const wpe = get(weights, 'transformer.wpe.weight');
+      x = x.map((v, i) => v + wpe[pos * C + i]);
+    }
+    for (let l = 0; l < numLayers; l++) {
+      const p = gpt2 ? `${prefix}h.${l}.` : `${prefix}layers.${l}.`;
+      const w = (name: string) => get(weights, p + name);
+      const wb = (name: string) => weights.get(p + name);
+      let q: Float64Array;
+      let k: Float64Array;
+      let v: Float64Array;
+      if (gpt2) {
+        const h = layernorm(x, w('ln_1.weight'), w('ln_1.bias'), config.normEps);
+        const qkv = conv1d(h, w('attn.c_attn.weight'), 3 * C, w('attn.c_attn.bias'));
+        q = qkv.slice(0, C);
+        k = qkv.slice(C, 2 * C);
+        v = qkv.slice(2 * C);
+      } else {
+        const h = rmsnorm(x, w('input_layernorm.weight'), config.normEps);
+        q = linear(h, w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
+        k = linear(h, w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
+        v = linear(h, w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
+        for (let hh = 0; hh < H; hh++) ropeHalf(q, hh * D, config.rope!.dims, inv!, pos);
+        for (let hh = 0; hh < Hkv; hh++) ropeHalf(k, hh * D, config.rope!.dims, inv!, pos);
+      }
+      keys[l].push(k);
+      values[l].push(v);
+      const attn = new Float64Array(H * D);
+      for (let hh = 0; hh < H; hh++) {
+        const kv = Math.floor(hh / (H / Hkv));
+        const scores = keys[l].map((kk) => {
+          let s = 0;
+          for (let d = 0; d < D; d++) s += q[hh * D + d] * kk[kv * D + d];
+          return s / Math.sqrt(D);
+        });
+        const max = Math.max(...scores);
+        const e = scores.map((s) => Math.exp(s - max));
+        const sum = e.reduce((a, b) => a + b, 0);
+        for (let t = 0; t < e.length; t++) {
+          for (let d = 0; d < D; d++) attn[hh * D + d] += (e[t] / sum) * values[l][t][kv * D + d];
+        }
+      }
+      if (gpt2) {
+        x = x.map((val, i) => val + conv1d(attn, w('attn.c_proj.weight'), C, w('attn.c_proj.bias'))[i]);
+        const h2 = layernorm(x, w('ln_2.weight'), w('ln_2.bias'), config.normEps);
+        const fc = conv1d(h2, w('mlp.c_fc.weight'), config.intermediateSize, w('mlp.c_fc.bias')).map(gelu);
+        const proj = conv1d(fc, w('mlp.c_proj.weight'), C, w('mlp.c_proj.bias'));
+        x = x.map((val, i) => val + proj[i]);
+      } else {
+        const o = linear(attn, w('self_attn.o_proj.weight'), C);
+        x = x.map((val, i) => val + o[i]);
+        const h2 = rmsnorm(x, w('post_attention_layernorm.weight'), config.normEps);
+        const F = config.intermediateSize;
+        const gate = linear(h2, w('mlp.gate_proj.weight'), F);
+        const up = linear(h2, w('mlp.up_proj.weight'), F);
+        const down = linear(gate.map((g, i) => silu(g) * up[i]), w('mlp.down_proj.weight'), C);
+        x = x.map((val, i) => val + down[i]);
+      }
+    }
+    const final = gpt2
+      ? layernorm(x, get(weights, 'transformer.ln_f.weight'), get(weights, 'transformer.ln_f.bias'), config.normEps)
+      : rmsnorm(x, get(weights, 'model.norm.weight'), config.normEps);
+    const head = config.tieWordEmbeddings ? embed : get(weights, 'lm_head.weight');
+    out.push(linear(final, head, V));
+  });
+  return out;
+}
