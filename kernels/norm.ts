@@ -1,0 +1,112 @@
+// RMSNorm and LayerNorm over rows. See shaders/norm.wgsl.
+import type { Gpu } from '../src/gpu/device.ts';
+import { UniformLayout } from '../src/gpu/uniforms.ts';
+import { ShapeError } from '../src/errors.ts';
+import { composeShader, dispatchGrid } from './shader.ts';
+import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
+
+export const NormParams = new UniformLayout('Params', [
+  ['rows', 'u32'],
+  ['cols', 'u32'],
+  ['x_offset', 'u32'],
+  ['weight_offset', 'u32'],
+  ['bias_offset', 'u32'],
+  ['out_offset', 'u32'],
+  ['eps', 'f32'],
+] as const);
+
+/** 'rms': x / sqrt(mean(x^2) + eps) * w. 'layer': (x - mean) / sqrt(var + eps) * w + b. */
+export type NormKind = 'rms' | 'layer';
+const ENTRY: Record<NormKind, string> = { rms: 'rms_norm', layer: 'layer_norm' };
+
+export interface NormBuffers {
+  /** Input rows (M, C) f32. */
+  x: GPUBuffer;
+  /** Scale (C) f32. */
+  weight: GPUBuffer;
+  /** Shift (C) f32; LayerNorm only. */
+  bias?: GPUBuffer;
+  /** Output rows (M, C) f32; a different buffer from x. */
+  out: GPUBuffer;
+}
+
+export interface NormOptions {
+  /** Added to the mean square (RMSNorm) or variance (LayerNorm); a finite number >= 0. */
+  eps: number;
+  /** Power of two; default 256. */
+  workgroupSize?: number;
+}
+
+export interface NormRun {
+  /** M: rows, one workgroup each. */
+  rows: number;
+  /** C: elements per row (the weight's length). */
+  cols: number;
+  xOffset?: number;
+  weightOffset?: number;
+  biasOffset?: number;
+  outOffset?: number;
+}
+
+/** RMSNorm or LayerNorm of (M, C) f32 rows, out of place. */
+export class Norm {
+  readonly kind: NormKind;
+  readonly eps: number;
+  readonly #dispatch: Dispatch<(typeof NormParams.fields)[number][0]>;
+  readonly #buffers: NormBuffers;
+  readonly #maxPerDimension: number;
+
+  constructor(gpu: Gpu, kind: NormKind, buffers: NormBuffers, options: NormOptions) {
+    if (kind !== 'rms' && kind !== 'layer') throw new TypeError(`norm: unknown kind "${kind}"`);
+    this.kind = kind;
+    const label = ENTRY[kind];
+    if (typeof options.eps !== 'number' || !Number.isFinite(options.eps) || options.eps < 0) {
+      throw new TypeError(`${label}: eps must be a finite number >= 0 (got ${options.eps})`);
+    }
+    this.eps = options.eps;
+    if ((kind === 'layer') !== (buffers.bias !== undefined)) {
+      throw new TypeError(`${label}: ${kind === 'layer' ? 'needs' : 'takes no'} bias`);
+    }
+    if (buffers.out === buffers.x) throw new TypeError(`${label}: out must be a different buffer from x`);
+    const wg = checkWorkgroupSize(gpu, options.workgroupSize ?? 256, label);
+    this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
+    this.#buffers = buffers;
+    this.#dispatch = new Dispatch(
+      gpu,
+      { name: 'norm', variant: kind, code: composeShader('norm.wgsl'), entryPoint: ENTRY[kind], constants: { WG: wg } },
+      NormParams,
+      [buffers.x, buffers.weight, buffers.bias, buffers.out],
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: NormRun): void {
+    const { rows, cols, xOffset = 0, weightOffset = 0, biasOffset = 0, outOffset = 0 } = run;
+    const label = ENTRY[this.kind];
+    checkShape(label, { rows, cols, xOffset, weightOffset, biasOffset, outOffset }, [
+      'xOffset',
+      'weightOffset',
+      'biasOffset',
+      'outOffset',
+    ]);
+    checkFits(label, 'x', this.#buffers.x, xOffset, rows * cols);
+    checkFits(label, 'weight', this.#buffers.weight, weightOffset, cols);
+    if (this.#buffers.bias) checkFits(label, 'bias', this.#buffers.bias, biasOffset, cols);
+    else if (biasOffset !== 0) throw new ShapeError(`${label}: biasOffset given but this norm has no bias`);
+    checkFits(label, 'out', this.#buffers.out, outOffset, rows * cols);
+    const [x, y] = dispatchGrid(rows, this.#maxPerDimension);
+    this.#dispatch.encode(
+      pass,
+      {
+        rows,
+        cols,
+        x_offset: xOffset,
+        weight_offset: weightOffset,
+        bias_offset: biasOffset,
+        out_offset: outOffset,
+        eps: this.eps,
+      },
+      x,
+      y,
+    );
+  }
+}

@@ -1,0 +1,68 @@
+// RMSNorm and LayerNorm over each row of x (M, C): one workgroup per row, WG invocations stride
+// the row.
+//
+// rms_norm:   out = x / sqrt(mean(x^2) + eps) * weight
+// layer_norm: out = (x - mean) / sqrt(var + eps) * weight + bias, var = mean((x - mean)^2), computed
+//             in two passes (mean first, then squared deviations) so a large mean costs no precision.
+//! include grid.wgsl
+//! include reduce.wgsl
+
+struct Params {
+  rows: u32,           // M: rows
+  cols: u32,           // C: elements per row
+  x_offset: u32,       // first element of x (elements)
+  weight_offset: u32,  // first element of weight (elements)
+  bias_offset: u32,    // first element of bias (elements); rms_norm ignores it
+  out_offset: u32,     // first element of out (elements)
+  eps: f32,            // added to the mean square / variance (unitless)
+}
+
+override WG: u32 = 256;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;         // (M, C)
+@group(0) @binding(2) var<storage, read> weight: array<f32>;    // (C)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;      // (C); rms_norm leaves it unbound
+@group(0) @binding(4) var<storage, read_write> out: array<f32>; // (M, C); must not alias x
+
+@compute @workgroup_size(WG)
+fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let row = grid_group(wid, nwg);
+  if (row >= params.rows) { return; }
+  let src = params.x_offset + row * params.cols;
+  let dst = params.out_offset + row * params.cols;
+  var squares = 0.0;
+  for (var c = lid; c < params.cols; c += WG) {
+    let v = x[src + c];
+    squares += v * v;
+  }
+  let mean_square = workgroup_sum(lid, squares) / f32(params.cols);
+  let scale = 1.0 / sqrt(mean_square + params.eps);
+  for (var c = lid; c < params.cols; c += WG) {
+    out[dst + c] = x[src + c] * scale * weight[params.weight_offset + c];
+  }
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+  let row = grid_group(wid, nwg);
+  if (row >= params.rows) { return; }
+  let src = params.x_offset + row * params.cols;
+  let dst = params.out_offset + row * params.cols;
+  let n = f32(params.cols);
+  var total = 0.0;
+  for (var c = lid; c < params.cols; c += WG) { total += x[src + c]; }
+  let mean = workgroup_sum(lid, total) / n;
+  var squares = 0.0;
+  for (var c = lid; c < params.cols; c += WG) {
+    let d = x[src + c] - mean;
+    squares += d * d;
+  }
+  let variance = workgroup_sum(lid, squares) / n;
+  let scale = 1.0 / sqrt(variance + params.eps);
+  for (var c = lid; c < params.cols; c += WG) {
+    out[dst + c] = (x[src + c] - mean) * scale * weight[params.weight_offset + c] + bias[params.bias_offset + c];
+  }
+}

@@ -1,0 +1,80 @@
+// The engine's public contract: what a caller (the CLI, the axon) asks for and what comes back.
+import type { ChatMessage } from './tokenizer.ts';
+
+export type { ChatMessage };
+
+export interface GenerateRequest {
+  /** A plain prompt (tokenised with the model's special tokens) ... */
+  prompt?: string;
+  /** ... or chat messages, rendered with the model's own chat template. Exactly one of the two. */
+  messages?: ChatMessage[];
+  maxTokens: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  seed?: number;
+  /** Generation stops when the output text contains one of these (the stop text is not emitted). */
+  stop?: string[];
+  /** How many alternatives to report per token with their logprobs (0..20). */
+  logprobs?: number;
+}
+
+export interface TokenLogprob {
+  tokenId: number;
+  text: string;
+  logprob: number;
+}
+
+export interface GeneratedToken {
+  /** 0-based position in the completion. */
+  index: number;
+  tokenId: number;
+  /** The text this token completes (may be '' while a multi-byte character is incomplete). */
+  text: string;
+  /** Model log-probability of this token (temperature 1, no penalties). */
+  logprob: number;
+  topLogprobs: TokenLogprob[];
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+export interface GenerationSummary {
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+  /** Milliseconds from the request's arrival to its first token. */
+  ttftMs: number;
+  totalMs: number;
+  /** Completion tokens per second after the first token. */
+  tokensPerS: number;
+}
+
+export interface GenerateOptions {
+  /** Aborting cancels the generation; its KV cache is freed at the next step. */
+  signal?: AbortSignal;
+  /** Higher runs first when requests queue (the axon passes the validator's stake). */
+  priority?: number;
+}
+
+export interface EngineInfo {
+  modelId: string;
+  /** sha256 over the weights as loaded, hex. */
+  weightsDigest: string;
+  adapter: string;
+  backend: string;
+  queueDepth: number;
+  activeSequences: number;
+  kvBlocksUsed: number;
+  kvBlocksTotal: number;
+}
+
+/** What the axon serves. The scheduler implements it over a loaded model. */
+export interface TextGenerator {
+  info(): EngineInfo;
+  /** Yields tokens as they are produced and returns the summary when the generation ends. */
+  generate(request: GenerateRequest, options?: GenerateOptions): AsyncGenerator<GeneratedToken, GenerationSummary>;
+  /** Stop accepting work; finish (or cancel, after `graceMs`) what is in flight. */
+  close(graceMs?: number): Promise<void>;
+}
