@@ -45,3 +45,17 @@ export class OptionError extends MinerError {
     super('BAD_OPTION', message);
   }
 }
+
+/** A generation request is malformed or out of range (wire code BAD_REQUEST). */
+export class BadRequestError extends MinerError {
+  constructor(message: string) {
+    super('BAD_REQUEST', message);
+  }
+}
+
+/** The engine cannot take more work now: queue or KV cache full (wire code OVERLOADED). */
+export class OverloadedError extends MinerError {
+  constructor(message: string) {
+    super('OVERLOADED', message);
+  }
+}
