@@ -1,0 +1,489 @@
+// Attention and the KV cache writes. See shaders/attention*.wgsl.
+//
+//   KvWrite            copy a step's new K and V rows into the cache (per-row kv_base and position)
+//   PrefillAttention   causal flash attention, T queries of one sequence (shaders/attention.wgsl)
+//   DecodeAttention    split-K flash-decoding, one query token per row, rows of different sequences
+//                      (shaders/attention_decode.wgsl: a split pass then a reduce pass)
+//
+// Layouts (all f32, offsets and strides in elements so one buffer holds many tensors):
+//   q, out        (T or R, rowStride) with (Hq, D) at offset: a fused QKV buffer
+//                 (T, (Hq + 2 Hkv) D) is read in place with rowStride = (Hq + 2 Hkv) D.
+//   new k, v      (T, rowStride) with (Hkv, D) at offset; k and v may be the same (fused) buffer.
+//   kCache/vCache one buffer each, many regions (sequence slot x layer); a region starts at element
+//                 kv_base and is (Hkv, capacity, D), head-major.
+//   rowMeta       u32 pairs, one per row, starting at u32 index metaOffset:
+//                   KvWrite:         (kv_base, position)  position in tokens, < capacity
+//                   DecodeAttention: (kv_base, kv_len)    keys to attend, the row's own included
+//                 kv_base is in elements; the run's kvOffset is added to it (a layer's offset inside
+//                 a slot), so one metadata buffer can serve every layer of a step.
+// Grouped-query attention: query head h reads kv head floor(h / (Hq / Hkv)); nothing is copied.
+// Order within a step: KvWrite, then the attention that reads those rows (same pass is fine: each
+// dispatch sees the writes of the ones before it).
+import type { Gpu } from '../src/gpu/device.ts';
+import { UniformLayout } from '../src/gpu/uniforms.ts';
+import { createStorage } from '../src/gpu/buffers.ts';
+import { ShapeError } from '../src/errors.ts';
+import { composeShader, dispatchGrid } from './shader.ts';
+import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
+
+export const KvWriteParams = new UniformLayout('KvWriteParams', [
+  ['rows', 'u32'],
+  ['kv_heads', 'u32'],
+  ['head_dim', 'u32'],
+  ['capacity', 'u32'],
+  ['k_offset', 'u32'],
+  ['k_row_stride', 'u32'],
+  ['v_offset', 'u32'],
+  ['v_row_stride', 'u32'],
+  ['meta_offset', 'u32'],
+  ['kv_offset', 'u32'],
+] as const);
+
+export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams', [
+  ['tokens', 'u32'],
+  ['past_len', 'u32'],
+  ['kv_base', 'u32'],
+  ['capacity', 'u32'],
+  ['q_heads', 'u32'],
+  ['group', 'u32'],
+  ['q_offset', 'u32'],
+  ['q_row_stride', 'u32'],
+  ['out_offset', 'u32'],
+  ['out_row_stride', 'u32'],
+  ['scale', 'f32'],
+] as const);
+
+export const DecodeAttentionParams = new UniformLayout('DecodeAttentionParams', [
+  ['rows', 'u32'],
+  ['splits', 'u32'],
+  ['chunk', 'u32'],
+  ['capacity', 'u32'],
+  ['q_heads', 'u32'],
+  ['group', 'u32'],
+  ['q_offset', 'u32'],
+  ['q_row_stride', 'u32'],
+  ['out_offset', 'u32'],
+  ['out_row_stride', 'u32'],
+  ['meta_offset', 'u32'],
+  ['kv_offset', 'u32'],
+  ['scale', 'f32'],
+] as const);
+
+type Fields<L> = L extends UniformLayout<infer F> ? F : never;
+
+/** Head counts, head dim and the per-head token capacity of one cache region. */
+export interface AttentionShape {
+  /** Query heads. */
+  Hq: number;
+  /** Key/value heads; divides Hq. */
+  Hkv: number;
+  /** Head dimension (elements). */
+  D: number;
+  /** Token positions per head in one cache region (the region is Hkv * capacity * D elements). */
+  capacity: number;
+}
+
+/** Elements of one cache region (one sequence slot of one layer): Hkv * capacity * D. */
+export function kvRegionElements(shape: Pick<AttentionShape, 'Hkv' | 'D' | 'capacity'>): number {
+  return shape.Hkv * shape.capacity * shape.D;
+}
+
+function checkHeads(label: string, shape: AttentionShape): void {
+  checkShape(label, { Hq: shape.Hq, Hkv: shape.Hkv, D: shape.D, capacity: shape.capacity });
+  if (shape.Hq % shape.Hkv !== 0) {
+    throw new ShapeError(`${label}: Hq (${shape.Hq}) must be a multiple of Hkv (${shape.Hkv})`);
+  }
+}
+
+/** Throw unless (rows, rowStride) with `width` elements per row at `offset` fits `buffer`. */
+function checkRows(label: string, name: string, buffer: GPUBuffer, offset: number, rowStride: number, rows: number, width: number): void {
+  if (rowStride < width) {
+    throw new ShapeError(`${label}: ${name}RowStride (${rowStride}) must be >= ${width} elements (heads x D)`);
+  }
+  checkFits(label, name, buffer, offset, (rows - 1) * rowStride + width);
+}
+
+function checkDistinct(label: string, written: Record<string, GPUBuffer>, read: Record<string, GPUBuffer | undefined>): void {
+  for (const [w, wb] of Object.entries(written)) {
+    for (const [r, rb] of Object.entries(read)) {
+      if (wb === rb) throw new ShapeError(`${label}: ${w} must be a different buffer from ${r} (WebGPU forbids writing a buffer a dispatch also reads)`);
+    }
+  }
+}
+
+function checkScale(label: string, scale: number): void {
+  if (!Number.isFinite(scale)) throw new ShapeError(`${label}: scale must be a finite number (got ${scale})`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV write
+
+export interface KvWriteConfig {
+  Hkv: number;
+  D: number;
+  capacity: number;
+  /** Invocations per workgroup (power of two). Default 256. */
+  workgroupSize?: number;
+}
+
+export interface KvWriteBuffers {
+  /** New keys: (rows, kRowStride) with (Hkv, D) at kOffset. */
+  k: GPUBuffer;
+  /** New values: (rows, vRowStride) with (Hkv, D) at vOffset; may be the same buffer as k. */
+  v: GPUBuffer;
+  /** u32 (kv_base, position) per row, from u32 index metaOffset. */
+  rowMeta: GPUBuffer;
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
+}
+
+export interface KvWriteRun {
+  /** Rows (tokens) to write. */
+  rows: number;
+  kOffset?: number;
+  /** Default Hkv * D. */
+  kRowStride?: number;
+  vOffset?: number;
+  /** Default Hkv * D. */
+  vRowStride?: number;
+  /** u32 index of row 0's pair in rowMeta. Default 0. */
+  metaOffset?: number;
+  /** Elements added to every row's kv_base. Default 0. */
+  kvOffset?: number;
+}
+
+/**
+ * Copies `rows` new K and V rows into the caches: row r goes to position meta[r].position of the
+ * region at meta[r].kv_base + kvOffset. Rows whose position is >= capacity, or whose region does not
+ * fit the cache buffers, are dropped by the shader (it cannot report them; validate on the host).
+ */
+export class KvWrite {
+  readonly config: Readonly<Required<KvWriteConfig>>;
+  readonly #dispatch: Dispatch<Fields<typeof KvWriteParams>>;
+  readonly #buffers: KvWriteBuffers;
+  readonly #maxPerDimension: number;
+
+  constructor(gpu: Gpu, config: KvWriteConfig, buffers: KvWriteBuffers) {
+    const label = 'attention.kv_write';
+    const { Hkv, D, capacity, workgroupSize = 256 } = config;
+    checkShape(label, { Hkv, D, capacity });
+    this.config = { Hkv, D, capacity, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label) };
+    checkDistinct(label, { kCache: buffers.kCache, vCache: buffers.vCache }, { k: buffers.k, v: buffers.v, rowMeta: buffers.rowMeta });
+    if (buffers.kCache === buffers.vCache) throw new ShapeError(`${label}: kCache and vCache must be different buffers`);
+    this.#buffers = buffers;
+    this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
+    this.#dispatch = new Dispatch(
+      gpu,
+      { name: 'attention', variant: 'kv_write', code: composeShader('attention_kv_write.wgsl'), entryPoint: 'kv_write', constants: { WG: workgroupSize } },
+      KvWriteParams,
+      [buffers.k, buffers.v, buffers.rowMeta, buffers.kCache, buffers.vCache],
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: KvWriteRun): void {
+    const label = 'attention.kv_write';
+    const { Hkv, D, capacity, workgroupSize } = this.config;
+    const width = Hkv * D;
+    const { rows, kOffset = 0, kRowStride = width, vOffset = 0, vRowStride = width, metaOffset = 0, kvOffset = 0 } = run;
+    checkShape(label, { rows, kOffset, kRowStride, vOffset, vRowStride, metaOffset, kvOffset }, ['kOffset', 'vOffset', 'metaOffset', 'kvOffset']);
+    checkRows(label, 'k', this.#buffers.k, kOffset, kRowStride, rows, width);
+    checkRows(label, 'v', this.#buffers.v, vOffset, vRowStride, rows, width);
+    checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
+    const [x, y] = dispatchGrid(Math.ceil((rows * width) / workgroupSize), this.#maxPerDimension);
+    this.#dispatch.encode(
+      pass,
+      {
+        rows, kv_heads: Hkv, head_dim: D, capacity,
+        k_offset: kOffset, k_row_stride: kRowStride, v_offset: vOffset, v_row_stride: vRowStride,
+        meta_offset: metaOffset, kv_offset: kvOffset,
+      },
+      x,
+      y,
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill
+
+/** Largest head dim prefill supports (output dims per invocation x key tile: ACC_MAX x BK in attention.wgsl). */
+export const MAX_HEAD_DIM = 256;
+const PREFILL_KEY_TILE = 16;
+/** Workgroup memory we aim to stay within (the WebGPU default limit); larger tiles only if needed. */
+const PREFERRED_WORKGROUP_BYTES = 16384;
+
+/** Workgroup memory of the prefill kernel for a (BQ queries, BK keys) tile at head dim D. */
+export function prefillWorkgroupBytes(D: number, BQ: number, BK: number): number {
+  return 4 * (BQ * (D + 1) + 2 * BK * (D + 1) + 2 * BQ * BK);
+}
+
+/**
+ * Tile sizes for head dim D: 16 queries x 16 keys when that fits 16 KiB of workgroup memory, else
+ * 8 x 16 when that does, else the first of the two that fits the adapter's limit.
+ */
+export function prefillTiles(D: number, limitBytes: number): { BQ: number; BK: number; bytes: number } | undefined {
+  const candidates = [16, 8].map((BQ) => ({ BQ, BK: PREFILL_KEY_TILE, bytes: prefillWorkgroupBytes(D, BQ, PREFILL_KEY_TILE) }));
+  return (
+    candidates.find((c) => c.bytes <= Math.min(PREFERRED_WORKGROUP_BYTES, limitBytes)) ??
+    candidates.find((c) => c.bytes <= limitBytes)
+  );
+}
+
+export interface PrefillAttentionBuffers {
+  /** Queries: (T, qRowStride) with (Hq, D) at qOffset (a fused QKV buffer works). */
+  q: GPUBuffer;
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
+  /** Output: (T, outRowStride) with (Hq, D) at outOffset. Must not be q's buffer. */
+  out: GPUBuffer;
+}
+
+export interface PrefillAttentionRun {
+  /** T: query tokens of this step (>= 1). */
+  tokens: number;
+  /** Tokens already in the region before this step; query t is at position pastLen + t. */
+  pastLen: number;
+  /** Element where the sequence's region starts in kCache and vCache. */
+  kvBase: number;
+  qOffset?: number;
+  /** Default Hq * D. */
+  qRowStride?: number;
+  outOffset?: number;
+  /** Default Hq * D. */
+  outRowStride?: number;
+  /** Default 1 / sqrt(D). */
+  scale?: number;
+}
+
+/**
+ * Causal flash attention over one sequence: query t (position pastLen + t) attends keys
+ * 0 ..= pastLen + t of the region at kvBase, which must already hold this step's K/V rows
+ * (encode KvWrite first). Workgroup tiles are sized from D; D whose tiles do not fit the adapter's
+ * maxComputeWorkgroupStorageSize is refused at construction.
+ */
+export class PrefillAttention {
+  readonly shape: Readonly<AttentionShape>;
+  /** Queries per workgroup (BQ) and keys per tile (BK) chosen for this D and adapter. */
+  readonly tiles: { readonly BQ: number; readonly BK: number; readonly bytes: number };
+  readonly #dispatch: Dispatch<Fields<typeof PrefillAttentionParams>>;
+  readonly #buffers: PrefillAttentionBuffers;
+
+  constructor(gpu: Gpu, shape: AttentionShape, buffers: PrefillAttentionBuffers) {
+    const label = 'attention.prefill';
+    checkHeads(label, shape);
+    const { D } = shape;
+    const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+    const tiles = prefillTiles(D, limit);
+    if (!tiles) {
+      throw new ShapeError(
+        `${label}: head dim D=${D} needs ${prefillWorkgroupBytes(D, 8, PREFILL_KEY_TILE)} bytes of workgroup memory ` +
+          `but this adapter's maxComputeWorkgroupStorageSize is ${limit} bytes`,
+      );
+    }
+    if (D > MAX_HEAD_DIM) throw new ShapeError(`${label}: head dim D=${D} exceeds the supported maximum ${MAX_HEAD_DIM}`);
+    checkWorkgroupSize(gpu, tiles.BQ * tiles.BK, label);
+    checkDistinct(label, { out: buffers.out }, { q: buffers.q, kCache: buffers.kCache, vCache: buffers.vCache });
+    this.shape = { ...shape };
+    this.tiles = tiles;
+    this.#buffers = buffers;
+    this.#dispatch = new Dispatch(
+      gpu,
+      { name: 'attention', variant: 'prefill', code: composeShader('attention.wgsl'), entryPoint: 'prefill', constants: { D, BQ: tiles.BQ, BK: tiles.BK } },
+      PrefillAttentionParams,
+      [buffers.q, buffers.kCache, buffers.vCache, buffers.out],
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: PrefillAttentionRun): void {
+    const label = 'attention.prefill';
+    const { Hq, Hkv, D, capacity } = this.shape;
+    const width = Hq * D;
+    const { tokens, pastLen, kvBase, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width, scale = 1 / Math.sqrt(D) } = run;
+    checkShape(label, { tokens, pastLen, kvBase, qOffset, qRowStride, outOffset, outRowStride }, ['pastLen', 'kvBase', 'qOffset', 'outOffset']);
+    checkScale(label, scale);
+    if (pastLen + tokens > capacity) {
+      throw new ShapeError(`${label}: pastLen + tokens (${pastLen} + ${tokens}) exceeds the region capacity ${capacity}`);
+    }
+    checkRows(label, 'q', this.#buffers.q, qOffset, qRowStride, tokens, width);
+    checkRows(label, 'out', this.#buffers.out, outOffset, outRowStride, tokens, width);
+    const region = kvRegionElements(this.shape);
+    checkFits(label, 'kCache', this.#buffers.kCache, kvBase, region);
+    checkFits(label, 'vCache', this.#buffers.vCache, kvBase, region);
+    this.#dispatch.encode(
+      pass,
+      {
+        tokens, past_len: pastLen, kv_base: kvBase, capacity, q_heads: Hq, group: Hq / Hkv,
+        q_offset: qOffset, q_row_stride: qRowStride, out_offset: outOffset, out_row_stride: outRowStride, scale,
+      },
+      Math.ceil(tokens / this.tiles.BQ),
+      Hq,
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode
+
+export interface DecodeAttentionConfig extends AttentionShape {
+  /** Most rows (sequences) one run may carry. */
+  maxRows: number;
+  /** Longest kv_len a run may see (<= capacity). Default capacity. */
+  maxContext?: number;
+  /** Fewest keys per split (more keys per split once maxLen / maxSplits exceeds it). Default 128. */
+  splitKeys?: number;
+  /** Most splits per (row, head). Default 32. */
+  maxSplits?: number;
+  /** Invocations per workgroup (power of two). Default 64. */
+  workgroupSize?: number;
+}
+
+export interface DecodeAttentionBuffers {
+  /** Queries: (rows, qRowStride) with (Hq, D) at qOffset (a fused QKV buffer works). */
+  q: GPUBuffer;
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
+  /** Output: (rows, outRowStride) with (Hq, D) at outOffset. Must not be q's buffer. */
+  out: GPUBuffer;
+  /** u32 (kv_base, kv_len) per row, from u32 index metaOffset. */
+  rowMeta: GPUBuffer;
+  /**
+   * Partials, at least DecodeAttention.scratchBytes(config) bytes. Optional: by default the op
+   * creates and owns one. Layers run one after another, so every layer's op may share one.
+   */
+  scratch?: GPUBuffer;
+}
+
+export interface DecodeAttentionRun {
+  /** Query rows (sequences) in this batch, <= maxRows. */
+  rows: number;
+  /**
+   * The largest kv_len in rowMeta for these rows (<= maxContext). It sets the split plan; keys of a
+   * row past splits * chunk (a row longer than maxLen) are not attended.
+   */
+  maxLen: number;
+  qOffset?: number;
+  /** Default Hq * D. */
+  qRowStride?: number;
+  outOffset?: number;
+  /** Default Hq * D. */
+  outRowStride?: number;
+  /** u32 index of row 0's pair in rowMeta. Default 0. */
+  metaOffset?: number;
+  /** Elements added to every row's kv_base. Default 0. */
+  kvOffset?: number;
+  /** Default 1 / sqrt(D). */
+  scale?: number;
+}
+
+/** Defaults of the DecodeAttention options. */
+export const DECODE_DEFAULTS = { splitKeys: 128, maxSplits: 32, workgroupSize: 64 } as const;
+
+/** How one run divides each row's keys: split s covers keys s * chunk .. (s + 1) * chunk - 1. */
+export interface SplitPlan {
+  splits: number;
+  chunk: number;
+}
+
+/**
+ * Flash-decoding: row r's single query (all Hq heads) attends keys 0 .. kv_len - 1 of the region at
+ * meta[r].kv_base + kvOffset. Pass 1 writes per-split partials to the scratch buffer, pass 2 combines
+ * them into out. Rows with kv_len 0 get a zero output; kv_len is clamped to capacity; a region that
+ * does not fit the cache buffers reads nothing (zero output).
+ */
+export class DecodeAttention {
+  readonly config: Readonly<Required<DecodeAttentionConfig>>;
+  /** Longest split the kernel holds in workgroup memory: max(splitKeys, ceil(maxContext / maxSplits)). */
+  readonly chunkMax: number;
+  readonly scratch: GPUBuffer;
+  readonly #ownsScratch: boolean;
+  readonly #split: Dispatch<Fields<typeof DecodeAttentionParams>>;
+  readonly #reduce: Dispatch<Fields<typeof DecodeAttentionParams>>;
+  readonly #buffers: DecodeAttentionBuffers;
+
+  /** Bytes of scratch the op needs: maxRows x Hq x maxSplits x (D + 2) f32. */
+  static scratchBytes(config: Pick<DecodeAttentionConfig, 'maxRows' | 'Hq' | 'D' | 'maxSplits'>): number {
+    return 4 * config.maxRows * config.Hq * (config.maxSplits ?? DECODE_DEFAULTS.maxSplits) * (config.D + 2);
+  }
+
+  constructor(gpu: Gpu, config: DecodeAttentionConfig, buffers: DecodeAttentionBuffers) {
+    const label = 'attention.decode';
+    checkHeads(label, config);
+    const {
+      Hq, Hkv, D, capacity, maxRows, maxContext = capacity,
+      splitKeys = DECODE_DEFAULTS.splitKeys, maxSplits = DECODE_DEFAULTS.maxSplits, workgroupSize = DECODE_DEFAULTS.workgroupSize,
+    } = config;
+    checkShape(label, { maxRows, maxContext, splitKeys, maxSplits });
+    if (maxContext > capacity) throw new ShapeError(`${label}: maxContext (${maxContext}) exceeds capacity (${capacity})`);
+    checkWorkgroupSize(gpu, workgroupSize, label);
+    this.config = { Hq, Hkv, D, capacity, maxRows, maxContext, splitKeys, maxSplits, workgroupSize };
+    this.chunkMax = Math.max(splitKeys, Math.ceil(maxContext / maxSplits));
+    const bytes = 4 * (D + this.chunkMax + workgroupSize);
+    const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+    if (bytes > limit) {
+      throw new ShapeError(
+        `${label}: splits of up to ${this.chunkMax} keys at D=${D} need ${bytes} bytes of workgroup memory but this ` +
+          `adapter's maxComputeWorkgroupStorageSize is ${limit} bytes (raise maxSplits or lower splitKeys)`,
+      );
+    }
+    checkDistinct(label, { out: buffers.out }, { q: buffers.q, kCache: buffers.kCache, vCache: buffers.vCache, rowMeta: buffers.rowMeta });
+    const scratchBytes = DecodeAttention.scratchBytes(this.config);
+    if (buffers.scratch) {
+      if (buffers.scratch.size < scratchBytes) {
+        throw new ShapeError(`${label}: scratch needs ${scratchBytes} bytes but its buffer has ${buffers.scratch.size}`);
+      }
+      checkDistinct(label, { scratch: buffers.scratch }, { q: buffers.q, out: buffers.out, kCache: buffers.kCache, vCache: buffers.vCache, rowMeta: buffers.rowMeta });
+    }
+    this.scratch = buffers.scratch ?? createStorage(gpu, `${label}.partials`, scratchBytes);
+    this.#ownsScratch = !buffers.scratch;
+    this.#buffers = buffers;
+    const code = composeShader('attention_decode.wgsl');
+    this.#split = new Dispatch(
+      gpu,
+      { name: 'attention', variant: 'decode', code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
+      DecodeAttentionParams,
+      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, undefined],
+    );
+    this.#reduce = new Dispatch(
+      gpu,
+      { name: 'attention', variant: 'decode', code, entryPoint: 'decode_reduce', constants: { D, WG: workgroupSize } },
+      DecodeAttentionParams,
+      [undefined, undefined, undefined, undefined, this.scratch, buffers.out],
+    );
+  }
+
+  /** The split plan for a run whose longest row has maxLen keys. */
+  plan(maxLen: number): SplitPlan {
+    const chunk = Math.max(this.config.splitKeys, Math.ceil(maxLen / this.config.maxSplits));
+    return { chunk, splits: Math.max(1, Math.ceil(maxLen / chunk)) };
+  }
+
+  encode(pass: GPUComputePassEncoder, run: DecodeAttentionRun): void {
+    const label = 'attention.decode';
+    const { Hq, Hkv, D, capacity, maxRows, maxContext } = this.config;
+    const width = Hq * D;
+    const {
+      rows, maxLen, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width,
+      metaOffset = 0, kvOffset = 0, scale = 1 / Math.sqrt(D),
+    } = run;
+    checkShape(label, { rows, maxLen, qOffset, qRowStride, outOffset, outRowStride, metaOffset, kvOffset }, ['qOffset', 'outOffset', 'metaOffset', 'kvOffset']);
+    checkScale(label, scale);
+    if (rows > maxRows) throw new ShapeError(`${label}: rows (${rows}) exceeds maxRows (${maxRows})`);
+    if (maxLen > maxContext) throw new ShapeError(`${label}: maxLen (${maxLen}) exceeds maxContext (${maxContext})`);
+    checkRows(label, 'q', this.#buffers.q, qOffset, qRowStride, rows, width);
+    checkRows(label, 'out', this.#buffers.out, outOffset, outRowStride, rows, width);
+    checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
+    const { splits, chunk } = this.plan(maxLen);
+    const values = {
+      rows, splits, chunk, capacity, q_heads: Hq, group: Hq / Hkv,
+      q_offset: qOffset, q_row_stride: qRowStride, out_offset: outOffset, out_row_stride: outRowStride,
+      meta_offset: metaOffset, kv_offset: kvOffset, scale,
+    };
+    this.#split.encode(pass, values, splits, Hq, rows);
+    this.#reduce.encode(pass, values, Hq, rows);
+  }
+
+  /** Free the scratch buffer if this op created it. */
+  destroy(): void {
+    if (this.#ownsScratch) this.scratch.destroy();
+  }
+}

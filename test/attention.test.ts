@@ -1,0 +1,502 @@
+import { describe, expect, it } from 'vitest';
+import {
+  DecodeAttention,
+  KvWrite,
+  PrefillAttention,
+  kvRegionElements,
+  type AttentionShape,
+} from '../kernels/attention.ts';
+import { runPass } from '../kernels/dispatch.ts';
+import { ShapeError } from '../src/errors.ts';
+import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
+import { expectClose, nanArray, randomF32 } from './support/reference.ts';
+
+const gpu = useGpu();
+
+// ---- float64 reference -------------------------------------------------------------------------
+
+/**
+ * Softmax attention of one query head over keys 0 .. nKeys - 1 of kv head `kvh` in the region at
+ * kvBase of the host cache mirrors (layout (Hkv, capacity, D)); float64 throughout.
+ */
+function attendRef(
+  qv: ArrayLike<number>, qAt: number, kHost: Float32Array, vHost: Float32Array,
+  kvBase: number, kvh: number, nKeys: number, capacity: number, D: number, scale: number,
+): Float64Array {
+  const out = new Float64Array(D);
+  if (nKeys === 0) return out;
+  const scores = new Float64Array(nKeys);
+  let max = -Infinity;
+  for (let key = 0; key < nKeys; key++) {
+    const row = kvBase + (kvh * capacity + key) * D;
+    let dot = 0;
+    for (let d = 0; d < D; d++) dot += qv[qAt + d] * kHost[row + d];
+    scores[key] = dot * scale;
+    max = Math.max(max, scores[key]);
+  }
+  let sum = 0;
+  for (let key = 0; key < nKeys; key++) {
+    scores[key] = Math.exp(scores[key] - max);
+    sum += scores[key];
+  }
+  for (let key = 0; key < nKeys; key++) {
+    const row = kvBase + (kvh * capacity + key) * D;
+    const w = scores[key] / sum;
+    for (let d = 0; d < D; d++) out[d] += w * vHost[row + d];
+  }
+  return out;
+}
+
+/** Bitwise-or-both-NaN equality of a GPU cache readback and its host mirror. */
+function expectSameCache(got: Float32Array, want: Float32Array, what: string): void {
+  expect(got.length).toBe(want.length);
+  for (let i = 0; i < want.length; i++) {
+    if (!Object.is(got[i], want[i]) && !(Number.isNaN(got[i]) && Number.isNaN(want[i]))) {
+      throw new Error(`${what}: cache element ${i} is ${got[i]}, want ${want[i]}`);
+    }
+  }
+}
+
+/** Gather (rows, Hq * D) at offset/stride from a flat readback, and check the gaps stayed NaN. */
+function gatherRows(all: Float32Array, offset: number, stride: number, rows: number, width: number, what: string): Float32Array {
+  const got = new Float32Array(rows * width);
+  const inside = new Uint8Array(all.length);
+  for (let r = 0; r < rows; r++) {
+    for (let e = 0; e < width; e++) {
+      got[r * width + e] = all[offset + r * stride + e];
+      inside[offset + r * stride + e] = 1;
+    }
+  }
+  for (let i = 0; i < all.length; i++) {
+    if (!inside[i] && !Number.isNaN(all[i])) throw new Error(`${what}: element ${i} outside the output was written (${all[i]})`);
+  }
+  return got;
+}
+
+// ---- a fused QKV activation buffer -------------------------------------------------------------
+
+interface Fused {
+  data: Float32Array;
+  offset: number;
+  stride: number;
+  qAt: (row: number, h: number) => number;
+  kAt: (row: number, h: number) => number;
+  vAt: (row: number, h: number) => number;
+}
+
+/** (rows, (Hq + 2 Hkv) D + pad) at `offset`: Q, then K, then V heads, then pad elements per row. */
+function fusedQkv(shape: AttentionShape, rows: number, seed: number, offset = 2, pad = 3): Fused {
+  const { Hq, Hkv, D } = shape;
+  const stride = (Hq + 2 * Hkv) * D + pad;
+  const data = randomF32(offset + rows * stride, seed);
+  return {
+    data, offset, stride,
+    qAt: (row, h) => offset + row * stride + h * D,
+    kAt: (row, h) => offset + row * stride + (Hq + h) * D,
+    vAt: (row, h) => offset + row * stride + (Hq + Hkv + h) * D,
+  };
+}
+
+/** Copy row `row` of the fused K and V into the host cache mirrors at `pos` of the region at kvBase. */
+function mirrorWrite(shape: AttentionShape, qkv: Fused, row: number, kHost: Float32Array, vHost: Float32Array, kvBase: number, pos: number): void {
+  const { Hkv, D, capacity } = shape;
+  for (let h = 0; h < Hkv; h++) {
+    const dst = kvBase + (h * capacity + pos) * D;
+    kHost.set(qkv.data.subarray(qkv.kAt(row, h), qkv.kAt(row, h) + D), dst);
+    vHost.set(qkv.data.subarray(qkv.vAt(row, h), qkv.vAt(row, h) + D), dst);
+  }
+}
+
+/**
+ * Host cache mirrors for `slots` regions after `base` leading elements: random everywhere (other
+ * sequences' data that must survive), except the listed regions, which hold random keys at
+ * positions < past[i] and NaN after (a read past the causal limit shows up as NaN).
+ */
+function cacheMirrors(shape: AttentionShape, base: number, slots: number, used: Array<{ kvBase: number; past: number }>, seed: number) {
+  const region = kvRegionElements(shape);
+  const total = base + slots * region + 5;
+  const kHost = randomF32(total, seed);
+  const vHost = randomF32(total, seed + 1);
+  for (const { kvBase, past } of used) {
+    for (let h = 0; h < shape.Hkv; h++) {
+      const from = kvBase + (h * shape.capacity + past) * shape.D;
+      const to = kvBase + (h + 1) * shape.capacity * shape.D;
+      kHost.fill(NaN, from, to);
+      vHost.fill(NaN, from, to);
+    }
+  }
+  return { kHost, vHost };
+}
+
+// ---- prefill -----------------------------------------------------------------------------------
+
+interface PrefillCase {
+  D: number;
+  Hq: number;
+  Hkv: number;
+  T: number;
+  past: number;
+}
+
+async function checkPrefill({ D, Hq, Hkv, T, past }: PrefillCase): Promise<number> {
+  const what = `prefill D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past}`;
+  const shape: AttentionShape = { Hq, Hkv, D, capacity: past + T + 3 };
+  const region = kvRegionElements(shape);
+  const base = 7;
+  const kvBase = base + region; // slot 1 of 2: slot 0 must stay untouched
+  const { kHost, vHost } = cacheMirrors(shape, base, 2, [{ kvBase, past }], 11 * D + T);
+  const qkv = fusedQkv(shape, T, 100 + past);
+  const outOffset = 5;
+  const outStride = Hq * D + 2;
+  const width = Hq * D;
+
+  const meta = new Uint32Array(2 * T);
+  for (let t = 0; t < T; t++) meta.set([kvBase, past + t], 2 * t);
+  const qkvBuffer = createStorage(gpu(), 'qkv', qkv.data);
+  const kCache = createStorage(gpu(), 'kCache', kHost);
+  const vCache = createStorage(gpu(), 'vCache', vHost);
+  const out = poisoned(gpu(), 'out', outOffset + T * outStride + 4);
+  const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'meta', meta), kCache, vCache });
+  const attention = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out });
+  await runPass(gpu(), (pass) => {
+    write.encode(pass, {
+      rows: T, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride,
+    });
+    attention.encode(pass, {
+      tokens: T, pastLen: past, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, outOffset, outRowStride: outStride,
+    });
+  });
+
+  for (let t = 0; t < T; t++) mirrorWrite(shape, qkv, t, kHost, vHost, kvBase, past + t);
+  expectSameCache(await readF32(gpu(), kCache, kHost.length), kHost, `${what} kCache`);
+  expectSameCache(await readF32(gpu(), vCache, vHost.length), vHost, `${what} vCache`);
+
+  const want = new Float64Array(T * width);
+  const group = Hq / Hkv;
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < Hq; h++) {
+      const o = attendRef(qkv.data, qkv.qAt(t, h), kHost, vHost, kvBase, Math.floor(h / group), past + t + 1, shape.capacity, D, 1 / Math.sqrt(D));
+      want.set(o, t * width + h * D);
+    }
+  }
+  const all = await readF32(gpu(), out, outOffset + T * outStride + 4);
+  return expectClose(gatherRows(all, outOffset, outStride, T, width, what), want, 1e-5, what).relL2;
+}
+
+describe('attention prefill (KV write + causal flash attention)', () => {
+  const worst: Record<string, number> = {};
+  for (const D of [8, 64, 80]) {
+    for (const [Hq, Hkv] of [[1, 1], [4, 2], [6, 2]]) {
+      // T = 37 spans several query tiles (BQ 16 or 8) and key tiles (BK 16).
+      for (const T of [1, 7, 37]) {
+        for (const past of [0, 5]) {
+          it(`D=${D} Hq/Hkv=${Hq}/${Hkv} T=${T} past=${past}`, async () => {
+            const err = await checkPrefill({ D, Hq, Hkv, T, past });
+            worst[`D=${D}`] = Math.max(worst[`D=${D}`] ?? 0, err);
+          });
+        }
+      }
+    }
+  }
+
+  it('D=128 fits the adapter (Hq/Hkv=2/1, T=37, past=5)', async () => {
+    const err = await checkPrefill({ D: 128, Hq: 2, Hkv: 1, T: 37, past: 5 });
+    worst['D=128'] = err;
+  });
+
+  it('reports its worst error', () => {
+    console.log(`attention prefill worst rel-L2: ${JSON.stringify(worst)}`);
+  });
+
+  it('uses 16 KiB tiles where they fit and the adapter limit only beyond', () => {
+    const tilesOf = (D: number) => new PrefillAttention(gpu(), { Hq: 1, Hkv: 1, D, capacity: 4 }, {
+      q: createStorage(gpu(), 'q', 64), kCache: createStorage(gpu(), 'k', 64), vCache: createStorage(gpu(), 'v', 64), out: createStorage(gpu(), 'o', 64),
+    }).tiles;
+    expect(tilesOf(64)).toMatchObject({ BQ: 16, BK: 16 });
+    expect(tilesOf(80)).toMatchObject({ BQ: 8, BK: 16 });
+    expect(tilesOf(80).bytes).toBeLessThanOrEqual(16384);
+    expect(tilesOf(128).bytes).toBeLessThanOrEqual(gpu().limits.maxComputeWorkgroupStorageSize);
+  });
+});
+
+// ---- decode ------------------------------------------------------------------------------------
+
+interface DecodeCase {
+  D: number;
+  Hq: number;
+  Hkv: number;
+  lengths: number[];
+  splitKeys?: number;
+  maxSplits?: number;
+  /** Pass a NaN-poisoned scratch buffer (checks every partial a run reads is written). */
+  poisonScratch?: boolean;
+}
+
+async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: number }> {
+  const { D, Hq, Hkv, lengths } = c;
+  const what = `decode D=${D} Hq=${Hq} Hkv=${Hkv} lengths=${lengths.join(',')}`;
+  const rows = lengths.length;
+  const maxLen = Math.max(...lengths);
+  const shape: AttentionShape = { Hq, Hkv, D, capacity: maxLen + 20 };
+  const region = kvRegionElements(shape);
+  // Each slot holds two layers; the run addresses layer 1 through kvOffset. Rows use slots 2, 0, 3, ...
+  // (slot 1 stays untouched), so kv_base differs per row and is not in row order.
+  const base = 3;
+  const slotOf = (r: number) => [2, 0, 3, 4, 5][r];
+  const kvBases = lengths.map((_, r) => base + slotOf(r) * 2 * region);
+  const kvOffset = region;
+  const slots = 2 * (Math.max(...lengths.map((_, r) => slotOf(r))) + 1);
+  const { kHost, vHost } = cacheMirrors(
+    shape, base, slots, lengths.map((n, r) => ({ kvBase: kvBases[r] + kvOffset, past: n - 1 })), 7 * D + rows,
+  );
+  const qkv = fusedQkv(shape, rows, 300 + D, 1, 5);
+  const metaOffset = 4; // u32s before the first pair
+  const writeMeta = new Uint32Array(metaOffset + 2 * rows);
+  const readMeta = new Uint32Array(metaOffset + 4 * rows);
+  lengths.forEach((n, r) => {
+    writeMeta.set([kvBases[r], n - 1], metaOffset + 2 * r);
+    readMeta.set([kvBases[r], n], metaOffset + 2 * rows + 2 * r);
+  });
+  const outOffset = 6;
+  const outStride = Hq * D + 1;
+  const width = Hq * D;
+
+  const qkvBuffer = createStorage(gpu(), 'qkv', qkv.data);
+  const kCache = createStorage(gpu(), 'kCache', kHost);
+  const vCache = createStorage(gpu(), 'vCache', vHost);
+  const out = poisoned(gpu(), 'out', outOffset + rows * outStride + 3);
+  const config = { ...shape, maxRows: rows + 1, splitKeys: c.splitKeys, maxSplits: c.maxSplits };
+  const scratch = c.poisonScratch ? poisoned(gpu(), 'scratch', DecodeAttention.scratchBytes(config) / 4) : undefined;
+  const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'writeMeta', writeMeta), kCache, vCache });
+  const decode = new DecodeAttention(gpu(), config, { q: qkvBuffer, kCache, vCache, out, rowMeta: createStorage(gpu(), 'readMeta', readMeta), scratch });
+  const scale = 0.7 / Math.sqrt(D); // a non-default scale
+  await runPass(gpu(), (pass) => {
+    write.encode(pass, {
+      rows, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride, metaOffset, kvOffset,
+    });
+    decode.encode(pass, {
+      rows, maxLen, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, outOffset, outRowStride: outStride,
+      metaOffset: metaOffset + 2 * rows, kvOffset, scale,
+    });
+  });
+
+  lengths.forEach((n, r) => mirrorWrite(shape, qkv, r, kHost, vHost, kvBases[r] + kvOffset, n - 1));
+  expectSameCache(await readF32(gpu(), kCache, kHost.length), kHost, `${what} kCache`);
+  expectSameCache(await readF32(gpu(), vCache, vHost.length), vHost, `${what} vCache`);
+
+  const want = new Float64Array(rows * width);
+  const group = Hq / Hkv;
+  lengths.forEach((n, r) => {
+    for (let h = 0; h < Hq; h++) {
+      const o = attendRef(qkv.data, qkv.qAt(r, h), kHost, vHost, kvBases[r] + kvOffset, Math.floor(h / group), n, shape.capacity, D, scale);
+      want.set(o, r * width + h * D);
+    }
+  });
+  const all = await readF32(gpu(), out, outOffset + rows * outStride + 3);
+  const { relL2 } = expectClose(gatherRows(all, outOffset, outStride, rows, width, what), want, 1e-5, what);
+  decode.destroy();
+  return { relL2, splits: decode.plan(maxLen).splits };
+}
+
+describe('attention decode (KV write + split-K flash-decoding)', () => {
+  const worst: Record<string, number> = {};
+  const record = (key: string, err: number) => {
+    worst[key] = Math.max(worst[key] ?? 0, err);
+  };
+  for (const D of [8, 64, 80]) {
+    for (const [Hq, Hkv] of [[1, 1], [4, 2], [6, 2]]) {
+      it(`D=${D} Hq/Hkv=${Hq}/${Hkv} lengths 1, 17, 300`, async () => {
+        const { relL2, splits } = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300] });
+        expect(splits).toBe(3); // default 128 keys per split
+        record(`D=${D}`, relL2);
+      });
+    }
+  }
+
+  it('adapts the chunk to maxSplits (8 splits of 38 keys) and writes every partial it reads', async () => {
+    const { relL2, splits } = await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [300, 1, 17], splitKeys: 16, maxSplits: 8, poisonScratch: true });
+    expect(splits).toBe(8);
+    record('adaptive', relL2);
+  });
+
+  it('one row, one key', async () => {
+    record('single', (await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [1], poisonScratch: true })).relL2);
+  });
+
+  it('reports its worst error', () => {
+    console.log(`attention decode worst rel-L2: ${JSON.stringify(worst)}`);
+  });
+
+  it('plans splits from the longest row', () => {
+    const make = (splitKeys?: number, maxSplits?: number) =>
+      new DecodeAttention(gpu(), { Hq: 1, Hkv: 1, D: 8, capacity: 4096, maxRows: 1, splitKeys, maxSplits }, {
+        q: createStorage(gpu(), 'q', 64), kCache: createStorage(gpu(), 'k', 64), vCache: createStorage(gpu(), 'v', 64),
+        out: createStorage(gpu(), 'o', 64), rowMeta: createStorage(gpu(), 'm', 64),
+      });
+    const op = make();
+    expect(op.plan(1)).toEqual({ splits: 1, chunk: 128 });
+    expect(op.plan(300)).toEqual({ splits: 3, chunk: 128 });
+    expect(op.plan(4096)).toEqual({ splits: 32, chunk: 128 });
+    expect(op.chunkMax).toBe(128);
+    const wide = make(64, 16);
+    expect(wide.plan(4096)).toEqual({ splits: 16, chunk: 256 });
+    expect(wide.chunkMax).toBe(256);
+    op.destroy();
+    wide.destroy();
+  });
+});
+
+// ---- prefill then decode == prefill of one more token -------------------------------------------
+
+describe('attention consistency', () => {
+  it('prefill of T tokens then decode of token T equals prefill of T + 1 tokens', async () => {
+    const shape: AttentionShape = { Hq: 4, Hkv: 2, D: 64, capacity: 40 };
+    const T = 29;
+    const width = shape.Hq * shape.D;
+    const qkv = fusedQkv(shape, T + 1, 77);
+    const qkvBuffer = createStorage(gpu(), 'qkv', qkv.data);
+    const region = kvRegionElements(shape);
+    const kvBase = 9;
+    const cacheElements = kvBase + region;
+    const metaAll = new Uint32Array(2 * (T + 1) + 2);
+    for (let t = 0; t <= T; t++) metaAll.set([kvBase, t], 2 * t);
+    metaAll.set([kvBase, T + 1], 2 * (T + 1)); // the decode row's (kv_base, kv_len)
+    const rowMeta = createStorage(gpu(), 'meta', metaAll);
+    const outAll = poisoned(gpu(), 'outAll', (T + 1) * width);
+    const outStep = poisoned(gpu(), 'outStep', T * width + width);
+
+    // One pass: prefill T + 1 tokens at once.
+    {
+      const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
+      const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
+      const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
+      const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outAll });
+      await runPass(gpu(), (pass) => {
+        write.encode(pass, { rows: T + 1, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
+        prefill.encode(pass, { tokens: T + 1, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride });
+      });
+    }
+    // Two steps: prefill T tokens, then decode token T as a batch of one.
+    {
+      const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
+      const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
+      const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
+      const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outStep });
+      await runPass(gpu(), (pass) => {
+        write.encode(pass, { rows: T, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
+        prefill.encode(pass, { tokens: T, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride });
+      });
+      const writeStep = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
+      const decode = new DecodeAttention(gpu(), { ...shape, maxRows: 1, splitKeys: 8 }, { q: qkvBuffer, kCache, vCache, out: outStep, rowMeta });
+      expect(decode.plan(T + 1).splits).toBe(4);
+      await runPass(gpu(), (pass) => {
+        writeStep.encode(pass, { rows: 1, kOffset: qkv.kAt(T, 0), vOffset: qkv.vAt(T, 0), metaOffset: 2 * T });
+        decode.encode(pass, { rows: 1, maxLen: T + 1, qOffset: qkv.qAt(T, 0), outOffset: T * width, metaOffset: 2 * (T + 1) });
+      });
+      decode.destroy();
+    }
+    const all = await readF32(gpu(), outAll, (T + 1) * width);
+    const step = await readF32(gpu(), outStep, (T + 1) * width);
+    const { relL2 } = expectClose(step, Array.from(all), 1e-5, 'prefill T + decode vs prefill T + 1');
+    console.log(`attention consistency rel-L2: ${relL2.toExponential(3)}`);
+  });
+});
+
+// ---- guards the host cannot check (metadata lives on the GPU) -----------------------------------
+
+describe('attention metadata guards', () => {
+  it('KvWrite drops rows past the capacity or past the end of the cache, writes the rest', async () => {
+    const shape: AttentionShape = { Hq: 2, Hkv: 2, D: 8, capacity: 6 };
+    const region = kvRegionElements(shape);
+    const rows = 4;
+    const width = shape.Hkv * shape.D;
+    const k = randomF32(rows * width, 1);
+    const v = randomF32(rows * width, 2);
+    const kHost = randomF32(2 * region, 3);
+    const vHost = randomF32(2 * region, 4);
+    // (slot 0, pos 0), (slot 1, last pos), (slot 0, pos = capacity: dropped), (slot 2: past the end: dropped)
+    const meta = new Uint32Array([0, 0, region, shape.capacity - 1, 0, shape.capacity, 2 * region, 1]);
+    const kCache = createStorage(gpu(), 'kCache', kHost);
+    const vCache = createStorage(gpu(), 'vCache', vHost);
+    const write = new KvWrite(gpu(), shape, {
+      k: createStorage(gpu(), 'k', k), v: createStorage(gpu(), 'v', v), rowMeta: createStorage(gpu(), 'meta', meta), kCache, vCache,
+    });
+    await runPass(gpu(), (pass) => write.encode(pass, { rows }));
+    for (const [row, kvBase, pos] of [[0, 0, 0], [1, region, shape.capacity - 1]]) {
+      for (let h = 0; h < shape.Hkv; h++) {
+        const dst = kvBase + (h * shape.capacity + pos) * shape.D;
+        kHost.set(k.subarray(row * width + h * shape.D, row * width + (h + 1) * shape.D), dst);
+        vHost.set(v.subarray(row * width + h * shape.D, row * width + (h + 1) * shape.D), dst);
+      }
+    }
+    expectSameCache(await readF32(gpu(), kCache, kHost.length), kHost, 'kv_write guards kCache');
+    expectSameCache(await readF32(gpu(), vCache, vHost.length), vHost, 'kv_write guards vCache');
+  });
+
+  it('decode: kv_len 0 and a region past the end give 0; kv_len past capacity is clamped', async () => {
+    const shape: AttentionShape = { Hq: 2, Hkv: 1, D: 8, capacity: 10 };
+    const region = kvRegionElements(shape);
+    const kHost = randomF32(2 * region, 5);
+    const vHost = randomF32(2 * region, 6);
+    const q = randomF32(3 * shape.Hq * shape.D, 7);
+    const meta = new Uint32Array([region, 0, 2 * region, 5, region, shape.capacity + 7]);
+    const out = poisoned(gpu(), 'out', q.length);
+    const decode = new DecodeAttention(gpu(), { ...shape, maxRows: 3, splitKeys: 4 }, {
+      q: createStorage(gpu(), 'q', q), kCache: createStorage(gpu(), 'k', kHost), vCache: createStorage(gpu(), 'v', vHost),
+      out, rowMeta: createStorage(gpu(), 'meta', meta),
+    });
+    await runPass(gpu(), (pass) => decode.encode(pass, { rows: 3, maxLen: shape.capacity }));
+    const want = new Float64Array(q.length);
+    for (let h = 0; h < shape.Hq; h++) {
+      want.set(attendRef(q, 2 * shape.Hq * shape.D + h * shape.D, kHost, vHost, region, 0, shape.capacity, shape.capacity, shape.D, 1 / Math.sqrt(shape.D)), 2 * shape.Hq * shape.D + h * shape.D);
+    }
+    expectClose(await readF32(gpu(), out, q.length), want, 1e-5, 'decode guards');
+    decode.destroy();
+  });
+});
+
+// ---- refusals ----------------------------------------------------------------------------------
+
+describe('attention shape checks', () => {
+  const small = () => ({
+    q: createStorage(gpu(), 'q', 4096), kCache: createStorage(gpu(), 'k', 4096), vCache: createStorage(gpu(), 'v', 4096),
+    out: createStorage(gpu(), 'o', 4096), rowMeta: createStorage(gpu(), 'm', 64),
+  });
+
+  it('refuses a head dim whose tiles exceed maxComputeWorkgroupStorageSize', () => {
+    expect(gpu().limits.maxComputeWorkgroupStorageSize).toBeLessThan(4 * (8 * 513 + 32 * 513 + 128));
+    expect(() => new PrefillAttention(gpu(), { Hq: 1, Hkv: 1, D: 512, capacity: 4 }, small())).toThrow(
+      expect.objectContaining({ name: 'ShapeError', message: expect.stringMatching(/D=512.*maxComputeWorkgroupStorageSize/) }),
+    );
+  });
+
+  it('refuses Hq not a multiple of Hkv', () => {
+    expect(() => new PrefillAttention(gpu(), { Hq: 6, Hkv: 4, D: 8, capacity: 4 }, small())).toThrow(/multiple of Hkv/);
+    expect(() => new DecodeAttention(gpu(), { Hq: 3, Hkv: 2, D: 8, capacity: 4, maxRows: 1 }, small())).toThrow(ShapeError);
+  });
+
+  it('refuses runs that do not fit', () => {
+    const b = small();
+    const prefill = new PrefillAttention(gpu(), { Hq: 2, Hkv: 1, D: 8, capacity: 10 }, b);
+    const decode = new DecodeAttention(gpu(), { Hq: 2, Hkv: 1, D: 8, capacity: 10, maxRows: 2 }, b);
+    const write = new KvWrite(gpu(), { Hkv: 1, D: 8, capacity: 10 }, { k: b.q, v: b.q, rowMeta: b.rowMeta, kCache: b.kCache, vCache: b.vCache });
+    const encoder = gpu().device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    expect(() => prefill.encode(pass, { tokens: 6, pastLen: 5, kvBase: 0 })).toThrow(/exceeds the region capacity 10/);
+    expect(() => prefill.encode(pass, { tokens: 2, pastLen: 0, kvBase: 1020 })).toThrow(/kCache needs/);
+    expect(() => prefill.encode(pass, { tokens: 2, pastLen: 0, kvBase: 0, qRowStride: 15 })).toThrow(/qRowStride \(15\) must be >= 16/);
+    expect(() => decode.encode(pass, { rows: 3, maxLen: 4 })).toThrow(/rows \(3\) exceeds maxRows \(2\)/);
+    expect(() => decode.encode(pass, { rows: 1, maxLen: 11 })).toThrow(/maxLen \(11\) exceeds maxContext \(10\)/);
+    expect(() => decode.encode(pass, { rows: 1, maxLen: 0 })).toThrow(/maxLen must be an integer >= 1/);
+    expect(() => write.encode(pass, { rows: 9, metaOffset: 0 })).toThrow(/rowMeta needs/);
+    pass.end();
+    encoder.finish();
+    decode.destroy();
+  });
+
+  it('refuses an output that aliases an input', () => {
+    const b = small();
+    expect(() => new PrefillAttention(gpu(), { Hq: 1, Hkv: 1, D: 8, capacity: 4 }, { ...b, out: b.q })).toThrow(/out must be a different buffer from q/);
+    expect(() => new KvWrite(gpu(), { Hkv: 1, D: 8, capacity: 4 }, { k: b.kCache, v: b.q, rowMeta: b.rowMeta, kCache: b.kCache, vCache: b.vCache })).toThrow(/kCache must be a different buffer from k/);
+  });
+});
