@@ -1,0 +1,165 @@
+// Tiled matmul for prefill: out = input · Wᵀ (+ bias), W any weight dtype. See shaders/matmul.wgsl.
+// Also the run contract shared with kernels/matvec.ts (same uniforms, same buffers, same run shape).
+import type { Gpu } from '../src/gpu/device.ts';
+import { UniformLayout } from '../src/gpu/uniforms.ts';
+import { createStorage } from '../src/gpu/buffers.ts';
+import { ShapeError } from '../src/errors.ts';
+import { composeShader } from './shader.ts';
+import { Dispatch, checkFits, checkShape } from './dispatch.ts';
+import { weightBindings, weightShader, type PackedWeight } from './weights.ts';
+
+export const MatmulParams = new UniformLayout('Params', [
+  ['m', 'u32'],
+  ['n', 'u32'],
+  ['k', 'u32'],
+  ['a_offset', 'u32'],
+  ['a_stride', 'u32'],
+  ['out_offset', 'u32'],
+  ['out_stride', 'u32'],
+  ['bias_offset', 'u32'],
+] as const);
+
+export type ProjectionField = (typeof MatmulParams.fields)[number][0];
+
+/** Buffers of one projection: input (M, K) f32, output (M, N) f32, weight (N, K), bias (N) f32. */
+export interface MatmulBuffers {
+  weight: PackedWeight;
+  input: GPUBuffer;
+  output: GPUBuffer;
+  bias?: GPUBuffer;
+}
+
+/** One projection run. Offsets and strides are in f32 elements. */
+export interface MatmulRun {
+  /** Activation rows (tokens). */
+  M: number;
+  /** First element of the input; default 0. */
+  inputOffset?: number;
+  /** Elements between input rows; default K. */
+  inputRowStride?: number;
+  /** First element of the output; default 0. With outputRowStride, selects a column slice (fused QKV). */
+  outputOffset?: number;
+  /** Elements between output rows; default N. */
+  outputRowStride?: number;
+  /** First element of the bias; default 0. */
+  biasOffset?: number;
+}
+
+export interface MatmulOptions {
+  /** Output rows per workgroup, a multiple of 4 (default 64). */
+  tileM?: number;
+  /** Output cols per workgroup, a multiple of 4 (default 64). */
+  tileN?: number;
+}
+
+/** Validate a run against the buffers and return the uniform values (shared by Matmul and Matvec). */
+export function projectionValues(
+  label: string,
+  buffers: MatmulBuffers,
+  run: MatmulRun,
+  maxM: number,
+): Record<ProjectionField, number> {
+  const { rows: n, cols: k } = buffers.weight;
+  const {
+    M,
+    inputOffset = 0,
+    inputRowStride = k,
+    outputOffset = 0,
+    outputRowStride = n,
+    biasOffset = 0,
+  } = run;
+  checkShape(label, { M, inputOffset, inputRowStride, outputOffset, outputRowStride, biasOffset }, [
+    'inputOffset',
+    'outputOffset',
+    'biasOffset',
+  ]);
+  if (M > maxM) throw new ShapeError(`${label}: M = ${M} rows exceeds this kernel's maximum of ${maxM}`);
+  if (inputRowStride < k) throw new ShapeError(`${label}: inputRowStride ${inputRowStride} < K = ${k}`);
+  if (outputRowStride < n) throw new ShapeError(`${label}: outputRowStride ${outputRowStride} < N = ${n}`);
+  checkFits(label, 'input', buffers.input, inputOffset, (M - 1) * inputRowStride + k);
+  checkFits(label, 'output', buffers.output, outputOffset, (M - 1) * outputRowStride + n);
+  if (buffers.bias) checkFits(label, 'bias', buffers.bias, biasOffset, n);
+  return {
+    m: M,
+    n,
+    k,
+    a_offset: inputOffset,
+    a_stride: inputRowStride,
+    out_offset: outputOffset,
+    out_stride: outputRowStride,
+    bias_offset: biasOffset,
+  };
+}
+
+// A kernel compiled without bias still declares the binding (override-guarded reads are static
+// uses), so it gets this 16-byte buffer, one per device.
+const placeholders = new WeakMap<Gpu, GPUBuffer>();
+export function placeholderStorage(gpu: Gpu): GPUBuffer {
+  let buffer = placeholders.get(gpu);
+  if (!buffer) {
+    buffer = createStorage(gpu, 'placeholder', 16);
+    placeholders.set(gpu, buffer);
+  }
+  return buffer;
+}
+
+/** Storage buffers of a projection kernel in binding order (1..5). */
+export function projectionBindings(gpu: Gpu, buffers: MatmulBuffers): Array<GPUBuffer | undefined> {
+  return [...weightBindings(buffers.weight), buffers.input, buffers.bias ?? placeholderStorage(gpu), buffers.output];
+}
+
+/** out[M, N] = input[M, K] · Wᵀ (+ bias) for any M; tiled, for prefill. */
+export class Matmul {
+  readonly weight: PackedWeight;
+  readonly #buffers: MatmulBuffers;
+  readonly #dispatch: Dispatch<ProjectionField>;
+  readonly #tileM: number;
+  readonly #tileN: number;
+
+  constructor(gpu: Gpu, buffers: MatmulBuffers, options: MatmulOptions = {}) {
+    const { tileM = 64, tileN = 64 } = options;
+    const label = `matmul(${buffers.weight.label})`;
+    for (const [name, tile] of [['tileM', tileM], ['tileN', tileN]] as const) {
+      if (!Number.isSafeInteger(tile) || tile < 4 || tile % 4 !== 0) {
+        throw new ShapeError(`${label}: ${name} must be a positive multiple of 4 (got ${tile})`);
+      }
+    }
+    const limits = gpu.limits;
+    const threads = (tileM / 4) * (tileN / 4);
+    if (
+      threads > limits.maxComputeInvocationsPerWorkgroup ||
+      tileN / 4 > limits.maxComputeWorkgroupSizeX ||
+      tileM / 4 > limits.maxComputeWorkgroupSizeY
+    ) {
+      throw new ShapeError(`${label}: tile ${tileM}x${tileN} needs ${tileN / 4}x${tileM / 4} threads, over this adapter's limit`);
+    }
+    const shared = 32 * (tileM + tileN) * 4;
+    if (shared > limits.maxComputeWorkgroupStorageSize) {
+      throw new ShapeError(
+        `${label}: tile ${tileM}x${tileN} needs ${shared} bytes of workgroup memory, ` +
+          `over this adapter's ${limits.maxComputeWorkgroupStorageSize}`,
+      );
+    }
+    this.weight = buffers.weight;
+    this.#buffers = buffers;
+    this.#tileM = tileM;
+    this.#tileN = tileN;
+    this.#dispatch = new Dispatch(
+      gpu,
+      {
+        name: 'matmul',
+        variant: buffers.weight.dtype,
+        code: composeShader(weightShader(buffers.weight.dtype), 'matmul.wgsl'),
+        entryPoint: 'matmul',
+        constants: { TILE_M: tileM, TILE_N: tileN, HAS_BIAS: buffers.bias ? 1 : 0 },
+      },
+      MatmulParams,
+      projectionBindings(gpu, buffers),
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: MatmulRun): void {
+    const values = projectionValues(`matmul(${this.weight.label})`, this.#buffers, run, Number.MAX_SAFE_INTEGER);
+    this.#dispatch.encode(pass, values, Math.ceil(values.n / this.#tileN), Math.ceil(values.m / this.#tileM));
+  }
+}

@@ -1,0 +1,414 @@
+// Weight formats: packing on the CPU into the 4-byte-aligned planes the shaders read, upload, and a
+// float64 dequantisation reference. See shaders/weights_<dtype>.wgsl for the shader side.
+//
+// A weight W is (rows = N output features, cols = K input features), row-major like an HF linear
+// weight (GGUF ne = [K, N], same bytes). Stored rows are Kp = K rounded up to 4 long (zeros in the
+// padding) so every dtype serves W[row, k..k+3] from aligned words. Planes, in binding order:
+//   f32   values  (N, Kp)      f32
+//   f16   values  (N, Kp)      f16, two per u32 (low half = even column); rounded to nearest even
+//   q8_0  quants  (N, K)       int8, four per u32 (column k at byte k % 4)
+//         scales  (N * K/32)   f16 block scales, two per u32 (block b at half b % 2)
+//   q4_0  quants  (N, K/32, 4) per block the GGUF 16 nibble bytes as 4 u32 (byte j: low nibble is
+//                              column j, high nibble column j + 16; value = (nibble - 8) * d)
+//         scales  as q8_0
+// Q8_0 and Q4_0 need K % 32 == 0. Scales stay f16 (not widened to f32): see weights_scales.wgsl.
+// Planes are little-endian, as WebGPU buffers are; this module assumes a little-endian host.
+import type { Gpu } from '../src/gpu/device.ts';
+import { createStorage, type BufferArena } from '../src/gpu/buffers.ts';
+import { ShapeError } from '../src/errors.ts';
+
+export type WeightDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0';
+export const WEIGHT_DTYPES: readonly WeightDtype[] = ['f32', 'f16', 'q8_0', 'q4_0'];
+
+/** Columns per quant block (Q8_0, Q4_0). */
+export const QUANT_BLOCK = 32;
+
+/** Bytes of one GGUF block: Q8_0 = f16 d + 32 int8; Q4_0 = f16 d + 16 bytes of nibbles. */
+export const GGUF_BLOCK_BYTES = { q8_0: 34, q4_0: 18 } as const;
+
+const PLANE_NAMES: Record<WeightDtype, readonly string[]> = {
+  f32: ['values'],
+  f16: ['values'],
+  q8_0: ['quants', 'scales'],
+  q4_0: ['quants', 'scales'],
+};
+
+/** A packed weight on the CPU: planes ready to upload, in binding order. */
+export interface HostWeight {
+  readonly dtype: WeightDtype;
+  /** N: output features. */
+  readonly rows: number;
+  /** K: input features. */
+  readonly cols: number;
+  readonly planes: readonly Uint32Array[];
+}
+
+/** A packed weight on the GPU: one storage buffer per plane, in binding order (bindings 1, 2). */
+export interface PackedWeight {
+  readonly label: string;
+  readonly dtype: WeightDtype;
+  readonly rows: number;
+  readonly cols: number;
+  readonly planes: readonly GPUBuffer[];
+  /** Bytes of all planes (as packed, before the 16-byte minimum buffer size). */
+  readonly bytes: number;
+}
+
+/** Stored row length: K rounded up to a multiple of 4. */
+export function paddedCols(cols: number): number {
+  return Math.ceil(cols / 4) * 4;
+}
+
+/** The WGSL module to compose with a kernel for this dtype. */
+export function weightShader(dtype: WeightDtype): string {
+  return `weights_${dtype}.wgsl`;
+}
+
+/** Plane names in binding order, e.g. ['quants', 'scales']. */
+export function planeNames(dtype: WeightDtype): readonly string[] {
+  return PLANE_NAMES[dtype];
+}
+
+/** The buffers for bindings 1 and 2 of a weight-composed kernel. */
+export function weightBindings(weight: PackedWeight): [GPUBuffer, GPUBuffer | undefined] {
+  return [weight.planes[0], weight.planes[1]];
+}
+
+function checkDims(label: string, dtype: WeightDtype, rows: number, cols: number): void {
+  if (!WEIGHT_DTYPES.includes(dtype)) throw new ShapeError(`${label}: unknown weight dtype "${dtype}"`);
+  for (const [name, value] of [['rows', rows], ['cols', cols]] as const) {
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new ShapeError(`${label}: ${name} must be an integer >= 1 (got ${value})`);
+    }
+  }
+  if ((dtype === 'q8_0' || dtype === 'q4_0') && cols % QUANT_BLOCK !== 0) {
+    throw new ShapeError(`${label}: ${dtype} needs cols (K) to be a multiple of ${QUANT_BLOCK} (got ${cols})`);
+  }
+}
+
+function checkLength(label: string, got: number, want: number, unit: string): void {
+  if (got !== want) throw new ShapeError(`${label}: expected ${want} ${unit}, got ${got}`);
+}
+
+// ---- f16 conversion -------------------------------------------------------------------------
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** IEEE binary16 bits of `value` rounded once, to nearest even (as GGML_FP32_TO_FP16 and F16C do). */
+export function f32ToF16Bits(value: number): number {
+  f32Scratch[0] = value;
+  const x = u32Scratch[0];
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 | (mant >>> 13) : 0);
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e >= 1) {
+    // Normal: keep 10 mantissa bits; a carry out of the mantissa bumps the exponent (to inf at the top).
+    let bits = (e << 10) | (mant >>> 13);
+    const rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest === 0x1000 && (bits & 1) === 1)) bits++;
+    return sign | bits;
+  }
+  if (exp === 0) return sign; // f32 subnormals are far below half the smallest f16 subnormal
+  // Subnormal f16: the value in units of 2^-24 is m >> (126 - exp), m the 24-bit significand.
+  const m = mant | 0x800000;
+  const shift = 126 - exp;
+  if (shift > 24) return sign;
+  let bits = m >>> shift;
+  const rest = m & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  if (rest > half || (rest === half && (bits & 1) === 1)) bits++;
+  return sign | bits;
+}
+
+/** The value of IEEE binary16 bits (exact). */
+export function f16BitsToF32(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exp = (bits >>> 10) & 0x1f;
+  const mant = bits & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 0x1f) return mant !== 0 ? NaN : sign * Infinity;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+}
+
+// ---- packing from f32 values ----------------------------------------------------------------
+
+/** f32 planes from a row-major (rows, cols) Float32Array. */
+export function packF32(rows: number, cols: number, values: Float32Array): HostWeight {
+  checkDims('packF32', 'f32', rows, cols);
+  checkLength('packF32', values.length, rows * cols, 'values (rows * cols)');
+  const kp = paddedCols(cols);
+  const out = new Float32Array(rows * kp);
+  if (kp === cols) out.set(values);
+  else for (let r = 0; r < rows; r++) out.set(values.subarray(r * cols, (r + 1) * cols), r * kp);
+  return { dtype: 'f32', rows, cols, planes: [new Uint32Array(out.buffer)] };
+}
+
+/** f16 planes (round to nearest even) from a row-major (rows, cols) Float32Array. */
+export function packF16(rows: number, cols: number, values: Float32Array): HostWeight {
+  checkDims('packF16', 'f16', rows, cols);
+  checkLength('packF16', values.length, rows * cols, 'values (rows * cols)');
+  const bits = new Uint16Array(rows * cols);
+  for (let i = 0; i < bits.length; i++) bits[i] = f32ToF16Bits(values[i]);
+  return f16Planes(rows, cols, bits);
+}
+
+function f16Planes(rows: number, cols: number, bits: Uint16Array): HostWeight {
+  const kp = paddedCols(cols);
+  const out = new Uint16Array(rows * kp);
+  if (kp === cols) out.set(bits);
+  else for (let r = 0; r < rows; r++) out.set(bits.subarray(r * cols, (r + 1) * cols), r * kp);
+  return { dtype: 'f16', rows, cols, planes: [new Uint32Array(out.buffer)] };
+}
+
+function quantPlanes(dtype: 'q8_0' | 'q4_0', rows: number, cols: number) {
+  const blocks = (rows * cols) / QUANT_BLOCK;
+  const quants = new Uint32Array(dtype === 'q8_0' ? blocks * 8 : blocks * 4);
+  const scales = new Uint32Array(Math.ceil(blocks / 2));
+  return { blocks, quants, scales, qBytes: new Uint8Array(quants.buffer), d16: new Uint16Array(scales.buffer) };
+}
+
+/** C's roundf: half away from zero (Math.round rounds half toward +infinity). */
+function roundf(x: number): number {
+  return x < 0 ? -Math.floor(-x + 0.5) : Math.floor(x + 0.5);
+}
+
+/**
+ * Q8_0 planes exactly as ggml's quantize_row_q8_0_ref: per block of 32, d = amax / 127,
+ * id = 1 / d (0 when d = 0), q = roundf(x * id), all in f32; d stored as f16.
+ */
+export function quantizeQ8_0(rows: number, cols: number, values: Float32Array): HostWeight {
+  checkDims('quantizeQ8_0', 'q8_0', rows, cols);
+  checkLength('quantizeQ8_0', values.length, rows * cols, 'values (rows * cols)');
+  const { blocks, quants, scales, qBytes, d16 } = quantPlanes('q8_0', rows, cols);
+  const fr = Math.fround;
+  const q8 = new Int8Array(qBytes.buffer);
+  for (let b = 0; b < blocks; b++) {
+    const x = b * QUANT_BLOCK;
+    let amax = 0;
+    for (let j = 0; j < QUANT_BLOCK; j++) amax = Math.max(amax, Math.abs(values[x + j]));
+    const d = fr(amax / 127);
+    const id = d !== 0 ? fr(1 / d) : 0;
+    d16[b] = f32ToF16Bits(d);
+    for (let j = 0; j < QUANT_BLOCK; j++) q8[x + j] = roundf(fr(values[x + j] * id));
+  }
+  return { dtype: 'q8_0', rows, cols, planes: [quants, scales] };
+}
+
+/**
+ * Q4_0 planes exactly as ggml's quantize_row_q4_0_ref: per block of 32, max = the value of largest
+ * magnitude (first one on ties), d = max / -8, id = 1 / d (0 when d = 0),
+ * q = min(15, trunc(x * id + 8.5)), all in f32; d stored as f16.
+ */
+export function quantizeQ4_0(rows: number, cols: number, values: Float32Array): HostWeight {
+  checkDims('quantizeQ4_0', 'q4_0', rows, cols);
+  checkLength('quantizeQ4_0', values.length, rows * cols, 'values (rows * cols)');
+  const { blocks, quants, scales, qBytes, d16 } = quantPlanes('q4_0', rows, cols);
+  const fr = Math.fround;
+  for (let b = 0; b < blocks; b++) {
+    const x = b * QUANT_BLOCK;
+    let amax = 0;
+    let max = 0;
+    for (let j = 0; j < QUANT_BLOCK; j++) {
+      const v = values[x + j];
+      if (amax < Math.abs(v)) {
+        amax = Math.abs(v);
+        max = v;
+      }
+    }
+    const d = fr(max / -8);
+    const id = d !== 0 ? fr(1 / d) : 0;
+    d16[b] = f32ToF16Bits(d);
+    const half = QUANT_BLOCK / 2;
+    for (let j = 0; j < half; j++) {
+      const q0 = Math.min(15, Math.trunc(fr(fr(values[x + j] * id) + 8.5)));
+      const q1 = Math.min(15, Math.trunc(fr(fr(values[x + half + j] * id) + 8.5)));
+      qBytes[b * half + j] = q0 | (q1 << 4);
+    }
+  }
+  return { dtype: 'q4_0', rows, cols, planes: [quants, scales] };
+}
+
+/** Pack a row-major (rows, cols) Float32Array into `dtype` (rounding or quantising as above). */
+export function packWeight(dtype: WeightDtype, rows: number, cols: number, values: Float32Array): HostWeight {
+  switch (dtype) {
+    case 'f32':
+      return packF32(rows, cols, values);
+    case 'f16':
+      return packF16(rows, cols, values);
+    case 'q8_0':
+      return quantizeQ8_0(rows, cols, values);
+    case 'q4_0':
+      return quantizeQ4_0(rows, cols, values);
+    default:
+      throw new ShapeError(`packWeight: unknown weight dtype "${dtype as string}"`);
+  }
+}
+
+// ---- raw GGUF / safetensors tensor data -----------------------------------------------------
+
+function bytesOf(data: ArrayBufferView): Uint8Array {
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** Byte size of a (rows, cols) tensor's raw data in GGUF layout. */
+export function ggufByteSize(dtype: WeightDtype, rows: number, cols: number): number {
+  checkDims('ggufByteSize', dtype, rows, cols);
+  const n = rows * cols;
+  if (dtype === 'f32') return n * 4;
+  if (dtype === 'f16') return n * 2;
+  return (n / QUANT_BLOCK) * GGUF_BLOCK_BYTES[dtype];
+}
+
+/**
+ * Planes from a tensor's raw data as stored in GGUF (ne = [cols, rows]) or safetensors
+ * ([rows, cols]): f32 little-endian, f16 bits, Q8_0 34-byte or Q4_0 18-byte blocks.
+ * Any typed array view is read as its bytes (so raw f16 bits may come as a Uint16Array).
+ */
+export function packGguf(dtype: WeightDtype, rows: number, cols: number, data: ArrayBufferView): HostWeight {
+  const label = `packGguf(${dtype})`;
+  const bytes = bytesOf(data);
+  checkLength(label, bytes.byteLength, ggufByteSize(dtype, rows, cols), `bytes for ${rows}x${cols}`);
+  if (dtype === 'f32') {
+    const copy = new Uint8Array(bytes); // aligned copy
+    return packF32(rows, cols, new Float32Array(copy.buffer));
+  }
+  if (dtype === 'f16') return f16Planes(rows, cols, new Uint16Array(new Uint8Array(bytes).buffer));
+  const { blocks, quants, scales, qBytes, d16 } = quantPlanes(dtype, rows, cols);
+  const blockBytes = GGUF_BLOCK_BYTES[dtype];
+  const qPerBlock = blockBytes - 2;
+  for (let b = 0; b < blocks; b++) {
+    const src = b * blockBytes;
+    d16[b] = bytes[src] | (bytes[src + 1] << 8);
+    const dst = b * qPerBlock;
+    for (let j = 0; j < qPerBlock; j++) qBytes[dst + j] = bytes[src + 2 + j];
+  }
+  return { dtype, rows, cols, planes: [quants, scales] };
+}
+
+/** The inverse of packGguf: the weight's raw GGUF tensor data (for writing GGUF files and tests). */
+export function ggufBytes(weight: HostWeight): Uint8Array {
+  const { dtype, rows, cols } = weight;
+  const out = new Uint8Array(ggufByteSize(dtype, rows, cols));
+  const kp = paddedCols(cols);
+  if (dtype === 'f32' || dtype === 'f16') {
+    const size = dtype === 'f32' ? 4 : 2;
+    const plane = bytesOf(weight.planes[0]);
+    for (let r = 0; r < rows; r++) {
+      out.set(plane.subarray(r * kp * size, (r * kp + cols) * size), r * cols * size);
+    }
+    return out;
+  }
+  const [quants, scales] = weight.planes;
+  const qBytes = bytesOf(quants);
+  const d16 = new Uint16Array(scales.buffer, scales.byteOffset, scales.length * 2);
+  const blockBytes = GGUF_BLOCK_BYTES[dtype];
+  const qPerBlock = blockBytes - 2;
+  for (let b = 0; b < (rows * cols) / QUANT_BLOCK; b++) {
+    const dst = b * blockBytes;
+    out[dst] = d16[b] & 0xff;
+    out[dst + 1] = d16[b] >>> 8;
+    out.set(qBytes.subarray(b * qPerBlock, (b + 1) * qPerBlock), dst + 2);
+  }
+  return out;
+}
+
+// ---- reference ------------------------------------------------------------------------------
+
+/** W as float64, row-major (rows, cols), decoded from the packed planes exactly as the shaders do. */
+export function dequantize(weight: HostWeight): Float64Array {
+  const { dtype, rows, cols } = weight;
+  const out = new Float64Array(rows * cols);
+  const kp = paddedCols(cols);
+  if (dtype === 'f32') {
+    const values = new Float32Array(weight.planes[0].buffer, weight.planes[0].byteOffset, weight.planes[0].length);
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = values[r * kp + c];
+    return out;
+  }
+  if (dtype === 'f16') {
+    const p = weight.planes[0];
+    const bits = new Uint16Array(p.buffer, p.byteOffset, p.length * 2);
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = f16BitsToF32(bits[r * kp + c]);
+    return out;
+  }
+  const [quants, scales] = weight.planes;
+  const d16 = new Uint16Array(scales.buffer, scales.byteOffset, scales.length * 2);
+  const qBytes = bytesOf(quants);
+  const q8 = new Int8Array(qBytes.buffer, qBytes.byteOffset, qBytes.byteLength);
+  for (let b = 0; b < (rows * cols) / QUANT_BLOCK; b++) {
+    const d = f16BitsToF32(d16[b]);
+    const x = b * QUANT_BLOCK;
+    if (dtype === 'q8_0') {
+      for (let j = 0; j < QUANT_BLOCK; j++) out[x + j] = q8[x + j] * d;
+    } else {
+      for (let j = 0; j < QUANT_BLOCK / 2; j++) {
+        const byte = qBytes[b * 16 + j];
+        out[x + j] = ((byte & 15) - 8) * d;
+        out[x + 16 + j] = ((byte >>> 4) - 8) * d;
+      }
+    }
+  }
+  return out;
+}
+
+// ---- upload ---------------------------------------------------------------------------------
+
+/** u32 words of each plane, in binding order, for a (rows, cols) weight of `dtype`. */
+export function planeWords(dtype: WeightDtype, rows: number, cols: number): number[] {
+  checkDims('planeWords', dtype, rows, cols);
+  const kp = paddedCols(cols);
+  if (dtype === 'f32') return [rows * kp];
+  if (dtype === 'f16') return [(rows * kp) / 2];
+  const blocks = (rows * cols) / QUANT_BLOCK;
+  return [dtype === 'q8_0' ? blocks * 8 : blocks * 4, Math.ceil(blocks / 2)];
+}
+
+/** Bytes of all planes of a host weight. */
+export function weightBytes(weight: HostWeight): number {
+  return weight.planes.reduce((sum, plane) => sum + plane.byteLength, 0);
+}
+
+/**
+ * Throw ShapeError unless every plane fits one storage binding and one buffer on this adapter.
+ * Needs only `gpu.limits`, so it can run before anything is allocated.
+ */
+export function checkWeightFits(gpu: Pick<Gpu, 'limits'>, label: string, weight: HostWeight): void {
+  const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+  planeNames(weight.dtype).forEach((name, i) => {
+    const bytes = Math.max(16, weight.planes[i].byteLength);
+    if (bytes > limit) {
+      throw new ShapeError(
+        `weight "${label}" (${weight.rows}x${weight.cols} ${weight.dtype}): its ${name} plane is ${bytes} bytes, ` +
+          `over this adapter's limit of ${limit} bytes per storage binding; tensors this large are not supported yet`,
+      );
+    }
+  });
+}
+
+/**
+ * Create the GPU buffers for a packed weight (named `${label}.${plane}`), through `arena` when given.
+ * Refuses (ShapeError naming the tensor) a plane larger than maxStorageBufferBindingSize.
+ */
+export function uploadWeight(gpu: Gpu, label: string, weight: HostWeight, arena?: BufferArena): PackedWeight {
+  checkDims(`weight "${label}"`, weight.dtype, weight.rows, weight.cols);
+  const names = planeNames(weight.dtype);
+  if (weight.planes.length !== names.length) {
+    throw new ShapeError(`weight "${label}": ${weight.dtype} has ${names.length} plane(s), got ${weight.planes.length}`);
+  }
+  const want = planeWords(weight.dtype, weight.rows, weight.cols);
+  weight.planes.forEach((plane, i) => {
+    if (plane.length !== want[i]) {
+      throw new ShapeError(`weight "${label}": ${names[i]} plane has ${plane.length} words, expected ${want[i]}`);
+    }
+  });
+  checkWeightFits(gpu, label, weight);
+  const planes = weight.planes.map((plane, i) => {
+    const name = `${label}.${names[i]}`;
+    return arena ? arena.upload(name, plane) : createStorage(gpu, name, plane);
+  });
+  const { dtype, rows, cols } = weight;
+  return { label, dtype, rows, cols, planes, bytes: weightBytes(weight) };
+}

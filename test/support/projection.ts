@@ -1,0 +1,134 @@
+// Shared set-up for projection tests (matmul, matvec, linear): random weights packed in a dtype, a
+// float64 reference that multiplies by the dequantised packed weight, and a check that reads the
+// whole output region (written cells against the reference, stride gaps still NaN).
+import type { Gpu } from '../../src/gpu/device.ts';
+import { packWeight, dequantize, uploadWeight, type PackedWeight, type WeightDtype } from '../../kernels/weights.ts';
+import type { MatmulRun } from '../../kernels/matmul.ts';
+import { createStorage, poisoned, readF32 } from './gpu.ts';
+import { expectClose, randomF32, type Comparison } from './reference.ts';
+
+/** out[m, n] = sum_k a[m, k] W[n, k] (+ bias[n]) in float64. */
+export function projectionReference(
+  w: Float64Array,
+  n: number,
+  k: number,
+  a: Float32Array,
+  m: number,
+  aOffset: number,
+  aStride: number,
+  bias?: Float32Array,
+  biasOffset = 0,
+): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = bias ? bias[biasOffset + j] : 0;
+      for (let c = 0; c < k; c++) s += a[aOffset + i * aStride + c] * w[j * k + c];
+      out[i * n + j] = s;
+    }
+  }
+  return out;
+}
+
+export interface ProjectionCase {
+  dtype: WeightDtype;
+  M: number;
+  N: number;
+  K: number;
+  bias: boolean;
+  inputOffset: number;
+  inputRowStride: number;
+  outputOffset: number;
+  outputRowStride: number;
+  biasOffset: number;
+  seed: number;
+}
+
+export function projectionCase(partial: Partial<ProjectionCase> & Pick<ProjectionCase, 'dtype' | 'M' | 'N' | 'K'>): ProjectionCase {
+  return {
+    bias: false,
+    inputOffset: 3,
+    inputRowStride: partial.K,
+    outputOffset: 5,
+    outputRowStride: partial.N,
+    biasOffset: 2,
+    seed: 1,
+    ...partial,
+  };
+}
+
+export function describeCase(c: ProjectionCase): string {
+  return `${c.dtype} M=${c.M} N=${c.N} K=${c.K}${c.bias ? ' bias' : ''}` +
+    (c.inputRowStride !== c.K ? ` inStride=${c.inputRowStride}` : '') +
+    (c.outputRowStride !== c.N ? ` outStride=${c.outputRowStride}` : '');
+}
+
+export interface ProjectionSetup {
+  weight: PackedWeight;
+  input: GPUBuffer;
+  output: GPUBuffer;
+  bias?: GPUBuffer;
+  run: MatmulRun;
+  /** Read the output and compare with the reference; gaps between output rows must stay NaN. */
+  check(tolerance: number): Promise<Comparison>;
+}
+
+export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
+  const { dtype, M, N, K } = c;
+  const values = randomF32(N * K, c.seed, 0.5);
+  const host = packWeight(dtype, N, K, values);
+  const w = dequantize(host);
+  const weight = uploadWeight(gpu, `w_${dtype}`, host);
+  const inputLength = c.inputOffset + (M - 1) * c.inputRowStride + K + 2;
+  const a = randomF32(inputLength, c.seed + 1, 1);
+  // Elements outside the M logical rows are NaN: a kernel reading past K (into zero weight padding)
+  // or into a stride gap turns its output NaN instead of silently multiplying garbage by zero.
+  for (let i = 0; i < inputLength; i++) {
+    const rel = i - c.inputOffset;
+    const row = Math.floor(rel / c.inputRowStride);
+    if (rel < 0 || row >= M || rel - row * c.inputRowStride >= K) a[i] = NaN;
+  }
+  const biasValues = c.bias ? randomF32(c.biasOffset + N + 1, c.seed + 2, 1) : undefined;
+  const outLength = c.outputOffset + (M - 1) * c.outputRowStride + N;
+  const output = poisoned(gpu, 'out', outLength + 3);
+  const ref = projectionReference(w, N, K, a, M, c.inputOffset, c.inputRowStride, biasValues, c.biasOffset);
+  const what = describeCase(c);
+  return {
+    weight,
+    input: createStorage(gpu, 'a', a),
+    output,
+    bias: biasValues ? createStorage(gpu, 'bias', biasValues) : undefined,
+    run: {
+      M,
+      inputOffset: c.inputOffset,
+      inputRowStride: c.inputRowStride,
+      outputOffset: c.outputOffset,
+      outputRowStride: c.outputRowStride,
+      biasOffset: c.biasOffset,
+    },
+    async check(tolerance: number) {
+      const all = await readF32(gpu, output, outLength + 3);
+      const got = new Float32Array(M * N);
+      for (let i = 0; i < all.length; i++) {
+        const rel = i - c.outputOffset;
+        const row = Math.floor(rel / c.outputRowStride);
+        const col = rel - row * c.outputRowStride;
+        const inside = rel >= 0 && row < M && col < N;
+        if (inside) got[row * N + col] = all[i];
+        else if (!Number.isNaN(all[i])) throw new Error(`${what}: element ${i} outside the output was written (${all[i]})`);
+      }
+      return expectClose(got, ref, tolerance, what);
+    },
+  };
+}
+
+/** Worst rel-L2 per group, printed once per file so reports can quote it. */
+export class ErrorLog {
+  readonly #worst = new Map<string, number>();
+  add(group: string, c: Comparison): void {
+    this.#worst.set(group, Math.max(this.#worst.get(group) ?? 0, c.relL2));
+  }
+  summary(): string {
+    return [...this.#worst].map(([g, e]) => `${g}: max rel-L2 ${e.toExponential(2)}`).join('\n');
+  }
+}
