@@ -3,7 +3,8 @@
 //
 // rms_norm:   out = x / sqrt(mean(x^2) + eps) * weight
 // layer_norm: out = (x - mean) / sqrt(var + eps) * weight + bias, var = mean((x - mean)^2), computed
-//             in two passes (mean first, then squared deviations) so a large mean costs no precision.
+//             in two passes (mean first, then squared deviations), both relative to the row's first
+//             element, so a mean far from zero costs no precision.
 //! include grid.wgsl
 //! include reduce.wgsl
 
@@ -52,17 +53,21 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
   let src = params.x_offset + row * params.cols;
   let dst = params.out_offset + row * params.cols;
   let n = f32(params.cols);
+  // Deviations are taken from the row's first element, then from the mean: a mean far from zero
+  // (|mean| >> std) then costs no precision, where a plain sum would round it away.
+  let pivot = x[src];
   var total = 0.0;
-  for (var c = lid; c < params.cols; c += WG) { total += x[src + c]; }
-  let mean = workgroup_sum(lid, total) / n;
+  for (var c = lid; c < params.cols; c += WG) { total += x[src + c] - pivot; }
+  let mean = workgroup_sum(lid, total) / n; // mean of (x - pivot)
   var squares = 0.0;
   for (var c = lid; c < params.cols; c += WG) {
-    let d = x[src + c] - mean;
+    let d = (x[src + c] - pivot) - mean;
     squares += d * d;
   }
   let variance = workgroup_sum(lid, squares) / n;
   let scale = 1.0 / sqrt(variance + params.eps);
   for (var c = lid; c < params.cols; c += WG) {
-    out[dst + c] = (x[src + c] - mean) * scale * weight[params.weight_offset + c] + bias[params.bias_offset + c];
+    let d = (x[src + c] - pivot) - mean;
+    out[dst + c] = d * scale * weight[params.weight_offset + c] + bias[params.bias_offset + c];
   }
 }

@@ -4,11 +4,21 @@
 // - it declares `override WG: u32` and runs @workgroup_size(WG); the TS module enforces a power of
 //   two (checkWorkgroupSize), which the halving loops below rely on;
 // - every invocation of the workgroup calls a helper, from uniform control flow (they hold barriers);
-// - each helper ends with a barrier, so the next call may reuse the scratch arrays at once.
+// - each helper ends with reduce_done(), so the next call may reuse the scratch arrays at once.
 // An entry point that uses no helper allocates none of this workgroup memory.
 
 var<workgroup> reduce_f32: array<f32, WG>; // (WG) partial sums, maxima or candidate values
 var<workgroup> reduce_u32: array<u32, WG>; // (WG) candidate indices
+
+// Called once every invocation has read the result out of the scratch arrays, before they are
+// reused. storageBarrier() adds a memory fence: Mesa's llvmpipe (the software adapter, Mesa 22.3)
+// compiles a bare barrier() as no fence and sank the result's load past it, so lanes 8 and up read
+// the next reduction's partial sums. Any shader that reads workgroup memory, then reuses it after a
+// barrier, needs the same.
+fn reduce_done() {
+  storageBarrier();
+  workgroupBarrier();
+}
 
 fn workgroup_sum(lid: u32, value: f32) -> f32 {
   reduce_f32[lid] = value;
@@ -20,7 +30,7 @@ fn workgroup_sum(lid: u32, value: f32) -> f32 {
     workgroupBarrier();
   }
   let total = reduce_f32[0];
-  workgroupBarrier();
+  reduce_done();
   return total;
 }
 
@@ -34,7 +44,7 @@ fn workgroup_max(lid: u32, value: f32) -> f32 {
     workgroupBarrier();
   }
   let largest = reduce_f32[0];
-  workgroupBarrier();
+  reduce_done();
   return largest;
 }
 
@@ -75,7 +85,7 @@ fn workgroup_best(lid: u32, c: Candidate) -> Candidate {
     workgroupBarrier();
   }
   let best = Candidate(reduce_f32[0], reduce_u32[0]);
-  workgroupBarrier();
+  reduce_done();
   return best;
 }
 
