@@ -1,18 +1,11 @@
 // Model configuration, normalised from a Hugging Face config.json or GGUF metadata into one shape
 // the forward pass reads. Unknown architectures and missing keys fail with a message naming them.
 import { ModelFormatError } from '../src/errors.ts';
+import type { RopeScaling } from '../kernels/rope.ts';
 
 export type Architecture = 'llama' | 'qwen2' | 'gpt2';
 
-export type RopeScaling =
-  | { type: 'linear'; factor: number }
-  | {
-      type: 'llama3';
-      factor: number;
-      lowFreqFactor: number;
-      highFreqFactor: number;
-      originalMaxPositionEmbeddings: number;
-    };
+export type { RopeScaling };
 
 export interface ModelConfig {
   architecture: Architecture;
@@ -77,9 +70,9 @@ function ropeScaling(raw: unknown, where: string): RopeScaling | undefined {
     return {
       type,
       factor: num(s, 'factor', `${where} rope_scaling`),
-      lowFreqFactor: num(s, 'low_freq_factor', `${where} rope_scaling`),
-      highFreqFactor: num(s, 'high_freq_factor', `${where} rope_scaling`),
-      originalMaxPositionEmbeddings: num(s, 'original_max_position_embeddings', `${where} rope_scaling`),
+      low_freq_factor: num(s, 'low_freq_factor', `${where} rope_scaling`),
+      high_freq_factor: num(s, 'high_freq_factor', `${where} rope_scaling`),
+      original_max_position_embeddings: num(s, 'original_max_position_embeddings', `${where} rope_scaling`),
     };
   }
   if (type === 'default') return undefined;

@@ -55,7 +55,7 @@ export function referenceInverseFrequencies(dims: number, theta: number, scaling
   const inv = new Float64Array(dims / 2).map((_, i) => 1 / theta ** ((2 * i) / dims));
   if (!scaling) return inv;
   if (scaling.type === 'linear') return inv.map((f) => f / scaling.factor);
-  const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: old } = scaling;
+  const { factor, low_freq_factor: lowFreqFactor, high_freq_factor: highFreqFactor, original_max_position_embeddings: old } = scaling;
   const lowWavelen = old / lowFreqFactor;
   const highWavelen = old / highFreqFactor;
   return inv.map((f) => {

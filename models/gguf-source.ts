@@ -1,0 +1,133 @@
+// A GGUF file as a ModelSource: config from the metadata, tokenizer converted from
+// tokenizer.ggml.*, tensors read one at a time and repacked into the kernels' planes.
+//
+// Canonical tensor names are GGUF's own, so no renaming happens here. llama.cpp's converter
+// permutes each head's Q and K rows for adjacent-pair RoPE; we honour that by rotating
+// interleaved pairs for llama-architecture files instead of undoing the permutation.
+import { basename } from 'node:path';
+import { ModelFormatError } from '../src/errors.ts';
+import { packGguf, type HostWeight, type WeightDtype } from '../kernels/weights.ts';
+import type { RopeMode } from '../kernels/rope.ts';
+import { validateConfig, type Architecture, type ModelConfig } from './config.ts';
+import { GgufFile } from './gguf.ts';
+import { GgmlType } from './ggml.ts';
+import { tokenizerFromGguf } from './gguf-tokenizer.ts';
+import type { ModelSource, TokenizerFiles } from './source.ts';
+
+const DTYPES: Partial<Record<number, WeightDtype>> = {
+  [GgmlType.F32]: 'f32',
+  [GgmlType.F16]: 'f16',
+  [GgmlType.Q8_0]: 'q8_0',
+  [GgmlType.Q4_0]: 'q4_0',
+};
+
+const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', gpt2: 'gpt2' };
+
+function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[], bosTokenId?: number): ModelConfig {
+  const archName = file.string('general.architecture');
+  const architecture = ARCHITECTURES[archName];
+  if (!architecture) {
+    throw new ModelFormatError(`${file.path}: architecture "${archName}" is not supported (supported: ${Object.keys(ARCHITECTURES).join(', ')})`);
+  }
+  const key = (name: string) => `${archName}.${name}`;
+  const hiddenSize = file.integer(key('embedding_length'));
+  const numHeads = file.integer(key('attention.head_count'));
+  const headDim = file.integer(key('attention.key_length'), hiddenSize / numHeads);
+  const gpt2 = architecture === 'gpt2';
+  const scalingType = file.string(key('rope.scaling.type'), 'none');
+  if (scalingType !== 'none' && scalingType !== 'linear') {
+    throw new ModelFormatError(`${file.path}: rope scaling "${scalingType}" is not supported (supported: none, linear)`);
+  }
+  if (file.tensors.has('rope_freqs.weight')) {
+    throw new ModelFormatError(`${file.path}: tensor "rope_freqs.weight" (llama3-style rope scaling in GGUF) is not supported yet`);
+  }
+  const config: ModelConfig = {
+    architecture,
+    vocabSize: file.integer(key('vocab_size'), vocabSize),
+    hiddenSize,
+    intermediateSize: file.integer(key('feed_forward_length')),
+    numLayers: file.integer(key('block_count')),
+    numHeads,
+    numKvHeads: file.integer(key('attention.head_count_kv'), numHeads),
+    headDim,
+    maxPositions: file.integer(key('context_length'), 2048),
+    normEps: gpt2 ? file.number(key('attention.layer_norm_epsilon'), 1e-5) : file.number(key('attention.layer_norm_rms_epsilon'), 1e-6),
+    norm: gpt2 ? 'layer' : 'rms',
+    mlp: gpt2 ? 'gelu' : 'swiglu',
+    rope: gpt2
+      ? undefined
+      : {
+          theta: file.number(key('rope.freq_base'), 10000),
+          dims: file.integer(key('rope.dimension_count'), headDim),
+          scaling: scalingType === 'linear' ? { type: 'linear', factor: file.number(key('rope.scaling.factor')) } : undefined,
+        },
+    qkvBias: gpt2 || file.tensors.has('blk.0.attn_q.bias'),
+    outputBias: gpt2,
+    tieWordEmbeddings: !file.tensors.has('output.weight'),
+    bosTokenId,
+    eosTokenIds,
+  };
+  validateConfig(config, file.path);
+  return config;
+}
+
+class GgufSource implements ModelSource {
+  readonly format = 'gguf';
+  readonly id: string;
+  readonly config: ModelConfig;
+  readonly ropeMode: RopeMode;
+  readonly tokenizer: TokenizerFiles;
+  readonly #file: GgufFile;
+
+  constructor(file: GgufFile) {
+    this.#file = file;
+    this.id = file.string('general.name', basename(file.path, '.gguf'));
+    const tok = tokenizerFromGguf(file);
+    const vocab = (tok.tokenizer.model as { vocab?: Record<string, number> | unknown[] })?.vocab;
+    const vocabSize = Array.isArray(vocab) ? vocab.length : Object.keys(vocab ?? {}).length;
+    this.config = configFromGguf(file, vocabSize, tok.eosTokenIds, tok.bosTokenId);
+    this.ropeMode = this.config.architecture === 'llama' ? 'interleaved' : 'half';
+    const config = { ...tok.config, ...(tok.chatTemplate ? { chat_template: tok.chatTemplate } : {}) };
+    this.tokenizer = { tokenizer: tok.tokenizer, config, source: file.path };
+  }
+
+  has(name: string): boolean {
+    return this.#file.tensors.has(name);
+  }
+
+  dtypeOf(name: string): WeightDtype | undefined {
+    const info = this.#file.tensors.get(name);
+    return info ? DTYPES[info.type] : undefined;
+  }
+
+  async matrix(name: string): Promise<HostWeight> {
+    const info = this.#file.tensor(name);
+    const dtype = DTYPES[info.type];
+    if (info.ne.length !== 2) throw new ModelFormatError(`${this.#file.path}: tensor "${name}" should be 2-D, has ne [${info.ne}]`);
+    if (!dtype) {
+      // BF16 and anything else readable: widen to f32 (the kernels have no BF16 path).
+      const values = await this.#file.readTensorF32(name);
+      return packGguf('f32', info.ne[1], info.ne[0], values);
+    }
+    const { bytes } = await this.#file.readTensor(name);
+    return packGguf(dtype, info.ne[1], info.ne[0], bytes);
+  }
+
+  async vector(name: string): Promise<Float32Array> {
+    return this.#file.readTensorF32(name);
+  }
+
+  close(): Promise<void> {
+    return this.#file.close();
+  }
+}
+
+export async function openGgufSource(path: string): Promise<ModelSource> {
+  const file = await GgufFile.open(path);
+  try {
+    return new GgufSource(file);
+  } catch (err) {
+    await file.close();
+    throw err;
+  }
+}

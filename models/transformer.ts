@@ -1,0 +1,500 @@
+// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2 and GPT-2.
+//
+// One forward pass serves all three; they differ in three places, each a plain branch below:
+// the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), and the MLP
+// (SwiGLU vs GELU). Everything is allocated when the model is built: weights, activations, the
+// KV cache and every kernel's bind group. A step records one compute pass and submits once;
+// the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
+//
+// Legend: R = rows in a step (prefill tokens of one sequence, or one token per decoding
+// sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
+// F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens).
+import type { Gpu } from '../src/gpu/device.ts';
+import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
+import { ShapeError } from '../src/errors.ts';
+import { Elementwise } from '../kernels/elementwise.ts';
+import { Embed } from '../kernels/embed.ts';
+import { Linear } from '../kernels/linear.ts';
+import { Norm } from '../kernels/norm.ts';
+import { Rope, ropeInverseFrequencies } from '../kernels/rope.ts';
+import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
+import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
+import { ggufBytes, packGguf, uploadWeight, type HostWeight, type PackedWeight } from '../kernels/weights.ts';
+import type { ModelConfig } from './config.ts';
+import { WeightsDigest, type ModelSource } from './source.ts';
+
+export interface TransformerOptions {
+  /** Sequences whose KV cache is held at once (decode batch size). */
+  slots: number;
+  /** Tokens each slot can hold (prompt + completion). */
+  capacity: number;
+  /** Most prompt tokens one prefill step processes; longer prompts take several steps. */
+  prefillChunk: number;
+  /** Called after each tensor is uploaded (for a progress bar). */
+  onProgress?: (done: number, total: number, name: string) => void;
+}
+
+/** The sampler's view of one row's logits. */
+export interface RowCandidates {
+  ids: Uint32Array;
+  logits: Float32Array;
+  logSumExp: number;
+}
+
+export interface DecodeRow {
+  slot: number;
+  token: number;
+  /** Position of `token` in its sequence (= tokens already in the slot's cache). */
+  position: number;
+}
+
+interface LayerOps {
+  attnNorm: Norm;
+  qkv: Linear[];
+  rope?: Rope;
+  kvWrite: KvWrite;
+  prefill: PrefillAttention;
+  decode: DecodeAttention;
+  attnOut: Linear;
+  attnResidual: Elementwise;
+  mlpNorm: Norm;
+  gate?: Linear;
+  up: Linear;
+  act: Elementwise;
+  down: Linear;
+  mlpResidual: Elementwise;
+}
+
+export class Transformer {
+  readonly config: ModelConfig;
+  readonly id: string;
+  readonly options: TransformerOptions;
+  /** sha256 over the weights as uploaded. */
+  readonly weightsDigest: string;
+  /** Parameters and bytes on the GPU, by tensor class. */
+  readonly stats: { parameters: number; weightBytes: number; kvBytes: number; activationBytes: number; dtypes: Record<string, string> };
+  readonly #gpu: Gpu;
+  readonly #arena: BufferArena;
+  readonly #maxRows: number;
+  readonly #buf: Record<'ids' | 'positions' | 'kvMeta' | 'attnMeta' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'gate' | 'up' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse', GPUBuffer>;
+  readonly #readback: GPUBuffer;
+  readonly #embed: Embed;
+  readonly #posEmbed?: Embed;
+  readonly #posAdd?: Elementwise;
+  readonly #layers: LayerOps[];
+  readonly #finalNorm: Norm;
+  readonly #lmHead: Linear;
+  readonly #topK: TopK;
+  readonly #regionElements: number;
+  /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
+  readonly #logitRows: number;
+
+  private constructor(gpu: Gpu, source: ModelSource, options: TransformerOptions, weights: Map<string, PackedWeight | GPUBuffer>, arena: BufferArena, digest: string, stats: Transformer['stats']) {
+    this.#gpu = gpu;
+    this.#arena = arena;
+    this.config = source.config;
+    this.id = source.id;
+    this.options = options;
+    this.weightsDigest = digest;
+    const cfg = source.config;
+    const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F, vocabSize: V } = cfg;
+    const W = (Hq + 2 * Hkv) * D;
+    const R = Math.max(options.prefillChunk, options.slots);
+    this.#maxRows = R;
+    this.#logitRows = Math.max(options.slots, 1);
+    const matrix = (name: string) => {
+      const w = weights.get(name);
+      if (!w || !('planes' in w)) throw new ShapeError(`${source.id}: weight ${name} was not loaded`);
+      return w;
+    };
+    const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
+    const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
+    this.#buf = {
+      ids: f32('ids', R),
+      positions: f32('positions', R),
+      kvMeta: f32('kvMeta', 2 * R),
+      attnMeta: f32('attnMeta', 2 * R),
+      x: f32('x', R * C),
+      x2: f32('x2', R * C),
+      h: f32('h', R * C),
+      qkv: f32('qkv', R * W),
+      attn: f32('attn', R * Hq * D),
+      gate: f32('gate', R * F),
+      up: f32('up', R * F),
+      act: f32('act', R * F),
+      logits: f32('logits', this.#logitRows * V),
+      topValues: f32('topValues', this.#logitRows * TOPK_MAX_K),
+      topIds: f32('topIds', this.#logitRows * TOPK_MAX_K),
+      lse: f32('lse', this.#logitRows),
+    };
+    const b = this.#buf;
+    this.#readback = gpu.device.createBuffer({
+      label: 'candidates.readback',
+      size: this.#logitRows * (2 * TOPK_MAX_K + 1) * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+
+    // Learned positions (GPT-2): token rows go to x2, position rows to h, and x = x2 + h.
+    this.#embed = new Embed(gpu, { table: matrix('token_embd.weight'), ids: b.ids, output: cfg.rope ? b.x : b.x2 });
+    if (!cfg.rope) {
+      this.#posEmbed = new Embed(gpu, { table: matrix('position_embd.weight'), ids: b.positions, output: b.h });
+      this.#posAdd = new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x });
+    }
+
+    const kvShape = { Hq, Hkv, D, capacity: options.capacity };
+    this.#regionElements = kvRegionElements(kvShape);
+    const kvElements = this.#regionElements * options.slots;
+    const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
+    const invFreq = cfg.rope
+      ? arena.upload('rope.invFreq', ropeInverseFrequencies(cfg.rope.dims, cfg.rope.theta, cfg.rope.scaling))
+      : undefined;
+    const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
+      new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
+    const linear = (name: string, input: GPUBuffer, output: GPUBuffer) =>
+      new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, maxRows: R });
+
+    this.#layers = [];
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const p = `blk.${l}`;
+      const kCache = arena.get(`${p}.kCache`, kvElements * 4);
+      const vCache = arena.get(`${p}.vCache`, kvElements * 4);
+      // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
+      // one (GPT-2) or when the loader fused them; else three projections into column slices.
+      const qkv = weights.has(`${p}.attn_qkv.weight`)
+        ? [linear(`${p}.attn_qkv`, b.h, b.qkv)]
+        : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv));
+      this.#layers.push({
+        attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
+        qkv,
+        rope: invFreq ? new Rope(gpu, source.ropeMode, { x: b.qkv, positions: b.positions, invFreq }) : undefined,
+        kvWrite: new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.kvMeta, kCache, vCache }),
+        prefill: new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn }),
+        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.attnMeta, scratch: decodeScratch }),
+        attnOut: linear(`${p}.attn_output`, b.attn, b.h),
+        attnResidual: new Elementwise(gpu, 'add', { a: b.x, b: b.h, out: b.x2 }),
+        mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
+        gate: cfg.mlp === 'swiglu' ? linear(`${p}.ffn_gate`, b.h, b.gate) : undefined,
+        up: linear(`${p}.ffn_up`, b.h, b.up),
+        act: cfg.mlp === 'swiglu'
+          ? new Elementwise(gpu, 'swiglu', { a: b.gate, b: b.up, out: b.act })
+          : new Elementwise(gpu, 'gelu', { a: b.up, out: b.act }),
+        down: linear(`${p}.ffn_down`, b.act, b.h),
+        mlpResidual: new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x }),
+      });
+    }
+    this.#finalNorm = norm('output_norm', b.x, b.h);
+    const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
+    this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
+    this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
+    this.stats = { ...stats, kvBytes: 2 * cfg.numLayers * kvElements * 4, activationBytes: arena.bytes - stats.weightBytes };
+  }
+
+  /** Load every tensor from `source`, upload it once, and build the kernels. */
+  static async load(gpu: Gpu, source: ModelSource, options: TransformerOptions): Promise<Transformer> {
+    const cfg = source.config;
+    for (const [name, value] of Object.entries({ slots: options.slots, capacity: options.capacity, prefillChunk: options.prefillChunk })) {
+      if (!Number.isSafeInteger(value) || value < 1) throw new ShapeError(`${name} must be an integer >= 1 (got ${value})`);
+    }
+    const arena = new BufferArena(gpu);
+    const digest = new WeightsDigest();
+    const weights = new Map<string, PackedWeight | GPUBuffer>();
+    const dtypes: Record<string, string> = {};
+    let parameters = 0;
+    const plan = tensorPlan(cfg, source);
+    let done = 0;
+    for (const item of plan) {
+      if (item.kind === 'vector') {
+        const data = item.fuse ? concat(await Promise.all(item.fuse.map((n) => source.vector(n)))) : await source.vector(item.name);
+        digest.add(item.name, data);
+        weights.set(item.name, arena.upload(item.name, data));
+        parameters += data.length;
+      } else {
+        const host = item.fuse ? await fuseRows(source, item.fuse) : await source.matrix(item.name);
+        checkShape(source.id, item.name, host, item.rows, item.cols);
+        host.planes.forEach((plane) => digest.add(item.name, plane));
+        weights.set(item.name, uploadWeight(gpu, item.name, host, arena));
+        parameters += host.rows * host.cols;
+        const role = item.name.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
+        dtypes[role] = host.dtype;
+      }
+      options.onProgress?.(++done, plan.length, item.name);
+    }
+    const weightBytes = arena.bytes;
+    const model = new Transformer(gpu, source, options, weights, arena, digest.hex(), {
+      parameters,
+      weightBytes,
+      kvBytes: 0,
+      activationBytes: 0,
+      dtypes,
+    });
+    await gpu.sync();
+    return model;
+  }
+
+  get maxRows(): number {
+    return this.#maxRows;
+  }
+
+  /**
+   * Run `tokens` (positions start..start+T-1) of the sequence in `slot` through the model, writing
+   * their keys and values into the slot's cache. Returns the candidates for the token after the
+   * last one; with `allLogits`, also every position's full logits row (for comparisons, not serving).
+   */
+  async prefill(slot: number, tokens: number[], start: number, allLogits = false): Promise<{ candidates: RowCandidates; logits?: Float32Array[] }> {
+    this.#checkSlot(slot, start + tokens.length);
+    if (tokens.length === 0) throw new ShapeError('prefill needs at least one token');
+    const V = this.config.vocabSize;
+    const all: Float32Array[] = [];
+    let candidates: RowCandidates | undefined;
+    for (let offset = 0; offset < tokens.length; offset += this.options.prefillChunk) {
+      const chunk = tokens.slice(offset, offset + this.options.prefillChunk);
+      const T = chunk.length;
+      const pos = start + offset;
+      this.#checkTokens(chunk);
+      const q = this.#gpu.device.queue;
+      q.writeBuffer(this.#buf.ids, 0, Uint32Array.from(chunk));
+      q.writeBuffer(this.#buf.positions, 0, Uint32Array.from(chunk, (_, i) => pos + i));
+      q.writeBuffer(this.#buf.kvMeta, 0, Uint32Array.from({ length: 2 * T }, (_, i) => (i % 2 === 0 ? slot * this.#regionElements : pos + (i >> 1))));
+      const last = offset + T >= tokens.length;
+      // Logits rows wanted from this chunk: all of them with allLogits, else the final row of the last chunk.
+      const logitRows = allLogits ? Array.from({ length: T }, (_, i) => i) : last ? [T - 1] : [];
+      const encoder = this.#gpu.device.createCommandEncoder({ label: 'prefill' });
+      const pass = encoder.beginComputePass();
+      this.#encodeLayers(pass, T, (layer) => {
+        layer.prefill.encode(pass, { tokens: T, pastLen: pos, kvBase: slot * this.#regionElements, qRowStride: this.#qkvWidth });
+      });
+      pass.end();
+      this.#gpu.device.queue.submit([encoder.finish()]);
+      // Logits are computed a batch of rows per submit: the logits buffer holds #logitRows rows of V.
+      for (let r = 0; r < logitRows.length; r += this.#logitRows) {
+        const rows = logitRows.slice(r, r + this.#logitRows);
+        const first = rows[0];
+        const result = await this.#head(first, rows.length, allLogits);
+        if (allLogits) all.push(...result.logits!);
+        candidates = result.candidates[rows.length - 1];
+      }
+    }
+    await this.#gpu.sync();
+    return { candidates: candidates!, logits: allLogits ? all : undefined };
+  }
+
+  /** One decoding step for a batch of sequences, one token each. Returns each row's candidates. */
+  async decode(rows: DecodeRow[]): Promise<RowCandidates[]> {
+    const B = rows.length;
+    if (B === 0 || B > this.options.slots) throw new ShapeError(`decode batch of ${B} rows (1..${this.options.slots} allowed)`);
+    for (const row of rows) this.#checkSlot(row.slot, row.position + 1);
+    this.#checkTokens(rows.map((r) => r.token));
+    const q = this.#gpu.device.queue;
+    q.writeBuffer(this.#buf.ids, 0, Uint32Array.from(rows, (r) => r.token));
+    q.writeBuffer(this.#buf.positions, 0, Uint32Array.from(rows, (r) => r.position));
+    q.writeBuffer(this.#buf.kvMeta, 0, Uint32Array.from(rows.flatMap((r) => [r.slot * this.#regionElements, r.position])));
+    q.writeBuffer(this.#buf.attnMeta, 0, Uint32Array.from(rows.flatMap((r) => [r.slot * this.#regionElements, r.position + 1])));
+    const maxLen = Math.max(...rows.map((r) => r.position + 1));
+    const encoder = this.#gpu.device.createCommandEncoder({ label: 'decode' });
+    const pass = encoder.beginComputePass();
+    this.#encodeLayers(pass, B, (layer) => {
+      layer.decode.encode(pass, { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: this.config.numHeads * this.config.headDim });
+    });
+    pass.end();
+    q.submit([encoder.finish()]);
+    const { candidates } = await this.#head(0, B, false);
+    return candidates;
+  }
+
+  get #qkvWidth(): number {
+    return (this.config.numHeads + 2 * this.config.numKvHeads) * this.config.headDim;
+  }
+
+  /** Embedding, then every layer, leaving the residual stream of `R` rows in x. */
+  #encodeLayers(pass: GPUComputePassEncoder, R: number, attention: (layer: LayerOps) => void): void {
+    const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F } = this.config;
+    const W = this.#qkvWidth;
+    this.#embed.encode(pass, { count: R });
+    if (this.#posEmbed && this.#posAdd) {
+      this.#posEmbed.encode(pass, { count: R });
+      this.#posAdd.encode(pass, { count: R * C });
+    }
+    for (const layer of this.#layers) {
+      layer.attnNorm.encode(pass, { rows: R, cols: C });
+      if (layer.qkv.length === 1) layer.qkv[0].encode(pass, { M: R });
+      else {
+        const widths = [Hq * D, Hkv * D, Hkv * D];
+        let column = 0;
+        layer.qkv.forEach((linear, i) => {
+          linear.encode(pass, { M: R, outputOffset: column, outputRowStride: W });
+          column += widths[i];
+        });
+      }
+      layer.rope?.encode(pass, { tokens: R, heads: Hq + Hkv, headDim: D, rotaryDims: this.config.rope!.dims, rowStride: W });
+      layer.kvWrite.encode(pass, { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W });
+      attention(layer);
+      layer.attnOut.encode(pass, { M: R });
+      layer.attnResidual.encode(pass, { count: R * C });
+      layer.mlpNorm.encode(pass, { rows: R, cols: C });
+      layer.gate?.encode(pass, { M: R });
+      layer.up.encode(pass, { M: R });
+      layer.act.encode(pass, { count: R * F });
+      layer.down.encode(pass, { M: R });
+      layer.mlpResidual.encode(pass, { count: R * C });
+    }
+  }
+
+  /**
+   * Final norm, LM head and top-k for `count` rows of x starting at row `first`, in one submit;
+   * reads back the candidates (and the full logits rows when asked).
+   */
+  async #head(first: number, count: number, withLogits: boolean): Promise<{ candidates: RowCandidates[]; logits?: Float32Array[] }> {
+    const { hiddenSize: C, vocabSize: V } = this.config;
+    const K = TOPK_MAX_K;
+    const encoder = this.#gpu.device.createCommandEncoder({ label: 'head' });
+    const pass = encoder.beginComputePass();
+    this.#finalNorm.encode(pass, { rows: count, cols: C, xOffset: first * C });
+    this.#lmHead.encode(pass, { M: count });
+    this.#topK.encode(pass, { rows: count, cols: V, k: Math.min(K, V) });
+    pass.end();
+    const k = Math.min(K, V);
+    encoder.copyBufferToBuffer(this.#buf.topValues, 0, this.#readback, 0, count * k * 4);
+    encoder.copyBufferToBuffer(this.#buf.topIds, 0, this.#readback, count * k * 4, count * k * 4);
+    encoder.copyBufferToBuffer(this.#buf.lse, 0, this.#readback, 2 * count * k * 4, count * 4);
+    this.#gpu.device.queue.submit([encoder.finish()]);
+    await this.#readback.mapAsync(GPUMapMode.READ, 0, (2 * count * k + count) * 4);
+    const data = this.#readback.getMappedRange(0, (2 * count * k + count) * 4).slice(0);
+    this.#readback.unmap();
+    const values = new Float32Array(data, 0, count * k);
+    const ids = new Uint32Array(data, count * k * 4, count * k);
+    const lse = new Float32Array(data, 2 * count * k * 4, count);
+    const candidates = Array.from({ length: count }, (_, r) => ({
+      ids: ids.slice(r * k, (r + 1) * k),
+      logits: values.slice(r * k, (r + 1) * k),
+      logSumExp: lse[r],
+    }));
+    const logits = withLogits
+      ? await Promise.all(Array.from({ length: count }, (_, r) => readF32(this.#gpu, this.#buf.logits, V, r * V)))
+      : undefined;
+    if (this.#gpu.pendingErrors.length > 0) await this.#gpu.sync();
+    return { candidates, logits };
+  }
+
+  #checkSlot(slot: number, length: number): void {
+    if (!Number.isSafeInteger(slot) || slot < 0 || slot >= this.options.slots) {
+      throw new ShapeError(`KV slot ${slot} out of range (0..${this.options.slots - 1})`);
+    }
+    if (length > this.options.capacity) {
+      throw new ShapeError(`sequence of ${length} tokens exceeds the KV capacity of ${this.options.capacity} per slot`);
+    }
+  }
+
+  #checkTokens(tokens: number[]): void {
+    for (const t of tokens) {
+      if (!Number.isSafeInteger(t) || t < 0 || t >= this.config.vocabSize) {
+        throw new ShapeError(`token id ${t} is outside the vocabulary (0..${this.config.vocabSize - 1})`);
+      }
+    }
+  }
+
+  destroy(): void {
+    this.#readback.destroy();
+    this.#arena.destroy();
+  }
+}
+
+interface PlanItem {
+  name: string;
+  kind: 'matrix' | 'vector';
+  rows?: number;
+  cols?: number;
+  /** For a fused QKV weight: the three source tensors whose rows are concatenated. */
+  fuse?: string[];
+}
+
+/** Every tensor the forward pass needs, with expected shapes; a missing one fails with its name. */
+function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
+  const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F, vocabSize: V } = cfg;
+  const items: PlanItem[] = [];
+  const need = (name: string, kind: PlanItem['kind'], rows?: number, cols?: number, fuse?: string[]) => {
+    for (const n of fuse ?? [name]) {
+      if (!source.has(n)) throw new ShapeError(`${source.id}: tensor "${n}" is missing (needed by ${cfg.architecture})`);
+    }
+    items.push({ name, kind, rows, cols, fuse });
+  };
+  const optional = (name: string, kind: PlanItem['kind']) => {
+    if (source.has(name)) items.push({ name, kind });
+  };
+  need('token_embd.weight', 'matrix', V, C);
+  if (!cfg.rope) need('position_embd.weight', 'matrix', cfg.maxPositions, C);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const p = `blk.${l}`;
+    need(`${p}.attn_norm.weight`, 'vector');
+    if (cfg.norm === 'layer') need(`${p}.attn_norm.bias`, 'vector');
+    if (source.has(`${p}.attn_qkv.weight`)) {
+      need(`${p}.attn_qkv.weight`, 'matrix', (Hq + 2 * Hkv) * D, C);
+      optional(`${p}.attn_qkv.bias`, 'vector');
+    } else {
+      // Fused into one [W, C] weight when the three share a dtype (always, but for mixed-type GGUF files).
+      const parts = ['attn_q', 'attn_k', 'attn_v'].map((part) => `${p}.${part}`);
+      const widths = [Hq * D, Hkv * D, Hkv * D];
+      if (new Set(parts.map((part) => source.dtypeOf(`${part}.weight`))).size === 1) {
+        need(`${p}.attn_qkv.weight`, 'matrix', (Hq + 2 * Hkv) * D, C, parts.map((part) => `${part}.weight`));
+        if (cfg.qkvBias) need(`${p}.attn_qkv.bias`, 'vector', undefined, undefined, parts.map((part) => `${part}.bias`));
+      } else {
+        parts.forEach((part, i) => {
+          need(`${part}.weight`, 'matrix', widths[i], C);
+          if (cfg.qkvBias) need(`${part}.bias`, 'vector');
+        });
+      }
+    }
+    need(`${p}.attn_output.weight`, 'matrix', C, Hq * D);
+    if (cfg.outputBias) need(`${p}.attn_output.bias`, 'vector');
+    need(`${p}.ffn_norm.weight`, 'vector');
+    if (cfg.norm === 'layer') need(`${p}.ffn_norm.bias`, 'vector');
+    if (cfg.mlp === 'swiglu') need(`${p}.ffn_gate.weight`, 'matrix', F, C);
+    need(`${p}.ffn_up.weight`, 'matrix', F, C);
+    need(`${p}.ffn_down.weight`, 'matrix', C, F);
+    if (cfg.outputBias) {
+      need(`${p}.ffn_up.bias`, 'vector');
+      need(`${p}.ffn_down.bias`, 'vector');
+    }
+  }
+  need('output_norm.weight', 'vector');
+  if (cfg.norm === 'layer') need('output_norm.bias', 'vector');
+  if (!cfg.tieWordEmbeddings || source.has('output.weight')) {
+    if (source.has('output.weight')) need('output.weight', 'matrix', V, C);
+    else if (!cfg.tieWordEmbeddings) throw new ShapeError(`${source.id}: tensor "output.weight" is missing and embeddings are not tied`);
+  }
+  return items;
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
+}
+
+/** Concatenate the rows of several [out, in] matrices (same dtype and width) into one. */
+async function fuseRows(source: ModelSource, names: string[]): Promise<HostWeight> {
+  const parts = await Promise.all(names.map((n) => source.matrix(n)));
+  const { dtype, cols } = parts[0];
+  for (const [i, p] of parts.entries()) {
+    if (p.dtype !== dtype || p.cols !== cols) {
+      throw new ShapeError(`${source.id}: ${names[i]} is ${p.dtype} [${p.rows}, ${p.cols}], unlike ${names[0]} (${dtype} [.., ${cols}])`);
+    }
+  }
+  const bytes = parts.map(ggufBytes);
+  const all = new Uint8Array(bytes.reduce((n, b) => n + b.length, 0));
+  let offset = 0;
+  for (const b of bytes) {
+    all.set(b, offset);
+    offset += b.length;
+  }
+  return packGguf(dtype, parts.reduce((n, p) => n + p.rows, 0), cols, all);
+}
+
+function checkShape(id: string, name: string, w: HostWeight, rows?: number, cols?: number): void {
+  if ((rows !== undefined && w.rows !== rows) || (cols !== undefined && w.cols !== cols)) {
+    throw new ShapeError(`${id}: tensor "${name}" has shape [${w.rows}, ${w.cols}], expected [${rows}, ${cols}]`);
+  }
+}
