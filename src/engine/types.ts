@@ -30,6 +30,7 @@ export interface TokenLogprob {
 export interface GeneratedToken {
   /** 0-based position in the completion. */
   index: number;
+  /** The token's id; -1 for a text-only piece released at the end (text held back for a stop string). */
   tokenId: number;
   /** The text this token completes (may be '' while a multi-byte character is incomplete). */
   text: string;

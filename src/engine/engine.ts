@@ -1,0 +1,392 @@
+// The engine: a loaded model, its tokenizer, and a scheduler with continuous batching.
+//
+// Requests wait in a queue ordered by priority (the validator's stake), then arrival. The
+// scheduler loop runs while there is work: each turn it admits queued requests into free KV slots
+// (prefilling their prompts, which also samples their first token), then runs ONE batched decode
+// step for every active sequence (one forward pass over all rows: the weights are read once per
+// step, not once per sequence). A cancelled or abandoned request leaves its slot at the next turn.
+import { acquireGpu, type Gpu } from '../gpu/device.ts';
+import { BadRequestError, OverloadedError } from '../errors.ts';
+import { openModelSource, type ModelSource } from '../../models/source.ts';
+import { Transformer, type RowCandidates } from '../../models/transformer.ts';
+import { TINY_MODEL_ID } from '../../models/tiny.ts';
+import { Sampler, validateSamplingParams } from './sampler.ts';
+import { TextTokenizer, type TokenStream } from './tokenizer.ts';
+import type { EngineInfo, FinishReason, GenerateOptions, GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from './types.ts';
+
+export interface EngineOptions {
+  /** HF folder, .gguf file, or 'tiny-random-llama' (the embedded default). */
+  model?: string;
+  /** Adapter choice (auto, gpu, software); see src/gpu/device.ts. */
+  adapter?: string;
+  /** Sequences decoded together (KV slots). Default 8. */
+  slots?: number;
+  /** Tokens per sequence (prompt + completion). Default min(1024, model context). */
+  capacity?: number;
+  /** Prompt tokens per prefill step. Default 128. */
+  prefillChunk?: number;
+  /** Requests allowed to wait for a slot before new ones get OVERLOADED. Default 256. */
+  maxQueue?: number;
+  onProgress?: (done: number, total: number, name: string) => void;
+  /** Use this device instead of acquiring one (tests share a device). */
+  gpu?: Gpu;
+}
+
+export const MAX_LOGPROBS = 20;
+
+/** tokenId of a text-only piece: text held back for a stop string, released when EOS ends the output. */
+export const TEXT_ONLY = -1;
+
+/** One queued or running generation. */
+interface Sequence {
+  request: GenerateRequest;
+  promptIds: number[];
+  maxTokens: number;
+  sampler: Sampler;
+  history: Set<number>;
+  stream: TokenStream;
+  /** Text decoded but held back because it could be the start of a stop string. */
+  held: string;
+  completion: number;
+  priority: number;
+  arrival: number;
+  order: number;
+  slot?: number;
+  /** Tokens in the slot's KV cache. */
+  cached: number;
+  /** Sampled, emitted, not yet fed back through the model. */
+  pending?: number;
+  firstTokenAt?: number;
+  finish?: FinishReason;
+  channel: Channel<GeneratedToken>;
+  signal?: AbortSignal;
+}
+
+/** A single-consumer async queue: the scheduler pushes, the request's generator pulls. */
+class Channel<T> {
+  readonly #items: T[] = [];
+  #wake?: () => void;
+  #closed = false;
+  #error?: unknown;
+
+  push(item: T): void {
+    this.#items.push(item);
+    this.#wake?.();
+  }
+  close(error?: unknown): void {
+    this.#closed = true;
+    this.#error = error;
+    this.#wake?.();
+  }
+  async next(): Promise<T | undefined> {
+    while (this.#items.length === 0) {
+      if (this.#closed) {
+        if (this.#error) throw this.#error;
+        return undefined;
+      }
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+      this.#wake = undefined;
+    }
+    return this.#items.shift();
+  }
+}
+
+export class Engine implements TextGenerator {
+  readonly model: Transformer;
+  readonly tokenizer: TextTokenizer;
+  readonly gpu: Gpu;
+  readonly #ownsGpu: boolean;
+  readonly #maxQueue: number;
+  readonly #queue: Sequence[] = [];
+  readonly #active: Sequence[] = [];
+  readonly #freeSlots: number[];
+  #order = 0;
+  #loop?: Promise<void>;
+  #closed = false;
+
+  private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number) {
+    this.gpu = gpu;
+    this.#ownsGpu = ownsGpu;
+    this.model = model;
+    this.tokenizer = tokenizer;
+    this.#maxQueue = maxQueue;
+    this.#freeSlots = Array.from({ length: model.options.slots }, (_, i) => model.options.slots - 1 - i);
+  }
+
+  static async load(options: EngineOptions = {}): Promise<Engine> {
+    const gpu = options.gpu ?? (await acquireGpu({ adapter: options.adapter }));
+    let source: ModelSource | undefined;
+    try {
+      source = await openModelSource(options.model ?? TINY_MODEL_ID);
+      const tokenizer = new TextTokenizer(source.tokenizer);
+      const model = await Transformer.load(gpu, source, {
+        slots: options.slots ?? 8,
+        capacity: options.capacity ?? Math.min(1024, source.config.maxPositions),
+        prefillChunk: options.prefillChunk ?? 128,
+        onProgress: options.onProgress,
+      });
+      return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256);
+    } catch (err) {
+      if (!options.gpu) gpu.destroy();
+      throw err;
+    } finally {
+      await source?.close();
+    }
+  }
+
+  info(): EngineInfo {
+    const { info } = this.gpu;
+    return {
+      modelId: this.model.id,
+      weightsDigest: this.model.weightsDigest,
+      adapter: [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' / '),
+      backend: info.backend,
+      queueDepth: this.#queue.length,
+      activeSequences: this.#active.length,
+      kvBlocksUsed: this.model.options.slots - this.#freeSlots.length,
+      kvBlocksTotal: this.model.options.slots,
+    };
+  }
+
+  /** Token ids of the request's prompt or chat messages, checked against the KV capacity. */
+  encodePrompt(request: GenerateRequest): number[] {
+    const hasPrompt = typeof request.prompt === 'string';
+    const hasMessages = Array.isArray(request.messages);
+    if (hasPrompt === hasMessages) throw new BadRequestError('give exactly one of prompt or messages');
+    let ids: number[];
+    if (hasMessages) {
+      for (const m of request.messages!) {
+        if (!m || typeof m.role !== 'string' || typeof m.content !== 'string') {
+          throw new BadRequestError('each message needs a string role and a string content');
+        }
+      }
+      if (!this.tokenizer.hasChatTemplate) throw new BadRequestError(`model ${this.model.id} has no chat template; send a prompt`);
+      ids = this.tokenizer.encodeChat(request.messages!);
+    } else ids = this.tokenizer.encode(request.prompt!);
+    if (ids.length === 0) throw new BadRequestError('the prompt is empty');
+    if (ids.length >= this.model.options.capacity) {
+      throw new BadRequestError(`prompt of ${ids.length} tokens does not fit the context of ${this.model.options.capacity} tokens`);
+    }
+    return ids;
+  }
+
+  #validate(request: GenerateRequest): { promptIds: number[]; sampler: Sampler; maxTokens: number } {
+    if (!request || typeof request !== 'object') throw new BadRequestError('request must be an object');
+    const { maxTokens, logprobs = 0, stop = [] } = request;
+    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new BadRequestError(`max_tokens must be an integer >= 1 (got ${maxTokens})`);
+    if (!Number.isSafeInteger(logprobs) || logprobs < 0 || logprobs > MAX_LOGPROBS) {
+      throw new BadRequestError(`logprobs must be an integer in [0, ${MAX_LOGPROBS}] (got ${logprobs})`);
+    }
+    if (!Array.isArray(stop) || stop.length > 16 || stop.some((s) => typeof s !== 'string' || s.length === 0 || s.length > 256)) {
+      throw new BadRequestError('stop must be a list of at most 16 non-empty strings of at most 256 characters');
+    }
+    let params;
+    try {
+      params = validateSamplingParams({
+        temperature: request.temperature,
+        topK: request.topK,
+        topP: request.topP,
+        minP: request.minP,
+        repetitionPenalty: request.repetitionPenalty,
+        seed: request.seed,
+      });
+    } catch (err) {
+      throw new BadRequestError((err as Error).message);
+    }
+    const promptIds = this.encodePrompt(request);
+    // The completion is cut at the slot's capacity (finish_reason "length").
+    return { promptIds, sampler: new Sampler(params), maxTokens: Math.min(maxTokens, this.model.options.capacity - promptIds.length) };
+  }
+
+  async *generate(request: GenerateRequest, options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationSummary> {
+    if (this.#closed) throw new OverloadedError('the engine is shutting down');
+    const arrival = performance.now();
+    const { promptIds, sampler, maxTokens } = this.#validate(request);
+    if (this.#queue.length >= this.#maxQueue) throw new OverloadedError(`queue full (${this.#maxQueue} requests waiting)`);
+    const seq: Sequence = {
+      request,
+      promptIds,
+      maxTokens,
+      sampler,
+      history: new Set(promptIds),
+      stream: this.tokenizer.stream(),
+      held: '',
+      completion: 0,
+      priority: options.priority ?? 0,
+      arrival,
+      order: this.#order++,
+      cached: 0,
+      channel: new Channel(),
+      signal: options.signal,
+    };
+    if (options.signal?.aborted) seq.finish = 'cancelled';
+    else this.#enqueue(seq);
+    try {
+      for (;;) {
+        const token = await seq.channel.next();
+        if (!token) break;
+        yield token;
+      }
+    } finally {
+      // The consumer stopped early (socket closed, break): free the slot at the next turn.
+      seq.finish ??= 'cancelled';
+    }
+    const totalMs = performance.now() - arrival;
+    const ttftMs = (seq.firstTokenAt ?? performance.now()) - arrival;
+    const decodeMs = totalMs - ttftMs;
+    return {
+      finishReason: seq.finish,
+      promptTokens: promptIds.length,
+      completionTokens: seq.completion,
+      ttftMs,
+      totalMs,
+      tokensPerS: seq.completion > 1 && decodeMs > 0 ? ((seq.completion - 1) * 1000) / decodeMs : 0,
+    };
+  }
+
+  #enqueue(seq: Sequence): void {
+    this.#queue.push(seq);
+    this.#queue.sort((a, b) => b.priority - a.priority || a.order - b.order);
+    this.#loop ??= this.#run().finally(() => (this.#loop = undefined));
+  }
+
+  /** The scheduler loop; runs until no sequence is queued or active. */
+  async #run(): Promise<void> {
+    try {
+      while (this.#queue.length > 0 || this.#active.length > 0) {
+        this.#retire();
+        // Admit: prefill queued prompts into free slots (between decode steps).
+        while (this.#queue.length > 0 && this.#freeSlots.length > 0) {
+          const seq = this.#queue.shift()!;
+          if (seq.signal?.aborted || seq.finish) {
+            this.#end(seq, seq.finish ?? 'cancelled');
+            continue;
+          }
+          seq.slot = this.#freeSlots.pop()!;
+          this.#active.push(seq);
+          const { candidates } = await this.model.prefill(seq.slot, seq.promptIds, 0);
+          seq.cached = seq.promptIds.length;
+          this.#accept(seq, candidates);
+        }
+        this.#retire();
+        if (this.#active.length === 0) continue;
+        // One batched decode step: every active sequence feeds its pending token.
+        const rows = this.#active.map((seq) => ({ slot: seq.slot!, token: seq.pending!, position: seq.cached }));
+        const candidates = await this.model.decode(rows);
+        this.#active.forEach((seq, i) => {
+          seq.cached++;
+          this.#accept(seq, candidates[i]);
+        });
+      }
+    } catch (err) {
+      // A GPU failure ends every request in flight with that error; the engine stays usable.
+      for (const seq of [...this.#active, ...this.#queue.splice(0)]) {
+        seq.finish ??= 'cancelled';
+        seq.channel.close(err);
+        if (seq.slot !== undefined) this.#freeSlots.push(seq.slot);
+      }
+      this.#active.length = 0;
+    }
+  }
+
+  /** Drop finished, cancelled and aborted sequences from the batch, freeing their slots. */
+  #retire(): void {
+    for (let i = this.#active.length - 1; i >= 0; i--) {
+      const seq = this.#active[i];
+      if (seq.signal?.aborted) seq.finish ??= 'cancelled';
+      if (seq.finish) {
+        this.#active.splice(i, 1);
+        this.#freeSlots.push(seq.slot!);
+        this.#end(seq, seq.finish);
+      }
+    }
+  }
+
+  #end(seq: Sequence, reason: FinishReason): void {
+    seq.finish ??= reason;
+    seq.channel.close();
+  }
+
+  /** Sample the next token of `seq`, emit it, and decide whether the sequence ends. */
+  #accept(seq: Sequence, candidates: RowCandidates): void {
+    if (seq.finish) return;
+    const topN = seq.request.logprobs ?? 0;
+    const sampled = seq.sampler.sample(candidates, seq.history, topN);
+    seq.firstTokenAt ??= performance.now();
+    if (this.model.config.eosTokenIds.includes(sampled.tokenId)) {
+      this.#flushHeld(seq);
+      seq.finish = 'stop';
+      return;
+    }
+    seq.history.add(sampled.tokenId);
+    seq.pending = sampled.tokenId;
+    seq.held += seq.stream.push(sampled.tokenId);
+    const index = seq.completion++;
+    const atLimit = seq.completion >= seq.maxTokens;
+    if (atLimit) seq.held += seq.stream.flush();
+    // Stop strings: cut the text at the first one and end; otherwise release all text that cannot
+    // be the beginning of a stop string.
+    const stops = seq.request.stop ?? [];
+    let text: string;
+    const hit = stops.map((s) => seq.held.indexOf(s)).filter((i) => i >= 0);
+    if (hit.length > 0) {
+      text = seq.held.slice(0, Math.min(...hit));
+      seq.held = '';
+      seq.finish = 'stop';
+    } else {
+      const keep = atLimit ? 0 : heldBackLength(seq.held, stops);
+      text = seq.held.slice(0, seq.held.length - keep);
+      seq.held = seq.held.slice(seq.held.length - keep);
+      if (atLimit) seq.finish = 'length';
+    }
+    seq.channel.push({
+      index,
+      tokenId: sampled.tokenId,
+      text,
+      logprob: sampled.logprob,
+      topLogprobs: sampled.top.map((t) => ({ tokenId: t.tokenId, text: this.tokenizer.decode([t.tokenId], false), logprob: t.logprob })),
+    });
+  }
+
+  /** At EOS: text still held back (a partial stop-string match) is released as a text-only piece. */
+  #flushHeld(seq: Sequence): void {
+    seq.held += seq.stream.flush();
+    if (seq.held.length > 0 && seq.completion > 0) {
+      seq.channel.push({ index: seq.completion, tokenId: TEXT_ONLY, text: seq.held, logprob: 0, topLogprobs: [] });
+    }
+    seq.held = '';
+  }
+
+  /** Logits at the last position (or every position) of `tokens`, for comparisons with other runtimes. */
+  async logits(tokens: number[], all = false): Promise<Float32Array[]> {
+    if (this.#active.length > 0 || this.#queue.length > 0) throw new OverloadedError('logits needs an idle engine');
+    const slot = this.#freeSlots[this.#freeSlots.length - 1];
+    const { logits } = await this.model.prefill(slot, tokens, 0, true);
+    return all ? logits! : [logits![logits!.length - 1]];
+  }
+
+  async close(graceMs = 0): Promise<void> {
+    this.#closed = true;
+    if (graceMs > 0 && this.#loop) {
+      await Promise.race([this.#loop, new Promise((resolve) => setTimeout(resolve, graceMs))]);
+    }
+    for (const seq of [...this.#queue, ...this.#active]) seq.finish ??= 'cancelled';
+    await this.#loop;
+    this.model.destroy();
+    if (this.#ownsGpu) this.gpu.destroy();
+  }
+}
+
+/** How many characters at the end of `text` could begin one of the stop strings. */
+function heldBackLength(text: string, stops: string[]): number {
+  let keep = 0;
+  for (const stop of stops) {
+    for (let n = Math.min(stop.length - 1, text.length); n > keep; n--) {
+      if (text.endsWith(stop.slice(0, n))) {
+        keep = n;
+        break;
+      }
+    }
+  }
+  return keep;
+}

@@ -1,0 +1,116 @@
+// The engine on the embedded tiny-random-llama: generation, sampling reproducibility, stop
+// conditions, continuous batching (concurrent requests equal their single-request outputs),
+// cancellation, admission control and request validation.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine } from '../src/engine/engine.ts';
+import type { GenerateRequest, GenerationSummary, GeneratedToken } from '../src/engine/types.ts';
+import { BadRequestError, OverloadedError } from '../src/errors.ts';
+import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
+
+let gpu: Gpu;
+let engine: Engine;
+beforeAll(async () => {
+  gpu = await acquireGpu();
+  engine = await Engine.load({ gpu, slots: 4, capacity: 96, prefillChunk: 16, maxQueue: 6 });
+});
+afterAll(async () => {
+  await engine?.close();
+  gpu?.destroy();
+});
+
+async function run(request: GenerateRequest, signal?: AbortSignal): Promise<{ tokens: GeneratedToken[]; summary: GenerationSummary }> {
+  const tokens: GeneratedToken[] = [];
+  const it = engine.generate(request, { signal });
+  for (;;) {
+    const next = await it.next();
+    if (next.done) return { tokens, summary: next.value };
+    tokens.push(next.value);
+  }
+}
+
+describe('engine (tiny-random-llama)', () => {
+  it('greedy generation is deterministic and reports usage and timing', async () => {
+    const a = await run({ prompt: 'Hello, world!', maxTokens: 12, temperature: 0 });
+    const b = await run({ prompt: 'Hello, world!', maxTokens: 12, temperature: 0 });
+    expect(a.tokens.map((t) => t.tokenId)).toEqual(b.tokens.map((t) => t.tokenId));
+    expect(a.summary.promptTokens).toBe(engine.tokenizer.encode('Hello, world!').length);
+    expect(a.summary.completionTokens).toBe(a.tokens.length);
+    expect(['length', 'stop']).toContain(a.summary.finishReason);
+    expect(a.summary.ttftMs).toBeGreaterThan(0);
+    expect(a.tokens.map((t) => t.index)).toEqual(a.tokens.map((_, i) => i));
+    // The streamed pieces add up to the decoded completion.
+    const ids = a.tokens.map((t) => t.tokenId);
+    expect(a.tokens.map((t) => t.text).join('')).toBe(engine.tokenizer.decode(ids));
+  });
+
+  it('a seed reproduces a sampled generation; logprobs come with top alternatives', async () => {
+    const req = { prompt: 'The miner', maxTokens: 10, temperature: 0.9, topP: 0.95, seed: 42, logprobs: 3 };
+    const a = await run(req);
+    const b = await run(req);
+    const c = await run({ ...req, seed: 43 });
+    expect(a.tokens.map((t) => t.tokenId)).toEqual(b.tokens.map((t) => t.tokenId));
+    expect(a.tokens.map((t) => t.tokenId)).not.toEqual(c.tokens.map((t) => t.tokenId));
+    for (const t of a.tokens) {
+      expect(t.topLogprobs).toHaveLength(3);
+      expect(t.logprob).toBeLessThanOrEqual(0);
+      expect(t.topLogprobs[0].logprob).toBeGreaterThanOrEqual(t.topLogprobs[1].logprob);
+      expect(t.logprob).toBeLessThanOrEqual(t.topLogprobs[0].logprob + 1e-6);
+    }
+  });
+
+  it('concurrent requests are batched and give the same tokens as one at a time', async () => {
+    const requests = Array.from({ length: 7 }, (_, i) => ({ prompt: `Request number ${i}: hello`, maxTokens: 8 + i, temperature: 0.8, seed: 100 + i }));
+    const single = [];
+    for (const r of requests) single.push(await run(r));
+    const together = await Promise.all(requests.map((r) => run(r)));
+    together.forEach((t, i) => expect(t.tokens.map((x) => x.tokenId)).toEqual(single[i].tokens.map((x) => x.tokenId)));
+  });
+
+  it('chat messages go through the model chat template', async () => {
+    const { summary } = await run({ messages: [{ role: 'user', content: 'What is the capital of France?' }], maxTokens: 4, temperature: 0 });
+    const want = engine.tokenizer.encodeChat([{ role: 'user', content: 'What is the capital of France?' }]).length;
+    expect(summary.promptTokens).toBe(want);
+  });
+
+  it('stops at a stop string and does not emit it', async () => {
+    const free = await run({ prompt: 'Numbers: 1 2 3', maxTokens: 24, temperature: 0 });
+    const text = free.tokens.map((t) => t.text).join('');
+    const stop = text.slice(4, 6);
+    expect(stop.length).toBe(2);
+    const cut = await run({ prompt: 'Numbers: 1 2 3', maxTokens: 24, temperature: 0, stop: [stop] });
+    expect(cut.summary.finishReason).toBe('stop');
+    expect(cut.tokens.map((t) => t.text).join('')).toBe(text.slice(0, text.indexOf(stop)));
+  });
+
+  it('an aborted request ends as cancelled and frees its slot', async () => {
+    const controller = new AbortController();
+    const it = engine.generate({ prompt: 'cancel me', maxTokens: 80, temperature: 0 }, { signal: controller.signal });
+    await it.next();
+    controller.abort();
+    let result = await it.next();
+    while (!result.done) result = await it.next();
+    expect(result.value.finishReason).toBe('cancelled');
+    await run({ prompt: 'next', maxTokens: 1 });
+    expect(engine.info().activeSequences).toBe(0);
+    expect(engine.info().kvBlocksUsed).toBe(0);
+  });
+
+  it('refuses bad requests with BAD_REQUEST and a full queue with OVERLOADED', async () => {
+    const first = (req: GenerateRequest) => engine.generate(req).next();
+    await expect(first({ prompt: 'x', maxTokens: 0 })).rejects.toThrow(BadRequestError);
+    await expect(first({ prompt: 'x', maxTokens: 4, temperature: -1 })).rejects.toThrow(/temperature/);
+    await expect(first({ maxTokens: 4 })).rejects.toThrow(/prompt or messages/);
+    await expect(first({ prompt: 'x', maxTokens: 4, logprobs: 21 })).rejects.toThrow(/logprobs/);
+    await expect(first({ prompt: 'word '.repeat(200), maxTokens: 4 })).rejects.toThrow(/does not fit/);
+    // Twelve requests at once against 4 slots and a queue of 6: the ones past the queue's limit are
+    // refused with OVERLOADED, the rest run (and are cancelled here to keep the test short).
+    const controller = new AbortController();
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 12 }, (_, i) => run({ prompt: `busy ${i}`, maxTokens: 40 }, controller.signal).finally(() => controller.abort())),
+    );
+    const refused = outcomes.filter((o) => o.status === 'rejected');
+    expect(refused.length).toBeGreaterThan(0);
+    for (const o of refused) expect((o as PromiseRejectedResult).reason).toBeInstanceOf(OverloadedError);
+    expect(outcomes.length - refused.length).toBeGreaterThanOrEqual(6);
+  });
+});
