@@ -3,6 +3,9 @@ import { Command, Option } from 'commander';
 import { acquireGpu, type Gpu } from './gpu/device.ts';
 import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
+import { Engine } from './engine/engine.ts';
+import { TINY_MODEL_ID } from '../models/tiny.ts';
+import cliProgress from 'cli-progress';
 
 const adapterOption = new Option('--adapter <choice>', 'which WebGPU adapter to use: auto, gpu or software')
   .env('WEBGPU_MINER_ADAPTER')
@@ -39,6 +42,49 @@ async function infoCommand(options: { adapter: string; check: boolean }): Promis
   }
 }
 
+/** Load the engine with a progress bar on stderr (stdout stays clean for JSON and text). */
+async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number }): Promise<Engine> {
+  if (options.model === TINY_MODEL_ID) {
+    console.error(`model ${TINY_MODEL_ID}: the embedded default with RANDOM weights (for trying the runtime; its text is noise)`);
+  }
+  const bar = new cliProgress.SingleBar(
+    { stream: process.stderr, format: 'loading {bar} {value}/{total} tensors  {name}', hideCursor: true, clearOnComplete: true },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  try {
+    return await Engine.load({
+      model: options.model,
+      adapter: options.adapter,
+      slots: options.slots,
+      capacity: options.capacity,
+      onProgress: (done, total, name) => {
+        if (!started) bar.start(total, 0, { name });
+        started = true;
+        bar.update(done, { name });
+      },
+    });
+  } finally {
+    bar.stop();
+  }
+}
+
+function describeModel(engine: Engine): string {
+  const { stats, config } = engine.model;
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const dtypes = [...new Set(Object.values(stats.dtypes))].join('/');
+  return (
+    `model ${engine.model.id} (${config.architecture}, ${(stats.parameters / 1e6).toFixed(2)}M parameters, ${dtypes}) ` +
+    `weights ${mib(stats.weightBytes)}, KV cache ${mib(stats.kvBytes)} on ${engine.gpu.info.backend}`
+  );
+}
+
+const number = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new MinerError('BAD_OPTION', `${name} must be a number (got "${value}")`);
+  return n;
+};
+
 const program = new Command('webgpu-miner')
   .description('GPU miner runtime: transformer inference in WGSL kernels on any WebGPU adapter')
   .showHelpAfterError();
@@ -55,6 +101,75 @@ program
   .description('set-up check and default job: adapter report and kernel self-check')
   .addOption(adapterOption)
   .action((options: { adapter: string }) => infoCommand({ ...options, check: true }));
+
+program
+  .command('generate')
+  .description('generate text from a prompt or a chat message, streaming it to stdout')
+  .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
+  .option('--prompt <text>', 'plain prompt')
+  .option('--chat <text>', 'a user message, rendered with the model chat template')
+  .option('--max-tokens <n>', 'tokens to generate', number('--max-tokens'), 64)
+  .option('--temperature <t>', '0 = greedy', number('--temperature'), 0.7)
+  .option('--top-p <p>', 'nucleus sampling', number('--top-p'), 1)
+  .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', number('--top-k'), 0)
+  .option('--min-p <p>', 'min-p sampling (0 = off)', number('--min-p'), 0)
+  .option('--repetition-penalty <r>', '1 = off', number('--repetition-penalty'), 1)
+  .option('--seed <s>', 'sampling seed (same seed, same adapter: same output)', number('--seed'))
+  .option('--stop <text...>', 'stop strings')
+  .addOption(adapterOption)
+  .action(async (o) => {
+    if ((o.prompt === undefined) === (o.chat === undefined)) throw new MinerError('BAD_OPTION', 'give exactly one of --prompt or --chat');
+    const engine = await loadEngine(o);
+    try {
+      console.error(describeModel(engine));
+      const it = engine.generate({
+        prompt: o.prompt,
+        messages: o.chat !== undefined ? [{ role: 'user', content: o.chat }] : undefined,
+        maxTokens: o.maxTokens,
+        temperature: o.temperature,
+        topP: o.topP,
+        topK: o.topK,
+        minP: o.minP,
+        repetitionPenalty: o.repetitionPenalty,
+        seed: o.seed,
+        stop: o.stop,
+      });
+      let next = await it.next();
+      while (!next.done) {
+        process.stdout.write(next.value.text);
+        next = await it.next();
+      }
+      const s = next.value;
+      process.stdout.write('\n');
+      console.error(
+        `prompt tokens ${s.promptTokens}, generated tokens ${s.completionTokens} (${s.finishReason}), ` +
+          `time to first token ${s.ttftMs.toFixed(0)} ms, ${s.tokensPerS.toFixed(2)} tokens/s`,
+      );
+    } finally {
+      await engine.close();
+    }
+  });
+
+program
+  .command('logits')
+  .description('print {"model","tokens","logits"} as JSON: the last position\'s logits, or every position\'s with --all')
+  .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
+  .requiredOption('--tokens <ids>', 'comma-separated token ids')
+  .option('--all', 'every position, not just the last')
+  .addOption(adapterOption)
+  .action(async (o) => {
+    const tokens = String(o.tokens).split(',').map((t: string) => Number(t.trim()));
+    if (tokens.length === 0 || tokens.some((t: number) => !Number.isSafeInteger(t) || t < 0)) {
+      throw new MinerError('BAD_OPTION', `--tokens must be comma-separated non-negative integers (got "${o.tokens}")`);
+    }
+    const engine = await loadEngine({ ...o, slots: 1, capacity: tokens.length });
+    try {
+      const rows = await engine.logits(tokens, Boolean(o.all));
+      process.stdout.write(JSON.stringify({ model: engine.model.id, tokens, logits: rows.map((r) => Array.from(r)) }) + '\n');
+    } finally {
+      await engine.close();
+    }
+  });
 
 try {
   await program.parseAsync(process.argv);

@@ -60,7 +60,7 @@ describe('engine (tiny-random-llama)', () => {
 
   it('concurrent requests are batched and give the same tokens as one at a time', async () => {
     const requests = Array.from({ length: 7 }, (_, i) => ({ prompt: `Request number ${i}: hello`, maxTokens: 8 + i, temperature: 0.8, seed: 100 + i }));
-    const single = [];
+    const single: Array<{ tokens: GeneratedToken[] }> = [];
     for (const r of requests) single.push(await run(r));
     const together = await Promise.all(requests.map((r) => run(r)));
     together.forEach((t, i) => expect(t.tokens.map((x) => x.tokenId)).toEqual(single[i].tokens.map((x) => x.tokenId)));
