@@ -2,9 +2,16 @@
 // random problem and is compared with a float64 CPU reference. `webgpu-miner info` runs it so a
 // driver bug shows up before a validator sees wrong tokens.
 import type { Gpu } from '../src/gpu/device.ts';
-import { createStorage, readF32 } from '../src/gpu/buffers.ts';
+import { createStorage, readF32, readU32 } from '../src/gpu/buffers.ts';
 import { runPass } from './dispatch.ts';
 import { Elementwise } from './elementwise.ts';
+import { Linear } from './linear.ts';
+import { dequantize, packWeight, uploadWeight, type WeightDtype } from './weights.ts';
+import { Norm } from './norm.ts';
+import { Softmax } from './softmax.ts';
+import { Rope } from './rope.ts';
+import { DecodeAttention, KvWrite } from './attention.ts';
+import { TopK } from './sample.ts';
 
 export interface SelfCheckResult {
   kernel: string;
@@ -37,7 +44,142 @@ function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
 
 type Check = (gpu: Gpu) => Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }>;
 
+/** out[m, n] = sum_k x[m, k] W[n, k] with W dequantised exactly as packed. */
+function linearCheck(dtype: WeightDtype, M: number, N: number, K: number): Check {
+  return async (gpu) => {
+    const host = packWeight(dtype, N, K, values(N * K, 3));
+    const w = dequantize(host);
+    const x = values(M * K, 4);
+    const out = createStorage(gpu, 'selfcheck.out', M * N * 4);
+    const op = new Linear(gpu, { weight: uploadWeight(gpu, `selfcheck.${dtype}`, host), input: createStorage(gpu, 'x', x), output: out, maxRows: M });
+    await runPass(gpu, (pass) => op.encode(pass, { M }));
+    const want = new Float64Array(M * N);
+    for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[m * N + n] += x[m * K + k] * w[n * K + k];
+    return { got: await readF32(gpu, out, M * N), want };
+  };
+}
+
 const CHECKS: Array<{ kernel: string; bound: number; run: Check }> = [
+  { kernel: 'matvec q4_0 (decode)', bound: 1e-5, run: linearCheck('q4_0', 1, 67, 96) },
+  { kernel: 'matvec q8_0 (decode)', bound: 1e-5, run: linearCheck('q8_0', 3, 37, 64) },
+  { kernel: 'matmul f16 (prefill)', bound: 1e-5, run: linearCheck('f16', 19, 45, 70) },
+  { kernel: 'matmul f32 (prefill)', bound: 1e-5, run: linearCheck('f32', 70, 33, 41) },
+  {
+    kernel: 'rmsnorm',
+    bound: 1e-5,
+    run: async (gpu) => {
+      const [M, C] = [3, 131];
+      const x = values(M * C, 5);
+      const w = values(C, 6);
+      const out = createStorage(gpu, 'out', M * C * 4);
+      const op = new Norm(gpu, 'rms', { x: createStorage(gpu, 'x', x), weight: createStorage(gpu, 'w', w), out }, { eps: 1e-5 });
+      await runPass(gpu, (pass) => op.encode(pass, { rows: M, cols: C }));
+      const want = new Float64Array(M * C);
+      for (let m = 0; m < M; m++) {
+        let ss = 0;
+        for (let c = 0; c < C; c++) ss += x[m * C + c] ** 2;
+        const r = 1 / Math.sqrt(ss / C + 1e-5);
+        for (let c = 0; c < C; c++) want[m * C + c] = x[m * C + c] * r * w[c];
+      }
+      return { got: await readF32(gpu, out, M * C), want };
+    },
+  },
+  {
+    kernel: 'log-softmax',
+    bound: 1e-5,
+    run: async (gpu) => {
+      const [M, C] = [2, 1031];
+      const x = values(M * C, 7).map((v) => v * 20);
+      const out = createStorage(gpu, 'out', M * C * 4);
+      const op = new Softmax(gpu, 'log_softmax', { x: createStorage(gpu, 'x', x), out });
+      await runPass(gpu, (pass) => op.encode(pass, { rows: M, cols: C }));
+      const want = new Float64Array(M * C);
+      for (let m = 0; m < M; m++) {
+        const row = Array.from(x.subarray(m * C, (m + 1) * C));
+        const max = Math.max(...row);
+        const lse = max + Math.log(row.reduce((a, v) => a + Math.exp(v - max), 0));
+        row.forEach((v, c) => (want[m * C + c] = v - lse));
+      }
+      return { got: await readF32(gpu, out, M * C), want };
+    },
+  },
+  {
+    kernel: 'rope (rotate_half)',
+    bound: 1e-5,
+    run: async (gpu) => {
+      const [T, H, D] = [5, 3, 16];
+      const x = values(T * H * D, 8);
+      const inv = Float32Array.from({ length: D / 2 }, (_, i) => 1 / 10000 ** ((2 * i) / D));
+      const buffer = createStorage(gpu, 'x', x);
+      const op = new Rope(gpu, 'half', { x: buffer, positions: createStorage(gpu, 'pos', Uint32Array.from([3, 4, 5, 6, 7])), invFreq: createStorage(gpu, 'inv', inv) });
+      await runPass(gpu, (pass) => op.encode(pass, { tokens: T, heads: H, headDim: D }));
+      const want = Float64Array.from(x);
+      for (let t = 0; t < T; t++) {
+        for (let h = 0; h < H; h++) {
+          const base = (t * H + h) * D;
+          for (let i = 0; i < D / 2; i++) {
+            const a = Math.fround((t + 3) * inv[i]);
+            const [x0, x1] = [x[base + i], x[base + i + D / 2]];
+            want[base + i] = x0 * Math.cos(a) - x1 * Math.sin(a);
+            want[base + i + D / 2] = x1 * Math.cos(a) + x0 * Math.sin(a);
+          }
+        }
+      }
+      return { got: await readF32(gpu, buffer, T * H * D), want };
+    },
+  },
+  {
+    kernel: 'attention decode (GQA 4/2)',
+    bound: 1e-5,
+    run: async (gpu) => {
+      const [Hq, Hkv, D, L, capacity] = [4, 2, 32, 45, 64];
+      const k = values(L * Hkv * D, 9);
+      const v = values(L * Hkv * D, 10);
+      const q = values(Hq * D, 11);
+      const cache = (n: string) => createStorage(gpu, n, Hkv * capacity * D * 4);
+      const [kCache, vCache] = [cache('k'), cache('v')];
+      const out = createStorage(gpu, 'out', Hq * D * 4);
+      const write = new KvWrite(gpu, { Hkv, D, capacity }, {
+        k: createStorage(gpu, 'knew', k), v: createStorage(gpu, 'vnew', v), kCache, vCache,
+        rowMeta: createStorage(gpu, 'wmeta', Uint32Array.from({ length: 2 * L }, (_, i) => (i % 2 ? i >> 1 : 0))),
+      });
+      const attend = new DecodeAttention(gpu, { Hq, Hkv, D, capacity, maxRows: 1, splitKeys: 16 }, {
+        q: createStorage(gpu, 'q', q), kCache, vCache, out, rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])),
+      });
+      await runPass(gpu, (pass) => {
+        write.encode(pass, { rows: L });
+        attend.encode(pass, { rows: 1, maxLen: L });
+      });
+      const want = new Float64Array(Hq * D);
+      for (let h = 0; h < Hq; h++) {
+        const g = Math.floor(h / (Hq / Hkv));
+        const scores = Array.from({ length: L }, (_, t) => {
+          let s = 0;
+          for (let d = 0; d < D; d++) s += q[h * D + d] * k[(t * Hkv + g) * D + d];
+          return s / Math.sqrt(D);
+        });
+        const max = Math.max(...scores);
+        const e = scores.map((s) => Math.exp(s - max));
+        const sum = e.reduce((a, b) => a + b, 0);
+        for (let t = 0; t < L; t++) for (let d = 0; d < D; d++) want[h * D + d] += (e[t] / sum) * v[(t * Hkv + g) * D + d];
+      }
+      return { got: await readF32(gpu, out, Hq * D), want };
+    },
+  },
+  {
+    kernel: 'top-k (k=8 of 5003)',
+    bound: 0,
+    run: async (gpu) => {
+      const V = 5003;
+      const logits = values(V, 12);
+      const buf = (n: string, b: number) => createStorage(gpu, n, b);
+      const [vals, ids] = [buf('vals', 32), buf('ids', 32)];
+      const op = new TopK(gpu, { logits: createStorage(gpu, 'logits', logits), values: vals, indices: ids }, { maxRows: 1, maxCols: V, maxK: 8 });
+      await runPass(gpu, (pass) => op.encode(pass, { rows: 1, cols: V, k: 8 }));
+      const want = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b).slice(0, 8);
+      return { got: Array.from(await readU32(gpu, ids, 8)), want };
+    },
+  },
   {
     kernel: 'swiglu (elementwise)',
     bound: 1e-5,
