@@ -1,0 +1,263 @@
+// Turns a GGUF file's tokenizer metadata into a tokenizer.json object that @huggingface/tokenizers
+// runs, plus the tokenizer_config.json fields the engine reads (special tokens, chat template).
+//
+// tokenizer.ggml.model = "llama": SentencePiece BPE with scores and <0xNN> byte fallback. llama.cpp
+// merges the adjacent pair whose concatenation is the highest-scoring token; a BPE model whose
+// merge list is every (left, right) split of every token, ranked by the merged token's score,
+// merges the same way (this is how transformers converts SentencePiece models). Text gets "▁" for
+// spaces and a leading "▁" when tokenizer.ggml.add_space_prefix is true (the default).
+//
+// tokenizer.ggml.model = "gpt2": byte-level BPE with the file's own merges and a pre-tokenizer
+// regex chosen by tokenizer.ggml.pre, as llama.cpp chooses it.
+//
+// Control, unknown and user-defined tokens become added tokens, so they are matched in the text as
+// wholes: llama.cpp's tokenize() with parse_special = true. Scores that tie between different
+// merged tokens are ordered by token id here, by position in llama.cpp: real vocabularies have
+// distinct scores.
+import { ModelFormatError } from '../src/errors.ts';
+import type { GgufFile } from './gguf.ts';
+
+/** llama_token_type values in tokenizer.ggml.token_type. */
+export const TokenType = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
+
+export interface GgufTokenizer {
+  /** tokenizer.json contents for @huggingface/tokenizers. */
+  tokenizer: Record<string, unknown>;
+  /** tokenizer_config.json fields: bos_token, eos_token, chat_template, add_bos_token, ... */
+  config: Record<string, unknown>;
+  bosTokenId?: number;
+  /** End-of-generation ids: eos, then eot and eom when the file names them. */
+  eosTokenIds: number[];
+  chatTemplate?: string;
+  /** Whether encoding a prompt adds BOS (tokenizer.ggml.add_bos_token, or llama.cpp's default). */
+  addBos: boolean;
+}
+
+const SPM_SPACE = '\u2581';
+
+const GPT2_REGEX = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+const LLAMA3_REGEX =
+  "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const QWEN2_REGEX =
+  "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+interface PreTokenizerSpec {
+  regex: string;
+  /** llama.cpp's clean_spaces for this pre-tokenizer (detokenisation cleanup). */
+  cleanSpaces: boolean;
+  ignoreMerges: boolean;
+  addBos: boolean;
+}
+
+// tokenizer.ggml.pre values and what llama.cpp (src/llama-vocab.cpp) does for them.
+const PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = {};
+for (const name of ['gpt-2', 'phi-2', 'mpt', 'olmo']) {
+  PRE_TOKENIZERS[name] = { regex: GPT2_REGEX, cleanSpaces: true, ignoreMerges: false, addBos: false };
+}
+for (const name of ['llama3', 'llama-v3', 'llama-bpe', 'falcon3']) {
+  PRE_TOKENIZERS[name] = { regex: LLAMA3_REGEX, cleanSpaces: true, ignoreMerges: true, addBos: true };
+}
+for (const name of ['qwen2', 'deepseek-r1-qwen']) {
+  PRE_TOKENIZERS[name] = { regex: QWEN2_REGEX, cleanSpaces: false, ignoreMerges: false, addBos: false };
+}
+for (const name of ['stablelm2']) {
+  PRE_TOKENIZERS[name] = { regex: QWEN2_REGEX, cleanSpaces: true, ignoreMerges: false, addBos: false };
+}
+
+function addedToken(id: number, content: string, special: boolean) {
+  return { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special };
+}
+
+/**
+ * Merges for a SentencePiece BPE vocabulary: every split of every (non-byte) token into two
+ * tokens, highest merged-token score first (ties: lower merged id, then lower left and right ids).
+ */
+export function spmMerges(tokens: string[], scores: ArrayLike<number>, types: ArrayLike<number> | undefined): Array<[string, string]> {
+  const ids = new Map<string, number>();
+  tokens.forEach((t, i) => ids.set(t, i));
+  const found: Array<{ left: string; right: string; score: number; id: number; l: number; r: number }> = [];
+  tokens.forEach((token, id) => {
+    if (types && types[id] === TokenType.BYTE) return;
+    const chars = Array.from(token);
+    for (let k = 1; k < chars.length; k++) {
+      const left = chars.slice(0, k).join('');
+      const right = chars.slice(k).join('');
+      const l = ids.get(left);
+      const r = ids.get(right);
+      if (l === undefined || r === undefined) continue;
+      if (types && (types[l] === TokenType.BYTE || types[r] === TokenType.BYTE)) continue;
+      found.push({ left, right, score: scores[id], id, l, r });
+    }
+  });
+  found.sort((a, b) => b.score - a.score || a.id - b.id || a.l - b.l || a.r - b.r);
+  return found.map(({ left, right }) => [left, right]);
+}
+
+/** BOS and/or EOS around each sequence, as llama.cpp adds them when add_special is set. */
+function templateProcessing(bos: string | undefined, eos: string | undefined, bosId?: number, eosId?: number) {
+  const sequence = (id: 'A' | 'B', typeId: number) => [
+    ...(bos !== undefined ? [{ SpecialToken: { id: bos, type_id: typeId } }] : []),
+    { Sequence: { id, type_id: typeId } },
+    ...(eos !== undefined ? [{ SpecialToken: { id: eos, type_id: typeId } }] : []),
+  ];
+  const special: Record<string, unknown> = {};
+  if (bos !== undefined) special[bos] = { id: bos, ids: [bosId], tokens: [bos] };
+  if (eos !== undefined) special[eos] = { id: eos, ids: [eosId], tokens: [eos] };
+  return { type: 'TemplateProcessing', single: sequence('A', 0), pair: [...sequence('A', 0), ...sequence('B', 1)], special_tokens: special };
+}
+
+/** Build the tokenizer of a GGUF file (tokenizer.ggml.* keys). */
+export function tokenizerFromGguf(gguf: GgufFile): GgufTokenizer {
+  const where = gguf.path;
+  const fail: (problem: string) => never = (problem) => {
+    throw new ModelFormatError(`${where}: ${problem}`);
+  };
+  const model = gguf.string('tokenizer.ggml.model');
+  const tokens = gguf.strings('tokenizer.ggml.tokens') ?? fail('metadata key "tokenizer.ggml.tokens" is missing');
+  const n = tokens.length;
+  if (n === 0) fail('metadata key "tokenizer.ggml.tokens" is empty');
+  const types = gguf.numbers('tokenizer.ggml.token_type');
+  if (types && types.length !== n) fail(`"tokenizer.ggml.token_type" has ${types.length} entries for ${n} tokens`);
+  const scores = gguf.numbers('tokenizer.ggml.scores');
+  if (scores && scores.length !== n) fail(`"tokenizer.ggml.scores" has ${scores.length} entries for ${n} tokens`);
+
+  const vocab = new Map<string, number>();
+  tokens.forEach((token, id) => {
+    const prev = vocab.get(token);
+    if (prev !== undefined) fail(`token ${JSON.stringify(token)} appears twice in "tokenizer.ggml.tokens" (ids ${prev} and ${id})`);
+    vocab.set(token, id);
+  });
+
+  const tokenId = (key: string): number | undefined => {
+    if (!gguf.metadata.has(key)) return undefined;
+    const id = gguf.integer(key);
+    if (id >= n) fail(`metadata key "${key}" = ${id} is not a token id (vocabulary has ${n} tokens)`);
+    return id;
+  };
+  const defaults = model === 'llama' ? { bos: 1, eos: 2, unk: 0 } : {};
+  const bosId = tokenId('tokenizer.ggml.bos_token_id') ?? defaults.bos;
+  const eosId = tokenId('tokenizer.ggml.eos_token_id') ?? defaults.eos;
+  const unkId = tokenId('tokenizer.ggml.unknown_token_id') ?? defaults.unk;
+  const padId = tokenId('tokenizer.ggml.padding_token_id');
+  const eotId = tokenId('tokenizer.ggml.eot_token_id');
+  const eomId = tokenId('tokenizer.ggml.eom_token_id');
+
+  const added = [];
+  for (let id = 0; id < n; id++) {
+    const type = types ? types[id] : TokenType.NORMAL;
+    if (type === TokenType.CONTROL || type === TokenType.UNKNOWN) added.push(addedToken(id, tokens[id], true));
+    else if (type === TokenType.USER_DEFINED) added.push(addedToken(id, tokens[id], false));
+  }
+
+  let tokenizer: Record<string, unknown>;
+  let addBos: boolean;
+  let addEos = false;
+  let cleanSpaces: boolean;
+  if (model === 'llama') {
+    if (!scores) fail('metadata key "tokenizer.ggml.scores" is missing (required for "llama" tokenizers)');
+    const addSpacePrefix = gguf.boolean('tokenizer.ggml.add_space_prefix', true);
+    addBos = gguf.boolean('tokenizer.ggml.add_bos_token', true);
+    addEos = gguf.boolean('tokenizer.ggml.add_eos_token', false);
+    cleanSpaces = false;
+    const replace = { type: 'Replace', pattern: { String: ' ' }, content: SPM_SPACE };
+    tokenizer = {
+      version: '1.0',
+      truncation: null,
+      padding: null,
+      added_tokens: added,
+      normalizer: addSpacePrefix ? { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: SPM_SPACE }, replace] } : replace,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: {
+        type: 'Sequence',
+        decoders: [
+          { type: 'Replace', pattern: { String: SPM_SPACE }, content: ' ' },
+          { type: 'ByteFallback' },
+          { type: 'Fuse' },
+          ...(addSpacePrefix ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []),
+        ],
+      },
+      model: {
+        type: 'BPE',
+        dropout: null,
+        unk_token: unkId !== undefined ? tokens[unkId] : null,
+        continuing_subword_prefix: null,
+        end_of_word_suffix: null,
+        fuse_unk: true,
+        byte_fallback: true,
+        ignore_merges: false,
+        vocab: Object.fromEntries(vocab),
+        merges: spmMerges(tokens, scores!, types),
+      },
+    };
+  } else if (model === 'gpt2') {
+    const rawMerges = gguf.strings('tokenizer.ggml.merges') ?? fail('metadata key "tokenizer.ggml.merges" is missing (required for "gpt2" tokenizers)');
+    const pre = gguf.string('tokenizer.ggml.pre', 'default');
+    const spec =
+      PRE_TOKENIZERS[pre] ??
+      fail(`tokenizer.ggml.pre = "${pre}" is not supported yet (supported: ${Object.keys(PRE_TOKENIZERS).join(', ')})`);
+    addBos = gguf.boolean('tokenizer.ggml.add_bos_token', spec.addBos);
+    addEos = gguf.boolean('tokenizer.ggml.add_eos_token', false);
+    cleanSpaces = spec.cleanSpaces;
+    const merges = rawMerges.map((m, i): [string, string] => {
+      // llama.cpp splits at the first space after the first character.
+      const at = m.indexOf(' ', 1);
+      if (at < 0) fail(`"tokenizer.ggml.merges" entry ${i} (${JSON.stringify(m)}) is not two tokens separated by a space`);
+      return [m.slice(0, at), m.slice(at + 1)];
+    });
+    const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false };
+    tokenizer = {
+      version: '1.0',
+      truncation: null,
+      padding: null,
+      added_tokens: added,
+      normalizer: null,
+      pre_tokenizer: {
+        type: 'Sequence',
+        pretokenizers: [{ type: 'Split', pattern: { Regex: spec.regex }, behavior: 'Isolated', invert: false }, byteLevel],
+      },
+      post_processor: null,
+      decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+      model: {
+        type: 'BPE',
+        dropout: null,
+        unk_token: unkId !== undefined ? tokens[unkId] : null,
+        continuing_subword_prefix: null,
+        end_of_word_suffix: null,
+        fuse_unk: false,
+        byte_fallback: false,
+        ignore_merges: spec.ignoreMerges,
+        vocab: Object.fromEntries(vocab),
+        merges,
+      },
+    };
+  } else {
+    return fail(`tokenizer.ggml.model = "${model}" is not supported yet (supported: llama, gpt2)`);
+  }
+
+  if (addBos && bosId === undefined) fail('tokenizer.ggml.add_bos_token is true but there is no tokenizer.ggml.bos_token_id');
+  if (addEos && eosId === undefined) fail('tokenizer.ggml.add_eos_token is true but there is no tokenizer.ggml.eos_token_id');
+  const bos = bosId !== undefined ? tokens[bosId] : undefined;
+  const eos = eosId !== undefined ? tokens[eosId] : undefined;
+  tokenizer.post_processor = templateProcessing(addBos ? bos : undefined, addEos ? eos : undefined, bosId, eosId);
+
+  const chatTemplate = gguf.metadata.has('tokenizer.chat_template') ? gguf.string('tokenizer.chat_template') : undefined;
+  const config: Record<string, unknown> = {
+    tokenizer_class: 'PreTrainedTokenizerFast',
+    add_bos_token: addBos,
+    add_eos_token: addEos,
+    clean_up_tokenization_spaces: cleanSpaces,
+  };
+  if (bos !== undefined) config.bos_token = bos;
+  if (eos !== undefined) config.eos_token = eos;
+  if (unkId !== undefined) config.unk_token = tokens[unkId];
+  if (padId !== undefined) config.pad_token = tokens[padId];
+  if (chatTemplate !== undefined) config.chat_template = chatTemplate;
+  const contextLength = gguf.metadata.has('general.architecture')
+    ? gguf.get(`${gguf.string('general.architecture')}.context_length`)
+    : undefined;
+  if (typeof contextLength === 'number') config.model_max_length = contextLength;
+
+  const eosTokenIds = [...new Set([eosId, eotId, eomId].filter((id): id is number => id !== undefined))];
+  return { tokenizer, config, bosTokenId: bosId, eosTokenIds, chatTemplate, addBos };
+}

@@ -1,0 +1,74 @@
+// llama.cpp as a second oracle, through node-llama-cpp's prebuilt CPU binary: logits at every
+// position and tokenisation of a GGUF file. Settings that make it comparable with a float64
+// reference (shared/reference/environment.md): CPU only, F32 KV cache, flash attention off.
+// build: 'never' matters: the default silently compiles llama.cpp from source when no binary fits.
+import { getLlama, LlamaLogLevel, type ControlledEvaluateInputItem, type Llama, type LlamaModel, type Token } from 'node-llama-cpp';
+
+let llama: Promise<Llama> | undefined;
+const models = new Map<string, Promise<LlamaModel>>();
+
+function oracle(): Promise<Llama> {
+  llama ??= getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, progressLogs: false, skipDownload: true });
+  return llama;
+}
+
+/** The model for a GGUF path, loaded once and kept until disposeLlamaOracle() (rewrite a loaded path only after that). */
+export function llamaModel(ggufPath: string): Promise<LlamaModel> {
+  let model = models.get(ggufPath);
+  if (!model) {
+    model = oracle().then((l) => l.loadModel({ modelPath: ggufPath, gpuLayers: 0, useMmap: false }));
+    models.set(ggufPath, model);
+  }
+  return model;
+}
+
+/** Token ids llama.cpp gives `text` (no BOS added; with `special`, control tokens in the text are parsed). */
+export async function llamaTokenize(ggufPath: string, text: string, special = false): Promise<number[]> {
+  const model = await llamaModel(ggufPath);
+  return Array.from(model.tokenize(text, special));
+}
+
+export async function llamaDetokenize(ggufPath: string, tokens: number[], special = false): Promise<string> {
+  const model = await llamaModel(ggufPath);
+  return model.detokenize(tokens as Token[], special);
+}
+
+/** Logits over the whole vocabulary after each of `tokens` (one sequence starting at position 0). */
+export async function llamaLogits(ggufPath: string, tokens: number[]): Promise<Float32Array[]> {
+  if (tokens.length === 0) return [];
+  const model = await llamaModel(ggufPath);
+  const context = await model.createContext({
+    contextSize: Math.max(256, Math.ceil(tokens.length / 256) * 256),
+    batchSize: tokens.length,
+    sequences: 1,
+    threads: 2,
+    flashAttention: false,
+    experimentalKvCacheKeyType: 'F32',
+    experimentalKvCacheValueType: 'F32',
+  });
+  try {
+    const sequence = context.getSequence();
+    const input: ControlledEvaluateInputItem[] = tokens.map((t) => [t as Token, { generateNext: { logits: true } }]);
+    const results = await sequence.controlledEvaluate(input);
+    return results.map((result, position) => {
+      const logits = result?.next.logits;
+      if (!logits) throw new Error(`llama.cpp returned no logits at position ${position}`);
+      // The map covers the whole vocabulary, sorted by logit; put it back in token order.
+      const out = new Float32Array(logits.size).fill(NaN);
+      for (const [token, value] of logits) {
+        if (token >= out.length) throw new Error(`llama.cpp returned a logit for token ${token} outside the vocabulary`);
+        out[token] = value;
+      }
+      return out;
+    });
+  } finally {
+    await context.dispose();
+  }
+}
+
+/** Unload every model (tests call this in afterAll to free the native memory). */
+export async function disposeLlamaOracle(): Promise<void> {
+  const loaded = [...models.values()];
+  models.clear();
+  for (const model of loaded) await (await model).dispose();
+}
