@@ -4,6 +4,8 @@
 // operation in f32, so a file written here holds the same bytes llama.cpp's reference would write.
 // All multi-byte values are little-endian, as GGUF stores them; every JS engine this runs on is too.
 
+import { dequantize, f16BitsToF32, f32ToF16Bits, ggufBytes, packGguf, packWeight } from '../kernels/weights.ts';
+
 /** ggml_type ids (ggml.h). Ids 4, 5 and 31..33, 36..38 were removed from ggml and are unknown here. */
 export const GgmlType = {
   F32: 0,
@@ -111,32 +113,9 @@ export function isSupportedGgmlType(type: number): boolean {
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
-/** IEEE binary16 bits of `value`, rounded to nearest even (what F16C's _cvtss_sh and ggml do). */
-export function f32ToF16Bits(value: number): number {
-  f32Scratch[0] = value;
-  const x = u32Scratch[0];
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    // Subnormal half (or zero): value = m * 2^-24.
-    if (e < -10) return sign;
-    const full = mant | 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    let m = full >>> shift;
-    const rem = full & ((1 << shift) - 1);
-    if (rem > half || (rem === half && (m & 1) !== 0)) m++;
-    return sign | m;
-  }
-  const h = sign | (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  // A carry out of the mantissa correctly bumps the exponent (and overflows to infinity).
-  return rem > 0x1000 || (rem === 0x1000 && (h & 1) !== 0) ? h + 1 : h;
-}
+// Half-precision conversion lives with the weight packing in kernels/weights.ts; re-exported here
+// so file-format code has one place to import from.
+export { f32ToF16Bits, f16BitsToF32 };
 
 let f16Table: Float32Array | undefined;
 
@@ -145,18 +124,9 @@ function halfTable(): Float32Array {
   if (f16Table) return f16Table;
   f16Table = new Float32Array(65536);
   for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const e = (h >>> 10) & 0x1f;
-    const m = h & 0x3ff;
-    if (e === 0) f16Table[h] = sign * m * 2 ** -24;
-    else if (e === 31) f16Table[h] = m !== 0 ? NaN : sign * Infinity;
-    else f16Table[h] = sign * (1 + m / 1024) * 2 ** (e - 15);
+    f16Table[h] = f16BitsToF32(h);
   }
   return f16Table;
-}
-
-export function f16BitsToF32(bits: number): number {
-  return halfTable()[bits & 0xffff];
 }
 
 /** bfloat16 bits of `value`, rounded to nearest even (NaN stays NaN). */
@@ -204,38 +174,15 @@ export function f32ArrayToBf16(values: ArrayLike<number>): Uint16Array {
 export const Q8_0_BLOCK = 32;
 export const Q8_0_BYTES = 34;
 
-/** quantize_row_q8_0_ref: d = amax / 127, q = roundf(x / d), all in f32. */
+/** quantize_row_q8_0_ref (kernels/weights.ts holds the one implementation), as GGUF block bytes. */
 export function quantizeQ8_0(values: ArrayLike<number>): Uint8Array {
   if (values.length % Q8_0_BLOCK !== 0) throw new RangeError(`Q8_0 needs a multiple of 32 values (got ${values.length})`);
-  const blocks = values.length / Q8_0_BLOCK;
-  const out = new Uint8Array(blocks * Q8_0_BYTES);
-  const view = new DataView(out.buffer);
-  const f = Math.fround;
-  for (let b = 0; b < blocks; b++) {
-    const base = b * Q8_0_BLOCK;
-    let amax = 0;
-    for (let j = 0; j < Q8_0_BLOCK; j++) amax = Math.max(amax, Math.abs(f(values[base + j])));
-    const d = f(amax / 127);
-    const id = d !== 0 ? f(1 / d) : 0;
-    view.setUint16(b * Q8_0_BYTES, f32ToF16Bits(d), true);
-    for (let j = 0; j < Q8_0_BLOCK; j++) {
-      const x = f(f(values[base + j]) * id);
-      // roundf: half away from zero.
-      const q = Math.sign(x) * Math.round(Math.abs(x));
-      view.setInt8(b * Q8_0_BYTES + 2 + j, q);
-    }
-  }
-  return out;
+  return ggufBytes(packWeight('q8_0', 1, values.length, Float32Array.from(values)));
 }
 
 export function dequantizeQ8_0(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
   checkBlocks('Q8_0', bytes, count, Q8_0_BLOCK, Q8_0_BYTES);
-  const table = halfTable();
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let b = 0; b < count / Q8_0_BLOCK; b++) {
-    const d = table[view.getUint16(b * Q8_0_BYTES, true)];
-    for (let j = 0; j < Q8_0_BLOCK; j++) out[b * Q8_0_BLOCK + j] = view.getInt8(b * Q8_0_BYTES + 2 + j) * d;
-  }
+  out.set(dequantize(packGguf('q8_0', 1, count, bytes)));
   return out;
 }
 
@@ -246,50 +193,15 @@ export function dequantizeQ8_0(bytes: Uint8Array, count: number, out = new Float
 export const Q4_0_BLOCK = 32;
 export const Q4_0_BYTES = 18;
 
-/** quantize_row_q4_0_ref: max = the value of largest magnitude, d = max / -8, q = min(15, trunc(x/d + 8.5)). */
+/** quantize_row_q4_0_ref (kernels/weights.ts holds the one implementation), as GGUF block bytes. */
 export function quantizeQ4_0(values: ArrayLike<number>): Uint8Array {
   if (values.length % Q4_0_BLOCK !== 0) throw new RangeError(`Q4_0 needs a multiple of 32 values (got ${values.length})`);
-  const blocks = values.length / Q4_0_BLOCK;
-  const out = new Uint8Array(blocks * Q4_0_BYTES);
-  const view = new DataView(out.buffer);
-  const f = Math.fround;
-  for (let b = 0; b < blocks; b++) {
-    const base = b * Q4_0_BLOCK;
-    let amax = 0;
-    let max = 0;
-    for (let j = 0; j < Q4_0_BLOCK; j++) {
-      const v = f(values[base + j]);
-      if (amax < Math.abs(v)) {
-        amax = Math.abs(v);
-        max = v;
-      }
-    }
-    const d = f(max / -8);
-    const id = d !== 0 ? f(1 / d) : 0;
-    view.setUint16(b * Q4_0_BYTES, f32ToF16Bits(d), true);
-    for (let j = 0; j < Q4_0_BLOCK / 2; j++) {
-      const x0 = f(f(values[base + j]) * id);
-      const x1 = f(f(values[base + 16 + j]) * id);
-      const q0 = Math.min(15, Math.trunc(f(x0 + 8.5)));
-      const q1 = Math.min(15, Math.trunc(f(x1 + 8.5)));
-      out[b * Q4_0_BYTES + 2 + j] = q0 | (q1 << 4);
-    }
-  }
-  return out;
+  return ggufBytes(packWeight('q4_0', 1, values.length, Float32Array.from(values)));
 }
 
 export function dequantizeQ4_0(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
   checkBlocks('Q4_0', bytes, count, Q4_0_BLOCK, Q4_0_BYTES);
-  const table = halfTable();
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let b = 0; b < count / Q4_0_BLOCK; b++) {
-    const d = table[view.getUint16(b * Q4_0_BYTES, true)];
-    for (let j = 0; j < 16; j++) {
-      const byte = bytes[b * Q4_0_BYTES + 2 + j];
-      out[b * Q4_0_BLOCK + j] = ((byte & 0x0f) - 8) * d;
-      out[b * Q4_0_BLOCK + j + 16] = ((byte >>> 4) - 8) * d;
-    }
-  }
+  out.set(dequantize(packGguf('q4_0', 1, count, bytes)));
   return out;
 }
 
