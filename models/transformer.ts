@@ -240,7 +240,7 @@ export class Transformer {
    * their keys and values into the slot's cache. Returns the candidates for the token after the
    * last one; with `allLogits`, also every position's full logits row (for comparisons, not serving).
    */
-  async prefill(slot: number, tokens: number[], start: number, allLogits = false): Promise<{ candidates: RowCandidates; logits?: Float32Array[] }> {
+  async prefill(slot: number, tokens: number[], start: number, allLogits = false, candidateCount = TOPK_MAX_K): Promise<{ candidates: RowCandidates; logits?: Float32Array[] }> {
     this.#checkSlot(slot, start + tokens.length);
     if (tokens.length === 0) throw new ShapeError('prefill needs at least one token');
     const V = this.config.vocabSize;
@@ -269,7 +269,7 @@ export class Transformer {
       for (let r = 0; r < logitRows.length; r += this.#logitRows) {
         const rows = logitRows.slice(r, r + this.#logitRows);
         const first = rows[0];
-        const result = await this.#head(first, rows.length, allLogits);
+        const result = await this.#head(first, rows.length, allLogits, candidateCount);
         if (allLogits) all.push(...result.logits!);
         candidates = result.candidates[rows.length - 1];
       }
@@ -278,8 +278,11 @@ export class Transformer {
     return { candidates: candidates!, logits: allLogits ? all : undefined };
   }
 
-  /** One decoding step for a batch of sequences, one token each. Returns each row's candidates. */
-  async decode(rows: DecodeRow[]): Promise<RowCandidates[]> {
+  /**
+   * One decoding step for a batch of sequences, one token each. Returns each row's `candidates`
+   * most likely next tokens (fewer is cheaper: greedy decoding needs one).
+   */
+  async decode(rows: DecodeRow[], candidates = TOPK_MAX_K): Promise<RowCandidates[]> {
     const B = rows.length;
     if (B === 0 || B > this.options.slots) throw new ShapeError(`decode batch of ${B} rows (1..${this.options.slots} allowed)`);
     for (const row of rows) this.#checkSlot(row.slot, row.position + 1);
@@ -297,8 +300,7 @@ export class Transformer {
     });
     pass.end();
     q.submit([encoder.finish()]);
-    const { candidates } = await this.#head(0, B, false);
-    return candidates;
+    return (await this.#head(0, B, false, candidates)).candidates;
   }
 
   get #qkvWidth(): number {
@@ -343,16 +345,18 @@ export class Transformer {
    * Final norm, LM head and top-k for `count` rows of x starting at row `first`, in one submit;
    * reads back the candidates (and the full logits rows when asked).
    */
-  async #head(first: number, count: number, withLogits: boolean): Promise<{ candidates: RowCandidates[]; logits?: Float32Array[] }> {
+  async #head(first: number, count: number, withLogits: boolean, candidateCount: number): Promise<{ candidates: RowCandidates[]; logits?: Float32Array[] }> {
     const { hiddenSize: C, vocabSize: V } = this.config;
-    const K = TOPK_MAX_K;
+    if (!Number.isSafeInteger(candidateCount) || candidateCount < 1 || candidateCount > TOPK_MAX_K) {
+      throw new ShapeError(`candidate count must be an integer in [1, ${TOPK_MAX_K}] (got ${candidateCount})`);
+    }
+    const k = Math.min(candidateCount, V);
     const encoder = this.#gpu.device.createCommandEncoder({ label: 'head' });
     const pass = encoder.beginComputePass();
     this.#finalNorm.encode(pass, { rows: count, cols: C, xOffset: first * C });
     this.#lmHead.encode(pass, { M: count });
-    this.#topK.encode(pass, { rows: count, cols: V, k: Math.min(K, V) });
+    this.#topK.encode(pass, { rows: count, cols: V, k });
     pass.end();
-    const k = Math.min(K, V);
     encoder.copyBufferToBuffer(this.#buf.topValues, 0, this.#readback, 0, count * k * 4);
     encoder.copyBufferToBuffer(this.#buf.topIds, 0, this.#readback, count * k * 4, count * k * 4);
     encoder.copyBufferToBuffer(this.#buf.lse, 0, this.#readback, 2 * count * k * 4, count * 4);

@@ -10,7 +10,7 @@ import { BadRequestError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
 import { Transformer, type RowCandidates } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
-import { Sampler, validateSamplingParams } from './sampler.ts';
+import { CANDIDATES, Sampler, validateSamplingParams } from './sampler.ts';
 import { TextTokenizer, type TokenStream } from './tokenizer.ts';
 import type { EngineInfo, FinishReason, GenerateOptions, GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from './types.ts';
 
@@ -264,7 +264,7 @@ export class Engine implements TextGenerator {
           }
           seq.slot = this.#freeSlots.pop()!;
           this.#active.push(seq);
-          const { candidates } = await this.model.prefill(seq.slot, seq.promptIds, 0);
+          const { candidates } = await this.model.prefill(seq.slot, seq.promptIds, 0, false, candidatesNeeded(seq));
           seq.cached = seq.promptIds.length;
           this.#accept(seq, candidates);
         }
@@ -272,7 +272,7 @@ export class Engine implements TextGenerator {
         if (this.#active.length === 0) continue;
         // One batched decode step: every active sequence feeds its pending token.
         const rows = this.#active.map((seq) => ({ slot: seq.slot!, token: seq.pending!, position: seq.cached }));
-        const candidates = await this.model.decode(rows);
+        const candidates = await this.model.decode(rows, Math.max(...this.#active.map(candidatesNeeded)));
         this.#active.forEach((seq, i) => {
           seq.cached++;
           this.#accept(seq, candidates[i]);
@@ -375,6 +375,18 @@ export class Engine implements TextGenerator {
     this.model.destroy();
     if (this.#ownsGpu) this.gpu.destroy();
   }
+}
+
+/**
+ * How many candidates a sequence's sampler needs each step: greedy without penalties needs the
+ * best token (and the logprob alternatives); anything that reshapes the distribution needs all.
+ */
+function candidatesNeeded(seq: Sequence): number {
+  const { temperature, topK, repetitionPenalty } = seq.sampler.params;
+  const alternatives = seq.request.logprobs ?? 0;
+  if (temperature === 0 && repetitionPenalty === 1) return Math.max(1, alternatives);
+  if (topK > 0 && repetitionPenalty === 1) return Math.min(CANDIDATES, Math.max(topK, alternatives));
+  return CANDIDATES;
 }
 
 /** How many characters at the end of `text` could begin one of the stop strings. */

@@ -10,7 +10,7 @@
 import { xoroshiro128plus, type RandomGenerator } from 'pure-rand';
 import { OptionError } from '../errors.ts';
 
-/** How many candidates the GPU hands to the sampler per sequence and step. */
+/** How many candidates the GPU hands to the sampler per sequence and step (top-k's maximum). */
 export const CANDIDATES = 64;
 
 export interface SamplingParams {
