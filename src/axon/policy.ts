@@ -1,0 +1,375 @@
+// Who may ask this miner for work, and how often. Cheap checks first:
+//
+//   timestamp window -> signed_for is this miner -> signer registered (metagraph or allow list)
+//   -> signature -> replay cache -> deny list / validator permit / minimum stake
+//   -> per-hotkey rate limit (every op but cancel) -> [server] payload -> concurrency cap -> queue
+//
+// Each step throws an AxonError with its wire code. The (signed_by, id) pair is remembered once the
+// frame has passed the deny/permit/stake step, so only authorised validators fill the replay cache,
+// each within a quota, and a frame that was rate limited cannot be replayed later in its window.
+import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
+import { OptionError } from '../errors.ts';
+import { AxonError, type RequestFrame } from './protocol.ts';
+import { isValidHotkey, verifyFrame } from './signing.ts';
+
+// ---------------------------------------------------------------------------------------------
+// Metagraph
+
+export interface MetagraphNeuron {
+  uid: number;
+  hotkey: string;
+  /** Stake in TAO (or alpha): whatever unit --min-stake is given in. */
+  stake: number;
+  validatorPermit: boolean;
+}
+
+export interface Metagraph {
+  netuid: number;
+  block: number;
+  /** By hotkey. */
+  neurons: ReadonlyMap<string, MetagraphNeuron>;
+}
+
+/** Check and index a metagraph JSON value `{netuid, block, neurons: [{uid, hotkey, stake, validator_permit}]}`. */
+export function parseMetagraph(value: unknown, source = 'metagraph'): Metagraph {
+  const fail = (detail: string): never => {
+    throw new OptionError(`${source}: ${detail}`);
+  };
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('must be a JSON object {netuid, block, neurons}');
+  const { netuid, block, neurons } = value as Record<string, unknown>;
+  if (!Number.isSafeInteger(netuid) || (netuid as number) < 0) fail('netuid must be a non-negative integer');
+  if (!Number.isSafeInteger(block) || (block as number) < 0) fail('block must be a non-negative integer');
+  if (!Array.isArray(neurons)) fail('neurons must be an array');
+  const byHotkey = new Map<string, MetagraphNeuron>();
+  for (const [i, n] of (neurons as unknown[]).entries()) {
+    if (typeof n !== 'object' || n === null) fail(`neurons[${i}] must be an object`);
+    const { uid, hotkey, stake, validator_permit } = n as Record<string, unknown>;
+    if (!Number.isSafeInteger(uid) || (uid as number) < 0) fail(`neurons[${i}].uid must be a non-negative integer`);
+    if (!isValidHotkey(hotkey)) fail(`neurons[${i}].hotkey must be an ss58 address (format 42) with a valid checksum`);
+    if (typeof stake !== 'number' || !Number.isFinite(stake) || stake < 0) fail(`neurons[${i}].stake must be a finite number >= 0`);
+    if (typeof validator_permit !== 'boolean') fail(`neurons[${i}].validator_permit must be true or false`);
+    if (byHotkey.has(hotkey as string)) fail(`hotkey ${hotkey} appears twice (neurons[${i}])`);
+    byHotkey.set(hotkey as string, { uid: uid as number, hotkey: hotkey as string, stake: stake as number, validatorPermit: validator_permit as boolean });
+  }
+  return { netuid: netuid as number, block: block as number, neurons: byHotkey };
+}
+
+export function loadMetagraphFile(path: string): Metagraph {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new OptionError(`cannot read metagraph file ${path}: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new OptionError(`metagraph file ${path} is not JSON: ${(err as Error).message}`);
+  }
+  return parseMetagraph(json, `metagraph file ${path}`);
+}
+
+export interface MetagraphWatcherOptions {
+  /** How often the file's mtime and size are polled. Default 2000 ms. */
+  intervalMs?: number;
+  onReload?: (metagraph: Metagraph) => void;
+  /** A changed file that does not parse: the previous metagraph stays in force. */
+  onError?: (error: Error) => void;
+}
+
+/**
+ * A metagraph JSON file, loaded now (throws if it is bad) and reloaded whenever it changes. Polls
+ * (fs.watchFile) rather than fs.watch, so a file replaced by rename (atomic writes) is still seen.
+ */
+export class MetagraphWatcher {
+  readonly path: string;
+  #current: Metagraph;
+  #listener: (curr: Stats, prev: Stats) => void;
+  #closed = false;
+
+  constructor(path: string, options: MetagraphWatcherOptions = {}) {
+    this.path = path;
+    this.#current = loadMetagraphFile(path);
+    const intervalMs = options.intervalMs ?? 2000;
+    if (!Number.isSafeInteger(intervalMs) || intervalMs < 1) throw new OptionError(`metagraph poll interval must be a positive integer of ms (got ${intervalMs})`);
+    this.#listener = (curr, prev) => {
+      if (this.#closed || (curr.mtimeMs === prev.mtimeMs && curr.size === prev.size && curr.ino === prev.ino)) return;
+      try {
+        this.#current = loadMetagraphFile(path);
+        options.onReload?.(this.#current);
+      } catch (err) {
+        options.onError?.(err as Error);
+      }
+    };
+    watchFile(path, { interval: intervalMs, persistent: false }, this.#listener);
+  }
+
+  get current(): Metagraph {
+    return this.#current;
+  }
+
+  close(): void {
+    this.#closed = true;
+    unwatchFile(this.path, this.#listener);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay cache
+
+export type ReplayVerdict = 'ok' | 'full' | 'quota';
+
+/**
+ * (signed_by, id) pairs seen within the timestamp window. Bounded in time (an entry lives until its
+ * frame's timestamp leaves the window, after which the timestamp check rejects the frame anyway)
+ * and in size: when the cache or a hotkey's quota is full, new requests are refused rather than
+ * old entries dropped, because dropping one would reopen it to replay.
+ */
+export class ReplayCache {
+  readonly maxEntries: number;
+  readonly maxPerHotkey: number;
+  #entries = new Map<string, { expiresAt: number; hotkey: string }>();
+  #perHotkey = new Map<string, number>();
+  #lastSweep = -Infinity;
+
+  constructor(options: { maxEntries: number; maxPerHotkey: number }) {
+    this.maxEntries = options.maxEntries;
+    this.maxPerHotkey = options.maxPerHotkey;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  #key(hotkey: string, id: string): string {
+    return `${hotkey}\u0000${id}`;
+  }
+
+  has(hotkey: string, id: string, now: number): boolean {
+    const entry = this.#entries.get(this.#key(hotkey, id));
+    return entry !== undefined && entry.expiresAt > now;
+  }
+
+  #delete(key: string, hotkey: string): void {
+    this.#entries.delete(key);
+    const n = (this.#perHotkey.get(hotkey) ?? 1) - 1;
+    if (n <= 0) this.#perHotkey.delete(hotkey);
+    else this.#perHotkey.set(hotkey, n);
+  }
+
+  /** Drop expired entries: from the oldest insertions, and (at most once a second) a full sweep. */
+  prune(now: number, full = false): void {
+    for (const [key, entry] of this.#entries) {
+      if (entry.expiresAt > now) break;
+      this.#delete(key, entry.hotkey);
+    }
+    if (full && now - this.#lastSweep >= 1000) {
+      this.#lastSweep = now;
+      for (const [key, entry] of this.#entries) if (entry.expiresAt <= now) this.#delete(key, entry.hotkey);
+    }
+  }
+
+  /** Remember a pair until `expiresAt`. */
+  add(hotkey: string, id: string, expiresAt: number, now: number): ReplayVerdict {
+    this.prune(now);
+    const count = () => this.#perHotkey.get(hotkey) ?? 0;
+    if (this.#entries.size >= this.maxEntries || count() >= this.maxPerHotkey) this.prune(now, true);
+    if (count() >= this.maxPerHotkey) return 'quota';
+    if (this.#entries.size >= this.maxEntries) return 'full';
+    const key = this.#key(hotkey, id);
+    if (this.#entries.has(key)) this.#delete(key, hotkey);
+    this.#entries.set(key, { expiresAt, hotkey });
+    this.#perHotkey.set(hotkey, count() + 1);
+    return 'ok';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-hotkey rate limit (token bucket) and concurrency cap
+
+export class RateLimiter {
+  readonly ratePerSecond: number;
+  readonly burst: number;
+  #buckets = new Map<string, { tokens: number; at: number }>();
+
+  constructor(ratePerSecond: number, burst: number) {
+    this.ratePerSecond = ratePerSecond;
+    this.burst = burst;
+  }
+
+  /** Take one token for `key`; false when its bucket is empty. */
+  take(key: string, now: number): boolean {
+    const bucket = this.#buckets.get(key) ?? { tokens: this.burst, at: now };
+    bucket.tokens = Math.min(this.burst, bucket.tokens + (Math.max(0, now - bucket.at) * this.ratePerSecond) / 1000);
+    bucket.at = now;
+    if (!this.#buckets.has(key) && this.#buckets.size >= 10_000) this.#forgetFull(now);
+    this.#buckets.set(key, bucket);
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+  }
+
+  /** Drop buckets that have refilled: forgetting them changes nothing. */
+  #forgetFull(now: number): void {
+    const refillMs = (this.burst / this.ratePerSecond) * 1000;
+    for (const [key, bucket] of this.#buckets) if (now - bucket.at >= refillMs) this.#buckets.delete(key);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The policy
+
+export interface PolicyConfig {
+  /** The metagraph in force (a watcher's `current`), or a fixed one. Absent: only the allow list is admitted. */
+  metagraph?: Metagraph | (() => Metagraph | undefined);
+  /** Minimum stake of a metagraph signer (allow-listed hotkeys are exempt). Default 0. */
+  minStake?: number;
+  /** Require validator_permit in the metagraph (allow-listed hotkeys are exempt). Default false. */
+  requirePermit?: boolean;
+  /** Hotkeys admitted without metagraph membership, stake or permit (e.g. your own validator). */
+  allow?: readonly string[];
+  /** Hotkeys always refused (FORBIDDEN), even when allowed or staked. */
+  deny?: readonly string[];
+  /** Age beyond which a frame is stale, before adding requestTimeoutMs (Epistula: 8000). */
+  staleMs?: number;
+  /** How far in the future a timestamp may be (clock skew). Default 2000. */
+  futureSkewMs?: number;
+  replayCacheSize?: number;
+  replayPerHotkey?: number;
+  /** Requests per second per hotkey (token bucket refill), and the bucket size. Defaults 10 and 20. */
+  ratePerSecond?: number;
+  rateBurst?: number;
+  /** Generations in flight per hotkey. Default 8. */
+  maxConcurrentPerHotkey?: number;
+}
+
+export interface PolicyOptions extends PolicyConfig {
+  minerHotkey: string;
+  /** Longest a request may run; the timestamp window is [now - (staleMs + this), now + futureSkewMs]. */
+  requestTimeoutMs: number;
+}
+
+export interface Admission {
+  hotkey: string;
+  /** Metagraph stake (0 for allow-listed hotkeys not in it): the scheduler priority. */
+  stake: number;
+  uid: number | null;
+}
+
+function safeInt(name: string, value: number, min: number): number {
+  if (!Number.isSafeInteger(value) || value < min) throw new OptionError(`${name} must be an integer >= ${min} (got ${value})`);
+  return value;
+}
+
+function hotkeySet(name: string, list: readonly string[] | undefined): ReadonlySet<string> {
+  for (const hotkey of list ?? []) {
+    if (!isValidHotkey(hotkey)) throw new OptionError(`${name}: '${hotkey}' is not an ss58 hotkey (format 42)`);
+  }
+  return new Set(list);
+}
+
+export class Policy {
+  readonly minerHotkey: string;
+  readonly windowMs: number;
+  readonly futureSkewMs: number;
+  readonly minStake: number;
+  readonly requirePermit: boolean;
+  readonly maxConcurrentPerHotkey: number;
+  readonly replay: ReplayCache;
+  #metagraph: () => Metagraph | undefined;
+  #allow: ReadonlySet<string>;
+  #deny: ReadonlySet<string>;
+  #rate: RateLimiter;
+  #inFlight = new Map<string, number>();
+
+  constructor(options: PolicyOptions) {
+    if (!isValidHotkey(options.minerHotkey)) throw new OptionError(`miner hotkey ${options.minerHotkey} is not an ss58 address (format 42)`);
+    this.minerHotkey = options.minerHotkey;
+    const staleMs = safeInt('staleMs', options.staleMs ?? 8000, 0);
+    this.windowMs = staleMs + safeInt('requestTimeoutMs', options.requestTimeoutMs, 1);
+    this.futureSkewMs = safeInt('futureSkewMs', options.futureSkewMs ?? 2000, 0);
+    const minStake = options.minStake ?? 0;
+    if (typeof minStake !== 'number' || !Number.isFinite(minStake) || minStake < 0) throw new OptionError(`min stake must be a finite number >= 0 (got ${minStake})`);
+    this.minStake = minStake;
+    this.requirePermit = options.requirePermit ?? false;
+    const metagraph = options.metagraph;
+    this.#metagraph = typeof metagraph === 'function' ? metagraph : () => metagraph;
+    this.#allow = hotkeySet('allow list', options.allow);
+    this.#deny = hotkeySet('deny list', options.deny);
+    this.replay = new ReplayCache({
+      maxEntries: safeInt('replayCacheSize', options.replayCacheSize ?? 100_000, 1),
+      maxPerHotkey: safeInt('replayPerHotkey', options.replayPerHotkey ?? 8192, 1),
+    });
+    const ratePerSecond = options.ratePerSecond ?? 10;
+    if (typeof ratePerSecond !== 'number' || !(ratePerSecond > 0) || !Number.isFinite(ratePerSecond)) {
+      throw new OptionError(`rate limit must be a positive number of requests per second (got ${ratePerSecond})`);
+    }
+    this.#rate = new RateLimiter(ratePerSecond, safeInt('rateBurst', options.rateBurst ?? 20, 1));
+    this.maxConcurrentPerHotkey = safeInt('maxConcurrentPerHotkey', options.maxConcurrentPerHotkey ?? 8, 1);
+  }
+
+  get metagraph(): Metagraph | undefined {
+    return this.#metagraph();
+  }
+
+  /** Run every check on a decoded frame, in order. Returns who asked, or throws AxonError. */
+  admit(frame: RequestFrame, now: number): Admission {
+    const context = { requestId: frame.id, signedBy: frame.signed_by };
+    const age = now - frame.timestamp;
+    if (age > this.windowMs) {
+      throw new AxonError('STALE', `timestamp is ${age} ms old; frames older than ${this.windowMs} ms are refused (check your clock)`, context);
+    }
+    if (-age > this.futureSkewMs) {
+      throw new AxonError('STALE', `timestamp is ${-age} ms in the future; at most ${this.futureSkewMs} ms of clock skew is accepted`, context);
+    }
+    if (frame.signed_for !== this.minerHotkey) {
+      throw new AxonError('WRONG_MINER', `frame is signed for ${frame.signed_for}, but this miner is ${this.minerHotkey}`, context);
+    }
+    const neuron = this.#metagraph()?.neurons.get(frame.signed_by);
+    const allowListed = this.#allow.has(frame.signed_by);
+    if (!neuron && !allowListed) {
+      throw new AxonError('NOT_REGISTERED', `hotkey ${frame.signed_by} is not in this miner's metagraph or allow list`, context);
+    }
+    if (!verifyFrame(frame)) {
+      throw new AxonError('BAD_SIGNATURE', 'signature does not verify: sign sha256_hex(body).id.timestamp.signed_for with your hotkey (sr25519, "0x" + hex)', context);
+    }
+    if (this.replay.has(frame.signed_by, frame.id, now)) {
+      throw new AxonError('REPLAY', `request ${frame.id} from this hotkey was already received`, context);
+    }
+    if (this.#deny.has(frame.signed_by)) throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} is on this miner's deny list`, context);
+    if (!allowListed) {
+      // neuron is defined here: not allow-listed and not registered was refused above.
+      if (this.requirePermit && !neuron!.validatorPermit) {
+        throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} has no validator permit`, context);
+      }
+      if (neuron!.stake < this.minStake) {
+        throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} has stake ${neuron!.stake}; this miner requires ${this.minStake}`, context);
+      }
+    }
+    const verdict = this.replay.add(frame.signed_by, frame.id, frame.timestamp + this.windowMs + 1, now);
+    if (verdict === 'quota') throw new AxonError('RATE_LIMITED', `too many requests from ${frame.signed_by} within the ${this.windowMs} ms window`, context);
+    if (verdict === 'full') throw new AxonError('OVERLOADED', 'the replay cache is full; retry shortly', context);
+    if (frame.op !== 'cancel' && !this.#rate.take(frame.signed_by, now)) {
+      throw new AxonError('RATE_LIMITED', `more than ${this.#rate.ratePerSecond} requests/s (burst ${this.#rate.burst}) from ${frame.signed_by}`, context);
+    }
+    return { hotkey: frame.signed_by, stake: neuron?.stake ?? 0, uid: neuron?.uid ?? null };
+  }
+
+  /** Reserve one of a hotkey's generation slots; the returned function gives it back (idempotent). */
+  acquireSlot(hotkey: string, context: { requestId?: string; signedBy?: string } = {}): () => void {
+    const n = this.#inFlight.get(hotkey) ?? 0;
+    if (n >= this.maxConcurrentPerHotkey) {
+      throw new AxonError('RATE_LIMITED', `${n} generations from ${hotkey} are already running; the limit is ${this.maxConcurrentPerHotkey}`, context);
+    }
+    this.#inFlight.set(hotkey, n + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.#inFlight.get(hotkey) ?? 1) - 1;
+      if (left <= 0) this.#inFlight.delete(hotkey);
+      else this.#inFlight.set(hotkey, left);
+    };
+  }
+}

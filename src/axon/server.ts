@@ -1,0 +1,835 @@
+// The axon: a WebSocket server validators query with signed msgpack frames, streaming signed tokens
+// back, with GET /metrics (Prometheus) and GET /health on the same port.
+//
+// One frame's path: ws maxPayload (at the length header) -> decode -> policy (policy.ts) -> payload
+// -> concurrency slot -> TextGenerator.generate(priority = stake) -> token frames (batched) -> done.
+// Nothing a peer sends can crash the process: every handler ends in an error frame or a close.
+// Memory per connection is bounded: tokens are pulled from the generator only while the socket's
+// unsent bytes are under maxBufferedBytes (and the socket is not read meanwhile); a reader that
+// stays behind for slowReaderTimeoutMs loses the request, and one past four times the mark loses
+// the connection.
+import { createHash } from 'node:crypto';
+import { createServer, STATUS_CODES, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { readFileSync } from 'node:fs';
+import { pino, type Logger } from 'pino';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { BadRequestError, MinerError, OptionError, OverloadedError } from '../errors.ts';
+import type { GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
+import { Policy, type Admission, type PolicyConfig } from './policy.ts';
+import {
+  AxonError,
+  MAX_LOGPROBS,
+  PROTOCOL_VERSION,
+  decodeCancelPayload,
+  decodeEmptyPayload,
+  decodeGeneratePayload,
+  decodeRequestFrame,
+  encodeBody,
+  encodeFrame,
+  type DoneBody,
+  type ErrorBody,
+  type ErrorCode,
+  type GeneratePayload,
+  type InfoBody,
+  type PongBody,
+  type RequestFrame,
+  type ResponseType,
+  type WireToken,
+} from './protocol.ts';
+import { cryptoReady, signResponse, type Signer } from './signing.ts';
+
+export interface AxonLimits {
+  /** Largest frame (ws maxPayload, enforced at the length header; the connection closes with 1009). */
+  maxFrameBytes: number;
+  /** UTF-8 bytes of a prompt or of all message contents (TOO_LARGE above). */
+  maxPromptBytes: number;
+  maxMessages: number;
+  /** Largest max_tokens a request may ask for (BAD_REQUEST above). */
+  maxTokens: number;
+  maxStop: number;
+  maxStopBytes: number;
+  maxConnections: number;
+  maxConnectionsPerIp: number;
+  /** A TCP connection must complete its WebSocket upgrade (or HTTP request) within this. */
+  handshakeTimeoutMs: number;
+  /** A connection with no frame received and nothing in flight for this long is closed. */
+  idleTimeoutMs: number;
+  /** Longest a generation may run (then OVERLOADED); also widens the timestamp window. */
+  requestTimeoutMs: number;
+  /** Frames a connection may send per second (bucket of twice this); beyond it the connection is closed (1008). */
+  maxFramesPerSecond: number;
+  /**
+   * Frames per second refused before a valid signature (BAD_FRAME ... REPLAY; bucket of twice this).
+   * Each costs a signed error frame, so a peer that keeps sending them is closed (1008) instead.
+   */
+  maxBadFramesPerSecond: number;
+  /** Unsent bytes on a socket above which tokens are not pulled and the socket is not read. */
+  maxBufferedBytes: number;
+  /** How long a generation waits for a slow reader before it is dropped with OVERLOADED. */
+  slowReaderTimeoutMs: number;
+  /** Tokens produced within this many ms of the last token frame share the next frame (the first token is sent at once). */
+  tokenBatchMs: number;
+  /**
+   * Token frames per second across all requests the batching aims to stay under: every frame costs
+   * an sr25519 signature (about a millisecond of CPU), so with many streams the window widens to
+   * max(tokenBatchMs, 1000 * active requests / this).
+   */
+  tokenFramesPerSecond: number;
+  tokenBatchMax: number;
+  tokenBatchBytes: number;
+}
+
+export const DEFAULT_LIMITS: Readonly<AxonLimits> = Object.freeze({
+  maxFrameBytes: 1 << 20,
+  maxPromptBytes: 256 * 1024,
+  maxMessages: 256,
+  maxTokens: 4096,
+  maxStop: 16,
+  maxStopBytes: 256,
+  maxConnections: 256,
+  maxConnectionsPerIp: 16,
+  handshakeTimeoutMs: 5000,
+  idleTimeoutMs: 60_000,
+  requestTimeoutMs: 60_000,
+  maxFramesPerSecond: 100,
+  maxBadFramesPerSecond: 10,
+  maxBufferedBytes: 1 << 20,
+  slowReaderTimeoutMs: 10_000,
+  tokenBatchMs: 20,
+  tokenFramesPerSecond: 500,
+  tokenBatchMax: 16,
+  tokenBatchBytes: 64 * 1024,
+});
+
+/** Fill in defaults and check every limit is a positive safe integer (no `| 0` wrap-arounds). */
+export function resolveLimits(partial: Partial<AxonLimits> = {}): AxonLimits {
+  const limits = { ...DEFAULT_LIMITS };
+  for (const [key, value] of Object.entries(partial) as [keyof AxonLimits, number | undefined][]) {
+    if (value === undefined) continue;
+    if (!(key in DEFAULT_LIMITS)) throw new OptionError(`unknown axon limit '${key}'`);
+    const min = key === 'tokenBatchMs' ? 0 : 1;
+    if (!Number.isSafeInteger(value) || value < min) throw new OptionError(`axon limit ${key} must be an integer >= ${min} (got ${value})`);
+    limits[key] = value;
+  }
+  return limits;
+}
+
+export interface AxonServerOptions {
+  generator: TextGenerator;
+  /** The miner's hotkey. */
+  signer: Signer;
+  policy?: PolicyConfig;
+  limits?: Partial<AxonLimits>;
+  /** pino logger; default JSON to stdout at info. */
+  logger?: Logger;
+  /** Reported in pong/info; default: package.json's version. */
+  version?: string;
+  /** Also export Node process metrics (CPU, memory, event loop lag). Default false. */
+  processMetrics?: boolean;
+  /** Unix-ms clock for timestamps (tests move it). */
+  clock?: () => number;
+}
+
+export interface AxonStats {
+  connections: number;
+  activeRequests: number;
+  /** Largest unsent byte count seen on any socket after a send. */
+  peakBufferedBytes: number;
+  replayCacheEntries: number;
+}
+
+type StopReason = 'cancel' | 'closed' | 'timeout' | 'slow' | 'shutdown';
+
+interface Flight {
+  readonly abort: AbortController;
+  reason: StopReason | undefined;
+}
+
+class Connection {
+  readonly requests = new Map<string, Flight>();
+  lastInbound = performance.now();
+  frameTokens: number;
+  frameAt = performance.now();
+  badFrameTokens: number;
+  badFrameAt = performance.now();
+  idleTimer: NodeJS.Timeout | undefined;
+  drainTimer: NodeJS.Timeout | undefined;
+  readonly drainWaiters = new Set<(drained: boolean) => void>();
+  inboundPaused = false;
+  closed = false;
+  constructor(
+    readonly ws: WebSocket,
+    readonly ip: string,
+    burst: number,
+    badBurst: number,
+  ) {
+    this.frameTokens = burst;
+    this.badFrameTokens = badBurst;
+  }
+}
+
+const requestKey = (hotkey: string, id: string) => `${hotkey}\u0000${id}`;
+
+function packageVersion(): string {
+  try {
+    return JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** The wire code for anything thrown while serving a request. */
+export function wireCode(err: unknown): ErrorCode {
+  if (err instanceof AxonError) return err.code;
+  if (err instanceof BadRequestError || err instanceof OptionError) return 'BAD_REQUEST';
+  if (err instanceof OverloadedError) return 'OVERLOADED';
+  if (err instanceof MinerError && (err.code === 'BAD_REQUEST' || err.code === 'OVERLOADED')) return err.code;
+  return 'INTERNAL';
+}
+
+// Codes a peer earns before it has shown a valid signature: logged at debug, since anyone can cause them.
+const UNAUTHENTICATED = new Set<ErrorCode>(['BAD_FRAME', 'UNSUPPORTED_VERSION', 'TOO_LARGE', 'STALE', 'WRONG_MINER', 'NOT_REGISTERED', 'BAD_SIGNATURE', 'REPLAY']);
+
+export class AxonServer {
+  readonly limits: AxonLimits;
+  readonly policy: Policy;
+  readonly registry = new Registry();
+  readonly logger: Logger;
+  readonly hotkey: string;
+  #generator: TextGenerator;
+  #signer: Signer;
+  #version: string;
+  #clock: () => number;
+  #http: HttpServer;
+  #wss: WebSocketServer;
+  #connections = new Set<Connection>();
+  #perIp = new Map<string, number>();
+  #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>();
+  #tasks = new Set<Promise<void>>();
+  #flights = new Set<Flight>();
+  #closing = false;
+  #closed: Promise<void> | undefined;
+  #peakBuffered = 0;
+  #port = 0;
+  #metrics: {
+    requests: Counter<'op' | 'outcome'>;
+    tokens: Counter;
+    ttft: Histogram;
+    tokensPerS: Histogram;
+  };
+
+  constructor(options: AxonServerOptions) {
+    this.limits = resolveLimits(options.limits);
+    this.#generator = options.generator;
+    this.#signer = options.signer;
+    this.hotkey = options.signer.address;
+    this.#version = options.version ?? packageVersion();
+    this.#clock = options.clock ?? Date.now;
+    this.logger = options.logger ?? pino({ name: 'axon' });
+    this.policy = new Policy({ ...options.policy, minerHotkey: this.hotkey, requestTimeoutMs: this.limits.requestTimeoutMs });
+    this.#metrics = this.#createMetrics(options.processMetrics ?? false);
+
+    this.#http = createServer({ requestTimeout: this.limits.handshakeTimeoutMs * 2, headersTimeout: this.limits.handshakeTimeoutMs }, (req, res) => {
+      void this.#onHttp(req, res);
+    });
+    this.#http.maxConnections = this.limits.maxConnections + 64;
+    this.#http.on('connection', (socket: Socket) => this.#armHandshakeTimer(socket));
+    this.#http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onUpgrade(req, socket, head));
+    this.#http.on('clientError', (_err, socket: Duplex) => socket.destroy());
+    this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.limits.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
+  }
+
+  /** Start listening; resolves with the bound port (pass 0 for any free one). */
+  async listen(port = 8091, host = '127.0.0.1'): Promise<{ port: number; host: string }> {
+    if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new OptionError(`port must be an integer in [0, 65535] (got ${port})`);
+    await cryptoReady();
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) => reject(new OptionError(`cannot listen on ${host}:${port}: ${err.message}`));
+      this.#http.once('error', onError);
+      this.#http.listen(port, host, () => {
+        this.#http.off('error', onError);
+        resolve();
+      });
+    });
+    const address = this.#http.address();
+    this.#port = typeof address === 'object' && address ? address.port : port;
+    this.logger.info({ event: 'listening', host, port: this.#port, hotkey: this.hotkey, protocol: PROTOCOL_VERSION }, 'axon listening');
+    return { port: this.#port, host };
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+
+  stats(): AxonStats {
+    return {
+      connections: this.#connections.size,
+      activeRequests: this.#flights.size,
+      peakBufferedBytes: this.#peakBuffered,
+      replayCacheEntries: this.policy.replay.size,
+    };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Metrics and HTTP
+
+  #createMetrics(processMetrics: boolean) {
+    const registers = [this.registry];
+    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+    const gauge = (name: string, help: string, value: () => number) => {
+      const g: Gauge = new Gauge({
+        name,
+        help,
+        registers,
+        collect: () => {
+          try {
+            g.set(value());
+          } catch {
+            // An engine whose info() fails leaves the gauge at its last value; /health shows the rest.
+          }
+        },
+      });
+    };
+    gauge('engine_queue_depth', 'Requests waiting for the engine', () => this.#generator.info().queueDepth);
+    gauge('engine_active_sequences', 'Sequences being generated', () => this.#generator.info().activeSequences);
+    gauge('engine_kv_blocks_used', 'KV-cache blocks in use', () => this.#generator.info().kvBlocksUsed);
+    gauge('engine_kv_blocks_total', 'KV-cache blocks in all', () => this.#generator.info().kvBlocksTotal);
+    gauge('axon_connections', 'Open WebSocket connections', () => this.#connections.size);
+    gauge('axon_active_requests', 'Generations in flight', () => this.#flights.size);
+    gauge('axon_replay_cache_entries', '(signed_by, id) pairs remembered', () => this.policy.replay.size);
+    gauge('axon_metagraph_neurons', 'Neurons in the metagraph in force', () => this.policy.metagraph?.neurons.size ?? 0);
+    gauge('axon_metagraph_block', 'Block of the metagraph in force', () => this.policy.metagraph?.block ?? 0);
+    return {
+      requests: new Counter({
+        name: 'axon_requests_total',
+        help: 'Requests by op and outcome (ok, cancelled, disconnected, or the error code)',
+        labelNames: ['op', 'outcome'] as const,
+        registers,
+      }),
+      tokens: new Counter({ name: 'axon_tokens_total', help: 'Completion tokens sent', registers }),
+      ttft: new Histogram({
+        name: 'axon_ttft_seconds',
+        help: 'Time from a generate frame to its first token frame',
+        buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        registers,
+      }),
+      tokensPerS: new Histogram({
+        name: 'axon_tokens_per_second',
+        help: 'Completion tokens per second after the first, per request',
+        buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+        registers,
+      }),
+    };
+  }
+
+  async #onHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    this.#clearHandshakeTimer(req.socket);
+    try {
+      const path = (req.url ?? '/').split('?')[0];
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { Allow: 'GET', 'Content-Type': 'text/plain' }).end('method not allowed\n');
+      } else if (path === '/metrics') {
+        const text = await this.registry.metrics();
+        res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text);
+      } else if (path === '/health') {
+        let model: string | null = null;
+        try {
+          model = this.#generator.info().modelId;
+        } catch {
+          model = null;
+        }
+        const body = {
+          status: this.#closing ? 'closing' : 'ok',
+          hotkey: this.hotkey,
+          protocol: PROTOCOL_VERSION,
+          version: this.#version,
+          model_id: model,
+          connections: this.#connections.size,
+          active_requests: this.#flights.size,
+        };
+        res.writeHead(this.#closing ? 503 : 200, { 'Content-Type': 'application/json' }).end(JSON.stringify(body) + '\n');
+      } else {
+        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: connect with a WebSocket, or GET /health or /metrics\n');
+      }
+    } catch (err) {
+      this.logger.error({ event: 'http_error', err }, 'HTTP handler failed');
+      if (!res.headersSent) res.writeHead(500).end();
+      else res.destroy();
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Connections
+
+  #armHandshakeTimer(socket: Socket): void {
+    const timer = setTimeout(() => socket.destroy(), this.limits.handshakeTimeoutMs);
+    timer.unref();
+    this.#handshakeTimers.set(socket, timer);
+    socket.once('close', () => clearTimeout(timer));
+  }
+
+  #clearHandshakeTimer(socket: Socket | Duplex): void {
+    const timer = this.#handshakeTimers.get(socket as Socket);
+    if (timer) clearTimeout(timer);
+  }
+
+  #rejectUpgrade(socket: Duplex, status: number, message: string): void {
+    socket.once('finish', () => socket.destroy());
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
+        `Content-Length: ${Buffer.byteLength(message)}\r\n\r\n${message}`,
+    );
+  }
+
+  #admitConnection(ip: string): { status: number; message: string } | null {
+    if (this.#closing) return { status: 503, message: 'miner is shutting down' };
+    if (this.#connections.size >= this.limits.maxConnections) return { status: 503, message: `connection limit (${this.limits.maxConnections}) reached` };
+    if ((this.#perIp.get(ip) ?? 0) >= this.limits.maxConnectionsPerIp) {
+      return { status: 429, message: `at most ${this.limits.maxConnectionsPerIp} connections per address` };
+    }
+    return null;
+  }
+
+  #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    const ip = req.socket.remoteAddress ?? 'unknown';
+    const refusal = this.#admitConnection(ip);
+    if (refusal) return this.#rejectUpgrade(socket, refusal.status, refusal.message);
+    this.#wss.handleUpgrade(req, socket, head, (ws) => {
+      this.#clearHandshakeTimer(req.socket);
+      this.#onConnection(ws, ip);
+    });
+  }
+
+  #onConnection(ws: WebSocket, ip: string): void {
+    // Checked again: handshakes that started together may finish together.
+    const refusal = this.#admitConnection(ip);
+    if (refusal) {
+      ws.on('error', () => {});
+      ws.close(1013, refusal.message);
+      return;
+    }
+    const conn = new Connection(ws, ip, this.limits.maxFramesPerSecond * 2, this.limits.maxBadFramesPerSecond * 2);
+    this.#connections.add(conn);
+    this.#perIp.set(ip, (this.#perIp.get(ip) ?? 0) + 1);
+    ws.on('message', (data, isBinary) => this.#onMessage(conn, data, isBinary));
+    ws.on('close', () => this.#onClose(conn));
+    // ws closes the socket itself after a protocol error (1009 for an oversized frame, 1002 ...).
+    ws.on('error', (err) => this.logger.debug({ event: 'ws_error', ip, err: err.message }, 'WebSocket error'));
+    this.#armIdleTimer(conn, this.limits.idleTimeoutMs);
+  }
+
+  #armIdleTimer(conn: Connection, ms: number): void {
+    conn.idleTimer = setTimeout(() => {
+      if (conn.closed) return;
+      const quietFor = performance.now() - conn.lastInbound;
+      if (conn.requests.size > 0 || quietFor < this.limits.idleTimeoutMs) {
+        this.#armIdleTimer(conn, Math.max(1, this.limits.idleTimeoutMs - (conn.requests.size > 0 ? 0 : quietFor)));
+        return;
+      }
+      conn.ws.close(1000, 'idle timeout');
+    }, ms);
+    conn.idleTimer.unref();
+  }
+
+  #onClose(conn: Connection): void {
+    if (conn.closed) return;
+    conn.closed = true;
+    clearTimeout(conn.idleTimer);
+    clearInterval(conn.drainTimer);
+    for (const resolve of conn.drainWaiters) resolve(false);
+    conn.drainWaiters.clear();
+    for (const flight of conn.requests.values()) this.#stop(flight, 'closed');
+    this.#connections.delete(conn);
+    const n = (this.#perIp.get(conn.ip) ?? 1) - 1;
+    if (n <= 0) this.#perIp.delete(conn.ip);
+    else this.#perIp.set(conn.ip, n);
+  }
+
+  #stop(flight: Flight, reason: StopReason): void {
+    if (flight.reason === undefined) flight.reason = reason;
+    flight.abort.abort(reason);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Backpressure
+
+  /** Send one encoded frame; false when the socket is gone (or was just terminated for hoarding). */
+  #sendBytes(conn: Connection, bytes: Uint8Array): boolean {
+    if (conn.closed || conn.ws.readyState !== WebSocket.OPEN) return false;
+    conn.ws.send(bytes, { binary: true });
+    const buffered = conn.ws.bufferedAmount;
+    if (buffered > this.#peakBuffered) this.#peakBuffered = buffered;
+    if (buffered > this.limits.maxBufferedBytes * 4) {
+      this.logger.warn({ event: 'slow_reader', ip: conn.ip, buffered }, 'connection dropped: unsent bytes past four times the limit');
+      conn.ws.terminate();
+      return false;
+    }
+    if (buffered > this.limits.maxBufferedBytes && !conn.inboundPaused) {
+      // Stop reading what this peer sends until it reads what we sent.
+      conn.inboundPaused = true;
+      conn.ws.pause();
+      this.#watchDrain(conn);
+    }
+    return true;
+  }
+
+  #watchDrain(conn: Connection): void {
+    if (conn.drainTimer) return;
+    conn.drainTimer = setInterval(() => {
+      if (conn.closed) return;
+      if (conn.ws.bufferedAmount > this.limits.maxBufferedBytes / 2) return;
+      clearInterval(conn.drainTimer);
+      conn.drainTimer = undefined;
+      if (conn.inboundPaused) {
+        conn.inboundPaused = false;
+        conn.ws.resume();
+      }
+      for (const resolve of conn.drainWaiters) resolve(true);
+      conn.drainWaiters.clear();
+    }, 10);
+  }
+
+  /** Resolves true once the socket's unsent bytes fall to half the limit, false on timeout or close. */
+  #drained(conn: Connection, timeoutMs: number): Promise<boolean> {
+    if (conn.closed) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        conn.drainWaiters.delete(done);
+        resolve(false);
+      }, timeoutMs);
+      const done = (drained: boolean) => {
+        clearTimeout(timer);
+        resolve(drained);
+      };
+      conn.drainWaiters.add(done);
+      this.#watchDrain(conn);
+    });
+  }
+
+  /** Encode, sign and send a response; returns the body bytes sent (for the transcript), or null. */
+  #respond(conn: Connection, type: ResponseType, id: string, signedFor: string, payload: unknown): Uint8Array | null {
+    const body = encodeBody(payload);
+    const frame = signResponse(this.#signer, { type, id, signedFor, body, timestamp: this.#clock() });
+    return this.#sendBytes(conn, encodeFrame(frame)) ? body : null;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Requests
+
+  #log(fields: Record<string, unknown>, level: 'debug' | 'info' | 'warn' | 'error' = 'info'): void {
+    this.logger[level]({ event: 'request', ...fields }, 'request');
+  }
+
+  /** Answer a failed request with an error frame, count it and log it. */
+  #fail(conn: Connection, err: unknown, op: string, frame?: RequestFrame, admission?: Admission): void {
+    const code = wireCode(err);
+    const axon = err instanceof AxonError ? err : undefined;
+    const message = code === 'INTERNAL' ? 'internal error; the miner has logged it' : (err as Error).message;
+    const id = frame?.id ?? axon?.requestId ?? '';
+    const signedFor = frame?.signed_by ?? axon?.signedBy ?? '';
+    this.#metrics.requests.inc({ op, outcome: code });
+    if (UNAUTHENTICATED.has(code) && !this.#takeBadFrameToken(conn)) {
+      this.logger.warn({ event: 'bad_frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxBadFramesPerSecond} refused frames/s`);
+      conn.ws.close(1008, 'too many bad frames');
+      return;
+    }
+    this.#respond(conn, 'error', id, signedFor, { code, message } satisfies ErrorBody);
+    const fields = { validator: signedFor || undefined, uid: admission?.uid ?? undefined, ip: conn.ip, op, id: id || undefined, outcome: code, message };
+    if (code === 'INTERNAL') this.#log({ ...fields, err }, 'error');
+    else this.#log(fields, UNAUTHENTICATED.has(code) ? 'debug' : 'info');
+  }
+
+  #takeFrameToken(conn: Connection): boolean {
+    const now = performance.now();
+    const rate = this.limits.maxFramesPerSecond;
+    conn.frameTokens = Math.min(rate * 2, conn.frameTokens + ((now - conn.frameAt) * rate) / 1000);
+    conn.frameAt = now;
+    if (conn.frameTokens < 1) return false;
+    conn.frameTokens -= 1;
+    return true;
+  }
+
+  #takeBadFrameToken(conn: Connection): boolean {
+    const now = performance.now();
+    const rate = this.limits.maxBadFramesPerSecond;
+    conn.badFrameTokens = Math.min(rate * 2, conn.badFrameTokens + ((now - conn.badFrameAt) * rate) / 1000);
+    conn.badFrameAt = now;
+    if (conn.badFrameTokens < 1) return false;
+    conn.badFrameTokens -= 1;
+    return true;
+  }
+
+  #onMessage(conn: Connection, data: RawData, isBinary: boolean): void {
+    const receivedAt = performance.now();
+    conn.lastInbound = receivedAt;
+    if (conn.closed) return;
+    let frame: RequestFrame | undefined;
+    let admission: Admission | undefined;
+    let op = 'unknown';
+    try {
+      if (!this.#takeFrameToken(conn)) {
+        this.#metrics.requests.inc({ op, outcome: 'FRAME_RATE' });
+        this.logger.warn({ event: 'frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxFramesPerSecond} frames/s`);
+        conn.ws.close(1008, 'frame rate limit exceeded');
+        return;
+      }
+      if (!isBinary) throw new AxonError('BAD_FRAME', 'text frames are not accepted: send each frame as one binary message of msgpack');
+      const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+      frame = decodeRequestFrame(bytes, { maxBodyBytes: this.limits.maxFrameBytes });
+      op = frame.op;
+      if (this.#closing) throw new AxonError('OVERLOADED', 'miner is shutting down', { requestId: frame.id, signedBy: frame.signed_by });
+      admission = this.policy.admit(frame, this.#clock());
+      const context = { requestId: frame.id, signedBy: frame.signed_by };
+      switch (frame.op) {
+        case 'ping':
+        case 'info': {
+          decodeEmptyPayload(frame.body, frame.op, context);
+          const body = frame.op === 'ping' ? this.#pongBody() : this.#infoBody();
+          this.#respond(conn, frame.op === 'ping' ? 'pong' : 'info', frame.id, frame.signed_by, body);
+          this.#metrics.requests.inc({ op, outcome: 'ok' });
+          this.#log({ validator: frame.signed_by, uid: admission.uid, ip: conn.ip, op, id: frame.id, outcome: 'ok', total_ms: round(performance.now() - receivedAt) });
+          return;
+        }
+        case 'cancel': {
+          const { target } = decodeCancelPayload(frame.body, context);
+          const flight = conn.requests.get(requestKey(frame.signed_by, target));
+          if (!flight) throw new AxonError('BAD_REQUEST', `no generation ${target} of yours is running on this connection`, context);
+          this.#stop(flight, 'cancel');
+          this.#metrics.requests.inc({ op, outcome: 'ok' });
+          this.#log({ validator: frame.signed_by, uid: admission.uid, ip: conn.ip, op, id: frame.id, target, outcome: 'ok' });
+          return;
+        }
+        case 'generate': {
+          const payload = decodeGeneratePayload(frame.body, this.limits, context);
+          const release = this.policy.acquireSlot(frame.signed_by, context);
+          const task = this.#generate(conn, frame, admission, payload, receivedAt, release).catch((err) => {
+            this.logger.error({ event: 'internal', err }, 'generation task failed');
+          });
+          this.#tasks.add(task);
+          void task.finally(() => this.#tasks.delete(task));
+          return;
+        }
+      }
+    } catch (err) {
+      try {
+        this.#fail(conn, err, op, frame, admission);
+      } catch (inner) {
+        this.logger.error({ event: 'internal', err: inner }, 'failed to send an error frame');
+      }
+    }
+  }
+
+  #pongBody(): PongBody {
+    const info = this.#generator.info();
+    return {
+      hotkey: this.hotkey,
+      protocol: PROTOCOL_VERSION,
+      version: this.#version,
+      model_id: info.modelId,
+      weights_digest: info.weightsDigest,
+      adapter: info.adapter,
+      backend: info.backend,
+      queue_depth: info.queueDepth,
+    };
+  }
+
+  #infoBody(): InfoBody {
+    const info = this.#generator.info();
+    const l = this.limits;
+    return {
+      ...this.#pongBody(),
+      active_sequences: info.activeSequences,
+      kv_blocks_used: info.kvBlocksUsed,
+      kv_blocks_total: info.kvBlocksTotal,
+      limits: {
+        max_frame_bytes: l.maxFrameBytes,
+        max_prompt_bytes: l.maxPromptBytes,
+        max_messages: l.maxMessages,
+        max_tokens: l.maxTokens,
+        max_stop: l.maxStop,
+        max_logprobs: MAX_LOGPROBS,
+      },
+    };
+  }
+
+  async #generate(conn: Connection, frame: RequestFrame, admission: Admission, payload: GeneratePayload, receivedAt: number, release: () => void): Promise<void> {
+    const key = requestKey(frame.signed_by, frame.id);
+    const flight: Flight = { abort: new AbortController(), reason: undefined };
+    conn.requests.set(key, flight);
+    this.#flights.add(flight);
+    const timeout = setTimeout(() => this.#stop(flight, 'timeout'), this.limits.requestTimeoutMs);
+    const topN = payload.logprobs ?? 0;
+    const transcript = createHash('sha256');
+    let pending: WireToken[] = [];
+    let pendingBytes = 0;
+    let sent = 0;
+    let firstTokenAt: number | undefined;
+    let lastFlushAt = receivedAt;
+    let flushTimer: NodeJS.Timeout | undefined;
+    const flush = () => {
+      clearTimeout(flushTimer);
+      flushTimer = undefined;
+      if (pending.length === 0) return;
+      const tokens = pending;
+      pending = [];
+      pendingBytes = 0;
+      lastFlushAt = performance.now();
+      const body = this.#respond(conn, 'token', frame.id, frame.signed_by, { tokens });
+      if (!body) return;
+      transcript.update(body);
+      firstTokenAt ??= lastFlushAt;
+      sent += tokens.length;
+    };
+
+    let summary: GenerationSummary | undefined;
+    let failure: unknown;
+    let iterator: AsyncGenerator<GeneratedToken, GenerationSummary> | undefined;
+    try {
+      iterator = this.#generator.generate(toEngineRequest(payload), { signal: flight.abort.signal, priority: admission.stake });
+      for (;;) {
+        if (flight.abort.signal.aborted) break;
+        if (conn.ws.bufferedAmount > this.limits.maxBufferedBytes) {
+          const drained = await this.#drained(conn, this.limits.slowReaderTimeoutMs);
+          if (!drained) this.#stop(flight, conn.closed ? 'closed' : 'slow');
+          continue;
+        }
+        const step = await iterator.next();
+        if (step.done) {
+          summary = step.value;
+          break;
+        }
+        const token = toWireToken(step.value, topN);
+        pending.push(token);
+        pendingBytes += 48 + Buffer.byteLength(token.text) + token.top_logprobs.reduce((n, t) => n + 32 + t.text.length * 3, 0);
+        const now = performance.now();
+        const windowMs = Math.max(this.limits.tokenBatchMs, (1000 * this.#flights.size) / this.limits.tokenFramesPerSecond);
+        if (firstTokenAt === undefined || pending.length >= this.limits.tokenBatchMax || pendingBytes >= this.limits.tokenBatchBytes || now - lastFlushAt >= windowMs) {
+          flush();
+        } else {
+          flushTimer ??= setTimeout(flush, Math.max(0, windowMs - (now - lastFlushAt)));
+        }
+      }
+    } catch (err) {
+      // An engine that throws because it was aborted has done what it was asked.
+      if (!flight.abort.signal.aborted) failure = err;
+    } finally {
+      clearTimeout(timeout);
+      clearTimeout(flushTimer);
+      if (iterator && summary === undefined) {
+        // Let the generator run its finally (free its sequence) if it stopped mid-stream.
+        await iterator.return(undefined as never).catch(() => {});
+      }
+      release();
+      conn.requests.delete(key);
+      this.#flights.delete(flight);
+    }
+
+    const reason = summary && summary.finishReason !== 'cancelled' ? undefined : flight.reason;
+    const base = { validator: frame.signed_by, uid: admission.uid, ip: conn.ip, op: 'generate', id: frame.id, priority: admission.stake };
+    if (reason === 'closed') {
+      this.#metrics.requests.inc({ op: 'generate', outcome: 'disconnected' });
+      this.#log({ ...base, outcome: 'disconnected', tokens: sent, total_ms: round(performance.now() - receivedAt) });
+      return;
+    }
+    if (reason !== 'slow') flush(); // a slow reader gets no more tokens, only the (small) error
+    this.#metrics.tokens.inc(sent);
+    if (failure !== undefined || (reason !== undefined && reason !== 'cancel')) {
+      const err =
+        failure ??
+        new AxonError(
+          'OVERLOADED',
+          reason === 'timeout'
+            ? `generation exceeded the ${this.limits.requestTimeoutMs} ms request timeout`
+            : reason === 'slow'
+              ? `reader too slow: more than ${this.limits.maxBufferedBytes} bytes unread for ${this.limits.slowReaderTimeoutMs} ms`
+              : 'miner is shutting down',
+          { requestId: frame.id, signedBy: frame.signed_by },
+        );
+      this.#fail(conn, err, 'generate', frame, admission);
+      return;
+    }
+    const totalMs = performance.now() - receivedAt;
+    const ttftMs = firstTokenAt === undefined ? totalMs : firstTokenAt - receivedAt;
+    const tokensPerS = sent > 1 && totalMs > ttftMs ? ((sent - 1) * 1000) / (totalMs - ttftMs) : 0;
+    const finishReason = reason === 'cancel' ? 'cancelled' : (summary?.finishReason ?? 'cancelled');
+    const done: DoneBody = {
+      finish_reason: finishReason,
+      usage: { prompt_tokens: summary?.promptTokens ?? 0, completion_tokens: sent },
+      timing: { ttft_ms: round(ttftMs), total_ms: round(totalMs), tokens_per_s: round(tokensPerS) },
+      transcript_sha256: transcript.digest('hex'),
+    };
+    this.#respond(conn, 'done', frame.id, frame.signed_by, done);
+    const outcome = finishReason === 'cancelled' ? 'cancelled' : 'ok';
+    this.#metrics.requests.inc({ op: 'generate', outcome });
+    if (sent > 0) this.#metrics.ttft.observe(ttftMs / 1000);
+    if (sent > 1) this.#metrics.tokensPerS.observe(tokensPerS);
+    this.#log({ ...base, outcome, finish_reason: finishReason, tokens: sent, ttft_ms: done.timing.ttft_ms, total_ms: done.timing.total_ms, tokens_per_s: done.timing.tokens_per_s });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Shutdown
+
+  /**
+   * Stop accepting connections and requests, let generations in flight finish for up to `graceMs`,
+   * cancel the rest (they get an OVERLOADED error frame), then close every socket. Idempotent.
+   */
+  close(graceMs = 5000): Promise<void> {
+    this.#closed ??= this.#close(graceMs);
+    return this.#closed;
+  }
+
+  async #close(graceMs: number): Promise<void> {
+    this.#closing = true;
+    const httpClosed = new Promise<void>((resolve) => this.#http.close(() => resolve()));
+    const settle = (ms: number) => Promise.race([Promise.allSettled([...this.#tasks]), sleep(ms)]);
+    if (this.#tasks.size > 0) {
+      this.logger.info({ event: 'shutdown', inFlight: this.#tasks.size, graceMs }, 'waiting for generations in flight');
+      await settle(graceMs);
+    }
+    for (const flight of this.#flights) this.#stop(flight, 'shutdown');
+    await settle(2000);
+    const closes = [...this.#connections].map(
+      (conn) =>
+        new Promise<void>((resolve) => {
+          if (conn.closed) return resolve();
+          conn.ws.once('close', () => resolve());
+          conn.ws.close(1001, 'miner shutting down');
+        }),
+    );
+    await Promise.race([Promise.all(closes), sleep(1000)]);
+    for (const conn of this.#connections) conn.ws.terminate();
+    this.#http.closeAllConnections();
+    await httpClosed;
+    this.logger.info({ event: 'closed' }, 'axon closed');
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+const round = (x: number) => Math.round(x * 100) / 100;
+
+function toEngineRequest(p: GeneratePayload): GenerateRequest {
+  const request: GenerateRequest = { maxTokens: p.max_tokens };
+  if (p.prompt !== undefined) request.prompt = p.prompt;
+  if (p.messages !== undefined) request.messages = p.messages;
+  if (p.temperature !== undefined) request.temperature = p.temperature;
+  if (p.top_p !== undefined) request.topP = p.top_p;
+  if (p.top_k !== undefined) request.topK = p.top_k;
+  if (p.seed !== undefined) request.seed = p.seed;
+  if (p.stop !== undefined) request.stop = p.stop;
+  if (p.logprobs !== undefined) request.logprobs = p.logprobs;
+  return request;
+}
+
+function toWireToken(t: GeneratedToken, topN: number): WireToken {
+  return {
+    index: t.index,
+    token_id: t.tokenId,
+    text: t.text,
+    logprob: t.logprob,
+    top_logprobs: t.topLogprobs.slice(0, topN).map((a) => ({ token_id: a.tokenId, text: a.text, logprob: a.logprob })),
+  };
+}

@@ -1,0 +1,201 @@
+// Helpers for the axon tests: dev keys, a metagraph, a server on a loopback port, and a raw
+// WebSocket peer that sends arbitrary bytes and reads decoded (and verified) response frames.
+import { Writable } from 'node:stream';
+import { pino, type Logger } from 'pino';
+import { WebSocket } from 'ws';
+import type { TextGenerator } from '../../src/engine/types.ts';
+import { parseMetagraph, type Metagraph, type PolicyConfig } from '../../src/axon/policy.ts';
+import { decodeResponseBody, decodeResponseFrame, encodeFrame, type RequestFrame, type ResponseBody, type ResponseFrame } from '../../src/axon/protocol.ts';
+import { AxonServer, type AxonLimits } from '../../src/axon/server.ts';
+import { signerFromUri, verifyFrame, type Signer } from '../../src/axon/signing.ts';
+import { createTestGenerator } from './test-engine.ts';
+
+/**
+ * max_tokens for a generation that must still be running when a test cancels it, disconnects or
+ * shuts down (the fake takes over a second for it); keep it within the served model's context.
+ */
+export const LONG = 1000;
+
+export interface Keys {
+  miner: Signer;
+  /** Registered validator with a permit and stake 1000. */
+  alice: Signer;
+  /** Registered, no permit, stake 5. */
+  bob: Signer;
+  /** Not registered anywhere. */
+  charlie: Signer;
+  /** Registered validator on the deny list. */
+  dave: Signer;
+  /** Allow-listed, not in the metagraph. */
+  eve: Signer;
+}
+
+let cached: Promise<Keys> | undefined;
+export function devKeys(): Promise<Keys> {
+  cached ??= (async () => ({
+    miner: await signerFromUri('//Miner'),
+    alice: await signerFromUri('//Alice'),
+    bob: await signerFromUri('//Bob'),
+    charlie: await signerFromUri('//Charlie'),
+    dave: await signerFromUri('//Dave'),
+    eve: await signerFromUri('//Eve'),
+  }))();
+  return cached;
+}
+
+export function metagraphJson(keys: Keys, extra: Array<{ hotkey: string; stake: number; validator_permit: boolean }> = []) {
+  return {
+    netuid: 1,
+    block: 100,
+    neurons: [
+      { uid: 0, hotkey: keys.miner.address, stake: 0, validator_permit: false },
+      { uid: 1, hotkey: keys.alice.address, stake: 1000, validator_permit: true },
+      { uid: 2, hotkey: keys.bob.address, stake: 5, validator_permit: false },
+      { uid: 3, hotkey: keys.dave.address, stake: 1000, validator_permit: true },
+      ...extra.map((n, i) => ({ uid: 4 + i, ...n })),
+    ],
+  };
+}
+
+export function devMetagraph(keys: Keys): Metagraph {
+  return parseMetagraph(metagraphJson(keys));
+}
+
+/** A pino logger that keeps its JSON lines in `lines`. */
+export function captureLogger(level = 'debug'): { logger: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk, _enc, done) {
+      for (const line of String(chunk).split('\n')) if (line.trim()) lines.push(JSON.parse(line));
+      done();
+    },
+  });
+  return { logger: pino({ level }, stream), lines };
+}
+
+export interface TestAxon {
+  server: AxonServer;
+  generator: TextGenerator;
+  keys: Keys;
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+export async function startAxon(options: {
+  generator?: TextGenerator;
+  policy?: PolicyConfig;
+  limits?: Partial<AxonLimits>;
+  logger?: Logger;
+  clock?: () => number;
+} = {}): Promise<TestAxon> {
+  const keys = await devKeys();
+  const owned = options.generator === undefined;
+  const generator = options.generator ?? (await createTestGenerator());
+  const server = new AxonServer({
+    generator,
+    signer: keys.miner,
+    logger: options.logger ?? pino({ level: 'silent' }),
+    clock: options.clock,
+    limits: options.limits,
+    policy: {
+      metagraph: devMetagraph(keys),
+      allow: [keys.eve.address],
+      deny: [keys.dave.address],
+      ratePerSecond: 10_000,
+      rateBurst: 10_000,
+      ...options.policy,
+    },
+  });
+  const { port } = await server.listen(0, '127.0.0.1');
+  return {
+    server,
+    generator,
+    keys,
+    url: `ws://127.0.0.1:${port}`,
+    port,
+    close: async () => {
+      await server.close(200);
+      if (owned) await generator.close(0);
+    },
+  };
+}
+
+export interface Received {
+  frame: ResponseFrame;
+  parsed: ResponseBody;
+  verified: boolean;
+}
+
+/** A WebSocket that sends anything and queues what comes back. */
+export class RawPeer {
+  readonly ws: WebSocket;
+  #queue: Received[] = [];
+  #waiters: Array<(r: Received) => void> = [];
+  readonly closed: Promise<{ code: number; reason: string }>;
+
+  private constructor(ws: WebSocket, verify: boolean) {
+    this.ws = ws;
+    ws.on('error', () => {});
+    ws.on('message', (data) => {
+      const frame = decodeResponseFrame(data as Buffer, { maxBodyBytes: 1 << 30 });
+      const received = { frame, parsed: decodeResponseBody(frame.type, frame.body), verified: verify ? verifyFrame(frame) : false };
+      const waiter = this.#waiters.shift();
+      if (waiter) waiter(received);
+      else this.#queue.push(received);
+    });
+    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  }
+
+  static async connect(url: string, options: { verify?: boolean } = {}): Promise<RawPeer> {
+    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 30 });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    return new RawPeer(ws, options.verify ?? true);
+  }
+
+  send(frame: RequestFrame | Uint8Array): void {
+    this.ws.send(frame instanceof Uint8Array ? frame : encodeFrame(frame), { binary: true });
+  }
+
+  sendText(text: string): void {
+    this.ws.send(text, { binary: false });
+  }
+
+  get pending(): number {
+    return this.#queue.length;
+  }
+
+  next(timeoutMs = 5000): Promise<Received> {
+    const queued = this.#queue.shift();
+    if (queued) return Promise.resolve(queued);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters.splice(this.#waiters.indexOf(done), 1);
+        reject(new Error(`no frame within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const done = (r: Received) => {
+        clearTimeout(timer);
+        resolve(r);
+      };
+      this.#waiters.push(done);
+    });
+  }
+
+  /** Frames for request `id` up to its last one (done, error, pong or info); other requests' frames are skipped. */
+  async until(id: string, timeoutMs = 10_000): Promise<Received[]> {
+    const frames: Received[] = [];
+    for (;;) {
+      const r = await this.next(timeoutMs);
+      if (r.frame.id !== id) continue;
+      frames.push(r);
+      if (r.frame.type !== 'token') return frames;
+    }
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+}
