@@ -52,10 +52,15 @@ export class Softmax {
     const wg = checkWorkgroupSize(gpu, workgroupSize, op);
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     this.#buffers = buffers;
-    const entryPoint = this.inPlace ? `${op}_inplace` : op;
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'softmax', variant: '', code: composeShader('softmax.wgsl'), entryPoint, constants: { WG: wg } },
+      {
+        name: 'softmax',
+        variant: op,
+        code: composeShader('softmax.wgsl'),
+        entryPoint: this.inPlace ? 'in_place' : 'main',
+        constants: { WG: wg, LOG: op === 'log_softmax' ? 1 : 0 },
+      },
       SoftmaxParams,
       this.inPlace ? [undefined, buffers.out] : [buffers.x, buffers.out],
     );

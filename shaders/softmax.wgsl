@@ -7,7 +7,7 @@
 // zeros (softmax) and all -inf (log-softmax) instead of NaN. Very negative finite values (-1e30)
 // are ordinary values. +inf and NaN entries are not supported.
 //
-// The *_inplace entry points read and write `out` (binding 1 unbound), since WebGPU forbids
+// The in_place entry point reads and writes `out` (binding 1 unbound), since WebGPU forbids
 // binding one buffer as both read-only and writable storage in a dispatch.
 //! include grid.wgsl
 //! include reduce.wgsl
@@ -20,6 +20,8 @@ struct Params {
 }
 
 override WG: u32 = 256;
+// log-softmax instead of softmax.
+override LOG: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (M, C); unbound in place
@@ -36,54 +38,39 @@ fn log_softmax_coefficients(stats: vec2<f32>) -> vec2<f32> {
   return vec2<f32>(select(stats.x, 0.0, masked), select(log(stats.y), 0.0, masked));
 }
 
+// One row's output value from its input value and the row's coefficients: softmax, or log-softmax
+// when the LOG override is set (structural variant chosen at pipeline creation).
+fn row_output(v: f32, stats: vec2<f32>) -> f32 {
+  if (LOG) {
+    let k = log_softmax_coefficients(stats);
+    return (v - k.x) - k.y;
+  }
+  let k = softmax_coefficients(stats);
+  return exp(v - k.x) * k.y;
+}
+
 @compute @workgroup_size(WG)
-fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
   let row = grid_group(wid, nwg);
   if (row >= params.rows) { return; }
   let src = params.in_offset + row * params.cols;
   let dst = params.out_offset + row * params.cols;
   var stats = softmax_stats_empty();
   for (var c = lid; c < params.cols; c += WG) { stats = softmax_stats_push(stats, x[src + c]); }
-  let k = softmax_coefficients(workgroup_softmax_stats(lid, stats));
-  for (var c = lid; c < params.cols; c += WG) { out[dst + c] = exp(x[src + c] - k.x) * k.y; }
+  let total = workgroup_softmax_stats(lid, stats);
+  for (var c = lid; c < params.cols; c += WG) { out[dst + c] = row_output(x[src + c], total); }
 }
 
 @compute @workgroup_size(WG)
-fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-  let row = grid_group(wid, nwg);
-  if (row >= params.rows) { return; }
-  let src = params.in_offset + row * params.cols;
-  let dst = params.out_offset + row * params.cols;
-  var stats = softmax_stats_empty();
-  for (var c = lid; c < params.cols; c += WG) { stats = softmax_stats_push(stats, x[src + c]); }
-  let k = log_softmax_coefficients(workgroup_softmax_stats(lid, stats));
-  for (var c = lid; c < params.cols; c += WG) { out[dst + c] = (x[src + c] - k.x) - k.y; }
-}
-
-@compute @workgroup_size(WG)
-fn softmax_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
+fn in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
   let row = grid_group(wid, nwg);
   if (row >= params.rows) { return; }
   let src = params.in_offset + row * params.cols;
   let dst = params.out_offset + row * params.cols;
   var stats = softmax_stats_empty();
   for (var c = lid; c < params.cols; c += WG) { stats = softmax_stats_push(stats, out[src + c]); }
-  let k = softmax_coefficients(workgroup_softmax_stats(lid, stats));
-  for (var c = lid; c < params.cols; c += WG) { out[dst + c] = exp(out[src + c] - k.x) * k.y; }
-}
-
-@compute @workgroup_size(WG)
-fn log_softmax_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                       @builtin(local_invocation_index) lid: u32) {
-  let row = grid_group(wid, nwg);
-  if (row >= params.rows) { return; }
-  let src = params.in_offset + row * params.cols;
-  let dst = params.out_offset + row * params.cols;
-  var stats = softmax_stats_empty();
-  for (var c = lid; c < params.cols; c += WG) { stats = softmax_stats_push(stats, out[src + c]); }
-  let k = log_softmax_coefficients(workgroup_softmax_stats(lid, stats));
-  for (var c = lid; c < params.cols; c += WG) { out[dst + c] = (out[src + c] - k.x) - k.y; }
+  let total = workgroup_softmax_stats(lid, stats);
+  for (var c = lid; c < params.cols; c += WG) { out[dst + c] = row_output(out[src + c], total); }
 }
