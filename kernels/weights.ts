@@ -11,27 +11,62 @@
 //   q4_0  quants  (N, K/32, 4) per block the GGUF 16 nibble bytes as 4 u32 (byte j: low nibble is
 //                              column j, high nibble column j + 16; value = (nibble - 8) * d)
 //         scales  as q8_0
-// Q8_0 and Q4_0 need K % 32 == 0. Scales stay f16 (not widened to f32): see weights_scales.wgsl.
+//   q4_k  quants  (N, K/256, 32) per super-block the GGUF qs[128] as 32 u32
+//         scales  (N, K/256, 4)  per super-block the GGUF header as 4 u32: d | dmin << 16 (f16),
+//                                then scales[12] (6-bit scales and mins of the 8 sub-blocks)
+//   q6_k  quants  (N, K/256, 48) per super-block the GGUF ql[128] as 32 u32, then qh[64] as 16 u32
+//         scales  (N, K/256, 5)  per super-block the GGUF scales[16] (int8) as 4 u32, then d (f16)
+//                                in the low half of a fifth word (high half zero)
+// Q8_0 and Q4_0 need K % 32 == 0, Q4_K and Q6_K K % 256 == 0. Scales stay f16 (not widened to
+// f32): see weights_scales.wgsl. The K-quant planes are each GGUF block cut in two at a byte
+// boundary, so no value is rounded or re-encoded; bytes per weight read by the shaders:
+//   q4_k  (128 + 16) / 256 = 0.5625 B = 4.5 bits, exactly the file's
+//   q6_k  (192 + 20) / 256 = 0.828 B = 6.625 bits, the file's 6.5625 plus 2 bytes of padding per
+//         256 weights (1%) so every super-block's scales start on a word
+// See weights_q4_k.wgsl / weights_q6_k.wgsl for why the scales are not widened either.
 // Planes are little-endian, as WebGPU buffers are; this module assumes a little-endian host.
 import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage, type BufferArena } from '../src/gpu/buffers.ts';
 import { ShapeError } from '../src/errors.ts';
 
-export type WeightDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0';
-export const WEIGHT_DTYPES: readonly WeightDtype[] = ['f32', 'f16', 'q8_0', 'q4_0'];
+export type WeightDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
+export const WEIGHT_DTYPES: readonly WeightDtype[] = ['f32', 'f16', 'q8_0', 'q4_0', 'q4_k', 'q6_k'];
+
+/** The block-quantised dtypes (GGUF blocks along K). */
+export type QuantDtype = 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
 
 /** Columns per quant block (Q8_0, Q4_0). */
 export const QUANT_BLOCK = 32;
 
-/** Bytes of one GGUF block: Q8_0 = f16 d + 32 int8; Q4_0 = f16 d + 16 bytes of nibbles. */
-export const GGUF_BLOCK_BYTES = { q8_0: 34, q4_0: 18 } as const;
+/** Columns per K-quant super-block (ggml's QK_K: Q4_K, Q6_K). */
+export const K_QUANT_BLOCK = 256;
+
+/**
+ * Bytes of one GGUF block: Q8_0 = f16 d + 32 int8; Q4_0 = f16 d + 16 bytes of nibbles;
+ * Q4_K = f16 d, f16 dmin, 12 bytes of scales, 128 of nibbles; Q6_K = 128 bytes ql, 64 qh,
+ * 16 int8 scales, f16 d.
+ */
+export const GGUF_BLOCK_BYTES = { q8_0: 34, q4_0: 18, q4_k: 144, q6_k: 210 } as const;
+
+/** Columns per block of each quant dtype: K must be a multiple of it. */
+export const BLOCK_COLUMNS = { q8_0: QUANT_BLOCK, q4_0: QUANT_BLOCK, q4_k: K_QUANT_BLOCK, q6_k: K_QUANT_BLOCK } as const;
+
+/** u32 words per block in the quants and scales planes of the K-quants. */
+const K_QUANT_WORDS = { q4_k: [32, 4], q6_k: [48, 5] } as const;
 
 const PLANE_NAMES: Record<WeightDtype, readonly string[]> = {
   f32: ['values'],
   f16: ['values'],
   q8_0: ['quants', 'scales'],
   q4_0: ['quants', 'scales'],
+  q4_k: ['quants', 'scales'],
+  q6_k: ['quants', 'scales'],
 };
+
+/** True for the block-quantised dtypes (q8_0, q4_0, q4_k, q6_k). */
+export function isQuantDtype(dtype: WeightDtype): dtype is QuantDtype {
+  return Object.hasOwn(BLOCK_COLUMNS, dtype);
+}
 
 /** A packed weight on the CPU: planes ready to upload, in binding order. */
 export interface HostWeight {
@@ -81,8 +116,8 @@ function checkDims(label: string, dtype: WeightDtype, rows: number, cols: number
       throw new ShapeError(`${label}: ${name} must be an integer >= 1 (got ${value})`);
     }
   }
-  if ((dtype === 'q8_0' || dtype === 'q4_0') && cols % QUANT_BLOCK !== 0) {
-    throw new ShapeError(`${label}: ${dtype} needs cols (K) to be a multiple of ${QUANT_BLOCK} (got ${cols})`);
+  if (isQuantDtype(dtype) && cols % BLOCK_COLUMNS[dtype] !== 0) {
+    throw new ShapeError(`${label}: ${dtype} needs cols (K) to be a multiple of ${BLOCK_COLUMNS[dtype]} (got ${cols})`);
   }
 }
 
@@ -243,6 +278,11 @@ export function packWeight(dtype: WeightDtype, rows: number, cols: number, value
       return quantizeQ8_0(rows, cols, values);
     case 'q4_0':
       return quantizeQ4_0(rows, cols, values);
+    case 'q4_k':
+    case 'q6_k':
+      // ggml's K-quant quantisers search scales per sub-block (make_qkx2_quants, make_qx_quants);
+      // this runtime only reads K-quants from GGUF files (packGguf), it does not write them.
+      throw new ShapeError(`packWeight: quantising f32 values to ${dtype} is not supported (load ${dtype} weights with packGguf)`);
     default:
       throw new ShapeError(`packWeight: unknown weight dtype "${dtype as string}"`);
   }
@@ -260,12 +300,13 @@ export function ggufByteSize(dtype: WeightDtype, rows: number, cols: number): nu
   const n = rows * cols;
   if (dtype === 'f32') return n * 4;
   if (dtype === 'f16') return n * 2;
-  return (n / QUANT_BLOCK) * GGUF_BLOCK_BYTES[dtype];
+  return (n / BLOCK_COLUMNS[dtype]) * GGUF_BLOCK_BYTES[dtype];
 }
 
 /**
  * Planes from a tensor's raw data as stored in GGUF (ne = [cols, rows]) or safetensors
- * ([rows, cols]): f32 little-endian, f16 bits, Q8_0 34-byte or Q4_0 18-byte blocks.
+ * ([rows, cols]): f32 little-endian, f16 bits, Q8_0 34-byte, Q4_0 18-byte, Q4_K 144-byte or
+ * Q6_K 210-byte blocks.
  * Any typed array view is read as its bytes (so raw f16 bits may come as a Uint16Array).
  */
 export function packGguf(dtype: WeightDtype, rows: number, cols: number, data: ArrayBufferView): HostWeight {
@@ -277,6 +318,7 @@ export function packGguf(dtype: WeightDtype, rows: number, cols: number, data: A
     return packF32(rows, cols, new Float32Array(copy.buffer));
   }
   if (dtype === 'f16') return f16Planes(rows, cols, new Uint16Array(new Uint8Array(bytes).buffer));
+  if (dtype === 'q4_k' || dtype === 'q6_k') return kQuantPlanes(dtype, rows, cols, bytes);
   const { blocks, quants, scales, qBytes, d16 } = quantPlanes(dtype, rows, cols);
   const blockBytes = GGUF_BLOCK_BYTES[dtype];
   const qPerBlock = blockBytes - 2;
@@ -286,6 +328,36 @@ export function packGguf(dtype: WeightDtype, rows: number, cols: number, data: A
     const dst = b * qPerBlock;
     for (let j = 0; j < qPerBlock; j++) qBytes[dst + j] = bytes[src + 2 + j];
   }
+  return { dtype, rows, cols, planes: [quants, scales] };
+}
+
+// Where each K-quant block is cut: the first `split` bytes go to one plane, the rest to the other.
+// Q4_K: header (d, dmin, scales[12]) = 16 bytes -> scales; qs[128] -> quants.
+// Q6_K: ql[128] qh[64] = 192 bytes -> quants; scales[16], d = 18 bytes -> scales (+ 2 zero bytes).
+const K_QUANT_SPLIT = { q4_k: { split: 16, first: 'scales' }, q6_k: { split: 192, first: 'quants' } } as const;
+
+/** Copy every block's two parts between raw GGUF data and the planes, either way. */
+function cutKQuantBlocks(dtype: 'q4_k' | 'q6_k', blocks: number, raw: Uint8Array, quants: Uint8Array, scales: Uint8Array, toPlanes: boolean): void {
+  const [qWords, sWords] = K_QUANT_WORDS[dtype];
+  const blockBytes = GGUF_BLOCK_BYTES[dtype];
+  const { split, first } = K_QUANT_SPLIT[dtype];
+  const [head, tail] = first === 'scales' ? [scales, quants] : [quants, scales];
+  const [headStride, tailStride] = first === 'scales' ? [sWords * 4, qWords * 4] : [qWords * 4, sWords * 4];
+  for (let b = 0; b < blocks; b++) {
+    const at = b * blockBytes;
+    if (toPlanes) {
+      head.set(raw.subarray(at, at + split), b * headStride);
+      tail.set(raw.subarray(at + split, at + blockBytes), b * tailStride);
+    } else {
+      raw.set(head.subarray(b * headStride, b * headStride + split), at);
+      raw.set(tail.subarray(b * tailStride, b * tailStride + blockBytes - split), at + split);
+    }
+  }
+}
+
+function kQuantPlanes(dtype: 'q4_k' | 'q6_k', rows: number, cols: number, bytes: Uint8Array): HostWeight {
+  const [quants, scales] = planeWords(dtype, rows, cols).map((words) => new Uint32Array(words));
+  cutKQuantBlocks(dtype, (rows * cols) / K_QUANT_BLOCK, bytes, bytesOf(quants), bytesOf(scales), true);
   return { dtype, rows, cols, planes: [quants, scales] };
 }
 
@@ -304,6 +376,10 @@ export function ggufBytes(weight: HostWeight): Uint8Array {
   }
   const [quants, scales] = weight.planes;
   const qBytes = bytesOf(quants);
+  if (dtype === 'q4_k' || dtype === 'q6_k') {
+    cutKQuantBlocks(dtype, (rows * cols) / K_QUANT_BLOCK, out, qBytes, bytesOf(scales), false);
+    return out;
+  }
   const d16 = new Uint16Array(scales.buffer, scales.byteOffset, scales.length * 2);
   const blockBytes = GGUF_BLOCK_BYTES[dtype];
   const qPerBlock = blockBytes - 2;
@@ -334,6 +410,8 @@ export function dequantize(weight: HostWeight): Float64Array {
     for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = f16BitsToF32(bits[r * kp + c]);
     return out;
   }
+  if (dtype === 'q4_k') return dequantizeQ4K(weight, out);
+  if (dtype === 'q6_k') return dequantizeQ6K(weight, out);
   const [quants, scales] = weight.planes;
   const d16 = new Uint16Array(scales.buffer, scales.byteOffset, scales.length * 2);
   const qBytes = bytesOf(quants);
@@ -354,6 +432,58 @@ export function dequantize(weight: HostWeight): Float64Array {
   return out;
 }
 
+/** ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7) from scales[12]. */
+function scaleMinK4(j: number, q: ArrayLike<number>, offset = 0): [number, number] {
+  if (j < 4) return [q[offset + j] & 63, q[offset + j + 4] & 63];
+  return [
+    (q[offset + j + 4] & 0xf) | ((q[offset + j - 4] >> 6) << 4),
+    (q[offset + j + 4] >> 4) | ((q[offset + j] >> 6) << 4),
+  ];
+}
+
+/** dequantize_row_q4_K on the planes: sub-block j of 32 is d * sc_j * nibble - dmin * m_j. */
+function dequantizeQ4K(weight: HostWeight, out: Float64Array): Float64Array {
+  const qBytes = bytesOf(weight.planes[0]);
+  const sBytes = bytesOf(weight.planes[1]);
+  const header = new Uint16Array(sBytes.buffer, sBytes.byteOffset, sBytes.byteLength / 2);
+  for (let b = 0; b < out.length / K_QUANT_BLOCK; b++) {
+    const d = f16BitsToF32(header[b * 8]);
+    const dmin = f16BitsToF32(header[b * 8 + 1]);
+    const x = b * K_QUANT_BLOCK;
+    for (let j = 0; j < 8; j++) {
+      const [sc, m] = scaleMinK4(j, sBytes, b * 16 + 4);
+      // Sub-blocks 2c and 2c + 1 share qs[32c .. 32c + 31]: low nibbles, then high nibbles.
+      const qs = b * 128 + (j >> 1) * 32;
+      const shift = (j & 1) * 4;
+      for (let l = 0; l < 32; l++) out[x + 32 * j + l] = d * sc * ((qBytes[qs + l] >> shift) & 15) - dmin * m;
+    }
+  }
+  return out;
+}
+
+/** dequantize_row_q6_K on the planes: element e of a super-block is d * scales[e / 16] * (q - 32). */
+function dequantizeQ6K(weight: HostWeight, out: Float64Array): Float64Array {
+  const qBytes = bytesOf(weight.planes[0]);
+  const sBytes = bytesOf(weight.planes[1]);
+  const sc = new Int8Array(sBytes.buffer, sBytes.byteOffset, sBytes.byteLength);
+  for (let b = 0; b < out.length / K_QUANT_BLOCK; b++) {
+    const ql = b * 192;
+    const qh = ql + 128;
+    const s = b * 20;
+    const d = f16BitsToF32(sBytes[s + 16] | (sBytes[s + 17] << 8));
+    for (let e = 0; e < K_QUANT_BLOCK; e++) {
+      // e = 128 h + 32 g + l: ql[64 h + 32 (g & 1) + l] nibble g >> 1, qh[32 h + l] bits 2g..2g+1.
+      const h = e >> 7;
+      const g = (e >> 5) & 3;
+      const l = e & 31;
+      const low = (qBytes[ql + 64 * h + 32 * (g & 1) + l] >> (4 * (g >> 1))) & 15;
+      const high = (qBytes[qh + 32 * h + l] >> (2 * g)) & 3;
+      out[b * K_QUANT_BLOCK + e] = d * sc[s + (e >> 4)] * ((low | (high << 4)) - 32);
+    }
+  }
+  return out;
+}
+
 // ---- upload ---------------------------------------------------------------------------------
 
 /** u32 words of each plane, in binding order, for a (rows, cols) weight of `dtype`. */
@@ -362,6 +492,10 @@ export function planeWords(dtype: WeightDtype, rows: number, cols: number): numb
   const kp = paddedCols(cols);
   if (dtype === 'f32') return [rows * kp];
   if (dtype === 'f16') return [(rows * kp) / 2];
+  if (dtype === 'q4_k' || dtype === 'q6_k') {
+    const blocks = (rows * cols) / K_QUANT_BLOCK;
+    return K_QUANT_WORDS[dtype].map((words) => blocks * words);
+  }
   const blocks = (rows * cols) / QUANT_BLOCK;
   return [dtype === 'q8_0' ? blocks * 8 : blocks * 4, Math.ceil(blocks / 2)];
 }

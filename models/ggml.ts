@@ -1,5 +1,6 @@
 // GGML tensor types as GGUF files store them: the type table (block size, bytes per block), and CPU
-// conversions for the types this runtime reads (F32, F16, BF16, Q8_0, Q4_0), both ways. Quantisation
+// conversions for the types this runtime reads (F32, F16, BF16, Q8_0, Q4_0 both ways; Q4_K, Q6_K
+// decode only: this runtime reads K-quant files but does not write them). Quantisation
 // follows ggml's reference rows (quantize_row_q8_0_ref, quantize_row_q4_0_ref) operation by
 // operation in f32, so a file written here holds the same bytes llama.cpp's reference would write.
 // All multi-byte values are little-endian, as GGUF stores them; every JS engine this runs on is too.
@@ -100,7 +101,7 @@ export function ggmlTypeInfo(type: number): GgmlTypeInfo | undefined {
 }
 
 /** Types whose bytes this runtime can turn into f32 (and the kernels can consume). */
-export const SUPPORTED_GGML_TYPES: readonly GgmlTypeName[] = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0'];
+export const SUPPORTED_GGML_TYPES: readonly GgmlTypeName[] = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K'];
 
 export function isSupportedGgmlType(type: number): boolean {
   const info = BY_ID.get(type);
@@ -205,6 +206,29 @@ export function dequantizeQ4_0(bytes: Uint8Array, count: number, out = new Float
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// K-quants: super-blocks of 256 along ne[0] (ggml-common.h). Decoding follows dequantize_row_q4_K /
+// dequantize_row_q6_K; kernels/weights.ts holds the one implementation (values are exact in f32).
+// Q4_K (144 bytes): f16 d, f16 dmin, scales[12] (6-bit scale and min of 8 sub-blocks of 32,
+//   get_scale_min_k4), qs[128]; sub-block j's value = d * sc_j * nibble - dmin * m_j.
+// Q6_K (210 bytes): ql[128], qh[64], int8 scales[16], f16 d; value = d * scales[i / 16] * (q - 32).
+
+export const K_QUANT_BLOCK = 256;
+export const Q4_K_BYTES = 144;
+export const Q6_K_BYTES = 210;
+
+export function dequantizeQ4_K(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
+  checkBlocks('Q4_K', bytes, count, K_QUANT_BLOCK, Q4_K_BYTES);
+  out.set(dequantize(packGguf('q4_k', 1, count, bytes)));
+  return out;
+}
+
+export function dequantizeQ6_K(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
+  checkBlocks('Q6_K', bytes, count, K_QUANT_BLOCK, Q6_K_BYTES);
+  out.set(dequantize(packGguf('q6_k', 1, count, bytes)));
+  return out;
+}
+
 function checkBlocks(name: string, bytes: Uint8Array, count: number, block: number, blockBytes: number): void {
   if (count % block !== 0 || bytes.byteLength !== (count / block) * blockBytes) {
     throw new RangeError(`${name}: ${bytes.byteLength} bytes do not hold ${count} values`);
@@ -239,7 +263,7 @@ export function encodeGgml(type: number, values: ArrayLike<number>): Uint8Array 
   }
 }
 
-/** f32 values of `count` elements of `type` held in `bytes` (F32, F16, BF16, Q8_0, Q4_0). */
+/** f32 values of `count` elements of `type` held in `bytes` (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K). */
 export function decodeGgml(type: number, bytes: Uint8Array, count: number): Float32Array {
   switch (type) {
     case GgmlType.F32:
@@ -252,6 +276,10 @@ export function decodeGgml(type: number, bytes: Uint8Array, count: number): Floa
       return dequantizeQ8_0(bytes, count);
     case GgmlType.Q4_0:
       return dequantizeQ4_0(bytes, count);
+    case GgmlType.Q4_K:
+      return dequantizeQ4_K(bytes, count);
+    case GgmlType.Q6_K:
+      return dequantizeQ6_K(bytes, count);
     default:
       throw new RangeError(`decoding ggml type ${ggmlTypeInfo(type)?.name ?? type} is not supported`);
   }

@@ -4,7 +4,7 @@
 // Interface every weights_<dtype>.wgsl provides (kernels/weights.ts packs the planes):
 //   W is (N, K) row-major: N rows = output features, K cols = input features (HF linear layout).
 //   Stored rows are Kp = K rounded up to a multiple of 4 long; padded columns dequantise to 0.
-//   (Quant dtypes need K % 32 == 0, so Kp = K for them.)
+//   (Quant dtypes need K % 32 == 0, K-quants K % 256 == 0, so Kp = K for them.)
 //   fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32>
 //     W[row, k..k+3] as f32, for row < N, k % 4 == 0, k < Kp; `cols` is the logical K.
 //   Bindings 1 and 2 are the weight planes (binding 2 unused by single-plane dtypes); a kernel's own

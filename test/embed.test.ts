@@ -5,18 +5,27 @@ import { dequantize, packWeight, uploadWeight, type WeightDtype } from '../kerne
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
+import { randomKQuantWeight } from './support/kquants.ts';
 
 const gpu = useGpu();
 
 // The reference is the dequantised packed table, and a gather is a copy: exact for every dtype.
-const SHAPES: Record<WeightDtype, [number, number]> = { f32: [37, 53], f16: [37, 53], q8_0: [37, 96], q4_0: [37, 96] };
+const SHAPES: Record<WeightDtype, [number, number]> = {
+  f32: [37, 53],
+  f16: [37, 53],
+  q8_0: [37, 96],
+  q4_0: [37, 96],
+  q4_k: [37, 512],
+  q6_k: [37, 512],
+};
 
 describe('embed', () => {
-  for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0'] as const) {
+  for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
     const [V, D] = SHAPES[dtype];
     for (const T of [1, 7]) {
       it(`${dtype} V=${V} D=${D} T=${T}`, async () => {
-        const host = packWeight(dtype, V, D, randomF32(V * D, 1));
+        const host =
+          dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, V, D, 1) : packWeight(dtype, V, D, randomF32(V * D, 1));
         const table = dequantize(host);
         // Ids include row 0, the last row and, at T=7, an out-of-range id (clamped to V - 1).
         const allIds = [5, 0, V - 1, 17, V + 100, 3, 36];

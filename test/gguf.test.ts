@@ -9,6 +9,8 @@ import {
   bf16BitsToF32,
   decodeGgml,
   dequantizeQ4_0,
+  dequantizeQ4_K,
+  dequantizeQ6_K,
   dequantizeQ8_0,
   encodeGgml,
   f16BitsToF32,
@@ -22,6 +24,7 @@ import { GgufValueType, openGguf, type GgufMetadataEntry } from '../models/gguf.
 import { encodeGguf, gguf, type GgufWriteOptions } from './support/gguf-writer.ts';
 import { randomF32 } from './support/reference.ts';
 import { permuteQK, writeTinyLlamaGguf } from './support/tiny-models.ts';
+import { handQ4KBlock, handQ6KBlock } from './support/kquants.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'gguf-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -130,6 +133,35 @@ describe('ggml quantisation', () => {
   });
 });
 
+describe('ggml K-quants (decode)', () => {
+  it('Q4_K: d * sc_j * nibble - dmin * m_j with get_scale_min_k4, chunks of 64 = low then high nibbles', () => {
+    const { block, sc, m } = handQ4KBlock();
+    const y = decodeGgml(GgmlType.Q4_K, block, 256);
+    expect(Array.from(dequantizeQ4_K(block, 256))).toEqual(Array.from(y));
+    for (let e = 0; e < 256; e++) {
+      const j = e >> 5;
+      const l = e & 31;
+      const q = j % 2 === 0 ? l % 16 : 15 - (l % 16);
+      expect(y[e], `element ${e}`).toBe(0.5 * sc[j] * q - 0.25 * m[j]);
+    }
+    // By hand: (sub-block, q) = (0, 0), (1, 14), (6, 3), (7, 0).
+    expect([y[0], y[33], y[195], y[255]]).toEqual([-0.5, 439.25, 72.75, -13.25]);
+  });
+
+  it('Q6_K: d * scales[e / 16] * (q - 32), q from ql nibbles and qh bit pairs', () => {
+    const y = decodeGgml(GgmlType.Q6_K, handQ6KBlock(), 256);
+    for (let e = 0; e < 256; e++) expect(y[e], `element ${e}`).toBe(-0.5 * ((e >> 4) - 8) * ((e % 64) - 32));
+    expect([y[0], y[63], y[144], y[200], y[255]]).toEqual([-128, 77.5, 8, 48, -108.5]);
+    expect(Array.from(dequantizeQ6_K(handQ6KBlock(), 256))).toEqual(Array.from(y));
+  });
+
+  it('refuses a byte count that is not whole blocks, and does not encode K-quants', () => {
+    expect(() => decodeGgml(GgmlType.Q4_K, new Uint8Array(143), 256)).toThrow(RangeError);
+    expect(() => decodeGgml(GgmlType.Q6_K, new Uint8Array(210), 128)).toThrow(RangeError);
+    expect(() => encodeGgml(GgmlType.Q4_K, new Float32Array(256))).toThrow(/not supported/);
+  });
+});
+
 describe('GGUF reader', () => {
   it('reads metadata of every value type', async () => {
     const metadata: Array<[string, GgufMetadataEntry]> = [
@@ -221,14 +253,34 @@ describe('GGUF reader', () => {
     }
   });
 
-  it('recognises K-quants but refuses to read them yet', async () => {
+  it('reads Q4_K and Q6_K tensors (decoded as ggml does)', async () => {
+    const q4k = handQ4KBlock().block;
+    const q6k = handQ6KBlock();
+    const tensors = [
+      { name: 'a', type: GgmlType.Q4_K, ne: [256, 2], data: Uint8Array.from([...q4k, ...q4k.map((b, i) => (i < 4 ? b : b ^ 0x5a))]) },
+      { name: 'b', type: GgmlType.Q6_K, ne: [512], data: Uint8Array.from([...q6k, ...q6k]) },
+    ];
+    const f = await openGguf(writeFile(encodeGguf({ metadata: [], tensors })));
+    try {
+      expect(f.tensor('a')).toMatchObject({ typeName: 'Q4_K', byteLength: 288, shape: [2, 256], supported: true });
+      expect(f.tensor('b')).toMatchObject({ typeName: 'Q6_K', byteLength: 420, supported: true });
+      expect(await f.readTensorF32('a')).toEqual(decodeGgml(GgmlType.Q4_K, tensors[0].data, 512));
+      const b = await f.readTensorF32('b');
+      expect(b.subarray(256)).toEqual(b.subarray(0, 256));
+      expect(b[63]).toBe(77.5);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('recognises other K-quants but refuses to read them yet', async () => {
     const f = await openGguf(
-      writeFile(encodeGguf({ metadata: [], tensors: [{ name: 'blk.0.ffn_down.weight', type: GgmlType.Q4_K, ne: [256, 2], data: new Uint8Array(288) }] })),
+      writeFile(encodeGguf({ metadata: [], tensors: [{ name: 'blk.0.ffn_down.weight', type: GgmlType.Q5_K, ne: [256, 2], data: new Uint8Array(352) }] })),
     );
     try {
       const info = f.tensor('blk.0.ffn_down.weight');
-      expect(info).toMatchObject({ typeName: 'Q4_K', byteLength: 288, supported: false });
-      await expect(f.readTensor(info.name)).rejects.toThrow(/"blk.0.ffn_down.weight" has type Q4_K, which is not supported yet/);
+      expect(info).toMatchObject({ typeName: 'Q5_K', byteLength: 352, supported: false });
+      await expect(f.readTensor(info.name)).rejects.toThrow(/"blk.0.ffn_down.weight" has type Q5_K, which is not supported yet/);
     } finally {
       await f.close();
     }

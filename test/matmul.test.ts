@@ -32,6 +32,15 @@ for (const dtype of ['q8_0', 'q4_0'] as const) {
     projectionCase({ dtype, M: 66, N: 65, K: 64, inputRowStride: 70, outputRowStride: 67, seed: 4 }),
   );
 }
+// K-quants: random valid super-blocks (K % 256 == 0); K = 512 crosses super-blocks within a row.
+for (const dtype of ['q4_k', 'q6_k'] as const) {
+  cases.push(
+    projectionCase({ dtype, M: 1, N: 3, K: 256 }),
+    projectionCase({ dtype, M: 5, N: 37, K: 512, bias: true }),
+    projectionCase({ dtype, M: 70, N: 131, K: 256, bias: true, seed: 3 }),
+    projectionCase({ dtype, M: 66, N: 67, K: 512, inputRowStride: 515, outputRowStride: 69, seed: 4 }),
+  );
+}
 
 describe('matmul', () => {
   for (const c of cases) {
@@ -49,6 +58,14 @@ describe('matmul', () => {
     const kernel = new Matmul(gpu(), s, { tileM: 16, tileN: 32 });
     await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
     log.add('q4_0 16x32 tiles', await s.check(TOLERANCE));
+  });
+
+  it('q6_k with smaller tiles (16x32) gives the same result', async () => {
+    const c = projectionCase({ dtype: 'q6_k', M: 37, N: 41, K: 256, bias: true, seed: 9 });
+    const s = setupProjection(gpu(), c);
+    const kernel = new Matmul(gpu(), s, { tileM: 16, tileN: 32 });
+    await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+    log.add('q6_k 16x32 tiles', await s.check(TOLERANCE));
   });
 
   it('refuses runs that do not fit their buffers', () => {

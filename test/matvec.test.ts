@@ -31,6 +31,15 @@ for (const dtype of ['q8_0', 'q4_0'] as const) {
     { ...projectionCase({ dtype, M: 3, N: 37, K: 160, bias: true, seed: 5 }), rowsPerWorkgroup: 3, workgroupSize: 32 },
   );
 }
+// K-quants: random valid super-blocks (K % 256 == 0).
+for (const dtype of ['q4_k', 'q6_k'] as const) {
+  cases.push(
+    projectionCase({ dtype, M: 1, N: 3, K: 256 }),
+    projectionCase({ dtype, M: 1, N: 37, K: 512, bias: true }),
+    projectionCase({ dtype, M: 8, N: 130, K: 1024, inputRowStride: 1030, outputRowStride: 131, seed: 3 }),
+    { ...projectionCase({ dtype, M: 3, N: 37, K: 256, bias: true, seed: 5 }), rowsPerWorkgroup: 3, workgroupSize: 32 },
+  );
+}
 
 describe('matvec', () => {
   for (const c of cases) {

@@ -1,5 +1,6 @@
 // Weight formats on the CPU: f16 rounding, ggml's Q8_0 / Q4_0 reference quantisation on hand-computed
-// blocks, GGUF raw-data packing, plane layout, and the binding-size refusal. No GPU needed.
+// blocks, GGUF raw-data packing (Q4_K / Q6_K against ggml's dequantize_row_* transcribed here), plane
+// layout, and the binding-size refusal. No GPU needed.
 import { describe, expect, it } from 'vitest';
 import {
   checkWeightFits,
@@ -17,7 +18,8 @@ import {
   type HostWeight,
 } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
-import { compare, randomF32 } from './support/reference.ts';
+import { compare, randomF32, rng } from './support/reference.ts';
+import { handQ4KBlock, handQ6KBlock, randomKQuantBytes } from './support/kquants.ts';
 
 const bytes = (plane: Uint32Array) => new Uint8Array(plane.buffer, plane.byteOffset, plane.byteLength);
 const halves = (plane: Uint32Array) => new Uint16Array(plane.buffer, plane.byteOffset, plane.length * 2);
@@ -177,6 +179,131 @@ describe('raw GGUF data', () => {
   it('odd block count pads the scales plane to a whole word', () => {
     const w = quantizeQ8_0(1, 96, randomF32(96, 6)); // 3 blocks
     expect(w.planes[1].length).toBe(2);
+  });
+});
+
+// ggml-quants.c's dequantize_row_q4_K and dequantize_row_q6_K, transcribed on raw block bytes with
+// every float operation rounded to f32 as C does (d * sc is exact, so y = fl(d1 * q - m1)).
+const fr = Math.fround;
+const half = (b: Uint8Array, at: number) => f16BitsToF32(b[at] | (b[at + 1] << 8));
+
+function ggmlDequantizeQ4K(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  let yi = 0;
+  const getScaleMinK4 = (j: number, q: Uint8Array): [number, number] =>
+    j < 4 ? [q[j] & 63, q[j + 4] & 63] : [(q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4)];
+  for (let i = 0; i < k / 256; i++) {
+    const blk = x.subarray(i * 144, (i + 1) * 144);
+    const d = half(blk, 0);
+    const min = half(blk, 2);
+    const scales = blk.subarray(4, 16);
+    let q = 16;
+    let is = 0;
+    for (let j = 0; j < 256; j += 64) {
+      let [sc, m] = getScaleMinK4(is + 0, scales);
+      const d1 = fr(d * sc);
+      const m1 = fr(min * m);
+      [sc, m] = getScaleMinK4(is + 1, scales);
+      const d2 = fr(d * sc);
+      const m2 = fr(min * m);
+      for (let l = 0; l < 32; ++l) y[yi++] = fr(fr(d1 * (blk[q + l] & 0xf)) - m1);
+      for (let l = 0; l < 32; ++l) y[yi++] = fr(fr(d2 * (blk[q + l] >> 4)) - m2);
+      q += 32;
+      is += 2;
+    }
+  }
+  return y;
+}
+
+function ggmlDequantizeQ6K(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  for (let i = 0; i < k / 256; i++) {
+    const blk = x.subarray(i * 210, (i + 1) * 210);
+    const d = half(blk, 208);
+    const scales = new Int8Array(blk.buffer, blk.byteOffset + 192, 16);
+    let ql = 0;
+    let qh = 128;
+    let sc = 0;
+    let yo = i * 256;
+    for (let n = 0; n < 256; n += 128) {
+      for (let l = 0; l < 32; ++l) {
+        const is = Math.floor(l / 16);
+        const q1 = ((blk[ql + l + 0] & 0xf) | (((blk[qh + l] >> 0) & 3) << 4)) - 32;
+        const q2 = ((blk[ql + l + 32] & 0xf) | (((blk[qh + l] >> 2) & 3) << 4)) - 32;
+        const q3 = ((blk[ql + l + 0] >> 4) | (((blk[qh + l] >> 4) & 3) << 4)) - 32;
+        const q4 = ((blk[ql + l + 32] >> 4) | (((blk[qh + l] >> 6) & 3) << 4)) - 32;
+        y[yo + l + 0] = fr(fr(d * scales[sc + is + 0]) * q1);
+        y[yo + l + 32] = fr(fr(d * scales[sc + is + 2]) * q2);
+        y[yo + l + 64] = fr(fr(d * scales[sc + is + 4]) * q3);
+        y[yo + l + 96] = fr(fr(d * scales[sc + is + 6]) * q4);
+      }
+      yo += 128;
+      ql += 64;
+      qh += 32;
+      sc += 8;
+    }
+  }
+  return y;
+}
+
+describe('K-quants from raw GGUF blocks', () => {
+  const GGML = { q4_k: ggmlDequantizeQ4K, q6_k: ggmlDequantizeQ6K } as const;
+  const BLOCK = { q4_k: 144, q6_k: 210 } as const;
+
+  for (const dtype of ['q4_k', 'q6_k'] as const) {
+    it(`${dtype}: dequantize(packGguf(bytes)) equals ggml's dequantize_row_${dtype} bit for bit`, () => {
+      const [rows, cols] = [3, 512];
+      // Model-like blocks, and blocks of entirely random bytes with any finite f16 scales (subnormals too).
+      const modelLike = randomKQuantBytes(dtype, rows, cols, 21);
+      const wild = randomKQuantBytes(dtype, rows, cols, 22);
+      const next = rng(23);
+      for (let i = 0; i < wild.length; i++) wild[i] = Math.floor(next() * 256);
+      const halves = dtype === 'q4_k' ? [0, 2] : [208];
+      for (let b = 0; b < wild.length / BLOCK[dtype]; b++) {
+        for (const h of halves) wild[b * BLOCK[dtype] + h + 1] &= 0xfb; // exponent < 31: finite
+      }
+      for (const bytes of [modelLike, wild]) {
+        const w = packGguf(dtype, rows, cols, bytes);
+        expect(Array.from(Float32Array.from(dequantize(w)))).toEqual(Array.from(GGML[dtype](bytes, rows * cols)));
+        expect(Array.from(ggufBytes(w))).toEqual(Array.from(bytes));
+      }
+    });
+  }
+
+  it('q4_k planes: qs[128] as 32 words, the 16-byte header (d | dmin << 16, scales[12]) as 4 words', () => {
+    const { block } = handQ4KBlock();
+    const two = Uint8Array.from([...block, ...block.map((b, i) => (i < 4 ? b : 255 - b))]);
+    const w = packGguf('q4_k', 1, 512, two);
+    expect(w.planes.map((p) => p.length)).toEqual(planeWords('q4_k', 1, 512));
+    expect(planeWords('q4_k', 3, 512)).toEqual([3 * 2 * 32, 3 * 2 * 4]);
+    const [quants, scales] = w.planes;
+    expect(scales[0]).toBe(0x34003800);
+    expect(Array.from(scales.subarray(1, 4))).toEqual([0x40c13f05, 0xff008702, 0x5af30f21]);
+    expect(scales[4]).toBe(0x34003800);
+    expect(quants[0]).toBe(0xc3d2e1f0); // qs[l] = l | (15 - l) << 4, little-endian
+    expect(quants.length).toBe(64);
+    expect(bytes(quants)[128 + 5]).toBe(255 - block[16 + 5]); // the second block's qs[5]
+    expect(bytes(scales)[16 + 4]).toBe(255 - block[4]); // the second block's scales[0]
+  });
+
+  it('q6_k planes: ql[128] then qh[64] as 48 words; scales[16] as 4 words, then d in a fifth', () => {
+    const block = handQ6KBlock();
+    const w = packGguf('q6_k', 1, 256, block);
+    expect(w.planes.map((p) => p.length)).toEqual([48, 5]);
+    expect(planeWords('q6_k', 3, 512)).toEqual([3 * 2 * 48, 3 * 2 * 5]);
+    const [quants, scales] = w.planes;
+    expect(Array.from(bytes(quants))).toEqual(Array.from(block.subarray(0, 192)));
+    expect(scales[0]).toBe(0xfbfaf9f8); // scales[0..3] = -8, -7, -6, -5
+    expect(scales[4]).toBe(0x0000b800); // d = -0.5, high half zero
+    const d = dequantize(w);
+    expect([d[0], d[63], d[144], d[255]]).toEqual([-128, 77.5, 8, -108.5]);
+  });
+
+  it('K-quants need K % 256 == 0, whole blocks, and come from GGUF only', () => {
+    expect(() => packGguf('q4_k', 2, 128, new Uint8Array(144))).toThrow(/multiple of 256 \(got 128\)/);
+    expect(() => planeWords('q6_k', 1, 300)).toThrow(ShapeError);
+    expect(() => packGguf('q6_k', 1, 256, new Uint8Array(209))).toThrow(/expected 210 bytes/);
+    expect(() => packWeight('q4_k', 1, 256, new Float32Array(256))).toThrow(/quantising f32 values to q4_k is not supported/);
   });
 });
 

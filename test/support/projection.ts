@@ -1,10 +1,11 @@
-// Shared set-up for projection tests (matmul, matvec, linear): random weights packed in a dtype, a
-// float64 reference that multiplies by the dequantised packed weight, and a check that reads the
+// Shared set-up for projection tests (matmul, matvec, linear): random weights packed in a dtype
+// (random valid blocks for the K-quants, which are not quantised from floats here), a float64 reference that multiplies by the dequantised packed weight, and a check that reads the
 // whole output region (written cells against the reference, stride gaps still NaN).
 import type { Gpu } from '../../src/gpu/device.ts';
 import { packWeight, dequantize, uploadWeight, type PackedWeight, type WeightDtype } from '../../kernels/weights.ts';
 import type { MatmulRun } from '../../kernels/matmul.ts';
 import { createStorage, poisoned, readF32 } from './gpu.ts';
+import { randomKQuantWeight } from './kquants.ts';
 import { expectClose, randomF32, type Comparison } from './reference.ts';
 
 /** out[m, n] = sum_k a[m, k] W[n, k] (+ bias[n]) in float64. */
@@ -75,8 +76,8 @@ export interface ProjectionSetup {
 
 export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
   const { dtype, M, N, K } = c;
-  const values = randomF32(N * K, c.seed, 0.5);
-  const host = packWeight(dtype, N, K, values);
+  const host =
+    dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, N, K, c.seed, 0.5) : packWeight(dtype, N, K, randomF32(N * K, c.seed, 0.5));
   const w = dequantize(host);
   const weight = uploadWeight(gpu, `w_${dtype}`, host);
   const inputLength = c.inputOffset + (M - 1) * c.inputRowStride + K + 2;

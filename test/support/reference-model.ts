@@ -81,8 +81,17 @@ function ropeHalf(v: Float64Array, offset: number, dims: number, inv: Float64Arr
   }
 }
 
+export interface ReferenceOptions {
+  /**
+   * Applied to the input of every Llama projection (Q, K, V, O, gate, up, down, LM head) before the
+   * product, named by its weight: e.g. the activation rounding llama.cpp's CPU matmul does (Q8_K).
+   */
+  roundInput?: (x: Float64Array, weight: string) => Float64Array;
+}
+
 /** Logits at every position for `tokens` (one sequence, from position 0). */
-export function referenceLogits(config: ModelConfig, weights: Weights, tokens: number[]): Float64Array[] {
+export function referenceLogits(config: ModelConfig, weights: Weights, tokens: number[], options: ReferenceOptions = {}): Float64Array[] {
+  const round = options.roundInput ?? ((x: Float64Array) => x);
   const { hiddenSize: C, numHeads: H, numKvHeads: Hkv, headDim: D, numLayers, vocabSize: V } = config;
   const gpt2 = config.architecture === 'gpt2';
   const inv = config.rope ? referenceInverseFrequencies(config.rope.dims, config.rope.theta, config.rope.scaling) : undefined;
@@ -113,9 +122,9 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         v = qkv.slice(2 * C);
       } else {
         const h = rmsnorm(x, w('input_layernorm.weight'), config.normEps);
-        q = linear(h, w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
-        k = linear(h, w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
-        v = linear(h, w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
+        q = linear(round(h, p + 'self_attn.q_proj.weight'), w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
+        k = linear(round(h, p + 'self_attn.k_proj.weight'), w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
+        v = linear(round(h, p + 'self_attn.v_proj.weight'), w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
         for (let hh = 0; hh < H; hh++) ropeHalf(q, hh * D, config.rope!.dims, inv!, pos);
         for (let hh = 0; hh < Hkv; hh++) ropeHalf(k, hh * D, config.rope!.dims, inv!, pos);
       }
@@ -143,13 +152,14 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         const proj = conv1d(fc, w('mlp.c_proj.weight'), C, w('mlp.c_proj.bias'));
         x = x.map((val, i) => val + proj[i]);
       } else {
-        const o = linear(attn, w('self_attn.o_proj.weight'), C);
+        const o = linear(round(attn, p + 'self_attn.o_proj.weight'), w('self_attn.o_proj.weight'), C);
         x = x.map((val, i) => val + o[i]);
         const h2 = rmsnorm(x, w('post_attention_layernorm.weight'), config.normEps);
         const F = config.intermediateSize;
-        const gate = linear(h2, w('mlp.gate_proj.weight'), F);
-        const up = linear(h2, w('mlp.up_proj.weight'), F);
-        const down = linear(gate.map((g, i) => silu(g) * up[i]), w('mlp.down_proj.weight'), C);
+        const gate = linear(round(h2, p + 'mlp.gate_proj.weight'), w('mlp.gate_proj.weight'), F);
+        const up = linear(round(h2, p + 'mlp.up_proj.weight'), w('mlp.up_proj.weight'), F);
+        const act = gate.map((g, i) => silu(g) * up[i]);
+        const down = linear(round(act, p + 'mlp.down_proj.weight'), w('mlp.down_proj.weight'), C);
         x = x.map((val, i) => val + down[i]);
       }
     }
@@ -157,7 +167,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
       ? layernorm(x, get(weights, 'transformer.ln_f.weight'), get(weights, 'transformer.ln_f.bias'), config.normEps)
       : rmsnorm(x, get(weights, 'model.norm.weight'), config.normEps);
     const head = config.tieWordEmbeddings ? embed : get(weights, 'lm_head.weight');
-    out.push(linear(final, head, V));
+    out.push(linear(gpt2 ? final : round(final, config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), head, V));
   });
   return out;
 }
