@@ -23,7 +23,13 @@ export interface ModelConfig {
   /** SwiGLU MLP (gate, up, down) or GELU MLP (fc, proj). */
   mlp: 'swiglu' | 'gelu';
   /** Rotary embeddings, or learned absolute positions (gpt2). */
-  rope?: { theta: number; dims: number; scaling?: RopeScaling };
+  rope?: {
+    theta: number;
+    dims: number;
+    scaling?: RopeScaling;
+    /** Per-frequency divisors (dims / 2), as GGUF files store llama3 scaling (rope_freqs.weight). */
+    frequencyFactors?: Float32Array;
+  };
   /** Biases on the q, k and v projections (qwen2, gpt2). */
   qkvBias: boolean;
   /** Biases on the output projection and MLP (gpt2). */

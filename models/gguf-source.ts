@@ -19,11 +19,13 @@ const DTYPES: Partial<Record<number, WeightDtype>> = {
   [GgmlType.F16]: 'f16',
   [GgmlType.Q8_0]: 'q8_0',
   [GgmlType.Q4_0]: 'q4_0',
+  [GgmlType.Q4_K]: 'q4_k',
+  [GgmlType.Q6_K]: 'q6_k',
 };
 
 const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', gpt2: 'gpt2' };
 
-function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[], bosTokenId?: number): ModelConfig {
+function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[], bosTokenId: number | undefined, frequencyFactors?: Float32Array): ModelConfig {
   const archName = file.string('general.architecture');
   const architecture = ARCHITECTURES[archName];
   if (!architecture) {
@@ -37,9 +39,6 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
   const scalingType = file.string(key('rope.scaling.type'), 'none');
   if (scalingType !== 'none' && scalingType !== 'linear') {
     throw new ModelFormatError(`${file.path}: rope scaling "${scalingType}" is not supported (supported: none, linear)`);
-  }
-  if (file.tensors.has('rope_freqs.weight')) {
-    throw new ModelFormatError(`${file.path}: tensor "rope_freqs.weight" (llama3-style rope scaling in GGUF) is not supported yet`);
   }
   const config: ModelConfig = {
     architecture,
@@ -60,6 +59,7 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
           theta: file.number(key('rope.freq_base'), 10000),
           dims: file.integer(key('rope.dimension_count'), headDim),
           scaling: scalingType === 'linear' ? { type: 'linear', factor: file.number(key('rope.scaling.factor')) } : undefined,
+          frequencyFactors,
         },
     qkvBias: gpt2 || file.tensors.has('blk.0.attn_q.bias'),
     outputBias: gpt2,
@@ -79,13 +79,13 @@ class GgufSource implements ModelSource {
   readonly tokenizer: TokenizerFiles;
   readonly #file: GgufFile;
 
-  constructor(file: GgufFile) {
+  constructor(file: GgufFile, frequencyFactors?: Float32Array) {
     this.#file = file;
     this.id = file.string('general.name', basename(file.path, '.gguf'));
     const tok = tokenizerFromGguf(file);
     const vocab = (tok.tokenizer.model as { vocab?: Record<string, number> | unknown[] })?.vocab;
     const vocabSize = Array.isArray(vocab) ? vocab.length : Object.keys(vocab ?? {}).length;
-    this.config = configFromGguf(file, vocabSize, tok.eosTokenIds, tok.bosTokenId);
+    this.config = configFromGguf(file, vocabSize, tok.eosTokenIds, tok.bosTokenId, frequencyFactors);
     this.ropeMode = this.config.architecture === 'llama' ? 'interleaved' : 'half';
     const config = { ...tok.config, ...(tok.chatTemplate ? { chat_template: tok.chatTemplate } : {}) };
     this.tokenizer = { tokenizer: tok.tokenizer, config, source: file.path };
@@ -125,7 +125,9 @@ class GgufSource implements ModelSource {
 export async function openGgufSource(path: string): Promise<ModelSource> {
   const file = await GgufFile.open(path);
   try {
-    return new GgufSource(file);
+    // Llama 3.1-style rope scaling arrives as a tensor of per-frequency divisors.
+    const factors = file.tensors.has('rope_freqs.weight') ? await file.readTensorF32('rope_freqs.weight') : undefined;
+    return new GgufSource(file, factors);
   } catch (err) {
     await file.close();
     throw err;

@@ -145,9 +145,7 @@ export class Transformer {
     this.#regionElements = kvRegionElements(kvShape);
     const kvElements = this.#regionElements * options.slots;
     const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
-    const invFreq = cfg.rope
-      ? arena.upload('rope.invFreq', ropeInverseFrequencies(cfg.rope.dims, cfg.rope.theta, cfg.rope.scaling))
-      : undefined;
+    const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
     const linear = (name: string, input: GPUBuffer, output: GPUBuffer) =>
@@ -466,6 +464,17 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     else if (!cfg.tieWordEmbeddings) throw new ShapeError(`${source.id}: tensor "output.weight" is missing and embeddings are not tied`);
   }
   return items;
+}
+
+/** RoPE inverse frequencies, with GGUF's per-frequency divisors applied when the file has them. */
+function inverseFrequencies(rope: NonNullable<ModelConfig['rope']>): Float32Array {
+  const inv = ropeInverseFrequencies(rope.dims, rope.theta, rope.scaling);
+  const factors = rope.frequencyFactors;
+  if (factors) {
+    if (factors.length !== inv.length) throw new ShapeError(`rope_freqs has ${factors.length} entries, expected ${inv.length}`);
+    for (let i = 0; i < inv.length; i++) inv[i] /= factors[i];
+  }
+  return inv;
 }
 
 function concat(parts: Float32Array[]): Float32Array {

@@ -2,6 +2,8 @@
 // Q/K row permutation convert_hf_to_gguf.py applies), the same weights in Hugging Face layout and
 // naming (dequantised, so a float64 reference on them sees exactly what the file holds), the HF
 // config.json, and an HF folder writer (config, safetensors single or sharded, tokenizer files).
+// K-quant matrices (Q4_K, Q6_K) are random valid blocks rather than quantised floats (ggml's K-quant
+// quantisers are not reimplemented): the HF weights are those blocks dequantised.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeGgml, encodeGgml, GgmlType } from '../../models/ggml.ts';
@@ -9,13 +11,25 @@ import { TokenType } from '../../models/gguf-tokenizer.ts';
 import type { GgufMetadataEntry } from '../../models/gguf.ts';
 import { gguf, writeGguf, type GgufWriteTensor } from './gguf-writer.ts';
 import { rng } from './reference.ts';
+import { permuteRowBytes, randomKQuantBytes } from './kquants.ts';
 import { encodeFloats, writeSafetensors, writeShardedSafetensors, type WriteDtype } from './safetensors-writer.ts';
 
-export type TinyDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0';
+/** A matrix type, or 'q4_k_m': Q4_K with Q6_K for attn_v, ffn_down and output, like llama.cpp's Q4_K_M mix. */
+export type TinyDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k' | 'q4_k_m';
+/** The type of one matrix. */
+export type TinyMatrixType = Exclude<TinyDtype, 'q4_k_m'>;
+
+/** GGUF tensor roles ('token_embd', 'attn_q', ..., 'output'): the name without blk.N. and .weight. */
+export type TinyRole = 'token_embd' | 'attn_q' | 'attn_k' | 'attn_v' | 'attn_output' | 'ffn_gate' | 'ffn_up' | 'ffn_down' | 'output';
 
 export interface TinyLlamaOptions {
-  /** Type of the 2-D weights; norms stay F32 as llama.cpp keeps them. Default f32. */
+  /**
+   * Type of the 2-D weights; norms stay F32 as llama.cpp keeps them. Default f32. K-quants need every
+   * matrix width to be a multiple of 256: hidden size and FFN size then default to 256 and 512.
+   */
   dtype?: TinyDtype;
+  /** Per-role types overriding `dtype` (e.g. { attn_v: 'q6_k' }). */
+  tensorTypes?: Partial<Record<TinyRole, TinyMatrixType>>;
   seed?: number;
   tokenizer?: 'llama' | 'gpt2';
   hiddenSize?: number;
@@ -33,6 +47,8 @@ export interface TinyLlamaOptions {
   chatTemplate?: string;
   /** Extra GGUF metadata; a key already written is replaced (tokenizer.ggml.pre, add_space_prefix, ...). */
   metadata?: Array<[string, GgufMetadataEntry]>;
+  /** Extra tensors written after the model's own (rope_freqs.weight, ...). */
+  tensors?: GgufWriteTensor[];
 }
 
 export interface TinyVocab {
@@ -58,9 +74,21 @@ export const TINY_CHAT_TEMPLATE =
   "{{ bos_token }}{% for message in messages %}{{ '[' + message['role'] + '] ' + message['content'] + '\\n' }}{% endfor %}" +
   "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}";
 
-const GGML_TYPE: Record<TinyDtype, number> = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0 };
-// general.file_type (llama_ftype): ALL_F32, MOSTLY_F16, MOSTLY_Q4_0, MOSTLY_Q8_0.
-const FILE_TYPE: Record<TinyDtype, number> = { f32: 0, f16: 1, q8_0: 7, q4_0: 2 };
+const GGML_TYPE: Record<TinyMatrixType, number> = {
+  f32: GgmlType.F32,
+  f16: GgmlType.F16,
+  q8_0: GgmlType.Q8_0,
+  q4_0: GgmlType.Q4_0,
+  q4_k: GgmlType.Q4_K,
+  q6_k: GgmlType.Q6_K,
+};
+// general.file_type (llama_ftype): ALL_F32, MOSTLY_F16, MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_Q4_K_S,
+// MOSTLY_Q6_K, MOSTLY_Q4_K_M.
+const FILE_TYPE: Record<TinyDtype, number> = { f32: 0, f16: 1, q8_0: 7, q4_0: 2, q4_k: 14, q6_k: 18, q4_k_m: 15 };
+/** The roles llama.cpp's Q4_K_M keeps at Q6_K (it picks some layers' attn_v / ffn_down; here all). */
+const Q4_K_M_TYPES: Partial<Record<TinyRole, TinyMatrixType>> = { attn_v: 'q6_k', ffn_down: 'q6_k', output: 'q6_k' };
+
+const isKQuant = (type: TinyMatrixType): type is 'q4_k' | 'q6_k' => type === 'q4_k' || type === 'q6_k';
 
 /** Words whose pieces fill the tiny vocabularies after the special and byte tokens. */
 const WORDS = ['the', 'hello', 'world', 'in', 'is', 'a', 'and', 'to', 'of', 'model', 'token', 'miner', 'café'];
@@ -161,13 +189,17 @@ export function permuteQK(w: Float32Array, heads: number, cols: number): Float32
 }
 
 /**
- * Write a random Llama GGUF (2 layers, 4 heads over 2 KV heads, hidden 64, FFN 128 by default)
+ * Write a random Llama GGUF (2 layers, 4 heads over 2 KV heads, hidden 64, FFN 128 by default;
+ * hidden 256, FFN 512 when any matrix is a K-quant)
  * and return it with its HF-layout weights and config.
  */
 export function writeTinyLlamaGguf(path: string, options: TinyLlamaOptions = {}): TinyLlama {
   const dtype = options.dtype ?? 'f32';
-  const C = options.hiddenSize ?? 64;
-  const F = options.intermediateSize ?? 128;
+  const baseType: TinyMatrixType = dtype === 'q4_k_m' ? 'q4_k' : dtype;
+  const roleTypes = { ...(dtype === 'q4_k_m' ? Q4_K_M_TYPES : {}), ...options.tensorTypes };
+  const anyKQuant = [baseType, ...Object.values(roleTypes)].some(isKQuant);
+  const C = options.hiddenSize ?? (anyKQuant ? 256 : 64);
+  const F = options.intermediateSize ?? (anyKQuant ? 512 : 128);
   const L = options.numLayers ?? 2;
   const H = options.numHeads ?? 4;
   const Hkv = options.numKvHeads ?? 2;
@@ -183,15 +215,28 @@ export function writeTinyLlamaGguf(path: string, options: TinyLlamaOptions = {})
   const normal = () => Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
   const random = (n: number, std: number, mean = 0) => Float32Array.from({ length: n }, () => mean + std * normal());
 
-  const matrixType = GGML_TYPE[dtype];
   const weights = new Map<string, Float32Array>();
   const tensors: GgufWriteTensor[] = [];
   /** A matrix [rows, cols]: stored in the file (rows optionally permuted), returned dequantised. */
   const matrix = (hf: string, gg: string, rows: number, cols: number, std: number, permuteHeads?: number) => {
+    const role = gg.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '') as TinyRole;
+    const type = roleTypes[role] ?? baseType;
+    const ggmlType = GGML_TYPE[type];
+    const permute = permuteHeads !== undefined && options.permuteQK !== false;
+    if (isKQuant(type)) {
+      if (cols % 256 !== 0) throw new RangeError(`${gg}: ${type} needs a width that is a multiple of 256 (got ${cols})`);
+      // Random blocks in HF row order; the file holds the same rows, permuted for Q and K.
+      const bytes = randomKQuantBytes(type, rows, cols, Math.floor(next() * 2 ** 32), std);
+      weights.set(hf, decodeGgml(ggmlType, bytes, rows * cols));
+      const order = permute ? permuteQK(Float32Array.from({ length: rows }, (_, i) => i), permuteHeads, 1) : undefined;
+      const stored = order ? permuteRowBytes(bytes, bytes.length / rows, order) : bytes;
+      tensors.push({ name: gg, type: ggmlType, ne: [cols, rows], data: stored });
+      return;
+    }
     const w = random(rows * cols, std);
-    weights.set(hf, decodeGgml(matrixType, encodeGgml(matrixType, w), w.length));
-    const stored = permuteHeads && options.permuteQK !== false ? permuteQK(w, permuteHeads, cols) : w;
-    tensors.push({ name: gg, type: matrixType, ne: [cols, rows], data: encodeGgml(matrixType, stored) });
+    weights.set(hf, decodeGgml(ggmlType, encodeGgml(ggmlType, w), w.length));
+    const stored = permute ? permuteQK(w, permuteHeads, cols) : w;
+    tensors.push({ name: gg, type: ggmlType, ne: [cols, rows], data: encodeGgml(ggmlType, stored) });
   };
   const norm = (hf: string, gg: string) => {
     const w = random(C, 0.1, 1);
@@ -237,7 +282,7 @@ export function writeTinyLlamaGguf(path: string, options: TinyLlamaOptions = {})
   const extra = new Map(options.metadata ?? []);
   const merged = metadata.map(([k, v]): [string, GgufMetadataEntry] => [k, extra.get(k) ?? v]);
   for (const [k, v] of extra) if (!metadata.some(([key]) => key === k)) merged.push([k, v]);
-  writeGguf(path, { metadata: merged, tensors });
+  writeGguf(path, { metadata: merged, tensors: [...tensors, ...(options.tensors ?? [])] });
 
   const config = {
     architectures: ['LlamaForCausalLM'],
