@@ -3,7 +3,9 @@ import { Command, Option } from 'commander';
 import { acquireGpu, type Gpu } from './gpu/device.ts';
 import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
+import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
 import { Engine } from './engine/engine.ts';
+import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import cliProgress from 'cli-progress';
 
@@ -72,10 +74,14 @@ async function loadEngine(options: { model: string; adapter: string; slots?: num
 function describeModel(engine: Engine): string {
   const { stats, config } = engine.model;
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
-  const dtypes = [...new Set(Object.values(stats.dtypes))].join('/');
+  const dtypes = Object.entries(stats.dtypes)
+    .map(([role, dtype]) => `${role} ${dtype}`)
+    .join(', ');
   return (
-    `model ${engine.model.id} (${config.architecture}, ${(stats.parameters / 1e6).toFixed(2)}M parameters, ${dtypes}) ` +
-    `weights ${mib(stats.weightBytes)}, KV cache ${mib(stats.kvBytes)} on ${engine.gpu.info.backend}`
+    `model ${engine.model.id}: ${config.architecture}, ${(stats.parameters / 1e6).toFixed(2)}M parameters, ` +
+    `${config.numLayers} layers, context ${engine.model.options.capacity} x ${engine.model.options.slots} slots\n` +
+    `  on the GPU (${engine.gpu.info.backend}): weights ${mib(stats.weightBytes)}, KV cache ${mib(stats.kvBytes)}, ` +
+    `activations ${mib(stats.activationBytes)}\n  weight types: ${dtypes}`
   );
 }
 
@@ -96,11 +102,6 @@ program
   .option('--no-check', 'skip the kernel self-check')
   .action(infoCommand);
 
-program
-  .command('start')
-  .description('set-up check and default job: adapter report and kernel self-check')
-  .addOption(adapterOption)
-  .action((options: { adapter: string }) => infoCommand({ ...options, check: true }));
 
 program
   .command('generate')
@@ -169,6 +170,96 @@ program
     } finally {
       await engine.close();
     }
+  });
+
+/** Serve until SIGINT/SIGTERM, then finish or cancel in-flight work within 10 s. */
+async function serveUntilSignal(handle: ServeHandle): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  console.error('shutting down: finishing in-flight requests (10 s at most)');
+  await handle.close(10_000);
+}
+
+addServeOptions(
+  program
+    .command('serve')
+    .description('serve a model to validators: signed WebSocket + msgpack axon, /metrics and /health on the same port')
+    .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
+    .option('--slots <n>', 'sequences decoded together (KV slots)', number('--slots'), 8)
+    .option('--context <n>', 'tokens per sequence (prompt + completion)', number('--context'))
+    .addOption(adapterOption),
+).action(async (o) => {
+  const options = parseServeOptions(o);
+  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context });
+  console.error(describeModel(engine));
+  const handle = await serve(engine, options);
+  console.error(`axon listening on ${handle.url} as miner ${handle.hotkey}`);
+  await serveUntilSignal(handle);
+});
+
+program
+  .command('start')
+  .description('the default job: check the kernels, then serve the embedded model locally with development keys')
+  .option('--port <n>', 'port', number('--port'), 8091)
+  .addOption(adapterOption)
+  .action(async (o: { port: number; adapter: string }) => {
+    await infoCommand({ adapter: o.adapter, check: true });
+    const dev = await developmentServeOptions({ port: o.port });
+    const engine = await loadEngine({ model: TINY_MODEL_ID, adapter: o.adapter });
+    console.error(describeModel(engine));
+    const handle = await serve(engine, dev.options);
+    console.log(`\naxon listening on ${handle.url} as miner ${handle.hotkey} (development key //Miner)`);
+    console.log(`the development metagraph admits validator ${dev.validatorUri} (${dev.validatorHotkey}); try, in another terminal:\n`);
+    console.log(`  ${queryCommandHint(handle, dev.validatorUri)}\n`);
+    await serveUntilSignal(handle);
+  });
+
+addConnectOptions(program.command('ping').description("ping a miner's axon: latency, miner info, signature check"))
+  .option('--count <n>', 'pings to send', '1')
+  .action((options: PingFlags) => pingCommand(options));
+
+addQueryOptions(
+  program
+    .command('query')
+    .description('ask a miner for a generation: tokens stream as they arrive; signatures and the transcript are verified')
+    .argument('<prompt>', 'the prompt'),
+).action((prompt: string, options: QueryFlags) => queryCommand(prompt, options));
+
+program
+  .command('bench')
+  .description('throughput against the A100 and against this adapter\'s own roofline (table on stdout, progress on stderr)')
+  .option('--quick', 'small shapes: about two minutes on the software adapter')
+  .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model: run end to end, and its shapes for the kernels', TINY_MODEL_ID)
+  .option('--shapes <set>', 'kernel shapes: "model" or "llama-7b" (default: the model\'s with --quick or --model, else llama-7b)')
+  .option('--batch <n>', 'the larger decode batch (concurrent requests)', number('--batch'))
+  .option('--prefill-chunk <n>', 'prompt tokens per prefill step (default: the engine\'s)', number('--prefill-chunk'))
+  .option('--json <file>', 'write the report as JSON (and the Markdown and SVG next to it)')
+  .option('--markdown <file>', 'write the Markdown summary here')
+  .option('--svg <file>', 'write the chart here')
+  .option('--no-peer', 'skip llama.cpp on the same GGUF')
+  .addOption(new Option('--preset <name>', 'sizes: full, quick or test').choices(['full', 'quick', 'test']).hideHelp())
+  .addOption(adapterOption)
+  .action(async (o, command: Command) => {
+    const { runBench, printReport } = await import('../bench/run.ts');
+    // A --model given on the command line also sets the kernel shapes (unless --shapes says otherwise).
+    const modelGiven = command.getOptionValueSource('model') !== 'default';
+    const report = await runBench({
+      preset: o.preset,
+      quick: o.quick,
+      model: o.model,
+      shapes: o.shapes ?? (modelGiven ? 'model' : undefined),
+      batch: o.batch,
+      prefillChunk: o.prefillChunk,
+      adapter: o.adapter,
+      json: o.json,
+      markdown: o.markdown,
+      svg: o.svg,
+      peer: o.peer,
+    });
+    printReport(report);
   });
 
 try {

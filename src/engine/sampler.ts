@@ -3,7 +3,7 @@
 // The GPU returns, per sequence, the K highest logits (K = CANDIDATES, ids sorted by logit) and the
 // log-sum-exp of the whole row, so the CPU never reads a whole vocabulary row per token. Sampling
 // then happens among those candidates: with CANDIDATES = 64 the probability mass left out is
-// negligible for real models, and `top_k` above 64 is clamped (documented in docs/sampling).
+// negligible for real models, and `top_k` above 64 acts as 64 (README, "Sampling").
 //
 // Logprobs reported to validators are the model's own distribution (log-softmax of the raw logits,
 // temperature 1, no penalties): that is what validators recompute and compare against.

@@ -1,0 +1,345 @@
+// Kernels at the shapes of a model: prefill matmul (GFLOP/s), decode matvec (GB/s of weight bytes)
+// for each weight format, and attention prefill / decode at several context lengths. Each result
+// carries its FLOP and minimum bytes moved, so it sits on the roofline: its share is achieved
+// GFLOP/s over min(peak, intensity x bandwidth) as measured on this adapter (bench/roofline.ts).
+//
+// Weights are synthetic (random planes of the right dtype and size): speed does not depend on the
+// values, and building them takes milliseconds where packing real values takes seconds at 7B sizes.
+//
+// Run directly: `npm run bench:kernels [-- --quick] [--model PATH | --shapes llama-7b]` measures the
+// roofline, then prints every kernel's GFLOP/s, GB/s and share.
+import { randomFillSync } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { Gpu } from '../src/gpu/device.ts';
+import { createStorage } from '../src/gpu/buffers.ts';
+import { MinerError, ShapeError } from '../src/errors.ts';
+import { Matmul } from '../kernels/matmul.ts';
+import { Matvec } from '../kernels/matvec.ts';
+import { DecodeAttention, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
+import { BLOCK_COLUMNS, checkWeightFits, isQuantDtype, K_QUANT_BLOCK, planeWords, uploadWeight, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
+import { attainableGflops, type Progress, type RooflineResult } from './roofline.ts';
+import { projectionShape, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
+import { timeKernel, type Timing } from './timing.ts';
+
+export type KernelKind = 'matmul' | 'matvec' | 'attention.prefill' | 'attention.decode';
+
+export interface KernelResult {
+  kind: KernelKind;
+  /** What the shape is in the model: a projection name (ffn_up, ...) or 'attention'. */
+  name: string;
+  /** Weight dtype; 'f32' for attention (f32 KV cache). */
+  dtype: WeightDtype;
+  /** Dimensions: M, N, K for projections; T (queries), L (keys), Hq, Hkv, D for attention. */
+  shape: Record<string, number>;
+  /** One line naming the kernel and shape, e.g. "matvec q4_0 ffn_up 1x11008x4096". */
+  label: string;
+  flops: number;
+  /** Minimum bytes one run must move: weights (or KV cache) plus activations in and out. */
+  bytes: number;
+  /** Bytes of the weight planes (projections); the GB/s of decode is quoted over these. */
+  weightBytes?: number;
+  timing: Timing;
+  gflops: number;
+  /** bytes / time. */
+  gbps: number;
+  /** Weight bytes / time (projections only): the decode figure of merit. */
+  weightGbps?: number;
+  /** FLOP per byte. */
+  intensity: number;
+  /** Which ceiling binds at this intensity on this adapter. */
+  bound: 'memory' | 'compute';
+  /** min(peak, intensity x bandwidth) on this adapter, GFLOP/s. */
+  attainableGflops: number;
+  /** gflops / attainableGflops. Above 1 means the working set fit a cache the copy did not. */
+  rooflineShare: number;
+  /** The same bound on the reference A100 (bench/a100.json), and gflops over it. */
+  a100?: { attainableGflops: number; share: number };
+}
+
+export interface SkippedKernel {
+  kind: KernelKind;
+  name: string;
+  dtype: WeightDtype;
+  shape: Record<string, number>;
+  label: string;
+  skipped: string;
+}
+
+export interface KernelsReport {
+  shapes: { name: string; architecture: string; hiddenSize: number; intermediateSize: number; vocabSize: number; numHeads: number; numKvHeads: number; headDim: number; numLayers: number };
+  prefillTokens: number;
+  decodeRows: number;
+  results: KernelResult[];
+  skipped: SkippedKernel[];
+}
+
+export function isSkipped(entry: KernelResult | SkippedKernel): entry is SkippedKernel {
+  return 'skipped' in entry;
+}
+
+// ---- synthetic data -------------------------------------------------------------------------
+
+/** Random words with every f32 in ±[0.5, 1): no NaN, no denormal (slow on some CPUs' software paths). */
+function fillF32(words: Uint32Array): void {
+  randomFillSync(words);
+  for (let i = 0; i < words.length; i++) words[i] = (words[i] & 0x803fffff) | 0x3f000000;
+}
+
+/** Random words whose two f16 halves are in ±[0.5, 1). */
+function fillF16Pairs(words: Uint32Array): void {
+  randomFillSync(words);
+  for (let i = 0; i < words.length; i++) words[i] = (words[i] & 0x83ff83ff) | 0x38003800;
+}
+
+/**
+ * A (rows, cols) weight of `dtype` with random planes: f32/f16 values in ±[0.5, 1), random quants,
+ * and block scales set to 0.01 (K-quant sub-block scales random), so every value is finite.
+ */
+export function syntheticWeight(dtype: WeightDtype, rows: number, cols: number): HostWeight {
+  const planes = planeWords(dtype, rows, cols).map((n) => new Uint32Array(n));
+  const D = 0x211f; // f16 0.01
+  if (dtype === 'f32') fillF32(planes[0]);
+  else if (dtype === 'f16') fillF16Pairs(planes[0]);
+  else if (dtype === 'q4_k' || dtype === 'q6_k') {
+    // Per super-block: q4_k scales are [d | dmin << 16, 12 bytes of 6-bit scales and mins];
+    // q6_k scales are [16 int8 scales as 4 words, d in the low half of a fifth].
+    randomFillSync(planes[0]);
+    randomFillSync(planes[1]);
+    const words = planes[1].length / ((rows * cols) / K_QUANT_BLOCK);
+    for (let i = 0; i < planes[1].length; i += words) {
+      if (dtype === 'q4_k') planes[1][i] = D | (D << 16);
+      else planes[1][i + 4] = D;
+    }
+  } else {
+    randomFillSync(planes[0]);
+    planes[1].fill(D | (D << 16));
+  }
+  return { dtype, rows, cols, planes };
+}
+
+function activations(elements: number): Float32Array {
+  const data = new Float32Array(elements);
+  fillF32(new Uint32Array(data.buffer));
+  return data;
+}
+
+// ---- one result -----------------------------------------------------------------------------
+
+export interface RoofSpec {
+  gbps: number;
+  gflops: number;
+}
+
+function result(
+  base: Omit<KernelResult, 'gflops' | 'gbps' | 'intensity' | 'bound' | 'attainableGflops' | 'rooflineShare' | 'a100' | 'weightGbps'>,
+  roof: RoofSpec,
+  a100Roof?: RoofSpec,
+): KernelResult {
+  const seconds = base.timing.medianMs / 1000;
+  const gflops = base.flops / seconds / 1e9;
+  const intensity = base.flops / base.bytes;
+  const attainable = attainableGflops(roof, intensity);
+  const a100Attainable = a100Roof ? attainableGflops(a100Roof, intensity) : undefined;
+  return {
+    ...base,
+    gflops,
+    gbps: base.bytes / seconds / 1e9,
+    weightGbps: base.weightBytes !== undefined ? base.weightBytes / seconds / 1e9 : undefined,
+    intensity,
+    bound: intensity * roof.gbps < roof.gflops ? 'memory' : 'compute',
+    attainableGflops: attainable,
+    rooflineShare: gflops / attainable,
+    a100: a100Attainable !== undefined ? { attainableGflops: a100Attainable, share: gflops / a100Attainable } : undefined,
+  };
+}
+
+// ---- the run --------------------------------------------------------------------------------
+
+export interface KernelBenchOptions {
+  roofline: RooflineResult;
+  /** The reference A100's ceilings, to place each kernel against it too. */
+  a100Roof?: RoofSpec;
+  progress?: Progress;
+}
+
+export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPreset, options: KernelBenchOptions): Promise<KernelsReport> {
+  const progress = options.progress ?? (() => {});
+  const roof = { gbps: options.roofline.bandwidth.gbps, gflops: options.roofline.compute.gflops };
+  const cfg = shapes.config;
+  const p = preset.kernels;
+  const results: KernelResult[] = [];
+  const skipped: SkippedKernel[] = [];
+  const total = p.projections.length * p.dtypes.length * 2 + p.attentionPrefill.length + p.attentionDecode.length;
+  let done = 0;
+  const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
+
+  const attempt = async (kind: KernelKind, name: string, dtype: WeightDtype, shape: Record<string, number>, label: string, run: (label: string) => Promise<KernelResult>) => {
+    step(label);
+    try {
+      results.push(await run(label));
+    } catch (err) {
+      // A shape this adapter cannot hold (binding size, workgroup memory, dtype block size) is
+      // reported as skipped with the kernel's own message; anything else is a real failure.
+      if (!(err instanceof ShapeError)) throw err;
+      skipped.push({ kind, name, dtype, shape, label, skipped: err.message });
+      progress(`  skipped: ${err.message}`);
+    }
+  };
+
+  for (const proj of p.projections) {
+    const { N, K } = projectionShape(cfg, proj);
+    for (const dtype of p.dtypes) {
+      // One weight per (projection, dtype), uploaded once and timed by both kernels.
+      let shared: { weight: PackedWeight; input: GPUBuffer } | undefined;
+      const prepare = () => {
+        if (shared) return shared;
+        if (isQuantDtype(dtype) && K % BLOCK_COLUMNS[dtype] !== 0) {
+          throw new ShapeError(`${dtype} needs K to be a multiple of ${BLOCK_COLUMNS[dtype]}`);
+        }
+        // Refuse a plane larger than one binding before building it (an f32 LM head of a 7B model is 0.5 GB).
+        const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+        const largest = Math.max(...planeWords(dtype, N, K)) * 4;
+        if (largest > limit) throw new ShapeError(`a ${(largest / 2 ** 20).toFixed(0)} MiB weight plane exceeds this adapter's ${(limit / 2 ** 20).toFixed(0)} MiB per binding`);
+        const host = syntheticWeight(dtype, N, K);
+        checkWeightFits(gpu, proj, host);
+        const weight = uploadWeight(gpu, `bench.${proj}`, host);
+        try {
+          shared = { weight, input: createStorage(gpu, 'bench.input', activations(Math.max(p.decodeRows, p.prefillTokens) * K)) };
+        } catch (err) {
+          weight.planes.forEach((b) => b.destroy());
+          throw err;
+        }
+        return shared;
+      };
+      try {
+        for (const kind of ['matvec', 'matmul'] as const) {
+          const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
+          const shape = { M, N, K };
+          await attempt(kind, proj, dtype, shape, `${kind} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
+            const { weight, input } = prepare();
+            const output = createStorage(gpu, 'bench.output', M * N * 4);
+            try {
+              const buffers = { weight, input, output };
+              const op = kind === 'matvec' ? new Matvec(gpu, buffers) : new Matmul(gpu, buffers);
+              const timing = await timeKernel(gpu, (pass) => op.encode(pass, { M }), preset.timing);
+              return result(
+                { kind, name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing },
+                roof,
+                options.a100Roof,
+              );
+            } finally {
+              output.destroy();
+            }
+          });
+        }
+      } finally {
+        shared?.weight.planes.forEach((b) => b.destroy());
+        shared?.input.destroy();
+      }
+    }
+  }
+
+  const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = cfg;
+  for (const T of p.attentionPrefill) {
+    const shape = { T, Hq, Hkv, D };
+    const label = `attention.prefill f32 T=${T} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    await attempt('attention.prefill', 'attention', 'f32', shape, label, async () => {
+      const kv = kvRegionElements({ Hkv, D, capacity: T });
+      const made: GPUBuffer[] = [];
+      const make = (name: string, data: Float32Array | number) => {
+        const b = createStorage(gpu, `bench.${name}`, data);
+        made.push(b);
+        return b;
+      };
+      try {
+        const q = make('q', activations(T * Hq * D));
+        const kCache = make('kCache', activations(kv));
+        const vCache = make('vCache', activations(kv));
+        const out = make('out', T * Hq * D * 4);
+        const op = new PrefillAttention(gpu, { Hq, Hkv, D, capacity: T }, { q, kCache, vCache, out });
+        const timing = await timeKernel(gpu, (pass) => op.encode(pass, { tokens: T, pastLen: 0, kvBase: 0 }), preset.timing);
+        // Causal: T(T+1)/2 query-key pairs per head, 2D FLOP for q.k and 2D for p.v.
+        const flops = 4 * D * Hq * ((T * (T + 1)) / 2);
+        const bytes = 4 * (2 * T * Hq * D + 2 * T * Hkv * D);
+        return result({ kind: 'attention.prefill', name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
+      } finally {
+        made.forEach((b) => b.destroy());
+      }
+    });
+  }
+
+  for (const L of p.attentionDecode) {
+    const R = p.decodeRows;
+    const shape = { R, L, Hq, Hkv, D };
+    const label = `attention.decode f32 R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    await attempt('attention.decode', 'attention', 'f32', shape, label, async () => {
+      const region = kvRegionElements({ Hkv, D, capacity: L });
+      const made: GPUBuffer[] = [];
+      const make = (name: string, data: ArrayBufferView | number) => {
+        const b = createStorage(gpu, `bench.${name}`, data);
+        made.push(b);
+        return b;
+      };
+      let op: DecodeAttention | undefined;
+      try {
+        const q = make('q', activations(R * Hq * D));
+        const kCache = make('kCache', activations(R * region));
+        const vCache = make('vCache', activations(R * region));
+        const out = make('out', R * Hq * D * 4);
+        const rowMeta = make('rowMeta', Uint32Array.from({ length: 2 * R }, (_, i) => (i % 2 === 0 ? (i >> 1) * region : L)));
+        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, maxRows: R }, { q, kCache, vCache, out, rowMeta });
+        const attention = op;
+        const timing = await timeKernel(gpu, (pass) => attention.encode(pass, { rows: R, maxLen: L }), preset.timing);
+        const flops = 4 * D * Hq * L * R;
+        const bytes = 4 * R * (2 * L * Hkv * D + 2 * Hq * D);
+        return result({ kind: 'attention.decode', name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
+      } finally {
+        op?.destroy();
+        made.forEach((b) => b.destroy());
+      }
+    });
+  }
+
+  return {
+    shapes: {
+      name: shapes.name,
+      architecture: cfg.architecture,
+      hiddenSize: cfg.hiddenSize,
+      intermediateSize: cfg.intermediateSize,
+      vocabSize: cfg.vocabSize,
+      numHeads: cfg.numHeads,
+      numKvHeads: cfg.numKvHeads,
+      headDim: cfg.headDim,
+      numLayers: cfg.numLayers,
+    },
+    prefillTokens: p.prefillTokens,
+    decodeRows: p.decodeRows,
+    results,
+    skipped,
+  };
+}
+
+// ---- `npm run bench:kernels` -------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      preset: { type: 'string' },
+      model: { type: 'string' },
+      shapes: { type: 'string' },
+      adapter: { type: 'string' },
+      json: { type: 'string' },
+    },
+  });
+  const { runKernelsOnly } = await import('./run.ts');
+  await runKernelsOnly({ quick: values.quick, preset: values.preset as PresetName | undefined, model: values.model, shapes: values.shapes, adapter: values.adapter, json: values.json });
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err) => {
+    console.error(err instanceof MinerError ? `error [${err.code}]: ${err.message}` : err);
+    process.exitCode = 1;
+  });
+}

@@ -1,0 +1,118 @@
+// The optional peer: the same GGUF through llama.cpp (node-llama-cpp's prebuilt binary, a
+// devDependency) on the same machine, measured the way llama-bench does: prompt processing of N
+// tokens, then decode tokens/s at batch 1. CPU only: `gpu: false` and `build: 'never'` (the default
+// build silently compiles llama.cpp from source when no binary fits).
+import { availableParallelism } from 'node:os';
+import type { BenchPreset } from './presets.ts';
+import type { Progress } from './roofline.ts';
+import { summarize, type Timing } from './timing.ts';
+
+export interface PeerReport {
+  stack: string;
+  device: string;
+  threads: number;
+  model: string;
+  prompt: Array<{ tokens: number; tokensPerS: number; timing: Timing }>;
+  decode: { batch: 1; tokens: number; tokensPerS: number };
+}
+
+export interface PeerSkipped {
+  stack: string;
+  skipped: string;
+}
+
+type LlamaModule = typeof import('node-llama-cpp');
+
+async function loadModule(): Promise<LlamaModule | string> {
+  try {
+    return await import('node-llama-cpp');
+  } catch (err) {
+    return `node-llama-cpp is not installed (${(err as Error).message.split('\n')[0]})`;
+  }
+}
+
+export async function benchPeer(ggufPath: string, preset: BenchPreset, progress: Progress = () => {}): Promise<PeerReport | PeerSkipped> {
+  const stack = 'llama.cpp (node-llama-cpp, CPU)';
+  const mod = await loadModule();
+  if (typeof mod === 'string') return { stack, skipped: mod };
+  const e = preset.e2e;
+  const threads = availableParallelism();
+  progress(`peer: loading ${ggufPath} in llama.cpp (CPU, ${threads} threads)`);
+  let llama;
+  try {
+    llama = await mod.getLlama({ gpu: false, build: 'never', logLevel: mod.LlamaLogLevel.error, progressLogs: false, skipDownload: true });
+  } catch (err) {
+    return { stack, skipped: `llama.cpp has no prebuilt binary for this machine (${(err as Error).message.split('\n')[0]})` };
+  }
+  const model = await llama.loadModel({ modelPath: ggufPath, gpuLayers: 0 });
+  const longest = Math.max(...e.promptTokens);
+  const context = await model.createContext({
+    contextSize: Math.ceil((longest + e.decodeTokens + 32) / 256) * 256,
+    batchSize: longest,
+    sequences: 1,
+    threads,
+  });
+  try {
+    const sequence = context.getSequence();
+    const vocab = vocabOf(model);
+    const prompt: PeerReport['prompt'] = [];
+    for (const tokens of e.promptTokens) {
+      progress(`peer: prompt processing, ${tokens} tokens x ${e.repeats}`);
+      const ids = tokenIds(tokens, vocab, tokens);
+      const times: number[] = [];
+      for (let r = 0; r < e.repeats + 1; r++) {
+        await sequence.clearHistory();
+        const start = performance.now();
+        await sequence.evaluateWithoutGeneratingNewTokens(ids as never);
+        if (r > 0) times.push(performance.now() - start); // the first run is a warm-up
+      }
+      const timing = summarize(times, 1, 'queue-completion');
+      prompt.push({ tokens, tokensPerS: (tokens * 1000) / timing.medianMs, timing });
+    }
+
+    progress(`peer: decode, batch 1 x ${e.decodeTokens} tokens`);
+    await sequence.clearHistory();
+    const it = sequence.evaluate(tokenIds(16, vocab, 7) as never, { temperature: 0 });
+    let start = 0;
+    let produced = 0;
+    let end = 0;
+    for (let i = 0; i < e.decodeTokens; i++) {
+      const next = await it.next();
+      if (next.done) break;
+      if (i === 0) start = performance.now();
+      else produced++;
+      end = performance.now();
+    }
+    await it.return(undefined);
+    const seconds = (end - start) / 1000;
+    return {
+      stack,
+      device: 'CPU',
+      threads,
+      model: ggufPath,
+      prompt,
+      decode: { batch: 1, tokens: produced, tokensPerS: seconds > 0 ? produced / seconds : 0 },
+    };
+  } finally {
+    await context.dispose();
+    await model.dispose();
+    await llama.dispose();
+  }
+}
+
+/** Vocabulary size from the GGUF metadata (tokenizer.ggml.tokens), else the largest id of a tokenised text. */
+function vocabOf(model: { tokenize(text: string): readonly number[]; fileInfo: { metadata: unknown } }): number {
+  const meta = model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: unknown[] } } };
+  const tokens = meta.tokenizer?.ggml?.tokens?.length;
+  if (tokens && tokens > 0) return tokens;
+  return Math.max(...model.tokenize('The quick brown fox jumps over the lazy dog.'), 1) + 1;
+}
+
+/** Deterministic token ids spread over the vocabulary (same sequence as bench/e2e.ts). */
+function tokenIds(count: number, vocab: number, seed: number): number[] {
+  let s = seed >>> 0;
+  return Array.from({ length: count }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s % vocab;
+  });
+}

@@ -1,0 +1,191 @@
+// `webgpu-miner bench`: roofline, kernels, end to end, the A100 comparison and (for a GGUF, when
+// node-llama-cpp is installed) llama.cpp side by side; then the JSON, Markdown and SVG outputs.
+// Progress goes to stderr; the CLI prints the table to stdout.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { basename, dirname, extname, join, relative } from 'node:path';
+import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
+import { OptionError } from '../src/errors.ts';
+import { openModelSource } from '../models/source.ts';
+import { TINY_MODEL_ID } from '../models/tiny.ts';
+import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
+import { renderChart } from './chart.ts';
+import { benchE2e } from './e2e.ts';
+import { benchKernels, type KernelsReport } from './kernels.ts';
+import { benchPeer } from './peer.ts';
+import { LLAMA_7B_SHAPES, PRESETS, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
+import { adapterName, formatKernelsTable, formatMarkdown, formatTable, type AdapterReport, type BenchReport } from './report.ts';
+import { measureRoofline, type Progress, type RooflineResult } from './roofline.ts';
+import { timingMethod } from './timing.ts';
+
+export interface BenchOptions {
+  /** 'quick' fits the software adapter in about two minutes; 'full' fits a real GPU. */
+  preset?: PresetName;
+  /** Shorthand for preset 'quick'. */
+  quick?: boolean;
+  /** HF folder, .gguf file or 'tiny-random-llama' (default) for the end-to-end run. */
+  model?: string;
+  /**
+   * Kernel shapes: 'model' (the model's config) or 'llama-7b' (built in). Default: the model's
+   * when --model or --quick is given, Llama-7B's otherwise.
+   */
+  shapes?: string;
+  adapter?: string;
+  /** The larger decode batch. */
+  batch?: number;
+  prefillChunk?: number;
+  /** Run llama.cpp on the same GGUF when possible (default true). */
+  peer?: boolean;
+  json?: string;
+  /** Default: next to the JSON, .md. */
+  markdown?: string;
+  /** Default: next to the JSON, .svg. */
+  svg?: string;
+  /** Use this device (tests); otherwise one is acquired and released. */
+  gpu?: Gpu;
+  /** Progress lines; default: stderr. false: silent. */
+  progress?: Progress | false;
+}
+
+function stderrProgress(): Progress {
+  const start = performance.now();
+  return (message) => process.stderr.write(`[${((performance.now() - start) / 1000).toFixed(1).padStart(6)}s] ${message}\n`);
+}
+
+export function resolvePreset(options: Pick<BenchOptions, 'preset' | 'quick'>): BenchPreset {
+  const name = options.preset ?? (options.quick ? 'quick' : 'full');
+  const preset = PRESETS[name as PresetName];
+  if (!preset) throw new OptionError(`preset must be one of ${Object.keys(PRESETS).join(', ')} (got "${name}")`);
+  return preset;
+}
+
+export async function resolveShapes(options: Pick<BenchOptions, 'shapes' | 'model'>, preset: BenchPreset): Promise<ShapeSet> {
+  const choice = options.shapes ?? (options.model || preset.name !== 'full' ? 'model' : 'llama-7b');
+  if (choice === 'llama-7b') return LLAMA_7B_SHAPES;
+  if (choice !== 'model') throw new OptionError(`--shapes must be "model" or "llama-7b" (got "${choice}")`);
+  const source = await openModelSource(options.model ?? TINY_MODEL_ID);
+  try {
+    return { name: source.id, config: source.config };
+  } finally {
+    await source.close();
+  }
+}
+
+function warnIfSlow(gpu: Gpu, preset: BenchPreset, progress: Progress): void {
+  if (gpu.info.isSoftware && preset.name === 'full') {
+    progress('warning: the full preset sizes fit a real GPU; on the software adapter it takes a very long time (use --quick)');
+  }
+}
+
+function checkPositiveInt(name: string, value: number | undefined): void {
+  if (value !== undefined && (!Number.isSafeInteger(value) || value < 1)) throw new OptionError(`${name} must be an integer >= 1 (got ${value})`);
+}
+
+function describeAdapter(gpu: Gpu): AdapterReport {
+  const limits: Record<string, number> = {};
+  for (const key of ['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupsPerDimension'] as const) {
+    limits[key] = gpu.limits[key];
+  }
+  return {
+    ...gpu.info,
+    features: [...gpu.features],
+    limits,
+    timing: timingMethod(gpu),
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+  };
+}
+
+async function withGpu<T>(options: Pick<BenchOptions, 'gpu' | 'adapter'>, run: (gpu: Gpu) => Promise<T>): Promise<T> {
+  const gpu = options.gpu ?? (await acquireGpu({ adapter: options.adapter }));
+  try {
+    return await run(gpu);
+  } finally {
+    if (!options.gpu) gpu.destroy();
+  }
+}
+
+export async function runBench(options: BenchOptions = {}): Promise<BenchReport> {
+  const preset = resolvePreset(options);
+  checkPositiveInt('batch', options.batch);
+  checkPositiveInt('prefillChunk', options.prefillChunk);
+  const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
+  const model = options.model ?? TINY_MODEL_ID;
+  const shapes = await resolveShapes(options, preset);
+  const data = loadA100();
+  const report = await withGpu(options, async (gpu) => {
+    progress(`adapter: ${adapterName(gpu.info)} (${gpu.info.backend}); preset ${preset.name}; timing by ${timingMethod(gpu)}`);
+    warnIfSlow(gpu, preset, progress);
+    const roofline = await measureRoofline(gpu, preset, progress);
+    progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
+    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
+    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, progress });
+    return { adapter: describeAdapter(gpu), roofline, kernels, e2e };
+  });
+  const result: BenchReport = {
+    tool: 'webgpu-miner bench',
+    version: 1,
+    createdAt: new Date().toISOString(),
+    preset: preset.name,
+    ...report,
+    a100: compareWithA100(data, report.roofline, report.e2e),
+  };
+  if (options.peer !== false && model.endsWith('.gguf')) result.peer = await benchPeer(model, preset, progress);
+  writeOutputs(result, options, progress);
+  return result;
+}
+
+/** Paths of the Markdown and SVG: given, or next to the JSON. */
+export function outputPaths(options: Pick<BenchOptions, 'json' | 'markdown' | 'svg'>): { json?: string; markdown?: string; svg?: string } {
+  const stem = options.json ? join(dirname(options.json), basename(options.json, extname(options.json))) : undefined;
+  return {
+    json: options.json,
+    markdown: options.markdown ?? (stem ? `${stem}.md` : undefined),
+    svg: options.svg ?? (stem ? `${stem}.svg` : undefined),
+  };
+}
+
+function write(path: string, text: string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, text);
+}
+
+function writeOutputs(report: BenchReport, options: BenchOptions, progress: Progress): void {
+  const paths = outputPaths(options);
+  if (paths.json) write(paths.json, JSON.stringify(report, null, 2) + '\n');
+  if (paths.svg) write(paths.svg, renderChart(report));
+  if (paths.markdown) {
+    const chart = paths.svg ? relative(dirname(paths.markdown), paths.svg) : undefined;
+    write(paths.markdown, formatMarkdown(report, chart));
+  }
+  const written = Object.values(paths).filter(Boolean);
+  if (written.length) progress(`wrote ${written.join(', ')}`);
+}
+
+/** Print the full report as a table (the CLI's `bench`). */
+export function printReport(report: BenchReport): void {
+  process.stdout.write(formatTable(report) + '\n');
+}
+
+// ---- `npm run bench:kernels`: roofline and kernels only ------------------------------------------
+
+export interface KernelsOnlyReport {
+  adapter: AdapterReport;
+  roofline: RooflineResult;
+  kernels: KernelsReport;
+}
+
+export async function runKernelsOnly(options: Pick<BenchOptions, 'quick' | 'preset' | 'model' | 'shapes' | 'adapter' | 'json' | 'gpu' | 'progress'>): Promise<KernelsOnlyReport> {
+  const preset = resolvePreset(options);
+  const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
+  const shapes = await resolveShapes(options, preset);
+  const data = loadA100();
+  const report = await withGpu(options, async (gpu) => {
+    warnIfSlow(gpu, preset, progress);
+    const roofline = await measureRoofline(gpu, preset, progress);
+    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
+    return { adapter: describeAdapter(gpu), roofline, kernels };
+  });
+  if (options.json) write(options.json, JSON.stringify(report, null, 2) + '\n');
+  process.stdout.write(formatKernelsTable({ preset: preset.name, ...report }, a100KernelRoof(data).figure) + '\n');
+  return report;
+}

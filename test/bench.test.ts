@@ -1,0 +1,188 @@
+// The bench: `webgpu-miner bench` runs end to end (the smallest preset, through the CLI) and writes
+// JSON with the documented keys and sane values: positive, finite, and every ratio equal to the
+// figures it divides. No timing assertions. The A100 comparison is also checked on its own, for a
+// model whose family and dtype have sourced A100 measurements (the tiny model has none).
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compareWithA100, loadA100, matchFamily } from '../bench/a100.ts';
+import type { E2eReport } from '../bench/e2e.ts';
+import { PRESETS } from '../bench/presets.ts';
+import type { BenchReport } from '../bench/report.ts';
+import type { RooflineResult } from '../bench/roofline.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'bench-test-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** a == b to a relative tolerance (the JSON holds doubles computed from the same numbers). */
+function close(a: number, b: number, rel = 1e-9): void {
+  expect(Number.isFinite(a), `${a} is finite`).toBe(true);
+  expect(Math.abs(a - b), `${a} vs ${b}`).toBeLessThanOrEqual(rel * Math.max(Math.abs(a), Math.abs(b)));
+}
+
+function positive(value: number, what: string): void {
+  expect(Number.isFinite(value) && value > 0, `${what} = ${value} should be positive and finite`).toBe(true);
+}
+
+describe('webgpu-miner bench (CLI, test preset)', () => {
+  let report: BenchReport;
+  let stdout: string;
+
+  beforeAll(async () => {
+    const json = join(dir, 'bench.json');
+    const result = await promisify(execFile)(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli.ts', 'bench', '--preset', 'test', '--json', json],
+      { cwd: ROOT, timeout: 110_000, maxBuffer: 16 * 2 ** 20 },
+    );
+    stdout = result.stdout;
+    report = JSON.parse(readFileSync(json, 'utf8'));
+  }, 120_000);
+
+  it('has the documented top-level keys', () => {
+    for (const key of ['adapter', 'roofline', 'kernels', 'e2e', 'a100']) expect(report).toHaveProperty(key);
+    expect(report.peer).toBeUndefined(); // the embedded model is no GGUF
+    expect(report.preset).toBe('test');
+    expect(typeof report.adapter.backend).toBe('string');
+    expect(['timestamp-query', 'queue-completion']).toContain(report.adapter.timing);
+  });
+
+  it('roofline: positive figures, each the quotient it claims to be', () => {
+    const r = report.roofline;
+    close(r.bandwidth.gbps, r.bandwidth.bytes / r.bandwidth.timing.medianMs / 1e6);
+    close(r.compute.gflops, r.compute.flops / r.compute.timing.medianMs / 1e6);
+    close(r.ridgeIntensity, r.compute.gflops / r.bandwidth.gbps);
+    positive(r.dispatch.perDispatchUs, 'dispatch µs');
+    positive(r.submit.roundTripUs, 'submit µs');
+    for (const t of [r.bandwidth.timing, r.compute.timing, r.dispatch.timing, r.submit.timing]) {
+      expect(t.minMs).toBeLessThanOrEqual(t.medianMs);
+      expect(t.medianMs).toBeLessThanOrEqual(t.maxMs);
+      expect(t.spreadPct).toBeGreaterThanOrEqual(0);
+    }
+  });
+
+  it('kernels: every kind and weight dtype, on the roofline', () => {
+    const { results, skipped } = report.kernels;
+    expect(new Set(results.map((k) => k.kind))).toEqual(new Set(['matmul', 'matvec', 'attention.prefill', 'attention.decode']));
+    for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0']) expect(results.some((k) => k.kind === 'matvec' && k.dtype === dtype)).toBe(true);
+    const { gbps, gflops } = { gbps: report.roofline.bandwidth.gbps, gflops: report.roofline.compute.gflops };
+    for (const k of results) {
+      positive(k.timing.medianMs, `${k.label} ms`);
+      positive(k.flops, `${k.label} FLOP`);
+      close(k.gflops, k.flops / k.timing.medianMs / 1e6);
+      close(k.gbps, k.bytes / k.timing.medianMs / 1e6);
+      close(k.intensity, k.flops / k.bytes);
+      close(k.attainableGflops, Math.min(gflops, k.intensity * gbps));
+      close(k.rooflineShare, k.gflops / k.attainableGflops);
+      expect(k.bound).toBe(k.intensity * gbps < gflops ? 'memory' : 'compute');
+      if (k.weightBytes !== undefined) close(k.weightGbps!, k.weightBytes / k.timing.medianMs / 1e6);
+      close(k.a100!.attainableGflops, Math.min(report.a100.kernelRoof.gflops, k.intensity * report.a100.kernelRoof.gbps));
+      close(k.a100!.share, k.gflops / k.a100!.attainableGflops);
+    }
+    for (const s of skipped) expect(s.skipped.length).toBeGreaterThan(0);
+  });
+
+  it('end to end: prompt, time to first token, decode at batch 1 and 2, memory', () => {
+    const e = report.e2e;
+    expect(e.prompt.map((p) => p.tokens)).toEqual([...PRESETS.test.e2e.promptTokens]);
+    for (const p of e.prompt) close(p.tokensPerS, (p.tokens * 1000) / p.timing.medianMs);
+    positive(e.ttft.timing.medianMs, 'ttft');
+    positive(e.ttft.promptTokens, 'ttft prompt tokens');
+    expect(e.decode.map((d) => d.batch)).toEqual([1, PRESETS.test.e2e.batch]);
+    for (const d of e.decode) {
+      expect(d.tokens).toBeGreaterThanOrEqual(0);
+      if (d.tokens > 0) close(d.tokensPerS, d.tokens / d.seconds);
+      expect(Number.isFinite(d.perSequenceTokensPerS)).toBe(true);
+    }
+    positive(e.decode[0].tokensPerS, 'decode tok/s at batch 1');
+    for (const key of ['weightBytes', 'kvBytes', 'activationBytes', 'totalBytes'] as const) positive(e.memory[key], key);
+    close(e.memory.totalBytes, e.memory.weightBytes + e.memory.kvBytes + e.memory.activationBytes);
+    positive(e.model.bytesPerToken, 'bytes per token');
+    expect(e.model.bytesPerToken).toBeLessThanOrEqual(e.model.weightBytes);
+    positive(e.model.flopsPerToken, 'FLOP per token');
+  });
+
+  it('A100: every line names its figure, and its ratios divide the numbers shown', () => {
+    const a = report.a100;
+    const e = report.e2e;
+    expect(a.reference.gpu).toBe('A100 80GB SXM');
+    expect(a.family).toBeUndefined(); // tiny-random-llama matches no sourced model
+    expect(a.lines.length).toBe(e.prompt.length + e.decode.length + 1);
+    for (const l of a.lines) {
+      positive(l.ours, `${l.label} ours`);
+      positive(l.a100, `${l.label} A100`);
+      expect(l.a100Figure).toMatch(/A100/);
+      expect(l.a100Source.length).toBeGreaterThan(0);
+      close(l.ratio, l.unit === 'ms' ? l.a100 / l.ours : l.ours / l.a100);
+      close(l.oursOverOurRoofline, l.unit === 'ms' ? l.ourRoofline / l.ours : l.ours / l.ourRoofline);
+    }
+    const b1 = a.lines.find((l) => l.label === 'decode, batch 1')!;
+    close(b1.a100, (2039e9) / e.model.bytesPerToken);
+    close(b1.ourRoofline, (report.roofline.bandwidth.gbps * 1e9) / e.model.bytesPerToken);
+    close(b1.ours, e.decode[0].tokensPerS);
+    const sxm = a.rooflineDecode.find((r) => r.gpu === 'A100 80GB SXM')!;
+    close(sxm.tokensPerS, b1.a100);
+  });
+
+  it('prints the table and writes the Markdown summary and the SVG chart next to the JSON', () => {
+    expect(stdout).toContain('Roofline of this adapter');
+    expect(stdout).toContain('decode, batch 1');
+    const md = readFileSync(join(dir, 'bench.md'), 'utf8');
+    expect(md).toContain('## Against the A100');
+    expect(md).toContain('NVIDIA A100 datasheet');
+    expect(md).toContain('](bench.svg)');
+    const svg = readFileSync(join(dir, 'bench.svg'), 'utf8');
+    expect(svg.startsWith('<svg')).toBe(true);
+    expect(svg.trimEnd().endsWith('</svg>')).toBe(true);
+    expect(svg).not.toMatch(/NaN|Infinity|undefined/);
+  });
+});
+
+describe('A100 comparison for a model with sourced A100 measurements', () => {
+  const roofline = {
+    bandwidth: { gbps: 500 },
+    compute: { gflops: 20_000 },
+  } as unknown as RooflineResult;
+  const e2e = (dtype: string, bytesPerToken: number): E2eReport =>
+    ({
+      model: {
+        id: 'llama-2-7b.gguf', architecture: 'llama', dtype, dtypes: {}, parameters: 6.74e9, hiddenSize: 4096, intermediateSize: 11008,
+        numLayers: 32, numHeads: 32, numKvHeads: 32, vocabSize: 32000, weightBytes: bytesPerToken, bytesPerToken, flopsPerToken: 2 * 6.6e9,
+      },
+      prompt: [{ tokens: 128, tokensPerS: 1000 }, { tokens: 512, tokensPerS: 900 }],
+      ttft: { promptTokens: 128, timing: { medianMs: 150 } },
+      decode: [{ batch: 1, tokensPerS: 50 }, { batch: 8, tokensPerS: 300 }],
+    }) as unknown as E2eReport;
+
+  it('matches Llama-2-7B by shape, and Q4_0 picks the llama.cpp A100 figures', () => {
+    const data = loadA100();
+    expect(matchFamily(data, e2e('q4_0', 3.82e9).model)).toBe('llama-2-7b');
+    const a = compareWithA100(data, roofline, e2e('q4_0', 3.82e9));
+    const measured = a.lines.filter((l) => l.a100Kind === 'measured');
+    const decode = measured.find((l) => l.label === 'decode, batch 1')!;
+    expect(decode.a100).toBe(136.2);
+    expect(decode.a100Source).toMatch(/XiongjieDai/);
+    close(decode.ratio, 50 / 136.2);
+    // The source states no prompt length: it is set against our longest prompt only.
+    expect(measured.filter((l) => l.metric === 'prompt').map((l) => [l.label, l.a100])).toEqual([['prompt, 512 tokens', 3444]]);
+    const roof = a.lines.find((l) => l.label === 'decode, batch 1' && l.a100Kind === 'roofline')!;
+    close(roof.a100, 2039e9 / 3.82e9); // ~533 tok/s, as baselines.md derives
+    close(roof.ourRoofline, 500e9 / 3.82e9);
+  });
+
+  it('F16 picks gpt-fast, TensorRT-LLM throughput and time to first token', () => {
+    const a = compareWithA100(loadA100(), roofline, e2e('f16', 13.5e9));
+    const measured = a.lines.filter((l) => l.a100Kind === 'measured');
+    expect(measured.find((l) => l.label === 'decode, batch 1')!.a100).toBe(104.9);
+    expect(measured.find((l) => l.label === 'decode, batch 8')!.a100).toBe(5586);
+    const ttft = measured.find((l) => l.metric === 'ttft')!;
+    expect(ttft.a100).toBe(16);
+    close(ttft.ratio, 16 / 150);
+    expect(a.unmatched.every((m) => m.dtype !== 'f16' || m.metric === 'ttft')).toBe(true);
+  });
+});
