@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { acquireGpu } from '../src/gpu/device.ts';
 import { BufferArena, createStorage, readF32 } from '../src/gpu/buffers.ts';
 import { PipelineCache, pipelineKey } from '../src/gpu/pipelines.ts';
-import { GpuError, OptionError } from '../src/errors.ts';
+import { GpuError, NoAdapterError, OptionError } from '../src/errors.ts';
 import { useGpu } from './support/gpu.ts';
 
 const gpu = useGpu();
@@ -20,6 +20,18 @@ describe('device', () => {
   it('rejects an unknown adapter choice with a clear message', async () => {
     await expect(acquireGpu({ adapter: 'cuda' })).rejects.toThrow(OptionError);
     await expect(acquireGpu({ adapter: 'cuda' })).rejects.toThrow(/auto, gpu, software/);
+  });
+
+  it('--adapter gpu gives a hardware adapter or a NoAdapterError that names the fix', async () => {
+    try {
+      const hardware = await acquireGpu({ adapter: 'gpu' });
+      expect(hardware.info.isSoftware).toBe(false);
+      hardware.destroy();
+    } catch (err) {
+      expect(err).toBeInstanceOf(NoAdapterError);
+      expect((err as Error).message).toMatch(/Vulkan/);
+      expect((err as Error).message).toMatch(/--adapter software/);
+    }
   });
 
   it('turns a validation error into a thrown GpuError at the next sync', async () => {
