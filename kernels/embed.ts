@@ -1,11 +1,13 @@
 // Embedding gather: out[t, :] = table[ids[t], :], table any weight dtype. See shaders/embed.wgsl.
 // Ids must be validated (< table rows) by the caller; the shader clamps only to stay in bounds.
+// A table uploaded in row chunks (uploadWeightChunks) gets one dispatch per chunk; each writes only
+// the rows of tokens whose id falls in its chunk.
 import type { Gpu } from '../src/gpu/device.ts';
 import { UniformLayout } from '../src/gpu/uniforms.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
 import { ShapeError } from '../src/errors.ts';
-import { weightBindings, weightShader, type PackedWeight } from './weights.ts';
+import { asChunked, weightBindings, weightShader, type ChunkedWeight, type PackedWeight } from './weights.ts';
 
 export const EmbedParams = new UniformLayout('Params', [
   ['count', 'u32'],
@@ -14,11 +16,13 @@ export const EmbedParams = new UniformLayout('Params', [
   ['ids_offset', 'u32'],
   ['out_offset', 'u32'],
   ['out_stride', 'u32'],
+  ['first_row', 'u32'],
+  ['table_rows', 'u32'],
 ] as const);
 
 export interface EmbedBuffers {
-  /** (V, D) table, uploaded. */
-  table: PackedWeight;
+  /** (V, D) table, uploaded whole or in row chunks. */
+  table: PackedWeight | ChunkedWeight;
   /** (T) u32 token ids. */
   ids: GPUBuffer;
   /** (T, D) f32 rows. */
@@ -37,46 +41,65 @@ export interface EmbedRun {
   outputRowStride?: number;
 }
 
+type EmbedField = (typeof EmbedParams.fields)[number][0];
+
 export class Embed {
-  readonly table: PackedWeight;
+  readonly table: ChunkedWeight;
   readonly #buffers: EmbedBuffers;
-  readonly #dispatch: Dispatch<(typeof EmbedParams.fields)[number][0]>;
+  /** One per row chunk of the table, in row order. */
+  readonly #dispatches: Array<{ firstRow: number; rows: number; dispatch: Dispatch<EmbedField> }>;
   readonly #maxPerDimension: number;
 
   constructor(gpu: Gpu, buffers: EmbedBuffers, workgroupSize = 64) {
-    const label = `embed(${buffers.table.label})`;
+    const table = asChunked(buffers.table);
+    const label = `embed(${table.label})`;
     const wg = checkWorkgroupSize(gpu, workgroupSize, label);
-    this.table = buffers.table;
+    this.table = table;
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
-    this.#dispatch = new Dispatch(
-      gpu,
-      {
-        name: 'embed',
-        variant: buffers.table.dtype,
-        code: composeShader(weightShader(buffers.table.dtype), 'embed.wgsl'),
-        entryPoint: 'embed',
-        constants: { WG: wg },
-      },
-      EmbedParams,
-      [...weightBindings(buffers.table), buffers.ids, buffers.output],
-    );
+    this.#dispatches = table.chunks.map(({ firstRow, weight }) => ({
+      firstRow,
+      rows: weight.rows,
+      dispatch: new Dispatch(
+        gpu,
+        {
+          name: 'embed',
+          variant: weight.dtype,
+          code: composeShader(weightShader(weight.dtype), 'embed.wgsl'),
+          entryPoint: 'embed',
+          constants: { WG: wg },
+        },
+        EmbedParams,
+        [...weightBindings(weight), buffers.ids, buffers.output],
+      ),
+    }));
   }
 
   encode(pass: GPUComputePassEncoder, run: EmbedRun): void {
     const label = `embed(${this.table.label})`;
-    const { rows, cols } = this.table;
+    const { rows: tableRows, cols } = this.table;
     const { count, idsOffset = 0, outputOffset = 0, outputRowStride = cols } = run;
     checkShape(label, { count, idsOffset, outputOffset, outputRowStride }, ['idsOffset', 'outputOffset']);
     if (outputRowStride < cols) throw new ShapeError(`${label}: outputRowStride ${outputRowStride} < D = ${cols}`);
     checkFits(label, 'ids', this.#buffers.ids, idsOffset, count);
     checkFits(label, 'output', this.#buffers.output, outputOffset, (count - 1) * outputRowStride + cols);
     const [x, y] = dispatchGrid(count, this.#maxPerDimension);
-    this.#dispatch.encode(
-      pass,
-      { count, rows, cols, ids_offset: idsOffset, out_offset: outputOffset, out_stride: outputRowStride },
-      x,
-      y,
-    );
+    for (const { firstRow, rows, dispatch } of this.#dispatches) {
+      dispatch.encode(
+        pass,
+        {
+          count,
+          rows,
+          cols,
+          ids_offset: idsOffset,
+          out_offset: outputOffset,
+          out_stride: outputRowStride,
+          first_row: firstRow,
+          table_rows: tableRows,
+        },
+        x,
+        y,
+      );
+    }
   }
 }

@@ -1,14 +1,16 @@
 // A linear layer for one weight and one buffer set: matvec for decode-sized runs (M <= 8), tiled
 // matmul above. Both dispatches are built once; encode picks one per run.
+// A weight split into row chunks (uploadWeightChunks) gets one matvec / matmul per chunk, each
+// writing its column slice of the output rows (and reading its slice of the bias).
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
-import { Matmul, type MatmulOptions, type MatmulRun } from './matmul.ts';
+import { Matmul, projectionValues, type MatmulOptions, type MatmulRun } from './matmul.ts';
 import { MATVEC_MAX_ROWS, Matvec, type MatvecOptions } from './matvec.ts';
-import type { PackedWeight } from './weights.ts';
+import { asChunked, type ChunkedWeight, type PackedWeight } from './weights.ts';
 
 export interface LinearConfig {
-  /** (N, K) weight, uploaded. */
-  weight: PackedWeight;
+  /** (N, K) weight, uploaded whole or in row chunks. */
+  weight: PackedWeight | ChunkedWeight;
   /** (N) f32 bias. */
   bias?: GPUBuffer;
   /** (M, K) f32 activations (row stride and offset per run). */
@@ -23,23 +25,37 @@ export interface LinearConfig {
 
 export type LinearRun = MatmulRun;
 
+/** The kernels of one row chunk: weight rows firstRow .. firstRow + n - 1 = output columns. */
+interface ChunkOps {
+  firstRow: number;
+  matvec: Matvec;
+  matmul: Matmul | undefined;
+}
+
 /** out = input · Wᵀ (+ bias). */
 export class Linear {
-  readonly weight: PackedWeight;
+  readonly weight: ChunkedWeight;
   readonly maxRows: number;
-  readonly #matvec: Matvec;
-  readonly #matmul: Matmul | undefined;
+  readonly #config: LinearConfig;
+  readonly #chunks: ChunkOps[];
 
   constructor(gpu: Gpu, config: LinearConfig) {
-    const { weight, bias, input, output, maxRows } = config;
+    const { bias, input, output, maxRows } = config;
+    const weight = asChunked(config.weight);
     if (!Number.isSafeInteger(maxRows) || maxRows < 1) {
       throw new ShapeError(`linear(${weight.label}): maxRows must be an integer >= 1 (got ${maxRows})`);
     }
     this.weight = weight;
     this.maxRows = maxRows;
-    const buffers = { weight, bias, input, output };
-    this.#matvec = new Matvec(gpu, buffers, config.matvec);
-    this.#matmul = maxRows > MATVEC_MAX_ROWS ? new Matmul(gpu, buffers, config.matmul) : undefined;
+    this.#config = config;
+    this.#chunks = weight.chunks.map(({ firstRow, weight: part }) => {
+      const buffers = { weight: part, bias, input, output };
+      return {
+        firstRow,
+        matvec: new Matvec(gpu, buffers, config.matvec),
+        matmul: maxRows > MATVEC_MAX_ROWS ? new Matmul(gpu, buffers, config.matmul) : undefined,
+      };
+    });
   }
 
   /** Which kernel a run of M rows uses. */
@@ -48,10 +64,28 @@ export class Linear {
   }
 
   encode(pass: GPUComputePassEncoder, run: LinearRun): void {
+    const label = `linear(${this.weight.label})`;
     if (run.M > this.maxRows) {
-      throw new ShapeError(`linear(${this.weight.label}): M = ${run.M} exceeds maxRows = ${this.maxRows}`);
+      throw new ShapeError(`${label}: M = ${run.M} exceeds maxRows = ${this.maxRows}`);
     }
-    if (this.kernelFor(run.M) === 'matvec' || !this.#matmul) this.#matvec.encode(pass, run);
-    else this.#matmul.encode(pass, run);
+    if (this.#chunks.length === 1) {
+      this.#encodeChunk(pass, this.#chunks[0], run);
+      return;
+    }
+    // Validate the whole (N, K) run before recording any chunk, so a bad run records nothing.
+    const values = projectionValues(label, { ...this.#config, weight: this.weight }, run, this.maxRows);
+    for (const chunk of this.#chunks) {
+      this.#encodeChunk(pass, chunk, {
+        ...run,
+        outputOffset: values.out_offset + chunk.firstRow,
+        outputRowStride: values.out_stride,
+        biasOffset: values.bias_offset + chunk.firstRow,
+      });
+    }
+  }
+
+  #encodeChunk(pass: GPUComputePassEncoder, chunk: ChunkOps, run: LinearRun): void {
+    if (this.kernelFor(run.M) === 'matvec' || !chunk.matmul) chunk.matvec.encode(pass, run);
+    else chunk.matmul.encode(pass, run);
   }
 }

@@ -52,10 +52,13 @@ export interface MatmulOptions {
   tileN?: number;
 }
 
-/** Validate a run against the buffers and return the uniform values (shared by Matmul and Matvec). */
+/**
+ * Validate a run against the buffers and return the uniform values (shared by Matmul and Matvec;
+ * Linear checks a chunked weight's whole (N, K) with it before encoding any chunk).
+ */
 export function projectionValues(
   label: string,
-  buffers: MatmulBuffers,
+  buffers: Omit<MatmulBuffers, 'weight'> & { weight: Pick<PackedWeight, 'rows' | 'cols'> },
   run: MatmulRun,
   maxM: number,
 ): Record<ProjectionField, number> {

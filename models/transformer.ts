@@ -19,7 +19,7 @@ import { Norm } from '../kernels/norm.ts';
 import { Rope, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
-import { ggufBytes, packGguf, uploadWeight, type HostWeight, type PackedWeight } from '../kernels/weights.ts';
+import { ggufBytes, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
 import type { ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 
@@ -32,6 +32,11 @@ export interface TransformerOptions {
   prefillChunk: number;
   /** Called after each tensor is uploaded (for a progress bar). */
   onProgress?: (done: number, total: number, name: string) => void;
+  /**
+   * Most bytes per plane of one weight chunk (default: the adapter's storage binding limit). A
+   * matrix over the limit is uploaded in row chunks; tests set a small value to force chunking.
+   */
+  maxWeightChunkBytes?: number;
 }
 
 /** The sampler's view of one row's logits. */
@@ -89,7 +94,7 @@ export class Transformer {
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
   readonly #logitRows: number;
 
-  private constructor(gpu: Gpu, source: ModelSource, options: TransformerOptions, weights: Map<string, PackedWeight | GPUBuffer>, arena: BufferArena, digest: string, stats: Transformer['stats']) {
+  private constructor(gpu: Gpu, source: ModelSource, options: TransformerOptions, weights: Map<string, ChunkedWeight | GPUBuffer>, arena: BufferArena, digest: string, stats: Transformer['stats']) {
     this.#gpu = gpu;
     this.#arena = arena;
     this.config = source.config;
@@ -104,7 +109,7 @@ export class Transformer {
     this.#logitRows = Math.max(options.slots, 1);
     const matrix = (name: string) => {
       const w = weights.get(name);
-      if (!w || !('planes' in w)) throw new ShapeError(`${source.id}: weight ${name} was not loaded`);
+      if (!w || !('chunks' in w)) throw new ShapeError(`${source.id}: weight ${name} was not loaded`);
       return w;
     };
     const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
@@ -195,7 +200,7 @@ export class Transformer {
     }
     const arena = new BufferArena(gpu);
     const digest = new WeightsDigest();
-    const weights = new Map<string, PackedWeight | GPUBuffer>();
+    const weights = new Map<string, ChunkedWeight | GPUBuffer>();
     const dtypes: Record<string, string> = {};
     let parameters = 0;
     const plan = tensorPlan(cfg, source);
@@ -210,7 +215,7 @@ export class Transformer {
         const host = item.fuse ? await fuseRows(source, item.fuse) : await source.matrix(item.name);
         checkShape(source.id, item.name, host, item.rows, item.cols);
         host.planes.forEach((plane) => digest.add(item.name, plane));
-        weights.set(item.name, uploadWeight(gpu, item.name, host, arena));
+        weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes }));
         parameters += host.rows * host.cols;
         const role = item.name.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
         dtypes[role] = host.dtype;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Embed } from '../kernels/embed.ts';
 import { runPass } from '../kernels/dispatch.ts';
-import { dequantize, packWeight, uploadWeight, type WeightDtype } from '../kernels/weights.ts';
+import { dequantize, packWeight, planeWords, uploadWeight, uploadWeightChunks, type ChunkedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
@@ -57,6 +57,66 @@ describe('embed', () => {
       });
     }
   }
+
+  // Row chunks: V = 37 forced into chunks of rows 0..12, 13..24, 25..36, one gather each. Ids on
+  // both sides of each boundary, repeated ids and an out-of-range id (clamped to V - 1, so written
+  // by the last chunk). Together the chunks write every row once, equal to the unchunked gather.
+  for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
+    const [V, D] = SHAPES[dtype];
+    it(`${dtype} V=${V} D=${D} in 3 row chunks equals unchunked`, async () => {
+      const host =
+        dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, V, D, 2) : packWeight(dtype, V, D, randomF32(V * D, 2));
+      const table = dequantize(host);
+      const chunked = uploadWeightChunks(gpu(), 'tok_embd', host, { maxChunkBytes: 4 * Math.max(...planeWords(dtype, 13, D)) });
+      expect(chunked.chunks.map((c) => [c.firstRow, c.weight.rows])).toEqual([[0, 13], [13, 12], [25, 12]]);
+      const allIds = [12, 13, 24, 25, 0, 36, V + 100, 13, 5, 30];
+      const T = allIds.length;
+      const ids = createStorage(gpu(), 'ids', new Uint32Array([7, ...allIds])); // idsOffset = 1
+      const outputOffset = 2;
+      const outputRowStride = D + 3;
+      const length = outputOffset + T * outputRowStride;
+      const outputs = [poisoned(gpu(), 'out.chunked', length), poisoned(gpu(), 'out.whole', length)];
+      const [kernel, whole] = [chunked, uploadWeight(gpu(), 'tok_embd', host)].map((t, i) => new Embed(gpu(), { table: t, ids, output: outputs[i] }));
+      const run = { count: T, idsOffset: 1, outputOffset, outputRowStride };
+      await runPass(gpu(), (pass) => {
+        kernel.encode(pass, run);
+        whole.encode(pass, run);
+      });
+      const [all, allWhole] = [await readF32(gpu(), outputs[0], length), await readF32(gpu(), outputs[1], length)];
+      const got: number[] = [];
+      const want: number[] = [];
+      for (let t = 0; t < T; t++) {
+        const row = Math.min(allIds[t], V - 1);
+        for (let c = 0; c < D; c++) {
+          got.push(all[outputOffset + t * outputRowStride + c]);
+          want.push(table[row * D + c]);
+        }
+      }
+      expectClose(got, want, 0, `chunked embed ${dtype}`);
+      expectClose(all, allWhole, 0, `chunked embed ${dtype} vs unchunked (gaps NaN in both)`);
+      expect(all.filter(Number.isNaN)).toHaveLength(length - T * D);
+    });
+  }
+
+  it('one chunk writes only the tokens whose ids it holds (others skipped, not clamped)', async () => {
+    const [V, D] = SHAPES.q8_0;
+    const host = packWeight('q8_0', V, D, randomF32(V * D, 3));
+    const table = dequantize(host);
+    const chunked = uploadWeightChunks(gpu(), 'tok_embd', host, { maxChunkBytes: 13 * D });
+    // The middle chunk alone (rows 13..24) as a table of V rows.
+    const middle: ChunkedWeight = { ...chunked, chunks: [chunked.chunks[1]] };
+    const allIds = [12, 13, 24, 25, V + 100, 0, 20];
+    const T = allIds.length;
+    const output = poisoned(gpu(), 'out', T * D);
+    const kernel = new Embed(gpu(), { table: middle, ids: createStorage(gpu(), 'ids', new Uint32Array(allIds)), output });
+    await runPass(gpu(), (pass) => kernel.encode(pass, { count: T }));
+    const all = await readF32(gpu(), output, T * D);
+    allIds.forEach((id, t) => {
+      const row = all.subarray(t * D, (t + 1) * D);
+      if (id >= 13 && id <= 24) expectClose(row, table.subarray(id * D, (id + 1) * D), 0, `middle chunk, id ${id}`);
+      else expect(row.every(Number.isNaN), `id ${id} outside rows 13..24 stays unwritten`).toBe(true);
+    });
+  });
 
   it('refuses runs that do not fit', () => {
     const table = uploadWeight(gpu(), 't', packWeight('f32', 4, 8, randomF32(32, 1)));

@@ -1,12 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { Linear } from '../kernels/linear.ts';
 import { runPass } from '../kernels/dispatch.ts';
-import { packWeight, uploadWeight, dequantize } from '../kernels/weights.ts';
+import { packWeight, planeWords, uploadWeight, uploadWeightChunks, dequantize, type HostWeight, type WeightDtype } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
 import { projectionReference } from './support/projection.ts';
 import { randomKQuantWeight } from './support/kquants.ts';
+import { compare } from './support/reference.ts';
 
 const gpu = useGpu();
 
@@ -44,6 +45,63 @@ describe('linear', () => {
       expect(layer.kernelFor(9)).toBe('matmul');
     });
   }
+
+  // Row chunks: N = 37 forced into chunks of 13, 12, 12 rows (output columns 0..12, 13..24, 25..36),
+  // each its own matvec / matmul writing its column slice of the output rows and reading its slice
+  // of the bias. Equal to the unchunked layer bit for bit (same kernels, same per-element sums) and
+  // to the float64 reference.
+  const CHUNK_K: Record<WeightDtype, number> = { f32: 53, f16: 53, q8_0: 96, q4_0: 96, q4_k: 512, q6_k: 256 };
+  for (const [dtype, K] of Object.entries(CHUNK_K) as Array<[WeightDtype, number]>) {
+    it(`${dtype} N=37 K=${K} in 3 row chunks, with bias, M = 1, 5, 8, 20, equals unchunked`, async () => {
+      const N = 37;
+      const maxRows = 20;
+      const host: HostWeight = dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, N, K, 4) : packWeight(dtype, N, K, randomF32(N * K, 4, 0.5));
+      const maxChunkBytes = 4 * Math.max(...planeWords(dtype, 13, K));
+      const chunked = uploadWeightChunks(gpu(), 'w', host, { maxChunkBytes });
+      expect(chunked.chunks.map((c) => [c.firstRow, c.weight.rows])).toEqual([[0, 13], [13, 12], [25, 12]]);
+      expect(chunked.chunks.map((c) => c.weight.label)).toEqual(['w#0', 'w#1', 'w#2']);
+      const a = randomF32(maxRows * K + 3, 5);
+      const bias = randomF32(N + 2, 6); // biasOffset 2
+      const stride = 3 * N;
+      const input = createStorage(gpu(), 'a', a);
+      const biasBuffer = createStorage(gpu(), 'bias', bias);
+      const outputs = [poisoned(gpu(), 'out.chunked', maxRows * stride), poisoned(gpu(), 'out.whole', maxRows * stride)];
+      const [layer, whole] = [chunked, uploadWeight(gpu(), 'w', host)].map(
+        (weight, i) => new Linear(gpu(), { weight, bias: biasBuffer, input, output: outputs[i], maxRows }),
+      );
+      expect(whole.weight.chunks).toHaveLength(1);
+      const w = dequantize(host);
+      for (const M of [1, 5, 8, 20]) {
+        for (const out of outputs) gpu().device.queue.writeBuffer(out, 0, new Float32Array(maxRows * stride).fill(NaN));
+        const run = { M, inputOffset: 3, outputOffset: N, outputRowStride: stride, biasOffset: 2 };
+        await runPass(gpu(), (pass) => {
+          layer.encode(pass, run);
+          whole.encode(pass, run);
+        });
+        const [all, allWhole] = [await readF32(gpu(), outputs[0], M * stride), await readF32(gpu(), outputs[1], M * stride)];
+        const got = Array.from({ length: M * N }, (_, i) => all[Math.floor(i / N) * stride + N + (i % N)]);
+        const ref = projectionReference(w, N, K, a, M, 3, K, bias, 2);
+        expectClose(got, ref, 1e-5, `chunked linear ${dtype} ${layer.kernelFor(M)} M=${M}`);
+        // Bit-equal to the unchunked layer, stride gaps included (NaN in both).
+        expect(compare(all, allWhole)).toMatchObject({ maxAbs: 0, firstNonFinite: -1 });
+        expect(all.filter((_, i) => i % stride < N || i % stride >= 2 * N).every(Number.isNaN)).toBe(true);
+      }
+    });
+  }
+
+  it('a chunked layer checks the whole N before recording any chunk', () => {
+    const host = packWeight('f32', 37, 8, randomF32(37 * 8, 1));
+    const weight = uploadWeightChunks(gpu(), 'w', host, { maxChunkBytes: 13 * 8 * 4 });
+    expect(weight.chunks).toHaveLength(3);
+    const output = createStorage(gpu(), 'o', 2 * 37 * 4);
+    const layer = new Linear(gpu(), { weight, bias: createStorage(gpu(), 'b', 37 * 4), input: createStorage(gpu(), 'a', 16 * 4), output, maxRows: 2 });
+    const pass = gpu().device.createCommandEncoder().beginComputePass();
+    // A stride that holds one chunk's 13 columns but not N = 37.
+    expect(() => layer.encode(pass, { M: 1, outputRowStride: 20 })).toThrow(/outputRowStride 20 < N = 37/);
+    expect(() => layer.encode(pass, { M: 2, outputOffset: 1 })).toThrow(/output needs 300 bytes/);
+    expect(() => layer.encode(pass, { M: 1, biasOffset: 1 })).toThrow(/bias needs 152 bytes/);
+    pass.end();
+  });
 
   it('refuses M above maxRows', () => {
     const weight = uploadWeight(gpu(), 'w', packWeight('f32', 4, 4, randomF32(16, 1)));

@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   checkWeightFits,
+  chunkRows,
   dequantize,
   f16BitsToF32,
   f32ToF16Bits,
@@ -15,7 +16,9 @@ import {
   planeWords,
   quantizeQ4_0,
   quantizeQ8_0,
+  sliceWeightRows,
   type HostWeight,
+  type WeightDtype,
 } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
 import { compare, randomF32, rng } from './support/reference.ts';
@@ -322,5 +325,42 @@ describe('shape checks', () => {
     expect(() => checkWeightFits(small as never, 'output.weight', w)).toThrow(/output\.weight.*quants plane is 256 bytes/);
     const enough = { limits: { maxStorageBufferBindingSize: 256, maxBufferSize: 1 << 30 } } as const;
     expect(() => checkWeightFits(enough as never, 'output.weight', w)).not.toThrow();
+  });
+});
+
+describe('row chunks', () => {
+  // K chosen so rows do not start on a convenient boundary: f32/f16 rows padded (53 -> 56),
+  // Q8_0/Q4_0 with 3 blocks per row (odd, so an odd first row starts mid-word in the scales).
+  const SHAPES: Record<WeightDtype, number> = { f32: 53, f16: 53, q8_0: 96, q4_0: 96, q4_k: 512, q6_k: 256 };
+  const host = (dtype: WeightDtype, rows: number, cols: number): HostWeight =>
+    dtype === 'q4_k' || dtype === 'q6_k'
+      ? packGguf(dtype, rows, cols, randomKQuantBytes(dtype, rows, cols, 5))
+      : packWeight(dtype, rows, cols, randomF32(rows * cols, 5));
+
+  for (const [dtype, K] of Object.entries(SHAPES) as Array<[WeightDtype, number]>) {
+    it(`${dtype}: any row range of the planes decodes to the same rows (N=37, K=${K})`, () => {
+      const N = 37;
+      const w = host(dtype, N, K);
+      const whole = dequantize(w);
+      for (const [first, rows] of [[0, 13], [13, 12], [25, 12], [1, 1], [36, 1], [7, 30], [0, 37]]) {
+        const part = sliceWeightRows(w, first, rows);
+        expect(part.planes.map((p) => p.length)).toEqual(planeWords(dtype, rows, K));
+        expect(Array.from(dequantize(part))).toEqual(Array.from(whole.subarray(first * K, (first + rows) * K)));
+      }
+      expect(() => sliceWeightRows(w, 30, 8)).toThrow(/rows 30\.\.37 are outside 0\.\.36/);
+    });
+  }
+
+  it('chunkRows: fewest chunks within the limit, balanced, larger first', () => {
+    // f32 K=53: 224 bytes a row. 13 rows = 2912 bytes.
+    expect(chunkRows('w', 'f32', 37, 53, 2912)).toEqual([13, 12, 12]);
+    expect(chunkRows('w', 'f32', 37, 53, 2911)).toEqual([10, 9, 9, 9]);
+    expect(chunkRows('w', 'f32', 37, 53, 37 * 224)).toEqual([37]);
+    expect(chunkRows('w', 'f32', 37, 53, 224)).toHaveLength(37);
+    // Q8_0 K=96: quants 96 bytes a row, scales ceil(3 rows / 2) words: the quants plane decides.
+    expect(chunkRows('w', 'q8_0', 37, 96, 13 * 96)).toEqual([13, 12, 12]);
+    // Tiny weights still get 16-byte buffers: a limit under 16 bytes fits nothing.
+    expect(() => chunkRows('output.weight', 'f32', 2, 1, 15)).toThrow(/output\.weight.*one row needs 16 bytes/);
+    expect(() => chunkRows('w', 'f32', 2, 53, 0)).toThrow(/chunk limit must be an integer >= 1/);
   });
 });
