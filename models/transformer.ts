@@ -205,33 +205,41 @@ export class Transformer {
     let parameters = 0;
     const plan = tensorPlan(cfg, source);
     let done = 0;
-    for (const item of plan) {
-      if (item.kind === 'vector') {
-        const data = item.fuse ? concat(await Promise.all(item.fuse.map((n) => source.vector(n)))) : await source.vector(item.name);
-        digest.add(item.name, data);
-        weights.set(item.name, arena.upload(item.name, data));
-        parameters += data.length;
-      } else {
-        const host = item.fuse ? await fuseRows(source, item.fuse) : await source.matrix(item.name);
-        checkShape(source.id, item.name, host, item.rows, item.cols);
-        host.planes.forEach((plane) => digest.add(item.name, plane));
-        weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes }));
-        parameters += host.rows * host.cols;
-        const role = item.name.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
-        dtypes[role] = host.dtype;
+    let model: Transformer | undefined;
+    // A load that fails part-way (a bad tensor, an oversized row) frees what it already uploaded.
+    try {
+      for (const item of plan) {
+        if (item.kind === 'vector') {
+          const data = item.fuse ? concat(await Promise.all(item.fuse.map((n) => source.vector(n)))) : await source.vector(item.name);
+          digest.add(item.name, data);
+          weights.set(item.name, arena.upload(item.name, data));
+          parameters += data.length;
+        } else {
+          const host = item.fuse ? await fuseRows(source, item.fuse) : await source.matrix(item.name);
+          checkShape(source.id, item.name, host, item.rows, item.cols);
+          host.planes.forEach((plane) => digest.add(item.name, plane));
+          weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes }));
+          parameters += host.rows * host.cols;
+          const role = item.name.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
+          dtypes[role] = host.dtype;
+        }
+        options.onProgress?.(++done, plan.length, item.name);
       }
-      options.onProgress?.(++done, plan.length, item.name);
+      const weightBytes = arena.bytes;
+      model = new Transformer(gpu, source, options, weights, arena, digest.hex(), {
+        parameters,
+        weightBytes,
+        kvBytes: 0,
+        activationBytes: 0,
+        dtypes,
+      });
+      await gpu.sync();
+      return model;
+    } catch (err) {
+      if (model) model.destroy();
+      else arena.destroy();
+      throw err;
     }
-    const weightBytes = arena.bytes;
-    const model = new Transformer(gpu, source, options, weights, arena, digest.hex(), {
-      parameters,
-      weightBytes,
-      kvBytes: 0,
-      activationBytes: 0,
-      dtypes,
-    });
-    await gpu.sync();
-    return model;
   }
 
   get maxRows(): number {
@@ -401,6 +409,7 @@ export class Transformer {
 
   destroy(): void {
     this.#readback.destroy();
+    this.#topK.destroy();
     this.#arena.destroy();
   }
 }
