@@ -46,6 +46,13 @@ export interface RowCandidates {
   logSumExp: number;
 }
 
+export interface PrefillOptions {
+  /** Also return every position's full logits row. */
+  allLogits?: boolean;
+  /** Candidates to return for the next token (default 64); 0 skips the LM head. */
+  candidates?: number;
+}
+
 export interface DecodeRow {
   slot: number;
   token: number;
@@ -249,9 +256,11 @@ export class Transformer {
   /**
    * Run `tokens` (positions start..start+T-1) of the sequence in `slot` through the model, writing
    * their keys and values into the slot's cache. Returns the candidates for the token after the
-   * last one; with `allLogits`, also every position's full logits row (for comparisons, not serving).
+   * last one (none when `candidates` is 0: a middle piece of a long prompt needs no LM head); with
+   * `allLogits`, also every position's full logits row (for comparisons, not serving).
    */
-  async prefill(slot: number, tokens: number[], start: number, allLogits = false, candidateCount = TOPK_MAX_K): Promise<{ candidates: RowCandidates; logits?: Float32Array[] }> {
+  async prefill(slot: number, tokens: number[], start: number, options: PrefillOptions = {}): Promise<{ candidates?: RowCandidates; logits?: Float32Array[] }> {
+    const { allLogits = false, candidates: candidateCount = TOPK_MAX_K } = options;
     this.#checkSlot(slot, start + tokens.length);
     if (tokens.length === 0) throw new ShapeError('prefill needs at least one token');
     const V = this.config.vocabSize;
@@ -268,7 +277,7 @@ export class Transformer {
       q.writeBuffer(this.#buf.kvMeta, 0, Uint32Array.from({ length: 2 * T }, (_, i) => (i % 2 === 0 ? slot * this.#regionElements : pos + (i >> 1))));
       const last = offset + T >= tokens.length;
       // Logits rows wanted from this chunk: all of them with allLogits, else the final row of the last chunk.
-      const logitRows = allLogits ? Array.from({ length: T }, (_, i) => i) : last ? [T - 1] : [];
+      const logitRows = allLogits ? Array.from({ length: T }, (_, i) => i) : last && candidateCount > 0 ? [T - 1] : [];
       const encoder = this.#gpu.device.createCommandEncoder({ label: 'prefill' });
       const pass = encoder.beginComputePass();
       this.#encodeLayers(pass, T, (layer) => {
@@ -280,13 +289,13 @@ export class Transformer {
       for (let r = 0; r < logitRows.length; r += this.#logitRows) {
         const rows = logitRows.slice(r, r + this.#logitRows);
         const first = rows[0];
-        const result = await this.#head(first, rows.length, allLogits, candidateCount);
+        const result = await this.#head(first, rows.length, allLogits, Math.max(1, candidateCount));
         if (allLogits) all.push(...result.logits!);
         candidates = result.candidates[rows.length - 1];
       }
     }
     await this.#gpu.sync();
-    return { candidates: candidates!, logits: allLogits ? all : undefined };
+    return { candidates, logits: allLogits ? all : undefined };
   }
 
   /**

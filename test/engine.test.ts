@@ -66,6 +66,19 @@ describe('engine (tiny-random-llama)', () => {
     together.forEach((t, i) => expect(t.tokens.map((x) => x.tokenId)).toEqual(single[i].tokens.map((x) => x.tokenId)));
   });
 
+  it('a long prompt, prefilled a chunk per turn while another sequence decodes, gives its solo output', async () => {
+    const long = { prompt: 'The validator checks the signatures and measures the time. '.repeat(4), maxTokens: 6, temperature: 0 };
+    expect(engine.tokenizer.encode(long.prompt).length).toBeGreaterThan(3 * 16); // more than three prefill chunks
+    const short = { prompt: 'Hi', maxTokens: 20, temperature: 0.7, seed: 9 };
+    const soloLong = await run(long);
+    const soloShort = await run(short);
+    const shortRun = run(short);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const [both, longAgain] = await Promise.all([shortRun, run(long)]);
+    expect(longAgain.tokens.map((t) => t.tokenId)).toEqual(soloLong.tokens.map((t) => t.tokenId));
+    expect(both.tokens.map((t) => t.tokenId)).toEqual(soloShort.tokens.map((t) => t.tokenId));
+  });
+
   it('chat messages go through the model chat template', async () => {
     const { summary } = await run({ messages: [{ role: 'user', content: 'What is the capital of France?' }], maxTokens: 4, temperature: 0 });
     const want = engine.tokenizer.encodeChat([{ role: 'user', content: 'What is the capital of France?' }]).length;

@@ -45,7 +45,7 @@ interface Run {
 async function runModel(device: Gpu, source: ModelSource, options: TransformerOptions, tokens: number[]): Promise<Run> {
   const model = await Transformer.load(device, source, options);
   try {
-    const { logits } = await model.prefill(1, tokens, 0, true);
+    const { logits } = await model.prefill(1, tokens, 0, { allLogits: true });
     await model.prefill(0, tokens.slice(0, 3), 0);
     const decoded: Run['decoded'] = [];
     for (let step = 0; step < 2; step++) {

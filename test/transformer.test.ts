@@ -102,14 +102,14 @@ describe('transformer forward pass vs float64 reference', () => {
         const tokens = Array.from({ length: 23 }, () => Math.floor(next() * c.vocab));
         const ref = referenceLogits(source.config, c.weights(), tokens);
         const prompt = tokens.slice(0, 19);
-        const { logits, candidates } = await model.prefill(1, prompt, 0, true);
+        const { logits, candidates } = await model.prefill(1, prompt, 0, { allLogits: true });
         for (let t = 0; t < prompt.length; t++) expectClose(logits![t], ref[t], 1e-4, `${c.name} prefill position ${t}`);
         // Candidates: the top logits of the last position, best first, with the right log-sum-exp.
         const last = ref[prompt.length - 1];
         const best = Array.from(last.keys()).sort((a, b) => last[b] - last[a]);
-        expect(candidates.ids[0]).toBe(best[0]);
+        expect(candidates!.ids[0]).toBe(best[0]);
         const lse = Math.log(last.reduce((s, v) => s + Math.exp(v), 0));
-        expect(Math.abs(candidates.logSumExp - lse)).toBeLessThan(1e-3);
+        expect(Math.abs(candidates!.logSumExp - lse)).toBeLessThan(1e-3);
         // Decode the remaining tokens one at a time, batched with a second sequence in slot 0.
         await model.prefill(0, [tokens[0]], 0);
         for (let t = 19; t < 23; t++) {

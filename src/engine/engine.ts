@@ -98,6 +98,9 @@ export class Engine implements TextGenerator {
   readonly #ownsGpu: boolean;
   readonly #maxQueue: number;
   readonly #queue: Sequence[] = [];
+  /** Admitted, holding a slot, prompt partly in the KV cache. */
+  readonly #prefilling: Sequence[] = [];
+  /** Decoding: one row each in every decode step. */
   readonly #active: Sequence[] = [];
   readonly #freeSlots: number[];
   #order = 0;
@@ -142,7 +145,7 @@ export class Engine implements TextGenerator {
       adapter: [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' / '),
       backend: info.backend,
       queueDepth: this.#queue.length,
-      activeSequences: this.#active.length,
+      activeSequences: this.#prefilling.length + this.#active.length,
       kvBlocksUsed: this.model.options.slots - this.#freeSlots.length,
       kvBlocksTotal: this.model.options.slots,
     };
@@ -250,27 +253,30 @@ export class Engine implements TextGenerator {
     this.#loop ??= this.#run().finally(() => (this.#loop = undefined));
   }
 
-  /** The scheduler loop; runs until no sequence is queued or active. */
+  /** The scheduler loop; runs until no sequence is queued, prefilling or decoding. */
   async #run(): Promise<void> {
     try {
-      while (this.#queue.length > 0 || this.#active.length > 0) {
+      while (this.#queue.length > 0 || this.#prefilling.length > 0 || this.#active.length > 0) {
         this.#retire();
-        // Admit: prefill queued prompts into free slots (between decode steps).
-        while (this.#queue.length > 0 && this.#freeSlots.length > 0) {
-          const seq = this.#queue.shift()!;
-          if (seq.signal?.aborted || seq.finish) {
-            this.#end(seq, seq.finish ?? 'cancelled');
-            continue;
+        this.#admit();
+        // Prefill one chunk of the oldest admitted prompt per turn, so a long prompt delays the
+        // sequences already decoding by at most one chunk; with nothing decoding, prefill on.
+        do {
+          const seq = this.#prefilling[0];
+          if (!seq) break;
+          const chunk = seq.promptIds.slice(seq.cached, seq.cached + this.model.options.prefillChunk);
+          const last = seq.cached + chunk.length === seq.promptIds.length;
+          const { candidates } = await this.model.prefill(seq.slot!, chunk, seq.cached, { candidates: last ? candidatesNeeded(seq) : 0 });
+          seq.cached += chunk.length;
+          if (last) {
+            this.#prefilling.shift();
+            this.#active.push(seq);
+            this.#accept(seq, candidates!);
           }
-          seq.slot = this.#freeSlots.pop()!;
-          this.#active.push(seq);
-          const { candidates } = await this.model.prefill(seq.slot, seq.promptIds, 0, false, candidatesNeeded(seq));
-          seq.cached = seq.promptIds.length;
-          this.#accept(seq, candidates);
-        }
-        this.#retire();
+          this.#retire();
+        } while (this.#active.length === 0);
         if (this.#active.length === 0) continue;
-        // One batched decode step: every active sequence feeds its pending token.
+        // One batched decode step: every decoding sequence feeds its pending token.
         const rows = this.#active.map((seq) => ({ slot: seq.slot!, token: seq.pending!, position: seq.cached }));
         const candidates = await this.model.decode(rows, Math.max(...this.#active.map(candidatesNeeded)));
         this.#active.forEach((seq, i) => {
@@ -280,24 +286,37 @@ export class Engine implements TextGenerator {
       }
     } catch (err) {
       // A GPU failure ends every request in flight with that error; the engine stays usable.
-      for (const seq of [...this.#active, ...this.#queue.splice(0)]) {
+      for (const seq of [...this.#prefilling.splice(0), ...this.#active.splice(0), ...this.#queue.splice(0)]) {
         seq.finish ??= 'cancelled';
         seq.channel.close(err);
         if (seq.slot !== undefined) this.#freeSlots.push(seq.slot);
       }
-      this.#active.length = 0;
     }
   }
 
-  /** Drop finished, cancelled and aborted sequences from the batch, freeing their slots. */
+  /** Move queued requests into free KV slots, highest priority first. */
+  #admit(): void {
+    while (this.#queue.length > 0 && this.#freeSlots.length > 0) {
+      const seq = this.#queue.shift()!;
+      if (seq.signal?.aborted || seq.finish) this.#end(seq, 'cancelled');
+      else {
+        seq.slot = this.#freeSlots.pop()!;
+        this.#prefilling.push(seq);
+      }
+    }
+  }
+
+  /** Drop finished, cancelled and aborted sequences, freeing their slots. */
   #retire(): void {
-    for (let i = this.#active.length - 1; i >= 0; i--) {
-      const seq = this.#active[i];
-      if (seq.signal?.aborted) seq.finish ??= 'cancelled';
-      if (seq.finish) {
-        this.#active.splice(i, 1);
-        this.#freeSlots.push(seq.slot!);
-        this.#end(seq, seq.finish);
+    for (const list of [this.#prefilling, this.#active]) {
+      for (let i = list.length - 1; i >= 0; i--) {
+        const seq = list[i];
+        if (seq.signal?.aborted) seq.finish ??= 'cancelled';
+        if (seq.finish) {
+          list.splice(i, 1);
+          this.#freeSlots.push(seq.slot!);
+          this.#end(seq, seq.finish);
+        }
       }
     }
   }
@@ -359,9 +378,9 @@ export class Engine implements TextGenerator {
 
   /** Logits at the last position (or every position) of `tokens`, for comparisons with other runtimes. */
   async logits(tokens: number[], all = false): Promise<Float32Array[]> {
-    if (this.#active.length > 0 || this.#queue.length > 0) throw new OverloadedError('logits needs an idle engine');
+    if (this.#loop) throw new OverloadedError('logits needs an idle engine');
     const slot = this.#freeSlots[this.#freeSlots.length - 1];
-    const { logits } = await this.model.prefill(slot, tokens, 0, true);
+    const { logits } = await this.model.prefill(slot, tokens, 0, { allLogits: true });
     return all ? logits! : [logits![logits!.length - 1]];
   }
 
@@ -370,7 +389,7 @@ export class Engine implements TextGenerator {
     if (graceMs > 0 && this.#loop) {
       await Promise.race([this.#loop, new Promise((resolve) => setTimeout(resolve, graceMs))]);
     }
-    for (const seq of [...this.#queue, ...this.#active]) seq.finish ??= 'cancelled';
+    for (const seq of [...this.#queue, ...this.#prefilling, ...this.#active]) seq.finish ??= 'cancelled';
     await this.#loop;
     this.model.destroy();
     if (this.#ownsGpu) this.gpu.destroy();
