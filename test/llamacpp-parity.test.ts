@@ -20,7 +20,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Transformer } from '../models/transformer.ts';
 import { openModelSource } from '../models/source.ts';
 import { configFromHf } from '../models/config.ts';
 import { GgmlType } from '../models/ggml.ts';
@@ -28,6 +27,7 @@ import { writeHfFolder, writeTinyLlamaGguf, type TinyDtype } from './support/tin
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
 import { referenceLogits } from './support/reference-model.ts';
 import { compare, rng } from './support/reference.ts';
+import { greedyAgreement, ourGreedy, ourLogits, worst } from './support/parity.ts';
 import { useGpu } from './support/gpu.ts';
 import { roundQ8K } from './support/kquants.ts';
 
@@ -37,47 +37,6 @@ afterAll(async () => {
   await disposeLlamaOracle();
   rmSync(dir, { recursive: true, force: true });
 });
-
-const argmax = (row: ArrayLike<number>) => {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
-  return best;
-};
-
-/** Our logits at every position of `tokens` for the model at `path`. */
-async function ourLogits(path: string, tokens: number[], inspect?: (model: Transformer) => void): Promise<Float32Array[]> {
-  const source = await openModelSource(path);
-  const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 128, prefillChunk: 32 });
-  try {
-    inspect?.(model);
-    return (await model.prefill(0, tokens, 0, true)).logits!;
-  } finally {
-    model.destroy();
-    await source.close();
-  }
-}
-
-/** Greedy continuation of `prompt` by our runtime (teacher-forced check happens against llama.cpp). */
-async function ourGreedy(path: string, prompt: number[], steps: number): Promise<number[]> {
-  const source = await openModelSource(path);
-  const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 128, prefillChunk: 32 });
-  try {
-    const tokens = [...prompt];
-    let { candidates } = await model.prefill(0, prompt, 0);
-    for (let i = 0; i < steps; i++) {
-      tokens.push(candidates.ids[0]);
-      [candidates] = await model.decode([{ slot: 0, token: tokens[tokens.length - 1], position: tokens.length - 1 }]);
-    }
-    return tokens;
-  } finally {
-    model.destroy();
-    await source.close();
-  }
-}
-
-function worst(ours: Float32Array[], theirs: ArrayLike<number>[]): number {
-  return Math.max(...ours.map((row, i) => compare(row, theirs[i]).relL2));
-}
 
 // Stated bounds against llama.cpp per format (measured values are logged; see the closing note).
 const BOUNDS: Record<TinyDtype, { relL2: number; greedy: number }> = {
@@ -99,9 +58,9 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
       const V = tiny.vocab.tokens.length;
       const prompt = Array.from({ length: 8 }, () => 3 + Math.floor(next() * (V - 3)));
       // Our greedy continuation (32 steps through the decode path), then every position's logits.
-      const sequence = await ourGreedy(tiny.path, prompt, 32);
+      const sequence = await ourGreedy(gpu(), tiny.path, prompt, 32);
       let dtypes: Record<string, string> = {};
-      const ours = await ourLogits(tiny.path, sequence, (model) => (dtypes = model.stats.dtypes));
+      const ours = await ourLogits(gpu(), tiny.path, sequence, (model) => (dtypes = model.stats.dtypes));
       const theirs = await llamaLogits(tiny.path, sequence);
       const reference = referenceLogits(configFromHf(tiny.config), tiny.weights, sequence);
       const vsLlama = worst(ours, theirs);
@@ -125,8 +84,7 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
       }
       // Teacher-forced greedy agreement: llama.cpp's argmax at each generated position equals our token.
       const steps = sequence.length - prompt.length;
-      let agree = 0;
-      for (let i = prompt.length; i < sequence.length; i++) if (argmax(theirs[i - 1]) === sequence[i]) agree++;
+      const agree = greedyAgreement(sequence, prompt.length, theirs);
       console.log(`[parity] ${dtype}: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/${steps}`);
       expect(vsReference).toBeLessThanOrEqual(1e-4);
       expect(vsLlama).toBeLessThanOrEqual(BOUNDS[dtype].relL2);
@@ -138,8 +96,8 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     const good = writeTinyLlamaGguf(join(dir, 'perm-good.gguf'), { seed: 9 });
     const bad = writeTinyLlamaGguf(join(dir, 'perm-bad.gguf'), { seed: 9, permuteQK: false });
     const tokens = [5, 9, 40, 77, 12, 3];
-    const a = await ourLogits(good.path, tokens);
-    const b = await ourLogits(bad.path, tokens);
+    const a = await ourLogits(gpu(), good.path, tokens);
+    const b = await ourLogits(gpu(), bad.path, tokens);
     expect(worst(b, a)).toBeGreaterThan(1e-2);
   });
 
@@ -150,12 +108,12 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     const scaled = writeTinyLlamaGguf(join(dir, 'rope-freqs.gguf'), { seed: 13, tensors });
     const plain = writeTinyLlamaGguf(join(dir, 'rope-plain.gguf'), { seed: 13 });
     const tokens = Array.from({ length: 40 }, (_, i) => 3 + ((i * 37) % 250));
-    const ours = await ourLogits(scaled.path, tokens);
+    const ours = await ourLogits(gpu(), scaled.path, tokens);
     const err = worst(ours, await llamaLogits(scaled.path, tokens));
     console.log(`[parity] rope_freqs (F32): rel-L2 vs llama.cpp ${err.toExponential(2)}`);
     expect(err).toBeLessThanOrEqual(1e-4);
     // The factors matter: without them the logits differ.
-    expect(worst(ours, await ourLogits(plain.path, tokens))).toBeGreaterThan(1e-3);
+    expect(worst(ours, await ourLogits(gpu(), plain.path, tokens))).toBeGreaterThan(1e-3);
   });
 
   it('the same weights as a Hugging Face folder (F32, sharded) give the GGUF logits', async () => {
@@ -165,8 +123,8 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     writeHfFolder(folder, tiny.config, tiny.weights, source.tokenizer.tokenizer, 'F32', { shards: 2 });
     await source.close();
     const tokens = [4, 18, 33, 120, 7, 7, 60, 2, 90];
-    const fromGguf = await ourLogits(tiny.path, tokens);
-    const fromHf = await ourLogits(folder, tokens);
+    const fromGguf = await ourLogits(gpu(), tiny.path, tokens);
+    const fromHf = await ourLogits(gpu(), folder, tokens);
     const err = worst(fromHf, fromGguf);
     console.log(`[parity] HF safetensors folder vs GGUF (F32): rel-L2 ${err.toExponential(2)}`);
     expect(err).toBeLessThanOrEqual(1e-5);

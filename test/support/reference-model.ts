@@ -83,15 +83,19 @@ function ropeHalf(v: Float64Array, offset: number, dims: number, inv: Float64Arr
 
 export interface ReferenceOptions {
   /**
-   * Applied to the input of every Llama projection (Q, K, V, O, gate, up, down, LM head) before the
-   * product, named by its weight: e.g. the activation rounding llama.cpp's CPU matmul does (Q8_K).
+   * Applied to the input of every projection (Llama/Qwen2: Q, K, V, O, gate, up, down; GPT-2:
+   * c_attn, c_proj, c_fc, mlp c_proj; the LM head) before the product, named by its HF weight:
+   * e.g. the activation rounding llama.cpp's CPU matmul does (Q8_K, Q8_0).
    */
   roundInput?: (x: Float64Array, weight: string) => Float64Array;
+  /** GPT-2's activation in place of the exact tanh GELU (e.g. llama.cpp's f16-table GELU). */
+  gelu?: (x: number) => number;
 }
 
 /** Logits at every position for `tokens` (one sequence, from position 0). */
 export function referenceLogits(config: ModelConfig, weights: Weights, tokens: number[], options: ReferenceOptions = {}): Float64Array[] {
   const round = options.roundInput ?? ((x: Float64Array) => x);
+  const act = options.gelu ?? gelu;
   const { hiddenSize: C, numHeads: H, numKvHeads: Hkv, headDim: D, numLayers, vocabSize: V } = config;
   const gpt2 = config.architecture === 'gpt2';
   const inv = config.rope ? referenceInverseFrequencies(config.rope.dims, config.rope.theta, config.rope.scaling) : undefined;
@@ -116,7 +120,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
       let v: Float64Array;
       if (gpt2) {
         const h = layernorm(x, w('ln_1.weight'), w('ln_1.bias'), config.normEps);
-        const qkv = conv1d(h, w('attn.c_attn.weight'), 3 * C, w('attn.c_attn.bias'));
+        const qkv = conv1d(round(h, p + 'attn.c_attn.weight'), w('attn.c_attn.weight'), 3 * C, w('attn.c_attn.bias'));
         q = qkv.slice(0, C);
         k = qkv.slice(C, 2 * C);
         v = qkv.slice(2 * C);
@@ -146,10 +150,11 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         }
       }
       if (gpt2) {
-        x = x.map((val, i) => val + conv1d(attn, w('attn.c_proj.weight'), C, w('attn.c_proj.bias'))[i]);
+        const o = conv1d(round(attn, p + 'attn.c_proj.weight'), w('attn.c_proj.weight'), C, w('attn.c_proj.bias'));
+        x = x.map((val, i) => val + o[i]);
         const h2 = layernorm(x, w('ln_2.weight'), w('ln_2.bias'), config.normEps);
-        const fc = conv1d(h2, w('mlp.c_fc.weight'), config.intermediateSize, w('mlp.c_fc.bias')).map(gelu);
-        const proj = conv1d(fc, w('mlp.c_proj.weight'), C, w('mlp.c_proj.bias'));
+        const fc = conv1d(round(h2, p + 'mlp.c_fc.weight'), w('mlp.c_fc.weight'), config.intermediateSize, w('mlp.c_fc.bias')).map(act);
+        const proj = conv1d(round(fc, p + 'mlp.c_proj.weight'), w('mlp.c_proj.weight'), C, w('mlp.c_proj.bias'));
         x = x.map((val, i) => val + proj[i]);
       } else {
         const o = linear(round(attn, p + 'self_attn.o_proj.weight'), w('self_attn.o_proj.weight'), C);
@@ -166,8 +171,8 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
     const final = gpt2
       ? layernorm(x, get(weights, 'transformer.ln_f.weight'), get(weights, 'transformer.ln_f.bias'), config.normEps)
       : rmsnorm(x, get(weights, 'model.norm.weight'), config.normEps);
-    const head = config.tieWordEmbeddings ? embed : get(weights, 'lm_head.weight');
-    out.push(linear(gpt2 ? final : round(final, config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), head, V));
+    const headName = config.tieWordEmbeddings ? (gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight') : 'lm_head.weight';
+    out.push(linear(round(final, headName), get(weights, headName), V));
   });
   return out;
 }

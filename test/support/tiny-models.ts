@@ -74,7 +74,7 @@ export const TINY_CHAT_TEMPLATE =
   "{{ bos_token }}{% for message in messages %}{{ '[' + message['role'] + '] ' + message['content'] + '\\n' }}{% endfor %}" +
   "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}";
 
-const GGML_TYPE: Record<TinyMatrixType, number> = {
+export const GGML_TYPE: Record<TinyMatrixType, number> = {
   f32: GgmlType.F32,
   f16: GgmlType.F16,
   q8_0: GgmlType.Q8_0,
@@ -84,7 +84,7 @@ const GGML_TYPE: Record<TinyMatrixType, number> = {
 };
 // general.file_type (llama_ftype): ALL_F32, MOSTLY_F16, MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_Q4_K_S,
 // MOSTLY_Q6_K, MOSTLY_Q4_K_M.
-const FILE_TYPE: Record<TinyDtype, number> = { f32: 0, f16: 1, q8_0: 7, q4_0: 2, q4_k: 14, q6_k: 18, q4_k_m: 15 };
+export const FILE_TYPE: Record<TinyDtype, number> = { f32: 0, f16: 1, q8_0: 7, q4_0: 2, q4_k: 14, q6_k: 18, q4_k_m: 15 };
 /** The roles llama.cpp's Q4_K_M keeps at Q6_K (it picks some layers' attn_v / ffn_down; here all). */
 const Q4_K_M_TYPES: Partial<Record<TinyRole, TinyMatrixType>> = { attn_v: 'q6_k', ffn_down: 'q6_k', output: 'q6_k' };
 
@@ -155,7 +155,8 @@ export function tinyGpt2Vocab(): TinyVocab {
   return { model: 'gpt2', tokens, scores: new Float32Array(tokens.length), types: Int32Array.from(types), merges, bosId: eos, eosId: eos };
 }
 
-function tokenizerMetadata(vocab: TinyVocab, chatTemplate: string): Array<[string, GgufMetadataEntry]> {
+/** tokenizer.ggml.* metadata for `vocab` (byte-level BPE gets tokenizer.ggml.pre "gpt-2"). */
+export function tokenizerMetadata(vocab: TinyVocab, chatTemplate: string): Array<[string, GgufMetadataEntry]> {
   const m: Array<[string, GgufMetadataEntry]> = [
     ['tokenizer.ggml.model', gguf.string(vocab.model)],
     ['tokenizer.ggml.tokens', gguf.strings(vocab.tokens)],
@@ -350,9 +351,17 @@ export function writeHfFolder(
   else writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt' });
 }
 
-/** HF shape of a Llama weight: norms are vectors, everything else [out, hidden or ffn or heads]. */
+/**
+ * HF shape of a weight: norms and biases are vectors; Llama/Qwen2 matrices [out, hidden or ffn or
+ * heads]; GPT-2's embeddings [rows, n_embd] and its Conv1D weights [in, out].
+ */
 function shapeOf(name: string, data: Float32Array, config: Record<string, unknown>): number[] {
-  if (name.endsWith('norm.weight')) return [data.length];
+  if (name.endsWith('.bias') || name.endsWith('norm.weight') || /(^|\.)ln_(\d|f)\.weight$/.test(name)) return [data.length];
+  if ((config.architectures as string[] | undefined)?.[0] === 'GPT2LMHeadModel') {
+    const C = config.n_embd as number;
+    const rows = /(wte|wpe|lm_head)\.weight$/.test(name) || name.endsWith('mlp.c_proj.weight');
+    return rows ? [data.length / C, C] : [C, data.length / C];
+  }
   const cols = name.endsWith('down_proj.weight') ? (config.intermediate_size as number) : (config.hidden_size as number);
   return [data.length / cols, cols];
 }

@@ -1,0 +1,73 @@
+// Shared by the llama.cpp parity tests: our logits at every position of a sequence, our greedy
+// continuation through the decode path, and the comparisons.
+import type { Gpu } from '../../src/gpu/device.ts';
+import { Transformer } from '../../models/transformer.ts';
+import { openModelSource } from '../../models/source.ts';
+import { compare } from './reference.ts';
+
+export const argmax = (row: ArrayLike<number>): number => {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+};
+
+const OPTIONS = { slots: 1, capacity: 128, prefillChunk: 32 };
+
+/** Our logits at every position of `tokens` for the model at `path` (a GGUF file or HF folder). */
+export async function ourLogits(gpu: Gpu, path: string, tokens: number[], inspect?: (model: Transformer) => void): Promise<Float32Array[]> {
+  const source = await openModelSource(path);
+  const model = await Transformer.load(gpu, source, OPTIONS);
+  try {
+    inspect?.(model);
+    return (await model.prefill(0, tokens, 0, { allLogits: true })).logits!;
+  } finally {
+    model.destroy();
+    await source.close();
+  }
+}
+
+/** `prompt` followed by our greedy continuation of `steps` tokens (prefill, then one decode step each). */
+export async function ourGreedy(gpu: Gpu, path: string, prompt: number[], steps: number): Promise<number[]> {
+  const source = await openModelSource(path);
+  const model = await Transformer.load(gpu, source, OPTIONS);
+  try {
+    const tokens = [...prompt];
+    let { candidates } = await model.prefill(0, prompt, 0);
+    for (let i = 0; i < steps; i++) {
+      tokens.push(candidates!.ids[0]);
+      [candidates] = await model.decode([{ slot: 0, token: tokens[tokens.length - 1], position: tokens.length - 1 }]);
+    }
+    return tokens;
+  } finally {
+    model.destroy();
+    await source.close();
+  }
+}
+
+/** Rel-L2 of each position's logits row; a non-finite entry on either side fails. */
+export function errors(ours: ArrayLike<number>[], theirs: ArrayLike<number>[]): number[] {
+  if (ours.length !== theirs.length) throw new Error(`${ours.length} rows of logits against ${theirs.length}`);
+  return ours.map((row, i) => {
+    const c = compare(row, theirs[i]);
+    if (c.firstNonFinite >= 0) throw new Error(`position ${i}: logit ${c.firstNonFinite} is ${row[c.firstNonFinite]} against ${theirs[i][c.firstNonFinite]}`);
+    for (let j = 0; j < theirs[i].length; j++) {
+      if (!Number.isFinite(theirs[i][j])) throw new Error(`position ${i}: reference logit ${j} is ${theirs[i][j]}`);
+    }
+    return c.relL2;
+  });
+}
+
+/** The largest rel-L2 over all positions. */
+export function worst(ours: ArrayLike<number>[], theirs: ArrayLike<number>[]): number {
+  return Math.max(...errors(ours, theirs));
+}
+
+/**
+ * Teacher-forced greedy agreement: at how many generated positions of `sequence` (after
+ * `promptLength`) the other side's argmax over the previous position's logits is our token.
+ */
+export function greedyAgreement(sequence: number[], promptLength: number, logits: ArrayLike<number>[]): number {
+  let agree = 0;
+  for (let i = promptLength; i < sequence.length; i++) if (argmax(logits[i - 1]) === sequence[i]) agree++;
+  return agree;
+}
