@@ -122,7 +122,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
       mlp: 'gelu',
       qkvBias: true,
       outputBias: true,
-      tieWordEmbeddings: true,
+      tieWordEmbeddings: config.tie_word_embeddings !== false,
       bosTokenId: bos,
       eosTokenIds: eos,
     };

@@ -77,6 +77,7 @@ function hfName(architecture: ModelConfig['architecture'], name: string): { hf: 
         'position_embd.weight': 'wpe.weight',
         'output_norm.weight': 'ln_f.weight',
         'output_norm.bias': 'ln_f.bias',
+        'output.weight': 'lm_head.weight',
       }
     : { 'token_embd.weight': 'model.embed_tokens.weight', 'output_norm.weight': 'model.norm.weight', 'output.weight': 'lm_head.weight' };
   if (fixed[name]) return { hf: fixed[name], transpose: false };
@@ -140,7 +141,8 @@ class HfSource implements ModelSource {
 
   #resolve(name: string): { hf: string; transpose: boolean } {
     const { hf, transpose } = hfName(this.config.architecture, name);
-    return { hf: this.#prefix + hf, transpose };
+    // GPT-2's lm_head (present when untied) sits outside the "transformer." prefix.
+    return { hf: hf === 'lm_head.weight' ? hf : this.#prefix + hf, transpose };
   }
 
   has(name: string): boolean {
@@ -223,8 +225,9 @@ class MemorySource implements ModelSource {
   }
 
   #resolve(name: string): { tensor?: MemoryTensor; hf: string; transpose: boolean } {
-    const { hf, transpose } = hfName(this.config.architecture, name);
-    return { tensor: this.#tensors.get(this.#prefix + hf), hf: this.#prefix + hf, transpose };
+    const { hf: bare, transpose } = hfName(this.config.architecture, name);
+    const hf = bare === 'lm_head.weight' ? bare : this.#prefix + bare;
+    return { tensor: this.#tensors.get(hf), hf, transpose };
   }
 
   has(name: string): boolean {

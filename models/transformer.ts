@@ -453,7 +453,10 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     if (cfg.norm === 'layer') need(`${p}.attn_norm.bias`, 'vector');
     if (source.has(`${p}.attn_qkv.weight`)) {
       need(`${p}.attn_qkv.weight`, 'matrix', (Hq + 2 * Hkv) * D, C);
-      optional(`${p}.attn_qkv.bias`, 'vector');
+      if (source.has(`${p}.attn_q.bias`)) {
+        // A fused weight with the three biases stored apart (llama.cpp accepts both forms).
+        need(`${p}.attn_qkv.bias`, 'vector', undefined, undefined, ['attn_q', 'attn_k', 'attn_v'].map((part) => `${p}.${part}.bias`));
+      } else optional(`${p}.attn_qkv.bias`, 'vector');
     } else {
       // Fused into one [W, C] weight when the three share a dtype (always, but for mixed-type GGUF files).
       const parts = ['attn_q', 'attn_k', 'attn_v'].map((part) => `${p}.${part}`);
@@ -481,6 +484,7 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     }
   }
   need('output_norm.weight', 'vector');
+  optional('output.bias', 'vector');
   if (cfg.norm === 'layer') need('output_norm.bias', 'vector');
   if (!cfg.tieWordEmbeddings || source.has('output.weight')) {
     if (source.has('output.weight')) need('output.weight', 'matrix', V, C);

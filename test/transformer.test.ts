@@ -44,6 +44,8 @@ function gpt2Shapes(): Array<[string, number[]]> {
   return shapes;
 }
 
+const gpt2UntiedShapes = (): Array<[string, number[]]> => [...gpt2Shapes(), ['lm_head.weight', [97, 48]]];
+
 const QWEN2_CONFIG = {
   architectures: ['Qwen2ForCausalLM'], vocab_size: 89, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
   num_attention_heads: 4, num_key_value_heads: 1, max_position_embeddings: 128, rms_norm_eps: 1e-6, rope_theta: 1000000, tie_word_embeddings: true,
@@ -81,6 +83,12 @@ const CASES = [
     name: 'gpt2 (LayerNorm, learned positions, Conv1D, GELU, tied)',
     source: () => memorySource('gpt2-test', GPT2_CONFIG, normalTensors(gpt2Shapes(), 2), noTokenizer),
     weights: () => new Map([...normalTensors(gpt2Shapes(), 2)].map(([k, v]) => [k, v.data])),
+    vocab: 97,
+  },
+  {
+    name: 'gpt2 untied (lm_head.weight outside the transformer. prefix)',
+    source: () => memorySource('gpt2-untied', { ...GPT2_CONFIG, tie_word_embeddings: false }, normalTensors(gpt2UntiedShapes(), 4), noTokenizer),
+    weights: () => new Map([...normalTensors(gpt2UntiedShapes(), 4)].map(([k, v]) => [k, v.data])),
     vocab: 97,
   },
   {
