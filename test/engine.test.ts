@@ -108,6 +108,14 @@ describe('engine (tiny-random-llama)', () => {
     expect(engine.info().kvBlocksUsed).toBe(0);
   });
 
+  it('a request whose signal is already aborted ends at once as cancelled', async () => {
+    const controller = new AbortController();
+    controller.abort();
+    const { tokens, summary } = await run({ prompt: 'never runs', maxTokens: 8 }, controller.signal);
+    expect(tokens).toHaveLength(0);
+    expect(summary.finishReason).toBe('cancelled');
+  });
+
   it('refuses bad requests with BAD_REQUEST and a full queue with OVERLOADED', async () => {
     const first = (req: GenerateRequest) => engine.generate(req).next();
     await expect(first({ prompt: 'x', maxTokens: 0 })).rejects.toThrow(BadRequestError);

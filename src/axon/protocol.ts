@@ -7,6 +7,7 @@
 // on message text. The protocol is documented for humans in docs/protocol.md.
 import { decode, encode } from '@msgpack/msgpack';
 import { MinerError } from '../errors.ts';
+import { MAX_LOGPROBS } from '../engine/types.ts';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -36,8 +37,7 @@ export type ResponseType = (typeof RESPONSE_TYPES)[number];
 export const FINISH_REASONS = ['stop', 'length', 'cancelled'] as const;
 export type WireFinishReason = (typeof FINISH_REASONS)[number];
 
-/** The most alternatives a token may report (`logprobs` in a generate payload). */
-export const MAX_LOGPROBS = 20;
+export { MAX_LOGPROBS };
 
 /**
  * An error with a wire code. Raised by the codec and the policy on the server (and sent back as an

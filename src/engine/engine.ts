@@ -1,10 +1,11 @@
 // The engine: a loaded model, its tokenizer, and a scheduler with continuous batching.
 //
 // Requests wait in a queue ordered by priority (the validator's stake), then arrival. The
-// scheduler loop runs while there is work: each turn it admits queued requests into free KV slots
-// (prefilling their prompts, which also samples their first token), then runs ONE batched decode
-// step for every active sequence (one forward pass over all rows: the weights are read once per
-// step, not once per sequence). A cancelled or abandoned request leaves its slot at the next turn.
+// scheduler loop runs while there is work: each turn it admits queued requests into free KV slots,
+// prefills one chunk of the oldest admitted prompt (the last chunk also samples its first token),
+// then runs ONE batched decode step for every decoding sequence (one forward pass over all rows:
+// the weights are read once per step, not once per sequence). A cancelled or abandoned request
+// leaves its slot at the next turn.
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
@@ -12,7 +13,7 @@ import { Transformer, type RowCandidates } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { CANDIDATES, Sampler, validateSamplingParams } from './sampler.ts';
 import { TextTokenizer, type TokenStream } from './tokenizer.ts';
-import type { EngineInfo, FinishReason, GenerateOptions, GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from './types.ts';
+import { MAX_LOGPROBS, type EngineInfo, type FinishReason, type GenerateOptions, type GenerateRequest, type GeneratedToken, type GenerationSummary, type TextGenerator } from './types.ts';
 
 export interface EngineOptions {
   /** HF folder, .gguf file, or 'tiny-random-llama' (the embedded default). */
@@ -31,8 +32,6 @@ export interface EngineOptions {
   /** Use this device instead of acquiring one (tests share a device). */
   gpu?: Gpu;
 }
-
-export const MAX_LOGPROBS = 20;
 
 /** tokenId of a text-only piece: text held back for a stop string, released when EOS ends the output. */
 export const TEXT_ONLY = -1;
@@ -222,7 +221,7 @@ export class Engine implements TextGenerator {
       channel: new Channel(),
       signal: options.signal,
     };
-    if (options.signal?.aborted) seq.finish = 'cancelled';
+    if (options.signal?.aborted) this.#end(seq, 'cancelled');
     else this.#enqueue(seq);
     try {
       for (;;) {

@@ -3,6 +3,9 @@ import type { ChatMessage } from './tokenizer.ts';
 
 export type { ChatMessage };
 
+/** Most alternatives a request may ask to see per token with their logprobs. */
+export const MAX_LOGPROBS = 20;
+
 export interface GenerateRequest {
   /** A plain prompt (tokenised with the model's special tokens) ... */
   prompt?: string;
