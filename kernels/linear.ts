@@ -1,10 +1,10 @@
 // A linear layer for one weight and one buffer set: matvec for decode-sized runs (M <= 8), tiled
 // matmul above. Both dispatches are built once; encode picks one per run.
 // A weight split into row chunks (uploadWeightChunks) gets one matvec / matmul per chunk, each
-// writing its column slice of the output rows (and reading its slice of the bias).
+// writing its column slice of the output rows (and reading its slice of the bias and residual).
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
-import { Matmul, projectionValues, type MatmulOptions, type MatmulRun } from './matmul.ts';
+import { Matmul, checkProjectionBuffers, projectionValues, type MatmulOptions, type MatmulRun } from './matmul.ts';
 import { MATVEC_MAX_ROWS, Matvec, type MatvecOptions } from './matvec.ts';
 import { asChunked, type ChunkedWeight, type PackedWeight } from './weights.ts';
 
@@ -17,6 +17,11 @@ export interface LinearConfig {
   input: GPUBuffer;
   /** (M, N) f32 result (row stride and offset per run). */
   output: GPUBuffer;
+  /**
+   * (M, N) f32 added to the result, a fused residual connection (row stride and offset per run).
+   * Must be a different buffer from `output`.
+   */
+  residual?: GPUBuffer;
   /** Largest M this layer will be run with (the matmul is built only when it exceeds 8). */
   maxRows: number;
   matvec?: MatvecOptions;
@@ -32,7 +37,7 @@ interface ChunkOps {
   matmul: Matmul | undefined;
 }
 
-/** out = input · Wᵀ (+ bias). */
+/** out = input · Wᵀ (+ bias) (+ residual). */
 export class Linear {
   readonly weight: ChunkedWeight;
   readonly maxRows: number;
@@ -40,16 +45,18 @@ export class Linear {
   readonly #chunks: ChunkOps[];
 
   constructor(gpu: Gpu, config: LinearConfig) {
-    const { bias, input, output, maxRows } = config;
+    const { bias, input, output, residual, maxRows } = config;
     const weight = asChunked(config.weight);
+    const label = `linear(${weight.label})`;
     if (!Number.isSafeInteger(maxRows) || maxRows < 1) {
-      throw new ShapeError(`linear(${weight.label}): maxRows must be an integer >= 1 (got ${maxRows})`);
+      throw new ShapeError(`${label}: maxRows must be an integer >= 1 (got ${maxRows})`);
     }
+    checkProjectionBuffers(label, config);
     this.weight = weight;
     this.maxRows = maxRows;
     this.#config = config;
     this.#chunks = weight.chunks.map(({ firstRow, weight: part }) => {
-      const buffers = { weight: part, bias, input, output };
+      const buffers = { weight: part, bias, input, output, residual };
       return {
         firstRow,
         matvec: new Matvec(gpu, buffers, config.matvec),
@@ -80,6 +87,8 @@ export class Linear {
         outputOffset: values.out_offset + chunk.firstRow,
         outputRowStride: values.out_stride,
         biasOffset: values.bias_offset + chunk.firstRow,
+        residualOffset: values.residual_offset + chunk.firstRow,
+        residualRowStride: values.residual_stride,
       });
     }
   }

@@ -1,4 +1,4 @@
-// Tiled matmul for prefill: out = input · Wᵀ (+ bias), W any weight dtype. See shaders/matmul.wgsl.
+// Tiled matmul for prefill: out = input · Wᵀ (+ bias) (+ residual), W any weight dtype. See shaders/matmul.wgsl.
 // Also the run contract shared with kernels/matvec.ts (same uniforms, same buffers, same run shape).
 import type { Gpu } from '../src/gpu/device.ts';
 import { UniformLayout } from '../src/gpu/uniforms.ts';
@@ -17,16 +17,26 @@ export const MatmulParams = new UniformLayout('Params', [
   ['out_offset', 'u32'],
   ['out_stride', 'u32'],
   ['bias_offset', 'u32'],
+  ['residual_offset', 'u32'],
+  ['residual_stride', 'u32'],
 ] as const);
 
 export type ProjectionField = (typeof MatmulParams.fields)[number][0];
 
-/** Buffers of one projection: input (M, K) f32, output (M, N) f32, weight (N, K), bias (N) f32. */
+/**
+ * Buffers of one projection: input (M, K) f32, output (M, N) f32, weight (N, K), bias (N) f32,
+ * residual (M, N) f32. out = residual + bias + input · Wᵀ.
+ */
 export interface MatmulBuffers {
   weight: PackedWeight;
   input: GPUBuffer;
   output: GPUBuffer;
   bias?: GPUBuffer;
+  /**
+   * Added to the result (a fused residual connection). Must be a different buffer from `output`:
+   * WebGPU forbids one buffer bound read-only and writable in the same dispatch.
+   */
+  residual?: GPUBuffer;
 }
 
 /** One projection run. Offsets and strides are in f32 elements. */
@@ -43,6 +53,10 @@ export interface MatmulRun {
   outputRowStride?: number;
   /** First element of the bias; default 0. */
   biasOffset?: number;
+  /** First element of the residual; default 0. */
+  residualOffset?: number;
+  /** Elements between residual rows; default N. */
+  residualRowStride?: number;
 }
 
 export interface MatmulOptions {
@@ -70,18 +84,22 @@ export function projectionValues(
     outputOffset = 0,
     outputRowStride = n,
     biasOffset = 0,
+    residualOffset = 0,
+    residualRowStride = n,
   } = run;
-  checkShape(label, { M, inputOffset, inputRowStride, outputOffset, outputRowStride, biasOffset }, [
-    'inputOffset',
-    'outputOffset',
-    'biasOffset',
-  ]);
+  checkShape(
+    label,
+    { M, inputOffset, inputRowStride, outputOffset, outputRowStride, biasOffset, residualOffset, residualRowStride },
+    ['inputOffset', 'outputOffset', 'biasOffset', 'residualOffset'],
+  );
   if (M > maxM) throw new ShapeError(`${label}: M = ${M} rows exceeds this kernel's maximum of ${maxM}`);
   if (inputRowStride < k) throw new ShapeError(`${label}: inputRowStride ${inputRowStride} < K = ${k}`);
   if (outputRowStride < n) throw new ShapeError(`${label}: outputRowStride ${outputRowStride} < N = ${n}`);
+  if (residualRowStride < n) throw new ShapeError(`${label}: residualRowStride ${residualRowStride} < N = ${n}`);
   checkFits(label, 'input', buffers.input, inputOffset, (M - 1) * inputRowStride + k);
   checkFits(label, 'output', buffers.output, outputOffset, (M - 1) * outputRowStride + n);
   if (buffers.bias) checkFits(label, 'bias', buffers.bias, biasOffset, n);
+  if (buffers.residual) checkFits(label, 'residual', buffers.residual, residualOffset, (M - 1) * residualRowStride + n);
   return {
     m: M,
     n,
@@ -91,11 +109,23 @@ export function projectionValues(
     out_offset: outputOffset,
     out_stride: outputRowStride,
     bias_offset: biasOffset,
+    residual_offset: residualOffset,
+    residual_stride: residualRowStride,
   };
 }
 
-// A kernel compiled without bias still declares the binding (override-guarded reads are static
-// uses), so it gets this 16-byte buffer, one per device.
+/** Refuse buffer sets WebGPU cannot bind: the residual (read-only) must not be the output (writable). */
+export function checkProjectionBuffers(label: string, buffers: Pick<MatmulBuffers, 'output' | 'residual'>): void {
+  if (buffers.residual && buffers.residual === buffers.output) {
+    throw new ShapeError(
+      `${label}: residual and output are the same buffer; a dispatch cannot bind one buffer read-only and writable, ` +
+        'so write the sum to a different buffer',
+    );
+  }
+}
+
+// A kernel compiled without bias (or residual) still declares the binding (override-guarded reads
+// are static uses), so it gets this 16-byte buffer, one per device.
 const placeholders = new WeakMap<Gpu, GPUBuffer>();
 export function placeholderStorage(gpu: Gpu): GPUBuffer {
   let buffer = placeholders.get(gpu);
@@ -106,12 +136,23 @@ export function placeholderStorage(gpu: Gpu): GPUBuffer {
   return buffer;
 }
 
-/** Storage buffers of a projection kernel in binding order (1..5). */
+/** Storage buffers of a projection kernel in binding order (1..6). */
 export function projectionBindings(gpu: Gpu, buffers: MatmulBuffers): Array<GPUBuffer | undefined> {
-  return [...weightBindings(buffers.weight), buffers.input, buffers.bias ?? placeholderStorage(gpu), buffers.output];
+  return [
+    ...weightBindings(buffers.weight),
+    buffers.input,
+    buffers.bias ?? placeholderStorage(gpu),
+    buffers.residual ?? placeholderStorage(gpu),
+    buffers.output,
+  ];
 }
 
-/** out[M, N] = input[M, K] · Wᵀ (+ bias) for any M; tiled, for prefill. */
+/** The override constants that switch the optional inputs of a projection kernel. */
+export function projectionConstants(buffers: MatmulBuffers): Record<'HAS_BIAS' | 'HAS_RESIDUAL', number> {
+  return { HAS_BIAS: buffers.bias ? 1 : 0, HAS_RESIDUAL: buffers.residual ? 1 : 0 };
+}
+
+/** out[M, N] = input[M, K] · Wᵀ (+ bias) (+ residual) for any M; tiled, for prefill. */
 export class Matmul {
   readonly weight: PackedWeight;
   readonly #buffers: MatmulBuffers;
@@ -122,6 +163,7 @@ export class Matmul {
   constructor(gpu: Gpu, buffers: MatmulBuffers, options: MatmulOptions = {}) {
     const { tileM = 64, tileN = 64 } = options;
     const label = `matmul(${buffers.weight.label})`;
+    checkProjectionBuffers(label, buffers);
     for (const [name, tile] of [['tileM', tileM], ['tileN', tileN]] as const) {
       if (!Number.isSafeInteger(tile) || tile < 4 || tile % 4 !== 0) {
         throw new ShapeError(`${label}: ${name} must be a positive multiple of 4 (got ${tile})`);
@@ -154,7 +196,7 @@ export class Matmul {
         variant: buffers.weight.dtype,
         code: composeShader(weightShader(buffers.weight.dtype), 'matmul.wgsl'),
         entryPoint: 'matmul',
-        constants: { TILE_M: tileM, TILE_N: tileN, HAS_BIAS: buffers.bias ? 1 : 0 },
+        constants: { TILE_M: tileM, TILE_N: tileN, ...projectionConstants(buffers) },
       },
       MatmulParams,
       projectionBindings(gpu, buffers),

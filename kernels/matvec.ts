@@ -1,4 +1,4 @@
-// Matrix-vector products for decode: out = input · Wᵀ (+ bias) for M = 1..8 rows, W any weight
+// Matrix-vector products for decode: out = input · Wᵀ (+ bias) (+ residual) for M = 1..8 rows, W any weight
 // dtype. Memory-bound: judge it in GB/s of weight read. See shaders/matvec.wgsl.
 import type { Gpu } from '../src/gpu/device.ts';
 import { UniformLayout } from '../src/gpu/uniforms.ts';
@@ -7,7 +7,9 @@ import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkWorkgroupSize } from './dispatch.ts';
 import { paddedCols, weightShader, type PackedWeight } from './weights.ts';
 import {
+  checkProjectionBuffers,
   projectionBindings,
+  projectionConstants,
   projectionValues,
   type MatmulBuffers,
   type MatmulRun,
@@ -24,6 +26,8 @@ export const MatvecParams = new UniformLayout('Params', [
   ['out_offset', 'u32'],
   ['out_stride', 'u32'],
   ['bias_offset', 'u32'],
+  ['residual_offset', 'u32'],
+  ['residual_stride', 'u32'],
 ] as const);
 
 /** Most activation rows one matvec handles (MAX_M in the shader). */
@@ -47,7 +51,7 @@ export function defaultMatvecWorkgroupSize(cols: number): number {
   return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(want))));
 }
 
-/** out[M, N] = input[M, K] · Wᵀ (+ bias) for M <= 8; one workgroup per weight row (or few rows). */
+/** out[M, N] = input[M, K] · Wᵀ (+ bias) (+ residual) for M <= 8; one workgroup per weight row (or few rows). */
 export class Matvec {
   readonly weight: PackedWeight;
   readonly #buffers: MatvecBuffers;
@@ -57,6 +61,7 @@ export class Matvec {
 
   constructor(gpu: Gpu, buffers: MatvecBuffers, options: MatvecOptions = {}) {
     const label = `matvec(${buffers.weight.label})`;
+    checkProjectionBuffers(label, buffers);
     const { workgroupSize = defaultMatvecWorkgroupSize(buffers.weight.cols), rowsPerWorkgroup = 1 } = options;
     const wg = checkWorkgroupSize(gpu, workgroupSize, label);
     if (!Number.isSafeInteger(rowsPerWorkgroup) || rowsPerWorkgroup < 1 || rowsPerWorkgroup > MATVEC_MAX_ROWS_PER_WORKGROUP) {
@@ -82,7 +87,7 @@ export class Matvec {
         variant: buffers.weight.dtype,
         code: composeShader(weightShader(buffers.weight.dtype), 'matvec.wgsl'),
         entryPoint: 'matvec',
-        constants: { WG: wg, ROWS: rowsPerWorkgroup, HAS_BIAS: buffers.bias ? 1 : 0 },
+        constants: { WG: wg, ROWS: rowsPerWorkgroup, ...projectionConstants(buffers) },
       },
       MatvecParams,
       projectionBindings(gpu, buffers),

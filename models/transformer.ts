@@ -67,14 +67,14 @@ interface LayerOps {
   kvWrite: KvWrite;
   prefill: PrefillAttention;
   decode: DecodeAttention;
+  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection. */
   attnOut: Linear;
-  attnResidual: Elementwise;
   mlpNorm: Norm;
   gate?: Linear;
   up: Linear;
   act: Elementwise;
+  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection. */
   down: Linear;
-  mlpResidual: Elementwise;
 }
 
 export class Transformer {
@@ -160,8 +160,8 @@ export class Transformer {
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
-    const linear = (name: string, input: GPUBuffer, output: GPUBuffer) =>
-      new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, maxRows: R });
+    const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer) =>
+      new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R });
 
     this.#layers = [];
     for (let l = 0; l < cfg.numLayers; l++) {
@@ -180,16 +180,15 @@ export class Transformer {
         kvWrite: new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.kvMeta, kCache, vCache }),
         prefill: new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn }),
         decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.attnMeta, scratch: decodeScratch }),
-        attnOut: linear(`${p}.attn_output`, b.attn, b.h),
-        attnResidual: new Elementwise(gpu, 'add', { a: b.x, b: b.h, out: b.x2 }),
+        // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
+        attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
         mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
         gate: cfg.mlp === 'swiglu' ? linear(`${p}.ffn_gate`, b.h, b.gate) : undefined,
         up: linear(`${p}.ffn_up`, b.h, b.up),
         act: cfg.mlp === 'swiglu'
           ? new Elementwise(gpu, 'swiglu', { a: b.gate, b: b.up, out: b.act })
           : new Elementwise(gpu, 'gelu', { a: b.up, out: b.act }),
-        down: linear(`${p}.ffn_down`, b.act, b.h),
-        mlpResidual: new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x }),
+        down: linear(`${p}.ffn_down`, b.act, b.x, b.x2),
       });
     }
     this.#finalNorm = norm('output_norm', b.x, b.h);
@@ -351,13 +350,11 @@ export class Transformer {
       layer.kvWrite.encode(pass, { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W });
       attention(layer);
       layer.attnOut.encode(pass, { M: R });
-      layer.attnResidual.encode(pass, { count: R * C });
       layer.mlpNorm.encode(pass, { rows: R, cols: C });
       layer.gate?.encode(pass, { M: R });
       layer.up.encode(pass, { M: R });
       layer.act.encode(pass, { count: R * F });
       layer.down.encode(pass, { M: R });
-      layer.mlpResidual.encode(pass, { count: R * C });
     }
   }
 

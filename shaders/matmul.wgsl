@@ -1,4 +1,5 @@
-// Tiled matrix multiply for prefill: out = a · Wᵀ (+ bias), activations f32, W any weight dtype.
+// Tiled matrix multiply for prefill: out = a · Wᵀ (+ bias) (+ residual), activations f32, W any
+// weight dtype.
 // Compose with one weights_<dtype>.wgsl (bindings 1-2, the weight4 interface); W is dequantised
 // while a tile is loaded into workgroup memory, and every product accumulates in f32.
 // Legend: M activation rows (tokens), N output features = weight rows, K input features = weight
@@ -10,25 +11,29 @@
 // per k, conflict-free, for 16 FMAs.
 
 struct Params {
-  m: u32,           // activation rows (tokens)
-  n: u32,           // output features (weight rows)
-  k: u32,           // input features (weight cols)
-  a_offset: u32,    // first element of a (elements)
-  a_stride: u32,    // elements between consecutive rows of a (>= k)
-  out_offset: u32,  // first element of out (elements)
-  out_stride: u32,  // elements between consecutive rows of out (>= n)
-  bias_offset: u32, // first element of bias (elements); unused without HAS_BIAS
+  m: u32,               // activation rows (tokens)
+  n: u32,               // output features (weight rows)
+  k: u32,               // input features (weight cols)
+  a_offset: u32,        // first element of a (elements)
+  a_stride: u32,        // elements between consecutive rows of a (>= k)
+  out_offset: u32,      // first element of out (elements)
+  out_stride: u32,      // elements between consecutive rows of out (>= n)
+  bias_offset: u32,     // first element of bias (elements); unused without HAS_BIAS
+  residual_offset: u32, // first element of residual (elements); unused without HAS_RESIDUAL
+  residual_stride: u32, // elements between consecutive rows of residual (>= n); unused without HAS_RESIDUAL
 }
 
 override TILE_M: u32 = 64; // output rows per workgroup, multiple of 4
 override TILE_N: u32 = 64; // output cols per workgroup, multiple of 4
 override HAS_BIAS: bool = false;
+override HAS_RESIDUAL: bool = false; // add residual[m, n] (a fused residual connection)
 const TILE_K: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(3) var<storage, read> a: array<f32>;          // (M, a_stride) from a_offset
 @group(0) @binding(4) var<storage, read> bias: array<f32>;       // (N) from bias_offset; a placeholder without HAS_BIAS
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset
+@group(0) @binding(5) var<storage, read> residual: array<f32>;   // (M, residual_stride) from residual_offset; a placeholder without HAS_RESIDUAL
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset; never the residual's buffer
 
 var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>; // (TILE_K, TILE_M/4): a[m0 + m, k0 + kk]
 var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE_N / 4u>; // (TILE_K, TILE_N/4): W[n0 + n, k0 + kk]
@@ -113,6 +118,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
       if (n >= params.n) { break; }
       var v = acc[i][j];
       if (HAS_BIAS) { v += bias[params.bias_offset + n]; }
+      if (HAS_RESIDUAL) { v += residual[params.residual_offset + m * params.residual_stride + n]; }
       out[params.out_offset + m * params.out_stride + n] = v;
     }
   }

@@ -1,4 +1,4 @@
-// Matrix-vector product for decode: out = a · Wᵀ (+ bias) for M = 1..8 activation rows.
+// Matrix-vector product for decode: out = a · Wᵀ (+ bias) (+ residual) for M = 1..8 activation rows.
 // Compose with one weights_<dtype>.wgsl (bindings 1-2, the weight4 interface).
 // Legend: M activation rows (<= MAX_M), N output features = weight rows, K input features = weight
 // cols, Kp = K rounded up to 4 (stored weight row length).
@@ -10,14 +10,16 @@
 //! include grid.wgsl
 
 struct Params {
-  m: u32,           // activation rows (1..MAX_M)
-  n: u32,           // output features (weight rows)
-  k: u32,           // input features (weight cols)
-  a_offset: u32,    // first element of a (elements)
-  a_stride: u32,    // elements between consecutive rows of a (>= k)
-  out_offset: u32,  // first element of out (elements)
-  out_stride: u32,  // elements between consecutive rows of out (>= n)
-  bias_offset: u32, // first element of bias (elements); unused without HAS_BIAS
+  m: u32,               // activation rows (1..MAX_M)
+  n: u32,               // output features (weight rows)
+  k: u32,               // input features (weight cols)
+  a_offset: u32,        // first element of a (elements)
+  a_stride: u32,        // elements between consecutive rows of a (>= k)
+  out_offset: u32,      // first element of out (elements)
+  out_stride: u32,      // elements between consecutive rows of out (>= n)
+  bias_offset: u32,     // first element of bias (elements); unused without HAS_BIAS
+  residual_offset: u32, // first element of residual (elements); unused without HAS_RESIDUAL
+  residual_stride: u32, // elements between consecutive rows of residual (>= n); unused without HAS_RESIDUAL
 }
 
 const MAX_M: u32 = 8u;
@@ -25,11 +27,13 @@ const MAX_ROWS: u32 = 4u;
 override WG: u32 = 128;    // threads per workgroup, power of two >= ROWS * MAX_M
 override ROWS: u32 = 1;    // weight rows per workgroup, 1..MAX_ROWS
 override HAS_BIAS: bool = false;
+override HAS_RESIDUAL: bool = false; // add residual[m, n] (a fused residual connection)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(3) var<storage, read> a: array<f32>;          // (M, a_stride) from a_offset
 @group(0) @binding(4) var<storage, read> bias: array<f32>;       // (N) from bias_offset; a placeholder without HAS_BIAS
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset
+@group(0) @binding(5) var<storage, read> residual: array<f32>;   // (M, residual_stride) from residual_offset; a placeholder without HAS_RESIDUAL
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset; never the residual's buffer
 
 var<workgroup> partial: array<f32, ROWS * MAX_M * WG>; // (ROWS * MAX_M, WG): per-thread partial sums
 
@@ -90,6 +94,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (m < params.m && n < params.n) {
       var v = partial[lid * WG];
       if (HAS_BIAS) { v += bias[params.bias_offset + n]; }
+      if (HAS_RESIDUAL) { v += residual[params.residual_offset + m * params.residual_stride + n]; }
       out[params.out_offset + m * params.out_stride + n] = v;
     }
   }

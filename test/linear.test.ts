@@ -1,15 +1,17 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Linear } from '../kernels/linear.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { packWeight, planeWords, uploadWeight, uploadWeightChunks, dequantize, type HostWeight, type WeightDtype } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
-import { projectionReference } from './support/projection.ts';
+import { ErrorLog, projectionReference, rowsWithNaNGaps } from './support/projection.ts';
 import { randomKQuantWeight } from './support/kquants.ts';
 import { compare } from './support/reference.ts';
 
 const gpu = useGpu();
+const log = new ErrorLog();
+afterAll(() => console.log(`linear\n${log.summary()}`));
 
 describe('linear', () => {
   // One layer with maxRows 20, run at M = 1 (matvec), 8 (matvec) and 20 (matmul) from the same
@@ -89,6 +91,66 @@ describe('linear', () => {
     });
   }
 
+  // Fused residual through row chunks: each chunk reads its own column slice of the residual rows
+  // as it writes its slice of the output. Two residual layouts: its own offset and row stride (NaN
+  // in the gaps), and the defaults (offset 0, row stride N, which each chunk must get as N, not as
+  // its own row count), as the model runs it.
+  for (const [dtype, K] of Object.entries(CHUNK_K) as Array<[WeightDtype, number]>) {
+    it(`${dtype} N=37 K=${K} in 3 row chunks, with bias and residual, M = 1, 5, 8, 20, equals unchunked`, async () => {
+      const N = 37;
+      const maxRows = 20;
+      const host: HostWeight = dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, N, K, 7) : packWeight(dtype, N, K, randomF32(N * K, 7, 0.5));
+      const chunked = uploadWeightChunks(gpu(), 'w', host, { maxChunkBytes: 4 * Math.max(...planeWords(dtype, 13, K)) });
+      expect(chunked.chunks).toHaveLength(3);
+      const whole = uploadWeight(gpu(), 'w', host);
+      const w = dequantize(host);
+      const a = randomF32(maxRows * K + 3, 8);
+      const bias = randomF32(N + 2, 9);
+      const stride = 2 * N + 1;
+      const input = createStorage(gpu(), 'a', a);
+      const biasBuffer = createStorage(gpu(), 'bias', bias);
+      for (const [resOffset, resStride, explicit] of [[4, N + 6, true], [0, N, false]] as const) {
+        const residualValues = rowsWithNaNGaps(maxRows, N, resOffset, resStride, 10);
+        const residual = createStorage(gpu(), 'residual', residualValues);
+        const outputs = [poisoned(gpu(), 'out.chunked', maxRows * stride), poisoned(gpu(), 'out.whole', maxRows * stride)];
+        const [layer, wholeLayer] = [chunked, whole].map(
+          (weight, i) => new Linear(gpu(), { weight, bias: biasBuffer, input, output: outputs[i], residual, maxRows }),
+        );
+        const what = `chunked linear ${dtype} residual${explicit ? ` offset ${resOffset} stride ${resStride}` : ' (default layout)'}`;
+        for (const M of [1, 5, 8, 20]) {
+          for (const out of outputs) gpu().device.queue.writeBuffer(out, 0, new Float32Array(maxRows * stride).fill(NaN));
+          const run = {
+            M, inputOffset: 3, outputOffset: 1, outputRowStride: stride, biasOffset: 2,
+            ...(explicit ? { residualOffset: resOffset, residualRowStride: resStride } : {}),
+          };
+          await runPass(gpu(), (pass) => {
+            layer.encode(pass, run);
+            wholeLayer.encode(pass, run);
+          });
+          const [all, allWhole] = [await readF32(gpu(), outputs[0], maxRows * stride), await readF32(gpu(), outputs[1], maxRows * stride)];
+          const got = Array.from({ length: M * N }, (_, i) => all[Math.floor(i / N) * stride + 1 + (i % N)]);
+          const ref = projectionReference(w, N, K, a, M, 3, K, bias, 2, { values: residualValues, offset: resOffset, stride: resStride });
+          log.add(`${dtype} chunked residual`, expectClose(got, ref, 1e-5, `${what} ${layer.kernelFor(M)} M=${M}`));
+          expect(compare(all, allWhole)).toMatchObject({ maxAbs: 0, firstNonFinite: -1 });
+          // Only the M rows' N columns from offset 1 are written.
+          expect(all.filter((_, i) => i % stride < 1 || i % stride > N || i >= M * stride).every(Number.isNaN)).toBe(true);
+        }
+      }
+    });
+  }
+
+  it('refuses a residual that is the output buffer, for whole and chunked weights', () => {
+    const host = packWeight('f32', 37, 8, randomF32(37 * 8, 1));
+    const output = createStorage(gpu(), 'o', 2 * 37 * 4);
+    const input = createStorage(gpu(), 'a', 16 * 4);
+    for (const weight of [uploadWeight(gpu(), 'w', host), uploadWeightChunks(gpu(), 'w', host, { maxChunkBytes: 13 * 8 * 4 })]) {
+      expect(() => new Linear(gpu(), { weight, input, output, residual: output, maxRows: 2 })).toThrow(ShapeError);
+      expect(() => new Linear(gpu(), { weight, input, output, residual: output, maxRows: 2 })).toThrow(
+        /linear\(w\): residual and output are the same buffer/,
+      );
+    }
+  });
+
   it('a chunked layer checks the whole N before recording any chunk', () => {
     const host = packWeight('f32', 37, 8, randomF32(37 * 8, 1));
     const weight = uploadWeightChunks(gpu(), 'w', host, { maxChunkBytes: 13 * 8 * 4 });
@@ -101,6 +163,12 @@ describe('linear', () => {
     expect(() => layer.encode(pass, { M: 2, outputOffset: 1 })).toThrow(/output needs 300 bytes/);
     expect(() => layer.encode(pass, { M: 1, biasOffset: 1 })).toThrow(/bias needs 152 bytes/);
     pass.end();
+    // The same for the residual: its stride and extent are checked against N = 37, not a chunk's rows.
+    const withResidual = new Linear(gpu(), { weight, input: createStorage(gpu(), 'a', 16 * 4), output, residual: createStorage(gpu(), 'r', 2 * 37 * 4), maxRows: 2 });
+    const pass2 = gpu().device.createCommandEncoder().beginComputePass();
+    expect(() => withResidual.encode(pass2, { M: 1, residualRowStride: 20 })).toThrow(/residualRowStride 20 < N = 37/);
+    expect(() => withResidual.encode(pass2, { M: 2, residualOffset: 1 })).toThrow(/residual needs 300 bytes/);
+    pass2.end();
   });
 
   it('refuses M above maxRows', () => {

@@ -41,6 +41,19 @@ for (const dtype of ['q4_k', 'q6_k'] as const) {
     projectionCase({ dtype, M: 66, N: 67, K: 512, inputRowStride: 515, outputRowStride: 69, seed: 4 }),
   );
 }
+// Fused residual: out = residual + bias + a · Wᵀ, the residual with its own offset and row stride
+// (NaN in its gaps), alone and with bias, at one row, below one tile and across two tiles.
+const RESIDUAL_K = { f32: 53, f16: 35, q8_0: 64, q4_0: 96, q4_k: 256, q6_k: 512 } as const;
+for (const [dtype, K] of Object.entries(RESIDUAL_K) as Array<[keyof typeof RESIDUAL_K, number]>) {
+  cases.push(
+    projectionCase({ dtype, M: 1, N: 3, K, residual: true, seed: 6 }),
+    projectionCase({ dtype, M: 7, N: 37, K, bias: true, residual: true, residualRowStride: 41, seed: 7 }),
+    projectionCase({
+      dtype, M: 67, N: 69, K, bias: true, residual: true,
+      inputRowStride: K + 3, outputRowStride: 70, residualOffset: 11, residualRowStride: 73, seed: 8,
+    }),
+  );
+}
 
 describe('matmul', () => {
   for (const c of cases) {
@@ -48,7 +61,7 @@ describe('matmul', () => {
       const s = setupProjection(gpu(), c);
       const kernel = new Matmul(gpu(), s);
       await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
-      log.add(c.dtype, await s.check(TOLERANCE));
+      log.add(c.residual ? `${c.dtype} residual` : c.dtype, await s.check(TOLERANCE));
     });
   }
 
@@ -58,6 +71,14 @@ describe('matmul', () => {
     const kernel = new Matmul(gpu(), s, { tileM: 16, tileN: 32 });
     await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
     log.add('q4_0 16x32 tiles', await s.check(TOLERANCE));
+  });
+
+  it('q8_0 with residual and smaller tiles (16x32) gives the same result', async () => {
+    const c = projectionCase({ dtype: 'q8_0', M: 37, N: 41, K: 64, bias: true, residual: true, residualRowStride: 45, seed: 10 });
+    const s = setupProjection(gpu(), c);
+    const kernel = new Matmul(gpu(), s, { tileM: 16, tileN: 32 });
+    await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+    log.add('q8_0 residual 16x32 tiles', await s.check(TOLERANCE));
   });
 
   it('q6_k with smaller tiles (16x32) gives the same result', async () => {
@@ -79,6 +100,20 @@ describe('matmul', () => {
     expect(() => kernel.encode(pass, { M: 2, outputRowStride: 7 })).toThrow(/outputRowStride/);
     expect(() => kernel.encode(pass, { M: 0 })).toThrow(/M must be/);
     expect(() => new Matmul(gpu(), { weight, input, output }, { tileM: 6 })).toThrow(/multiple of 4/);
+    pass.end();
+  });
+
+  it('refuses a residual that is the output buffer, or does not fit', () => {
+    const weight = uploadWeight(gpu(), 'w', packWeight('f32', 8, 12, randomF32(96, 1)));
+    const input = createStorage(gpu(), 'a', 4 * 12 * 4);
+    const output = createStorage(gpu(), 'out', 4 * 8 * 4);
+    expect(() => new Matmul(gpu(), { weight, input, output, residual: output })).toThrow(ShapeError);
+    expect(() => new Matmul(gpu(), { weight, input, output, residual: output })).toThrow(/matmul\(w\): residual and output are the same buffer/);
+    const kernel = new Matmul(gpu(), { weight, input, output, residual: createStorage(gpu(), 'res', 3 * 8 * 4) });
+    const pass = gpu().device.createCommandEncoder().beginComputePass();
+    expect(() => kernel.encode(pass, { M: 4 })).toThrow(/residual needs 128 bytes but its buffer has 96/);
+    expect(() => kernel.encode(pass, { M: 3, residualOffset: 1 })).toThrow(/residual needs/);
+    expect(() => kernel.encode(pass, { M: 1, residualRowStride: 7 })).toThrow(/residualRowStride 7 < N = 8/);
     pass.end();
   });
 });

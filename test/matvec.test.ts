@@ -41,6 +41,24 @@ for (const dtype of ['q4_k', 'q6_k'] as const) {
   );
 }
 
+// Fused residual: out = residual + bias + a · Wᵀ, the residual with its own offset and row stride
+// (NaN in its gaps), alone and with bias, at M = 1, a middle M and the full 8 rows.
+const RESIDUAL_K = { f32: 53, f16: 1030, q8_0: 96, q4_0: 1024, q4_k: 512, q6_k: 256 } as const;
+for (const [dtype, K] of Object.entries(RESIDUAL_K) as Array<[keyof typeof RESIDUAL_K, number]>) {
+  cases.push(
+    projectionCase({ dtype, M: 1, N: 37, K, residual: true, seed: 6 }),
+    projectionCase({ dtype, M: 5, N: 37, K, bias: true, residual: true, residualRowStride: 41, outputRowStride: 39, seed: 7 }),
+    projectionCase({
+      dtype, M: 8, N: 130, K, bias: true, residual: true,
+      inputRowStride: K + 3, outputRowStride: 131, residualOffset: 11, residualRowStride: 133, seed: 8,
+    }),
+  );
+}
+cases.push(
+  { ...projectionCase({ dtype: 'q4_0', M: 3, N: 37, K: 160, bias: true, residual: true, residualRowStride: 40, seed: 9 }), rowsPerWorkgroup: 3, workgroupSize: 32 },
+  { ...projectionCase({ dtype: 'f16', M: 8, N: 13, K: 70, residual: true, seed: 9 }), rowsPerWorkgroup: 4, workgroupSize: 64 },
+);
+
 describe('matvec', () => {
   for (const c of cases) {
     const extra = c.rowsPerWorkgroup ? ` rows/wg=${c.rowsPerWorkgroup} wg=${c.workgroupSize}` : '';
@@ -48,7 +66,7 @@ describe('matvec', () => {
       const s = setupProjection(gpu(), c);
       const kernel = new Matvec(gpu(), s, { rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize });
       await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
-      log.add(c.dtype, await s.check(TOLERANCE));
+      log.add(c.residual ? `${c.dtype} residual` : c.dtype, await s.check(TOLERANCE));
     });
   }
 
@@ -86,5 +104,19 @@ describe('matvec', () => {
     expect(() => new Matvec(gpu(), { weight, input, output }, { rowsPerWorkgroup: 5 })).toThrow(/rowsPerWorkgroup/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 48 })).toThrow(/power of two/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 16, rowsPerWorkgroup: 4 })).toThrow(/>= 32/);
+  });
+
+  it('refuses a residual that is the output buffer, or does not fit', () => {
+    const weight = uploadWeight(gpu(), 'w', packWeight('q8_0', 8, 32, randomF32(256, 1)));
+    const input = createStorage(gpu(), 'a', 2 * 32 * 4);
+    const output = createStorage(gpu(), 'out', 2 * 8 * 4);
+    expect(() => new Matvec(gpu(), { weight, input, output, residual: output })).toThrow(ShapeError);
+    expect(() => new Matvec(gpu(), { weight, input, output, residual: output })).toThrow(/matvec\(w\): residual and output are the same buffer/);
+    const kernel = new Matvec(gpu(), { weight, input, output, residual: createStorage(gpu(), 'res', 12 * 4) });
+    const pass = gpu().device.createCommandEncoder().beginComputePass();
+    expect(() => kernel.encode(pass, { M: 2 })).toThrow(/residual needs 64 bytes but its buffer has 48/);
+    expect(() => kernel.encode(pass, { M: 1, residualOffset: 5 })).toThrow(/residual needs 52 bytes/);
+    expect(() => kernel.encode(pass, { M: 1, residualRowStride: 7 })).toThrow(/residualRowStride 7 < N = 8/);
+    pass.end();
   });
 });

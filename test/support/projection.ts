@@ -1,6 +1,7 @@
 // Shared set-up for projection tests (matmul, matvec, linear): random weights packed in a dtype
 // (random valid blocks for the K-quants, which are not quantised from floats here), a float64 reference that multiplies by the dequantised packed weight, and a check that reads the
-// whole output region (written cells against the reference, stride gaps still NaN).
+// whole output region (written cells against the reference, stride gaps still NaN). Input and
+// residual elements outside their logical rows are NaN, so a kernel reading the wrong place fails.
 import type { Gpu } from '../../src/gpu/device.ts';
 import { packWeight, dequantize, uploadWeight, type PackedWeight, type WeightDtype } from '../../kernels/weights.ts';
 import type { MatmulRun } from '../../kernels/matmul.ts';
@@ -8,7 +9,14 @@ import { createStorage, poisoned, readF32 } from './gpu.ts';
 import { randomKQuantWeight } from './kquants.ts';
 import { expectClose, randomF32, type Comparison } from './reference.ts';
 
-/** out[m, n] = sum_k a[m, k] W[n, k] (+ bias[n]) in float64. */
+/** A residual added to a projection: (M, N) values from `offset`, rows `stride` elements apart. */
+export interface ResidualReference {
+  values: Float32Array;
+  offset: number;
+  stride: number;
+}
+
+/** out[m, n] = residual[m, n] + bias[n] + sum_k a[m, k] W[n, k] in float64 (bias, residual optional). */
 export function projectionReference(
   w: Float64Array,
   n: number,
@@ -19,11 +27,13 @@ export function projectionReference(
   aStride: number,
   bias?: Float32Array,
   biasOffset = 0,
+  residual?: ResidualReference,
 ): Float64Array {
   const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
       let s = bias ? bias[biasOffset + j] : 0;
+      if (residual) s += residual.values[residual.offset + i * residual.stride + j];
       for (let c = 0; c < k; c++) s += a[aOffset + i * aStride + c] * w[j * k + c];
       out[i * n + j] = s;
     }
@@ -42,6 +52,9 @@ export interface ProjectionCase {
   outputOffset: number;
   outputRowStride: number;
   biasOffset: number;
+  residual: boolean;
+  residualOffset: number;
+  residualRowStride: number;
   seed: number;
 }
 
@@ -53,15 +66,19 @@ export function projectionCase(partial: Partial<ProjectionCase> & Pick<Projectio
     outputOffset: 5,
     outputRowStride: partial.N,
     biasOffset: 2,
+    residual: false,
+    residualOffset: 7,
+    residualRowStride: partial.N,
     seed: 1,
     ...partial,
   };
 }
 
 export function describeCase(c: ProjectionCase): string {
-  return `${c.dtype} M=${c.M} N=${c.N} K=${c.K}${c.bias ? ' bias' : ''}` +
+  return `${c.dtype} M=${c.M} N=${c.N} K=${c.K}${c.bias ? ' bias' : ''}${c.residual ? ' residual' : ''}` +
     (c.inputRowStride !== c.K ? ` inStride=${c.inputRowStride}` : '') +
-    (c.outputRowStride !== c.N ? ` outStride=${c.outputRowStride}` : '');
+    (c.outputRowStride !== c.N ? ` outStride=${c.outputRowStride}` : '') +
+    (c.residual && c.residualRowStride !== c.N ? ` resStride=${c.residualRowStride}` : '');
 }
 
 export interface ProjectionSetup {
@@ -69,6 +86,7 @@ export interface ProjectionSetup {
   input: GPUBuffer;
   output: GPUBuffer;
   bias?: GPUBuffer;
+  residual?: GPUBuffer;
   run: MatmulRun;
   /** Read the output and compare with the reference; gaps between output rows must stay NaN. */
   check(tolerance: number): Promise<Comparison>;
@@ -80,25 +98,22 @@ export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
     dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, N, K, c.seed, 0.5) : packWeight(dtype, N, K, randomF32(N * K, c.seed, 0.5));
   const w = dequantize(host);
   const weight = uploadWeight(gpu, `w_${dtype}`, host);
-  const inputLength = c.inputOffset + (M - 1) * c.inputRowStride + K + 2;
-  const a = randomF32(inputLength, c.seed + 1, 1);
   // Elements outside the M logical rows are NaN: a kernel reading past K (into zero weight padding)
   // or into a stride gap turns its output NaN instead of silently multiplying garbage by zero.
-  for (let i = 0; i < inputLength; i++) {
-    const rel = i - c.inputOffset;
-    const row = Math.floor(rel / c.inputRowStride);
-    if (rel < 0 || row >= M || rel - row * c.inputRowStride >= K) a[i] = NaN;
-  }
+  const a = rowsWithNaNGaps(M, K, c.inputOffset, c.inputRowStride, c.seed + 1);
+  const residual = c.residual ? rowsWithNaNGaps(M, N, c.residualOffset, c.residualRowStride, c.seed + 3) : undefined;
   const biasValues = c.bias ? randomF32(c.biasOffset + N + 1, c.seed + 2, 1) : undefined;
   const outLength = c.outputOffset + (M - 1) * c.outputRowStride + N;
   const output = poisoned(gpu, 'out', outLength + 3);
-  const ref = projectionReference(w, N, K, a, M, c.inputOffset, c.inputRowStride, biasValues, c.biasOffset);
+  const ref = projectionReference(w, N, K, a, M, c.inputOffset, c.inputRowStride, biasValues, c.biasOffset,
+    residual && { values: residual, offset: c.residualOffset, stride: c.residualRowStride });
   const what = describeCase(c);
   return {
     weight,
     input: createStorage(gpu, 'a', a),
     output,
     bias: biasValues ? createStorage(gpu, 'bias', biasValues) : undefined,
+    residual: residual ? createStorage(gpu, 'residual', residual) : undefined,
     run: {
       M,
       inputOffset: c.inputOffset,
@@ -106,6 +121,7 @@ export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
       outputOffset: c.outputOffset,
       outputRowStride: c.outputRowStride,
       biasOffset: c.biasOffset,
+      ...(c.residual ? { residualOffset: c.residualOffset, residualRowStride: c.residualRowStride } : {}),
     },
     async check(tolerance: number) {
       const all = await readF32(gpu, output, outLength + 3);
@@ -121,6 +137,21 @@ export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
       return expectClose(got, ref, tolerance, what);
     },
   };
+}
+
+/**
+ * Random values in (rows, cols) from `offset` with rows `stride` apart, NaN everywhere else (before
+ * the offset, in the stride gaps, and two elements past the end).
+ */
+export function rowsWithNaNGaps(rows: number, cols: number, offset: number, stride: number, seed: number): Float32Array {
+  const length = offset + (rows - 1) * stride + cols + 2;
+  const values = randomF32(length, seed, 1);
+  for (let i = 0; i < length; i++) {
+    const rel = i - offset;
+    const row = Math.floor(rel / stride);
+    if (rel < 0 || row >= rows || rel - row * stride >= cols) values[i] = NaN;
+  }
+  return values;
 }
 
 /** Worst rel-L2 per group, printed once per file so reports can quote it. */
