@@ -6,8 +6,8 @@
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
 //
-// Legend: R = rows in a step (prefill tokens of one sequence, or one token per decoding
-// sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
+// Legend: R = rows in a step (the prompt tokens of one or more sequences laid end to end, or one
+// token per decoding sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
 // F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens).
 import type { Gpu } from '../src/gpu/device.ts';
 import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
@@ -30,6 +30,11 @@ export interface TransformerOptions {
   capacity: number;
   /** Most prompt tokens one prefill step processes; longer prompts take several steps. */
   prefillChunk: number;
+  /**
+   * Most sequences (pieces) one prefill step carries (default 8; at most `slots` are used, as the
+   * pieces of a step hold different slots). Each costs one attention op per layer, built at load.
+   */
+  maxPrefillPieces?: number;
   /** Called after each tensor is uploaded (for a progress bar). */
   onProgress?: (done: number, total: number, name: string) => void;
   /**
@@ -53,6 +58,18 @@ export interface PrefillOptions {
   candidates?: number;
 }
 
+/** One sequence's share of a batched prefill step. */
+export interface PrefillPiece {
+  /** KV slot of the sequence; the pieces of one step hold different slots. */
+  slot: number;
+  /** Prompt tokens to run (>= 1). */
+  tokens: number[];
+  /** Position of tokens[0] (= tokens of this sequence already in the slot's cache). */
+  start: number;
+  /** Candidates to return for the token after the piece's last one (1..64); 0 or absent: none. */
+  candidates?: number;
+}
+
 export interface DecodeRow {
   slot: number;
   token: number;
@@ -65,7 +82,8 @@ interface LayerOps {
   qkv: Linear[];
   rope?: Rope;
   kvWrite: KvWrite;
-  prefill: PrefillAttention;
+  /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
+  prefill: PrefillAttention[];
   decode: DecodeAttention;
   /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection. */
   attnOut: Linear;
@@ -88,13 +106,16 @@ export class Transformer {
   readonly #gpu: Gpu;
   readonly #arena: BufferArena;
   readonly #maxRows: number;
-  readonly #buf: Record<'ids' | 'positions' | 'kvMeta' | 'attnMeta' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'gate' | 'up' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse', GPUBuffer>;
+  readonly #buf: Record<'ids' | 'positions' | 'kvMeta' | 'attnMeta' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'gate' | 'up' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
   readonly #readback: GPUBuffer;
   readonly #embed: Embed;
   readonly #posEmbed?: Embed;
   readonly #posAdd?: Elementwise;
   readonly #layers: LayerOps[];
   readonly #finalNorm: Norm;
+  /** The final norm over headRows: the last rows of a batched prefill's pieces, gathered. */
+  readonly #finalNormGathered: Norm;
+  readonly #maxPieces: number;
   readonly #lmHead: Linear;
   readonly #topK: TopK;
   readonly #regionElements: number;
@@ -114,6 +135,7 @@ export class Transformer {
     const R = Math.max(options.prefillChunk, options.slots);
     this.#maxRows = R;
     this.#logitRows = Math.max(options.slots, 1);
+    this.#maxPieces = Math.min(options.maxPrefillPieces ?? 8, options.slots);
     const matrix = (name: string) => {
       const w = weights.get(name);
       if (!w || !('chunks' in w)) throw new ShapeError(`${source.id}: weight ${name} was not loaded`);
@@ -138,6 +160,7 @@ export class Transformer {
       topValues: f32('topValues', this.#logitRows * TOPK_MAX_K),
       topIds: f32('topIds', this.#logitRows * TOPK_MAX_K),
       lse: f32('lse', this.#logitRows),
+      headRows: f32('headRows', this.#logitRows * C),
     };
     const b = this.#buf;
     this.#readback = gpu.device.createBuffer({
@@ -178,7 +201,7 @@ export class Transformer {
         qkv,
         rope: invFreq ? new Rope(gpu, source.ropeMode, { x: b.qkv, positions: b.positions, invFreq }) : undefined,
         kvWrite: new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.kvMeta, kCache, vCache }),
-        prefill: new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn }),
+        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
         decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.attnMeta, scratch: decodeScratch }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
         attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
@@ -192,6 +215,7 @@ export class Transformer {
       });
     }
     this.#finalNorm = norm('output_norm', b.x, b.h);
+    this.#finalNormGathered = norm('output_norm', b.headRows, b.h);
     const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
     this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
@@ -201,7 +225,8 @@ export class Transformer {
   /** Load every tensor from `source`, upload it once, and build the kernels. */
   static async load(gpu: Gpu, source: ModelSource, options: TransformerOptions): Promise<Transformer> {
     const cfg = source.config;
-    for (const [name, value] of Object.entries({ slots: options.slots, capacity: options.capacity, prefillChunk: options.prefillChunk })) {
+    const sizes = { slots: options.slots, capacity: options.capacity, prefillChunk: options.prefillChunk, maxPrefillPieces: options.maxPrefillPieces ?? 8 };
+    for (const [name, value] of Object.entries(sizes)) {
       if (!Number.isSafeInteger(value) || value < 1) throw new ShapeError(`${name} must be an integer >= 1 (got ${value})`);
     }
     const arena = new BufferArena(gpu);
@@ -252,49 +277,151 @@ export class Transformer {
     return this.#maxRows;
   }
 
+  /** Most pieces one prefillBatch step takes: maxPrefillPieces, at most slots. */
+  get maxPrefillPieces(): number {
+    return this.#maxPieces;
+  }
+
   /**
    * Run `tokens` (positions start..start+T-1) of the sequence in `slot` through the model, writing
-   * their keys and values into the slot's cache. Returns the candidates for the token after the
-   * last one (none when `candidates` is 0: a middle piece of a long prompt needs no LM head); with
-   * `allLogits`, also every position's full logits row (for comparisons, not serving).
+   * their keys and values into the slot's cache, prefillChunk tokens per step. Returns the
+   * candidates for the token after the last one (none when `candidates` is 0: a middle piece of a
+   * long prompt needs no LM head); with `allLogits`, also every position's full logits row (for
+   * comparisons, not serving).
    */
   async prefill(slot: number, tokens: number[], start: number, options: PrefillOptions = {}): Promise<{ candidates?: RowCandidates; logits?: Float32Array[] }> {
     const { allLogits = false, candidates: candidateCount = TOPK_MAX_K } = options;
     this.#checkSlot(slot, start + tokens.length);
     if (tokens.length === 0) throw new ShapeError('prefill needs at least one token');
-    const V = this.config.vocabSize;
     const all: Float32Array[] = [];
     let candidates: RowCandidates | undefined;
     for (let offset = 0; offset < tokens.length; offset += this.options.prefillChunk) {
       const chunk = tokens.slice(offset, offset + this.options.prefillChunk);
-      const T = chunk.length;
-      const pos = start + offset;
-      this.#checkTokens(chunk);
-      const q = this.#gpu.device.queue;
-      q.writeBuffer(this.#buf.ids, 0, Uint32Array.from(chunk));
-      q.writeBuffer(this.#buf.positions, 0, Uint32Array.from(chunk, (_, i) => pos + i));
-      q.writeBuffer(this.#buf.kvMeta, 0, Uint32Array.from({ length: 2 * T }, (_, i) => (i % 2 === 0 ? slot * this.#regionElements : pos + (i >> 1))));
-      const last = offset + T >= tokens.length;
-      // Logits rows wanted from this chunk: all of them with allLogits, else the final row of the last chunk.
-      const logitRows = allLogits ? Array.from({ length: T }, (_, i) => i) : last && candidateCount > 0 ? [T - 1] : [];
+      const last = offset + chunk.length >= tokens.length;
+      if (!allLogits) {
+        [candidates] = await this.prefillBatch([{ slot, tokens: chunk, start: start + offset, candidates: last ? candidateCount : 0 }]);
+        continue;
+      }
+      // Every position's logits: the chunk's rows lie contiguous in x, and the head reads them in
+      // place, #logitRows rows per submit (the logits buffer holds that many rows of V).
+      const piece = { slot, tokens: chunk, start: start + offset };
       const encoder = this.#gpu.device.createCommandEncoder({ label: 'prefill' });
-      const pass = encoder.beginComputePass();
-      this.#encodeLayers(pass, T, (layer) => {
-        layer.prefill.encode(pass, { tokens: T, pastLen: pos, kvBase: slot * this.#regionElements, qRowStride: this.#qkvWidth });
-      });
-      pass.end();
+      this.#encodePrefill(encoder, [piece], this.#checkPieces([piece]));
       this.#gpu.device.queue.submit([encoder.finish()]);
-      // Logits are computed a batch of rows per submit: the logits buffer holds #logitRows rows of V.
-      for (let r = 0; r < logitRows.length; r += this.#logitRows) {
-        const rows = logitRows.slice(r, r + this.#logitRows);
-        const first = rows[0];
-        const result = await this.#head(first, rows.length, allLogits, Math.max(1, candidateCount));
-        if (allLogits) all.push(...result.logits!);
-        candidates = result.candidates[rows.length - 1];
+      for (let first = 0; first < chunk.length; first += this.#logitRows) {
+        const count = Math.min(this.#logitRows, chunk.length - first);
+        const result = await this.#head(first, count, true, Math.max(1, candidateCount));
+        all.push(...result.logits!);
+        candidates = result.candidates[count - 1];
       }
     }
     await this.#gpu.sync();
     return { candidates, logits: allLogits ? all : undefined };
+  }
+
+  /**
+   * One prefill step over several sequences: the pieces' tokens are laid end to end as the rows of
+   * one forward pass (at most prefillChunk rows and maxPrefillPieces pieces, each in its own slot).
+   * Norms, projections, RoPE and the KV writes run once over all rows; causal attention runs per
+   * piece over its slot's cache (positions start.. follow what the slot already holds). Then the
+   * last rows of the pieces that ask for candidates are gathered and go through the LM head
+   * together, in the same submit. Returns, per piece, the candidates for the token after its last
+   * one (undefined where it asked for none).
+   */
+  async prefillBatch(pieces: PrefillPiece[]): Promise<Array<RowCandidates | undefined>> {
+    const firstRows = this.#checkPieces(pieces);
+    const C = this.config.hiddenSize;
+    const wanted = pieces.flatMap((p, i) => ((p.candidates ?? 0) > 0 ? [i] : []));
+    const encoder = this.#gpu.device.createCommandEncoder({ label: 'prefill' });
+    this.#encodePrefill(encoder, pieces, firstRows);
+    const result: Array<RowCandidates | undefined> = pieces.map(() => undefined);
+    if (wanted.length === 0) {
+      this.#gpu.device.queue.submit([encoder.finish()]);
+      await this.#gpu.sync();
+      return result;
+    }
+    // Gather each wanted piece's last row of x into consecutive rows of headRows.
+    wanted.forEach((p, i) => {
+      const row = firstRows[p] + pieces[p].tokens.length - 1;
+      encoder.copyBufferToBuffer(this.#buf.x, row * C * 4, this.#buf.headRows, i * C * 4, C * 4);
+    });
+    const V = this.config.vocabSize;
+    const k = Math.min(Math.max(...wanted.map((p) => pieces[p].candidates!)), V);
+    this.#encodeHead(encoder, this.#finalNormGathered, 0, wanted.length, k);
+    this.#gpu.device.queue.submit([encoder.finish()]);
+    const candidates = await this.#readCandidates(wanted.length, k);
+    wanted.forEach((p, i) => {
+      const n = Math.min(pieces[p].candidates!, V);
+      const c = candidates[i];
+      result[p] = n === k ? c : { ids: c.ids.slice(0, n), logits: c.logits.slice(0, n), logSumExp: c.logSumExp };
+    });
+    return result;
+  }
+
+  /** Validate a prefill step's pieces; returns the row of x where each piece's tokens begin. */
+  #checkPieces(pieces: PrefillPiece[]): number[] {
+    if (pieces.length === 0 || pieces.length > this.#maxPieces) {
+      throw new ShapeError(`prefill step of ${pieces.length} pieces (1..${this.#maxPieces} allowed)`);
+    }
+    const slots = new Map<number, number>();
+    const firstRows: number[] = [];
+    let rows = 0;
+    for (const [i, piece] of pieces.entries()) {
+      const { slot, tokens, start, candidates = 0 } = piece;
+      if (!Array.isArray(tokens) || tokens.length === 0) throw new ShapeError(`prefill piece ${i} needs at least one token`);
+      if (!Number.isSafeInteger(start) || start < 0) throw new ShapeError(`prefill piece ${i}: start must be an integer >= 0 (got ${start})`);
+      this.#checkSlot(slot, start + tokens.length);
+      if (slots.has(slot)) throw new ShapeError(`prefill pieces ${slots.get(slot)} and ${i} both use KV slot ${slot}`);
+      slots.set(slot, i);
+      if (!Number.isSafeInteger(candidates) || candidates < 0 || candidates > TOPK_MAX_K) {
+        throw new ShapeError(`prefill piece ${i}: candidates must be an integer in [0, ${TOPK_MAX_K}] (got ${candidates})`);
+      }
+      this.#checkTokens(tokens);
+      firstRows.push(rows);
+      rows += tokens.length;
+    }
+    if (rows > this.options.prefillChunk) {
+      throw new ShapeError(`prefill step of ${rows} tokens exceeds prefillChunk (${this.options.prefillChunk})`);
+    }
+    return firstRows;
+  }
+
+  /** Write the step's ids, positions and KV-write metadata, and record every layer in one pass. */
+  #encodePrefill(encoder: GPUCommandEncoder, pieces: PrefillPiece[], firstRows: number[]): void {
+    const { numHeads: Hq, headDim: D } = this.config;
+    const W = this.#qkvWidth;
+    const rows = pieces.reduce((n, p) => n + p.tokens.length, 0);
+    const ids = new Uint32Array(rows);
+    const positions = new Uint32Array(rows);
+    const kvMeta = new Uint32Array(2 * rows);
+    pieces.forEach((piece, i) => {
+      piece.tokens.forEach((token, t) => {
+        const row = firstRows[i] + t;
+        ids[row] = token;
+        positions[row] = piece.start + t;
+        kvMeta[2 * row] = piece.slot * this.#regionElements;
+        kvMeta[2 * row + 1] = piece.start + t;
+      });
+    });
+    const q = this.#gpu.device.queue;
+    q.writeBuffer(this.#buf.ids, 0, ids);
+    q.writeBuffer(this.#buf.positions, 0, positions);
+    q.writeBuffer(this.#buf.kvMeta, 0, kvMeta);
+    const pass = encoder.beginComputePass();
+    this.#encodeLayers(pass, rows, (layer) => {
+      pieces.forEach((piece, i) => {
+        layer.prefill[i].encode(pass, {
+          tokens: piece.tokens.length,
+          pastLen: piece.start,
+          kvBase: piece.slot * this.#regionElements,
+          qOffset: firstRows[i] * W,
+          qRowStride: W,
+          outOffset: firstRows[i] * Hq * D,
+          outRowStride: Hq * D,
+        });
+      });
+    });
+    pass.end();
   }
 
   /**
@@ -369,31 +496,46 @@ export class Transformer {
     }
     const k = Math.min(candidateCount, V);
     const encoder = this.#gpu.device.createCommandEncoder({ label: 'head' });
+    this.#encodeHead(encoder, this.#finalNorm, first * C, count, k);
+    this.#gpu.device.queue.submit([encoder.finish()]);
+    const candidates = await this.#readCandidates(count, k);
+    const logits = withLogits
+      ? await Promise.all(Array.from({ length: count }, (_, r) => readF32(this.#gpu, this.#buf.logits, V, r * V)))
+      : undefined;
+    if (this.#gpu.pendingErrors.length > 0) await this.#gpu.sync();
+    return { candidates, logits };
+  }
+
+  /**
+   * Record the final norm (`norm`, over `count` rows from element xOffset of its input), LM head and
+   * top-k, then the copies of the top k of each row and the log-sum-exps into the readback buffer.
+   */
+  #encodeHead(encoder: GPUCommandEncoder, norm: Norm, xOffset: number, count: number, k: number): void {
+    const { hiddenSize: C, vocabSize: V } = this.config;
     const pass = encoder.beginComputePass();
-    this.#finalNorm.encode(pass, { rows: count, cols: C, xOffset: first * C });
+    norm.encode(pass, { rows: count, cols: C, xOffset });
     this.#lmHead.encode(pass, { M: count });
     this.#topK.encode(pass, { rows: count, cols: V, k });
     pass.end();
     encoder.copyBufferToBuffer(this.#buf.topValues, 0, this.#readback, 0, count * k * 4);
     encoder.copyBufferToBuffer(this.#buf.topIds, 0, this.#readback, count * k * 4, count * k * 4);
     encoder.copyBufferToBuffer(this.#buf.lse, 0, this.#readback, 2 * count * k * 4, count * 4);
-    this.#gpu.device.queue.submit([encoder.finish()]);
+  }
+
+  /** Map the readback buffer once the submitted head has run and split it into rows of candidates. */
+  async #readCandidates(count: number, k: number): Promise<RowCandidates[]> {
     await this.#readback.mapAsync(GPUMapMode.READ, 0, (2 * count * k + count) * 4);
     const data = this.#readback.getMappedRange(0, (2 * count * k + count) * 4).slice(0);
     this.#readback.unmap();
     const values = new Float32Array(data, 0, count * k);
     const ids = new Uint32Array(data, count * k * 4, count * k);
     const lse = new Float32Array(data, 2 * count * k * 4, count);
-    const candidates = Array.from({ length: count }, (_, r) => ({
+    if (this.#gpu.pendingErrors.length > 0) await this.#gpu.sync();
+    return Array.from({ length: count }, (_, r) => ({
       ids: ids.slice(r * k, (r + 1) * k),
       logits: values.slice(r * k, (r + 1) * k),
       logSumExp: lse[r],
     }));
-    const logits = withLogits
-      ? await Promise.all(Array.from({ length: count }, (_, r) => readF32(this.#gpu, this.#buf.logits, V, r * V)))
-      : undefined;
-    if (this.#gpu.pendingErrors.length > 0) await this.#gpu.sync();
-    return { candidates, logits };
   }
 
   #checkSlot(slot: number, length: number): void {

@@ -66,6 +66,37 @@ describe('engine (tiny-random-llama)', () => {
     together.forEach((t, i) => expect(t.tokens.map((x) => x.tokenId)).toEqual(single[i].tokens.map((x) => x.tokenId)));
   });
 
+  it('many short prompts arriving at once are prefilled together and give their single outputs', async () => {
+    // Greedy, sampled and logprob requests: pieces of one step ask for different candidate counts.
+    const requests: GenerateRequest[] = Array.from({ length: 6 }, (_, i) => ({
+      prompt: ['Hi', 'Go on', 'Yes', 'Ok then', 'A b', 'Why'][i],
+      maxTokens: 5 + i,
+      ...(i % 3 === 0 ? { temperature: 0 } : i % 3 === 1 ? { temperature: 0.8, seed: 7 + i } : { temperature: 0, logprobs: 2 }),
+    }));
+    const lengths = requests.map((r) => engine.tokenizer.encode(r.prompt!).length);
+    expect(lengths.slice(0, 4).reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(16); // the first four fit one step
+    const single: Array<{ tokens: GeneratedToken[] }> = [];
+    for (const r of requests) single.push(await run(r));
+    // Record the pieces of every prefill step.
+    const model = engine.model;
+    const steps: number[][] = [];
+    const prefillBatch = model.prefillBatch;
+    model.prefillBatch = (pieces) => {
+      steps.push(pieces.map((p) => p.tokens.length));
+      return prefillBatch.call(model, pieces);
+    };
+    let together;
+    try {
+      together = await Promise.all(requests.map((r) => run(r)));
+    } finally {
+      delete (model as Partial<typeof model>).prefillBatch;
+    }
+    together.forEach((t, i) => expect(t.tokens.map((x) => x.tokenId)).toEqual(single[i].tokens.map((x) => x.tokenId)));
+    // 4 slots: the first step prefills four whole prompts; the other two follow as slots free up.
+    expect(steps[0]).toEqual(lengths.slice(0, 4));
+    expect(steps.flat().reduce((a, b) => a + b, 0)).toBe(lengths.reduce((a, b) => a + b, 0));
+  });
+
   it('a long prompt, prefilled a chunk per turn while another sequence decodes, gives its solo output', async () => {
     const long = { prompt: 'The validator checks the signatures and measures the time. '.repeat(4), maxTokens: 6, temperature: 0 };
     expect(engine.tokenizer.encode(long.prompt).length).toBeGreaterThan(3 * 16); // more than three prefill chunks

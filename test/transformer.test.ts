@@ -2,7 +2,7 @@
 // architecture: every position's logits from a multi-chunk prefill, then decode steps continuing
 // the same sequence, in a second KV slot so slots cannot leak into each other.
 import { describe, expect, it } from 'vitest';
-import { Transformer } from '../models/transformer.ts';
+import { Transformer, type RowCandidates } from '../models/transformer.ts';
 import { embeddedSource, memorySource, type MemoryTensor } from '../models/source.ts';
 import { TINY_CONFIG, tinyWeights } from '../models/tiny.ts';
 import { referenceLogits } from './support/reference-model.ts';
@@ -138,4 +138,104 @@ describe('transformer forward pass vs float64 reference', () => {
       }
     });
   }
+});
+
+// Several sequences in one prefill step: pieces from different slots, some continuing a prompt
+// prefilled earlier, some asking for no candidates, laid end to end as the rows of one forward
+// pass. Each piece must come out as it does prefilled alone (in other slots of the same model),
+// the float64 reference must still match, and the KV rows of every piece must be in place (a
+// decode step over all four slots afterwards agrees too).
+describe('batched prefill (prefillBatch) vs one piece at a time', () => {
+  for (const c of CASES) {
+    it(c.name, async () => {
+      const source = c.source();
+      // 16 rows in the batch (the matmul path); each piece alone is at most 6 rows (matvec).
+      const model = await Transformer.load(gpu(), source, { slots: 8, capacity: 48, prefillChunk: 16, maxPrefillPieces: 4 });
+      try {
+        expect(model.maxPrefillPieces).toBe(4);
+        const next = rng(29);
+        const draw = (n: number) => Array.from({ length: n }, () => Math.floor(next() * c.vocab));
+        // history: tokens already in the slot; piece: this step's tokens; slot: where the batch runs
+        // it (the solo run uses slot + 4).
+        const specs = [
+          { slot: 2, history: draw(5), tokens: draw(6), candidates: 64 },
+          { slot: 0, history: [], tokens: draw(3), candidates: 0 },
+          { slot: 3, history: draw(9), tokens: draw(2), candidates: 7 },
+          { slot: 1, history: [], tokens: draw(5), candidates: 64 },
+        ];
+        for (const s of specs) {
+          if (s.history.length === 0) continue;
+          await model.prefill(s.slot, s.history, 0, { candidates: 0 });
+          await model.prefill(s.slot + 4, s.history, 0, { candidates: 0 });
+        }
+        const solo: Array<RowCandidates | undefined> = [];
+        for (const s of specs) {
+          solo.push((await model.prefill(s.slot + 4, s.tokens, s.history.length, { candidates: s.candidates })).candidates);
+        }
+        const batch = await model.prefillBatch(specs.map((s) => ({ slot: s.slot, tokens: s.tokens, start: s.history.length, candidates: s.candidates })));
+        expect(batch).toHaveLength(specs.length);
+        const weights = c.weights();
+        let worst = 0;
+        specs.forEach((s, i) => {
+          const got = batch[i];
+          if (s.candidates === 0) {
+            expect(got).toBeUndefined();
+            return;
+          }
+          const want = solo[i]!;
+          expect(got!.ids).toHaveLength(Math.min(s.candidates, c.vocab));
+          expect(Array.from(got!.ids)).toEqual(Array.from(want.ids));
+          worst = Math.max(worst, expectClose(got!.logits, want.logits, 1e-6, `${c.name} piece ${i} vs solo`).relL2);
+          expect(Math.abs(got!.logSumExp - want.logSumExp)).toBeLessThanOrEqual(1e-6 * Math.max(1, Math.abs(want.logSumExp)));
+          // Against the float64 reference: the top token, the candidates' logits and the log-sum-exp.
+          const ref = referenceLogits(source.config, weights, [...s.history, ...s.tokens]).at(-1)!;
+          const best = Array.from(ref.keys()).sort((a, b) => ref[b] - ref[a]);
+          expect(got!.ids[0]).toBe(best[0]);
+          expectClose(got!.logits, Array.from(got!.ids, (id) => ref[id]), 1e-4, `${c.name} piece ${i} vs reference`);
+          const lse = Math.log(ref.reduce((sum, v) => sum + Math.exp(v), 0));
+          expect(Math.abs(got!.logSumExp - lse)).toBeLessThan(1e-3);
+        });
+        // The KV rows of every piece (the one without candidates included) are in their slots:
+        // one decode step over the four batch slots matches the solo slots and the reference.
+        const fed = draw(specs.length);
+        const position = (s: (typeof specs)[number]) => s.history.length + s.tokens.length;
+        const decoded = await model.decode(specs.map((s, i) => ({ slot: s.slot, token: fed[i], position: position(s) })));
+        const decodedSolo = await model.decode(specs.map((s, i) => ({ slot: s.slot + 4, token: fed[i], position: position(s) })));
+        specs.forEach((s, i) => {
+          expect(Array.from(decoded[i].ids)).toEqual(Array.from(decodedSolo[i].ids));
+          worst = Math.max(worst, expectClose(decoded[i].logits, decodedSolo[i].logits, 1e-6, `${c.name} decode row ${i} vs solo`).relL2);
+          const ref = referenceLogits(source.config, weights, [...s.history, ...s.tokens, fed[i]]).at(-1)!;
+          expectClose(decoded[i].logits, Array.from(decoded[i].ids, (id) => ref[id]), 1e-4, `${c.name} decode row ${i} vs reference`);
+        });
+        console.log(`${c.name}: batched prefill vs solo, worst rel-L2 ${worst.toExponential(2)}`);
+      } finally {
+        model.destroy();
+        await source.close();
+      }
+    });
+  }
+
+  it('refuses a step with too many pieces or rows, a shared slot, or a bad piece', async () => {
+    const source = embeddedSource();
+    const model = await Transformer.load(gpu(), source, { slots: 3, capacity: 16, prefillChunk: 8, maxPrefillPieces: 8 });
+    try {
+      // maxPrefillPieces is capped at the slot count: a step's pieces hold different slots.
+      expect(model.maxPrefillPieces).toBe(3);
+      const piece = (slot: number, n = 1, start = 0) => ({ slot, tokens: Array.from({ length: n }, () => 1), start, candidates: 1 });
+      await expect(model.prefillBatch([])).rejects.toThrow(/1\.\.3 allowed/);
+      await expect(model.prefillBatch([piece(0), piece(1), piece(2), piece(0)])).rejects.toThrow(/1\.\.3 allowed/);
+      await expect(model.prefillBatch([piece(0, 5), piece(1, 4)])).rejects.toThrow(/9 tokens exceeds prefillChunk \(8\)/);
+      await expect(model.prefillBatch([piece(1), piece(1)])).rejects.toThrow(/pieces 0 and 1 both use KV slot 1/);
+      await expect(model.prefillBatch([piece(0, 0)])).rejects.toThrow(/at least one token/);
+      await expect(model.prefillBatch([piece(0, 2, 15)])).rejects.toThrow(/exceeds the KV capacity/);
+      await expect(model.prefillBatch([{ ...piece(0), candidates: 65 }])).rejects.toThrow(/candidates must be an integer/);
+      await expect(model.prefillBatch([{ ...piece(0), tokens: [TINY_CONFIG.vocab_size] }])).rejects.toThrow(/outside the vocabulary/);
+      // The model is still usable after refusals.
+      const [ok] = await model.prefillBatch([piece(0, 3)]);
+      expect(ok!.ids).toHaveLength(1);
+    } finally {
+      model.destroy();
+      await source.close();
+    }
+  });
 });

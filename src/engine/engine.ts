@@ -2,14 +2,15 @@
 //
 // Requests wait in a queue ordered by priority (the validator's stake), then arrival. The
 // scheduler loop runs while there is work: each turn it admits queued requests into free KV slots,
-// prefills one chunk of the oldest admitted prompt (the last chunk also samples its first token),
-// then runs ONE batched decode step for every decoding sequence (one forward pass over all rows:
-// the weights are read once per step, not once per sequence). A cancelled or abandoned request
-// leaves its slot at the next turn.
+// runs ONE prefill step over the admitted prompts (oldest first, up to prefillChunk tokens in all:
+// a long prompt contributes a chunk, short ones fit whole; a prompt's last piece also samples its
+// first token), then runs ONE batched decode step for every decoding sequence (one forward pass
+// over all rows: the weights are read once per step, not once per sequence). A cancelled or
+// abandoned request leaves its slot at the next turn.
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
-import { Transformer, type RowCandidates } from '../../models/transformer.ts';
+import { Transformer, type PrefillPiece, type RowCandidates } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { CANDIDATES, Sampler, validateSamplingParams } from './sampler.ts';
 import { TextTokenizer, type TokenStream } from './tokenizer.ts';
@@ -26,6 +27,8 @@ export interface EngineOptions {
   capacity?: number;
   /** Prompt tokens per prefill step. Default 128. */
   prefillChunk?: number;
+  /** Prompts (pieces) one prefill step carries at most. Default 8. */
+  maxPrefillPieces?: number;
   /** Requests allowed to wait for a slot before new ones get OVERLOADED. Default 256. */
   maxQueue?: number;
   onProgress?: (done: number, total: number, name: string) => void;
@@ -125,6 +128,7 @@ export class Engine implements TextGenerator {
         slots: options.slots ?? 8,
         capacity: options.capacity ?? Math.min(1024, source.config.maxPositions),
         prefillChunk: options.prefillChunk ?? 128,
+        maxPrefillPieces: options.maxPrefillPieces ?? 8,
         onProgress: options.onProgress,
       });
       return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256);
@@ -204,7 +208,8 @@ export class Engine implements TextGenerator {
     if (this.#closed) throw new OverloadedError('the engine is shutting down');
     const arrival = performance.now();
     const { promptIds, sampler, maxTokens } = this.#validate(request);
-    if (this.#queue.length >= this.#maxQueue) throw new OverloadedError(`queue full (${this.#maxQueue} requests waiting)`);
+    // Queued requests that free slots will take at the next turn are not waiting for one.
+    if (this.#queue.length - this.#freeSlots.length >= this.#maxQueue) throw new OverloadedError(`queue full (${this.#maxQueue} requests waiting)`);
     const seq: Sequence = {
       request,
       promptIds,
@@ -255,23 +260,16 @@ export class Engine implements TextGenerator {
   /** The scheduler loop; runs until no sequence is queued, prefilling or decoding. */
   async #run(): Promise<void> {
     try {
+      // Let requests that arrive together (same tick, same I/O poll) join the first prefill step.
+      await new Promise((resolve) => setImmediate(resolve));
       while (this.#queue.length > 0 || this.#prefilling.length > 0 || this.#active.length > 0) {
         this.#retire();
         this.#admit();
-        // Prefill one chunk of the oldest admitted prompt per turn, so a long prompt delays the
-        // sequences already decoding by at most one chunk; with nothing decoding, prefill on.
+        // One prefill step per turn (at most prefillChunk tokens), so prompts delay the sequences
+        // already decoding by at most one step; with nothing decoding, prefill on.
         do {
-          const seq = this.#prefilling[0];
-          if (!seq) break;
-          const chunk = seq.promptIds.slice(seq.cached, seq.cached + this.model.options.prefillChunk);
-          const last = seq.cached + chunk.length === seq.promptIds.length;
-          const { candidates } = await this.model.prefill(seq.slot!, chunk, seq.cached, { candidates: last ? candidatesNeeded(seq) : 0 });
-          seq.cached += chunk.length;
-          if (last) {
-            this.#prefilling.shift();
-            this.#active.push(seq);
-            this.#accept(seq, candidates!);
-          }
+          if (this.#prefilling.length === 0) break;
+          await this.#prefillStep();
           this.#retire();
         } while (this.#active.length === 0);
         if (this.#active.length === 0) continue;
@@ -291,6 +289,33 @@ export class Engine implements TextGenerator {
         if (seq.slot !== undefined) this.#freeSlots.push(seq.slot);
       }
     }
+  }
+
+  /**
+   * One batched prefill step: the admitted prompts, oldest first, fill a budget of prefillChunk
+   * tokens and maxPrefillPieces pieces (a long prompt takes a chunk, the next ones fit whole or
+   * start with what is left). A piece that completes its prompt samples the first token and the
+   * sequence moves on to decoding.
+   */
+  async #prefillStep(): Promise<void> {
+    let budget = this.model.options.prefillChunk;
+    const batch: Array<{ seq: Sequence; piece: PrefillPiece; last: boolean }> = [];
+    for (const seq of this.#prefilling) {
+      if (budget === 0 || batch.length === this.model.maxPrefillPieces) break;
+      const tokens = seq.promptIds.slice(seq.cached, seq.cached + budget);
+      const last = seq.cached + tokens.length === seq.promptIds.length;
+      batch.push({ seq, last, piece: { slot: seq.slot!, tokens, start: seq.cached, candidates: last ? candidatesNeeded(seq) : 0 } });
+      budget -= tokens.length;
+    }
+    const candidates = await this.model.prefillBatch(batch.map((b) => b.piece));
+    batch.forEach(({ seq, piece, last }, i) => {
+      seq.cached += piece.tokens.length;
+      if (last) {
+        this.#prefilling.splice(this.#prefilling.indexOf(seq), 1);
+        this.#active.push(seq);
+        this.#accept(seq, candidates[i]!);
+      }
+    });
   }
 
   /** Move queued requests into free KV slots, highest priority first. */
