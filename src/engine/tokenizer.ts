@@ -3,20 +3,15 @@
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { ModelFormatError, OptionError } from '../errors.ts';
+import type { TokenizerFiles } from '../../models/source.ts';
+
+export type { TokenizerFiles };
 
 export interface ChatMessage {
   role: string;
   content: string;
 }
 
-export interface TokenizerFiles {
-  /** tokenizer.json contents. */
-  tokenizer: Record<string, unknown>;
-  /** tokenizer_config.json contents (special tokens, chat_template). */
-  config?: Record<string, unknown>;
-  /** Where the files came from, for error messages. */
-  source: string;
-}
 
 function tokenContent(value: unknown): string | undefined {
   if (typeof value === 'string') return value;
