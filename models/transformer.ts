@@ -445,8 +445,19 @@ export class Transformer {
       layer.decode.encode(pass, { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: this.config.numHeads * this.config.headDim });
     });
     pass.end();
+    // Layers and head in one submit; the only read back is the candidates.
+    const k = this.#candidateK(candidates);
+    this.#encodeHead(encoder, this.#finalNorm, 0, B, k);
     q.submit([encoder.finish()]);
-    return (await this.#head(0, B, false, candidates)).candidates;
+    return this.#readCandidates(B, k);
+  }
+
+  /** The top-k size for a requested candidate count (checked), capped by the vocabulary. */
+  #candidateK(candidateCount: number): number {
+    if (!Number.isSafeInteger(candidateCount) || candidateCount < 1 || candidateCount > TOPK_MAX_K) {
+      throw new ShapeError(`candidate count must be an integer in [1, ${TOPK_MAX_K}] (got ${candidateCount})`);
+    }
+    return Math.min(candidateCount, this.config.vocabSize);
   }
 
   get #qkvWidth(): number {
@@ -491,10 +502,7 @@ export class Transformer {
    */
   async #head(first: number, count: number, withLogits: boolean, candidateCount: number): Promise<{ candidates: RowCandidates[]; logits?: Float32Array[] }> {
     const { hiddenSize: C, vocabSize: V } = this.config;
-    if (!Number.isSafeInteger(candidateCount) || candidateCount < 1 || candidateCount > TOPK_MAX_K) {
-      throw new ShapeError(`candidate count must be an integer in [1, ${TOPK_MAX_K}] (got ${candidateCount})`);
-    }
-    const k = Math.min(candidateCount, V);
+    const k = this.#candidateK(candidateCount);
     const encoder = this.#gpu.device.createCommandEncoder({ label: 'head' });
     this.#encodeHead(encoder, this.#finalNorm, first * C, count, k);
     this.#gpu.device.queue.submit([encoder.finish()]);
