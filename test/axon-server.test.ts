@@ -275,7 +275,7 @@ describe('engine errors and limits', () => {
   });
 
   test('connection limits, handshake and idle timeouts', async () => {
-    const axon = await startAxon({ limits: { maxConnectionsPerIp: 2, handshakeTimeoutMs: 150, idleTimeoutMs: 200 } });
+    const axon = await startAxon({ limits: { maxConnectionsPerIp: 2, handshakeTimeoutMs: 150, idleTimeoutMs: 500 } });
     const a = await RawPeer.connect(axon.url);
     const keepAlive = setInterval(() => a.send(ping()), 50);
     const b = await RawPeer.connect(axon.url);
