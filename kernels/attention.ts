@@ -17,6 +17,11 @@
 //                 kv_base is in elements; the run's kvOffset is added to it (a layer's offset inside
 //                 a slot), so one metadata buffer can serve every layer of a step.
 // Grouped-query attention: query head h reads kv head floor(h / (Hq / Hkv)); nothing is copied.
+// Sliding window (both attention ops, run option `window`, in keys; 0 = unlimited): a query at position
+// q sees key k iff k <= q and k > q - window, its own key included (Hugging Face transformers'
+// masking_utils.sliding_window_overlay; llama.cpp's LLAMA_SWA_TYPE_STANDARD). Work outside the window
+// is skipped, not masked: prefill starts each query tile at its first visible key tile, and decode
+// splits only the window's keys, so a decode step costs O(window) per row whatever the context.
 // Order within a step: KvWrite, then the attention that reads those rows (same pass is fine: each
 // dispatch sees the writes of the ones before it).
 import type { Gpu } from '../src/gpu/device.ts';
@@ -42,6 +47,7 @@ export const KvWriteParams = new UniformLayout('KvWriteParams', [
 export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams', [
   ['tokens', 'u32'],
   ['past_len', 'u32'],
+  ['window', 'u32'],
   ['kv_base', 'u32'],
   ['capacity', 'u32'],
   ['q_heads', 'u32'],
@@ -57,6 +63,7 @@ export const DecodeAttentionParams = new UniformLayout('DecodeAttentionParams', 
   ['rows', 'u32'],
   ['splits', 'u32'],
   ['chunk', 'u32'],
+  ['window', 'u32'],
   ['capacity', 'u32'],
   ['q_heads', 'u32'],
   ['group', 'u32'],
@@ -108,6 +115,15 @@ function checkDistinct(label: string, written: Record<string, GPUBuffer>, read: 
     for (const [r, rb] of Object.entries(read)) {
       if (wb === rb) throw new ShapeError(`${label}: ${w} must be a different buffer from ${r} (WebGPU forbids writing a buffer a dispatch also reads)`);
     }
+  }
+}
+
+/** The largest window a run may ask for (a u32 uniform). */
+const MAX_WINDOW = 0xffffffff;
+
+function checkWindow(label: string, window: number): void {
+  if (!Number.isSafeInteger(window) || window < 0 || window > MAX_WINDOW) {
+    throw new ShapeError(`${label}: window must be an integer in [0, ${MAX_WINDOW}] (0 = unlimited; got ${window})`);
   }
 }
 
@@ -253,13 +269,15 @@ export interface PrefillAttentionRun {
   outRowStride?: number;
   /** Default 1 / sqrt(D). */
   scale?: number;
+  /** Sliding window in keys, the query's own included (query q sees keys q - window + 1 ..= q). Default 0: none. */
+  window?: number;
 }
 
 /**
  * Causal flash attention over one sequence: query t (position pastLen + t) attends keys
- * 0 ..= pastLen + t of the region at kvBase, which must already hold this step's K/V rows
- * (encode KvWrite first). Workgroup tiles are sized from D; D whose tiles do not fit the adapter's
- * maxComputeWorkgroupStorageSize is refused at construction.
+ * 0 ..= pastLen + t of the region at kvBase (with a window, only the last `window` of them), which
+ * must already hold this step's K/V rows (encode KvWrite first). Workgroup tiles are sized from D;
+ * D whose tiles do not fit the adapter's maxComputeWorkgroupStorageSize is refused at construction.
  */
 export class PrefillAttention {
   readonly shape: Readonly<AttentionShape>;
@@ -298,9 +316,10 @@ export class PrefillAttention {
     const label = 'attention.prefill';
     const { Hq, Hkv, D, capacity } = this.shape;
     const width = Hq * D;
-    const { tokens, pastLen, kvBase, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width, scale = 1 / Math.sqrt(D) } = run;
+    const { tokens, pastLen, kvBase, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width, scale = 1 / Math.sqrt(D), window = 0 } = run;
     checkShape(label, { tokens, pastLen, kvBase, qOffset, qRowStride, outOffset, outRowStride }, ['pastLen', 'kvBase', 'qOffset', 'outOffset']);
     checkScale(label, scale);
+    checkWindow(label, window);
     if (pastLen + tokens > capacity) {
       throw new ShapeError(`${label}: pastLen + tokens (${pastLen} + ${tokens}) exceeds the region capacity ${capacity}`);
     }
@@ -312,7 +331,7 @@ export class PrefillAttention {
     this.#dispatch.encode(
       pass,
       {
-        tokens, past_len: pastLen, kv_base: kvBase, capacity, q_heads: Hq, group: Hq / Hkv,
+        tokens, past_len: pastLen, window, kv_base: kvBase, capacity, q_heads: Hq, group: Hq / Hkv,
         q_offset: qOffset, q_row_stride: qRowStride, out_offset: outOffset, out_row_stride: outRowStride, scale,
       },
       Math.ceil(tokens / this.tiles.BQ),
@@ -373,12 +392,20 @@ export interface DecodeAttentionRun {
   kvOffset?: number;
   /** Default 1 / sqrt(D). */
   scale?: number;
+  /**
+   * Sliding window in keys, the query's own included: a row of kv_len keys attends keys
+   * kv_len - window .. kv_len - 1. The splits cover min(maxLen, window) keys. Default 0: unlimited.
+   */
+  window?: number;
 }
 
 /** Defaults of the DecodeAttention options. */
 export const DECODE_DEFAULTS = { splitKeys: 128, maxSplits: 32, workgroupSize: 64 } as const;
 
-/** How one run divides each row's keys: split s covers keys s * chunk .. (s + 1) * chunk - 1. */
+/**
+ * How one run divides each row's visible keys: split s covers keys w0 + s * chunk .. w0 + (s + 1) * chunk - 1,
+ * w0 being the row's first visible key (kv_len - window with a window, else 0).
+ */
 export interface SplitPlan {
   splits: number;
   chunk: number;
@@ -386,8 +413,8 @@ export interface SplitPlan {
 
 /**
  * Flash-decoding: row r's single query (all Hq heads) attends keys 0 .. kv_len - 1 of the region at
- * meta[r].kv_base + kvOffset. Pass 1 writes per-split partials to the scratch buffer, pass 2 combines
- * them into out. Rows with kv_len 0 get a zero output; kv_len is clamped to capacity; a region that
+ * meta[r].kv_base + kvOffset (with a window, only the last `window` of them). Pass 1 writes per-split
+ * partials to the scratch buffer, pass 2 combines them into out. Rows with kv_len 0 get a zero output; kv_len is clamped to capacity; a region that
  * does not fit the cache buffers reads nothing (zero output).
  */
 export class DecodeAttention {
@@ -451,10 +478,14 @@ export class DecodeAttention {
     );
   }
 
-  /** The split plan for a run whose longest row has maxLen keys. */
-  plan(maxLen: number): SplitPlan {
-    const chunk = Math.max(this.config.splitKeys, Math.ceil(maxLen / this.config.maxSplits));
-    return { chunk, splits: Math.max(1, Math.ceil(maxLen / chunk)) };
+  /**
+   * The split plan for a run whose longest row has maxLen keys, under a sliding window of `window`
+   * keys (0 = unlimited): the splits cover the keys one query sees, min(maxLen, window).
+   */
+  plan(maxLen: number, window = 0): SplitPlan {
+    const span = window > 0 ? Math.min(maxLen, window) : maxLen;
+    const chunk = Math.max(this.config.splitKeys, Math.ceil(span / this.config.maxSplits));
+    return { chunk, splits: Math.max(1, Math.ceil(span / chunk)) };
   }
 
   encode(pass: GPUComputePassEncoder, run: DecodeAttentionRun): void {
@@ -463,18 +494,19 @@ export class DecodeAttention {
     const width = Hq * D;
     const {
       rows, maxLen, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width,
-      metaOffset = 0, kvOffset = 0, scale = 1 / Math.sqrt(D),
+      metaOffset = 0, kvOffset = 0, scale = 1 / Math.sqrt(D), window = 0,
     } = run;
     checkShape(label, { rows, maxLen, qOffset, qRowStride, outOffset, outRowStride, metaOffset, kvOffset }, ['qOffset', 'outOffset', 'metaOffset', 'kvOffset']);
     checkScale(label, scale);
+    checkWindow(label, window);
     if (rows > maxRows) throw new ShapeError(`${label}: rows (${rows}) exceeds maxRows (${maxRows})`);
     if (maxLen > maxContext) throw new ShapeError(`${label}: maxLen (${maxLen}) exceeds maxContext (${maxContext})`);
     checkRows(label, 'q', this.#buffers.q, qOffset, qRowStride, rows, width);
     checkRows(label, 'out', this.#buffers.out, outOffset, outRowStride, rows, width);
     checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
-    const { splits, chunk } = this.plan(maxLen);
+    const { splits, chunk } = this.plan(maxLen, window);
     const values = {
-      rows, splits, chunk, capacity, q_heads: Hq, group: Hq / Hkv,
+      rows, splits, chunk, window, capacity, q_heads: Hq, group: Hq / Hkv,
       q_offset: qOffset, q_row_stride: qRowStride, out_offset: outOffset, out_row_stride: outRowStride,
       meta_offset: metaOffset, kv_offset: kvOffset, scale,
     };

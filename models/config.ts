@@ -37,6 +37,43 @@ export interface ModelConfig {
   tieWordEmbeddings: boolean;
   bosTokenId?: number;
   eosTokenIds: number[];
+  /**
+   * Sliding-window attention, one entry per layer: the keys a query attends, its own included (a
+   * query at position q sees keys q - window + 1 ..= q, as transformers' masking_utils has it); 0 =
+   * unlimited. Absent: no layer has a window.
+   */
+  attentionWindows?: number[];
+}
+
+/** Layer `layer`'s sliding window in keys (0 = unlimited). */
+export function layerWindow(config: ModelConfig, layer: number): number {
+  return config.attentionWindows?.[layer] ?? 0;
+}
+
+/** "sliding window 4096 (all layers)", "... (layers 2, 3)"; undefined when no layer has a window. */
+export function describeAttentionWindows(config: ModelConfig): string | undefined {
+  const windows = config.attentionWindows ?? [];
+  const sizes = [...new Set(windows.filter((w) => w > 0))];
+  if (sizes.length === 0) return undefined;
+  return sizes
+    .map((size) => {
+      const layers = windows.flatMap((w, l) => (w === size ? [l] : []));
+      const which = layers.length === config.numLayers ? 'all layers' : `${layers.length === 1 ? 'layer' : 'layers'} ${compactRanges(layers)}`;
+      return `sliding window ${size} (${which})`;
+    })
+    .join(', ');
+}
+
+/** [0, 1, 2, 5] -> "0-2, 5". */
+function compactRanges(values: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < values.length; ) {
+    let j = i;
+    while (j + 1 < values.length && values[j + 1] === values[j] + 1) j++;
+    parts.push(j === i ? `${values[i]}` : `${values[i]}-${values[j]}`);
+    i = j + 1;
+  }
+  return parts.join(', ');
 }
 
 type Json = Record<string, unknown>;
@@ -85,6 +122,51 @@ function ropeScaling(raw: unknown, where: string): RopeScaling | undefined {
   throw new ModelFormatError(`${where}: rope_scaling type "${type}" is not supported (supported: linear, llama3)`);
 }
 
+/**
+ * Per-layer sliding windows from an HF config, as transformers reads them (undefined: none).
+ * - MistralForCausalLM: `sliding_window` on every layer; null means none, and an absent key means
+ *   MistralConfig's default, 4096 (Mistral 7B v0.1 sets 4096, v0.2 and later set null).
+ * - Qwen2ForCausalLM: only with `use_sliding_window: true` (else Qwen2Config sets sliding_window to
+ *   None); then `sliding_window` (default 4096, null = none) applies to the layers whose
+ *   `layer_types` entry is "sliding_attention", by default layer i >= `max_window_layers` (default
+ *   28): Qwen2Config.__post_init__ builds layer_types that way.
+ * - LlamaForCausalLM: LlamaConfig has no sliding window; a `sliding_window` key is ignored, as
+ *   transformers ignores it.
+ */
+function hfAttentionWindows(config: Json, archName: string, numLayers: number, where: string): number[] | undefined {
+  const windowSize = (fallback: number): number | undefined => {
+    if (config.sliding_window === null) return undefined;
+    return positiveInt(config, 'sliding_window', where, fallback);
+  };
+  if (archName === 'MistralForCausalLM') {
+    const size = windowSize(4096);
+    return size === undefined ? undefined : new Array<number>(numLayers).fill(size);
+  }
+  if (archName === 'Qwen2ForCausalLM') {
+    if (config.use_sliding_window !== true) return undefined;
+    const size = windowSize(4096);
+    if (size === undefined) return undefined;
+    let sliding: boolean[];
+    if (config.layer_types !== undefined && config.layer_types !== null) {
+      const types = config.layer_types;
+      if (!Array.isArray(types) || types.length !== numLayers || !types.every((t) => t === 'sliding_attention' || t === 'full_attention')) {
+        throw new ModelFormatError(
+          `${where}: "layer_types" must list "sliding_attention" or "full_attention" for each of the ${numLayers} layers (got ${JSON.stringify(types)})`,
+        );
+      }
+      sliding = types.map((t) => t === 'sliding_attention');
+    } else {
+      const maxWindowLayers = num(config, 'max_window_layers', where, 28);
+      if (!Number.isSafeInteger(maxWindowLayers) || maxWindowLayers < 0) {
+        throw new ModelFormatError(`${where}: "max_window_layers" must be an integer >= 0 (got ${maxWindowLayers})`);
+      }
+      sliding = Array.from({ length: numLayers }, (_, l) => l >= maxWindowLayers);
+    }
+    return sliding.some(Boolean) ? sliding.map((s) => (s ? size : 0)) : undefined;
+  }
+  return undefined;
+}
+
 const HF_ARCHITECTURES: Record<string, Architecture> = {
   LlamaForCausalLM: 'llama',
   MistralForCausalLM: 'llama',
@@ -131,12 +213,14 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
   const numHeads = positiveInt(config, 'num_attention_heads', where);
   const headDim = positiveInt(config, 'head_dim', where, hiddenSize / numHeads);
   const partial = num(config, 'partial_rotary_factor', where, 1);
+  const numLayers = positiveInt(config, 'num_hidden_layers', where);
+  const attentionWindows = hfAttentionWindows(config, archName!, numLayers, where);
   return {
     architecture,
     vocabSize: positiveInt(config, 'vocab_size', where),
     hiddenSize,
     intermediateSize: positiveInt(config, 'intermediate_size', where),
-    numLayers: positiveInt(config, 'num_hidden_layers', where),
+    numLayers,
     numHeads,
     numKvHeads: positiveInt(config, 'num_key_value_heads', where, numHeads),
     headDim,
@@ -154,6 +238,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
     tieWordEmbeddings: config.tie_word_embeddings === true,
     bosTokenId: bos,
     eosTokenIds: eos,
+    ...(attentionWindows ? { attentionWindows } : {}),
   };
 }
 
@@ -168,5 +253,11 @@ export function validateConfig(config: ModelConfig, where: string): void {
   }
   if (config.rope && (config.rope.dims % 2 !== 0 || config.rope.dims > config.headDim)) {
     fail(`rotary dimensions ${config.rope.dims} must be even and at most the head size ${config.headDim}`);
+  }
+  const windows = config.attentionWindows;
+  if (windows) {
+    if (windows.length !== config.numLayers) fail(`${windows.length} sliding windows for ${config.numLayers} layers`);
+    const bad = windows.findIndex((w) => !Number.isSafeInteger(w) || w < 0 || w > 0xffffffff);
+    if (bad >= 0) fail(`layer ${bad}: sliding window ${windows[bad]} must be an integer in [0, 2^32 - 1] (0 = none)`);
   }
 }

@@ -2,7 +2,8 @@
 //
 // One forward pass serves all three; they differ in three places, each a plain branch below:
 // the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), and the MLP
-// (SwiGLU vs GELU). Everything is allocated when the model is built: weights, activations, the
+// (SwiGLU vs GELU). A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
+// to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
 //
@@ -20,7 +21,7 @@ import { Rope, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
 import { ggufBytes, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
-import type { ModelConfig } from './config.ts';
+import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 
 export interface TransformerOptions {
@@ -82,6 +83,8 @@ interface LayerOps {
   qkv: Linear[];
   rope?: Rope;
   kvWrite: KvWrite;
+  /** Sliding window of this layer's attention in keys, the query's own included (0 = unlimited). */
+  window: number;
   /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
   prefill: PrefillAttention[];
   decode: DecodeAttention;
@@ -201,6 +204,7 @@ export class Transformer {
         qkv,
         rope: invFreq ? new Rope(gpu, source.ropeMode, { x: b.qkv, positions: b.positions, invFreq }) : undefined,
         kvWrite: new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.kvMeta, kCache, vCache }),
+        window: layerWindow(cfg, l),
         prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
         decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.attnMeta, scratch: decodeScratch }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
@@ -418,6 +422,7 @@ export class Transformer {
           qRowStride: W,
           outOffset: firstRows[i] * Hq * D,
           outRowStride: Hq * D,
+          window: layer.window,
         });
       });
     });
@@ -442,7 +447,7 @@ export class Transformer {
     const encoder = this.#gpu.device.createCommandEncoder({ label: 'decode' });
     const pass = encoder.beginComputePass();
     this.#encodeLayers(pass, B, (layer) => {
-      layer.decode.encode(pass, { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: this.config.numHeads * this.config.headDim });
+      layer.decode.encode(pass, { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: this.config.numHeads * this.config.headDim, window: layer.window });
     });
     pass.end();
     // Layers and head in one submit; the only read back is the candidates.

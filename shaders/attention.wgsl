@@ -1,6 +1,8 @@
 // Causal flash attention for prefill: T query tokens of one sequence attend its KV cache region.
 // Query t sits at position past_len + t and sees keys 0 ..= past_len + t (its own key included: the
-// step's new K/V rows are written to the cache before this runs).
+// step's new K/V rows are written to the cache before this runs); with a sliding window only the last
+// `window` of them (attention_common.wgsl), and key tiles wholly before a query tile's window are
+// never loaded.
 //
 // One workgroup = BQ queries of one head, laid out (BQ, BK) invocations: invocation (i, j) scores
 // query i against key j of the current tile, and owns output dims j, j + BK, j + 2 BK, ... of query i.
@@ -13,6 +15,7 @@
 struct PrefillAttentionParams {
   tokens: u32,          // T: query rows
   past_len: u32,        // tokens already in the region before this step (query t is at past_len + t)
+  window: u32,          // sliding window in keys, the query's own included (0 = unlimited)
   kv_base: u32,         // element where the sequence's region starts in k_cache and v_cache
   capacity: u32,        // C: token positions per head in the region
   q_heads: u32,         // Hq: query heads
@@ -57,8 +60,11 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
   let t = q0 + i;
   let row_valid = t < params.tokens;
   let pos = params.past_len + t;
-  // Keys this tile of queries needs: up to and including the last valid query's position.
+  // Keys this tile of queries needs: from the first key its first query sees (0 without a window)
+  // up to and including the last valid query's position. Query i sees keys key_first ..= pos.
+  let k_first = window_start(params.past_len + q0, params.window);
   let n_keys = params.past_len + min(q0 + BQ, params.tokens);
+  let key_first = window_start(pos, params.window);
   let k_head = kv_row(params.kv_base, h / params.group, 0u, params.capacity, D);
   let n_inv = BQ * BK;
 
@@ -75,7 +81,7 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
   var m = NEG_BIG;                 // running max of query i's scores
   var l = 0.0;                     // running sum of exp(score - m)
   var acc: array<f32, ACC_MAX>;    // sum of exp(score - m) * v over dims j + c * BK
-  for (var k0 = 0u; k0 < n_keys; k0 += BK) {
+  for (var k0 = k_first; k0 < n_keys; k0 += BK) {
     workgroupBarrier();  // the previous tile is fully read (and q_tile written, on the first pass)
     for (var e = lid; e < BK * D; e += n_inv) {
       let kj = e / D;
@@ -91,7 +97,7 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     }
     workgroupBarrier();
 
-    let visible = row_valid && k0 + j <= pos;
+    let visible = row_valid && k0 + j <= pos && k0 + j >= key_first;
     var s = NEG_BIG;
     if (visible) {
       var dot = 0.0;
@@ -134,7 +140,7 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
   }
 
   if (row_valid) {
-    // l >= exp(0) = 1: the key at the query's own position is always visible.
+    // l >= exp(0) = 1: the key at the query's own position is always visible (window >= 1).
     let inv = 1.0 / l;
     let o = params.out_offset + t * params.out_row_stride + h * D;
     for (var c = 0u; c < DPI; c++) {

@@ -1,5 +1,8 @@
 // Split-K flash-decoding: R query rows, each one token of its own sequence, attend that sequence's
 // KV cache region. Every row has its own (kv_base, kv_len) metadata, so one dispatch serves a batch.
+// The row's query sits at position kv_len - 1; with a sliding window (attention_common.wgsl) it sees
+// keys kv_len - window .. kv_len - 1 only, and the splits tile those keys alone, so the work is bounded
+// by the window rather than the context.
 //
 // Pass 1 (decode_split): one workgroup per (row, head, split) scores the split's `chunk` keys,
 // softmaxes them against the split's own max and writes the partial (m, l, acc[D]) with acc
@@ -12,7 +15,9 @@
 struct DecodeAttentionParams {
   rows: u32,            // R: query rows (sequences) in this batch
   splits: u32,          // S: splits per (row, head)
-  chunk: u32,           // keys per split (<= CHUNK_MAX); split s covers keys s * chunk .. (s + 1) * chunk - 1
+  chunk: u32,           // keys per split (<= CHUNK_MAX); split s covers keys w0 + s * chunk .. w0 + (s + 1) * chunk - 1,
+                        // w0 = the row's first visible key (0 without a window)
+  window: u32,          // sliding window in keys, the query's own included (0 = unlimited)
   capacity: u32,        // C: token positions per head in one region
   q_heads: u32,         // Hq: query heads
   group: u32,           // Hq / Hkv: query heads sharing one kv head (head h reads kv head h / group)
@@ -73,7 +78,9 @@ fn decode_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
   if (!region_fits(kv_base, region_len, arrayLength(&k_cache)) || !region_fits(kv_base, region_len, arrayLength(&v_cache))) {
     n = 0u;
   }
-  let start = split * params.chunk;
+  // The query is at position n - 1; its first visible key is w0 (0 without a window or for n = 0).
+  let w0 = select(0u, window_start(n - 1u, params.window), n > 0u);
+  let start = w0 + split * params.chunk;
   let count = select(0u, min(params.chunk, n - start), start < n);
   let k_head = kv_row(kv_base, h / params.group, start, params.capacity, D);
 

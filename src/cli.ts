@@ -7,6 +7,7 @@ import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type Pin
 import { Engine } from './engine/engine.ts';
 import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
+import { describeAttentionWindows } from '../models/config.ts';
 import cliProgress from 'cli-progress';
 
 const adapterOption = new Option('--adapter <choice>', 'which WebGPU adapter to use: auto, gpu or software')
@@ -74,12 +75,13 @@ async function loadEngine(options: { model: string; adapter: string; slots?: num
 function describeModel(engine: Engine): string {
   const { stats, config } = engine.model;
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const window = describeAttentionWindows(config);
   const dtypes = Object.entries(stats.dtypes)
     .map(([role, dtype]) => `${role} ${dtype}`)
     .join(', ');
   return (
     `model ${engine.model.id}: ${config.architecture}, ${(stats.parameters / 1e6).toFixed(2)}M parameters, ` +
-    `${config.numLayers} layers, context ${engine.model.options.capacity} x ${engine.model.options.slots} slots\n` +
+    `${config.numLayers} layers, ${window ? `${window}, ` : ''}context ${engine.model.options.capacity} x ${engine.model.options.slots} slots\n` +
     `  on the GPU (${engine.gpu.info.backend}): weights ${mib(stats.weightBytes)}, KV cache ${mib(stats.kvBytes)}, ` +
     `activations ${mib(stats.activationBytes)}\n  weight types: ${dtypes}`
   );

@@ -16,18 +16,18 @@ const gpu = useGpu();
 // ---- float64 reference -------------------------------------------------------------------------
 
 /**
- * Softmax attention of one query head over keys 0 .. nKeys - 1 of kv head `kvh` in the region at
+ * Softmax attention of one query head over keys first .. nKeys - 1 of kv head `kvh` in the region at
  * kvBase of the host cache mirrors (layout (Hkv, capacity, D)); float64 throughout.
  */
 function attendRef(
   qv: ArrayLike<number>, qAt: number, kHost: Float32Array, vHost: Float32Array,
-  kvBase: number, kvh: number, nKeys: number, capacity: number, D: number, scale: number,
+  kvBase: number, kvh: number, nKeys: number, capacity: number, D: number, scale: number, first = 0,
 ): Float64Array {
   const out = new Float64Array(D);
   if (nKeys === 0) return out;
   const scores = new Float64Array(nKeys);
   let max = -Infinity;
-  for (let key = 0; key < nKeys; key++) {
+  for (let key = first; key < nKeys; key++) {
     const row = kvBase + (kvh * capacity + key) * D;
     let dot = 0;
     for (let d = 0; d < D; d++) dot += qv[qAt + d] * kHost[row + d];
@@ -35,16 +35,32 @@ function attendRef(
     max = Math.max(max, scores[key]);
   }
   let sum = 0;
-  for (let key = 0; key < nKeys; key++) {
+  for (let key = first; key < nKeys; key++) {
     scores[key] = Math.exp(scores[key] - max);
     sum += scores[key];
   }
-  for (let key = 0; key < nKeys; key++) {
+  for (let key = first; key < nKeys; key++) {
     const row = kvBase + (kvh * capacity + key) * D;
     const w = scores[key] / sum;
     for (let d = 0; d < D; d++) out[d] += w * vHost[row + d];
   }
   return out;
+}
+
+/**
+ * The first key a query at position `pos` sees under a sliding window of `window` keys (0 = none):
+ * transformers' masking_utils.sliding_window_overlay keeps key k iff k > pos - window.
+ */
+function windowStart(pos: number, window: number): number {
+  return window > 0 ? Math.max(0, pos + 1 - window) : 0;
+}
+
+/** NaN over positions [from, to) of every kv head of the region at kvBase (keys no query may read). */
+function poisonKeys(shape: AttentionShape, kHost: Float32Array, vHost: Float32Array, kvBase: number, from: number, to: number): void {
+  for (let h = 0; h < shape.Hkv; h++) {
+    kHost.fill(NaN, kvBase + (h * shape.capacity + from) * shape.D, kvBase + (h * shape.capacity + to) * shape.D);
+    vHost.fill(NaN, kvBase + (h * shape.capacity + from) * shape.D, kvBase + (h * shape.capacity + to) * shape.D);
+  }
 }
 
 /** Bitwise-or-both-NaN equality of a GPU cache readback and its host mirror. */
@@ -136,15 +152,21 @@ interface PrefillCase {
   Hkv: number;
   T: number;
   past: number;
+  /** Sliding window (keys); omitted: the run passes none. */
+  window?: number;
 }
 
-async function checkPrefill({ D, Hq, Hkv, T, past }: PrefillCase): Promise<number> {
-  const what = `prefill D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past}`;
+/** Returns the rel-L2 error and the raw output (for bit comparisons). */
+async function runPrefillCase({ D, Hq, Hkv, T, past, window }: PrefillCase): Promise<{ relL2: number; out: Float32Array }> {
+  const what = `prefill D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past} window=${window ?? 'none'}`;
   const shape: AttentionShape = { Hq, Hkv, D, capacity: past + T + 3 };
   const region = kvRegionElements(shape);
   const base = 7;
   const kvBase = base + region; // slot 1 of 2: slot 0 must stay untouched
   const { kHost, vHost } = cacheMirrors(shape, base, 2, [{ kvBase, past }], 11 * D + T);
+  // Keys before the first query's window are seen by no query: NaN there shows any read of them
+  // (a loaded V row is multiplied by a zero weight, and 0 x NaN is NaN).
+  poisonKeys(shape, kHost, vHost, kvBase, 0, windowStart(past, window ?? 0));
   const qkv = fusedQkv(shape, T, 100 + past);
   const outOffset = 5;
   const outStride = Hq * D + 2;
@@ -164,6 +186,7 @@ async function checkPrefill({ D, Hq, Hkv, T, past }: PrefillCase): Promise<numbe
     });
     attention.encode(pass, {
       tokens: T, pastLen: past, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, outOffset, outRowStride: outStride,
+      ...(window === undefined ? {} : { window }),
     });
   });
 
@@ -175,12 +198,18 @@ async function checkPrefill({ D, Hq, Hkv, T, past }: PrefillCase): Promise<numbe
   const group = Hq / Hkv;
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < Hq; h++) {
-      const o = attendRef(qkv.data, qkv.qAt(t, h), kHost, vHost, kvBase, Math.floor(h / group), past + t + 1, shape.capacity, D, 1 / Math.sqrt(D));
+      const first = windowStart(past + t, window ?? 0);
+      const o = attendRef(qkv.data, qkv.qAt(t, h), kHost, vHost, kvBase, Math.floor(h / group), past + t + 1, shape.capacity, D, 1 / Math.sqrt(D), first);
       want.set(o, t * width + h * D);
     }
   }
   const all = await readF32(gpu(), out, outOffset + T * outStride + 4);
-  return expectClose(gatherRows(all, outOffset, outStride, T, width, what), want, 1e-5, what).relL2;
+  const got = gatherRows(all, outOffset, outStride, T, width, what);
+  return { relL2: expectClose(got, want, 1e-5, what).relL2, out: got };
+}
+
+async function checkPrefill(c: PrefillCase): Promise<number> {
+  return (await runPrefillCase(c)).relL2;
 }
 
 describe('attention prefill (KV write + causal flash attention)', () => {
@@ -219,6 +248,42 @@ describe('attention prefill (KV write + causal flash attention)', () => {
   });
 });
 
+describe('attention prefill with a sliding window', () => {
+  const worst: Record<string, number> = {};
+  // D=64 runs 16-query tiles, D=80 8-query tiles (both 16-key tiles). Window 1 is the query's own
+  // key only; 3 and 16 cut inside and at a key tile; 40 is larger than T but, after 5 past tokens,
+  // still cuts the last queries' keys.
+  for (const [D, Hq, Hkv] of [[64, 4, 2], [80, 6, 2]]) {
+    for (const T of [1, 7, 37]) {
+      for (const past of [0, 5]) {
+        it(`D=${D} Hq/Hkv=${Hq}/${Hkv} T=${T} past=${past} windows 1, 3, 16, 40`, async () => {
+          for (const window of [1, 3, 16, 40]) {
+            const err = await checkPrefill({ D, Hq, Hkv, T, past, window });
+            worst[`window=${window}`] = Math.max(worst[`window=${window}`] ?? 0, err);
+          }
+        });
+      }
+    }
+  }
+
+  it('a window covering every key is bit-identical to no window (and to window 0)', async () => {
+    const none = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5 });
+    const zero = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 0 });
+    const wide = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 42 });
+    const huge = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 0xffffffff });
+    for (const [name, other] of [['window 0', zero], ['window 42', wide], ['window 2^32 - 1', huge]] as const) {
+      expect(Buffer.from(other.out.buffer).equals(Buffer.from(none.out.buffer)), `${name} vs none`).toBe(true);
+    }
+    // ...while one key less changes the last query.
+    const cut = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 41 });
+    expect(Buffer.from(cut.out.buffer).equals(Buffer.from(none.out.buffer))).toBe(false);
+  });
+
+  it('reports its worst error', () => {
+    console.log(`attention prefill (window) worst rel-L2: ${JSON.stringify(worst)}`);
+  });
+});
+
 // ---- decode ------------------------------------------------------------------------------------
 
 interface DecodeCase {
@@ -230,11 +295,14 @@ interface DecodeCase {
   maxSplits?: number;
   /** Pass a NaN-poisoned scratch buffer (checks every partial a run reads is written). */
   poisonScratch?: boolean;
+  /** Sliding window (keys); omitted: the run passes none. */
+  window?: number;
 }
 
 async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: number }> {
   const { D, Hq, Hkv, lengths } = c;
-  const what = `decode D=${D} Hq=${Hq} Hkv=${Hkv} lengths=${lengths.join(',')}`;
+  const window = c.window ?? 0;
+  const what = `decode D=${D} Hq=${Hq} Hkv=${Hkv} lengths=${lengths.join(',')} window=${c.window ?? 'none'}`;
   const rows = lengths.length;
   const maxLen = Math.max(...lengths);
   const shape: AttentionShape = { Hq, Hkv, D, capacity: maxLen + 20 };
@@ -249,6 +317,8 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
   const { kHost, vHost } = cacheMirrors(
     shape, base, slots, lengths.map((n, r) => ({ kvBase: kvBases[r] + kvOffset, past: n - 1 })), 7 * D + rows,
   );
+  // Keys before a row's window are never read: NaN there would reach its scores.
+  lengths.forEach((n, r) => poisonKeys(shape, kHost, vHost, kvBases[r] + kvOffset, 0, windowStart(n - 1, window)));
   const qkv = fusedQkv(shape, rows, 300 + D, 1, 5);
   const metaOffset = 4; // u32s before the first pair
   const writeMeta = new Uint32Array(metaOffset + 2 * rows);
@@ -276,7 +346,7 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
     });
     decode.encode(pass, {
       rows, maxLen, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, outOffset, outRowStride: outStride,
-      metaOffset: metaOffset + 2 * rows, kvOffset, scale,
+      metaOffset: metaOffset + 2 * rows, kvOffset, scale, ...(c.window === undefined ? {} : { window }),
     });
   });
 
@@ -288,14 +358,14 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
   const group = Hq / Hkv;
   lengths.forEach((n, r) => {
     for (let h = 0; h < Hq; h++) {
-      const o = attendRef(qkv.data, qkv.qAt(r, h), kHost, vHost, kvBases[r] + kvOffset, Math.floor(h / group), n, shape.capacity, D, scale);
+      const o = attendRef(qkv.data, qkv.qAt(r, h), kHost, vHost, kvBases[r] + kvOffset, Math.floor(h / group), n, shape.capacity, D, scale, windowStart(n - 1, window));
       want.set(o, r * width + h * D);
     }
   });
   const all = await readF32(gpu(), out, outOffset + rows * outStride + 3);
   const { relL2 } = expectClose(gatherRows(all, outOffset, outStride, rows, width, what), want, 1e-5, what);
   decode.destroy();
-  return { relL2, splits: decode.plan(maxLen).splits };
+  return { relL2, splits: decode.plan(maxLen, window).splits };
 }
 
 describe('attention decode (KV write + split-K flash-decoding)', () => {
@@ -323,6 +393,25 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
     record('single', (await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [1], poisonScratch: true })).relL2);
   });
 
+  // Sliding windows on rows of 1, 17 and 300 keys with 16-key splits: without a window the 300-key
+  // row takes 19 splits; a window of W keys needs ceil(min(300, W) / 16), the splits before the
+  // window are never dispatched, and NaN in the keys before each row's window proves they are not read.
+  for (const [window, splits] of [[1, 1], [5, 1], [16, 1], [17, 2], [40, 3], [299, 19], [300, 19], [1000, 19]]) {
+    it(`window ${window}: lengths 1, 17, 300 in ${splits} splits`, async () => {
+      for (const [D, Hq, Hkv] of [[8, 1, 1], [64, 4, 2], [80, 6, 2]]) {
+        const r = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300], splitKeys: 16, window, poisonScratch: true });
+        expect(r.splits).toBe(splits);
+        record(`window=${window}`, r.relL2);
+      }
+    });
+  }
+
+  it('window with the chunk adapted to maxSplits (a 100-key window in 8 splits of 13)', async () => {
+    const { relL2, splits } = await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [300, 1, 17], splitKeys: 8, maxSplits: 8, window: 100, poisonScratch: true });
+    expect(splits).toBe(8); // chunk max(8, ceil(100 / 8)) = 13
+    record('window adaptive', relL2);
+  });
+
   it('reports its worst error', () => {
     console.log(`attention decode worst rel-L2: ${JSON.stringify(worst)}`);
   });
@@ -338,8 +427,14 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
     expect(op.plan(300)).toEqual({ splits: 3, chunk: 128 });
     expect(op.plan(4096)).toEqual({ splits: 32, chunk: 128 });
     expect(op.chunkMax).toBe(128);
+    // A window bounds the plan: the splits cover min(maxLen, window) keys.
+    expect(op.plan(4096, 4096)).toEqual({ splits: 32, chunk: 128 });
+    expect(op.plan(4096, 300)).toEqual({ splits: 3, chunk: 128 });
+    expect(op.plan(100, 300)).toEqual({ splits: 1, chunk: 128 });
+    expect(op.plan(4096, 0)).toEqual(op.plan(4096));
     const wide = make(64, 16);
     expect(wide.plan(4096)).toEqual({ splits: 16, chunk: 256 });
+    expect(wide.plan(4096, 1000)).toEqual({ splits: 16, chunk: 64 });
     expect(wide.chunkMax).toBe(256);
     op.destroy();
     wide.destroy();
@@ -349,58 +444,65 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
 // ---- prefill then decode == prefill of one more token -------------------------------------------
 
 describe('attention consistency', () => {
-  it('prefill of T tokens then decode of token T equals prefill of T + 1 tokens', async () => {
-    const shape: AttentionShape = { Hq: 4, Hkv: 2, D: 64, capacity: 40 };
-    const T = 29;
-    const width = shape.Hq * shape.D;
-    const qkv = fusedQkv(shape, T + 1, 77);
-    const qkvBuffer = createStorage(gpu(), 'qkv', qkv.data);
-    const region = kvRegionElements(shape);
-    const kvBase = 9;
-    const cacheElements = kvBase + region;
-    const metaAll = new Uint32Array(2 * (T + 1) + 2);
-    for (let t = 0; t <= T; t++) metaAll.set([kvBase, t], 2 * t);
-    metaAll.set([kvBase, T + 1], 2 * (T + 1)); // the decode row's (kv_base, kv_len)
-    const rowMeta = createStorage(gpu(), 'meta', metaAll);
-    const outAll = poisoned(gpu(), 'outAll', (T + 1) * width);
-    const outStep = poisoned(gpu(), 'outStep', T * width + width);
-
-    // One pass: prefill T + 1 tokens at once.
-    {
-      const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
-      const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
-      const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
-      const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outAll });
-      await runPass(gpu(), (pass) => {
-        write.encode(pass, { rows: T + 1, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
-        prefill.encode(pass, { tokens: T + 1, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride });
-      });
-    }
-    // Two steps: prefill T tokens, then decode token T as a batch of one.
-    {
-      const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
-      const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
-      const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
-      const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outStep });
-      await runPass(gpu(), (pass) => {
-        write.encode(pass, { rows: T, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
-        prefill.encode(pass, { tokens: T, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride });
-      });
-      const writeStep = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
-      const decode = new DecodeAttention(gpu(), { ...shape, maxRows: 1, splitKeys: 8 }, { q: qkvBuffer, kCache, vCache, out: outStep, rowMeta });
-      expect(decode.plan(T + 1).splits).toBe(4);
-      await runPass(gpu(), (pass) => {
-        writeStep.encode(pass, { rows: 1, kOffset: qkv.kAt(T, 0), vOffset: qkv.vAt(T, 0), metaOffset: 2 * T });
-        decode.encode(pass, { rows: 1, maxLen: T + 1, qOffset: qkv.qAt(T, 0), outOffset: T * width, metaOffset: 2 * (T + 1) });
-      });
-      decode.destroy();
-    }
-    const all = await readF32(gpu(), outAll, (T + 1) * width);
-    const step = await readF32(gpu(), outStep, (T + 1) * width);
-    const { relL2 } = expectClose(step, Array.from(all), 1e-5, 'prefill T + decode vs prefill T + 1');
-    console.log(`attention consistency rel-L2: ${relL2.toExponential(3)}`);
-  });
+  // No window (the run passes none), then windows cutting 9 keys and 24 keys off the decode row.
+  for (const [window, splits] of [[undefined, 4], [21, 3], [6, 1]] as const) {
+    it(`prefill of T tokens then decode of token T equals prefill of T + 1 tokens (window ${window ?? 'none'})`, () => checkConsistency(window, splits));
+  }
 });
+
+/** Prefill T + 1 tokens in one step vs prefill T then decode one (splits of 8 keys), under `window`. */
+async function checkConsistency(window: number | undefined, splits: number): Promise<void> {
+  const win = window === undefined ? {} : { window };
+  const shape: AttentionShape = { Hq: 4, Hkv: 2, D: 64, capacity: 40 };
+  const T = 29;
+  const width = shape.Hq * shape.D;
+  const qkv = fusedQkv(shape, T + 1, 77);
+  const qkvBuffer = createStorage(gpu(), 'qkv', qkv.data);
+  const region = kvRegionElements(shape);
+  const kvBase = 9;
+  const cacheElements = kvBase + region;
+  const metaAll = new Uint32Array(2 * (T + 1) + 2);
+  for (let t = 0; t <= T; t++) metaAll.set([kvBase, t], 2 * t);
+  metaAll.set([kvBase, T + 1], 2 * (T + 1)); // the decode row's (kv_base, kv_len)
+  const rowMeta = createStorage(gpu(), 'meta', metaAll);
+  const outAll = poisoned(gpu(), 'outAll', (T + 1) * width);
+  const outStep = poisoned(gpu(), 'outStep', T * width + width);
+
+  // One pass: prefill T + 1 tokens at once.
+  {
+    const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
+    const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
+    const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
+    const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outAll });
+    await runPass(gpu(), (pass) => {
+      write.encode(pass, { rows: T + 1, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
+      prefill.encode(pass, { tokens: T + 1, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, ...win });
+    });
+  }
+  // Two steps: prefill T tokens, then decode token T as a batch of one.
+  {
+    const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
+    const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
+    const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
+    const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outStep });
+    await runPass(gpu(), (pass) => {
+      write.encode(pass, { rows: T, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
+      prefill.encode(pass, { tokens: T, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, ...win });
+    });
+    const writeStep = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
+    const decode = new DecodeAttention(gpu(), { ...shape, maxRows: 1, splitKeys: 8 }, { q: qkvBuffer, kCache, vCache, out: outStep, rowMeta });
+    expect(decode.plan(T + 1, window).splits).toBe(splits);
+    await runPass(gpu(), (pass) => {
+      writeStep.encode(pass, { rows: 1, kOffset: qkv.kAt(T, 0), vOffset: qkv.vAt(T, 0), metaOffset: 2 * T });
+      decode.encode(pass, { rows: 1, maxLen: T + 1, qOffset: qkv.qAt(T, 0), outOffset: T * width, metaOffset: 2 * (T + 1), ...win });
+    });
+    decode.destroy();
+  }
+  const all = await readF32(gpu(), outAll, (T + 1) * width);
+  const step = await readF32(gpu(), outStep, (T + 1) * width);
+  const { relL2 } = expectClose(step, Array.from(all), 1e-5, `prefill T + decode vs prefill T + 1 (window ${window ?? 'none'})`);
+  console.log(`attention consistency (window ${window ?? 'none'}) rel-L2: ${relL2.toExponential(3)}`);
+}
 
 // ---- guards the host cannot check (metadata lives on the GPU) -----------------------------------
 
@@ -489,6 +591,10 @@ describe('attention shape checks', () => {
     expect(() => decode.encode(pass, { rows: 1, maxLen: 11 })).toThrow(/maxLen \(11\) exceeds maxContext \(10\)/);
     expect(() => decode.encode(pass, { rows: 1, maxLen: 0 })).toThrow(/maxLen must be an integer >= 1/);
     expect(() => write.encode(pass, { rows: 9, metaOffset: 0 })).toThrow(/rowMeta needs/);
+    for (const window of [-1, 1.5, NaN, 2 ** 32]) {
+      expect(() => prefill.encode(pass, { tokens: 2, pastLen: 0, kvBase: 0, window })).toThrow(/window must be an integer in \[0, 4294967295\]/);
+      expect(() => decode.encode(pass, { rows: 1, maxLen: 4, window })).toThrow(/window must be an integer in \[0, 4294967295\]/);
+    }
     pass.end();
     encoder.finish();
     decode.destroy();

@@ -1,6 +1,6 @@
 // Float64 reference forward passes on Hugging Face-named weights, written for clarity, not speed.
 // They are the oracle for the GPU models (llama.cpp is the second oracle, for GGUF files).
-import type { ModelConfig, RopeScaling } from '../../models/config.ts';
+import { layerWindow, type ModelConfig, type RopeScaling } from '../../models/config.ts';
 
 export type Weights = Map<string, ArrayLike<number>>;
 
@@ -134,10 +134,16 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
       }
       keys[l].push(k);
       values[l].push(v);
+      // Sliding window (transformers' masking_utils.sliding_window_overlay): the query at `pos` sees
+      // key j iff j <= pos and j > pos - window.
+      const window = layerWindow(config, l);
+      const first = window > 0 ? Math.max(0, pos + 1 - window) : 0;
+      const visibleKeys = keys[l].slice(first);
+      const visibleValues = values[l].slice(first);
       const attn = new Float64Array(H * D);
       for (let hh = 0; hh < H; hh++) {
         const kv = Math.floor(hh / (H / Hkv));
-        const scores = keys[l].map((kk) => {
+        const scores = visibleKeys.map((kk) => {
           let s = 0;
           for (let d = 0; d < D; d++) s += q[hh * D + d] * kk[kv * D + d];
           return s / Math.sqrt(D);
@@ -146,7 +152,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         const e = scores.map((s) => Math.exp(s - max));
         const sum = e.reduce((a, b) => a + b, 0);
         for (let t = 0; t < e.length; t++) {
-          for (let d = 0; d < D; d++) attn[hh * D + d] += (e[t] / sum) * values[l][t][kv * D + d];
+          for (let d = 0; d < D; d++) attn[hh * D + d] += (e[t] / sum) * visibleValues[t][kv * D + d];
         }
       }
       if (gpt2) {
