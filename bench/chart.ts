@@ -66,6 +66,18 @@ function tickLabel(v: number): string {
   return String(Number(v.toPrecision(1)));
 }
 
+/** SVG points of an n-pointed star around (x, y) (a regular n-gon when inner = outer), a point up. */
+function star(x: number, y: number, n: number, outer: number, inner: number): string {
+  const pts: string[] = [];
+  for (let i = 0; i < 2 * n; i++) {
+    const r = i % 2 === 0 ? outer : inner;
+    const angle = (Math.PI * i) / n - Math.PI / 2;
+    if (inner === outer && i % 2 === 1) continue;
+    pts.push(`${(x + r * Math.cos(angle)).toFixed(1)},${(y + r * Math.sin(angle)).toFixed(1)}`);
+  }
+  return pts.join(' ');
+}
+
 function marker(dtype: string, x: number, y: number, color: string, title: string): string {
   const t = `<title>${esc(title)}</title>`;
   const style = `fill="${color}" fill-opacity="0.85" stroke="#222" stroke-width="0.8"`;
@@ -84,6 +96,20 @@ function marker(dtype: string, x: number, y: number, color: string, title: strin
       const pts = [[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a], [-b, a], [-b, -a], [-a, -a]];
       return `<polygon points="${pts.map(([dx, dy]) => `${x + dx},${y + dy}`).join(' ')}" ${style}>${t}</polygon>`;
     }
+    // Regular polygons and stars for the rest: q4_1 pentagon, q5_0 hexagon, q5_1 star, q5_k 4-point
+    // star, q3_k octagon, q2_k 6-point star.
+    case 'q4_1':
+      return `<polygon points="${star(x, y, 5, 6, 6)}" ${style}>${t}</polygon>`;
+    case 'q5_0':
+      return `<polygon points="${star(x, y, 6, 6, 6)}" ${style}>${t}</polygon>`;
+    case 'q5_1':
+      return `<polygon points="${star(x, y, 5, 6.5, 2.8)}" ${style}>${t}</polygon>`;
+    case 'q5_k':
+      return `<polygon points="${star(x, y, 4, 6.5, 2.2)}" ${style}>${t}</polygon>`;
+    case 'q3_k':
+      return `<polygon points="${star(x, y, 8, 5.5, 5.5)}" ${style}>${t}</polygon>`;
+    case 'q2_k':
+      return `<polygon points="${star(x, y, 6, 6.5, 3.2)}" ${style}>${t}</polygon>`;
     default:
       return `<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="5" ${style}>${t}</circle>`;
   }
@@ -154,15 +180,25 @@ function rooflinePanel(report: BenchReport, x0: number, x1: number, y0: number, 
     parts.push(txt(lx + 15, ly, KIND_LABEL[kind], 'font-size="12" fill="#222"'));
     lx += 30 + KIND_LABEL[kind].length * 6.6;
   }
+  // Dtype shapes, wrapping onto a further line at the panel's right edge (ten dtypes do not fit one).
   lx = x0;
-  const ly2 = ly + 22;
+  let ly2 = ly + 22;
+  const place = (width: number) => {
+    if (lx > x0 && lx + width > x1) {
+      lx = x0;
+      ly2 += 18;
+    }
+  };
   const dtypes = [...new Set(points.filter((p) => p.kind === 'matmul' || p.kind === 'matvec').map((p) => p.dtype))];
   for (const dtype of dtypes) {
+    place(15 + dtype.length * 7.5);
     parts.push(marker(dtype, lx + 6, ly2 - 4, '#bbb', dtype));
     parts.push(txt(lx + 15, ly2, dtype, 'font-size="12" fill="#222"'));
     lx += 30 + dtype.length * 7.5;
   }
-  parts.push(txt(lx + 10, ly2, 'weights (shapes); attention: f32 KV cache', 'font-size="12" fill="#555"'));
+  const note = 'weights (shapes); attention: f32 KV cache';
+  place(10 + note.length * 6.6);
+  parts.push(txt(lx + (lx > x0 ? 10 : 0), ly2, note, 'font-size="12" fill="#555"'));
   return parts;
 }
 

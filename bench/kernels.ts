@@ -17,7 +17,7 @@ import { MinerError, ShapeError } from '../src/errors.ts';
 import { Matmul } from '../kernels/matmul.ts';
 import { Matvec } from '../kernels/matvec.ts';
 import { DecodeAttention, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
-import { BLOCK_COLUMNS, checkWeightFits, isQuantDtype, K_QUANT_BLOCK, planeWords, uploadWeight, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
+import { BLOCK_COLUMNS, checkWeightFits, isKQuantDtype, isQuantDtype, K_QUANT_BLOCK, planeWords, uploadWeight, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { attainableGflops, type Progress, type RooflineResult } from './roofline.ts';
 import { projectionShape, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
 import { timeKernel, type Timing } from './timing.ts';
@@ -94,24 +94,26 @@ function fillF16Pairs(words: Uint32Array): void {
 
 /**
  * A (rows, cols) weight of `dtype` with random planes: f32/f16 values in ±[0.5, 1), random quants,
- * and block scales set to 0.01 (K-quant sub-block scales random), so every value is finite.
+ * and block scales (and the mins of Q4_1 / Q5_1) set to 0.01 (K-quant sub-block scales random), so
+ * every value is finite.
  */
 export function syntheticWeight(dtype: WeightDtype, rows: number, cols: number): HostWeight {
   const planes = planeWords(dtype, rows, cols).map((n) => new Uint32Array(n));
   const D = 0x211f; // f16 0.01
   if (dtype === 'f32') fillF32(planes[0]);
   else if (dtype === 'f16') fillF16Pairs(planes[0]);
-  else if (dtype === 'q4_k' || dtype === 'q6_k') {
-    // Per super-block: q4_k scales are [d | dmin << 16, 12 bytes of 6-bit scales and mins];
-    // q6_k scales are [16 int8 scales as 4 words, d in the low half of a fifth].
+  else if (isKQuantDtype(dtype)) {
+    // Per super-block: q4_k / q5_k scales are [d | dmin << 16, 12 bytes of 6-bit scales and mins];
+    // q6_k [16 int8 scales as 4 words, d in the low half of a fifth]; q3_k [12 bytes of 6-bit
+    // scales, d in the low half of a fourth]; q2_k [16 bytes of 4-bit scales and mins, d | dmin << 16].
     randomFillSync(planes[0]);
     randomFillSync(planes[1]);
     const words = planes[1].length / ((rows * cols) / K_QUANT_BLOCK);
-    for (let i = 0; i < planes[1].length; i += words) {
-      if (dtype === 'q4_k') planes[1][i] = D | (D << 16);
-      else planes[1][i + 4] = D;
-    }
+    const at = { q2_k: 4, q3_k: 3, q4_k: 0, q5_k: 0, q6_k: 4 }[dtype];
+    const value = dtype === 'q3_k' || dtype === 'q6_k' ? D : D | (D << 16);
+    for (let i = 0; i < planes[1].length; i += words) planes[1][i + at] = value;
   } else {
+    // Q8_0 / Q4_0 / Q5_0: f16 scales two per word; Q4_1 / Q5_1: one word d | m << 16 per block.
     randomFillSync(planes[0]);
     planes[1].fill(D | (D << 16));
   }

@@ -11,61 +11,112 @@
 //   q4_0  quants  (N, K/32, 4) per block the GGUF 16 nibble bytes as 4 u32 (byte j: low nibble is
 //                              column j, high nibble column j + 16; value = (nibble - 8) * d)
 //         scales  as q8_0
+//   q4_1  quants  as q4_0      value = nibble * d + m
+//         scales  (N, K/32)    per block the GGUF header as one u32: d | m << 16 (f16)
+//   q5_0  quants  (N, K/32, 5) per block the GGUF qh[4] as 1 u32 (bit j = bit 4 of column j), then
+//                              the 16 nibble bytes as 4 u32 (as q4_0); value = (q - 16) * d
+//         scales  as q8_0
+//   q5_1  quants  as q5_0      value = q * d + m
+//         scales  as q4_1
+//   q2_k  quants  (N, K/256, 16) per super-block the GGUF qs[64] as 16 u32
+//         scales  (N, K/256, 5)  per super-block the GGUF scales[16] (4-bit scale | 4-bit min << 4)
+//                                as 4 u32, then d | dmin << 16 (f16)
+//   q3_k  quants  (N, K/256, 24) per super-block the GGUF hmask[32] as 8 u32, then qs[64] as 16 u32
+//         scales  (N, K/256, 4)  per super-block the GGUF scales[12] (16 packed 6-bit scales) as
+//                                3 u32, then d (f16) in the low half of a fourth word (high half zero)
 //   q4_k  quants  (N, K/256, 32) per super-block the GGUF qs[128] as 32 u32
 //         scales  (N, K/256, 4)  per super-block the GGUF header as 4 u32: d | dmin << 16 (f16),
 //                                then scales[12] (6-bit scales and mins of the 8 sub-blocks)
+//   q5_k  quants  (N, K/256, 40) per super-block the GGUF qh[32] as 8 u32, then qs[128] as 32 u32
+//         scales  as q4_k
 //   q6_k  quants  (N, K/256, 48) per super-block the GGUF ql[128] as 32 u32, then qh[64] as 16 u32
 //         scales  (N, K/256, 5)  per super-block the GGUF scales[16] (int8) as 4 u32, then d (f16)
 //                                in the low half of a fifth word (high half zero)
-// Q8_0 and Q4_0 need K % 32 == 0, Q4_K and Q6_K K % 256 == 0. Scales stay f16 (not widened to
-// f32): see weights_scales.wgsl. The K-quant planes are each GGUF block cut in two at a byte
-// boundary, so no value is rounded or re-encoded; bytes per weight read by the shaders:
-//   q4_k  (128 + 16) / 256 = 0.5625 B = 4.5 bits, exactly the file's
-//   q6_k  (192 + 20) / 256 = 0.828 B = 6.625 bits, the file's 6.5625 plus 2 bytes of padding per
-//         256 weights (1%) so every super-block's scales start on a word
-// See weights_q4_k.wgsl / weights_q6_k.wgsl for why the scales are not widened either.
+// The 32-column formats need K % 32 == 0, the K-quants K % 256 == 0. Every plane is each GGUF block
+// cut at byte boundaries (QUANT_LAYOUTS), so no value is rounded or re-encoded, and scales stay f16
+// (not widened to f32): decode is memory-bound, see weights_scales.wgsl and weights_scales_k4.wgsl.
+// Bytes (and bits) per weight read by the shaders, the file's own but where Q3_K / Q6_K pad:
+//   q8_0 34/32 = 1.0625 B (8.5 bits)      q4_0 18/32 = 0.5625 B (4.5 bits)
+//   q4_1 20/32 = 0.625 B (5 bits)         q5_0 22/32 = 0.6875 B (5.5 bits)
+//   q5_1 24/32 = 0.75 B (6 bits)
+//   q2_k 84/256 = 0.328 B (2.625 bits)
+//   q3_k 112/256 = 0.4375 B (3.5 bits; the file's 3.4375 plus 2 bytes of padding per 256 weights,
+//        2 %, so every super-block's scales start on a word)
+//   q4_k 144/256 = 0.5625 B (4.5 bits)    q5_k 176/256 = 0.6875 B (5.5 bits)
+//   q6_k 212/256 = 0.828 B (6.625 bits; the file's 6.5625 plus 2 bytes of padding, 1 %, likewise)
 // Planes are little-endian, as WebGPU buffers are; this module assumes a little-endian host.
 import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage, type BufferArena } from '../src/gpu/buffers.ts';
 import { ShapeError } from '../src/errors.ts';
 
-export type WeightDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
-export const WEIGHT_DTYPES: readonly WeightDtype[] = ['f32', 'f16', 'q8_0', 'q4_0', 'q4_k', 'q6_k'];
+export type WeightDtype = 'f32' | 'f16' | QuantDtype;
+export const WEIGHT_DTYPES: readonly WeightDtype[] = [
+  'f32', 'f16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k',
+];
 
 /** The block-quantised dtypes (GGUF blocks along K). */
-export type QuantDtype = 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
+export type QuantDtype = 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1' | KQuantDtype;
 
-/** Columns per quant block (Q8_0, Q4_0). */
+/** The K-quants: super-blocks of 256 columns. */
+export type KQuantDtype = 'q2_k' | 'q3_k' | 'q4_k' | 'q5_k' | 'q6_k';
+
+/** Columns per quant block (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). */
 export const QUANT_BLOCK = 32;
 
-/** Columns per K-quant super-block (ggml's QK_K: Q4_K, Q6_K). */
+/** Columns per K-quant super-block (ggml's QK_K: Q2_K .. Q6_K). */
 export const K_QUANT_BLOCK = 256;
 
 /**
- * Bytes of one GGUF block: Q8_0 = f16 d + 32 int8; Q4_0 = f16 d + 16 bytes of nibbles;
- * Q4_K = f16 d, f16 dmin, 12 bytes of scales, 128 of nibbles; Q6_K = 128 bytes ql, 64 qh,
- * 16 int8 scales, f16 d.
+ * How one GGUF block of a quant dtype maps onto the two planes: each plane holds `stride[p]` bytes
+ * per block (block b at byte b * stride[p], the plane padded to whole words), and each piece
+ * [plane, from, bytes, at] copies GGUF block bytes from .. from + bytes - 1 to byte `at` of the
+ * block's part of that plane. Pieces cover the block exactly once; bytes a piece leaves are zero.
  */
-export const GGUF_BLOCK_BYTES = { q8_0: 34, q4_0: 18, q4_k: 144, q6_k: 210 } as const;
+interface QuantLayout {
+  /** Columns per block. */
+  readonly columns: number;
+  /** Bytes of one GGUF block. */
+  readonly blockBytes: number;
+  /** Bytes per block in the [quants, scales] planes. */
+  readonly stride: readonly [number, number];
+  readonly pieces: ReadonlyArray<readonly [plane: 0 | 1, from: number, bytes: number, at: number]>;
+}
 
-/** Columns per block of each quant dtype: K must be a multiple of it. */
-export const BLOCK_COLUMNS = { q8_0: QUANT_BLOCK, q4_0: QUANT_BLOCK, q4_k: K_QUANT_BLOCK, q6_k: K_QUANT_BLOCK } as const;
-
-/** u32 words per block in the quants and scales planes of the K-quants. */
-const K_QUANT_WORDS = { q4_k: [32, 4], q6_k: [48, 5] } as const;
-
-const PLANE_NAMES: Record<WeightDtype, readonly string[]> = {
-  f32: ['values'],
-  f16: ['values'],
-  q8_0: ['quants', 'scales'],
-  q4_0: ['quants', 'scales'],
-  q4_k: ['quants', 'scales'],
-  q6_k: ['quants', 'scales'],
+// ggml-common.h block layouts: Q8_0 = d, qs[32]; Q4_0 = d, qs[16]; Q4_1 = d, m, qs[16];
+// Q5_0 = d, qh[4], qs[16]; Q5_1 = d, m, qh[4], qs[16]; Q4_K = d, dmin, scales[12], qs[128];
+// Q5_K = d, dmin, scales[12], qh[32], qs[128]; Q6_K = ql[128], qh[64], scales[16], d;
+// Q3_K = hmask[32], qs[64], scales[12], d; Q2_K = scales[16], qs[64], d, dmin.
+const QUANT_LAYOUTS: Record<QuantDtype, QuantLayout> = {
+  q8_0: { columns: 32, blockBytes: 34, stride: [32, 2], pieces: [[1, 0, 2, 0], [0, 2, 32, 0]] },
+  q4_0: { columns: 32, blockBytes: 18, stride: [16, 2], pieces: [[1, 0, 2, 0], [0, 2, 16, 0]] },
+  q4_1: { columns: 32, blockBytes: 20, stride: [16, 4], pieces: [[1, 0, 4, 0], [0, 4, 16, 0]] },
+  q5_0: { columns: 32, blockBytes: 22, stride: [20, 2], pieces: [[1, 0, 2, 0], [0, 2, 20, 0]] },
+  q5_1: { columns: 32, blockBytes: 24, stride: [20, 4], pieces: [[1, 0, 4, 0], [0, 4, 20, 0]] },
+  q4_k: { columns: 256, blockBytes: 144, stride: [128, 16], pieces: [[1, 0, 16, 0], [0, 16, 128, 0]] },
+  q5_k: { columns: 256, blockBytes: 176, stride: [160, 16], pieces: [[1, 0, 16, 0], [0, 16, 160, 0]] },
+  q6_k: { columns: 256, blockBytes: 210, stride: [192, 20], pieces: [[0, 0, 192, 0], [1, 192, 18, 0]] },
+  q3_k: { columns: 256, blockBytes: 110, stride: [96, 16], pieces: [[0, 0, 96, 0], [1, 96, 14, 0]] },
+  q2_k: { columns: 256, blockBytes: 84, stride: [64, 20], pieces: [[1, 0, 16, 0], [0, 16, 64, 0], [1, 80, 4, 16]] },
 };
 
-/** True for the block-quantised dtypes (q8_0, q4_0, q4_k, q6_k). */
+/** Bytes of one GGUF block of each quant dtype (see QUANT_LAYOUTS for the fields). */
+export const GGUF_BLOCK_BYTES = Object.fromEntries(
+  Object.entries(QUANT_LAYOUTS).map(([dtype, layout]) => [dtype, layout.blockBytes]),
+) as Readonly<Record<QuantDtype, number>>;
+
+/** Columns per block of each quant dtype: K must be a multiple of it. */
+export const BLOCK_COLUMNS = Object.fromEntries(
+  Object.entries(QUANT_LAYOUTS).map(([dtype, layout]) => [dtype, layout.columns]),
+) as Readonly<Record<QuantDtype, number>>;
+
+/** True for the block-quantised dtypes. */
 export function isQuantDtype(dtype: WeightDtype): dtype is QuantDtype {
-  return Object.hasOwn(BLOCK_COLUMNS, dtype);
+  return Object.hasOwn(QUANT_LAYOUTS, dtype);
+}
+
+/** True for the K-quants (super-blocks of 256 columns). */
+export function isKQuantDtype(dtype: WeightDtype): dtype is KQuantDtype {
+  return isQuantDtype(dtype) && QUANT_LAYOUTS[dtype].columns === K_QUANT_BLOCK;
 }
 
 /** A packed weight on the CPU: planes ready to upload, in binding order. */
@@ -101,8 +152,11 @@ export function weightShader(dtype: WeightDtype): string {
 
 /** Plane names in binding order, e.g. ['quants', 'scales']. */
 export function planeNames(dtype: WeightDtype): readonly string[] {
-  return PLANE_NAMES[dtype];
+  return isQuantDtype(dtype) ? QUANT_PLANE_NAMES : VALUE_PLANE_NAMES;
 }
+
+const VALUE_PLANE_NAMES = ['values'] as const;
+const QUANT_PLANE_NAMES = ['quants', 'scales'] as const;
 
 /** The buffers for bindings 1 and 2 of a weight-composed kernel. */
 export function weightBindings(weight: PackedWeight): [GPUBuffer, GPUBuffer | undefined] {
@@ -267,6 +321,131 @@ export function quantizeQ4_0(rows: number, cols: number, values: Float32Array): 
   return { dtype: 'q4_0', rows, cols, planes: [quants, scales] };
 }
 
+const FLT_MAX = 3.4028234663852886e38;
+
+/**
+ * Quantise each block of 32 values (a row-major (rows, cols) Float32Array) into GGUF block bytes
+ * with `encode`, then cut the blocks into planes as packGguf does.
+ */
+function quantizeBlocks32(
+  label: string,
+  dtype: 'q4_1' | 'q5_0' | 'q5_1',
+  rows: number,
+  cols: number,
+  values: Float32Array,
+  encode: (x: Float32Array, block: Uint8Array) => void,
+): HostWeight {
+  checkDims(label, dtype, rows, cols);
+  checkLength(label, values.length, rows * cols, 'values (rows * cols)');
+  const { blockBytes } = QUANT_LAYOUTS[dtype];
+  const blocks = (rows * cols) / QUANT_BLOCK;
+  const raw = new Uint8Array(blocks * blockBytes);
+  for (let b = 0; b < blocks; b++) {
+    encode(values.subarray(b * QUANT_BLOCK, (b + 1) * QUANT_BLOCK), raw.subarray(b * blockBytes, (b + 1) * blockBytes));
+  }
+  return cutBlocks(dtype, rows, cols, raw);
+}
+
+function setF16(block: Uint8Array, at: number, value: number): void {
+  const bits = f32ToF16Bits(value);
+  block[at] = bits & 0xff;
+  block[at + 1] = bits >>> 8;
+}
+
+/** The smallest and largest of 32 values, from FLT_MAX / -FLT_MAX as ggml starts. */
+function blockRange(x: Float32Array): [number, number] {
+  let min = FLT_MAX;
+  let max = -FLT_MAX;
+  for (const v of x) {
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  return [min, max];
+}
+
+/** The value of largest magnitude (the first one on ties), as quantize_row_q4_0_ref finds it. */
+function blockMax(x: Float32Array): number {
+  let amax = 0;
+  let max = 0;
+  for (const v of x) {
+    if (amax < Math.abs(v)) {
+      amax = Math.abs(v);
+      max = v;
+    }
+  }
+  return max;
+}
+
+/**
+ * Q4_1 planes exactly as ggml's quantize_row_q4_1_ref: per block of 32, d = (max - min) / 15,
+ * id = 1 / d (0 when d = 0), q = min(15, trunc((x - min) * id + 0.5)), all in f32; d and min
+ * stored as f16.
+ */
+export function quantizeQ4_1(rows: number, cols: number, values: Float32Array): HostWeight {
+  const fr = Math.fround;
+  return quantizeBlocks32('quantizeQ4_1', 'q4_1', rows, cols, values, (x, block) => {
+    const [min, max] = blockRange(x);
+    const d = fr(fr(max - min) / 15);
+    const id = d !== 0 ? fr(1 / d) : 0;
+    setF16(block, 0, d);
+    setF16(block, 2, min);
+    for (let j = 0; j < 16; j++) {
+      const q0 = Math.min(15, Math.trunc(fr(fr(fr(x[j] - min) * id) + 0.5)));
+      const q1 = Math.min(15, Math.trunc(fr(fr(fr(x[j + 16] - min) * id) + 0.5)));
+      block[4 + j] = q0 | (q1 << 4);
+    }
+  });
+}
+
+/**
+ * Store 32 five-bit quants as GGUF does: the low 4 bits as nibble bytes at `at` (q_j low, q_j+16
+ * high, as Q4_0), bit 4 of q_j as bit j of the little-endian u32 qh at `qhAt`.
+ */
+function setQ5(block: Uint8Array, qhAt: number, at: number, q: ArrayLike<number>): void {
+  let qh = 0;
+  for (let j = 0; j < 16; j++) {
+    block[at + j] = (q[j] & 15) | ((q[j + 16] & 15) << 4);
+    qh |= ((q[j] >> 4) & 1) << j;
+    qh |= ((q[j + 16] >> 4) & 1) << (j + 16);
+  }
+  for (let i = 0; i < 4; i++) block[qhAt + i] = (qh >>> (8 * i)) & 0xff;
+}
+
+/**
+ * Q5_0 planes exactly as ggml's quantize_row_q5_0_ref: per block of 32, max = the value of largest
+ * magnitude (first one on ties), d = max / -16, id = 1 / d (0 when d = 0),
+ * q = min(31, trunc(x * id + 16.5)), all in f32; d stored as f16.
+ */
+export function quantizeQ5_0(rows: number, cols: number, values: Float32Array): HostWeight {
+  const fr = Math.fround;
+  const q = new Uint8Array(QUANT_BLOCK);
+  return quantizeBlocks32('quantizeQ5_0', 'q5_0', rows, cols, values, (x, block) => {
+    const d = fr(blockMax(x) / -16);
+    const id = d !== 0 ? fr(1 / d) : 0;
+    setF16(block, 0, d);
+    for (let j = 0; j < QUANT_BLOCK; j++) q[j] = Math.min(31, Math.trunc(fr(fr(x[j] * id) + 16.5)));
+    setQ5(block, 2, 6, q);
+  });
+}
+
+/**
+ * Q5_1 planes exactly as ggml's quantize_row_q5_1_ref: per block of 32, d = (max - min) / 31,
+ * id = 1 / d (0 when d = 0), q = trunc((x - min) * id + 0.5), all in f32; d and min stored as f16.
+ */
+export function quantizeQ5_1(rows: number, cols: number, values: Float32Array): HostWeight {
+  const fr = Math.fround;
+  const q = new Uint8Array(QUANT_BLOCK);
+  return quantizeBlocks32('quantizeQ5_1', 'q5_1', rows, cols, values, (x, block) => {
+    const [min, max] = blockRange(x);
+    const d = fr(fr(max - min) / 31);
+    const id = d !== 0 ? fr(1 / d) : 0;
+    setF16(block, 0, d);
+    setF16(block, 2, min);
+    for (let j = 0; j < QUANT_BLOCK; j++) q[j] = Math.trunc(fr(fr(fr(x[j] - min) * id) + 0.5));
+    setQ5(block, 4, 8, q);
+  });
+}
+
 /** Pack a row-major (rows, cols) Float32Array into `dtype` (rounding or quantising as above). */
 export function packWeight(dtype: WeightDtype, rows: number, cols: number, values: Float32Array): HostWeight {
   switch (dtype) {
@@ -278,7 +457,16 @@ export function packWeight(dtype: WeightDtype, rows: number, cols: number, value
       return quantizeQ8_0(rows, cols, values);
     case 'q4_0':
       return quantizeQ4_0(rows, cols, values);
+    case 'q4_1':
+      return quantizeQ4_1(rows, cols, values);
+    case 'q5_0':
+      return quantizeQ5_0(rows, cols, values);
+    case 'q5_1':
+      return quantizeQ5_1(rows, cols, values);
+    case 'q2_k':
+    case 'q3_k':
     case 'q4_k':
+    case 'q5_k':
     case 'q6_k':
       // ggml's K-quant quantisers search scales per sub-block (make_qkx2_quants, make_qx_quants);
       // this runtime only reads K-quants from GGUF files (packGguf), it does not write them.
@@ -305,8 +493,7 @@ export function ggufByteSize(dtype: WeightDtype, rows: number, cols: number): nu
 
 /**
  * Planes from a tensor's raw data as stored in GGUF (ne = [cols, rows]) or safetensors
- * ([rows, cols]): f32 little-endian, f16 bits, Q8_0 34-byte, Q4_0 18-byte, Q4_K 144-byte or
- * Q6_K 210-byte blocks.
+ * ([rows, cols]): f32 little-endian, f16 bits, or GGUF blocks of a quant dtype (QUANT_LAYOUTS).
  * Any typed array view is read as its bytes (so raw f16 bits may come as a Uint16Array).
  */
 export function packGguf(dtype: WeightDtype, rows: number, cols: number, data: ArrayBufferView): HostWeight {
@@ -318,76 +505,49 @@ export function packGguf(dtype: WeightDtype, rows: number, cols: number, data: A
     return packF32(rows, cols, new Float32Array(copy.buffer));
   }
   if (dtype === 'f16') return f16Planes(rows, cols, new Uint16Array(new Uint8Array(bytes).buffer));
-  if (dtype === 'q4_k' || dtype === 'q6_k') return kQuantPlanes(dtype, rows, cols, bytes);
-  const { blocks, quants, scales, qBytes, d16 } = quantPlanes(dtype, rows, cols);
-  const blockBytes = GGUF_BLOCK_BYTES[dtype];
-  const qPerBlock = blockBytes - 2;
-  for (let b = 0; b < blocks; b++) {
-    const src = b * blockBytes;
-    d16[b] = bytes[src] | (bytes[src + 1] << 8);
-    const dst = b * qPerBlock;
-    for (let j = 0; j < qPerBlock; j++) qBytes[dst + j] = bytes[src + 2 + j];
-  }
-  return { dtype, rows, cols, planes: [quants, scales] };
+  return cutBlocks(dtype, rows, cols, bytes);
 }
 
-// Where each K-quant block is cut: the first `split` bytes go to one plane, the rest to the other.
-// Q4_K: header (d, dmin, scales[12]) = 16 bytes -> scales; qs[128] -> quants.
-// Q6_K: ql[128] qh[64] = 192 bytes -> quants; scales[16], d = 18 bytes -> scales (+ 2 zero bytes).
-const K_QUANT_SPLIT = { q4_k: { split: 16, first: 'scales' }, q6_k: { split: 192, first: 'quants' } } as const;
+function cutBlocks(dtype: QuantDtype, rows: number, cols: number, raw: Uint8Array): HostWeight {
+  const planes = planeWords(dtype, rows, cols).map((words) => new Uint32Array(words));
+  copyBlocks(dtype, (rows * cols) / QUANT_LAYOUTS[dtype].columns, raw, planes.map(bytesOf), true);
+  return { dtype, rows, cols, planes };
+}
 
-/** Copy every block's two parts between raw GGUF data and the planes, either way. */
-function cutKQuantBlocks(dtype: 'q4_k' | 'q6_k', blocks: number, raw: Uint8Array, quants: Uint8Array, scales: Uint8Array, toPlanes: boolean): void {
-  const [qWords, sWords] = K_QUANT_WORDS[dtype];
-  const blockBytes = GGUF_BLOCK_BYTES[dtype];
-  const { split, first } = K_QUANT_SPLIT[dtype];
-  const [head, tail] = first === 'scales' ? [scales, quants] : [quants, scales];
-  const [headStride, tailStride] = first === 'scales' ? [sWords * 4, qWords * 4] : [qWords * 4, sWords * 4];
-  for (let b = 0; b < blocks; b++) {
-    const at = b * blockBytes;
-    if (toPlanes) {
-      head.set(raw.subarray(at, at + split), b * headStride);
-      tail.set(raw.subarray(at + split, at + blockBytes), b * tailStride);
+/** Copy every block's pieces between raw GGUF data and the planes' bytes, either way. */
+function copyBlocks(dtype: QuantDtype, blocks: number, raw: Uint8Array, planes: Uint8Array[], toPlanes: boolean): void {
+  const { blockBytes, stride, pieces } = QUANT_LAYOUTS[dtype];
+  // One piece at a time over all blocks keeps the inner loop tight (f16 scales are 2-byte pieces).
+  for (const [plane, from, bytes, at] of pieces) {
+    const [input, inStride, inAt, output, outStride, outAt] = toPlanes
+      ? [raw, blockBytes, from, planes[plane], stride[plane], at]
+      : [planes[plane], stride[plane], at, raw, blockBytes, from];
+    if (bytes >= 64) {
+      for (let b = 0; b < blocks; b++) {
+        const src = b * inStride + inAt;
+        output.set(input.subarray(src, src + bytes), b * outStride + outAt);
+      }
     } else {
-      raw.set(head.subarray(b * headStride, b * headStride + split), at);
-      raw.set(tail.subarray(b * tailStride, b * tailStride + blockBytes - split), at + split);
+      for (let b = 0, src = inAt, dst = outAt; b < blocks; b++, src += inStride, dst += outStride) {
+        for (let i = 0; i < bytes; i++) output[dst + i] = input[src + i];
+      }
     }
   }
-}
-
-function kQuantPlanes(dtype: 'q4_k' | 'q6_k', rows: number, cols: number, bytes: Uint8Array): HostWeight {
-  const [quants, scales] = planeWords(dtype, rows, cols).map((words) => new Uint32Array(words));
-  cutKQuantBlocks(dtype, (rows * cols) / K_QUANT_BLOCK, bytes, bytesOf(quants), bytesOf(scales), true);
-  return { dtype, rows, cols, planes: [quants, scales] };
 }
 
 /** The inverse of packGguf: the weight's raw GGUF tensor data (for writing GGUF files and tests). */
 export function ggufBytes(weight: HostWeight): Uint8Array {
   const { dtype, rows, cols } = weight;
   const out = new Uint8Array(ggufByteSize(dtype, rows, cols));
+  if (isQuantDtype(dtype)) {
+    copyBlocks(dtype, (rows * cols) / QUANT_LAYOUTS[dtype].columns, out, weight.planes.map(bytesOf), false);
+    return out;
+  }
   const kp = paddedCols(cols);
-  if (dtype === 'f32' || dtype === 'f16') {
-    const size = dtype === 'f32' ? 4 : 2;
-    const plane = bytesOf(weight.planes[0]);
-    for (let r = 0; r < rows; r++) {
-      out.set(plane.subarray(r * kp * size, (r * kp + cols) * size), r * cols * size);
-    }
-    return out;
-  }
-  const [quants, scales] = weight.planes;
-  const qBytes = bytesOf(quants);
-  if (dtype === 'q4_k' || dtype === 'q6_k') {
-    cutKQuantBlocks(dtype, (rows * cols) / K_QUANT_BLOCK, out, qBytes, bytesOf(scales), false);
-    return out;
-  }
-  const d16 = new Uint16Array(scales.buffer, scales.byteOffset, scales.length * 2);
-  const blockBytes = GGUF_BLOCK_BYTES[dtype];
-  const qPerBlock = blockBytes - 2;
-  for (let b = 0; b < (rows * cols) / QUANT_BLOCK; b++) {
-    const dst = b * blockBytes;
-    out[dst] = d16[b] & 0xff;
-    out[dst + 1] = d16[b] >>> 8;
-    out.set(qBytes.subarray(b * qPerBlock, (b + 1) * qPerBlock), dst + 2);
+  const size = dtype === 'f32' ? 4 : 2;
+  const plane = bytesOf(weight.planes[0]);
+  for (let r = 0; r < rows; r++) {
+    out.set(plane.subarray(r * kp * size, (r * kp + cols) * size), r * cols * size);
   }
   return out;
 }
@@ -410,23 +570,38 @@ export function dequantize(weight: HostWeight): Float64Array {
     for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = f16BitsToF32(bits[r * kp + c]);
     return out;
   }
-  if (dtype === 'q4_k') return dequantizeQ4K(weight, out);
+  if (dtype === 'q4_k' || dtype === 'q5_k') return dequantizeQ45K(weight, out);
   if (dtype === 'q6_k') return dequantizeQ6K(weight, out);
-  const [quants, scales] = weight.planes;
-  const d16 = new Uint16Array(scales.buffer, scales.byteOffset, scales.length * 2);
-  const qBytes = bytesOf(quants);
-  const q8 = new Int8Array(qBytes.buffer, qBytes.byteOffset, qBytes.byteLength);
-  for (let b = 0; b < (rows * cols) / QUANT_BLOCK; b++) {
-    const d = f16BitsToF32(d16[b]);
+  if (dtype === 'q2_k' || dtype === 'q3_k') return dequantizeQ23K(weight, out);
+  return dequantizeBlocks32(weight, out);
+}
+
+/**
+ * dequantize_row_q8_0 / q4_0 / q4_1 / q5_0 / q5_1 on the planes: column j of a block of 32 is
+ * q_j * d (Q8_0), (q_j - 8) * d (Q4_0), (q_j - 16) * d (Q5_0) or q_j * d + m (Q4_1, Q5_1).
+ */
+function dequantizeBlocks32(weight: HostWeight, out: Float64Array): Float64Array {
+  const dtype = weight.dtype as 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1';
+  const q = bytesOf(weight.planes[0]);
+  const s = bytesOf(weight.planes[1]);
+  const [qStride, sStride] = QUANT_LAYOUTS[dtype].stride;
+  const half = (at: number) => f16BitsToF32(s[at] | (s[at + 1] << 8));
+  const five = dtype === 'q5_0' || dtype === 'q5_1';
+  for (let b = 0; b < out.length / QUANT_BLOCK; b++) {
+    const d = half(b * sStride);
+    const m = sStride === 4 ? half(b * sStride + 2) : 0;
+    const at = b * qStride;
     const x = b * QUANT_BLOCK;
     if (dtype === 'q8_0') {
-      for (let j = 0; j < QUANT_BLOCK; j++) out[x + j] = q8[x + j] * d;
-    } else {
-      for (let j = 0; j < QUANT_BLOCK / 2; j++) {
-        const byte = qBytes[b * 16 + j];
-        out[x + j] = ((byte & 15) - 8) * d;
-        out[x + 16 + j] = ((byte >>> 4) - 8) * d;
-      }
+      for (let j = 0; j < QUANT_BLOCK; j++) out[x + j] = ((q[at + j] << 24) >> 24) * d;
+      continue;
+    }
+    // Q5: qh (bit j = bit 4 of column j) as the block's first word, then the nibbles as Q4's.
+    const qh = five ? (q[at] | (q[at + 1] << 8) | (q[at + 2] << 16) | (q[at + 3] << 24)) >>> 0 : 0;
+    const nibbles = five ? at + 4 : at;
+    for (let j = 0; j < QUANT_BLOCK; j++) {
+      const v = ((q[nibbles + (j & 15)] >> (j & 16 ? 4 : 0)) & 15) | (((qh >>> j) & 1) << 4);
+      out[x + j] = dtype === 'q4_0' ? (v - 8) * d : dtype === 'q5_0' ? (v - 16) * d : v * d + m;
     }
   }
   return out;
@@ -441,21 +616,30 @@ function scaleMinK4(j: number, q: ArrayLike<number>, offset = 0): [number, numbe
   ];
 }
 
-/** dequantize_row_q4_K on the planes: sub-block j of 32 is d * sc_j * nibble - dmin * m_j. */
-function dequantizeQ4K(weight: HostWeight, out: Float64Array): Float64Array {
+/**
+ * dequantize_row_q4_K / dequantize_row_q5_K on the planes: sub-block j of 32 is
+ * d * sc_j * q - dmin * m_j, q a nibble (Q4_K) or a nibble plus bit j of qh[l] as bit 4 (Q5_K).
+ */
+function dequantizeQ45K(weight: HostWeight, out: Float64Array): Float64Array {
+  const five = weight.dtype === 'q5_k';
   const qBytes = bytesOf(weight.planes[0]);
   const sBytes = bytesOf(weight.planes[1]);
   const header = new Uint16Array(sBytes.buffer, sBytes.byteOffset, sBytes.byteLength / 2);
+  const qStride = five ? 160 : 128;
   for (let b = 0; b < out.length / K_QUANT_BLOCK; b++) {
     const d = f16BitsToF32(header[b * 8]);
     const dmin = f16BitsToF32(header[b * 8 + 1]);
     const x = b * K_QUANT_BLOCK;
+    const qh = b * qStride; // Q5_K: qh[32] first, then qs[128]
     for (let j = 0; j < 8; j++) {
       const [sc, m] = scaleMinK4(j, sBytes, b * 16 + 4);
       // Sub-blocks 2c and 2c + 1 share qs[32c .. 32c + 31]: low nibbles, then high nibbles.
-      const qs = b * 128 + (j >> 1) * 32;
+      const qs = b * qStride + (five ? 32 : 0) + (j >> 1) * 32;
       const shift = (j & 1) * 4;
-      for (let l = 0; l < 32; l++) out[x + 32 * j + l] = d * sc * ((qBytes[qs + l] >> shift) & 15) - dmin * m;
+      for (let l = 0; l < 32; l++) {
+        const q = ((qBytes[qs + l] >> shift) & 15) | (five ? ((qBytes[qh + l] >> j) & 1) << 4 : 0);
+        out[x + 32 * j + l] = d * sc * q - dmin * m;
+      }
     }
   }
   return out;
@@ -484,6 +668,41 @@ function dequantizeQ6K(weight: HostWeight, out: Float64Array): Float64Array {
   return out;
 }
 
+/**
+ * dequantize_row_q2_K / dequantize_row_q3_K on the planes. Element e = 128 n + 32 j + 16 h + l of a
+ * super-block (n 0..1, j 0..3, h 0..1, l 0..15) has its 2 low bits at bits 2j..2j+1 of
+ * qs[32 n + 16 h + l] and sub-block scale s = 8 n + 2 j + h. Q2_K: d * (sc_s & 15) * q -
+ * dmin * (sc_s >> 4). Q3_K: d * (sc_s - 32) * (q - 4), plus 4 when bit 4n + j of hmask[16 h + l] is
+ * set; the 6-bit sc_s is the nibble s / 8 of scales[s % 8] with bits 2 (s / 4) .. +1 of
+ * scales[8 + s % 4] above it.
+ */
+function dequantizeQ23K(weight: HostWeight, out: Float64Array): Float64Array {
+  const three = weight.dtype === 'q3_k';
+  const q = bytesOf(weight.planes[0]);
+  const s = bytesOf(weight.planes[1]);
+  const [qStride, sStride] = QUANT_LAYOUTS[weight.dtype as 'q2_k' | 'q3_k'].stride;
+  const half = (at: number) => f16BitsToF32(s[at] | (s[at + 1] << 8));
+  for (let b = 0; b < out.length / K_QUANT_BLOCK; b++) {
+    const qs = b * qStride + (three ? 32 : 0); // Q3_K: hmask[32] first
+    const sc = b * sStride;
+    const d = half(sc + (three ? 12 : 16));
+    const dmin = three ? 0 : half(sc + 18);
+    for (let e = 0; e < K_QUANT_BLOCK; e++) {
+      const [n, j, h, l] = [e >> 7, (e >> 5) & 3, (e >> 4) & 1, e & 15];
+      const sub = 8 * n + 2 * j + h;
+      const low = (q[qs + 32 * n + 16 * h + l] >> (2 * j)) & 3;
+      if (three) {
+        const high = (q[b * qStride + 16 * h + l] >> (4 * n + j)) & 1;
+        const scale = (((s[sc + (sub % 8)] >> (4 * (sub >> 3))) & 15) | (((s[sc + 8 + (sub % 4)] >> (2 * (sub >> 2))) & 3) << 4)) - 32;
+        out[b * K_QUANT_BLOCK + e] = d * scale * ((low | (high << 2)) - 4);
+      } else {
+        out[b * K_QUANT_BLOCK + e] = d * (s[sc + sub] & 15) * low - dmin * (s[sc + sub] >> 4);
+      }
+    }
+  }
+  return out;
+}
+
 // ---- upload ---------------------------------------------------------------------------------
 
 /** u32 words of each plane, in binding order, for a (rows, cols) weight of `dtype`. */
@@ -492,12 +711,9 @@ export function planeWords(dtype: WeightDtype, rows: number, cols: number): numb
   const kp = paddedCols(cols);
   if (dtype === 'f32') return [rows * kp];
   if (dtype === 'f16') return [(rows * kp) / 2];
-  if (dtype === 'q4_k' || dtype === 'q6_k') {
-    const blocks = (rows * cols) / K_QUANT_BLOCK;
-    return K_QUANT_WORDS[dtype].map((words) => blocks * words);
-  }
-  const blocks = (rows * cols) / QUANT_BLOCK;
-  return [dtype === 'q8_0' ? blocks * 8 : blocks * 4, Math.ceil(blocks / 2)];
+  const { columns, stride } = QUANT_LAYOUTS[dtype];
+  const blocks = (rows * cols) / columns;
+  return stride.map((bytes) => Math.ceil((blocks * bytes) / 4));
 }
 
 /** Bytes of all planes of a host weight. */
@@ -559,9 +775,9 @@ export function uploadWeight(gpu: Gpu, label: string, weight: HostWeight, arena?
 // A weight whose planes exceed one storage binding (a 7B model's f16 LM head, a 128k-vocabulary
 // embedding) is split at load into row chunks, each its own PackedWeight with its own buffers, and
 // Linear / Embed record one dispatch per chunk. Rows are independent in every dtype: each plane is
-// (N, words per row) row-major, except the f16 block scales of Q8_0 / Q4_0, which pack two blocks
-// per u32 across row boundaries (block b = row * K/32 + k/32 is half b % 2). A chunk whose first
-// block is odd would start mid-word there, so chunk scales are repacked to start at half 0.
+// (N, words per row) row-major, except the f16 block scales of Q8_0 / Q4_0 / Q5_0, which pack two
+// blocks per u32 across row boundaries (block b = row * K/32 + k/32 is half b % 2). A chunk whose
+// first block is odd would start mid-word there, so chunk scales are repacked to start at half 0.
 
 /** Rows firstRow .. firstRow + weight.rows - 1 of a chunked weight, uploaded as one PackedWeight. */
 export interface WeightChunk {
@@ -638,17 +854,19 @@ export function sliceWeightRows(weight: HostWeight, firstRow: number, rows: numb
   if (!Number.isSafeInteger(firstRow) || !Number.isSafeInteger(rows) || firstRow < 0 || rows < 1 || firstRow + rows > weight.rows) {
     throw new ShapeError(`sliceWeightRows: rows ${firstRow}..${firstRow + rows - 1} are outside 0..${weight.rows - 1}`);
   }
-  const perRow = planeWords(dtype, 1, cols);
+  if (!isQuantDtype(dtype)) {
+    const perRow = planeWords(dtype, 1, cols)[0];
+    return { dtype, rows, cols, planes: [weight.planes[0].subarray(firstRow * perRow, (firstRow + rows) * perRow)] };
+  }
+  const { columns, stride } = QUANT_LAYOUTS[dtype];
   const planes = weight.planes.map((plane, i) => {
-    if ((dtype === 'q8_0' || dtype === 'q4_0') && i === 1) {
-      // f16 scales two per u32 across rows: copy the chunk's halves so its first block is half 0.
-      const blocksPerRow = cols / QUANT_BLOCK;
-      const halves = new Uint16Array(plane.buffer, plane.byteOffset, plane.length * 2);
-      const out = new Uint32Array(Math.ceil((rows * blocksPerRow) / 2));
-      new Uint16Array(out.buffer).set(halves.subarray(firstRow * blocksPerRow, (firstRow + rows) * blocksPerRow));
-      return out;
-    }
-    return plane.subarray(firstRow * perRow[i], (firstRow + rows) * perRow[i]);
+    const rowBytes = (cols / columns) * stride[i];
+    if (rowBytes % 4 === 0) return plane.subarray((firstRow * rowBytes) / 4, ((firstRow + rows) * rowBytes) / 4);
+    // f16 scales two per u32 across rows (an odd number of blocks per row): copy the chunk's bytes
+    // so its first block is half 0.
+    const out = new Uint32Array(Math.ceil((rows * rowBytes) / 4));
+    bytesOf(out).set(bytesOf(plane).subarray(firstRow * rowBytes, (firstRow + rows) * rowBytes));
+    return out;
   });
   return { dtype, rows, cols, planes };
 }

@@ -1,11 +1,12 @@
 // GGML tensor types as GGUF files store them: the type table (block size, bytes per block), and CPU
-// conversions for the types this runtime reads (F32, F16, BF16, Q8_0, Q4_0 both ways; Q4_K, Q6_K
-// decode only: this runtime reads K-quant files but does not write them). Quantisation
-// follows ggml's reference rows (quantize_row_q8_0_ref, quantize_row_q4_0_ref) operation by
-// operation in f32, so a file written here holds the same bytes llama.cpp's reference would write.
+// conversions for the types this runtime reads (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 both
+// ways; the K-quants Q2_K .. Q6_K decode only: this runtime reads K-quant files but does not write
+// them). Quantisation follows ggml's reference rows (quantize_row_q8_0_ref .. quantize_row_q5_1_ref)
+// operation by operation in f32, so a file written here holds the same bytes llama.cpp's reference
+// would write.
 // All multi-byte values are little-endian, as GGUF stores them; every JS engine this runs on is too.
 
-import { dequantize, f16BitsToF32, f32ToF16Bits, ggufBytes, packGguf, packWeight } from '../kernels/weights.ts';
+import { dequantize, f16BitsToF32, f32ToF16Bits, ggufBytes, packGguf, packWeight, type QuantDtype } from '../kernels/weights.ts';
 
 /** ggml_type ids (ggml.h). Ids 4, 5 and 31..33, 36..38 were removed from ggml and are unknown here. */
 export const GgmlType = {
@@ -101,7 +102,9 @@ export function ggmlTypeInfo(type: number): GgmlTypeInfo | undefined {
 }
 
 /** Types whose bytes this runtime can turn into f32 (and the kernels can consume). */
-export const SUPPORTED_GGML_TYPES: readonly GgmlTypeName[] = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K'];
+export const SUPPORTED_GGML_TYPES: readonly GgmlTypeName[] = [
+  'F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K',
+];
 
 export function isSupportedGgmlType(type: number): boolean {
   const info = BY_ID.get(type);
@@ -207,10 +210,24 @@ export function dequantizeQ4_0(bytes: Uint8Array, count: number, out = new Float
 }
 
 // ---------------------------------------------------------------------------------------------
-// K-quants: super-blocks of 256 along ne[0] (ggml-common.h). Decoding follows dequantize_row_q4_K /
+// Q4_1, Q5_0, Q5_1: blocks of 32 along ne[0] (ggml-common.h); kernels/weights.ts holds the one
+// implementation of quantize_row_*_ref and dequantize_row_* (values are exact in f32).
+// Q4_1 (20 bytes): f16 d, f16 m, 16 bytes of nibbles as Q4_0's; value = nibble * d + m.
+// Q5_0 (22 bytes): f16 d, qh[4] (bit j = bit 4 of element j), 16 bytes of low nibbles as Q4_0's;
+//   value = (q - 16) * d.
+// Q5_1 (24 bytes): f16 d, f16 m, qh[4], 16 bytes of low nibbles; value = q * d + m.
+
+// ---------------------------------------------------------------------------------------------
+// K-quants: super-blocks of 256 along ne[0] (ggml-common.h). Decoding follows dequantize_row_q2_K ..
 // dequantize_row_q6_K; kernels/weights.ts holds the one implementation (values are exact in f32).
+// Q2_K (84 bytes): scales[16] (4-bit scale | 4-bit min << 4 of 16 sub-blocks of 16), qs[64] (2-bit),
+//   f16 d, f16 dmin; value = d * sc * q - dmin * m.
+// Q3_K (110 bytes): hmask[32] (high bits), qs[64] (2 low bits), scales[12] (16 packed 6-bit scales),
+//   f16 d; value = d * (sc - 32) * (q - 4), q the 3-bit quant.
 // Q4_K (144 bytes): f16 d, f16 dmin, scales[12] (6-bit scale and min of 8 sub-blocks of 32,
 //   get_scale_min_k4), qs[128]; sub-block j's value = d * sc_j * nibble - dmin * m_j.
+// Q5_K (176 bytes): as Q4_K with qh[32] before qs[128]: bit j of qh[l] is bit 4 of element l of
+//   sub-block j.
 // Q6_K (210 bytes): ql[128], qh[64], int8 scales[16], f16 d; value = d * scales[i / 16] * (q - 32).
 
 export const K_QUANT_BLOCK = 256;
@@ -229,6 +246,27 @@ export function dequantizeQ6_K(bytes: Uint8Array, count: number, out = new Float
   return out;
 }
 
+/** The GGUF types kernels/weights.ts decodes and (for the 32-blocks) quantises, by its dtype name. */
+const QUANT_DTYPE: Partial<Record<GgmlTypeName, QuantDtype>> = {
+  Q8_0: 'q8_0',
+  Q4_0: 'q4_0',
+  Q4_1: 'q4_1',
+  Q5_0: 'q5_0',
+  Q5_1: 'q5_1',
+  Q2_K: 'q2_k',
+  Q3_K: 'q3_k',
+  Q4_K: 'q4_k',
+  Q5_K: 'q5_k',
+  Q6_K: 'q6_k',
+};
+
+/** dequantize_row_* of `count` elements of a quant type held in `bytes` (whole blocks). */
+function dequantizeBlocks(name: GgmlTypeName, dtype: QuantDtype, bytes: Uint8Array, count: number): Float32Array {
+  const { blockSize, blockBytes } = BY_ID.get(GgmlType[name])!;
+  checkBlocks(name, bytes, count, blockSize, blockBytes);
+  return Float32Array.from(dequantize(packGguf(dtype, 1, count, bytes)));
+}
+
 function checkBlocks(name: string, bytes: Uint8Array, count: number, block: number, blockBytes: number): void {
   if (count % block !== 0 || bytes.byteLength !== (count / block) * blockBytes) {
     throw new RangeError(`${name}: ${bytes.byteLength} bytes do not hold ${count} values`);
@@ -243,7 +281,7 @@ export function ggmlByteLength(type: number, count: number): number {
   return (count / info.blockSize) * info.blockBytes;
 }
 
-/** Quantise or convert f32 values into `type`'s bytes (F32, F16, BF16, Q8_0, Q4_0). */
+/** Quantise or convert f32 values into `type`'s bytes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). */
 export function encodeGgml(type: number, values: ArrayLike<number>): Uint8Array {
   switch (type) {
     case GgmlType.F32: {
@@ -258,12 +296,19 @@ export function encodeGgml(type: number, values: ArrayLike<number>): Uint8Array 
       return quantizeQ8_0(values);
     case GgmlType.Q4_0:
       return quantizeQ4_0(values);
+    case GgmlType.Q4_1:
+    case GgmlType.Q5_0:
+    case GgmlType.Q5_1: {
+      const name = ggmlTypeInfo(type)!.name;
+      if (values.length % 32 !== 0) throw new RangeError(`${name} needs a multiple of 32 values (got ${values.length})`);
+      return ggufBytes(packWeight(QUANT_DTYPE[name]!, 1, values.length, Float32Array.from(values)));
+    }
     default:
       throw new RangeError(`encoding to ggml type ${ggmlTypeInfo(type)?.name ?? type} is not supported`);
   }
 }
 
-/** f32 values of `count` elements of `type` held in `bytes` (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K). */
+/** f32 values of `count` elements of `type` held in `bytes` (the SUPPORTED_GGML_TYPES). */
 export function decodeGgml(type: number, bytes: Uint8Array, count: number): Float32Array {
   switch (type) {
     case GgmlType.F32:
@@ -272,16 +317,12 @@ export function decodeGgml(type: number, bytes: Uint8Array, count: number): Floa
       return f16ArrayToF32(new Uint16Array(alignedCopy(bytes, count * 2)));
     case GgmlType.BF16:
       return bf16ArrayToF32(new Uint16Array(alignedCopy(bytes, count * 2)));
-    case GgmlType.Q8_0:
-      return dequantizeQ8_0(bytes, count);
-    case GgmlType.Q4_0:
-      return dequantizeQ4_0(bytes, count);
-    case GgmlType.Q4_K:
-      return dequantizeQ4_K(bytes, count);
-    case GgmlType.Q6_K:
-      return dequantizeQ6_K(bytes, count);
-    default:
-      throw new RangeError(`decoding ggml type ${ggmlTypeInfo(type)?.name ?? type} is not supported`);
+    default: {
+      const name = ggmlTypeInfo(type)?.name;
+      const dtype = name && QUANT_DTYPE[name];
+      if (!name || !dtype) throw new RangeError(`decoding ggml type ${name ?? type} is not supported`);
+      return dequantizeBlocks(name, dtype, bytes, count);
+    }
   }
 }
 

@@ -19,7 +19,13 @@ const DTYPES: Partial<Record<number, WeightDtype>> = {
   [GgmlType.F16]: 'f16',
   [GgmlType.Q8_0]: 'q8_0',
   [GgmlType.Q4_0]: 'q4_0',
+  [GgmlType.Q4_1]: 'q4_1',
+  [GgmlType.Q5_0]: 'q5_0',
+  [GgmlType.Q5_1]: 'q5_1',
+  [GgmlType.Q2_K]: 'q2_k',
+  [GgmlType.Q3_K]: 'q3_k',
   [GgmlType.Q4_K]: 'q4_k',
+  [GgmlType.Q5_K]: 'q5_k',
   [GgmlType.Q6_K]: 'q6_k',
 };
 
@@ -40,6 +46,11 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
   if (scalingType !== 'none' && scalingType !== 'linear') {
     throw new ModelFormatError(`${file.path}: rope scaling "${scalingType}" is not supported (supported: none, linear)`);
   }
+  // Sliding window: llama.cpp's key is "<arch>.attention.sliding_window" (LLM_KV_ATTENTION_SLIDING_WINDOW
+  // in src/llama-arch.cpp), one size for every layer. Read for the llama architecture (a Mistral 7B
+  // v0.1 file may carry it); 0 or absent means none. Note llama.cpp's own llama loader does not read
+  // it (its llama graph has no window), so past the window our logits follow transformers, not it.
+  const window = architecture === 'llama' ? file.integer(key('attention.sliding_window'), 0) : 0;
   const config: ModelConfig = {
     architecture,
     vocabSize: file.integer(key('vocab_size'), vocabSize),
@@ -67,6 +78,7 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
     bosTokenId,
     eosTokenIds,
   };
+  if (window > 0) config.attentionWindows = new Array<number>(config.numLayers).fill(window);
   validateConfig(config, file.path);
   return config;
 }

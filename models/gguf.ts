@@ -78,7 +78,7 @@ export interface GgufTensorInfo {
   byteLength: number;
   /** Absolute byte offset of the tensor's data in the file. */
   fileOffset: number;
-  /** Whether this runtime can read the type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K). */
+  /** Whether this runtime can read the type (SUPPORTED_GGML_TYPES). */
   supported: boolean;
 }
 
@@ -556,7 +556,7 @@ export class GgufFile {
     return { info, bytes };
   }
 
-  /** Read one tensor and convert it to f32 (dequantising Q8_0/Q4_0/Q4_K/Q6_K, widening F16/BF16). */
+  /** Read one tensor and convert it to f32 (dequantising the block types, widening F16/BF16). */
   async readTensorF32(name: string): Promise<Float32Array> {
     const { info, bytes } = await this.readTensor(name);
     return decodeGgml(info.type, bytes, info.elements);

@@ -3,13 +3,11 @@
 // column j, high nibble is column j + 16) and a scales plane (weights_scales.wgsl).
 // Interface: see weights_f32.wgsl. K % 32 == 0.
 //! include weights_scales.wgsl
+//! include weights_nibbles.wgsl
 
 @group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/32, 4): 16 nibble bytes per block
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
-  // Columns k..k+3 of a block live in word (k % 16) / 4: low nibbles for k % 32 < 16, else high.
   let word = weight_quants[row * (cols / 8u) + (k / 32u) * 4u + (k % 16u) / 4u];
-  let shift = vec4<u32>(0u, 8u, 16u, 24u) + select(0u, 4u, (k & 16u) != 0u);
-  let nibbles = (vec4<u32>(word) >> shift) & vec4<u32>(15u);
-  return (vec4<f32>(nibbles) - 8.0) * weight_scale(row, k, cols);
+  return (vec4<f32>(block_nibbles(word, k)) - 8.0) * weight_scale(row, k, cols);
 }

@@ -1,8 +1,9 @@
-// Block scales shared by the GGUF block-quant modules (weights_q8_0.wgsl, weights_q4_0.wgsl; the
-// K-quant modules keep their own scale planes).
+// Block scales shared by the GGUF block-quant modules with one f16 scale per block (weights_q8_0.wgsl,
+// weights_q4_0.wgsl, weights_q5_0.wgsl; Q4_1 / Q5_1 use weights_scales_min.wgsl, the K-quant modules
+// their own scale planes).
 // One f16 scale per block of 32 columns, kept as f16 (two per u32) rather than widened to f32: decode
-// is memory-bound and f32 scales would add 6% (Q8_0) or 11% (Q4_0) to the bytes read per weight,
-// while unpack2x16float is exact and costs one ALU op.
+// is memory-bound and f32 scales would add 6% (Q8_0), 9% (Q5_0) or 11% (Q4_0) to the bytes read per
+// weight, while unpack2x16float is exact and costs one ALU op.
 // Block b = row * (K / 32) + k / 32 (blocks numbered row-major over the whole matrix) is half b % 2
 // of word b / 2.
 

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { Embed } from '../kernels/embed.ts';
 import { runPass } from '../kernels/dispatch.ts';
-import { dequantize, packWeight, planeWords, uploadWeight, uploadWeightChunks, type ChunkedWeight, type WeightDtype } from '../kernels/weights.ts';
+import { dequantize, packWeight, planeWords, uploadWeight, uploadWeightChunks, WEIGHT_DTYPES, type ChunkedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
-import { randomKQuantWeight } from './support/kquants.ts';
+import { randomWeight } from './support/kquants.ts';
 
 const gpu = useGpu();
 
@@ -15,17 +15,22 @@ const SHAPES: Record<WeightDtype, [number, number]> = {
   f16: [37, 53],
   q8_0: [37, 96],
   q4_0: [37, 96],
+  q4_1: [37, 96],
+  q5_0: [37, 96],
+  q5_1: [37, 160],
+  q2_k: [37, 256],
+  q3_k: [37, 512],
   q4_k: [37, 512],
+  q5_k: [37, 512],
   q6_k: [37, 512],
 };
 
 describe('embed', () => {
-  for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
+  for (const dtype of WEIGHT_DTYPES) {
     const [V, D] = SHAPES[dtype];
     for (const T of [1, 7]) {
       it(`${dtype} V=${V} D=${D} T=${T}`, async () => {
-        const host =
-          dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, V, D, 1) : packWeight(dtype, V, D, randomF32(V * D, 1));
+        const host = randomWeight(dtype, V, D, 1);
         const table = dequantize(host);
         // Ids include row 0, the last row and, at T=7, an out-of-range id (clamped to V - 1).
         const allIds = [5, 0, V - 1, 17, V + 100, 3, 36];
@@ -61,11 +66,10 @@ describe('embed', () => {
   // Row chunks: V = 37 forced into chunks of rows 0..12, 13..24, 25..36, one gather each. Ids on
   // both sides of each boundary, repeated ids and an out-of-range id (clamped to V - 1, so written
   // by the last chunk). Together the chunks write every row once, equal to the unchunked gather.
-  for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
+  for (const dtype of WEIGHT_DTYPES) {
     const [V, D] = SHAPES[dtype];
     it(`${dtype} V=${V} D=${D} in 3 row chunks equals unchunked`, async () => {
-      const host =
-        dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, V, D, 2) : packWeight(dtype, V, D, randomF32(V * D, 2));
+      const host = randomWeight(dtype, V, D, 2);
       const table = dequantize(host);
       const chunked = uploadWeightChunks(gpu(), 'tok_embd', host, { maxChunkBytes: 4 * Math.max(...planeWords(dtype, 13, D)) });
       expect(chunked.chunks.map((c) => [c.firstRow, c.weight.rows])).toEqual([[0, 13], [13, 12], [25, 12]]);

@@ -24,7 +24,7 @@ import { GgufValueType, openGguf, type GgufMetadataEntry } from '../models/gguf.
 import { encodeGguf, gguf, type GgufWriteOptions } from './support/gguf-writer.ts';
 import { randomF32 } from './support/reference.ts';
 import { permuteQK, writeTinyLlamaGguf } from './support/tiny-models.ts';
-import { handQ4KBlock, handQ6KBlock } from './support/kquants.ts';
+import { handQ2KBlock, handQ3KBlock, handQ4KBlock, handQ5KBlock, handQ6KBlock } from './support/kquants.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'gguf-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -227,7 +227,7 @@ describe('GGUF reader', () => {
 
   it('reads tensors of every supported type, one at a time, with shapes in both orders', async () => {
     const values = randomF32(64 * 3, 11, 2);
-    const types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0];
+    const types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1];
     const tensors = types.map((type, i) => ({ name: `t${i}`, type, ne: [64, 3], data: encodeGgml(type, values) }));
     const f = await openGguf(writeFile(encodeGguf({ metadata: [], tensors, alignment: 64 })));
     try {
@@ -253,12 +253,16 @@ describe('GGUF reader', () => {
     }
   });
 
-  it('reads Q4_K and Q6_K tensors (decoded as ggml does)', async () => {
+  it('reads Q2_K .. Q6_K tensors (decoded as ggml does)', async () => {
     const q4k = handQ4KBlock().block;
+    const q5k = handQ5KBlock().block;
     const q6k = handQ6KBlock();
     const tensors = [
       { name: 'a', type: GgmlType.Q4_K, ne: [256, 2], data: Uint8Array.from([...q4k, ...q4k.map((b, i) => (i < 4 ? b : b ^ 0x5a))]) },
       { name: 'b', type: GgmlType.Q6_K, ne: [512], data: Uint8Array.from([...q6k, ...q6k]) },
+      { name: 'c', type: GgmlType.Q5_K, ne: [256, 1], data: q5k },
+      { name: 'd', type: GgmlType.Q3_K, ne: [256], data: handQ3KBlock().block },
+      { name: 'e', type: GgmlType.Q2_K, ne: [256, 2], data: Uint8Array.from([...handQ2KBlock(), ...handQ2KBlock()]) },
     ];
     const f = await openGguf(writeFile(encodeGguf({ metadata: [], tensors })));
     try {
@@ -268,19 +272,27 @@ describe('GGUF reader', () => {
       const b = await f.readTensorF32('b');
       expect(b.subarray(256)).toEqual(b.subarray(0, 256));
       expect(b[63]).toBe(77.5);
+      expect(f.tensor('c')).toMatchObject({ typeName: 'Q5_K', byteLength: 176, supported: true });
+      const c = await f.readTensorF32('c');
+      expect(c).toEqual(decodeGgml(GgmlType.Q5_K, q5k, 256));
+      expect(c[0]).toBe(40.5); // sub-block 0: q = 0 + 16, 0.5 * 5 * 16 - (-0.25) * 2
+      expect(f.tensor('d')).toMatchObject({ typeName: 'Q3_K', byteLength: 110, supported: true });
+      expect((await f.readTensorF32('d'))[255]).toBe(-27); // 0.5 * (14 - 32) * (7 - 4)
+      expect(f.tensor('e')).toMatchObject({ typeName: 'Q2_K', byteLength: 168, shape: [2, 256], supported: true });
+      expect((await f.readTensorF32('e'))[256 + 255]).toBe(0.25 * 15 * 3 + 0.5 * 0);
     } finally {
       await f.close();
     }
   });
 
-  it('recognises other K-quants but refuses to read them yet', async () => {
+  it('recognises other quant types but refuses to read them yet', async () => {
     const f = await openGguf(
-      writeFile(encodeGguf({ metadata: [], tensors: [{ name: 'blk.0.ffn_down.weight', type: GgmlType.Q5_K, ne: [256, 2], data: new Uint8Array(352) }] })),
+      writeFile(encodeGguf({ metadata: [], tensors: [{ name: 'blk.0.ffn_down.weight', type: GgmlType.IQ4_XS, ne: [256, 2], data: new Uint8Array(272) }] })),
     );
     try {
       const info = f.tensor('blk.0.ffn_down.weight');
-      expect(info).toMatchObject({ typeName: 'Q5_K', byteLength: 352, supported: false });
-      await expect(f.readTensor(info.name)).rejects.toThrow(/"blk.0.ffn_down.weight" has type Q5_K, which is not supported yet/);
+      expect(info).toMatchObject({ typeName: 'IQ4_XS', byteLength: 272, supported: false });
+      await expect(f.readTensor(info.name)).rejects.toThrow(/"blk.0.ffn_down.weight" has type IQ4_XS, which is not supported yet/);
     } finally {
       await f.close();
     }

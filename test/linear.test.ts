@@ -6,7 +6,7 @@ import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
 import { ErrorLog, projectionReference, rowsWithNaNGaps } from './support/projection.ts';
-import { randomKQuantWeight } from './support/kquants.ts';
+import { randomKQuantWeight, randomWeight } from './support/kquants.ts';
 import { compare } from './support/reference.ts';
 
 const gpu = useGpu();
@@ -52,12 +52,12 @@ describe('linear', () => {
   // each its own matvec / matmul writing its column slice of the output rows and reading its slice
   // of the bias. Equal to the unchunked layer bit for bit (same kernels, same per-element sums) and
   // to the float64 reference.
-  const CHUNK_K: Record<WeightDtype, number> = { f32: 53, f16: 53, q8_0: 96, q4_0: 96, q4_k: 512, q6_k: 256 };
+  const CHUNK_K: Record<WeightDtype, number> = { f32: 53, f16: 53, q8_0: 96, q4_0: 96, q4_1: 96, q5_0: 96, q5_1: 160, q2_k: 256, q3_k: 512, q4_k: 512, q5_k: 256, q6_k: 256 };
   for (const [dtype, K] of Object.entries(CHUNK_K) as Array<[WeightDtype, number]>) {
     it(`${dtype} N=37 K=${K} in 3 row chunks, with bias, M = 1, 5, 8, 20, equals unchunked`, async () => {
       const N = 37;
       const maxRows = 20;
-      const host: HostWeight = dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, N, K, 4) : packWeight(dtype, N, K, randomF32(N * K, 4, 0.5));
+      const host: HostWeight = randomWeight(dtype, N, K, 4, 0.5);
       const maxChunkBytes = 4 * Math.max(...planeWords(dtype, 13, K));
       const chunked = uploadWeightChunks(gpu(), 'w', host, { maxChunkBytes });
       expect(chunked.chunks.map((c) => [c.firstRow, c.weight.rows])).toEqual([[0, 13], [13, 12], [25, 12]]);
@@ -99,7 +99,7 @@ describe('linear', () => {
     it(`${dtype} N=37 K=${K} in 3 row chunks, with bias and residual, M = 1, 5, 8, 20, equals unchunked`, async () => {
       const N = 37;
       const maxRows = 20;
-      const host: HostWeight = dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, N, K, 7) : packWeight(dtype, N, K, randomF32(N * K, 7, 0.5));
+      const host: HostWeight = randomWeight(dtype, N, K, 7, 0.5);
       const chunked = uploadWeightChunks(gpu(), 'w', host, { maxChunkBytes: 4 * Math.max(...planeWords(dtype, 13, K)) });
       expect(chunked.chunks).toHaveLength(3);
       const whole = uploadWeight(gpu(), 'w', host);

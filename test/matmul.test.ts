@@ -24,7 +24,7 @@ for (const dtype of ['f32', 'f16'] as const) {
     projectionCase({ dtype, M: 65, N: 67, K: 35, bias: true, inputRowStride: 38, outputRowStride: 70, seed: 4 }),
   );
 }
-for (const dtype of ['q8_0', 'q4_0'] as const) {
+for (const dtype of ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1'] as const) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 3, K: 32 }),
     projectionCase({ dtype, M: 5, N: 37, K: 96, bias: true }),
@@ -33,7 +33,7 @@ for (const dtype of ['q8_0', 'q4_0'] as const) {
   );
 }
 // K-quants: random valid super-blocks (K % 256 == 0); K = 512 crosses super-blocks within a row.
-for (const dtype of ['q4_k', 'q6_k'] as const) {
+for (const dtype of ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'] as const) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 3, K: 256 }),
     projectionCase({ dtype, M: 5, N: 37, K: 512, bias: true }),
@@ -43,7 +43,7 @@ for (const dtype of ['q4_k', 'q6_k'] as const) {
 }
 // Fused residual: out = residual + bias + a · Wᵀ, the residual with its own offset and row stride
 // (NaN in its gaps), alone and with bias, at one row, below one tile and across two tiles.
-const RESIDUAL_K = { f32: 53, f16: 35, q8_0: 64, q4_0: 96, q4_k: 256, q6_k: 512 } as const;
+const RESIDUAL_K = { f32: 53, f16: 35, q8_0: 64, q4_0: 96, q4_1: 64, q5_0: 96, q5_1: 160, q2_k: 512, q3_k: 256, q4_k: 256, q5_k: 512, q6_k: 512 } as const;
 for (const [dtype, K] of Object.entries(RESIDUAL_K) as Array<[keyof typeof RESIDUAL_K, number]>) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 3, K, residual: true, seed: 6 }),

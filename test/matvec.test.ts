@@ -23,7 +23,7 @@ for (const dtype of ['f32', 'f16'] as const) {
     projectionCase({ dtype, M: 8, N: 130, K: 1030, bias: true, seed: 3 }),
   );
 }
-for (const dtype of ['q8_0', 'q4_0'] as const) {
+for (const dtype of ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1'] as const) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 3, K: 32 }),
     projectionCase({ dtype, M: 5, N: 37, K: 96, bias: true }),
@@ -32,7 +32,7 @@ for (const dtype of ['q8_0', 'q4_0'] as const) {
   );
 }
 // K-quants: random valid super-blocks (K % 256 == 0).
-for (const dtype of ['q4_k', 'q6_k'] as const) {
+for (const dtype of ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'] as const) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 3, K: 256 }),
     projectionCase({ dtype, M: 1, N: 37, K: 512, bias: true }),
@@ -43,7 +43,7 @@ for (const dtype of ['q4_k', 'q6_k'] as const) {
 
 // Fused residual: out = residual + bias + a · Wᵀ, the residual with its own offset and row stride
 // (NaN in its gaps), alone and with bias, at M = 1, a middle M and the full 8 rows.
-const RESIDUAL_K = { f32: 53, f16: 1030, q8_0: 96, q4_0: 1024, q4_k: 512, q6_k: 256 } as const;
+const RESIDUAL_K = { f32: 53, f16: 1030, q8_0: 96, q4_0: 1024, q4_1: 160, q5_0: 1024, q5_1: 96, q2_k: 256, q3_k: 512, q4_k: 512, q5_k: 256, q6_k: 256 } as const;
 for (const [dtype, K] of Object.entries(RESIDUAL_K) as Array<[keyof typeof RESIDUAL_K, number]>) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 37, K, residual: true, seed: 6 }),

@@ -16,7 +16,7 @@ import { TINY_CONFIG, tinyWeights } from '../models/tiny.ts';
 import { referenceLogits } from './support/reference-model.ts';
 import { useGpu } from './support/gpu.ts';
 import { compare, expectClose, rng } from './support/reference.ts';
-import { writeTinyLlamaGguf, type TinyLlamaOptions } from './support/tiny-models.ts';
+import { tinyBaseType, writeTinyLlamaGguf, type TinyLlamaOptions } from './support/tiny-models.ts';
 
 const gpu = useGpu();
 const dir = mkdtempSync(join(tmpdir(), 'transformer-chunked-test-'));
@@ -111,7 +111,7 @@ describe('transformer with weights in row chunks', () => {
       const tiny = writeTinyLlamaGguf(path, c.options);
       const V = tiny.vocab.tokens.length;
       const C = tiny.config.hidden_size as number;
-      const embdType = c.options.dtype === 'q4_k_m' ? 'q4_k' : c.options.dtype!;
+      const embdType = tinyBaseType(c.options.dtype!);
       const embdChunks = chunkRows('token_embd.weight', embdType, V, C, c.maxWeightChunkBytes);
       expect(embdChunks.length).toBeGreaterThanOrEqual(3);
       const tokens = promptTokens(V, 22);

@@ -1,6 +1,7 @@
-// Weight formats on the CPU: f16 rounding, ggml's Q8_0 / Q4_0 reference quantisation on hand-computed
-// blocks, GGUF raw-data packing (Q4_K / Q6_K against ggml's dequantize_row_* transcribed here), plane
-// layout, and the binding-size refusal. No GPU needed.
+// Weight formats on the CPU: f16 rounding, ggml's Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 reference
+// quantisation on hand-computed blocks, GGUF raw-data packing (Q4_1 / Q5_0 / Q5_1 and Q2_K .. Q6_K
+// against ggml's dequantize_row_* transcribed here), plane layout, and the binding-size refusal.
+// No GPU needed.
 import { describe, expect, it } from 'vitest';
 import {
   checkWeightFits,
@@ -15,6 +16,9 @@ import {
   packWeight,
   planeWords,
   quantizeQ4_0,
+  quantizeQ4_1,
+  quantizeQ5_0,
+  quantizeQ5_1,
   quantizeQ8_0,
   sliceWeightRows,
   type HostWeight,
@@ -22,7 +26,7 @@ import {
 } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
 import { compare, randomF32, rng } from './support/reference.ts';
-import { handQ4KBlock, handQ6KBlock, randomKQuantBytes } from './support/kquants.ts';
+import { handQ2KBlock, handQ3KBlock, handQ4KBlock, handQ5KBlock, handQ6KBlock, randomKQuantBytes, randomWeight } from './support/kquants.ts';
 
 const bytes = (plane: Uint32Array) => new Uint8Array(plane.buffer, plane.byteOffset, plane.byteLength);
 const halves = (plane: Uint32Array) => new Uint16Array(plane.buffer, plane.byteOffset, plane.length * 2);
@@ -169,7 +173,7 @@ describe('raw GGUF data', () => {
     expect(Array.from(dequantize(packGguf('f32', 3, 5, raw.subarray(1))))).toEqual(Array.from(values));
   });
 
-  for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0'] as const) {
+  for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1'] as const) {
     it(`${dtype}: packGguf(ggufBytes(w)) reproduces the planes`, () => {
       const [rows, cols] = dtype.startsWith('q') ? [3, 64] : [3, 7];
       const w = packWeight(dtype, rows, cols, randomF32(rows * cols, 5));
@@ -249,11 +253,109 @@ function ggmlDequantizeQ6K(x: Uint8Array, k: number): Float32Array {
   return y;
 }
 
-describe('K-quants from raw GGUF blocks', () => {
-  const GGML = { q4_k: ggmlDequantizeQ4K, q6_k: ggmlDequantizeQ6K } as const;
-  const BLOCK = { q4_k: 144, q6_k: 210 } as const;
+function ggmlDequantizeQ5K(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  let yi = 0;
+  const getScaleMinK4 = (j: number, q: Uint8Array): [number, number] =>
+    j < 4 ? [q[j] & 63, q[j + 4] & 63] : [(q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4)];
+  for (let i = 0; i < k / 256; i++) {
+    const blk = x.subarray(i * 176, (i + 1) * 176);
+    const d = half(blk, 0);
+    const min = half(blk, 2);
+    const scales = blk.subarray(4, 16);
+    const qh = 16;
+    let ql = 48;
+    let is = 0;
+    let u1 = 1;
+    let u2 = 2;
+    for (let j = 0; j < 256; j += 64) {
+      let [sc, m] = getScaleMinK4(is + 0, scales);
+      const d1 = fr(d * sc);
+      const m1 = fr(min * m);
+      [sc, m] = getScaleMinK4(is + 1, scales);
+      const d2 = fr(d * sc);
+      const m2 = fr(min * m);
+      for (let l = 0; l < 32; ++l) y[yi++] = fr(fr(d1 * ((blk[ql + l] & 0xf) + (blk[qh + l] & u1 ? 16 : 0))) - m1);
+      for (let l = 0; l < 32; ++l) y[yi++] = fr(fr(d2 * ((blk[ql + l] >> 4) + (blk[qh + l] & u2 ? 16 : 0))) - m2);
+      ql += 32;
+      is += 2;
+      u1 <<= 2;
+      u2 <<= 2;
+    }
+  }
+  return y;
+}
 
-  for (const dtype of ['q4_k', 'q6_k'] as const) {
+function ggmlDequantizeQ3K(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  let yi = 0;
+  const kmask1 = 0x03030303;
+  const kmask2 = 0x0f0f0f0f;
+  for (let i = 0; i < k / 256; i++) {
+    const blk = x.subarray(i * 110, (i + 1) * 110);
+    const dAll = half(blk, 108);
+    const aux = new Uint32Array(4);
+    new Uint8Array(aux.buffer).set(blk.subarray(96, 108));
+    const tmp = aux[2];
+    aux[2] = ((aux[0] >>> 4) & kmask2) | (((tmp >>> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >>> 4) & kmask2) | (((tmp >>> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >>> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >>> 2) & kmask1) << 4);
+    const scales = new Int8Array(aux.buffer);
+    let q = 32;
+    const hm = 0;
+    let m = 1;
+    let is = 0;
+    for (let n = 0; n < 256; n += 128) {
+      let shift = 0;
+      for (let j = 0; j < 4; ++j) {
+        let dl = fr(dAll * (scales[is++] - 32));
+        for (let l = 0; l < 16; ++l) y[yi++] = fr(dl * (((blk[q + l + 0] >> shift) & 3) - (blk[hm + l + 0] & m ? 0 : 4)));
+        dl = fr(dAll * (scales[is++] - 32));
+        for (let l = 0; l < 16; ++l) y[yi++] = fr(dl * (((blk[q + l + 16] >> shift) & 3) - (blk[hm + l + 16] & m ? 0 : 4)));
+        shift += 2;
+        m <<= 1;
+      }
+      q += 32;
+    }
+  }
+  return y;
+}
+
+function ggmlDequantizeQ2K(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  let yi = 0;
+  for (let i = 0; i < k / 256; i++) {
+    const blk = x.subarray(i * 84, (i + 1) * 84);
+    const d = half(blk, 80);
+    const min = half(blk, 82);
+    let q = 16;
+    let is = 0;
+    for (let n = 0; n < 256; n += 128) {
+      let shift = 0;
+      for (let j = 0; j < 4; ++j) {
+        let sc = blk[is++];
+        let dl = fr(d * (sc & 0xf));
+        let ml = fr(min * (sc >> 4));
+        for (let l = 0; l < 16; ++l) y[yi++] = fr(fr(dl * ((blk[q + l] >> shift) & 3)) - ml);
+        sc = blk[is++];
+        dl = fr(d * (sc & 0xf));
+        ml = fr(min * (sc >> 4));
+        for (let l = 0; l < 16; ++l) y[yi++] = fr(fr(dl * ((blk[q + l + 16] >> shift) & 3)) - ml);
+        shift += 2;
+      }
+      q += 32;
+    }
+  }
+  return y;
+}
+
+describe('K-quants from raw GGUF blocks', () => {
+  const GGML = { q2_k: ggmlDequantizeQ2K, q3_k: ggmlDequantizeQ3K, q4_k: ggmlDequantizeQ4K, q5_k: ggmlDequantizeQ5K, q6_k: ggmlDequantizeQ6K } as const;
+  const BLOCK = { q2_k: 84, q3_k: 110, q4_k: 144, q5_k: 176, q6_k: 210 } as const;
+  const HALVES = { q2_k: [80, 82], q3_k: [108], q4_k: [0, 2], q5_k: [0, 2], q6_k: [208] } as const;
+
+  for (const dtype of ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'] as const) {
     it(`${dtype}: dequantize(packGguf(bytes)) equals ggml's dequantize_row_${dtype} bit for bit`, () => {
       const [rows, cols] = [3, 512];
       // Model-like blocks, and blocks of entirely random bytes with any finite f16 scales (subnormals too).
@@ -261,7 +363,7 @@ describe('K-quants from raw GGUF blocks', () => {
       const wild = randomKQuantBytes(dtype, rows, cols, 22);
       const next = rng(23);
       for (let i = 0; i < wild.length; i++) wild[i] = Math.floor(next() * 256);
-      const halves = dtype === 'q4_k' ? [0, 2] : [208];
+      const halves = HALVES[dtype];
       for (let b = 0; b < wild.length / BLOCK[dtype]; b++) {
         for (const h of halves) wild[b * BLOCK[dtype] + h + 1] &= 0xfb; // exponent < 31: finite
       }
@@ -302,11 +404,281 @@ describe('K-quants from raw GGUF blocks', () => {
     expect([d[0], d[63], d[144], d[255]]).toEqual([-128, 77.5, 8, -108.5]);
   });
 
+  it('q5_k planes: qh[32] then qs[128] as 40 words, the header as Q4_K\'s; every qh bit and both mins signs', () => {
+    const { block, sc, m } = handQ5KBlock();
+    // Every bit j of qh[l] (bit 4 of sub-block j's quants) is 0 for some l and 1 for others.
+    for (let j = 0; j < 8; j++) {
+      const bits = new Set(Array.from(block.subarray(16, 48), (b) => (b >> j) & 1));
+      expect(bits.size, `qh bit ${j}`).toBe(2);
+    }
+    const flipped = Uint8Array.from(block, (b, i) => (i < 2 ? b : i < 4 ? [0x00, 0x34][i - 2] : 255 - b)); // dmin = +0.25
+    const w = packGguf('q5_k', 1, 512, Uint8Array.from([...block, ...flipped]));
+    expect(w.planes.map((p) => p.length)).toEqual([80, 8]);
+    expect(planeWords('q5_k', 3, 512)).toEqual([3 * 2 * 40, 3 * 2 * 4]);
+    const [quants, scales] = w.planes;
+    expect(scales[0]).toBe(0xb4003800); // d = 0.5, dmin = -0.25
+    expect(Array.from(scales.subarray(1, 4))).toEqual([0x40c13f05, 0xff008702, 0x5af30f21]);
+    expect(scales[4]).toBe(0x34003800);
+    expect(quants[0]).toBe(0x7a55300b); // qh[0..3] = 11, 48, 85, 122
+    expect(quants[8]).toBe(0xc3d2e1f0); // qs[0..3]
+    expect(bytes(quants)[160 + 32 + 5]).toBe(255 - block[48 + 5]); // the second block's qs[5]
+    const d = dequantize(w);
+    for (let e = 0; e < 256; e++) {
+      const j = e >> 5;
+      const l = e & 31;
+      const q = (j % 2 === 0 ? l % 16 : 15 - (l % 16)) + (((block[16 + l] >> j) & 1) << 4);
+      expect(d[e], `element ${e}`).toBe(0.5 * sc[j] * q + 0.25 * m[j]);
+    }
+    // By hand: element 0 = sub-block 0, q = 0 + 16 (qh[0] = 11 has bit 0): 0.5 * 5 * 16 + 0.25 * 2.
+    expect(d[0]).toBe(40.5);
+    expect(ggufBytes(w)).toEqual(Uint8Array.from([...block, ...flipped]));
+  });
+
+  it('q3_k planes: hmask[32] then qs[64] as 24 words; scales[12] as 3 words, then d in a fourth', () => {
+    const { block, sc } = handQ3KBlock();
+    const w = packGguf('q3_k', 1, 256, block);
+    expect(w.planes.map((p) => p.length)).toEqual([24, 4]);
+    expect(planeWords('q3_k', 3, 512)).toEqual([3 * 2 * 24, 3 * 2 * 4]);
+    const [quants, scales] = w.planes;
+    expect(Array.from(bytes(quants))).toEqual(Array.from(block.subarray(0, 96)));
+    expect(Array.from(bytes(scales).subarray(0, 12))).toEqual(Array.from(block.subarray(96, 108)));
+    expect(scales[3]).toBe(0x00003800); // d = 0.5, high half zero
+    // Every scale field is used and both signs occur: sc_i = (5 i + 3) % 64 - 32.
+    expect(sc.some((v) => v < 0) && sc.some((v) => v > 0) && sc.some((v) => v + 32 >= 48)).toBe(true);
+    const d = dequantize(w);
+    for (let e = 0; e < 256; e++) expect(d[e], `element ${e}`).toBe(0.5 * sc[e >> 4] * ((e % 8) - 4));
+    // By hand: element 0 = sub-block 0 (scale 3 - 32), q = -4; element 255 = sub-block 15 (78 % 64 - 32), q = 3.
+    expect([d[0], d[255]]).toEqual([58, -27]);
+  });
+
+  it('q2_k planes: qs[64] as 16 words; scales[16] as 4 words, then d | dmin << 16', () => {
+    const block = handQ2KBlock();
+    const w = packGguf('q2_k', 1, 256, block);
+    expect(w.planes.map((p) => p.length)).toEqual([16, 5]);
+    expect(planeWords('q2_k', 3, 512)).toEqual([3 * 2 * 16, 3 * 2 * 5]);
+    const [quants, scales] = w.planes;
+    expect(Array.from(bytes(quants))).toEqual(Array.from(block.subarray(16, 80)));
+    expect(scales[0]).toBe(0xc3d2e1f0); // scales[0..3] = sc | m << 4 = 0 | 15 << 4, 1 | 14 << 4, ...
+    expect(scales[4]).toBe(0xb8003400); // d = 0.25, dmin = -0.5
+    const d = dequantize(w);
+    // Sub-block s = e >> 4 has sc = s and m = 15 - s; dmin < 0, so the min adds.
+    for (let e = 0; e < 256; e++) expect(d[e], `element ${e}`).toBe(0.25 * (e >> 4) * ((e >> 1) % 4) + 0.5 * (15 - (e >> 4)));
+    expect(ggufBytes(w)).toEqual(block);
+  });
+
   it('K-quants need K % 256 == 0, whole blocks, and come from GGUF only', () => {
     expect(() => packGguf('q4_k', 2, 128, new Uint8Array(144))).toThrow(/multiple of 256 \(got 128\)/);
     expect(() => planeWords('q6_k', 1, 300)).toThrow(ShapeError);
     expect(() => packGguf('q6_k', 1, 256, new Uint8Array(209))).toThrow(/expected 210 bytes/);
     expect(() => packWeight('q4_k', 1, 256, new Float32Array(256))).toThrow(/quantising f32 values to q4_k is not supported/);
+    expect(() => packGguf('q5_k', 1, 128, new Uint8Array(88))).toThrow(/q5_k needs cols \(K\) to be a multiple of 256 \(got 128\)/);
+    expect(() => packGguf('q5_k', 1, 256, new Uint8Array(175))).toThrow(/expected 176 bytes/);
+    expect(() => packWeight('q5_k', 1, 256, new Float32Array(256))).toThrow(ShapeError);
+    expect(() => packGguf('q3_k', 3, 96, new Uint8Array(110))).toThrow(/q3_k needs cols \(K\) to be a multiple of 256 \(got 96\)/);
+    expect(() => packGguf('q2_k', 1, 512, new Uint8Array(84))).toThrow(/expected 168 bytes/);
+    expect(() => packWeight('q2_k', 1, 256, new Float32Array(256))).toThrow(/quantising f32 values to q2_k is not supported/);
+  });
+});
+
+// ggml-quants.c's dequantize_row_q4_1 / q5_0 / q5_1, transcribed on raw block bytes, f32 as in C.
+const qhWord = (b: Uint8Array, at: number) => (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
+
+function ggmlDequantizeQ4_1(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  for (let i = 0; i < k / 32; i++) {
+    const blk = x.subarray(i * 20, (i + 1) * 20);
+    const d = half(blk, 0);
+    const m = half(blk, 2);
+    for (let j = 0; j < 16; ++j) {
+      const x0 = blk[4 + j] & 0x0f;
+      const x1 = blk[4 + j] >> 4;
+      y[i * 32 + j + 0] = fr(fr(x0 * d) + m);
+      y[i * 32 + j + 16] = fr(fr(x1 * d) + m);
+    }
+  }
+  return y;
+}
+
+function ggmlDequantizeQ5_0(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  for (let i = 0; i < k / 32; i++) {
+    const blk = x.subarray(i * 22, (i + 1) * 22);
+    const d = half(blk, 0);
+    const qh = qhWord(blk, 2);
+    for (let j = 0; j < 16; ++j) {
+      const xh0 = ((qh >>> (j + 0)) << 4) & 0x10;
+      const xh1 = (qh >>> (j + 12)) & 0x10;
+      const x0 = ((blk[6 + j] & 0x0f) | xh0) - 16;
+      const x1 = ((blk[6 + j] >> 4) | xh1) - 16;
+      y[i * 32 + j + 0] = fr(x0 * d);
+      y[i * 32 + j + 16] = fr(x1 * d);
+    }
+  }
+  return y;
+}
+
+function ggmlDequantizeQ5_1(x: Uint8Array, k: number): Float32Array {
+  const y = new Float32Array(k);
+  for (let i = 0; i < k / 32; i++) {
+    const blk = x.subarray(i * 24, (i + 1) * 24);
+    const d = half(blk, 0);
+    const m = half(blk, 2);
+    const qh = qhWord(blk, 4);
+    for (let j = 0; j < 16; ++j) {
+      const xh0 = ((qh >>> (j + 0)) << 4) & 0x10;
+      const xh1 = (qh >>> (j + 12)) & 0x10;
+      const x0 = (blk[8 + j] & 0x0f) | xh0;
+      const x1 = (blk[8 + j] >> 4) | xh1;
+      y[i * 32 + j + 0] = fr(fr(x0 * d) + m);
+      y[i * 32 + j + 16] = fr(fr(x1 * d) + m);
+    }
+  }
+  return y;
+}
+
+/**
+ * Hand-built blocks: byte j of the nibbles = j | (15 - j) << 4 (column c < 16 has nibble c, column
+ * c >= 16 nibble 31 - c), Q5's qh = 0x81f03c5a (bits 0..31 mixed; bit 31 set). Two blocks each:
+ * Q4_1 d 0.5 / m -3.25, then d -0.25 / m 1.5; Q5_0 d 0.5, then d -2; Q5_1 d 0.25 / m 1.5, then
+ * d 1 / m -2. Returns the raw GGUF bytes of the two blocks.
+ */
+function handBlocks32(dtype: 'q4_1' | 'q5_0' | 'q5_1'): Uint8Array {
+  const headers = {
+    q4_1: [[0x00, 0x38, 0x80, 0xc2], [0x00, 0xb4, 0x00, 0x3e]],
+    q5_0: [[0x00, 0x38], [0x00, 0xc0]],
+    q5_1: [[0x00, 0x34, 0x00, 0x3e], [0x00, 0x3c, 0x00, 0xc0]],
+  }[dtype];
+  const blocks = headers.map((header) => {
+    const qh = dtype === 'q4_1' ? [] : [0x5a, 0x3c, 0xf0, 0x81];
+    return [...header, ...qh, ...Array.from({ length: 16 }, (_, j) => j | ((15 - j) << 4))];
+  });
+  return Uint8Array.from(blocks.flat());
+}
+
+describe('Q4_1, Q5_0, Q5_1 from raw GGUF blocks', () => {
+  const GGML = { q4_1: ggmlDequantizeQ4_1, q5_0: ggmlDequantizeQ5_0, q5_1: ggmlDequantizeQ5_1 } as const;
+  const BLOCK = { q4_1: 20, q5_0: 22, q5_1: 24 } as const;
+  const SCALE_HALVES = { q4_1: [0, 2], q5_0: [0], q5_1: [0, 2] } as const;
+
+  for (const dtype of ['q4_1', 'q5_0', 'q5_1'] as const) {
+    it(`${dtype}: dequantize(packGguf(bytes)) equals ggml's dequantize_row_${dtype} bit for bit`, () => {
+      const [rows, cols] = [3, 96];
+      // Hand-built blocks, quantised random floats, and entirely random bytes with any finite f16
+      // d and m (subnormals, both signs).
+      const quantised = ggufBytes(packWeight(dtype, rows, cols, randomF32(rows * cols, 31)));
+      const wild = Uint8Array.from(randomF32(quantised.length, 32), (v) => Math.floor((v + 1) * 128) & 255);
+      for (let b = 0; b < wild.length / BLOCK[dtype]; b++) {
+        for (const h of SCALE_HALVES[dtype]) wild[b * BLOCK[dtype] + h + 1] &= 0xfb; // exponent < 31: finite
+      }
+      for (const [r, c, raw] of [[1, 64, handBlocks32(dtype)], [rows, cols, quantised], [rows, cols, wild]] as const) {
+        const w = packGguf(dtype, r, c, raw);
+        expect(Array.from(Float32Array.from(dequantize(w)))).toEqual(Array.from(GGML[dtype](raw, r * c)));
+        expect(Array.from(ggufBytes(w))).toEqual(Array.from(raw));
+      }
+    });
+  }
+
+  it('q4_1 planes: the nibbles as 4 words (as q4_0), d | m << 16 as one word per block', () => {
+    const raw = handBlocks32('q4_1');
+    const w = packGguf('q4_1', 1, 64, raw);
+    expect(w.planes.map((p) => p.length)).toEqual([8, 2]);
+    expect(planeWords('q4_1', 3, 96)).toEqual([3 * 3 * 4, 3 * 3]);
+    expect(Array.from(w.planes[1])).toEqual([0xc2803800, 0x3e00b400]);
+    expect(w.planes[0][0]).toBe(0xc3d2e1f0);
+    const d = dequantize(w);
+    // Block 0: nibble * 0.5 - 3.25 (negative m); block 1: nibble * -0.25 + 1.5 (positive m, negative d).
+    expect([d[0], d[5], d[15], d[16], d[31]]).toEqual([-3.25, -0.75, 4.25, 4.25, -3.25]);
+    expect([d[32], d[47], d[63]]).toEqual([1.5, -2.25, 1.5]);
+  });
+
+  it('q5_0 planes: qh then the nibbles as 5 words, d two per word; bit 4 from qh bit j', () => {
+    const raw = handBlocks32('q5_0');
+    const w = packGguf('q5_0', 1, 64, raw);
+    expect(w.planes.map((p) => p.length)).toEqual([10, 1]);
+    expect(planeWords('q5_0', 3, 96)).toEqual([3 * 3 * 5, 5]);
+    expect(w.planes[0][0]).toBe(0x81f03c5a);
+    expect(w.planes[0][1]).toBe(0xc3d2e1f0);
+    expect(halves(w.planes[1])[1]).toBe(0xc000);
+    const d = dequantize(w);
+    // Column 0: q 0; 1: 1 + 16 (bit 1 set); 16: 15; 20: 11 + 16 (bit 20 set); 31: 0 + 16 (bit 31 set).
+    expect([d[0], d[1], d[16], d[20], d[31]]).toEqual([-8, 0.5, -0.5, 5.5, 0]);
+    expect([d[32], d[33], d[63]]).toEqual([32, -2, -0]);
+  });
+
+  it('q5_1 planes: qh then the nibbles as 5 words, d | m << 16 as one word per block', () => {
+    const raw = handBlocks32('q5_1');
+    const w = packGguf('q5_1', 1, 64, raw);
+    expect(w.planes.map((p) => p.length)).toEqual([10, 2]);
+    expect(planeWords('q5_1', 3, 160)).toEqual([3 * 5 * 5, 3 * 5]);
+    expect(Array.from(w.planes[1])).toEqual([0x3e003400, 0xc0003c00]);
+    expect(Array.from(bytes(w.planes[0]).subarray(20, 24))).toEqual([0x5a, 0x3c, 0xf0, 0x81]);
+    const d = dequantize(w);
+    expect([d[0], d[1], d[16], d[20], d[31]]).toEqual([1.5, 5.75, 5.25, 8.25, 5.5]);
+    expect([d[32], d[33], d[63]]).toEqual([-2, 15, 14]);
+  });
+});
+
+describe('q4_1, q5_0, q5_1 (ggml quantize_row_*_ref)', () => {
+  it('q4_1: d = (max - min) / 15, m = min, q = min(15, trunc((x - min) / d + 0.5))', () => {
+    const x = new Float32Array(96);
+    // Block 0: x_j = j % 16 - 3: min -3, max 12 -> d = 1, q_j = j % 16, exact.
+    for (let j = 0; j < 32; j++) x[j] = (j % 16) - 3;
+    // Block 1: all 2.5 -> d = 0, id = 0, q = 0, m = 2.5 (a positive min).
+    x.fill(2.5, 32, 64);
+    // Block 2: min 0, max 15 -> d = 1; 0.49 -> 0, 0.5 -> 1 (half rounds up), 14.5 -> 15.
+    x.set([0, 15, 0.49, 0.5, 14.5, 7.25], 64);
+    const w = quantizeQ4_1(1, 96, x);
+    expect(Array.from(w.planes[1])).toEqual([0xc2003c00, 0x41000000, 0x00003c00]);
+    const deq = dequantize(w);
+    expect(Array.from(deq.subarray(0, 32))).toEqual(Array.from(x.subarray(0, 32)));
+    expect(deq.subarray(32, 64).every((v) => v === 2.5)).toBe(true);
+    expect(Array.from(deq.subarray(64, 70))).toEqual([0, 15, 0, 1, 15, 7]);
+  });
+
+  it('q5_0: d = max / -16, q = min(31, trunc(x / d + 16.5)), bit 4 into qh', () => {
+    const x = new Float32Array(64);
+    // Block 0: x_j = j - 16: max = -16 -> d = 1, q_j = j, exact.
+    for (let j = 0; j < 32; j++) x[j] = j - 16;
+    // Block 1: the largest magnitude is positive: max = 16 -> d = -1; -15.9 -> trunc(32.4) = 32 -> 31.
+    x.set([1, 16, -15.9, -3.5], 32);
+    const w = quantizeQ5_0(1, 64, x);
+    expect(w.planes[0][0]).toBe(0xffff0000); // q_j >= 16 exactly for j >= 16
+    expect(Array.from(halves(w.planes[1]))).toEqual([0x3c00, 0xbc00]);
+    const deq = dequantize(w);
+    expect(Array.from(deq.subarray(0, 32))).toEqual(Array.from(x.subarray(0, 32)));
+    expect(Array.from(deq.subarray(32, 37))).toEqual([1, 16, -15, -4, -0]); // -3.5 -> trunc(20) = 20 -> -4
+  });
+
+  it('q5_1: d = (max - min) / 31, m = min, q = trunc((x - min) / d + 0.5)', () => {
+    const x = new Float32Array(64);
+    // Block 0: x_j = j / 4 + 1: min 1, max 8.75 -> d = 0.25, q_j = j, exact.
+    for (let j = 0; j < 32; j++) x[j] = j / 4 + 1;
+    // Block 1: min -2, max 29 -> d = 1; 0.49 -> 2 (q 2), -1.5 -> q 1 (half up).
+    x.fill(-2, 32, 64);
+    x.set([29, 0.49, -1.5], 32);
+    const w = quantizeQ5_1(1, 64, x);
+    expect(Array.from(w.planes[1])).toEqual([0x3c003400, 0xc0003c00]);
+    expect(w.planes[0][0]).toBe(0xffff0000);
+    const deq = dequantize(w);
+    expect(Array.from(deq.subarray(0, 32))).toEqual(Array.from(x.subarray(0, 32)));
+    expect(Array.from(deq.subarray(32, 36))).toEqual([29, 0, -1, -2]);
+  });
+
+  it('quantisation error of random rows is bounded', () => {
+    const x = randomF32(4 * 128, 3);
+    const bound = { q4_1: 0.1, q5_0: 0.05, q5_1: 0.05 } as const;
+    for (const dtype of ['q4_1', 'q5_0', 'q5_1'] as const) {
+      expect(compare(dequantize(packWeight(dtype, 4, 128, x)), x).relL2, dtype).toBeLessThan(bound[dtype]);
+    }
+  });
+
+  it('need K % 32 == 0 and whole blocks', () => {
+    expect(() => quantizeQ4_1(2, 48, new Float32Array(96))).toThrow(/q4_1 needs cols \(K\) to be a multiple of 32 \(got 48\)/);
+    expect(() => quantizeQ5_0(2, 48, new Float32Array(96))).toThrow(ShapeError);
+    expect(() => quantizeQ5_1(1, 32, new Float32Array(31))).toThrow(/expected 32 values/);
+    expect(() => packGguf('q5_0', 2, 48, new Uint8Array(66))).toThrow(/q5_0 needs cols \(K\) to be a multiple of 32 \(got 48\)/);
+    expect(() => packGguf('q5_1', 1, 32, new Uint8Array(23))).toThrow(/expected 24 bytes/);
+    expect(() => planeWords('q4_1', 1, 20)).toThrow(ShapeError);
   });
 });
 
@@ -331,11 +703,11 @@ describe('shape checks', () => {
 describe('row chunks', () => {
   // K chosen so rows do not start on a convenient boundary: f32/f16 rows padded (53 -> 56),
   // Q8_0/Q4_0 with 3 blocks per row (odd, so an odd first row starts mid-word in the scales).
-  const SHAPES: Record<WeightDtype, number> = { f32: 53, f16: 53, q8_0: 96, q4_0: 96, q4_k: 512, q6_k: 256 };
-  const host = (dtype: WeightDtype, rows: number, cols: number): HostWeight =>
-    dtype === 'q4_k' || dtype === 'q6_k'
-      ? packGguf(dtype, rows, cols, randomKQuantBytes(dtype, rows, cols, 5))
-      : packWeight(dtype, rows, cols, randomF32(rows * cols, 5));
+  // Q5_0 too (f16 scales two per word); Q4_1 / Q5_1 with one scale word per block, K = 160 (5 blocks).
+  const SHAPES: Record<WeightDtype, number> = {
+    f32: 53, f16: 53, q8_0: 96, q4_0: 96, q4_1: 96, q5_0: 96, q5_1: 160, q2_k: 256, q3_k: 512, q4_k: 512, q5_k: 256, q6_k: 256,
+  };
+  const host = (dtype: WeightDtype, rows: number, cols: number): HostWeight => randomWeight(dtype, rows, cols, 5);
 
   for (const [dtype, K] of Object.entries(SHAPES) as Array<[WeightDtype, number]>) {
     it(`${dtype}: any row range of the planes decodes to the same rows (N=37, K=${K})`, () => {

@@ -3,10 +3,10 @@
 // whole output region (written cells against the reference, stride gaps still NaN). Input and
 // residual elements outside their logical rows are NaN, so a kernel reading the wrong place fails.
 import type { Gpu } from '../../src/gpu/device.ts';
-import { packWeight, dequantize, uploadWeight, type PackedWeight, type WeightDtype } from '../../kernels/weights.ts';
+import { dequantize, uploadWeight, type PackedWeight, type WeightDtype } from '../../kernels/weights.ts';
 import type { MatmulRun } from '../../kernels/matmul.ts';
 import { createStorage, poisoned, readF32 } from './gpu.ts';
-import { randomKQuantWeight } from './kquants.ts';
+import { randomWeight } from './kquants.ts';
 import { expectClose, randomF32, type Comparison } from './reference.ts';
 
 /** A residual added to a projection: (M, N) values from `offset`, rows `stride` elements apart. */
@@ -94,8 +94,7 @@ export interface ProjectionSetup {
 
 export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
   const { dtype, M, N, K } = c;
-  const host =
-    dtype === 'q4_k' || dtype === 'q6_k' ? randomKQuantWeight(dtype, N, K, c.seed, 0.5) : packWeight(dtype, N, K, randomF32(N * K, c.seed, 0.5));
+  const host = randomWeight(dtype, N, K, c.seed, 0.5);
   const w = dequantize(host);
   const weight = uploadWeight(gpu, `w_${dtype}`, host);
   // Elements outside the M logical rows are NaN: a kernel reading past K (into zero weight padding)

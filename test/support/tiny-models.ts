@@ -2,8 +2,9 @@
 // Q/K row permutation convert_hf_to_gguf.py applies), the same weights in Hugging Face layout and
 // naming (dequantised, so a float64 reference on them sees exactly what the file holds), the HF
 // config.json, and an HF folder writer (config, safetensors single or sharded, tokenizer files).
-// K-quant matrices (Q4_K, Q6_K) are random valid blocks rather than quantised floats (ggml's K-quant
-// quantisers are not reimplemented): the HF weights are those blocks dequantised.
+// K-quant matrices (Q2_K .. Q6_K) are random valid blocks rather than quantised floats (ggml's
+// K-quant quantisers are not reimplemented): the HF weights are those blocks dequantised. The other
+// quant types are random floats quantised as ggml's quantize_row_*_ref does.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeGgml, encodeGgml, GgmlType } from '../../models/ggml.ts';
@@ -11,13 +12,17 @@ import { TokenType } from '../../models/gguf-tokenizer.ts';
 import type { GgufMetadataEntry } from '../../models/gguf.ts';
 import { gguf, writeGguf, type GgufWriteTensor } from './gguf-writer.ts';
 import { rng } from './reference.ts';
-import { permuteRowBytes, randomKQuantBytes } from './kquants.ts';
+import { permuteRowBytes, randomKQuantBytes, type KQuantDtype } from './kquants.ts';
 import { encodeFloats, writeSafetensors, writeShardedSafetensors, type WriteDtype } from './safetensors-writer.ts';
 
-/** A matrix type, or 'q4_k_m': Q4_K with Q6_K for attn_v, ffn_down and output, like llama.cpp's Q4_K_M mix. */
-export type TinyDtype = 'f32' | 'f16' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k' | 'q4_k_m';
+/**
+ * A matrix type, or a K-quant mix: 'q4_k_m' / 'q5_k_m' are Q4_K / Q5_K with Q6_K for attn_v,
+ * ffn_down and output, like llama.cpp's Q4_K_M / Q5_K_M.
+ */
+export type TinyDtype = TinyMatrixType | TinyMix;
 /** The type of one matrix. */
-export type TinyMatrixType = Exclude<TinyDtype, 'q4_k_m'>;
+export type TinyMatrixType = 'f32' | 'f16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1' | 'q2_k' | 'q3_k' | 'q4_k' | 'q5_k' | 'q6_k';
+export type TinyMix = 'q4_k_m' | 'q5_k_m';
 
 /** GGUF tensor roles ('token_embd', 'attn_q', ..., 'output'): the name without blk.N. and .weight. */
 export type TinyRole = 'token_embd' | 'attn_q' | 'attn_k' | 'attn_v' | 'attn_output' | 'ffn_gate' | 'ffn_up' | 'ffn_down' | 'output';
@@ -79,16 +84,37 @@ export const GGML_TYPE: Record<TinyMatrixType, number> = {
   f16: GgmlType.F16,
   q8_0: GgmlType.Q8_0,
   q4_0: GgmlType.Q4_0,
+  q4_1: GgmlType.Q4_1,
+  q5_0: GgmlType.Q5_0,
+  q5_1: GgmlType.Q5_1,
+  q2_k: GgmlType.Q2_K,
+  q3_k: GgmlType.Q3_K,
   q4_k: GgmlType.Q4_K,
+  q5_k: GgmlType.Q5_K,
   q6_k: GgmlType.Q6_K,
 };
-// general.file_type (llama_ftype): ALL_F32, MOSTLY_F16, MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_Q4_K_S,
-// MOSTLY_Q6_K, MOSTLY_Q4_K_M.
-export const FILE_TYPE: Record<TinyDtype, number> = { f32: 0, f16: 1, q8_0: 7, q4_0: 2, q4_k: 14, q6_k: 18, q4_k_m: 15 };
-/** The roles llama.cpp's Q4_K_M keeps at Q6_K (it picks some layers' attn_v / ffn_down; here all). */
-const Q4_K_M_TYPES: Partial<Record<TinyRole, TinyMatrixType>> = { attn_v: 'q6_k', ffn_down: 'q6_k', output: 'q6_k' };
+// general.file_type (llama_ftype): ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_0, MOSTLY_Q4_1,
+// MOSTLY_Q5_0, MOSTLY_Q5_1, MOSTLY_Q2_K, MOSTLY_Q3_K_S, MOSTLY_Q4_K_S, MOSTLY_Q5_K_S, MOSTLY_Q6_K,
+// MOSTLY_Q4_K_M, MOSTLY_Q5_K_M.
+export const FILE_TYPE: Record<TinyDtype, number> = {
+  f32: 0, f16: 1, q8_0: 7, q4_0: 2, q4_1: 3, q5_0: 8, q5_1: 9,
+  q2_k: 10, q3_k: 11, q4_k: 14, q5_k: 16, q6_k: 18, q4_k_m: 15, q5_k_m: 17,
+};
+/**
+ * Each mix's base type and the roles it keeps at Q6_K (llama.cpp's Q4_K_M / Q5_K_M pick some
+ * layers' attn_v / ffn_down; here all).
+ */
+const MIXES: Record<TinyMix, { base: TinyMatrixType; roles: Partial<Record<TinyRole, TinyMatrixType>> }> = {
+  q4_k_m: { base: 'q4_k', roles: { attn_v: 'q6_k', ffn_down: 'q6_k', output: 'q6_k' } },
+  q5_k_m: { base: 'q5_k', roles: { attn_v: 'q6_k', ffn_down: 'q6_k', output: 'q6_k' } },
+};
 
-const isKQuant = (type: TinyMatrixType): type is 'q4_k' | 'q6_k' => type === 'q4_k' || type === 'q6_k';
+/** The type of most matrices of a `dtype` model (a mix's base type). */
+export function tinyBaseType(dtype: TinyDtype): TinyMatrixType {
+  return Object.hasOwn(MIXES, dtype) ? MIXES[dtype as TinyMix].base : (dtype as TinyMatrixType);
+}
+
+const isKQuant = (type: TinyMatrixType): type is KQuantDtype => type.endsWith('_k');
 
 /** Words whose pieces fill the tiny vocabularies after the special and byte tokens. */
 const WORDS = ['the', 'hello', 'world', 'in', 'is', 'a', 'and', 'to', 'of', 'model', 'token', 'miner', 'café'];
@@ -196,8 +222,8 @@ export function permuteQK(w: Float32Array, heads: number, cols: number): Float32
  */
 export function writeTinyLlamaGguf(path: string, options: TinyLlamaOptions = {}): TinyLlama {
   const dtype = options.dtype ?? 'f32';
-  const baseType: TinyMatrixType = dtype === 'q4_k_m' ? 'q4_k' : dtype;
-  const roleTypes = { ...(dtype === 'q4_k_m' ? Q4_K_M_TYPES : {}), ...options.tensorTypes };
+  const baseType = tinyBaseType(dtype);
+  const roleTypes = { ...(Object.hasOwn(MIXES, dtype) ? MIXES[dtype as TinyMix].roles : {}), ...options.tensorTypes };
   const anyKQuant = [baseType, ...Object.values(roleTypes)].some(isKQuant);
   const C = options.hiddenSize ?? (anyKQuant ? 256 : 64);
   const F = options.intermediateSize ?? (anyKQuant ? 512 : 128);

@@ -1,0 +1,25 @@
+// Weight module: GGUF Q2_K (super-blocks of 256 columns = 16 sub-blocks of 16; value = d * sc * q -
+// dmin * m with q 2 bits, sc and m 4 bits, d and dmin f16), repacked at load by cutting each 84-byte
+// block in three: the quants plane takes qs[64], the scales plane scales[16] (sc | m << 4 per
+// sub-block) and then the trailing d, dmin as one word: 2.625 bits per weight, the file's.
+// Interface: see weights_f32.wgsl. K % 256 == 0.
+//
+// Column e of a super-block, e = 128 n + 32 j + 16 h + l (n 0..1, j 0..3, h 0..1, l 0..15), is bits
+// 2j..2j+1 of qs[32 n + 16 h + l], in sub-block s = 8 n + 2 j + h.
+
+@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/256, 16): qs[64] as 16 u32
+@group(0) @binding(2) var<storage, read> weight_scales: array<u32>; // (N, K/256, 5): scales[16] as 4 u32, d | dmin << 16 (f16)
+
+fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
+  let block = row * (cols / 256u) + k / 256u;
+  let e = k % 256u;
+  let n = e / 128u;
+  let j = (e % 128u) / 32u;
+  let h = (e % 32u) / 16u;
+  let q = (vec4<u32>(weight_quants[block * 16u + n * 8u + h * 4u + (e % 16u) / 4u]) >> (vec4<u32>(0u, 8u, 16u, 24u) + 2u * j)) & vec4<u32>(3u);
+  let s = 8u * n + 2u * j + h;
+  let sm = (weight_scales[block * 5u + s / 4u] >> ((s % 4u) * 8u)) & 255u;
+  let dm = unpack2x16float(weight_scales[block * 5u + 4u]);
+  // d * sc, q * (d * sc) and dmin * m are exact in f32: one rounding, at the difference, as in ggml.
+  return vec4<f32>(q) * (dm.x * f32(sm & 15u)) - dm.y * f32(sm >> 4u);
+}
