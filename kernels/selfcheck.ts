@@ -6,7 +6,7 @@ import { createStorage, readF32, readU32 } from '../src/gpu/buffers.ts';
 import { runPass } from './dispatch.ts';
 import { Elementwise } from './elementwise.ts';
 import { Linear } from './linear.ts';
-import { dequantize, packWeight, uploadWeight, type WeightDtype } from './weights.ts';
+import { GGUF_BLOCK_BYTES, dequantize, isKQuantDtype, packGguf, packWeight, uploadWeight, type HostWeight, type KQuantDtype, type WeightDtype } from './weights.ts';
 import { Norm } from './norm.ts';
 import { Softmax } from './softmax.ts';
 import { Rope } from './rope.ts';
@@ -44,10 +44,23 @@ function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
 
 type Check = (gpu: Gpu) => Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }>;
 
+// Byte offsets of each K-quant block's f16 super-block scales (d, and dmin where it has one): the
+// rest of a block is any bytes, but these must be finite and small.
+const K_QUANT_SCALE_OFFSETS: Record<KQuantDtype, readonly number[]> = { q2_k: [80, 82], q3_k: [108], q4_k: [0, 2], q5_k: [0, 2], q6_k: [208] };
+
+/** Deterministic K-quant blocks: pseudo-random bytes with d = dmin = 1/1024 (ggml does not quantise these on the fly). */
+function kQuantWeight(dtype: KQuantDtype, rows: number, cols: number): HostWeight {
+  const blockBytes = GGUF_BLOCK_BYTES[dtype];
+  const blocks = (rows * cols) / 256;
+  const bytes = Uint8Array.from(values(blocks * blockBytes, 8), (v) => Math.floor((v + 1) * 128));
+  for (let b = 0; b < blocks; b++) for (const at of K_QUANT_SCALE_OFFSETS[dtype]) bytes.set([0x00, 0x14], b * blockBytes + at); // f16 0x1400
+  return packGguf(dtype, rows, cols, bytes);
+}
+
 /** out[m, n] = sum_k x[m, k] W[n, k] with W dequantised exactly as packed. */
 function linearCheck(dtype: WeightDtype, M: number, N: number, K: number): Check {
   return async (gpu) => {
-    const host = packWeight(dtype, N, K, values(N * K, 3));
+    const host = isKQuantDtype(dtype) ? kQuantWeight(dtype, N, K) : packWeight(dtype, N, K, values(N * K, 3));
     const w = dequantize(host);
     const x = values(M * K, 4);
     const out = createStorage(gpu, 'selfcheck.out', M * N * 4);
@@ -62,6 +75,14 @@ function linearCheck(dtype: WeightDtype, M: number, N: number, K: number): Check
 const CHECKS: Array<{ kernel: string; bound: number; run: Check }> = [
   { kernel: 'matvec q4_0 (decode)', bound: 1e-5, run: linearCheck('q4_0', 1, 67, 96) },
   { kernel: 'matvec q8_0 (decode)', bound: 1e-5, run: linearCheck('q8_0', 3, 37, 64) },
+  { kernel: 'matvec q4_1 (decode)', bound: 1e-5, run: linearCheck('q4_1', 2, 29, 64) },
+  { kernel: 'matvec q5_0 (decode)', bound: 1e-5, run: linearCheck('q5_0', 1, 31, 96) },
+  { kernel: 'matvec q5_1 (decode)', bound: 1e-5, run: linearCheck('q5_1', 2, 23, 64) },
+  { kernel: 'matvec q2_k (decode)', bound: 1e-5, run: linearCheck('q2_k', 1, 13, 256) },
+  { kernel: 'matvec q3_k (decode)', bound: 1e-5, run: linearCheck('q3_k', 2, 11, 256) },
+  { kernel: 'matvec q4_k (decode)', bound: 1e-5, run: linearCheck('q4_k', 1, 17, 512) },
+  { kernel: 'matvec q5_k (decode)', bound: 1e-5, run: linearCheck('q5_k', 3, 7, 256) },
+  { kernel: 'matmul q6_k (prefill)', bound: 1e-5, run: linearCheck('q6_k', 19, 9, 256) },
   { kernel: 'matmul f16 (prefill)', bound: 1e-5, run: linearCheck('f16', 19, 45, 70) },
   { kernel: 'matmul f32 (prefill)', bound: 1e-5, run: linearCheck('f32', 70, 33, 41) },
   {
