@@ -148,6 +148,9 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
     // Room for the longest prompt plus a completion (and the decode runs' short prompts).
     capacity: want + e.decodeTokens + 1,
     prefillChunk: options.prefillChunk,
+    // Every time-to-first-token repeat sends the same prompt and must prefill all of it; and the
+    // prompt-processing runs below write slot 0 behind the scheduler's back.
+    prefixCacheMin: 0,
     onProgress: (done, total) => {
       if (done === total || performance.now() - lastShown > 2000) {
         lastShown = performance.now();

@@ -46,7 +46,7 @@ async function infoCommand(options: { adapter: string; check: boolean }): Promis
 }
 
 /** Load the engine with a progress bar on stderr (stdout stays clean for JSON and text). */
-async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number }): Promise<Engine> {
+async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number; prefixCacheMin?: number }): Promise<Engine> {
   if (options.model === TINY_MODEL_ID) {
     console.error(`model ${TINY_MODEL_ID}: the embedded default with RANDOM weights (for trying the runtime; its text is noise)`);
   }
@@ -61,6 +61,7 @@ async function loadEngine(options: { model: string; adapter: string; slots?: num
       adapter: options.adapter,
       slots: options.slots,
       capacity: options.capacity,
+      prefixCacheMin: options.prefixCacheMin,
       onProgress: (done, total, name) => {
         if (!started) bar.start(total, 0, { name });
         started = true;
@@ -192,10 +193,11 @@ addServeOptions(
     .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
     .option('--slots <n>', 'sequences decoded together (KV slots)', number('--slots'), 8)
     .option('--context <n>', 'tokens per sequence (prompt + completion)', number('--context'))
+    .option('--prefix-cache-min <n>', 'reuse a cached prompt prefix of at least n tokens from a finished sequence\'s slot (0 = off; default 16)', number('--prefix-cache-min'))
     .addOption(adapterOption),
 ).action(async (o) => {
   const options = parseServeOptions(o);
-  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context });
+  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin });
   console.error(describeModel(engine));
   const handle = await serve(engine, options);
   console.error(`axon listening on ${handle.url} as miner ${handle.hotkey}`);

@@ -11,7 +11,9 @@ let gpu: Gpu;
 let engine: Engine;
 beforeAll(async () => {
   gpu = await acquireGpu();
-  engine = await Engine.load({ gpu, slots: 4, capacity: 96, prefillChunk: 16, maxQueue: 6 });
+  // No prefix reuse: these tests repeat prompts to compare outputs, and each run must prefill its
+  // whole prompt (chunk by chunk) as a first request does; reuse has test/prefix-cache.test.ts.
+  engine = await Engine.load({ gpu, slots: 4, capacity: 96, prefillChunk: 16, maxQueue: 6, prefixCacheMin: 0 });
 });
 afterAll(async () => {
   await engine?.close();

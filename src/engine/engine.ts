@@ -7,8 +7,19 @@
 // first token), then runs ONE batched decode step for every decoding sequence (one forward pass
 // over all rows: the weights are read once per step, not once per sequence). A cancelled or
 // abandoned request leaves its slot at the next turn.
+//
+// Prompt prefix reuse (llama.cpp server's cache_prompt, without copying KV): a slot keeps, after its
+// sequence ends, the ids of the tokens whose K/V it holds (the prompt and the generated tokens that
+// were fed back; the last sampled token never was). A new request takes the free slot whose ids
+// share the longest prefix with its prompt and, when that prefix is at least prefixCacheMin tokens,
+// prefills only the rest (at least its last token, whose logits it needs). The positions past the
+// prefix are overwritten by the new prefill, and attention reads keys only below each query's
+// position (prefill: past_len + t; decode: kv_len), never up to the slot's capacity, so stale K/V
+// beyond the sequence's length is never seen. K/V at a position depends only on the tokens up to it,
+// so a sliding window changes nothing here. Without a long enough match a request takes a cold
+// (never used) slot first, then the least recently released one, so warm slots live longest.
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
-import { BadRequestError, OverloadedError } from '../errors.ts';
+import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
 import { Transformer, type PrefillPiece, type RowCandidates } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
@@ -31,6 +42,12 @@ export interface EngineOptions {
   maxPrefillPieces?: number;
   /** Requests allowed to wait for a slot before new ones get OVERLOADED. Default 256. */
   maxQueue?: number;
+  /**
+   * Shortest common prefix (tokens) between a new prompt and a free slot's cached tokens that is
+   * reused instead of prefilled again (a repeated system prompt or chat template). Default 16;
+   * 0 disables reuse.
+   */
+  prefixCacheMin?: number;
   onProgress?: (done: number, total: number, name: string) => void;
   /** Use this device instead of acquiring one (tests share a device). */
   gpu?: Gpu;
@@ -56,8 +73,12 @@ interface Sequence {
   slot?: number;
   /** Tokens in the slot's KV cache. */
   cached: number;
+  /** Prompt tokens whose K/V were already in the slot at admission (not prefilled again). */
+  reusedPrompt: number;
   /** Sampled, emitted, not yet fed back through the model. */
   pending?: number;
+  /** Generated tokens fed back through the model (their K/V follow the prompt's in the slot). */
+  fed: number[];
   firstTokenAt?: number;
   finish?: FinishReason;
   channel: Channel<GeneratedToken>;
@@ -105,20 +126,38 @@ export class Engine implements TextGenerator {
   /** Decoding: one row each in every decode step. */
   readonly #active: Sequence[] = [];
   readonly #freeSlots: number[];
+  readonly #prefixCacheMin: number;
+  /** Per slot, while it is free: the ids of the tokens whose K/V it holds, from position 0 ([] = cold). */
+  readonly #slotTokens: number[][];
+  /** Per slot: when it was last released (a tick of #releases; 0 = never). */
+  readonly #slotReleased: number[];
+  #releases = 0;
+  /** Prompt tokens taken from a slot's cache instead of prefilled, since load. */
+  #promptTokensReused = 0;
+  /** Prompt tokens run through prefill, since load. */
+  #promptTokensComputed = 0;
   #order = 0;
   #loop?: Promise<void>;
   #closed = false;
 
-  private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number) {
+  private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number, prefixCacheMin: number) {
     this.gpu = gpu;
     this.#ownsGpu = ownsGpu;
     this.model = model;
     this.tokenizer = tokenizer;
     this.#maxQueue = maxQueue;
-    this.#freeSlots = Array.from({ length: model.options.slots }, (_, i) => model.options.slots - 1 - i);
+    this.#prefixCacheMin = prefixCacheMin;
+    const { slots } = model.options;
+    this.#freeSlots = Array.from({ length: slots }, (_, i) => slots - 1 - i);
+    this.#slotTokens = Array.from({ length: slots }, () => []);
+    this.#slotReleased = new Array<number>(slots).fill(0);
   }
 
   static async load(options: EngineOptions = {}): Promise<Engine> {
+    const { prefixCacheMin = 16 } = options;
+    if (!Number.isSafeInteger(prefixCacheMin) || prefixCacheMin < 0) {
+      throw new OptionError(`prefixCacheMin must be an integer >= 0 (0 disables prefix reuse; got ${prefixCacheMin})`);
+    }
     const gpu = options.gpu ?? (await acquireGpu({ adapter: options.adapter }));
     let source: ModelSource | undefined;
     try {
@@ -131,7 +170,7 @@ export class Engine implements TextGenerator {
         maxPrefillPieces: options.maxPrefillPieces ?? 8,
         onProgress: options.onProgress,
       });
-      return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256);
+      return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256, prefixCacheMin);
     } catch (err) {
       if (!options.gpu) gpu.destroy();
       throw err;
@@ -151,6 +190,8 @@ export class Engine implements TextGenerator {
       activeSequences: this.#prefilling.length + this.#active.length,
       kvBlocksUsed: this.model.options.slots - this.#freeSlots.length,
       kvBlocksTotal: this.model.options.slots,
+      promptTokensReused: this.#promptTokensReused,
+      promptTokensComputed: this.#promptTokensComputed,
     };
   }
 
@@ -223,6 +264,8 @@ export class Engine implements TextGenerator {
       arrival,
       order: this.#order++,
       cached: 0,
+      reusedPrompt: 0,
+      fed: [],
       channel: new Channel(),
       signal: options.signal,
     };
@@ -244,6 +287,7 @@ export class Engine implements TextGenerator {
     return {
       finishReason: seq.finish,
       promptTokens: promptIds.length,
+      cachedPromptTokens: seq.reusedPrompt,
       completionTokens: seq.completion,
       ttftMs,
       totalMs,
@@ -278,15 +322,17 @@ export class Engine implements TextGenerator {
         const candidates = await this.model.decode(rows, Math.max(...this.#active.map(candidatesNeeded)));
         this.#active.forEach((seq, i) => {
           seq.cached++;
+          seq.fed.push(seq.pending!);
           this.#accept(seq, candidates[i]);
         });
       }
     } catch (err) {
       // A GPU failure ends every request in flight with that error; the engine stays usable.
+      // What the failed step wrote is unknown: the slots go back cold.
       for (const seq of [...this.#prefilling.splice(0), ...this.#active.splice(0), ...this.#queue.splice(0)]) {
         seq.finish ??= 'cancelled';
         seq.channel.close(err);
-        if (seq.slot !== undefined) this.#freeSlots.push(seq.slot);
+        if (seq.slot !== undefined) this.#release(seq.slot, []);
       }
     }
   }
@@ -310,6 +356,7 @@ export class Engine implements TextGenerator {
     const candidates = await this.model.prefillBatch(batch.map((b) => b.piece));
     batch.forEach(({ seq, piece, last }, i) => {
       seq.cached += piece.tokens.length;
+      this.#promptTokensComputed += piece.tokens.length;
       if (last) {
         this.#prefilling.splice(this.#prefilling.indexOf(seq), 1);
         this.#active.push(seq);
@@ -318,16 +365,63 @@ export class Engine implements TextGenerator {
     });
   }
 
-  /** Move queued requests into free KV slots, highest priority first. */
+  /**
+   * Move queued requests into free KV slots, highest priority first. Each takes the free slot whose
+   * cached tokens share the longest prefix with its prompt and starts its prefill after that prefix
+   * when it is at least prefixCacheMin tokens long (a slot in use is never a candidate).
+   */
   #admit(): void {
     while (this.#queue.length > 0 && this.#freeSlots.length > 0) {
       const seq = this.#queue.shift()!;
       if (seq.signal?.aborted || seq.finish) this.#end(seq, 'cancelled');
       else {
-        seq.slot = this.#freeSlots.pop()!;
+        const { slot, reuse } = this.#pickSlot(seq.promptIds);
+        this.#freeSlots.splice(this.#freeSlots.indexOf(slot), 1);
+        this.#slotTokens[slot] = [];
+        seq.slot = slot;
+        seq.cached = reuse;
+        seq.reusedPrompt = reuse;
+        this.#promptTokensReused += reuse;
         this.#prefilling.push(seq);
       }
     }
+  }
+
+  /**
+   * The free slot for a prompt and the prompt tokens it can reuse: the longest common prefix with a
+   * slot's cached tokens, capped at the prompt's length - 1 (the last prompt token is always
+   * prefilled: its logits give the first token), if at least prefixCacheMin; ties and no match go
+   * to the least recently released slot, cold ones first.
+   */
+  #pickSlot(prompt: number[]): { slot: number; reuse: number } {
+    const candidates = this.#freeSlots.map((slot) => {
+      let reuse = 0;
+      if (this.#prefixCacheMin > 0) {
+        const cached = this.#slotTokens[slot];
+        const limit = Math.min(cached.length, prompt.length - 1);
+        while (reuse < limit && cached[reuse] === prompt[reuse]) reuse++;
+        if (reuse < this.#prefixCacheMin) reuse = 0;
+      }
+      return { slot, reuse, released: this.#slotReleased[slot] };
+    });
+    // Longest reuse, then least recently released (cold = 0), then the lowest slot.
+    candidates.sort((a, b) => b.reuse - a.reuse || a.released - b.released || a.slot - b.slot);
+    const { slot, reuse } = candidates[0];
+    return { slot, reuse };
+  }
+
+  /** Free `slot`, remembering the ids of the tokens whose K/V it holds from position 0. */
+  #release(slot: number, tokens: number[]): void {
+    this.#slotTokens[slot] = tokens;
+    this.#slotReleased[slot] = tokens.length > 0 ? ++this.#releases : 0;
+    this.#freeSlots.push(slot);
+  }
+
+  /** The ids whose K/V a sequence wrote into its slot: its first `cached` tokens (prompt, then fed). */
+  #writtenTokens(seq: Sequence): number[] {
+    const tokens = seq.promptIds.slice(0, Math.min(seq.cached, seq.promptIds.length)).concat(seq.fed);
+    // cached counts exactly the positions written; anything else is a bookkeeping bug: go cold.
+    return tokens.length === seq.cached ? tokens : [];
   }
 
   /** Drop finished, cancelled and aborted sequences, freeing their slots. */
@@ -338,7 +432,7 @@ export class Engine implements TextGenerator {
         if (seq.signal?.aborted) seq.finish ??= 'cancelled';
         if (seq.finish) {
           list.splice(i, 1);
-          this.#freeSlots.push(seq.slot!);
+          this.#release(seq.slot!, this.#writtenTokens(seq));
           this.#end(seq, seq.finish);
         }
       }
@@ -403,8 +497,13 @@ export class Engine implements TextGenerator {
   /** Logits at the last position (or every position) of `tokens`, for comparisons with other runtimes. */
   async logits(tokens: number[], all = false): Promise<Float32Array[]> {
     if (this.#loop) throw new OverloadedError('logits needs an idle engine');
-    const slot = this.#freeSlots[this.#freeSlots.length - 1];
+    const slot = this.#pickSlot(tokens).slot;
+    // The slot's cache is overwritten from position 0: cold until the prefill has written it.
+    this.#slotTokens[slot] = [];
+    this.#slotReleased[slot] = 0;
     const { logits } = await this.model.prefill(slot, tokens, 0, { allLogits: true });
+    this.#slotTokens[slot] = tokens.slice();
+    this.#slotReleased[slot] = ++this.#releases;
     return all ? logits! : [logits![logits!.length - 1]];
   }
 

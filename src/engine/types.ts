@@ -47,6 +47,11 @@ export type FinishReason = 'stop' | 'length' | 'cancelled';
 export interface GenerationSummary {
   finishReason: FinishReason;
   promptTokens: number;
+  /**
+   * Prompt tokens whose K/V were reused from a previous sequence's cache (a shared prefix) rather
+   * than computed; the rest of the prompt was prefilled. Absent from generators without a prompt cache.
+   */
+  cachedPromptTokens?: number;
   completionTokens: number;
   /** Milliseconds from the request's arrival to its first token. */
   ttftMs: number;
@@ -72,6 +77,10 @@ export interface EngineInfo {
   activeSequences: number;
   kvBlocksUsed: number;
   kvBlocksTotal: number;
+  /** Prompt tokens taken from a cached prefix instead of prefilled, since start (a counter). */
+  promptTokensReused?: number;
+  /** Prompt tokens prefilled, since start (a counter); with promptTokensReused, the prefix cache's hit rate. */
+  promptTokensComputed?: number;
 }
 
 /** What the axon serves. The scheduler implements it over a loaded model. */
