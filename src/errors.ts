@@ -59,3 +59,10 @@ export class OverloadedError extends MinerError {
     super('OVERLOADED', message);
   }
 }
+
+/** A crypto worker thread died or failed a job (wire code INTERNAL; the pool restarts the worker). */
+export class CryptoWorkerError extends MinerError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('CRYPTO_WORKER', message, options);
+  }
+}

@@ -225,7 +225,8 @@ describe('engine errors and limits', () => {
   });
 
   test('RATE_LIMITED: per-hotkey rate and concurrency cap; other hotkeys unaffected', async () => {
-    const axon = await startAxon({ policy: { ratePerSecond: 0.5, rateBurst: 3, maxConcurrentPerHotkey: 1, allow: [keys.eve.address] } });
+    // A refill (one request per 100 s) that no run, however slow the machine, can see during the test.
+    const axon = await startAxon({ policy: { ratePerSecond: 0.01, rateBurst: 3, maxConcurrentPerHotkey: 1, allow: [keys.eve.address] } });
     const peer = await RawPeer.connect(axon.url);
     const long = generate({ prompt: 'long', max_tokens: LONG });
     peer.send(long);

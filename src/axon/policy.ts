@@ -4,6 +4,8 @@
 //   -> signature -> replay cache -> deny list / validator permit / minimum stake
 //   -> per-hotkey rate limit (every op but cancel) -> [server] payload -> concurrency cap -> queue
 //
+// admit() runs them all; the server runs precheck() (up to registered) when a frame arrives, has the
+// signature checked on a crypto worker, then authorise() (from the signature on) in arrival order.
 // Each step throws an AxonError with its wire code. The (signed_by, id) pair is remembered once the
 // frame has passed the deny/permit/stake step, so only authorised validators fill the replay cache,
 // each within a quota, and a frame that was rate limited cannot be replayed later in its window.
@@ -315,6 +317,15 @@ export class Policy {
 
   /** Run every check on a decoded frame, in order. Returns who asked, or throws AxonError. */
   admit(frame: RequestFrame, now: number): Admission {
+    this.precheck(frame, now);
+    return this.authorise(frame, verifyFrame(frame), now);
+  }
+
+  /**
+   * The checks before the signature (timestamp window, signed_for, signer registered): all a frame
+   * must pass before its signature is worth the CPU. Throws AxonError.
+   */
+  precheck(frame: RequestFrame, now: number): void {
     const context = { requestId: frame.id, signedBy: frame.signed_by };
     const age = now - frame.timestamp;
     if (age > this.windowMs) {
@@ -326,12 +337,18 @@ export class Policy {
     if (frame.signed_for !== this.minerHotkey) {
       throw new AxonError('WRONG_MINER', `frame is signed for ${frame.signed_for}, but this miner is ${this.minerHotkey}`, context);
     }
-    const neuron = this.#metagraph()?.neurons.get(frame.signed_by);
-    const allowListed = this.#allow.has(frame.signed_by);
-    if (!neuron && !allowListed) {
-      throw new AxonError('NOT_REGISTERED', `hotkey ${frame.signed_by} is not in this miner's metagraph or allow list`, context);
-    }
-    if (!verifyFrame(frame)) {
+    this.#registration(frame, context);
+  }
+
+  /**
+   * The checks from the signature on, for a frame that passed precheck at time `now`, given the
+   * signature's verdict (checked here by admit, or on a crypto worker by the server). Registration is
+   * looked up again: the metagraph may have been reloaded while the signature was being checked.
+   */
+  authorise(frame: RequestFrame, signatureValid: boolean, now: number): Admission {
+    const context = { requestId: frame.id, signedBy: frame.signed_by };
+    const { neuron, allowListed } = this.#registration(frame, context);
+    if (!signatureValid) {
       throw new AxonError('BAD_SIGNATURE', 'signature does not verify: sign sha256_hex(body).id.timestamp.signed_for with your hotkey (sr25519, "0x" + hex)', context);
     }
     if (this.replay.has(frame.signed_by, frame.id, now)) {
@@ -354,6 +371,15 @@ export class Policy {
       throw new AxonError('RATE_LIMITED', `more than ${this.#rate.ratePerSecond} requests/s (burst ${this.#rate.burst}) from ${frame.signed_by}`, context);
     }
     return { hotkey: frame.signed_by, stake: neuron?.stake ?? 0, uid: neuron?.uid ?? null };
+  }
+
+  #registration(frame: RequestFrame, context: { requestId: string; signedBy: string }): { neuron: MetagraphNeuron | undefined; allowListed: boolean } {
+    const neuron = this.#metagraph()?.neurons.get(frame.signed_by);
+    const allowListed = this.#allow.has(frame.signed_by);
+    if (!neuron && !allowListed) {
+      throw new AxonError('NOT_REGISTERED', `hotkey ${frame.signed_by} is not in this miner's metagraph or allow list`, context);
+    }
+    return { neuron, allowListed };
   }
 
   /** Reserve one of a hotkey's generation slots; the returned function gives it back (idempotent). */

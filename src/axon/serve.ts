@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { pino, type Logger } from 'pino';
 import { OptionError } from '../errors.ts';
 import type { TextGenerator } from '../engine/types.ts';
+import { MAX_CRYPTO_WORKERS } from './crypto-pool.ts';
 import { MetagraphWatcher, parseMetagraph, type Metagraph } from './policy.ts';
 import { AxonServer, resolveLimits, type AxonLimits } from './server.ts';
 import { signerFromUri, type Signer } from './signing.ts';
@@ -34,6 +35,8 @@ export interface ServeOptions {
   rateBurst?: number;
   maxConcurrentPerHotkey?: number;
   replayCacheSize?: number;
+  /** Worker threads for sr25519 verification and response signing; 0 = the main thread. Default min(4, max(1, cores - 1)). */
+  cryptoWorkers?: number;
   logger?: Logger;
   /** pino level when no logger is given. Default info. */
   logLevel?: string;
@@ -82,6 +85,7 @@ export async function serve(generator: TextGenerator, options: ServeOptions = {}
       logger,
       processMetrics: options.processMetrics ?? true,
       limits: options.limits,
+      cryptoWorkers: options.cryptoWorkers,
       policy: {
         metagraph,
         minStake: options.minStake,
@@ -195,6 +199,7 @@ export function addServeOptions(command: Command): Command {
     .option('--rate-limit <n>', 'requests per second per validator hotkey', '10')
     .option('--rate-burst <n>', 'burst of requests per validator hotkey', '20')
     .option('--max-concurrent <n>', 'generations in flight per validator hotkey', '8')
+    .option('--crypto-workers <n>', 'worker threads that verify request signatures and sign responses (0: on the main thread; default min(4, cores - 1))')
     .option('--log-level <level>', 'pino log level', 'info');
 }
 
@@ -252,7 +257,11 @@ export function parseServeOptions(flags: Record<string, unknown>): ServeOptions 
     ratePerSecond: positive('rate-limit', flags.rateLimit ?? '10', false),
     rateBurst: integer('rate-burst', flags.rateBurst ?? '20'),
     maxConcurrentPerHotkey: integer('max-concurrent', flags.maxConcurrent ?? '8'),
+    cryptoWorkers: integer('crypto-workers', flags.cryptoWorkers, 0),
     logLevel,
   };
+  if (options.cryptoWorkers !== undefined && options.cryptoWorkers > MAX_CRYPTO_WORKERS) {
+    throw new OptionError(`--crypto-workers must be at most ${MAX_CRYPTO_WORKERS} (got ${options.cryptoWorkers})`);
+  }
   return options;
 }

@@ -1,13 +1,21 @@
 // The axon: a WebSocket server validators query with signed msgpack frames, streaming signed tokens
 // back, with GET /metrics (Prometheus) and GET /health on the same port.
 //
-// One frame's path: ws maxPayload (at the length header) -> decode -> policy (policy.ts) -> payload
-// -> concurrency slot -> TextGenerator.generate(priority = stake) -> token frames (batched) -> done.
+// One frame's path: ws maxPayload (at the length header) -> decode -> policy up to "registered"
+// (policy.ts precheck) -> signature, on a crypto worker (crypto-pool.ts) -> the rest of the policy
+// (authorise) -> payload -> concurrency slot -> TextGenerator.generate(priority = stake) -> token
+// frames (batched, signed on a crypto worker) -> done.
+// Order: a connection's frames are finished (authorised, then answered or started) in the order they
+// arrived, whatever order their signatures come back in (Connection.inbound), and its response frames
+// leave in the order they were made (Connection.outbound). So a cancel pipelined after its generate is
+// handled after it, and a request's token frames and done go out in order.
 // Nothing a peer sends can crash the process: every handler ends in an error frame or a close.
-// Memory per connection is bounded: tokens are pulled from the generator only while the socket's
-// unsent bytes are under maxBufferedBytes (and the socket is not read meanwhile); a reader that
-// stays behind for slowReaderTimeoutMs loses the request, and one past four times the mark loses
-// the connection.
+// Memory per connection is bounded: frames waiting for a signature check are capped per connection
+// and in all (refused beyond: RATE_LIMITED / OVERLOADED); tokens are pulled from the generator only
+// while the socket's unsent bytes (frames waiting for their signature included) are under
+// maxBufferedBytes and fewer than maxSignQueuePerConnection frames wait to be signed (and the socket is
+// not read meanwhile); a reader that stays behind for slowReaderTimeoutMs loses the request, and one
+// past four times the mark loses the connection.
 import { createHash } from 'node:crypto';
 import { createServer, STATUS_CODES, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -18,6 +26,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { BadRequestError, MinerError, OptionError, OverloadedError } from '../errors.ts';
 import type { GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
+import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from './crypto-pool.ts';
 import { Policy, type Admission, type PolicyConfig } from './policy.ts';
 import {
   AxonError,
@@ -39,7 +48,7 @@ import {
   type ResponseType,
   type WireToken,
 } from './protocol.ts';
-import { cryptoReady, signResponse, type Signer } from './signing.ts';
+import { cryptoReady, responseFrame, signResponse, verifyFrame, type Signer } from './signing.ts';
 
 export interface AxonLimits {
   /** Largest frame (ws maxPayload, enforced at the length header; the connection closes with 1009). */
@@ -80,6 +89,15 @@ export interface AxonLimits {
   tokenFramesPerSecond: number;
   tokenBatchMax: number;
   tokenBatchBytes: number;
+  /** Frames of one connection waiting for (or in) a signature check on the crypto workers; beyond it a frame is refused with RATE_LIMITED. */
+  maxVerifyQueuePerConnection: number;
+  /** The same over all connections; beyond it a frame is refused with OVERLOADED. */
+  maxVerifyQueue: number;
+  /**
+   * Response frames of one connection waiting for their signature from the crypto workers; at this
+   * many the socket is not read and no tokens are pulled for it, as with unsent bytes.
+   */
+  maxSignQueuePerConnection: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<AxonLimits> = Object.freeze({
@@ -102,6 +120,9 @@ export const DEFAULT_LIMITS: Readonly<AxonLimits> = Object.freeze({
   tokenFramesPerSecond: 500,
   tokenBatchMax: 16,
   tokenBatchBytes: 64 * 1024,
+  maxVerifyQueuePerConnection: 32,
+  maxVerifyQueue: 256,
+  maxSignQueuePerConnection: 64,
 });
 
 /** Fill in defaults and check every limit is a positive safe integer (no `| 0` wrap-arounds). */
@@ -131,6 +152,13 @@ export interface AxonServerOptions {
   processMetrics?: boolean;
   /** Unix-ms clock for timestamps (tests move it). */
   clock?: () => number;
+  /**
+   * Worker threads that verify request signatures and sign responses, so neither blocks the event
+   * loop; 0 does both on the main thread. Default min(4, max(1, cores - 1)).
+   */
+  cryptoWorkers?: number;
+  /** Replaces the crypto worker script (tests use one that stalls or dies on cue); `data` reaches it as workerData.test. */
+  cryptoWorkerScript?: { url: URL; data?: unknown };
 }
 
 export interface AxonStats {
@@ -139,6 +167,9 @@ export interface AxonStats {
   /** Largest unsent byte count seen on any socket after a send. */
   peakBufferedBytes: number;
   replayCacheEntries: number;
+  /** Frames received and not yet finished: waiting for their signature check, or behind one that is. */
+  waitingFrames: number;
+  crypto: CryptoPoolStats;
 }
 
 type StopReason = 'cancel' | 'closed' | 'timeout' | 'slow' | 'shutdown';
@@ -148,8 +179,36 @@ interface Flight {
   reason: StopReason | undefined;
 }
 
+/** A frame that passed what could be checked at once, waiting its turn on its connection. */
+interface Inbound {
+  /** performance.now() at arrival. */
+  readonly receivedAt: number;
+  /** The server clock at arrival: the time the policy judges the frame at. */
+  readonly now: number;
+  op: string;
+  frame?: RequestFrame;
+  /** Why the frame was refused before its signature was checked (it is answered in its turn all the same). */
+  refusal?: unknown;
+  /** The signature's verdict; a promise while a crypto worker checks it; an Error when none could. */
+  signature?: boolean | Error | Promise<boolean | Error>;
+}
+
+/** A response frame's bytes beyond its body, counted as unsent while it waits for its signature. */
+const FRAME_OVERHEAD = 512;
+
 class Connection {
   readonly requests = new Map<string, Flight>();
+  /** Frames finished strictly in arrival order; the head may still be waiting for its signature. */
+  readonly inbound: Inbound[] = [];
+  /** The loop working through `inbound`, while it has anything. */
+  pumping: Promise<void> | undefined;
+  /** This connection's frames queued or running on the crypto workers. */
+  verifying = 0;
+  /** Response frames waiting for their signature, and their bytes (unsent, for backpressure). */
+  signing = 0;
+  signingBytes = 0;
+  /** Settles once every response frame handed to the crypto workers so far has been sent or dropped. */
+  outbound: Promise<void> = Promise.resolve();
   lastInbound = performance.now();
   frameTokens: number;
   frameAt = performance.now();
@@ -201,6 +260,7 @@ export class AxonServer {
   readonly hotkey: string;
   #generator: TextGenerator;
   #signer: Signer;
+  #crypto: CryptoPool;
   #version: string;
   #clock: () => number;
   #http: HttpServer;
@@ -230,6 +290,12 @@ export class AxonServer {
     this.#clock = options.clock ?? Date.now;
     this.logger = options.logger ?? pino({ name: 'axon' });
     this.policy = new Policy({ ...options.policy, minerHotkey: this.hotkey, requestTimeoutMs: this.limits.requestTimeoutMs });
+    this.#crypto = new CryptoPool({
+      workers: options.cryptoWorkers ?? defaultCryptoWorkers(),
+      signer: this.#signer,
+      logger: this.logger,
+      script: options.cryptoWorkerScript,
+    });
     this.#metrics = this.#createMetrics(options.processMetrics ?? false);
 
     this.#http = createServer({ requestTimeout: this.limits.handshakeTimeoutMs * 2, headersTimeout: this.limits.handshakeTimeoutMs }, (req, res) => {
@@ -246,6 +312,7 @@ export class AxonServer {
   async listen(port = 8091, host = '127.0.0.1'): Promise<{ port: number; host: string }> {
     if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new OptionError(`port must be an integer in [0, 65535] (got ${port})`);
     await cryptoReady();
+    await this.#crypto.start();
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error) => reject(new OptionError(`cannot listen on ${host}:${port}: ${err.message}`));
       this.#http.once('error', onError);
@@ -256,7 +323,10 @@ export class AxonServer {
     });
     const address = this.#http.address();
     this.#port = typeof address === 'object' && address ? address.port : port;
-    this.logger.info({ event: 'listening', host, port: this.#port, hotkey: this.hotkey, protocol: PROTOCOL_VERSION }, 'axon listening');
+    this.logger.info(
+      { event: 'listening', host, port: this.#port, hotkey: this.hotkey, protocol: PROTOCOL_VERSION, cryptoWorkers: this.#crypto.workers },
+      'axon listening',
+    );
     return { port: this.#port, host };
   }
 
@@ -265,11 +335,15 @@ export class AxonServer {
   }
 
   stats(): AxonStats {
+    let waitingFrames = 0;
+    for (const conn of this.#connections) waitingFrames += conn.inbound.length;
     return {
       connections: this.#connections.size,
       activeRequests: this.#flights.size,
       peakBufferedBytes: this.#peakBuffered,
       replayCacheEntries: this.policy.replay.size,
+      waitingFrames,
+      crypto: this.#crypto.stats(),
     };
   }
 
@@ -302,6 +376,9 @@ export class AxonServer {
     gauge('axon_replay_cache_entries', '(signed_by, id) pairs remembered', () => this.policy.replay.size);
     gauge('axon_metagraph_neurons', 'Neurons in the metagraph in force', () => this.policy.metagraph?.neurons.size ?? 0);
     gauge('axon_metagraph_block', 'Block of the metagraph in force', () => this.policy.metagraph?.block ?? 0);
+    gauge('axon_crypto_verify_queue', 'Signature checks queued or running on the crypto workers', () => this.#crypto.stats().verifying);
+    gauge('axon_crypto_sign_queue', 'Response signatures queued or running on the crypto workers', () => this.#crypto.stats().signing);
+    gauge('axon_crypto_worker_exits', 'Crypto workers that exited unexpectedly (each was replaced)', () => this.#crypto.stats().workerExits);
     return {
       requests: new Counter({
         name: 'axon_requests_total',
@@ -443,6 +520,7 @@ export class AxonServer {
     for (const resolve of conn.drainWaiters) resolve(false);
     conn.drainWaiters.clear();
     for (const flight of conn.requests.values()) this.#stop(flight, 'closed');
+    this.#crypto.forget(conn);
     this.#connections.delete(conn);
     const n = (this.#perIp.get(conn.ip) ?? 1) - 1;
     if (n <= 0) this.#perIp.delete(conn.ip);
@@ -457,31 +535,44 @@ export class AxonServer {
   // -------------------------------------------------------------------------------------------
   // Backpressure
 
+  /** Bytes not yet handed to the kernel: in the socket's buffer, or in frames waiting for their signature. */
+  #unsent(conn: Connection): number {
+    return conn.ws.bufferedAmount + conn.signingBytes;
+  }
+
+  /** Too much unsent: pull no tokens for this connection and do not read it. */
+  #backlogged(conn: Connection): boolean {
+    return this.#unsent(conn) > this.limits.maxBufferedBytes || conn.signing >= this.limits.maxSignQueuePerConnection;
+  }
+
   /** Send one encoded frame; false when the socket is gone (or was just terminated for hoarding). */
   #sendBytes(conn: Connection, bytes: Uint8Array): boolean {
     if (conn.closed || conn.ws.readyState !== WebSocket.OPEN) return false;
     conn.ws.send(bytes, { binary: true });
-    const buffered = conn.ws.bufferedAmount;
-    if (buffered > this.#peakBuffered) this.#peakBuffered = buffered;
-    if (buffered > this.limits.maxBufferedBytes * 4) {
-      this.logger.warn({ event: 'slow_reader', ip: conn.ip, buffered }, 'connection dropped: unsent bytes past four times the limit');
+    const unsent = this.#unsent(conn);
+    if (unsent > this.#peakBuffered) this.#peakBuffered = unsent;
+    if (unsent > this.limits.maxBufferedBytes * 4) {
+      this.logger.warn({ event: 'slow_reader', ip: conn.ip, buffered: unsent }, 'connection dropped: unsent bytes past four times the limit');
       conn.ws.terminate();
       return false;
     }
-    if (buffered > this.limits.maxBufferedBytes && !conn.inboundPaused) {
-      // Stop reading what this peer sends until it reads what we sent.
-      conn.inboundPaused = true;
-      conn.ws.pause();
-      this.#watchDrain(conn);
-    }
+    this.#pauseIfBacklogged(conn);
     return true;
+  }
+
+  #pauseIfBacklogged(conn: Connection): void {
+    if (conn.inboundPaused || !this.#backlogged(conn)) return;
+    // Stop reading what this peer sends until it reads what we sent.
+    conn.inboundPaused = true;
+    conn.ws.pause();
+    this.#watchDrain(conn);
   }
 
   #watchDrain(conn: Connection): void {
     if (conn.drainTimer) return;
     conn.drainTimer = setInterval(() => {
       if (conn.closed) return;
-      if (conn.ws.bufferedAmount > this.limits.maxBufferedBytes / 2) return;
+      if (this.#unsent(conn) > this.limits.maxBufferedBytes / 2 || conn.signing > this.limits.maxSignQueuePerConnection / 2) return;
       clearInterval(conn.drainTimer);
       conn.drainTimer = undefined;
       if (conn.inboundPaused) {
@@ -493,7 +584,7 @@ export class AxonServer {
     }, 10);
   }
 
-  /** Resolves true once the socket's unsent bytes fall to half the limit, false on timeout or close. */
+  /** Resolves true once the socket's unsent bytes (and frames to sign) fall to half the limit, false on timeout or close. */
   #drained(conn: Connection, timeoutMs: number): Promise<boolean> {
     if (conn.closed) return Promise.resolve(false);
     return new Promise((resolve) => {
@@ -510,11 +601,32 @@ export class AxonServer {
     });
   }
 
-  /** Encode, sign and send a response; returns the body bytes sent (for the transcript), or null. */
+  /**
+   * Encode, sign and send a response; returns the body bytes sent (for the transcript), or null when
+   * the socket is gone. With crypto workers the frame is signed there and sent after every frame
+   * this connection handed over before it (conn.outbound); until then it counts as unsent.
+   */
   #respond(conn: Connection, type: ResponseType, id: string, signedFor: string, payload: unknown): Uint8Array | null {
+    if (conn.closed || conn.ws.readyState !== WebSocket.OPEN) return null;
     const body = encodeBody(payload);
-    const frame = signResponse(this.#signer, { type, id, signedFor, body, timestamp: this.#clock() });
-    return this.#sendBytes(conn, encodeFrame(frame)) ? body : null;
+    const fields = { type, id, signedFor, body, timestamp: this.#clock() };
+    if (this.#crypto.signsInline) return this.#sendBytes(conn, encodeFrame(signResponse(this.#signer, fields))) ? body : null;
+    const cost = body.length + FRAME_OVERHEAD;
+    conn.signing += 1;
+    conn.signingBytes += cost;
+    const signature = this.#crypto.sign(conn, fields);
+    conn.outbound = conn.outbound.then(async () => {
+      const signed = await signature; // never rejects: null when dropped (connection closed)
+      conn.signing -= 1;
+      conn.signingBytes -= cost;
+      try {
+        if (signed !== null) this.#sendBytes(conn, encodeFrame(responseFrame(this.hotkey, fields, signed)));
+      } catch (err) {
+        this.logger.error({ event: 'internal', err }, 'failed to send a response frame');
+      }
+    });
+    this.#pauseIfBacklogged(conn);
+    return body;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -524,15 +636,20 @@ export class AxonServer {
     this.logger[level]({ event: 'request', ...fields }, 'request');
   }
 
-  /** Answer a failed request with an error frame, count it and log it. */
-  #fail(conn: Connection, err: unknown, op: string, frame?: RequestFrame, admission?: Admission): void {
+  /**
+   * Answer a failed request with an error frame, count it and log it. A frame refused before its
+   * signature was shown valid (`beforeSignature`, or a code only such frames get) spends the
+   * connection's bad-frame budget.
+   */
+  #fail(conn: Connection, err: unknown, op: string, frame?: RequestFrame, admission?: Admission, beforeSignature = false): void {
     const code = wireCode(err);
+    const unauthenticated = beforeSignature || UNAUTHENTICATED.has(code);
     const axon = err instanceof AxonError ? err : undefined;
     const message = code === 'INTERNAL' ? 'internal error; the miner has logged it' : (err as Error).message;
     const id = frame?.id ?? axon?.requestId ?? '';
     const signedFor = frame?.signed_by ?? axon?.signedBy ?? '';
     this.#metrics.requests.inc({ op, outcome: code });
-    if (UNAUTHENTICATED.has(code) && !this.#takeBadFrameToken(conn)) {
+    if (unauthenticated && !this.#takeBadFrameToken(conn)) {
       this.logger.warn({ event: 'bad_frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxBadFramesPerSecond} refused frames/s`);
       conn.ws.close(1008, 'too many bad frames');
       return;
@@ -540,7 +657,7 @@ export class AxonServer {
     this.#respond(conn, 'error', id, signedFor, { code, message } satisfies ErrorBody);
     const fields = { validator: signedFor || undefined, uid: admission?.uid ?? undefined, ip: conn.ip, op, id: id || undefined, outcome: code, message };
     if (code === 'INTERNAL') this.#log({ ...fields, err }, 'error');
-    else this.#log(fields, UNAUTHENTICATED.has(code) ? 'debug' : 'info');
+    else this.#log(fields, unauthenticated ? 'debug' : 'info');
   }
 
   #takeFrameToken(conn: Connection): boolean {
@@ -567,22 +684,80 @@ export class AxonServer {
     const receivedAt = performance.now();
     conn.lastInbound = receivedAt;
     if (conn.closed) return;
-    let frame: RequestFrame | undefined;
-    let admission: Admission | undefined;
-    let op = 'unknown';
+    if (!this.#takeFrameToken(conn)) {
+      this.#metrics.requests.inc({ op: 'unknown', outcome: 'FRAME_RATE' });
+      this.logger.warn({ event: 'frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxFramesPerSecond} frames/s`);
+      conn.ws.close(1008, 'frame rate limit exceeded');
+      return;
+    }
+    const entry: Inbound = { receivedAt, now: this.#clock(), op: 'unknown' };
     try {
-      if (!this.#takeFrameToken(conn)) {
-        this.#metrics.requests.inc({ op, outcome: 'FRAME_RATE' });
-        this.logger.warn({ event: 'frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxFramesPerSecond} frames/s`);
-        conn.ws.close(1008, 'frame rate limit exceeded');
-        return;
-      }
       if (!isBinary) throw new AxonError('BAD_FRAME', 'text frames are not accepted: send each frame as one binary message of msgpack');
       const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
-      frame = decodeRequestFrame(bytes, { maxBodyBytes: this.limits.maxFrameBytes });
-      op = frame.op;
+      const frame = decodeRequestFrame(bytes, { maxBodyBytes: this.limits.maxFrameBytes });
+      entry.frame = frame;
+      entry.op = frame.op;
       if (this.#closing) throw new AxonError('OVERLOADED', 'miner is shutting down', { requestId: frame.id, signedBy: frame.signed_by });
-      admission = this.policy.admit(frame, this.#clock());
+      this.policy.precheck(frame, entry.now);
+      entry.signature = this.#verify(conn, frame);
+    } catch (err) {
+      entry.refusal = err;
+    }
+    // Finished at once when nothing on this connection is waiting; else in its turn.
+    if (conn.inbound.length === 0 && !(entry.signature instanceof Promise)) return this.#finish(conn, entry);
+    conn.inbound.push(entry);
+    if (conn.pumping === undefined) {
+      const pumping = this.#pump(conn);
+      if (conn.inbound.length > 0) conn.pumping = pumping; // (it returns at once only if it found nothing left to wait for)
+    }
+  }
+
+  /** Check a frame's signature: on a crypto worker (a promise) unless there are none. Throws when the queues are full. */
+  #verify(conn: Connection, frame: RequestFrame): boolean | Promise<boolean | Error> {
+    if (this.#crypto.inline) return verifyFrame(frame);
+    const context = { requestId: frame.id, signedBy: frame.signed_by };
+    const perConnection = this.limits.maxVerifyQueuePerConnection;
+    if (conn.verifying >= perConnection) {
+      throw new AxonError('RATE_LIMITED', `${conn.verifying} frames of this connection are already waiting for their signature check (at most ${perConnection}); wait for their answers`, context);
+    }
+    if (this.#crypto.verifying >= this.limits.maxVerifyQueue) {
+      throw new AxonError('OVERLOADED', `${this.#crypto.verifying} frames are waiting for their signature check (at most ${this.limits.maxVerifyQueue} over all connections); retry shortly`, context);
+    }
+    conn.verifying += 1;
+    const job = { body: frame.body, id: frame.id, timestamp: frame.timestamp, signedFor: frame.signed_for, signature: frame.signature, address: frame.signed_by };
+    return this.#crypto.verify(conn, job).then((valid) => {
+      conn.verifying -= 1;
+      return valid;
+    });
+  }
+
+  /** Finish a connection's waiting frames in arrival order, each once its signature's verdict is in. */
+  async #pump(conn: Connection): Promise<void> {
+    for (;;) {
+      const entry = conn.inbound[0];
+      if (entry === undefined || conn.closed) {
+        conn.inbound.length = 0;
+        conn.pumping = undefined;
+        return;
+      }
+      if (entry.signature instanceof Promise) {
+        entry.signature = await entry.signature; // never rejects
+        continue; // look again: the connection may have closed meanwhile
+      }
+      conn.inbound.shift();
+      this.#finish(conn, entry);
+    }
+  }
+
+  /** The rest of a frame's path, in its turn: the policy from the signature on, then the op. */
+  #finish(conn: Connection, entry: Inbound): void {
+    const { frame, receivedAt, op } = entry;
+    let admission: Admission | undefined;
+    try {
+      if (entry.refusal !== undefined || frame === undefined) throw entry.refusal;
+      if (entry.signature instanceof Error) throw entry.signature; // a crypto worker died during the check: INTERNAL
+      if (this.#closing) throw new AxonError('OVERLOADED', 'miner is shutting down', { requestId: frame.id, signedBy: frame.signed_by });
+      admission = this.policy.authorise(frame, entry.signature === true, entry.now);
       const context = { requestId: frame.id, signedBy: frame.signed_by };
       switch (frame.op) {
         case 'ping':
@@ -606,6 +781,7 @@ export class AxonServer {
         case 'generate': {
           const payload = decodeGeneratePayload(frame.body, this.limits, context);
           const release = this.policy.acquireSlot(frame.signed_by, context);
+          // #generate registers the flight before its first await, so a cancel finished next finds it.
           const task = this.#generate(conn, frame, admission, payload, receivedAt, release).catch((err) => {
             this.logger.error({ event: 'internal', err }, 'generation task failed');
           });
@@ -616,7 +792,7 @@ export class AxonServer {
       }
     } catch (err) {
       try {
-        this.#fail(conn, err, op, frame, admission);
+        this.#fail(conn, err, op, frame, admission, entry.refusal !== undefined);
       } catch (inner) {
         this.logger.error({ event: 'internal', err: inner }, 'failed to send an error frame');
       }
@@ -692,7 +868,7 @@ export class AxonServer {
       iterator = this.#generator.generate(toEngineRequest(payload), { signal: flight.abort.signal, priority: admission.stake });
       for (;;) {
         if (flight.abort.signal.aborted) break;
-        if (conn.ws.bufferedAmount > this.limits.maxBufferedBytes) {
+        if (this.#backlogged(conn)) {
           const drained = await this.#drained(conn, this.limits.slowReaderTimeoutMs);
           if (!drained) this.#stop(flight, conn.closed ? 'closed' : 'slow');
           continue;
@@ -792,6 +968,12 @@ export class AxonServer {
     }
     for (const flight of this.#flights) this.#stop(flight, 'shutdown');
     await settle(2000);
+    // Frames still being checked get their answers, and answers still being signed go out, before the sockets close.
+    const flushed = async (conn: Connection) => {
+      await conn.pumping;
+      await conn.outbound;
+    };
+    await Promise.race([Promise.all([...this.#connections].map(flushed)), sleep(1000)]);
     const closes = [...this.#connections].map(
       (conn) =>
         new Promise<void>((resolve) => {
@@ -804,6 +986,7 @@ export class AxonServer {
     for (const conn of this.#connections) conn.ws.terminate();
     this.#http.closeAllConnections();
     await httpClosed;
+    await this.#crypto.close();
     this.logger.info({ event: 'closed' }, 'axon closed');
   }
 }

@@ -5,10 +5,12 @@
 // "0x" + 128 hex digits, or an address that does not decode, is a failure, never a skip.
 import { createHash, randomUUID } from 'node:crypto';
 import { Keyring } from '@polkadot/keyring';
+import { decodePair } from '@polkadot/keyring/pair/decode';
 import type { KeyringPair } from '@polkadot/keyring/types';
-import { u8aToHex, hexToU8a, u8aWrapBytes } from '@polkadot/util';
-import { checkAddress, cryptoIsReady, cryptoWaitReady, decodeAddress, sr25519Verify } from '@polkadot/util-crypto';
+import { u8aToHex, hexToU8a } from '@polkadot/util';
+import { checkAddress, cryptoIsReady, cryptoWaitReady } from '@polkadot/util-crypto';
 import { MinerError, OptionError } from '../errors.ts';
+import { SS58_FORMAT, signedMessage as epistulaMessage, verifySignature as verifySr25519, type Keypair } from './sr25519.mjs';
 import {
   PROTOCOL_VERSION,
   encodeBody,
@@ -18,8 +20,7 @@ import {
   type ResponseType,
 } from './protocol.ts';
 
-export const SS58_FORMAT = 42;
-const SIGNATURE = /^0x[0-9a-fA-F]{128}$/;
+export { SS58_FORMAT };
 
 /** Load the sr25519 WebAssembly once; every other function here needs it. */
 export async function cryptoReady(): Promise<void> {
@@ -38,11 +39,27 @@ export interface Signer {
   sign(message: Uint8Array): string;
 }
 
+// The key pair behind each signer made here, for crypto worker threads (signerKeypair). Kept out of
+// the Signer object itself, so that logging or serialising a signer cannot leak its secret.
+const pairs = new WeakMap<Signer, KeyringPair>();
+
 function signerFromPair(pair: KeyringPair): Signer {
-  return {
+  const signer: Signer = {
     address: pair.address,
     sign: (message) => u8aToHex(pair.sign(message)),
   };
+  pairs.set(signer, pair);
+  return signer;
+}
+
+/**
+ * The raw sr25519 key pair of a signer made by signerFromUri/signerFromSeed (undefined for any other
+ * Signer), so that worker threads of this process can sign with the same key.
+ */
+export function signerKeypair(signer: Signer): Keypair | undefined {
+  const pair = pairs.get(signer);
+  if (!pair || pair.isLocked) return undefined;
+  return decodePair(undefined, pair.encodePkcs8(), 'none');
 }
 
 function keyring(): Keyring {
@@ -85,30 +102,17 @@ export function sha256Hex(bytes: Uint8Array): string {
 
 /** Epistula v2's signed string, as UTF-8 bytes. */
 export function signedMessage(body: Uint8Array, id: string, timestamp: number, signedFor: string): Uint8Array {
-  return Buffer.from(`${sha256Hex(body)}.${id}.${timestamp}.${signedFor}`, 'utf8');
+  return epistulaMessage(body, id, timestamp, signedFor);
 }
 
 /**
  * Verify an sr25519 signature by `address` over `message`. Also accepts the same message wrapped
  * as <Bytes>...</Bytes> (what browser wallets and btwallet sign). Never throws: a malformed or
- * empty signature or address is simply not valid.
+ * empty signature or address is simply not valid. (The crypto workers run the same code: sr25519.mjs.)
  */
 export function verifySignature(message: Uint8Array, signature: unknown, address: string): boolean {
   requireReady();
-  if (typeof signature !== 'string' || !SIGNATURE.test(signature)) return false;
-  let publicKey: Uint8Array;
-  try {
-    publicKey = decodeAddress(address, false, SS58_FORMAT);
-  } catch {
-    return false;
-  }
-  if (publicKey.length !== 32) return false;
-  try {
-    const sig = hexToU8a(signature);
-    return sr25519Verify(message, sig, publicKey) || sr25519Verify(u8aWrapBytes(message), sig, publicKey);
-  } catch {
-    return false;
-  }
+  return verifySr25519(message, signature, address);
 }
 
 /** Verify a frame's signature against its own signed_by. */
@@ -148,12 +152,17 @@ export interface SignResponseFields {
 export function signResponse(signer: Signer, fields: SignResponseFields): ResponseFrame {
   const timestamp = fields.timestamp ?? Date.now();
   const signature = signer.sign(signedMessage(fields.body, fields.id, timestamp, fields.signedFor));
+  return responseFrame(signer.address, { ...fields, timestamp }, signature);
+}
+
+/** A response frame from its fields and a signature made elsewhere (a crypto worker). */
+export function responseFrame(signedBy: string, fields: SignResponseFields & { timestamp: number }, signature: string): ResponseFrame {
   return {
     v: PROTOCOL_VERSION,
     id: fields.id,
     type: fields.type,
-    timestamp,
-    signed_by: signer.address,
+    timestamp: fields.timestamp,
+    signed_by: signedBy,
     signed_for: fields.signedFor,
     body: fields.body,
     signature,

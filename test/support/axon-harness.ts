@@ -88,6 +88,9 @@ export async function startAxon(options: {
   limits?: Partial<AxonLimits>;
   logger?: Logger;
   clock?: () => number;
+  /** Default: the server's default (a pool of worker threads). */
+  cryptoWorkers?: number;
+  cryptoWorkerScript?: { url: URL; data?: unknown };
 } = {}): Promise<TestAxon> {
   const keys = await devKeys();
   const owned = options.generator === undefined;
@@ -98,6 +101,8 @@ export async function startAxon(options: {
     logger: options.logger ?? pino({ level: 'silent' }),
     clock: options.clock,
     limits: options.limits,
+    cryptoWorkers: options.cryptoWorkers,
+    cryptoWorkerScript: options.cryptoWorkerScript,
     policy: {
       metagraph: devMetagraph(keys),
       allow: [keys.eve.address],

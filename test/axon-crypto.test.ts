@@ -1,0 +1,273 @@
+// The crypto worker pool (src/axon/crypto-pool.ts) behind the axon, over real sockets with real keys:
+// signatures are checked on worker threads while the main thread keeps serving; a connection's frames
+// are finished in arrival order whatever order their checks end in (a pipelined cancel included); a
+// crashed worker is replaced and only its own frames fail; the verification queue is capped per
+// connection and in all; shutdown stops the workers. A test worker (support/crypto-test-worker.mjs)
+// holds or crashes jobs on cue, so nothing here depends on timing.
+import { Command } from 'commander';
+import { pino } from 'pino';
+import { describe, expect, test } from 'vitest';
+import { CryptoPool } from '../src/axon/crypto-pool.ts';
+import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
+import { signRequest, signedMessage, verifySignature, type Signer } from '../src/axon/signing.ts';
+import type { TextGenerator } from '../src/engine/types.ts';
+import { RawPeer, captureLogger, devKeys, startAxon, type Received } from './support/axon-harness.ts';
+
+const keys = await devKeys();
+const TEST_WORKER = new URL('./support/crypto-test-worker.mjs', import.meta.url);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const end = performance.now() + timeoutMs;
+  while (!cond()) {
+    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+/** A flag the test worker waits on before checking a held frame's signature; release() lets it go. */
+function holdGate() {
+  const buffer = new SharedArrayBuffer(4);
+  const flag = new Int32Array(buffer);
+  return {
+    buffer,
+    release: () => {
+      Atomics.store(flag, 0, 1);
+      Atomics.notify(flag, 0);
+    },
+  };
+}
+
+/** No GPU needed: answers info, and streams a token every 10 ms until aborted. */
+const endless: TextGenerator = {
+  info: () => ({ modelId: 'endless', weightsDigest: '', adapter: '', backend: '', queueDepth: 0, activeSequences: 0, kvBlocksUsed: 0, kvBlocksTotal: 0 }),
+  close: async () => {},
+  async *generate(_request, options) {
+    for (let index = 0; ; index++) {
+      if (options?.signal?.aborted) return { finishReason: 'cancelled', promptTokens: 1, completionTokens: index, ttftMs: 0, totalMs: 0, tokensPerS: 0 };
+      await sleep(10);
+      yield { index, tokenId: index, text: 'x', logprob: -1, topLogprobs: [] };
+    }
+  },
+};
+
+const ping = (signer: Signer = keys.alice) => signRequest(signer, { op: 'ping', payload: {}, signedFor: keys.miner.address });
+const badSignature = () => ({ ...ping(), signature: ping(keys.bob).signature });
+const codeOf = (r: Received) => (r.parsed.type === 'error' ? r.parsed.body.code : r.frame.type);
+
+describe('the axon with crypto workers', () => {
+  test('signatures are checked on worker threads: while one is stuck there, the main thread serves other connections', async () => {
+    const gate = holdGate();
+    const held = ping();
+    const flood = Array.from({ length: 16 }, badSignature);
+    const axon = await startAxon({ generator: endless, cryptoWorkers: 2, cryptoWorkerScript: { url: TEST_WORKER, data: { hold: gate.buffer, holdIds: [held.id] } } });
+    try {
+      const a = await RawPeer.connect(axon.url);
+      a.send(held);
+      for (const frame of flood) a.send(frame);
+      await waitFor('the held check to start', () => axon.server.stats().waitingFrames === 1 + flood.length);
+      // One worker is stuck on `held`: a connection that verified on the main thread would be frozen now.
+      const b = await RawPeer.connect(axon.url);
+      expect((await fetch(`http://127.0.0.1:${axon.port}/health`)).status).toBe(200);
+      const p = ping(keys.eve);
+      b.send(p);
+      const pong = await b.next();
+      expect(pong.frame.id).toBe(p.id);
+      expect(pong.frame.type).toBe('pong');
+      expect(pong.verified).toBe(true);
+      // a's frames are answered in arrival order: nothing yet, since the first is still being checked.
+      expect(axon.server.stats().crypto.verifying).toBeGreaterThanOrEqual(1);
+      expect(a.pending).toBe(0);
+      gate.release();
+      const first = await a.next();
+      expect([first.frame.id, first.frame.type]).toEqual([held.id, 'pong']);
+      for (const frame of flood) {
+        const r = await a.next();
+        expect([r.frame.id, codeOf(r), r.verified]).toEqual([frame.id, 'BAD_SIGNATURE', true]);
+      }
+      // Every check and every answer's signature was made on a worker.
+      expect(axon.server.stats().crypto).toMatchObject({ verifiedInWorkers: 2 + flood.length, signedInWorkers: 2 + flood.length, signedInline: 0, verifying: 0 });
+      a.close();
+      b.close();
+    } finally {
+      gate.release();
+      await axon.close();
+    }
+  });
+
+  test('a cancel pipelined after its generate is handled after it, though its signature check ends first', async () => {
+    const gate = holdGate();
+    const generate = signRequest(keys.alice, { op: 'generate', payload: { prompt: 'p', max_tokens: 1000 }, signedFor: keys.miner.address });
+    const cancel = signRequest(keys.alice, { op: 'cancel', payload: { target: generate.id }, signedFor: keys.miner.address });
+    const axon = await startAxon({ generator: endless, cryptoWorkers: 2, cryptoWorkerScript: { url: TEST_WORKER, data: { hold: gate.buffer, holdIds: [generate.id] } } });
+    try {
+      const peer = await RawPeer.connect(axon.url);
+      peer.send(generate);
+      peer.send(cancel);
+      await waitFor("the cancel's check to end (on the other worker)", () => axon.server.stats().crypto.verifiedInWorkers === 1);
+      expect(peer.pending).toBe(0); // not acted on ahead of its generate (that would be BAD_REQUEST: nothing to cancel)
+      gate.release();
+      const frames: Received[] = [];
+      do frames.push(await peer.next());
+      while (!(frames.at(-1)!.frame.id === generate.id && frames.at(-1)!.frame.type !== 'token'));
+      const done = frames.at(-1)!;
+      expect(done.parsed.type === 'done' && done.parsed.body.finish_reason).toBe('cancelled');
+      // Anything the cancel earned would have been answered before a later ping's pong.
+      const after = ping();
+      peer.send(after);
+      frames.push(...(await peer.until(after.id)));
+      expect(frames.filter((r) => r.frame.id === cancel.id)).toEqual([]);
+      expect(axon.server.stats().activeRequests).toBe(0);
+      peer.close();
+    } finally {
+      gate.release();
+      await axon.close();
+    }
+  });
+
+  test('a crashed worker is replaced: its check fails with INTERNAL, its signature is made on the main thread; shutdown stops the workers', async () => {
+    const crashesVerifying = ping();
+    const crashesSigning = ping();
+    const { logger, lines } = captureLogger();
+    const axon = await startAxon({
+      generator: endless,
+      logger,
+      cryptoWorkers: 1,
+      cryptoWorkerScript: { url: TEST_WORKER, data: { crashVerifyIds: [crashesVerifying.id], crashSignIds: [crashesSigning.id] } },
+    });
+    const peer = await RawPeer.connect(axon.url);
+    peer.send(crashesVerifying);
+    const r1 = await peer.next();
+    expect([r1.frame.id, codeOf(r1), r1.verified]).toEqual([crashesVerifying.id, 'INTERNAL', true]);
+    expect(r1.parsed.type === 'error' && r1.parsed.body.message).not.toMatch(/cue/);
+    peer.send(crashesSigning);
+    const r2 = await peer.next();
+    expect([r2.frame.id, r2.frame.type, r2.verified]).toEqual([crashesSigning.id, 'pong', true]);
+    const after = ping();
+    peer.send(after);
+    expect((await peer.next()).frame.type).toBe('pong');
+    expect(axon.server.stats().crypto).toMatchObject({ workerExits: 2, signedInline: 1, running: 1 });
+    expect(lines.filter((l) => l.event === 'crypto_worker_exit' && l.level === 50)).toHaveLength(2);
+    expect(lines.some((l) => l.outcome === 'INTERNAL' && l.level === 50)).toBe(true);
+    peer.close();
+    await axon.close();
+    expect(axon.server.stats().crypto.running).toBe(0);
+  });
+
+  test('frames waiting for a check are capped per connection (RATE_LIMITED) and in all (OVERLOADED)', async () => {
+    const gate = holdGate();
+    const [held, a1, a2, a3] = [ping(), ping(), ping(), ping()];
+    const [b1, b2, b3] = [ping(keys.eve), ping(keys.eve), ping(keys.eve)];
+    const axon = await startAxon({
+      generator: endless,
+      cryptoWorkers: 1,
+      limits: { maxVerifyQueuePerConnection: 3, maxVerifyQueue: 5 },
+      cryptoWorkerScript: { url: TEST_WORKER, data: { hold: gate.buffer, holdIds: [held.id] } },
+    });
+    try {
+      const a = await RawPeer.connect(axon.url);
+      const b = await RawPeer.connect(axon.url);
+      for (const frame of [held, a1, a2]) a.send(frame);
+      await waitFor("a's three checks to be queued", () => axon.server.stats().crypto.verifying === 3);
+      a.send(a3); // a's fourth: over its connection's cap
+      for (const frame of [b1, b2, b3]) b.send(frame); // b's third: over the cap of all connections
+      await waitFor('every frame to arrive', () => axon.server.stats().waitingFrames === 7);
+      expect(axon.server.stats().crypto.verifying).toBe(5);
+      gate.release();
+      const answers = async (peer: RawPeer, n: number) => {
+        const out: string[] = [];
+        for (let i = 0; i < n; i++) {
+          const r = await peer.next();
+          out.push(`${r.frame.id === a3.id || r.frame.id === b3.id ? 'refused' : 'ok'}:${codeOf(r)}`);
+          if (r.parsed.type === 'error') expect(r.parsed.body.message).toMatch(/signature check/);
+        }
+        return out;
+      };
+      expect(await answers(a, 4)).toEqual(['ok:pong', 'ok:pong', 'ok:pong', 'refused:RATE_LIMITED']);
+      expect(await answers(b, 3)).toEqual(['ok:pong', 'ok:pong', 'refused:OVERLOADED']);
+      // A refused frame was not remembered: once the queue has room, the same frame goes through.
+      a.send(a3);
+      expect((await a.until(a3.id))[0].frame.type).toBe('pong');
+      a.close();
+      b.close();
+    } finally {
+      gate.release();
+      await axon.close();
+    }
+  });
+});
+
+describe('CryptoPool', () => {
+  test('workers verify exactly as the main thread does, and sign with the miner key', async () => {
+    const pool = new CryptoPool({ workers: 1, signer: keys.miner, logger: pino({ level: 'silent' }) });
+    await pool.start();
+    const key = {};
+    try {
+      const fields = { body: new Uint8Array([1, 2, 3]), id: 'id-1', timestamp: 1_700_000_000_000, signedFor: keys.miner.address };
+      const message = signedMessage(fields.body, fields.id, fields.timestamp, fields.signedFor);
+      const good = keys.alice.sign(message);
+      const wrapped = keys.alice.sign(Buffer.concat([Buffer.from('<Bytes>'), message, Buffer.from('</Bytes>')]));
+      const cases: Array<[unknown, string, boolean]> = [
+        [good, keys.alice.address, true],
+        [wrapped, keys.alice.address, true],
+        [good, keys.bob.address, false],
+        ['', keys.alice.address, false],
+        ['0x', keys.alice.address, false],
+        [`0x${'zz'.repeat(64)}`, keys.alice.address, false],
+        [good.slice(0, -2), keys.alice.address, false],
+        [good, 'not-an-address', false],
+        [42, keys.alice.address, false],
+      ];
+      for (const [signature, address, valid] of cases) {
+        expect(verifySignature(message, signature, address)).toBe(valid);
+        expect(await pool.verify(key, { ...fields, signature, address })).toBe(valid);
+      }
+      // A body that is a view into a larger buffer: only its own bytes are signed over.
+      const big = new Uint8Array(4096).fill(9);
+      const view = big.subarray(100, 103);
+      view.set([1, 2, 3]);
+      expect(await pool.verify(key, { ...fields, body: view, signature: good, address: keys.alice.address })).toBe(true);
+      const signature = await pool.sign(key, { ...fields, signedFor: keys.alice.address });
+      expect(verifySignature(signedMessage(fields.body, fields.id, fields.timestamp, keys.alice.address), signature, keys.miner.address)).toBe(true);
+      expect(pool.stats()).toMatchObject({ workers: 1, running: 1, verifying: 0, signing: 0, verifiedInWorkers: cases.length + 1, signedInWorkers: 1 });
+    } finally {
+      await pool.close();
+    }
+    expect(pool.stats().running).toBe(0);
+    expect(await pool.verify(key, { body: new Uint8Array(0), id: '', timestamp: 0, signedFor: '', signature: '', address: '' })).toBeInstanceOf(Error);
+  });
+
+  test("keys take turns on a worker: one key's backlog does not hold up another's job", async () => {
+    const gate = holdGate();
+    const pool = new CryptoPool({ workers: 1, signer: keys.miner, logger: pino({ level: 'silent' }), script: { url: TEST_WORKER, data: { hold: gate.buffer, holdIds: ['held'] } } });
+    await pool.start();
+    try {
+      const [flooder, other] = [{}, {}];
+      const job = (id: string) => ({ body: new Uint8Array([1]), id, timestamp: 1, signedFor: keys.miner.address, signature: '', address: keys.alice.address });
+      const finished: string[] = [];
+      const track = (key: object, id: string) => pool.verify(key, job(id)).then(() => finished.push(id));
+      const all = [track(flooder, 'held'), ...Array.from({ length: 6 }, (_, i) => track(flooder, `f${i}`)), track(other, 'other')];
+      gate.release();
+      await Promise.all(all);
+      expect(finished.indexOf('other')).toBeLessThanOrEqual(2); // held, at most one more of the flooder's, then other's
+    } finally {
+      gate.release();
+      await pool.close();
+    }
+  });
+
+  test('worker count: validated, 0 runs inline, a key that cannot be exported signs inline', () => {
+    const logger = pino({ level: 'silent' });
+    for (const workers of [-1, 1.5, 65, Number.NaN]) expect(() => new CryptoPool({ workers, signer: keys.miner, logger })).toThrow(/crypto workers/);
+    expect(new CryptoPool({ workers: 0, signer: keys.miner, logger })).toMatchObject({ inline: true, signsInline: true });
+    expect(new CryptoPool({ workers: 2, signer: keys.miner, logger })).toMatchObject({ inline: false, signsInline: false });
+    const opaque: Signer = { address: keys.miner.address, sign: (m) => keys.miner.sign(m) };
+    expect(new CryptoPool({ workers: 2, signer: opaque, logger })).toMatchObject({ inline: false, signsInline: true });
+    const parse = (argv: string[]) => parseServeOptions(addServeOptions(new Command('serve').exitOverride()).parse(argv, { from: 'user' }).opts());
+    expect(parse([]).cryptoWorkers).toBeUndefined();
+    expect(parse(['--crypto-workers', '0']).cryptoWorkers).toBe(0);
+    expect(parse(['--crypto-workers', '3']).cryptoWorkers).toBe(3);
+    expect(() => parse(['--crypto-workers', '-1'])).toThrow(/--crypto-workers/);
+    expect(() => parse(['--crypto-workers', '65'])).toThrow(/--crypto-workers must be at most 64/);
+  });
+});

@@ -1,0 +1,17 @@
+// A crypto worker for tests: the real one (src/axon/crypto-worker.mjs) with cues from workerData.test:
+//   hold: SharedArrayBuffer (Int32 at 0); holdIds: frame ids whose verification waits until the test
+//     sets hold[0] to 1 (the worker is stuck meanwhile, like a very slow verify)
+//   crashVerifyIds / crashSignIds: frame ids whose verification / signing kills the worker (uncaught throw)
+import { workerData } from 'node:worker_threads';
+import { serveCryptoJobs } from '../../src/axon/crypto-worker.mjs';
+
+const { keypair, test = {} } = workerData;
+const hold = test.hold ? new Int32Array(test.hold) : undefined;
+await serveCryptoJobs({
+  keypair,
+  beforeJob(job) {
+    const crashIds = job.kind === 'verify' ? test.crashVerifyIds : test.crashSignIds;
+    if (crashIds?.includes(job.id)) throw new Error(`test worker: crash on cue (${job.kind} ${job.id})`);
+    if (job.kind === 'verify' && hold && test.holdIds?.includes(job.id)) Atomics.wait(hold, 0, 0, 30_000);
+  },
+});
