@@ -423,18 +423,24 @@ describe('operations', () => {
     const axon = await startAxon({ logger });
     const client = await ValidatorClient.connect({ url: axon.url, signer: keys.alice }); // hotkey from /health
     expect(client.minerHotkey).toBe(keys.miner.address);
-    const { usage } = await client.generate({ prompt: 'metrics', maxTokens: 8, seed: 1 }).collect();
+    // The same long prompt twice: the second reuses all but its last token from the first's KV slot.
+    const prompt = 'metrics for a prompt long enough to be reused from the cache '.repeat(2);
+    await client.generate({ prompt, maxTokens: 2, seed: 1 }).collect();
+    const { usage } = await client.generate({ prompt, maxTokens: 8, seed: 1 }).collect();
+    expect(usage.promptTokens).toBeGreaterThan(16);
     const health = await (await fetch(`http://127.0.0.1:${axon.port}/health`)).json();
     expect(health).toMatchObject({ status: 'ok', hotkey: keys.miner.address, protocol: 1, model_id: expect.any(String), connections: 1 });
     const metrics = await (await fetch(`http://127.0.0.1:${axon.port}/metrics`)).text();
-    expect(metrics).toMatch(/axon_requests_total\{op="generate",outcome="ok"\} 1/);
-    expect(metrics).toMatch(new RegExp(`axon_tokens_total ${usage.completionTokens}\\b`));
+    expect(metrics).toMatch(/axon_requests_total\{op="generate",outcome="ok"\} 2/);
+    expect(metrics).toMatch(new RegExp(`axon_tokens_total ${2 + usage.completionTokens}\\b`));
+    expect(metrics).toMatch(new RegExp(`axon_prompt_tokens_total\\{cache="hit"\\} ${usage.promptTokens - 1}\\b`));
+    expect(metrics).toMatch(new RegExp(`axon_prompt_tokens_total\\{cache="miss"\\} ${usage.promptTokens + 1}\\b`));
     expect(metrics).toMatch(/engine_active_sequences 0/);
     expect(metrics).toMatch(/axon_connections 1/);
-    expect(metrics).toMatch(/axon_ttft_seconds_count 1/);
+    expect(metrics).toMatch(/axon_ttft_seconds_count 2/);
     expect((await fetch(`http://127.0.0.1:${axon.port}/nope`)).status).toBe(404);
-    const line = lines.find((l) => l.event === 'request' && l.op === 'generate');
-    expect(line).toMatchObject({ validator: keys.alice.address, outcome: 'ok', tokens: usage.completionTokens, finish_reason: expect.stringMatching(/length|stop/) });
+    const line = lines.filter((l) => l.event === 'request' && l.op === 'generate').at(-1);
+    expect(line).toMatchObject({ validator: keys.alice.address, outcome: 'ok', tokens: usage.completionTokens, cached_prompt_tokens: usage.promptTokens - 1, finish_reason: expect.stringMatching(/length|stop/) });
     expect(line).toHaveProperty('ttft_ms');
     expect(line).toHaveProperty('tokens_per_s');
     await client.close();

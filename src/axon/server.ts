@@ -277,6 +277,7 @@ export class AxonServer {
   #metrics: {
     requests: Counter<'op' | 'outcome'>;
     tokens: Counter;
+    promptTokens: Counter<'cache'>;
     ttft: Histogram;
     tokensPerS: Histogram;
   };
@@ -387,6 +388,12 @@ export class AxonServer {
         registers,
       }),
       tokens: new Counter({ name: 'axon_tokens_total', help: 'Completion tokens sent', registers }),
+      promptTokens: new Counter({
+        name: 'axon_prompt_tokens_total',
+        help: 'Prompt tokens of finished generations: cache="hit" reused from a cached prefix, "miss" computed',
+        labelNames: ['cache'] as const,
+        registers,
+      }),
       ttft: new Histogram({
         name: 'axon_ttft_seconds',
         help: 'Time from a generate frame to its first token frame',
@@ -941,9 +948,12 @@ export class AxonServer {
     this.#respond(conn, 'done', frame.id, frame.signed_by, done);
     const outcome = finishReason === 'cancelled' ? 'cancelled' : 'ok';
     this.#metrics.requests.inc({ op: 'generate', outcome });
+    const cachedPromptTokens = summary?.cachedPromptTokens ?? 0;
+    this.#metrics.promptTokens.inc({ cache: 'hit' }, cachedPromptTokens);
+    this.#metrics.promptTokens.inc({ cache: 'miss' }, done.usage.prompt_tokens - cachedPromptTokens);
     if (sent > 0) this.#metrics.ttft.observe(ttftMs / 1000);
     if (sent > 1) this.#metrics.tokensPerS.observe(tokensPerS);
-    this.#log({ ...base, outcome, finish_reason: finishReason, tokens: sent, ttft_ms: done.timing.ttft_ms, total_ms: done.timing.total_ms, tokens_per_s: done.timing.tokens_per_s });
+    this.#log({ ...base, outcome, finish_reason: finishReason, tokens: sent, cached_prompt_tokens: cachedPromptTokens, ttft_ms: done.timing.ttft_ms, total_ms: done.timing.total_ms, tokens_per_s: done.timing.tokens_per_s });
   }
 
   // -------------------------------------------------------------------------------------------
