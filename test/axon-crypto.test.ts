@@ -11,19 +11,10 @@ import { CryptoPool } from '../src/axon/crypto-pool.ts';
 import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
 import { signRequest, signedMessage, verifySignature, type Signer } from '../src/axon/signing.ts';
 import type { TextGenerator } from '../src/engine/types.ts';
-import { RawPeer, captureLogger, devKeys, startAxon, type Received } from './support/axon-harness.ts';
+import { RawPeer, captureLogger, devKeys, sleep, startAxon, waitFor, type Received } from './support/axon-harness.ts';
 
 const keys = await devKeys();
 const TEST_WORKER = new URL('./support/crypto-test-worker.mjs', import.meta.url);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = performance.now() + timeoutMs;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 /** A flag the test worker waits on before checking a held frame's signature; release() lets it go. */
 function holdGate() {

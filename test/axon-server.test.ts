@@ -19,19 +19,10 @@ import { serve } from '../src/axon/serve.ts';
 import { signRequest, signResponse, type Signer } from '../src/axon/signing.ts';
 import { ValidatorClient } from '../src/validator/client.ts';
 import { pingCommand, queryCommand } from '../src/validator/commands.ts';
-import { LONG, RawPeer, captureLogger, devKeys, metagraphJson, startAxon, type TestAxon } from './support/axon-harness.ts';
+import { LONG, RawPeer, captureLogger, devKeys, metagraphJson, sleep, startAxon, waitFor, type TestAxon } from './support/axon-harness.ts';
 import { createTestGenerator } from './support/test-engine.ts';
 
 const keys = await devKeys();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = performance.now() + timeoutMs;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 /** Wraps any generator to fail, or to count what it is asked for. */
 function wrapGenerator(inner: TextGenerator, hooks: { throws?: () => Error }): TextGenerator {

@@ -193,12 +193,13 @@ describe('raw GGUF data', () => {
 // every float operation rounded to f32 as C does (d * sc is exact, so y = fl(d1 * q - m1)).
 const fr = Math.fround;
 const half = (b: Uint8Array, at: number) => f16BitsToF32(b[at] | (b[at + 1] << 8));
+/** ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j from a Q4_K/Q5_K scales[12]. */
+const getScaleMinK4 = (j: number, q: Uint8Array): [number, number] =>
+  j < 4 ? [q[j] & 63, q[j + 4] & 63] : [(q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4)];
 
 function ggmlDequantizeQ4K(x: Uint8Array, k: number): Float32Array {
   const y = new Float32Array(k);
   let yi = 0;
-  const getScaleMinK4 = (j: number, q: Uint8Array): [number, number] =>
-    j < 4 ? [q[j] & 63, q[j + 4] & 63] : [(q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4)];
   for (let i = 0; i < k / 256; i++) {
     const blk = x.subarray(i * 144, (i + 1) * 144);
     const d = half(blk, 0);
@@ -256,8 +257,6 @@ function ggmlDequantizeQ6K(x: Uint8Array, k: number): Float32Array {
 function ggmlDequantizeQ5K(x: Uint8Array, k: number): Float32Array {
   const y = new Float32Array(k);
   let yi = 0;
-  const getScaleMinK4 = (j: number, q: Uint8Array): [number, number] =>
-    j < 4 ? [q[j] & 63, q[j + 4] & 63] : [(q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4)];
   for (let i = 0; i < k / 256; i++) {
     const blk = x.subarray(i * 176, (i + 1) * 176);
     const d = half(blk, 0);

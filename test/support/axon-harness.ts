@@ -16,6 +16,17 @@ import { createTestGenerator } from './test-engine.ts';
  */
 export const LONG = 1000;
 
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `cond` every 5 ms; fails naming `what` after timeoutMs. */
+export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const end = performance.now() + timeoutMs;
+  while (!cond()) {
+    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
 export interface Keys {
   miner: Signer;
   /** Registered validator with a permit and stake 1000. */
