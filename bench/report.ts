@@ -130,6 +130,13 @@ function e2eRows(e: E2eReport): string[][] {
   const rows: string[][] = [];
   for (const p of e.prompt) rows.push([`prompt processing, ${p.tokens} tokens`, `${num(p.tokensPerS)} tok/s`, `±${num(p.timing.spreadPct, 2)} %`, `median of ${p.timing.samples}, ${num(p.timing.medianMs)} ms each`]);
   rows.push([`time to first token, ${e.ttft.promptTokens}-token prompt`, `${num(e.ttft.timing.medianMs)} ms`, `±${num(e.ttft.timing.spreadPct, 2)} %`, `median of ${e.ttft.timing.samples}, through generate()`]);
+  const c = e.ttftCachedPrefix;
+  rows.push([
+    `time to first token, ${c.promptTokens}-token prompt, ${c.cachedTokens} cached`,
+    `${num(c.timing.medianMs)} ms`,
+    `±${num(c.timing.spreadPct, 2)} %`,
+    `median of ${c.timing.samples}, prefix left by an earlier request`,
+  ]);
   for (const d of e.decode) {
     rows.push([
       `decode, batch ${d.batch}`,

@@ -93,6 +93,10 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     for (const p of e.prompt) close(p.tokensPerS, (p.tokens * 1000) / p.timing.medianMs);
     positive(e.ttft.timing.medianMs, 'ttft');
     positive(e.ttft.promptTokens, 'ttft prompt tokens');
+    positive(e.ttftCachedPrefix.timing.medianMs, 'ttft with a cached prefix');
+    // The shared prefix is reused: only the question at the end is computed.
+    expect(e.ttftCachedPrefix.cachedTokens).toBeGreaterThan(e.ttftCachedPrefix.promptTokens / 2);
+    expect(e.ttftCachedPrefix.cachedTokens).toBeLessThan(e.ttftCachedPrefix.promptTokens);
     expect(e.decode.map((d) => d.batch)).toEqual([1, PRESETS.test.e2e.batch]);
     for (const d of e.decode) {
       expect(d.tokens).toBeGreaterThanOrEqual(0);

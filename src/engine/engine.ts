@@ -494,6 +494,17 @@ export class Engine implements TextGenerator {
     seq.held = '';
   }
 
+  /**
+   * Treat every free slot as empty: for callers that wrote the KV cache through `model` directly
+   * (benchmarks), after which what the slots remember no longer matches what they hold.
+   */
+  forgetCachedPrefixes(): void {
+    for (const slot of this.#freeSlots) {
+      this.#slotTokens[slot] = [];
+      this.#slotReleased[slot] = 0;
+    }
+  }
+
   /** Logits at the last position (or every position) of `tokens`, for comparisons with other runtimes. */
   async logits(tokens: number[], all = false): Promise<Float32Array[]> {
     if (this.#loop) throw new OverloadedError('logits needs an idle engine');
