@@ -219,6 +219,14 @@ describe('engine with prefix reuse', () => {
     }
   });
 
+  it('forgetCachedPrefixes makes every free slot cold', async () => {
+    const request: GenerateRequest = { prompt: `${SYSTEM}Forget this.`, maxTokens: 3, temperature: 0 };
+    await compareRuns(request, 'before forgetting');
+    warm.forgetCachedPrefixes();
+    const again = await compareRuns(request, 'after forgetting');
+    expect(again.summary.cachedPromptTokens).toBe(0);
+  });
+
   it('a prompt that is a strict prefix of the cached tokens', async () => {
     const long = `${SYSTEM}Count the miners in the subnet, please.`;
     const short = `${SYSTEM}Count the miners`;
