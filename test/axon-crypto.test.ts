@@ -2,15 +2,22 @@
 // signatures are checked on worker threads while the main thread keeps serving; a connection's frames
 // are finished in arrival order whatever order their checks end in (a pipelined cancel included); a
 // crashed worker is replaced and only its own frames fail; the verification queue is capped per
-// connection and in all; shutdown stops the workers. A test worker (support/crypto-test-worker.mjs)
-// holds or crashes jobs on cue, so nothing here depends on timing.
+// connection and in all; shutdown stops the workers. The same pool behind validator clients: their
+// response frames are verified on it, several clients share one, each stream's frames are acted on in
+// arrival order and only once verified, a tampered frame still fails its stream, close() stops the
+// workers. A test worker (support/crypto-test-worker.mjs) holds or crashes jobs on cue, so nothing here
+// depends on timing.
+import { once } from 'node:events';
 import { Command } from 'commander';
 import { pino } from 'pino';
 import { describe, expect, test } from 'vitest';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { CryptoPool } from '../src/axon/crypto-pool.ts';
+import { VerificationError, decodeResponseBody, decodeResponseFrame, encodeBody, encodeFrame, type ResponseFrame } from '../src/axon/protocol.ts';
 import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
 import { signRequest, signedMessage, verifySignature, type Signer } from '../src/axon/signing.ts';
 import type { TextGenerator } from '../src/engine/types.ts';
+import { ValidatorClient, createVerifyPool, type GenerationResult } from '../src/validator/client.ts';
 import { RawPeer, captureLogger, devKeys, sleep, startAxon, waitFor, type Received } from './support/axon-harness.ts';
 
 const keys = await devKeys();
@@ -260,5 +267,157 @@ describe('CryptoPool', () => {
     expect(parse(['--crypto-workers', '3']).cryptoWorkers).toBe(3);
     expect(() => parse(['--crypto-workers', '-1'])).toThrow(/--crypto-workers/);
     expect(() => parse(['--crypto-workers', '65'])).toThrow(/--crypto-workers must be at most 64/);
+  });
+});
+
+/**
+ * A WebSocket proxy in front of `target` that passes every frame both ways, each of the miner's through
+ * `alter` first (a man in the middle).
+ */
+async function proxy(target: string, alter: (frame: ResponseFrame) => ResponseFrame): Promise<{ url: string; close: () => void }> {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await once(wss, 'listening');
+  wss.on('connection', (validator) => {
+    const miner = new WebSocket(target, { perMessageDeflate: false });
+    const early: RawData[] = [];
+    validator.on('message', (data) => (miner.readyState === WebSocket.OPEN ? miner.send(data) : early.push(data)));
+    miner.on('open', () => early.splice(0).forEach((data) => miner.send(data)));
+    miner.on('message', (data) => validator.send(encodeFrame(alter(decodeResponseFrame(data as Buffer)))));
+    for (const [a, b] of [[validator, miner], [miner, validator]]) {
+      a.on('error', () => {});
+      a.on('close', () => b.close());
+    }
+  });
+  const { port } = wss.address() as { port: number };
+  return { url: `ws://127.0.0.1:${port}`, close: () => wss.close() };
+}
+
+describe('validator clients on a verify pool', () => {
+  const connect = (url: string, cryptoPool?: CryptoPool) => ValidatorClient.connect({ url, signer: keys.alice, minerHotkey: keys.miner.address, cryptoPool });
+
+  test("frames are verified on the pool's workers; clients share it; a stream's frames are acted on in order, each only once verified", async () => {
+    const gate = holdGate();
+    const axon = await startAxon();
+    // Job 1, the first frame any pooled client receives, is held on its worker until release().
+    const pool = await createVerifyPool({ workers: 2, script: { url: TEST_WORKER, data: { hold: gate.buffer, holdJobs: [1] } } });
+    try {
+      const requests = [1, 2, 3, 4, 5, 6].map((seed) => ({ prompt: `shared pool ${seed}`, maxTokens: 12, seed }));
+      const inline = await connect(axon.url); // the same requests verified here, for reference
+      const expected: GenerationResult[] = await Promise.all(requests.map((r) => inline.generate(r).collect()));
+      await inline.close();
+      expect(pool.stats().verifiedInWorkers).toBe(0);
+
+      const [c1, c2] = [await connect(axon.url, pool), await connect(axon.url, pool)];
+      const delivered: number[][] = requests.map(() => []);
+      const consume = (client: ValidatorClient, i: number) => {
+        const stream = client.generate(requests[i]);
+        return (async () => {
+          for await (const token of stream) delivered[i].push(token.index);
+          return stream.result;
+        })();
+      };
+      const first = [0, 1, 2].map((i) => consume(c1, i)); // three streams pipelined on c1
+      await waitFor("c1's first frame to reach a worker", () => pool.stats().verifying >= 1);
+      const second = [3, 4, 5].map((i) => consume(c2, i)); // and three on c2
+      await waitFor('later frames to be verified on the other worker', () => pool.stats().verifiedInWorkers >= 4);
+      // c1 acts on nothing while its first frame's check is held, however many frames behind it are verified.
+      expect(delivered.slice(0, 3)).toEqual([[], [], []]);
+      gate.release();
+      const results = await Promise.all([...first, ...second]);
+      expect(results.map((r) => r.text)).toEqual(expected.map((r) => r.text));
+      expect(results.map((r) => r.tokens.map((t) => t.tokenId))).toEqual(expected.map((r) => r.tokens.map((t) => t.tokenId)));
+      expect(results.map((r) => r.transcriptSha256)).toEqual(expected.map((r) => r.transcriptSha256));
+      results.forEach((r, i) => expect(delivered[i]).toEqual([...r.tokens.keys()]));
+      // Every frame the six streams received was verified on a worker, none on the test's thread.
+      const frames = results.reduce((n, r) => n + r.framesVerified, 0);
+      expect(pool.stats()).toMatchObject({ verifiedInWorkers: frames, verifying: 0, workerExits: 0, running: 2 });
+      await Promise.all([c1.close(), c2.close()]);
+    } finally {
+      gate.release();
+      await pool.close();
+      await axon.close();
+    }
+  });
+
+  test('a tampered frame verified on the pool fails its stream with VerificationError; the other clients of the pool go on', async () => {
+    const axon = await startAxon();
+    let tokenFrames = 0;
+    let passed = 0; // tokens in the genuine frames ahead of the tampered one
+    const mitm = await proxy(axon.url, (frame) => {
+      if (frame.type !== 'token') return frame;
+      const parsed = decodeResponseBody('token', frame.body);
+      if (parsed.type !== 'token') return frame;
+      if (++tokenFrames < 3) {
+        passed += parsed.body.tokens.length;
+        return frame;
+      }
+      if (tokenFrames > 3) return frame;
+      const tokens = parsed.body.tokens.map((t) => ({ ...t, text: `${t.text}!` }));
+      return { ...frame, body: encodeBody({ ...parsed.body, tokens }) }; // the miner's signature, over other bytes
+    });
+    const pool = await createVerifyPool({ workers: 2 });
+    try {
+      const [fooled, other] = [await connect(mitm.url, pool), await connect(axon.url, pool)];
+      const stream = fooled.generate({ prompt: 'tamper', maxTokens: 12, seed: 3 });
+      const delivered: number[] = [];
+      const failure = await (async () => {
+        for await (const token of stream) delivered.push(token.index);
+      })().catch((err: unknown) => err);
+      expect(failure).toBeInstanceOf(VerificationError);
+      expect(failure).toMatchObject({ code: 'VERIFICATION_FAILED', message: expect.stringMatching(/frame token for request .* has a bad signature/) });
+      await expect(stream.result).rejects.toBe(failure);
+      expect(delivered).toEqual([...Array(passed).keys()]); // the genuine frames before it, in order; nothing from it on
+      expect(pool.stats().verifiedInWorkers).toBeGreaterThanOrEqual(3);
+      expect(pool.stats().workerExits).toBe(0);
+      await expect(fooled.ping()).rejects.toBe(failure); // the connection is done with
+      const result = await other.generate({ prompt: 'tamper', maxTokens: 12, seed: 3 }).collect();
+      expect(result.tokens.length).toBeGreaterThan(passed);
+      await Promise.all([fooled.close(), other.close()]);
+    } finally {
+      mitm.close();
+      await pool.close();
+      await axon.close();
+    }
+  });
+
+  test('a worker that dies during a check: the client checks that frame itself and goes on', async () => {
+    const axon = await startAxon({ generator: endless });
+    const pool = await createVerifyPool({ workers: 1, logger: pino({ level: 'silent' }), script: { url: TEST_WORKER, data: { crashJobs: [1] } } });
+    try {
+      const client = await connect(axon.url, pool);
+      expect((await client.ping()).pong.hotkey).toBe(keys.miner.address);
+      expect(pool.stats()).toMatchObject({ workerExits: 1, verifiedInWorkers: 0 });
+      await waitFor('the replacement worker', () => pool.stats().running === 1);
+      await client.ping();
+      expect(pool.stats()).toMatchObject({ workerExits: 1, verifiedInWorkers: 1 });
+      await client.close();
+    } finally {
+      await pool.close();
+      await axon.close();
+    }
+  });
+
+  test('close() stops the workers; a client still holding the closed pool verifies on its own thread', async () => {
+    const axon = await startAxon({ generator: endless });
+    const pool = await createVerifyPool({ workers: 2 });
+    expect(pool.stats()).toMatchObject({ workers: 2, running: 2 });
+    const client = await connect(axon.url, pool);
+    await client.ping();
+    expect(pool.stats().verifiedInWorkers).toBe(1);
+    await pool.close();
+    expect(pool.closed).toBe(true);
+    expect(pool.stats()).toMatchObject({ running: 0, verifying: 0 });
+    expect((await client.ping()).pong.hotkey).toBe(keys.miner.address);
+    expect(pool.stats().verifiedInWorkers).toBe(1);
+    await client.close();
+    await axon.close();
+  });
+
+  test('a verify pool has no signing key; cryptoPool must be a pool', async () => {
+    const pool = new CryptoPool({ workers: 0 });
+    expect(pool.inline).toBe(true);
+    const fields = { body: new Uint8Array(0), id: 'x', timestamp: 0, signedFor: keys.alice.address };
+    expect(() => pool.sign({}, fields)).toThrow(/only verifies/);
+    await expect(connect('ws://127.0.0.1:1', {} as CryptoPool)).rejects.toThrow(/cryptoPool must be a CryptoPool/);
   });
 });

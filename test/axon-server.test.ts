@@ -1,7 +1,9 @@
 // The axon over a real WebSocket on loopback with real sr25519 keys: every policy step rejects with
 // its code and the good frame is accepted right after on the same connection; replay, wrong miner,
 // altered body; cancel, disconnect, slow reader, timeouts, limits, metrics, logs, shutdown, the
-// client's own verification, and the ping/query commands.
+// client's own verification (each client test twice: verifying on the test's thread, and on a pool of
+// worker threads that every pooled client of the file shares), and the ping/query commands.
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, writeFile, rename } from 'node:fs/promises';
 import { connect as tcpConnect } from 'node:net';
@@ -15,14 +17,26 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { BadRequestError, OverloadedError } from '../src/errors.ts';
 import type { GenerateOptions, GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../src/engine/types.ts';
 import { AxonError, VerificationError, decodeRequestFrame, encodeBody, encodeFrame, type RequestFrame } from '../src/axon/protocol.ts';
+import type { CryptoPool } from '../src/axon/crypto-pool.ts';
 import { serve } from '../src/axon/serve.ts';
 import { signRequest, signResponse, type Signer } from '../src/axon/signing.ts';
-import { ValidatorClient } from '../src/validator/client.ts';
+import { ValidatorClient, createVerifyPool } from '../src/validator/client.ts';
 import { pingCommand, queryCommand } from '../src/validator/commands.ts';
 import { LONG, RawPeer, captureLogger, devKeys, metagraphJson, sleep, startAxon, waitFor, type TestAxon } from './support/axon-harness.ts';
 import { createTestGenerator } from './support/test-engine.ts';
 
 const keys = await devKeys();
+
+let sharedPool: CryptoPool | undefined;
+beforeAll(async () => {
+  sharedPool = await createVerifyPool({ workers: 2 });
+});
+afterAll(() => sharedPool?.close());
+/** How a client verifies the miner's signatures: its `cryptoPool` option. */
+const verifying: Array<[string, () => CryptoPool | undefined]> = [
+  ['inline', () => undefined],
+  ['on a shared pool', () => sharedPool],
+];
 
 /** Wraps any generator to fail, or to count what it is asked for. */
 function wrapGenerator(inner: TextGenerator, hooks: { throws?: () => Error }): TextGenerator {
@@ -288,59 +302,69 @@ describe('engine errors and limits', () => {
 
 describe('streaming', () => {
   let axon: TestAxon;
-  let client: ValidatorClient;
   beforeAll(async () => {
     axon = await startAxon();
-    client = await ValidatorClient.connect({ url: axon.url, signer: keys.alice, minerHotkey: keys.miner.address });
   });
   afterAll(async () => {
-    await client.close();
     await axon.close();
   });
 
-  test('the client verifies every frame and the transcript; output is deterministic for a seed', async () => {
-    const request = { prompt: 'determinism', maxTokens: 24, seed: 11, logprobs: 2 };
-    const a = await client.generate(request).collect();
-    const b = await client.generate(request).collect();
-    expect(a.tokens.map((t) => t.tokenId)).toEqual(b.tokens.map((t) => t.tokenId));
-    expect(a.text).toBe(b.text);
-    expect(a.usage.completionTokens).toBe(a.tokens.length);
-    expect(a.usage.completionTokens).toBeLessThanOrEqual(24);
-    expect(['length', 'stop']).toContain(a.finishReason);
-    expect(a.framesVerified).toBeGreaterThanOrEqual(2);
-    expect(a.transcriptSha256).toMatch(/^[0-9a-f]{64}$/);
-    expect(a.measured.ttftMs).toBeGreaterThan(0);
-    expect(a.tokens.every((t) => t.topLogprobs.length === 2)).toBe(true);
-  });
+  describe.each(verifying)('a client verifying %s', (_mode, cryptoPool) => {
+    let client: ValidatorClient;
+    beforeAll(async () => {
+      client = await ValidatorClient.connect({ url: axon.url, signer: keys.alice, minerHotkey: keys.miner.address, cryptoPool: cryptoPool() });
+    });
+    afterAll(async () => {
+      await client.close();
+    });
 
-  test('concurrent streams on one connection are routed by id and equal their solo runs', async () => {
-    const requests = [1, 2, 3, 4].map((seed) => ({ prompt: `multiplex ${seed}`, maxTokens: 16, seed }));
-    const solo = [];
-    for (const r of requests) solo.push(await client.generate(r).collect());
-    const together = await Promise.all(requests.map((r) => client.generate(r).collect()));
-    expect(together.map((r) => r.text)).toEqual(solo.map((r) => r.text));
-    expect(new Set(together.map((r) => r.id)).size).toBe(4);
-  });
+    test('the client verifies every frame and the transcript; output is deterministic for a seed', async () => {
+      const request = { prompt: 'determinism', maxTokens: 24, seed: 11, logprobs: 2 };
+      const inPool = () => cryptoPool()?.stats().verifiedInWorkers ?? 0;
+      const before = inPool();
+      const a = await client.generate(request).collect();
+      const b = await client.generate(request).collect();
+      expect(inPool() - before).toBe(cryptoPool() ? a.framesVerified + b.framesVerified : 0);
+      expect(a.tokens.map((t) => t.tokenId)).toEqual(b.tokens.map((t) => t.tokenId));
+      expect(a.text).toBe(b.text);
+      expect(a.usage.completionTokens).toBe(a.tokens.length);
+      expect(a.usage.completionTokens).toBeLessThanOrEqual(24);
+      expect(['length', 'stop']).toContain(a.finishReason);
+      expect(a.framesVerified).toBeGreaterThanOrEqual(2);
+      expect(a.transcriptSha256).toMatch(/^[0-9a-f]{64}$/);
+      expect(a.measured.ttftMs).toBeGreaterThan(0);
+      expect(a.tokens.every((t) => t.topLogprobs.length === 2)).toBe(true);
+    });
 
-  test('cancel ends the stream with finish_reason cancelled', async () => {
-    const stream = client.generate({ prompt: 'cancel me', maxTokens: LONG });
-    let n = 0;
-    for await (const _ of stream) if (++n === 3) stream.cancel();
-    const result = await stream.result;
-    expect(result.finishReason).toBe('cancelled');
-    expect(result.usage.completionTokens).toBeLessThan(LONG);
-    await waitFor('the engine to free the sequence', () => axon.generator.info().activeSequences === 0);
-  });
+    test('concurrent streams on one connection are routed by id and equal their solo runs', async () => {
+      const requests = [1, 2, 3, 4].map((seed) => ({ prompt: `multiplex ${seed}`, maxTokens: 16, seed }));
+      const solo = [];
+      for (const r of requests) solo.push(await client.generate(r).collect());
+      const together = await Promise.all(requests.map((r) => client.generate(r).collect()));
+      expect(together.map((r) => r.text)).toEqual(solo.map((r) => r.text));
+      expect(new Set(together.map((r) => r.id)).size).toBe(4);
+    });
 
-  test('leaving a for-await early cancels', async () => {
-    const stream = client.generate({ prompt: 'break', maxTokens: LONG });
-    for await (const _ of stream) break;
-    expect((await stream.result).finishReason).toBe('cancelled');
-  });
+    test('cancel ends the stream with finish_reason cancelled', async () => {
+      const stream = client.generate({ prompt: 'cancel me', maxTokens: LONG });
+      let n = 0;
+      for await (const _ of stream) if (++n === 3) stream.cancel();
+      const result = await stream.result;
+      expect(result.finishReason).toBe('cancelled');
+      expect(result.usage.completionTokens).toBeLessThan(LONG);
+      await waitFor('the engine to free the sequence', () => axon.generator.info().activeSequences === 0);
+    });
 
-  test('an error frame rejects the stream with its code', async () => {
-    const stream = client.generate({ prompt: 'x', maxTokens: 99999 });
-    await expect(stream.result).rejects.toMatchObject({ name: 'AxonError', code: 'BAD_REQUEST' });
+    test('leaving a for-await early cancels', async () => {
+      const stream = client.generate({ prompt: 'break', maxTokens: LONG });
+      for await (const _ of stream) break;
+      expect((await stream.result).finishReason).toBe('cancelled');
+    });
+
+    test('an error frame rejects the stream with its code', async () => {
+      const stream = client.generate({ prompt: 'x', maxTokens: 99999 });
+      await expect(stream.result).rejects.toMatchObject({ name: 'AxonError', code: 'BAD_REQUEST' });
+    });
   });
 
   test('a closed socket aborts the generation and frees it', async () => {
@@ -492,14 +516,15 @@ describe('operations', () => {
   });
 });
 
-describe('client verification', () => {
-  /** A fake miner that answers every request with frames built by `answer`. */
-  async function fakeMiner(answer: (request: RequestFrame) => Uint8Array[]): Promise<{ url: string; close: () => void }> {
+describe.each(verifying)('client verification, verifying %s', (_mode, cryptoPool) => {
+  /** A fake miner that answers every request with frames built by `answer` (then closes the socket when `hangUp`). */
+  async function fakeMiner(answer: (request: RequestFrame) => Uint8Array[], hangUp = false): Promise<{ url: string; close: () => void }> {
     const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
     await once(wss, 'listening');
     wss.on('connection', (ws) => {
       ws.on('message', (data) => {
         for (const frame of answer(decodeRequestFrame(data as Buffer))) ws.send(frame);
+        if (hangUp) ws.close(1001, 'bye');
       });
     });
     const { port } = wss.address() as { port: number };
@@ -508,30 +533,44 @@ describe('client verification', () => {
   const respond = (signer: Signer, request: RequestFrame, type: 'token' | 'done' | 'pong', body: unknown) =>
     encodeFrame(signResponse(signer, { type, id: request.id, signedFor: request.signed_by, body: encodeBody(body) }));
   const pong = { hotkey: keys.miner.address, protocol: 1, version: '0', model_id: 'm', weights_digest: '', adapter: '', backend: '', queue_depth: 0 };
+  const token = (index: number) => ({ tokens: [{ index, token_id: 1, text: 'a', logprob: -1, top_logprobs: [] }] });
+  const done = { finish_reason: 'length', usage: { prompt_tokens: 1, completion_tokens: 2 }, timing: { ttft_ms: 1, total_ms: 2, tokens_per_s: 1 }, transcript_sha256: '0'.repeat(64) };
 
   test('a frame signed by another key, a wrong transcript, tokens out of order', async () => {
     const impostor = await fakeMiner((req) => [respond(keys.bob, req, 'pong', { ...pong, hotkey: keys.bob.address })]);
-    const c1 = await ValidatorClient.connect({ url: impostor.url, signer: keys.alice, minerHotkey: keys.miner.address });
+    const c1 = await ValidatorClient.connect({ url: impostor.url, signer: keys.alice, minerHotkey: keys.miner.address, cryptoPool: cryptoPool() });
     await expect(c1.ping()).rejects.toThrow(VerificationError);
     impostor.close();
 
-    const token = (index: number) => ({ tokens: [{ index, token_id: 1, text: 'a', logprob: -1, top_logprobs: [] }] });
-    const done = { finish_reason: 'length', usage: { prompt_tokens: 1, completion_tokens: 2 }, timing: { ttft_ms: 1, total_ms: 2, tokens_per_s: 1 }, transcript_sha256: '0'.repeat(64) };
     const liar = await fakeMiner((req) => [respond(keys.miner, req, 'token', token(0)), respond(keys.miner, req, 'token', token(1)), respond(keys.miner, req, 'done', done)]);
-    const c2 = await ValidatorClient.connect({ url: liar.url, signer: keys.alice, minerHotkey: keys.miner.address });
+    const c2 = await ValidatorClient.connect({ url: liar.url, signer: keys.alice, minerHotkey: keys.miner.address, cryptoPool: cryptoPool() });
     await expect(c2.generate({ prompt: 'a', maxTokens: 2 }).collect()).rejects.toThrow(/transcript digest mismatch/);
     liar.close();
 
     const shuffler = await fakeMiner((req) => [respond(keys.miner, req, 'token', token(1))]);
-    const c3 = await ValidatorClient.connect({ url: shuffler.url, signer: keys.alice, minerHotkey: keys.miner.address });
+    const c3 = await ValidatorClient.connect({ url: shuffler.url, signer: keys.alice, minerHotkey: keys.miner.address, cryptoPool: cryptoPool() });
     await expect(c3.generate({ prompt: 'a', maxTokens: 2 }).collect()).rejects.toThrow(/index 1 arrived where 0/);
     shuffler.close();
     await Promise.all([c1.close(), c2.close(), c3.close()]);
   });
 
+  test('frames that arrived before the miner hung up are acted on before the close fails what is left', async () => {
+    const transcript = createHash('sha256').update(encodeBody(token(0))).update(encodeBody(token(1))).digest('hex');
+    const quitter = await fakeMiner(
+      (req) => [respond(keys.miner, req, 'token', token(0)), respond(keys.miner, req, 'token', token(1)), respond(keys.miner, req, 'done', { ...done, transcript_sha256: transcript })],
+      true,
+    );
+    const client = await ValidatorClient.connect({ url: quitter.url, signer: keys.alice, minerHotkey: keys.miner.address, cryptoPool: cryptoPool() });
+    const result = await client.generate({ prompt: 'a', maxTokens: 2 }).collect();
+    expect([result.tokens.map((t) => t.index), result.transcriptSha256, result.framesVerified]).toEqual([[0, 1], transcript, 3]);
+    await expect(client.ping()).rejects.toThrow(/not open|closed/);
+    quitter.close();
+    await client.close();
+  });
+
   test('an error frame is an AxonError with the wire code', async () => {
     const axon = await startAxon();
-    const client = await ValidatorClient.connect({ url: axon.url, signer: keys.charlie, minerHotkey: keys.miner.address });
+    const client = await ValidatorClient.connect({ url: axon.url, signer: keys.charlie, minerHotkey: keys.miner.address, cryptoPool: cryptoPool() });
     await expect(client.ping()).rejects.toSatisfy((err) => err instanceof AxonError && err.code === 'NOT_REGISTERED');
     await client.close();
     await axon.close();

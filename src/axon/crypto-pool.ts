@@ -1,15 +1,17 @@
-// sr25519 off the main thread. Verifying a request's signature costs about 4 ms of CPU on a slow
-// machine and signing a response about 1 ms; on the main thread that is time the event loop, and so
-// the GPU scheduler, does not run. A CryptoPool does both on a few worker threads (crypto-worker.mjs,
-// which runs the same code as signing.ts: sr25519.mjs).
+// sr25519 off the main thread. Verifying a signature costs about 4 ms of CPU on a slow machine and
+// signing a response about 1 ms; on the main thread that is time the event loop (the miner's GPU
+// scheduler, a validator's other streams) does not run. A CryptoPool does both on a few worker
+// threads (crypto-worker.mjs, which runs the same code as signing.ts: sr25519.mjs). The miner's axon
+// verifies requests and signs responses with one; validator clients verify responses with one
+// (createVerifyPool: no signing key; any number of clients of a process may share it).
 //
 //   verify(key, fields) -> Promise<boolean | Error>   Error: the worker died during the job, or the job was dropped
 //   sign(key, fields)   -> Promise<string | null>     null: the job was dropped (forget, close)
 //
 // Neither promise rejects. Each job is handed at once to the worker with the fewest jobs outstanding
 // (a main thread busy with the GPU must not be needed to keep the workers fed); each worker lets the
-// keys (the server passes the connection) take turns, so one connection's backlog delays another's
-// job by about one job, not by the whole backlog. A worker that exits unexpectedly is replaced at
+// keys (the server passes the connection, a validator client itself) take turns, so one connection's
+// backlog delays another's job by about one job, not by the whole backlog. A worker that exits unexpectedly is replaced at
 // once; its outstanding verifications resolve to a CryptoWorkerError (the server answers INTERNAL), its
 // signatures are made on the calling thread instead, so a stream of token frames is never broken.
 // Bounding the work is the caller's job (the server caps verifications per connection and in all,
@@ -17,10 +19,10 @@
 //
 // With 0 workers nothing is started and `inline` is true: the caller verifies and signs itself, as
 // before the pool existed. A Signer whose key cannot be exported (not made by signing.ts) is always
-// used on the calling thread (`signsInline`).
+// used on the calling thread (`signsInline`). A pool made without a signer only verifies: sign() throws.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import type { Logger } from 'pino';
+import { pino, type Logger } from 'pino';
 import { CryptoWorkerError, OptionError, OverloadedError } from '../errors.ts';
 import type { CryptoForget, CryptoJob, CryptoReady, CryptoReply, Keypair, SignedFields } from './sr25519.mjs';
 import { signedMessage, signerKeypair, type Signer } from './signing.ts';
@@ -45,9 +47,10 @@ export interface VerifyFields extends SignedFields {
 export interface CryptoPoolOptions {
   /** Worker threads, 0..64; 0: everything on the calling thread. */
   workers: number;
-  /** The key responses are signed with. */
-  signer: Signer;
-  logger: Logger;
+  /** The key responses are signed with; absent for a pool that only verifies (a validator's). */
+  signer?: Signer;
+  /** Where worker failures are reported. Default: errors only, as JSON lines on stderr. */
+  logger?: Logger;
   /** Replaces crypto-worker.mjs (tests use one that stalls or dies on cue); `data` reaches it as workerData.test. */
   script?: { url: URL; data?: unknown };
 }
@@ -87,7 +90,7 @@ export class CryptoPool {
   readonly inline: boolean;
   /** True when responses are signed on the calling thread (no workers, or a key that cannot be exported). */
   readonly signsInline: boolean;
-  #signer: Signer;
+  #signer: Signer | undefined;
   #logger: Logger;
   #script: URL;
   #workerData: { script: string; keypair?: Keypair; test?: unknown };
@@ -97,6 +100,7 @@ export class CryptoPool {
   #keys = new WeakMap<object, number>();
   #nextKey = 1;
   #nextJob = 1;
+  #starting: Promise<void> | undefined;
   #running = false;
   #closed = false;
   #stats = { verifying: 0, signing: 0, verifiedInWorkers: 0, signedInWorkers: 0, signedInline: 0, workerExits: 0 };
@@ -109,16 +113,21 @@ export class CryptoPool {
     this.workers = n;
     this.inline = n === 0;
     this.#signer = options.signer;
-    this.#logger = options.logger;
+    this.#logger = options.logger ?? pino({ name: 'crypto-pool', level: 'error' }, pino.destination(2));
     this.#script = options.script?.url ?? new URL('./crypto-worker.mjs', import.meta.url);
-    const keypair = this.inline ? undefined : signerKeypair(options.signer);
+    const keypair = this.inline || !options.signer ? undefined : signerKeypair(options.signer);
     this.signsInline = keypair === undefined;
     this.#workerData = { script: this.#script.href, keypair, test: options.script?.data };
   }
 
-  /** Start the workers and wait until each has loaded its WebAssembly. */
-  async start(): Promise<void> {
-    if (this.inline || this.#running || this.#closed) return;
+  /** Start the workers and wait until each has loaded its WebAssembly. Idempotent: later calls wait for the first. */
+  start(): Promise<void> {
+    this.#starting ??= this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
+    if (this.inline || this.#closed) return;
     const started = await Promise.allSettled(Array.from({ length: this.workers }, () => this.#spawn()));
     const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) throw failed.reason;
@@ -131,6 +140,11 @@ export class CryptoPool {
     return { workers: this.workers, running, ...this.#stats };
   }
 
+  /** True once close() was called: verify() answers an Error at once. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Verifications queued or running, over all keys. */
   get verifying(): number {
     return this.#stats.verifying;
@@ -138,7 +152,7 @@ export class CryptoPool {
 
   /** Verify `fields.signature` by `fields.address` over the signed string of `fields`. */
   verify(key: object, fields: VerifyFields): Promise<boolean | Error> {
-    if (this.#closed) return Promise.resolve(new OverloadedError('miner is shutting down'));
+    if (this.#closed) return Promise.resolve(new OverloadedError('the crypto pool is closed'));
     this.#stats.verifying += 1;
     return new Promise((resolve) => {
       const settle = (valid: boolean | Error) => {
@@ -149,8 +163,9 @@ export class CryptoPool {
     });
   }
 
-  /** Sign the signed string of `fields` with the miner's key ("0x" + hex). */
+  /** Sign the signed string of `fields` with the miner's key ("0x" + hex). Throws when the pool has no signer. */
   sign(key: object, fields: SignedFields): Promise<string | null> {
+    if (!this.#signer) throw new OptionError('this crypto pool only verifies: it was made without a signer');
     if (this.#closed) return Promise.resolve(null);
     this.#stats.signing += 1;
     return new Promise((resolve) => {
@@ -188,7 +203,7 @@ export class CryptoPool {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const closing = new OverloadedError('miner is shutting down');
+    const closing = new OverloadedError('the crypto pool is closed');
     for (const job of this.#waiting.splice(0)) this.#drop(job, closing);
     const threads = [...this.#threads];
     for (const thread of threads) {
@@ -314,7 +329,7 @@ export class CryptoPool {
   /** End a job no worker will finish: a verification with `err`; a signature made here instead when `signHere`, else null. */
   #drop(job: Job, err: Error, signHere = false): void {
     if (job.kind === 'verify') return job.settle(err);
-    if (!signHere) return job.settle(null);
+    if (!signHere || !this.#signer) return job.settle(null);
     const { body, id, timestamp, signedFor } = job.fields;
     let signature: string | null = null;
     try {
@@ -325,4 +340,24 @@ export class CryptoPool {
     }
     job.settle(signature);
   }
+}
+
+export interface VerifyPoolOptions {
+  /** Worker threads, 0..64 (0: clients verify on their own thread). Default min(4, max(1, cores - 1)). */
+  workers?: number;
+  /** Where worker failures are reported. Default: errors only, as JSON lines on stderr. */
+  logger?: Logger;
+  /** Replaces crypto-worker.mjs (tests). */
+  script?: { url: URL; data?: unknown };
+}
+
+/**
+ * A started pool that only verifies, for validator clients (ValidatorClient.connect's `cryptoPool`):
+ * one per process, shared by every client; close() it when done (idle workers do not keep the process
+ * alive meanwhile).
+ */
+export async function createVerifyPool(options: VerifyPoolOptions = {}): Promise<CryptoPool> {
+  const pool = new CryptoPool({ workers: options.workers ?? defaultCryptoWorkers(), logger: options.logger, script: options.script });
+  await pool.start();
+  return pool;
 }

@@ -3,8 +3,18 @@
 // it is signed by the miner's hotkey for ours, the signature, token order, and at `done` the
 // transcript digest and token count. Anything that fails verification fails every request on the
 // connection and closes it: past a bad frame nothing on that socket can be trusted.
+//
+// A signature check costs about 4 ms of CPU. By default a client checks on its own thread, which is
+// right for one stream; a validator querying many miners at once passes a shared pool of worker
+// threads (`cryptoPool`, from createVerifyPool). Then each frame's check starts as it arrives, on
+// whichever worker is free, and the frames of a connection wait in one queue in arrival order: a frame
+// is acted on (a token delivered, a transcript hashed, a done checked) only after its own signature is
+// verified and every frame before it has been acted on. Past MAX_UNVERIFIED_FRAMES waiting, the socket
+// is no longer read until the queue is half empty (the miner then sees a slow reader). A check the pool
+// cannot make (a worker died, the pool was closed) is made here instead.
 import { createHash } from 'node:crypto';
 import { WebSocket, type RawData } from 'ws';
+import { CryptoPool } from '../axon/crypto-pool.ts';
 import {
   AxonError,
   ConnectionError,
@@ -24,6 +34,12 @@ import {
   type WireMessage,
 } from '../axon/protocol.ts';
 import { cryptoReady, isValidHotkey, signRequest, verifyFrame, type Signer } from '../axon/signing.ts';
+import { OptionError } from '../errors.ts';
+
+export { CryptoPool, createVerifyPool, type VerifyPoolOptions } from '../axon/crypto-pool.ts';
+
+/** Frames of one connection waiting for their signature check before the socket stops being read. */
+export const MAX_UNVERIFIED_FRAMES = 256;
 
 export interface ValidatorClientOptions {
   /** ws://host:port of the miner's axon. */
@@ -41,6 +57,11 @@ export interface ValidatorClientOptions {
   requestTimeoutMs?: number;
   /** Largest frame accepted from the miner. Default 16 MiB. */
   maxFrameBytes?: number;
+  /**
+   * Worker threads that verify the miner's signatures (createVerifyPool), shared by any number of
+   * clients; the caller closes it. Default: none, every frame is verified on this thread.
+   */
+  cryptoPool?: CryptoPool;
 }
 
 export interface GenerateParams {
@@ -103,6 +124,14 @@ interface Handler {
   onError(err: Error): void;
 }
 
+/** A received frame in its turn: its signature's verdict (a promise while a worker checks it), or why it was refused. */
+interface Inbound {
+  at: number;
+  frame?: ResponseFrame;
+  refusal?: Error;
+  verdict: boolean | Error | Promise<boolean | Error>;
+}
+
 /** The miner hotkey its /health endpoint reports (unauthenticated: pin it with --miner when you can). */
 export async function discoverMinerHotkey(url: string, timeoutMs = 10_000): Promise<string> {
   let health: URL;
@@ -137,25 +166,42 @@ export class ValidatorClient {
   #pending = new Map<string, Handler>();
   #failure: Error | undefined;
   #closedPromise: Promise<void>;
+  /** Verifies on worker threads; undefined: on this thread. */
+  #pool: CryptoPool | undefined;
+  /** Frames received and not yet acted on, in arrival order (with a pool only). */
+  #inbound: Inbound[] = [];
+  #pumping = false;
+  #paused = false;
+  /** Runs once #inbound is empty (the socket closed while frames were still being checked). */
+  #afterDrain: (() => void) | undefined;
 
-  private constructor(ws: WebSocket, url: string, signer: Signer, minerHotkey: string, requestTimeoutMs: number) {
+  private constructor(ws: WebSocket, url: string, signer: Signer, minerHotkey: string, requestTimeoutMs: number, pool: CryptoPool | undefined) {
     this.#ws = ws;
     this.url = url;
     this.#signer = signer;
     this.hotkey = signer.address;
     this.minerHotkey = minerHotkey;
     this.#requestTimeoutMs = requestTimeoutMs;
+    this.#pool = pool;
     this.#closedPromise = new Promise((resolve) => {
       ws.on('close', (code, reason) => {
-        this.#failAll(this.#failure ?? new ConnectionError(`connection to the miner closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`));
-        resolve();
+        // Frames that arrived before the close are acted on first (a done may be among them).
+        const end = () => {
+          this.#failAll(this.#failure ?? new ConnectionError(`connection to the miner closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`));
+          resolve();
+        };
+        if (this.#inbound.length === 0) end();
+        else this.#afterDrain = end;
       });
     });
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
   }
 
   static async connect(options: ValidatorClientOptions): Promise<ValidatorClient> {
+    const pool = options.cryptoPool;
+    if (pool !== undefined && !(pool instanceof CryptoPool)) throw new OptionError('cryptoPool must be a CryptoPool (from createVerifyPool)');
     await cryptoReady();
+    await pool?.start(); // already started (createVerifyPool) but for a pool made with `new CryptoPool`
     const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     const minerHotkey = options.minerHotkey ?? (await discoverMinerHotkey(options.url, connectTimeoutMs));
     if (!isValidHotkey(minerHotkey)) throw new ConnectionError(`miner hotkey ${minerHotkey} is not an ss58 address (format 42)`);
@@ -177,7 +223,7 @@ export class ValidatorClient {
       ws.once('open', onOpen);
     });
     ws.on('error', () => {}); // surfaced through 'close'
-    return new ValidatorClient(ws, options.url, options.signer, minerHotkey, options.requestTimeoutMs ?? 10_000);
+    return new ValidatorClient(ws, options.url, options.signer, minerHotkey, options.requestTimeoutMs ?? 10_000, pool && !pool.inline ? pool : undefined);
   }
 
   /** Fail every open request with `err` (once the connection cannot be trusted or is gone). */
@@ -191,20 +237,75 @@ export class ValidatorClient {
     this.#failure ??= err;
     this.#failAll(err);
     this.#ws.terminate();
+    // Nothing still waiting for its check matters now.
+    this.#inbound.length = 0;
+    this.#pool?.forget(this);
   }
 
   #onMessage(data: RawData, isBinary: boolean): void {
     const at = performance.now();
+    if (this.#failure) return;
+    let entry: Inbound;
     try {
       if (!isBinary) throw new VerificationError('miner sent a text frame');
       const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
       const frame = decodeResponseFrame(bytes, { maxBodyBytes: bytes.length });
       if (frame.signed_by !== this.minerHotkey) throw new VerificationError(`frame signed by ${frame.signed_by}, not the miner ${this.minerHotkey}`);
-      if (!verifyFrame(frame)) throw new VerificationError(`frame ${frame.type} for request ${frame.id || '(none)'} has a bad signature`);
+      entry = { at, frame, verdict: this.#verify(frame) };
+    } catch (err) {
+      entry = { at, refusal: err instanceof Error ? err : new VerificationError(String(err)), verdict: false };
+    }
+    if (!this.#pool) return this.#finish(entry);
+    this.#inbound.push(entry);
+    if (this.#inbound.length >= MAX_UNVERIFIED_FRAMES && !this.#paused) {
+      this.#paused = true;
+      this.#ws.pause();
+    }
+    if (!this.#pumping) void this.#pump();
+  }
+
+  /** The signature's verdict: here, or a promise of a worker's. */
+  #verify(frame: ResponseFrame): boolean | Promise<boolean | Error> {
+    if (!this.#pool || this.#pool.closed) return verifyFrame(frame);
+    return this.#pool.verify(this, { body: frame.body, id: frame.id, timestamp: frame.timestamp, signedFor: frame.signed_for, signature: frame.signature, address: frame.signed_by });
+  }
+
+  /** Act on the waiting frames in arrival order, each once its verdict is in. */
+  async #pump(): Promise<void> {
+    this.#pumping = true;
+    for (;;) {
+      const entry = this.#inbound[0];
+      if (entry === undefined) break;
+      if (entry.verdict instanceof Promise) {
+        entry.verdict = await entry.verdict; // never rejects
+        continue; // look again: a fatal frame may have emptied the queue meanwhile
+      }
+      this.#inbound.shift();
+      if (this.#paused && this.#inbound.length <= MAX_UNVERIFIED_FRAMES / 2) {
+        this.#paused = false;
+        this.#ws.resume();
+      }
+      this.#finish(entry);
+    }
+    this.#pumping = false;
+    const afterDrain = this.#afterDrain;
+    this.#afterDrain = undefined;
+    afterDrain?.();
+  }
+
+  /** The rest of a frame's checks, in its turn, then hand it to its request. */
+  #finish(entry: Inbound): void {
+    if (this.#failure) return;
+    try {
+      if (entry.refusal !== undefined || entry.frame === undefined) throw entry.refusal;
+      const frame = entry.frame;
+      // A worker died during the check, or the pool was closed: check it here.
+      const valid = entry.verdict instanceof Error ? verifyFrame(frame) : entry.verdict === true;
+      if (!valid) throw new VerificationError(`frame ${frame.type} for request ${frame.id || '(none)'} has a bad signature`);
       if (frame.id === '') return; // an error about a frame the miner could not read: none of ours
       if (frame.signed_for !== this.hotkey) throw new VerificationError(`frame signed for ${frame.signed_for}, not for this validator ${this.hotkey}`);
       const parsed = decodeResponseBody(frame.type, frame.body);
-      this.#pending.get(frame.id)?.onFrame(frame, parsed, at); // late frames of finished requests are dropped
+      this.#pending.get(frame.id)?.onFrame(frame, parsed, entry.at); // late frames of finished requests are dropped
     } catch (err) {
       this.#fatal(err instanceof Error ? err : new VerificationError(String(err)));
     }
