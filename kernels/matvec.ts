@@ -1,12 +1,12 @@
 // Matrix-vector products for decode: out = input · Wᵀ (+ bias) (+ residual) for M = 1..8 rows, W any weight
 // dtype. Memory-bound: judge it in GB/s of weight read. See shaders/matvec.wgsl.
 import type { Gpu } from '../src/gpu/device.ts';
-import { UniformLayout } from '../src/gpu/uniforms.ts';
 import { ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkWorkgroupSize } from './dispatch.ts';
 import { paddedCols, weightShader, type PackedWeight } from './weights.ts';
 import {
+  MatmulParams,
   checkProjectionBuffers,
   projectionBindings,
   projectionConstants,
@@ -15,20 +15,6 @@ import {
   type MatmulRun,
   type ProjectionField,
 } from './matmul.ts';
-
-/** Same fields as MatmulParams (one run contract for both kernels). */
-export const MatvecParams = new UniformLayout('Params', [
-  ['m', 'u32'],
-  ['n', 'u32'],
-  ['k', 'u32'],
-  ['a_offset', 'u32'],
-  ['a_stride', 'u32'],
-  ['out_offset', 'u32'],
-  ['out_stride', 'u32'],
-  ['bias_offset', 'u32'],
-  ['residual_offset', 'u32'],
-  ['residual_stride', 'u32'],
-] as const);
 
 /** Most activation rows one matvec handles (MAX_M in the shader). */
 export const MATVEC_MAX_ROWS = 8;
@@ -89,7 +75,7 @@ export class Matvec {
         entryPoint: 'matvec',
         constants: { WG: wg, ROWS: rowsPerWorkgroup, ...projectionConstants(buffers) },
       },
-      MatvecParams,
+      MatmulParams, // one run contract for both kernels (shaders/matmul_projection.wgsl)
       projectionBindings(gpu, buffers),
     );
   }

@@ -9,31 +9,11 @@
 // owning a 4x4 register block. K advances TILE_K = 32 columns at a time (one quant block). Tiles are
 // stored transposed ([k][row], vec4 over rows) so the inner loop reads one vec4 of a and one of W
 // per k, conflict-free, for 16 FMAs.
-
-struct Params {
-  m: u32,               // activation rows (tokens)
-  n: u32,               // output features (weight rows)
-  k: u32,               // input features (weight cols)
-  a_offset: u32,        // first element of a (elements)
-  a_stride: u32,        // elements between consecutive rows of a (>= k)
-  out_offset: u32,      // first element of out (elements)
-  out_stride: u32,      // elements between consecutive rows of out (>= n)
-  bias_offset: u32,     // first element of bias (elements); unused without HAS_BIAS
-  residual_offset: u32, // first element of residual (elements); unused without HAS_RESIDUAL
-  residual_stride: u32, // elements between consecutive rows of residual (>= n); unused without HAS_RESIDUAL
-}
+//! include matmul_projection.wgsl
 
 override TILE_M: u32 = 64; // output rows per workgroup, multiple of 4
 override TILE_N: u32 = 64; // output cols per workgroup, multiple of 4
-override HAS_BIAS: bool = false;
-override HAS_RESIDUAL: bool = false; // add residual[m, n] (a fused residual connection)
 const TILE_K: u32 = 32u;
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(3) var<storage, read> a: array<f32>;          // (M, a_stride) from a_offset
-@group(0) @binding(4) var<storage, read> bias: array<f32>;       // (N) from bias_offset; a placeholder without HAS_BIAS
-@group(0) @binding(5) var<storage, read> residual: array<f32>;   // (M, residual_stride) from residual_offset; a placeholder without HAS_RESIDUAL
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset; never the residual's buffer
 
 var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>; // (TILE_K, TILE_M/4): a[m0 + m, k0 + kk]
 var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE_N / 4u>; // (TILE_K, TILE_N/4): W[n0 + n, k0 + kk]

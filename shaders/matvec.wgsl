@@ -8,32 +8,12 @@
 // workgroup tree reduction sums the WG partials. Workgroups are numbered over a 2-D grid
 // (grid_group) so vocabularies above 65535 rows fit.
 //! include grid.wgsl
-
-struct Params {
-  m: u32,               // activation rows (1..MAX_M)
-  n: u32,               // output features (weight rows)
-  k: u32,               // input features (weight cols)
-  a_offset: u32,        // first element of a (elements)
-  a_stride: u32,        // elements between consecutive rows of a (>= k)
-  out_offset: u32,      // first element of out (elements)
-  out_stride: u32,      // elements between consecutive rows of out (>= n)
-  bias_offset: u32,     // first element of bias (elements); unused without HAS_BIAS
-  residual_offset: u32, // first element of residual (elements); unused without HAS_RESIDUAL
-  residual_stride: u32, // elements between consecutive rows of residual (>= n); unused without HAS_RESIDUAL
-}
+//! include matmul_projection.wgsl
 
 const MAX_M: u32 = 8u;
 const MAX_ROWS: u32 = 4u;
 override WG: u32 = 128;    // threads per workgroup, power of two >= ROWS * MAX_M
 override ROWS: u32 = 1;    // weight rows per workgroup, 1..MAX_ROWS
-override HAS_BIAS: bool = false;
-override HAS_RESIDUAL: bool = false; // add residual[m, n] (a fused residual connection)
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(3) var<storage, read> a: array<f32>;          // (M, a_stride) from a_offset
-@group(0) @binding(4) var<storage, read> bias: array<f32>;       // (N) from bias_offset; a placeholder without HAS_BIAS
-@group(0) @binding(5) var<storage, read> residual: array<f32>;   // (M, residual_stride) from residual_offset; a placeholder without HAS_RESIDUAL
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;  // (M, out_stride) from out_offset; never the residual's buffer
 
 var<workgroup> partial: array<f32, ROWS * MAX_M * WG>; // (ROWS * MAX_M, WG): per-thread partial sums
 
