@@ -173,53 +173,18 @@ export function f32ArrayToBf16(values: ArrayLike<number>): Uint16Array {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q8_0: blocks of 32 along ne[0]; f16 scale d, then 32 int8 q; value = q * d.
-
-export const Q8_0_BLOCK = 32;
-export const Q8_0_BYTES = 34;
-
-/** quantize_row_q8_0_ref (kernels/weights.ts holds the one implementation), as GGUF block bytes. */
-export function quantizeQ8_0(values: ArrayLike<number>): Uint8Array {
-  if (values.length % Q8_0_BLOCK !== 0) throw new RangeError(`Q8_0 needs a multiple of 32 values (got ${values.length})`);
-  return ggufBytes(packWeight('q8_0', 1, values.length, Float32Array.from(values)));
-}
-
-export function dequantizeQ8_0(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
-  checkBlocks('Q8_0', bytes, count, Q8_0_BLOCK, Q8_0_BYTES);
-  out.set(dequantize(packGguf('q8_0', 1, count, bytes)));
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Q4_0: blocks of 32 along ne[0]; f16 scale d, then 16 bytes: byte j holds element j in its low
-// nibble and element j + 16 in its high nibble; value = (nibble - 8) * d.
-
-export const Q4_0_BLOCK = 32;
-export const Q4_0_BYTES = 18;
-
-/** quantize_row_q4_0_ref (kernels/weights.ts holds the one implementation), as GGUF block bytes. */
-export function quantizeQ4_0(values: ArrayLike<number>): Uint8Array {
-  if (values.length % Q4_0_BLOCK !== 0) throw new RangeError(`Q4_0 needs a multiple of 32 values (got ${values.length})`);
-  return ggufBytes(packWeight('q4_0', 1, values.length, Float32Array.from(values)));
-}
-
-export function dequantizeQ4_0(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
-  checkBlocks('Q4_0', bytes, count, Q4_0_BLOCK, Q4_0_BYTES);
-  out.set(dequantize(packGguf('q4_0', 1, count, bytes)));
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Q4_1, Q5_0, Q5_1: blocks of 32 along ne[0] (ggml-common.h); kernels/weights.ts holds the one
-// implementation of quantize_row_*_ref and dequantize_row_* (values are exact in f32).
+// Quantised types: kernels/weights.ts holds the one implementation of ggml's quantize_row_*_ref
+// (the 32-blocks) and dequantize_row_* (values are exact in f32); encodeGgml / decodeGgml below
+// reach it through GGUF block bytes.
+// Q8_0 (34 bytes): f16 d, then 32 int8 q; value = q * d.
+// Q4_0 (18 bytes): f16 d, then 16 bytes: byte j holds element j in its low nibble and element j + 16
+//   in its high nibble; value = (nibble - 8) * d.
 // Q4_1 (20 bytes): f16 d, f16 m, 16 bytes of nibbles as Q4_0's; value = nibble * d + m.
 // Q5_0 (22 bytes): f16 d, qh[4] (bit j = bit 4 of element j), 16 bytes of low nibbles as Q4_0's;
 //   value = (q - 16) * d.
 // Q5_1 (24 bytes): f16 d, f16 m, qh[4], 16 bytes of low nibbles; value = q * d + m.
 
-// ---------------------------------------------------------------------------------------------
-// K-quants: super-blocks of 256 along ne[0] (ggml-common.h). Decoding follows dequantize_row_q2_K ..
-// dequantize_row_q6_K; kernels/weights.ts holds the one implementation (values are exact in f32).
+// K-quants, super-blocks of 256 along ne[0] (decoded only):
 // Q2_K (84 bytes): scales[16] (4-bit scale | 4-bit min << 4 of 16 sub-blocks of 16), qs[64] (2-bit),
 //   f16 d, f16 dmin; value = d * sc * q - dmin * m.
 // Q3_K (110 bytes): hmask[32] (high bits), qs[64] (2 low bits), scales[12] (16 packed 6-bit scales),
@@ -229,22 +194,6 @@ export function dequantizeQ4_0(bytes: Uint8Array, count: number, out = new Float
 // Q5_K (176 bytes): as Q4_K with qh[32] before qs[128]: bit j of qh[l] is bit 4 of element l of
 //   sub-block j.
 // Q6_K (210 bytes): ql[128], qh[64], int8 scales[16], f16 d; value = d * scales[i / 16] * (q - 32).
-
-export const K_QUANT_BLOCK = 256;
-export const Q4_K_BYTES = 144;
-export const Q6_K_BYTES = 210;
-
-export function dequantizeQ4_K(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
-  checkBlocks('Q4_K', bytes, count, K_QUANT_BLOCK, Q4_K_BYTES);
-  out.set(dequantize(packGguf('q4_k', 1, count, bytes)));
-  return out;
-}
-
-export function dequantizeQ6_K(bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
-  checkBlocks('Q6_K', bytes, count, K_QUANT_BLOCK, Q6_K_BYTES);
-  out.set(dequantize(packGguf('q6_k', 1, count, bytes)));
-  return out;
-}
 
 /** The GGUF types kernels/weights.ts decodes and (for the 32-blocks) quantises, by its dtype name. */
 const QUANT_DTYPE: Partial<Record<GgmlTypeName, QuantDtype>> = {
@@ -281,7 +230,7 @@ export function ggmlByteLength(type: number, count: number): number {
   return (count / info.blockSize) * info.blockBytes;
 }
 
-/** Quantise or convert f32 values into `type`'s bytes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). */
+/** Quantise (as ggml's reference quantisers) or convert f32 values into `type`'s bytes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). */
 export function encodeGgml(type: number, values: ArrayLike<number>): Uint8Array {
   switch (type) {
     case GgmlType.F32: {
@@ -293,9 +242,7 @@ export function encodeGgml(type: number, values: ArrayLike<number>): Uint8Array 
     case GgmlType.BF16:
       return new Uint8Array(f32ArrayToBf16(values).buffer);
     case GgmlType.Q8_0:
-      return quantizeQ8_0(values);
     case GgmlType.Q4_0:
-      return quantizeQ4_0(values);
     case GgmlType.Q4_1:
     case GgmlType.Q5_0:
     case GgmlType.Q5_1: {
