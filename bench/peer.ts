@@ -1,7 +1,9 @@
-// The optional peer: the same GGUF through llama.cpp (node-llama-cpp's prebuilt binary, a
-// devDependency) on the same machine, measured the way llama-bench does: prompt processing of N
-// tokens, then decode tokens/s at batch 1. CPU only: `gpu: false` and `build: 'never'` (the default
-// build silently compiles llama.cpp from source when no binary fits).
+// The optional peer: the same GGUF through llama.cpp (node-llama-cpp's prebuilt binary, installed in
+// bench/llama-cpp by `npm run setup`) on the same machine, measured the way llama-bench does: prompt
+// processing of N tokens, then decode tokens/s at batch 1. On the CPU by default; with `gpu: true`
+// (`bench --peer-gpu`) on llama.cpp's GPU build when one is installed (`node scripts/llama-cpp.mjs
+// --gpu vulkan|cuda`), all layers offloaded, and the backend it took is named in the report.
+// Always `build: 'never'`: the default silently compiles llama.cpp from source when no binary fits.
 import { availableParallelism } from 'node:os';
 import type { BenchPreset } from './presets.ts';
 import type { Progress } from './roofline.ts';
@@ -21,30 +23,39 @@ export interface PeerSkipped {
   skipped: string;
 }
 
-type LlamaModule = typeof import('node-llama-cpp');
+type LlamaModule = typeof import('./llama-cpp/index.ts');
 
 async function loadModule(): Promise<LlamaModule | string> {
   try {
-    return await import('node-llama-cpp');
+    return await import('./llama-cpp/index.ts');
   } catch (err) {
-    return `node-llama-cpp is not installed (${(err as Error).message.split('\n')[0]})`;
+    return `llama.cpp is not installed: run \`node scripts/llama-cpp.mjs\` (${(err as Error).message.split('\n')[0]})`;
   }
 }
 
-export async function benchPeer(ggufPath: string, preset: BenchPreset, progress: Progress = () => {}): Promise<PeerReport | PeerSkipped> {
-  const stack = 'llama.cpp (node-llama-cpp, CPU)';
+export interface PeerOptions {
+  /** Run llama.cpp on its GPU build (CUDA, Vulkan or Metal, whichever is installed and works) instead of the CPU. */
+  gpu?: boolean;
+}
+
+export async function benchPeer(ggufPath: string, preset: BenchPreset, progress: Progress = () => {}, options: PeerOptions = {}): Promise<PeerReport | PeerSkipped> {
+  const wanted = options.gpu ? 'GPU' : 'CPU';
   const mod = await loadModule();
-  if (typeof mod === 'string') return { stack, skipped: mod };
+  if (typeof mod === 'string') return { stack: `llama.cpp (${wanted})`, skipped: mod };
   const e = preset.e2e;
   const threads = availableParallelism();
-  progress(`peer: loading ${ggufPath} in llama.cpp (CPU, ${threads} threads)`);
+  progress(`peer: loading ${ggufPath} in llama.cpp (${wanted}, ${threads} threads)`);
   let llama;
   try {
-    llama = await mod.getLlama({ gpu: false, build: 'never', logLevel: mod.LlamaLogLevel.error, progressLogs: false, skipDownload: true });
+    llama = await mod.getLlama({ gpu: options.gpu ? 'auto' : false, build: 'never', logLevel: mod.LlamaLogLevel.error, progressLogs: false, skipDownload: true });
   } catch (err) {
-    return { stack, skipped: `llama.cpp has no prebuilt binary for this machine (${(err as Error).message.split('\n')[0]})` };
+    return { stack: `llama.cpp (${wanted})`, skipped: `llama.cpp has no prebuilt binary for this machine (${(err as Error).message.split('\n')[0]})` };
   }
-  const model = await llama.loadModel({ modelPath: ggufPath, gpuLayers: 0 });
+  // With gpu 'auto', node-llama-cpp falls back to its CPU build when no GPU build loads: say which ran.
+  const backend = llama.gpu === false ? 'CPU' : llama.gpu;
+  const stack = `llama.cpp (node-llama-cpp ${await mod.getModuleVersion()}, ${backend})`;
+  if (options.gpu && llama.gpu === false) progress('peer: no llama.cpp GPU build loaded; the peer runs on the CPU');
+  const model = await llama.loadModel({ modelPath: ggufPath, gpuLayers: options.gpu ? 'max' : 0 });
   const longest = Math.max(...e.promptTokens);
   const context = await model.createContext({
     contextSize: Math.ceil((longest + e.decodeTokens + 32) / 256) * 256,
@@ -87,7 +98,7 @@ export async function benchPeer(ggufPath: string, preset: BenchPreset, progress:
     const seconds = (end - start) / 1000;
     return {
       stack,
-      device: 'CPU',
+      device: backend,
       threads,
       model: ggufPath,
       prompt,

@@ -283,6 +283,6 @@ export function formatMarkdown(report: BenchReport, chartFile?: string): string 
       out.push(markdownTable(['', 'ours', 'llama.cpp', 'ours / llama.cpp'], peerRows(report)!, [false, true, true, true]));
     }
   }
-  out.push('', 'Sources: shared/reference/baselines.md, copied into bench/a100.json with each figure\'s source.', '');
+  out.push('', 'Sources: every reference figure in bench/a100.json names its source; docs/baselines.md says where to read each.', '');
   return out.join('\n');
 }

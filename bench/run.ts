@@ -35,6 +35,8 @@ export interface BenchOptions {
   prefillChunk?: number;
   /** Run llama.cpp on the same GGUF when possible (default true). */
   peer?: boolean;
+  /** Run the peer on llama.cpp's GPU build when one is installed (default: its CPU build). */
+  peerGpu?: boolean;
   json?: string;
   /** Default: next to the JSON, .md. */
   markdown?: string;
@@ -129,7 +131,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     ...report,
     a100: compareWithA100(data, report.roofline, report.e2e),
   };
-  if (options.peer !== false && model.endsWith('.gguf')) result.peer = await benchPeer(model, preset, progress);
+  if (options.peer !== false && model.endsWith('.gguf')) result.peer = await benchPeer(model, preset, progress, { gpu: options.peerGpu });
   writeOutputs(result, options, progress);
   return result;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// One-command set-up for a fresh machine: npm packages, then, on Linux when no hardware GPU adapter
-// is usable, the Mesa packages for the software WebGPU adapter (apt-get as root, else via sudo).
-// Safe to run again.
+// One-command set-up for a fresh machine: npm packages; llama.cpp for the tests and the bench peer
+// (scripts/llama-cpp.mjs; `npm run setup -- --llama-cpp-gpu vulkan|cuda` adds its GPU build); then, on
+// Linux when no hardware GPU adapter is usable, the Mesa packages for the software WebGPU adapter
+// (apt-get as root, else via sudo). Safe to run again.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
@@ -25,7 +26,15 @@ function hasHardwareAdapter() {
   return probe.status === 0;
 }
 
+const args = process.argv.slice(2);
+const gpuAt = args.indexOf('--llama-cpp-gpu');
+if (args.length > 0 && (gpuAt !== 0 || args.length !== 2)) {
+  console.error('usage: npm run setup [-- --llama-cpp-gpu vulkan|cuda]');
+  process.exit(2);
+}
+
 if (!existsSync('node_modules/.package-lock.json')) run('npm', ['ci']);
+run(process.execPath, ['scripts/llama-cpp.mjs', ...(gpuAt === 0 ? ['--gpu', args[1]] : [])]);
 
 if (process.platform === 'linux' && !hasHardwareAdapter()) {
   const missing = missingDebianPackages();

@@ -244,6 +244,7 @@ program
   .option('--markdown <file>', 'write the Markdown summary here')
   .option('--svg <file>', 'write the chart here')
   .option('--no-peer', 'skip llama.cpp on the same GGUF')
+  .option('--peer-gpu', 'run the llama.cpp peer on its GPU build (install it with: node scripts/llama-cpp.mjs --gpu vulkan|cuda)')
   .addOption(new Option('--preset <name>', 'sizes: full, quick or test').choices(['full', 'quick', 'test']).hideHelp())
   .addOption(adapterOption)
   .action(async (o, command: Command) => {
@@ -262,6 +263,7 @@ program
       markdown: o.markdown,
       svg: o.svg,
       peer: o.peer,
+      peerGpu: o.peerGpu,
     });
     printReport(report);
   });

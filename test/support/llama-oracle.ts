@@ -2,7 +2,7 @@
 // position and tokenisation of a GGUF file. Settings that make it comparable with a float64
 // reference (shared/reference/environment.md): CPU only, F32 KV cache, flash attention off.
 // build: 'never' matters: the default silently compiles llama.cpp from source when no binary fits.
-import { getLlama, LlamaLogLevel, type ControlledEvaluateInputItem, type Llama, type LlamaModel, type Token } from 'node-llama-cpp';
+import { getLlama, LlamaLogLevel, type ControlledEvaluateInputItem, type Llama, type LlamaModel, type Token } from '../../bench/llama-cpp/index.ts';
 
 let llama: Promise<Llama> | undefined;
 const models = new Map<string, Promise<LlamaModel>>();
