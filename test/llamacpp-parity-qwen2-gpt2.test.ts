@@ -3,21 +3,23 @@
 // logits at every position of a 40-token sequence whose last 32 tokens are our greedy continuation
 // (through the decode path); greedy agreement is llama.cpp's argmax at each generated position.
 //
-// Bounds against llama.cpp, and why they are what they are. Against the float64 reference every
-// case must stay within 1e-4 (measured ~5e-7). Against llama.cpp:
-//  - Qwen2 F32: 1e-4 and 32/32 greedy (measured 4.3e-7 .. 5.8e-7 over seeds 1..6, 21 and 23).
-//  - GPT-2 F32: 1e-3 and 32/32. ggml's CPU GELU is a table over f16 inputs holding f16 outputs
-//    (GGML_GELU_FP16), so llama.cpp itself is ~3e-4 away from GPT-2's tanh GELU (gelu_new), which we
-//    and the reference compute exactly (measured 3.4e-4 .. 5.1e-4 over seeds 1..6 and 31).
-//  - Q8_0: 3e-2 and 29/32. ggml rounds the activations of a Q8_0 matmul to Q8_0 blocks, we do not
-//    (measured 1.4e-2 .. 1.9e-2 and 30/32 .. 32/32 over seeds 1..6 of each architecture).
-// To show those gaps are exactly that, the float64 reference is also run with ggml's activation
-// handling (test/support/ggml-activations.ts: f16-table GELU for GPT-2, Q8_0 rounding of every
-// projection input for Q8_0 files): it must match llama.cpp within 1e-6 at the first position (every
-// weight is used there; measured 5e-8 .. 3e-7) and at most positions. It departs at isolated
-// positions where an activation lies within f32 rounding noise of an f16 or Q8_0 rounding boundary
-// (seen: a Q8_0 input at 65.50000089 steps), and the flipped value reaches later positions through
-// the KV cache.
+// Every assertion is about OUR logits (as in test/llamacpp-parity.test.ts, which explains the
+// reasoning): within REFERENCE_BOUND of the float64 reference, and within the bound of its format
+// against llama.cpp, whose CPU backend rounds what we do not:
+//  - Q8_0: the activations of a Q8_0 matmul are rounded to Q8_0 blocks.
+//  - GELU (GPT-2): ggml's CPU GELU is a table over f16 inputs holding f16 outputs (GGML_GELU_FP16),
+//    ~3e-4 away from GPT-2's tanh GELU (gelu_new), which we and the reference compute exactly.
+// How llama.cpp rounds depends on the CPU variant it loads (AVX2, AVX-512: on an AVX-512 EPYC the
+// float64 reference with the f16 GELU table matches llama.cpp within 1e-6 at 15 of 40 positions, on
+// AVX2 at most), so it is not asserted; the size of the gap does not depend on it. Bounds and
+// measurements, rel-L2 vs llama.cpp / greedy of 32:
+//   format            bound          AVX-512 (EPYC), the tests' seeds   AVX2 (earlier runs, more seeds)
+//   f32 (qwen2)       1e-4 / 32      5.8e-7, 5.2e-7 (fused QKV) / 32    4.3e-7 .. 5.8e-7 / 32
+//   f32 + GELU (gpt2) 1e-3 / 29      3.4e-4 / 32                        3.4e-4 .. 5.1e-4 / 32
+//   q8_0              3e-2 / 28      1.8e-2 (qwen2), 1.6e-2 (gpt2) / 32  1.4e-2 .. 1.9e-2 / 30..32
+// Against float64 every case is within REFERENCE_BOUND, 1e-4 (measured ~5e-7). When a bound against
+// llama.cpp fails, the message gives the float64 reference with llama.cpp's rounding
+// (test/support/ggml-activations.ts) against llama.cpp, to tell that rounding from a misread weight.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,12 +47,21 @@ function referenceConfig(tiny: TinyModel): ModelConfig {
   return { ...configFromHf(tiny.config), tieWordEmbeddings: tiny.config.tie_word_embeddings === true };
 }
 
+/** Rel-L2 of our logits against the float64 reference on the same (dequantised) weights, every case. */
+const REFERENCE_BOUND = 1e-4;
+
+/** Against llama.cpp, per format: the largest rel-L2 at any position, the least greedy agreement (of 32). */
+const BOUNDS = {
+  f32: { relL2: 1e-4, greedy: 32 },
+  'f32 + GELU': { relL2: 1e-3, greedy: 29 },
+  q8_0: { relL2: 3e-2, greedy: 28 },
+} as const;
+
 interface Case {
   name: string;
   write: (path: string, options: TinyArchOptions) => TinyModel;
   options: TinyArchOptions & { dtype: 'f32' | 'q8_0'; seed: number };
-  /** Largest rel-L2 against llama.cpp at any position, and the least greedy agreement (of 32). */
-  bound: { relL2: number; greedy: number };
+  format: keyof typeof BOUNDS;
 }
 
 const CASES: Case[] = [
@@ -58,31 +69,31 @@ const CASES: Case[] = [
     name: 'qwen2 F32 (GQA 4/2, q/k/v biases, NEOX RoPE theta 1e6, tied)',
     write: writeTinyQwen2Gguf,
     options: { dtype: 'f32', seed: 21 },
-    bound: { relL2: 1e-4, greedy: 32 },
+    format: 'f32',
   },
   {
     name: 'qwen2 Q8_0 (GQA 4/2, q/k/v biases, untied output.weight)',
     write: writeTinyQwen2Gguf,
     options: { dtype: 'q8_0', seed: 22, tieEmbeddings: false },
-    bound: { relL2: 3e-2, greedy: 29 },
+    format: 'q8_0',
   },
   {
     name: 'qwen2 F32 with one attn_qkv weight and bias (convert --fuse-qkv)',
     write: writeTinyQwen2Gguf,
     options: { dtype: 'f32', seed: 23, fuseQkv: true },
-    bound: { relL2: 1e-4, greedy: 32 },
+    format: 'f32',
   },
   {
     name: 'gpt2 F32 (LayerNorm, learned positions, fused QKV, GELU, tied)',
     write: writeTinyGpt2Gguf,
     options: { dtype: 'f32', seed: 31 },
-    bound: { relL2: 1e-3, greedy: 32 },
+    format: 'f32 + GELU',
   },
   {
     name: 'gpt2 Q8_0 (untied output.weight)',
     write: writeTinyGpt2Gguf,
     options: { dtype: 'q8_0', seed: 32, tieEmbeddings: false },
-    bound: { relL2: 3e-2, greedy: 29 },
+    format: 'q8_0',
   },
 ];
 
@@ -102,26 +113,21 @@ describe('qwen2 and gpt2: ours vs llama.cpp vs float64 on the same GGUF', () => 
       const vsLlama = worst(ours, theirs);
       const vsReference = worst(ours, reference);
       const agree = greedyAgreement(sequence, prompt.length, theirs);
-      // The float64 reference with llama.cpp's activation handling, against llama.cpp.
-      const gpt2 = config.architecture === 'gpt2';
-      const q8 = c.options.dtype === 'q8_0';
-      const emulated = errors(
-        referenceLogits(config, tiny.weights, sequence, { gelu: gpt2 ? ggmlGelu : undefined, roundInput: q8 ? roundQ8_0 : undefined }),
-        theirs,
-      );
-      const within = emulated.filter((e) => e <= 1e-6).length;
       console.log(
-        `[parity] ${c.name}: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/32` +
-          (gpt2 || q8
-            ? `; float64 with ggml's ${[gpt2 ? 'f16 GELU' : '', q8 ? 'Q8_0 activations' : ''].filter(Boolean).join(' and ')} vs llama.cpp: ` +
-              `first position ${emulated[0].toExponential(2)}, within 1e-6 at ${within}/${emulated.length} positions, worst ${Math.max(...emulated).toExponential(2)}`
-            : ''),
+        `[parity] ${c.name}: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/${sequence.length - prompt.length}`,
       );
-      expect(vsReference).toBeLessThanOrEqual(1e-4);
-      expect(vsLlama).toBeLessThanOrEqual(c.bound.relL2);
-      expect(agree).toBeGreaterThanOrEqual(c.bound.greedy);
-      expect(emulated[0]).toBeLessThanOrEqual(1e-6);
-      expect(within).toBeGreaterThan(emulated.length / 2);
+      expect(sequence.length - prompt.length).toBe(32);
+      expect(vsReference).toBeLessThanOrEqual(REFERENCE_BOUND);
+      const bound = BOUNDS[c.format];
+      // Only when the bound fails: the float64 reference with llama.cpp's activation handling, against llama.cpp.
+      const explain = () => {
+        const gpt2 = config.architecture === 'gpt2';
+        const q8 = c.options.dtype === 'q8_0';
+        const e = errors(referenceLogits(config, tiny.weights, sequence, { gelu: gpt2 ? ggmlGelu : undefined, roundInput: q8 ? roundQ8_0 : undefined }), theirs);
+        return `float64 with llama.cpp's activation handling vs llama.cpp: first position ${e[0].toExponential(2)}, worst ${Math.max(...e).toExponential(2)}`;
+      };
+      expect(vsLlama, vsLlama <= bound.relL2 ? undefined : `rel-L2 vs llama.cpp ${vsLlama} > ${bound.relL2}; ${explain()}`).toBeLessThanOrEqual(bound.relL2);
+      expect(agree).toBeGreaterThanOrEqual(bound.greedy);
     });
   }
 });
