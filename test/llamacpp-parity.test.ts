@@ -1,47 +1,63 @@
 // Our runtime against llama.cpp (node-llama-cpp's CPU build) on the same GGUF files, and against the
-// float64 reference on the same (dequantised) weights. Logits are compared at every position.
+// float64 reference on the same (dequantised) weights. Logits are compared at every position of a
+// 40-token sequence whose last 32 tokens are our greedy continuation (through the decode path).
 //
-// Bounds. F32: rel-L2 <= 1e-4 and identical greedy tokens. F16/Q8_0/Q4_0: ggml's CPU matmul first
-// rounds the activations to the weight's dot type (F16, or Q8_0 blocks), which we do not (our
-// activations stay f32), so llama.cpp differs from both us and the float64 reference by that
-// rounding; against llama.cpp the bounds are the ones stated below, while against the float64
-// reference on the dequantised weights every format must stay within 1e-4.
+// Every assertion is about OUR logits: rel-L2 against the float64 reference (the sharp check, 1e-4
+// for every format), rel-L2 against llama.cpp, and teacher-forced greedy agreement (llama.cpp's
+// argmax at each generated position is our token). The bounds against llama.cpp, one row per format
+// in BOUNDS below, are wide because llama.cpp's CPU matmul first rounds the activations to the
+// weight's dot type (F16; Q8_0 blocks for Q8_0, Q4_0, Q5_0; Q8_1 for Q4_1, Q5_1; Q8_K, one scale per
+// 256, for the K-quants), which we do not (our activations stay f32). That rounding sets the gap;
+// how llama.cpp rounds is not asserted: its kernels depend on the CPU (x86 builds pick an AVX2 or an
+// AVX-512 variant at load, with other accumulation orders, rounding instructions and, for the
+// K-quants, repacked layouts). Those details move single activations across a rounding boundary (the
+// float64 reference with Q8_K-rounded activations matches llama.cpp's K-quant logits at the first
+// position to ~1e-7, then departs by up to 1.5e-2 in some models, at positions that differ between
+// CPUs), but they do not change the size of the rounding gap. So each rel-L2 bound is at least 1.5x the value measured at the tests' seed and
+// above every value recorded on AVX2 over seeds 1..3 (except Q5_K's 1.7e-1 at seed 3), and each
+// greedy floor is at least 3 tokens of 32 below the lowest count measured on either (a near-tie that
+// another CPU's rounding flips costs one token; a wrong decode agrees at ~1/V). F32 keeps 32 of 32:
+// there the two sides differ by f32 summation order alone (~5e-7), and a flip would need a top-two
+// margin that small.
+// Bounds (BOUNDS below) and measurements, rel-L2 vs llama.cpp / greedy of 32, seed 7 as the tests:
+//   format   bound            AVX-512 (EPYC)    AVX2, seeds 7 and 1..3 (earlier runs)
+//   f32      1e-4   / 32      5.8e-7 / 32       ~5e-7 / 32
+//   f16      2e-3   / 29      6.8e-4 / 32       ~7e-4 / 32
+//   q8_0     3e-2   / 28      1.6e-2 / 32
+//   q4_0     3e-2   / 28      1.8e-2 / 31
+//   q4_1     3e-2   / 28      1.8e-2 / 32       1.7e-2 .. 1.9e-2 / 31..32
+//   q5_0     3e-2   / 28      1.6e-2 / 31       1.5e-2 .. 2.2e-2 / 31
+//   q5_1     3e-2   / 28      1.6e-2 / 32       1.6e-2 .. 2.0e-2 / 31..32
+//   q2_k     1.5e-1 / 24      5.3e-2 / 30       4.0e-2 .. 7.2e-2 / 30..31
+//   q3_k     1.5e-1 / 24      5.6e-2 / 31       5.6e-2 .. 8.7e-2 / 29..32
+//   q4_k     1.5e-1 / 24      3.7e-2 / 30       3.4e-2 .. 1.2e-1 / 28..32 (q4_k, q6_k, q4_k_m)
+//   q5_k     1.5e-1 / 24      6.4e-2 / 30       6.4e-2 at seed 7, 3.9e-2 .. 1.7e-1 / 30..32
+//   q6_k     1.5e-1 / 24      7.3e-2 / 31       as q4_k
+//   q4_k_m   1.5e-1 / 24      6.3e-2 / 30       as q4_k
+//   q5_k_m   1.5e-1 / 24      8.2e-2 / 28       6.1e-2 .. 1.2e-1 / 28..31
+// Against float64 every format stays within 2e-5 (measured 4e-7 .. 1.4e-5).
 //
-// K-quants (Q4_K, Q6_K, and a Q4_K_M-like mix): the models are random valid blocks at hidden 256,
-// FFN 512, 4 heads of 64 over 2 KV heads. ggml rounds the activations of every K-quant matmul to
-// Q8_K (one 8-bit scale per 256), coarser than Q8_0's per 32, so the bounds are wider. Measured
-// with seeds 7 (the tests) and 1..3: rel-L2 3.4e-2 .. 1.2e-1, greedy 28/32 .. 32/32. To show the
-// gap is that rounding and not the weights, the float64 reference is also run with its projection
-// inputs rounded to Q8_K as quantize_row_q8_K_ref does: it must match llama.cpp at the first position
-// within 1e-5 (every weight is used there; measured ~1e-7). It matches at every position in some
-// models; in others llama.cpp departs from it from some later position on by ~1e-2, by a cause in its
-// CPU kernels not pinned down here (not a Q8_K rounding tie: insensitive to 1e-6 input noise).
+// The models: F32 .. Q5_1 are random floats quantised as ggml's reference quantisers do (hidden 64);
+// the K-quants are random valid blocks at hidden 256, FFN 512, 4 heads of 64 over 2 KV heads (Q4_K_M:
+// Q4_K with Q6_K for attn_v, ffn_down and output; Q5_K_M likewise). Q4_1, Q5_0 and Q5_1 are also
+// checked as a token embedding in an otherwise F32 model: a gather rounds nothing, so llama.cpp's
+// get_rows must give our rows within the F32 bound.
 //
-// Q4_1, Q5_0, Q5_1 (random floats quantised as ggml's reference does, hidden 64) and Q5_K, Q5_K_M
-// (Q5_K with Q6_K for attn_v, ffn_down and output), Q3_K, Q2_K (random valid blocks, hidden 256).
-// Measured with seeds 7 (the tests) and 1..3, rel-L2 vs llama.cpp / greedy: Q4_1 1.7e-2 .. 1.9e-2,
-// 31..32/32; Q5_0 1.5e-2 .. 2.2e-2, 31/32; Q5_1 1.6e-2 .. 2.0e-2, 31..32/32; Q5_K 3.9e-2 .. 1.7e-1
-// (seed 3; 6.4e-2 at seed 7), 30..32/32; Q5_K_M 6.1e-2 .. 1.2e-1, 28..31/32; Q3_K 5.6e-2 .. 8.7e-2,
-// 29..32/32; Q2_K 4.0e-2 .. 7.2e-2, 30..31/32. Our logits stay within 3e-5 of float64 on the
-// dequantised weights in all of them. The gap is llama.cpp's activation rounding: Q5_0 multiplies
-// Q8_0-rounded activations (float64 with that rounding matches llama.cpp within 1e-7 at every
-// position), the K-quants Q8_K-rounded ones (matches at the first position, as for Q4_K above). Q4_1
-// and Q5_1 multiply Q8_1 blocks, whose sum s = d * sum(q) is stored as f16 and scales each weight
-// block's min m; no rounding of the activations alone reproduces that, so their decode is checked
-// exactly instead through a gather: a token embedding of that type in an otherwise F32 model must
-// match llama.cpp (get_rows dequantises without rounding anything) within the F32 bound.
+// When a bound against llama.cpp fails, the message gives the float64 reference run with llama.cpp's
+// activation rounding (test/support/ggml-activations.ts, kquants.ts) against llama.cpp: if that is
+// close (~1e-7 at the first position) the gap is the rounding and the bound is too tight; if not,
+// the weights are read differently.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openModelSource } from '../models/source.ts';
-import { configFromHf } from '../models/config.ts';
-import { GgmlType } from '../models/ggml.ts';
-import { writeHfFolder, writeTinyLlamaGguf, type TinyDtype } from './support/tiny-models.ts';
+import { configFromHf, type ModelConfig } from '../models/config.ts';
+import { f16BitsToF32, f32ToF16Bits, GgmlType } from '../models/ggml.ts';
+import { writeTinyLlamaGguf, type TinyDtype } from './support/tiny-models.ts';
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
-import { referenceLogits } from './support/reference-model.ts';
-import { compare, rng } from './support/reference.ts';
-import { greedyAgreement, ourGreedy, ourLogits, worst } from './support/parity.ts';
+import { referenceLogits, type Weights } from './support/reference-model.ts';
+import { rng } from './support/reference.ts';
+import { errors, greedyAgreement, ourGreedy, ourLogits, worst } from './support/parity.ts';
 import { useGpu } from './support/gpu.ts';
 import { roundQ8K } from './support/kquants.ts';
 import { roundQ8_0 } from './support/ggml-activations.ts';
@@ -53,25 +69,55 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-// Stated bounds against llama.cpp per format (measured values are logged; see the closing note).
+/** Rel-L2 of our logits against the float64 reference on the same (dequantised) weights, every format. */
+const REFERENCE_BOUND = 1e-4;
+
+/** Against llama.cpp, per format: the largest rel-L2 at any position, the least greedy agreement (of 32). */
 const BOUNDS: Record<TinyDtype, { relL2: number; greedy: number }> = {
-  f32: { relL2: 1e-4, greedy: 1 },
-  f16: { relL2: 2e-3, greedy: 0.95 },
-  q8_0: { relL2: 3e-2, greedy: 0.95 },
-  q4_0: { relL2: 3e-2, greedy: 0.95 },
-  q4_k: { relL2: 1.5e-1, greedy: 0.85 },
-  q6_k: { relL2: 1.5e-1, greedy: 0.85 },
-  q4_k_m: { relL2: 1.5e-1, greedy: 0.85 },
-  q4_1: { relL2: 3e-2, greedy: 0.95 },
-  q5_0: { relL2: 3e-2, greedy: 0.95 },
-  q5_1: { relL2: 3e-2, greedy: 0.95 },
-  q5_k: { relL2: 1.5e-1, greedy: 0.85 },
-  q5_k_m: { relL2: 1.5e-1, greedy: 0.85 },
-  q2_k: { relL2: 1.5e-1, greedy: 0.85 },
-  q3_k: { relL2: 1.5e-1, greedy: 0.85 },
+  f32: { relL2: 1e-4, greedy: 32 },
+  f16: { relL2: 2e-3, greedy: 29 },
+  q8_0: { relL2: 3e-2, greedy: 28 },
+  q4_0: { relL2: 3e-2, greedy: 28 },
+  q4_1: { relL2: 3e-2, greedy: 28 },
+  q5_0: { relL2: 3e-2, greedy: 28 },
+  q5_1: { relL2: 3e-2, greedy: 28 },
+  q2_k: { relL2: 1.5e-1, greedy: 24 },
+  q3_k: { relL2: 1.5e-1, greedy: 24 },
+  q4_k: { relL2: 1.5e-1, greedy: 24 },
+  q5_k: { relL2: 1.5e-1, greedy: 24 },
+  q6_k: { relL2: 1.5e-1, greedy: 24 },
+  q4_k_m: { relL2: 1.5e-1, greedy: 24 },
+  q5_k_m: { relL2: 1.5e-1, greedy: 24 },
 };
 
 const K_QUANT_MODELS: readonly TinyDtype[] = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q4_k_m', 'q5_k_m'];
+
+type RoundInput = (x: Float64Array, weight: string) => Float64Array;
+const roundF16: RoundInput = (x) => x.map((v) => f16BitsToF32(f32ToF16Bits(v)));
+
+/** The activation rounding llama.cpp's CPU matmul applies for a weight of this format (none known for Q8_1's Q4_1 / Q5_1). */
+function ggmlRounding(dtype: TinyDtype): RoundInput | undefined {
+  if (dtype === 'f16') return roundF16;
+  if (dtype === 'q8_0' || dtype === 'q4_0' || dtype === 'q5_0') return roundQ8_0;
+  if (K_QUANT_MODELS.includes(dtype)) return roundQ8K;
+  return undefined;
+}
+
+/**
+ * For a failure message only (computed when a bound against llama.cpp fails): the float64 reference
+ * with llama.cpp's activation rounding, against llama.cpp. Close to llama.cpp means the gap is that
+ * rounding; far means the weights are read differently.
+ */
+function explainGap(config: ModelConfig, weights: Weights, tokens: number[], theirs: Float32Array[], roundInput: RoundInput | undefined): string {
+  if (!roundInput) return 'no emulation of llama.cpp\'s activation rounding for this format';
+  const e = errors(referenceLogits(config, weights, tokens, { roundInput }), theirs);
+  return `float64 with llama.cpp's activation rounding vs llama.cpp: first position ${e[0].toExponential(2)}, worst ${Math.max(...e).toExponential(2)}`;
+}
+
+/** Our rel-L2 against llama.cpp within `bound`; a failure says how far llama.cpp's own rounding explains the gap. */
+function expectNearLlama(vsLlama: number, bound: number, explain: () => string): void {
+  expect(vsLlama, vsLlama <= bound ? undefined : `rel-L2 vs llama.cpp ${vsLlama} > ${bound}; ${explain()}`).toBeLessThanOrEqual(bound);
+}
 
 describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', () => {
   // K-quant models (random valid blocks) have hidden 256, FFN 512: 4 heads of 64 over 2 KV heads.
@@ -97,30 +143,14 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
       } else if (dtype !== 'f32' && dtype !== 'f16') {
         expect(dtypes).toMatchObject({ attn_qkv: dtype, ffn_down: dtype, output: dtype, token_embd: dtype });
       }
-      if (dtype === 'q5_0') {
-        // llama.cpp multiplies Q5_0 weights by Q8_0-rounded activations: that rounding is the whole gap.
-        const q8 = referenceLogits(configFromHf(tiny.config), tiny.weights, sequence, { roundInput: roundQ8_0 });
-        const worstRounded = worst(q8, theirs);
-        console.log(`[parity] ${dtype}: float64 with Q8_0 activations vs llama.cpp: all positions ${worstRounded.toExponential(2)}`);
-        expect(worstRounded).toBeLessThanOrEqual(1e-5);
-      }
-      if (K_QUANT_MODELS.includes(dtype)) {
-        const q8k = referenceLogits(configFromHf(tiny.config), tiny.weights, sequence, { roundInput: roundQ8K });
-        const errors = q8k.map((row, i) => compare(row, theirs[i]).relL2);
-        const first = errors.findIndex((e) => e > 1e-5);
-        console.log(
-          `[parity] ${dtype}: float64 with Q8_K activations vs llama.cpp: first position ${errors[0].toExponential(2)}, ` +
-            `all ${Math.max(...errors).toExponential(2)} (within 1e-5 ${first < 0 ? 'everywhere' : `up to position ${first - 1}`})`,
-        );
-        expect(errors[0]).toBeLessThanOrEqual(1e-5);
-      }
       // Teacher-forced greedy agreement: llama.cpp's argmax at each generated position equals our token.
       const steps = sequence.length - prompt.length;
       const agree = greedyAgreement(sequence, prompt.length, theirs);
       console.log(`[parity] ${dtype}: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/${steps}`);
-      expect(vsReference).toBeLessThanOrEqual(1e-4);
-      expect(vsLlama).toBeLessThanOrEqual(BOUNDS[dtype].relL2);
-      expect(agree / steps).toBeGreaterThanOrEqual(BOUNDS[dtype].greedy);
+      expect(steps).toBe(32);
+      expect(vsReference).toBeLessThanOrEqual(REFERENCE_BOUND);
+      expectNearLlama(vsLlama, BOUNDS[dtype].relL2, () => explainGap(configFromHf(tiny.config), tiny.weights, sequence, theirs, ggmlRounding(dtype)));
+      expect(agree).toBeGreaterThanOrEqual(BOUNDS[dtype].greedy);
     });
   }
 
@@ -136,7 +166,7 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
       const vsLlama = worst(ours, await llamaLogits(tiny.path, tokens));
       const vsReference = worst(ours, referenceLogits(configFromHf(tiny.config), tiny.weights, tokens));
       console.log(`[parity] ${type} token embedding, F32 matrices: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}`);
-      expect(vsLlama).toBeLessThanOrEqual(1e-4);
+      expect(vsLlama).toBeLessThanOrEqual(BOUNDS.f32.relL2);
       expect(vsReference).toBeLessThanOrEqual(1e-5);
     });
   }
@@ -157,19 +187,15 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     const theirs = await llamaLogits(tiny.path, sequence);
     const config = configFromHf(tiny.config);
     const vsReference = worst(ours, referenceLogits(config, tiny.weights, sequence));
-    // Each projection's activations rounded as llama.cpp rounds them for that weight's type.
-    const rounded = referenceLogits(config, tiny.weights, sequence, { roundInput: (x, w) => (w.includes('down_proj') ? roundQ8K(x) : roundQ8_0(x)) });
-    const first = compare(rounded[0], theirs[0]).relL2;
     const vsLlama = worst(ours, theirs);
     const agree = greedyAgreement(sequence, prompt.length, theirs);
-    console.log(
-      `[parity] Q5_0/Q4_K/Q8_0 fallback mix: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, ` +
-        `greedy ${agree}/16; float64 with llama.cpp's activation rounding vs llama.cpp at the first position ${first.toExponential(2)}`,
-    );
-    expect(vsReference).toBeLessThanOrEqual(1e-4);
-    expect(first).toBeLessThanOrEqual(1e-5);
-    expect(vsLlama).toBeLessThanOrEqual(BOUNDS.q4_k.relL2);
-    expect(agree / 16).toBeGreaterThanOrEqual(BOUNDS.q4_k.greedy);
+    console.log(`[parity] Q5_0/Q4_K/Q8_0 fallback mix: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/16`);
+    expect(vsReference).toBeLessThanOrEqual(REFERENCE_BOUND);
+    // Each projection's activations rounded as llama.cpp rounds them for that weight's type.
+    const rounding: RoundInput = (x, w) => (w.includes('down_proj') ? roundQ8K(x) : roundQ8_0(x));
+    expectNearLlama(vsLlama, BOUNDS.q4_k.relL2, () => explainGap(config, tiny.weights, sequence, theirs, rounding));
+    // The K-quant floor, scaled to 16 steps.
+    expect(agree).toBeGreaterThanOrEqual(Math.ceil((BOUNDS.q4_k.greedy * 16) / 32));
   });
 
   it('a GGUF written without the Q/K permutation gives different logits (the permutation is honoured)', async () => {
@@ -191,22 +217,8 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     const ours = await ourLogits(gpu(), scaled.path, tokens);
     const err = worst(ours, await llamaLogits(scaled.path, tokens));
     console.log(`[parity] rope_freqs (F32): rel-L2 vs llama.cpp ${err.toExponential(2)}`);
-    expect(err).toBeLessThanOrEqual(1e-4);
+    expect(err).toBeLessThanOrEqual(BOUNDS.f32.relL2);
     // The factors matter: without them the logits differ.
     expect(worst(ours, await ourLogits(gpu(), plain.path, tokens))).toBeGreaterThan(1e-3);
-  });
-
-  it('the same weights as a Hugging Face folder (F32, sharded) give the GGUF logits', async () => {
-    const tiny = writeTinyLlamaGguf(join(dir, 'hf-twin.gguf'), { seed: 11 });
-    const source = await openModelSource(tiny.path);
-    const folder = join(dir, 'hf-twin');
-    writeHfFolder(folder, tiny.config, tiny.weights, source.tokenizer.tokenizer, 'F32', { shards: 2 });
-    await source.close();
-    const tokens = [4, 18, 33, 120, 7, 7, 60, 2, 90];
-    const fromGguf = await ourLogits(gpu(), tiny.path, tokens);
-    const fromHf = await ourLogits(gpu(), folder, tokens);
-    const err = worst(fromHf, fromGguf);
-    console.log(`[parity] HF safetensors folder vs GGUF (F32): rel-L2 ${err.toExponential(2)}`);
-    expect(err).toBeLessThanOrEqual(1e-5);
   });
 });
