@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
-import { acquireGpu } from '../src/gpu/device.ts';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
 import { BufferArena, createStorage, readF32 } from '../src/gpu/buffers.ts';
 import { PipelineCache, pipelineKey } from '../src/gpu/pipelines.ts';
 import { GpuError, NoAdapterError, OptionError } from '../src/errors.ts';
@@ -11,6 +11,8 @@ describe('device', () => {
   it('acquires an adapter and requests the limits kernels need', () => {
     const { info, limits } = gpu();
     expect(info.backend).toMatch(/vulkan|metal|d3d12|opengles/);
+    // OpenGL ES runs in compatibility mode, every other backend at core.
+    expect(info.featureLevel).toBe(info.backend === 'opengles' ? 'compatibility' : 'core');
     // The device must carry the adapter's real limits, not the spec defaults (256 invocations).
     expect(limits.maxComputeInvocationsPerWorkgroup).toBe(gpu().adapter.limits.maxComputeInvocationsPerWorkgroup);
     expect(limits.maxStorageBufferBindingSize).toBe(gpu().adapter.limits.maxStorageBufferBindingSize);
@@ -22,15 +24,25 @@ describe('device', () => {
     await expect(acquireGpu({ adapter: 'cuda' })).rejects.toThrow(/auto, gpu, software/);
   });
 
-  it('--adapter gpu gives a hardware adapter or a NoAdapterError that names the fix', async () => {
-    try {
-      const hardware = await acquireGpu({ adapter: 'gpu' });
-      expect(hardware.info.isSoftware).toBe(false);
-      hardware.destroy();
-    } catch (err) {
-      expect(err).toBeInstanceOf(NoAdapterError);
-      expect((err as Error).message).toMatch(/Vulkan/);
-      expect((err as Error).message).toMatch(/--adapter software/);
+  it('gives the adapter this environment asks for', () => {
+    const { info } = gpu();
+    // WEBGPU_MINER_ADAPTER picks it (the test projects set it; unset means auto).
+    switch (process.env.WEBGPU_MINER_ADAPTER ?? 'auto') {
+      case 'gpu':
+        expect(info).toMatchObject({ isSoftware: false, featureLevel: 'core' });
+        break;
+      case 'software-core':
+        expect(info).toMatchObject({ isSoftware: true, backend: 'vulkan', featureLevel: 'core' });
+        break;
+      case 'software-compat':
+        expect(info).toMatchObject({ isSoftware: true, backend: 'opengles', featureLevel: 'compatibility' });
+        break;
+      case 'software':
+        expect(info.isSoftware).toBe(true);
+        break;
+      default:
+        // auto: a software adapter only where no hardware one works, so a hardware one is never refused.
+        if (info.isSoftware) expect(info.backend).toMatch(/vulkan|opengles/);
     }
   });
 
@@ -95,5 +107,77 @@ describe('buffers', () => {
 
   it('refuses a buffer larger than the storage binding limit', () => {
     expect(() => createStorage(gpu(), 'huge', gpu().limits.maxStorageBufferBindingSize + 4)).toThrow(/maxStorageBufferBindingSize/);
+  });
+});
+
+// The no-adapter paths, on an injected Dawn (the 'webgpu' module mocked for a fresh copy of device.ts):
+// no adapter at all, only a CPU adapter offered as 'core', or a requestAdapter that throws.
+describe('device acquisition without a usable adapter', () => {
+  afterEach(() => {
+    vi.doUnmock('webgpu');
+    vi.resetModules();
+  });
+
+  /** device.ts (and its errors) loaded against a Dawn whose every requestAdapter runs `requestAdapter`. */
+  async function withDawn(requestAdapter: (options: string[]) => Promise<GPUAdapter | null>) {
+    const created: string[][] = [];
+    vi.resetModules();
+    vi.doMock('webgpu', async (importOriginal) => ({
+      ...(await importOriginal<typeof import('webgpu')>()),
+      create: (options: string[]) => {
+        created.push(options);
+        return { requestAdapter: () => requestAdapter(options) } as unknown as GPU;
+      },
+    }));
+    const device = await import('../src/gpu/device.ts');
+    const errors = await import('../src/errors.ts');
+    return { acquire: (adapter: string) => device.acquireGpu({ adapter }), NoAdapterError: errors.NoAdapterError, created };
+  }
+
+  /** The error acquiring `adapter` rejects with (fails if it resolves). */
+  async function failure(acquire: (adapter: string) => Promise<Gpu>, adapter: string): Promise<Error> {
+    return acquire(adapter).then(
+      (gpu) => {
+        gpu.destroy();
+        throw new Error(`--adapter ${adapter} found ${gpu.info.description}`);
+      },
+      (err: unknown) => err as Error,
+    );
+  }
+
+  it('no adapter: --adapter gpu fails with a NoAdapterError that names the fix', async () => {
+    const { acquire, NoAdapterError, created } = await withDawn(async () => null);
+    const err = await failure(acquire, 'gpu');
+    expect(err).toBeInstanceOf(NoAdapterError);
+    expect(err.message).toMatch(/no hardware adapter/);
+    expect(err.message).toMatch(/Vulkan/);
+    expect(err.message).toMatch(/--adapter software/);
+    expect(created.length).toBeGreaterThan(0); // the injected Dawn was asked
+  });
+
+  it('no adapter: auto tries every kind and names the software packages', async () => {
+    const { acquire, NoAdapterError } = await withDawn(async () => null);
+    const err = await failure(acquire, 'auto');
+    expect(err).toBeInstanceOf(NoAdapterError);
+    expect(err.message).toMatch(/no hardware adapter/);
+    expect(err.message).toMatch(/OpenGL ES/);
+    expect(err.message).toContain('libgles2');
+  });
+
+  it('a CPU rasteriser offered at featureLevel core is not taken for a GPU', async () => {
+    const lavapipe = { info: { vendor: 'mesa', architecture: '', device: '', description: 'llvmpipe (LLVM 15.0.7, 256 bits)' }, features: new Set(), limits: {} };
+    const { acquire, NoAdapterError } = await withDawn(async () => lavapipe as unknown as GPUAdapter);
+    const err = await failure(acquire, 'gpu');
+    expect(err).toBeInstanceOf(NoAdapterError);
+    expect(err.message).toMatch(/no hardware adapter/);
+  });
+
+  it('a requestAdapter that throws becomes a NoAdapterError carrying its message', async () => {
+    const { acquire, NoAdapterError } = await withDawn(async () => {
+      throw new Error('driver exploded');
+    });
+    const err = await failure(acquire, 'gpu');
+    expect(err).toBeInstanceOf(NoAdapterError);
+    expect(err.message).toMatch(/hardware adapter.*driver exploded/);
   });
 });
