@@ -10,8 +10,12 @@ import { runPass } from '../kernels/dispatch.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, nanArray, randomF32 } from './support/reference.ts';
+import { WorstErrors } from './support/worst-errors.ts';
 
 const gpu = useGpu();
+
+/** Rel-L2 of every attention output against the float64 reference. */
+const TOLERANCE = 1e-5;
 
 // ---- float64 reference -------------------------------------------------------------------------
 
@@ -205,7 +209,7 @@ async function runPrefillCase({ D, Hq, Hkv, T, past, window }: PrefillCase): Pro
   }
   const all = await readF32(gpu(), out, outOffset + T * outStride + 4);
   const got = gatherRows(all, outOffset, outStride, T, width, what);
-  return { relL2: expectClose(got, want, 1e-5, what).relL2, out: got };
+  return { relL2: expectClose(got, want, TOLERANCE, what).relL2, out: got };
 }
 
 async function checkPrefill(c: PrefillCase): Promise<number> {
@@ -213,15 +217,17 @@ async function checkPrefill(c: PrefillCase): Promise<number> {
 }
 
 describe('attention prefill (KV write + causal flash attention)', () => {
-  const worst: Record<string, number> = {};
+  const worst = new WorstErrors();
+  const HEADS = [[1, 1], [4, 2], [6, 2]];
+  const LENGTHS = [1, 7, 37];
+  const PAST = [0, 5];
   for (const D of [8, 64, 80]) {
-    for (const [Hq, Hkv] of [[1, 1], [4, 2], [6, 2]]) {
+    for (const [Hq, Hkv] of HEADS) {
       // T = 37 spans several query tiles (BQ 16 or 8) and key tiles (BK 16).
-      for (const T of [1, 7, 37]) {
-        for (const past of [0, 5]) {
+      for (const T of LENGTHS) {
+        for (const past of PAST) {
           it(`D=${D} Hq/Hkv=${Hq}/${Hkv} T=${T} past=${past}`, async () => {
-            const err = await checkPrefill({ D, Hq, Hkv, T, past });
-            worst[`D=${D}`] = Math.max(worst[`D=${D}`] ?? 0, err);
+            worst.record(`D=${D}`, await checkPrefill({ D, Hq, Hkv, T, past }));
           });
         }
       }
@@ -229,12 +235,12 @@ describe('attention prefill (KV write + causal flash attention)', () => {
   }
 
   it('D=128 fits the adapter (Hq/Hkv=2/1, T=37, past=5)', async () => {
-    const err = await checkPrefill({ D: 128, Hq: 2, Hkv: 1, T: 37, past: 5 });
-    worst['D=128'] = err;
+    worst.record('D=128', await checkPrefill({ D: 128, Hq: 2, Hkv: 1, T: 37, past: 5 }));
   });
 
-  it('reports its worst error', () => {
-    console.log(`attention prefill worst rel-L2: ${JSON.stringify(worst)}`);
+  it('reports its worst error: every case measured, all within the tolerance', () => {
+    const perD = HEADS.length * LENGTHS.length * PAST.length;
+    worst.expectMeasured({ 'D=8': perD, 'D=64': perD, 'D=80': perD, 'D=128': 1 }, TOLERANCE, 'attention prefill');
   });
 
   it('uses 16 KiB tiles where they fit and the adapter limit only beyond', () => {
@@ -249,18 +255,19 @@ describe('attention prefill (KV write + causal flash attention)', () => {
 });
 
 describe('attention prefill with a sliding window', () => {
-  const worst: Record<string, number> = {};
+  const worst = new WorstErrors();
   // D=64 runs 16-query tiles, D=80 8-query tiles (both 16-key tiles). Window 1 is the query's own
   // key only; 3 and 16 cut inside and at a key tile; 40 is larger than T but, after 5 past tokens,
   // still cuts the last queries' keys.
-  for (const [D, Hq, Hkv] of [[64, 4, 2], [80, 6, 2]]) {
-    for (const T of [1, 7, 37]) {
-      for (const past of [0, 5]) {
-        it(`D=${D} Hq/Hkv=${Hq}/${Hkv} T=${T} past=${past} windows 1, 3, 16, 40`, async () => {
-          for (const window of [1, 3, 16, 40]) {
-            const err = await checkPrefill({ D, Hq, Hkv, T, past, window });
-            worst[`window=${window}`] = Math.max(worst[`window=${window}`] ?? 0, err);
-          }
+  const SHAPES = [[64, 4, 2], [80, 6, 2]];
+  const LENGTHS = [1, 7, 37];
+  const PAST = [0, 5];
+  const WINDOWS = [1, 3, 16, 40];
+  for (const [D, Hq, Hkv] of SHAPES) {
+    for (const T of LENGTHS) {
+      for (const past of PAST) {
+        it(`D=${D} Hq/Hkv=${Hq}/${Hkv} T=${T} past=${past} windows ${WINDOWS.join(', ')}`, async () => {
+          for (const window of WINDOWS) worst.record(`window=${window}`, await checkPrefill({ D, Hq, Hkv, T, past, window }));
         });
       }
     }
@@ -279,8 +286,9 @@ describe('attention prefill with a sliding window', () => {
     expect(Buffer.from(cut.out.buffer).equals(Buffer.from(none.out.buffer))).toBe(false);
   });
 
-  it('reports its worst error', () => {
-    console.log(`attention prefill (window) worst rel-L2: ${JSON.stringify(worst)}`);
+  it('reports its worst error: every case measured, all within the tolerance', () => {
+    const perWindow = SHAPES.length * LENGTHS.length * PAST.length;
+    worst.expectMeasured(Object.fromEntries(WINDOWS.map((w) => [`window=${w}`, perWindow])), TOLERANCE, 'attention prefill (window)');
   });
 });
 
@@ -363,18 +371,17 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
     }
   });
   const all = await readF32(gpu(), out, outOffset + rows * outStride + 3);
-  const { relL2 } = expectClose(gatherRows(all, outOffset, outStride, rows, width, what), want, 1e-5, what);
+  const { relL2 } = expectClose(gatherRows(all, outOffset, outStride, rows, width, what), want, TOLERANCE, what);
   decode.destroy();
   return { relL2, splits: decode.plan(maxLen, window).splits };
 }
 
 describe('attention decode (KV write + split-K flash-decoding)', () => {
-  const worst: Record<string, number> = {};
-  const record = (key: string, err: number) => {
-    worst[key] = Math.max(worst[key] ?? 0, err);
-  };
+  const worst = new WorstErrors();
+  const record = (key: string, err: number) => worst.record(key, err);
+  const HEADS = [[1, 1], [4, 2], [6, 2]];
   for (const D of [8, 64, 80]) {
-    for (const [Hq, Hkv] of [[1, 1], [4, 2], [6, 2]]) {
+    for (const [Hq, Hkv] of HEADS) {
       it(`D=${D} Hq/Hkv=${Hq}/${Hkv} lengths 1, 17, 300`, async () => {
         const { relL2, splits } = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300] });
         expect(splits).toBe(3); // default 128 keys per split
@@ -396,9 +403,11 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
   // Sliding windows on rows of 1, 17 and 300 keys with 16-key splits: without a window the 300-key
   // row takes 19 splits; a window of W keys needs ceil(min(300, W) / 16), the splits before the
   // window are never dispatched, and NaN in the keys before each row's window proves they are not read.
-  for (const [window, splits] of [[1, 1], [5, 1], [16, 1], [17, 2], [40, 3], [299, 19], [300, 19], [1000, 19]]) {
+  const WINDOWS = [[1, 1], [5, 1], [16, 1], [17, 2], [40, 3], [299, 19], [300, 19], [1000, 19]];
+  const WINDOW_SHAPES = [[8, 1, 1], [64, 4, 2], [80, 6, 2]];
+  for (const [window, splits] of WINDOWS) {
     it(`window ${window}: lengths 1, 17, 300 in ${splits} splits`, async () => {
-      for (const [D, Hq, Hkv] of [[8, 1, 1], [64, 4, 2], [80, 6, 2]]) {
+      for (const [D, Hq, Hkv] of WINDOW_SHAPES) {
         const r = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300], splitKeys: 16, window, poisonScratch: true });
         expect(r.splits).toBe(splits);
         record(`window=${window}`, r.relL2);
@@ -412,8 +421,18 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
     record('window adaptive', relL2);
   });
 
-  it('reports its worst error', () => {
-    console.log(`attention decode worst rel-L2: ${JSON.stringify(worst)}`);
+  it('reports its worst error: every case measured, all within the tolerance', () => {
+    worst.expectMeasured(
+      {
+        ...Object.fromEntries([8, 64, 80].map((D) => [`D=${D}`, HEADS.length])),
+        adaptive: 1,
+        single: 1,
+        ...Object.fromEntries(WINDOWS.map(([w]) => [`window=${w}`, WINDOW_SHAPES.length])),
+        'window adaptive': 1,
+      },
+      TOLERANCE,
+      'attention decode',
+    );
   });
 
   it('plans splits from the longest row', () => {
