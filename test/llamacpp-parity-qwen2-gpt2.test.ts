@@ -20,13 +20,16 @@
 // Against float64 every case is within REFERENCE_BOUND, 1e-4 (measured ~5e-7). When a bound against
 // llama.cpp fails, the message gives the float64 reference with llama.cpp's rounding
 // (test/support/ggml-activations.ts) against llama.cpp, to tell that rounding from a misread weight.
+//
+// Last, the same weights written as a Hugging Face folder give the GGUF's logits (within 1e-5), for
+// llama (whose GGUF holds Q and K rows permuted, the folder not), qwen2 and gpt2.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openModelSource } from '../models/source.ts';
 import { configFromHf, type ModelConfig } from '../models/config.ts';
-import { writeHfFolder } from './support/tiny-models.ts';
+import { writeHfFolder, writeTinyLlamaGguf } from './support/tiny-models.ts';
 import { writeTinyGpt2Gguf, writeTinyQwen2Gguf, type TinyArchOptions, type TinyModel } from './support/tiny-arch-models.ts';
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
 import { referenceLogits } from './support/reference-model.ts';
@@ -141,16 +144,18 @@ const shape = (c: ModelConfig) => ({
   eosTokenIds: undefined,
 });
 
-describe('qwen2 and gpt2: the same weights as a Hugging Face folder give the GGUF logits', () => {
+describe('llama, qwen2 and gpt2: the same weights as a Hugging Face folder give the GGUF logits', () => {
   const twins = [
-    { name: 'qwen2 (q/k/v biases, untied lm_head, sharded)', write: writeTinyQwen2Gguf, options: { seed: 41, tieEmbeddings: false }, shards: 2 },
-    { name: 'gpt2 (transformer.* names, Conv1D [in, out] weights, tied)', write: writeTinyGpt2Gguf, options: { seed: 42 }, shards: 1 },
+    // The GGUF holds Q and K rows permuted for adjacent-pair RoPE, the folder does not (rotate_half).
+    { name: 'llama (Q/K permuted in the GGUF only, sharded)', write: (path: string) => writeTinyLlamaGguf(path, { seed: 11 }), shards: 2 },
+    { name: 'qwen2 (q/k/v biases, untied lm_head, sharded)', write: (path: string) => writeTinyQwen2Gguf(path, { seed: 41, tieEmbeddings: false }), shards: 2 },
+    { name: 'gpt2 (transformer.* names, Conv1D [in, out] weights, tied)', write: (path: string) => writeTinyGpt2Gguf(path, { seed: 42 }), shards: 1 },
   ];
-  for (const t of twins) {
+  for (const [i, t] of twins.entries()) {
     it(t.name, async () => {
-      const tiny = t.write(join(dir, `twin-${t.options.seed}.gguf`), t.options);
+      const tiny = t.write(join(dir, `twin-${i}.gguf`));
       const source = await openModelSource(tiny.path);
-      const folder = join(dir, `twin-${t.options.seed}`);
+      const folder = join(dir, `twin-${i}`);
       writeHfFolder(folder, tiny.config, tiny.weights, source.tokenizer.tokenizer, 'F32', { shards: t.shards });
       await source.close();
       const hf = await openModelSource(folder);
