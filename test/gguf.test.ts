@@ -1,19 +1,11 @@
-// GGUF reader: metadata of every type, tensors of every supported type, ggml's quantisation bytes,
-// and malformed files that must fail with a ModelFormatError naming the problem.
+// GGUF reader: metadata of every type, tensors of every supported type, and malformed files that
+// must fail with a ModelFormatError naming the problem.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ModelFormatError } from '../src/errors.ts';
-import {
-  bf16BitsToF32,
-  decodeGgml,
-  encodeGgml,
-  f16BitsToF32,
-  f32ToBf16Bits,
-  f32ToF16Bits,
-  GgmlType,
-} from '../models/ggml.ts';
+import { bf16BitsToF32, decodeGgml, encodeGgml, f32ToBf16Bits, GgmlType } from '../models/ggml.ts';
 import { GgufValueType, openGguf, type GgufMetadataEntry } from '../models/gguf.ts';
 import { encodeGguf, gguf, type GgufWriteOptions } from './support/gguf-writer.ts';
 import { randomF32 } from './support/reference.ts';
@@ -49,28 +41,10 @@ const basic = (): GgufWriteOptions => ({
   ],
 });
 
-describe('half and bfloat16 conversion', () => {
-  it('rounds to nearest even and handles the edges', () => {
-    const cases: Array<[number, number]> = [
-      [0, 0x0000],
-      [-0, 0x8000],
-      [1, 0x3c00],
-      [-2, 0xc000],
-      [65504, 0x7bff],
-      [65520, 0x7c00], // rounds up to infinity
-      [Infinity, 0x7c00],
-      [2 ** -24, 0x0001],
-      [2 ** -25, 0x0000], // tie between 0 and the smallest subnormal: even is 0
-      [3 * 2 ** -25, 0x0002], // tie between 1 and 2 subnormal ulps: even is 2
-      [2 ** -14, 0x0400], // smallest normal
-      [1 + 2 ** -11, 0x3c00], // tie: even mantissa
-      [1 + 3 * 2 ** -11, 0x3c02],
-      [0.1, 0x2e66],
-    ];
-    for (const [value, bits] of cases) expect(f32ToF16Bits(value), `f16(${value})`).toBe(bits);
-    expect(f32ToF16Bits(NaN) & 0x7c00).toBe(0x7c00);
-    expect(f32ToF16Bits(NaN) & 0x3ff).not.toBe(0);
-    for (let h = 0; h < 0x7c00; h += 7) expect(f32ToF16Bits(f16BitsToF32(h))).toBe(h);
+// f16 conversion, ggml's Q8_0 / Q4_0 quantisers and the K-quant decoders are kernels/weights.ts's,
+// tested in test/weights.test.ts; models/ggml.ts adds bfloat16 and the byte codecs' checks.
+describe('bfloat16 conversion', () => {
+  it('rounds to nearest even and keeps NaN', () => {
     expect(f32ToBf16Bits(1)).toBe(0x3f80);
     expect(bf16BitsToF32(0x3f80)).toBe(1);
     expect(f32ToBf16Bits(1 + 2 ** -8)).toBe(0x3f80); // tie to even
@@ -79,74 +53,7 @@ describe('half and bfloat16 conversion', () => {
   });
 });
 
-describe('ggml quantisation', () => {
-  it('Q8_0: d = amax/127 as f16, q = roundf(x/d), half away from zero', () => {
-    const x = new Float32Array(32);
-    x[0] = 127; // amax: d = 1
-    x[1] = -2.5; // roundf -> -3 (Math.round would give -2)
-    x[2] = 2.5;
-    x[3] = -0.4;
-    const bytes = encodeGgml(GgmlType.Q8_0, x);
-    expect(bytes.length).toBe(34);
-    expect(bytes[0] | (bytes[1] << 8)).toBe(0x3c00);
-    const q = new Int8Array(bytes.buffer, 2, 32);
-    expect(Array.from(q.slice(0, 5))).toEqual([127, -3, 3, 0, 0]);
-    const back = decodeGgml(GgmlType.Q8_0, bytes, 32);
-    expect(back[1]).toBe(-3);
-  });
-
-  it('Q4_0: d = max/-8, nibble j low / j+16 high, q = min(15, trunc(x/d + 8.5))', () => {
-    const x = new Float32Array(32);
-    for (let j = 0; j < 16; j++) x[j] = (j - 8) * 0.5; // x[0] = -4 has the largest magnitude: d = 0.5
-    for (let j = 16; j < 32; j++) x[j] = (j - 24) * 0.25;
-    const bytes = encodeGgml(GgmlType.Q4_0, x);
-    expect(bytes.length).toBe(18);
-    expect(f16BitsToF32(bytes[0] | (bytes[1] << 8))).toBe(0.5);
-    for (let j = 0; j < 16; j++) {
-      expect(bytes[2 + j] & 0x0f, `low nibble ${j}`).toBe(j);
-      expect(bytes[2 + j] >> 4, `high nibble ${j}`).toBe(Math.min(15, Math.trunc(x[j + 16] * 2 + 8.5)));
-    }
-    const back = decodeGgml(GgmlType.Q4_0, bytes, 32);
-    for (let j = 0; j < 16; j++) expect(back[j]).toBe(x[j]);
-  });
-
-  it('round trips within one quantisation step, and an all-zero block stays zero', () => {
-    const x = randomF32(32 * 40, 7, 3);
-    const q8 = decodeGgml(GgmlType.Q8_0, encodeGgml(GgmlType.Q8_0, x), x.length);
-    const q4 = decodeGgml(GgmlType.Q4_0, encodeGgml(GgmlType.Q4_0, x), x.length);
-    for (let b = 0; b < 40; b++) {
-      const block = x.subarray(b * 32, b * 32 + 32);
-      const amax = Math.max(...Array.from(block, Math.abs));
-      for (let j = 0; j < 32; j++) {
-        const i = b * 32 + j;
-        expect(Math.abs(q8[i] - x[i])).toBeLessThanOrEqual((amax / 127) * 0.5 + 1e-3 * amax);
-        expect(Math.abs(q4[i] - x[i])).toBeLessThanOrEqual((amax / 8) * 1.0 + 1e-3 * amax);
-      }
-    }
-    expect(decodeGgml(GgmlType.Q4_0, encodeGgml(GgmlType.Q4_0, new Float32Array(32)), 32).every((v) => v === 0)).toBe(true);
-  });
-});
-
-describe('ggml K-quants (decode)', () => {
-  it('Q4_K: d * sc_j * nibble - dmin * m_j with get_scale_min_k4, chunks of 64 = low then high nibbles', () => {
-    const { block, sc, m } = handQ4KBlock();
-    const y = decodeGgml(GgmlType.Q4_K, block, 256);
-    for (let e = 0; e < 256; e++) {
-      const j = e >> 5;
-      const l = e & 31;
-      const q = j % 2 === 0 ? l % 16 : 15 - (l % 16);
-      expect(y[e], `element ${e}`).toBe(0.5 * sc[j] * q - 0.25 * m[j]);
-    }
-    // By hand: (sub-block, q) = (0, 0), (1, 14), (6, 3), (7, 0).
-    expect([y[0], y[33], y[195], y[255]]).toEqual([-0.5, 439.25, 72.75, -13.25]);
-  });
-
-  it('Q6_K: d * scales[e / 16] * (q - 32), q from ql nibbles and qh bit pairs', () => {
-    const y = decodeGgml(GgmlType.Q6_K, handQ6KBlock(), 256);
-    for (let e = 0; e < 256; e++) expect(y[e], `element ${e}`).toBe(-0.5 * ((e >> 4) - 8) * ((e % 64) - 32));
-    expect([y[0], y[63], y[144], y[200], y[255]]).toEqual([-128, 77.5, 8, 48, -108.5]);
-  });
-
+describe('encodeGgml / decodeGgml', () => {
   it('refuses a byte count that is not whole blocks, and does not encode K-quants', () => {
     expect(() => decodeGgml(GgmlType.Q4_K, new Uint8Array(143), 256)).toThrow(RangeError);
     expect(() => decodeGgml(GgmlType.Q6_K, new Uint8Array(210), 128)).toThrow(RangeError);

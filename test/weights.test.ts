@@ -63,6 +63,9 @@ describe('f16 conversion', () => {
     expect(f32ToF16Bits(Infinity)).toBe(0x7c00);
     expect(f32ToF16Bits(NaN) & 0x7e00).toBe(0x7e00);
     expect(f32ToF16Bits(Math.fround(1 / 127))).toBe(0x2008);
+    expect(f32ToF16Bits(0.1)).toBe(0x2e66); // inexact: nearest
+    expect(f32ToF16Bits(2 ** -14)).toBe(0x0400); // smallest normal
+    expect(f32ToF16Bits(NaN) & 0x3ff).not.toBe(0); // a NaN, not infinity
   });
 });
 
@@ -101,10 +104,15 @@ describe('q8_0 (ggml quantize_row_q8_0_ref)', () => {
     expect(dequantize(w)[65]).toBe(64 * d);
   });
 
-  it('quantisation error of random rows is small', () => {
-    const x = randomF32(4 * 128, 2);
-    const c = compare(dequantize(quantizeQ8_0(4, 128, x)), x);
-    expect(c.relL2).toBeLessThan(1e-2);
+  it('every value of random rows within half a step (amax / 254) of the input', () => {
+    const x = randomF32(32 * 40, 7, 3);
+    const y = dequantize(quantizeQ8_0(1, x.length, x));
+    for (let b = 0; b < 40; b++) {
+      const amax = Math.max(...Array.from(x.subarray(b * 32, b * 32 + 32), Math.abs));
+      // d = amax / 127 is stored as f16 (relative error 2^-11): allow that on top of half a step.
+      for (let i = b * 32; i < b * 32 + 32; i++) expect(Math.abs(y[i] - x[i]), `element ${i}`).toBeLessThanOrEqual((amax / 127) * 0.5 + 1e-3 * amax);
+    }
+    expect(compare(y, x).relL2).toBeLessThan(1e-2);
   });
 });
 
@@ -135,10 +143,15 @@ describe('q4_0 (ggml quantize_row_q4_0_ref)', () => {
     expect([deq[32 + 3], deq[32 + 20], deq[32 + 10]]).toEqual([8, -7, 4]);
   });
 
-  it('quantisation error of random rows is bounded', () => {
-    const x = randomF32(4 * 128, 3);
-    const c = compare(dequantize(quantizeQ4_0(4, 128, x)), x);
-    expect(c.relL2).toBeLessThan(0.15);
+  it('every value of random rows within one step (amax / 8) of the input; a zero block decodes to zeros', () => {
+    const x = randomF32(32 * 40, 7, 3);
+    const y = dequantize(quantizeQ4_0(1, x.length, x));
+    for (let b = 0; b < 40; b++) {
+      const amax = Math.max(...Array.from(x.subarray(b * 32, b * 32 + 32), Math.abs));
+      for (let i = b * 32; i < b * 32 + 32; i++) expect(Math.abs(y[i] - x[i]), `element ${i}`).toBeLessThanOrEqual(amax / 8 + 1e-3 * amax);
+    }
+    expect(compare(y, x).relL2).toBeLessThan(0.15);
+    expect(dequantize(quantizeQ4_0(1, 32, new Float32Array(32))).every((v) => v === 0)).toBe(true);
   });
 });
 
@@ -375,7 +388,7 @@ describe('K-quants from raw GGUF blocks', () => {
   }
 
   it('q4_k planes: qs[128] as 32 words, the 16-byte header (d | dmin << 16, scales[12]) as 4 words', () => {
-    const { block } = handQ4KBlock();
+    const { block, sc, m } = handQ4KBlock();
     const two = Uint8Array.from([...block, ...block.map((b, i) => (i < 4 ? b : 255 - b))]);
     const w = packGguf('q4_k', 1, 512, two);
     expect(w.planes.map((p) => p.length)).toEqual(planeWords('q4_k', 1, 512));
@@ -388,6 +401,16 @@ describe('K-quants from raw GGUF blocks', () => {
     expect(quants.length).toBe(64);
     expect(bytes(quants)[128 + 5]).toBe(255 - block[16 + 5]); // the second block's qs[5]
     expect(bytes(scales)[16 + 4]).toBe(255 - block[4]); // the second block's scales[0]
+    // d * sc_j * nibble - dmin * m_j (get_scale_min_k4), chunks of 64 = low then high nibbles.
+    const d = dequantize(w);
+    for (let e = 0; e < 256; e++) {
+      const j = e >> 5;
+      const l = e & 31;
+      const q = j % 2 === 0 ? l % 16 : 15 - (l % 16);
+      expect(d[e], `element ${e}`).toBe(0.5 * sc[j] * q - 0.25 * m[j]);
+    }
+    // By hand: (sub-block, q) = (0, 0), (1, 14), (6, 3), (7, 0).
+    expect([d[0], d[33], d[195], d[255]]).toEqual([-0.5, 439.25, 72.75, -13.25]);
   });
 
   it('q6_k planes: ql[128] then qh[64] as 48 words; scales[16] as 4 words, then d in a fifth', () => {
@@ -400,7 +423,9 @@ describe('K-quants from raw GGUF blocks', () => {
     expect(scales[0]).toBe(0xfbfaf9f8); // scales[0..3] = -8, -7, -6, -5
     expect(scales[4]).toBe(0x0000b800); // d = -0.5, high half zero
     const d = dequantize(w);
-    expect([d[0], d[63], d[144], d[255]]).toEqual([-128, 77.5, 8, -108.5]);
+    // d * scales[e / 16] * (q - 32), q from ql nibbles and qh bit pairs.
+    for (let e = 0; e < 256; e++) expect(d[e], `element ${e}`).toBe(-0.5 * ((e >> 4) - 8) * ((e % 64) - 32));
+    expect([d[0], d[63], d[144], d[200], d[255]]).toEqual([-128, 77.5, 8, 48, -108.5]);
   });
 
   it('q5_k planes: qh[32] then qs[128] as 40 words, the header as Q4_K\'s; every qh bit and both mins signs', () => {
