@@ -1,6 +1,12 @@
 // llama.cpp as a second oracle, through node-llama-cpp's prebuilt CPU binary: logits at every
 // position and tokenisation of a GGUF file. Settings that make it comparable with a float64
-// reference (shared/reference/environment.md): CPU only, F32 KV cache, flash attention off.
+// reference and with this runtime, which keep K and V in f32:
+//  - CPU only (no GPU backend, no layers offloaded): the prebuilt's CPU backend, which picks its
+//    kernel variant (AVX2, AVX-512, ...) for the CPU it runs on;
+//  - F32 KV cache: the default F16 cache rounds every key and value to f16 (up to 2^-11 relative);
+//  - flash attention off: the plain attention graph (KQ, softmax, KQV as separate f32 ops over the
+//    F32 cache); ggml's CPU flash-attention kernel is another code path, which with an f16 cache
+//    also rounds Q to f16 and accumulates V in f16.
 // build: 'never' matters: the default silently compiles llama.cpp from source when no binary fits.
 import { getLlama, LlamaLogLevel, type ControlledEvaluateInputItem, type Llama, type LlamaModel, type Token } from '../../bench/llama-cpp/index.ts';
 
