@@ -15,6 +15,6 @@ await serveCryptoJobs({
     const crashIds = job.kind === 'verify' ? test.crashVerifyIds : test.crashSignIds;
     if (crashIds?.includes(job.id) || test.crashJobs?.includes(job.job)) throw new Error(`test worker: crash on cue (${job.kind} ${job.id})`);
     const held = test.holdIds?.includes(job.id) || test.holdJobs?.includes(job.job);
-    if (job.kind === 'verify' && hold && held) Atomics.wait(hold, 0, 0, 30_000);
+    if (job.kind === 'verify' && hold && held) Atomics.wait(hold, 0, 0); // no timeout: every test releases its gate (in a finally)
   },
 });
