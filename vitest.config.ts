@@ -2,11 +2,33 @@ import { defineConfig } from 'vitest/config';
 
 // GPU tests run in forked processes: EGL reads EGL_PLATFORM from the process's C environment,
 // which an assignment inside a worker thread never reaches (see README, "Software adapter").
+//
+// Two projects, one per software adapter, so that both kernel tiers are proven on every run:
+// - compat: every test, on OpenGL ES / llvmpipe (featureLevel compatibility, no f16, no subgroups):
+//   the baseline tier, which every adapter can run;
+// - core: the kernel, model and llama.cpp parity tests again, on Vulkan / lavapipe (featureLevel core,
+//   shader-f16, subgroups): the tier a real GPU takes. The server and engine tests do not depend on
+//   the kernel tier and run once.
+// WEBGPU_MINER_ADAPTER set in the environment (say `gpu` on a machine with one) runs every test once,
+// on that adapter. `npx vitest run --project compat` runs without the core adapter installed.
+const KERNEL_AND_MODEL_TESTS = [
+  'attention', 'device', 'elementwise', 'embed', 'linear', 'matmul', 'matvec', 'norm', 'rope', 'sample', 'selfcheck',
+  'softmax', 'transformer', 'transformer-chunked', 'transformer-window', 'llamacpp-parity', 'llamacpp-parity-qwen2-gpt2',
+].map((name) => `test/${name}.test.ts`);
+
+const chosen = process.env.WEBGPU_MINER_ADAPTER;
+
 export default defineConfig({
   test: {
     pool: 'forks',
     include: ['test/**/*.test.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
+    projects: chosen
+      ? [{ extends: true, test: { name: chosen } }]
+      : [
+          { extends: true, test: { name: 'compat', env: { WEBGPU_MINER_ADAPTER: 'software-compat' } } },
+          { extends: true, test: { name: 'core', include: KERNEL_AND_MODEL_TESTS, env: { WEBGPU_MINER_ADAPTER: 'software-core' } } },
+        ],
   },
 });

@@ -1,15 +1,20 @@
 // Adapter and device acquisition.
 //
-// Order: a real GPU at featureLevel 'core' (Vulkan, Metal or D3D12), else the software adapter
-// (Dawn's OpenGL ES backend on Mesa llvmpipe, compatibility mode). `--adapter gpu|software|auto`
-// on the CLI or WEBGPU_MINER_ADAPTER in the environment forces a choice.
+// Order: a real GPU at featureLevel 'core' (Vulkan, Metal or D3D12), else a software adapter: first
+// Dawn's Vulkan backend on Mesa's lavapipe (featureLevel core, with shader-f16 and subgroups from Mesa
+// 25 on; Mesa 22's lavapipe is refused by Dawn), then Dawn's OpenGL ES backend on Mesa's llvmpipe
+// (compatibility: no f16, no subgroups). `--adapter` on the CLI or WEBGPU_MINER_ADAPTER in the
+// environment forces a choice: gpu, software (the first software adapter that works), software-core
+// (lavapipe only) or software-compat (llvmpipe GLES only). `auto` never takes a software adapter while
+// a hardware one works.
 import { create, globals } from 'webgpu';
 import { GpuError, NoAdapterError, OptionError } from '../errors.ts';
 
 // WebGPU's constants (GPUBufferUsage, GPUMapMode, ...) are globals in browsers; Dawn provides them.
 Object.assign(globalThis, globals);
 
-export type AdapterChoice = 'auto' | 'gpu' | 'software';
+export const ADAPTER_CHOICES = ['auto', 'gpu', 'software', 'software-core', 'software-compat'] as const;
+export type AdapterChoice = (typeof ADAPTER_CHOICES)[number];
 
 export interface AdapterDescription {
   vendor: string;
@@ -39,7 +44,10 @@ const REQUESTED_LIMITS = [
   'maxComputeWorkgroupsPerDimension',
 ] as const;
 
+/** Debian packages of the compatibility software adapter (OpenGL ES on llvmpipe). */
 export const SOFTWARE_PACKAGES = 'libegl1 libegl-mesa0 libgles2 libgl1-mesa-dri';
+/** Debian packages of the core software adapter (Vulkan on lavapipe); Mesa 25 from bookworm-backports on Debian 12. */
+export const SOFTWARE_CORE_PACKAGES = 'mesa-vulkan-drivers libvulkan1';
 
 export interface Gpu {
   readonly device: GPUDevice;
@@ -59,8 +67,8 @@ export interface Gpu {
 
 function parseChoice(value: string | undefined): AdapterChoice {
   const choice = (value ?? 'auto').toLowerCase();
-  if (choice === 'auto' || choice === 'gpu' || choice === 'software') return choice;
-  throw new OptionError(`adapter must be one of auto, gpu, software (got "${value}")`);
+  if ((ADAPTER_CHOICES as readonly string[]).includes(choice)) return choice as AdapterChoice;
+  throw new OptionError(`adapter must be one of ${ADAPTER_CHOICES.join(', ')} (got "${value}")`);
 }
 
 function describe(adapter: GPUAdapter, backend: string, featureLevel: 'core' | 'compatibility'): AdapterDescription {
@@ -97,19 +105,33 @@ function prepareSoftwareEnvironment(): void {
   process.env.XDG_RUNTIME_DIR ??= '/tmp';
 }
 
-async function tryGpu(): Promise<{ adapter: GPUAdapter; backend: string } | undefined> {
+async function tryGpu(): Promise<Found | undefined> {
   const adapter = await instance([]).requestAdapter({ featureLevel: 'core', powerPreference: 'high-performance' });
   if (!adapter) return undefined;
   const backend = backendOf(adapter);
   // Dawn may hand back its own CPU Vulkan (lavapipe/SwiftShader) as 'core': that is not a real GPU.
   if (describe(adapter, backend, 'core').isSoftware) return undefined;
-  return { adapter, backend };
+  return { adapter, backend, featureLevel: 'core' };
 }
 
-async function trySoftware(): Promise<{ adapter: GPUAdapter; backend: string } | undefined> {
+interface Found {
+  adapter: GPUAdapter;
+  backend: string;
+  featureLevel: 'core' | 'compatibility';
+}
+
+async function trySoftwareCore(): Promise<Found | undefined> {
+  // Dawn's `adapter=` flag picks the Vulkan device by name (lavapipe calls itself "llvmpipe (LLVM ...)"),
+  // so a hardware Vulkan device on the same machine is skipped; Dawn throws when there is none.
+  const adapter = await instance(['backend=vulkan', 'adapter=llvmpipe']).requestAdapter({ featureLevel: 'core' });
+  if (!adapter || !describe(adapter, 'vulkan', 'core').isSoftware) return undefined;
+  return { adapter, backend: 'vulkan', featureLevel: 'core' };
+}
+
+async function trySoftwareCompat(): Promise<Found | undefined> {
   prepareSoftwareEnvironment();
   const adapter = await instance(['backend=opengles']).requestAdapter({ featureLevel: 'compatibility' });
-  return adapter ? { adapter, backend: 'opengles' } : undefined;
+  return adapter ? { adapter, backend: 'opengles', featureLevel: 'compatibility' } : undefined;
 }
 
 function backendOf(adapter: GPUAdapter): string {
@@ -128,37 +150,38 @@ export interface AcquireOptions {
 
 export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   const choice = parseChoice(options.adapter ?? process.env.WEBGPU_MINER_ADAPTER);
-  // The software backend needs EGL_PLATFORM in the C environment before Dawn starts.
-  if (choice !== 'gpu') prepareSoftwareEnvironment();
-  let found: { adapter: GPUAdapter; backend: string } | undefined;
-  let featureLevel: 'core' | 'compatibility' = 'core';
+  // The GLES backend needs EGL_PLATFORM in the C environment before Dawn starts.
+  if (choice === 'auto' || choice === 'software' || choice === 'software-compat') prepareSoftwareEnvironment();
+  const attempts: Array<[string, () => Promise<Found | undefined>]> = [];
+  if (choice === 'auto' || choice === 'gpu') attempts.push(['hardware adapter at featureLevel core', tryGpu]);
+  if (choice === 'auto' || choice === 'software' || choice === 'software-core') attempts.push(['Vulkan software adapter (lavapipe)', trySoftwareCore]);
+  if (choice === 'auto' || choice === 'software' || choice === 'software-compat') attempts.push(['OpenGL ES software adapter (llvmpipe)', trySoftwareCompat]);
   const failures: string[] = [];
-  if (choice !== 'software') {
+  for (const [name, attempt] of attempts) {
     try {
-      found = await tryGpu();
-      if (!found) failures.push('no hardware adapter at featureLevel core');
+      const found = await attempt();
+      if (found) return openDevice(found.adapter, found.backend, found.featureLevel);
+      failures.push(`no ${name}`);
     } catch (err) {
-      failures.push(`hardware adapter: ${(err as Error).message}`);
+      failures.push(`${name}: ${(err as Error).message}`);
     }
   }
-  if (!found && choice !== 'gpu') {
-    try {
-      found = await trySoftware();
-      featureLevel = 'compatibility';
-      if (!found) failures.push('no OpenGL ES adapter (software)');
-    } catch (err) {
-      failures.push(`software adapter: ${(err as Error).message}`);
-    }
+  throw new NoAdapterError(`No WebGPU adapter found (${failures.join('; ')}). ${noAdapterFix(choice)}`);
+}
+
+function noAdapterFix(choice: AdapterChoice): string {
+  const core = `the core software adapter's packages (on Debian 12 from bookworm-backports: apt-get install -t bookworm-backports ${SOFTWARE_CORE_PACKAGES})`;
+  const compat = `the compatibility software adapter's packages (apt-get install ${SOFTWARE_PACKAGES})`;
+  switch (choice) {
+    case 'gpu':
+      return 'Install your GPU driver with Vulkan (Linux/Windows) or use macOS with Metal, or run with --adapter software.';
+    case 'software-core':
+      return `Install ${core}, or "npm run setup" does it.`;
+    case 'software-compat':
+      return `Install ${compat}, or "npm run setup" does it.`;
+    default:
+      return `Install a GPU driver with Vulkan, or ${core} or ${compat}; "npm run setup" installs both.`;
   }
-  if (!found) {
-    const fix =
-      choice === 'gpu'
-        ? 'Install your GPU driver with Vulkan (Linux/Windows) or use macOS with Metal, or run with --adapter software.'
-        : `Install a GPU driver with Vulkan, or the software adapter's packages: ` +
-          `sudo apt-get install -y ${SOFTWARE_PACKAGES} (or run "npm run setup").`;
-    throw new NoAdapterError(`No WebGPU adapter found (${failures.join('; ')}). ${fix}`);
-  }
-  return openDevice(found.adapter, found.backend, featureLevel);
 }
 
 async function openDevice(adapter: GPUAdapter, backend: string, featureLevel: 'core' | 'compatibility'): Promise<Gpu> {
