@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 import { acquireGpu, type Gpu } from './gpu/device.ts';
 import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
+import { kernelTiers } from '../kernels/tiers.ts';
 import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
 import { Engine } from './engine/engine.ts';
 import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
@@ -10,7 +11,11 @@ import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { describeAttentionWindows } from '../models/config.ts';
 import cliProgress from 'cli-progress';
 
-const adapterOption = new Option('--adapter <choice>', 'which WebGPU adapter to use: auto, gpu or software')
+const adapterOption = new Option(
+  '--adapter <choice>',
+  'which WebGPU adapter to use: auto (a hardware GPU, else software), gpu, software (software-core, else software-compat), ' +
+    'software-core (Vulkan on lavapipe: f16, subgroups), software-compat (OpenGL ES on llvmpipe)',
+)
   .env('WEBGPU_MINER_ADAPTER')
   .default('auto');
 
@@ -28,10 +33,35 @@ function printAdapter(gpu: Gpu): void {
   );
 }
 
-async function infoCommand(options: { adapter: string; check: boolean }): Promise<void> {
+/** What `info --json` prints: the adapter, what it offers, and the kernel tier each family runs. */
+function adapterReport(gpu: Gpu) {
+  const { info, limits } = gpu;
+  const limitValues: Record<string, number> = {};
+  // GPUSupportedLimits' fields are getters on its prototype: copy them by name.
+  for (const name of Object.keys(Object.getPrototypeOf(limits))) {
+    const value = (limits as unknown as Record<string, unknown>)[name];
+    if (typeof value === 'number') limitValues[name] = value;
+  }
+  return {
+    adapter: { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description, backend: info.backend, featureLevel: info.featureLevel, isSoftware: info.isSoftware },
+    features: [...gpu.adapter.features].sort(),
+    limits: limitValues,
+    tiers: kernelTiers(gpu),
+  };
+}
+
+async function infoCommand(options: { adapter: string; check: boolean; json?: boolean }): Promise<void> {
   const gpu = await acquireGpu({ adapter: options.adapter });
   try {
+    if (options.json) {
+      const selfCheck = options.check ? await runSelfCheck(gpu) : undefined;
+      console.log(JSON.stringify({ ...adapterReport(gpu), ...(selfCheck ? { selfCheck } : {}) }, null, 2));
+      if (selfCheck?.some((r) => !r.ok)) throw new MinerError('SELF_CHECK', 'kernel self-check failed on this adapter');
+      return;
+    }
     printAdapter(gpu);
+    const tiers = kernelTiers(gpu);
+    console.log(`tiers     ${Object.entries(tiers).map(([family, tier]) => `${family} ${tier}`).join(', ')}`);
     if (options.check) {
       console.log('kernel self-check (float64 reference on the CPU):');
       const results = await runSelfCheck(gpu);
@@ -103,6 +133,7 @@ program
   .description('print the WebGPU adapter, its backend, limits and features, and check the kernels on it')
   .addOption(adapterOption)
   .option('--no-check', 'skip the kernel self-check')
+  .option('--json', 'print adapter, features, limits, kernel tiers (and the self-check) as JSON')
   .action(infoCommand);
 
 

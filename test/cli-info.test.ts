@@ -1,0 +1,35 @@
+// `webgpu-miner info --json` on each software adapter, run as a user runs it (a child process through
+// the real CLI): the adapter it names, the features behind each tier, and the tiers themselves.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+
+const run = promisify(execFile);
+
+async function infoJson(adapter: string): Promise<Record<string, any>> {
+  const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'info', '--json', '--no-check', '--adapter', adapter], {
+    env: { ...process.env, WEBGPU_MINER_ADAPTER: '' },
+  });
+  return JSON.parse(stdout);
+}
+
+describe('info --json', () => {
+  it('software-core is Vulkan on lavapipe at featureLevel core, with f16 and subgroups and the subgroup matvec', async () => {
+    const report = await infoJson('software-core');
+    expect(report.adapter).toMatchObject({ backend: 'vulkan', featureLevel: 'core', isSoftware: true });
+    expect(report.features).toEqual(expect.arrayContaining(['shader-f16', 'subgroups', 'timestamp-query']));
+    expect(report.limits.maxStorageBufferBindingSize).toBeGreaterThanOrEqual(128 * 2 ** 20);
+    expect(report.tiers).toEqual({ matvec: 'subgroup', matmul: 'baseline', attention: 'baseline', rows: 'baseline' });
+  });
+
+  it('software-compat is OpenGL ES on llvmpipe, with the baseline tier everywhere', async () => {
+    const report = await infoJson('software-compat');
+    expect(report.adapter).toMatchObject({ backend: 'opengles', featureLevel: 'compatibility', isSoftware: true });
+    expect(report.features).not.toContain('subgroups');
+    expect(report.tiers).toEqual({ matvec: 'baseline', matmul: 'baseline', attention: 'baseline', rows: 'baseline' });
+  });
+
+  it('refuses an unknown adapter naming the choices', async () => {
+    await expect(infoJson('cuda')).rejects.toMatchObject({ stderr: expect.stringMatching(/auto, gpu, software, software-core, software-compat/) });
+  });
+});
