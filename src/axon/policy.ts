@@ -1,11 +1,14 @@
 // Who may ask this miner for work, and how often. Cheap checks first:
 //
-//   timestamp window -> signed_for is this miner -> signer registered (metagraph or allow list)
-//   -> signature -> replay cache -> deny list / validator permit / minimum stake
-//   -> per-hotkey rate limit (every op but cancel) -> [server] payload -> concurrency cap -> queue
+//   timestamp window (and not before this process started) -> signed_for is this miner -> signer
+//   registered (metagraph or allow list) -> deny list / validator permit / minimum stake
+//   -> signature -> replay cache -> (deny / permit / stake again) -> per-hotkey rate limit (every op
+//   but cancel) -> [server] payload -> concurrency cap -> queue
 //
-// admit() runs them all; the server runs precheck() (up to registered) when a frame arrives, has the
+// admit() runs them all; the server runs precheck() (up to the stake) when a frame arrives, has the
 // signature checked on a crypto worker, then authorise() (from the signature on) in arrival order.
+// precheck() only reads: a hotkey that would be refused anyway costs no signature check, and
+// nothing an unverified frame claims changes any state (counters, caches) of the hotkey it names.
 // Each step throws an AxonError with its wire code. The (signed_by, id) pair is remembered once the
 // frame has passed the deny/permit/stake step, so only authorised validators fill the replay cache,
 // each within a quota, and a frame that was rate limited cannot be replayed later in its window.
@@ -237,6 +240,14 @@ export interface PolicyConfig {
   staleMs?: number;
   /** How far in the future a timestamp may be (clock skew). Default 2000. */
   futureSkewMs?: number;
+  /**
+   * Unix ms before which every timestamp is STALE. The replay cache lives in memory, so a frame a
+   * previous process accepted could be replayed to this one within its window; a previous process
+   * accepted no timestamp past (its last moment + futureSkewMs), so the server sets this to its
+   * start + futureSkewMs. Default (Policy on its own): 0. Tests that sign frames before starting a
+   * server set 0.
+   */
+  notBefore?: number;
   replayCacheSize?: number;
   replayPerHotkey?: number;
   /** Requests per second per hotkey (token bucket refill), and the bucket size. Defaults 10 and 20. */
@@ -250,6 +261,8 @@ export interface PolicyOptions extends PolicyConfig {
   minerHotkey: string;
   /** Longest a request may run; the timestamp window is [now - (staleMs + this), now + futureSkewMs]. */
   requestTimeoutMs: number;
+  /** Unix ms the serving process started: notBefore defaults to this + futureSkewMs. */
+  startedAt?: number;
 }
 
 export interface Admission {
@@ -275,6 +288,7 @@ export class Policy {
   readonly minerHotkey: string;
   readonly windowMs: number;
   readonly futureSkewMs: number;
+  readonly notBefore: number;
   readonly minStake: number;
   readonly requirePermit: boolean;
   readonly maxConcurrentPerHotkey: number;
@@ -291,6 +305,7 @@ export class Policy {
     const staleMs = safeInt('staleMs', options.staleMs ?? 8000, 0);
     this.windowMs = staleMs + safeInt('requestTimeoutMs', options.requestTimeoutMs, 1);
     this.futureSkewMs = safeInt('futureSkewMs', options.futureSkewMs ?? 2000, 0);
+    this.notBefore = safeInt('notBefore', options.notBefore ?? (options.startedAt === undefined ? 0 : options.startedAt + this.futureSkewMs), 0);
     const minStake = options.minStake ?? 0;
     if (typeof minStake !== 'number' || !Number.isFinite(minStake) || minStake < 0) throw new OptionError(`min stake must be a finite number >= 0 (got ${minStake})`);
     this.minStake = minStake;
@@ -322,8 +337,9 @@ export class Policy {
   }
 
   /**
-   * The checks before the signature (timestamp window, signed_for, signer registered): all a frame
-   * must pass before its signature is worth the CPU. Throws AxonError.
+   * The checks before the signature (timestamp window, signed_for, signer registered, deny list,
+   * permit, stake): all a frame must pass before its signature is worth the CPU. They only read, so
+   * a frame that claims someone else's hotkey changes nothing for that hotkey. Throws AxonError.
    */
   precheck(frame: RequestFrame, now: number): void {
     const context = { requestId: frame.id, signedBy: frame.signed_by };
@@ -334,10 +350,13 @@ export class Policy {
     if (-age > this.futureSkewMs) {
       throw new AxonError('STALE', `timestamp is ${-age} ms in the future; at most ${this.futureSkewMs} ms of clock skew is accepted`, context);
     }
+    if (frame.timestamp < this.notBefore) {
+      throw new AxonError('STALE', `timestamp ${frame.timestamp} is from before this miner (re)started; sign the request again with a current timestamp`, context);
+    }
     if (frame.signed_for !== this.minerHotkey) {
       throw new AxonError('WRONG_MINER', `frame is signed for ${frame.signed_for}, but this miner is ${this.minerHotkey}`, context);
     }
-    this.#registration(frame, context);
+    this.#standing(frame, this.#registration(frame, context), context);
   }
 
   /**
@@ -354,16 +373,8 @@ export class Policy {
     if (this.replay.has(frame.signed_by, frame.id, now)) {
       throw new AxonError('REPLAY', `request ${frame.id} from this hotkey was already received`, context);
     }
-    if (this.#deny.has(frame.signed_by)) throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} is on this miner's deny list`, context);
-    if (!allowListed) {
-      // neuron is defined here: not allow-listed and not registered was refused above.
-      if (this.requirePermit && !neuron!.validatorPermit) {
-        throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} has no validator permit`, context);
-      }
-      if (neuron!.stake < this.minStake) {
-        throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} has stake ${neuron!.stake}; this miner requires ${this.minStake}`, context);
-      }
-    }
+    // Again: the metagraph or the lists may have changed while the signature was being checked.
+    this.#standing(frame, { neuron, allowListed }, context);
     const verdict = this.replay.add(frame.signed_by, frame.id, frame.timestamp + this.windowMs + 1, now);
     if (verdict === 'quota') throw new AxonError('RATE_LIMITED', `too many requests from ${frame.signed_by} within the ${this.windowMs} ms window`, context);
     if (verdict === 'full') throw new AxonError('OVERLOADED', 'the replay cache is full; retry shortly', context);
@@ -371,6 +382,19 @@ export class Policy {
       throw new AxonError('RATE_LIMITED', `more than ${this.#rate.ratePerSecond} requests/s (burst ${this.#rate.burst}) from ${frame.signed_by}`, context);
     }
     return { hotkey: frame.signed_by, stake: neuron?.stake ?? 0, uid: neuron?.uid ?? null };
+  }
+
+  /** Deny list, validator permit, minimum stake (FORBIDDEN). Allow-listed hotkeys skip permit and stake, never the deny list. */
+  #standing(frame: RequestFrame, { neuron, allowListed }: { neuron: MetagraphNeuron | undefined; allowListed: boolean }, context: { requestId: string; signedBy: string }): void {
+    if (this.#deny.has(frame.signed_by)) throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} is on this miner's deny list`, context);
+    if (allowListed) return;
+    // neuron is defined here: not allow-listed and not registered was refused by #registration.
+    if (this.requirePermit && !neuron!.validatorPermit) {
+      throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} has no validator permit`, context);
+    }
+    if (neuron!.stake < this.minStake) {
+      throw new AxonError('FORBIDDEN', `hotkey ${frame.signed_by} has stake ${neuron!.stake}; this miner requires ${this.minStake}`, context);
+    }
   }
 
   #registration(frame: RequestFrame, context: { requestId: string; signedBy: string }): { neuron: MetagraphNeuron | undefined; allowListed: boolean } {

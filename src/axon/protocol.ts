@@ -133,7 +133,90 @@ function isPlainMap(value: unknown): value is Record<string, unknown> {
     Object.getPrototypeOf(value) === Object.prototype;
 }
 
-function decodeMsgpack(bytes: Uint8Array, what: string, code: ErrorCode, context: { requestId?: string; signedBy?: string } = {}): unknown {
+/**
+ * How deep and how long a msgpack value may nest. Depth 1: a map or array of scalars; 0: a scalar.
+ * Every frame and body of this protocol has a fixed, shallow shape, so anything deeper is refused
+ * before a single object is built.
+ */
+export interface MsgpackShape {
+  maxDepth: number;
+  /** Entries of any one map or array. */
+  maxLength: number;
+}
+
+/** A request or response frame: one map of scalars (its 8 fields; extra ones are refused after decoding). */
+export const FRAME_SHAPE: MsgpackShape = { maxDepth: 1, maxLength: 16 };
+/** A request payload: generate's {messages: [{role, content}], stop: [str]} is the deepest. */
+const PAYLOAD_SHAPE_DEPTH = 3;
+/** A response body: token's {tokens: [{top_logprobs: [{...}]}]} is the deepest. */
+const RESPONSE_BODY_SHAPE: MsgpackShape = { maxDepth: 5, maxLength: 4096 };
+
+/**
+ * Walk the msgpack headers of `bytes` without building anything, and return why the value is
+ * malformed, deeper or longer than `shape` allows, or followed by trailing bytes (undefined when
+ * none of these). @msgpack/msgpack's Decoder caps lengths but not depth, and decoding a frame of
+ * nested one-element arrays costs about a second of CPU and a lot of memory per MiB: this scan costs
+ * one pass over the headers, and a deep value is refused at its first container past maxDepth.
+ */
+export function msgpackShapeError(bytes: Uint8Array, shape: MsgpackShape): string | undefined {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const end = bytes.length;
+  // Values still to read at each open container (the root counts as one value).
+  const pending: number[] = [1];
+  let pos = 0;
+  while (pending.length > 0) {
+    if (pending[pending.length - 1] === 0) {
+      pending.pop();
+      continue;
+    }
+    pending[pending.length - 1] -= 1;
+    if (pos >= end) return 'truncated msgpack';
+    const b = bytes[pos++];
+    let skip = 0; // payload bytes after the header
+    let entries = -1; // values inside, for a container
+    if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) skip = 0;
+    else if (b >= 0xa0 && b <= 0xbf) skip = b & 0x1f;
+    else if (b >= 0x80 && b <= 0x8f) entries = 2 * (b & 0x0f);
+    else if (b >= 0x90 && b <= 0x9f) entries = b & 0x0f;
+    else {
+      const need = (n: number) => pos + n <= end;
+      switch (b) {
+        case 0xcc: case 0xd0: skip = 1; break;
+        case 0xcd: case 0xd1: skip = 2; break;
+        case 0xca: case 0xce: case 0xd2: skip = 4; break;
+        case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
+        case 0xc4: case 0xd9: if (!need(1)) return 'truncated msgpack'; skip = 1 + view.getUint8(pos); break;
+        case 0xc5: case 0xda: if (!need(2)) return 'truncated msgpack'; skip = 2 + view.getUint16(pos); break;
+        case 0xc6: case 0xdb: if (!need(4)) return 'truncated msgpack'; skip = 4 + view.getUint32(pos); break;
+        case 0xdc: if (!need(2)) return 'truncated msgpack'; entries = view.getUint16(pos); pos += 2; break;
+        case 0xdd: if (!need(4)) return 'truncated msgpack'; entries = view.getUint32(pos); pos += 4; break;
+        case 0xde: if (!need(2)) return 'truncated msgpack'; entries = 2 * view.getUint16(pos); pos += 2; break;
+        case 0xdf: if (!need(4)) return 'truncated msgpack'; entries = 2 * view.getUint32(pos); pos += 4; break;
+        // Extension types (0xc7-0xc9, 0xd4-0xd8) appear nowhere in this protocol; 0xc1 is never used.
+        default: return `msgpack type 0x${b.toString(16)} is not used by this protocol`;
+      }
+    }
+    if (entries >= 0) {
+      if (pending.length > shape.maxDepth) return `msgpack nested deeper than ${shape.maxDepth} level(s)`;
+      const length = b >= 0x80 && b <= 0x8f ? entries / 2 : b === 0xde || b === 0xdf ? entries / 2 : entries;
+      if (length > shape.maxLength) return `a msgpack map or array of ${length} entries (at most ${shape.maxLength} here)`;
+      // Every value takes at least one byte: a count past what is left is a lie (or truncation).
+      if (entries > end - pos) return 'truncated msgpack';
+      pending.push(entries);
+    } else {
+      if (pos + skip > end) return 'truncated msgpack';
+      pos += skip;
+    }
+  }
+  if (pos !== end) return `${end - pos} trailing byte(s) after the msgpack value`;
+  return undefined;
+}
+
+function decodeMsgpack(bytes: Uint8Array, what: string, code: ErrorCode, context: { requestId?: string; signedBy?: string } = {}, shape?: MsgpackShape): unknown {
+  if (shape) {
+    const problem = msgpackShapeError(bytes, shape);
+    if (problem !== undefined) throw new AxonError(code, `${what} is refused unread: ${problem}`, context);
+  }
   try {
     // Without useBigInt64, 64-bit integers decode to (possibly unsafe) numbers, which the
     // safe-integer checks below reject.
@@ -185,7 +268,7 @@ function checkFrameCommon(map: Record<string, unknown>, limits: FrameLimits, kin
 
 /** Decode one request frame. Throws AxonError: BAD_FRAME, UNSUPPORTED_VERSION or TOO_LARGE. */
 export function decodeRequestFrame(bytes: Uint8Array, limits: FrameLimits = DEFAULT_FRAME_LIMITS): RequestFrame {
-  const value = decodeMsgpack(bytes, 'frame', 'BAD_FRAME');
+  const value = decodeMsgpack(bytes, 'frame', 'BAD_FRAME', {}, FRAME_SHAPE);
   if (!isPlainMap(value)) throw new AxonError('BAD_FRAME', `a frame must be a msgpack map (got ${describe(value)})`);
   // Whatever identifies the sender is kept for the error frame, once it has the right shape.
   const context = { requestId: isUuid(value.id) ? value.id : '', signedBy: isSs58Shaped(value.signed_by) ? value.signed_by : '' };
@@ -207,7 +290,7 @@ export function decodeRequestFrame(bytes: Uint8Array, limits: FrameLimits = DEFA
 /** Decode one response frame (the client's side). Throws VerificationError on any malformation. */
 export function decodeResponseFrame(bytes: Uint8Array, limits: FrameLimits = DEFAULT_FRAME_LIMITS): ResponseFrame {
   try {
-    const value = decodeMsgpack(bytes, 'response frame', 'BAD_FRAME');
+    const value = decodeMsgpack(bytes, 'response frame', 'BAD_FRAME', {}, FRAME_SHAPE);
     if (!isPlainMap(value)) throw new AxonError('BAD_FRAME', `a frame must be a msgpack map (got ${describe(value)})`);
     if (value.v !== PROTOCOL_VERSION) throw new AxonError('UNSUPPORTED_VERSION', `response frame has version ${describe(value.v)}`);
     checkKeys(value, RESPONSE_KEYS, 'response frame', 'BAD_FRAME', {});
@@ -278,7 +361,8 @@ const GENERATE_KEYS = ['messages', 'prompt', 'max_tokens', 'temperature', 'top_p
 const ROLE = /^[a-z_]{1,32}$/;
 
 function decodePayloadMap(body: Uint8Array, op: string, context: { requestId?: string; signedBy?: string }): Record<string, unknown> {
-  const value = decodeMsgpack(body, `${op} payload`, 'BAD_REQUEST', context);
+  // Lists are checked against their own limits (TOO_LARGE) after decoding; the scan only bounds the work.
+  const value = decodeMsgpack(body, `${op} payload`, 'BAD_REQUEST', context, { maxDepth: PAYLOAD_SHAPE_DEPTH, maxLength: 65536 });
   if (!isPlainMap(value)) throw new AxonError('BAD_REQUEST', `${op} payload must be a msgpack map (got ${describe(value)})`, context);
   // nil means "absent" for optional fields (msgpack encoders of None/null).
   for (const key of Object.keys(value)) if (value[key] === null) delete value[key];
@@ -471,6 +555,8 @@ class Shape {
 /** Decode and check a response body against its frame's type (the client's side). */
 export function decodeResponseBody(type: ResponseType, body: Uint8Array): ResponseBody {
   const s = new Shape(type);
+  const problem = msgpackShapeError(body, RESPONSE_BODY_SHAPE);
+  if (problem !== undefined) s.fail(`refused unread: ${problem}`);
   let value: unknown;
   try {
     value = decode(body);

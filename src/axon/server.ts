@@ -10,8 +10,13 @@
 // leave in the order they were made (Connection.outbound). So a cancel pipelined after its generate is
 // handled after it, and a request's token frames and done go out in order.
 // Nothing a peer sends can crash the process: every handler ends in an error frame or a close.
-// Memory per connection is bounded: frames waiting for a signature check are capped per connection
-// and in all (refused beyond: RATE_LIMITED / OVERLOADED); tokens are pulled from the generator only
+// What a peer has not proven costs it, not the validators: a frame is checked for shape before it is
+// decoded (protocol.ts), every check that only reads (policy precheck, stake included) runs before
+// its signature is worth a worker's time, a refusal before a valid signature spends the connection's
+// bad-frame budget and is addressed to no one (signed_for ""), and a connection that has not shown a
+// valid signature gets only a small share of the signature checks.
+// Memory per connection is bounded: frames beyond a connection's share of the signature checks wait
+// unchecked while the socket is not read; tokens are pulled from the generator only
 // while the socket's unsent bytes (frames waiting for their signature included) are under
 // maxBufferedBytes and fewer than maxSignQueuePerConnection frames wait to be signed (and the socket is
 // not read meanwhile); a reader that stays behind for slowReaderTimeoutMs loses the request, and one
@@ -24,7 +29,7 @@ import { readFileSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { BadRequestError, MinerError, OptionError, OverloadedError } from '../errors.ts';
+import { BadRequestError, CryptoWorkerError, MinerError, OptionError, OverloadedError } from '../errors.ts';
 import type { GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
 import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from './crypto-pool.ts';
 import { Policy, type Admission, type PolicyConfig } from './policy.ts';
@@ -61,7 +66,14 @@ export interface AxonLimits {
   maxStop: number;
   maxStopBytes: number;
   maxConnections: number;
+  /** WebSocket connections per address (429 at the upgrade). */
   maxConnectionsPerIp: number;
+  /**
+   * TCP connections per address that have not (yet) become WebSockets: counted from accept, so idle
+   * sockets from one address cannot fill the server's connection table; beyond it a new one is
+   * closed at once.
+   */
+  maxPendingConnectionsPerIp: number;
   /** A TCP connection must complete its WebSocket upgrade (or HTTP request) within this. */
   handshakeTimeoutMs: number;
   /** A connection with no frame received and nothing in flight for this long is closed. */
@@ -89,10 +101,18 @@ export interface AxonLimits {
   tokenFramesPerSecond: number;
   tokenBatchMax: number;
   tokenBatchBytes: number;
-  /** Frames of one connection waiting for (or in) a signature check on the crypto workers; beyond it a frame is refused with RATE_LIMITED. */
+  /**
+   * Frames of one connection in a signature check on the crypto workers (queued or running), once
+   * that connection has shown a valid signature of an authorised hotkey; frames beyond it wait
+   * their turn, unchecked, and the socket is not read meanwhile (nothing is refused for it).
+   */
   maxVerifyQueuePerConnection: number;
-  /** The same over all connections; beyond it a frame is refused with OVERLOADED. */
+  /** The same for a connection that has not shown one yet: small, so unproven peers cost little. */
+  maxUnprovenVerifyQueuePerConnection: number;
+  /** Signature checks in all; frames beyond it wait as above. */
   maxVerifyQueue: number;
+  /** Of those, the checks for connections that have not shown a valid signature yet: the rest is kept for those that have. */
+  maxUnprovenVerifyQueue: number;
   /**
    * Response frames of one connection waiting for their signature from the crypto workers; at this
    * many the socket is not read and no tokens are pulled for it, as with unsent bytes.
@@ -109,6 +129,7 @@ export const DEFAULT_LIMITS: Readonly<AxonLimits> = Object.freeze({
   maxStopBytes: 256,
   maxConnections: 256,
   maxConnectionsPerIp: 16,
+  maxPendingConnectionsPerIp: 8,
   handshakeTimeoutMs: 5000,
   idleTimeoutMs: 60_000,
   requestTimeoutMs: 60_000,
@@ -121,18 +142,53 @@ export const DEFAULT_LIMITS: Readonly<AxonLimits> = Object.freeze({
   tokenBatchMax: 16,
   tokenBatchBytes: 64 * 1024,
   maxVerifyQueuePerConnection: 32,
+  maxUnprovenVerifyQueuePerConnection: 4,
   maxVerifyQueue: 256,
+  maxUnprovenVerifyQueue: 64,
   maxSignQueuePerConnection: 64,
 });
 
-/** Fill in defaults and check every limit is a positive safe integer (no `| 0` wrap-arounds). */
+/**
+ * The largest value the runtime honours for a limit: a timer (setTimeout) of more than 2^31 - 1 ms
+ * fires after 1 ms, and ws reads maxPayload as a 32-bit signed integer (`maxPayload | 0`, so 4 GiB
+ * would mean "no limit"). Limits not listed are bounded by Number.MAX_SAFE_INTEGER only.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+export const LIMIT_MAX: Readonly<Partial<Record<keyof AxonLimits, number>>> = Object.freeze({
+  maxFrameBytes: 2 ** 31 - 1,
+  maxBufferedBytes: 2 ** 31 - 1,
+  handshakeTimeoutMs: MAX_TIMER_MS,
+  idleTimeoutMs: MAX_TIMER_MS,
+  requestTimeoutMs: MAX_TIMER_MS,
+  slowReaderTimeoutMs: MAX_TIMER_MS,
+  tokenBatchMs: MAX_TIMER_MS,
+});
+
+/** The serve flag that sets a limit, named in refusals so an operator knows what to change. */
+export const LIMIT_FLAGS: Readonly<Partial<Record<keyof AxonLimits, string>>> = Object.freeze({
+  maxConnections: '--max-connections',
+  maxConnectionsPerIp: '--max-connections-per-ip',
+  maxFrameBytes: '--max-frame-bytes',
+  maxTokens: '--max-tokens',
+  requestTimeoutMs: '--request-timeout-ms',
+  idleTimeoutMs: '--idle-timeout-ms',
+  handshakeTimeoutMs: '--handshake-timeout-ms',
+  maxBufferedBytes: '--max-buffered-bytes',
+  slowReaderTimeoutMs: '--slow-reader-timeout-ms',
+});
+
+/** Fill in defaults and check every limit is an integer the runtime honours (no `| 0` wrap-arounds, no 1 ms timers). */
 export function resolveLimits(partial: Partial<AxonLimits> = {}): AxonLimits {
   const limits = { ...DEFAULT_LIMITS };
   for (const [key, value] of Object.entries(partial) as [keyof AxonLimits, number | undefined][]) {
     if (value === undefined) continue;
     if (!(key in DEFAULT_LIMITS)) throw new OptionError(`unknown axon limit '${key}'`);
     const min = key === 'tokenBatchMs' ? 0 : 1;
-    if (!Number.isSafeInteger(value) || value < min) throw new OptionError(`axon limit ${key} must be an integer >= ${min} (got ${value})`);
+    const max = LIMIT_MAX[key] ?? Number.MAX_SAFE_INTEGER;
+    if (!Number.isSafeInteger(value) || value < min || value > max) {
+      const flag = LIMIT_FLAGS[key];
+      throw new OptionError(`${flag ?? `axon limit ${key}`} must be an integer in [${min}, ${max}] (got ${value})`);
+    }
     limits[key] = value;
   }
   return limits;
@@ -204,6 +260,10 @@ class Connection {
   pumping: Promise<void> | undefined;
   /** This connection's frames queued or running on the crypto workers. */
   verifying = 0;
+  /** Frames waiting for room to start their signature check (the socket is not read meanwhile): call with true to start, false to drop. */
+  readonly unchecked: Array<(run: boolean) => void> = [];
+  /** A frame of an authorised hotkey with a valid signature was seen: the connection gets the larger share of checks. */
+  proven = false;
   /** Response frames waiting for their signature, and their bytes (unsent, for backpressure). */
   signing = 0;
   signingBytes = 0;
@@ -267,7 +327,14 @@ export class AxonServer {
   #wss: WebSocketServer;
   #connections = new Set<Connection>();
   #perIp = new Map<string, number>();
+  /** TCP connections not (yet) WebSockets, per address, and the address of each. */
+  #pendingPerIp = new Map<string, number>();
+  #pendingSockets = new Map<Socket, string>();
   #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>();
+  /** Connections with frames waiting for room in the signature checks, in the order they take turns. */
+  #awaitingVerifyRoom = new Set<Connection>();
+  /** Signature checks queued or running for connections that had not shown a valid signature. */
+  #unprovenVerifying = 0;
   #tasks = new Set<Promise<void>>();
   #flights = new Set<Flight>();
   #closing = false;
@@ -290,7 +357,9 @@ export class AxonServer {
     this.#version = options.version ?? packageVersion();
     this.#clock = options.clock ?? Date.now;
     this.logger = options.logger ?? pino({ name: 'axon' });
-    this.policy = new Policy({ ...options.policy, minerHotkey: this.hotkey, requestTimeoutMs: this.limits.requestTimeoutMs });
+    // startedAt: frames signed before this process started are refused, since the replay cache of a
+    // previous process (in memory) is gone and it may have accepted them (PolicyConfig.notBefore).
+    this.policy = new Policy({ ...options.policy, minerHotkey: this.hotkey, requestTimeoutMs: this.limits.requestTimeoutMs, startedAt: this.#clock() });
     this.#crypto = new CryptoPool({
       workers: options.cryptoWorkers ?? defaultCryptoWorkers(),
       signer: this.#signer,
@@ -299,14 +368,25 @@ export class AxonServer {
     });
     this.#metrics = this.#createMetrics(options.processMetrics ?? false);
 
-    this.#http = createServer({ requestTimeout: this.limits.handshakeTimeoutMs * 2, headersTimeout: this.limits.handshakeTimeoutMs }, (req, res) => {
+    // Time to the first byte and to the end of the headers are bounded by the handshake timer armed at
+    // accept; node's own header and request timeouts back it up.
+    const headersTimeout = this.limits.handshakeTimeoutMs;
+    this.#http = createServer({ requestTimeout: Math.min(headersTimeout * 2, MAX_TIMER_MS), headersTimeout }, (req, res) => {
       void this.#onHttp(req, res);
     });
     this.#http.maxConnections = this.limits.maxConnections + 64;
-    this.#http.on('connection', (socket: Socket) => this.#armHandshakeTimer(socket));
+    this.#http.on('connection', (socket: Socket) => this.#onTcpConnection(socket));
     this.#http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onUpgrade(req, socket, head));
     this.#http.on('clientError', (_err, socket: Duplex) => socket.destroy());
-    this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.limits.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
+    // skipUTF8Validation: a text frame of invalid UTF-8 then reaches #onMessage and gets BAD_FRAME
+    // like any text frame, instead of ws closing the connection with 1007 (text is never read).
+    this.#wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: this.limits.maxFrameBytes,
+      perMessageDeflate: false,
+      clientTracking: false,
+      skipUTF8Validation: true,
+    });
   }
 
   /** Start listening; resolves with the bound port (pass 0 for any free one). */
@@ -448,6 +528,35 @@ export class AxonServer {
   // -------------------------------------------------------------------------------------------
   // Connections
 
+  /**
+   * A TCP connection is accepted. The per-address cap on WebSockets applies only at the upgrade, so
+   * sockets that never upgrade (idle, or plain HTTP) are counted here, from accept: one address
+   * holding many of them would otherwise fill the server's connection table and lock out everyone.
+   */
+  #onTcpConnection(socket: Socket): void {
+    const ip = socket.remoteAddress ?? 'unknown';
+    const pending = this.#pendingPerIp.get(ip) ?? 0;
+    if (pending >= this.limits.maxPendingConnectionsPerIp) {
+      this.logger.debug({ event: 'tcp_refused', ip, pending }, 'too many connections from this address that are not WebSockets');
+      socket.destroy();
+      return;
+    }
+    this.#pendingPerIp.set(ip, pending + 1);
+    this.#pendingSockets.set(socket, ip);
+    socket.once('close', () => this.#unpend(socket));
+    this.#armHandshakeTimer(socket);
+  }
+
+  /** The socket became a WebSocket (counted per address from then on) or closed. Idempotent. */
+  #unpend(socket: Socket | Duplex): void {
+    const ip = this.#pendingSockets.get(socket as Socket);
+    if (ip === undefined) return;
+    this.#pendingSockets.delete(socket as Socket);
+    const n = (this.#pendingPerIp.get(ip) ?? 1) - 1;
+    if (n <= 0) this.#pendingPerIp.delete(ip);
+    else this.#pendingPerIp.set(ip, n);
+  }
+
   #armHandshakeTimer(socket: Socket): void {
     const timer = setTimeout(() => socket.destroy(), this.limits.handshakeTimeoutMs);
     timer.unref();
@@ -484,6 +593,7 @@ export class AxonServer {
     if (refusal) return this.#rejectUpgrade(socket, refusal.status, refusal.message);
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
       this.#clearHandshakeTimer(req.socket);
+      this.#unpend(req.socket);
       this.#onConnection(ws, ip);
     });
   }
@@ -527,6 +637,8 @@ export class AxonServer {
     for (const resolve of conn.drainWaiters) resolve(false);
     conn.drainWaiters.clear();
     for (const flight of conn.requests.values()) this.#stop(flight, 'closed');
+    for (const start of conn.unchecked.splice(0)) start(false);
+    this.#awaitingVerifyRoom.delete(conn);
     this.#crypto.forget(conn);
     this.#connections.delete(conn);
     const n = (this.#perIp.get(conn.ip) ?? 1) - 1;
@@ -582,7 +694,7 @@ export class AxonServer {
       if (this.#unsent(conn) > this.limits.maxBufferedBytes / 2 || conn.signing > this.limits.maxSignQueuePerConnection / 2) return;
       clearInterval(conn.drainTimer);
       conn.drainTimer = undefined;
-      if (conn.inboundPaused) {
+      if (conn.inboundPaused && conn.unchecked.length === 0) {
         conn.inboundPaused = false;
         conn.ws.resume();
       }
@@ -654,7 +766,11 @@ export class AxonServer {
     const axon = err instanceof AxonError ? err : undefined;
     const message = code === 'INTERNAL' ? 'internal error; the miner has logged it' : (err as Error).message;
     const id = frame?.id ?? axon?.requestId ?? '';
-    const signedFor = frame?.signed_by ?? axon?.signedBy ?? '';
+    const claimed = frame?.signed_by ?? axon?.signedBy ?? '';
+    // A refusal of a frame whose signature was not shown valid is addressed to no one (signed_for
+    // ""): whoever sent it may not be the hotkey it names, and must not get a miner-signed statement
+    // addressed to that hotkey.
+    const signedFor = unauthenticated ? '' : claimed;
     this.#metrics.requests.inc({ op, outcome: code });
     if (unauthenticated && !this.#takeBadFrameToken(conn)) {
       this.logger.warn({ event: 'bad_frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxBadFramesPerSecond} refused frames/s`);
@@ -662,7 +778,7 @@ export class AxonServer {
       return;
     }
     this.#respond(conn, 'error', id, signedFor, { code, message } satisfies ErrorBody);
-    const fields = { validator: signedFor || undefined, uid: admission?.uid ?? undefined, ip: conn.ip, op, id: id || undefined, outcome: code, message };
+    const fields = { validator: claimed || undefined, uid: admission?.uid ?? undefined, ip: conn.ip, op, id: id || undefined, outcome: code, message };
     if (code === 'INTERNAL') this.#log({ ...fields, err }, 'error');
     else this.#log(fields, unauthenticated ? 'debug' : 'info');
   }
@@ -719,23 +835,68 @@ export class AxonServer {
     }
   }
 
-  /** Check a frame's signature: on a crypto worker (a promise) unless there are none. Throws when the queues are full. */
+  /**
+   * Check a frame's signature: on a crypto worker (a promise) unless there are none. A connection
+   * gets a share of the workers' queue (small until it has shown a valid signature of an authorised
+   * hotkey), and all unproven connections together a part of it, so peers that only send frames
+   * with bad signatures never crowd out validators. A frame beyond its share is not refused (an
+   * honest validator may pipeline): it waits, unchecked, and the socket is not read until it starts.
+   */
   #verify(conn: Connection, frame: RequestFrame): boolean | Promise<boolean | Error> {
     if (this.#crypto.inline) return verifyFrame(frame);
-    const context = { requestId: frame.id, signedBy: frame.signed_by };
-    const perConnection = this.limits.maxVerifyQueuePerConnection;
-    if (conn.verifying >= perConnection) {
-      throw new AxonError('RATE_LIMITED', `${conn.verifying} frames of this connection are already waiting for their signature check (at most ${perConnection}); wait for their answers`, context);
-    }
-    if (this.#crypto.verifying >= this.limits.maxVerifyQueue) {
-      throw new AxonError('OVERLOADED', `${this.#crypto.verifying} frames are waiting for their signature check (at most ${this.limits.maxVerifyQueue} over all connections); retry shortly`, context);
-    }
+    if (conn.unchecked.length === 0 && this.#hasVerifyRoom(conn)) return this.#check(conn, frame);
+    return new Promise((resolve) => {
+      conn.unchecked.push((run) => resolve(run ? this.#check(conn, frame) : new CryptoWorkerError('dropped: its connection closed')));
+      this.#awaitingVerifyRoom.add(conn);
+      if (!conn.inboundPaused) {
+        conn.inboundPaused = true;
+        conn.ws.pause();
+      }
+    });
+  }
+
+  #hasVerifyRoom(conn: Connection): boolean {
+    const l = this.limits;
+    if (conn.verifying >= (conn.proven ? l.maxVerifyQueuePerConnection : l.maxUnprovenVerifyQueuePerConnection)) return false;
+    if (this.#crypto.verifying >= l.maxVerifyQueue) return false;
+    return conn.proven || this.#unprovenVerifying < l.maxUnprovenVerifyQueue;
+  }
+
+  /** Hand a frame's signature check to the crypto workers now. */
+  #check(conn: Connection, frame: RequestFrame): Promise<boolean | Error> {
+    const unproven = !conn.proven;
     conn.verifying += 1;
+    if (unproven) this.#unprovenVerifying += 1;
     const job = { body: frame.body, id: frame.id, timestamp: frame.timestamp, signedFor: frame.signed_for, signature: frame.signature, address: frame.signed_by };
     return this.#crypto.verify(conn, job).then((valid) => {
       conn.verifying -= 1;
+      if (unproven) this.#unprovenVerifying -= 1;
+      this.#startUnchecked();
       return valid;
     });
+  }
+
+  /** Start the checks of waiting frames while there is room, one connection at a time in turn. */
+  #startUnchecked(): void {
+    for (const conn of this.#awaitingVerifyRoom) {
+      if (conn.unchecked.length > 0 && this.#hasVerifyRoom(conn)) {
+        conn.unchecked.shift()!(true);
+        this.#awaitingVerifyRoom.delete(conn); // to the back of the line (iteration reaches it again)
+        if (conn.unchecked.length > 0) this.#awaitingVerifyRoom.add(conn);
+      }
+      if (conn.unchecked.length === 0) {
+        this.#awaitingVerifyRoom.delete(conn);
+        this.#resumeIfClear(conn);
+      }
+    }
+  }
+
+  /** Read the socket again once no frame of it waits for a check and it is not backlogged. */
+  #resumeIfClear(conn: Connection): void {
+    if (!conn.inboundPaused || conn.closed || conn.unchecked.length > 0) return;
+    if (this.#backlogged(conn)) return this.#watchDrain(conn); // it resumes once drained
+    conn.inboundPaused = false;
+    conn.ws.resume();
   }
 
   /** Finish a connection's waiting frames in arrival order, each once its signature's verdict is in. */
@@ -765,6 +926,10 @@ export class AxonServer {
       if (entry.signature instanceof Error) throw entry.signature; // a crypto worker died during the check: INTERNAL
       if (this.#closing) throw new AxonError('OVERLOADED', 'miner is shutting down', { requestId: frame.id, signedBy: frame.signed_by });
       admission = this.policy.authorise(frame, entry.signature === true, entry.now);
+      if (!conn.proven) {
+        conn.proven = true; // its larger share of the signature checks may start waiting frames
+        this.#startUnchecked();
+      }
       const context = { requestId: frame.id, signedBy: frame.signed_by };
       switch (frame.op) {
         case 'ping':

@@ -208,13 +208,30 @@ export class Engine implements TextGenerator {
         }
       }
       if (!this.tokenizer.hasChatTemplate) throw new BadRequestError(`model ${this.model.id} has no chat template; send a prompt`);
-      ids = this.tokenizer.encodeChat(request.messages!);
-    } else ids = this.tokenizer.encode(request.prompt!);
+      const text = this.tokenizer.applyChatTemplate(request.messages!);
+      this.#refuseUnfitting(text);
+      ids = this.tokenizer.encode(text, false); // the rendered template carries its own special tokens
+    } else {
+      this.#refuseUnfitting(request.prompt!);
+      ids = this.tokenizer.encode(request.prompt!);
+    }
     if (ids.length === 0) throw new BadRequestError('the prompt is empty');
     if (ids.length >= this.model.options.capacity) {
       throw new BadRequestError(`prompt of ${ids.length} tokens does not fit the context of ${this.model.options.capacity} tokens`);
     }
     return ids;
+  }
+
+  /** Refuse a text too long for the context before tokenising it (the work is bounded by the context, not the text). */
+  #refuseUnfitting(text: string): void {
+    const capacity = this.model.options.capacity;
+    const atLeast = this.tokenizer.minTokens(text);
+    if (atLeast >= capacity) {
+      throw new BadRequestError(
+        `prompt of ${Buffer.byteLength(text, 'utf8')} bytes is at least ${atLeast} tokens (a token of this model covers at most ` +
+          `${this.tokenizer.maxBytesPerToken} bytes) and does not fit the context of ${capacity} tokens`,
+      );
+    }
   }
 
   #validate(request: GenerateRequest): { promptIds: number[]; sampler: Sampler; maxTokens: number } {

@@ -21,6 +21,61 @@ function tokenContent(value: unknown): string | undefined {
   return undefined;
 }
 
+type Json = Record<string, unknown>;
+const isJson = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+const utf8Bytes = (text: string) => Buffer.byteLength(text, 'utf8');
+
+/** Normalizers that never shorten text; the Replace factor is worked out below. */
+const GROWING_NORMALIZERS = new Set(['Prepend', 'Replace', 'Sequence']);
+/** Pre-tokenizers that keep every character (each piece becomes tokens; none is dropped). */
+const KEEPING_PRE_TOKENIZERS = new Set(['ByteLevel', 'Metaspace', 'Split', 'Digits', 'Punctuation', 'Sequence', 'UnicodeScripts']);
+
+/**
+ * An upper bound on the bytes of input text one token can stand for, or Infinity when the tokenizer
+ * could drop or shrink text (so no bound holds). A text of N UTF-8 bytes is then at least
+ * ceil(N / bound) tokens, so a prompt can be refused for the context without tokenising it.
+ *
+ * A BPE token's vocabulary string has at least as many UTF-8 bytes as the text it covers in the
+ * schemes that keep every character: byte-level (one char, 1-2 bytes, per input byte), SentencePiece
+ * ("▁", 3 bytes, for a space), byte fallback ("<0x41>" for one byte). Normalizers that replace text
+ * can shrink it (counted as a factor), Unicode normalization can shrink it by up to 3x, pre-tokenizers
+ * such as Whitespace drop characters, and a fused or word-level unknown token covers any run of text:
+ * those give no bound.
+ */
+export function maxBytesPerToken(json: Json): number {
+  const model = json.model;
+  if (!isJson(model) || model.type !== 'BPE' || !isJson(model.vocab)) return Infinity;
+  // An unknown token without byte fallback covers a character (4 bytes), or a whole run when fused.
+  const unk = typeof model.unk_token === 'string' && model.byte_fallback !== true;
+  if (unk && model.fuse_unk === true) return Infinity;
+  let longest = unk ? 4 : 1;
+  for (const token of Object.keys(model.vocab)) longest = Math.max(longest, utf8Bytes(token));
+  for (const added of Array.isArray(json.added_tokens) ? json.added_tokens : []) {
+    if (isJson(added) && typeof added.content === 'string') longest = Math.max(longest, utf8Bytes(added.content));
+  }
+  let shrink = 1;
+  const normalizers = (n: unknown): boolean => {
+    if (n === null || n === undefined) return true;
+    if (!isJson(n) || typeof n.type !== 'string' || !GROWING_NORMALIZERS.has(n.type)) return false;
+    if (n.type === 'Sequence') return Array.isArray(n.normalizers) && n.normalizers.every(normalizers);
+    if (n.type === 'Replace') {
+      const pattern = isJson(n.pattern) ? n.pattern.String : undefined;
+      if (typeof pattern !== 'string' || typeof n.content !== 'string' || n.content === '') return false;
+      shrink *= Math.max(1, utf8Bytes(pattern) / utf8Bytes(n.content));
+    }
+    return true;
+  };
+  const preTokenizers = (p: unknown): boolean => {
+    if (p === null || p === undefined) return true;
+    if (!isJson(p) || typeof p.type !== 'string' || !KEEPING_PRE_TOKENIZERS.has(p.type)) return false;
+    if (p.type === 'Sequence') return Array.isArray(p.pretokenizers) && p.pretokenizers.every(preTokenizers);
+    if (p.type === 'Split') return p.behavior !== 'Removed';
+    return true;
+  };
+  if (!normalizers(json.normalizer) || !preTokenizers(json.pre_tokenizer)) return Infinity;
+  return Math.ceil(longest * shrink);
+}
+
 export class TextTokenizer {
   readonly #tokenizer: Tokenizer;
   readonly #template?: Template;
@@ -28,9 +83,12 @@ export class TextTokenizer {
   readonly bosToken?: string;
   readonly eosToken?: string;
   readonly source: string;
+  /** The most bytes of text one token stands for (Infinity: no bound): see maxBytesPerToken. */
+  readonly maxBytesPerToken: number;
 
   constructor(files: TokenizerFiles) {
     this.source = files.source;
+    this.maxBytesPerToken = maxBytesPerToken(files.tokenizer);
     this.#config = files.config ?? {};
     try {
       this.#tokenizer = new Tokenizer(files.tokenizer, this.#config);
@@ -76,6 +134,14 @@ export class TextTokenizer {
       bos_token: this.bosToken ?? '',
       eos_token: this.eosToken ?? '',
     });
+  }
+
+  /**
+   * The fewest tokens `text` can encode to (special tokens only add to it), without encoding it:
+   * encoding a 256 KiB prompt takes over a second of the main thread.
+   */
+  minTokens(text: string): number {
+    return Number.isFinite(this.maxBytesPerToken) ? Math.ceil(utf8Bytes(text) / this.maxBytesPerToken) : 0;
   }
 
   /** Token ids for a chat: the rendered template carries its own special tokens. */

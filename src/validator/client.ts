@@ -303,7 +303,13 @@ export class ValidatorClient {
       const valid = entry.verdict instanceof Error ? verifyFrame(frame) : entry.verdict === true;
       if (!valid) throw new VerificationError(`frame ${frame.type} for request ${frame.id || '(none)'} has a bad signature`);
       if (frame.id === '') return; // an error about a frame the miner could not read: none of ours
-      if (frame.signed_for !== this.hotkey) throw new VerificationError(`frame signed for ${frame.signed_for}, not for this validator ${this.hotkey}`);
+      // The miner addresses a refusal of a frame whose signature it did not (yet) find valid (STALE,
+      // NOT_REGISTERED, FORBIDDEN by stake, BAD_SIGNATURE ...) to no one: it cannot know who sent it.
+      // Such an error still ends the request it names; anything else must be addressed to us.
+      const unaddressedError = frame.signed_for === '' && frame.type === 'error';
+      if (frame.signed_for !== this.hotkey && !unaddressedError) {
+        throw new VerificationError(`frame signed for ${frame.signed_for}, not for this validator ${this.hotkey}`);
+      }
       const parsed = decodeResponseBody(frame.type, frame.body);
       this.#pending.get(frame.id)?.onFrame(frame, parsed, entry.at); // late frames of finished requests are dropped
     } catch (err) {
