@@ -2,6 +2,7 @@
 // WebSocket peer that sends arbitrary bytes and reads decoded (and verified) response frames.
 import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
+import { onTestFailed, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
 import type { TextGenerator } from '../../src/engine/types.ts';
 import { parseMetagraph, type Metagraph, type PolicyConfig } from '../../src/axon/policy.ts';
@@ -12,18 +13,64 @@ import { createTestGenerator } from './test-engine.ts';
 
 /**
  * max_tokens for a generation that must still be running when a test cancels it, disconnects or
- * shuts down (the fake takes over a second for it); keep it within the served model's context.
+ * shuts down; keep it within the served model's context. (What keeps such a generation running is
+ * the generator: support/held-generator.ts, or the real engine with its decode held.)
  */
 export const LONG = 1000;
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+// The real timer functions, taken before any test installs fake ones (vi.useFakeTimers), so the
+// harness's own waiting keeps working while a test drives the server's clock by hand.
+const realSetTimeout = globalThis.setTimeout;
+const realClearTimeout = globalThis.clearTimeout;
+const realNow = performance.now.bind(performance);
 
-/** Polls `cond` every 5 ms; fails naming `what` after timeoutMs. */
-export async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = performance.now() + timeoutMs;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
+/** Real time, also under fake timers. Not for waiting on the code under test: wait for an event (waitFor). */
+export const sleep = (ms: number) => new Promise((r) => realSetTimeout(r, ms));
+
+/** Lets pending promise callbacks and I/O callbacks run (real setImmediate, never faked by the tests). */
+export const settle = () => new Promise<void>((r) => setImmediate(r));
+
+/**
+ * Names `what` in the test's failure if the test ends (its timeout, say) while this wait is still
+ * open, and marks the wait abandoned then; `close` ends the wait.
+ */
+function waiting(what: string): { close: () => void; abandoned: () => boolean } {
+  let open = true;
+  let abandoned = false;
+  try {
+    onTestFailed(() => {
+      if (open) console.error(`the test ended while still waiting for ${what}`);
+    });
+    onTestFinished(() => {
+      abandoned = open;
+    });
+  } catch {
+    // Not inside a test (a beforeAll hook): vitest names the hook that timed out.
+  }
+  return {
+    close: () => {
+      open = false;
+    },
+    abandoned: () => abandoned,
+  };
+}
+
+/**
+ * Polls `cond` every 5 ms (real time) until it holds. Without `timeoutMs` it waits as long as the
+ * test may run (vitest's testTimeout ends it, and the failure names `what`): what is awaited is an
+ * event the code under test must produce, however slow the machine, not a guess at how fast it is.
+ */
+export async function waitFor(what: string, cond: () => boolean, timeoutMs?: number): Promise<void> {
+  const end = timeoutMs === undefined ? Infinity : realNow() + timeoutMs;
+  const wait = waiting(what);
+  try {
+    while (!cond()) {
+      if (realNow() > end) throw new Error(`timed out waiting for ${what}`);
+      if (wait.abandoned()) throw new Error(`the test ended while waiting for ${what}`);
+      await sleep(5);
+    }
+  } finally {
+    wait.close();
   }
 }
 
@@ -146,11 +193,15 @@ export interface Received {
   verified: boolean;
 }
 
-/** A WebSocket that sends anything and queues what comes back. */
+/**
+ * A WebSocket that sends anything and queues what comes back. Frames are taken in arrival order
+ * (next) or by request id (until); frames of other requests stay queued for whoever asks for them.
+ * Waits have no timeout of their own unless given one (see waitFor).
+ */
 export class RawPeer {
   readonly ws: WebSocket;
   #queue: Received[] = [];
-  #waiters: Array<(r: Received) => void> = [];
+  #waiters: Array<{ wants: (r: Received) => boolean; take: (r: Received) => void }> = [];
   readonly closed: Promise<{ code: number; reason: string }>;
 
   private constructor(ws: WebSocket, verify: boolean) {
@@ -159,8 +210,8 @@ export class RawPeer {
     ws.on('message', (data) => {
       const frame = decodeResponseFrame(data as Buffer, { maxBodyBytes: 1 << 30 });
       const received = { frame, parsed: decodeResponseBody(frame.type, frame.body), verified: verify ? verifyFrame(frame) : false };
-      const waiter = this.#waiters.shift();
-      if (waiter) waiter(received);
+      const i = this.#waiters.findIndex((w) => w.wants(received));
+      if (i >= 0) this.#waiters.splice(i, 1)[0].take(received);
       else this.#queue.push(received);
     });
     this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
@@ -183,32 +234,51 @@ export class RawPeer {
     this.ws.send(text, { binary: false });
   }
 
+  /** Frames received and not yet taken. */
   get pending(): number {
     return this.#queue.length;
   }
 
-  next(timeoutMs = 5000): Promise<Received> {
-    const queued = this.#queue.shift();
-    if (queued) return Promise.resolve(queued);
+  /** The frames received and not yet taken, oldest first (a copy). */
+  get queued(): Received[] {
+    return [...this.#queue];
+  }
+
+  #take(wants: (r: Received) => boolean, what: string, timeoutMs?: number): Promise<Received> {
+    const i = this.#queue.findIndex(wants);
+    if (i >= 0) return Promise.resolve(this.#queue.splice(i, 1)[0]);
+    const { close: done } = waiting(`a ${what}`);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters.splice(this.#waiters.indexOf(done), 1);
-        reject(new Error(`no frame within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const done = (r: Received) => {
-        clearTimeout(timer);
-        resolve(r);
+      const waiter = {
+        wants,
+        take: (r: Received) => {
+          if (timer !== undefined) realClearTimeout(timer);
+          done();
+          resolve(r);
+        },
       };
-      this.#waiters.push(done);
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : realSetTimeout(() => {
+              this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+              done();
+              reject(new Error(`no ${what} within ${timeoutMs} ms`));
+            }, timeoutMs);
+      this.#waiters.push(waiter);
     });
   }
 
-  /** Frames for request `id` up to its last one (done, error, pong or info); other requests' frames are skipped. */
-  async until(id: string, timeoutMs = 10_000): Promise<Received[]> {
+  /** The next frame, whatever request it belongs to. */
+  next(timeoutMs?: number): Promise<Received> {
+    return this.#take(() => true, 'frame', timeoutMs);
+  }
+
+  /** Frames for request `id` up to its last one (done, error, pong or info); other requests' frames stay queued. */
+  async until(id: string, timeoutMs?: number): Promise<Received[]> {
     const frames: Received[] = [];
     for (;;) {
-      const r = await this.next(timeoutMs);
-      if (r.frame.id !== id) continue;
+      const r = await this.#take((f) => f.frame.id === id, `frame for ${id}`, timeoutMs);
       frames.push(r);
       if (r.frame.type !== 'token') return frames;
     }
