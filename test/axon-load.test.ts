@@ -16,6 +16,12 @@ const CLIENTS = 32;
 const STREAMS_PER_CLIENT = 1;
 const MAX_TOKENS = 16;
 const DISTINCT = 4;
+/**
+ * The time limits this test does not test (the handshake, a generation, the client's connect): as
+ * long as the test itself may run (testTimeout in vitest.config.ts), so however slow the machine, no
+ * connection or request of this test runs into one of them before the test would have failed anyway.
+ */
+const UNLIMITED_MS = 120_000;
 
 const keys = await devKeys();
 const validators: Signer[] = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => signerFromUri(`//Validator${i}`)));
@@ -41,8 +47,10 @@ beforeAll(async () => {
     generator,
     signer: keys.miner,
     logger: pino({ level: 'silent' }),
-    limits: { maxConnectionsPerIp: CLIENTS * 2 },
-    policy: { metagraph, requirePermit: true, minStake: 50 },
+    // All the clients connect at once, from one address: none is refused for arriving together.
+    limits: { maxConnectionsPerIp: CLIENTS * 2, maxPendingConnectionsPerIp: CLIENTS * 2, handshakeTimeoutMs: UNLIMITED_MS, requestTimeoutMs: UNLIMITED_MS },
+    // notBefore 0: the validators' keys and frames may be made before the server starts.
+    policy: { metagraph, requirePermit: true, minStake: 50, notBefore: 0 },
   });
   const { port } = await server.listen(0, '127.0.0.1');
   url = `ws://127.0.0.1:${port}`;
@@ -53,13 +61,13 @@ const ids = (r: GenerationResult) => r.tokens.map((t) => t.tokenId);
 
 test(`${CLIENTS} concurrent validators x ${STREAMS_PER_CLIENT} streams: every token signed, in order, on its request, equal to the single-request output`, async () => {
   // What each request produces alone.
-  const solo = await ValidatorClient.connect({ url, signer: validators[0], minerHotkey: keys.miner.address });
+  const solo = await ValidatorClient.connect({ url, signer: validators[0], minerHotkey: keys.miner.address, connectTimeoutMs: UNLIMITED_MS });
   const expected: GenerationResult[] = [];
   for (const request of requests) expected.push(await solo.generate(request).collect());
   await solo.close();
 
   const t0 = performance.now();
-  const clients = await Promise.all(validators.map((signer) => ValidatorClient.connect({ url, signer, minerHotkey: keys.miner.address })));
+  const clients = await Promise.all(validators.map((signer) => ValidatorClient.connect({ url, signer, minerHotkey: keys.miner.address, connectTimeoutMs: UNLIMITED_MS })));
   const jobs = clients.flatMap((client, c) =>
     Array.from({ length: STREAMS_PER_CLIENT }, async (_, s) => {
       const which = (c * STREAMS_PER_CLIENT + s) % DISTINCT;
