@@ -3,6 +3,7 @@
 import type { AdapterDescription } from '../src/gpu/device.ts';
 import type { A100Report } from './a100.ts';
 import type { E2eReport } from './e2e.ts';
+import type { HostReport } from './host.ts';
 import type { KernelsReport } from './kernels.ts';
 import type { PeerReport, PeerSkipped } from './peer.ts';
 import type { PresetName } from './presets.ts';
@@ -27,6 +28,8 @@ export interface BenchReport {
   roofline: RooflineResult;
   kernels: KernelsReport;
   e2e: E2eReport;
+  /** Host overhead of a batch-1 decode step (CPU time to record and submit it). */
+  host: HostReport;
   a100: A100Report;
   peer?: PeerReport | PeerSkipped;
 }
@@ -148,6 +151,31 @@ function e2eRows(e: E2eReport): string[][] {
   return rows;
 }
 
+function hostRows(h: HostReport): string[][] {
+  return [
+    ['CPU time per decode step, batch 1', `${num(h.ms_per_step)} ms`, `±${num(h.spread_pct, 2)} %`, `median of ${h.steps} steps (${num(h.min_ms)} .. ${num(h.max_ms)} ms), from the call to after queue.submit`],
+    ['  of which before submit', `${num(h.encode_ms_per_step)} ms`, '', 'median: checks, step inputs, recording'],
+    ['  of which in queue.submit', `${num(h.submit_ms_per_step)} ms`, '', 'median (a software OpenGL ES adapter runs the commands here)'],
+    ['dispatches per token', String(h.dispatches_per_token), '', 'compute dispatches recorded per step'],
+    ['writeBuffer calls per token', String(h.buffer_writes_per_token), '', 'step inputs and kernel uniforms'],
+  ];
+}
+
+function hostLine(h: HostReport): string {
+  const s = h.shape;
+  return `${h.layers}-layer Llama, ${h.dtype}, C=${s.hidden}, F=${s.intermediate}, ${s.heads}/${s.kvHeads} heads, vocabulary ${s.vocab}; the GPU's time is not counted`;
+}
+
+/** The host-overhead section alone (`bench --host-only`). */
+export function formatHostTable(report: { adapter: AdapterReport; host: HostReport }): string {
+  const a = report.adapter;
+  return [
+    `adapter  ${adapterName(a)}${a.isSoftware ? '  [software]' : ''}, backend ${a.backend} (${a.featureLevel})`,
+    `Host overhead of decode: ${hostLine(report.host)}`,
+    table(['', 'value', 'spread', 'detail'], hostRows(report.host), [false, true, true, false]),
+  ].join('\n');
+}
+
 const A100_HEADER = ['line', 'ours', 'A100', 'ours / A100', 'A100 figure', 'ours / our roofline'];
 const A100_ALIGN = [false, true, true, true, false, true];
 
@@ -216,6 +244,9 @@ export function formatTable(report: BenchReport): string {
   out.push(`End to end: ${modelLine(report.e2e)}`);
   out.push(table(['', 'value', 'spread', 'detail'], e2eRows(report.e2e), [false, true, true, false]));
   out.push('');
+  out.push(`Host overhead of decode: ${hostLine(report.host)}`);
+  out.push(table(['', 'value', 'spread', 'detail'], hostRows(report.host), [false, true, true, false]));
+  out.push('');
   const x = report.a100;
   out.push(`Against the A100 (reference ${x.reference.gpu}; model family ${x.family ?? 'none in bench/a100.json: roofline figures only'}, ${x.dtype})`);
   out.push(table(A100_HEADER, a100Rows(x), A100_ALIGN));
@@ -259,6 +290,8 @@ export function formatMarkdown(report: BenchReport, chartFile?: string): string 
   if (k.skipped.length) out.push('', ...skippedLines(k).map((line) => `- ${line}`));
   out.push('', '## End to end', '', modelLine(report.e2e), '');
   out.push(markdownTable(['', 'value', 'spread', 'detail'], e2eRows(report.e2e), [false, true, true, false]));
+  out.push('', '## Host overhead of decode', '', `${hostLine(report.host)}.`, '');
+  out.push(markdownTable(['', 'value', 'spread', 'detail'], hostRows(report.host), [false, true, true, false]));
   const x = report.a100;
   out.push('', '## Against the A100', '');
   out.push(

@@ -10,10 +10,11 @@ import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
 import { renderChart } from './chart.ts';
 import { benchE2e } from './e2e.ts';
+import { HOST_STEPS, benchHost, type HostReport } from './host.ts';
 import { benchKernels, type KernelsReport } from './kernels.ts';
 import { benchPeer } from './peer.ts';
 import { LLAMA_7B_SHAPES, PRESETS, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
-import { adapterName, formatKernelsTable, formatMarkdown, formatTable, type AdapterReport, type BenchReport } from './report.ts';
+import { adapterName, formatHostTable, formatKernelsTable, formatMarkdown, formatTable, type AdapterReport, type BenchReport } from './report.ts';
 import { measureRoofline, type Progress, type RooflineResult } from './roofline.ts';
 import { timingMethod } from './timing.ts';
 
@@ -121,7 +122,9 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
     const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
     const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, progress });
-    return { adapter: describeAdapter(gpu), roofline, kernels, e2e };
+    const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
+    progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step, ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
+    return { adapter: describeAdapter(gpu), roofline, kernels, e2e, host };
   });
   const result: BenchReport = {
     tool: 'webgpu-miner bench',
@@ -166,6 +169,20 @@ function writeOutputs(report: BenchReport, options: BenchOptions, progress: Prog
 /** Print the full report as a table (the CLI's `bench`). */
 export function printReport(report: BenchReport): void {
   process.stdout.write(formatTable(report) + '\n');
+}
+
+// ---- `webgpu-miner bench --host-only`: the host overhead of a decode step only --------------------
+
+export async function runHostOnly(options: Pick<BenchOptions, 'quick' | 'preset' | 'adapter' | 'json' | 'gpu' | 'progress'>): Promise<{ adapter: AdapterReport; host: HostReport }> {
+  const preset = resolvePreset(options);
+  const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
+  const report = await withGpu(options, async (gpu) => {
+    progress(`adapter: ${adapterName(gpu.info)} (${gpu.info.backend}); preset ${preset.name}`);
+    return { adapter: describeAdapter(gpu), host: await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress }) };
+  });
+  if (options.json) write(options.json, JSON.stringify(report, null, 2) + '\n');
+  process.stdout.write(formatHostTable(report) + '\n');
+  return report;
 }
 
 // ---- `npm run bench:kernels`: roofline and kernels only ------------------------------------------

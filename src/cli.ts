@@ -276,10 +276,15 @@ program
   .option('--svg <file>', 'write the chart here')
   .option('--no-peer', 'skip llama.cpp on the same GGUF')
   .option('--peer-gpu', 'run the llama.cpp peer on its GPU build (install it with: node scripts/llama-cpp.mjs --gpu vulkan|cuda)')
+  .option('--host-only', 'only the host overhead of a batch-1 decode step (CPU ms to record and submit it)')
   .addOption(new Option('--preset <name>', 'sizes: full, quick or test').choices(['full', 'quick', 'test']).hideHelp())
   .addOption(adapterOption)
   .action(async (o, command: Command) => {
-    const { runBench, printReport } = await import('../bench/run.ts');
+    const { runBench, runHostOnly, printReport } = await import('../bench/run.ts');
+    if (o.hostOnly) {
+      await runHostOnly({ preset: o.preset, quick: o.quick, adapter: o.adapter, json: o.json });
+      return;
+    }
     // A --model given on the command line also sets the kernel shapes (unless --shapes says otherwise).
     const modelGiven = command.getOptionValueSource('model') !== 'default';
     const report = await runBench({

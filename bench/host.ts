@@ -1,0 +1,242 @@
+// Host overhead of a decode step: the JavaScript from Transformer.decode's call until its work is
+// submitted (recording every dispatch, writing the step's inputs and uniforms, queue.submit), with
+// the GPU's own time left out. A 32-layer Llama with small dimensions and random Q4_0 weights is
+// built in memory, so the GPU work per step is small and what is measured is the host's share:
+// on a fast GPU this, not the kernels, caps batch-1 decode.
+//
+// Timing: Transformer.decode runs synchronously up to its readback's mapAsync and only then awaits,
+// so the time until the call returns its promise is the host work of the step; the wait for the GPU
+// comes after. Counting: a separate step runs with queue.writeBuffer and the compute pass's
+// dispatchWorkgroups wrapped by counters (installed here only, and removed after), so the timed
+// steps carry no counting.
+import type { Gpu } from '../src/gpu/device.ts';
+import { configFromHf, validateConfig, type ModelConfig } from '../models/config.ts';
+import type { ModelSource, TokenizerFiles } from '../models/source.ts';
+import { Transformer } from '../models/transformer.ts';
+import { packWeight, type HostWeight, type WeightDtype } from '../kernels/weights.ts';
+import type { PresetName } from './presets.ts';
+import type { Progress } from './roofline.ts';
+import { median } from './timing.ts';
+
+export interface HostReport {
+  /** Median CPU time of one batch-1 decode step, from the call to after queue.submit (ms). */
+  ms_per_step: number;
+  /** Median time from the call to queue.submit: checks, step inputs, recording (ms). */
+  encode_ms_per_step: number;
+  /**
+   * Median time inside queue.submit (ms). On Dawn's OpenGL ES backend submit replays the recorded
+   * commands into GL, and a software GL driver runs them there: that time is the GPU's, not the host's.
+   */
+  submit_ms_per_step: number;
+  /** Compute dispatches recorded per decoded token (batch 1). */
+  dispatches_per_token: number;
+  /** queue.writeBuffer calls per decoded token (batch 1): step inputs and uniforms. */
+  buffer_writes_per_token: number;
+  layers: number;
+  /** Weight dtype of the model's matrices. */
+  dtype: string;
+  /** The model's shape: hidden size, MLP size, heads, KV heads, vocabulary. */
+  shape: { hidden: number; intermediate: number; heads: number; kvHeads: number; vocab: number };
+  /** Steps timed; fastest and slowest; median absolute deviation as a percentage of the median. */
+  steps: number;
+  min_ms: number;
+  max_ms: number;
+  spread_pct: number;
+}
+
+/** Timed decode steps per preset (after HOST_WARMUP untimed ones). */
+export const HOST_STEPS: Record<PresetName, number> = { full: 256, quick: 64, test: 16 };
+const HOST_WARMUP = 8;
+
+export interface HostOptions {
+  gpu: Gpu;
+  /** Decode steps timed (after `warmup` untimed ones). */
+  steps: number;
+  warmup?: number;
+  layers?: number;
+  progress?: Progress;
+}
+
+/** Llama-shaped, 32 layers, small enough that a software adapter runs a step in milliseconds. */
+export function hostBenchConfig(layers = 32): Record<string, unknown> {
+  return {
+    architectures: ['LlamaForCausalLM'],
+    vocab_size: 512,
+    hidden_size: 128,
+    intermediate_size: 384,
+    num_hidden_layers: layers,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: false,
+  };
+}
+
+/** Weights drawn from a fixed seed, held in memory under the canonical names; matrices quantised on request. */
+class RandomSource implements ModelSource {
+  readonly id = 'host-bench-llama (random Q4_0)';
+  readonly format = 'embedded';
+  readonly ropeMode = 'half';
+  readonly config: ModelConfig;
+  readonly tokenizer: TokenizerFiles = { tokenizer: {}, source: 'bench' };
+  readonly #dtype: WeightDtype;
+  readonly #shapes = new Map<string, number[]>();
+  #seed = 0x2545f491;
+
+  constructor(hf: Record<string, unknown>, dtype: WeightDtype) {
+    this.config = configFromHf(hf, {}, this.id);
+    validateConfig(this.config, this.id);
+    this.#dtype = dtype;
+    const { hiddenSize: C, intermediateSize: F, numHeads: Hq, numKvHeads: Hkv, headDim: D, vocabSize: V } = this.config;
+    this.#shapes.set('token_embd.weight', [V, C]);
+    for (let l = 0; l < this.config.numLayers; l++) {
+      const p = `blk.${l}.`;
+      this.#shapes.set(`${p}attn_norm.weight`, [C]);
+      this.#shapes.set(`${p}attn_q.weight`, [Hq * D, C]);
+      this.#shapes.set(`${p}attn_k.weight`, [Hkv * D, C]);
+      this.#shapes.set(`${p}attn_v.weight`, [Hkv * D, C]);
+      this.#shapes.set(`${p}attn_output.weight`, [C, Hq * D]);
+      this.#shapes.set(`${p}ffn_norm.weight`, [C]);
+      this.#shapes.set(`${p}ffn_gate.weight`, [F, C]);
+      this.#shapes.set(`${p}ffn_up.weight`, [F, C]);
+      this.#shapes.set(`${p}ffn_down.weight`, [C, F]);
+    }
+    this.#shapes.set('output_norm.weight', [C]);
+    this.#shapes.set('output.weight', [V, C]);
+  }
+
+  has(name: string): boolean {
+    return this.#shapes.has(name);
+  }
+
+  dtypeOf(name: string): WeightDtype | undefined {
+    const shape = this.#shapes.get(name);
+    return shape ? (shape.length === 2 ? this.#dtype : 'f32') : undefined;
+  }
+
+  /** Uniform values in [-scale, scale) from a 32-bit LCG (what the model computes does not matter). */
+  #values(count: number, scale: number, offset = 0): Float32Array {
+    const out = new Float32Array(count);
+    let s = this.#seed;
+    for (let i = 0; i < count; i++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      out[i] = offset + scale * (s / 2 ** 31 - 1);
+    }
+    this.#seed = s;
+    return out;
+  }
+
+  async matrix(name: string): Promise<HostWeight> {
+    const [rows, cols] = this.#shapes.get(name)!;
+    return packWeight(this.#dtype, rows, cols, this.#values(rows * cols, name === 'token_embd.weight' ? 1 : 1 / Math.sqrt(cols)));
+  }
+
+  async vector(name: string): Promise<Float32Array> {
+    return this.#values(this.#shapes.get(name)![0], 0.1, 1);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** Count queue.writeBuffer calls and compute dispatches while `run` runs (wrappers removed after). */
+async function counted(gpu: Gpu, run: () => Promise<unknown>): Promise<{ writes: number; dispatches: number }> {
+  const queue = gpu.device.queue;
+  const passProto = globalThis.GPUComputePassEncoder.prototype;
+  const ownWrite = Object.getOwnPropertyDescriptor(queue, 'writeBuffer');
+  const writeBuffer = queue.writeBuffer;
+  const dispatchWorkgroups = passProto.dispatchWorkgroups;
+  let writes = 0;
+  let dispatches = 0;
+  queue.writeBuffer = function (this: GPUQueue, ...args: Parameters<GPUQueue['writeBuffer']>) {
+    writes++;
+    return writeBuffer.apply(this, args);
+  };
+  passProto.dispatchWorkgroups = function (this: GPUComputePassEncoder, ...args: Parameters<GPUComputePassEncoder['dispatchWorkgroups']>) {
+    dispatches++;
+    return dispatchWorkgroups.apply(this, args);
+  };
+  try {
+    await run();
+  } finally {
+    if (ownWrite) Object.defineProperty(queue, 'writeBuffer', ownWrite);
+    else delete (queue as Partial<GPUQueue>).writeBuffer;
+    passProto.dispatchWorkgroups = dispatchWorkgroups;
+  }
+  return { writes, dispatches };
+}
+
+/**
+ * Run `step` `count` times, one after another (each awaited), and time the part of each before
+ * queue.submit and the submit itself, with queue.submit wrapped by a timer for the duration.
+ */
+async function timed(gpu: Gpu, step: () => Promise<unknown>, count: number): Promise<{ encode: number[]; submit: number[] }> {
+  const queue = gpu.device.queue;
+  const own = Object.getOwnPropertyDescriptor(queue, 'submit');
+  const submit = queue.submit;
+  let entered = 0;
+  let left = 0;
+  queue.submit = function (this: GPUQueue, buffers: Iterable<GPUCommandBuffer>) {
+    entered = performance.now();
+    submit.call(this, buffers);
+    left = performance.now();
+  };
+  const encodeMs: number[] = [];
+  const submitMs: number[] = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      entered = left = 0;
+      const start = performance.now();
+      const pending = step();
+      const returned = performance.now();
+      await pending;
+      // A step submits once; were it not to, the whole call counts as encoding.
+      if (entered === 0) [entered, left] = [returned, returned];
+      encodeMs.push(entered - start);
+      submitMs.push(left - entered);
+    }
+  } finally {
+    if (own) Object.defineProperty(queue, 'submit', own);
+    else delete (queue as Partial<GPUQueue>).submit;
+  }
+  return { encode: encodeMs, submit: submitMs };
+}
+
+export async function benchHost(options: HostOptions): Promise<HostReport> {
+  const { gpu, steps, warmup = HOST_WARMUP, layers = 32 } = options;
+  const progress = options.progress ?? (() => {});
+  const dtype: WeightDtype = 'q4_0';
+  const source = new RandomSource(hostBenchConfig(layers), dtype);
+  const cfg = source.config;
+  progress(`host: building a ${layers}-layer Llama (C=${cfg.hiddenSize}, F=${cfg.intermediateSize}, ${dtype}) in memory`);
+  const capacity = warmup + steps + 2;
+  const model = await Transformer.load(gpu, source, { slots: 1, capacity, prefillChunk: 16 });
+  try {
+    await model.prefill(0, [1], 0, { candidates: 1 });
+    let position = 1;
+    const step = () => model.decode([{ slot: 0, token: (position * 7) % cfg.vocabSize, position: position++ }], 1);
+    progress(`host: ${warmup} warm-up decode steps, then ${steps} timed`);
+    for (let i = 0; i < warmup; i++) await step();
+    const count = await counted(gpu, step);
+    const { encode, submit } = await timed(gpu, step, steps);
+    const times = encode.map((e, i) => e + submit[i]);
+    const mid = median(times);
+    return {
+      ms_per_step: mid,
+      dispatches_per_token: count.dispatches,
+      buffer_writes_per_token: count.writes,
+      layers,
+      dtype,
+      shape: { hidden: cfg.hiddenSize, intermediate: cfg.intermediateSize, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, vocab: cfg.vocabSize },
+      encode_ms_per_step: median(encode),
+      submit_ms_per_step: median(submit),
+      steps,
+      min_ms: Math.min(...times),
+      max_ms: Math.max(...times),
+      spread_pct: mid > 0 ? (100 * median(times.map((t) => Math.abs(t - mid)))) / mid : 0,
+    };
+  } finally {
+    model.destroy();
+  }
+}
