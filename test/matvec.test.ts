@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { MATVEC_MAX_ROWS, Matvec, defaultMatvecWorkgroupSize } from '../kernels/matvec.ts';
+import { MATVEC_MAX_ROWS, Matvec, defaultMatvecWorkgroupSize, defaultSubgroupMatvecRows } from '../kernels/matvec.ts';
+import { kernelTiers, type Tier } from '../kernels/tiers.ts';
+import type { Gpu } from '../src/gpu/device.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { dequantize, packWeight, uploadWeight } from '../kernels/weights.ts';
 import { ShapeError } from '../src/errors.ts';
@@ -9,7 +11,19 @@ import { ErrorLog, describeCase, projectionCase, projectionReference, setupProje
 
 const gpu = useGpu();
 const log = new ErrorLog();
-afterAll(() => console.log(`matvec\n${log.summary()}`));
+afterAll(() => console.log(`matvec (${tiers().join(' and ')})\n${log.summary()}`));
+
+// Every case runs on each tier the device can run: the baseline everywhere, the subgroup tier too on
+// an adapter with 'subgroups' (the core software adapter), each against the reference.
+function tiers(): Tier[] {
+  return gpu().features.has('subgroups') ? ['baseline', 'subgroup'] : ['baseline'];
+}
+
+/** The same device seen as one without the 'subgroups' feature. */
+function withoutSubgroups(device: Gpu): Gpu {
+  const features = new Set([...device.features].filter((f) => f !== 'subgroups'));
+  return Object.create(device, { features: { value: features } }) as Gpu;
+}
 
 // References multiply by the dequantised packed weight: f32 accumulation error only, every dtype.
 const TOLERANCE = 1e-5;
@@ -57,18 +71,85 @@ for (const [dtype, K] of Object.entries(RESIDUAL_K) as Array<[keyof typeof RESID
 cases.push(
   { ...projectionCase({ dtype: 'q4_0', M: 3, N: 37, K: 160, bias: true, residual: true, residualRowStride: 40, seed: 9 }), rowsPerWorkgroup: 3, workgroupSize: 32 },
   { ...projectionCase({ dtype: 'f16', M: 8, N: 13, K: 70, residual: true, seed: 9 }), rowsPerWorkgroup: 4, workgroupSize: 64 },
+  // Workgroups smaller than, equal to and many times a subgroup (the subgroup tier needs no WG >= rows x 8).
+  { ...projectionCase({ dtype: 'q8_0', M: 8, N: 37, K: 96, bias: true, residual: true, seed: 10 }), rowsPerWorkgroup: 2, workgroupSize: 256 },
+  { ...projectionCase({ dtype: 'q6_k', M: 2, N: 7, K: 512, seed: 11 }), rowsPerWorkgroup: 4, workgroupSize: 128 },
 );
+const subgroupOnlyCases: Array<ProjectionCase & { rowsPerWorkgroup: number; workgroupSize: number }> = [
+  { ...projectionCase({ dtype: 'f32', M: 8, N: 37, K: 53, bias: true, residual: true, seed: 12 }), rowsPerWorkgroup: 4, workgroupSize: 4 },
+  { ...projectionCase({ dtype: 'q4_k', M: 3, N: 11, K: 512, seed: 13 }), rowsPerWorkgroup: 2, workgroupSize: 8 },
+  { ...projectionCase({ dtype: 'f16', M: 5, N: 9, K: 70, bias: true, seed: 14 }), rowsPerWorkgroup: 3, workgroupSize: 16 },
+];
 
 describe('matvec', () => {
   for (const c of cases) {
     const extra = c.rowsPerWorkgroup ? ` rows/wg=${c.rowsPerWorkgroup} wg=${c.workgroupSize}` : '';
     it(describeCase(c) + extra, async () => {
-      const s = setupProjection(gpu(), c);
-      const kernel = new Matvec(gpu(), s, { rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize });
-      await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
-      log.add(c.residual ? `${c.dtype} residual` : c.dtype, await s.check(TOLERANCE));
+      for (const tier of tiers()) {
+        // A fresh set-up per tier: the output starts NaN for each.
+        const s = setupProjection(gpu(), c);
+        const kernel = new Matvec(gpu(), s, { rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize, tier });
+        expect(kernel.tier).toBe(tier);
+        await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+        log.add(`${tier} ${c.dtype}${c.residual ? ' residual' : ''}`, await s.check(TOLERANCE));
+      }
     });
   }
+
+  // Workgroups of 4, 8 and 16 threads: below, at and above lavapipe's subgroup size of 8 (one partial
+  // subgroup, one whole, two), with rows x 8 above the workgroup size. The baseline refuses these.
+  for (const c of subgroupOnlyCases) {
+    it(`subgroup tier: ${describeCase(c)} rows/wg=${c.rowsPerWorkgroup} wg=${c.workgroupSize}`, async () => {
+      const options = { rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize, tier: 'subgroup' } as const;
+      const s = setupProjection(gpu(), c);
+      if (!gpu().features.has('subgroups')) {
+        expect(() => new Matvec(gpu(), s, options)).toThrow(/subgroup tier needs the device feature 'subgroups'/);
+        return;
+      }
+      const kernel = new Matvec(gpu(), s, options);
+      await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+      log.add(`subgroup ${c.dtype} small workgroups`, await s.check(TOLERANCE));
+    });
+  }
+
+  it('picks the subgroup tier where the device has subgroups, else the baseline', () => {
+    const weight = uploadWeight(gpu(), 'w', packWeight('q4_0', 1024, 64, randomF32(1024 * 64, 1)));
+    const input = createStorage(gpu(), 'a', 64 * 4);
+    const output = createStorage(gpu(), 'out', 1024 * 4);
+    const kernel = new Matvec(gpu(), { weight, input, output });
+    const expected = gpu().features.has('subgroups') ? 'subgroup' : 'baseline';
+    expect(kernelTiers(gpu()).matvec).toBe(expected);
+    expect(kernel.tier).toBe(expected);
+    expect(kernel.rowsPerWorkgroup).toBe(expected === 'subgroup' ? defaultSubgroupMatvecRows(1024) : 1);
+    expect(new Matvec(gpu(), { weight, input, output }, { tier: 'baseline' }).tier).toBe('baseline');
+    const plain = withoutSubgroups(gpu());
+    expect(new Matvec(plain, { weight, input, output }).tier).toBe('baseline');
+    expect(() => new Matvec(plain, { weight, input, output }, { tier: 'subgroup' })).toThrow(ShapeError);
+    expect(() => new Matvec(plain, { weight, input, output }, { tier: 'subgroup' })).toThrow(
+      /matvec\(w\): the subgroup tier needs the device feature 'subgroups', which this adapter does not offer/,
+    );
+  });
+
+  // The two tiers sum in different orders, so they agree to f32 rounding, not bit for bit.
+  it('the subgroup tier agrees with the baseline', async () => {
+    if (!gpu().features.has('subgroups')) return; // compat: the test above proves the baseline is the one picked
+    for (const dtype of ['f32', 'f16', 'q8_0', 'q4_1', 'q5_0', 'q3_k', 'q5_k'] as const) {
+      const K = dtype === 'f32' || dtype === 'f16' ? 1030 : 1024;
+      const c = projectionCase({ dtype, M: 8, N: 130, K, bias: true, residual: true, seed: 21 });
+      const outputs: Float32Array[] = [];
+      for (const tier of ['baseline', 'subgroup'] as const) {
+        const s = setupProjection(gpu(), c);
+        const kernel = new Matvec(gpu(), s, { tier });
+        await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+        outputs.push(await readF32(gpu(), s.output, s.output.size / 4));
+      }
+      const [base, fast] = outputs;
+      // Same NaN gaps, and the written cells within 1e-6 of each other (relative L2).
+      const written = (x: Float32Array) => Array.from(x).filter((v) => !Number.isNaN(v));
+      expect(Array.from(base, Number.isNaN)).toEqual(Array.from(fast, Number.isNaN));
+      log.add(`subgroup vs baseline ${dtype}`, expectClose(written(fast), written(base), 1e-6, `${dtype} subgroup vs baseline`));
+    }
+  });
 
   // 70001 rows need 2 workgroup rows of the grid (dispatchGrid): the vocabulary-sized case.
   it('q4_0 N=70001 K=32 M=2 (grid split over y)', async () => {
@@ -78,11 +159,15 @@ describe('matvec', () => {
     const host = packWeight('q4_0', N, K, randomF32(N * K, 11));
     const weight = uploadWeight(gpu(), 'lm_head', host);
     const a = randomF32(M * K, 12);
-    const output = poisoned(gpu(), 'out', M * N);
-    const kernel = new Matvec(gpu(), { weight, input: createStorage(gpu(), 'a', a), output }, { workgroupSize: 32 });
-    await runPass(gpu(), (pass) => kernel.encode(pass, { M }));
     const ref = projectionReference(dequantize(host), N, K, a, M, 0, K);
-    log.add('q4_0 N=70001', expectClose(await readF32(gpu(), output, M * N), ref, TOLERANCE, 'q4_0 N=70001'));
+    const input = createStorage(gpu(), 'a', a);
+    for (const tier of tiers()) {
+      const output = poisoned(gpu(), 'out', M * N);
+      // One row per workgroup on either tier: 70001 workgroups, over the 65535 of one grid dimension.
+      const kernel = new Matvec(gpu(), { weight, input, output }, { workgroupSize: 32, tier, rowsPerWorkgroup: 1 });
+      await runPass(gpu(), (pass) => kernel.encode(pass, { M }));
+      log.add(`${tier} q4_0 N=70001`, expectClose(await readF32(gpu(), output, M * N), ref, TOLERANCE, `${tier} q4_0 N=70001`));
+    }
   });
 
   it('default workgroup size follows K', () => {
@@ -103,7 +188,8 @@ describe('matvec', () => {
     pass.end();
     expect(() => new Matvec(gpu(), { weight, input, output }, { rowsPerWorkgroup: 5 })).toThrow(/rowsPerWorkgroup/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 48 })).toThrow(/power of two/);
-    expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 16, rowsPerWorkgroup: 4 })).toThrow(/>= 32/);
+    expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 16, rowsPerWorkgroup: 4, tier: 'baseline' })).toThrow(/>= 32/);
+    expect(() => new Matvec(gpu(), { weight, input, output }, { tier: 'fast' as Tier })).toThrow(/unknown tier fast/);
   });
 
   it('refuses a residual that is the output buffer, or does not fit', () => {

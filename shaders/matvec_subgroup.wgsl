@@ -1,0 +1,116 @@
+// Matrix-vector product for decode, subgroup tier: out = a · Wᵀ (+ bias) (+ residual) for M = 1..8
+// activation rows, the same run contract and results as matvec.wgsl (the baseline), reduced with
+// subgroup operations instead of a workgroup-memory tree.
+// Compose as: matvec_subgroup_enable.wgsl, one weights_<dtype>.wgsl (bindings 1-2, weight4), this file.
+//
+// A workgroup owns ROWS consecutive weight rows. Its WG threads stride over K four columns at a time:
+// each thread loads its activations a[m, k..k+3] once into registers and uses them for all ROWS rows
+// (so every activation element is read once per workgroup, and workgroup memory would add nothing),
+// and each weight element is read once and used for all M rows. Then:
+//   1. subgroupAdd sums each of the ROWS x M partials within every subgroup (no barrier);
+//   2. one lane per subgroup (subgroupElect) sets its bit in a workgroup bitmask; barrier;
+//   3. that lane's rank among the subgroup leaders (bits below its own) is its subgroup's slot: it
+//      writes the subgroup's ROWS x M sums there; barrier;
+//   4. ROWS x M threads each add the slots of one output in slot order and write it.
+// Nothing assumes a subgroup size or which invocations form a subgroup: the slots come from the
+// leaders' invocation indices, so the sum order, and the result, is the same on every run. Slots are
+// sized for ceil(WG / SG_MIN) subgroups, SG_MIN the adapter's smallest subgroup size (every subgroup
+// of a workgroup but one is full). Two barriers per workgroup, against log2(WG) + 1 for the tree.
+//! include grid.wgsl
+//! include matmul_projection.wgsl
+
+const MAX_M: u32 = 8u;
+const MAX_ROWS: u32 = 4u;
+override WG: u32 = 128;    // threads per workgroup, a power of two
+override ROWS: u32 = 4;    // weight rows per workgroup, 1..MAX_ROWS
+override SG_MIN: u32 = 4;  // the adapter's smallest subgroup size (WebGPU guarantees >= 4)
+
+// Bit i of word i / 32: invocation i leads its subgroup.
+var<workgroup> leaders: array<atomic<u32>, (WG + 31u) / 32u>;
+// (subgroups, ROWS * MAX_M): each subgroup's sums, in the order of its leader's invocation index.
+var<workgroup> partial: array<f32, ((WG + SG_MIN - 1u) / SG_MIN) * ROWS * MAX_M>;
+
+// a[row, k..k+3], zero past K: a's offset and stride are arbitrary, so scalar loads.
+fn load_a4(row: u32, k: u32) -> vec4<f32> {
+  let base = params.a_offset + row * params.a_stride + k;
+  if (k + 4u <= params.k) {
+    return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
+  }
+  var v = vec4<f32>(0.0);
+  for (var i = 0u; i < 4u; i++) {
+    if (k + i < params.k) { v[i] = a[base + i]; }
+  }
+  return v;
+}
+
+// Leaders with an invocation index below `lid` (bit `lid` itself excluded).
+fn leaders_below(lid: u32) -> u32 {
+  let word = lid / 32u;
+  var count = countOneBits(atomicLoad(&leaders[word]) & ((1u << (lid % 32u)) - 1u));
+  for (var w = 0u; w < word; w++) { count += countOneBits(atomicLoad(&leaders[w])); }
+  return count;
+}
+
+// Subgroups in this workgroup.
+fn leader_count() -> u32 {
+  var count = 0u;
+  for (var w = 0u; w < (WG + 31u) / 32u; w++) { count += countOneBits(atomicLoad(&leaders[w])); }
+  return count;
+}
+
+@compute @workgroup_size(WG)
+fn matvec_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+  let row0 = grid_group(wid, nwg) * ROWS;
+  if (row0 >= params.n) { return; } // whole workgroup: the grid may overshoot when split over y
+  let kp = (params.k + 3u) & ~3u;
+  let slots = ROWS * MAX_M;
+  // Loops run to constants with uniform `m < M` guards, so indices stay compile-time constants and
+  // acc / xs live in registers.
+  var acc: array<f32, MAX_ROWS * MAX_M>; // acc[r * MAX_M + m]
+  for (var k = 4u * lid; k < kp; k += 4u * WG) {
+    var xs: array<vec4<f32>, MAX_M>;
+    for (var m = 0u; m < MAX_M; m++) {
+      if (m < params.m) { xs[m] = load_a4(m, k); }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+      if (row0 + r < params.n) {
+        let w = weight4(row0 + r, k, params.k);
+        for (var m = 0u; m < MAX_M; m++) {
+          if (m < params.m) { acc[r * MAX_M + m] += dot(w, xs[m]); }
+        }
+      }
+    }
+  }
+
+  // 1. Subgroup sums (control flow is uniform here: the guards depend on uniforms only).
+  for (var j = 0u; j < slots; j++) {
+    if (j % MAX_M < params.m) { acc[j] = subgroupAdd(acc[j]); }
+  }
+  // 2. One leader per subgroup.
+  let leader = subgroupElect();
+  if (leader) { atomicOr(&leaders[lid / 32u], 1u << (lid % 32u)); }
+  workgroupBarrier();
+  // 3. The leader's rank is its subgroup's slot.
+  if (leader) {
+    let slot = leaders_below(lid);
+    for (var j = 0u; j < slots; j++) {
+      if (j % MAX_M < params.m) { partial[slot * slots + j] = acc[j]; }
+    }
+  }
+  workgroupBarrier();
+  // 4. Sum the subgroups' slots in order, then bias and residual as the baseline adds them.
+  for (var j = lid; j < slots; j += WG) {
+    let r = j / MAX_M;
+    let m = j % MAX_M;
+    let n = row0 + r;
+    if (m < params.m && n < params.n) {
+      let count = leader_count();
+      var v = 0.0;
+      for (var s = 0u; s < count; s++) { v += partial[s * slots + j]; }
+      if (HAS_BIAS) { v += bias[params.bias_offset + n]; }
+      if (HAS_RESIDUAL) { v += residual[params.residual_offset + m * params.residual_stride + n]; }
+      out[params.out_offset + m * params.out_stride + n] = v;
+    }
+  }
+}
