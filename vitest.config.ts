@@ -16,18 +16,19 @@ const KERNEL_AND_MODEL_TESTS = [
   'softmax', 'transformer', 'transformer-chunked', 'transformer-window', 'llamacpp-parity', 'llamacpp-parity-qwen2-gpt2',
 ].map((name) => `test/${name}.test.ts`);
 
+const ALL_TESTS = ['test/**/*.test.ts'];
 const chosen = process.env.WEBGPU_MINER_ADAPTER;
 
 export default defineConfig({
   test: {
     pool: 'forks',
-    include: ['test/**/*.test.ts'],
+    // No `include` here: a project that extends this config would get it concatenated with its own.
     testTimeout: 120_000,
     hookTimeout: 120_000,
     projects: chosen
-      ? [{ extends: true, test: { name: chosen } }]
+      ? [{ extends: true, test: { name: chosen, include: ALL_TESTS } }]
       : [
-          { extends: true, test: { name: 'compat', env: { WEBGPU_MINER_ADAPTER: 'software-compat' } } },
+          { extends: true, test: { name: 'compat', include: ALL_TESTS, env: { WEBGPU_MINER_ADAPTER: 'software-compat' } } },
           { extends: true, test: { name: 'core', include: KERNEL_AND_MODEL_TESTS, env: { WEBGPU_MINER_ADAPTER: 'software-core' } } },
         ],
   },
