@@ -6,12 +6,15 @@
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
+// A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
+// kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
 //
 // Legend: R = rows in a step (the prompt tokens of one or more sequences laid end to end, or one
 // token per decoding sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
 // F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens).
 import type { Gpu } from '../src/gpu/device.ts';
 import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
+import { UniformArena } from '../src/gpu/uniforms.ts';
 import { ShapeError } from '../src/errors.ts';
 import { Elementwise } from '../kernels/elementwise.ts';
 import { Embed } from '../kernels/embed.ts';
@@ -109,7 +112,12 @@ export class Transformer {
   readonly #gpu: Gpu;
   readonly #arena: BufferArena;
   readonly #maxRows: number;
-  readonly #buf: Record<'ids' | 'positions' | 'kvMeta' | 'attnMeta' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'gate' | 'up' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
+  /**
+   * `inputs` holds a step's per-row inputs as four u32 arrays laid end to end from element 0: token
+   * ids, positions, KV-write metadata (kv_base, position) and, for decode, attention metadata
+   * (kv_base, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
+   */
+  readonly #buf: Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'gate' | 'up' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
   readonly #readback: GPUBuffer;
   readonly #embed: Embed;
   readonly #posEmbed?: Embed;
@@ -124,6 +132,9 @@ export class Transformer {
   readonly #regionElements: number;
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
   readonly #logitRows: number;
+  /** CPU copy of a step's inputs, filled and uploaded once per step. */
+  readonly #inputs: Uint32Array<ArrayBuffer>;
+  readonly #uniforms: UniformArena;
 
   private constructor(gpu: Gpu, source: ModelSource, options: TransformerOptions, weights: Map<string, ChunkedWeight | GPUBuffer>, arena: BufferArena, digest: string, stats: Transformer['stats']) {
     this.#gpu = gpu;
@@ -139,6 +150,10 @@ export class Transformer {
     this.#maxRows = R;
     this.#logitRows = Math.max(options.slots, 1);
     this.#maxPieces = Math.min(options.maxPrefillPieces ?? 8, options.slots);
+    this.#uniforms = UniformArena.of(gpu.device);
+    // Prefill: ids, positions and KV-write metadata of up to prefillChunk rows (4 words a row);
+    // decode: those and the attention metadata of up to `slots` rows (6 words a row).
+    this.#inputs = new Uint32Array(Math.max(4 * options.prefillChunk, 6 * options.slots));
     const matrix = (name: string) => {
       const w = weights.get(name);
       if (!w || !('chunks' in w)) throw new ShapeError(`${source.id}: weight ${name} was not loaded`);
@@ -147,10 +162,7 @@ export class Transformer {
     const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
     const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
     this.#buf = {
-      ids: f32('ids', R),
-      positions: f32('positions', R),
-      kvMeta: f32('kvMeta', 2 * R),
-      attnMeta: f32('attnMeta', 2 * R),
+      inputs: f32('inputs', this.#inputs.length),
       x: f32('x', R * C),
       x2: f32('x2', R * C),
       h: f32('h', R * C),
@@ -173,9 +185,9 @@ export class Transformer {
     });
 
     // Learned positions (GPT-2): token rows go to x2, position rows to h, and x = x2 + h.
-    this.#embed = new Embed(gpu, { table: matrix('token_embd.weight'), ids: b.ids, output: cfg.rope ? b.x : b.x2 });
+    this.#embed = new Embed(gpu, { table: matrix('token_embd.weight'), ids: b.inputs, output: cfg.rope ? b.x : b.x2 });
     if (!cfg.rope) {
-      this.#posEmbed = new Embed(gpu, { table: matrix('position_embd.weight'), ids: b.positions, output: b.h });
+      this.#posEmbed = new Embed(gpu, { table: matrix('position_embd.weight'), ids: b.inputs, output: b.h });
       this.#posAdd = new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x });
     }
 
@@ -202,11 +214,11 @@ export class Transformer {
       this.#layers.push({
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
-        rope: invFreq ? new Rope(gpu, source.ropeMode, { x: b.qkv, positions: b.positions, invFreq }) : undefined,
-        kvWrite: new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.kvMeta, kCache, vCache }),
+        rope: invFreq ? new Rope(gpu, source.ropeMode, { x: b.qkv, positions: b.inputs, invFreq }) : undefined,
+        kvWrite: new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache }),
         window: layerWindow(cfg, l),
         prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
-        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.attnMeta, scratch: decodeScratch }),
+        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
         attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
         mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
@@ -309,9 +321,8 @@ export class Transformer {
       // Every position's logits: the chunk's rows lie contiguous in x, and the head reads them in
       // place, #logitRows rows per submit (the logits buffer holds that many rows of V).
       const piece = { slot, tokens: chunk, start: start + offset };
-      const encoder = this.#gpu.device.createCommandEncoder({ label: 'prefill' });
-      this.#encodePrefill(encoder, [piece], this.#checkPieces([piece]));
-      this.#gpu.device.queue.submit([encoder.finish()]);
+      const firstRows = this.#checkPieces([piece]);
+      this.#submit('prefill', (encoder) => this.#encodePrefill(encoder, [piece], firstRows));
       for (let first = 0; first < chunk.length; first += this.#logitRows) {
         const count = Math.min(this.#logitRows, chunk.length - first);
         const result = await this.#head(first, count, true, Math.max(1, candidateCount));
@@ -336,23 +347,23 @@ export class Transformer {
     const firstRows = this.#checkPieces(pieces);
     const C = this.config.hiddenSize;
     const wanted = pieces.flatMap((p, i) => ((p.candidates ?? 0) > 0 ? [i] : []));
-    const encoder = this.#gpu.device.createCommandEncoder({ label: 'prefill' });
-    this.#encodePrefill(encoder, pieces, firstRows);
     const result: Array<RowCandidates | undefined> = pieces.map(() => undefined);
     if (wanted.length === 0) {
-      this.#gpu.device.queue.submit([encoder.finish()]);
+      this.#submit('prefill', (encoder) => this.#encodePrefill(encoder, pieces, firstRows));
       await this.#gpu.sync();
       return result;
     }
-    // Gather each wanted piece's last row of x into consecutive rows of headRows.
-    wanted.forEach((p, i) => {
-      const row = firstRows[p] + pieces[p].tokens.length - 1;
-      encoder.copyBufferToBuffer(this.#buf.x, row * C * 4, this.#buf.headRows, i * C * 4, C * 4);
-    });
     const V = this.config.vocabSize;
     const k = Math.min(Math.max(...wanted.map((p) => pieces[p].candidates!)), V);
-    this.#encodeHead(encoder, this.#finalNormGathered, 0, wanted.length, k);
-    this.#gpu.device.queue.submit([encoder.finish()]);
+    this.#submit('prefill', (encoder) => {
+      this.#encodePrefill(encoder, pieces, firstRows);
+      // Gather each wanted piece's last row of x into consecutive rows of headRows.
+      wanted.forEach((p, i) => {
+        const row = firstRows[p] + pieces[p].tokens.length - 1;
+        encoder.copyBufferToBuffer(this.#buf.x, row * C * 4, this.#buf.headRows, i * C * 4, C * 4);
+      });
+      this.#encodeHead(encoder, this.#finalNormGathered, 0, wanted.length, k);
+    });
     const candidates = await this.#readCandidates(wanted.length, k);
     wanted.forEach((p, i) => {
       const n = Math.min(pieces[p].candidates!, V);
@@ -395,22 +406,18 @@ export class Transformer {
     const { numHeads: Hq, headDim: D } = this.config;
     const W = this.#qkvWidth;
     const rows = pieces.reduce((n, p) => n + p.tokens.length, 0);
-    const ids = new Uint32Array(rows);
-    const positions = new Uint32Array(rows);
-    const kvMeta = new Uint32Array(2 * rows);
+    const inputs = this.#inputs;
+    const at = inputOffsets(rows);
     pieces.forEach((piece, i) => {
       piece.tokens.forEach((token, t) => {
         const row = firstRows[i] + t;
-        ids[row] = token;
-        positions[row] = piece.start + t;
-        kvMeta[2 * row] = piece.slot * this.#regionElements;
-        kvMeta[2 * row + 1] = piece.start + t;
+        inputs[at.ids + row] = token;
+        inputs[at.positions + row] = piece.start + t;
+        inputs[at.kvMeta + 2 * row] = piece.slot * this.#regionElements;
+        inputs[at.kvMeta + 2 * row + 1] = piece.start + t;
       });
     });
-    const q = this.#gpu.device.queue;
-    q.writeBuffer(this.#buf.ids, 0, ids);
-    q.writeBuffer(this.#buf.positions, 0, positions);
-    q.writeBuffer(this.#buf.kvMeta, 0, kvMeta);
+    this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, at.kvMeta + 2 * rows);
     const pass = encoder.beginComputePass();
     this.#encodeLayers(pass, rows, (layer) => {
       pieces.forEach((piece, i) => {
@@ -436,25 +443,55 @@ export class Transformer {
   async decode(rows: DecodeRow[], candidates = TOPK_MAX_K): Promise<RowCandidates[]> {
     const B = rows.length;
     if (B === 0 || B > this.options.slots) throw new ShapeError(`decode batch of ${B} rows (1..${this.options.slots} allowed)`);
-    for (const row of rows) this.#checkSlot(row.slot, row.position + 1);
-    this.#checkTokens(rows.map((r) => r.token));
-    const q = this.#gpu.device.queue;
-    q.writeBuffer(this.#buf.ids, 0, Uint32Array.from(rows, (r) => r.token));
-    q.writeBuffer(this.#buf.positions, 0, Uint32Array.from(rows, (r) => r.position));
-    q.writeBuffer(this.#buf.kvMeta, 0, Uint32Array.from(rows.flatMap((r) => [r.slot * this.#regionElements, r.position])));
-    q.writeBuffer(this.#buf.attnMeta, 0, Uint32Array.from(rows.flatMap((r) => [r.slot * this.#regionElements, r.position + 1])));
-    const maxLen = Math.max(...rows.map((r) => r.position + 1));
-    const encoder = this.#gpu.device.createCommandEncoder({ label: 'decode' });
-    const pass = encoder.beginComputePass();
-    this.#encodeLayers(pass, B, (layer) => {
-      layer.decode.encode(pass, { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: this.config.numHeads * this.config.headDim, window: layer.window });
-    });
-    pass.end();
-    // Layers and head in one submit; the only read back is the candidates.
     const k = this.#candidateK(candidates);
-    this.#encodeHead(encoder, this.#finalNorm, 0, B, k);
-    q.submit([encoder.finish()]);
+    const inputs = this.#inputs;
+    const at = inputOffsets(B);
+    let maxLen = 0;
+    for (let r = 0; r < B; r++) {
+      const { slot, token, position } = rows[r];
+      this.#checkSlot(slot, position + 1);
+      this.#checkToken(token);
+      const kvBase = slot * this.#regionElements;
+      inputs[at.ids + r] = token;
+      inputs[at.positions + r] = position;
+      inputs[at.kvMeta + 2 * r] = kvBase;
+      inputs[at.kvMeta + 2 * r + 1] = position;
+      inputs[at.attnMeta + 2 * r] = kvBase;
+      inputs[at.attnMeta + 2 * r + 1] = position + 1;
+      if (position + 1 > maxLen) maxLen = position + 1;
+    }
+    const { numHeads: Hq, headDim: D } = this.config;
+    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta };
+    this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, at.attnMeta + 2 * B);
+    // Layers and head in one submit; the only read back is the candidates.
+    this.#submit('decode', (encoder) => {
+      const pass = encoder.beginComputePass();
+      this.#encodeLayers(pass, B, (layer) => {
+        attention.window = layer.window;
+        layer.decode.encode(pass, attention);
+      });
+      pass.end();
+      this.#encodeHead(encoder, this.#finalNorm, 0, B, k);
+    });
     return this.#readCandidates(B, k);
+  }
+
+  /**
+   * Record one command buffer with `record` and submit it (the submit uploads the uniforms first).
+   * If recording throws, nothing is submitted and the uniform arena is told so, so the next step
+   * may give the same kernels other values.
+   */
+  #submit(label: string, record: (encoder: GPUCommandEncoder) => void): void {
+    let commands: GPUCommandBuffer;
+    try {
+      const encoder = this.#gpu.device.createCommandEncoder({ label });
+      record(encoder);
+      commands = encoder.finish();
+    } catch (err) {
+      this.#uniforms.abandon();
+      throw err;
+    }
+    this.#gpu.device.queue.submit([commands]);
   }
 
   /** The top-k size for a requested candidate count (checked), capped by the vocabulary. */
@@ -473,31 +510,38 @@ export class Transformer {
   #encodeLayers(pass: GPUComputePassEncoder, R: number, attention: (layer: LayerOps) => void): void {
     const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F } = this.config;
     const W = this.#qkvWidth;
-    this.#embed.encode(pass, { count: R });
+    const at = inputOffsets(R);
+    // Each run's arguments are made once per step and shared by every layer.
+    const norm = { rows: R, cols: C };
+    const projection = { M: R };
+    const qkvSlices = [
+      { M: R, outputOffset: 0, outputRowStride: W },
+      { M: R, outputOffset: Hq * D, outputRowStride: W },
+      { M: R, outputOffset: (Hq + Hkv) * D, outputRowStride: W },
+    ];
+    const rope = this.config.rope
+      ? { tokens: R, heads: Hq + Hkv, headDim: D, rotaryDims: this.config.rope.dims, rowStride: W, positionsOffset: at.positions }
+      : undefined;
+    const kvWrite = { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W, metaOffset: at.kvMeta };
+    const act = { count: R * F };
+    this.#embed.encode(pass, { count: R, idsOffset: at.ids });
     if (this.#posEmbed && this.#posAdd) {
-      this.#posEmbed.encode(pass, { count: R });
+      this.#posEmbed.encode(pass, { count: R, idsOffset: at.positions });
       this.#posAdd.encode(pass, { count: R * C });
     }
     for (const layer of this.#layers) {
-      layer.attnNorm.encode(pass, { rows: R, cols: C });
-      if (layer.qkv.length === 1) layer.qkv[0].encode(pass, { M: R });
-      else {
-        const widths = [Hq * D, Hkv * D, Hkv * D];
-        let column = 0;
-        layer.qkv.forEach((linear, i) => {
-          linear.encode(pass, { M: R, outputOffset: column, outputRowStride: W });
-          column += widths[i];
-        });
-      }
-      layer.rope?.encode(pass, { tokens: R, heads: Hq + Hkv, headDim: D, rotaryDims: this.config.rope!.dims, rowStride: W });
-      layer.kvWrite.encode(pass, { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W });
+      layer.attnNorm.encode(pass, norm);
+      if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
+      else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
+      if (layer.rope && rope) layer.rope.encode(pass, rope);
+      layer.kvWrite.encode(pass, kvWrite);
       attention(layer);
-      layer.attnOut.encode(pass, { M: R });
-      layer.mlpNorm.encode(pass, { rows: R, cols: C });
-      layer.gate?.encode(pass, { M: R });
-      layer.up.encode(pass, { M: R });
-      layer.act.encode(pass, { count: R * F });
-      layer.down.encode(pass, { M: R });
+      layer.attnOut.encode(pass, projection);
+      layer.mlpNorm.encode(pass, norm);
+      layer.gate?.encode(pass, projection);
+      layer.up.encode(pass, projection);
+      layer.act.encode(pass, act);
+      layer.down.encode(pass, projection);
     }
   }
 
@@ -508,9 +552,7 @@ export class Transformer {
   async #head(first: number, count: number, withLogits: boolean, candidateCount: number): Promise<{ candidates: RowCandidates[]; logits?: Float32Array[] }> {
     const { hiddenSize: C, vocabSize: V } = this.config;
     const k = this.#candidateK(candidateCount);
-    const encoder = this.#gpu.device.createCommandEncoder({ label: 'head' });
-    this.#encodeHead(encoder, this.#finalNorm, first * C, count, k);
-    this.#gpu.device.queue.submit([encoder.finish()]);
+    this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#finalNorm, first * C, count, k));
     const candidates = await this.#readCandidates(count, k);
     const logits = withLogits
       ? await Promise.all(Array.from({ length: count }, (_, r) => readF32(this.#gpu, this.#buf.logits, V, r * V)))
@@ -561,10 +603,12 @@ export class Transformer {
   }
 
   #checkTokens(tokens: number[]): void {
-    for (const t of tokens) {
-      if (!Number.isSafeInteger(t) || t < 0 || t >= this.config.vocabSize) {
-        throw new ShapeError(`token id ${t} is outside the vocabulary (0..${this.config.vocabSize - 1})`);
-      }
+    for (const t of tokens) this.#checkToken(t);
+  }
+
+  #checkToken(t: number): void {
+    if (!Number.isSafeInteger(t) || t < 0 || t >= this.config.vocabSize) {
+      throw new ShapeError(`token id ${t} is outside the vocabulary (0..${this.config.vocabSize - 1})`);
     }
   }
 
@@ -573,6 +617,11 @@ export class Transformer {
     this.#topK.destroy();
     this.#arena.destroy();
   }
+}
+
+/** Where a step of `rows` rows keeps each of its inputs in the inputs buffer (u32 elements). */
+function inputOffsets(rows: number): { ids: number; positions: number; kvMeta: number; attnMeta: number } {
+  return { ids: 0, positions: rows, kvMeta: 2 * rows, attnMeta: 4 * rows };
 }
 
 interface PlanItem {
