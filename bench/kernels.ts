@@ -1,5 +1,6 @@
 // Kernels at the shapes of a model: prefill matmul (GFLOP/s), decode matvec (GB/s of weight bytes)
-// for each weight format, and attention prefill / decode at several context lengths. Each result
+// for each weight format (each matvec tier the adapter runs: the baseline, and the subgroup tier where
+// the adapter has subgroups), and attention prefill / decode at several context lengths. Each result
 // carries its FLOP and minimum bytes moved, so it sits on the roofline: its share is achieved
 // GFLOP/s over min(peak, intensity x bandwidth) as measured on this adapter (bench/roofline.ts).
 //
@@ -16,6 +17,7 @@ import { createStorage } from '../src/gpu/buffers.ts';
 import { MinerError, ShapeError } from '../src/errors.ts';
 import { Matmul } from '../kernels/matmul.ts';
 import { Matvec } from '../kernels/matvec.ts';
+import { kernelTiers, type Tier } from '../kernels/tiers.ts';
 import { DecodeAttention, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
 import { BLOCK_COLUMNS, checkWeightFits, isKQuantDtype, isQuantDtype, K_QUANT_BLOCK, planeWords, uploadWeight, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { attainableGflops, type Progress, type RooflineResult } from './roofline.ts';
@@ -32,7 +34,9 @@ export interface KernelResult {
   dtype: WeightDtype;
   /** Dimensions: M, N, K for projections; T (queries), L (keys), Hq, Hkv, D for attention. */
   shape: Record<string, number>;
-  /** One line naming the kernel and shape, e.g. "matvec q4_0 ffn_up 1x11008x4096". */
+  /** Kernel variant (kernels/tiers.ts); matvec lines come once per tier the adapter runs. */
+  tier: Tier;
+  /** One line naming the kernel and shape, e.g. "matvec subgroup q4_0 ffn_up 1x11008x4096". */
   label: string;
   flops: number;
   /** Minimum bytes one run must move: weights (or KV cache) plus activations in and out. */
@@ -59,6 +63,7 @@ export interface KernelResult {
 
 export interface SkippedKernel {
   kind: KernelKind;
+  tier: Tier;
   name: string;
   dtype: WeightDtype;
   shape: Record<string, number>;
@@ -172,11 +177,14 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const p = preset.kernels;
   const results: KernelResult[] = [];
   const skipped: SkippedKernel[] = [];
-  const total = p.projections.length * p.dtypes.length * 2 + p.attentionPrefill.length + p.attentionDecode.length;
+  const tiers = kernelTiers(gpu);
+  // The baseline matvec always, the fast tier beside it where the adapter has one.
+  const matvecTiers: Tier[] = tiers.matvec === 'baseline' ? ['baseline'] : ['baseline', tiers.matvec];
+  const total = p.projections.length * p.dtypes.length * (1 + matvecTiers.length) + p.attentionPrefill.length + p.attentionDecode.length;
   let done = 0;
   const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
 
-  const attempt = async (kind: KernelKind, name: string, dtype: WeightDtype, shape: Record<string, number>, label: string, run: (label: string) => Promise<KernelResult>) => {
+  const attempt = async (kind: KernelKind, tier: Tier, name: string, dtype: WeightDtype, shape: Record<string, number>, label: string, run: (label: string) => Promise<KernelResult>) => {
     step(label);
     try {
       results.push(await run(label));
@@ -184,7 +192,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       // A shape this adapter cannot hold (binding size, workgroup memory, dtype block size) is
       // reported as skipped with the kernel's own message; anything else is a real failure.
       if (!(err instanceof ShapeError)) throw err;
-      skipped.push({ kind, name, dtype, shape, label, skipped: err.message });
+      skipped.push({ kind, tier, name, dtype, shape, label, skipped: err.message });
       progress(`  skipped: ${err.message}`);
     }
   };
@@ -215,18 +223,19 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         return shared;
       };
       try {
-        for (const kind of ['matvec', 'matmul'] as const) {
+        const runs = [...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier })), { kind: 'matmul' as const, tier: tiers.matmul }];
+        for (const { kind, tier } of runs) {
           const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
           const shape = { M, N, K };
-          await attempt(kind, proj, dtype, shape, `${kind} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
+          await attempt(kind, tier, proj, dtype, shape, `${kind === 'matvec' ? `matvec ${tier}` : kind} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
             const { weight, input } = prepare();
             const output = createStorage(gpu, 'bench.output', M * N * 4);
             try {
               const buffers = { weight, input, output };
-              const op = kind === 'matvec' ? new Matvec(gpu, buffers) : new Matmul(gpu, buffers);
+              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier }) : new Matmul(gpu, buffers);
               const timing = await timeKernel(gpu, (pass) => op.encode(pass, { M }), preset.timing);
               return result(
-                { kind, name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing },
+                { kind, tier, name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing },
                 roof,
                 options.a100Roof,
               );
@@ -246,7 +255,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   for (const T of p.attentionPrefill) {
     const shape = { T, Hq, Hkv, D };
     const label = `attention.prefill f32 T=${T} Hq=${Hq} Hkv=${Hkv} D=${D}`;
-    await attempt('attention.prefill', 'attention', 'f32', shape, label, async () => {
+    await attempt('attention.prefill', tiers.attention, 'attention', 'f32', shape, label, async () => {
       const kv = kvRegionElements({ Hkv, D, capacity: T });
       const made: GPUBuffer[] = [];
       const make = (name: string, data: Float32Array | number) => {
@@ -264,7 +273,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         // Causal: T(T+1)/2 query-key pairs per head, 2D FLOP for q.k and 2D for p.v.
         const flops = 4 * D * Hq * ((T * (T + 1)) / 2);
         const bytes = 4 * (2 * T * Hq * D + 2 * T * Hkv * D);
-        return result({ kind: 'attention.prefill', name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
+        return result({ kind: 'attention.prefill', tier: tiers.attention, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         made.forEach((b) => b.destroy());
       }
@@ -275,7 +284,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
     const R = p.decodeRows;
     const shape = { R, L, Hq, Hkv, D };
     const label = `attention.decode f32 R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
-    await attempt('attention.decode', 'attention', 'f32', shape, label, async () => {
+    await attempt('attention.decode', tiers.attention, 'attention', 'f32', shape, label, async () => {
       const region = kvRegionElements({ Hkv, D, capacity: L });
       const made: GPUBuffer[] = [];
       const make = (name: string, data: ArrayBufferView | number) => {
@@ -295,7 +304,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         const timing = await timeKernel(gpu, (pass) => attention.encode(pass, { rows: R, maxLen: L }), preset.timing);
         const flops = 4 * D * Hq * L * R;
         const bytes = 4 * R * (2 * L * Hkv * D + 2 * Hq * D);
-        return result({ kind: 'attention.decode', name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
+        return result({ kind: 'attention.decode', tier: tiers.attention, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         op?.destroy();
         made.forEach((b) => b.destroy());

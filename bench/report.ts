@@ -125,7 +125,7 @@ function kernelRows(k: KernelsReport): string[][] {
 /** Skipped kernels grouped by reason: one line per reason. */
 function skippedLines(k: KernelsReport): string[] {
   const byReason = new Map<string, string[]>();
-  for (const s of k.skipped) byReason.set(s.skipped, [...(byReason.get(s.skipped) ?? []), `${s.kind} ${s.dtype} ${s.name}`]);
+  for (const s of k.skipped) byReason.set(s.skipped, [...(byReason.get(s.skipped) ?? []), `${s.kind === 'matvec' ? `matvec ${s.tier}` : s.kind} ${s.dtype} ${s.name}`]);
   return [...byReason].map(([reason, labels]) => `skipped (${reason}): ${labels.join(', ')}`);
 }
 
@@ -156,6 +156,7 @@ function hostRows(h: HostReport): string[][] {
     ['CPU time per decode step, batch 1', `${num(h.ms_per_step)} ms`, `±${num(h.spread_pct, 2)} %`, `median of ${h.steps} steps (${num(h.min_ms)} .. ${num(h.max_ms)} ms), from the call to after queue.submit`],
     ['  of which before submit', `${num(h.encode_ms_per_step)} ms`, '', 'median: checks, step inputs, recording'],
     ['  of which in queue.submit', `${num(h.submit_ms_per_step)} ms`, '', 'median (a software OpenGL ES adapter runs the commands here)'],
+    ['  floor: the same passes as bare calls', `${num(h.replay_ms_per_step)} ms`, '', "median: this WebGPU implementation's own cost for the step's commands"],
     ['dispatches per token', String(h.dispatches_per_token), '', 'compute dispatches recorded per step'],
     ['writeBuffer calls per token', String(h.buffer_writes_per_token), '', 'step inputs and kernel uniforms'],
   ];
