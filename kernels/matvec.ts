@@ -29,7 +29,10 @@ export type MatvecBuffers = MatmulBuffers;
 export type MatvecRun = MatmulRun;
 
 export interface MatvecOptions {
-  /** Threads per workgroup, a power of two (default: about four vec4 steps of K per thread, 32..256). */
+  /**
+   * Threads per workgroup, a power of two (default: about four vec4 steps of K per thread, 32..256; on
+   * the subgroup tier at least the adapter's largest subgroup).
+   */
   workgroupSize?: number;
   /** Weight rows per workgroup, 1..4 (default: 1 on the baseline, defaultSubgroupMatvecRows(N) on the subgroup tier). */
   rowsPerWorkgroup?: number;
@@ -54,10 +57,14 @@ export function defaultSubgroupMatvecRows(rows: number): number {
   return rows >= 1024 ? 4 : rows >= 512 ? 2 : 1;
 }
 
-/** A power of two in 4..128 from an adapter-reported subgroup size, `fallback` when there is none. */
-function powerOfTwoIn(size: number | undefined, fallback: number): number {
+/**
+ * A power of two in 4..128 (WebGPU's bounds on a subgroup) from an adapter-reported subgroup size,
+ * rounded down or up; `fallback` when the adapter reports none.
+ */
+function subgroupBound(size: number | undefined, round: 'down' | 'up', fallback: number): number {
   if (size === undefined || !Number.isSafeInteger(size) || size < 1) return fallback;
-  return Math.min(128, Math.max(4, 2 ** Math.ceil(Math.log2(size))));
+  const log = round === 'down' ? Math.floor(Math.log2(size)) : Math.ceil(Math.log2(size));
+  return Math.min(128, Math.max(4, 2 ** log));
 }
 
 /** out[M, N] = input[M, K] · Wᵀ (+ bias) (+ residual) for M <= 8; one workgroup per weight row (or few rows). */
@@ -80,10 +87,11 @@ export class Matvec {
       throw new ShapeError(`${label}: the subgroup tier needs the device feature 'subgroups', which this adapter does not offer`);
     }
     const subgroup = tier === 'subgroup';
-    const info = gpu.adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
-    // WebGPU's bounds on a subgroup: 4..128 invocations, a power of two.
-    const sgMin = powerOfTwoIn(info.subgroupMinSize, 4);
-    const sgMax = Math.max(sgMin, powerOfTwoIn(info.subgroupMaxSize, 128));
+    const info = gpu.adapter.info;
+    // The smallest subgroup sizes the shader's per-subgroup slots (rounded down: more slots, never
+    // fewer); the largest sets the least default workgroup size.
+    const sgMin = subgroupBound(info.subgroupMinSize, 'down', 4);
+    const sgMax = Math.max(sgMin, subgroupBound(info.subgroupMaxSize, 'up', 32));
     const byK = defaultMatvecWorkgroupSize(buffers.weight.cols);
     const {
       // The subgroup tier fills at least one whole subgroup.
