@@ -8,7 +8,9 @@
 // so the time until the call returns its promise is the host work of the step; the wait for the GPU
 // comes after. Counting: a separate step runs with queue.writeBuffer and the compute pass's
 // dispatchWorkgroups wrapped by counters (installed here only, and removed after), so the timed
-// steps carry no counting.
+// steps carry no counting. That step's pass commands are also recorded, then replayed as bare calls
+// (the same pipelines, bind groups and grids, none of this runtime's code in between): the replay's
+// time is what Dawn itself costs for those commands, the floor under ms_per_step.
 import type { Gpu } from '../src/gpu/device.ts';
 import { configFromHf, validateConfig, type ModelConfig } from '../models/config.ts';
 import type { ModelSource, TokenizerFiles } from '../models/source.ts';
@@ -28,6 +30,11 @@ export interface HostReport {
    * commands into GL, and a software GL driver runs them there: that time is the GPU's, not the host's.
    */
   submit_ms_per_step: number;
+  /**
+   * Median time to record and submit the same step's compute passes as bare WebGPU calls (no checks,
+   * no uniforms, no step inputs): the cost of the calls themselves in this WebGPU implementation.
+   */
+  replay_ms_per_step: number;
   /** Compute dispatches recorded per decoded token (batch 1). */
   dispatches_per_token: number;
   /** queue.writeBuffer calls per decoded token (batch 1): step inputs and uniforms. */
@@ -140,31 +147,84 @@ class RandomSource implements ModelSource {
   async close(): Promise<void> {}
 }
 
-/** Count queue.writeBuffer calls and compute dispatches while `run` runs (wrappers removed after). */
-async function counted(gpu: Gpu, run: () => Promise<unknown>): Promise<{ writes: number; dispatches: number }> {
+/** One compute pass's commands, in order. */
+type PassCommand =
+  | { kind: 'pipeline'; pipeline: GPUComputePipeline }
+  | { kind: 'bindGroup'; index: number; bindGroup: GPUBindGroup | null }
+  | { kind: 'dispatch'; x: number; y?: number; z?: number };
+
+/**
+ * Count queue.writeBuffer calls and compute dispatches while `run` runs, and record every compute
+ * pass's commands (wrappers removed after).
+ */
+async function counted(gpu: Gpu, run: () => Promise<unknown>): Promise<{ writes: number; dispatches: number; passes: PassCommand[][] }> {
   const queue = gpu.device.queue;
   const passProto = globalThis.GPUComputePassEncoder.prototype;
+  const encoderProto = globalThis.GPUCommandEncoder.prototype;
   const ownWrite = Object.getOwnPropertyDescriptor(queue, 'writeBuffer');
   const writeBuffer = queue.writeBuffer;
-  const dispatchWorkgroups = passProto.dispatchWorkgroups;
+  const { dispatchWorkgroups, setPipeline, setBindGroup } = passProto;
+  const beginComputePass = encoderProto.beginComputePass;
   let writes = 0;
   let dispatches = 0;
+  const passes: PassCommand[][] = [];
+  const commands = new Map<GPUComputePassEncoder, PassCommand[]>();
   queue.writeBuffer = function (this: GPUQueue, ...args: Parameters<GPUQueue['writeBuffer']>) {
     writes++;
     return writeBuffer.apply(this, args);
   };
-  passProto.dispatchWorkgroups = function (this: GPUComputePassEncoder, ...args: Parameters<GPUComputePassEncoder['dispatchWorkgroups']>) {
+  encoderProto.beginComputePass = function (this: GPUCommandEncoder, descriptor?: GPUComputePassDescriptor) {
+    const pass = beginComputePass.call(this, descriptor);
+    const list: PassCommand[] = [];
+    passes.push(list);
+    commands.set(pass, list);
+    return pass;
+  };
+  passProto.setPipeline = function (this: GPUComputePassEncoder, pipeline: GPUComputePipeline) {
+    commands.get(this)?.push({ kind: 'pipeline', pipeline });
+    return setPipeline.call(this, pipeline);
+  };
+  passProto.setBindGroup = function (this: GPUComputePassEncoder, index: number, bindGroup: GPUBindGroup | null, ...rest: unknown[]) {
+    commands.get(this)?.push({ kind: 'bindGroup', index, bindGroup });
+    return (setBindGroup as (...args: unknown[]) => undefined).call(this, index, bindGroup, ...rest);
+  };
+  passProto.dispatchWorkgroups = function (this: GPUComputePassEncoder, x: number, y?: number, z?: number) {
     dispatches++;
-    return dispatchWorkgroups.apply(this, args);
+    commands.get(this)?.push({ kind: 'dispatch', x, y, z });
+    return dispatchWorkgroups.call(this, x, y, z);
   };
   try {
     await run();
   } finally {
     if (ownWrite) Object.defineProperty(queue, 'writeBuffer', ownWrite);
     else delete (queue as Partial<GPUQueue>).writeBuffer;
-    passProto.dispatchWorkgroups = dispatchWorkgroups;
+    Object.assign(passProto, { dispatchWorkgroups, setPipeline, setBindGroup });
+    encoderProto.beginComputePass = beginComputePass;
   }
-  return { writes, dispatches };
+  return { writes, dispatches, passes };
+}
+
+/** Record `passes` as bare calls and submit them, `count` times (each awaited); ms of each up to after submit. */
+async function replay(gpu: Gpu, passes: PassCommand[][], count: number): Promise<number[]> {
+  const { device } = gpu;
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const start = performance.now();
+    const encoder = device.createCommandEncoder();
+    for (const commands of passes) {
+      const pass = encoder.beginComputePass();
+      for (const c of commands) {
+        if (c.kind === 'pipeline') pass.setPipeline(c.pipeline);
+        else if (c.kind === 'bindGroup') pass.setBindGroup(c.index, c.bindGroup);
+        else pass.dispatchWorkgroups(c.x, c.y, c.z);
+      }
+      pass.end();
+    }
+    device.queue.submit([encoder.finish()]);
+    times.push(performance.now() - start);
+    await gpu.sync();
+  }
+  return times;
 }
 
 /**
@@ -222,6 +282,8 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
     const { encode, submit } = await timed(gpu, step, steps);
     const times = encode.map((e, i) => e + submit[i]);
     const mid = median(times);
+    // The replay re-runs the last step's kernels on the same inputs: it changes nothing.
+    const replayed = await replay(gpu, count.passes, steps);
     return {
       ms_per_step: mid,
       dispatches_per_token: count.dispatches,
@@ -231,6 +293,7 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
       shape: { hidden: cfg.hiddenSize, intermediate: cfg.intermediateSize, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, vocab: cfg.vocabSize },
       encode_ms_per_step: median(encode),
       submit_ms_per_step: median(submit),
+      replay_ms_per_step: median(replayed),
       steps,
       min_ms: Math.min(...times),
       max_ms: Math.max(...times),
