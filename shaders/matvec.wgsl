@@ -9,50 +9,19 @@
 // (grid_group) so vocabularies above 65535 rows fit.
 //! include grid.wgsl
 //! include matmul_projection.wgsl
+//! include matvec_common.wgsl
 
-const MAX_M: u32 = 8u;
-const MAX_ROWS: u32 = 4u;
 override WG: u32 = 128;    // threads per workgroup, power of two >= ROWS * MAX_M
 override ROWS: u32 = 1;    // weight rows per workgroup, 1..MAX_ROWS
 
 var<workgroup> partial: array<f32, ROWS * MAX_M * WG>; // (ROWS * MAX_M, WG): per-thread partial sums
-
-// a[row, k..k+3], zero past K: a's offset and stride are arbitrary, so scalar loads.
-fn load_a4(row: u32, k: u32) -> vec4<f32> {
-  let base = params.a_offset + row * params.a_stride + k;
-  if (k + 4u <= params.k) {
-    return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
-  }
-  var v = vec4<f32>(0.0);
-  for (var i = 0u; i < 4u; i++) {
-    if (k + i < params.k) { v[i] = a[base + i]; }
-  }
-  return v;
-}
 
 @compute @workgroup_size(WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
   let row0 = grid_group(wid, nwg) * ROWS;
   if (row0 >= params.n) { return; } // whole workgroup: the grid may overshoot when split over y
-  let kp = (params.k + 3u) & ~3u;
-  // Loops run to the constant MAX_M with an `m < M` guard so the indices stay compile-time constants
-  // and acc / xs live in registers.
-  var acc: array<f32, MAX_ROWS * MAX_M>; // acc[r * MAX_M + m]
-  for (var k = 4u * lid; k < kp; k += 4u * WG) {
-    var xs: array<vec4<f32>, MAX_M>;
-    for (var m = 0u; m < MAX_M; m++) {
-      if (m < params.m) { xs[m] = load_a4(m, k); }
-    }
-    for (var r = 0u; r < ROWS; r++) {
-      if (row0 + r < params.n) {
-        let w = weight4(row0 + r, k, params.k);
-        for (var m = 0u; m < MAX_M; m++) {
-          if (m < params.m) { acc[r * MAX_M + m] += dot(w, xs[m]); }
-        }
-      }
-    }
-  }
+  var acc = partial_sums(row0, lid);
 
   let slots = ROWS * MAX_M;
   for (var j = 0u; j < slots; j++) {
