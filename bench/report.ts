@@ -1,5 +1,6 @@
 // The bench's report: its JSON shape, and the terminal table and Markdown summary made from it.
 // Every ratio printed names the figure it divides by; every A100 figure names its source.
+import type { KernelTiers } from '../kernels/tiers.ts';
 import type { AdapterDescription } from '../src/gpu/device.ts';
 import type { A100Report } from './a100.ts';
 import type { E2eReport } from './e2e.ts';
@@ -12,6 +13,8 @@ import type { TimingMethod } from './timing.ts';
 
 export interface AdapterReport extends AdapterDescription {
   features: string[];
+  /** The kernel variant each family ran (kernels/tiers.ts). */
+  tiers: KernelTiers;
   limits: Record<string, number>;
   timing: TimingMethod;
   node: string;
@@ -274,6 +277,7 @@ export function formatMarkdown(report: BenchReport, chartFile?: string): string 
   out.push('');
   out.push(`- adapter: ${adapterName(a)}${a.isSoftware ? ' (software adapter: correct but slow)' : ''}, backend ${a.backend}, featureLevel ${a.featureLevel}`);
   out.push(`- features: ${a.features.length ? a.features.join(', ') : 'none of shader-f16, subgroups, timestamp-query'}`);
+  out.push(`- kernel tiers: ${Object.entries(a.tiers).map(([family, tier]) => `${family} ${tier}`).join(', ')}`);
   out.push(`- timing: ${timingNote(a.timing)}; median of samples after warm-up, spread = median absolute deviation / median`);
   out.push(`- run: ${report.createdAt}, Node ${a.node} on ${a.platform}`);
   if (chartFile) out.push('', `![roofline and tokens/s against the A100](${chartFile})`);

@@ -7,6 +7,7 @@ import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
 import { OptionError } from '../src/errors.ts';
 import { openModelSource } from '../models/source.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
+import { kernelTiers } from '../kernels/tiers.ts';
 import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
 import { renderChart } from './chart.ts';
 import { benchE2e } from './e2e.ts';
@@ -91,6 +92,7 @@ function describeAdapter(gpu: Gpu): AdapterReport {
   return {
     ...gpu.info,
     features: [...gpu.features],
+    tiers: kernelTiers(gpu),
     limits,
     timing: timingMethod(gpu),
     node: process.version,

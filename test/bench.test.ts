@@ -90,11 +90,26 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
   }
 
   it('has the documented top-level keys', () => {
-    for (const key of ['adapter', 'roofline', 'kernels', 'e2e', 'a100']) expect(report).toHaveProperty(key);
+    for (const key of ['adapter', 'roofline', 'kernels', 'e2e', 'host', 'a100']) expect(report).toHaveProperty(key);
     expect(report.peer).toBeUndefined(); // the embedded model is no GGUF
     expect(report.preset).toBe('test');
     expect(typeof report.adapter.backend).toBe('string');
     expect(['timestamp-query', 'queue-completion']).toContain(report.adapter.timing);
+    // The tiers the kernels ran: the subgroup matvec exactly where the adapter has subgroups.
+    expect(report.adapter.tiers).toEqual({
+      matvec: report.adapter.features.includes('subgroups') ? 'subgroup' : 'baseline',
+      matmul: 'baseline',
+      attention: 'baseline',
+      rows: 'baseline',
+    });
+  });
+
+  it('host: a 32-layer decode step counted and timed', () => {
+    expect(report.host.layers).toBe(32);
+    // At least the 32 layers' projections, norms and attention, plus the LM head; one upload per step.
+    expect(report.host.dispatches_per_token).toBeGreaterThan(32 * 10);
+    expect(report.host.buffer_writes_per_token).toBeGreaterThanOrEqual(1);
+    plausibleMs(report.host.ms_per_step, 'host ms per step');
   });
 
   it('roofline: positive figures, each the quotient it claims to be', () => {
