@@ -121,21 +121,15 @@ export class Matvec {
     const dtype = buffers.weight.dtype;
     this.#dispatch = new Dispatch(
       gpu,
-      subgroup
-        ? {
-            name: 'matvec',
-            variant: dtype,
-            code: composeShader('matvec_subgroup_enable.wgsl', weightShader(dtype), 'matvec_subgroup.wgsl'),
-            entryPoint: 'matvec_subgroup',
-            constants: { WG: wg, ROWS: rowsPerWorkgroup, SG_MIN: sgMin, ...projectionConstants(buffers) },
-          }
-        : {
-            name: 'matvec',
-            variant: dtype,
-            code: composeShader(weightShader(dtype), 'matvec.wgsl'),
-            entryPoint: 'matvec',
-            constants: { WG: wg, ROWS: rowsPerWorkgroup, ...projectionConstants(buffers) },
-          },
+      {
+        name: 'matvec',
+        variant: dtype,
+        code: subgroup
+          ? composeShader('matvec_subgroup_enable.wgsl', weightShader(dtype), 'matvec_subgroup.wgsl')
+          : composeShader(weightShader(dtype), 'matvec.wgsl'),
+        entryPoint: subgroup ? 'matvec_subgroup' : 'matvec',
+        constants: { WG: wg, ROWS: rowsPerWorkgroup, ...(subgroup ? { SG_MIN: sgMin } : {}), ...projectionConstants(buffers) },
+      },
       MatmulParams, // one run contract for both kernels (shaders/matmul_projection.wgsl)
       projectionBindings(gpu, buffers),
     );
