@@ -12,10 +12,10 @@
 // (the same pipelines, bind groups and grids, none of this runtime's code in between): the replay's
 // time is what Dawn itself costs for those commands, the floor under ms_per_step.
 import type { Gpu } from '../src/gpu/device.ts';
-import { configFromHf, validateConfig, type ModelConfig } from '../models/config.ts';
-import type { ModelSource, TokenizerFiles } from '../models/source.ts';
+import { randomLlamaSource } from '../models/source.ts';
+import { TINY_CONFIG } from '../models/tiny.ts';
 import { Transformer } from '../models/transformer.ts';
-import { packWeight, type HostWeight, type WeightDtype } from '../kernels/weights.ts';
+import type { WeightDtype } from '../kernels/weights.ts';
 import type { PresetName } from './presets.ts';
 import type { Progress } from './roofline.ts';
 import { median } from './timing.ts';
@@ -62,89 +62,6 @@ export interface HostOptions {
   warmup?: number;
   layers?: number;
   progress?: Progress;
-}
-
-/** Llama-shaped, 32 layers, small enough that a software adapter runs a step in milliseconds. */
-export function hostBenchConfig(layers = 32): Record<string, unknown> {
-  return {
-    architectures: ['LlamaForCausalLM'],
-    vocab_size: 512,
-    hidden_size: 128,
-    intermediate_size: 384,
-    num_hidden_layers: layers,
-    num_attention_heads: 4,
-    num_key_value_heads: 2,
-    max_position_embeddings: 4096,
-    rms_norm_eps: 1e-5,
-    rope_theta: 10000,
-    tie_word_embeddings: false,
-  };
-}
-
-/** Weights drawn from a fixed seed, held in memory under the canonical names; matrices quantised on request. */
-class RandomSource implements ModelSource {
-  readonly id = 'host-bench-llama (random Q4_0)';
-  readonly format = 'embedded';
-  readonly ropeMode = 'half';
-  readonly config: ModelConfig;
-  readonly tokenizer: TokenizerFiles = { tokenizer: {}, source: 'bench' };
-  readonly #dtype: WeightDtype;
-  readonly #shapes = new Map<string, number[]>();
-  #seed = 0x2545f491;
-
-  constructor(hf: Record<string, unknown>, dtype: WeightDtype) {
-    this.config = configFromHf(hf, {}, this.id);
-    validateConfig(this.config, this.id);
-    this.#dtype = dtype;
-    const { hiddenSize: C, intermediateSize: F, numHeads: Hq, numKvHeads: Hkv, headDim: D, vocabSize: V } = this.config;
-    this.#shapes.set('token_embd.weight', [V, C]);
-    for (let l = 0; l < this.config.numLayers; l++) {
-      const p = `blk.${l}.`;
-      this.#shapes.set(`${p}attn_norm.weight`, [C]);
-      this.#shapes.set(`${p}attn_q.weight`, [Hq * D, C]);
-      this.#shapes.set(`${p}attn_k.weight`, [Hkv * D, C]);
-      this.#shapes.set(`${p}attn_v.weight`, [Hkv * D, C]);
-      this.#shapes.set(`${p}attn_output.weight`, [C, Hq * D]);
-      this.#shapes.set(`${p}ffn_norm.weight`, [C]);
-      this.#shapes.set(`${p}ffn_gate.weight`, [F, C]);
-      this.#shapes.set(`${p}ffn_up.weight`, [F, C]);
-      this.#shapes.set(`${p}ffn_down.weight`, [C, F]);
-    }
-    this.#shapes.set('output_norm.weight', [C]);
-    this.#shapes.set('output.weight', [V, C]);
-  }
-
-  has(name: string): boolean {
-    return this.#shapes.has(name);
-  }
-
-  dtypeOf(name: string): WeightDtype | undefined {
-    const shape = this.#shapes.get(name);
-    return shape ? (shape.length === 2 ? this.#dtype : 'f32') : undefined;
-  }
-
-  /** Uniform values in [-scale, scale) from a 32-bit LCG (what the model computes does not matter). */
-  #values(count: number, scale: number, offset = 0): Float32Array {
-    const out = new Float32Array(count);
-    let s = this.#seed;
-    for (let i = 0; i < count; i++) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      out[i] = offset + scale * (s / 2 ** 31 - 1);
-    }
-    this.#seed = s;
-    return out;
-  }
-
-  async matrix(name: string): Promise<HostWeight> {
-    const [rows, cols] = this.#shapes.get(name)!;
-    return packWeight(this.#dtype, rows, cols, this.#values(rows * cols, name === 'token_embd.weight' ? 1 : 1 / Math.sqrt(cols)));
-  }
-
-  async vector(name: string): Promise<Float32Array> {
-    return this.#values(this.#shapes.get(name)![0], 0.1, 1);
-  }
-
-  async close(): Promise<void> {}
 }
 
 /** One compute pass's commands, in order. */
@@ -267,7 +184,9 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
   const { gpu, steps, warmup = HOST_WARMUP, layers = 32 } = options;
   const progress = options.progress ?? (() => {});
   const dtype: WeightDtype = 'q4_0';
-  const source = new RandomSource(hostBenchConfig(layers), dtype);
+  // tiny-random-llama's shapes (C=128, F=384) at `layers` layers: small enough that a software
+  // adapter runs a step in milliseconds, deep enough to have a real model's dispatch count.
+  const source = randomLlamaSource(`host-bench-llama (random ${dtype})`, { ...TINY_CONFIG, num_hidden_layers: layers }, dtype);
   const cfg = source.config;
   progress(`host: building a ${layers}-layer Llama (C=${cfg.hiddenSize}, F=${cfg.intermediateSize}, ${dtype}) in memory`);
   const capacity = warmup + steps + 2;

@@ -199,7 +199,7 @@ export async function openHfFolder(dir: string): Promise<ModelSource> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Weights held in memory under HF names (the embedded tiny model; tests).
+// Weights held in memory under HF names (the embedded tiny model; the bench's host model; tests).
 
 export interface MemoryTensor {
   shape: number[];
@@ -214,9 +214,12 @@ class MemorySource implements ModelSource {
   readonly tokenizer: TokenizerFiles;
   readonly #tensors: Map<string, MemoryTensor>;
   readonly #prefix: string;
+  /** How matrices are packed (quantised from the f32 values when not f32); vectors stay f32. */
+  readonly #matrixDtype: WeightDtype;
 
-  constructor(id: string, hfConfig: Record<string, unknown>, tensors: Map<string, MemoryTensor>, tokenizer: TokenizerFiles) {
+  constructor(id: string, hfConfig: Record<string, unknown>, tensors: Map<string, MemoryTensor>, tokenizer: TokenizerFiles, matrixDtype: WeightDtype = 'f32') {
     this.id = id;
+    this.#matrixDtype = matrixDtype;
     this.config = configFromHf(hfConfig, {}, id);
     validateConfig(this.config, id);
     this.tokenizer = tokenizer;
@@ -235,14 +238,16 @@ class MemorySource implements ModelSource {
   }
 
   dtypeOf(name: string): WeightDtype | undefined {
-    return this.has(name) ? 'f32' : undefined;
+    const { tensor } = this.#resolve(name);
+    if (!tensor) return undefined;
+    return tensor.shape.length === 2 ? this.#matrixDtype : 'f32';
   }
 
   async matrix(name: string): Promise<HostWeight> {
     const { tensor, hf, transpose: isConv1d } = this.#resolve(name);
     if (!tensor || tensor.shape.length !== 2) throw new ModelFormatError(`${this.id}: matrix "${hf}" is missing or not 2-D`);
     const [a, b] = tensor.shape;
-    return isConv1d ? packWeight('f32', b, a, transpose(tensor.data, a, b)) : packWeight('f32', a, b, tensor.data);
+    return isConv1d ? packWeight(this.#matrixDtype, b, a, transpose(tensor.data, a, b)) : packWeight(this.#matrixDtype, a, b, tensor.data);
   }
 
   async vector(name: string): Promise<Float32Array> {
@@ -260,9 +265,17 @@ export function memorySource(id: string, hfConfig: Record<string, unknown>, tens
 
 /** The embedded tiny-random-llama (see models/tiny.ts). */
 export function embeddedSource(): ModelSource {
-  const weights = tinyWeights();
-  const tensors = new Map(llamaTensorShapes(TINY_CONFIG).map(([name, shape]) => [name, { shape, data: weights.get(name)! }]));
-  return new MemorySource(TINY_MODEL_ID, TINY_CONFIG, tensors, { ...tinyTokenizerFiles(), source: TINY_MODEL_ID });
+  return randomLlamaSource(TINY_MODEL_ID, TINY_CONFIG);
+}
+
+/**
+ * A Llama of `config` (tiny-random-llama's family, its tokenizer) with random weights from
+ * tinyWeights, matrices packed as `matrixDtype`: for measurements that need other depths or formats.
+ */
+export function randomLlamaSource(id: string, config: typeof TINY_CONFIG, matrixDtype: WeightDtype = 'f32'): ModelSource {
+  const weights = tinyWeights(config);
+  const tensors = new Map(llamaTensorShapes(config).map(([name, shape]) => [name, { shape, data: weights.get(name)! }]));
+  return new MemorySource(id, config, tensors, { ...tinyTokenizerFiles(), source: TINY_MODEL_ID }, matrixDtype);
 }
 
 /** Open a model by path: an HF folder, a .gguf file, or the embedded model's name. */
