@@ -4,7 +4,7 @@
 // kernelTiers() once at construction; `info --json` and the bench report the same answer.
 import type { Gpu } from '../src/gpu/device.ts';
 
-export type Tier = 'baseline' | 'subgroup';
+export type Tier = 'baseline' | 'subgroup' | 'f16';
 
 export interface KernelTiers {
   /** Decode projections (matrix x vector, 1..8 rows). */
@@ -24,10 +24,27 @@ export interface TierOptions {
 
 export function kernelTiers(gpu: Pick<Gpu, 'features'>, options: TierOptions = {}): KernelTiers {
   const subgroups = !options.baselineOnly && gpu.features.has('subgroups');
+  const f16 = !options.baselineOnly && gpu.features.has('shader-f16');
   return {
     matvec: subgroups ? 'subgroup' : 'baseline',
-    matmul: 'baseline',
-    attention: 'baseline',
+    matmul: f16 ? 'f16' : 'baseline',
+    attention: subgroups ? 'subgroup' : 'baseline',
     rows: 'baseline',
   };
+}
+
+/**
+ * The adapter's subgroup sizes as powers of two in 4..128 (WebGPU's bounds on a subgroup): the
+ * smallest rounded down (a kernel sizing per-subgroup slots from it gets more, never fewer), the
+ * largest rounded up; 4 and 32 when the adapter reports none.
+ */
+export function subgroupSizes(gpu: Pick<Gpu, 'adapter'>): { min: number; max: number } {
+  const bound = (size: number | undefined, round: 'down' | 'up', fallback: number): number => {
+    if (size === undefined || !Number.isSafeInteger(size) || size < 1) return fallback;
+    const log = round === 'down' ? Math.floor(Math.log2(size)) : Math.ceil(Math.log2(size));
+    return Math.min(128, Math.max(4, 2 ** log));
+  };
+  const info = gpu.adapter.info;
+  const min = bound(info.subgroupMinSize, 'down', 4);
+  return { min, max: Math.max(min, bound(info.subgroupMaxSize, 'up', 32)) };
 }
