@@ -5,6 +5,11 @@
 //   DecodeAttention    split-K flash-decoding, one query token per row, rows of different sequences
 //                      (shaders/attention_decode.wgsl: a split pass then a reduce pass)
 //
+// Both attention ops have two tiers with the same results (to f32 rounding), picked by kernelTiers()
+// unless their tier option says which: the baseline above, which runs anywhere and is the reference,
+// and the subgroup tier (needs the 'subgroups' feature): shaders/attention_subgroup.wgsl for prefill,
+// shaders/attention_decode_subgroup.wgsl for decode's split pass (its reduce pass is the baseline's).
+//
 // Layouts (all f32, offsets and strides in elements so one buffer holds many tensors):
 //   q, out        (T or R, rowStride) with (Hq, D) at offset: a fused QKV buffer
 //                 (T, (Hq + 2 Hkv) D) is read in place with rowStride = (Hq + 2 Hkv) D.

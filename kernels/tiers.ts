@@ -7,11 +7,14 @@ import type { Gpu } from '../src/gpu/device.ts';
 export type Tier = 'baseline' | 'subgroup' | 'f16';
 
 export interface KernelTiers {
-  /** Decode projections (matrix x vector, 1..8 rows). */
+  /** Decode projections (matrix x vector, 1..8 rows): 'subgroup' where the adapter has subgroups. */
   matvec: Tier;
-  /** Prefill projections (tiled matrix x matrix). */
+  /**
+   * Prefill projections (tiled matrix x matrix): 'f16' (tiles stored as f16) where the adapter has
+   * shader-f16. f32 weights stay on the baseline unless asked (kernels/matmul.ts defaultMatmulTier).
+   */
   matmul: Tier;
-  /** Flash attention (prefill) and split-K decode attention. */
+  /** Flash attention (prefill) and split-K decode attention: 'subgroup' where the adapter has subgroups. */
   attention: Tier;
   /** Row kernels: norms, softmax, RoPE, top-k. */
   rows: Tier;
