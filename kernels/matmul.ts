@@ -2,7 +2,7 @@
 // judge it in GFLOP/s. Two tiers with one run contract and the same tiling: the baseline
 // (shaders/matmul.wgsl, f32 tiles, runs anywhere, the reference) and the f16 tier
 // (shaders/matmul_f16.wgsl, tiles stored as f16 in workgroup memory, f32 products and sums, needs the
-// 'shader-f16' feature), picked by kernelTiers() unless MatmulOptions.tier says which.
+// 'shader-f16' feature), picked by defaultMatmulTier() unless MatmulOptions.tier says which.
 // Also the run contract shared with kernels/matvec.ts (same uniforms, same buffers, same run shape).
 import type { Gpu } from '../src/gpu/device.ts';
 import { UniformLayout } from '../src/gpu/uniforms.ts';
