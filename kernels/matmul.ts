@@ -77,6 +77,21 @@ export interface MatmulOptions {
 }
 
 /**
+ * Relative L2 error the f16 tier stays within against a float64 reference on the same (dequantised)
+ * weights: it stores activations and weights as f16 (each off by less than 2^-10, the most a WGSL
+ * f32-to-f16 conversion may be), and those roundings, independent of one another and of the terms'
+ * signs, leave a sum ~2^-11 off at nearest, ~2^-10 were every conversion to truncate; this allows
+ * four times that (test/matmul.test.ts states the per-element bound beside it). The baseline's bound
+ * is f32 accumulation's, 1e-5.
+ */
+export const F16_TIER_REL_L2 = 2 ** -8;
+
+/** The relative L2 bound of a projection's result on `tier` (against float64, on the same weights). */
+export function projectionBound(tier: Tier): number {
+  return tier === 'f16' ? F16_TIER_REL_L2 : 1e-5;
+}
+
+/**
  * The tier a projection takes unless told: kernelTiers(gpu).matmul, except that f32 weights stay on
  * the baseline. Every other dtype is already rounded (f16 values, or block scales and quants whose
  * products the f16 tier rounds once more at 2^-11, below the format's own step), while an F32 model is

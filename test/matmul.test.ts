@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { Matmul, type MatmulOptions } from '../kernels/matmul.ts';
+import { F16_TIER_REL_L2, Matmul, type MatmulOptions } from '../kernels/matmul.ts';
 import { kernelTiers, type Tier } from '../kernels/tiers.ts';
 import type { Gpu } from '../src/gpu/device.ts';
 import { runPass } from '../kernels/dispatch.ts';
@@ -50,7 +50,7 @@ const TOLERANCE = 1e-5;
 const EPS = 2 ** -10;
 const ETA = 2 ** -14;
 const F32_OP = 2 ** -23;
-const F16_REL_L2 = 2 ** -8;
+const F16_REL_L2 = F16_TIER_REL_L2; // 2^-8
 
 /** Check the f16 tier's output for case `c` against the element bounds and F16_REL_L2. */
 function checkF16(c: ProjectionCase, got: Float32Array, reference: Float64Array, operands: { w: Float64Array; a: Float32Array }): Comparison {
@@ -154,6 +154,7 @@ describe('matmul', () => {
   });
 
   it('picks the f16 tier where the device has shader-f16, else the baseline', () => {
+    expect(F16_TIER_REL_L2).toBe(2 ** -8);
     const weight = uploadWeight(gpu(), 'w', packWeight('q8_0', 8, 32, randomF32(256, 1)));
     const input = createStorage(gpu(), 'a', 4 * 32 * 4);
     const output = createStorage(gpu(), 'out', 4 * 8 * 4);
