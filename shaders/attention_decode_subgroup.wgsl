@@ -3,6 +3,8 @@
 // split's max and sum taken by subgroupMax / subgroupAdd and one slot per subgroup
 // (subgroup_slots.wgsl) instead of a workgroup-memory tree: one barrier per reduction against
 // log2(WG) + 2. The max is exact either way; the sum adds the same values in another order.
+// Its subgroup operations run in control flow uniform over the whole workgroup (every invocation
+// calls both reductions).
 // Compose as: subgroups_enable.wgsl, this file.
 //! include attention_decode_common.wgsl
 //! include subgroup_slots.wgsl

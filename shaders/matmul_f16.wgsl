@@ -9,7 +9,8 @@
 // f16 on its way into the tile; the f32 activations likewise. That halves the workgroup memory a tile
 // takes and the bytes the inner loop reads from it per FMA, the limiting traffic of this kernel on a
 // GPU. Products and sums stay f32: an f16 x f16 product is exact in f32 (11 + 11 significant bits), so
-// the only new error is the two roundings to f16 (relative 2^-11 each, bounded in test/matmul.test.ts).
+// the only new error is the two roundings to f16 (2^-11 relative at nearest, under 2^-10 for any
+// conversion WGSL allows; bounded in test/matmul.test.ts).
 // Values beyond f16's range (|x| > 65504) become infinite here; the baseline tier takes any f32.
 //
 // No subgroup operations: each thread owns a 4x4 register block and nothing is reduced across
