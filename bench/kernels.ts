@@ -1,6 +1,7 @@
 // Kernels at the shapes of a model: prefill matmul (GFLOP/s), decode matvec (GB/s of weight bytes)
-// for each weight format (each matvec tier the adapter runs: the baseline, and the subgroup tier where
-// the adapter has subgroups), and attention prefill / decode at several context lengths. Each result
+// for each weight format, and attention prefill / decode at several context lengths, each kernel on
+// every tier the adapter runs (the baseline, and beside it the fast tier where the adapter has one:
+// subgroup matvec and attention, f16 matmul), so one run compares them on one adapter. Each result
 // carries its FLOP and minimum bytes moved, so it sits on the roofline: its share is achieved
 // GFLOP/s over min(peak, intensity x bandwidth) as measured on this adapter (bench/roofline.ts).
 //
@@ -34,7 +35,7 @@ export interface KernelResult {
   dtype: WeightDtype;
   /** Dimensions: M, N, K for projections; T (queries), L (keys), Hq, Hkv, D for attention. */
   shape: Record<string, number>;
-  /** Kernel variant (kernels/tiers.ts); matvec lines come once per tier the adapter runs. */
+  /** Kernel variant (kernels/tiers.ts); each kernel comes once per tier the adapter runs. */
   tier: Tier;
   /** One line naming the kernel and shape, e.g. "matvec subgroup q4_0 ffn_up 1x11008x4096". */
   label: string;
@@ -178,9 +179,14 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const results: KernelResult[] = [];
   const skipped: SkippedKernel[] = [];
   const tiers = kernelTiers(gpu);
-  // The baseline matvec always, the fast tier beside it where the adapter has one.
-  const matvecTiers: Tier[] = tiers.matvec === 'baseline' ? ['baseline'] : ['baseline', tiers.matvec];
-  const total = p.projections.length * p.dtypes.length * (1 + matvecTiers.length) + p.attentionPrefill.length + p.attentionDecode.length;
+  // Each kernel on the baseline always, on the fast tier beside it where the adapter has one.
+  const withBaseline = (fast: Tier): Tier[] => (fast === 'baseline' ? ['baseline'] : ['baseline', fast]);
+  const matvecTiers = withBaseline(tiers.matvec);
+  const matmulTiers = withBaseline(tiers.matmul);
+  const attentionTiers = withBaseline(tiers.attention);
+  const total =
+    p.projections.length * p.dtypes.length * (matvecTiers.length + matmulTiers.length) +
+    (p.attentionPrefill.length + p.attentionDecode.length) * attentionTiers.length;
   let done = 0;
   const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
 
@@ -223,16 +229,19 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         return shared;
       };
       try {
-        const runs = [...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier })), { kind: 'matmul' as const, tier: tiers.matmul }];
+        const runs = [
+          ...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier })),
+          ...matmulTiers.map((tier) => ({ kind: 'matmul' as const, tier })),
+        ];
         for (const { kind, tier } of runs) {
           const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
           const shape = { M, N, K };
-          await attempt(kind, tier, proj, dtype, shape, `${kind === 'matvec' ? `matvec ${tier}` : kind} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
+          await attempt(kind, tier, proj, dtype, shape, `${kind} ${tier} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
             const { weight, input } = prepare();
             const output = createStorage(gpu, 'bench.output', M * N * 4);
             try {
               const buffers = { weight, input, output };
-              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier }) : new Matmul(gpu, buffers);
+              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier }) : new Matmul(gpu, buffers, { tier });
               const timing = await timeKernel(gpu, (pass) => op.encode(pass, { M }), preset.timing);
               return result(
                 { kind, tier, name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing },
@@ -252,10 +261,10 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   }
 
   const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = cfg;
-  for (const T of p.attentionPrefill) {
+  for (const T of p.attentionPrefill) for (const tier of attentionTiers) {
     const shape = { T, Hq, Hkv, D };
-    const label = `attention.prefill f32 T=${T} Hq=${Hq} Hkv=${Hkv} D=${D}`;
-    await attempt('attention.prefill', tiers.attention, 'attention', 'f32', shape, label, async () => {
+    const label = `attention.prefill ${tier} f32 T=${T} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    await attempt('attention.prefill', tier, 'attention', 'f32', shape, label, async () => {
       const kv = kvRegionElements({ Hkv, D, capacity: T });
       const made: GPUBuffer[] = [];
       const make = (name: string, data: Float32Array | number) => {
@@ -268,23 +277,23 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         const kCache = make('kCache', activations(kv));
         const vCache = make('vCache', activations(kv));
         const out = make('out', T * Hq * D * 4);
-        const op = new PrefillAttention(gpu, { Hq, Hkv, D, capacity: T }, { q, kCache, vCache, out });
+        const op = new PrefillAttention(gpu, { Hq, Hkv, D, capacity: T }, { q, kCache, vCache, out }, { tier });
         const timing = await timeKernel(gpu, (pass) => op.encode(pass, { tokens: T, pastLen: 0, kvBase: 0 }), preset.timing);
         // Causal: T(T+1)/2 query-key pairs per head, 2D FLOP for q.k and 2D for p.v.
         const flops = 4 * D * Hq * ((T * (T + 1)) / 2);
         const bytes = 4 * (2 * T * Hq * D + 2 * T * Hkv * D);
-        return result({ kind: 'attention.prefill', tier: tiers.attention, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
+        return result({ kind: 'attention.prefill', tier, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         made.forEach((b) => b.destroy());
       }
     });
   }
 
-  for (const L of p.attentionDecode) {
+  for (const L of p.attentionDecode) for (const tier of attentionTiers) {
     const R = p.decodeRows;
     const shape = { R, L, Hq, Hkv, D };
-    const label = `attention.decode f32 R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
-    await attempt('attention.decode', tiers.attention, 'attention', 'f32', shape, label, async () => {
+    const label = `attention.decode ${tier} f32 R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    await attempt('attention.decode', tier, 'attention', 'f32', shape, label, async () => {
       const region = kvRegionElements({ Hkv, D, capacity: L });
       const made: GPUBuffer[] = [];
       const make = (name: string, data: ArrayBufferView | number) => {
@@ -299,12 +308,12 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         const vCache = make('vCache', activations(R * region));
         const out = make('out', R * Hq * D * 4);
         const rowMeta = make('rowMeta', Uint32Array.from({ length: 2 * R }, (_, i) => (i % 2 === 0 ? (i >> 1) * region : L)));
-        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, maxRows: R }, { q, kCache, vCache, out, rowMeta });
+        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, maxRows: R, tier }, { q, kCache, vCache, out, rowMeta });
         const attention = op;
         const timing = await timeKernel(gpu, (pass) => attention.encode(pass, { rows: R, maxLen: L }), preset.timing);
         const flops = 4 * D * Hq * L * R;
         const bytes = 4 * R * (2 * L * Hkv * D + 2 * Hq * D);
-        return result({ kind: 'attention.decode', tier: tiers.attention, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
+        return result({ kind: 'attention.decode', tier, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         op?.destroy();
         made.forEach((b) => b.destroy());

@@ -128,7 +128,7 @@ function kernelRows(k: KernelsReport): string[][] {
 /** Skipped kernels grouped by reason: one line per reason. */
 function skippedLines(k: KernelsReport): string[] {
   const byReason = new Map<string, string[]>();
-  for (const s of k.skipped) byReason.set(s.skipped, [...(byReason.get(s.skipped) ?? []), `${s.kind === 'matvec' ? `matvec ${s.tier}` : s.kind} ${s.dtype} ${s.name}`]);
+  for (const s of k.skipped) byReason.set(s.skipped, [...(byReason.get(s.skipped) ?? []), `${s.kind} ${s.tier} ${s.dtype} ${s.name}`]);
   return [...byReason].map(([reason, labels]) => `skipped (${reason}): ${labels.join(', ')}`);
 }
 

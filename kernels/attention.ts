@@ -5,6 +5,11 @@
 //   DecodeAttention    split-K flash-decoding, one query token per row, rows of different sequences
 //                      (shaders/attention_decode.wgsl: a split pass then a reduce pass)
 //
+// Both attention ops have two tiers with the same results (to f32 rounding), picked by kernelTiers()
+// unless their tier option says which: the baseline above, which runs anywhere and is the reference,
+// and the subgroup tier (needs the 'subgroups' feature): shaders/attention_subgroup.wgsl for prefill,
+// shaders/attention_decode_subgroup.wgsl for decode's split pass (its reduce pass is the baseline's).
+//
 // Layouts (all f32, offsets and strides in elements so one buffer holds many tensors):
 //   q, out        (T or R, rowStride) with (Hq, D) at offset: a fused QKV buffer
 //                 (T, (Hq + 2 Hkv) D) is read in place with rowStride = (Hq + 2 Hkv) D.
@@ -30,6 +35,7 @@ import { createStorage } from '../src/gpu/buffers.ts';
 import { ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
+import { kernelTiers, subgroupSizes, type Tier } from './tiers.ts';
 
 export const KvWriteParams = new UniformLayout('KvWriteParams', [
   ['rows', 'u32'],
@@ -131,6 +137,19 @@ function checkScale(label: string, scale: number): void {
   if (!Number.isFinite(scale)) throw new ShapeError(`${label}: scale must be a finite number (got ${scale})`);
 }
 
+/**
+ * Throw unless `tier` is an attention tier this device can run; for the subgroup tier, return the
+ * adapter's smallest subgroup size (which sizes the per-subgroup slots), else 0.
+ */
+function checkAttentionTier(gpu: Gpu, label: string, tier: Tier): number {
+  if (tier !== 'baseline' && tier !== 'subgroup') throw new ShapeError(`${label}: unknown tier ${String(tier)}`);
+  if (tier === 'baseline') return 0;
+  if (!gpu.features.has('subgroups')) {
+    throw new ShapeError(`${label}: the subgroup tier needs the device feature 'subgroups', which this adapter does not offer`);
+  }
+  return subgroupSizes(gpu).min;
+}
+
 // ---------------------------------------------------------------------------------------------
 // KV write
 
@@ -228,21 +247,40 @@ const PREFILL_KEY_TILE = 16;
 /** Workgroup memory we aim to stay within (the WebGPU default limit); larger tiles only if needed. */
 const PREFERRED_WORKGROUP_BYTES = 16384;
 
-/** Workgroup memory of the prefill kernel for a (BQ queries, BK keys) tile at head dim D. */
-export function prefillWorkgroupBytes(D: number, BQ: number, BK: number): number {
-  return 4 * (BQ * (D + 1) + 2 * BK * (D + 1) + 2 * BQ * BK);
+/**
+ * Workgroup memory of the prefill kernel for a (BQ queries, BK keys) tile at head dim D: Q, K and V
+ * tiles padded to D + 1, then the baseline's score and probability tiles (BQ, BK), or the subgroup
+ * tier's accumulator tile (BQ, D) and its leader bitmask for a workgroup of `workgroupSize`.
+ */
+export function prefillWorkgroupBytes(D: number, BQ: number, BK: number, tier: Tier = 'baseline', workgroupSize = 0): number {
+  const tiles = BQ * (D + 1) + 2 * BK * (D + 1);
+  return 4 * (tier === 'subgroup' ? tiles + BQ * D + Math.ceil(workgroupSize / 32) : tiles + 2 * BQ * BK);
 }
 
 /**
  * Tile sizes for head dim D: 16 queries x 16 keys when that fits 16 KiB of workgroup memory, else
- * 8 x 16 when that does, else the first of the two that fits the adapter's limit.
+ * 8 x 16 when that does, else the first of the two that fits the adapter's limit. `workgroupSize`
+ * gives the subgroup tier's workgroup for BQ queries (the baseline's is BQ x BK).
  */
-export function prefillTiles(D: number, limitBytes: number): { BQ: number; BK: number; bytes: number } | undefined {
-  const candidates = [16, 8].map((BQ) => ({ BQ, BK: PREFILL_KEY_TILE, bytes: prefillWorkgroupBytes(D, BQ, PREFILL_KEY_TILE) }));
+export function prefillTiles(
+  D: number,
+  limitBytes: number,
+  tier: Tier = 'baseline',
+  workgroupSize: (BQ: number) => number = (BQ) => BQ * PREFILL_KEY_TILE,
+): { BQ: number; BK: number; bytes: number } | undefined {
+  const candidates = [16, 8].map((BQ) => ({ BQ, BK: PREFILL_KEY_TILE, bytes: prefillWorkgroupBytes(D, BQ, PREFILL_KEY_TILE, tier, workgroupSize(BQ)) }));
   return (
     candidates.find((c) => c.bytes <= Math.min(PREFERRED_WORKGROUP_BYTES, limitBytes)) ??
     candidates.find((c) => c.bytes <= limitBytes)
   );
+}
+
+export interface PrefillAttentionOptions {
+  /**
+   * Kernel variant (default kernelTiers(gpu).attention: 'subgroup' where the device has the
+   * 'subgroups' feature). 'subgroup' on a device without that feature is a ShapeError.
+   */
+  tier?: Tier;
 }
 
 export interface PrefillAttentionBuffers {
@@ -283,30 +321,49 @@ export class PrefillAttention {
   readonly shape: Readonly<AttentionShape>;
   /** Queries per workgroup (BQ) and keys per tile (BK) chosen for this D and adapter. */
   readonly tiles: { readonly BQ: number; readonly BK: number; readonly bytes: number };
+  /** The variant this instance runs. */
+  readonly tier: Tier;
+  /** Invocations per workgroup: BQ x BK on the baseline, BQ x the smallest subgroup on the subgroup tier. */
+  readonly workgroupSize: number;
   readonly #dispatch: Dispatch<Fields<typeof PrefillAttentionParams>>;
   readonly #buffers: PrefillAttentionBuffers;
 
-  constructor(gpu: Gpu, shape: AttentionShape, buffers: PrefillAttentionBuffers) {
+  constructor(gpu: Gpu, shape: AttentionShape, buffers: PrefillAttentionBuffers, options: PrefillAttentionOptions = {}) {
     const label = 'attention.prefill';
     checkHeads(label, shape);
     const { D } = shape;
-    const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-    const tiles = prefillTiles(D, limit);
+    const tier = options.tier ?? kernelTiers(gpu).attention;
+    const sgMin = checkAttentionTier(gpu, label, tier);
+    const limits = gpu.limits;
+    // Subgroup tier: one subgroup per query row when subgroups are their smallest (rows are shared
+    // out among fewer, larger subgroups otherwise), within the adapter's workgroup limits.
+    const workgroupSize = (BQ: number) =>
+      sgMin ? Math.min(BQ * sgMin, limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX) : BQ * PREFILL_KEY_TILE;
+    const limit = limits.maxComputeWorkgroupStorageSize;
+    const tiles = prefillTiles(D, limit, tier, workgroupSize);
     if (!tiles) {
       throw new ShapeError(
-        `${label}: head dim D=${D} needs ${prefillWorkgroupBytes(D, 8, PREFILL_KEY_TILE)} bytes of workgroup memory ` +
+        `${label}: head dim D=${D} needs ${prefillWorkgroupBytes(D, 8, PREFILL_KEY_TILE, tier, workgroupSize(8))} bytes of workgroup memory ` +
           `but this adapter's maxComputeWorkgroupStorageSize is ${limit} bytes`,
       );
     }
     if (D > MAX_HEAD_DIM) throw new ShapeError(`${label}: head dim D=${D} exceeds the supported maximum ${MAX_HEAD_DIM}`);
-    checkWorkgroupSize(gpu, tiles.BQ * tiles.BK, label);
+    const wg = checkWorkgroupSize(gpu, workgroupSize(tiles.BQ), label);
     checkDistinct(label, { out: buffers.out }, { q: buffers.q, kCache: buffers.kCache, vCache: buffers.vCache });
     this.shape = { ...shape };
     this.tiles = tiles;
+    this.tier = tier;
+    this.workgroupSize = wg;
     this.#buffers = buffers;
+    const constants = { D, BQ: tiles.BQ, BK: tiles.BK };
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'attention', variant: 'prefill', code: composeShader('attention.wgsl'), entryPoint: 'prefill', constants: { D, BQ: tiles.BQ, BK: tiles.BK } },
+      sgMin
+        ? {
+            name: 'attention', variant: 'prefill', code: composeShader('subgroups_enable.wgsl', 'attention_subgroup.wgsl'),
+            entryPoint: 'prefill_subgroup', constants: { ...constants, WG: wg, SG_MIN: sgMin },
+          }
+        : { name: 'attention', variant: 'prefill', code: composeShader('attention.wgsl'), entryPoint: 'prefill', constants },
       PrefillAttentionParams,
       [buffers.q, buffers.kCache, buffers.vCache, buffers.out],
     );
@@ -354,6 +411,11 @@ export interface DecodeAttentionConfig extends AttentionShape {
   maxSplits?: number;
   /** Invocations per workgroup (power of two). Default 64. */
   workgroupSize?: number;
+  /**
+   * Kernel variant of the split pass (default kernelTiers(gpu).attention: 'subgroup' where the device
+   * has the 'subgroups' feature). 'subgroup' on a device without that feature is a ShapeError.
+   */
+  tier?: Tier;
 }
 
 export interface DecodeAttentionBuffers {
@@ -438,13 +500,18 @@ export class DecodeAttention {
     const {
       Hq, Hkv, D, capacity, maxRows, maxContext = capacity,
       splitKeys = DECODE_DEFAULTS.splitKeys, maxSplits = DECODE_DEFAULTS.maxSplits, workgroupSize = DECODE_DEFAULTS.workgroupSize,
+      tier = kernelTiers(gpu).attention,
     } = config;
     checkShape(label, { maxRows, maxContext, splitKeys, maxSplits });
     if (maxContext > capacity) throw new ShapeError(`${label}: maxContext (${maxContext}) exceeds capacity (${capacity})`);
     checkWorkgroupSize(gpu, workgroupSize, label);
-    this.config = { Hq, Hkv, D, capacity, maxRows, maxContext, splitKeys, maxSplits, workgroupSize };
+    const sgMin = checkAttentionTier(gpu, label, tier);
+    this.config = { Hq, Hkv, D, capacity, maxRows, maxContext, splitKeys, maxSplits, workgroupSize, tier };
     this.chunkMax = Math.max(splitKeys, Math.ceil(maxContext / maxSplits));
-    const bytes = 4 * (D + this.chunkMax + workgroupSize);
+    // q_s (D), scores (chunkMax), then the reduction scratch: a WG tree on the baseline, the leader
+    // bitmask and two slots per subgroup on the subgroup tier.
+    const scratch = sgMin ? Math.ceil(workgroupSize / 32) + 2 * Math.ceil(workgroupSize / sgMin) : workgroupSize;
+    const bytes = 4 * (D + this.chunkMax + scratch);
     const limit = gpu.limits.maxComputeWorkgroupStorageSize;
     if (bytes > limit) {
       throw new ShapeError(
@@ -466,7 +533,12 @@ export class DecodeAttention {
     const code = composeShader('attention_decode.wgsl');
     this.#split = new Dispatch(
       gpu,
-      { name: 'attention', variant: 'decode', code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
+      sgMin
+        ? {
+            name: 'attention', variant: 'decode', code: composeShader('subgroups_enable.wgsl', 'attention_decode_subgroup.wgsl'),
+            entryPoint: 'decode_split_subgroup', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, SG_MIN: sgMin },
+          }
+        : { name: 'attention', variant: 'decode', code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
       DecodeAttentionParams,
       [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, undefined],
     );

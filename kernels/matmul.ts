@@ -1,4 +1,8 @@
-// Tiled matmul for prefill: out = input · Wᵀ (+ bias) (+ residual), W any weight dtype. See shaders/matmul.wgsl.
+// Tiled matmul for prefill: out = input · Wᵀ (+ bias) (+ residual), W any weight dtype. Compute-bound:
+// judge it in GFLOP/s. Two tiers with one run contract and the same tiling: the baseline
+// (shaders/matmul.wgsl, f32 tiles, runs anywhere, the reference) and the f16 tier
+// (shaders/matmul_f16.wgsl, tiles stored as f16 in workgroup memory, f32 products and sums, needs the
+// 'shader-f16' feature), picked by defaultMatmulTier() unless MatmulOptions.tier says which.
 // Also the run contract shared with kernels/matvec.ts (same uniforms, same buffers, same run shape).
 import type { Gpu } from '../src/gpu/device.ts';
 import { UniformLayout } from '../src/gpu/uniforms.ts';
@@ -7,6 +11,7 @@ import { ShapeError } from '../src/errors.ts';
 import { composeShader } from './shader.ts';
 import { Dispatch, checkFits, checkShape } from './dispatch.ts';
 import { weightBindings, weightShader, type PackedWeight } from './weights.ts';
+import { kernelTiers, type Tier } from './tiers.ts';
 
 export const MatmulParams = new UniformLayout('Params', [
   ['m', 'u32'],
@@ -64,6 +69,38 @@ export interface MatmulOptions {
   tileM?: number;
   /** Output cols per workgroup, a multiple of 4 (default 64). */
   tileN?: number;
+  /**
+   * Kernel variant (default defaultMatmulTier: 'f16' where the device has the 'shader-f16' feature,
+   * for every weight dtype but f32). 'f16' on a device without that feature is a ShapeError.
+   */
+  tier?: Tier;
+}
+
+/**
+ * Relative L2 error the f16 tier stays within against a float64 reference on the same (dequantised)
+ * weights: it stores activations and weights as f16 (each off by less than 2^-10, the most a WGSL
+ * f32-to-f16 conversion may be), and those roundings, independent of one another and of the terms'
+ * signs, leave a sum ~2^-11 off at nearest, ~2^-10 were every conversion to truncate; this allows
+ * four times that (test/matmul.test.ts states the per-element bound beside it). The baseline's bound
+ * is f32 accumulation's, 1e-5.
+ */
+export const F16_TIER_REL_L2 = 2 ** -8;
+
+/** The relative L2 bound of a projection's result on `tier` (against float64, on the same weights). */
+export function projectionBound(tier: Tier): number {
+  return tier === 'f16' ? F16_TIER_REL_L2 : 1e-5;
+}
+
+/**
+ * The tier a projection takes unless told: kernelTiers(gpu).matmul, except that f32 weights stay on
+ * the baseline. Every other dtype is already rounded (f16 values, or block scales and quants whose
+ * products the f16 tier rounds once more at 2^-11, below the format's own step), while an F32 model is
+ * a request for f32 arithmetic: its logits match llama.cpp's, which does not round an F32 matmul, to
+ * 1e-4. The f16 tier runs f32 weights too when asked (options.tier).
+ */
+export function defaultMatmulTier(gpu: Pick<Gpu, 'features'>, dtype: PackedWeight['dtype']): Tier {
+  const tier = kernelTiers(gpu).matmul;
+  return dtype === 'f32' ? 'baseline' : tier;
 }
 
 /**
@@ -157,6 +194,8 @@ export class Matmul {
   readonly weight: PackedWeight;
   readonly #buffers: MatmulBuffers;
   readonly #dispatch: Dispatch<ProjectionField>;
+  /** The variant this instance runs. */
+  readonly tier: Tier;
   readonly #tileM: number;
   readonly #tileN: number;
 
@@ -164,6 +203,12 @@ export class Matmul {
     const { tileM = 64, tileN = 64 } = options;
     const label = `matmul(${buffers.weight.label})`;
     checkProjectionBuffers(label, buffers);
+    const tier = options.tier ?? defaultMatmulTier(gpu, buffers.weight.dtype);
+    if (tier !== 'baseline' && tier !== 'f16') throw new ShapeError(`${label}: unknown tier ${String(tier)}`);
+    if (tier === 'f16' && !gpu.features.has('shader-f16')) {
+      throw new ShapeError(`${label}: the f16 tier needs the device feature 'shader-f16', which this adapter does not offer`);
+    }
+    const f16 = tier === 'f16';
     for (const [name, tile] of [['tileM', tileM], ['tileN', tileN]] as const) {
       if (!Number.isSafeInteger(tile) || tile < 4 || tile % 4 !== 0) {
         throw new ShapeError(`${label}: ${name} must be a positive multiple of 4 (got ${tile})`);
@@ -178,7 +223,8 @@ export class Matmul {
     ) {
       throw new ShapeError(`${label}: tile ${tileM}x${tileN} needs ${tileN / 4}x${tileM / 4} threads, over this adapter's limit`);
     }
-    const shared = 32 * (tileM + tileN) * 4;
+    // TILE_K = 32 columns of both tiles, 4 bytes an element (2 on the f16 tier).
+    const shared = 32 * (tileM + tileN) * (f16 ? 2 : 4);
     if (shared > limits.maxComputeWorkgroupStorageSize) {
       throw new ShapeError(
         `${label}: tile ${tileM}x${tileN} needs ${shared} bytes of workgroup memory, ` +
@@ -186,6 +232,7 @@ export class Matmul {
       );
     }
     this.weight = buffers.weight;
+    this.tier = tier;
     this.#buffers = buffers;
     this.#tileM = tileM;
     this.#tileN = tileN;
@@ -194,8 +241,10 @@ export class Matmul {
       {
         name: 'matmul',
         variant: buffers.weight.dtype,
-        code: composeShader(weightShader(buffers.weight.dtype), 'matmul.wgsl'),
-        entryPoint: 'matmul',
+        code: f16
+          ? composeShader('matmul_f16_enable.wgsl', weightShader(buffers.weight.dtype), 'matmul_f16.wgsl')
+          : composeShader(weightShader(buffers.weight.dtype), 'matmul.wgsl'),
+        entryPoint: f16 ? 'matmul_f16' : 'matmul',
         constants: { TILE_M: tileM, TILE_N: tileN, ...projectionConstants(buffers) },
       },
       MatmulParams,

@@ -9,32 +9,10 @@
 // owning a 4x4 register block. K advances TILE_K = 32 columns at a time (one quant block). Tiles are
 // stored transposed ([k][row], vec4 over rows) so the inner loop reads one vec4 of a and one of W
 // per k, conflict-free, for 16 FMAs.
-//! include matmul_projection.wgsl
-
-override TILE_M: u32 = 64; // output rows per workgroup, multiple of 4
-override TILE_N: u32 = 64; // output cols per workgroup, multiple of 4
-const TILE_K: u32 = 32u;
+//! include matmul_common.wgsl
 
 var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>; // (TILE_K, TILE_M/4): a[m0 + m, k0 + kk]
 var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE_N / 4u>; // (TILE_K, TILE_N/4): W[n0 + n, k0 + kk]
-
-// a[row, k..k+3], zero outside (M, K): a's offset and stride are arbitrary, so scalar loads.
-fn load_a4(row: u32, k: u32) -> vec4<f32> {
-  var v = vec4<f32>(0.0);
-  if (row < params.m) {
-    let base = params.a_offset + row * params.a_stride + k;
-    for (var i = 0u; i < 4u; i++) {
-      if (k + i < params.k) { v[i] = a[base + i]; }
-    }
-  }
-  return v;
-}
-
-// W[row, k..k+3], zero outside (N, Kp); the padded columns K..Kp are zero in the weight planes.
-fn load_w4(row: u32, k: u32, kp: u32) -> vec4<f32> {
-  if (row < params.n && k < kp) { return weight4(row, k, params.k); }
-  return vec4<f32>(0.0);
-}
 
 @compute @workgroup_size(TILE_N / 4u, TILE_M / 4u)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
@@ -90,16 +68,5 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     workgroupBarrier();
   }
 
-  for (var i = 0u; i < 4u; i++) {
-    let m = m0 + 4u * lid3.y + i;
-    if (m >= params.m) { break; }
-    for (var j = 0u; j < 4u; j++) {
-      let n = n0 + 4u * lid3.x + j;
-      if (n >= params.n) { break; }
-      var v = acc[i][j];
-      if (HAS_BIAS) { v += bias[params.bias_offset + n]; }
-      if (HAS_RESIDUAL) { v += residual[params.residual_offset + m * params.residual_stride + n]; }
-      out[params.out_offset + m * params.out_stride + n] = v;
-    }
-  }
+  store_block(acc, m0, n0, lid3.x, lid3.y);
 }

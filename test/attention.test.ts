@@ -7,6 +7,8 @@ import {
   type AttentionShape,
 } from '../kernels/attention.ts';
 import { runPass } from '../kernels/dispatch.ts';
+import { kernelTiers, type Tier } from '../kernels/tiers.ts';
+import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, nanArray, randomF32 } from './support/reference.ts';
@@ -14,8 +16,28 @@ import { WorstErrors } from './support/worst-errors.ts';
 
 const gpu = useGpu();
 
-/** Rel-L2 of every attention output against the float64 reference. */
+/**
+ * Rel-L2 of every attention output against the float64 reference, on either tier: the subgroup tier
+ * computes the same f32 values, only its sums run in another order.
+ */
 const TOLERANCE = 1e-5;
+
+// Every case runs on each tier the device can run: the baseline everywhere, the subgroup tier too on
+// an adapter with 'subgroups' (the core software adapter), each against the reference.
+function tiers(): Tier[] {
+  return gpu().features.has('subgroups') ? ['baseline', 'subgroup'] : ['baseline'];
+}
+
+/** `expected` case counts per key, for each tier the device runs (keys prefixed with the tier). */
+function perTier(expected: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(tiers().flatMap((tier) => Object.entries(expected).map(([key, n]) => [`${tier} ${key}`, n])));
+}
+
+/** The same device seen as one without the 'subgroups' feature. */
+function withoutSubgroups(device: Gpu): Gpu {
+  const features = new Set([...device.features].filter((f) => f !== 'subgroups'));
+  return Object.create(device, { features: { value: features } }) as Gpu;
+}
 
 // ---- float64 reference -------------------------------------------------------------------------
 
@@ -158,11 +180,12 @@ interface PrefillCase {
   past: number;
   /** Sliding window (keys); omitted: the run passes none. */
   window?: number;
+  tier: Tier;
 }
 
 /** Returns the rel-L2 error and the raw output (for bit comparisons). */
-async function runPrefillCase({ D, Hq, Hkv, T, past, window }: PrefillCase): Promise<{ relL2: number; out: Float32Array }> {
-  const what = `prefill D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past} window=${window ?? 'none'}`;
+async function runPrefillCase({ D, Hq, Hkv, T, past, window, tier }: PrefillCase): Promise<{ relL2: number; out: Float32Array }> {
+  const what = `prefill ${tier} D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past} window=${window ?? 'none'}`;
   const shape: AttentionShape = { Hq, Hkv, D, capacity: past + T + 3 };
   const region = kvRegionElements(shape);
   const base = 7;
@@ -183,7 +206,8 @@ async function runPrefillCase({ D, Hq, Hkv, T, past, window }: PrefillCase): Pro
   const vCache = createStorage(gpu(), 'vCache', vHost);
   const out = poisoned(gpu(), 'out', outOffset + T * outStride + 4);
   const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'meta', meta), kCache, vCache });
-  const attention = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out });
+  const attention = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out }, { tier });
+  expect(attention.tier).toBe(tier);
   await runPass(gpu(), (pass) => {
     write.encode(pass, {
       rows: T, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride,
@@ -227,7 +251,7 @@ describe('attention prefill (KV write + causal flash attention)', () => {
       for (const T of LENGTHS) {
         for (const past of PAST) {
           it(`D=${D} Hq/Hkv=${Hq}/${Hkv} T=${T} past=${past}`, async () => {
-            worst.record(`D=${D}`, await checkPrefill({ D, Hq, Hkv, T, past }));
+            for (const tier of tiers()) worst.record(`${tier} D=${D}`, await checkPrefill({ D, Hq, Hkv, T, past, tier }));
           });
         }
       }
@@ -235,22 +259,53 @@ describe('attention prefill (KV write + causal flash attention)', () => {
   }
 
   it('D=128 fits the adapter (Hq/Hkv=2/1, T=37, past=5)', async () => {
-    worst.record('D=128', await checkPrefill({ D: 128, Hq: 2, Hkv: 1, T: 37, past: 5 }));
+    for (const tier of tiers()) worst.record(`${tier} D=128`, await checkPrefill({ D: 128, Hq: 2, Hkv: 1, T: 37, past: 5, tier }));
   });
 
   it('reports its worst error: every case measured, all within the tolerance', () => {
     const perD = HEADS.length * LENGTHS.length * PAST.length;
-    worst.expectMeasured({ 'D=8': perD, 'D=64': perD, 'D=80': perD, 'D=128': 1 }, TOLERANCE, 'attention prefill');
+    worst.expectMeasured(perTier({ 'D=8': perD, 'D=64': perD, 'D=80': perD, 'D=128': 1 }), TOLERANCE, 'attention prefill');
   });
 
   it('uses 16 KiB tiles where they fit and the adapter limit only beyond', () => {
-    const tilesOf = (D: number) => new PrefillAttention(gpu(), { Hq: 1, Hkv: 1, D, capacity: 4 }, {
+    const tilesOf = (D: number, tier: Tier) => new PrefillAttention(gpu(), { Hq: 1, Hkv: 1, D, capacity: 4 }, {
       q: createStorage(gpu(), 'q', 64), kCache: createStorage(gpu(), 'k', 64), vCache: createStorage(gpu(), 'v', 64), out: createStorage(gpu(), 'o', 64),
-    }).tiles;
-    expect(tilesOf(64)).toMatchObject({ BQ: 16, BK: 16 });
-    expect(tilesOf(80)).toMatchObject({ BQ: 8, BK: 16 });
-    expect(tilesOf(80).bytes).toBeLessThanOrEqual(16384);
-    expect(tilesOf(128).bytes).toBeLessThanOrEqual(gpu().limits.maxComputeWorkgroupStorageSize);
+    }, { tier }).tiles;
+    expect(tilesOf(64, 'baseline')).toMatchObject({ BQ: 16, BK: 16 });
+    expect(tilesOf(80, 'baseline')).toMatchObject({ BQ: 8, BK: 16 });
+    for (const tier of tiers()) {
+      expect(tilesOf(80, tier).bytes).toBeLessThanOrEqual(16384);
+      expect(tilesOf(128, tier).bytes).toBeLessThanOrEqual(gpu().limits.maxComputeWorkgroupStorageSize);
+    }
+    // The subgroup tier keeps a (BQ, D) accumulator in place of the (BQ, BK) score tiles: D=32 still
+    // takes 16 queries in 16 KiB, D=64 (16.2 KiB at 16 queries) takes 8.
+    if (tiers().includes('subgroup')) {
+      expect(tilesOf(32, 'subgroup')).toMatchObject({ BQ: 16, BK: 16 });
+      expect(tilesOf(64, 'subgroup')).toMatchObject({ BQ: 8, BK: 16 });
+    }
+  });
+
+  it('picks the subgroup tier where the device has subgroups, else the baseline', () => {
+    const b = () => ({
+      q: createStorage(gpu(), 'q', 64), kCache: createStorage(gpu(), 'k', 64), vCache: createStorage(gpu(), 'v', 64),
+      out: createStorage(gpu(), 'o', 64), rowMeta: createStorage(gpu(), 'm', 64),
+    });
+    const shape = { Hq: 1, Hkv: 1, D: 8, capacity: 4 };
+    const expected = gpu().features.has('subgroups') ? 'subgroup' : 'baseline';
+    expect(kernelTiers(gpu()).attention).toBe(expected);
+    expect(new PrefillAttention(gpu(), shape, b()).tier).toBe(expected);
+    const decode = new DecodeAttention(gpu(), { ...shape, maxRows: 1 }, b());
+    expect(decode.config.tier).toBe(expected);
+    decode.destroy();
+    const plain = withoutSubgroups(gpu());
+    expect(new PrefillAttention(plain, shape, b()).tier).toBe('baseline');
+    expect(() => new PrefillAttention(plain, shape, b(), { tier: 'subgroup' })).toThrow(
+      /attention.prefill: the subgroup tier needs the device feature 'subgroups', which this adapter does not offer/,
+    );
+    expect(() => new DecodeAttention(plain, { ...shape, maxRows: 1, tier: 'subgroup' }, b())).toThrow(
+      /attention.decode: the subgroup tier needs the device feature 'subgroups'/,
+    );
+    expect(() => new PrefillAttention(gpu(), shape, b(), { tier: 'f16' })).toThrow(/unknown tier f16/);
   });
 });
 
@@ -267,28 +322,32 @@ describe('attention prefill with a sliding window', () => {
     for (const T of LENGTHS) {
       for (const past of PAST) {
         it(`D=${D} Hq/Hkv=${Hq}/${Hkv} T=${T} past=${past} windows ${WINDOWS.join(', ')}`, async () => {
-          for (const window of WINDOWS) worst.record(`window=${window}`, await checkPrefill({ D, Hq, Hkv, T, past, window }));
+          for (const tier of tiers()) {
+            for (const window of WINDOWS) worst.record(`${tier} window=${window}`, await checkPrefill({ D, Hq, Hkv, T, past, window, tier }));
+          }
         });
       }
     }
   }
 
   it('a window covering every key is bit-identical to no window (and to window 0)', async () => {
-    const none = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5 });
-    const zero = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 0 });
-    const wide = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 42 });
-    const huge = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 0xffffffff });
-    for (const [name, other] of [['window 0', zero], ['window 42', wide], ['window 2^32 - 1', huge]] as const) {
-      expect(Buffer.from(other.out.buffer).equals(Buffer.from(none.out.buffer)), `${name} vs none`).toBe(true);
+    for (const tier of tiers()) {
+      const none = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, tier });
+      const zero = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 0, tier });
+      const wide = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 42, tier });
+      const huge = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 0xffffffff, tier });
+      for (const [name, other] of [['window 0', zero], ['window 42', wide], ['window 2^32 - 1', huge]] as const) {
+        expect(Buffer.from(other.out.buffer).equals(Buffer.from(none.out.buffer)), `${tier}: ${name} vs none`).toBe(true);
+      }
+      // ...while one key less changes the last query.
+      const cut = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 41, tier });
+      expect(Buffer.from(cut.out.buffer).equals(Buffer.from(none.out.buffer))).toBe(false);
     }
-    // ...while one key less changes the last query.
-    const cut = await runPrefillCase({ D: 64, Hq: 4, Hkv: 2, T: 37, past: 5, window: 41 });
-    expect(Buffer.from(cut.out.buffer).equals(Buffer.from(none.out.buffer))).toBe(false);
   });
 
   it('reports its worst error: every case measured, all within the tolerance', () => {
     const perWindow = SHAPES.length * LENGTHS.length * PAST.length;
-    worst.expectMeasured(Object.fromEntries(WINDOWS.map((w) => [`window=${w}`, perWindow])), TOLERANCE, 'attention prefill (window)');
+    worst.expectMeasured(perTier(Object.fromEntries(WINDOWS.map((w) => [`window=${w}`, perWindow]))), TOLERANCE, 'attention prefill (window)');
   });
 });
 
@@ -305,12 +364,13 @@ interface DecodeCase {
   poisonScratch?: boolean;
   /** Sliding window (keys); omitted: the run passes none. */
   window?: number;
+  tier: Tier;
 }
 
 async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: number }> {
   const { D, Hq, Hkv, lengths } = c;
   const window = c.window ?? 0;
-  const what = `decode D=${D} Hq=${Hq} Hkv=${Hkv} lengths=${lengths.join(',')} window=${c.window ?? 'none'}`;
+  const what = `decode ${c.tier} D=${D} Hq=${Hq} Hkv=${Hkv} lengths=${lengths.join(',')} window=${c.window ?? 'none'}`;
   const rows = lengths.length;
   const maxLen = Math.max(...lengths);
   const shape: AttentionShape = { Hq, Hkv, D, capacity: maxLen + 20 };
@@ -343,7 +403,7 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
   const kCache = createStorage(gpu(), 'kCache', kHost);
   const vCache = createStorage(gpu(), 'vCache', vHost);
   const out = poisoned(gpu(), 'out', outOffset + rows * outStride + 3);
-  const config = { ...shape, maxRows: rows + 1, splitKeys: c.splitKeys, maxSplits: c.maxSplits };
+  const config = { ...shape, maxRows: rows + 1, splitKeys: c.splitKeys, maxSplits: c.maxSplits, tier: c.tier };
   const scratch = c.poisonScratch ? poisoned(gpu(), 'scratch', DecodeAttention.scratchBytes(config) / 4) : undefined;
   const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'writeMeta', writeMeta), kCache, vCache });
   const decode = new DecodeAttention(gpu(), config, { q: qkvBuffer, kCache, vCache, out, rowMeta: createStorage(gpu(), 'readMeta', readMeta), scratch });
@@ -383,21 +443,25 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
   for (const D of [8, 64, 80]) {
     for (const [Hq, Hkv] of HEADS) {
       it(`D=${D} Hq/Hkv=${Hq}/${Hkv} lengths 1, 17, 300`, async () => {
-        const { relL2, splits } = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300] });
-        expect(splits).toBe(3); // default 128 keys per split
-        record(`D=${D}`, relL2);
+        for (const tier of tiers()) {
+          const { relL2, splits } = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300], tier });
+          expect(splits).toBe(3); // default 128 keys per split
+          record(`${tier} D=${D}`, relL2);
+        }
       });
     }
   }
 
   it('adapts the chunk to maxSplits (8 splits of 38 keys) and writes every partial it reads', async () => {
-    const { relL2, splits } = await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [300, 1, 17], splitKeys: 16, maxSplits: 8, poisonScratch: true });
-    expect(splits).toBe(8);
-    record('adaptive', relL2);
+    for (const tier of tiers()) {
+      const { relL2, splits } = await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [300, 1, 17], splitKeys: 16, maxSplits: 8, poisonScratch: true, tier });
+      expect(splits).toBe(8);
+      record(`${tier} adaptive`, relL2);
+    }
   });
 
   it('one row, one key', async () => {
-    record('single', (await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [1], poisonScratch: true })).relL2);
+    for (const tier of tiers()) record(`${tier} single`, (await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [1], poisonScratch: true, tier })).relL2);
   });
 
   // Sliding windows on rows of 1, 17 and 300 keys with 16-key splits: without a window the 300-key
@@ -407,29 +471,33 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
   const WINDOW_SHAPES = [[8, 1, 1], [64, 4, 2], [80, 6, 2]];
   for (const [window, splits] of WINDOWS) {
     it(`window ${window}: lengths 1, 17, 300 in ${splits} splits`, async () => {
-      for (const [D, Hq, Hkv] of WINDOW_SHAPES) {
-        const r = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300], splitKeys: 16, window, poisonScratch: true });
-        expect(r.splits).toBe(splits);
-        record(`window=${window}`, r.relL2);
+      for (const tier of tiers()) {
+        for (const [D, Hq, Hkv] of WINDOW_SHAPES) {
+          const r = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 300], splitKeys: 16, window, poisonScratch: true, tier });
+          expect(r.splits).toBe(splits);
+          record(`${tier} window=${window}`, r.relL2);
+        }
       }
     });
   }
 
   it('window with the chunk adapted to maxSplits (a 100-key window in 8 splits of 13)', async () => {
-    const { relL2, splits } = await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [300, 1, 17], splitKeys: 8, maxSplits: 8, window: 100, poisonScratch: true });
-    expect(splits).toBe(8); // chunk max(8, ceil(100 / 8)) = 13
-    record('window adaptive', relL2);
+    for (const tier of tiers()) {
+      const { relL2, splits } = await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [300, 1, 17], splitKeys: 8, maxSplits: 8, window: 100, poisonScratch: true, tier });
+      expect(splits).toBe(8); // chunk max(8, ceil(100 / 8)) = 13
+      record(`${tier} window adaptive`, relL2);
+    }
   });
 
   it('reports its worst error: every case measured, all within the tolerance', () => {
     worst.expectMeasured(
-      {
+      perTier({
         ...Object.fromEntries([8, 64, 80].map((D) => [`D=${D}`, HEADS.length])),
         adaptive: 1,
         single: 1,
         ...Object.fromEntries(WINDOWS.map(([w]) => [`window=${w}`, WINDOW_SHAPES.length])),
         'window adaptive': 1,
-      },
+      }),
       TOLERANCE,
       'attention decode',
     );
@@ -465,12 +533,14 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
 describe('attention consistency', () => {
   // No window (the run passes none), then windows cutting 9 keys and 24 keys off the decode row.
   for (const [window, splits] of [[undefined, 4], [21, 3], [6, 1]] as const) {
-    it(`prefill of T tokens then decode of token T equals prefill of T + 1 tokens (window ${window ?? 'none'})`, () => checkConsistency(window, splits));
+    it(`prefill of T tokens then decode of token T equals prefill of T + 1 tokens (window ${window ?? 'none'})`, async () => {
+      for (const tier of tiers()) await checkConsistency(window, splits, tier);
+    });
   }
 });
 
 /** Prefill T + 1 tokens in one step vs prefill T then decode one (splits of 8 keys), under `window`. */
-async function checkConsistency(window: number | undefined, splits: number): Promise<void> {
+async function checkConsistency(window: number | undefined, splits: number, tier: Tier): Promise<void> {
   const win = window === undefined ? {} : { window };
   const shape: AttentionShape = { Hq: 4, Hkv: 2, D: 64, capacity: 40 };
   const T = 29;
@@ -492,7 +562,7 @@ async function checkConsistency(window: number | undefined, splits: number): Pro
     const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
     const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
     const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
-    const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outAll });
+    const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outAll }, { tier });
     await runPass(gpu(), (pass) => {
       write.encode(pass, { rows: T + 1, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
       prefill.encode(pass, { tokens: T + 1, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, ...win });
@@ -503,13 +573,13 @@ async function checkConsistency(window: number | undefined, splits: number): Pro
     const kCache = createStorage(gpu(), 'kCache', nanArray(cacheElements));
     const vCache = createStorage(gpu(), 'vCache', nanArray(cacheElements));
     const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
-    const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outStep });
+    const prefill = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out: outStep }, { tier });
     await runPass(gpu(), (pass) => {
       write.encode(pass, { rows: T, kOffset: qkv.kAt(0, 0), kRowStride: qkv.stride, vOffset: qkv.vAt(0, 0), vRowStride: qkv.stride });
       prefill.encode(pass, { tokens: T, pastLen: 0, kvBase, qOffset: qkv.qAt(0, 0), qRowStride: qkv.stride, ...win });
     });
     const writeStep = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta, kCache, vCache });
-    const decode = new DecodeAttention(gpu(), { ...shape, maxRows: 1, splitKeys: 8 }, { q: qkvBuffer, kCache, vCache, out: outStep, rowMeta });
+    const decode = new DecodeAttention(gpu(), { ...shape, maxRows: 1, splitKeys: 8, tier }, { q: qkvBuffer, kCache, vCache, out: outStep, rowMeta });
     expect(decode.plan(T + 1, window).splits).toBe(splits);
     await runPass(gpu(), (pass) => {
       writeStep.encode(pass, { rows: 1, kOffset: qkv.kAt(T, 0), vOffset: qkv.vAt(T, 0), metaOffset: 2 * T });
@@ -519,8 +589,8 @@ async function checkConsistency(window: number | undefined, splits: number): Pro
   }
   const all = await readF32(gpu(), outAll, (T + 1) * width);
   const step = await readF32(gpu(), outStep, (T + 1) * width);
-  const { relL2 } = expectClose(step, Array.from(all), 1e-5, `prefill T + decode vs prefill T + 1 (window ${window ?? 'none'})`);
-  console.log(`attention consistency (window ${window ?? 'none'}) rel-L2: ${relL2.toExponential(3)}`);
+  const { relL2 } = expectClose(step, Array.from(all), 1e-5, `${tier}: prefill T + decode vs prefill T + 1 (window ${window ?? 'none'})`);
+  console.log(`attention consistency (${tier}, window ${window ?? 'none'}) rel-L2: ${relL2.toExponential(3)}`);
 }
 
 // ---- guards the host cannot check (metadata lives on the GPU) -----------------------------------

@@ -95,11 +95,13 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(report.preset).toBe('test');
     expect(typeof report.adapter.backend).toBe('string');
     expect(['timestamp-query', 'queue-completion']).toContain(report.adapter.timing);
-    // The tiers the kernels ran: the subgroup matvec exactly where the adapter has subgroups.
+    // The tiers the kernels ran: subgroup matvec and attention exactly where the adapter has subgroups,
+    // the f16 matmul where it has shader-f16.
+    const subgroups = report.adapter.features.includes('subgroups');
     expect(report.adapter.tiers).toEqual({
-      matvec: report.adapter.features.includes('subgroups') ? 'subgroup' : 'baseline',
-      matmul: 'baseline',
-      attention: 'baseline',
+      matvec: subgroups ? 'subgroup' : 'baseline',
+      matmul: report.adapter.features.includes('shader-f16') ? 'f16' : 'baseline',
+      attention: subgroups ? 'subgroup' : 'baseline',
       rows: 'baseline',
     });
   });
@@ -132,6 +134,12 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     const { results, skipped } = report.kernels;
     expect(new Set(results.map((k) => k.kind))).toEqual(new Set(['matmul', 'matvec', 'attention.prefill', 'attention.decode']));
     for (const dtype of ['f32', 'f16', 'q8_0', 'q4_0']) expect(results.some((k) => k.kind === 'matvec' && k.dtype === dtype)).toBe(true);
+    // Each kernel on the baseline and, beside it, on its family's fast tier where the adapter has one.
+    const family = { matvec: 'matvec', matmul: 'matmul', 'attention.prefill': 'attention', 'attention.decode': 'attention' } as const;
+    for (const [kind, name] of Object.entries(family)) {
+      const fast = report.adapter.tiers[name];
+      expect(new Set(results.filter((k) => k.kind === kind).map((k) => k.tier)), kind).toEqual(new Set(fast === 'baseline' ? ['baseline'] : ['baseline', fast]));
+    }
     const { gbps, gflops } = { gbps: report.roofline.bandwidth.gbps, gflops: report.roofline.compute.gflops };
     for (const k of results) {
       plausibleMs(k.timing.medianMs, `${k.label} ms`);

@@ -14,12 +14,12 @@ async function infoJson(adapter: string): Promise<Record<string, any>> {
 }
 
 describe('info --json', () => {
-  it('software-core is Vulkan on lavapipe at featureLevel core, with f16 and subgroups and the subgroup matvec', async () => {
+  it('software-core is Vulkan on lavapipe at featureLevel core, with f16 and subgroups and the fast tiers', async () => {
     const report = await infoJson('software-core');
     expect(report.adapter).toMatchObject({ backend: 'vulkan', featureLevel: 'core', isSoftware: true });
     expect(report.features).toEqual(expect.arrayContaining(['shader-f16', 'subgroups', 'timestamp-query']));
     expect(report.limits.maxStorageBufferBindingSize).toBeGreaterThanOrEqual(128 * 2 ** 20);
-    expect(report.tiers).toEqual({ matvec: 'subgroup', matmul: 'baseline', attention: 'baseline', rows: 'baseline' });
+    expect(report.tiers).toEqual({ matvec: 'subgroup', matmul: 'f16', attention: 'subgroup', rows: 'baseline' });
   });
 
   it('software-compat is OpenGL ES on llvmpipe, with the baseline tier everywhere', async () => {

@@ -4,7 +4,8 @@
 // (through the decode path); greedy agreement is llama.cpp's argmax at each generated position.
 //
 // Every assertion is about OUR logits (as in test/llamacpp-parity.test.ts, which explains the
-// reasoning): within REFERENCE_BOUND of the float64 reference, and within the bound of its format
+// reasoning): within referenceBound of the float64 reference (1e-4, or 1e-2 for Q8_0 where prefill
+// takes the f16 matmul tier: test/support/parity.ts), and within the bound of its format
 // against llama.cpp, whose CPU backend rounds what we do not:
 //  - Q8_0: the activations of a Q8_0 matmul are rounded to Q8_0 blocks.
 //  - GELU (GPT-2): ggml's CPU GELU is a table over f16 inputs holding f16 outputs (GGML_GELU_FP16),
@@ -17,7 +18,9 @@
 //   f32 (qwen2)       1e-4 / 32      5.8e-7, 5.2e-7 (fused QKV) / 32    4.3e-7 .. 5.8e-7 / 32
 //   f32 + GELU (gpt2) 1e-3 / 29      3.4e-4 / 32                        3.4e-4 .. 5.1e-4 / 32
 //   q8_0              3e-2 / 28      1.8e-2 (qwen2), 1.6e-2 (gpt2) / 32  1.4e-2 .. 1.9e-2 / 30..32
-// Against float64 every case is within REFERENCE_BOUND, 1e-4 (measured ~5e-7). When a bound against
+// Against float64 every case is within 1e-4 on the f32 tiers (measured ~5e-7); where prefill takes the
+// f16 matmul tier (lavapipe), the Q8_0 cases measured 7.0e-4 (qwen2) and 7.1e-4 (gpt2), the F32 ones
+// unchanged, and every bound against llama.cpp held. When a bound against
 // llama.cpp fails, the message gives the float64 reference with llama.cpp's rounding
 // (test/support/ggml-activations.ts) against llama.cpp, to tell that rounding from a misread weight.
 //
@@ -33,7 +36,7 @@ import { writeHfFolder, writeTinyLlamaGguf } from './support/tiny-models.ts';
 import { writeTinyGpt2Gguf, writeTinyQwen2Gguf, type TinyArchOptions, type TinyModel } from './support/tiny-arch-models.ts';
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
 import { referenceLogits } from './support/reference-model.ts';
-import { errors, greedyAgreement, ourGreedy, ourLogits, worst } from './support/parity.ts';
+import { errors, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
 import { ggmlGelu, roundQ8_0 } from './support/ggml-activations.ts';
 import { rng } from './support/reference.ts';
 import { useGpu } from './support/gpu.ts';
@@ -51,7 +54,6 @@ function referenceConfig(tiny: TinyModel): ModelConfig {
 }
 
 /** Rel-L2 of our logits against the float64 reference on the same (dequantised) weights, every case. */
-const REFERENCE_BOUND = 1e-4;
 
 /** Against llama.cpp, per format: the largest rel-L2 at any position, the least greedy agreement (of 32). */
 const BOUNDS = {
@@ -120,7 +122,7 @@ describe('qwen2 and gpt2: ours vs llama.cpp vs float64 on the same GGUF', () => 
         `[parity] ${c.name}: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/${sequence.length - prompt.length}`,
       );
       expect(sequence.length - prompt.length).toBe(32);
-      expect(vsReference).toBeLessThanOrEqual(REFERENCE_BOUND);
+      expect(vsReference).toBeLessThanOrEqual(referenceBound(gpu(), c.options.dtype === 'f32'));
       const bound = BOUNDS[c.format];
       // Only when the bound fails: the float64 reference with llama.cpp's activation handling, against llama.cpp.
       const explain = () => {

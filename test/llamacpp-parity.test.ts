@@ -3,7 +3,8 @@
 // 40-token sequence whose last 32 tokens are our greedy continuation (through the decode path).
 //
 // Every assertion is about OUR logits: rel-L2 against the float64 reference (the sharp check, 1e-4
-// for every format), rel-L2 against llama.cpp, and teacher-forced greedy agreement (llama.cpp's
+// for every format where every kernel runs in f32; 1e-2 where prefill takes the f16 matmul tier, which
+// stores activations and weights as f16: see referenceBound in test/support/parity.ts), rel-L2 against llama.cpp, and teacher-forced greedy agreement (llama.cpp's
 // argmax at each generated position is our token). The bounds against llama.cpp, one row per format
 // in BOUNDS below, are wide because llama.cpp's CPU matmul first rounds the activations to the
 // weight's dot type (F16; Q8_0 blocks for Q8_0, Q4_0, Q5_0; Q8_1 for Q4_1, Q5_1; Q8_K, one scale per
@@ -35,7 +36,11 @@
 //   q6_k     1.5e-1 / 24      7.3e-2 / 31       as q4_k
 //   q4_k_m   1.5e-1 / 24      6.3e-2 / 30       as q4_k
 //   q5_k_m   1.5e-1 / 24      8.2e-2 / 28       6.1e-2 .. 1.2e-1 / 28..31
-// Against float64 every format stays within 2e-5 (measured 4e-7 .. 1.4e-5).
+// Against float64 every format stays within 2e-5 (measured 4e-7 .. 1.4e-5) where every kernel runs in
+// f32. Where prefill takes the f16 matmul tier (the core software adapter, lavapipe), measured:
+// 7.0e-4 .. 7.7e-4 (F16, Q8_0 .. Q5_1), 2.3e-3 .. 3.3e-3 (the K-quants), 1.0e-3 (the fallback mix);
+// F32 models stay on f32 arithmetic (5e-7), and every bound against llama.cpp and every greedy floor
+// holds unchanged (F16 comes 4.9e-4 from llama.cpp there, nearer than on f32: both round to f16).
 //
 // The models: F32 .. Q5_1 are random floats quantised as ggml's reference quantisers do (hidden 64);
 // the K-quants are random valid blocks at hidden 256, FFN 512, 4 heads of 64 over 2 KV heads (Q4_K_M:
@@ -57,7 +62,7 @@ import { writeTinyLlamaGguf, type TinyDtype } from './support/tiny-models.ts';
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
 import { referenceLogits, type Weights } from './support/reference-model.ts';
 import { rng } from './support/reference.ts';
-import { errors, greedyAgreement, ourGreedy, ourLogits, worst } from './support/parity.ts';
+import { errors, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
 import { useGpu } from './support/gpu.ts';
 import { roundQ8K } from './support/kquants.ts';
 import { roundQ8_0 } from './support/ggml-activations.ts';
@@ -68,9 +73,6 @@ afterAll(async () => {
   await disposeLlamaOracle();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** Rel-L2 of our logits against the float64 reference on the same (dequantised) weights, every format. */
-const REFERENCE_BOUND = 1e-4;
 
 /** Against llama.cpp, per format: the largest rel-L2 at any position, the least greedy agreement (of 32). */
 const BOUNDS: Record<TinyDtype, { relL2: number; greedy: number }> = {
@@ -148,7 +150,7 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
       const agree = greedyAgreement(sequence, prompt.length, theirs);
       console.log(`[parity] ${dtype}: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/${steps}`);
       expect(steps).toBe(32);
-      expect(vsReference).toBeLessThanOrEqual(REFERENCE_BOUND);
+      expect(vsReference).toBeLessThanOrEqual(referenceBound(gpu(), dtype === 'f32'));
       expectNearLlama(vsLlama, BOUNDS[dtype].relL2, () => explainGap(configFromHf(tiny.config), tiny.weights, sequence, theirs, ggmlRounding(dtype)));
       expect(agree).toBeGreaterThanOrEqual(BOUNDS[dtype].greedy);
     });
@@ -190,7 +192,7 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     const vsLlama = worst(ours, theirs);
     const agree = greedyAgreement(sequence, prompt.length, theirs);
     console.log(`[parity] Q5_0/Q4_K/Q8_0 fallback mix: rel-L2 vs llama.cpp ${vsLlama.toExponential(2)}, vs float64 ${vsReference.toExponential(2)}, greedy ${agree}/16`);
-    expect(vsReference).toBeLessThanOrEqual(REFERENCE_BOUND);
+    expect(vsReference).toBeLessThanOrEqual(referenceBound(gpu(), false));
     // Each projection's activations rounded as llama.cpp rounds them for that weight's type.
     const rounding: RoundInput = (x, w) => (w.includes('down_proj') ? roundQ8K(x) : roundQ8_0(x));
     expectNearLlama(vsLlama, BOUNDS.q4_k.relL2, () => explainGap(config, tiny.weights, sequence, theirs, rounding));

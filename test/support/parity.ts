@@ -3,7 +3,27 @@
 import type { Gpu } from '../../src/gpu/device.ts';
 import { Transformer } from '../../models/transformer.ts';
 import { openModelSource } from '../../models/source.ts';
+import { defaultMatmulTier } from '../../kernels/matmul.ts';
 import { compare } from './reference.ts';
+
+/** Rel-L2 of our logits against the float64 reference on the same weights, where every kernel runs in f32. */
+export const REFERENCE_BOUND = 1e-4;
+
+/**
+ * The same bound where prefill's projections take the f16 matmul tier (an adapter with 'shader-f16',
+ * for every weight format but f32: kernels/matmul.ts defaultMatmulTier). That tier stores each
+ * projection's activations and weights as f16 (2^-11 relative), a rounding of the kind llama.cpp's CPU
+ * matmul applies to its activations, only finer: llama.cpp's Q8_0 / Q8_K blocks (a step of 1/127 of
+ * the block's largest value) leave 1.6e-2 .. 3.6e-2 between it and the float64 reference in these
+ * models, and the f16 tier, about eight times finer, leaves 7e-4 (F16, Q4_0) .. 3.3e-3 (Q4_K) on
+ * lavapipe. 1e-2 is three times the largest, and stays below the gap llama.cpp's own rounding leaves.
+ */
+export const F16_TIER_REFERENCE_BOUND = 1e-2;
+
+/** The float64 bound for a model on this device: `f32Matrices` when every matrix of the model is F32. */
+export function referenceBound(gpu: Gpu, f32Matrices: boolean): number {
+  return !f32Matrices && defaultMatmulTier(gpu, 'q8_0') === 'f16' ? F16_TIER_REFERENCE_BOUND : REFERENCE_BOUND;
+}
 
 export const argmax = (row: ArrayLike<number>): number => {
   let best = 0;

@@ -88,6 +88,12 @@ export interface ProjectionSetup {
   bias?: GPUBuffer;
   residual?: GPUBuffer;
   run: MatmulRun;
+  /** The float64 reference, (M, N). */
+  reference: Float64Array;
+  /** The dequantised weight (N, K) and the input as uploaded (rows from inputOffset, inputRowStride apart). */
+  operands: { w: Float64Array; a: Float32Array };
+  /** Read the written (M, N) cells; throws if a cell outside them (a stride gap) was written. */
+  read(): Promise<Float32Array>;
   /** Read the output and compare with the reference; gaps between output rows must stay NaN. */
   check(tolerance: number): Promise<Comparison>;
 }
@@ -107,6 +113,19 @@ export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
   const ref = projectionReference(w, N, K, a, M, c.inputOffset, c.inputRowStride, biasValues, c.biasOffset,
     residual && { values: residual, offset: c.residualOffset, stride: c.residualRowStride });
   const what = describeCase(c);
+  const read = async () => {
+    const all = await readF32(gpu, output, outLength + 3);
+    const got = new Float32Array(M * N);
+    for (let i = 0; i < all.length; i++) {
+      const rel = i - c.outputOffset;
+      const row = Math.floor(rel / c.outputRowStride);
+      const col = rel - row * c.outputRowStride;
+      const inside = rel >= 0 && row < M && col < N;
+      if (inside) got[row * N + col] = all[i];
+      else if (!Number.isNaN(all[i])) throw new Error(`${what}: element ${i} outside the output was written (${all[i]})`);
+    }
+    return got;
+  };
   return {
     weight,
     input: createStorage(gpu, 'a', a),
@@ -122,18 +141,11 @@ export function setupProjection(gpu: Gpu, c: ProjectionCase): ProjectionSetup {
       biasOffset: c.biasOffset,
       ...(c.residual ? { residualOffset: c.residualOffset, residualRowStride: c.residualRowStride } : {}),
     },
+    reference: ref,
+    operands: { w, a },
+    read,
     async check(tolerance: number) {
-      const all = await readF32(gpu, output, outLength + 3);
-      const got = new Float32Array(M * N);
-      for (let i = 0; i < all.length; i++) {
-        const rel = i - c.outputOffset;
-        const row = Math.floor(rel / c.outputRowStride);
-        const col = rel - row * c.outputRowStride;
-        const inside = rel >= 0 && row < M && col < N;
-        if (inside) got[row * N + col] = all[i];
-        else if (!Number.isNaN(all[i])) throw new Error(`${what}: element ${i} outside the output was written (${all[i]})`);
-      }
-      return expectClose(got, ref, tolerance, what);
+      return expectClose(await read(), ref, tolerance, what);
     },
   };
 }

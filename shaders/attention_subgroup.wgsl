@@ -1,0 +1,139 @@
+// Causal flash attention for prefill, subgroup tier: the same run contract, masking, tiles of K/V in
+// workgroup memory and results (to f32 rounding) as `prefill` in attention.wgsl (the baseline and
+// reference), with each query row's softmax reductions done inside one subgroup.
+// Compose as: subgroups_enable.wgsl, this file.
+//
+// The baseline lays a workgroup out (BQ queries x BK keys) and shares each row's scores through two
+// workgroup tiles (s_tile, p_tile), four barriers per key tile. Here a query row belongs to one
+// subgroup, whatever its size: subgroup r of the workgroup's sg_count (numbered by subgroup_slots.wgsl)
+// takes rows r, r + sg_count, ... of the BQ, and for each, per key tile:
+//   1. lane l scores keys l, l + n, ... (n = the subgroup's active lanes); subgroupMax gives the row's
+//      tile max, subgroupAdd the sum of its exp(score - max): no workgroup memory, no barrier;
+//   2. the BK probabilities are gathered into every lane by subgroupShuffle;
+//   3. lane l updates output dims l, l + n, ... of the row's accumulator (o_tile, (BQ, D) in workgroup
+//      memory: only that lane ever touches those cells, so it needs no barrier either).
+// Two barriers per key tile remain, around the cooperative K/V load. The only assumption about
+// subgroups is the one every implementation meets: a subgroup's active lanes are numbered 0 .. n - 1.
+// The per-row loops depend on the subgroup's slot, which is uniform within a subgroup but not across
+// the workgroup, so the subgroup operations sit in control flow WGSL's analysis cannot prove uniform:
+// subgroups_enable.wgsl turns that diagnostic off for this reason.
+// Legend: T = params.tokens, Hq = params.q_heads, Hkv = Hq / params.group, C = params.capacity,
+// D = head dim (override).
+//! include attention.wgsl
+//! include subgroup_slots.wgsl
+
+override WG: u32 = 128;     // invocations per workgroup (power of two, >= 4)
+override SG_MIN: u32 = 4;   // the adapter's smallest subgroup size (sizes subgroup_slots' arrays)
+const MAX_BQ: u32 = 16u;    // most queries per workgroup (the per-row state below is sized for it)
+const MAX_BK: u32 = 16u;    // most keys per tile
+
+var<workgroup> o_tile: array<f32, BQ * D>;  // (BQ, D): sum of exp(score - m) * v, unnormalised
+
+// Grid: (ceil(T / BQ), Hq).
+@compute @workgroup_size(WG)
+fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+                    @builtin(subgroup_invocation_id) lane: u32) {
+  sg_slots_init(lid);
+  let n = subgroupAdd(1u);  // active lanes of this subgroup
+  let q0 = wid.x * BQ;
+  let h = wid.y;
+  let k_first = window_start(params.past_len + q0, params.window);
+  let n_keys = params.past_len + min(q0 + BQ, params.tokens);
+  let k_head = kv_row(params.kv_base, h / params.group, 0u, params.capacity, D);
+
+  for (var e = lid; e < BQ * D; e += WG) {
+    let qi = e / D;
+    let d = e % D;
+    var x = 0.0;
+    if (q0 + qi < params.tokens) {
+      x = q[params.q_offset + (q0 + qi) * params.q_row_stride + h * D + d] * params.scale;
+    }
+    q_tile[qi * DP + d] = x;
+  }
+  // This lane's cells of its rows' accumulators, zeroed by the lane that will own them.
+  for (var i = sg_slot; i < BQ; i += sg_count) {
+    for (var d = lane; d < D; d += n) { o_tile[i * D + d] = 0.0; }
+  }
+
+  var m_row: array<f32, MAX_BQ>;  // running max of each of this subgroup's rows (index t: row sg_slot + t sg_count)
+  var l_row: array<f32, MAX_BQ>;  // running sum of exp(score - m)
+  for (var t = 0u; t < MAX_BQ; t++) { m_row[t] = NEG_BIG; }
+
+  for (var k0 = k_first; k0 < n_keys; k0 += BK) {
+    workgroupBarrier();  // the previous tile is fully read (and q_tile written, on the first pass)
+    for (var e = lid; e < BK * D; e += WG) {
+      let kj = e / D;
+      let d = e % D;
+      var kx = 0.0;
+      var vx = 0.0;
+      if (k0 + kj < n_keys) {
+        kx = k_cache[k_head + (k0 + kj) * D + d];
+        vx = v_cache[k_head + (k0 + kj) * D + d];
+      }
+      k_tile[kj * DP + d] = kx;
+      v_tile[kj * DP + d] = vx;
+    }
+    workgroupBarrier();
+
+    var t = 0u;
+    for (var i = sg_slot; i < BQ; i += sg_count) {
+      let row_valid = q0 + i < params.tokens;
+      let pos = params.past_len + q0 + i;
+      let key_first = window_start(pos, params.window);
+      // 1. This lane's keys j = lane + c n of the tile, scored; the row's tile max.
+      var p: array<f32, MAX_BK>;
+      var local_max = NEG_BIG;
+      for (var c = 0u; lane + c * n < BK; c++) {
+        let j = lane + c * n;
+        var s = NEG_BIG;
+        if (row_valid && k0 + j <= pos && k0 + j >= key_first) {
+          var dot = 0.0;
+          for (var d = 0u; d < D; d++) {
+            dot += q_tile[i * DP + d] * k_tile[j * DP + d];
+          }
+          s = dot;
+        }
+        p[c] = s;
+        local_max = max(local_max, s);
+      }
+      let m_new = max(m_row[t], subgroupMax(local_max));
+      var local_sum = 0.0;
+      for (var c = 0u; lane + c * n < BK; c++) {
+        // Masked keys (NEG_BIG) get 0, also when every key so far is masked (m_new = NEG_BIG).
+        let e = select(0.0, exp(p[c] - m_new), p[c] > NEG_BIG);
+        p[c] = e;
+        local_sum += e;
+      }
+      let alpha = exp(m_row[t] - m_new);
+      l_row[t] = l_row[t] * alpha + subgroupAdd(local_sum);
+      m_row[t] = m_new;
+      // 2. Every key's probability, from the lane that holds it (key j is lane j % n's slot j / n).
+      var p_all: array<f32, MAX_BK>;
+      for (var j = 0u; j < BK; j++) {
+        p_all[j] = subgroupShuffle(p[j / n], j % n);
+      }
+      // 3. This lane's dims of the row's accumulator.
+      for (var d = lane; d < D; d += n) {
+        var a = o_tile[i * D + d] * alpha;
+        for (var j = 0u; j < BK; j++) {
+          a += p_all[j] * v_tile[j * DP + d];
+        }
+        o_tile[i * D + d] = a;
+      }
+      t++;
+    }
+  }
+
+  var t = 0u;
+  for (var i = sg_slot; i < BQ; i += sg_count) {
+    if (q0 + i < params.tokens) {
+      // l >= exp(0) = 1: the key at the query's own position is always visible (window >= 1).
+      let inv = 1.0 / l_row[t];
+      let o = params.out_offset + (q0 + i) * params.out_row_stride + h * D;
+      for (var d = lane; d < D; d += n) {
+        out[o + d] = o_tile[i * D + d] * inv;
+      }
+    }
+    t++;
+  }
+}
