@@ -9,7 +9,7 @@ import { encodeBody, encodeFrame, type DoneBody, type ResponseFrame, type TokenB
 import { signRequest, signResponse, signerFromUri, type Signer } from '../src/axon/signing.ts';
 import { makeChallenges, type Challenge } from '../src/validator/challenges.ts';
 import { frameGaps, gapFactor, judgeResponse, meanProbDistance, probDistanceScore, rankCheck, streamedCheck, type Recomputed } from '../src/validator/checks.ts';
-import { referenceRow, type ReferenceRow } from '../src/validator/recompute.ts';
+import { referenceRow, samplerChoices, type ReferenceRow } from '../src/validator/recompute.ts';
 import { normaliseWeights, scoreMiner } from '../src/validator/score.ts';
 import { DEFAULT_THRESHOLDS, resolveThresholds } from '../src/validator/thresholds.ts';
 import { TRANSCRIPT_FORMAT, TranscriptError, challengePayload, readTranscript, type Response, type Transcript } from '../src/validator/transcript.ts';
@@ -69,6 +69,16 @@ describe('scoring rules', () => {
     expect(referenceRow([1, 3, 2, 3], 3, [0]).rank).toBe(0);
   });
 
+  it("counts the tokens the request's own sampler could pick", () => {
+    const logits = [2, 1, 0, -1];
+    expect(samplerChoices(logits, { temperature: 0, topK: 50, topP: 0.95 })).toBe(1);
+    expect(samplerChoices(logits, { temperature: 1, topP: 0.5 })).toBe(1); // p = 0.644
+    expect(samplerChoices(logits, { temperature: 1, topP: 0.9 })).toBe(3); // 0.644 + 0.237 + 0.087
+    expect(samplerChoices(logits, { temperature: 2, topP: 0.9 })).toBe(4); // three reach only 0.898 at T = 2
+    expect(samplerChoices(logits, { temperature: 1, topK: 2 })).toBe(2);
+    expect(referenceRow(logits, 3, [], 2, { temperature: 1, topP: 0.9 }).choices).toBe(3);
+  });
+
   it('normalises weights to sum to 1 and gives none when nobody scored', () => {
     expect(normaliseWeights([{ uid: 2, score: 3 }, { uid: 1, score: 1 }])).toEqual([{ uid: 1, weight: 0.25 }, { uid: 2, weight: 0.75 }]);
     expect(normaliseWeights([{ uid: 1, score: 0 }])).toEqual([]);
@@ -82,13 +92,14 @@ describe('scoring rules', () => {
 
 describe('judging one response (speed on a clock the test sets)', () => {
   const challenge: Challenge = { name: 'c', prompt: 'p', maxTokens: 4, temperature: 0, seed: 1, logprobs: 0 };
-  const row = (tokenId: number | undefined, rank: number, logprob: number, eosRank = 50, eosLogprob = -9): ReferenceRow => ({
+  const row = (tokenId: number | undefined, rank: number, logprob: number, eosRank = 50, eosLogprob = -9, choices = 1): ReferenceRow => ({
     ...(tokenId !== undefined ? { tokenId } : {}),
     rank,
     logprob,
     top: [{ tokenId: 7, logprob: -0.1 }],
     eosRank,
     eosLogprob,
+    choices,
   });
   const response = (atMs: number[], finishReason: 'stop' | 'length' = 'length', logprob = -0.1): Response => ({
     integrity: { pass: true, framesVerified: atMs.length + 1 },
@@ -110,6 +121,14 @@ describe('judging one response (speed on a clock the test sets)', () => {
     expect(v).toMatchObject({ quality: 1, speed: 1, score: 1 });
     expect(v.checks.throughput).toMatchObject({ pass: true, tokensPerS: 10 });
     expect(v.checks.ttft).toMatchObject({ pass: true, ttftMs: 100 });
+  });
+
+  it('ranks count past what the sampler could pick: rank 40 of 50 choices is fine when sampled, not when greedy', () => {
+    const sampled: Challenge = { ...challenge, temperature: 0.7, topK: 50, topP: 0.95 };
+    const rows = (choices: number): Recomputed => ({ ...recomputed(4), rows: [...Array.from({ length: 4 }, () => row(7, 40, -0.1, 50, -9, choices)), row(undefined, 0, 0, 50, -1, choices)] });
+    expect(judgeResponse(sampled, response([100, 200, 300, 400]), rows(50), t).checks.rank).toMatchObject({ pass: true, maxRank: 0 });
+    expect(judgeResponse(sampled, response([100, 200, 300, 400]), rows(20), t).checks.rank).toMatchObject({ pass: false, maxRank: 21 });
+    expect(judgeResponse(challenge, response([100, 200, 300, 400]), rows(1), t).checks.rank).toMatchObject({ pass: false, maxRank: 40 });
   });
 
   it('a 1.5 s stall costs SN1 speed; a slow first token costs the slow factor', () => {

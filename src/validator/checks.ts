@@ -198,7 +198,9 @@ function judgeRecomputed(challenge: Challenge, response: Response, r: Recomputed
       ? { pass: true, chars: text.length }
       : { pass: false, detail: `the streamed text differs from the tokens' text at character ${firstDifference(text, r.text)}` };
 
-  checks.rank = rankCheck(positions.map((p) => p.row.rank), t);
+  // Ranks past the tokens the request's own sampler could pick: a sampled token inside its top_k /
+  // top_p set is rank 0, so a flat distribution sampled honestly is not mistaken for another model.
+  checks.rank = rankCheck(positions.map((p) => Math.max(0, p.row.rank - (p.row.choices - 1))), t);
 
   if (challenge.temperature !== 0) checks.greedy = na(`temperature ${challenge.temperature}`);
   else {
@@ -243,8 +245,8 @@ function judgeRecomputed(challenge: Challenge, response: Response, r: Recomputed
     checks.eos = { pass: false, detail: `ran past a likely EOS at token ${past.tok.index}: p(EOS)/p(token) = ${Math.exp(past.row.eosLogprob - past.row.logprob).toFixed(0)} (SN19: above ${t.eosPastRatio} fails)` };
   } else if (response.finishReason === 'stop') {
     if (!after) checks.eos = na('the end lies beyond the reference context');
-    else if (after.eosRank < t.eosStopRank) checks.eos = { pass: true, stopEosRank: after.eosRank, stopEosProb: round(Math.exp(after.eosLogprob), 6) };
-    else checks.eos = { pass: false, stopEosRank: after.eosRank, stopEosProb: round(Math.exp(after.eosLogprob), 6), detail: `stopped where EOS is at rank ${after.eosRank}, p ${Math.exp(after.eosLogprob).toExponential(1)} (SN1: must be in the top ${t.eosStopRank})` };
+    else if (after.eosRank < Math.max(t.eosStopRank, after.choices)) checks.eos = { pass: true, stopEosRank: after.eosRank, stopEosProb: round(Math.exp(after.eosLogprob), 6) };
+    else checks.eos = { pass: false, stopEosRank: after.eosRank, stopEosProb: round(Math.exp(after.eosLogprob), 6), detail: `stopped where EOS is at rank ${after.eosRank}, p ${Math.exp(after.eosLogprob).toExponential(1)} (SN1: must be in the top ${t.eosStopRank}, or among the ${after.choices} tokens the sampler could pick)` };
   } else if (tokens.length < challenge.maxTokens) {
     checks.eos = { pass: false, detail: `finish_reason length after ${tokens.length} tokens, before max_tokens ${challenge.maxTokens}` };
   } else {

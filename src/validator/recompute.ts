@@ -28,11 +28,28 @@ export interface ReferenceRow {
   eosLogprob: number;
   /** Rank of the most likely EOS id. */
   eosRank: number;
+  /**
+   * How many tokens the request's own sampler could have picked here, by the reference: its top_k
+   * and top_p nucleus at its temperature (1 for greedy; at most MAX_CHOICES).
+   */
+  choices: number;
 }
+
+/** The sampling a request asked for (what bounds the tokens an honest miner may pick). */
+export interface SamplingBounds {
+  temperature: number;
+  topK?: number;
+  topP?: number;
+}
+
+/** Most sampler choices counted at one position: enough for any top_k a validator sends (SN1 sends 50). */
+export const MAX_CHOICES = 100;
 
 export interface ScoringItem {
   prompt: number[];
   completion: number[];
+  /** Default greedy. */
+  sampling?: SamplingBounds;
 }
 
 export interface ScoredItem {
@@ -43,8 +60,9 @@ export interface ScoredItem {
 }
 
 /** Reduce one logits row (log-sum-exp in float64). */
-export function referenceRow(logits: ArrayLike<number>, tokenId: number | undefined, eosIds: readonly number[], topN = REFERENCE_TOP): ReferenceRow {
+export function referenceRow(logits: ArrayLike<number>, tokenId: number | undefined, eosIds: readonly number[], topN = REFERENCE_TOP, sampling: SamplingBounds = { temperature: 0 }): ReferenceRow {
   const V = logits.length;
+  const choices = samplerChoices(logits, sampling);
   let max = -Infinity;
   for (let i = 0; i < V; i++) if (logits[i] > max) max = logits[i];
   let sum = 0;
@@ -76,7 +94,31 @@ export function referenceRow(logits: ArrayLike<number>, tokenId: number | undefi
     top: top.map((t) => ({ tokenId: t.tokenId, logprob: t.logit - lse })),
     eosLogprob: Math.log(eosSum),
     eosRank,
+    choices,
   };
+}
+
+/**
+ * The size of the set a sampler with `sampling` draws from over this row: the top_k most likely
+ * (0 = no limit), then the smallest prefix whose probability at the temperature reaches top_p;
+ * 1 for greedy, at most MAX_CHOICES.
+ */
+export function samplerChoices(logits: ArrayLike<number>, sampling: SamplingBounds): number {
+  const { temperature, topK = 0, topP = 1 } = sampling;
+  if (temperature === 0) return 1;
+  const V = logits.length;
+  const limit = Math.min(V, MAX_CHOICES, topK > 0 ? topK : MAX_CHOICES);
+  if (topP >= 1) return limit;
+  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a]).slice(0, limit);
+  const max = logits[order[0]];
+  let sum = 0;
+  for (let i = 0; i < V; i++) sum += Math.exp((logits[i] - max) / temperature);
+  let mass = 0;
+  for (let n = 0; n < order.length; n++) {
+    mass += Math.exp((logits[order[n]] - max) / temperature) / sum;
+    if (mass >= topP) return n + 1;
+  }
+  return limit;
 }
 
 export interface ReferenceOptions {
@@ -187,7 +229,7 @@ export class ReferenceModel {
           if (position < promptLength - 1) return;
           const next = position + 1 < seq.length ? seq[position + 1] : undefined;
           const truncatedHere = next === undefined && results[s.entry.item].truncated > 0;
-          if (!truncatedHere) results[s.entry.item].rows.push(referenceRow(row, next, this.eosIds));
+          if (!truncatedHere) results[s.entry.item].rows.push(referenceRow(row, next, this.eosIds, REFERENCE_TOP, items[s.entry.item].sampling));
         });
         s.entry.fed += s.tokens.length;
       });

@@ -5,7 +5,12 @@
 //   SN1 Apex    macrocosm-os/prompting exact_match.py (mid-2025)
 //   SN4 v5      manifold-inc/targon verifier rescoring
 // Ranks are 0-based here: rank 0 is the reference's most likely token, and a token's rank counts the
-// tokens the reference finds strictly more likely (a tie goes to the miner).
+// tokens the reference finds strictly more likely (a tie goes to the miner). The rank rules count
+// past the tokens the request's own sampler could pick (its top_k and top_p at its temperature, by
+// the reference): for greedy requests that is the plain rank; for sampled ones a token inside the
+// sampler's set counts as rank 0. The published rules assume a trained model's peaked
+// distributions, where the set is a handful of tokens; on a flat one (a random model) the plain
+// rank of an honestly sampled token can be 40.
 //
 // These thresholds assume the miner and the validator run the same checkpoint and tokenizer. An
 // honest miner on another adapter or a quantised copy of the checkpoint moves logprobs by far less
@@ -29,7 +34,7 @@ export interface Thresholds {
   probDistanceHalfScore: number;
   /** SN1: the mean share of the miner's top-k alternatives found in the reference's top k. */
   topkOverlapMin: number;
-  /** SN1: a miner that stops (EOS) must have the reference's EOS within its top this-many. */
+  /** SN1: a miner that stops (EOS) must have the reference's EOS within its top this-many (or the sampler's set). */
   eosStopRank: number;
   /** SN19: running past a position where p(EOS) / p(token) exceeds this fails. */
   eosPastRatio: number;

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Command, Option } from 'commander';
 import type { Writable } from 'node:stream';
 import { loadSigner } from '../axon/wallet.ts';
-import { OptionError } from '../errors.ts';
+import { MinerError, OptionError } from '../errors.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { ReferenceModel } from './recompute.ts';
 import { validate, verifyEvidence } from './validate.ts';
@@ -87,7 +87,7 @@ export async function verifyCommand(flags: VerifyFlags, out: Writable = process.
     if (result.saved && result.saved.weightsDigest !== result.reference.weightsDigest) {
       process.stderr.write(`note: the verdict was reached with ${result.saved.model} (weights ${result.saved.weightsDigest.slice(0, 12)}), this check used ${result.reference.model} (${result.reference.weightsDigest.slice(0, 12)})\n`);
     }
-    if (result.differences.length > 0) throw new OptionError(`the saved verdict does not stand: ${result.differences.join('; ')}`);
+    if (result.differences.length > 0) throw new MinerError('VERDICT_DIFFERS', `the saved verdict does not stand: ${result.differences.join('; ')}`);
   } finally {
     await reference.close();
   }

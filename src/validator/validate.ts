@@ -11,7 +11,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseMetagraph } from '../axon/policy.ts';
-import type { Signer } from '../axon/signing.ts';
+import { cryptoReady, type Signer } from '../axon/signing.ts';
 import { OptionError } from '../errors.ts';
 import { createVerifyPool } from './client.ts';
 import { DEFAULT_CHALLENGES_PER_ROUND, makeChallenges, type Challenge } from './challenges.ts';
@@ -129,7 +129,9 @@ export async function judgeAll(reference: ReferenceModel, exchanges: Array<{ cha
   // Token ids outside the reference's vocabulary cannot be recomputed: such a response is judged unusable.
   const V = reference.vocabSize;
   const fits = completions.map((c) => c.every((t) => Number.isSafeInteger(t) && t >= 0 && t < V));
-  const scored = await reference.score(wanted.flatMap((_, k) => (fits[k] ? [{ prompt: prompts[k], completion: completions[k] }] : [])));
+  const scored = await reference.score(
+    wanted.flatMap(({ challenge }, k) => (fits[k] ? [{ prompt: prompts[k], completion: completions[k], sampling: { temperature: challenge.temperature, topK: challenge.topK, topP: challenge.topP } }] : [])),
+  );
   const recomputed = new Map<number, Recomputed>();
   let next = 0;
   wanted.forEach(({ i }, k) => {
@@ -256,6 +258,7 @@ export interface VerifyResult {
  * with it. Speed checks are judged again from the arrival times the validator recorded.
  */
 export async function verifyEvidence(value: unknown, reference: ReferenceModel, overrides?: Partial<Thresholds>): Promise<VerifyResult> {
+  await cryptoReady();
   const file = value as Partial<EvidenceFile>;
   const transcript = parseTranscript(file.transcript ?? value);
   const thresholds = resolveThresholds({ ...(file.thresholds ?? {}), ...overrides });
