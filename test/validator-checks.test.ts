@@ -12,7 +12,7 @@ import { frameGaps, gapFactor, judgeResponse, meanProbDistance, probDistanceScor
 import { referenceRow, samplerChoices, type ReferenceRow } from '../src/validator/recompute.ts';
 import { normaliseWeights, scoreMiner } from '../src/validator/score.ts';
 import { DEFAULT_THRESHOLDS, resolveThresholds } from '../src/validator/thresholds.ts';
-import { TRANSCRIPT_FORMAT, TranscriptError, challengePayload, readTranscript, type Response, type Transcript } from '../src/validator/transcript.ts';
+import { TRANSCRIPT_FORMAT, TranscriptError, challengePayload, readTranscript, type MinerResponse, type Transcript } from '../src/validator/transcript.ts';
 import { parseValidatorMetagraph } from '../src/validator/validate.ts';
 
 const t = DEFAULT_THRESHOLDS;
@@ -101,7 +101,7 @@ describe('judging one response (speed on a clock the test sets)', () => {
     eosLogprob,
     choices,
   });
-  const response = (atMs: number[], finishReason: 'stop' | 'length' = 'length', logprob = -0.1): Response => ({
+  const response = (atMs: number[], finishReason: 'stop' | 'length' = 'length', logprob = -0.1): MinerResponse => ({
     integrity: { pass: true, framesVerified: atMs.length + 1 },
     finishReason,
     usage: { promptTokens: 3, completionTokens: atMs.length },

@@ -10,7 +10,7 @@
 import type { Challenge } from './challenges.ts';
 import type { ReferenceRow, ScoredItem } from './recompute.ts';
 import type { Thresholds } from './thresholds.ts';
-import type { Response } from './transcript.ts';
+import type { MinerResponse } from './transcript.ts';
 
 export const QUALITY_CHECKS = ['signature', 'answered', 'max_tokens', 'usage', 'text', 'rank', 'greedy', 'logprob', 'topk', 'eos'] as const;
 export const SPEED_CHECKS = ['streamed', 'gaps', 'ttft', 'throughput'] as const;
@@ -115,7 +115,7 @@ export function meanProbDistance(miner: number[], reference: number[]): number {
  * Judge a response. `recomputed` is undefined when there was nothing to recompute (no answer, or
  * an answer that failed integrity: no signed claim is worth the GPU).
  */
-export function judgeResponse(challenge: Challenge, response: Response, recomputed: Recomputed | undefined, t: Thresholds): ResponseVerdict {
+export function judgeResponse(challenge: Challenge, response: MinerResponse, recomputed: Recomputed | undefined, t: Thresholds): ResponseVerdict {
   const checks = {} as Record<CheckName, CheckResult>;
   const tokens = response.tokens.filter((tok) => tok.tokenId >= 0);
   const answered = response.error === undefined && (response.finishReason === 'stop' || response.finishReason === 'length');
@@ -176,7 +176,7 @@ export function judgeResponse(challenge: Challenge, response: Response, recomput
   return { challenge: challenge.name, quality, speed, score: quality * speed, checks };
 }
 
-function judgeRecomputed(challenge: Challenge, response: Response, r: Recomputed, t: Thresholds, checks: Record<CheckName, CheckResult>): void {
+function judgeRecomputed(challenge: Challenge, response: MinerResponse, r: Recomputed, t: Thresholds, checks: Record<CheckName, CheckResult>): void {
   const tokens = response.tokens.filter((tok) => tok.tokenId >= 0);
   const scored = tokens.slice(0, tokens.length - r.truncated);
   const rows = r.rows;

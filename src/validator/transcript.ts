@@ -56,7 +56,7 @@ export interface ResponseToken {
 }
 
 /** An exchange as read back from its transcript. */
-export interface Response {
+export interface MinerResponse {
   /** Every frame signed by the miner for this validator, in order, the transcript digest and the token count verified. */
   integrity: { pass: boolean | null; detail?: string; framesVerified: number };
   /** The miner's error frame, or the transport's failure, if the exchange did not end in done. */
@@ -113,9 +113,9 @@ export function parseTranscript(value: unknown, source = 'transcript'): Transcri
  * false skips the sr25519 checks (the client has already made them as the frames arrived);
  * everything else is checked either way.
  */
-export function readTranscript(t: Transcript, options: { verifySignatures: boolean }): Response {
-  const response: Response = { integrity: { pass: true, framesVerified: 0 }, tokens: [], frames: [], endMs: 0 };
-  const broken = (detail: string): Response => {
+export function readTranscript(t: Transcript, options: { verifySignatures: boolean }): MinerResponse {
+  const response: MinerResponse = { integrity: { pass: true, framesVerified: 0 }, tokens: [], frames: [], endMs: 0 };
+  const broken = (detail: string): MinerResponse => {
     response.integrity = { pass: false, detail, framesVerified: response.integrity.framesVerified };
     response.error ??= t.error;
     return response;

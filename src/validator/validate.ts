@@ -19,7 +19,7 @@ import { judgeResponse, type Recomputed, type ResponseVerdict } from './checks.t
 import { ReferenceModel } from './recompute.ts';
 import { normaliseWeights, scoreMiner, type MinerScore, type Weight } from './score.ts';
 import { resolveThresholds, type Thresholds } from './thresholds.ts';
-import { parseTranscript, readTranscript, type Response, type Transcript } from './transcript.ts';
+import { parseTranscript, readTranscript, type MinerResponse, type Transcript } from './transcript.ts';
 import { openTransport, unsupportedTransport, type MinerEndpoint } from './transport.ts';
 
 export interface ValidatorNeuron {
@@ -120,7 +120,7 @@ async function pool<T>(items: T[], concurrency: number, run: (item: T) => Promis
 }
 
 /** Recompute the answers worth recomputing (all together) and judge every response. */
-export async function judgeAll(reference: ReferenceModel, exchanges: Array<{ challenge: Challenge; response: Response }>, thresholds: Thresholds): Promise<ResponseVerdict[]> {
+export async function judgeAll(reference: ReferenceModel, exchanges: Array<{ challenge: Challenge; response: MinerResponse }>, thresholds: Thresholds): Promise<ResponseVerdict[]> {
   const wanted = exchanges
     .map((e, i) => ({ ...e, i }))
     .filter(({ response }) => response.integrity.pass === true && response.error === undefined && (response.finishReason === 'stop' || response.finishReason === 'length'));
