@@ -3,7 +3,9 @@
 // quality; each cheater is a real miner with a dishonest generator or key, and must score strictly
 // lower and fail the check named for it. The same seed gives the same weights; every saved exchange
 // verifies offline with the same verdict.
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -34,6 +36,7 @@ const LOOSE_SPEED = { maxTtftMs: 600_000, gapMs: 600_000 };
 const CHALLENGES = 4;
 
 let root: string;
+let refDir: string;
 let gpu: Gpu;
 let validator: Signer;
 const engines: Engine[] = [];
@@ -56,7 +59,7 @@ const EXPECT: Record<string, string | undefined> = {
 
 beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'validator-e2e-'));
-  const refDir = writeTinyModel(join(root, 'reference'), 11);
+  refDir = writeTinyModel(join(root, 'reference'), 11);
   const otherDir = writeTinyModel(join(root, 'other'), 12);
   const f16Dir = writeTinyModel(join(root, 'reference-f16'), 11, 'F16');
   gpu = await acquireGpu();
@@ -141,5 +144,21 @@ describe('validate against honest and cheating miners', () => {
       if (name.startsWith(`uid-${miners.find((m) => m.name === 'wrong-key')!.uid}-`)) expect(result.signatures).toBe(false);
       if (name.startsWith(`uid-${miners.find((m) => m.name === 'honest')!.uid}-`)) expect(result.signatures).toBe(true);
     }
+  }, 600_000);
+
+  it('`verify` (the CLI, a child process) upholds an honest exchange and refuses it with one byte changed', async () => {
+    const honest = join(root, 'evidence', 'round-0', `uid-${miners.find((m) => m.name === 'honest')!.uid}-r0-c1.json`);
+    const cli = (file: string) => promisify(execFile)(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'verify', '--transcript', file, '--model', refDir]);
+    const { stdout } = await cli(honest);
+    expect(JSON.parse(stdout)).toMatchObject({ differences: [], signatures: true, verdict: { quality: 1 } });
+    // The same exchange with one logprob byte of the first token frame changed after it was signed.
+    const saved = JSON.parse(readFileSync(honest, 'utf8'));
+    const bytes = Buffer.from(saved.transcript.frames[0].bytes, 'base64');
+    const at = bytes.indexOf('logprob') + 'logprob'.length + 2;
+    bytes[at] ^= 1;
+    saved.transcript.frames[0].bytes = bytes.toString('base64');
+    const tampered = join(root, 'tampered.json');
+    writeFileSync(tampered, JSON.stringify(saved));
+    await expect(cli(tampered)).rejects.toMatchObject({ code: 1, stderr: expect.stringMatching(/VERDICT_DIFFERS.*signature: saved true, now false \(frame 0 \(token\) has a bad signature\)/) });
   }, 600_000);
 });
