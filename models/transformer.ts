@@ -383,11 +383,14 @@ export class Transformer {
     const firstRows = this.#checkPieces(pieces);
     this.#submit('prefill', (encoder) => this.#encodePrefill(encoder, pieces, firstRows));
     const rows = pieces.reduce((n, p) => n + p.tokens.length, 0);
+    const { hiddenSize: C, vocabSize: V } = this.config;
     const all: Float32Array[] = [];
     for (let first = 0; first < rows; first += this.#logitRows) {
       const count = Math.min(this.#logitRows, rows - first);
-      const { logits } = await this.#head(first, count, true, 1);
-      all.push(...logits!);
+      this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#finalNorm, first * C, count, 1));
+      // One read back for the submit's rows (a map per row costs a round trip each).
+      const block = await readF32(this.#gpu, this.#buf.logits, count * V);
+      for (let r = 0; r < count; r++) all.push(block.slice(r * V, (r + 1) * V));
     }
     await this.#gpu.sync();
     return pieces.map((p, i) => all.slice(firstRows[i], firstRows[i] + p.tokens.length));

@@ -62,7 +62,6 @@ export interface ScoredItem {
 /** Reduce one logits row (log-sum-exp in float64). */
 export function referenceRow(logits: ArrayLike<number>, tokenId: number | undefined, eosIds: readonly number[], topN = REFERENCE_TOP, sampling: SamplingBounds = { temperature: 0 }): ReferenceRow {
   const V = logits.length;
-  const choices = samplerChoices(logits, sampling);
   let max = -Infinity;
   for (let i = 0; i < V; i++) if (logits[i] > max) max = logits[i];
   let sum = 0;
@@ -73,25 +72,28 @@ export function referenceRow(logits: ArrayLike<number>, tokenId: number | undefi
   let rank = 0;
   let eosRank = 0;
   // The top N by a small insertion list: N is tiny against V.
+  // Enough of the best for the alternatives and for the sampler's set (one pass, no sort of V).
+  const keep = Math.min(V, Math.max(topN, MAX_CHOICES));
   const top: Array<{ tokenId: number; logit: number }> = [];
   for (let i = 0; i < V; i++) {
     const l = logits[i];
     if (l > own) rank++;
     if (l > bestEos) eosRank++;
-    if (top.length < topN || l > top[top.length - 1].logit) {
+    if (top.length < keep || l > top[top.length - 1].logit) {
       let j = top.length;
       while (j > 0 && top[j - 1].logit < l) j--;
       top.splice(j, 0, { tokenId: i, logit: l });
-      if (top.length > topN) top.pop();
+      if (top.length > keep) top.pop();
     }
   }
+  const choices = samplerChoices(logits, sampling, top.map((t) => t.tokenId));
   let eosSum = 0;
   for (const id of eosIds) if (id < V) eosSum += Math.exp(logits[id] - lse);
   return {
     ...(tokenId !== undefined ? { tokenId } : {}),
     logprob: tokenId === undefined ? 0 : own - lse,
     rank: tokenId === undefined ? 0 : rank,
-    top: top.map((t) => ({ tokenId: t.tokenId, logprob: t.logit - lse })),
+    top: top.slice(0, topN).map((t) => ({ tokenId: t.tokenId, logprob: t.logit - lse })),
     eosLogprob: Math.log(eosSum),
     eosRank,
     choices,
@@ -103,13 +105,14 @@ export function referenceRow(logits: ArrayLike<number>, tokenId: number | undefi
  * (0 = no limit), then the smallest prefix whose probability at the temperature reaches top_p;
  * 1 for greedy, at most MAX_CHOICES.
  */
-export function samplerChoices(logits: ArrayLike<number>, sampling: SamplingBounds): number {
+export function samplerChoices(logits: ArrayLike<number>, sampling: SamplingBounds, best?: number[]): number {
   const { temperature, topK = 0, topP = 1 } = sampling;
   if (temperature === 0) return 1;
   const V = logits.length;
   const limit = Math.min(V, MAX_CHOICES, topK > 0 ? topK : MAX_CHOICES);
   if (topP >= 1) return limit;
-  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a]).slice(0, limit);
+  // `best`: token ids by descending logit, at least `limit` of them (else they are sorted here).
+  const order = best && best.length >= limit ? best.slice(0, limit) : Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a]).slice(0, limit);
   const max = logits[order[0]];
   let sum = 0;
   for (let i = 0; i < V; i++) sum += Math.exp((logits[i] - max) / temperature);
