@@ -133,6 +133,17 @@ describe('validate against honest and cheating miners', () => {
     expect(verdicts(second)).toEqual(verdicts(first));
   }, 600_000);
 
+  it('`validate` (the CLI, a child process with its own copy of the model) writes the same weights', async () => {
+    const out = join(root, 'cli.json');
+    await promisify(execFile)(process.execPath, [
+      '--import', 'tsx', 'src/cli.ts', 'validate', '--metagraph', metagraphFile, '--model', refDir, '--hotkey-uri', '//Alice',
+      '--seed', '5', '--challenges', String(CHALLENGES), '--concurrency', '9', '--max-ttft-ms', String(LOOSE_SPEED.maxTtftMs), '--max-gap-ms', String(LOOSE_SPEED.gapMs), '--json', out,
+    ]);
+    const report = JSON.parse(readFileSync(out, 'utf8')) as ValidationReport;
+    expect(report.weights).toEqual(first.weights);
+    expect(report.model.weightsDigest).toBe(reference.weightsDigest);
+  }, 600_000);
+
   it('every saved exchange verifies offline with the verdict it was given', async () => {
     const folder = join(root, 'evidence', 'round-0');
     const files = readdirSync(folder);

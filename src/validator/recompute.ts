@@ -128,7 +128,7 @@ export interface ReferenceOptions {
   /** HF folder, .gguf file, or the embedded model's name. */
   model?: string;
   adapter?: string;
-  /** Tokens per scored sequence (prompt + completion). Default min(2048, the model's context). */
+  /** Tokens per scored sequence (prompt + completion). Default 512 (the KV cache is slots x this). */
   capacity?: number;
   /** Rows per forward pass. Default 256. */
   prefillChunk?: number;
@@ -156,7 +156,8 @@ export class ReferenceModel {
       model: options.model,
       adapter: options.adapter,
       slots: options.slots ?? 8,
-      capacity: options.capacity ?? 2048,
+      // Challenges are a short prompt and at most 80 tokens; a longer answer is judged on what fits.
+      capacity: options.capacity ?? 512,
       prefillChunk: options.prefillChunk ?? 256,
       prefixCacheMin: 0,
     });

@@ -24,6 +24,7 @@ export interface ValidateFlags {
   json?: string;
   evidence?: string;
   maxTtftMs?: string;
+  maxGapMs?: string;
   minTokensPerS?: string;
 }
 
@@ -56,7 +57,7 @@ export async function validateCommand(flags: ValidateFlags, err: Writable = proc
     concurrency: int('concurrency', flags.concurrency, 1),
     challengesPerRound: int('challenges', flags.challenges, 1),
     timeoutMs: int('timeout-ms', flags.timeoutMs, 1),
-    thresholds: { maxTtftMs: num('max-ttft-ms', flags.maxTtftMs), minTokensPerS: num('min-tokens-per-s', flags.minTokensPerS) },
+    thresholds: { maxTtftMs: num('max-ttft-ms', flags.maxTtftMs), gapMs: num('max-gap-ms', flags.maxGapMs), minTokensPerS: num('min-tokens-per-s', flags.minTokensPerS) },
     json: flags.json,
     evidence: flags.evidence,
     log: (line) => err.write(line + '\n'),
@@ -110,6 +111,7 @@ export function addValidatorCommands(program: Command, adapterOption: Option): v
     .option('--challenges <n>', 'challenges per round (default 6)')
     .option('--timeout-ms <n>', 'longest one answer may take', '60000')
     .option('--max-ttft-ms <n>', 'time to first token above this costs speed (default 12000)')
+    .option('--max-gap-ms <n>', 'a gap between frames this long costs speed (default 1000, SN1)')
     .option('--min-tokens-per-s <n>', 'decode speed below this costs speed (default 0: not judged)')
     .option('--json <file>', 'write {round, model, miners, weights} here after each round')
     .option('--evidence <dir>', 'save every exchange (signed frames, arrival times) with its verdict here')
