@@ -31,8 +31,8 @@ import {
 // unit-tested with exact figures in validator-checks.test.ts); "not streamed" is a share of the
 // time, so it still judges here.
 const LOOSE_SPEED = { maxTtftMs: 600_000, gapMs: 600_000 };
-// Four challenges: a long greedy one (64 tokens: what the streaming rule judges), a sampled chat
-// with 10 logprobs, a short greedy one with 10 logprobs, a sampled plain prompt.
+// Four challenges: a long greedy one (80 tokens: what the streaming rule judges), a sampled chat
+// with 10 logprobs, a short greedy one with 10 logprobs, a long sampled plain prompt (72).
 const CHALLENGES = 4;
 
 let root: string;

@@ -1,8 +1,8 @@
 // The challenges a validator sends: prompts from a built-in generator, drawn from a seed, so that
 // every miner gets the same requests in a round and a round can be replayed from (seed, round).
 // A round mixes what real validators send: greedy and sampled requests (SN1 samples at temperature
-// 0.7, top_p 0.95, top_k 50), short and long completions (a long one is what the "not streamed" rule
-// can judge: more than 60 tokens), plain prompts and chat messages, and some requests with 10
+// 0.7, top_p 0.95, top_k 50), short and long completions (two of six are long: the "not streamed"
+// rule judges only more than 60 tokens), plain prompts and chat messages, and some requests with 10
 // logprob alternatives per token (SN1 asks for exactly 10). No stop strings: a miner that ends with
 // finish_reason "stop" then claims EOS, which the reference can judge.
 import { xoroshiro128plus, type RandomGenerator } from 'pure-rand';
@@ -41,7 +41,7 @@ const SHAPES: Array<Pick<Challenge, 'maxTokens' | 'temperature' | 'topP' | 'topK
   { maxTokens: 80, temperature: 0, logprobs: 0, chat: false },
   { maxTokens: 24, temperature: 0.7, topP: 0.95, topK: 50, logprobs: 10, chat: true },
   { maxTokens: 12, temperature: 0, logprobs: 10, chat: false },
-  { maxTokens: 40, temperature: 0.7, topP: 0.95, topK: 50, logprobs: 0, chat: false },
+  { maxTokens: 72, temperature: 0.7, topP: 0.95, topK: 50, logprobs: 0, chat: false },
   { maxTokens: 16, temperature: 1, topP: 0.95, topK: 50, logprobs: 5, chat: true },
   { maxTokens: 32, temperature: 0, logprobs: 10, chat: true },
 ];
