@@ -4,6 +4,7 @@
 // together), and the GPU memory the model holds.
 import type { Gpu } from '../src/gpu/device.ts';
 import { Engine } from '../src/engine/engine.ts';
+import { ReferenceModel } from '../src/validator/recompute.ts';
 import { planeWords, type WeightDtype } from '../kernels/weights.ts';
 import type { BenchPreset } from './presets.ts';
 import type { Progress } from './roofline.ts';
@@ -55,6 +56,22 @@ export interface E2eReport {
     /** Requests that stopped at an end-of-sequence token before maxTokens. */
     stoppedEarly: number;
   }>;
+  /**
+   * A validator's cost to check what was generated: the larger decode batch's responses recomputed
+   * teacher-forced (prompt + completion, many per forward pass), against the rate they were generated at.
+   */
+  verify: {
+    responses: number;
+    /** Completion tokens checked. */
+    tokens: number;
+    /** Rows run through the model (prompts included). */
+    rows: number;
+    seconds: number;
+    /** Completion tokens checked per second. */
+    tokensPerS: number;
+    /** The same responses' generation rate (decode, all sequences together). */
+    generatedTokensPerS: number;
+  };
 }
 
 export interface E2eOptions {
@@ -126,12 +143,13 @@ function textPrompt(engine: Engine, tokens: number, variant = 0): string {
   return text;
 }
 
-async function drain(engine: Engine, prompt: string, maxTokens: number, stamps?: number[]) {
+async function drain(engine: Engine, prompt: string, maxTokens: number, stamps?: number[], ids?: number[]) {
   const it = engine.generate({ prompt, maxTokens, temperature: 0 });
   for (;;) {
     const next = await it.next();
     if (next.done) return next.value;
     stamps?.push(performance.now());
+    ids?.push(next.value.tokenId);
   }
 }
 
@@ -202,10 +220,14 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
     }
 
     const decode: E2eReport['decode'] = [];
+    let responses: Array<{ prompt: number[]; completion: number[] }> = [];
     for (const b of [...new Set([1, batch])]) {
       progress(`e2e: decode, batch ${b} x ${e.decodeTokens} tokens`);
       const stamps: number[][] = Array.from({ length: b }, () => []);
-      const summaries = await Promise.all(stamps.map((s, i) => drain(engine, textPrompt(engine, 16, i), e.decodeTokens, s)));
+      const ids: number[][] = Array.from({ length: b }, () => []);
+      const prompts = stamps.map((_, i) => textPrompt(engine, 16, i));
+      const summaries = await Promise.all(stamps.map((s, i) => drain(engine, prompts[i], e.decodeTokens, s, ids[i])));
+      responses = prompts.map((p, i) => ({ prompt: engine.tokenizer.encode(p), completion: ids[i] }));
       // The window starts when the last request got its first token (all prefills done) and ends
       // at the last token; tokens are those produced inside it.
       const firsts = stamps.filter((s) => s.length > 0).map((s) => s[0]);
@@ -223,6 +245,23 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       });
     }
 
+    // The larger batch's responses, checked as a validator would (the same weights, this adapter).
+    progress(`e2e: teacher-forced verification of ${responses.length} responses`);
+    const reference = await ReferenceModel.load({ engine });
+    const t0 = performance.now();
+    await reference.score(responses);
+    const verifySeconds = (performance.now() - t0) / 1000;
+    engine.forgetCachedPrefixes();
+    const checked = responses.reduce((n, r) => n + r.completion.length, 0);
+    const verify: E2eReport['verify'] = {
+      responses: responses.length,
+      tokens: checked,
+      rows: reference.rowsComputed,
+      seconds: verifySeconds,
+      tokensPerS: verifySeconds > 0 ? checked / verifySeconds : 0,
+      generatedTokensPerS: decode[decode.length - 1].tokensPerS,
+    };
+
     return {
       model,
       engine: { slots: engine.model.options.slots, capacity, prefillChunk: engine.model.options.prefillChunk },
@@ -238,6 +277,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       ttft: { promptTokens, timing: ttftTiming },
       ttftCachedPrefix: { ...cached, timing: summarize(cachedTimes, 1, 'queue-completion') },
       decode,
+      verify,
     };
   } finally {
     await engine.close();

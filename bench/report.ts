@@ -151,6 +151,13 @@ function e2eRows(e: E2eReport): string[][] {
       `${d.tokens} tokens in ${num(d.seconds)} s${d.batch > 1 ? `, ${num(d.perSequenceTokensPerS)} tok/s per sequence` : ''}${d.stoppedEarly ? `, ${d.stoppedEarly} stopped at EOS` : ''}`,
     ]);
   }
+  const v = e.verify;
+  rows.push([
+    `verified (teacher-forced), ${v.responses} responses`,
+    `${num(v.tokensPerS)} tok/s`,
+    '',
+    `${v.tokens} completion tokens (${v.rows} rows with prompts) in ${num(v.seconds)} s; generated at ${num(v.generatedTokensPerS)} tok/s`,
+  ]);
   return rows;
 }
 

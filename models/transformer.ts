@@ -373,6 +373,29 @@ export class Transformer {
     return result;
   }
 
+  /**
+   * One prefill step over several pieces, as prefillBatch, that returns every row's full logits
+   * (per piece, in token order) instead of candidates: teacher-forced scoring of many sequences in
+   * one forward pass (a validator recomputing miners' responses). The rows go through the LM head
+   * #logitRows at a time; the pieces' `candidates` are ignored.
+   */
+  async prefillBatchLogits(pieces: PrefillPiece[]): Promise<Float32Array[][]> {
+    const firstRows = this.#checkPieces(pieces);
+    this.#submit('prefill', (encoder) => this.#encodePrefill(encoder, pieces, firstRows));
+    const rows = pieces.reduce((n, p) => n + p.tokens.length, 0);
+    const { hiddenSize: C, vocabSize: V } = this.config;
+    const all: Float32Array[] = [];
+    for (let first = 0; first < rows; first += this.#logitRows) {
+      const count = Math.min(this.#logitRows, rows - first);
+      this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#finalNorm, first * C, count, 1));
+      // One read back for the submit's rows (a map per row costs a round trip each).
+      const block = await readF32(this.#gpu, this.#buf.logits, count * V);
+      for (let r = 0; r < count; r++) all.push(block.slice(r * V, (r + 1) * V));
+    }
+    await this.#gpu.sync();
+    return pieces.map((p, i) => all.slice(firstRows[i], firstRows[i] + p.tokens.length));
+  }
+
   /** Validate a prefill step's pieces; returns the row of x where each piece's tokens begin. */
   #checkPieces(pieces: PrefillPiece[]): number[] {
     if (pieces.length === 0 || pieces.length > this.#maxPieces) {

@@ -5,6 +5,7 @@ import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
 import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
+import { addValidatorCommands } from './validator/validate-commands.ts';
 import { Engine } from './engine/engine.ts';
 import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
@@ -262,6 +263,8 @@ addQueryOptions(
     .description('ask a miner for a generation: tokens stream as they arrive; signatures and the transcript are verified')
     .argument('<prompt>', 'the prompt'),
 ).action((prompt: string, options: QueryFlags) => queryCommand(prompt, options));
+
+addValidatorCommands(program, adapterOption);
 
 program
   .command('bench')

@@ -185,6 +185,15 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
       if (d.stoppedEarly === 0) positive(d.perSequenceTokensPerS, `batch ${d.batch} tok/s per sequence`);
       else expect(d.perSequenceTokensPerS).toBeGreaterThanOrEqual(0);
     }
+    // A validator's check of the larger batch's responses: every completion token, with the prompts' rows.
+    expect(e.verify.responses).toBe(PRESETS.test.e2e.batch);
+    const batchRun = e.decode[e.decode.length - 1];
+    expect(e.verify.tokens).toBeGreaterThanOrEqual(batchRun.tokens); // the window's tokens are some of them
+    expect(e.verify.tokens).toBeLessThanOrEqual(batchRun.batch * n);
+    expect(e.verify.rows).toBeGreaterThan(e.verify.tokens);
+    plausibleMs(e.verify.seconds * 1000, 'verification');
+    close(e.verify.tokensPerS, e.verify.tokens / e.verify.seconds);
+    close(e.verify.generatedTokensPerS, e.decode[e.decode.length - 1].tokensPerS);
     for (const key of ['weightBytes', 'kvBytes', 'activationBytes', 'totalBytes'] as const) positive(e.memory[key], key);
     close(e.memory.totalBytes, e.memory.weightBytes + e.memory.kvBytes + e.memory.activationBytes);
     positive(e.model.bytesPerToken, 'bytes per token');

@@ -62,6 +62,11 @@ export interface ValidatorClientOptions {
    * clients; the caller closes it. Default: none, every frame is verified on this thread.
    */
   cryptoPool?: CryptoPool;
+  /**
+   * Called with the bytes of every frame sent ('out') and received ('in', before any check), and
+   * the performance.now() of the moment: what a validator keeps as evidence of an exchange.
+   */
+  onWire?: (direction: 'out' | 'in', bytes: Uint8Array, at: number) => void;
 }
 
 export interface GenerateParams {
@@ -174,8 +179,9 @@ export class ValidatorClient {
   #paused = false;
   /** Runs once #inbound is empty (the socket closed while frames were still being checked). */
   #afterDrain: (() => void) | undefined;
+  #onWire: ValidatorClientOptions['onWire'];
 
-  private constructor(ws: WebSocket, url: string, signer: Signer, minerHotkey: string, requestTimeoutMs: number, pool: CryptoPool | undefined) {
+  private constructor(ws: WebSocket, url: string, signer: Signer, minerHotkey: string, requestTimeoutMs: number, pool: CryptoPool | undefined, onWire?: ValidatorClientOptions['onWire']) {
     this.#ws = ws;
     this.url = url;
     this.#signer = signer;
@@ -183,6 +189,7 @@ export class ValidatorClient {
     this.minerHotkey = minerHotkey;
     this.#requestTimeoutMs = requestTimeoutMs;
     this.#pool = pool;
+    this.#onWire = onWire;
     this.#closedPromise = new Promise((resolve) => {
       ws.on('close', (code, reason) => {
         // Frames that arrived before the close are acted on first (a done may be among them).
@@ -223,7 +230,7 @@ export class ValidatorClient {
       ws.once('open', onOpen);
     });
     ws.on('error', () => {}); // surfaced through 'close'
-    return new ValidatorClient(ws, options.url, options.signer, minerHotkey, options.requestTimeoutMs ?? 10_000, pool && !pool.inline ? pool : undefined);
+    return new ValidatorClient(ws, options.url, options.signer, minerHotkey, options.requestTimeoutMs ?? 10_000, pool && !pool.inline ? pool : undefined, options.onWire);
   }
 
   /** Fail every open request with `err` (once the connection cannot be trusted or is gone). */
@@ -249,6 +256,7 @@ export class ValidatorClient {
     try {
       if (!isBinary) throw new VerificationError('miner sent a text frame');
       const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+      this.#onWire?.('in', bytes, at);
       const frame = decodeResponseFrame(bytes, { maxBodyBytes: bytes.length });
       if (frame.signed_by !== this.minerHotkey) throw new VerificationError(`frame signed by ${frame.signed_by}, not the miner ${this.minerHotkey}`);
       entry = { at, frame, verdict: this.#verify(frame) };
@@ -321,7 +329,9 @@ export class ValidatorClient {
     if (this.#failure) throw this.#failure;
     if (this.#ws.readyState !== WebSocket.OPEN) throw new ConnectionError('connection to the miner is not open');
     const frame = signRequest(this.#signer, { op, payload, signedFor: this.minerHotkey, ...(id ? { id } : {}) });
-    this.#ws.send(encodeFrame(frame), { binary: true });
+    const bytes = encodeFrame(frame);
+    this.#onWire?.('out', bytes, performance.now());
+    this.#ws.send(bytes, { binary: true });
     return frame.id;
   }
 
