@@ -30,11 +30,12 @@ const TEXTS = [
   "it's 2048 tokens; don't panic!",
 ];
 
-async function load(path: string): Promise<{ files: GgufTokenizer; hf: Tokenizer }> {
+/** The converted tokenizer, run directly (hf) and through the engine's TextTokenizer (tok: llama.cpp's clean-up on decode). */
+async function load(path: string): Promise<{ files: GgufTokenizer; hf: Tokenizer; tok: TextTokenizer }> {
   const f = await openGguf(path);
   try {
     const files = tokenizerFromGguf(f);
-    return { files, hf: new Tokenizer(files.tokenizer, files.config) };
+    return { files, hf: new Tokenizer(files.tokenizer, files.config), tok: new TextTokenizer({ tokenizer: files.tokenizer, config: files.config, source: path }) };
   } finally {
     await f.close();
   }
@@ -45,9 +46,10 @@ for (const kind of ['llama', 'gpt2'] as const) {
     const path = join(dir, `tiny-${kind}.gguf`);
     let files: GgufTokenizer;
     let hf: Tokenizer;
+    let tok: TextTokenizer;
     beforeAll(async () => {
       writeTinyLlamaGguf(path, { tokenizer: kind, seed: 2 });
-      ({ files, hf } = await load(path));
+      ({ files, hf, tok } = await load(path));
     });
 
     it('carries the special tokens and chat template', () => {
@@ -63,7 +65,7 @@ for (const kind of ['llama', 'gpt2'] as const) {
     it('round trips ASCII and non-ASCII text', () => {
       for (const text of TEXTS) {
         const ids = hf.encode(text, { add_special_tokens: false }).ids;
-        expect(hf.decode(ids), JSON.stringify(text)).toBe(text);
+        expect(tok.decode(ids), JSON.stringify(text)).toBe(text);
       }
       const withBos = hf.encode('hello world').ids;
       expect(withBos[0] === files.bosTokenId).toBe(kind === 'llama');
@@ -73,7 +75,7 @@ for (const kind of ['llama', 'gpt2'] as const) {
       for (const text of TEXTS) {
         const ours = hf.encode(text, { add_special_tokens: false }).ids;
         expect(ours, JSON.stringify(text)).toEqual(await llamaTokenize(path, text));
-        expect(hf.decode(ours), JSON.stringify(text)).toBe(await llamaDetokenize(path, ours));
+        expect(tok.decode(ours), JSON.stringify(text)).toBe(await llamaDetokenize(path, ours));
       }
       // Special tokens written in the text are parsed as such (llama.cpp's parse_special).
       const special = kind === 'llama' ? '<s>hello</s> world' : 'hello<|endoftext|> world';
@@ -105,11 +107,11 @@ describe('tokenizer variants match llama.cpp', () => {
     it(name, async () => {
       const path = join(dir, `${name.replace(/\W+/g, '-')}.gguf`);
       writeTinyLlamaGguf(path, { seed: 5, ...options });
-      const { hf, files } = await load(path);
+      const { hf, tok, files } = await load(path);
       for (const text of texts) {
         const ids = hf.encode(text, { add_special_tokens: false }).ids;
         expect(ids, JSON.stringify(text)).toEqual(await llamaTokenize(path, text));
-        expect(hf.decode(ids), JSON.stringify(text)).toBe(text);
+        expect(tok.decode(ids), JSON.stringify(text)).toBe(text);
       }
       expect(files.addBos).toBe(name.includes('Llama 3') || name.startsWith('llama'));
       if (name.startsWith('gpt2')) probe.set(name, JSON.stringify(hf.encode("1234567 we'LL,the", { add_special_tokens: false }).tokens));
