@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ModelFormatError } from '../src/errors.ts';
-import { TextTokenizer } from '../src/engine/tokenizer.ts';
+import { ModelFormatError, OptionError } from '../src/errors.ts';
+import { cleanUpSpaces, openTokenizer, parseTokenIds, TextTokenizer } from '../src/engine/tokenizer.ts';
 import { openGguf, type GgufMetadataEntry } from '../models/gguf.ts';
 import { spmMerges, tokenizerFromGguf, TokenType, type GgufTokenizer } from '../models/gguf-tokenizer.ts';
 import { gguf, writeGguf } from './support/gguf-writer.ts';
@@ -196,5 +196,43 @@ describe('bad tokenizer metadata', () => {
       [...gpt2Base, ['tokenizer.ggml.pre', gguf.string('gpt-2')], ['tokenizer.ggml.merges', gguf.strings(['nospace'])]],
       /"tokenizer.ggml.merges" entry 0 \("nospace"\) is not two tokens/,
     );
+  });
+});
+
+describe('token ids typed by a user (detokenize)', () => {
+  it('reads separate, comma-separated and JSON ids', () => {
+    expect(parseTokenIds('1 2  3', 10)).toEqual([1, 2, 3]);
+    expect(parseTokenIds('1,2, 3', 10)).toEqual([1, 2, 3]);
+    expect(parseTokenIds(' [9, 0] ', 10)).toEqual([9, 0]);
+  });
+
+  it('names what is wrong', () => {
+    const fails = (text: string, pattern: RegExp) => {
+      expect(() => parseTokenIds(text, 10)).toThrow(OptionError);
+      expect(() => parseTokenIds(text, 10)).toThrow(pattern);
+    };
+    fails('10', /token id 10 is not an integer in \[0, 9\] \(this model has 10 tokens\)/);
+    fails('1 x', /token id "x" is not an integer/);
+    fails('1 -2', /token id "-2" is not an integer/);
+    fails('[1, 2.5]', /token id 2.5 is not an integer/);
+    fails('[1, "2"]', /token id "2" is not an integer/);
+    fails('[1, 2', /not a JSON array of integers/);
+    fails('[]', /give at least one token id/);
+    fails(' ', /give at least one token id/);
+  });
+
+  it('loads a tokenizer without its model, and names a missing one', async () => {
+    const tok = await openTokenizer('tiny-random-llama');
+    expect(tok.vocabSize).toBe(512);
+    await expect(openTokenizer(join(dir, 'missing'))).rejects.toThrow(/missing: no such file or folder/);
+  });
+});
+
+describe('clean-up of decoded text', () => {
+  it("llama.cpp's passes keep the space before n't, 't, 'd and 'll; transformers' drops it before n't", () => {
+    const text = "I do n't , it 's ok . We 've , they 're , you 'll , he 'd ' quoted ' yes ? no !";
+    expect(cleanUpSpaces(text, 'llama.cpp')).toBe("I do n't, it's ok. We've, they're, you 'll, he 'd'quoted'yes? no!");
+    expect(cleanUpSpaces(text, 'hf')).toBe("I don't, it's ok. We've, they're, you 'll, he 'd'quoted'yes? no!");
+    expect(cleanUpSpaces(text, 'none')).toBe(text);
   });
 });

@@ -6,6 +6,7 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { ModelFormatError, OptionError } from '../errors.ts';
 import type { TokenizerFiles } from '../../models/source.ts';
+import { openTokenizerFiles } from '../../models/tokenizer-files.ts';
 
 export type { TokenizerFiles };
 
@@ -253,6 +254,37 @@ export class TextTokenizer {
   stream(): TokenStream {
     return new TokenStream(this);
   }
+}
+
+/**
+ * Token ids typed by a user: separated by spaces or commas, or one JSON array; each must be a token
+ * of a vocabulary of `vocabSize`.
+ */
+export function parseTokenIds(text: string, vocabSize: number): number[] {
+  const trimmed = text.trim();
+  let values: unknown;
+  if (trimmed.startsWith('[')) {
+    try {
+      values = JSON.parse(trimmed);
+    } catch {
+      throw new OptionError(`token ids: not a JSON array of integers (got ${JSON.stringify(trimmed)})`);
+    }
+    if (!Array.isArray(values)) throw new OptionError(`token ids: not a JSON array of integers (got ${JSON.stringify(trimmed)})`);
+  } else {
+    values = trimmed.split(/[\s,]+/).filter((t) => t !== '').map((t) => (/^\d+$/.test(t) ? Number(t) : t));
+  }
+  const ids = values as unknown[];
+  if (ids.length === 0) throw new OptionError('give at least one token id');
+  const bad = ids.find((v) => typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= vocabSize);
+  if (bad !== undefined) {
+    throw new OptionError(`token id ${JSON.stringify(bad)} is not an integer in [0, ${vocabSize - 1}] (this model has ${vocabSize} tokens)`);
+  }
+  return ids as number[];
+}
+
+/** The tokenizer of the model at `path` (HF folder, .gguf file, or the embedded model), without its weights. */
+export async function openTokenizer(path: string): Promise<TextTokenizer> {
+  return new TextTokenizer(await openTokenizerFiles(path));
 }
 
 /**
