@@ -104,16 +104,23 @@ for (const name of NAMES) {
           { role: 'user', content: HARD[1] },
         ],
       ];
-      // The package's own renderer (an older @huggingface/jinja) cannot run Gemma 3's template
-      // ("is string" tests): Gemma's documented turn format stands in for it.
-      const gemma = [
-        `<bos><start_of_turn>user\n${HARD[0]}<end_of_turn>\n<start_of_turn>model\n`,
-        `<bos><start_of_turn>user\nYou are terse.\n\n${HARD[3].trim()}<end_of_turn>\n<start_of_turn>model\n${HARD[6]}<end_of_turn>\n` +
-          `<start_of_turn>user\n${HARD[1]}<end_of_turn>\n<start_of_turn>model\n`,
-      ];
+      // The packages' own renderer (an older @huggingface/jinja) cannot run the Gemma 3 and Qwen3
+      // templates ("is string" tests, "[::-1]" slices): their documented turn formats stand in for it.
+      const documented: Partial<Record<RealTokenizerName, string[]>> = {
+        gemma3: [
+          `<bos><start_of_turn>user\n${HARD[0]}<end_of_turn>\n<start_of_turn>model\n`,
+          `<bos><start_of_turn>user\nYou are terse.\n\n${HARD[3].trim()}<end_of_turn>\n<start_of_turn>model\n${HARD[6]}<end_of_turn>\n` +
+            `<start_of_turn>user\n${HARD[1]}<end_of_turn>\n<start_of_turn>model\n`,
+        ],
+        qwen3: [
+          `<|im_start|>user\n${HARD[0]}<|im_end|>\n<|im_start|>assistant\n`,
+          `<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\n${HARD[3]}<|im_end|>\n<|im_start|>assistant\n${HARD[6]}<|im_end|>\n` +
+            `<|im_start|>user\n${HARD[1]}<|im_end|>\n<|im_start|>assistant\n`,
+        ],
+      };
       for (const [i, messages] of conversations.entries()) {
         const text = ours.applyChatTemplate(messages);
-        const expected = name === 'gemma3' ? gemma[i] : ref.apply_chat_template(messages, { tokenize: false, add_generation_prompt: true });
+        const expected = documented[name]?.[i] ?? ref.apply_chat_template(messages, { tokenize: false, add_generation_prompt: true });
         expect(text).toBe(expected);
         expect(ours.encodeChat(messages)).toEqual(ref.encode(text, { add_special_tokens: false }));
       }
