@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TextTokenizer } from '../src/engine/tokenizer.ts';
 import { openModelSource } from '../models/source.ts';
 import { openTokenizerFiles } from '../models/tokenizer-files.ts';
-import { disposeLlamaOracle, llamaDetokenize, llamaModel, llamaTokenize } from './support/llama-oracle.ts';
+import { disposeLlamaOracle, llamaDetokenize, llamaIsEog, llamaModel, llamaTokenize } from './support/llama-oracle.ts';
 import { configTokenId, realTokenizer, writeRealHfFolder, writeRealVocabGguf, type RealTokenizerName } from './support/real-tokenizers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'real-tokenizers-'));
@@ -222,7 +222,7 @@ for (const name of GGUF_NAMES) {
     it('stops on the end-of-generation ids llama.cpp stops on', async () => {
       const model = await llamaModel(path);
       const theirs: number[] = [];
-      for (let id = 0; id < realTokenizer(name).tokens.length; id++) if (model.isEogToken(id as never)) theirs.push(id);
+      for (let id = 0; id < realTokenizer(name).tokens.length; id++) if (llamaIsEog(model, id)) theirs.push(id);
       expect(eog).toEqual(theirs);
       const real = realTokenizer(name);
       const named = (texts: string[]) => texts.map((t) => real.tokens.indexOf(t)).sort((a, b) => a - b);

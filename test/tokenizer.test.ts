@@ -10,7 +10,7 @@ import { cleanUpSpaces, openTokenizer, parseTokenIds, TextTokenizer } from '../s
 import { openGguf, type GgufMetadataEntry } from '../models/gguf.ts';
 import { spmMerges, tokenizerFromGguf, TokenType, type GgufTokenizer } from '../models/gguf-tokenizer.ts';
 import { gguf, writeGguf } from './support/gguf-writer.ts';
-import { disposeLlamaOracle, llamaDetokenize, llamaTokenize } from './support/llama-oracle.ts';
+import { disposeLlamaOracle, llamaDetokenize, llamaIsEog, llamaTokenize, llamaVocab } from './support/llama-oracle.ts';
 import { TINY_CHAT_TEMPLATE, tinyGpt2Vocab, tinySpmVocab, writeTinyLlamaGguf, type TinyLlamaOptions } from './support/tiny-models.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'tokenizer-test-'));
@@ -235,4 +235,78 @@ describe('clean-up of decoded text', () => {
     expect(cleanUpSpaces(text, 'hf')).toBe("I don't, it's ok. We've, they're, you 'll, he 'd'quoted'yes? no!");
     expect(cleanUpSpaces(text, 'none')).toBe(text);
   });
+});
+
+describe('end-of-generation ids and token types as llama.cpp decides them', () => {
+  // Vocabulary-only files: the tiny byte-level vocabulary plus the tokens each rule is about.
+  const base = tinyGpt2Vocab();
+  const cases: Array<{ name: string; extra: Array<[string, number]>; keys?: Array<[string, GgufMetadataEntry]>; eog: string[] }> = [
+    {
+      name: 'Qwen-style: <|im_end|>, FIM pad/repo/separator, a plain "</s>"; FIM prefix is retyped but does not stop',
+      extra: [['<|im_end|>', TokenType.CONTROL], ['<|fim_prefix|>', TokenType.USER_DEFINED], ['<|fim_pad|>', TokenType.USER_DEFINED], ['<|repo_name|>', TokenType.USER_DEFINED], ['<|file_sep|>', TokenType.USER_DEFINED], ['</s>', TokenType.NORMAL]],
+      eog: ['<|endoftext|>', '<|im_end|>', '<|fim_pad|>', '<|repo_name|>', '<|file_sep|>', '</s>'],
+    },
+    {
+      name: 'gpt-oss-style: <|end|> leaves the set when <|return|> and <|call|> are there; <|channel|> is always printed',
+      extra: [['<|return|>', TokenType.CONTROL], ['<|call|>', TokenType.CONTROL], ['<|end|>', TokenType.CONTROL], ['<|channel|>', TokenType.CONTROL]],
+      eog: ['<|endoftext|>', '<|return|>', '<|call|>'],
+    },
+    {
+      name: 'Gemma-4-style: "</s>" leaves the set when <|tool_response> is there, even as the eos id',
+      extra: [['<|tool_response>', TokenType.CONTROL], ['</s>', TokenType.CONTROL], ['<turn|>', TokenType.CONTROL]],
+      keys: [['tokenizer.ggml.eos_token_id', gguf.u32(base.tokens.length + 1)]],
+      eog: ['<|endoftext|>', '<|tool_response>', '<turn|>'],
+    },
+    {
+      name: 'an eot id from its key, on a token no rule knows by text',
+      extra: [['<|stop_here|>', TokenType.CONTROL], ['<|eom_id|>', TokenType.NORMAL]],
+      keys: [['tokenizer.ggml.eot_token_id', gguf.u32(base.tokens.length)]],
+      eog: ['<|endoftext|>', '<|stop_here|>', '<|eom_id|>'],
+    },
+  ];
+  for (const [k, c] of cases.entries()) {
+    it(c.name, async () => {
+      const tokens = [...base.tokens, ...c.extra.map(([t]) => t)];
+      const types = [...base.types, ...c.extra.map(([, type]) => type)];
+      const keys = new Map<string, GgufMetadataEntry>([
+        ['tokenizer.ggml.eos_token_id', gguf.u32(base.eosId)],
+        ['tokenizer.ggml.bos_token_id', gguf.u32(base.bosId)],
+        ...(c.keys ?? []),
+      ]);
+      const path = join(dir, `eog-${k}.gguf`);
+      writeGguf(path, {
+        metadata: [
+          ['general.architecture', gguf.string('llama')],
+          ['llama.vocab_size', gguf.u32(tokens.length)],
+          ['llama.context_length', gguf.u32(64)],
+          ['llama.embedding_length', gguf.u32(8)],
+          ['llama.block_count', gguf.u32(1)],
+          ['llama.feed_forward_length', gguf.u32(8)],
+          ['llama.attention.head_count', gguf.u32(2)],
+          ['llama.attention.layer_norm_rms_epsilon', gguf.f32(1e-5)],
+          ['tokenizer.ggml.model', gguf.string('gpt2')],
+          ['tokenizer.ggml.pre', gguf.string('gpt-2')],
+          ['tokenizer.ggml.tokens', gguf.strings(tokens)],
+          ['tokenizer.ggml.token_type', gguf.i32s(types)],
+          ['tokenizer.ggml.merges', gguf.strings(base.merges!)],
+          ...keys,
+        ],
+      });
+      const { files, tok } = await load(path);
+      expect(files.eosTokenIds).toEqual(c.eog.map((t) => tokens.indexOf(t)).sort((a, b) => a - b));
+      const model = await llamaVocab(path);
+      try {
+        const theirs = tokens.flatMap((_, id) => (llamaIsEog(model, id) ? [id] : []));
+        expect(files.eosTokenIds).toEqual(theirs);
+        // The retyped tokens decode (special tokens skipped) and tokenize as llama.cpp's do.
+        for (const [text] of c.extra) {
+          const id = tokens.indexOf(text);
+          expect(tok.decode([id, 40]), text).toBe(model.detokenize([id, 40] as never, false));
+          expect(tok.encode(`a${text}b`, false), text).toEqual(Array.from(model.tokenize(`a${text}b`, true)));
+        }
+      } finally {
+        await model.dispose();
+      }
+    });
+  }
 });
