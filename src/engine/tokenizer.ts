@@ -115,25 +115,40 @@ export function cleanUpSpaces(text: string, cleanup: Cleanup): string {
 
 /**
  * Applies a clean-up to text that arrives in pieces, so that the pieces it returns add up to the
- * clean-up of the whole text. Every rule's match is made of characters from the rules' patterns; a
- * character outside that set is never deleted and no match can contain it, so no match of any rule
- * can span it: the clean-up of the text up to and including such a character is final whatever
- * follows. Text after the last such character is held until one arrives or the stream ends.
+ * clean-up of the whole text. Deletions only ever remove spaces, and a rule can only rewrite text it
+ * matches, so the clean-up of the text before a position q is final, whatever follows, when no match
+ * of any rule (at any step) can span q. That holds when the character before q is in no pattern (it
+ * is never deleted and no match can contain it), or, since every pattern starts with a space and is
+ * at most `reach + 1` long, when the `reach` characters before q hold no space (they are never
+ * deleted, and a match spanning q would have to start among them). Text after the last such
+ * position is held until more arrives or the stream ends.
  */
 class CleanupStream {
   readonly #cleanup: Cleanup;
   readonly #matchable: Set<string>;
+  /** Characters before a position that must be non-spaces for it to end a final stretch (0: never by this rule). */
+  readonly #reach: number;
   #pending = '';
 
   constructor(cleanup: Cleanup) {
     this.#cleanup = cleanup;
-    this.#matchable = new Set(CLEANUP_RULES[cleanup].flatMap(([pattern]) => [...pattern]));
+    const rules = CLEANUP_RULES[cleanup];
+    this.#matchable = new Set(rules.flatMap(([pattern]) => [...pattern]));
+    const spaceLed = rules.every(([pattern]) => pattern.startsWith(' '));
+    this.#reach = spaceLed ? Math.max(1, ...rules.map(([pattern]) => pattern.length)) - 1 : 0;
+  }
+
+  /** Whether no match can span position q of the pending text (whose start is such a position). */
+  #final(q: number): boolean {
+    const text = this.#pending;
+    if (!this.#matchable.has(text[q - 1])) return true;
+    return this.#reach > 0 && !text.slice(Math.max(0, q - this.#reach), q).includes(' ');
   }
 
   push(text: string): string {
     this.#pending += text;
     let end = this.#pending.length;
-    while (end > 0 && this.#matchable.has(this.#pending[end - 1])) end--;
+    while (end > 0 && !this.#final(end)) end--;
     if (end === 0) return '';
     const done = this.#pending.slice(0, end);
     this.#pending = this.#pending.slice(end);
