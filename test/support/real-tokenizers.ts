@@ -5,12 +5,31 @@
 // so a 128k-token embedding stays a few MB.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import fc from 'fast-check';
+import { expect } from 'vitest';
+import type { TextTokenizer } from '../../src/engine/tokenizer.ts';
 import { GgmlType } from '../../models/ggml.ts';
 import { TokenType } from '../../models/gguf-tokenizer.ts';
 import type { GgufMetadataEntry } from '../../models/gguf.ts';
 import { gguf, writeGguf, type GgufWriteTensor } from './gguf-writer.ts';
 import { rng } from './reference.ts';
 import { writeHfFolder } from './tiny-models.ts';
+
+/** Strings tokenizers get wrong: scripts, emoji, code, digit runs, whitespace runs, contractions, special tokens as text. */
+export const HARD_STRINGS = [
+  'Hello, world!',
+  '日本語のテキストと中文文本，还有한국어',
+  'emoji 🙂👍🏽 👨‍👩‍👧 and flags 🇫🇷',
+  'def f(x):\n\tif x:\n\t\treturn {"a": [1, 2]}\n',
+  'digits 1234567890 3.14159 1,000,000 and 007',
+  'spaces   three, tabs\t\t two, newlines\n\n\n and \r\n crlf',
+  "it's, isn't, I've, we're, they'll, I'm, he'd, don 't , won ' t",
+  'SHOUTING DON\'T STOP; MiXeD cAsE',
+  ' leading space and trailing space ',
+  '<|begin_of_text|><|eot_id|><|im_start|><|im_end|><|endoftext|><start_of_turn><end_of_turn><s></s><bos><eos> as text',
+  'a\u00a0non-breaking space, a zero\u200bwidth space, combining e\u0301',
+  '',
+];
 
 export type RealTokenizerName = 'llama3_1' | 'qwen3' | 'gemma3' | 'llama2';
 
@@ -141,7 +160,7 @@ export function realTokenizerMetadata(real: RealTokenizer): Array<[string, GgufM
       m.push(['tokenizer.ggml.bos_token_id', gguf.u32(id('bos_token')!)], ['tokenizer.ggml.add_bos_token', gguf.bool(true)]);
     }
     m.push(['tokenizer.ggml.eos_token_id', gguf.u32(id('eos_token')!)]);
-  } else if (real.name === 'llama2') {
+  } else if (real.name === 'llama2' || real.name === 'gemma3') {
     // SentencePiece BPE: a piece's score orders its merges (the earliest merge that makes it ranks first).
     const rank = new Map<string, number>();
     (model.merges ?? []).forEach((pair, i) => {
@@ -150,7 +169,11 @@ export function realTokenizerMetadata(real: RealTokenizer): Array<[string, GgufM
     });
     const scores = real.tokens.map((t) => (rank.has(t) ? -rank.get(t)! : 0));
     const types = real.tokens.map((t, i) =>
-      t === model.unk_token ? TokenType.UNKNOWN : added.get(i) ? TokenType.CONTROL : /^<0x[0-9A-F]{2}>$/.test(t) ? TokenType.BYTE : TokenType.NORMAL,
+      t === model.unk_token
+        ? TokenType.UNKNOWN
+        : added.has(i)
+          ? added.get(i) ? TokenType.CONTROL : TokenType.USER_DEFINED
+          : /^<0x[0-9A-F]{2}>$/.test(t) ? TokenType.BYTE : TokenType.NORMAL,
     );
     m.push(
       ['tokenizer.ggml.model', gguf.string('llama')],
@@ -161,6 +184,8 @@ export function realTokenizerMetadata(real: RealTokenizer): Array<[string, GgufM
       ['tokenizer.ggml.eos_token_id', gguf.u32(id('eos_token')!)],
       ['tokenizer.ggml.unknown_token_id', gguf.u32(id('unk_token')!)],
     );
+    // Gemma's SentencePiece model adds no space in front of the text.
+    if (real.name === 'gemma3') m.push(['tokenizer.ggml.add_space_prefix', gguf.bool(false)], ['tokenizer.ggml.add_bos_token', gguf.bool(true)]);
   } else {
     throw new Error(`no GGUF vocabulary writer for ${real.name}`);
   }
@@ -207,4 +232,31 @@ export function writeRealVocabGguf(path: string, real: RealTokenizer, extra: Arr
   const merged = metadata.map(([k, v]): [string, GgufMetadataEntry] => [k, extras.get(k) ?? v]);
   for (const [k, v] of extras) if (!metadata.some(([key]) => key === k)) merged.push([k, v]);
   writeGguf(path, { metadata: merged, tensors });
+}
+
+/** Streamed pieces (then flush) add up to decode(ids): hard strings, random ids, and runs of contraction pieces. */
+export function expectStreamAddsUp(tok: TextTokenizer): void {
+  const streamed = (ids: number[]) => {
+    const stream = tok.stream();
+    let text = '';
+    for (const id of ids) text += stream.push(id);
+    return text + stream.flush();
+  };
+  for (const text of HARD_STRINGS) {
+    const ids = tok.encode(text, false);
+    expect(streamed(ids), JSON.stringify(text)).toBe(tok.decode(ids));
+  }
+  fc.assert(
+    fc.property(fc.array(fc.integer({ min: 0, max: tok.vocabSize - 1 }), { minLength: 1, maxLength: 24 }), (ids) => streamed(ids) === tok.decode(ids)),
+    { seed: 42, numRuns: 150 },
+  );
+  // Pieces that clean-ups rewrite across token boundaries, and words made only of pattern letters.
+  const words = fc.constantFrom("'s", " 's", " '", 's', ' n', "n't", " n't", ' ,', ' .', ' ?', " 've", 've', ' ', "'", ' test', 'seem', ' word', '日本', '🙂');
+  fc.assert(
+    fc.property(fc.array(words, { minLength: 1, maxLength: 12 }), (parts) => {
+      const ids = parts.flatMap((p) => tok.encode(p, false));
+      return ids.length === 0 || streamed(ids) === tok.decode(ids);
+    }),
+    { seed: 7, numRuns: 200 },
+  );
 }
