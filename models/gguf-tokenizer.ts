@@ -16,9 +16,10 @@
 // transformers' (the engine's TextTokenizer runs it: clean_up_tokenization_spaces = "llama.cpp").
 //
 // End of generation: llama.cpp stops on a set of ids (llama_vocab::impl::load, special_eog_ids), not
-// on tokenizer.ggml.eos_token_id alone; endOfGeneration() rebuilds that set, see there. Scores that tie between different
-// merged tokens are ordered by token id here, by position in llama.cpp: real vocabularies have
-// distinct scores.
+// on tokenizer.ggml.eos_token_id alone; endOfGeneration() rebuilds that set, see there.
+//
+// Scores that tie between different merged tokens are ordered by token id here, by position in
+// llama.cpp: real vocabularies have distinct scores.
 import { ModelFormatError } from '../src/errors.ts';
 import type { GgufFile } from './gguf.ts';
 
@@ -111,7 +112,6 @@ function templateProcessing(bos: string | undefined, eos: string | undefined, bo
   return { type: 'TemplateProcessing', single: sequence('A', 0), pair: [...sequence('A', 0), ...sequence('B', 1)], special_tokens: special };
 }
 
-
 // Token texts llama.cpp takes for an end-of-turn token when tokenizer.ggml.eot_token_id is absent.
 const EOT_TEXTS = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>', '<EOT>', '_<EOT>', '[EOT]', '<｜end▁of▁sentence｜>', '<end_of_utterance>'];
 // Fill-in-the-middle tokens, found by text when their keys are absent; pad, repo and file
@@ -143,7 +143,7 @@ const ALWAYS_PRINTED = ['<|channel|>', '<|message|>', '<|start|>', '<|constrain|
  * less "<|end|>" when "<|return|>"/"<|call|>" or "<|calls|>"/"<|flush|>" are there too (it becomes
  * user-defined: gpt-oss, Solar), and less "</s>" when "<|tool_response>" is there (it becomes normal).
  * So a Llama 3.1 file stops on <|end_of_text|>, <|eom_id|> and <|eot_id|>, a Qwen3 file on
- * <|endoftext|>, <|im_end|>, <|fim_pad|>, <|repo_name|> and <|file_sep|>.
+ * <|endoftext|>, <|im_end|>, <|fim_pad|>, <|repo_name|>, <|file_sep|> and its plain "</s>".
  */
 function endOfGeneration(
   tokens: string[],
@@ -152,6 +152,8 @@ function endOfGeneration(
 ): number[] {
   const ids = new Map<string, number>();
   tokens.forEach((t, id) => ids.set(t, id));
+  // When a vocabulary has two candidates, llama.cpp takes whichever its hash map yields first; the
+  // set comes out the same, since every end-of-turn candidate is in EOG_TEXTS.
   const byText = (texts: readonly string[]): number | undefined => {
     for (const text of texts) if (ids.has(text)) return ids.get(text);
     return undefined;
