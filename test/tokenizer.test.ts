@@ -12,6 +12,7 @@ import { spmMerges, tokenizerFromGguf, TokenType, type GgufTokenizer } from '../
 import { gguf, writeGguf } from './support/gguf-writer.ts';
 import { disposeLlamaOracle, llamaDetokenize, llamaIsEog, llamaTokenize, llamaVocab } from './support/llama-oracle.ts';
 import { TINY_CHAT_TEMPLATE, tinyGpt2Vocab, tinySpmVocab, writeTinyLlamaGguf, type TinyLlamaOptions } from './support/tiny-models.ts';
+import { writeVocabGguf } from './support/real-tokenizers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'tokenizer-test-'));
 afterAll(async () => {
@@ -238,7 +239,7 @@ describe('clean-up of decoded text', () => {
 });
 
 describe('end-of-generation ids and token types as llama.cpp decides them', () => {
-  // Vocabulary-only files: the tiny byte-level vocabulary plus the tokens each rule is about.
+  // The tiny byte-level vocabulary plus the tokens each rule is about (llama.cpp reads the vocabulary alone).
   const base = tinyGpt2Vocab();
   const cases: Array<{ name: string; extra: Array<[string, number]>; keys?: Array<[string, GgufMetadataEntry]>; eog: string[] }> = [
     {
@@ -274,24 +275,14 @@ describe('end-of-generation ids and token types as llama.cpp decides them', () =
         ...(c.keys ?? []),
       ]);
       const path = join(dir, `eog-${k}.gguf`);
-      writeGguf(path, {
-        metadata: [
-          ['general.architecture', gguf.string('llama')],
-          ['llama.vocab_size', gguf.u32(tokens.length)],
-          ['llama.context_length', gguf.u32(64)],
-          ['llama.embedding_length', gguf.u32(8)],
-          ['llama.block_count', gguf.u32(1)],
-          ['llama.feed_forward_length', gguf.u32(8)],
-          ['llama.attention.head_count', gguf.u32(2)],
-          ['llama.attention.layer_norm_rms_epsilon', gguf.f32(1e-5)],
-          ['tokenizer.ggml.model', gguf.string('gpt2')],
-          ['tokenizer.ggml.pre', gguf.string('gpt-2')],
-          ['tokenizer.ggml.tokens', gguf.strings(tokens)],
-          ['tokenizer.ggml.token_type', gguf.i32s(types)],
-          ['tokenizer.ggml.merges', gguf.strings(base.merges!)],
-          ...keys,
-        ],
-      });
+      writeVocabGguf(path, `eog-${k}`, tokens.length, [
+        ['tokenizer.ggml.model', gguf.string('gpt2')],
+        ['tokenizer.ggml.pre', gguf.string('gpt-2')],
+        ['tokenizer.ggml.tokens', gguf.strings(tokens)],
+        ['tokenizer.ggml.token_type', gguf.i32s(types)],
+        ['tokenizer.ggml.merges', gguf.strings(base.merges!)],
+        ...keys,
+      ]);
       const { files, tok } = await load(path);
       expect(files.eosTokenIds).toEqual(c.eog.map((t) => tokens.indexOf(t)).sort((a, b) => a - b));
       const model = await llamaVocab(path);

@@ -30,7 +30,7 @@ export function llamaModel(ggufPath: string): Promise<LlamaModel> {
 
 /** A GGUF file's vocabulary alone (no tensors needed), loaded fresh each call: dispose it when done. */
 export async function llamaVocab(ggufPath: string): Promise<LlamaModel> {
-  return (await oracle()).loadModel({ modelPath: ggufPath, vocabOnly: true });
+  return (await oracle()).loadModel({ modelPath: ggufPath, vocabOnly: true, gpuLayers: 0 });
 }
 
 /**

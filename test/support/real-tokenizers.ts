@@ -195,7 +195,15 @@ export function realTokenizerMetadata(real: RealTokenizer): Array<[string, GgufM
 
 /** A GGUF file: a 1-layer tiny Llama of the real vocabulary size, with the vocabulary's tokenizer keys. */
 export function writeRealVocabGguf(path: string, real: RealTokenizer, extra: Array<[string, GgufMetadataEntry]> = []): void {
-  const V = real.tokens.length;
+  writeVocabGguf(path, `tiny-${real.name}-vocab`, real.tokens.length, [...realTokenizerMetadata(real), ...extra]);
+}
+
+/**
+ * A GGUF file around any tokenizer keys: a 1-layer tiny Llama with `vocabSize` embedding rows (so
+ * llama.cpp loads it whole, as it does a real model). Later keys replace earlier ones.
+ */
+export function writeVocabGguf(path: string, name: string, vocabSize: number, tokenizerKeys: Array<[string, GgufMetadataEntry]>): void {
+  const V = vocabSize;
   const weights = tinyWeights(V, 11);
   const D = HIDDEN / HEADS;
   const f32 = (data: Float32Array) => new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
@@ -216,7 +224,7 @@ export function writeRealVocabGguf(path: string, real: RealTokenizer, extra: Arr
   ];
   const metadata: Array<[string, GgufMetadataEntry]> = [
     ['general.architecture', gguf.string('llama')],
-    ['general.name', gguf.string(`tiny-${real.name}-vocab`)],
+    ['general.name', gguf.string(name)],
     ['llama.vocab_size', gguf.u32(V)],
     ['llama.context_length', gguf.u32(512)],
     ['llama.embedding_length', gguf.u32(HIDDEN)],
@@ -226,12 +234,8 @@ export function writeRealVocabGguf(path: string, real: RealTokenizer, extra: Arr
     ['llama.attention.head_count_kv', gguf.u32(HEADS)],
     ['llama.rope.dimension_count', gguf.u32(D)],
     ['llama.attention.layer_norm_rms_epsilon', gguf.f32(1e-5)],
-    ...realTokenizerMetadata(real),
   ];
-  const extras = new Map(extra);
-  const merged = metadata.map(([k, v]): [string, GgufMetadataEntry] => [k, extras.get(k) ?? v]);
-  for (const [k, v] of extras) if (!metadata.some(([key]) => key === k)) merged.push([k, v]);
-  writeGguf(path, { metadata: merged, tensors });
+  writeGguf(path, { metadata: [...new Map([...metadata, ...tokenizerKeys])], tensors });
 }
 
 /** Streamed pieces (then flush) add up to decode(ids): hard strings, random ids, and runs of contraction pieces. */
