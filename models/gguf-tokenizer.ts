@@ -11,9 +11,15 @@
 // regex chosen by tokenizer.ggml.pre, as llama.cpp chooses it.
 //
 // Control, unknown and user-defined tokens become added tokens, so they are matched in the text as
-// wholes: llama.cpp's tokenize() with parse_special = true. Scores that tie between different
-// merged tokens are ordered by token id here, by position in llama.cpp: real vocabularies have
-// distinct scores.
+// wholes: llama.cpp's tokenize() with parse_special = true. Decoding skips control and unknown
+// tokens and, where llama.cpp cleans spaces (clean_spaces), applies its clean-up rather than
+// transformers' (the engine's TextTokenizer runs it: clean_up_tokenization_spaces = "llama.cpp").
+//
+// End of generation: llama.cpp stops on a set of ids (llama_vocab::impl::load, special_eog_ids), not
+// on tokenizer.ggml.eos_token_id alone; endOfGeneration() rebuilds that set, see there.
+//
+// Scores that tie between different merged tokens are ordered by token id here, by position in
+// llama.cpp: real vocabularies have distinct scores.
 import { ModelFormatError } from '../src/errors.ts';
 import type { GgufFile } from './gguf.ts';
 
@@ -26,7 +32,7 @@ export interface GgufTokenizer {
   /** tokenizer_config.json fields: bos_token, eos_token, chat_template, add_bos_token, ... */
   config: Record<string, unknown>;
   bosTokenId?: number;
-  /** End-of-generation ids: eos, then eot and eom when the file names them. */
+  /** End-of-generation ids as llama.cpp decides them (see endOfGeneration), ascending. */
   eosTokenIds: number[];
   chatTemplate?: string;
   /** Whether encoding a prompt adds BOS (tokenizer.ggml.add_bos_token, or llama.cpp's default). */
@@ -106,6 +112,87 @@ function templateProcessing(bos: string | undefined, eos: string | undefined, bo
   return { type: 'TemplateProcessing', single: sequence('A', 0), pair: [...sequence('A', 0), ...sequence('B', 1)], special_tokens: special };
 }
 
+// Token texts llama.cpp takes for an end-of-turn token when tokenizer.ggml.eot_token_id is absent.
+const EOT_TEXTS = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>', '<EOT>', '_<EOT>', '[EOT]', '<｜end▁of▁sentence｜>', '<end_of_utterance>'];
+// Fill-in-the-middle tokens, found by text when their keys are absent; pad, repo and file
+// separator also end a generation.
+const FIM_TEXTS = {
+  pre: ['<|fim_prefix|>', '<fim-prefix>', '<fim_prefix>', '<｜fim▁begin｜>', '<PRE>', '▁<PRE>', '<|code_prefix|>', '<|prefix|>'],
+  suf: ['<|fim_suffix|>', '<fim-suffix>', '<fim_suffix>', '<｜fim▁hole｜>', '<SUF>', '▁<SUF>', '<|code_suffix|>', '<|suffix|>'],
+  mid: ['<|fim_middle|>', '<fim-middle>', '<fim_middle>', '<｜fim▁end｜>', '<MID>', '▁<MID>', '<|code_middle|>', '<|middle|>'],
+  pad: ['<|fim_pad|>', '<fim-pad>', '<fim_pad>', '<PAD>', '[PAD]'],
+  rep: ['<|fim_repo|>', '<|repo_name|>', '<fim-repo>', '<REPO>', '<reponame>'],
+  sep: ['<|file_sep|>'],
+} as const;
+// Every token with one of these texts ends a generation.
+const EOG_TEXTS = new Set([
+  '<|eot_id|>', '<|im_end|>', '<|end|>', '<|return|>', '<|call|>', '<|flush|>', '<|calls|>', '<end_of_turn>', '<|endoftext|>',
+  '</s>', '<|eom_id|>', '<EOT>', '_<EOT>', '[EOT]', '[EOS]', '<|end_of_text|>', '<end_of_utterance>', '<eos>', '<turn|>',
+  '<|tool_response>', '<｜end▁of▁sentence｜>', '[e~[',
+]);
+// gpt-oss's channel markers, which llama.cpp always prints (user-defined).
+const ALWAYS_PRINTED = ['<|channel|>', '<|message|>', '<|start|>', '<|constrain|>'];
+
+/**
+ * llama.cpp's end-of-generation set, and the token types it ends up with (it retypes tokens it
+ * recognises by text, which changes what is skipped when decoding). The set holds:
+ * - the FIM pad, repo and file-separator tokens (from their keys, else found by text);
+ * - every token whose text is in EOG_TEXTS ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "</s>", ...),
+ *   retyped to control;
+ * - the eos, eot and eom ids (from their keys; eot and eom found by text when absent);
+ * less "<|end|>" when "<|return|>"/"<|call|>" or "<|calls|>"/"<|flush|>" are there too (it becomes
+ * user-defined: gpt-oss, Solar), and less "</s>" when "<|tool_response>" is there (it becomes normal).
+ * So a Llama 3.1 file stops on <|end_of_text|>, <|eom_id|> and <|eot_id|>, a Qwen3 file on
+ * <|endoftext|>, <|im_end|>, <|fim_pad|>, <|repo_name|>, <|file_sep|> and its plain "</s>".
+ */
+function endOfGeneration(
+  tokens: string[],
+  types: number[],
+  keyed: { eos?: number; eot?: number; eom?: number; fim: Partial<Record<keyof typeof FIM_TEXTS, number>> },
+): number[] {
+  const ids = new Map<string, number>();
+  tokens.forEach((t, id) => ids.set(t, id));
+  // When a vocabulary has two candidates, llama.cpp takes whichever its hash map yields first; the
+  // set comes out the same, since every end-of-turn candidate is in EOG_TEXTS.
+  const byText = (texts: readonly string[]): number | undefined => {
+    for (const text of texts) if (ids.has(text)) return ids.get(text);
+    return undefined;
+  };
+  const control = (id: number | undefined) => {
+    if (id !== undefined && types[id] !== TokenType.CONTROL && types[id] !== TokenType.UNKNOWN) types[id] = TokenType.CONTROL;
+  };
+  const eot = keyed.eot ?? byText(EOT_TEXTS);
+  const eom = keyed.eom ?? byText(['<|eom_id|>']);
+  if (keyed.eot === undefined) control(eot);
+  if (keyed.eom === undefined) control(eom);
+  const fim = Object.fromEntries(
+    (Object.keys(FIM_TEXTS) as Array<keyof typeof FIM_TEXTS>).map((kind) => {
+      const id = keyed.fim[kind] ?? byText(FIM_TEXTS[kind]);
+      if (keyed.fim[kind] === undefined) control(id);
+      return [kind, id];
+    }),
+  ) as Partial<Record<keyof typeof FIM_TEXTS, number>>;
+  const eog = new Set<number>();
+  for (const id of [fim.pad, fim.rep, fim.sep]) if (id !== undefined) eog.add(id);
+  tokens.forEach((text, id) => {
+    if (!EOG_TEXTS.has(text)) return;
+    eog.add(id);
+    control(id);
+  });
+  for (const text of ALWAYS_PRINTED) if (ids.has(text)) types[ids.get(text)!] = TokenType.USER_DEFINED;
+  for (const id of [keyed.eos, eot, eom]) if (id !== undefined) eog.add(id);
+  const inSet = (text: string) => ids.has(text) && eog.has(ids.get(text)!);
+  if (inSet('<|end|>') && ((inSet('<|return|>') && (inSet('<|call|>') || inSet('<|calls|>'))) || ((inSet('<|call|>') || inSet('<|calls|>')) && inSet('<|flush|>')))) {
+    eog.delete(ids.get('<|end|>')!);
+    types[ids.get('<|end|>')!] = TokenType.USER_DEFINED;
+  }
+  if (inSet('<|tool_response>') && inSet('</s>')) {
+    eog.delete(ids.get('</s>')!);
+    types[ids.get('</s>')!] = TokenType.NORMAL;
+  }
+  return [...eog].sort((a, b) => a - b);
+}
+
 /** Build the tokenizer of a GGUF file (tokenizer.ggml.* keys). */
 export function tokenizerFromGguf(gguf: GgufFile): GgufTokenizer {
   const where = gguf.path;
@@ -116,8 +203,10 @@ export function tokenizerFromGguf(gguf: GgufFile): GgufTokenizer {
   const tokens = gguf.strings('tokenizer.ggml.tokens') ?? fail('metadata key "tokenizer.ggml.tokens" is missing');
   const n = tokens.length;
   if (n === 0) fail('metadata key "tokenizer.ggml.tokens" is empty');
-  const types = gguf.numbers('tokenizer.ggml.token_type');
-  if (types && types.length !== n) fail(`"tokenizer.ggml.token_type" has ${types.length} entries for ${n} tokens`);
+  const fileTypes = gguf.numbers('tokenizer.ggml.token_type');
+  if (fileTypes && fileTypes.length !== n) fail(`"tokenizer.ggml.token_type" has ${fileTypes.length} entries for ${n} tokens`);
+  // Token types as llama.cpp ends up with them: endOfGeneration() retypes some.
+  const types = fileTypes ? Array.from(fileTypes) : new Array<number>(n).fill(TokenType.NORMAL);
   const scores = gguf.numbers('tokenizer.ggml.scores');
   if (scores && scores.length !== n) fail(`"tokenizer.ggml.scores" has ${scores.length} entries for ${n} tokens`);
 
@@ -139,12 +228,23 @@ export function tokenizerFromGguf(gguf: GgufFile): GgufTokenizer {
   const eosId = tokenId('tokenizer.ggml.eos_token_id') ?? defaults.eos;
   const unkId = tokenId('tokenizer.ggml.unknown_token_id') ?? defaults.unk;
   const padId = tokenId('tokenizer.ggml.padding_token_id');
-  const eotId = tokenId('tokenizer.ggml.eot_token_id');
-  const eomId = tokenId('tokenizer.ggml.eom_token_id');
+  const eosTokenIds = endOfGeneration(tokens, types, {
+    eos: eosId,
+    eot: tokenId('tokenizer.ggml.eot_token_id'),
+    eom: tokenId('tokenizer.ggml.eom_token_id'),
+    fim: {
+      pre: tokenId('tokenizer.ggml.fim_pre_token_id') ?? tokenId('tokenizer.ggml.prefix_token_id'),
+      suf: tokenId('tokenizer.ggml.fim_suf_token_id') ?? tokenId('tokenizer.ggml.suffix_token_id'),
+      mid: tokenId('tokenizer.ggml.fim_mid_token_id') ?? tokenId('tokenizer.ggml.middle_token_id'),
+      pad: tokenId('tokenizer.ggml.fim_pad_token_id'),
+      rep: tokenId('tokenizer.ggml.fim_rep_token_id'),
+      sep: tokenId('tokenizer.ggml.fim_sep_token_id'),
+    },
+  });
 
   const added = [];
   for (let id = 0; id < n; id++) {
-    const type = types ? types[id] : TokenType.NORMAL;
+    const type = types[id];
     if (type === TokenType.CONTROL || type === TokenType.UNKNOWN) added.push(addedToken(id, tokens[id], true));
     else if (type === TokenType.USER_DEFINED) added.push(addedToken(id, tokens[id], false));
   }
@@ -187,7 +287,7 @@ export function tokenizerFromGguf(gguf: GgufFile): GgufTokenizer {
         byte_fallback: true,
         ignore_merges: false,
         vocab: Object.fromEntries(vocab),
-        merges: spmMerges(tokens, scores!, types),
+        merges: spmMerges(tokens, scores!, fileTypes),
       },
     };
   } else if (model === 'gpt2') {
@@ -246,7 +346,8 @@ export function tokenizerFromGguf(gguf: GgufFile): GgufTokenizer {
     tokenizer_class: 'PreTrainedTokenizerFast',
     add_bos_token: addBos,
     add_eos_token: addEos,
-    clean_up_tokenization_spaces: cleanSpaces,
+    // llama.cpp's clean-up, not transformers': see TextTokenizer's Cleanup.
+    clean_up_tokenization_spaces: cleanSpaces ? 'llama.cpp' : false,
   };
   if (bos !== undefined) config.bos_token = bos;
   if (eos !== undefined) config.eos_token = eos;
@@ -258,6 +359,5 @@ export function tokenizerFromGguf(gguf: GgufFile): GgufTokenizer {
     : undefined;
   if (typeof contextLength === 'number') config.model_max_length = contextLength;
 
-  const eosTokenIds = [...new Set([eosId, eotId, eomId].filter((id): id is number => id !== undefined))];
   return { tokenizer, config, bosTokenId: bosId, eosTokenIds, chatTemplate, addBos };
 }

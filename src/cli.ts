@@ -7,6 +7,7 @@ import { kernelTiers } from '../kernels/tiers.ts';
 import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
 import { addValidatorCommands } from './validator/validate-commands.ts';
 import { Engine } from './engine/engine.ts';
+import { openTokenizer, parseTokenIds } from './engine/tokenizer.ts';
 import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { describeAttentionWindows } from '../models/config.ts';
@@ -205,6 +206,31 @@ program
     } finally {
       await engine.close();
     }
+  });
+
+program
+  .command('tokenize')
+  .description('print {"ids","tokens"} as JSON: the token ids of TEXT as the engine encodes a prompt (loads the tokenizer only)')
+  .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
+  .option('--chat', 'TEXT is a user message: render it with the model chat template first')
+  .option('--no-special-tokens', 'do not add the tokens the tokenizer adds around a prompt (BOS)')
+  .argument('<text>', 'the text')
+  .action(async (text: string, o: { model: string; chat?: boolean; specialTokens: boolean }) => {
+    const tokenizer = await openTokenizer(o.model);
+    const ids = o.chat ? tokenizer.encodeChat([{ role: 'user', content: text }]) : tokenizer.encode(text, o.specialTokens);
+    process.stdout.write(JSON.stringify({ ids, tokens: tokenizer.tokens(ids) }) + '\n');
+  });
+
+program
+  .command('detokenize')
+  .description('print {"text"} as JSON: the text of token ids, as the engine streams it (loads the tokenizer only)')
+  .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
+  .option('--special', 'keep special tokens (BOS, end of turn, ...) in the text')
+  .argument('<ids...>', 'token ids: separate arguments, comma-separated, or a JSON array')
+  .action(async (args: string[], o: { model: string; special?: boolean }) => {
+    const tokenizer = await openTokenizer(o.model);
+    const ids = parseTokenIds(args.join(' '), tokenizer.vocabSize);
+    process.stdout.write(JSON.stringify({ text: tokenizer.decode(ids, !o.special) }) + '\n');
   });
 
 /** Serve until SIGINT/SIGTERM, then finish or cancel in-flight work within 10 s. */

@@ -5,13 +5,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ModelFormatError } from '../src/errors.ts';
-import { TextTokenizer } from '../src/engine/tokenizer.ts';
+import { ModelFormatError, OptionError } from '../src/errors.ts';
+import { cleanUpSpaces, openTokenizer, parseTokenIds, TextTokenizer } from '../src/engine/tokenizer.ts';
 import { openGguf, type GgufMetadataEntry } from '../models/gguf.ts';
 import { spmMerges, tokenizerFromGguf, TokenType, type GgufTokenizer } from '../models/gguf-tokenizer.ts';
 import { gguf, writeGguf } from './support/gguf-writer.ts';
-import { disposeLlamaOracle, llamaDetokenize, llamaTokenize } from './support/llama-oracle.ts';
+import { disposeLlamaOracle, llamaDetokenize, llamaIsEog, llamaTokenize, llamaVocab } from './support/llama-oracle.ts';
 import { TINY_CHAT_TEMPLATE, tinyGpt2Vocab, tinySpmVocab, writeTinyLlamaGguf, type TinyLlamaOptions } from './support/tiny-models.ts';
+import { writeVocabGguf } from './support/real-tokenizers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'tokenizer-test-'));
 afterAll(async () => {
@@ -30,11 +31,12 @@ const TEXTS = [
   "it's 2048 tokens; don't panic!",
 ];
 
-async function load(path: string): Promise<{ files: GgufTokenizer; hf: Tokenizer }> {
+/** The converted tokenizer, run directly (hf) and through the engine's TextTokenizer (tok: llama.cpp's clean-up on decode). */
+async function load(path: string): Promise<{ files: GgufTokenizer; hf: Tokenizer; tok: TextTokenizer }> {
   const f = await openGguf(path);
   try {
     const files = tokenizerFromGguf(f);
-    return { files, hf: new Tokenizer(files.tokenizer, files.config) };
+    return { files, hf: new Tokenizer(files.tokenizer, files.config), tok: new TextTokenizer({ tokenizer: files.tokenizer, config: files.config, source: path }) };
   } finally {
     await f.close();
   }
@@ -45,9 +47,10 @@ for (const kind of ['llama', 'gpt2'] as const) {
     const path = join(dir, `tiny-${kind}.gguf`);
     let files: GgufTokenizer;
     let hf: Tokenizer;
+    let tok: TextTokenizer;
     beforeAll(async () => {
       writeTinyLlamaGguf(path, { tokenizer: kind, seed: 2 });
-      ({ files, hf } = await load(path));
+      ({ files, hf, tok } = await load(path));
     });
 
     it('carries the special tokens and chat template', () => {
@@ -63,7 +66,7 @@ for (const kind of ['llama', 'gpt2'] as const) {
     it('round trips ASCII and non-ASCII text', () => {
       for (const text of TEXTS) {
         const ids = hf.encode(text, { add_special_tokens: false }).ids;
-        expect(hf.decode(ids), JSON.stringify(text)).toBe(text);
+        expect(tok.decode(ids), JSON.stringify(text)).toBe(text);
       }
       const withBos = hf.encode('hello world').ids;
       expect(withBos[0] === files.bosTokenId).toBe(kind === 'llama');
@@ -73,7 +76,7 @@ for (const kind of ['llama', 'gpt2'] as const) {
       for (const text of TEXTS) {
         const ours = hf.encode(text, { add_special_tokens: false }).ids;
         expect(ours, JSON.stringify(text)).toEqual(await llamaTokenize(path, text));
-        expect(hf.decode(ours), JSON.stringify(text)).toBe(await llamaDetokenize(path, ours));
+        expect(tok.decode(ours), JSON.stringify(text)).toBe(await llamaDetokenize(path, ours));
       }
       // Special tokens written in the text are parsed as such (llama.cpp's parse_special).
       const special = kind === 'llama' ? '<s>hello</s> world' : 'hello<|endoftext|> world';
@@ -105,11 +108,11 @@ describe('tokenizer variants match llama.cpp', () => {
     it(name, async () => {
       const path = join(dir, `${name.replace(/\W+/g, '-')}.gguf`);
       writeTinyLlamaGguf(path, { seed: 5, ...options });
-      const { hf, files } = await load(path);
+      const { hf, tok, files } = await load(path);
       for (const text of texts) {
         const ids = hf.encode(text, { add_special_tokens: false }).ids;
         expect(ids, JSON.stringify(text)).toEqual(await llamaTokenize(path, text));
-        expect(hf.decode(ids), JSON.stringify(text)).toBe(text);
+        expect(tok.decode(ids), JSON.stringify(text)).toBe(text);
       }
       expect(files.addBos).toBe(name.includes('Llama 3') || name.startsWith('llama'));
       if (name.startsWith('gpt2')) probe.set(name, JSON.stringify(hf.encode("1234567 we'LL,the", { add_special_tokens: false }).tokens));
@@ -195,4 +198,106 @@ describe('bad tokenizer metadata', () => {
       /"tokenizer.ggml.merges" entry 0 \("nospace"\) is not two tokens/,
     );
   });
+});
+
+describe('token ids typed by a user (detokenize)', () => {
+  it('reads separate, comma-separated and JSON ids', () => {
+    expect(parseTokenIds('1 2  3', 10)).toEqual([1, 2, 3]);
+    expect(parseTokenIds('1,2, 3', 10)).toEqual([1, 2, 3]);
+    expect(parseTokenIds(' [9, 0] ', 10)).toEqual([9, 0]);
+  });
+
+  it('names what is wrong', () => {
+    const fails = (text: string, pattern: RegExp) => {
+      expect(() => parseTokenIds(text, 10)).toThrow(OptionError);
+      expect(() => parseTokenIds(text, 10)).toThrow(pattern);
+    };
+    fails('10', /token id 10 is not an integer in \[0, 9\] \(this model has 10 tokens\)/);
+    fails('1 x', /token id "x" is not an integer/);
+    fails('1 -2', /token id "-2" is not an integer/);
+    fails('[1, 2.5]', /token id 2.5 is not an integer/);
+    fails('[1, "2"]', /token id "2" is not an integer/);
+    fails('[1, 2', /not a JSON array of integers/);
+    fails('[]', /give at least one token id/);
+    fails(' ', /give at least one token id/);
+  });
+
+  it('loads a tokenizer without its model, and names a missing one', async () => {
+    const tok = await openTokenizer('tiny-random-llama');
+    expect(tok.vocabSize).toBe(512);
+    await expect(openTokenizer(join(dir, 'missing'))).rejects.toThrow(/missing: no such file or folder/);
+  });
+});
+
+describe('clean-up of decoded text', () => {
+  it("llama.cpp's passes keep the space before n't, 't, 'd and 'll; transformers' drops it before n't", () => {
+    const text = "I do n't , it 's ok . We 've , they 're , you 'll , he 'd ' quoted ' yes ? no !";
+    expect(cleanUpSpaces(text, 'llama.cpp')).toBe("I do n't, it's ok. We've, they're, you 'll, he 'd'quoted'yes? no!");
+    expect(cleanUpSpaces(text, 'hf')).toBe("I don't, it's ok. We've, they're, you 'll, he 'd'quoted'yes? no!");
+    expect(cleanUpSpaces(text, 'none')).toBe(text);
+  });
+});
+
+describe('end-of-generation ids and token types as llama.cpp decides them', () => {
+  // The tiny byte-level vocabulary plus the tokens each rule is about (llama.cpp reads the vocabulary alone).
+  const base = tinyGpt2Vocab();
+  const cases: Array<{ name: string; extra: Array<[string, number]>; keys?: Array<[string, GgufMetadataEntry]>; eog: string[] }> = [
+    {
+      name: 'Qwen-style: <|im_end|>, FIM pad/repo/separator, a plain "</s>"; FIM prefix is retyped but does not stop',
+      extra: [['<|im_end|>', TokenType.CONTROL], ['<|fim_prefix|>', TokenType.USER_DEFINED], ['<|fim_pad|>', TokenType.USER_DEFINED], ['<|repo_name|>', TokenType.USER_DEFINED], ['<|file_sep|>', TokenType.USER_DEFINED], ['</s>', TokenType.NORMAL]],
+      eog: ['<|endoftext|>', '<|im_end|>', '<|fim_pad|>', '<|repo_name|>', '<|file_sep|>', '</s>'],
+    },
+    {
+      name: 'gpt-oss-style: <|end|> leaves the set when <|return|> and <|call|> are there; <|channel|> is always printed',
+      extra: [['<|return|>', TokenType.CONTROL], ['<|call|>', TokenType.CONTROL], ['<|end|>', TokenType.CONTROL], ['<|channel|>', TokenType.CONTROL]],
+      eog: ['<|endoftext|>', '<|return|>', '<|call|>'],
+    },
+    {
+      name: 'Gemma-4-style: "</s>" leaves the set when <|tool_response> is there, even as the eos id',
+      extra: [['<|tool_response>', TokenType.CONTROL], ['</s>', TokenType.CONTROL], ['<turn|>', TokenType.CONTROL]],
+      keys: [['tokenizer.ggml.eos_token_id', gguf.u32(base.tokens.length + 1)]],
+      eog: ['<|endoftext|>', '<|tool_response>', '<turn|>'],
+    },
+    {
+      name: 'an eot id from its key, on a token no rule knows by text',
+      extra: [['<|stop_here|>', TokenType.CONTROL], ['<|eom_id|>', TokenType.NORMAL]],
+      keys: [['tokenizer.ggml.eot_token_id', gguf.u32(base.tokens.length)]],
+      eog: ['<|endoftext|>', '<|stop_here|>', '<|eom_id|>'],
+    },
+  ];
+  for (const [k, c] of cases.entries()) {
+    it(c.name, async () => {
+      const tokens = [...base.tokens, ...c.extra.map(([t]) => t)];
+      const types = [...base.types, ...c.extra.map(([, type]) => type)];
+      const keys = new Map<string, GgufMetadataEntry>([
+        ['tokenizer.ggml.eos_token_id', gguf.u32(base.eosId)],
+        ['tokenizer.ggml.bos_token_id', gguf.u32(base.bosId)],
+        ...(c.keys ?? []),
+      ]);
+      const path = join(dir, `eog-${k}.gguf`);
+      writeVocabGguf(path, `eog-${k}`, tokens.length, [
+        ['tokenizer.ggml.model', gguf.string('gpt2')],
+        ['tokenizer.ggml.pre', gguf.string('gpt-2')],
+        ['tokenizer.ggml.tokens', gguf.strings(tokens)],
+        ['tokenizer.ggml.token_type', gguf.i32s(types)],
+        ['tokenizer.ggml.merges', gguf.strings(base.merges!)],
+        ...keys,
+      ]);
+      const { files, tok } = await load(path);
+      expect(files.eosTokenIds).toEqual(c.eog.map((t) => tokens.indexOf(t)).sort((a, b) => a - b));
+      const model = await llamaVocab(path);
+      try {
+        const theirs = tokens.flatMap((_, id) => (llamaIsEog(model, id) ? [id] : []));
+        expect(files.eosTokenIds).toEqual(theirs);
+        // The retyped tokens decode (special tokens skipped) and tokenize as llama.cpp's do.
+        for (const [text] of c.extra) {
+          const id = tokens.indexOf(text);
+          expect(tok.decode([id, 40]), text).toBe(model.detokenize([id, 40] as never, false));
+          expect(tok.encode(`a${text}b`, false), text).toEqual(Array.from(model.tokenize(`a${text}b`, true)));
+        }
+      } finally {
+        await model.dispose();
+      }
+    });
+  }
 });

@@ -28,6 +28,20 @@ export function llamaModel(ggufPath: string): Promise<LlamaModel> {
   return model;
 }
 
+/** A GGUF file's vocabulary alone (no tensors needed), loaded fresh each call: dispose it when done. */
+export async function llamaVocab(ggufPath: string): Promise<LlamaModel> {
+  return (await oracle()).loadModel({ modelPath: ggufPath, vocabOnly: true, gpuLayers: 0 });
+}
+
+/**
+ * llama_vocab_is_eog itself: what llama.cpp's generation loops stop on. (node-llama-cpp's
+ * isEogToken also counts the eos and eot ids, which llama.cpp can take out of its set: gpt-oss's <|end|>.)
+ */
+export function llamaIsEog(model: LlamaModel, token: number): boolean {
+  const native = (model as unknown as { _model: { isEogToken(token: number): boolean } })._model;
+  return native.isEogToken(token);
+}
+
 /** Token ids llama.cpp gives `text` (no BOS added; with `special`, control tokens in the text are parsed). */
 export async function llamaTokenize(ggufPath: string, text: string, special = false): Promise<number[]> {
   const model = await llamaModel(ggufPath);
