@@ -56,17 +56,6 @@ const FILE_TYPE: Record<SyntheticDtype, number> = { f32: 0, f16: 1, q8_0: 7, q4_
 /** Values per block along a row: matrix widths must be multiples of it. */
 const BLOCK: Record<SyntheticDtype, number> = { f32: 1, f16: 1, q8_0: 32, q4_0: 32, q4_k: 256 };
 
-/** The shape and dtype of a name like "llama-2-7b-q4_0" (a preset, a dash, a dtype). */
-export function parseSyntheticName(name: string): { shape: SyntheticShapeName; dtype: SyntheticDtype } {
-  for (const dtype of SYNTHETIC_DTYPES) {
-    const shape = name.slice(0, -dtype.length - 1);
-    if (name.endsWith(`-${dtype}`) && Object.hasOwn(SYNTHETIC_SHAPES, shape)) return { shape: shape as SyntheticShapeName, dtype };
-  }
-  throw new OptionError(
-    `"${name}" is not a synthetic model name: expected SHAPE-DTYPE with SHAPE one of ${SYNTHETIC_SHAPE_NAMES.join(', ')} and DTYPE one of ${SYNTHETIC_DTYPES.join(', ')} (e.g. llama-2-7b-q4_0)`,
-  );
-}
-
 /** Throws an OptionError naming the first dimension that does not make a Llama of this dtype. */
 export function checkSyntheticShape(shape: SyntheticShape, dtype: SyntheticDtype): void {
   for (const [key, value] of Object.entries(shape)) {
