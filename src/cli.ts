@@ -326,7 +326,7 @@ program
     }
     const seconds = (performance.now() - start) / 1000;
     console.log(
-      `${out}: ${(result.bytes / 2 ** 30).toFixed(2)} GiB (${result.bytes} bytes), ${result.tensors} tensors, ` +
+      `${out}: ${result.bytes >= 2 ** 30 ? `${(result.bytes / 2 ** 30).toFixed(2)} GiB` : `${(result.bytes / 2 ** 20).toFixed(1)} MiB`} (${result.bytes} bytes), ${result.tensors} tensors, ` +
         `written in ${seconds.toFixed(1)} s (${(result.bytes / 2 ** 20 / seconds).toFixed(0)} MiB/s), peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB`,
     );
   });

@@ -52,6 +52,7 @@ if [ -n "$SYNTHETIC" ]; then
     # Written under another name and moved, so an interrupted write is never taken for a model.
     node --import tsx src/cli.ts synth-model --shape "${SYNTHETIC%-*}" --dtype "${SYNTHETIC##*-}" --seed 1 "$MODEL.partial.gguf" | tee "$OUT/synthetic.txt"
     mv "$MODEL.partial.gguf" "$MODEL"
+    echo "kit: wrote $MODEL" >&2
   fi
   set -- --model "$MODEL" --peer-gpu "$@"
 fi
