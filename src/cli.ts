@@ -305,7 +305,7 @@ program
     const custom = Object.entries(shape).some(([key, value]) => value !== preset[key as keyof SyntheticShape]);
     const name = `synthetic-${o.shape}${custom ? '-custom' : ''}-${o.dtype}-seed${o.seed}`;
     console.error(
-      `${name}: RANDOM weights, ${(syntheticParameters(shape) / 1e9).toFixed(2)} B parameters ` +
+      `${name}: RANDOM weights, ${(syntheticParameters(shape) / 1e6).toFixed(syntheticParameters(shape) < 1e7 ? 2 : 0)}M parameters ` +
         `(hidden ${shape.hiddenSize}, FFN ${shape.intermediateSize}, ${shape.numLayers} layers, ${shape.numHeads} heads / ${shape.numKvHeads} KV, vocabulary ${shape.vocabSize})`,
     );
     const bar = new cliProgress.SingleBar(

@@ -3,10 +3,13 @@
 // bytes, every tensor made only after the one before it was written); the synthetic models load in
 // our runtime and in llama.cpp, whose logits agree within the llama.cpp parity bounds for the format
 // (test/support/parity.ts), and whose greedy text is not one token repeated; bad shapes are refused
-// with the dimension named. Small shapes only: the 7B preset is never written here.
+// with the dimension named, through the library and through `webgpu-miner synth-model`. Small shapes
+// only: the 7B preset is never written here.
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { OptionError } from '../src/errors.ts';
 import { GgmlType } from '../models/ggml.ts';
@@ -121,6 +124,22 @@ describe('synthetic Llama models', () => {
     expect(() => checkSyntheticShape({ ...tiny, numLayers: 0 }, 'f16')).toThrow(/numLayers must be a positive integer/);
     expect(() => checkSyntheticShape({ ...tiny, vocabSize: 100 }, 'f16')).toThrow(/at least 286 tokens/);
     expect(() => checkSyntheticShape(SYNTHETIC_SHAPES['llama-2-7b'], 'q4_k')).not.toThrow();
+  });
+
+  it('synth-model writes one from the command line, with the preset changed by explicit dimensions, and refuses bad ones', async () => {
+    const run = promisify(execFile);
+    const path = join(dir, 'cli.gguf');
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'synth-model', '--shape', 'tiny', '--dtype', 'f16', '--layers', '3', '--vocab', '400', path]);
+    expect(stdout.startsWith(`${path}: `)).toBe(true);
+    expect(stdout).toMatch(/ MiB \((\d+) bytes\), 30 tensors, written in [\d.]+ s/);
+    expect(Number(/\((\d+) bytes\)/.exec(stdout)![1])).toBe(statSync(path).size);
+    const file = await openGguf(path);
+    expect([file.integer('llama.block_count'), file.integer('llama.vocab_size'), file.integer('llama.embedding_length')]).toEqual([3, 400, 256]);
+    expect(file.tensor('blk.2.ffn_down.weight').typeName).toBe('F16');
+    expect(file.string('general.description')).toMatch(/RANDOM weights/);
+    await file.close();
+    const bad = run(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'synth-model', '--shape', 'tiny', '--dtype', 'q4_k', '--hidden', '320', join(dir, 'bad-cli.gguf')]);
+    await expect(bad).rejects.toMatchObject({ code: 1, stderr: expect.stringMatching(/error \[BAD_OPTION\]: synthetic model: q4_k stores rows in blocks of 256; the hidden size 320/) });
   });
 
   it('is the same file for the same seed, and another for another seed', async () => {
