@@ -95,19 +95,12 @@ export function syntheticVocab(size: number): { tokens: string[]; scores: Float3
     tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
     types.push(TokenType.BYTE);
   }
-  let previous = [''];
-  while (tokens.length < size) {
-    const longer: string[] = [];
-    for (const prefix of previous) {
-      for (const symbol of PIECE_ALPHABET) {
-        longer.push(prefix + symbol);
-        if (tokens.length < size) {
-          tokens.push(prefix + symbol);
-          types.push(TokenType.NORMAL);
-        }
-      }
-    }
-    previous = longer;
+  // Breadth first: each piece, once taken, queues itself plus each symbol, so pieces come by length.
+  const pieces = [...PIECE_ALPHABET];
+  for (let i = 0; tokens.length < size; i++) {
+    tokens.push(pieces[i]);
+    types.push(TokenType.NORMAL);
+    if (pieces.length < size) for (const symbol of PIECE_ALPHABET) pieces.push(pieces[i] + symbol);
   }
   const scores = Float32Array.from(tokens, (_, i) => (types[i] === TokenType.NORMAL ? -(i - 258) : 0));
   return { tokens, scores, types: Int32Array.from(types) };
