@@ -2,6 +2,7 @@
 // long contexts); 'quick' fits the software adapter in about two minutes; 'test' is the smallest
 // that still exercises every path (the test suite runs it).
 import { configFromHf, type ModelConfig } from '../models/config.ts';
+import { SYNTHETIC_SHAPES, type SyntheticShape } from '../models/synthetic-gguf.ts';
 import { WEIGHT_DTYPES, type WeightDtype } from '../kernels/weights.ts';
 import type { TimingOptions } from './timing.ts';
 
@@ -120,19 +121,24 @@ export interface ShapeSet {
   config: ModelConfig;
 }
 
-/** Llama-2-7B's shapes (meta-llama/Llama-2-7b-hf config.json), built in so no download is needed. */
+/** Llama-2-7B's shapes (meta-llama/Llama-2-7b-hf config.json), built in so no download is needed; `synth-model --shape llama-2-7b` writes a GGUF of them. */
 export const LLAMA_7B_SHAPES: ShapeSet = {
   name: 'llama-2-7b (built-in shapes)',
-  config: configFromHf({
-    architectures: ['LlamaForCausalLM'],
-    hidden_size: 4096,
-    intermediate_size: 11008,
-    num_hidden_layers: 32,
-    num_attention_heads: 32,
-    num_key_value_heads: 32,
-    vocab_size: 32000,
-    max_position_embeddings: 4096,
-    rms_norm_eps: 1e-5,
-    rope_theta: 10000,
-  }),
+  config: configFromHf(hfConfigOf(SYNTHETIC_SHAPES['llama-2-7b'])),
 };
+
+/** A synthetic shape as the HF config.json fields configFromHf reads. */
+function hfConfigOf(shape: SyntheticShape): Record<string, unknown> {
+  return {
+    architectures: ['LlamaForCausalLM'],
+    hidden_size: shape.hiddenSize,
+    intermediate_size: shape.intermediateSize,
+    num_hidden_layers: shape.numLayers,
+    num_attention_heads: shape.numHeads,
+    num_key_value_heads: shape.numKvHeads,
+    vocab_size: shape.vocabSize,
+    max_position_embeddings: shape.contextLength,
+    rms_norm_eps: shape.rmsNormEps,
+    rope_theta: shape.ropeTheta,
+  };
+}

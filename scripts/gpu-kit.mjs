@@ -4,7 +4,8 @@
 // sources, its production npm packages (Dawn's linux-x64 build only), this Node binary, Debian's
 // Vulkan loader as a .deb, and bench/kit/run.sh. With --llama-cpp vulkan|cuda it also carries
 // node-llama-cpp and that GPU build, so that `run.sh OUT --peer-gpu --model FILE.gguf` compares with
-// llama.cpp on the same GPU. Unpack with `tar xJf webgpu-miner-kit.tar.xz` and run `kit/run.sh OUT`.
+// llama.cpp on the same GPU; `run.sh OUT --synthetic llama-2-7b-q4_0` first writes such a file there
+// (models/synthetic-gguf.ts: a 7B model is far over the kit's budget, so it is made, not carried). Unpack with `tar xJf webgpu-miner-kit.tar.xz` and run `kit/run.sh OUT`.
 //
 // Usage: node scripts/gpu-kit.mjs [--out DIR] [--llama-cpp vulkan|cuda]     (default DIR: .kit)
 import { execFileSync } from 'node:child_process';

@@ -11,6 +11,16 @@ import { openTokenizer, parseTokenIds } from './engine/tokenizer.ts';
 import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { describeAttentionWindows } from '../models/config.ts';
+import {
+  checkSyntheticShape,
+  SYNTHETIC_DTYPES,
+  SYNTHETIC_SHAPE_NAMES,
+  SYNTHETIC_SHAPES,
+  syntheticParameters,
+  writeSyntheticLlama,
+  type SyntheticShape,
+  type SyntheticShapeName,
+} from '../models/synthetic-gguf.ts';
 import cliProgress from 'cli-progress';
 
 const adapterOption = new Option(
@@ -291,6 +301,64 @@ addQueryOptions(
 ).action((prompt: string, options: QueryFlags) => queryCommand(prompt, options));
 
 addValidatorCommands(program, adapterOption);
+
+program
+  .command('synth-model')
+  .description('write a Llama-shaped GGUF with seeded RANDOM weights (its text is noise), one tensor in memory at a time: ' +
+    'a model of a real size for bench, here and in llama.cpp, on a machine with no network')
+  .argument('<out>', 'the .gguf file to write (replaced if it exists)')
+  .addOption(new Option('--shape <name>', 'dimensions: a preset, which the options below change').choices(SYNTHETIC_SHAPE_NAMES).default('small'))
+  .addOption(new Option('--dtype <type>', 'type of every matrix (norms stay f32)').choices(SYNTHETIC_DTYPES).default('q4_0'))
+  .option('--seed <n>', 'weights seed (same seed, same bytes)', number('--seed'), 1)
+  .option('--hidden <n>', 'hidden size', number('--hidden'))
+  .option('--ffn <n>', 'FFN (intermediate) size', number('--ffn'))
+  .option('--layers <n>', 'layers', number('--layers'))
+  .option('--heads <n>', 'attention heads', number('--heads'))
+  .option('--kv-heads <n>', 'key/value heads', number('--kv-heads'))
+  .option('--vocab <n>', 'vocabulary size', number('--vocab'))
+  .option('--context <n>', 'context length (llama.context_length)', number('--context'))
+  .action(async (out: string, o) => {
+    const preset: SyntheticShape = SYNTHETIC_SHAPES[o.shape as SyntheticShapeName];
+    const shape: SyntheticShape = {
+      ...preset,
+      hiddenSize: o.hidden ?? preset.hiddenSize,
+      intermediateSize: o.ffn ?? preset.intermediateSize,
+      numLayers: o.layers ?? preset.numLayers,
+      numHeads: o.heads ?? preset.numHeads,
+      numKvHeads: o.kvHeads ?? preset.numKvHeads,
+      vocabSize: o.vocab ?? preset.vocabSize,
+      contextLength: o.context ?? preset.contextLength,
+    };
+    if (!out.endsWith('.gguf')) throw new MinerError('BAD_OPTION', `the output file must end in .gguf (got "${out}"): --model recognises GGUF files by it`);
+    checkSyntheticShape(shape, o.dtype);
+    const custom = Object.entries(shape).some(([key, value]) => value !== preset[key as keyof SyntheticShape]);
+    const name = `synthetic-${o.shape}${custom ? '-custom' : ''}-${o.dtype}-seed${o.seed}`;
+    console.error(
+      `${name}: RANDOM weights, ${(syntheticParameters(shape) / 1e6).toFixed(syntheticParameters(shape) < 1e7 ? 2 : 0)}M parameters ` +
+        `(hidden ${shape.hiddenSize}, FFN ${shape.intermediateSize}, ${shape.numLayers} layers, ${shape.numHeads} heads / ${shape.numKvHeads} KV, vocabulary ${shape.vocabSize})`,
+    );
+    const bar = new cliProgress.SingleBar(
+      { stream: process.stderr, format: 'writing {bar} {value}/{total} tensors  {name}', hideCursor: true, clearOnComplete: true },
+      cliProgress.Presets.shades_classic,
+    );
+    const start = performance.now();
+    let peakRss = process.memoryUsage.rss();
+    let result;
+    try {
+      result = await writeSyntheticLlama(out, { shape, dtype: o.dtype, seed: o.seed, name }, (index, total, tensor) => {
+        if (index === 0) bar.start(total, 0, { name: tensor });
+        bar.update(index + 1, { name: tensor });
+        peakRss = Math.max(peakRss, process.memoryUsage.rss());
+      });
+    } finally {
+      bar.stop();
+    }
+    const seconds = (performance.now() - start) / 1000;
+    console.log(
+      `${out}: ${result.bytes >= 2 ** 30 ? `${(result.bytes / 2 ** 30).toFixed(2)} GiB` : `${(result.bytes / 2 ** 20).toFixed(1)} MiB`} (${result.bytes} bytes), ${result.tensors} tensors, ` +
+        `written in ${seconds.toFixed(1)} s (${(result.bytes / 2 ** 20 / seconds).toFixed(0)} MiB/s), peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB`,
+    );
+  });
 
 program
   .command('bench')

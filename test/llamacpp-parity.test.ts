@@ -6,7 +6,7 @@
 // for every format where every kernel runs in f32; 1e-2 where prefill takes the f16 matmul tier, which
 // stores activations and weights as f16: see referenceBound in test/support/parity.ts), rel-L2 against llama.cpp, and teacher-forced greedy agreement (llama.cpp's
 // argmax at each generated position is our token). The bounds against llama.cpp, one row per format
-// in BOUNDS below, are wide because llama.cpp's CPU matmul first rounds the activations to the
+// in BOUNDS (test/support/parity.ts), are wide because llama.cpp's CPU matmul first rounds the activations to the
 // weight's dot type (F16; Q8_0 blocks for Q8_0, Q4_0, Q5_0; Q8_1 for Q4_1, Q5_1; Q8_K, one scale per
 // 256, for the K-quants), which we do not (our activations stay f32). That rounding sets the gap;
 // how llama.cpp rounds is not asserted: its kernels depend on the CPU (x86 builds pick an AVX2 or an
@@ -20,7 +20,7 @@
 // another CPU's rounding flips costs one token; a wrong decode agrees at ~1/V). F32 keeps 32 of 32:
 // there the two sides differ by f32 summation order alone (~5e-7), and a flip would need a top-two
 // margin that small.
-// Bounds (BOUNDS below) and measurements, rel-L2 vs llama.cpp / greedy of 32, seed 7 as the tests:
+// Bounds (BOUNDS) and measurements, rel-L2 vs llama.cpp / greedy of 32, seed 7 as the tests:
 //   format   bound            AVX-512 (EPYC)    AVX2, seeds 7 and 1..3 (earlier runs)
 //   f32      1e-4   / 32      5.8e-7 / 32       ~5e-7 / 32
 //   f16      2e-3   / 29      6.8e-4 / 32       ~7e-4 / 32
@@ -62,7 +62,7 @@ import { writeTinyLlamaGguf, type TinyDtype } from './support/tiny-models.ts';
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
 import { referenceLogits, type Weights } from './support/reference-model.ts';
 import { rng } from './support/reference.ts';
-import { errors, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
+import { LLAMA_CPP_BOUNDS as BOUNDS, errors, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
 import { useGpu } from './support/gpu.ts';
 import { roundQ8K } from './support/kquants.ts';
 import { roundQ8_0 } from './support/ggml-activations.ts';
@@ -73,24 +73,6 @@ afterAll(async () => {
   await disposeLlamaOracle();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** Against llama.cpp, per format: the largest rel-L2 at any position, the least greedy agreement (of 32). */
-const BOUNDS: Record<TinyDtype, { relL2: number; greedy: number }> = {
-  f32: { relL2: 1e-4, greedy: 32 },
-  f16: { relL2: 2e-3, greedy: 29 },
-  q8_0: { relL2: 3e-2, greedy: 28 },
-  q4_0: { relL2: 3e-2, greedy: 28 },
-  q4_1: { relL2: 3e-2, greedy: 28 },
-  q5_0: { relL2: 3e-2, greedy: 28 },
-  q5_1: { relL2: 3e-2, greedy: 28 },
-  q2_k: { relL2: 1.5e-1, greedy: 24 },
-  q3_k: { relL2: 1.5e-1, greedy: 24 },
-  q4_k: { relL2: 1.5e-1, greedy: 24 },
-  q5_k: { relL2: 1.5e-1, greedy: 24 },
-  q6_k: { relL2: 1.5e-1, greedy: 24 },
-  q4_k_m: { relL2: 1.5e-1, greedy: 24 },
-  q5_k_m: { relL2: 1.5e-1, greedy: 24 },
-};
 
 const K_QUANT_MODELS: readonly TinyDtype[] = ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q4_k_m', 'q5_k_m'];
 

@@ -1,11 +1,33 @@
 #!/bin/sh
 # Runs the bench from an unpacked GPU kit on a machine with a GPU and no package registry.
-# Usage: run.sh OUT_DIR [bench options...]   (default adapter: gpu; e.g. run.sh /tmp/out --quick)
+# Usage: run.sh OUT_DIR [--synthetic SHAPE-DTYPE] [bench options...]   (default adapter: gpu)
+#   run.sh /tmp/out --quick
+#   run.sh /tmp/out --synthetic llama-2-7b-q4_0          (this runtime and llama.cpp on one 7B GGUF)
+# --synthetic writes a GGUF of that shape (llama-2-7b, small, tiny) and type (f32, f16, q8_0, q4_0,
+# q4_k) with random weights (seed 1) into $WEBGPU_MINER_SYNTH_DIR (default /tmp), or reuses the one
+# already there, and runs `bench --model FILE --peer-gpu` on it: llama.cpp on its GPU build (a kit
+# built with --llama-cpp vulkan|cuda) on the same file and GPU.
 # Writes OUT_DIR/info.json and OUT_DIR/<gpu>.json, .md and .svg (the bench's report), and prints the table.
 set -eu
 KIT=$(cd "$(dirname "$0")" && pwd)
-OUT=${1:?usage: run.sh OUT_DIR [bench options...]}
+OUT=${1:?usage: run.sh OUT_DIR [--synthetic SHAPE-DTYPE] [bench options...]}
 shift
+# Take --synthetic NAME out of the arguments; the rest go to bench unchanged (rotated through "$@").
+SYNTHETIC=
+n=$#
+while [ "$n" -gt 0 ]; do
+  arg=$1
+  shift
+  n=$((n - 1))
+  if [ "$arg" = --synthetic ]; then
+    [ "$n" -gt 0 ] || { echo "kit: --synthetic needs a name such as llama-2-7b-q4_0" >&2; exit 2; }
+    SYNTHETIC=$1
+    shift
+    n=$((n - 1))
+  else
+    set -- "$@" "$arg"
+  fi
+done
 mkdir -p "$OUT"
 export PATH="$KIT/node/bin:$PATH"
 
@@ -22,6 +44,18 @@ fi
 
 cd "$KIT"
 ADAPTER=${WEBGPU_MINER_ADAPTER:-gpu}
+if [ -n "$SYNTHETIC" ]; then
+  MODEL="${WEBGPU_MINER_SYNTH_DIR:-/tmp}/synthetic-$SYNTHETIC.gguf"
+  if [ -f "$MODEL" ]; then
+    echo "kit: reusing $MODEL" >&2
+  else
+    # Written under another name and moved, so an interrupted write is never taken for a model.
+    node --import tsx src/cli.ts synth-model --shape "${SYNTHETIC%-*}" --dtype "${SYNTHETIC##*-}" --seed 1 "$MODEL.partial.gguf" | tee "$OUT/synthetic.txt"
+    mv "$MODEL.partial.gguf" "$MODEL"
+    echo "kit: wrote $MODEL" >&2
+  fi
+  set -- --model "$MODEL" --peer-gpu "$@"
+fi
 node --import tsx src/cli.ts info --json --adapter "$ADAPTER" > "$OUT/info.json"
 # The report's file name: the adapter's description, as a file-name-safe slug.
 NAME=$(node -e 'const i = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).adapter;

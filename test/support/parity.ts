@@ -5,6 +5,7 @@ import { Transformer } from '../../models/transformer.ts';
 import { openModelSource } from '../../models/source.ts';
 import { defaultMatmulTier } from '../../kernels/matmul.ts';
 import { compare } from './reference.ts';
+import type { TinyDtype } from './tiny-models.ts';
 
 /** Rel-L2 of our logits against the float64 reference on the same weights, where every kernel runs in f32. */
 export const REFERENCE_BOUND = 1e-4;
@@ -24,6 +25,27 @@ export const F16_TIER_REFERENCE_BOUND = 1e-2;
 export function referenceBound(gpu: Gpu, f32Matrices: boolean): number {
   return !f32Matrices && defaultMatmulTier(gpu, 'q8_0') === 'f16' ? F16_TIER_REFERENCE_BOUND : REFERENCE_BOUND;
 }
+
+/**
+ * Against llama.cpp, per format: the largest rel-L2 at any position, the least greedy agreement (of 32).
+ * How they were set, and what was measured, is at the top of test/llamacpp-parity.test.ts.
+ */
+export const LLAMA_CPP_BOUNDS: Record<TinyDtype, { relL2: number; greedy: number }> = {
+  f32: { relL2: 1e-4, greedy: 32 },
+  f16: { relL2: 2e-3, greedy: 29 },
+  q8_0: { relL2: 3e-2, greedy: 28 },
+  q4_0: { relL2: 3e-2, greedy: 28 },
+  q4_1: { relL2: 3e-2, greedy: 28 },
+  q5_0: { relL2: 3e-2, greedy: 28 },
+  q5_1: { relL2: 3e-2, greedy: 28 },
+  q2_k: { relL2: 1.5e-1, greedy: 24 },
+  q3_k: { relL2: 1.5e-1, greedy: 24 },
+  q4_k: { relL2: 1.5e-1, greedy: 24 },
+  q5_k: { relL2: 1.5e-1, greedy: 24 },
+  q6_k: { relL2: 1.5e-1, greedy: 24 },
+  q4_k_m: { relL2: 1.5e-1, greedy: 24 },
+  q5_k_m: { relL2: 1.5e-1, greedy: 24 },
+};
 
 export const argmax = (row: ArrayLike<number>): number => {
   let best = 0;
