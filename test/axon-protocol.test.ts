@@ -230,18 +230,39 @@ describe('policy parts', () => {
     expect(rate.take('a', 100)).toBe(true);
   });
 
-  test('policy options are validated', () => {
+  test('policy options are validated', async () => {
     const base = { minerHotkey: keys.miner.address, requestTimeoutMs: 1000 };
     expect(() => new Policy({ ...base, allow: ['nope'] })).toThrow(/allow list/);
     expect(() => new Policy({ ...base, minStake: -1 })).toThrow(/stake/);
     expect(() => new Policy({ ...base, rateBurst: 2 ** 31 * 2 ** 23 })).toThrow(/rateBurst/);
     expect(() => new Policy({ ...base, minerHotkey: 'x' })).toThrow(/miner hotkey/);
     const p = new Policy({ ...base, maxConcurrentPerHotkey: 1 });
-    const release = p.acquireSlot('a');
+    const release = await p.acquireSlot('a');
     expect(codeOf(() => p.acquireSlot('a'))).toBe('RATE_LIMITED');
     release();
     release();
     expect(() => p.acquireSlot('a')).not.toThrow();
+  });
+
+  test('a hotkey beyond its concurrency cap waits in its queue, in arrival order, and leaves it when aborted', async () => {
+    const p = new Policy({ minerHotkey: keys.miner.address, requestTimeoutMs: 1000, maxConcurrentPerHotkey: 1, maxQueuedPerHotkey: 2 });
+    const first = await p.acquireSlot('a');
+    const order: string[] = [];
+    const second = p.acquireSlot('a').then((release) => (order.push('second'), release));
+    const abort = new AbortController();
+    const abandoned = p.acquireSlot('a', {}, abort.signal);
+    expect(codeOf(() => p.acquireSlot('a'))).toBe('RATE_LIMITED'); // 1 running, 2 waiting
+    expect(p.waitingFor('a')).toBe(2);
+    abort.abort(new Error('gone'));
+    await expect(abandoned).rejects.toThrow('gone');
+    expect(p.waitingFor('a')).toBe(0 + 1);
+    const third = p.acquireSlot('a').then((release) => (order.push('third'), release));
+    await (await p.acquireSlot('b'))(); // another hotkey is not held up
+    first();
+    (await second)();
+    (await third)();
+    expect(order).toEqual(['second', 'third']);
+    expect(p.waitingFor('a')).toBe(0);
   });
 });
 

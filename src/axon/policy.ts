@@ -255,6 +255,12 @@ export interface PolicyConfig {
   rateBurst?: number;
   /** Generations in flight per hotkey. Default 8. */
   maxConcurrentPerHotkey?: number;
+  /**
+   * Generations of one hotkey that wait for one of its slots when all maxConcurrentPerHotkey are
+   * taken (in arrival order; the engine then orders everyone's work by stake). Beyond it a request
+   * is refused with RATE_LIMITED. Default 0: refused at once.
+   */
+  maxQueuedPerHotkey?: number;
 }
 
 export interface PolicyOptions extends PolicyConfig {
@@ -292,12 +298,15 @@ export class Policy {
   readonly minStake: number;
   readonly requirePermit: boolean;
   readonly maxConcurrentPerHotkey: number;
+  readonly maxQueuedPerHotkey: number;
   readonly replay: ReplayCache;
   #metagraph: () => Metagraph | undefined;
   #allow: ReadonlySet<string>;
   #deny: ReadonlySet<string>;
   #rate: RateLimiter;
   #inFlight = new Map<string, number>();
+  /** Per hotkey, the requests waiting for one of its slots, oldest first. */
+  #waiting = new Map<string, Array<(release: () => void) => void>>();
 
   constructor(options: PolicyOptions) {
     if (!isValidHotkey(options.minerHotkey)) throw new OptionError(`miner hotkey ${options.minerHotkey} is not an ss58 address (format 42)`);
@@ -324,6 +333,7 @@ export class Policy {
     }
     this.#rate = new RateLimiter(ratePerSecond, safeInt('rateBurst', options.rateBurst ?? 20, 1));
     this.maxConcurrentPerHotkey = safeInt('maxConcurrentPerHotkey', options.maxConcurrentPerHotkey ?? 8, 1);
+    this.maxQueuedPerHotkey = safeInt('maxQueuedPerHotkey', options.maxQueuedPerHotkey ?? 0, 0);
   }
 
   get metagraph(): Metagraph | undefined {
@@ -406,13 +416,47 @@ export class Policy {
     return { neuron, allowListed };
   }
 
-  /** Reserve one of a hotkey's generation slots; the returned function gives it back (idempotent). */
-  acquireSlot(hotkey: string, context: { requestId?: string; signedBy?: string } = {}): () => void {
+  /**
+   * Reserve one of a hotkey's generation slots. Resolves with the function that gives it back
+   * (idempotent): at once when one is free, else when one of the hotkey's generations ends, the
+   * request having waited its turn among at most maxQueuedPerHotkey others. Throws (synchronously)
+   * RATE_LIMITED when the slots and the queue are all taken. Aborting `signal` while waiting rejects
+   * with the signal's reason and leaves the queue.
+   */
+  acquireSlot(hotkey: string, context: { requestId?: string; signedBy?: string } = {}, signal?: AbortSignal): Promise<() => void> {
     const n = this.#inFlight.get(hotkey) ?? 0;
-    if (n >= this.maxConcurrentPerHotkey) {
-      throw new AxonError('RATE_LIMITED', `${n} generations from ${hotkey} are already running; the limit is ${this.maxConcurrentPerHotkey}`, context);
+    if (n < this.maxConcurrentPerHotkey) return Promise.resolve(this.#take(hotkey));
+    const waiting = this.#waiting.get(hotkey) ?? [];
+    if (waiting.length >= this.maxQueuedPerHotkey) {
+      const queue = this.maxQueuedPerHotkey > 0 ? `, and ${waiting.length} wait for a slot (at most ${this.maxQueuedPerHotkey})` : '';
+      throw new AxonError('RATE_LIMITED', `${n} generations from ${hotkey} are already running (at most ${this.maxConcurrentPerHotkey})${queue}`, context);
     }
-    this.#inFlight.set(hotkey, n + 1);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        const list = this.#waiting.get(hotkey);
+        const i = list?.indexOf(grant) ?? -1;
+        if (i >= 0) list!.splice(i, 1);
+        if (list?.length === 0) this.#waiting.delete(hotkey);
+        reject(signal!.reason);
+      };
+      const grant = (release: () => void) => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve(release);
+      };
+      if (signal?.aborted) return reject(signal.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      waiting.push(grant);
+      this.#waiting.set(hotkey, waiting);
+    });
+  }
+
+  /** Generations of `hotkey` waiting for a slot. */
+  waitingFor(hotkey: string): number {
+    return this.#waiting.get(hotkey)?.length ?? 0;
+  }
+
+  #take(hotkey: string): () => void {
+    this.#inFlight.set(hotkey, (this.#inFlight.get(hotkey) ?? 0) + 1);
     let released = false;
     return () => {
       if (released) return;
@@ -420,6 +464,11 @@ export class Policy {
       const left = (this.#inFlight.get(hotkey) ?? 1) - 1;
       if (left <= 0) this.#inFlight.delete(hotkey);
       else this.#inFlight.set(hotkey, left);
+      // The slot goes to the oldest waiting request of the same hotkey.
+      const waiting = this.#waiting.get(hotkey);
+      const next = waiting?.shift();
+      if (waiting?.length === 0) this.#waiting.delete(hotkey);
+      if (next) next(this.#take(hotkey));
     };
   }
 }

@@ -32,6 +32,8 @@ import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { BadRequestError, CryptoWorkerError, MinerError, OptionError, OverloadedError } from '../errors.ts';
 import type { GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
 import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from './crypto-pool.ts';
+import { HttpFace } from './http-face.ts';
+import { newFlight, stopFlight, toEngineRequest, toWireToken, type Flight, type StopReason } from './generation.ts';
 import { Policy, type Admission, type PolicyConfig } from './policy.ts';
 import {
   AxonError,
@@ -215,6 +217,11 @@ export interface AxonServerOptions {
   cryptoWorkers?: number;
   /** Replaces the crypto worker script (tests use one that stalls or dies on cue); `data` reaches it as workerData.test. */
   cryptoWorkerScript?: { url: URL; data?: unknown };
+  /**
+   * Serve GET /metrics on its own address instead of the axon's port (which then answers 404 there),
+   * so the metrics can stay on a private interface while the axon faces the network.
+   */
+  metrics?: { host: string; port: number };
 }
 
 export interface AxonStats {
@@ -226,13 +233,6 @@ export interface AxonStats {
   /** Frames received and not yet finished: waiting for their signature check, or behind one that is. */
   waitingFrames: number;
   crypto: CryptoPoolStats;
-}
-
-type StopReason = 'cancel' | 'closed' | 'timeout' | 'slow' | 'shutdown';
-
-interface Flight {
-  readonly abort: AbortController;
-  reason: StopReason | undefined;
 }
 
 /** A frame that passed what could be checked at once, waiting its turn on its connection. */
@@ -331,6 +331,11 @@ export class AxonServer {
   #pendingPerIp = new Map<string, number>();
   #pendingSockets = new Map<Socket, string>();
   #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>();
+  /** Sockets serving the HTTP face (counted per address like WebSockets), and the address of each. */
+  #httpSockets = new Map<Socket, string>();
+  #face: HttpFace;
+  #metricsAt: { host: string; port: number } | undefined;
+  #metricsServer: HttpServer | undefined;
   /** Connections with frames waiting for room in the signature checks, in the order they take turns. */
   #awaitingVerifyRoom = new Set<Connection>();
   /** Signature checks queued or running for connections that had not shown a valid signature. */
@@ -367,6 +372,26 @@ export class AxonServer {
       script: options.cryptoWorkerScript,
     });
     this.#metrics = this.#createMetrics(options.processMetrics ?? false);
+    this.#metricsAt = options.metrics;
+    this.#face = new HttpFace({
+      limits: this.limits,
+      policy: this.policy,
+      generator: this.#generator,
+      crypto: this.#crypto,
+      signer: this.#signer,
+      logger: this.logger,
+      metrics: this.#metrics,
+      clock: () => this.#clock(),
+      closing: () => this.#closing,
+      startedAt: Math.floor(this.#clock() / 1000),
+      track: (flight, task) => {
+        this.#flights.add(flight);
+        const settled = task.catch(() => {}); // the face answers its own failures
+        this.#tasks.add(settled);
+        void settled.finally(() => this.#tasks.delete(settled));
+      },
+      forget: (flight) => this.#flights.delete(flight),
+    });
 
     // Time to the first byte and to the end of the headers are bounded by the handshake timer armed at
     // accept; node's own header and request timeouts back it up.
@@ -408,11 +433,35 @@ export class AxonServer {
       { event: 'listening', host, port: this.#port, hotkey: this.hotkey, protocol: PROTOCOL_VERSION, cryptoWorkers: this.#crypto.workers },
       'axon listening',
     );
+    if (this.#metricsAt) {
+      const at = this.#metricsAt;
+      const metrics = createServer((req, res) => {
+        const path = (req.url ?? '/').split('?')[0];
+        if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) return void res.writeHead(404).end();
+        this.registry.metrics().then(
+          (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
+          () => res.writeHead(500).end(),
+        );
+      });
+      this.#metricsServer = metrics;
+      await new Promise<void>((resolve, reject) => {
+        metrics.once('error', (err) => reject(new OptionError(`cannot listen for metrics on ${at.host}:${at.port}: ${err.message}`)));
+        metrics.listen(at.port, at.host, () => resolve());
+      });
+      this.logger.info({ event: 'metrics_listening', host: at.host, port: at.port }, 'metrics listening');
+    }
     return { port: this.#port, host };
   }
 
   get port(): number {
     return this.#port;
+  }
+
+  /** Where /metrics is served when it has its own address (the bound port, if 0 was asked for). */
+  get metricsAddress(): { host: string; port: number } | undefined {
+    const address = this.#metricsServer?.address();
+    if (!this.#metricsAt || typeof address !== 'object' || !address) return this.#metricsAt;
+    return { host: this.#metricsAt.host, port: address.port };
   }
 
   stats(): AxonStats {
@@ -493,30 +542,46 @@ export class AxonServer {
     this.#clearHandshakeTimer(req.socket);
     try {
       const path = (req.url ?? '/').split('?')[0];
+      if (HttpFace.serves(path)) {
+        const refusal = path === '/v1/models' ? null : this.#promoteHttp(req.socket);
+        if (refusal) {
+          res.setHeader('Connection', 'close');
+          res.writeHead(refusal.status, { 'Content-Type': 'application/json', ...(refusal.status === 429 ? { 'Retry-After': '1' } : {}) });
+          const type = refusal.status === 429 ? 'rate_limit_error' : 'overloaded_error';
+          res.end(JSON.stringify({ error: { message: refusal.message, type, param: null, code: refusal.status === 429 ? 'RATE_LIMITED' : 'OVERLOADED' } }));
+          return;
+        }
+        return await this.#face.handle(req, res, path);
+      }
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.writeHead(405, { Allow: 'GET', 'Content-Type': 'text/plain' }).end('method not allowed\n');
-      } else if (path === '/metrics') {
+      } else if (path === '/metrics' && !this.#metricsAt) {
         const text = await this.registry.metrics();
         res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text);
       } else if (path === '/health') {
-        let model: string | null = null;
+        let info: ReturnType<TextGenerator['info']> | undefined;
         try {
-          model = this.#generator.info().modelId;
+          info = this.#generator.info();
         } catch {
-          model = null;
+          info = undefined;
         }
         const body = {
           status: this.#closing ? 'closing' : 'ok',
           hotkey: this.hotkey,
           protocol: PROTOCOL_VERSION,
           version: this.#version,
-          model_id: model,
+          model_id: info?.modelId ?? null,
+          weights_digest: info?.weightsDigest ?? null,
+          adapter: info?.adapter ?? null,
+          backend: info?.backend ?? null,
+          queue_depth: info?.queueDepth ?? null,
           connections: this.#connections.size,
+          http_connections: this.#httpSockets.size,
           active_requests: this.#flights.size,
         };
         res.writeHead(this.#closing ? 503 : 200, { 'Content-Type': 'application/json' }).end(JSON.stringify(body) + '\n');
       } else {
-        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: connect with a WebSocket, or GET /health or /metrics\n');
+        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: connect with a WebSocket, use the OpenAI routes under /v1/, or GET /health or /metrics\n');
       }
     } catch (err) {
       this.logger.error({ event: 'http_error', err }, 'HTTP handler failed');
@@ -579,10 +644,37 @@ export class AxonServer {
 
   #admitConnection(ip: string): { status: number; message: string } | null {
     if (this.#closing) return { status: 503, message: 'miner is shutting down' };
-    if (this.#connections.size >= this.limits.maxConnections) return { status: 503, message: `connection limit (${this.limits.maxConnections}) reached` };
+    if (this.#connections.size + this.#httpSockets.size >= this.limits.maxConnections) return { status: 503, message: `connection limit (${this.limits.maxConnections}) reached` };
     if ((this.#perIp.get(ip) ?? 0) >= this.limits.maxConnectionsPerIp) {
       return { status: 429, message: `at most ${this.limits.maxConnectionsPerIp} connections per address` };
     }
+    return null;
+  }
+
+  /**
+   * A socket's first request to a signed route of the HTTP face: from then on it counts, like a
+   * WebSocket, against the connection limits (in all and per address) instead of the pending ones,
+   * so a validator can hold as many streams open as it may hold WebSockets. Null when admitted.
+   */
+  #promoteHttp(socket: Socket): { status: number; message: string } | null {
+    if (this.#httpSockets.has(socket)) return null;
+    const ip = socket.remoteAddress ?? 'unknown';
+    if (this.#closing) return { status: 503, message: 'miner is shutting down' };
+    if (this.#connections.size + this.#httpSockets.size >= this.limits.maxConnections) {
+      return { status: 503, message: `connection limit (${this.limits.maxConnections}) reached` };
+    }
+    if ((this.#perIp.get(ip) ?? 0) >= this.limits.maxConnectionsPerIp) {
+      return { status: 429, message: `at most ${this.limits.maxConnectionsPerIp} connections per address` };
+    }
+    this.#unpend(socket);
+    this.#httpSockets.set(socket, ip);
+    this.#perIp.set(ip, (this.#perIp.get(ip) ?? 0) + 1);
+    socket.once('close', () => {
+      this.#httpSockets.delete(socket);
+      const n = (this.#perIp.get(ip) ?? 1) - 1;
+      if (n <= 0) this.#perIp.delete(ip);
+      else this.#perIp.set(ip, n);
+    });
     return null;
   }
 
@@ -647,8 +739,7 @@ export class AxonServer {
   }
 
   #stop(flight: Flight, reason: StopReason): void {
-    if (flight.reason === undefined) flight.reason = reason;
-    flight.abort.abort(reason);
+    stopFlight(flight, reason);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -952,9 +1043,12 @@ export class AxonServer {
         }
         case 'generate': {
           const payload = decodeGeneratePayload(frame.body, this.limits, context);
-          const release = this.policy.acquireSlot(frame.signed_by, context);
+          const flight = newFlight();
+          // Refused here (RATE_LIMITED) when the hotkey's slots and queue are all taken; else it
+          // waits for a slot in #generate, where a cancel or a closed connection ends the wait.
+          const slot = this.policy.acquireSlot(frame.signed_by, context, flight.abort.signal);
           // #generate registers the flight before its first await, so a cancel finished next finds it.
-          const task = this.#generate(conn, frame, admission, payload, receivedAt, release).catch((err) => {
+          const task = this.#generate(conn, frame, admission, payload, receivedAt, flight, slot).catch((err) => {
             this.logger.error({ event: 'internal', err }, 'generation task failed');
           });
           this.#tasks.add(task);
@@ -1004,9 +1098,8 @@ export class AxonServer {
     };
   }
 
-  async #generate(conn: Connection, frame: RequestFrame, admission: Admission, payload: GeneratePayload, receivedAt: number, release: () => void): Promise<void> {
+  async #generate(conn: Connection, frame: RequestFrame, admission: Admission, payload: GeneratePayload, receivedAt: number, flight: Flight, slot: Promise<() => void>): Promise<void> {
     const key = requestKey(frame.signed_by, frame.id);
-    const flight: Flight = { abort: new AbortController(), reason: undefined };
     conn.requests.set(key, flight);
     this.#flights.add(flight);
     const timeout = setTimeout(() => this.#stop(flight, 'timeout'), this.limits.requestTimeoutMs);
@@ -1036,7 +1129,9 @@ export class AxonServer {
     let summary: GenerationSummary | undefined;
     let failure: unknown;
     let iterator: AsyncGenerator<GeneratedToken, GenerationSummary> | undefined;
+    let release: (() => void) | undefined;
     try {
+      release = await slot;
       iterator = this.#generator.generate(toEngineRequest(payload), { signal: flight.abort.signal, priority: admission.stake });
       for (;;) {
         if (flight.abort.signal.aborted) break;
@@ -1071,7 +1166,7 @@ export class AxonServer {
         // Let the generator run its finally (free its sequence) if it stopped mid-stream.
         await iterator.return(undefined as never).catch(() => {});
       }
-      release();
+      release?.();
       conn.requests.delete(key);
       this.#flights.delete(flight);
     }
@@ -1161,6 +1256,7 @@ export class AxonServer {
     for (const conn of this.#connections) conn.ws.terminate();
     this.#http.closeAllConnections();
     await httpClosed;
+    if (this.#metricsServer?.listening) await new Promise<void>((resolve) => this.#metricsServer!.close(() => resolve()));
     await this.#crypto.close();
     this.logger.info({ event: 'closed' }, 'axon closed');
   }
@@ -1168,26 +1264,3 @@ export class AxonServer {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 const round = (x: number) => Math.round(x * 100) / 100;
-
-function toEngineRequest(p: GeneratePayload): GenerateRequest {
-  const request: GenerateRequest = { maxTokens: p.max_tokens };
-  if (p.prompt !== undefined) request.prompt = p.prompt;
-  if (p.messages !== undefined) request.messages = p.messages;
-  if (p.temperature !== undefined) request.temperature = p.temperature;
-  if (p.top_p !== undefined) request.topP = p.top_p;
-  if (p.top_k !== undefined) request.topK = p.top_k;
-  if (p.seed !== undefined) request.seed = p.seed;
-  if (p.stop !== undefined) request.stop = p.stop;
-  if (p.logprobs !== undefined) request.logprobs = p.logprobs;
-  return request;
-}
-
-function toWireToken(t: GeneratedToken, topN: number): WireToken {
-  return {
-    index: t.index,
-    token_id: t.tokenId,
-    text: t.text,
-    logprob: t.logprob,
-    top_logprobs: t.topLogprobs.slice(0, topN).map((a) => ({ token_id: a.tokenId, text: a.text, logprob: a.logprob })),
-  };
-}
