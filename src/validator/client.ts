@@ -35,14 +35,19 @@ import {
 } from '../axon/protocol.ts';
 import { cryptoReady, isValidHotkey, signRequest, verifyFrame, type Signer } from '../axon/signing.ts';
 import { OptionError } from '../errors.ts';
+import { HttpValidatorClient } from './http-client.ts';
 
 export { CryptoPool, createVerifyPool, type VerifyPoolOptions } from '../axon/crypto-pool.ts';
+export { HttpValidatorClient } from './http-client.ts';
 
 /** Frames of one connection waiting for their signature check before the socket stops being read. */
 export const MAX_UNVERIFIED_FRAMES = 256;
 
 export interface ValidatorClientOptions {
-  /** ws://host:port of the miner's axon. */
+  /**
+   * The miner's axon: ws://host:port speaks protocol v1 (signed msgpack frames over a WebSocket),
+   * http://host:port its OpenAI-compatible face (Epistula v2 headers, a signed SSE stream).
+   */
   url: string;
   /** The validator's hotkey. */
   signer: Signer;
@@ -140,8 +145,8 @@ export async function discoverMinerHotkey(url: string, timeoutMs = 10_000): Prom
   } catch {
     throw new ConnectionError(`not a URL: ${url}`);
   }
-  if (health.protocol !== 'ws:' && health.protocol !== 'wss:') throw new ConnectionError(`miner URL must start with ws:// or wss:// (got ${url})`);
-  health.protocol = health.protocol === 'wss:' ? 'https:' : 'http:';
+  if (!['ws:', 'wss:', 'http:', 'https:'].includes(health.protocol)) throw new ConnectionError(`miner URL must start with ws://, wss://, http:// or https:// (got ${url})`);
+  health.protocol = health.protocol === 'wss:' || health.protocol === 'https:' ? 'https:' : 'http:';
   health.pathname = '/health';
   health.search = '';
   let body: unknown;
@@ -156,7 +161,21 @@ export async function discoverMinerHotkey(url: string, timeoutMs = 10_000): Prom
   return hotkey;
 }
 
+/** A client of either transport: the same ping, generate, cancel and close. */
+export type MinerClient = ValidatorClient | HttpValidatorClient;
+
+/** Connect to a miner: over its WebSocket for ws:// and wss:// URLs, over its OpenAI-compatible HTTP face for http:// and https://. */
+export async function connectMiner(options: ValidatorClientOptions): Promise<MinerClient> {
+  if (!/^https?:/i.test(options.url)) return ValidatorClient.connect(options);
+  await cryptoReady();
+  const timeoutMs = options.connectTimeoutMs ?? 10_000;
+  const minerHotkey = options.minerHotkey ?? (await discoverMinerHotkey(options.url, timeoutMs));
+  if (!isValidHotkey(minerHotkey)) throw new ConnectionError(`miner hotkey ${minerHotkey} is not an ss58 address (format 42)`);
+  return new HttpValidatorClient({ url: options.url, signer: options.signer, minerHotkey, requestTimeoutMs: options.requestTimeoutMs ?? 10_000 });
+}
+
 export class ValidatorClient {
+  readonly transport = 'ws' as const;
   readonly url: string;
   readonly minerHotkey: string;
   readonly hotkey: string;
@@ -197,7 +216,9 @@ export class ValidatorClient {
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
   }
 
+  /** Connect to the miner's protocol v1 WebSocket (ws:// or wss://); connectMiner takes either transport. */
   static async connect(options: ValidatorClientOptions): Promise<ValidatorClient> {
+    if (!/^wss?:/i.test(options.url)) throw new ConnectionError(`a WebSocket URL starts with ws:// or wss:// (got ${options.url}); connectMiner also takes http://`);
     const pool = options.cryptoPool;
     if (pool !== undefined && !(pool instanceof CryptoPool)) throw new OptionError('cryptoPool must be a CryptoPool (from createVerifyPool)');
     await cryptoReady();
@@ -454,6 +475,20 @@ export class GenerationStream implements AsyncIterable<ClientToken> {
   start(id: string, sentAt: number): void {
     this.id = id;
     this.#sentAt = sentAt;
+  }
+
+  /** @internal A verified token, from a transport that checks tokens itself (HTTP). */
+  deliver(token: ClientToken, at: number): void {
+    if (this.#finished) return;
+    this.#firstAt ??= at;
+    this.#all.push(token);
+    this.#queue.push(token);
+    this.#wakeUp();
+  }
+
+  /** @internal The verified end (or the failure) of a generation, from a transport that checks it itself (HTTP). */
+  settle(outcome: GenerationResult | Error): void {
+    this.#end(outcome);
   }
 
   /** @internal What the client feeds; onFrame returns true when the request is over. */
