@@ -77,6 +77,11 @@ export interface HttpFaceLimits extends PayloadLimits {
   slowReaderTimeoutMs: number;
   /** Signature checks queued or running in all; an HTTP request beyond it gets 503. */
   maxVerifyQueue: number;
+  /**
+   * Of those, the checks of HTTP requests on sockets that have not yet shown a valid signature of an
+   * authorised hotkey (503 beyond it): peers that only send bad signatures get a bounded share.
+   */
+  maxUnprovenVerifyQueue: number;
 }
 
 export interface HttpFaceMetrics {
@@ -128,6 +133,10 @@ const round = (x: number) => Math.round(x * 100) / 100;
 
 export class HttpFace {
   #host: HttpFaceHost;
+  /** Sockets that carried a request with a valid signature of an authorised hotkey. */
+  #proven = new WeakSet<object>();
+  /** Signature checks in flight for requests on sockets not (yet) proven. */
+  #unprovenVerifying = 0;
 
   constructor(host: HttpFaceHost) {
     this.#host = host;
@@ -201,15 +210,18 @@ export class HttpFace {
     host.policy.precheck(frame, now);
     const valid = await this.#verify(frame, req);
     const admission = host.policy.authorise(frame, valid, now);
+    this.#proven.add(req.socket);
     return { frame, admission, receivedAt, route };
   }
 
   async #verify(frame: RequestFrame, req: IncomingMessage): Promise<boolean> {
     const crypto = this.#host.crypto;
     if (crypto.inline) return verifyFrame(frame);
-    if (crypto.verifying >= this.#host.limits.maxVerifyQueue) {
+    const unproven = !this.#proven.has(req.socket);
+    if (crypto.verifying >= this.#host.limits.maxVerifyQueue || (unproven && this.#unprovenVerifying >= this.#host.limits.maxUnprovenVerifyQueue)) {
       throw new AxonError('OVERLOADED', 'too many signature checks waiting; retry shortly', { requestId: frame.id, signedBy: frame.signed_by });
     }
+    if (unproven) this.#unprovenVerifying += 1;
     const verdict = await crypto.verify(req.socket, {
       body: frame.body,
       id: frame.id,
@@ -218,6 +230,7 @@ export class HttpFace {
       signature: frame.signature,
       address: frame.signed_by,
     });
+    if (unproven) this.#unprovenVerifying -= 1;
     if (verdict instanceof Error) throw verdict; // a worker died during the check: INTERNAL
     return verdict;
   }
