@@ -18,11 +18,11 @@ import {
   decodeResponseBody,
   encodeFrame,
   type ErrorCode,
-} from '../src/axon/protocol.ts';
+} from '../src/wire/protocol.ts';
 import { Policy, RateLimiter, ReplayCache, parseMetagraph } from '../src/axon/policy.ts';
 import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
-import { cryptoReady, isValidHotkey, signRequest, signedMessage, signerFromSeed, verifyFrame, verifySignature } from '../src/axon/signing.ts';
-import { hotkeyFilePath, loadWalletHotkey } from '../src/axon/wallet.ts';
+import { cryptoReady, isValidHotkey, signRequest, signedMessage, signerFromSeed, verifyFrame, verifySignature } from '../src/wire/signing.ts';
+import { hotkeyFilePath, loadWalletHotkey } from '../src/wire/wallet.ts';
 import { devKeys, devMetagraph } from './support/axon-harness.ts';
 
 await cryptoReady();

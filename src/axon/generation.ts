@@ -2,7 +2,7 @@
 // closed connection, the request timeout, a slow reader or shutdown), the engine request made from
 // a validated payload, and the token as the wire carries it.
 import type { GenerateRequest, GeneratedToken } from '../engine/types.ts';
-import type { GeneratePayload, WireToken } from './protocol.ts';
+import type { GeneratePayload, WireToken } from '../wire/protocol.ts';
 
 export type StopReason = 'cancel' | 'closed' | 'timeout' | 'slow' | 'shutdown';
 

@@ -22,7 +22,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
 import type { GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
-import type { CryptoPool } from './crypto-pool.ts';
+import type { CryptoPool } from '../wire/crypto-pool.ts';
 import { newFlight, stopFlight, type Flight } from './generation.ts';
 import {
   HttpRefusal,
@@ -44,8 +44,8 @@ import {
   type ResponseIdentity,
 } from './openai.ts';
 import type { Admission, Policy } from './policy.ts';
-import { AxonError, PROTOCOL_VERSION, isSs58Shaped, isUuid, type ErrorCode, type PayloadLimits, type RequestFrame, type RequestOp } from './protocol.ts';
-import { signedMessage, verifyFrame, type Signer } from './signing.ts';
+import { AxonError, PROTOCOL_VERSION, isSs58Shaped, isUuid, type ErrorCode, type PayloadLimits, type RequestFrame, type RequestOp } from '../wire/protocol.ts';
+import { signedMessage, verifyFrame, type Signer } from '../wire/signing.ts';
 
 export const EPISTULA_VERSION = '2';
 

@@ -13,7 +13,7 @@
 // chunk's delta includes the role, then a chunk with finish_reason, then usage when asked.
 import type { ChatMessage, GenerateRequest, GeneratedToken, GenerationSummary } from '../engine/types.ts';
 import { MAX_LOGPROBS } from '../engine/types.ts';
-import { AxonError, type ErrorCode, type PayloadLimits } from './protocol.ts';
+import { AxonError, type ErrorCode, type PayloadLimits } from '../wire/protocol.ts';
 
 /** HTTP status of each wire code. */
 export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({

@@ -14,8 +14,9 @@
 // each within a quota, and a frame that was rate limited cannot be replayed later in its window.
 import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { OptionError } from '../errors.ts';
-import { AxonError, type RequestFrame } from './protocol.ts';
-import { isValidHotkey, verifyFrame } from './signing.ts';
+import { AxonError, type RequestFrame } from '../wire/protocol.ts';
+import { TokenBucket } from './token-bucket.ts';
+import { isValidHotkey, verifyFrame } from '../wire/signing.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Metagraph
@@ -196,7 +197,7 @@ export class ReplayCache {
 export class RateLimiter {
   readonly ratePerSecond: number;
   readonly burst: number;
-  #buckets = new Map<string, { tokens: number; at: number }>();
+  #buckets = new Map<string, TokenBucket>();
 
   constructor(ratePerSecond: number, burst: number) {
     this.ratePerSecond = ratePerSecond;
@@ -205,20 +206,18 @@ export class RateLimiter {
 
   /** Take one token for `key`; false when its bucket is empty. */
   take(key: string, now: number): boolean {
-    const bucket = this.#buckets.get(key) ?? { tokens: this.burst, at: now };
-    bucket.tokens = Math.min(this.burst, bucket.tokens + (Math.max(0, now - bucket.at) * this.ratePerSecond) / 1000);
-    bucket.at = now;
-    if (!this.#buckets.has(key) && this.#buckets.size >= 10_000) this.#forgetFull(now);
-    this.#buckets.set(key, bucket);
-    if (bucket.tokens < 1) return false;
-    bucket.tokens -= 1;
-    return true;
+    let bucket = this.#buckets.get(key);
+    if (!bucket) {
+      if (this.#buckets.size >= 10_000) this.#forgetFull(now);
+      bucket = new TokenBucket(this.ratePerSecond, this.burst, now);
+      this.#buckets.set(key, bucket);
+    }
+    return bucket.take(now);
   }
 
   /** Drop buckets that have refilled: forgetting them changes nothing. */
   #forgetFull(now: number): void {
-    const refillMs = (this.burst / this.ratePerSecond) * 1000;
-    for (const [key, bucket] of this.#buckets) if (now - bucket.at >= refillMs) this.#buckets.delete(key);
+    for (const [key, bucket] of this.#buckets) if (bucket.fullAt(now)) this.#buckets.delete(key);
   }
 }
 

@@ -5,11 +5,11 @@ import type { Command } from 'commander';
 import { pino, type Logger } from 'pino';
 import { OptionError } from '../errors.ts';
 import type { TextGenerator } from '../engine/types.ts';
-import { MAX_CRYPTO_WORKERS } from './crypto-pool.ts';
+import { MAX_CRYPTO_WORKERS } from '../wire/crypto-pool.ts';
 import { MetagraphWatcher, parseMetagraph, type Metagraph } from './policy.ts';
 import { AxonServer, resolveLimits, type AxonLimits } from './server.ts';
-import { signerFromUri, type Signer } from './signing.ts';
-import { loadSigner, type WalletLocation } from './wallet.ts';
+import { signerFromUri, type Signer } from '../wire/signing.ts';
+import { loadSigner, type WalletLocation } from '../wire/wallet.ts';
 
 export interface ServeOptions {
   /** Default 8091. */

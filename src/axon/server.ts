@@ -27,12 +27,14 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { readFileSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { BadRequestError, CryptoWorkerError, MinerError, OptionError, OverloadedError } from '../errors.ts';
 import type { GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
-import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from './crypto-pool.ts';
+import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from '../wire/crypto-pool.ts';
 import { HttpFace } from './http-face.ts';
+import { createAxonMetrics, type AxonMetrics } from './metrics.ts';
+import { TokenBucket } from './token-bucket.ts';
 import { newFlight, stopFlight, toEngineRequest, toWireToken, type Flight, type StopReason } from './generation.ts';
 import { Policy, type Admission, type PolicyConfig } from './policy.ts';
 import {
@@ -54,8 +56,8 @@ import {
   type RequestFrame,
   type ResponseType,
   type WireToken,
-} from './protocol.ts';
-import { cryptoReady, responseFrame, signResponse, verifyFrame, type Signer } from './signing.ts';
+} from '../wire/protocol.ts';
+import { cryptoReady, responseFrame, signResponse, verifyFrame, type Signer } from '../wire/signing.ts';
 
 export interface AxonLimits {
   /** Largest frame (ws maxPayload, enforced at the length header; the connection closes with 1009). */
@@ -270,10 +272,10 @@ class Connection {
   /** Settles once every response frame handed to the crypto workers so far has been sent or dropped. */
   outbound: Promise<void> = Promise.resolve();
   lastInbound = performance.now();
-  frameTokens: number;
-  frameAt = performance.now();
-  badFrameTokens: number;
-  badFrameAt = performance.now();
+  /** Frames this connection may send (maxFramesPerSecond, burst of twice that). */
+  readonly frames: TokenBucket;
+  /** Frames refused before a valid signature that it may still cause (maxBadFramesPerSecond, likewise). */
+  readonly badFrames: TokenBucket;
   idleTimer: NodeJS.Timeout | undefined;
   drainTimer: NodeJS.Timeout | undefined;
   readonly drainWaiters = new Set<(drained: boolean) => void>();
@@ -282,11 +284,11 @@ class Connection {
   constructor(
     readonly ws: WebSocket,
     readonly ip: string,
-    burst: number,
-    badBurst: number,
+    framesPerSecond: number,
+    badFramesPerSecond: number,
   ) {
-    this.frameTokens = burst;
-    this.badFrameTokens = badBurst;
+    this.frames = new TokenBucket(framesPerSecond, framesPerSecond * 2, performance.now());
+    this.badFrames = new TokenBucket(badFramesPerSecond, badFramesPerSecond * 2, performance.now());
   }
 }
 
@@ -346,13 +348,7 @@ export class AxonServer {
   #closed: Promise<void> | undefined;
   #peakBuffered = 0;
   #port = 0;
-  #metrics: {
-    requests: Counter<'op' | 'outcome'>;
-    tokens: Counter;
-    promptTokens: Counter<'cache'>;
-    ttft: Histogram;
-    tokensPerS: Histogram;
-  };
+  #metrics: AxonMetrics;
 
   constructor(options: AxonServerOptions) {
     this.limits = resolveLimits(options.limits);
@@ -371,7 +367,14 @@ export class AxonServer {
       logger: this.logger,
       script: options.cryptoWorkerScript,
     });
-    this.#metrics = this.#createMetrics(options.processMetrics ?? false);
+    this.#metrics = createAxonMetrics(this.registry, options.processMetrics ?? false, {
+      engine: () => this.#generator.info(),
+      connections: () => this.#connections.size,
+      httpConnections: () => this.#httpSockets.size,
+      activeRequests: () => this.#flights.size,
+      policy: this.policy,
+      crypto: () => this.#crypto.stats(),
+    });
     this.#metricsAt = options.metrics;
     this.#face = new HttpFace({
       limits: this.limits,
@@ -479,64 +482,6 @@ export class AxonServer {
 
   // -------------------------------------------------------------------------------------------
   // Metrics and HTTP
-
-  #createMetrics(processMetrics: boolean) {
-    const registers = [this.registry];
-    if (processMetrics) collectDefaultMetrics({ register: this.registry });
-    const gauge = (name: string, help: string, value: () => number) => {
-      const g: Gauge = new Gauge({
-        name,
-        help,
-        registers,
-        collect: () => {
-          try {
-            g.set(value());
-          } catch {
-            // An engine whose info() fails leaves the gauge at its last value; /health shows the rest.
-          }
-        },
-      });
-    };
-    gauge('engine_queue_depth', 'Requests waiting for the engine', () => this.#generator.info().queueDepth);
-    gauge('engine_active_sequences', 'Sequences being generated', () => this.#generator.info().activeSequences);
-    gauge('engine_kv_blocks_used', 'KV-cache blocks in use', () => this.#generator.info().kvBlocksUsed);
-    gauge('engine_kv_blocks_total', 'KV-cache blocks in all', () => this.#generator.info().kvBlocksTotal);
-    gauge('axon_connections', 'Open WebSocket connections', () => this.#connections.size);
-    gauge('axon_active_requests', 'Generations in flight', () => this.#flights.size);
-    gauge('axon_replay_cache_entries', '(signed_by, id) pairs remembered', () => this.policy.replay.size);
-    gauge('axon_metagraph_neurons', 'Neurons in the metagraph in force', () => this.policy.metagraph?.neurons.size ?? 0);
-    gauge('axon_metagraph_block', 'Block of the metagraph in force', () => this.policy.metagraph?.block ?? 0);
-    gauge('axon_crypto_verify_queue', 'Signature checks queued or running on the crypto workers', () => this.#crypto.stats().verifying);
-    gauge('axon_crypto_sign_queue', 'Response signatures queued or running on the crypto workers', () => this.#crypto.stats().signing);
-    gauge('axon_crypto_worker_exits', 'Crypto workers that exited unexpectedly (each was replaced)', () => this.#crypto.stats().workerExits);
-    return {
-      requests: new Counter({
-        name: 'axon_requests_total',
-        help: 'Requests by op and outcome (ok, cancelled, disconnected, or the error code)',
-        labelNames: ['op', 'outcome'] as const,
-        registers,
-      }),
-      tokens: new Counter({ name: 'axon_tokens_total', help: 'Completion tokens sent', registers }),
-      promptTokens: new Counter({
-        name: 'axon_prompt_tokens_total',
-        help: 'Prompt tokens of finished generations: cache="hit" reused from a cached prefix, "miss" computed',
-        labelNames: ['cache'] as const,
-        registers,
-      }),
-      ttft: new Histogram({
-        name: 'axon_ttft_seconds',
-        help: 'Time from a generate frame to its first token frame',
-        buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-        registers,
-      }),
-      tokensPerS: new Histogram({
-        name: 'axon_tokens_per_second',
-        help: 'Completion tokens per second after the first, per request',
-        buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
-        registers,
-      }),
-    };
-  }
 
   async #onHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {
     this.#clearHandshakeTimer(req.socket);
@@ -698,7 +643,7 @@ export class AxonServer {
       ws.close(1013, refusal.message);
       return;
     }
-    const conn = new Connection(ws, ip, this.limits.maxFramesPerSecond * 2, this.limits.maxBadFramesPerSecond * 2);
+    const conn = new Connection(ws, ip, this.limits.maxFramesPerSecond, this.limits.maxBadFramesPerSecond);
     this.#connections.add(conn);
     this.#perIp.set(ip, (this.#perIp.get(ip) ?? 0) + 1);
     ws.on('message', (data, isBinary) => this.#onMessage(conn, data, isBinary));
@@ -863,7 +808,7 @@ export class AxonServer {
     // addressed to that hotkey.
     const signedFor = unauthenticated ? '' : claimed;
     this.#metrics.requests.inc({ op, outcome: code });
-    if (unauthenticated && !this.#takeBadFrameToken(conn)) {
+    if (unauthenticated && !conn.badFrames.take(performance.now())) {
       this.logger.warn({ event: 'bad_frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxBadFramesPerSecond} refused frames/s`);
       conn.ws.close(1008, 'too many bad frames');
       return;
@@ -874,31 +819,11 @@ export class AxonServer {
     else this.#log(fields, unauthenticated ? 'debug' : 'info');
   }
 
-  #takeFrameToken(conn: Connection): boolean {
-    const now = performance.now();
-    const rate = this.limits.maxFramesPerSecond;
-    conn.frameTokens = Math.min(rate * 2, conn.frameTokens + ((now - conn.frameAt) * rate) / 1000);
-    conn.frameAt = now;
-    if (conn.frameTokens < 1) return false;
-    conn.frameTokens -= 1;
-    return true;
-  }
-
-  #takeBadFrameToken(conn: Connection): boolean {
-    const now = performance.now();
-    const rate = this.limits.maxBadFramesPerSecond;
-    conn.badFrameTokens = Math.min(rate * 2, conn.badFrameTokens + ((now - conn.badFrameAt) * rate) / 1000);
-    conn.badFrameAt = now;
-    if (conn.badFrameTokens < 1) return false;
-    conn.badFrameTokens -= 1;
-    return true;
-  }
-
   #onMessage(conn: Connection, data: RawData, isBinary: boolean): void {
     const receivedAt = performance.now();
     conn.lastInbound = receivedAt;
     if (conn.closed) return;
-    if (!this.#takeFrameToken(conn)) {
+    if (!conn.frames.take(performance.now())) {
       this.#metrics.requests.inc({ op: 'unknown', outcome: 'FRAME_RATE' });
       this.logger.warn({ event: 'frame_rate', ip: conn.ip }, `connection closed: more than ${this.limits.maxFramesPerSecond} frames/s`);
       conn.ws.close(1008, 'frame rate limit exceeded');

@@ -14,7 +14,7 @@
 // cannot make (a worker died, the pool was closed) is made here instead.
 import { createHash } from 'node:crypto';
 import { WebSocket, type RawData } from 'ws';
-import { CryptoPool } from '../axon/crypto-pool.ts';
+import { CryptoPool } from '../wire/crypto-pool.ts';
 import {
   AxonError,
   ConnectionError,
@@ -32,12 +32,12 @@ import {
   type ResponseFrame,
   type WireFinishReason,
   type WireMessage,
-} from '../axon/protocol.ts';
-import { cryptoReady, isValidHotkey, signRequest, verifyFrame, type Signer } from '../axon/signing.ts';
+} from '../wire/protocol.ts';
+import { cryptoReady, isValidHotkey, signRequest, verifyFrame, type Signer } from '../wire/signing.ts';
 import { OptionError } from '../errors.ts';
 import { HttpValidatorClient } from './http-client.ts';
 
-export { CryptoPool, createVerifyPool, type VerifyPoolOptions } from '../axon/crypto-pool.ts';
+export { CryptoPool, createVerifyPool, type VerifyPoolOptions } from '../wire/crypto-pool.ts';
 export { HttpValidatorClient } from './http-client.ts';
 
 /** Frames of one connection waiting for their signature check before the socket stops being read. */

@@ -3,7 +3,7 @@
 import type { Command } from 'commander';
 import type { Writable } from 'node:stream';
 import { OptionError } from '../errors.ts';
-import { loadSigner } from '../axon/wallet.ts';
+import { loadSigner } from '../wire/wallet.ts';
 import { connectMiner, type MinerClient } from './client.ts';
 
 export interface ConnectFlags {

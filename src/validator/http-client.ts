@@ -11,8 +11,8 @@
 // `data: [DONE]` and nothing after it. Ping is a signed POST /detokenize of no tokens, whose
 // response headers carry the miner's signature over the body.
 import { createHash, randomUUID } from 'node:crypto';
-import { AxonError, ConnectionError, ERROR_CODES, VerificationError, type ErrorCode, type PongBody, type InfoBody, type WireFinishReason } from '../axon/protocol.ts';
-import { epistulaHeaders, signedMessage, verifySignature, type Signer } from '../axon/signing.ts';
+import { AxonError, ConnectionError, ERROR_CODES, VerificationError, type ErrorCode, type PongBody, type InfoBody, type WireFinishReason } from '../wire/protocol.ts';
+import { epistulaHeaders, signedMessage, verifySignature, type Signer } from '../wire/signing.ts';
 import { GenerationStream, type ClientToken, type GenerateParams, type GenerationResult, type PingResult } from './client.ts';
 
 /** One SSE event of a stream, with where it lies in the stream's bytes. */

@@ -6,9 +6,9 @@ import { onTestFailed, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
 import type { TextGenerator } from '../../src/engine/types.ts';
 import { parseMetagraph, type Metagraph, type PolicyConfig } from '../../src/axon/policy.ts';
-import { decodeResponseBody, decodeResponseFrame, encodeFrame, type RequestFrame, type ResponseBody, type ResponseFrame } from '../../src/axon/protocol.ts';
+import { decodeResponseBody, decodeResponseFrame, encodeFrame, type RequestFrame, type ResponseBody, type ResponseFrame } from '../../src/wire/protocol.ts';
 import { AxonServer, type AxonLimits } from '../../src/axon/server.ts';
-import { signerFromUri, verifyFrame, type Signer } from '../../src/axon/signing.ts';
+import { signerFromUri, verifyFrame, type Signer } from '../../src/wire/signing.ts';
 import { createTestGenerator } from './test-engine.ts';
 
 /**

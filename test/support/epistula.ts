@@ -1,6 +1,6 @@
 // A fetch that signs every request with Epistula v2 headers (what Targon's and SN1's validators put in
 // front of the OpenAI client), and keeps the exact bytes of every response body it returns.
-import { epistulaHeaders, type Signer } from '../../src/axon/signing.ts';
+import { epistulaHeaders, type Signer } from '../../src/wire/signing.ts';
 
 export interface Exchange {
   url: string;
