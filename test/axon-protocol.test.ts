@@ -1,6 +1,7 @@
 // Units of the axon without sockets: the codec, signatures, wallet files, metagraph, replay cache,
 // rate limits and serve's option parsing.
 import { mkdtemp, mkdir, writeFile } from 'node:fs/promises';
+import { OrderedVerifyQueue } from '../src/wire/ordered-queue.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -290,5 +291,33 @@ describe('serve flags', () => {
     [['--log-level', 'loud']],
   ])('%j is refused', (argv) => {
     expect(() => parse(argv)).toThrow(OptionError);
+  });
+});
+
+describe('the ordered verify queue (src/wire)', () => {
+  test('items finish in arrival order whatever order their verdicts come in; a stopped queue drops the rest', async () => {
+    const finished: Array<[string, unknown]> = [];
+    let stopped = false;
+    const queue = new OrderedVerifyQueue<string>({ finish: (item, verdict) => finished.push([item, verdict]), stopped: () => stopped });
+    queue.push('at once', true); // nothing waits: finished now
+    expect(finished).toEqual([['at once', true]]);
+    const later: Array<(v: boolean | Error) => void> = [];
+    const pending = () => new Promise<boolean | Error>((resolve) => later.push(resolve));
+    queue.push('a', pending());
+    queue.push('b', false); // known at once, but behind a
+    queue.push('c', pending());
+    expect(queue.length).toBe(3);
+    later[1](true); // c's verdict first
+    await new Promise((r) => setImmediate(r));
+    expect(finished).toHaveLength(1);
+    later[0](new Error('worker died'));
+    await queue.drained;
+    expect(finished.slice(1)).toEqual([['a', new Error('worker died')], ['b', false], ['c', true]]);
+    queue.push('d', pending());
+    queue.push('e', true);
+    stopped = true;
+    later[2](true);
+    await queue.drained;
+    expect([finished.length, queue.length]).toEqual([4, 0]);
   });
 });

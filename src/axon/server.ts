@@ -35,6 +35,7 @@ import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from '../wire/
 import { HttpFace } from './http-face.ts';
 import { createAxonMetrics, type AxonMetrics } from './metrics.ts';
 import { TokenBucket } from './token-bucket.ts';
+import { OrderedVerifyQueue, type Verdict } from '../wire/ordered-queue.ts';
 import { newFlight, stopFlight, toEngineRequest, toWireToken, type Flight, type StopReason } from './generation.ts';
 import { Policy, type Admission, type PolicyConfig } from './policy.ts';
 import {
@@ -247,8 +248,8 @@ interface Inbound {
   frame?: RequestFrame;
   /** Why the frame was refused before its signature was checked (it is answered in its turn all the same). */
   refusal?: unknown;
-  /** The signature's verdict; a promise while a crypto worker checks it; an Error when none could. */
-  signature?: boolean | Error | Promise<boolean | Error>;
+  /** The signature's verdict (set when the frame's turn comes); an Error when none could be made. */
+  signature?: Verdict;
 }
 
 /** A response frame's bytes beyond its body, counted as unsent while it waits for its signature. */
@@ -257,9 +258,7 @@ const FRAME_OVERHEAD = 512;
 class Connection {
   readonly requests = new Map<string, Flight>();
   /** Frames finished strictly in arrival order; the head may still be waiting for its signature. */
-  readonly inbound: Inbound[] = [];
-  /** The loop working through `inbound`, while it has anything. */
-  pumping: Promise<void> | undefined;
+  readonly inbound: OrderedVerifyQueue<Inbound>;
   /** This connection's frames queued or running on the crypto workers. */
   verifying = 0;
   /** Frames waiting for room to start their signature check (the socket is not read meanwhile): call with true to start, false to drop. */
@@ -286,7 +285,15 @@ class Connection {
     readonly ip: string,
     framesPerSecond: number,
     badFramesPerSecond: number,
+    finish: (conn: Connection, entry: Inbound) => void,
   ) {
+    this.inbound = new OrderedVerifyQueue<Inbound>({
+      finish: (entry, verdict) => {
+        if (entry.refusal === undefined) entry.signature = verdict;
+        finish(this, entry);
+      },
+      stopped: () => this.closed,
+    });
     this.frames = new TokenBucket(framesPerSecond, framesPerSecond * 2, performance.now());
     this.badFrames = new TokenBucket(badFramesPerSecond, badFramesPerSecond * 2, performance.now());
   }
@@ -643,7 +650,7 @@ export class AxonServer {
       ws.close(1013, refusal.message);
       return;
     }
-    const conn = new Connection(ws, ip, this.limits.maxFramesPerSecond, this.limits.maxBadFramesPerSecond);
+    const conn = new Connection(ws, ip, this.limits.maxFramesPerSecond, this.limits.maxBadFramesPerSecond, (c, entry) => this.#finish(c, entry));
     this.#connections.add(conn);
     this.#perIp.set(ip, (this.#perIp.get(ip) ?? 0) + 1);
     ws.on('message', (data, isBinary) => this.#onMessage(conn, data, isBinary));
@@ -830,6 +837,7 @@ export class AxonServer {
       return;
     }
     const entry: Inbound = { receivedAt, now: this.#clock(), op: 'unknown' };
+    let verdict: Verdict | Promise<Verdict> = false; // a refused frame's is never read
     try {
       if (!isBinary) throw new AxonError('BAD_FRAME', 'text frames are not accepted: send each frame as one binary message of msgpack');
       const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
@@ -838,17 +846,12 @@ export class AxonServer {
       entry.op = frame.op;
       if (this.#closing) throw new AxonError('OVERLOADED', 'miner is shutting down', { requestId: frame.id, signedBy: frame.signed_by });
       this.policy.precheck(frame, entry.now);
-      entry.signature = this.#verify(conn, frame);
+      verdict = this.#verify(conn, frame);
     } catch (err) {
       entry.refusal = err;
     }
     // Finished at once when nothing on this connection is waiting; else in its turn.
-    if (conn.inbound.length === 0 && !(entry.signature instanceof Promise)) return this.#finish(conn, entry);
-    conn.inbound.push(entry);
-    if (conn.pumping === undefined) {
-      const pumping = this.#pump(conn);
-      if (conn.inbound.length > 0) conn.pumping = pumping; // (it returns at once only if it found nothing left to wait for)
-    }
+    conn.inbound.push(entry, verdict);
   }
 
   /**
@@ -913,24 +916,6 @@ export class AxonServer {
     if (this.#backlogged(conn)) return this.#watchDrain(conn); // it resumes once drained
     conn.inboundPaused = false;
     conn.ws.resume();
-  }
-
-  /** Finish a connection's waiting frames in arrival order, each once its signature's verdict is in. */
-  async #pump(conn: Connection): Promise<void> {
-    for (;;) {
-      const entry = conn.inbound[0];
-      if (entry === undefined || conn.closed) {
-        conn.inbound.length = 0;
-        conn.pumping = undefined;
-        return;
-      }
-      if (entry.signature instanceof Promise) {
-        entry.signature = await entry.signature; // never rejects
-        continue; // look again: the connection may have closed meanwhile
-      }
-      conn.inbound.shift();
-      this.#finish(conn, entry);
-    }
   }
 
   /** The rest of a frame's path, in its turn: the policy from the signature on, then the op. */
@@ -1165,7 +1150,7 @@ export class AxonServer {
     await settle(2000);
     // Frames still being checked get their answers, and answers still being signed go out, before the sockets close.
     const flushed = async (conn: Connection) => {
-      await conn.pumping;
+      await conn.inbound.drained;
       await conn.outbound;
     };
     await Promise.race([Promise.all([...this.#connections].map(flushed)), sleep(1000)]);

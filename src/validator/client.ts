@@ -35,6 +35,7 @@ import {
 } from '../wire/protocol.ts';
 import { cryptoReady, isValidHotkey, signRequest, verifyFrame, type Signer } from '../wire/signing.ts';
 import { OptionError } from '../errors.ts';
+import { OrderedVerifyQueue, type Verdict } from '../wire/ordered-queue.ts';
 import { HttpValidatorClient } from './http-client.ts';
 
 export { CryptoPool, createVerifyPool, type VerifyPoolOptions } from '../wire/crypto-pool.ts';
@@ -129,12 +130,11 @@ interface Handler {
   onError(err: Error): void;
 }
 
-/** A received frame in its turn: its signature's verdict (a promise while a worker checks it), or why it was refused. */
+/** A received frame waiting its turn (its signature's verdict travels beside it in the queue), or why it was refused. */
 interface Inbound {
   at: number;
   frame?: ResponseFrame;
   refusal?: Error;
-  verdict: boolean | Error | Promise<boolean | Error>;
 }
 
 /** The miner hotkey its /health endpoint reports (unauthenticated: pin it with --miner when you can). */
@@ -187,12 +187,9 @@ export class ValidatorClient {
   #closedPromise: Promise<void>;
   /** Verifies on worker threads; undefined: on this thread. */
   #pool: CryptoPool | undefined;
-  /** Frames received and not yet acted on, in arrival order (with a pool only). */
-  #inbound: Inbound[] = [];
-  #pumping = false;
+  /** Frames received and not yet acted on, in arrival order (only with a pool do they wait). */
+  #inbound: OrderedVerifyQueue<Inbound>;
   #paused = false;
-  /** Runs once #inbound is empty (the socket closed while frames were still being checked). */
-  #afterDrain: (() => void) | undefined;
 
   private constructor(ws: WebSocket, url: string, signer: Signer, minerHotkey: string, requestTimeoutMs: number, pool: CryptoPool | undefined) {
     this.#ws = ws;
@@ -202,6 +199,15 @@ export class ValidatorClient {
     this.minerHotkey = minerHotkey;
     this.#requestTimeoutMs = requestTimeoutMs;
     this.#pool = pool;
+    this.#inbound = new OrderedVerifyQueue<Inbound>({
+      finish: (entry, verdict) => this.#finish(entry, verdict),
+      afterShift: (waiting) => {
+        if (this.#paused && waiting <= MAX_UNVERIFIED_FRAMES / 2) {
+          this.#paused = false;
+          this.#ws.resume();
+        }
+      },
+    });
     this.#closedPromise = new Promise((resolve) => {
       ws.on('close', (code, reason) => {
         // Frames that arrived before the close are acted on first (a done may be among them).
@@ -210,7 +216,7 @@ export class ValidatorClient {
           resolve();
         };
         if (this.#inbound.length === 0) end();
-        else this.#afterDrain = end;
+        else void this.#inbound.drained.then(end);
       });
     });
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
@@ -259,7 +265,7 @@ export class ValidatorClient {
     this.#failAll(err);
     this.#ws.terminate();
     // Nothing still waiting for its check matters now.
-    this.#inbound.length = 0;
+    this.#inbound.clear();
     this.#pool?.forget(this);
   }
 
@@ -267,22 +273,22 @@ export class ValidatorClient {
     const at = performance.now();
     if (this.#failure) return;
     let entry: Inbound;
+    let verdict: Verdict | Promise<Verdict> = false;
     try {
       if (!isBinary) throw new VerificationError('miner sent a text frame');
       const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
       const frame = decodeResponseFrame(bytes, { maxBodyBytes: bytes.length });
       if (frame.signed_by !== this.minerHotkey) throw new VerificationError(`frame signed by ${frame.signed_by}, not the miner ${this.minerHotkey}`);
-      entry = { at, frame, verdict: this.#verify(frame) };
+      entry = { at, frame };
+      verdict = this.#verify(frame);
     } catch (err) {
-      entry = { at, refusal: err instanceof Error ? err : new VerificationError(String(err)), verdict: false };
+      entry = { at, refusal: err instanceof Error ? err : new VerificationError(String(err)) };
     }
-    if (!this.#pool) return this.#finish(entry);
-    this.#inbound.push(entry);
+    this.#inbound.push(entry, verdict);
     if (this.#inbound.length >= MAX_UNVERIFIED_FRAMES && !this.#paused) {
       this.#paused = true;
       this.#ws.pause();
     }
-    if (!this.#pumping) void this.#pump();
   }
 
   /** The signature's verdict: here, or a promise of a worker's. */
@@ -291,37 +297,14 @@ export class ValidatorClient {
     return this.#pool.verify(this, { body: frame.body, id: frame.id, timestamp: frame.timestamp, signedFor: frame.signed_for, signature: frame.signature, address: frame.signed_by });
   }
 
-  /** Act on the waiting frames in arrival order, each once its verdict is in. */
-  async #pump(): Promise<void> {
-    this.#pumping = true;
-    for (;;) {
-      const entry = this.#inbound[0];
-      if (entry === undefined) break;
-      if (entry.verdict instanceof Promise) {
-        entry.verdict = await entry.verdict; // never rejects
-        continue; // look again: a fatal frame may have emptied the queue meanwhile
-      }
-      this.#inbound.shift();
-      if (this.#paused && this.#inbound.length <= MAX_UNVERIFIED_FRAMES / 2) {
-        this.#paused = false;
-        this.#ws.resume();
-      }
-      this.#finish(entry);
-    }
-    this.#pumping = false;
-    const afterDrain = this.#afterDrain;
-    this.#afterDrain = undefined;
-    afterDrain?.();
-  }
-
   /** The rest of a frame's checks, in its turn, then hand it to its request. */
-  #finish(entry: Inbound): void {
+  #finish(entry: Inbound, verdict: Verdict): void {
     if (this.#failure) return;
     try {
       if (entry.refusal !== undefined || entry.frame === undefined) throw entry.refusal;
       const frame = entry.frame;
       // A worker died during the check, or the pool was closed: check it here.
-      const valid = entry.verdict instanceof Error ? verifyFrame(frame) : entry.verdict === true;
+      const valid = verdict instanceof Error ? verifyFrame(frame) : verdict === true;
       if (!valid) throw new VerificationError(`frame ${frame.type} for request ${frame.id || '(none)'} has a bad signature`);
       if (frame.id === '') return; // an error about a frame the miner could not read: none of ours
       // The miner addresses a refusal of a frame whose signature it did not (yet) find valid (STALE,
