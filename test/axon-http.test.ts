@@ -329,6 +329,21 @@ describe('the HTTP face with held generations', () => {
     }
   });
 
+  test('shutdown ends a running stream with an error event, still signed, then [DONE]', async () => {
+    const generator = heldGenerator(1);
+    const closing = await startAxon({ generator, policy: { allow: [keys.alice.address] } });
+    const body = Buffer.from(JSON.stringify({ prompt: 'until shutdown', max_tokens: 50, stream: true }));
+    const headers: Record<string, string> = { 'Content-Type': 'application/json', ...epistulaHeaders(keys.alice, { body, signedFor: keys.miner.address }) };
+    const res = await fetch(`http://127.0.0.1:${closing.port}/v1/completions`, { method: 'POST', headers, body });
+    expect(res.status).toBe(200);
+    await generator.call(0); // running, its first token sent
+    const [bytes] = await Promise.all([res.arrayBuffer(), closing.server.close(0)]);
+    const chunks = checkSignedStream(Buffer.from(bytes), headers['Epistula-Uuid']);
+    expect(chunks[0].choices[0].text).toBe('t0 ');
+    expect(chunks.at(-1)).toEqual({ error: { message: 'miner is shutting down', type: 'overloaded_error', param: null, code: 'OVERLOADED' } });
+    await generator.close();
+  });
+
   test('an engine that is overloaded answers 503 before the stream starts', async () => {
     const overloaded = heldGenerator(1);
     const busy = await startAxon({
