@@ -21,9 +21,9 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
-import type { GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
+import type { GeneratedToken, TextGenerator } from '../engine/types.ts';
 import type { CryptoPool } from '../wire/crypto-pool.ts';
-import { newFlight, stopFlight, type Flight } from './generation.ts';
+import { newFlight, runGeneration, stopFlight, type Flight } from './generation.ts';
 import {
   HttpRefusal,
   SSE_DONE,
@@ -235,17 +235,6 @@ export class HttpFace {
     return verdict;
   }
 
-  /** Sign `body` for the request's signer (on a crypto worker when there are some); null when it cannot be. */
-  async #sign(key: object, body: Uint8Array, frame: RequestFrame): Promise<ResponseSignature | null> {
-    const host = this.#host;
-    const fields = { body, id: frame.id, timestamp: host.clock(), signedFor: frame.signed_by };
-    const signature = host.crypto.signsInline
-      ? host.signer.sign(signedMessage(fields.body, fields.id, fields.timestamp, fields.signedFor))
-      : await host.crypto.sign(key, fields);
-    if (signature === null) return null;
-    return { uuid: frame.id, timestamp: fields.timestamp, signedBy: host.signer.address, signedFor: frame.signed_by, signature };
-  }
-
   // -------------------------------------------------------------------------------------------
   // Responses
 
@@ -275,7 +264,7 @@ export class HttpFace {
     const body = Buffer.from(JSON.stringify(value), 'utf8');
     const headers: Record<string, string> = { 'Content-Type': 'application/json', ...extraHeaders };
     if (authorised) {
-      const signed = await this.#sign(res.socket ?? res, body, authorised.frame);
+      const signed = await signBody(this.#host, res.socket ?? res, body, authorised.frame);
       if (signed) Object.assign(headers, signatureHeaders(signed));
     }
     if (res.destroyed || res.headersSent) return;
@@ -401,48 +390,36 @@ class Generation {
     const { frame, admission, receivedAt } = this.#a;
     const flight = this.#flight;
     const r = this.#request;
-    const timeout = setTimeout(() => stopFlight(flight, 'timeout'), host.limits.requestTimeoutMs);
-    let release: (() => void) | undefined;
-    let iterator: AsyncGenerator<GeneratedToken, GenerationSummary> | undefined;
-    let summary: GenerationSummary | undefined;
-    let failure: unknown;
     const tokens: GeneratedToken[] = [];
     let heldText = ''; // text released without a token (held back for a stop string), sent with the finish
     let firstTokenAt: number | undefined;
     let textOffset = 0;
-    try {
-      release = await this.#slot;
-      iterator = host.generator.generate(r.engine, { signal: flight.abort.signal, priority: admission.stake });
-      for (;;) {
-        if (flight.abort.signal.aborted) break;
-        const step = await iterator.next();
-        if (step.done) {
-          summary = step.value;
-          break;
-        }
-        const t = step.value;
+    const run = await runGeneration({
+      generator: host.generator,
+      request: r.engine,
+      priority: admission.stake,
+      flight,
+      slot: this.#slot,
+      timeoutMs: host.limits.requestTimeoutMs,
+      // One token per SSE chunk; #write waits while the client is not reading.
+      deliver: async (t) => {
         if (t.tokenId < 0) {
           heldText += t.text;
-          continue;
+          return true;
         }
         firstTokenAt ??= performance.now();
         tokens.push(t);
-        if (!r.stream) continue;
+        if (!r.stream) return true;
         if (tokens.length === 1) this.#startStream();
-        if (!(await this.#write(sseEvent(tokenChunk(this.#who, this.#shaper, t, tokens.length === 1, textOffset))))) break;
+        const written = await this.#write(sseEvent(tokenChunk(this.#who, this.#shaper, t, tokens.length === 1, textOffset)));
         textOffset += t.text.length;
-      }
-    } catch (err) {
-      // An engine that throws because it was aborted has done what it was asked.
-      if (!flight.abort.signal.aborted) failure = err;
-    } finally {
-      clearTimeout(timeout);
-      if (iterator && summary === undefined) await iterator.return(undefined as never).catch(() => {});
-      release?.();
-      host.forget(flight);
-    }
+        return written;
+      },
+    });
+    host.forget(flight);
+    const { summary, reason } = run;
+    let failure = run.failure;
 
-    const reason = summary && summary.finishReason !== 'cancelled' ? undefined : flight.reason;
     const name = this.#a.route.name;
     const base = { event: 'request', transport: 'http', validator: frame.signed_by, uid: admission.uid, op: name, id: frame.id, priority: admission.stake };
     host.metrics.tokens.inc(tokens.length);
@@ -483,7 +460,7 @@ class Generation {
     } else {
       const body = completionBody(this.#who, this.#shaper, tokens, heldText, finishReason, usage);
       const bytes = Buffer.from(JSON.stringify(body), 'utf8');
-      const signed = await this.#sign(bytes);
+      const signed = await signBody(this.#host, this.#res.socket ?? this.#res, bytes, this.#a.frame);
       if (!this.#res.destroyed) this.#res.writeHead(200, { 'Content-Type': 'application/json', ...(signed ? signatureHeaders(signed) : {}) }).end(bytes);
     }
     const totalMs = performance.now() - receivedAt;
@@ -504,24 +481,12 @@ class Generation {
     this.#res.flushHeaders();
   }
 
-  #sign(bytes: Buffer): Promise<ResponseSignature | null> {
-    const host = this.#host;
-    const frame = this.#a.frame;
-    const fields = { body: bytes, id: frame.id, timestamp: host.clock(), signedFor: frame.signed_by };
-    const signing = host.crypto.signsInline
-      ? Promise.resolve(host.signer.sign(signedMessage(fields.body, fields.id, fields.timestamp, fields.signedFor)))
-      : host.crypto.sign(this.#res.socket ?? this.#res, fields);
-    return signing.then((signature) =>
-      signature === null ? null : { uuid: frame.id, timestamp: fields.timestamp, signedBy: host.signer.address, signedFor: frame.signed_by, signature },
-    );
-  }
-
   /** The signature chunk over every byte sent so far, then [DONE]. */
   async #endStream(): Promise<void> {
     const res = this.#res;
     if (res.destroyed) return;
     const sha256 = this.#digest.digest('hex');
-    const signed = await this.#sign(Buffer.concat(this.#sent));
+    const signed = await signBody(this.#host, res.socket ?? res, Buffer.concat(this.#sent), this.#a.frame);
     if (res.destroyed) return;
     if (signed) {
       const chunk = {
@@ -544,6 +509,20 @@ class Generation {
     }
     res.end(SSE_DONE);
   }
+}
+
+/**
+ * Sign `body` (a JSON response, or every byte of a stream) for the request's signer, on a crypto
+ * worker when there are some: the Epistula string with the request's uuid and the miner's clock.
+ * Null when it cannot be (the pool dropped the job).
+ */
+async function signBody(host: HttpFaceHost, key: object, body: Uint8Array, frame: RequestFrame): Promise<ResponseSignature | null> {
+  const fields = { body, id: frame.id, timestamp: host.clock(), signedFor: frame.signed_by };
+  const signature = host.crypto.signsInline
+    ? host.signer.sign(signedMessage(fields.body, fields.id, fields.timestamp, fields.signedFor))
+    : await host.crypto.sign(key, fields);
+  if (signature === null) return null;
+  return { uuid: frame.id, timestamp: fields.timestamp, signedBy: host.signer.address, signedFor: frame.signed_by, signature };
 }
 
 /** The Epistula response headers of a signed JSON body. */

@@ -30,13 +30,13 @@ import { pino, type Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { BadRequestError, CryptoWorkerError, MinerError, OptionError, OverloadedError } from '../errors.ts';
-import type { GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../engine/types.ts';
+import type { TextGenerator } from '../engine/types.ts';
 import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from '../wire/crypto-pool.ts';
 import { HttpFace } from './http-face.ts';
 import { createAxonMetrics, type AxonMetrics } from './metrics.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { OrderedVerifyQueue, type Verdict } from '../wire/ordered-queue.ts';
-import { newFlight, stopFlight, toEngineRequest, toWireToken, type Flight, type StopReason } from './generation.ts';
+import { newFlight, runGeneration, stopFlight, toEngineRequest, toWireToken, type Flight, type StopReason } from './generation.ts';
 import { Policy, type Admission, type PolicyConfig } from './policy.ts';
 import {
   AxonError,
@@ -1012,7 +1012,6 @@ export class AxonServer {
     const key = requestKey(frame.signed_by, frame.id);
     conn.requests.set(key, flight);
     this.#flights.add(flight);
-    const timeout = setTimeout(() => this.#stop(flight, 'timeout'), this.limits.requestTimeoutMs);
     const topN = payload.logprobs ?? 0;
     const transcript = createHash('sha256');
     let pending: WireToken[] = [];
@@ -1036,28 +1035,25 @@ export class AxonServer {
       sent += tokens.length;
     };
 
-    let summary: GenerationSummary | undefined;
-    let failure: unknown;
-    let iterator: AsyncGenerator<GeneratedToken, GenerationSummary> | undefined;
-    let release: (() => void) | undefined;
-    try {
-      release = await slot;
-      iterator = this.#generator.generate(toEngineRequest(payload), { signal: flight.abort.signal, priority: admission.stake });
-      for (;;) {
-        if (flight.abort.signal.aborted) break;
-        if (this.#backlogged(conn)) {
+    const { summary, failure, reason } = await runGeneration({
+      generator: this.#generator,
+      request: toEngineRequest(payload),
+      priority: admission.stake,
+      flight,
+      slot,
+      timeoutMs: this.limits.requestTimeoutMs,
+      // Pull no token while the socket (or the signing queue) is backlogged; a reader that stays behind loses the request.
+      ready: async () => {
+        while (this.#backlogged(conn) && !flight.abort.signal.aborted) {
           const drained = await this.#drained(conn, this.limits.slowReaderTimeoutMs);
           if (!drained) this.#stop(flight, conn.closed ? 'closed' : 'slow');
-          continue;
         }
-        const step = await iterator.next();
-        if (step.done) {
-          summary = step.value;
-          break;
-        }
-        const token = toWireToken(step.value, topN);
+      },
+      // Tokens are batched into frames: the first at once, then whatever came within the window.
+      deliver: (t) => {
+        const token = toWireToken(t, topN);
         pending.push(token);
-        pendingBytes += 48 + Buffer.byteLength(token.text) + token.top_logprobs.reduce((n, t) => n + 32 + t.text.length * 3, 0);
+        pendingBytes += 48 + Buffer.byteLength(token.text) + token.top_logprobs.reduce((n, a) => n + 32 + a.text.length * 3, 0);
         const now = performance.now();
         const windowMs = Math.max(this.limits.tokenBatchMs, (1000 * this.#flights.size) / this.limits.tokenFramesPerSecond);
         if (firstTokenAt === undefined || pending.length >= this.limits.tokenBatchMax || pendingBytes >= this.limits.tokenBatchBytes || now - lastFlushAt >= windowMs) {
@@ -1065,23 +1061,13 @@ export class AxonServer {
         } else {
           flushTimer ??= setTimeout(flush, Math.max(0, windowMs - (now - lastFlushAt)));
         }
-      }
-    } catch (err) {
-      // An engine that throws because it was aborted has done what it was asked.
-      if (!flight.abort.signal.aborted) failure = err;
-    } finally {
-      clearTimeout(timeout);
-      clearTimeout(flushTimer);
-      if (iterator && summary === undefined) {
-        // Let the generator run its finally (free its sequence) if it stopped mid-stream.
-        await iterator.return(undefined as never).catch(() => {});
-      }
-      release?.();
-      conn.requests.delete(key);
-      this.#flights.delete(flight);
-    }
+        return true;
+      },
+    });
+    clearTimeout(flushTimer);
+    conn.requests.delete(key);
+    this.#flights.delete(flight);
 
-    const reason = summary && summary.finishReason !== 'cancelled' ? undefined : flight.reason;
     const base = { validator: frame.signed_by, uid: admission.uid, ip: conn.ip, op: 'generate', id: frame.id, priority: admission.stake };
     if (reason === 'closed') {
       this.#metrics.requests.inc({ op: 'generate', outcome: 'disconnected' });
