@@ -197,13 +197,18 @@ export class HttpFace {
     }
     const parts: Buffer[] = [];
     let size = 0;
-    for await (const chunk of req as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > limit) {
-        this.#tooLarge(res, `request body is over ${limit} bytes`, route.name);
-        return undefined;
+    try {
+      for await (const chunk of req as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        if (size > limit) {
+          this.#tooLarge(res, `request body is over ${limit} bytes`, route.name);
+          return undefined;
+        }
+        parts.push(chunk);
       }
-      parts.push(chunk);
+    } catch {
+      // The client went away mid-body: nobody is left to answer.
+      throw new AxonError('BAD_REQUEST', 'the request body did not arrive whole');
     }
     const frame = epistulaFrame(req, Buffer.concat(parts), route.op);
     if (host.closing()) throw new AxonError('OVERLOADED', 'miner is shutting down', { requestId: frame.id, signedBy: frame.signed_by });

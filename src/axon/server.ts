@@ -35,6 +35,7 @@ import { CryptoPool, defaultCryptoWorkers, type CryptoPoolStats } from '../wire/
 import { HttpFace } from './http-face.ts';
 import { createAxonMetrics, type AxonMetrics } from './metrics.ts';
 import { TokenBucket } from './token-bucket.ts';
+import { ConnectionLimits } from './connection-limits.ts';
 import { OrderedVerifyQueue, type Verdict } from '../wire/ordered-queue.ts';
 import { newFlight, runGeneration, stopFlight, toEngineRequest, toWireToken, type Flight, type StopReason } from './generation.ts';
 import { Policy, type Admission, type PolicyConfig } from './policy.ts';
@@ -335,13 +336,8 @@ export class AxonServer {
   #http: HttpServer;
   #wss: WebSocketServer;
   #connections = new Set<Connection>();
-  #perIp = new Map<string, number>();
-  /** TCP connections not (yet) WebSockets, per address, and the address of each. */
-  #pendingPerIp = new Map<string, number>();
-  #pendingSockets = new Map<Socket, string>();
-  #handshakeTimers = new WeakMap<Socket, NodeJS.Timeout>();
-  /** Sockets serving the HTTP face (counted per address like WebSockets), and the address of each. */
-  #httpSockets = new Map<Socket, string>();
+  /** Connection counts and limits: pending TCP sockets, WebSockets and HTTP-face sockets, per address. */
+  #sockets: ConnectionLimits;
   #face: HttpFace;
   #metricsAt: { host: string; port: number } | undefined;
   #metricsServer: HttpServer | undefined;
@@ -365,6 +361,7 @@ export class AxonServer {
     this.#version = options.version ?? packageVersion();
     this.#clock = options.clock ?? Date.now;
     this.logger = options.logger ?? pino({ name: 'axon' });
+    this.#sockets = new ConnectionLimits(this.limits, this.logger, () => this.#closing);
     // startedAt: frames signed before this process started are refused, since the replay cache of a
     // previous process (in memory) is gone and it may have accepted them (PolicyConfig.notBefore).
     this.policy = new Policy({ ...options.policy, minerHotkey: this.hotkey, requestTimeoutMs: this.limits.requestTimeoutMs, startedAt: this.#clock() });
@@ -377,7 +374,7 @@ export class AxonServer {
     this.#metrics = createAxonMetrics(this.registry, options.processMetrics ?? false, {
       engine: () => this.#generator.info(),
       connections: () => this.#connections.size,
-      httpConnections: () => this.#httpSockets.size,
+      httpConnections: () => this.#sockets.httpSockets,
       activeRequests: () => this.#flights.size,
       policy: this.policy,
       crypto: () => this.#crypto.stats(),
@@ -410,7 +407,7 @@ export class AxonServer {
       void this.#onHttp(req, res);
     });
     this.#http.maxConnections = this.limits.maxConnections + 64;
-    this.#http.on('connection', (socket: Socket) => this.#onTcpConnection(socket));
+    this.#http.on('connection', (socket: Socket) => this.#sockets.accept(socket));
     this.#http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onUpgrade(req, socket, head));
     this.#http.on('clientError', (_err, socket: Duplex) => socket.destroy());
     // skipUTF8Validation: a text frame of invalid UTF-8 then reaches #onMessage and gets BAD_FRAME
@@ -491,11 +488,11 @@ export class AxonServer {
   // Metrics and HTTP
 
   async #onHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    this.#clearHandshakeTimer(req.socket);
+    this.#sockets.clearHandshakeTimer(req.socket);
     try {
       const path = (req.url ?? '/').split('?')[0];
       if (HttpFace.serves(path)) {
-        const refusal = path === '/v1/models' ? null : this.#promoteHttp(req.socket);
+        const refusal = path === '/v1/models' ? null : this.#sockets.promoteHttp(req.socket);
         if (refusal) {
           res.setHeader('Connection', 'close');
           res.writeHead(refusal.status, { 'Content-Type': 'application/json', ...(refusal.status === 429 ? { 'Retry-After': '1' } : {}) });
@@ -528,7 +525,7 @@ export class AxonServer {
           backend: info?.backend ?? null,
           queue_depth: info?.queueDepth ?? null,
           connections: this.#connections.size,
-          http_connections: this.#httpSockets.size,
+          http_connections: this.#sockets.httpSockets,
           active_requests: this.#flights.size,
         };
         res.writeHead(this.#closing ? 503 : 200, { 'Content-Type': 'application/json' }).end(JSON.stringify(body) + '\n');
@@ -545,47 +542,6 @@ export class AxonServer {
   // -------------------------------------------------------------------------------------------
   // Connections
 
-  /**
-   * A TCP connection is accepted. The per-address cap on WebSockets applies only at the upgrade, so
-   * sockets that never upgrade (idle, or plain HTTP) are counted here, from accept: one address
-   * holding many of them would otherwise fill the server's connection table and lock out everyone.
-   */
-  #onTcpConnection(socket: Socket): void {
-    const ip = socket.remoteAddress ?? 'unknown';
-    const pending = this.#pendingPerIp.get(ip) ?? 0;
-    if (pending >= this.limits.maxPendingConnectionsPerIp) {
-      this.logger.debug({ event: 'tcp_refused', ip, pending }, 'too many connections from this address that are not WebSockets');
-      socket.destroy();
-      return;
-    }
-    this.#pendingPerIp.set(ip, pending + 1);
-    this.#pendingSockets.set(socket, ip);
-    socket.once('close', () => this.#unpend(socket));
-    this.#armHandshakeTimer(socket);
-  }
-
-  /** The socket became a WebSocket (counted per address from then on) or closed. Idempotent. */
-  #unpend(socket: Socket | Duplex): void {
-    const ip = this.#pendingSockets.get(socket as Socket);
-    if (ip === undefined) return;
-    this.#pendingSockets.delete(socket as Socket);
-    const n = (this.#pendingPerIp.get(ip) ?? 1) - 1;
-    if (n <= 0) this.#pendingPerIp.delete(ip);
-    else this.#pendingPerIp.set(ip, n);
-  }
-
-  #armHandshakeTimer(socket: Socket): void {
-    const timer = setTimeout(() => socket.destroy(), this.limits.handshakeTimeoutMs);
-    timer.unref();
-    this.#handshakeTimers.set(socket, timer);
-    socket.once('close', () => clearTimeout(timer));
-  }
-
-  #clearHandshakeTimer(socket: Socket | Duplex): void {
-    const timer = this.#handshakeTimers.get(socket as Socket);
-    if (timer) clearTimeout(timer);
-  }
-
   #rejectUpgrade(socket: Duplex, status: number, message: string): void {
     socket.once('finish', () => socket.destroy());
     socket.end(
@@ -594,57 +550,21 @@ export class AxonServer {
     );
   }
 
-  #admitConnection(ip: string): { status: number; message: string } | null {
-    if (this.#closing) return { status: 503, message: 'miner is shutting down' };
-    if (this.#connections.size + this.#httpSockets.size >= this.limits.maxConnections) return { status: 503, message: `connection limit (${this.limits.maxConnections}) reached` };
-    if ((this.#perIp.get(ip) ?? 0) >= this.limits.maxConnectionsPerIp) {
-      return { status: 429, message: `at most ${this.limits.maxConnectionsPerIp} connections per address` };
-    }
-    return null;
-  }
-
-  /**
-   * A socket's first request to a signed route of the HTTP face: from then on it counts, like a
-   * WebSocket, against the connection limits (in all and per address) instead of the pending ones,
-   * so a validator can hold as many streams open as it may hold WebSockets. Null when admitted.
-   */
-  #promoteHttp(socket: Socket): { status: number; message: string } | null {
-    if (this.#httpSockets.has(socket)) return null;
-    const ip = socket.remoteAddress ?? 'unknown';
-    if (this.#closing) return { status: 503, message: 'miner is shutting down' };
-    if (this.#connections.size + this.#httpSockets.size >= this.limits.maxConnections) {
-      return { status: 503, message: `connection limit (${this.limits.maxConnections}) reached` };
-    }
-    if ((this.#perIp.get(ip) ?? 0) >= this.limits.maxConnectionsPerIp) {
-      return { status: 429, message: `at most ${this.limits.maxConnectionsPerIp} connections per address` };
-    }
-    this.#unpend(socket);
-    this.#httpSockets.set(socket, ip);
-    this.#perIp.set(ip, (this.#perIp.get(ip) ?? 0) + 1);
-    socket.once('close', () => {
-      this.#httpSockets.delete(socket);
-      const n = (this.#perIp.get(ip) ?? 1) - 1;
-      if (n <= 0) this.#perIp.delete(ip);
-      else this.#perIp.set(ip, n);
-    });
-    return null;
-  }
-
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
     const ip = req.socket.remoteAddress ?? 'unknown';
-    const refusal = this.#admitConnection(ip);
+    const refusal = this.#sockets.admit(ip);
     if (refusal) return this.#rejectUpgrade(socket, refusal.status, refusal.message);
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
-      this.#clearHandshakeTimer(req.socket);
-      this.#unpend(req.socket);
+      this.#sockets.clearHandshakeTimer(req.socket);
+      this.#sockets.unpend(req.socket);
       this.#onConnection(ws, ip);
     });
   }
 
   #onConnection(ws: WebSocket, ip: string): void {
     // Checked again: handshakes that started together may finish together.
-    const refusal = this.#admitConnection(ip);
+    const refusal = this.#sockets.admit(ip);
     if (refusal) {
       ws.on('error', () => {});
       ws.close(1013, refusal.message);
@@ -652,7 +572,7 @@ export class AxonServer {
     }
     const conn = new Connection(ws, ip, this.limits.maxFramesPerSecond, this.limits.maxBadFramesPerSecond, (c, entry) => this.#finish(c, entry));
     this.#connections.add(conn);
-    this.#perIp.set(ip, (this.#perIp.get(ip) ?? 0) + 1);
+    this.#sockets.addWebSocket(ip);
     ws.on('message', (data, isBinary) => this.#onMessage(conn, data, isBinary));
     ws.on('close', () => this.#onClose(conn));
     // ws closes the socket itself after a protocol error (1009 for an oversized frame, 1002 ...).
@@ -685,9 +605,7 @@ export class AxonServer {
     this.#awaitingVerifyRoom.delete(conn);
     this.#crypto.forget(conn);
     this.#connections.delete(conn);
-    const n = (this.#perIp.get(conn.ip) ?? 1) - 1;
-    if (n <= 0) this.#perIp.delete(conn.ip);
-    else this.#perIp.set(conn.ip, n);
+    this.#sockets.removeWebSocket(conn.ip);
   }
 
   #stop(flight: Flight, reason: StopReason): void {
