@@ -1,12 +1,14 @@
 // The axon: a WebSocket server validators query with signed msgpack frames, streaming signed tokens
-// back, with GET /metrics (Prometheus) and GET /health on the same port.
+// back; on the same port the OpenAI-compatible HTTP face (http-face.ts), GET /metrics (Prometheus,
+// metrics.ts) and GET /health. Connection counts and limits: connection-limits.ts; the generation
+// loop both transports share: generation.ts.
 //
 // One frame's path: ws maxPayload (at the length header) -> decode -> policy up to "registered"
-// (policy.ts precheck) -> signature, on a crypto worker (crypto-pool.ts) -> the rest of the policy
-// (authorise) -> payload -> concurrency slot -> TextGenerator.generate(priority = stake) -> token
-// frames (batched, signed on a crypto worker) -> done.
+// (policy.ts precheck) -> signature, on a crypto worker (wire/crypto-pool.ts) -> the rest of the policy
+// (authorise) -> payload -> concurrency slot (waiting in the hotkey's queue past --max-concurrent)
+// -> TextGenerator.generate(priority = stake) -> token frames (batched, signed on a crypto worker) -> done.
 // Order: a connection's frames are finished (authorised, then answered or started) in the order they
-// arrived, whatever order their signatures come back in (Connection.inbound), and its response frames
+// arrived, whatever order their signatures come back in (Connection.inbound, wire/ordered-queue.ts), and its response frames
 // leave in the order they were made (Connection.outbound). So a cancel pipelined after its generate is
 // handled after it, and a request's token frames and done go out in order.
 // Nothing a peer sends can crash the process: every handler ends in an error frame or a close.
