@@ -5,7 +5,9 @@
 // WebSocket path for the same request and seed; 32 streams at once; a client that goes away; the
 // per-hotkey queue. Generations that must still be running when the test acts on them are held
 // (support/held-generator.ts); nothing waits for a while, only for events.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import OpenAI, { APIError } from 'openai';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { PassThrough } from 'node:stream';
@@ -13,7 +15,7 @@ import type { Engine } from '../src/engine/engine.ts';
 import { pino } from 'pino';
 import { OverloadedError } from '../src/errors.ts';
 import { AxonServer } from '../src/axon/server.ts';
-import { epistulaHeaders, type Signer } from '../src/wire/signing.ts';
+import { epistulaHeaders, signedMessage, type Signer } from '../src/wire/signing.ts';
 import { ValidatorClient, connectMiner } from '../src/validator/client.ts';
 import { SseParser, verifyResponseHeaders, verifyStreamSignature, type StreamSignature } from '../src/validator/http-client.ts';
 import { pingCommand, queryCommand } from '../src/validator/commands.ts';
@@ -362,5 +364,60 @@ describe('the HTTP face with held generations', () => {
     } finally {
       await busy.close();
     }
+  });
+});
+
+describe('the HTTP validator client against a miner that lies', () => {
+  /**
+   * A miner on loopback that answers every completion with a stream built by `events` (JSON values,
+   * or raw SSE text), then a signature chunk made with the real miner key over `signedBytes(bytes)`
+   * (the bytes it sent, unless the test changes what it signs), then [DONE].
+   */
+  async function liar(events: (uuid: string) => unknown[], signedBytes: (sent: Buffer) => Buffer = (b) => b) {
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        const uuid = String(req.headers['epistula-uuid']);
+        res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+        const sent = Buffer.concat(events(uuid).map((e) => Buffer.from(`data: ${JSON.stringify(e)}\n\n`)));
+        res.write(sent);
+        const timestamp = Date.now();
+        const signed = signedBytes(sent);
+        const signature = keys.miner.sign(signedMessage(signed, uuid, timestamp, keys.alice.address));
+        const sha256 = createHash('sha256').update(signed).digest('hex');
+        const epistula = { version: 2, uuid, timestamp, signed_by: keys.miner.address, signed_for: keys.alice.address, sha256, signature };
+        res.end(`data: ${JSON.stringify({ choices: [], epistula })}\n\ndata: [DONE]\n\n`);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as AddressInfo).port;
+    const client = await connectMiner({ url: `http://127.0.0.1:${port}`, signer: keys.alice, minerHotkey: keys.miner.address });
+    const outcome = await client.generate({ prompt: 'x', maxTokens: 4 }).collect().then(
+      (r) => r,
+      (e: unknown) => e,
+    );
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    return outcome;
+  }
+  const token = (id: number, text: string) => ({ choices: [{ index: 0, text, logprobs: { tokens: [`token_id:${id}`], token_logprobs: [-0.5], top_logprobs: [{}], text_offset: [0] }, finish_reason: null }] });
+  const finish = { choices: [{ index: 0, text: '', logprobs: null, finish_reason: 'length' }] };
+  const usage = (n: number) => ({ choices: [], usage: { prompt_tokens: 1, completion_tokens: n, total_tokens: n + 1 } });
+
+  test('an honest stream is accepted', async () => {
+    const result = await liar(() => [token(5, 'a'), token(6, 'b'), finish, usage(2)]);
+    expect(result).toMatchObject({ text: 'ab', tokens: [{ tokenId: 5 }, { tokenId: 6 }], finishReason: 'length' });
+  });
+
+  test('bytes changed after signing, two tokens in one chunk, a usage count that disagrees: each is refused', async () => {
+    const altered = await liar(
+      () => [token(5, 'a'), token(6, 'b'), finish, usage(2)],
+      (sent) => Buffer.from(sent.toString('utf8').replace('"b"', '"c"')),
+    );
+    expect(altered).toBeInstanceOf(VerificationError);
+    expect((altered as Error).message).toMatch(/digest mismatch/);
+    const twoInOne = { choices: [{ index: 0, text: 'ab', logprobs: { tokens: ['token_id:5', 'token_id:6'], token_logprobs: [-1, -1], top_logprobs: [{}, {}], text_offset: [0, 1] }, finish_reason: null }] };
+    expect(String(await liar(() => [twoInOne, finish, usage(2)]))).toMatch(/exactly one token/);
+    expect(String(await liar(() => [token(5, 'a'), finish, usage(3)]))).toMatch(/reports 3 completion tokens; 1 token chunks arrived/);
+    expect(String(await liar(() => [token(5, 'a'), usage(1)]))).toMatch(/no finish_reason/);
   });
 });
