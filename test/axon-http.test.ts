@@ -225,6 +225,20 @@ describe('the HTTP face on the real engine', () => {
     // The body changed after signing.
     const changed = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { ...headers, 'Epistula-Uuid': randomUUID() }, body });
     expect(changed.status).toBe(401);
+    // A chunked body (no Content-Length) is cut off at the limit as it is read.
+    const chunked = Buffer.from(JSON.stringify({ model, prompt: 'y'.repeat(70 * 1024), max_tokens: 1 }));
+    const big = await fetch(`${base}/v1/completions`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...epistulaHeaders(keys.alice, { body: chunked, signedFor: keys.miner.address }) },
+      body: new ReadableStream({
+        start(controller) {
+          for (let at = 0; at < chunked.length; at += 8192) controller.enqueue(chunked.subarray(at, at + 8192));
+          controller.close();
+        },
+      }),
+      duplex: 'half',
+    } as RequestInit);
+    expect([big.status, ((await big.json()) as { error: { code: string } }).error.code]).toEqual([413, 'TOO_LARGE']);
     // An unknown route under /v1 is 404 in OpenAI's shape; the face still serves afterwards.
     const missing = await fetch(`${base}/v1/embeddings`, { method: 'POST' });
     expect([missing.status, ((await missing.json()) as { error: { type: string } }).error.type]).toEqual([404, 'invalid_request_error']);

@@ -195,22 +195,14 @@ export class HttpFace {
       this.#tooLarge(res, `request body is ${declared} bytes; the limit is ${limit}`, route.name);
       return undefined;
     }
-    const parts: Buffer[] = [];
-    let size = 0;
-    try {
-      for await (const chunk of req as AsyncIterable<Buffer>) {
-        size += chunk.length;
-        if (size > limit) {
-          this.#tooLarge(res, `request body is over ${limit} bytes`, route.name);
-          return undefined;
-        }
-        parts.push(chunk);
-      }
-    } catch {
-      // The client went away mid-body: nobody is left to answer.
-      throw new AxonError('BAD_REQUEST', 'the request body did not arrive whole');
+    const body = await readBody(req, limit);
+    if (body === undefined) {
+      // Over the limit as it was read (a chunked body): answer, then drop the connection rather than read the rest.
+      this.#tooLarge(res, `request body is over ${limit} bytes`, route.name);
+      res.once('finish', () => req.socket.destroy());
+      return undefined;
     }
-    const frame = epistulaFrame(req, Buffer.concat(parts), route.op);
+    const frame = epistulaFrame(req, body, route.op);
     if (host.closing()) throw new AxonError('OVERLOADED', 'miner is shutting down', { requestId: frame.id, signedBy: frame.signed_by });
     host.policy.precheck(frame, now);
     const valid = await this.#verify(frame, req);
@@ -575,6 +567,42 @@ export function epistulaFrame(req: IncomingMessage, body: Buffer, op: RequestOp)
   const signature = header(req, h.signature)!.trim();
   if (signature.length > 256) throw new AxonError('BAD_FRAME', 'Epistula-Request-Signature must be "0x" + 128 hex digits', context);
   return { v: PROTOCOL_VERSION, id: uuid, op, timestamp, signed_by: signedBy, signed_for: signedFor, body, signature };
+}
+
+/** The request body, or undefined once it passes `limit` bytes (reading then stops). Throws BAD_REQUEST when the client goes away mid-body. */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    const done = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      req.off('error', onClose);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        done();
+        req.pause();
+        resolve(undefined);
+        return;
+      }
+      parts.push(chunk);
+    };
+    const onEnd = () => {
+      done();
+      resolve(Buffer.concat(parts));
+    };
+    const onClose = () => {
+      done();
+      reject(new AxonError('BAD_REQUEST', 'the request body did not arrive whole'));
+    };
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('close', onClose);
+    req.once('error', onClose);
+  });
 }
 
 function parseJson(body: Uint8Array): unknown {
