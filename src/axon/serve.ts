@@ -7,7 +7,8 @@ import { OptionError } from '../errors.ts';
 import type { TextGenerator } from '../engine/types.ts';
 import { MAX_CRYPTO_WORKERS } from '../wire/crypto-pool.ts';
 import { MetagraphWatcher, parseMetagraph, type Metagraph } from './policy.ts';
-import { AxonServer, resolveLimits, type AxonLimits } from './server.ts';
+import { resolveLimits, type AxonLimits } from './limits.ts';
+import { AxonServer } from './server.ts';
 import { signerFromUri, type Signer } from '../wire/signing.ts';
 import { loadSigner, type WalletLocation } from '../wire/wallet.ts';
 

@@ -7,7 +7,8 @@ import { WebSocket } from 'ws';
 import type { TextGenerator } from '../../src/engine/types.ts';
 import { parseMetagraph, type Metagraph, type PolicyConfig } from '../../src/axon/policy.ts';
 import { decodeResponseBody, decodeResponseFrame, encodeFrame, type RequestFrame, type ResponseBody, type ResponseFrame } from '../../src/wire/protocol.ts';
-import { AxonServer, type AxonLimits } from '../../src/axon/server.ts';
+import type { AxonLimits } from '../../src/axon/limits.ts';
+import { AxonServer } from '../../src/axon/server.ts';
 import { signerFromUri, verifyFrame, type Signer } from '../../src/wire/signing.ts';
 import { createTestGenerator } from './test-engine.ts';
 
