@@ -257,7 +257,7 @@ async function serveUntilSignal(handle: ServeHandle): Promise<void> {
 addServeOptions(
   program
     .command('serve')
-    .description('serve a model to validators: signed WebSocket + msgpack axon, /metrics and /health on the same port')
+    .description('serve a model to validators: signed WebSocket + msgpack axon and an OpenAI-compatible HTTP face (Epistula v2), /metrics and /health on the same port')
     .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
     .option('--slots <n>', 'sequences decoded together (KV slots)', number('--slots'), 8)
     .option('--context <n>', 'tokens per sequence (prompt + completion)', number('--context'))
@@ -268,7 +268,7 @@ addServeOptions(
   const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin });
   console.error(describeModel(engine));
   const handle = await serve(engine, options);
-  console.error(`axon listening on ${handle.url} as miner ${handle.hotkey}`);
+  console.error(`axon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey}`);
   await serveUntilSignal(handle);
 });
 
@@ -283,7 +283,7 @@ program
     const engine = await loadEngine({ model: TINY_MODEL_ID, adapter: o.adapter });
     console.error(describeModel(engine));
     const handle = await serve(engine, dev.options);
-    console.log(`\naxon listening on ${handle.url} as miner ${handle.hotkey} (development key //Miner)`);
+    console.log(`\naxon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey} (development key //Miner)`);
     console.log(`the development metagraph admits validator ${dev.validatorUri} (${dev.validatorHotkey}); try, in another terminal:\n`);
     console.log(`  ${queryCommandHint(handle, dev.validatorUri)}\n`);
     await serveUntilSignal(handle);

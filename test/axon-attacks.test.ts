@@ -12,10 +12,10 @@ import { WebSocket } from 'ws';
 import { Engine } from '../src/engine/engine.ts';
 import type { TextGenerator } from '../src/engine/types.ts';
 import { maxBytesPerToken } from '../src/engine/tokenizer.ts';
-import { FRAME_SHAPE, encodeFrame, msgpackShapeError } from '../src/axon/protocol.ts';
+import { FRAME_SHAPE, encodeFrame, msgpackShapeError } from '../src/wire/protocol.ts';
 import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
-import { DEFAULT_LIMITS, resolveLimits } from '../src/axon/server.ts';
-import { signRequest, type Signer } from '../src/axon/signing.ts';
+import { DEFAULT_LIMITS, resolveLimits } from '../src/axon/limits.ts';
+import { signRequest, type Signer } from '../src/wire/signing.ts';
 import { ValidatorClient } from '../src/validator/client.ts';
 import { RawPeer, devKeys, sleep, startAxon, waitFor, type Received, type TestAxon } from './support/axon-harness.ts';
 

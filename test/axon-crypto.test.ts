@@ -1,4 +1,4 @@
-// The crypto worker pool (src/axon/crypto-pool.ts) behind the axon, over real sockets with real keys:
+// The crypto worker pool (src/wire/crypto-pool.ts) behind the axon, over real sockets with real keys:
 // signatures are checked on worker threads while the main thread keeps serving; a connection's frames
 // are finished in arrival order whatever order their checks end in (a pipelined cancel included); a
 // crashed worker is replaced and only its own frames fail; a connection's share of the verification
@@ -12,10 +12,10 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { describe, expect, test } from 'vitest';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { CryptoPool } from '../src/axon/crypto-pool.ts';
-import { VerificationError, decodeResponseBody, decodeResponseFrame, encodeBody, encodeFrame, type ResponseFrame } from '../src/axon/protocol.ts';
+import { CryptoPool } from '../src/wire/crypto-pool.ts';
+import { VerificationError, decodeResponseBody, decodeResponseFrame, encodeBody, encodeFrame, type ResponseFrame } from '../src/wire/protocol.ts';
 import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
-import { signRequest, signedMessage, verifySignature, type Signer } from '../src/axon/signing.ts';
+import { signRequest, signedMessage, verifySignature, type Signer } from '../src/wire/signing.ts';
 import { ValidatorClient, createVerifyPool, type GenerationResult } from '../src/validator/client.ts';
 import { RawPeer, captureLogger, devKeys, startAxon, waitFor, type Received } from './support/axon-harness.ts';
 import { heldGenerator } from './support/held-generator.ts';

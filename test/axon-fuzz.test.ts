@@ -7,8 +7,8 @@ import { encode } from '@msgpack/msgpack';
 import fc from 'fast-check';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { WebSocket } from 'ws';
-import { ERROR_CODES, encodeFrame, type RequestFrame } from '../src/axon/protocol.ts';
-import { signRequest } from '../src/axon/signing.ts';
+import { ERROR_CODES, encodeFrame, type RequestFrame } from '../src/wire/protocol.ts';
+import { signRequest } from '../src/wire/signing.ts';
 import { ValidatorClient } from '../src/validator/client.ts';
 import { RawPeer, devKeys, startAxon, type TestAxon } from './support/axon-harness.ts';
 

@@ -4,9 +4,9 @@
 // output equals what the same request produced alone.
 import { pino } from 'pino';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { parseMetagraph } from '../src/axon/policy.ts';
+import { parseMetagraph } from '../src/wire/metagraph.ts';
 import { AxonServer } from '../src/axon/server.ts';
-import { signerFromUri, type Signer } from '../src/axon/signing.ts';
+import { signerFromUri, type Signer } from '../src/wire/signing.ts';
 import type { TextGenerator } from '../src/engine/types.ts';
 import { ValidatorClient, type GenerateParams, type GenerationResult } from '../src/validator/client.ts';
 import { devKeys } from './support/axon-harness.ts';

@@ -1,6 +1,7 @@
 // Units of the axon without sockets: the codec, signatures, wallet files, metagraph, replay cache,
 // rate limits and serve's option parsing.
 import { mkdtemp, mkdir, writeFile } from 'node:fs/promises';
+import { OrderedVerifyQueue } from '../src/wire/ordered-queue.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -18,11 +19,12 @@ import {
   decodeResponseBody,
   encodeFrame,
   type ErrorCode,
-} from '../src/axon/protocol.ts';
-import { Policy, RateLimiter, ReplayCache, parseMetagraph } from '../src/axon/policy.ts';
+} from '../src/wire/protocol.ts';
+import { Policy, RateLimiter, ReplayCache } from '../src/axon/policy.ts';
+import { parseMetagraph } from '../src/wire/metagraph.ts';
 import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
-import { cryptoReady, isValidHotkey, signRequest, signedMessage, signerFromSeed, verifyFrame, verifySignature } from '../src/axon/signing.ts';
-import { hotkeyFilePath, loadWalletHotkey } from '../src/axon/wallet.ts';
+import { cryptoReady, isValidHotkey, signRequest, signedMessage, signerFromSeed, verifyFrame, verifySignature } from '../src/wire/signing.ts';
+import { hotkeyFilePath, loadWalletHotkey } from '../src/wire/wallet.ts';
 import { devKeys, devMetagraph } from './support/axon-harness.ts';
 
 await cryptoReady();
@@ -230,18 +232,39 @@ describe('policy parts', () => {
     expect(rate.take('a', 100)).toBe(true);
   });
 
-  test('policy options are validated', () => {
+  test('policy options are validated', async () => {
     const base = { minerHotkey: keys.miner.address, requestTimeoutMs: 1000 };
     expect(() => new Policy({ ...base, allow: ['nope'] })).toThrow(/allow list/);
     expect(() => new Policy({ ...base, minStake: -1 })).toThrow(/stake/);
     expect(() => new Policy({ ...base, rateBurst: 2 ** 31 * 2 ** 23 })).toThrow(/rateBurst/);
     expect(() => new Policy({ ...base, minerHotkey: 'x' })).toThrow(/miner hotkey/);
     const p = new Policy({ ...base, maxConcurrentPerHotkey: 1 });
-    const release = p.acquireSlot('a');
+    const release = await p.acquireSlot('a');
     expect(codeOf(() => p.acquireSlot('a'))).toBe('RATE_LIMITED');
     release();
     release();
     expect(() => p.acquireSlot('a')).not.toThrow();
+  });
+
+  test('a hotkey beyond its concurrency cap waits in its queue, in arrival order, and leaves it when aborted', async () => {
+    const p = new Policy({ minerHotkey: keys.miner.address, requestTimeoutMs: 1000, maxConcurrentPerHotkey: 1, maxQueuedPerHotkey: 2 });
+    const first = await p.acquireSlot('a');
+    const order: string[] = [];
+    const second = p.acquireSlot('a').then((release) => (order.push('second'), release));
+    const abort = new AbortController();
+    const abandoned = p.acquireSlot('a', {}, abort.signal);
+    expect(codeOf(() => p.acquireSlot('a'))).toBe('RATE_LIMITED'); // 1 running, 2 waiting
+    expect(p.waitingFor('a')).toBe(2);
+    abort.abort(new Error('gone'));
+    await expect(abandoned).rejects.toThrow('gone');
+    expect(p.waitingFor('a')).toBe(0 + 1);
+    const third = p.acquireSlot('a').then((release) => (order.push('third'), release));
+    await (await p.acquireSlot('b'))(); // another hotkey is not held up
+    first();
+    (await second)();
+    (await third)();
+    expect(order).toEqual(['second', 'third']);
+    expect(p.waitingFor('a')).toBe(0);
   });
 });
 
@@ -269,5 +292,33 @@ describe('serve flags', () => {
     [['--log-level', 'loud']],
   ])('%j is refused', (argv) => {
     expect(() => parse(argv)).toThrow(OptionError);
+  });
+});
+
+describe('the ordered verify queue (src/wire)', () => {
+  test('items finish in arrival order whatever order their verdicts come in; a stopped queue drops the rest', async () => {
+    const finished: Array<[string, unknown]> = [];
+    let stopped = false;
+    const queue = new OrderedVerifyQueue<string>({ finish: (item, verdict) => finished.push([item, verdict]), stopped: () => stopped });
+    queue.push('at once', true); // nothing waits: finished now
+    expect(finished).toEqual([['at once', true]]);
+    const later: Array<(v: boolean | Error) => void> = [];
+    const pending = () => new Promise<boolean | Error>((resolve) => later.push(resolve));
+    queue.push('a', pending());
+    queue.push('b', false); // known at once, but behind a
+    queue.push('c', pending());
+    expect(queue.length).toBe(3);
+    later[1](true); // c's verdict first
+    await new Promise((r) => setImmediate(r));
+    expect(finished).toHaveLength(1);
+    later[0](new Error('worker died'));
+    await queue.drained;
+    expect(finished.slice(1)).toEqual([['a', new Error('worker died')], ['b', false], ['c', true]]);
+    queue.push('d', pending());
+    queue.push('e', true);
+    stopped = true;
+    later[2](true);
+    await queue.drained;
+    expect([finished.length, queue.length]).toEqual([4, 0]);
   });
 });

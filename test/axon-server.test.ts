@@ -21,10 +21,10 @@ import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 
 import { WebSocket, WebSocketServer } from 'ws';
 import { BadRequestError, OverloadedError } from '../src/errors.ts';
 import type { GenerateOptions, GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../src/engine/types.ts';
-import { AxonError, VerificationError, decodeRequestFrame, encodeBody, encodeFrame, type RequestFrame } from '../src/axon/protocol.ts';
-import type { CryptoPool } from '../src/axon/crypto-pool.ts';
+import { AxonError, VerificationError, decodeRequestFrame, encodeBody, encodeFrame, type RequestFrame } from '../src/wire/protocol.ts';
+import type { CryptoPool } from '../src/wire/crypto-pool.ts';
 import { serve } from '../src/axon/serve.ts';
-import { signRequest, signResponse, type Signer } from '../src/axon/signing.ts';
+import { signRequest, signResponse, type Signer } from '../src/wire/signing.ts';
 import { ValidatorClient, createVerifyPool } from '../src/validator/client.ts';
 import { pingCommand, queryCommand } from '../src/validator/commands.ts';
 import { LONG, RawPeer, captureLogger, devKeys, metagraphJson, settle, startAxon, waitFor, type TestAxon } from './support/axon-harness.ts';

@@ -5,8 +5,8 @@
 import { createHash } from 'node:crypto';
 import { encode } from '@msgpack/msgpack';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { encodeBody, encodeFrame, type DoneBody, type ResponseFrame, type TokenBody } from '../src/axon/protocol.ts';
-import { signRequest, signResponse, signerFromUri, type Signer } from '../src/axon/signing.ts';
+import { encodeBody, encodeFrame, type DoneBody, type ResponseFrame, type TokenBody } from '../src/wire/protocol.ts';
+import { signRequest, signResponse, signerFromUri, type Signer } from '../src/wire/signing.ts';
 import { makeChallenges, type Challenge } from '../src/validator/challenges.ts';
 import { frameGaps, gapFactor, judgeResponse, meanProbDistance, probDistanceScore, rankCheck, streamedCheck, type Recomputed } from '../src/validator/checks.ts';
 import { referenceRow, samplerChoices, type ReferenceRow } from '../src/validator/recompute.ts';

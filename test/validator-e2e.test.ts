@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signerFromUri, type Signer } from '../src/axon/signing.ts';
+import { signerFromUri, type Signer } from '../src/wire/signing.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
 import { ReferenceModel } from '../src/validator/recompute.ts';

@@ -3,7 +3,7 @@
 // that reads back as unanswered. No GPU: the held generator stands in for the model.
 import { createServer } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { signerFromUri, type Signer } from '../src/axon/signing.ts';
+import { signerFromUri, type Signer } from '../src/wire/signing.ts';
 import { makeChallenges } from '../src/validator/challenges.ts';
 import { judgeResponse } from '../src/validator/checks.ts';
 import { DEFAULT_THRESHOLDS } from '../src/validator/thresholds.ts';

@@ -12,68 +12,12 @@
 // Each step throws an AxonError with its wire code. The (signed_by, id) pair is remembered once the
 // frame has passed the deny/permit/stake step, so only authorised validators fill the replay cache,
 // each within a quota, and a frame that was rate limited cannot be replayed later in its window.
-import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
+import { unwatchFile, watchFile, type Stats } from 'node:fs';
 import { OptionError } from '../errors.ts';
-import { AxonError, type RequestFrame } from './protocol.ts';
-import { isValidHotkey, verifyFrame } from './signing.ts';
-
-// ---------------------------------------------------------------------------------------------
-// Metagraph
-
-export interface MetagraphNeuron {
-  uid: number;
-  hotkey: string;
-  /** Stake in TAO (or alpha): whatever unit --min-stake is given in. */
-  stake: number;
-  validatorPermit: boolean;
-}
-
-export interface Metagraph {
-  netuid: number;
-  block: number;
-  /** By hotkey. */
-  neurons: ReadonlyMap<string, MetagraphNeuron>;
-}
-
-/** Check and index a metagraph JSON value `{netuid, block, neurons: [{uid, hotkey, stake, validator_permit}]}`. */
-export function parseMetagraph(value: unknown, source = 'metagraph'): Metagraph {
-  const fail = (detail: string): never => {
-    throw new OptionError(`${source}: ${detail}`);
-  };
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('must be a JSON object {netuid, block, neurons}');
-  const { netuid, block, neurons } = value as Record<string, unknown>;
-  if (!Number.isSafeInteger(netuid) || (netuid as number) < 0) fail('netuid must be a non-negative integer');
-  if (!Number.isSafeInteger(block) || (block as number) < 0) fail('block must be a non-negative integer');
-  if (!Array.isArray(neurons)) fail('neurons must be an array');
-  const byHotkey = new Map<string, MetagraphNeuron>();
-  for (const [i, n] of (neurons as unknown[]).entries()) {
-    if (typeof n !== 'object' || n === null) fail(`neurons[${i}] must be an object`);
-    const { uid, hotkey, stake, validator_permit } = n as Record<string, unknown>;
-    if (!Number.isSafeInteger(uid) || (uid as number) < 0) fail(`neurons[${i}].uid must be a non-negative integer`);
-    if (!isValidHotkey(hotkey)) fail(`neurons[${i}].hotkey must be an ss58 address (format 42) with a valid checksum`);
-    if (typeof stake !== 'number' || !Number.isFinite(stake) || stake < 0) fail(`neurons[${i}].stake must be a finite number >= 0`);
-    if (typeof validator_permit !== 'boolean') fail(`neurons[${i}].validator_permit must be true or false`);
-    if (byHotkey.has(hotkey as string)) fail(`hotkey ${hotkey} appears twice (neurons[${i}])`);
-    byHotkey.set(hotkey as string, { uid: uid as number, hotkey: hotkey as string, stake: stake as number, validatorPermit: validator_permit as boolean });
-  }
-  return { netuid: netuid as number, block: block as number, neurons: byHotkey };
-}
-
-export function loadMetagraphFile(path: string): Metagraph {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new OptionError(`cannot read metagraph file ${path}: ${(err as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new OptionError(`metagraph file ${path} is not JSON: ${(err as Error).message}`);
-  }
-  return parseMetagraph(json, `metagraph file ${path}`);
-}
+import { AxonError, type RequestFrame } from '../wire/protocol.ts';
+import { TokenBucket } from './token-bucket.ts';
+import { isValidHotkey, verifyFrame } from '../wire/signing.ts';
+import { loadMetagraphFile, type Metagraph, type MetagraphNeuron } from '../wire/metagraph.ts';
 
 export interface MetagraphWatcherOptions {
   /** How often the file's mtime and size are polled. Default 2000 ms. */
@@ -196,7 +140,7 @@ export class ReplayCache {
 export class RateLimiter {
   readonly ratePerSecond: number;
   readonly burst: number;
-  #buckets = new Map<string, { tokens: number; at: number }>();
+  #buckets = new Map<string, TokenBucket>();
 
   constructor(ratePerSecond: number, burst: number) {
     this.ratePerSecond = ratePerSecond;
@@ -205,20 +149,18 @@ export class RateLimiter {
 
   /** Take one token for `key`; false when its bucket is empty. */
   take(key: string, now: number): boolean {
-    const bucket = this.#buckets.get(key) ?? { tokens: this.burst, at: now };
-    bucket.tokens = Math.min(this.burst, bucket.tokens + (Math.max(0, now - bucket.at) * this.ratePerSecond) / 1000);
-    bucket.at = now;
-    if (!this.#buckets.has(key) && this.#buckets.size >= 10_000) this.#forgetFull(now);
-    this.#buckets.set(key, bucket);
-    if (bucket.tokens < 1) return false;
-    bucket.tokens -= 1;
-    return true;
+    let bucket = this.#buckets.get(key);
+    if (!bucket) {
+      if (this.#buckets.size >= 10_000) this.#forgetFull(now);
+      bucket = new TokenBucket(this.ratePerSecond, this.burst, now);
+      this.#buckets.set(key, bucket);
+    }
+    return bucket.take(now);
   }
 
   /** Drop buckets that have refilled: forgetting them changes nothing. */
   #forgetFull(now: number): void {
-    const refillMs = (this.burst / this.ratePerSecond) * 1000;
-    for (const [key, bucket] of this.#buckets) if (now - bucket.at >= refillMs) this.#buckets.delete(key);
+    for (const [key, bucket] of this.#buckets) if (bucket.fullAt(now)) this.#buckets.delete(key);
   }
 }
 
@@ -255,6 +197,12 @@ export interface PolicyConfig {
   rateBurst?: number;
   /** Generations in flight per hotkey. Default 8. */
   maxConcurrentPerHotkey?: number;
+  /**
+   * Generations of one hotkey that wait for one of its slots when all maxConcurrentPerHotkey are
+   * taken (in arrival order; the engine then orders everyone's work by stake). Beyond it a request
+   * is refused with RATE_LIMITED. Default 0: refused at once.
+   */
+  maxQueuedPerHotkey?: number;
 }
 
 export interface PolicyOptions extends PolicyConfig {
@@ -292,12 +240,15 @@ export class Policy {
   readonly minStake: number;
   readonly requirePermit: boolean;
   readonly maxConcurrentPerHotkey: number;
+  readonly maxQueuedPerHotkey: number;
   readonly replay: ReplayCache;
   #metagraph: () => Metagraph | undefined;
   #allow: ReadonlySet<string>;
   #deny: ReadonlySet<string>;
   #rate: RateLimiter;
   #inFlight = new Map<string, number>();
+  /** Per hotkey, the requests waiting for one of its slots, oldest first. */
+  #waiting = new Map<string, Array<(release: () => void) => void>>();
 
   constructor(options: PolicyOptions) {
     if (!isValidHotkey(options.minerHotkey)) throw new OptionError(`miner hotkey ${options.minerHotkey} is not an ss58 address (format 42)`);
@@ -324,6 +275,7 @@ export class Policy {
     }
     this.#rate = new RateLimiter(ratePerSecond, safeInt('rateBurst', options.rateBurst ?? 20, 1));
     this.maxConcurrentPerHotkey = safeInt('maxConcurrentPerHotkey', options.maxConcurrentPerHotkey ?? 8, 1);
+    this.maxQueuedPerHotkey = safeInt('maxQueuedPerHotkey', options.maxQueuedPerHotkey ?? 0, 0);
   }
 
   get metagraph(): Metagraph | undefined {
@@ -406,13 +358,47 @@ export class Policy {
     return { neuron, allowListed };
   }
 
-  /** Reserve one of a hotkey's generation slots; the returned function gives it back (idempotent). */
-  acquireSlot(hotkey: string, context: { requestId?: string; signedBy?: string } = {}): () => void {
+  /**
+   * Reserve one of a hotkey's generation slots. Resolves with the function that gives it back
+   * (idempotent): at once when one is free, else when one of the hotkey's generations ends, the
+   * request having waited its turn among at most maxQueuedPerHotkey others. Throws (synchronously)
+   * RATE_LIMITED when the slots and the queue are all taken. Aborting `signal` while waiting rejects
+   * with the signal's reason and leaves the queue.
+   */
+  acquireSlot(hotkey: string, context: { requestId?: string; signedBy?: string } = {}, signal?: AbortSignal): Promise<() => void> {
     const n = this.#inFlight.get(hotkey) ?? 0;
-    if (n >= this.maxConcurrentPerHotkey) {
-      throw new AxonError('RATE_LIMITED', `${n} generations from ${hotkey} are already running; the limit is ${this.maxConcurrentPerHotkey}`, context);
+    if (n < this.maxConcurrentPerHotkey) return Promise.resolve(this.#take(hotkey));
+    const waiting = this.#waiting.get(hotkey) ?? [];
+    if (waiting.length >= this.maxQueuedPerHotkey) {
+      const queue = this.maxQueuedPerHotkey > 0 ? `, and ${waiting.length} wait for a slot (at most ${this.maxQueuedPerHotkey})` : '';
+      throw new AxonError('RATE_LIMITED', `${n} generations from ${hotkey} are already running (at most ${this.maxConcurrentPerHotkey})${queue}`, context);
     }
-    this.#inFlight.set(hotkey, n + 1);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        const list = this.#waiting.get(hotkey);
+        const i = list?.indexOf(grant) ?? -1;
+        if (i >= 0) list!.splice(i, 1);
+        if (list?.length === 0) this.#waiting.delete(hotkey);
+        reject(signal!.reason);
+      };
+      const grant = (release: () => void) => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve(release);
+      };
+      if (signal?.aborted) return reject(signal.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      waiting.push(grant);
+      this.#waiting.set(hotkey, waiting);
+    });
+  }
+
+  /** Generations of `hotkey` waiting for a slot. */
+  waitingFor(hotkey: string): number {
+    return this.#waiting.get(hotkey)?.length ?? 0;
+  }
+
+  #take(hotkey: string): () => void {
+    this.#inFlight.set(hotkey, (this.#inFlight.get(hotkey) ?? 0) + 1);
     let released = false;
     return () => {
       if (released) return;
@@ -420,6 +406,11 @@ export class Policy {
       const left = (this.#inFlight.get(hotkey) ?? 1) - 1;
       if (left <= 0) this.#inFlight.delete(hotkey);
       else this.#inFlight.set(hotkey, left);
+      // The slot goes to the oldest waiting request of the same hotkey.
+      const waiting = this.#waiting.get(hotkey);
+      const next = waiting?.shift();
+      if (waiting?.length === 0) this.#waiting.delete(hotkey);
+      if (next) next(this.#take(hotkey));
     };
   }
 }

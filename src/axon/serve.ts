@@ -5,11 +5,13 @@ import type { Command } from 'commander';
 import { pino, type Logger } from 'pino';
 import { OptionError } from '../errors.ts';
 import type { TextGenerator } from '../engine/types.ts';
-import { MAX_CRYPTO_WORKERS } from './crypto-pool.ts';
-import { MetagraphWatcher, parseMetagraph, type Metagraph } from './policy.ts';
-import { AxonServer, resolveLimits, type AxonLimits } from './server.ts';
-import { signerFromUri, type Signer } from './signing.ts';
-import { loadSigner, type WalletLocation } from './wallet.ts';
+import { MAX_CRYPTO_WORKERS } from '../wire/crypto-pool.ts';
+import { MetagraphWatcher } from './policy.ts';
+import { parseMetagraph, type Metagraph } from '../wire/metagraph.ts';
+import { resolveLimits, type AxonLimits } from './limits.ts';
+import { AxonServer } from './server.ts';
+import { signerFromUri, type Signer } from '../wire/signing.ts';
+import { loadSigner, type WalletLocation } from '../wire/wallet.ts';
 
 export interface ServeOptions {
   /** Default 8091. */
@@ -34,7 +36,13 @@ export interface ServeOptions {
   ratePerSecond?: number;
   rateBurst?: number;
   maxConcurrentPerHotkey?: number;
+  /** Generations per hotkey that wait for a slot beyond maxConcurrentPerHotkey (then RATE_LIMITED). Default 16. */
+  maxQueuedPerHotkey?: number;
   replayCacheSize?: number;
+  /** Serve /metrics on this address (and metricsPort) instead of the axon's port. */
+  metricsHost?: string;
+  /** Default: the axon's port + 1. */
+  metricsPort?: number;
   /** Worker threads for sr25519 verification and response signing; 0 = the main thread. Default min(4, max(1, cores - 1)). */
   cryptoWorkers?: number;
   logger?: Logger;
@@ -48,8 +56,10 @@ export interface ServeHandle {
   server: AxonServer;
   port: number;
   host: string;
-  /** ws://host:port */
+  /** ws://host:port (protocol v1) */
   url: string;
+  /** http://host:port (the OpenAI-compatible face, on the same port) */
+  httpUrl: string;
   /** The miner's hotkey (ss58). */
   hotkey: string;
   /** Stop the axon (graceful: finish or cancel in-flight work within graceMs), the watcher and the generator. */
@@ -86,6 +96,7 @@ export async function serve(generator: TextGenerator, options: ServeOptions = {}
       processMetrics: options.processMetrics ?? true,
       limits: options.limits,
       cryptoWorkers: options.cryptoWorkers,
+      metrics: options.metricsHost === undefined ? undefined : { host: options.metricsHost, port: options.metricsPort ?? (options.port ?? 8091) + 1 },
       policy: {
         metagraph,
         minStake: options.minStake,
@@ -95,6 +106,7 @@ export async function serve(generator: TextGenerator, options: ServeOptions = {}
         ratePerSecond: options.ratePerSecond,
         rateBurst: options.rateBurst,
         maxConcurrentPerHotkey: options.maxConcurrentPerHotkey,
+        maxQueuedPerHotkey: options.maxQueuedPerHotkey ?? 16,
         replayCacheSize: options.replayCacheSize,
       },
     });
@@ -117,6 +129,7 @@ export async function serve(generator: TextGenerator, options: ServeOptions = {}
     port,
     host,
     url: `ws://${urlHost}:${port}`,
+    httpUrl: `http://${urlHost}:${port}`,
     hotkey: signer.address,
     async close(graceMs = 5000) {
       await server.close(graceMs);
@@ -176,7 +189,7 @@ const collect = (value: string, previous: string[] = []) => [...previous, ...val
 /** Register serve's flags on a commander command (the model flags are the CLI's own). */
 export function addServeOptions(command: Command): Command {
   return command
-    .option('--port <n>', 'port for WebSocket, /metrics and /health', '8091')
+    .option('--port <n>', 'port for the WebSocket, the OpenAI-compatible HTTP face, /metrics and /health', '8091')
     .option('--host <addr>', 'address to bind (0.0.0.0 to serve the network)', '127.0.0.1')
     .option('--metagraph <file>', 'metagraph JSON {netuid, block, neurons:[{uid, hotkey, stake, validator_permit}]}, reloaded on change')
     .option('--min-stake <n>', 'minimum stake of a metagraph validator', '0')
@@ -199,6 +212,9 @@ export function addServeOptions(command: Command): Command {
     .option('--rate-limit <n>', 'requests per second per validator hotkey', '10')
     .option('--rate-burst <n>', 'burst of requests per validator hotkey', '20')
     .option('--max-concurrent <n>', 'generations in flight per validator hotkey', '8')
+    .option('--max-queued <n>', 'generations per validator hotkey that wait for a slot beyond --max-concurrent (then 429 / RATE_LIMITED)', '16')
+    .option('--metrics-host <addr>', 'serve /metrics on this address instead of the axon port (e.g. 127.0.0.1 while --host is 0.0.0.0)')
+    .option('--metrics-port <n>', 'port for /metrics with --metrics-host (default: --port + 1)')
     .option('--crypto-workers <n>', 'worker threads that verify request signatures and sign responses (0: on the main thread; default min(4, cores - 1))')
     .option('--log-level <level>', 'pino log level', 'info');
 }
@@ -257,9 +273,13 @@ export function parseServeOptions(flags: Record<string, unknown>): ServeOptions 
     ratePerSecond: positive('rate-limit', flags.rateLimit ?? '10', false),
     rateBurst: integer('rate-burst', flags.rateBurst ?? '20'),
     maxConcurrentPerHotkey: integer('max-concurrent', flags.maxConcurrent ?? '8'),
+    maxQueuedPerHotkey: integer('max-queued', flags.maxQueued ?? '16', 0),
+    metricsHost: flags.metricsHost === undefined ? undefined : String(flags.metricsHost),
+    metricsPort: integer('metrics-port', flags.metricsPort, 0),
     cryptoWorkers: integer('crypto-workers', flags.cryptoWorkers, 0),
     logLevel,
   };
+  if (options.metricsPort !== undefined && options.metricsPort > 65535) throw new OptionError(`--metrics-port must be at most 65535 (got ${options.metricsPort})`);
   if (options.cryptoWorkers !== undefined && options.cryptoWorkers > MAX_CRYPTO_WORKERS) {
     throw new OptionError(`--crypto-workers must be at most ${MAX_CRYPTO_WORKERS} (got ${options.cryptoWorkers})`);
   }

@@ -25,7 +25,7 @@ import { Transformer, type PrefillPiece, type RowCandidates } from '../../models
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { CANDIDATES, Sampler, validateSamplingParams } from './sampler.ts';
 import { TextTokenizer, type TokenStream } from './tokenizer.ts';
-import { MAX_LOGPROBS, type EngineInfo, type FinishReason, type GenerateOptions, type GenerateRequest, type GeneratedToken, type GenerationSummary, type TextGenerator } from './types.ts';
+import { MAX_LOGPROBS, type ChatMessage, type EngineInfo, type FinishReason, type GenerateOptions, type GenerateRequest, type GeneratedToken, type GenerationSummary, type TextGenerator } from './types.ts';
 
 export interface EngineOptions {
   /** HF folder, .gguf file, or 'tiny-random-llama' (the embedded default). */
@@ -220,6 +220,25 @@ export class Engine implements TextGenerator {
       throw new BadRequestError(`prompt of ${ids.length} tokens does not fit the context of ${this.model.options.capacity} tokens`);
     }
     return ids;
+  }
+
+  tokenize(input: { prompt?: string; messages?: ChatMessage[] }, addSpecialTokens = true): number[] {
+    if (typeof input.prompt === 'string' && !addSpecialTokens) {
+      this.#refuseUnfitting(input.prompt);
+      return this.tokenizer.encode(input.prompt, false);
+    }
+    return this.encodePrompt({ ...input, maxTokens: 1 });
+  }
+
+  detokenize(ids: number[]): string {
+    const vocab = this.model.config.vocabSize;
+    const bad = ids.find((id) => !Number.isSafeInteger(id) || id < 0 || id >= vocab);
+    if (bad !== undefined) throw new BadRequestError(`token id ${bad} is outside the vocabulary [0, ${vocab})`);
+    return this.tokenizer.decode(ids, true);
+  }
+
+  tokenText(id: number): string {
+    return this.tokenizer.decode([id], false);
   }
 
   /** Refuse a text too long for the context before tokenising it (the work is bounded by the context, not the text). */

@@ -90,4 +90,13 @@ export interface TextGenerator {
   generate(request: GenerateRequest, options?: GenerateOptions): AsyncGenerator<GeneratedToken, GenerationSummary>;
   /** Stop accepting work; finish (or cancel, after `graceMs`) what is in flight. */
   close(graceMs?: number): Promise<void>;
+  /**
+   * The token ids generate() would see for this prompt or these chat messages (the axon's
+   * /tokenize; absent: not served). `addSpecialTokens` false leaves out the BOS a plain prompt gets.
+   */
+  tokenize?(input: { prompt?: string; messages?: ChatMessage[] }, addSpecialTokens?: boolean): number[];
+  /** The text of token ids, special tokens skipped (the axon's /detokenize; absent: not served). */
+  detokenize?(ids: number[]): string;
+  /** One token's own text, special tokens included (the token strings of OpenAI logprobs). */
+  tokenText?(id: number): string;
 }

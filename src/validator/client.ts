@@ -14,7 +14,7 @@
 // cannot make (a worker died, the pool was closed) is made here instead.
 import { createHash } from 'node:crypto';
 import { WebSocket, type RawData } from 'ws';
-import { CryptoPool } from '../axon/crypto-pool.ts';
+import { CryptoPool } from '../wire/crypto-pool.ts';
 import {
   AxonError,
   ConnectionError,
@@ -32,17 +32,23 @@ import {
   type ResponseFrame,
   type WireFinishReason,
   type WireMessage,
-} from '../axon/protocol.ts';
-import { cryptoReady, isValidHotkey, signRequest, verifyFrame, type Signer } from '../axon/signing.ts';
+} from '../wire/protocol.ts';
+import { cryptoReady, isValidHotkey, signRequest, verifyFrame, type Signer } from '../wire/signing.ts';
 import { OptionError } from '../errors.ts';
+import { OrderedVerifyQueue, type Verdict } from '../wire/ordered-queue.ts';
+import { HttpValidatorClient } from './http-client.ts';
 
-export { CryptoPool, createVerifyPool, type VerifyPoolOptions } from '../axon/crypto-pool.ts';
+export { CryptoPool, createVerifyPool, type VerifyPoolOptions } from '../wire/crypto-pool.ts';
+export { HttpValidatorClient } from './http-client.ts';
 
 /** Frames of one connection waiting for their signature check before the socket stops being read. */
 export const MAX_UNVERIFIED_FRAMES = 256;
 
 export interface ValidatorClientOptions {
-  /** ws://host:port of the miner's axon. */
+  /**
+   * The miner's axon: ws://host:port speaks protocol v1 (signed msgpack frames over a WebSocket),
+   * http://host:port its OpenAI-compatible face (Epistula v2 headers, a signed SSE stream).
+   */
   url: string;
   /** The validator's hotkey. */
   signer: Signer;
@@ -129,12 +135,11 @@ interface Handler {
   onError(err: Error): void;
 }
 
-/** A received frame in its turn: its signature's verdict (a promise while a worker checks it), or why it was refused. */
+/** A received frame waiting its turn (its signature's verdict travels beside it in the queue), or why it was refused. */
 interface Inbound {
   at: number;
   frame?: ResponseFrame;
   refusal?: Error;
-  verdict: boolean | Error | Promise<boolean | Error>;
 }
 
 /** The miner hotkey its /health endpoint reports (unauthenticated: pin it with --miner when you can). */
@@ -145,8 +150,8 @@ export async function discoverMinerHotkey(url: string, timeoutMs = 10_000): Prom
   } catch {
     throw new ConnectionError(`not a URL: ${url}`);
   }
-  if (health.protocol !== 'ws:' && health.protocol !== 'wss:') throw new ConnectionError(`miner URL must start with ws:// or wss:// (got ${url})`);
-  health.protocol = health.protocol === 'wss:' ? 'https:' : 'http:';
+  if (!['ws:', 'wss:', 'http:', 'https:'].includes(health.protocol)) throw new ConnectionError(`miner URL must start with ws://, wss://, http:// or https:// (got ${url})`);
+  health.protocol = health.protocol === 'wss:' || health.protocol === 'https:' ? 'https:' : 'http:';
   health.pathname = '/health';
   health.search = '';
   let body: unknown;
@@ -161,7 +166,21 @@ export async function discoverMinerHotkey(url: string, timeoutMs = 10_000): Prom
   return hotkey;
 }
 
+/** A client of either transport: the same ping, generate, cancel and close. */
+export type MinerClient = ValidatorClient | HttpValidatorClient;
+
+/** Connect to a miner: over its WebSocket for ws:// and wss:// URLs, over its OpenAI-compatible HTTP face for http:// and https://. */
+export async function connectMiner(options: ValidatorClientOptions): Promise<MinerClient> {
+  if (!/^https?:/i.test(options.url)) return ValidatorClient.connect(options);
+  await cryptoReady();
+  const timeoutMs = options.connectTimeoutMs ?? 10_000;
+  const minerHotkey = options.minerHotkey ?? (await discoverMinerHotkey(options.url, timeoutMs));
+  if (!isValidHotkey(minerHotkey)) throw new ConnectionError(`miner hotkey ${minerHotkey} is not an ss58 address (format 42)`);
+  return new HttpValidatorClient({ url: options.url, signer: options.signer, minerHotkey, requestTimeoutMs: options.requestTimeoutMs ?? 10_000 });
+}
+
 export class ValidatorClient {
+  readonly transport = 'ws' as const;
   readonly url: string;
   readonly minerHotkey: string;
   readonly hotkey: string;
@@ -173,12 +192,9 @@ export class ValidatorClient {
   #closedPromise: Promise<void>;
   /** Verifies on worker threads; undefined: on this thread. */
   #pool: CryptoPool | undefined;
-  /** Frames received and not yet acted on, in arrival order (with a pool only). */
-  #inbound: Inbound[] = [];
-  #pumping = false;
+  /** Frames received and not yet acted on, in arrival order (only with a pool do they wait). */
+  #inbound: OrderedVerifyQueue<Inbound>;
   #paused = false;
-  /** Runs once #inbound is empty (the socket closed while frames were still being checked). */
-  #afterDrain: (() => void) | undefined;
   #onWire: ValidatorClientOptions['onWire'];
 
   private constructor(ws: WebSocket, url: string, signer: Signer, minerHotkey: string, requestTimeoutMs: number, pool: CryptoPool | undefined, onWire?: ValidatorClientOptions['onWire']) {
@@ -190,6 +206,15 @@ export class ValidatorClient {
     this.#requestTimeoutMs = requestTimeoutMs;
     this.#pool = pool;
     this.#onWire = onWire;
+    this.#inbound = new OrderedVerifyQueue<Inbound>({
+      finish: (entry, verdict) => this.#finish(entry, verdict),
+      afterShift: (waiting) => {
+        if (this.#paused && waiting <= MAX_UNVERIFIED_FRAMES / 2) {
+          this.#paused = false;
+          this.#ws.resume();
+        }
+      },
+    });
     this.#closedPromise = new Promise((resolve) => {
       ws.on('close', (code, reason) => {
         // Frames that arrived before the close are acted on first (a done may be among them).
@@ -198,13 +223,15 @@ export class ValidatorClient {
           resolve();
         };
         if (this.#inbound.length === 0) end();
-        else this.#afterDrain = end;
+        else void this.#inbound.drained.then(end);
       });
     });
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
   }
 
+  /** Connect to the miner's protocol v1 WebSocket (ws:// or wss://); connectMiner takes either transport. */
   static async connect(options: ValidatorClientOptions): Promise<ValidatorClient> {
+    if (!/^wss?:/i.test(options.url)) throw new ConnectionError(`a WebSocket URL starts with ws:// or wss:// (got ${options.url}); connectMiner also takes http://`);
     const pool = options.cryptoPool;
     if (pool !== undefined && !(pool instanceof CryptoPool)) throw new OptionError('cryptoPool must be a CryptoPool (from createVerifyPool)');
     await cryptoReady();
@@ -245,7 +272,7 @@ export class ValidatorClient {
     this.#failAll(err);
     this.#ws.terminate();
     // Nothing still waiting for its check matters now.
-    this.#inbound.length = 0;
+    this.#inbound.clear();
     this.#pool?.forget(this);
   }
 
@@ -253,23 +280,23 @@ export class ValidatorClient {
     const at = performance.now();
     if (this.#failure) return;
     let entry: Inbound;
+    let verdict: Verdict | Promise<Verdict> = false;
     try {
       if (!isBinary) throw new VerificationError('miner sent a text frame');
       const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
       this.#onWire?.('in', bytes, at);
       const frame = decodeResponseFrame(bytes, { maxBodyBytes: bytes.length });
       if (frame.signed_by !== this.minerHotkey) throw new VerificationError(`frame signed by ${frame.signed_by}, not the miner ${this.minerHotkey}`);
-      entry = { at, frame, verdict: this.#verify(frame) };
+      entry = { at, frame };
+      verdict = this.#verify(frame);
     } catch (err) {
-      entry = { at, refusal: err instanceof Error ? err : new VerificationError(String(err)), verdict: false };
+      entry = { at, refusal: err instanceof Error ? err : new VerificationError(String(err)) };
     }
-    if (!this.#pool) return this.#finish(entry);
-    this.#inbound.push(entry);
+    this.#inbound.push(entry, verdict);
     if (this.#inbound.length >= MAX_UNVERIFIED_FRAMES && !this.#paused) {
       this.#paused = true;
       this.#ws.pause();
     }
-    if (!this.#pumping) void this.#pump();
   }
 
   /** The signature's verdict: here, or a promise of a worker's. */
@@ -278,37 +305,14 @@ export class ValidatorClient {
     return this.#pool.verify(this, { body: frame.body, id: frame.id, timestamp: frame.timestamp, signedFor: frame.signed_for, signature: frame.signature, address: frame.signed_by });
   }
 
-  /** Act on the waiting frames in arrival order, each once its verdict is in. */
-  async #pump(): Promise<void> {
-    this.#pumping = true;
-    for (;;) {
-      const entry = this.#inbound[0];
-      if (entry === undefined) break;
-      if (entry.verdict instanceof Promise) {
-        entry.verdict = await entry.verdict; // never rejects
-        continue; // look again: a fatal frame may have emptied the queue meanwhile
-      }
-      this.#inbound.shift();
-      if (this.#paused && this.#inbound.length <= MAX_UNVERIFIED_FRAMES / 2) {
-        this.#paused = false;
-        this.#ws.resume();
-      }
-      this.#finish(entry);
-    }
-    this.#pumping = false;
-    const afterDrain = this.#afterDrain;
-    this.#afterDrain = undefined;
-    afterDrain?.();
-  }
-
   /** The rest of a frame's checks, in its turn, then hand it to its request. */
-  #finish(entry: Inbound): void {
+  #finish(entry: Inbound, verdict: Verdict): void {
     if (this.#failure) return;
     try {
       if (entry.refusal !== undefined || entry.frame === undefined) throw entry.refusal;
       const frame = entry.frame;
       // A worker died during the check, or the pool was closed: check it here.
-      const valid = entry.verdict instanceof Error ? verifyFrame(frame) : entry.verdict === true;
+      const valid = verdict instanceof Error ? verifyFrame(frame) : verdict === true;
       if (!valid) throw new VerificationError(`frame ${frame.type} for request ${frame.id || '(none)'} has a bad signature`);
       if (frame.id === '') return; // an error about a frame the miner could not read: none of ours
       // The miner addresses a refusal of a frame whose signature it did not (yet) find valid (STALE,
@@ -464,6 +468,20 @@ export class GenerationStream implements AsyncIterable<ClientToken> {
   start(id: string, sentAt: number): void {
     this.id = id;
     this.#sentAt = sentAt;
+  }
+
+  /** @internal A verified token, from a transport that checks tokens itself (HTTP). */
+  deliver(token: ClientToken, at: number): void {
+    if (this.#finished) return;
+    this.#firstAt ??= at;
+    this.#all.push(token);
+    this.#queue.push(token);
+    this.#wakeUp();
+  }
+
+  /** @internal The verified end (or the failure) of a generation, from a transport that checks it itself (HTTP). */
+  settle(outcome: GenerationResult | Error): void {
+    this.#end(outcome);
   }
 
   /** @internal What the client feeds; onFrame returns true when the request is over. */

@@ -3,8 +3,8 @@
 import type { Command } from 'commander';
 import type { Writable } from 'node:stream';
 import { OptionError } from '../errors.ts';
-import { loadSigner } from '../axon/wallet.ts';
-import { ValidatorClient } from './client.ts';
+import { loadSigner } from '../wire/wallet.ts';
+import { connectMiner, type MinerClient } from './client.ts';
 
 export interface ConnectFlags {
   url: string;
@@ -38,7 +38,7 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 /** The flags ping and query share: where the miner is and which key signs. */
 export function addConnectOptions(command: Command): Command {
   return command
-    .requiredOption('--url <ws-url>', "the miner's axon, e.g. ws://127.0.0.1:8091")
+    .requiredOption('--url <url>', "the miner's axon: ws://127.0.0.1:8091 (protocol v1) or http://127.0.0.1:8091 (its OpenAI-compatible face)")
     .option('--miner <hotkey>', "the miner's ss58 hotkey (default: read from its /health, then held to)")
     .option('--hotkey-uri <uri>', 'validator key as a keyring URI, e.g. //Alice (development)')
     .option('--wallet.path <dir>', 'Bittensor wallets folder', '~/.bittensor/wallets')
@@ -75,13 +75,13 @@ function num(flag: string, value: string | undefined): number | undefined {
   return n;
 }
 
-async function connect(flags: ConnectFlags): Promise<ValidatorClient> {
+async function connect(flags: ConnectFlags): Promise<MinerClient> {
   const signer = await loadSigner({
     hotkeyUri: flags.hotkeyUri,
     wallet: { path: flags['wallet.path'], name: flags['wallet.name'], hotkey: flags['wallet.hotkey'] },
   });
   const timeoutMs = int('timeout-ms', flags.timeoutMs ?? '10000', 1);
-  return ValidatorClient.connect({ url: flags.url, signer, minerHotkey: flags.miner, connectTimeoutMs: timeoutMs, requestTimeoutMs: timeoutMs });
+  return connectMiner({ url: flags.url, signer, minerHotkey: flags.miner, connectTimeoutMs: timeoutMs, requestTimeoutMs: timeoutMs });
 }
 
 const ms = (x: number) => `${x.toFixed(x < 10 ? 2 : 1)} ms`;
@@ -142,10 +142,11 @@ export async function queryCommand(prompt: string, flags: QueryFlags, out: Writa
       out.write('\n');
       const line = (label: string, value: string) => err.write(`${label.padEnd(11)}${value}\n`);
       line('finish', `${result.finishReason} (${result.usage.completionTokens} tokens, prompt ${result.usage.promptTokens})`);
-      line('ttft', `${ms(result.measured.ttftMs)} (miner reports ${ms(result.minerTiming.ttftMs)})`);
-      line('speed', `${result.measured.tokensPerS.toFixed(1)} tokens/s (miner reports ${result.minerTiming.tokensPerS.toFixed(1)})`);
+      const http = client.transport === 'http'; // the HTTP face reports no timing of its own
+      line('ttft', `${ms(result.measured.ttftMs)}${http ? '' : ` (miner reports ${ms(result.minerTiming.ttftMs)})`}`);
+      line('speed', `${result.measured.tokensPerS.toFixed(1)} tokens/s${http ? '' : ` (miner reports ${result.minerTiming.tokensPerS.toFixed(1)})`}`);
       line('transcript', `sha256 ${result.transcriptSha256} verified`);
-      line('signatures', `${result.framesVerified} frames from ${client.minerHotkey} verified`);
+      line('signatures', http ? `stream signature of ${client.minerHotkey} verified` : `${result.framesVerified} frames from ${client.minerHotkey} verified`);
     } finally {
       process.off('SIGINT', onSigint);
     }

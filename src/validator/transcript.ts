@@ -14,8 +14,8 @@ import {
   decodeResponseFrame,
   type GeneratePayload,
   type WireFinishReason,
-} from '../axon/protocol.ts';
-import { verifyFrame } from '../axon/signing.ts';
+} from '../wire/protocol.ts';
+import { verifyFrame } from '../wire/signing.ts';
 import { MinerError } from '../errors.ts';
 import type { Challenge } from './challenges.ts';
 

@@ -1,8 +1,8 @@
 // How the validator reaches a miner: one small interface, so that scoring never cares which wire
 // the miner speaks. Protocol v1 over WebSocket is implemented here (ValidatorClient); a miner whose
 // metagraph entry names another protocol is skipped with the reason until its transport exists.
-import { decodeResponseFrame } from '../axon/protocol.ts';
-import type { Signer } from '../axon/signing.ts';
+import { decodeResponseFrame } from '../wire/protocol.ts';
+import type { Signer } from '../wire/signing.ts';
 import { ValidatorClient, type CryptoPool } from './client.ts';
 import type { Challenge } from './challenges.ts';
 import { TRANSCRIPT_FORMAT, challengePayload, type Transcript } from './transcript.ts';

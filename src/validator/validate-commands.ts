@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command, Option } from 'commander';
 import type { Writable } from 'node:stream';
-import { loadSigner } from '../axon/wallet.ts';
+import { loadSigner } from '../wire/wallet.ts';
 import { MinerError, OptionError } from '../errors.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { ReferenceModel } from './recompute.ts';

@@ -10,8 +10,8 @@
 // same model and honest miners give the same weights however loaded the machines are.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseMetagraph } from '../axon/policy.ts';
-import { cryptoReady, type Signer } from '../axon/signing.ts';
+import { parseMetagraph } from '../wire/metagraph.ts';
+import { cryptoReady, type Signer } from '../wire/signing.ts';
 import { OptionError } from '../errors.ts';
 import { createVerifyPool } from './client.ts';
 import { DEFAULT_CHALLENGES_PER_ROUND, makeChallenges, type Challenge } from './challenges.ts';

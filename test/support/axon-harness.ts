@@ -5,10 +5,12 @@ import { pino, type Logger } from 'pino';
 import { onTestFailed, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
 import type { TextGenerator } from '../../src/engine/types.ts';
-import { parseMetagraph, type Metagraph, type PolicyConfig } from '../../src/axon/policy.ts';
-import { decodeResponseBody, decodeResponseFrame, encodeFrame, type RequestFrame, type ResponseBody, type ResponseFrame } from '../../src/axon/protocol.ts';
-import { AxonServer, type AxonLimits } from '../../src/axon/server.ts';
-import { signerFromUri, verifyFrame, type Signer } from '../../src/axon/signing.ts';
+import type { PolicyConfig } from '../../src/axon/policy.ts';
+import { parseMetagraph, type Metagraph } from '../../src/wire/metagraph.ts';
+import { decodeResponseBody, decodeResponseFrame, encodeFrame, type RequestFrame, type ResponseBody, type ResponseFrame } from '../../src/wire/protocol.ts';
+import type { AxonLimits } from '../../src/axon/limits.ts';
+import { AxonServer } from '../../src/axon/server.ts';
+import { signerFromUri, verifyFrame, type Signer } from '../../src/wire/signing.ts';
 import { createTestGenerator } from './test-engine.ts';
 
 /**

@@ -168,3 +168,17 @@ export function responseFrame(signedBy: string, fields: SignResponseFields & { t
     signature,
   };
 }
+
+/** Epistula v2's request headers for `body` (the validator's side of the HTTP face). */
+export function epistulaHeaders(signer: Signer, fields: { body: Uint8Array; signedFor: string; id?: string; timestamp?: number }): Record<string, string> {
+  const id = fields.id ?? randomUUID();
+  const timestamp = fields.timestamp ?? Date.now();
+  return {
+    'Epistula-Version': '2',
+    'Epistula-Timestamp': String(timestamp),
+    'Epistula-Uuid': id,
+    'Epistula-Signed-By': signer.address,
+    'Epistula-Signed-For': fields.signedFor,
+    'Epistula-Request-Signature': signer.sign(signedMessage(fields.body, id, timestamp, fields.signedFor)),
+  };
+}
