@@ -174,7 +174,9 @@ cases.push(
   { dtype: 'q4_k', M: 2, N: 13, K: 2048, norm: 'layer', rowsPerWorkgroup: 3, workgroupSize: 32, seed: 9 },
 );
 
-describe('matvec fusions', () => {
+// Each case compiles a fused pipeline per tier, which takes a software adapter up to a minute or two on
+// a loaded machine (cached on disk afterwards): a case's time limit allows for that.
+describe('matvec fusions', { timeout: 600_000 }, () => {
   for (const c of cases) {
     it(describeFused(c), async () => {
       for (const tier of tiers()) {
