@@ -2,6 +2,7 @@
 import type { Gpu } from '../src/gpu/device.ts';
 import { UniformLayout } from '../src/gpu/uniforms.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
+import { ShapeError } from '../src/errors.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
 
 export const ElementwiseParams = new UniformLayout('Params', [
@@ -12,8 +13,12 @@ export const ElementwiseParams = new UniformLayout('Params', [
 ] as const);
 
 export type BinaryOp = 'add' | 'swiglu';
-export type UnaryOp = 'silu' | 'gelu';
-const ENTRY: Record<BinaryOp | UnaryOp, string> = { add: 'add', swiglu: 'swiglu', silu: 'silu_op', gelu: 'gelu' };
+/**
+ * Unary ops over `a`. 'swiglu_pairs': out[i] = silu(a[2i]) * a[2i + 1], SwiGLU over a projection with
+ * interleaved gate and up rows (count = outputs; `a` holds 2 * count elements from an even aOffset).
+ */
+export type UnaryOp = 'silu' | 'gelu' | 'swiglu_pairs';
+const ENTRY: Record<BinaryOp | UnaryOp, string> = { add: 'add', swiglu: 'swiglu', silu: 'silu_op', gelu: 'gelu', swiglu_pairs: 'swiglu_pairs' };
 
 export interface ElementwiseRun {
   count: number;
@@ -29,7 +34,7 @@ export interface ElementwiseBuffers {
   out: GPUBuffer;
 }
 
-/** out = op(a[, b]) over `count` elements. `out` may be the same buffer as `a` (in place). */
+/** out = op(a[, b]) over `count` elements. `out` may be the same buffer as `a` (in place), except for swiglu_pairs. */
 export class Elementwise {
   readonly op: BinaryOp | UnaryOp;
   readonly #dispatch: Dispatch<(typeof ElementwiseParams.fields)[number][0]>;
@@ -45,6 +50,9 @@ export class Elementwise {
     if (binary !== (buffers.b !== undefined)) {
       throw new TypeError(`elementwise.${op}: ${binary ? 'needs' : 'takes no'} second operand b`);
     }
+    if (op === 'swiglu_pairs' && buffers.out === buffers.a) {
+      throw new ShapeError(`elementwise.${op}: out must be a different buffer from a (it reads two elements per output)`);
+    }
     this.#buffers = buffers;
     const storage = [buffers.a, buffers.b, buffers.out];
     this.#dispatch = new Dispatch(
@@ -59,7 +67,9 @@ export class Elementwise {
     const { count, aOffset = 0, bOffset = 0, outOffset = 0 } = run;
     const label = `elementwise.${this.op}`;
     checkShape(label, { count, aOffset, bOffset, outOffset }, ['aOffset', 'bOffset', 'outOffset']);
-    checkFits(label, 'a', this.#buffers.a, aOffset, count);
+    const pairs = this.op === 'swiglu_pairs';
+    if (pairs && aOffset % 2 !== 0) throw new ShapeError(`${label}: aOffset must be even (got ${aOffset})`);
+    checkFits(label, 'a', this.#buffers.a, aOffset, pairs ? 2 * count : count);
     if (this.#buffers.b) checkFits(label, 'b', this.#buffers.b, bOffset, count);
     checkFits(label, 'out', this.#buffers.out, outOffset, count);
     const [x, y] = dispatchGrid(Math.ceil(count / this.#wg), this.#maxPerDimension);

@@ -1,11 +1,13 @@
 // A linear layer for one weight and one buffer set: matvec for decode-sized runs (M <= 8), tiled
-// matmul above. Both dispatches are built once; encode picks one per run.
+// matmul above. Both dispatches are built once; encode picks one per run. With `fused`, the matvec
+// runs fused (norm before, activation after: MatvecFusion) on its own input and output buffers, and
+// the caller runs the norm and activation as separate kernels around the matmul only.
 // A weight split into row chunks (uploadWeightChunks) gets one matvec / matmul per chunk, each
 // writing its column slice of the output rows (and reading its slice of the bias and residual).
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
 import { Matmul, checkProjectionBuffers, projectionValues, type MatmulOptions, type MatmulRun } from './matmul.ts';
-import { MATVEC_MAX_ROWS, Matvec, type MatvecOptions } from './matvec.ts';
+import { MATVEC_MAX_ROWS, Matvec, matvecValues, type MatvecFusion, type MatvecOptions } from './matvec.ts';
 import { asChunked, type ChunkedWeight, type PackedWeight } from './weights.ts';
 
 export interface LinearConfig {
@@ -26,6 +28,11 @@ export interface LinearConfig {
   maxRows: number;
   matvec?: MatvecOptions;
   matmul?: MatmulOptions;
+  /**
+   * The matvec's fused form: it reads `input` (the raw rows the norm would read) and writes `output`
+   * (with glu, (M, N / 2)); the matmul keeps the buffers above. Residual and bias as above.
+   */
+  fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion };
 }
 
 export type LinearRun = MatmulRun;
@@ -55,11 +62,19 @@ export class Linear {
     this.weight = weight;
     this.maxRows = maxRows;
     this.#config = config;
+    const fused = config.fused;
+    if (fused) {
+      checkProjectionBuffers(label, { output: fused.output, residual });
+      if (fused.fusion.glu && weight.chunks.some((c) => c.firstRow % 2 !== 0 || c.weight.rows % 2 !== 0)) {
+        throw new ShapeError(`${label}: glu needs every row chunk to hold whole (gate, up) pairs (upload with rowMultiple 2)`);
+      }
+    }
     this.#chunks = weight.chunks.map(({ firstRow, weight: part }) => {
       const buffers = { weight: part, bias, input, output, residual };
+      const matvecBuffers = fused ? { ...buffers, input: fused.input, output: fused.output } : buffers;
       return {
         firstRow,
-        matvec: new Matvec(gpu, buffers, config.matvec),
+        matvec: new Matvec(gpu, matvecBuffers, { ...config.matvec, fusion: fused?.fusion }),
         matmul: maxRows > MATVEC_MAX_ROWS ? new Matmul(gpu, buffers, config.matmul) : undefined,
       };
     });
@@ -68,6 +83,11 @@ export class Linear {
   /** Which kernel a run of M rows uses. */
   kernelFor(M: number): 'matvec' | 'matmul' {
     return M <= MATVEC_MAX_ROWS ? 'matvec' : 'matmul';
+  }
+
+  /** True when a run of M rows takes the fused matvec (so the caller skips its separate norm and activation). */
+  fusedFor(M: number): boolean {
+    return this.#config.fused !== undefined && this.kernelFor(M) === 'matvec';
   }
 
   encode(pass: GPUComputePassEncoder, run: LinearRun): void {
@@ -80,14 +100,19 @@ export class Linear {
       return;
     }
     // Validate the whole (N, K) run before recording any chunk, so a bad run records nothing.
-    const values = projectionValues(label, { ...this.#config, weight: this.weight }, run, this.maxRows);
+    const fused = this.fusedFor(run.M) ? this.#config.fused : undefined;
+    const values = fused
+      ? matvecValues(label, { ...this.#config, input: fused.input, output: fused.output, weight: this.weight }, fused.fusion, run)
+      : projectionValues(label, { ...this.#config, weight: this.weight }, run, this.maxRows);
+    // With glu, chunk rows firstRow.. are outputs firstRow / 2.. (the bias stays per weight row).
+    const outputsPerRow = fused?.fusion.glu ? 2 : 1;
     for (const chunk of this.#chunks) {
       this.#encodeChunk(pass, chunk, {
         ...run,
-        outputOffset: values.out_offset + chunk.firstRow,
+        outputOffset: values.out_offset + chunk.firstRow / outputsPerRow,
         outputRowStride: values.out_stride,
         biasOffset: values.bias_offset + chunk.firstRow,
-        residualOffset: values.residual_offset + chunk.firstRow,
+        residualOffset: values.residual_offset + chunk.firstRow / outputsPerRow,
         residualRowStride: values.residual_stride,
       });
     }

@@ -1,17 +1,20 @@
 // Matrix-vector products for decode: out = input · Wᵀ (+ bias) (+ residual) for M = 1..8 rows, W any weight
-// dtype. Memory-bound: judge it in GB/s of weight read. Two tiers with the same results: the baseline
+// dtype. Memory-bound: judge it in GB/s of weight read. Optional fusions (MatvecFusion) fold the norm
+// before a projection and the activation after it into the same dispatch, on both tiers. Two tiers with the same results: the baseline
 // (shaders/matvec.wgsl, a workgroup-memory tree reduction, runs anywhere) and the subgroup tier
 // (shaders/matvec_subgroup.wgsl, subgroupAdd and two barriers, needs the 'subgroups' feature), picked by
 // kernelTiers() unless MatvecOptions.tier says which.
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
-import { Dispatch, checkWorkgroupSize } from './dispatch.ts';
+import { Dispatch, checkFits, checkWorkgroupSize } from './dispatch.ts';
 import { paddedCols, weightShader, type PackedWeight } from './weights.ts';
 import { kernelTiers, type Tier } from './tiers.ts';
+import type { NormKind } from './norm.ts';
 import {
   MatmulParams,
   checkProjectionBuffers,
+  placeholderStorage,
   projectionBindings,
   projectionConstants,
   projectionValues,
@@ -22,8 +25,28 @@ import {
 
 /** Most activation rows one matvec handles (MAX_M in the shader). */
 export const MATVEC_MAX_ROWS = 8;
-/** Most weight rows one workgroup owns (MAX_ROWS in the shader). */
+/** Most weight rows one workgroup owns (MAX_ROWS in the shader); with `glu`, half as many outputs. */
 export const MATVEC_MAX_ROWS_PER_WORKGROUP = 4;
+
+/**
+ * What a matvec may fuse around its product (decode's layer steps in one dispatch each):
+ * out = activation(norm(input) · Wᵀ + bias) + residual.
+ */
+export interface MatvecFusion {
+  /**
+   * Normalise each input row over its K elements as it is loaded (RMSNorm, or LayerNorm with `bias`),
+   * exactly as kernels/norm.ts would: the input is then the raw residual stream, and each workgroup
+   * computes its rows' statistics itself.
+   */
+  norm?: { kind: NormKind; weight: GPUBuffer; bias?: GPUBuffer; eps: number };
+  /** Applied to each result (to the gate with `glu`), before the residual. */
+  activation?: 'silu' | 'gelu';
+  /**
+   * The weight's rows are (gate, up) pairs, rows 2n and 2n + 1 (see interleaveRowPairs), and output n
+   * is activation(gate) * up: N / 2 outputs; the bias, if any, is per weight row (2N entries' worth).
+   */
+  glu?: boolean;
+}
 
 export type MatvecBuffers = MatmulBuffers;
 export type MatvecRun = MatmulRun;
@@ -41,6 +64,7 @@ export interface MatvecOptions {
    * feature). 'subgroup' on a device without that feature is a ShapeError.
    */
   tier?: Tier;
+  fusion?: MatvecFusion;
 }
 
 /** Default workgroup size for K input features: each thread walks about 4 groups of 4 columns. */
@@ -75,7 +99,11 @@ export class Matvec {
   /** The variant this instance runs. */
   readonly tier: Tier;
   readonly workgroupSize: number;
+  /** Outputs per workgroup (weight rows, or row pairs with glu). */
   readonly rowsPerWorkgroup: number;
+  readonly fusion: MatvecFusion;
+  /** N: outputs per activation row (the weight's rows, half of them with glu). */
+  readonly outputs: number;
   readonly #maxPerDimension: number;
 
   constructor(gpu: Gpu, buffers: MatvecBuffers, options: MatvecOptions = {}) {
@@ -87,6 +115,12 @@ export class Matvec {
       throw new ShapeError(`${label}: the subgroup tier needs the device feature 'subgroups', which this adapter does not offer`);
     }
     const subgroup = tier === 'subgroup';
+    const fusion = options.fusion ?? {};
+    const glu = fusion.glu === true;
+    checkFusion(label, buffers, fusion);
+    // Outputs: weight rows, or pairs of them with glu; each workgroup reads `perOutput` rows per output.
+    const outputs = glu ? buffers.weight.rows / 2 : buffers.weight.rows;
+    const perOutput = glu ? 2 : 1;
     const info = gpu.adapter.info;
     // The smallest subgroup sizes the shader's per-subgroup slots (rounded down: more slots, never
     // fewer); the largest sets the least default workgroup size.
@@ -96,15 +130,21 @@ export class Matvec {
     const {
       // The subgroup tier fills at least one whole subgroup.
       workgroupSize = subgroup ? Math.min(Math.max(byK, sgMax), gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX) : byK,
-      rowsPerWorkgroup = subgroup ? defaultSubgroupMatvecRows(buffers.weight.rows) : 1,
+      rowsPerWorkgroup = subgroup ? Math.min(defaultSubgroupMatvecRows(outputs), MATVEC_MAX_ROWS_PER_WORKGROUP / perOutput) : 1,
     } = options;
     const wg = checkWorkgroupSize(gpu, workgroupSize, label);
-    if (!Number.isSafeInteger(rowsPerWorkgroup) || rowsPerWorkgroup < 1 || rowsPerWorkgroup > MATVEC_MAX_ROWS_PER_WORKGROUP) {
-      throw new ShapeError(`${label}: rowsPerWorkgroup must be 1..${MATVEC_MAX_ROWS_PER_WORKGROUP} (got ${rowsPerWorkgroup})`);
+    const maxRows = MATVEC_MAX_ROWS_PER_WORKGROUP / perOutput;
+    if (!Number.isSafeInteger(rowsPerWorkgroup) || rowsPerWorkgroup < 1 || rowsPerWorkgroup > maxRows) {
+      throw new ShapeError(`${label}: rowsPerWorkgroup must be 1..${maxRows}${glu ? ' with glu' : ''} (got ${rowsPerWorkgroup})`);
     }
-    const slots = rowsPerWorkgroup * MATVEC_MAX_ROWS;
-    // Baseline: a (slots, WG) tree. Subgroup tier: the leader bitmask and (subgroups, slots) sums.
-    if (!subgroup && wg < slots) throw new ShapeError(`${label}: workgroup size ${wg} must be >= ${slots} (rows x ${MATVEC_MAX_ROWS})`);
+    const weightRows = rowsPerWorkgroup * perOutput;
+    const slots = weightRows * MATVEC_MAX_ROWS;
+    // Baseline: a (slots, WG) tree whose first rows x 8 threads write the outputs. Subgroup tier: the
+    // leader bitmask and (subgroups, slots) sums.
+    const outputThreads = rowsPerWorkgroup * MATVEC_MAX_ROWS;
+    if (!subgroup && wg < outputThreads) {
+      throw new ShapeError(`${label}: workgroup size ${wg} must be >= ${outputThreads} (rows x ${MATVEC_MAX_ROWS})`);
+    }
     const shared = subgroup ? (Math.ceil(wg / 32) + Math.ceil(wg / sgMin) * slots) * 4 : slots * wg * 4;
     if (shared > gpu.limits.maxComputeWorkgroupStorageSize) {
       throw new ShapeError(
@@ -113,31 +153,103 @@ export class Matvec {
       );
     }
     this.weight = buffers.weight;
+    this.fusion = fusion;
+    this.outputs = outputs;
     this.tier = tier;
     this.workgroupSize = wg;
     this.rowsPerWorkgroup = rowsPerWorkgroup;
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     const dtype = buffers.weight.dtype;
+    const fused = fusion.norm !== undefined || fusion.activation !== undefined || glu;
+    const fusionModule = fused ? 'matvec_fusion.wgsl' : 'matvec_plain.wgsl';
     this.#dispatch = new Dispatch(
       gpu,
       {
         name: 'matvec',
         variant: dtype,
+        // The fusion code is composed in only where a fusion is asked for: a plain projection's
+        // shader stays small (and quick to compile on a software adapter).
         code: subgroup
-          ? composeShader('matvec_subgroup_enable.wgsl', weightShader(dtype), 'matvec_subgroup.wgsl')
-          : composeShader(weightShader(dtype), 'matvec.wgsl'),
+          ? composeShader('matvec_subgroup_enable.wgsl', weightShader(dtype), fusionModule, 'matvec_subgroup.wgsl')
+          : composeShader(weightShader(dtype), fusionModule, 'matvec.wgsl'),
         entryPoint: subgroup ? 'matvec_subgroup' : 'matvec',
-        constants: { WG: wg, ROWS: rowsPerWorkgroup, ...(subgroup ? { SG_MIN: sgMin } : {}), ...projectionConstants(buffers) },
+        constants: {
+          WG: wg,
+          ROWS: rowsPerWorkgroup,
+          W_ROWS: weightRows,
+          ...(subgroup ? { SG_MIN: sgMin } : {}),
+          ...projectionConstants(buffers),
+          ...(fused ? fusionConstants(fusion) : {}),
+        },
       },
       MatmulParams, // one run contract for both kernels (shaders/matmul_projection.wgsl)
-      projectionBindings(gpu, buffers),
+      [
+        ...projectionBindings(gpu, buffers),
+        // The norm's scale and shift (bindings 7, 8), fused shaders only.
+        ...(fused ? [fusion.norm?.weight ?? placeholderStorage(gpu), fusion.norm?.bias ?? placeholderStorage(gpu)] : []),
+      ],
     );
   }
 
   encode(pass: GPUComputePassEncoder, run: MatvecRun): void {
-    const values = projectionValues(`matvec(${this.weight.label})`, this.#buffers, run, MATVEC_MAX_ROWS);
+    const values = matvecValues(`matvec(${this.weight.label})`, this.#buffers, this.fusion, run);
     const [x, y] = dispatchGrid(Math.ceil(values.n / this.rowsPerWorkgroup), this.#maxPerDimension);
     this.#dispatch.encode(pass, values, x, y);
+  }
+}
+
+/**
+ * Validate a run (of a whole weight, or of one row chunk of it) and return the uniform values: as
+ * projectionValues, but with glu the outputs are half the weight's rows and the bias runs over all
+ * the weight's rows.
+ */
+export function matvecValues(
+  label: string,
+  buffers: Omit<MatvecBuffers, 'weight'> & { weight: Pick<PackedWeight, 'rows' | 'cols'> },
+  fusion: MatvecFusion,
+  run: MatvecRun,
+): Record<ProjectionField, number> {
+  if (!fusion.glu) return projectionValues(label, buffers, run, MATVEC_MAX_ROWS);
+  const { rows, cols } = buffers.weight;
+  const values = projectionValues(label, { ...buffers, bias: undefined, weight: { rows: rows / 2, cols } }, run, MATVEC_MAX_ROWS);
+  if (buffers.bias) checkFits(label, 'bias', buffers.bias, values.bias_offset, rows);
+  return values;
+}
+
+const NORM_CODE = { rms: 1, layer: 2 } as const;
+const ACTIVATION_CODE = { silu: 1, gelu: 2 } as const;
+
+/** The shader's fusion overrides (NORM, NORM_EPS, ACT, GLU in shaders/matvec_common.wgsl). */
+function fusionConstants(fusion: MatvecFusion): Record<string, number> {
+  return {
+    NORM: fusion.norm ? NORM_CODE[fusion.norm.kind] : 0,
+    NORM_EPS: fusion.norm?.eps ?? 0,
+    ACT: fusion.activation ? ACTIVATION_CODE[fusion.activation] : 0,
+    GLU: fusion.glu ? 1 : 0,
+  };
+}
+
+/** Refuse fusions the shader cannot run: unknown kinds, a norm weight shorter than K, an odd glu weight. */
+function checkFusion(label: string, buffers: MatvecBuffers, fusion: MatvecFusion): void {
+  const { norm, activation, glu } = fusion;
+  const K = buffers.weight.cols;
+  if (norm) {
+    if (norm.kind !== 'rms' && norm.kind !== 'layer') throw new ShapeError(`${label}: unknown norm kind ${String(norm.kind)}`);
+    if ((norm.kind === 'layer') !== (norm.bias !== undefined)) {
+      throw new ShapeError(`${label}: a ${norm.kind === 'layer' ? 'LayerNorm needs' : 'RMSNorm takes no'} norm bias`);
+    }
+    if (typeof norm.eps !== 'number' || !Number.isFinite(norm.eps) || norm.eps < 0) {
+      throw new ShapeError(`${label}: norm eps must be a finite number >= 0 (got ${norm.eps})`);
+    }
+    checkFits(label, 'norm weight', norm.weight, 0, K);
+    if (norm.bias) checkFits(label, 'norm bias', norm.bias, 0, K);
+    if (norm.weight === buffers.output || norm.bias === buffers.output) throw new ShapeError(`${label}: the norm's buffers must not be the output`);
+  }
+  if (activation !== undefined && activation !== 'silu' && activation !== 'gelu') {
+    throw new ShapeError(`${label}: unknown activation ${String(activation)}`);
+  }
+  if (glu && buffers.weight.rows % 2 !== 0) {
+    throw new ShapeError(`${label}: glu needs (gate, up) row pairs, but the weight has ${buffers.weight.rows} rows`);
   }
 }

@@ -172,3 +172,125 @@ export function ropeInverseFrequencies(rotaryDims: number, theta: number, scalin
   }
   return Float32Array.from(inv);
 }
+
+export const RopeKvWriteParams = new UniformLayout('RopeKvWriteParams', [
+  ['rows', 'u32'],
+  ['q_heads', 'u32'],
+  ['kv_heads', 'u32'],
+  ['head_dim', 'u32'],
+  ['rotary_dims', 'u32'],
+  ['capacity', 'u32'],
+  ['row_stride', 'u32'],
+  ['q_offset', 'u32'],
+  ['k_offset', 'u32'],
+  ['v_offset', 'u32'],
+  ['meta_offset', 'u32'],
+] as const);
+
+export interface RopeKvWriteConfig {
+  /** Hq: query heads per row. */
+  Hq: number;
+  /** Hkv: key / value heads per row. */
+  Hkv: number;
+  /** D: elements per head. */
+  D: number;
+  /** Rd: rotated elements per head, even, <= D. */
+  rotaryDims: number;
+  /** Token positions per head in one cache region (the KV cache layout of kernels/attention.ts). */
+  capacity: number;
+  workgroupSize?: number;
+}
+
+export interface RopeKvWriteBuffers {
+  /** Fused projection rows (R, rowStride): queries rotated in place; keys and values read. */
+  qkv: GPUBuffer;
+  /** Per row (kv_base, position) u32 pairs: where the row's key and value go, and its position. */
+  rowMeta: GPUBuffer;
+  /** Inverse frequencies (Rd/2) f32: see ropeInverseFrequencies. */
+  invFreq: GPUBuffer;
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
+}
+
+export interface RopeKvWriteRun {
+  /** R: token rows. */
+  rows: number;
+  /** Elements from one row of qkv to the next (>= (Hq + 2 Hkv) D). */
+  rowStride: number;
+  /** First element of row 0's query heads, key heads and value heads in qkv. */
+  qOffset: number;
+  kOffset: number;
+  vOffset: number;
+  /** u32 index of row 0's (kv_base, position) pair in rowMeta; default 0. */
+  metaOffset?: number;
+}
+
+/**
+ * RoPE of the queries (in place) and of the keys on their way into the KV cache, with the values
+ * copied beside them: Rope then KvWrite in one dispatch. See shaders/rope_kv_write.wgsl.
+ */
+export class RopeKvWrite {
+  readonly mode: RopeMode;
+  readonly config: Readonly<Required<RopeKvWriteConfig>>;
+  readonly #dispatch: Dispatch<(typeof RopeKvWriteParams.fields)[number][0]>;
+  readonly #buffers: RopeKvWriteBuffers;
+  readonly #maxPerDimension: number;
+
+  constructor(gpu: Gpu, mode: RopeMode, config: RopeKvWriteConfig, buffers: RopeKvWriteBuffers) {
+    if (mode !== 'half' && mode !== 'interleaved') throw new TypeError(`rope_kv_write: unknown mode "${mode}"`);
+    const label = `rope_kv_write_${mode}`;
+    const { Hq, Hkv, D, rotaryDims, capacity, workgroupSize = 64 } = config;
+    checkShape(label, { Hq, Hkv, D, rotaryDims, capacity });
+    if (rotaryDims % 2 !== 0 || rotaryDims > D) throw new ShapeError(`${label}: rotaryDims must be even and <= D = ${D} (got ${rotaryDims})`);
+    const distinct = { qkv: buffers.qkv, rowMeta: buffers.rowMeta, invFreq: buffers.invFreq, kCache: buffers.kCache, vCache: buffers.vCache };
+    const names = Object.keys(distinct) as Array<keyof typeof distinct>;
+    for (const [i, a] of names.entries()) {
+      for (const b of names.slice(i + 1)) {
+        if (distinct[a] === distinct[b]) throw new ShapeError(`${label}: ${a} and ${b} must be different buffers`);
+      }
+    }
+    checkFits(label, 'invFreq', buffers.invFreq, 0, rotaryDims / 2);
+    this.mode = mode;
+    this.config = { Hq, Hkv, D, rotaryDims, capacity, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label) };
+    this.#buffers = buffers;
+    this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
+    this.#dispatch = new Dispatch(
+      gpu,
+      { name: 'rope_kv_write', variant: mode, code: composeShader('rope_kv_write.wgsl'), entryPoint: label, constants: { WG: workgroupSize } },
+      RopeKvWriteParams,
+      [buffers.qkv, buffers.rowMeta, buffers.invFreq, buffers.kCache, buffers.vCache],
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: RopeKvWriteRun): void {
+    const label = `rope_kv_write_${this.mode}`;
+    const { Hq, Hkv, D, rotaryDims, capacity, workgroupSize } = this.config;
+    const { rows, rowStride, qOffset, kOffset, vOffset, metaOffset = 0 } = run;
+    checkShape(label, { rows, rowStride, qOffset, kOffset, vOffset, metaOffset }, ['qOffset', 'kOffset', 'vOffset', 'metaOffset']);
+    // The three head ranges of a row must not overlap, and each must fit the row.
+    const ranges = [['q', qOffset, Hq * D], ['k', kOffset, Hkv * D], ['v', vOffset, Hkv * D]] as const;
+    for (const [name, offset, width] of ranges) {
+      if (offset + width > rowStride + Math.min(qOffset, kOffset, vOffset)) {
+        throw new ShapeError(`${label}: the ${name} heads (${width} elements from ${offset}) do not fit a row of ${rowStride}`);
+      }
+      checkFits(label, 'qkv', this.#buffers.qkv, offset, (rows - 1) * rowStride + width);
+    }
+    for (const [i, [a, offA, widthA]] of ranges.entries()) {
+      for (const [b, offB, widthB] of ranges.slice(i + 1)) {
+        if (offA < offB + widthB && offB < offA + widthA) throw new ShapeError(`${label}: the ${a} and ${b} heads overlap`);
+      }
+    }
+    checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
+    const items = rows * (Hq * (rotaryDims / 2) + Hkv * D);
+    const [x, y] = dispatchGrid(Math.ceil(items / workgroupSize), this.#maxPerDimension);
+    this.#dispatch.encode(
+      pass,
+      {
+        rows, q_heads: Hq, kv_heads: Hkv, head_dim: D, rotary_dims: rotaryDims, capacity,
+        row_stride: rowStride, q_offset: qOffset, k_offset: kOffset, v_offset: vOffset, meta_offset: metaOffset,
+      },
+      x,
+      y,
+    );
+  }
+}

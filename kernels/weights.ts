@@ -804,6 +804,8 @@ export interface UploadChunksOptions {
    * Default: min(maxStorageBufferBindingSize, maxBufferSize).
    */
   maxChunkBytes?: number;
+  /** Every chunk holds a multiple of this many rows (2 keeps interleaveRowPairs' pairs whole); default 1. */
+  rowMultiple?: number;
 }
 
 /** A single-chunk view of a PackedWeight; a ChunkedWeight is returned as is. */
@@ -823,29 +825,53 @@ function largestPlaneBytes(dtype: WeightDtype, rows: number, cols: number): numb
  * `limitBytes`: as few chunks as possible, balanced (sizes differ by at most one row, larger first).
  * ShapeError when not even one row fits.
  */
-export function chunkRows(label: string, dtype: WeightDtype, rows: number, cols: number, limitBytes: number): number[] {
+export function chunkRows(label: string, dtype: WeightDtype, rows: number, cols: number, limitBytes: number, rowMultiple = 1): number[] {
   checkDims(`weight "${label}"`, dtype, rows, cols);
   if (!Number.isSafeInteger(limitBytes) || limitBytes < 1) {
     throw new ShapeError(`weight "${label}": chunk limit must be an integer >= 1 byte (got ${limitBytes})`);
   }
-  if (largestPlaneBytes(dtype, 1, cols) > limitBytes) {
+  if (!Number.isSafeInteger(rowMultiple) || rowMultiple < 1 || rows % rowMultiple !== 0) {
+    throw new ShapeError(`weight "${label}": ${rows} rows are not a whole number of groups of ${rowMultiple} rows`);
+  }
+  const unit = rowMultiple;
+  if (largestPlaneBytes(dtype, unit, cols) > limitBytes) {
     throw new ShapeError(
-      `weight "${label}" (${rows}x${cols} ${dtype}): one row needs ${largestPlaneBytes(dtype, 1, cols)} bytes in a plane, ` +
-        `over the limit of ${limitBytes} bytes per storage binding`,
+      `weight "${label}" (${rows}x${cols} ${dtype}): ${unit === 1 ? 'one row needs' : `${unit} rows need`} ` +
+        `${largestPlaneBytes(dtype, unit, cols)} bytes in a plane, over the limit of ${limitBytes} bytes per storage binding`,
     );
   }
-  // Largest row count that fits (plane sizes grow with rows; binary search keeps this exact for
-  // the rounded-up scale planes too).
+  // Largest count of row groups that fits (plane sizes grow with rows; binary search keeps this exact
+  // for the rounded-up scale planes too).
+  const groups = rows / unit;
   let lo = 1;
-  let hi = rows;
+  let hi = groups;
   while (lo < hi) {
     const mid = Math.ceil((lo + hi) / 2);
-    if (largestPlaneBytes(dtype, mid, cols) <= limitBytes) lo = mid;
+    if (largestPlaneBytes(dtype, mid * unit, cols) <= limitBytes) lo = mid;
     else hi = mid - 1;
   }
-  const count = Math.ceil(rows / lo);
-  const base = Math.floor(rows / count);
-  return Array.from({ length: count }, (_, i) => base + (i < rows % count ? 1 : 0));
+  const count = Math.ceil(groups / lo);
+  const base = Math.floor(groups / count);
+  return Array.from({ length: count }, (_, i) => (base + (i < groups % count ? 1 : 0)) * unit);
+}
+
+/**
+ * One weight whose rows alternate between `a` and `b` (row 2i is a's row i, row 2i + 1 is b's): the
+ * gate and up projections of a gated MLP, so one matvec reads each output's two rows together
+ * (MatvecFusion.glu) and any even row chunk holds whole pairs.
+ */
+export function interleaveRowPairs(label: string, a: HostWeight, b: HostWeight): HostWeight {
+  if (a.dtype !== b.dtype || a.rows !== b.rows || a.cols !== b.cols) {
+    throw new ShapeError(`${label}: cannot interleave ${a.dtype} [${a.rows}, ${a.cols}] with ${b.dtype} [${b.rows}, ${b.cols}]`);
+  }
+  const rowBytes = ggufByteSize(a.dtype, 1, a.cols);
+  const [left, right] = [ggufBytes(a), ggufBytes(b)];
+  const all = new Uint8Array(2 * a.rows * rowBytes);
+  for (let r = 0; r < a.rows; r++) {
+    all.set(left.subarray(r * rowBytes, (r + 1) * rowBytes), 2 * r * rowBytes);
+    all.set(right.subarray(r * rowBytes, (r + 1) * rowBytes), (2 * r + 1) * rowBytes);
+  }
+  return packGguf(a.dtype, 2 * a.rows, a.cols, all);
 }
 
 /** Rows firstRow .. firstRow + rows - 1 of a host weight (views of its planes where rows align). */
@@ -877,14 +903,14 @@ export function sliceWeightRows(weight: HostWeight, firstRow: number, rows: numb
  * labelled `${label}#0`, `${label}#1`, ...
  */
 export function uploadWeightChunks(gpu: Gpu, label: string, weight: HostWeight, options: UploadChunksOptions = {}): ChunkedWeight {
-  const { arena, maxChunkBytes } = options;
+  const { arena, maxChunkBytes, rowMultiple = 1 } = options;
   const adapterLimit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
   if (maxChunkBytes !== undefined && (!Number.isSafeInteger(maxChunkBytes) || maxChunkBytes < 1)) {
     throw new ShapeError(`weight "${label}": maxChunkBytes must be an integer >= 1 (got ${maxChunkBytes})`);
   }
   const limit = Math.min(adapterLimit, maxChunkBytes ?? adapterLimit);
   checkPlanes(label, weight);
-  const sizes = chunkRows(label, weight.dtype, weight.rows, weight.cols, limit);
+  const sizes = chunkRows(label, weight.dtype, weight.rows, weight.cols, limit, rowMultiple);
   if (sizes.length === 1) return asChunked(uploadWeight(gpu, label, weight, arena));
   const chunks: WeightChunk[] = [];
   let firstRow = 0;

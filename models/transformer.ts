@@ -6,6 +6,10 @@
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
+// Decode-sized steps (at most 8 rows, the matvec's) run each layer as six steps: norm + q/k/v
+// projection, RoPE + KV write, attention, o-projection + residual, norm + gate/up + activation,
+// down-projection + residual; longer (prefill) steps run the norms and activations as their own kernels
+// around the tiled matmuls, over the same weights.
 // A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
 // kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
 //
@@ -20,10 +24,11 @@ import { Elementwise } from '../kernels/elementwise.ts';
 import { Embed } from '../kernels/embed.ts';
 import { Linear } from '../kernels/linear.ts';
 import { Norm } from '../kernels/norm.ts';
-import { Rope, ropeInverseFrequencies } from '../kernels/rope.ts';
+import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
-import { ggufBytes, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
+import { ggufBytes, interleaveRowPairs, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
+import type { MatvecFusion } from '../kernels/matvec.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 
@@ -82,10 +87,12 @@ export interface DecodeRow {
 }
 
 interface LayerOps {
+  /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
   attnNorm: Norm;
   qkv: Linear[];
-  rope?: Rope;
-  kvWrite: KvWrite;
+  /** RoPE models: RoPE of q and k and the KV write in one kernel; learned positions: the KV write. */
+  ropeKvWrite?: RopeKvWrite;
+  kvWrite?: KvWrite;
   /** Sliding window of this layer's attention in keys, the query's own included (0 = unlimited). */
   window: number;
   /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
@@ -93,9 +100,16 @@ interface LayerOps {
   decode: DecodeAttention;
   /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection. */
   attnOut: Linear;
+  /** Runs only before matmul-sized MLP projections, as attnNorm. */
   mlpNorm: Norm;
+  /**
+   * The MLP's input projections: one [gate; up] weight with interleaved rows (SwiGLU, gate and up of
+   * one dtype), up alone (GELU), or gate and up apart (SwiGLU over mixed dtypes).
+   */
+  gateUp?: Linear;
   gate?: Linear;
-  up: Linear;
+  up?: Linear;
+  /** The activation, where the projection has not fused it: after matmul-sized runs, or always when `gate` is apart. */
   act: Elementwise;
   /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection. */
   down: Linear;
@@ -117,7 +131,7 @@ export class Transformer {
    * ids, positions, KV-write metadata (kv_base, position) and, for decode, attention metadata
    * (kv_base, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
    */
-  readonly #buf: Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'gate' | 'up' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
+  readonly #buf: Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
   readonly #readback: GPUBuffer;
   readonly #embed: Embed;
   readonly #posEmbed?: Embed;
@@ -168,8 +182,9 @@ export class Transformer {
       h: f32('h', R * C),
       qkv: f32('qkv', R * W),
       attn: f32('attn', R * Hq * D),
-      gate: f32('gate', R * F),
-      up: f32('up', R * F),
+      // The MLP's input projections before the activation (matmul-sized runs, and gate apart from
+      // up): (R, 2F) of interleaved (gate, up) pairs, or gate at 0 and up at R F.
+      mlp: f32('mlp', 2 * R * F),
       act: f32('act', R * F),
       logits: f32('logits', this.#logitRows * V),
       topValues: f32('topValues', this.#logitRows * TOPK_MAX_K),
@@ -198,8 +213,15 @@ export class Transformer {
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
-    const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer) =>
-      new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R });
+    const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
+      new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused });
+    // The norm a projection's matvec folds in (reading the raw residual stream, not h).
+    const normFusion = (prefix: string): MatvecFusion['norm'] => ({
+      kind: cfg.norm,
+      weight: vector(`${prefix}.weight`)!,
+      bias: vector(`${prefix}.bias`),
+      eps: cfg.normEps,
+    });
 
     this.#layers = [];
     for (let l = 0; l < cfg.numLayers; l++) {
@@ -207,26 +229,42 @@ export class Transformer {
       const kCache = arena.get(`${p}.kCache`, kvElements * 4);
       const vCache = arena.get(`${p}.vCache`, kvElements * 4);
       // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
-      // one (GPT-2) or when the loader fused them; else three projections into column slices.
+      // one (GPT-2) or when the loader fused them; else three projections into column slices. Their
+      // matvecs fold in the attention norm, reading x.
+      const attnNorm = { input: b.x, output: b.qkv, fusion: { norm: normFusion(`${p}.attn_norm`) } };
       const qkv = weights.has(`${p}.attn_qkv.weight`)
-        ? [linear(`${p}.attn_qkv`, b.h, b.qkv)]
-        : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv));
+        ? [linear(`${p}.attn_qkv`, b.h, b.qkv, undefined, attnNorm)]
+        : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv, undefined, attnNorm));
+      const mlpNorm = normFusion(`${p}.ffn_norm`);
+      const mlp = cfg.mlp === 'gelu'
+        ? { up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'gelu' } }) }
+        : weights.has(`${p}.ffn_gate_up.weight`)
+          ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'silu', glu: true } }) }
+          : {
+              // Gate and up of different dtypes: two projections (the norm folded into each), then SwiGLU.
+              gate: linear(`${p}.ffn_gate`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
+              up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
+            };
+      const act = cfg.mlp === 'gelu'
+        ? new Elementwise(gpu, 'gelu', { a: b.mlp, out: b.act })
+        : mlp.gateUp
+          ? new Elementwise(gpu, 'swiglu_pairs', { a: b.mlp, out: b.act })
+          : new Elementwise(gpu, 'swiglu', { a: b.mlp, b: b.mlp, out: b.act });
       this.#layers.push({
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
-        rope: invFreq ? new Rope(gpu, source.ropeMode, { x: b.qkv, positions: b.inputs, invFreq }) : undefined,
-        kvWrite: new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache }),
+        ropeKvWrite: invFreq
+          ? new RopeKvWrite(gpu, source.ropeMode, { Hq, Hkv, D, rotaryDims: cfg.rope!.dims, capacity: options.capacity }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache })
+          : undefined,
+        kvWrite: invFreq ? undefined : new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache }),
         window: layerWindow(cfg, l),
         prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
         decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
         attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
         mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
-        gate: cfg.mlp === 'swiglu' ? linear(`${p}.ffn_gate`, b.h, b.gate) : undefined,
-        up: linear(`${p}.ffn_up`, b.h, b.up),
-        act: cfg.mlp === 'swiglu'
-          ? new Elementwise(gpu, 'swiglu', { a: b.gate, b: b.up, out: b.act })
-          : new Elementwise(gpu, 'gelu', { a: b.up, out: b.act }),
+        ...mlp,
+        act,
         down: linear(`${p}.ffn_down`, b.act, b.x, b.x2),
       });
     }
@@ -262,10 +300,15 @@ export class Transformer {
           weights.set(item.name, arena.upload(item.name, data));
           parameters += data.length;
         } else {
-          const host = item.fuse ? await fuseRows(source, item.fuse) : await source.matrix(item.name);
+          const host = item.fuse
+            ? item.interleave
+              ? interleaveRowPairs(item.name, await source.matrix(item.fuse[0]), await source.matrix(item.fuse[1]))
+              : await fuseRows(source, item.fuse)
+            : await source.matrix(item.name);
           checkShape(source.id, item.name, host, item.rows, item.cols);
           host.planes.forEach((plane) => digest.add(item.name, plane));
-          weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes }));
+          const rowMultiple = item.interleave ? 2 : 1; // row chunks keep (gate, up) pairs whole
+          weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes, rowMultiple }));
           parameters += host.rows * host.cols;
           const role = item.name.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
           dtypes[role] = host.dtype;
@@ -529,7 +572,11 @@ export class Transformer {
     return (this.config.numHeads + 2 * this.config.numKvHeads) * this.config.headDim;
   }
 
-  /** Embedding, then every layer, leaving the residual stream of `R` rows in x. */
+  /**
+   * Embedding, then every layer, leaving the residual stream of `R` rows in x. Matvec-sized steps
+   * (decode) fold the norms into the projections after them and the MLP's activation into its input
+   * projection (Linear.fusedFor); matmul-sized steps run them as their own kernels.
+   */
   #encodeLayers(pass: GPUComputePassEncoder, R: number, attention: (layer: LayerOps) => void): void {
     const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F } = this.config;
     const W = this.#qkvWidth;
@@ -542,28 +589,36 @@ export class Transformer {
       { M: R, outputOffset: Hq * D, outputRowStride: W },
       { M: R, outputOffset: (Hq + Hkv) * D, outputRowStride: W },
     ];
-    const rope = this.config.rope
-      ? { tokens: R, heads: Hq + Hkv, headDim: D, rotaryDims: this.config.rope.dims, rowStride: W, positionsOffset: at.positions }
-      : undefined;
+    const ropeKvWrite = { rows: R, rowStride: W, qOffset: 0, kOffset: Hq * D, vOffset: (Hq + Hkv) * D, metaOffset: at.kvMeta };
     const kvWrite = { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W, metaOffset: at.kvMeta };
+    // Gate and up apart: gate's rows at 0 in the mlp buffer, up's after them.
+    const upApart = { M: R, outputOffset: R * F };
     const act = { count: R * F };
+    const swigluApart = { count: R * F, bOffset: R * F };
     this.#embed.encode(pass, { count: R, idsOffset: at.ids });
     if (this.#posEmbed && this.#posAdd) {
       this.#posEmbed.encode(pass, { count: R, idsOffset: at.positions });
       this.#posAdd.encode(pass, { count: R * C });
     }
     for (const layer of this.#layers) {
-      layer.attnNorm.encode(pass, norm);
+      const fused = layer.qkv[0].fusedFor(R);
+      if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
-      if (layer.rope && rope) layer.rope.encode(pass, rope);
-      layer.kvWrite.encode(pass, kvWrite);
+      layer.ropeKvWrite?.encode(pass, ropeKvWrite);
+      layer.kvWrite?.encode(pass, kvWrite);
       attention(layer);
       layer.attnOut.encode(pass, projection);
-      layer.mlpNorm.encode(pass, norm);
-      layer.gate?.encode(pass, projection);
-      layer.up.encode(pass, projection);
-      layer.act.encode(pass, act);
+      if (!fused) layer.mlpNorm.encode(pass, norm);
+      if (layer.gateUp || (layer.up && !layer.gate)) {
+        // One projection: [gate; up] interleaved (SwiGLU) or up (GELU), the activation fused on matvec runs.
+        (layer.gateUp ?? layer.up)!.encode(pass, projection);
+        if (!fused) layer.act.encode(pass, act);
+      } else {
+        layer.gate!.encode(pass, projection);
+        layer.up!.encode(pass, upApart);
+        layer.act.encode(pass, swigluApart);
+      }
       layer.down.encode(pass, projection);
     }
   }
@@ -652,19 +707,21 @@ interface PlanItem {
   kind: 'matrix' | 'vector';
   rows?: number;
   cols?: number;
-  /** For a fused QKV weight: the three source tensors whose rows are concatenated. */
+  /** For a fused weight: the source tensors whose rows are concatenated (QKV), or interleaved. */
   fuse?: string[];
+  /** Interleave the rows of the two `fuse` tensors (gate, up) instead of concatenating them. */
+  interleave?: boolean;
 }
 
 /** Every tensor the forward pass needs, with expected shapes; a missing one fails with its name. */
 function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
   const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F, vocabSize: V } = cfg;
   const items: PlanItem[] = [];
-  const need = (name: string, kind: PlanItem['kind'], rows?: number, cols?: number, fuse?: string[]) => {
+  const need = (name: string, kind: PlanItem['kind'], rows?: number, cols?: number, fuse?: string[], interleave?: boolean) => {
     for (const n of fuse ?? [name]) {
       if (!source.has(n)) throw new ShapeError(`${source.id}: tensor "${n}" is missing (needed by ${cfg.architecture})`);
     }
-    items.push({ name, kind, rows, cols, fuse });
+    items.push({ name, kind, rows, cols, fuse, interleave });
   };
   const optional = (name: string, kind: PlanItem['kind']) => {
     if (source.has(name)) items.push({ name, kind });
@@ -699,8 +756,15 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     if (cfg.outputBias) need(`${p}.attn_output.bias`, 'vector');
     need(`${p}.ffn_norm.weight`, 'vector');
     if (cfg.norm === 'layer') need(`${p}.ffn_norm.bias`, 'vector');
-    if (cfg.mlp === 'swiglu') need(`${p}.ffn_gate.weight`, 'matrix', F, C);
-    need(`${p}.ffn_up.weight`, 'matrix', F, C);
+    const gateUp = [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`];
+    if (cfg.mlp === 'swiglu' && !cfg.outputBias && source.dtypeOf(gateUp[0]) === source.dtypeOf(gateUp[1])) {
+      // One weight, gate and up rows interleaved: the decode matvec computes both rows of an output
+      // and SwiGLU in one dispatch; prefill's matmul writes (gate, up) pairs.
+      need(`${p}.ffn_gate_up.weight`, 'matrix', 2 * F, C, gateUp, true);
+    } else {
+      if (cfg.mlp === 'swiglu') need(gateUp[0], 'matrix', F, C);
+      need(gateUp[1], 'matrix', F, C);
+    }
     need(`${p}.ffn_down.weight`, 'matrix', C, F);
     if (cfg.outputBias) {
       need(`${p}.ffn_up.bias`, 'vector');

@@ -1,6 +1,7 @@
 // Element-wise ops over flat f32 arrays. Offsets are in elements so one buffer can hold many tensors.
 // Legend: n = params.count elements.
 //! include grid.wgsl
+//! include activation.wgsl
 
 struct Params {
   count: u32,       // elements to process
@@ -15,18 +16,6 @@ override WG: u32 = 256;
 @group(0) @binding(1) var<storage, read> a: array<f32>;        // (n)
 @group(0) @binding(2) var<storage, read> b: array<f32>;        // (n); unary ops leave it unbound
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n); may alias nothing above
-
-fn silu(x: f32) -> f32 {
-  return x / (1.0 + exp(-x));
-}
-
-// GELU, tanh approximation as GPT-2 uses: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-// tanh is written through exp of a clamped argument: the builtin overflows to NaN on some drivers.
-fn gelu_tanh(x: f32) -> f32 {
-  let u = clamp(0.7978845608028654 * (x + 0.044715 * x * x * x), -15.0, 15.0);
-  let e = exp(2.0 * u);
-  return 0.5 * x * (1.0 + (e - 1.0) / (e + 1.0));
-}
 
 @compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -59,4 +48,15 @@ fn gelu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let i = grid_index(wid, nwg, lid, WG);
   if (i >= params.count) { return; }
   out[params.out_offset + i] = gelu_tanh(a[params.a_offset + i]);
+}
+
+// out[i] = silu(a[2i]) * a[2i + 1]: SwiGLU over a projection whose weight interleaves gate and up rows
+// (gate row n at 2n, up row n at 2n + 1: models/transformer.ts fuses them so at load), whose output
+// rows (M, 2F) thus hold (gate, up) pairs; out is (M, F). a_offset must be even.
+@compute @workgroup_size(WG)
+fn swiglu_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = silu(a[params.a_offset + 2u * i]) * a[params.a_offset + 2u * i + 1u];
 }

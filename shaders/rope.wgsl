@@ -7,9 +7,9 @@
 //   rope_half        (HF rotate_half, GPT-NeoX): elements (i, i + R/2)
 //   rope_interleaved (llama.cpp / GGUF, GPT-J):  elements (2i, 2i + 1)
 //   (a, b) -> (a cos - b sin, b cos + a sin)
-// The angle is the f32-rounded product, as HF computes it; sin/cos are taken after reducing it to
-// about [-pi, pi], since GPU sin/cos are only accurate there (positions up to ~400k stay exact-ish).
+// The angle is the f32-rounded product, as HF computes it (rope_common.wgsl).
 //! include grid.wgsl
+//! include rope_common.wgsl
 
 struct Params {
   tokens: u32,           // T: token rows
@@ -28,22 +28,6 @@ override WG: u32 = 64;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;   // (T, row_stride), heads (H, D) at offset
 @group(0) @binding(2) var<storage, read> positions: array<u32>; // (T) token positions
 @group(0) @binding(3) var<storage, read> inv_freq: array<f32>;  // (R / 2) radians per position
-
-// 2 pi = TWO_PI_A + TWO_PI_B + TWO_PI_C; A and B have 8 significant bits, so k * A and k * B are
-// exact for k < 2^16 and the first two subtractions lose nothing (Cody-Waite reduction).
-const TWO_PI_A: f32 = 6.28125;
-const TWO_PI_B: f32 = 0.00193023681640625;
-const TWO_PI_C: f32 = 5.070363386039389e-6;
-const INV_TWO_PI: f32 = 0.15915494309189535;
-
-// position * inv_freq rounded to f32, reduced to about [-pi, pi]. inv_freq must be >= 0.
-fn rope_angle(position: u32, frequency: f32) -> f32 {
-  // max() sits between the product and the subtractions so no compiler fuses them into an fma:
-  // the angle is the rounded f32 product, as the reference (HF) computes it.
-  let a = max(f32(position) * frequency, 0.0);
-  let k = round(a * INV_TWO_PI);
-  return ((a - k * TWO_PI_A) - k * TWO_PI_B) - k * TWO_PI_C;
-}
 
 // Turn the pair (x[i0], x[i1]) by `angle` radians.
 fn rotate(i0: u32, i1: u32, angle: f32) {

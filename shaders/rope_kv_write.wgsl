@@ -1,0 +1,115 @@
+// RoPE of a step's queries and keys, fused with the KV-cache write: one dispatch where RoPE then
+// kv_write (attention_kv_write.wgsl) took two.
+//
+// qkv holds R token rows `row_stride` elements apart, with Hq query heads at q_offset and Hkv key and
+// value heads at k_offset and v_offset (D elements each). Each row's (kv_base, position) metadata says
+// where its key and value go and by which position to rotate. Per row, the invocations are
+//   Hq * R/2 query pairs, each rotated in place (rope.wgsl's rotate), then
+//   Hkv * D key/value elements, each writing one rotated key element and one value element to the cache.
+// The keys in qkv stay unrotated: attention reads keys only from the cache. A key element computes its
+// pair's rotation itself (the same expression rope.wgsl evaluates), so no invocation waits for another.
+// Pairs (rotary dims Rd, pair i < Rd/2, angle = position * inv_freq[i]):
+//   rope_kv_write_half        (HF rotate_half):  elements (i, i + Rd/2)
+//   rope_kv_write_interleaved (llama.cpp / GGUF): elements (2i, 2i + 1)
+//   (a, b) -> (a cos - b sin, b cos + a sin); elements [Rd, D) are copied as they are.
+// A row whose position is past the capacity, or whose region lies outside a cache, writes nothing to
+// the caches (as kv_write).
+// Legend: R = params.rows, Hq/Hkv = q_heads/kv_heads, D = head_dim, Rd = rotary_dims, C = capacity.
+//! include grid.wgsl
+//! include rope_common.wgsl
+//! include attention_common.wgsl
+
+struct RopeKvWriteParams {
+  rows: u32,          // R: token rows
+  q_heads: u32,       // Hq: query heads in each row
+  kv_heads: u32,      // Hkv: key / value heads in each row
+  head_dim: u32,      // D: elements per head
+  rotary_dims: u32,   // Rd: rotated elements per head, even, <= D
+  capacity: u32,      // C: token positions per head in one cache region
+  row_stride: u32,    // elements from one row of qkv to the next
+  q_offset: u32,      // element of row 0, query head 0 in qkv
+  k_offset: u32,      // element of row 0, key head 0 in qkv
+  v_offset: u32,      // element of row 0, value head 0 in qkv
+  meta_offset: u32,   // u32 index of row 0's (kv_base, position) pair in row_meta
+}
+
+override WG: u32 = 64;
+
+@group(0) @binding(0) var<uniform> params: RopeKvWriteParams;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;     // (R, row_stride): queries rotated in place
+@group(0) @binding(2) var<storage, read> row_meta: array<u32>;      // (R, 2) at meta_offset: kv_base (elements), position
+@group(0) @binding(3) var<storage, read> inv_freq: array<f32>;      // (Rd / 2) radians per position
+@group(0) @binding(4) var<storage, read_write> k_cache: array<f32>; // regions of (Hkv, C, D) at kv_base
+@group(0) @binding(5) var<storage, read_write> v_cache: array<f32>; // regions of (Hkv, C, D) at kv_base
+
+// The two elements of the pair that element d of a head (d < Rd) belongs to, relative to the head,
+// and the pair's index (its frequency).
+fn pair_of(d: u32, interleaved: bool) -> vec3<u32> {
+  let half = params.rotary_dims / 2u;
+  if (interleaved) {
+    let i = d / 2u;
+    return vec3<u32>(2u * i, 2u * i + 1u, i);
+  }
+  let i = d % half;
+  return vec3<u32>(i, i + half, i);
+}
+
+fn rope_kv_write(i: u32, interleaved: bool) {
+  let half = params.rotary_dims / 2u;
+  let q_items = params.q_heads * half;
+  let kv_len = params.kv_heads * params.head_dim;
+  let per_row = q_items + kv_len;
+  if (i >= params.rows * per_row) { return; }
+  let row = i / per_row;
+  let e = i % per_row;
+  let kv_base = row_meta[params.meta_offset + 2u * row];
+  let pos = row_meta[params.meta_offset + 2u * row + 1u];
+  let row_start = row * params.row_stride;
+  if (e < q_items) {
+    // A query pair, rotated in place.
+    let head = params.q_offset + row_start + (e / half) * params.head_dim;
+    let p = pair_of(select(e % half, 2u * (e % half), interleaved), interleaved);
+    let angle = rope_angle(pos, inv_freq[p.z]);
+    let c = cos(angle);
+    let s = sin(angle);
+    let a = qkv[head + p.x];
+    let b = qkv[head + p.y];
+    qkv[head + p.x] = a * c - b * s;
+    qkv[head + p.y] = b * c + a * s;
+    return;
+  }
+  let kv = e - q_items;
+  let region_len = kv_len * params.capacity;
+  if (pos >= params.capacity || !region_fits(kv_base, region_len, arrayLength(&k_cache)) ||
+      !region_fits(kv_base, region_len, arrayLength(&v_cache))) {
+    return;
+  }
+  let h = kv / params.head_dim;
+  let d = kv % params.head_dim;
+  let head = params.k_offset + row_start + h * params.head_dim;
+  var key = qkv[head + d];
+  if (d < params.rotary_dims) {
+    let p = pair_of(d, interleaved);
+    let angle = rope_angle(pos, inv_freq[p.z]);
+    let c = cos(angle);
+    let s = sin(angle);
+    let a = qkv[head + p.x];
+    let b = qkv[head + p.y];
+    key = select(b * c + a * s, a * c - b * s, d == p.x);
+  }
+  let dst = kv_row(kv_base, h, pos, params.capacity, params.head_dim) + d;
+  k_cache[dst] = key;
+  v_cache[dst] = qkv[params.v_offset + row_start + kv];
+}
+
+@compute @workgroup_size(WG)
+fn rope_kv_write_half(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+  rope_kv_write(grid_index(wid, nwg, lid, WG), false);
+}
+
+@compute @workgroup_size(WG)
+fn rope_kv_write_interleaved(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+  rope_kv_write(grid_index(wid, nwg, lid, WG), true);
+}

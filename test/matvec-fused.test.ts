@@ -1,0 +1,233 @@
+// The matvec's decode fusions (MatvecFusion) on both tiers, against a float64 reference: RMSNorm and
+// LayerNorm folded into the activation loads, the GELU epilogue, and SwiGLU over interleaved
+// (gate, up) row pairs; at odd output counts, K not a multiple of the workgroup's stride, non-zero
+// offsets and row strides, several dtypes; and through Linear over row chunks.
+import { afterAll, describe, expect, it } from 'vitest';
+import { Matvec, type MatvecFusion } from '../kernels/matvec.ts';
+import { Linear } from '../kernels/linear.ts';
+import type { Tier } from '../kernels/tiers.ts';
+import { runPass } from '../kernels/dispatch.ts';
+import { dequantize, uploadWeight, uploadWeightChunks, type WeightDtype } from '../kernels/weights.ts';
+import { ShapeError } from '../src/errors.ts';
+import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
+import { randomWeight } from './support/kquants.ts';
+import { expectClose, randomF32 } from './support/reference.ts';
+import { ErrorLog, rowsWithNaNGaps } from './support/projection.ts';
+
+const gpu = useGpu();
+const log = new ErrorLog();
+afterAll(() => console.log(`matvec fusions\n${log.summary()}`));
+
+function tiers(): Tier[] {
+  return gpu().features.has('subgroups') ? ['baseline', 'subgroup'] : ['baseline'];
+}
+
+// f32 accumulation of the products and of the norm's statistics; weights dequantised exactly.
+const TOLERANCE = 1e-5;
+
+interface FusedCase {
+  dtype: WeightDtype;
+  M: number;
+  /** Outputs (with glu the weight has 2N rows). */
+  N: number;
+  K: number;
+  norm?: 'rms' | 'layer';
+  activation?: 'silu' | 'gelu';
+  glu?: boolean;
+  bias?: boolean;
+  residual?: boolean;
+  rowsPerWorkgroup?: number;
+  workgroupSize?: number;
+  seed: number;
+}
+
+const silu = (x: number) => x / (1 + Math.exp(-x));
+const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+
+/** The layout of a case's buffers: every offset and stride non-trivial. */
+function layout(c: FusedCase) {
+  return { inputOffset: 3, inputRowStride: c.K + 5, outputOffset: 2, outputRowStride: c.N + 3, biasOffset: 4, residualOffset: 1, residualRowStride: c.N + 2 };
+}
+
+function describeFused(c: FusedCase): string {
+  const parts = [c.dtype, `M=${c.M} N=${c.N} K=${c.K}`, c.norm && `${c.norm}norm`, c.glu ? `glu(${c.activation})` : c.activation, c.bias && 'bias', c.residual && 'residual'];
+  if (c.rowsPerWorkgroup) parts.push(`rows/wg=${c.rowsPerWorkgroup} wg=${c.workgroupSize}`);
+  return parts.filter(Boolean).join(' ');
+}
+
+/** Float64: out[m, n] = act(norm(a[m]) · W[n] + bias[n]) (glu: act(gate) * up) + residual[m, n]. */
+function reference(c: FusedCase, w: Float64Array, a: Float32Array, normWeight: Float32Array, normBias: Float32Array, bias?: Float32Array, residual?: Float32Array): Float64Array {
+  const { M, N, K } = c;
+  const L = layout(c);
+  const eps = 1e-5;
+  const out = new Float64Array(M * N);
+  const dot = (row: Float64Array, r: number) => {
+    let s = 0;
+    for (let k = 0; k < K; k++) s += row[k] * w[r * K + k];
+    return s + (bias ? bias[L.biasOffset + r] : 0);
+  };
+  for (let m = 0; m < M; m++) {
+    const row = Float64Array.from({ length: K }, (_, k) => a[L.inputOffset + m * L.inputRowStride + k]);
+    if (c.norm === 'rms') {
+      const ms = row.reduce((s, v) => s + v * v, 0) / K;
+      const scale = 1 / Math.sqrt(ms + eps);
+      for (let k = 0; k < K; k++) row[k] = row[k] * scale * normWeight[k];
+    } else if (c.norm === 'layer') {
+      const mean = row.reduce((s, v) => s + v, 0) / K;
+      const variance = row.reduce((s, v) => s + (v - mean) ** 2, 0) / K;
+      const scale = 1 / Math.sqrt(variance + eps);
+      for (let k = 0; k < K; k++) row[k] = (row[k] - mean) * scale * normWeight[k] + normBias[k];
+    }
+    const act = c.activation === 'silu' ? silu : c.activation === 'gelu' ? gelu : (x: number) => x;
+    for (let n = 0; n < N; n++) {
+      let v = c.glu ? act(dot(row, 2 * n)) * dot(row, 2 * n + 1) : act(dot(row, n));
+      if (residual) v += residual[L.residualOffset + m * L.residualRowStride + n];
+      out[m * N + n] = v;
+    }
+  }
+  return out;
+}
+
+interface FusedSetup {
+  weightRows: number;
+  a: GPUBuffer;
+  out: GPUBuffer;
+  bias?: GPUBuffer;
+  residual?: GPUBuffer;
+  fusion: MatvecFusion;
+  run: { M: number; inputOffset: number; inputRowStride: number; outputOffset: number; outputRowStride: number; biasOffset: number; residualOffset?: number; residualRowStride?: number };
+  host: ReturnType<typeof randomWeight>;
+  check(): Promise<void>;
+}
+
+function setup(c: FusedCase, tier: Tier): FusedSetup {
+  const L = layout(c);
+  const weightRows = c.glu ? 2 * c.N : c.N;
+  const host = randomWeight(c.dtype, weightRows, c.K, c.seed, 0.5);
+  // Rows with a mean far from zero (LayerNorm's hard case) on odd rows.
+  const aValues = rowsWithNaNGaps(c.M, c.K, L.inputOffset, L.inputRowStride, c.seed + 1);
+  for (let m = 1; m < c.M; m += 2) for (let k = 0; k < c.K; k++) aValues[L.inputOffset + m * L.inputRowStride + k] += 20;
+  const normWeight = randomF32(c.K, c.seed + 2, 1);
+  const normBias = randomF32(c.K, c.seed + 3, 1);
+  const biasValues = c.bias ? randomF32(L.biasOffset + weightRows + 1, c.seed + 4, 1) : undefined;
+  const residualValues = c.residual ? rowsWithNaNGaps(c.M, c.N, L.residualOffset, L.residualRowStride, c.seed + 5) : undefined;
+  const outLength = L.outputOffset + (c.M - 1) * L.outputRowStride + c.N + 3;
+  const out = poisoned(gpu(), 'out', outLength);
+  const fusion: MatvecFusion = {
+    norm: c.norm && { kind: c.norm, weight: createStorage(gpu(), 'norm.weight', normWeight), bias: c.norm === 'layer' ? createStorage(gpu(), 'norm.bias', normBias) : undefined, eps: 1e-5 },
+    activation: c.activation,
+    glu: c.glu,
+  };
+  const ref = reference(c, dequantize(host), aValues, normWeight, normBias, biasValues, residualValues);
+  const what = `${tier} ${describeFused(c)}`;
+  return {
+    weightRows,
+    a: createStorage(gpu(), 'a', aValues),
+    out,
+    bias: biasValues && createStorage(gpu(), 'bias', biasValues),
+    residual: residualValues && createStorage(gpu(), 'residual', residualValues),
+    fusion,
+    host,
+    run: {
+      M: c.M, inputOffset: L.inputOffset, inputRowStride: L.inputRowStride, outputOffset: L.outputOffset, outputRowStride: L.outputRowStride,
+      biasOffset: L.biasOffset, ...(c.residual ? { residualOffset: L.residualOffset, residualRowStride: L.residualRowStride } : {}),
+    },
+    async check() {
+      const all = await readF32(gpu(), out, outLength);
+      const got = new Float64Array(c.M * c.N);
+      for (let i = 0; i < all.length; i++) {
+        const rel = i - L.outputOffset;
+        const row = Math.floor(rel / L.outputRowStride);
+        const col = rel - row * L.outputRowStride;
+        if (rel >= 0 && row < c.M && col < c.N) got[row * c.N + col] = all[i];
+        else if (!Number.isNaN(all[i])) throw new Error(`${what}: element ${i} outside the output was written (${all[i]})`);
+      }
+      log.add(`${tier} ${c.norm ?? ''}${c.glu ? ' glu' : ''} ${c.activation ?? ''}`, expectClose(got, ref, TOLERANCE, what));
+    },
+  };
+}
+
+// K per dtype: not a multiple of 4 x the workgroup size (f32 / f16 not even of 4), at least one block.
+// Each case compiles its own pipeline, so the grid is kept small: every fusion on three dtypes (plain
+// floats, a block quant, a K-quant), the gated MLP on the others.
+const K_OF: Record<string, number> = { f32: 53, f16: 70, q8_0: 96, q4_0: 160, q5_1: 96, q4_k: 256, q6_k: 512 };
+const cases: FusedCase[] = [];
+for (const dtype of ['f32', 'q4_0', 'q4_k'] as const) {
+  const K = K_OF[dtype];
+  cases.push(
+    // q/k/v: RMSNorm folded in, with Qwen2's bias; the GPT-2 c_attn: LayerNorm with bias.
+    { dtype, M: 1, N: 37, K, norm: 'rms', bias: true, seed: 1 },
+    { dtype, M: 5, N: 37, K, norm: 'layer', bias: true, seed: 2 },
+    // The gated MLP: RMSNorm, then SwiGLU over (gate, up) pairs; GPT-2's MLP: LayerNorm, then GELU.
+    { dtype, M: 1, N: 19, K, norm: 'rms', activation: 'silu', glu: true, seed: 3 },
+    { dtype, M: 3, N: 23, K, norm: 'layer', activation: 'gelu', bias: true, seed: 5 },
+  );
+}
+for (const dtype of ['f16', 'q8_0', 'q5_1', 'q6_k'] as const) {
+  cases.push({ dtype, M: 8, N: 19, K: K_OF[dtype], norm: 'rms', activation: 'silu', glu: true, bias: true, residual: true, seed: 4 });
+}
+cases.push(
+  // Fusions without a norm, and several outputs per workgroup with small workgroups.
+  { dtype: 'q4_0', M: 2, N: 21, K: 160, activation: 'silu', glu: true, residual: true, seed: 6 },
+  { dtype: 'q8_0', M: 3, N: 11, K: 96, norm: 'rms', activation: 'silu', glu: true, rowsPerWorkgroup: 2, workgroupSize: 32, seed: 8 },
+  // K far above the workgroup's stride (each thread walks many columns), several rows per workgroup.
+  { dtype: 'q4_k', M: 2, N: 13, K: 2048, norm: 'layer', rowsPerWorkgroup: 3, workgroupSize: 32, seed: 9 },
+);
+
+// Each case compiles a fused pipeline per tier, which takes a software adapter up to a minute or two on
+// a loaded machine (cached on disk afterwards): a case's time limit allows for that.
+describe('matvec fusions', { timeout: 600_000 }, () => {
+  for (const c of cases) {
+    it(describeFused(c), async () => {
+      for (const tier of tiers()) {
+        const s = setup(c, tier);
+        const weight = uploadWeight(gpu(), `w_${c.dtype}`, s.host);
+        const kernel = new Matvec(gpu(), { weight, input: s.a, output: s.out, bias: s.bias, residual: s.residual }, {
+          tier, fusion: s.fusion, rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize,
+        });
+        expect(kernel.outputs).toBe(c.N);
+        await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+        await s.check();
+      }
+    });
+  }
+
+  // Linear over row chunks of an interleaved weight (a large model's gate/up): each chunk's matvec
+  // writes its outputs at firstRow / 2 and reads its bias from firstRow; the matmul path writes the pairs.
+  it('Linear: glu over row chunks, and its matmul over the same weight', async () => {
+    const c: FusedCase = { dtype: 'q8_0', M: 3, N: 21, K: 96, norm: 'rms', activation: 'silu', glu: true, bias: true, seed: 11 };
+    for (const tier of tiers()) {
+      const s = setup(c, tier);
+      // 6 rows of 96 q8_0 columns per chunk (3 x 34 bytes a row): chunks of 6, 6, 6, 6, 6, 6, 6 rows.
+      const weight = uploadWeightChunks(gpu(), 'w_chunked', s.host, { maxChunkBytes: 6 * 96 + 40, rowMultiple: 2 });
+      expect(weight.chunks.length).toBeGreaterThan(2);
+      expect(weight.chunks.every((chunk) => chunk.weight.rows % 2 === 0)).toBe(true);
+      const pairs = poisoned(gpu(), 'pairs', 16 * 2 * c.N);
+      const linear = new Linear(gpu(), {
+        weight, bias: s.bias, input: s.a, output: pairs, maxRows: 16,
+        matvec: { tier }, fused: { input: s.a, output: s.out, fusion: s.fusion },
+      });
+      expect(linear.fusedFor(c.M)).toBe(true);
+      expect(linear.fusedFor(9)).toBe(false);
+      await runPass(gpu(), (pass) => linear.encode(pass, s.run));
+      await s.check();
+    }
+  });
+
+  it('refuses fusions it cannot run', () => {
+    const host = randomWeight('f32', 7, 12, 1);
+    const weight = uploadWeight(gpu(), 'w', host);
+    const input = createStorage(gpu(), 'a', 12 * 4);
+    const output = createStorage(gpu(), 'out', 8 * 4);
+    const normWeight = createStorage(gpu(), 'nw', 12 * 4);
+    const short = createStorage(gpu(), 'short', 8 * 4);
+    const make = (fusion: MatvecFusion) => new Matvec(gpu(), { weight, input, output }, { fusion });
+    expect(() => make({ glu: true })).toThrow(/glu needs \(gate, up\) row pairs, but the weight has 7 rows/);
+    expect(() => make({ norm: { kind: 'rms', weight: short, eps: 1e-5 } })).toThrow(/norm weight needs 48 bytes/);
+    expect(() => make({ norm: { kind: 'layer', weight: normWeight, eps: 1e-5 } })).toThrow(/LayerNorm needs norm bias/);
+    expect(() => make({ norm: { kind: 'rms', weight: normWeight, eps: -1 } })).toThrow(/eps must be a finite number/);
+    expect(() => make({ activation: 'relu' as 'gelu' })).toThrow(ShapeError);
+    const even = uploadWeight(gpu(), 'w8', randomWeight('f32', 8, 12, 2));
+    expect(() => new Matvec(gpu(), { weight: even, input, output }, { fusion: { glu: true }, rowsPerWorkgroup: 3 })).toThrow(/rowsPerWorkgroup must be 1..2 with glu/);
+  });
+});
