@@ -20,7 +20,7 @@ import { ReferenceModel } from './recompute.ts';
 import { normaliseWeights, scoreMiner, type MinerScore, type Weight } from './score.ts';
 import { resolveThresholds, type Thresholds } from './thresholds.ts';
 import { parseTranscript, readTranscript, type MinerResponse, type Transcript } from './transcript.ts';
-import { openTransport, unsupportedTransport, type MinerEndpoint } from './transport.ts';
+import { openTransport, type MinerEndpoint } from './transport.ts';
 
 export interface ValidatorNeuron {
   uid: number;
@@ -165,13 +165,10 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
   const endpoints: MinerEndpoint[] = [];
   for (const n of neurons) {
     if (n.hotkey === options.signer.address) continue;
-    if (!n.axon) continue;
-    const endpoint = { uid: n.uid, hotkey: n.hotkey, ...n.axon };
-    const reason = unsupportedTransport(endpoint);
-    if (reason) skipped.push({ uid: n.uid, hotkey: n.hotkey, reason });
-    else endpoints.push(endpoint);
+    if (!n.axon) skipped.push({ uid: n.uid, hotkey: n.hotkey, reason: 'no axon in the metagraph' });
+    else endpoints.push({ uid: n.uid, hotkey: n.hotkey, ...n.axon });
   }
-  if (endpoints.length === 0) throw new OptionError('no miner in the metagraph has an axon this validator can reach (neurons need axon: {ip, port, protocol: "ws"})');
+  if (endpoints.length === 0) throw new OptionError('no miner in the metagraph has an axon (neurons need axon: {ip, port, protocol: "ws" | "http"})');
 
   const reference = options.reference ?? (await ReferenceModel.load({ model: options.model, adapter: options.adapter }));
   const cryptoPool = await createVerifyPool();
@@ -192,7 +189,8 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
           await transport.close();
         }
       });
-      // Frames were verified by the client as they arrived; the rest of the transcript is checked again here.
+      // Protocol v1's frames were verified by the client as they arrived; the rest of each transcript
+      // (and all of an HTTP one: its transport only records) is checked here.
       const exchanges = transcripts.map((t) => ({ challenge: t.challenge, response: readTranscript(t, { verifySignatures: false }) }));
       const rowsBefore = reference.rowsComputed;
       const t0 = performance.now();
@@ -246,7 +244,7 @@ export interface VerifyResult {
   verdict: ResponseVerdict;
   /** Where it differs from the verdict saved with the transcript (empty: the saved one stands). */
   differences: string[];
-  /** Whether every signature in the transcript checked out. */
+  /** Whether every signature in the transcript checked out (null: nothing to check, or an unsigned HTTP stream). */
   signatures: boolean | null;
   reference: { model: string; weightsDigest: string };
   saved?: { model: string; weightsDigest: string };
@@ -277,7 +275,7 @@ export async function verifyEvidence(value: unknown, reference: ReferenceModel, 
   return {
     verdict,
     differences,
-    signatures: response.integrity.pass,
+    signatures: response.integrity.unsigned ? null : response.integrity.pass,
     reference: { model: reference.id, weightsDigest: reference.weightsDigest },
     ...(file.reference ? { saved: file.reference } : {}),
   };
