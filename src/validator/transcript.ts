@@ -391,7 +391,8 @@ function readHttpTranscript(t: HttpTranscript): MinerResponse {
   }
   const received = Buffer.concat(res.chunks.map((c) => b64(c.bytes)));
   if (res.status !== 200) {
-    // A refusal: OpenAI's error body names the wire code. Refusals are not signed.
+    // A refusal: OpenAI's error body names the wire code. It scores 0 whoever sent it, so the
+    // signature headers some refusals carry are kept but not checked.
     let error = { code: `HTTP_${res.status}`, message: `HTTP ${res.status}` };
     try {
       const e = (JSON.parse(received.toString('utf8')) as { error?: { code?: unknown; message?: unknown } }).error;
