@@ -3,7 +3,8 @@
 // it must score as over WebSocket, with the same tokens for the same challenges and seeds. The cheaters that make
 // sense over HTTP fail their named check there too; a plain OpenAI server (the honest stream with its
 // signature chunk dropped by a real proxy) is judged on its content and reported unsigned; a stream
-// re-signed by another key fails the signature check. HTTP transcripts verify offline, and one
+// re-signed by another key fails the signature check; the same stream shaped as vLLM's server
+// sends it (a role-only first chunk, finish_reason on the last token's chunk, unsigned) is read alike. HTTP transcripts verify offline, and one
 // changed byte is caught.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -24,6 +25,7 @@ import {
   madeUpLogprobs,
   resignWith,
   startMiner,
+  vllmShaped,
   startSseProxy,
   validatorMetagraph,
   writeTinyModel,
@@ -50,6 +52,7 @@ const EXPECT: Record<string, string | undefined> = {
   'honest-ws': undefined,
   'honest-http': undefined,
   'plain-openai': undefined,
+  'vllm-shaped': undefined,
   'made-up-logprobs': 'logprob',
   'ignores-max-tokens': 'max_tokens',
   buffering: 'streamed',
@@ -85,12 +88,13 @@ beforeAll(async () => {
   };
   miners.push(await behindProxy('plain-openai', 3, dropSignature));
   miners.push(await behindProxy('signed-by-another-key', 4, resignWith(await key('Mallory'))));
+  miners.push(await behindProxy('vllm-shaped', 5, vllmShaped));
   const cheaters: Array<[string, Parameters<typeof startMiner>[2]]> = [
     ['made-up-logprobs', madeUpLogprobs(honest)],
     ['ignores-max-tokens', ignoringMaxTokens(honest)],
     ['buffering', buffering(honest)],
   ];
-  for (const [i, [name, generator]] of cheaters.entries()) miners.push({ ...(await startMiner(name, 5 + i, generator, await key(name), validator)), protocol: 'http' });
+  for (const [i, [name, generator]] of cheaters.entries()) miners.push({ ...(await startMiner(name, 6 + i, generator, await key(name), validator)), protocol: 'http' });
   const metagraphFile = join(root, 'metagraph.json');
   writeFileSync(metagraphFile, JSON.stringify(validatorMetagraph(validator, miners), null, 2));
   report = await validate({ metagraph: metagraphFile, signer: validator, reference, seed: 5, challengesPerRound: CHALLENGES, concurrency: miners.length, thresholds: LOOSE_SPEED, evidence: join(root, 'evidence') });
@@ -123,35 +127,44 @@ describe('validate over the HTTP face', () => {
     expect(score('honest-http').checks.signature).toMatchObject({ pass: true, failed: 0, of: CHALLENGES });
     expect(score('plain-openai').checks.signature).toMatchObject({ pass: null, of: 0, unsigned: CHALLENGES });
     expect(score('plain-openai').quality).toBeCloseTo(score('honest-http').quality, 6);
+    expect(score('vllm-shaped').checks.signature).toMatchObject({ pass: null, of: 0, unsigned: CHALLENGES });
+    expect(score('vllm-shaped').quality).toBeCloseTo(score('honest-http').quality, 6);
     expect(score('signed-by-another-key').checks.signature.detail).toMatch(/stream signed by \S+, not the miner/);
     expect(report.skipped).toEqual([]);
   });
 
   it('gets the same tokens over HTTP as over WebSocket for the same challenges and seeds', () => {
     const ws = evidence('honest-ws');
-    const http = evidence('honest-http');
     expect(ws.map((e) => e.transcript.transport)).toEqual(Array(CHALLENGES).fill('ws'));
-    expect(http.map((e) => e.transcript.transport)).toEqual(Array(CHALLENGES).fill('http'));
-    for (let i = 0; i < CHALLENGES; i++) {
-      expect(http[i].transcript.challenge).toEqual(ws[i].transcript.challenge);
-      const a = readTranscript(ws[i].transcript, { verifySignatures: true });
-      const b = readTranscript(http[i].transcript, { verifySignatures: true });
-      expect(b.integrity).toMatchObject({ pass: true });
-      expect(b.tokens.length).toBeGreaterThan(0);
-      expect(b.tokens.map((t) => t.tokenId), ws[i].transcript.challenge.name).toEqual(a.tokens.map((t) => t.tokenId));
-      expect(b.tokens.map((t) => t.text).join('')).toBe(a.tokens.map((t) => t.text).join(''));
-      b.tokens.forEach((t, k) => expect(t.logprob).toBeCloseTo(a.tokens[k].logprob, 3));
-      expect(b.tokens.map((t) => t.top.map((x) => x.tokenId))).toEqual(a.tokens.map((t) => t.top.map((x) => x.tokenId)));
-      expect([b.finishReason, b.usage]).toEqual([a.finishReason, a.usage]);
+    // Our signed HTTP face, and the same stream as vLLM shapes it (role chunk, finish on the last token).
+    const vllmChat = Buffer.concat((evidence('vllm-shaped')[1].transcript as HttpTranscript).response!.chunks.map((c) => Buffer.from(c.bytes, 'base64'))).toString('utf8');
+    expect(vllmChat).toContain('"delta":{"role":"assistant","content":""}');
+    expect(vllmChat).not.toContain('"epistula"');
+    expect(vllmChat.split('\n\n').find((e) => /"finish_reason":"(stop|length)"/.test(e))).toContain('"token":"token_id:');
+    for (const http of [evidence('honest-http'), evidence('vllm-shaped')]) {
+      expect(http.map((e) => e.transcript.transport)).toEqual(Array(CHALLENGES).fill('http'));
+      for (let i = 0; i < CHALLENGES; i++) {
+        expect(http[i].transcript.challenge).toEqual(ws[i].transcript.challenge);
+        const a = readTranscript(ws[i].transcript, { verifySignatures: true });
+        const b = readTranscript(http[i].transcript, { verifySignatures: true });
+        expect(b.integrity).toMatchObject({ pass: true });
+        expect(b.tokens.length).toBeGreaterThan(0);
+        expect(b.tokens.map((t) => t.tokenId), ws[i].transcript.challenge.name).toEqual(a.tokens.map((t) => t.tokenId));
+        expect(b.tokens.map((t) => t.text).join('')).toBe(a.tokens.map((t) => t.text).join(''));
+        b.tokens.forEach((t, k) => expect(t.logprob).toBeCloseTo(a.tokens[k].logprob, 3));
+        expect(b.tokens.map((t) => t.top.map((x) => x.tokenId))).toEqual(a.tokens.map((t) => t.top.map((x) => x.tokenId)));
+        expect([b.finishReason, b.usage]).toEqual([a.finishReason, a.usage]);
+      }
     }
   });
 
   it('verifies every HTTP exchange offline with the verdict it was given; one changed byte is caught', async () => {
-    for (const name of ['honest-http', 'plain-openai', 'signed-by-another-key', 'made-up-logprobs']) {
+    const unsigned = ['plain-openai', 'vllm-shaped'];
+    for (const name of ['honest-http', ...unsigned, 'signed-by-another-key', 'made-up-logprobs']) {
       for (const saved of evidence(name)) {
         const result = await verifyEvidence(saved, reference);
         expect(result.differences, `${name} ${saved.transcript.challenge.name}`).toEqual([]);
-        expect(result.signatures, name).toBe(name === 'plain-openai' ? null : name === 'signed-by-another-key' ? false : true);
+        expect(result.signatures, name).toBe(unsigned.includes(name) ? null : name !== 'signed-by-another-key');
       }
     }
     // One byte of a logprob in the honest stream, changed after the miner signed it.

@@ -157,9 +157,9 @@ export const modelDir = (root: string, name: string) => join(root, name);
 
 /**
  * What a proxy does to each SSE event of a stream: the event's JSON (or '[DONE]'), every byte the
- * proxy has sent before it, and what to send instead (null: drop the event).
+ * proxy has sent before it, and the events to send instead (none: drop it). One per stream.
  */
-export type SseRewrite = (data: unknown, sentBefore: Buffer) => unknown | null;
+export type SseRewrite = (data: unknown, sentBefore: Buffer) => unknown[];
 
 /**
  * A real HTTP server in front of a miner's HTTP face: requests go through as they are (body and
@@ -167,7 +167,7 @@ export type SseRewrite = (data: unknown, sentBefore: Buffer) => unknown | null;
  * arrives (so the stream stays a stream). Used to make a plain OpenAI server (the miner's signature
  * chunk dropped) and a miner whose stream is signed by another key.
  */
-export async function startSseProxy(name: string, uid: number, targetPort: number, listedHotkey: string, rewrite: SseRewrite): Promise<TestMiner> {
+export async function startSseProxy(name: string, uid: number, targetPort: number, listedHotkey: string, makeRewrite: () => SseRewrite): Promise<TestMiner> {
   const readBody = async (req: IncomingMessage) => {
     const parts: Buffer[] = [];
     for await (const part of req) parts.push(part as Buffer);
@@ -184,6 +184,7 @@ export async function startSseProxy(name: string, uid: number, targetPort: numbe
       return;
     }
     res.flushHeaders();
+    const rewrite = makeRewrite();
     const sent: Buffer[] = [];
     let pending = '';
     for await (const bytes of upstream.body as unknown as AsyncIterable<Uint8Array>) {
@@ -191,11 +192,11 @@ export async function startSseProxy(name: string, uid: number, targetPort: numbe
       for (let end = pending.indexOf('\n\n'); end >= 0; end = pending.indexOf('\n\n')) {
         const text = pending.slice(6, end); // after 'data: '
         pending = pending.slice(end + 2);
-        const out = rewrite(text === '[DONE]' ? text : JSON.parse(text), Buffer.concat(sent));
-        if (out === null) continue;
-        const event = Buffer.from(`data: ${typeof out === 'string' ? out : JSON.stringify(out)}\n\n`, 'utf8');
-        sent.push(event);
-        res.write(event);
+        for (const out of rewrite(text === '[DONE]' ? text : JSON.parse(text), Buffer.concat(sent))) {
+          const event = Buffer.from(`data: ${typeof out === 'string' ? out : JSON.stringify(out)}\n\n`, 'utf8');
+          sent.push(event);
+          res.write(event);
+        }
       }
     }
     res.end();
@@ -211,14 +212,49 @@ export async function startSseProxy(name: string, uid: number, targetPort: numbe
 
 const isSignatureChunk = (data: unknown): data is { epistula: Record<string, unknown> } => typeof data === 'object' && data !== null && 'epistula' in data;
 
-/** A plain OpenAI server: the miner's stream without its signature chunk (as vLLM sends it). */
-export const dropSignature: SseRewrite = (data) => (isSignatureChunk(data) ? null : data);
+/** A plain OpenAI server: the miner's stream without its signature chunk. */
+export const dropSignature = (): SseRewrite => (data) => (isSignatureChunk(data) ? [] : [data]);
+
+/**
+ * The miner's stream shaped as vLLM's OpenAI server sends it, unsigned: a chat stream opens with a
+ * role-only chunk (no token, no logprobs), and finish_reason rides on the chunk of the last token
+ * instead of a chunk of its own.
+ */
+export const vllmShaped = (): SseRewrite => {
+  let held: { choices: Array<Record<string, unknown>> } | undefined;
+  let opened = false;
+  return (data) => {
+    if (isSignatureChunk(data)) return [];
+    const chunk = data as { object?: string; choices?: Array<Record<string, unknown>> };
+    const choice = chunk.choices?.[0];
+    if (!choice) {
+      // usage, an error, [DONE]: the last token (if still held) goes first.
+      const out = held ? [held, data] : [data];
+      held = undefined;
+      return out;
+    }
+    const out: unknown[] = [];
+    if (!opened && chunk.object === 'chat.completion.chunk') {
+      out.push({ ...chunk, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
+    }
+    opened = true;
+    if (choice.finish_reason !== null && held) {
+      out.push({ ...held, choices: [{ ...held.choices[0], finish_reason: choice.finish_reason }] });
+      held = undefined;
+      return out;
+    }
+    if (held) out.push(held);
+    held = choice.finish_reason === null ? (chunk as { choices: Array<Record<string, unknown>> }) : undefined;
+    if (!held) out.push(data);
+    return out;
+  };
+};
 
 /** The stream's signature chunk signed again, over the same bytes, by `signer` (not the listed hotkey). */
-export function resignWith(signer: Signer): SseRewrite {
-  return (data, before) => {
-    if (!isSignatureChunk(data)) return data;
+export function resignWith(signer: Signer): () => SseRewrite {
+  return () => (data, before) => {
+    if (!isSignatureChunk(data)) return [data];
     const e = data.epistula as { uuid: string; timestamp: number; signed_for: string };
-    return { ...data, epistula: { ...data.epistula, signed_by: signer.address, signature: signer.sign(signedMessage(before, e.uuid, e.timestamp, e.signed_for)) } };
+    return [{ ...data, epistula: { ...data.epistula, signed_by: signer.address, signature: signer.sign(signedMessage(before, e.uuid, e.timestamp, e.signed_for)) } }];
   };
 }
