@@ -136,6 +136,9 @@ describe('validate over the HTTP face', () => {
   it('gets the same tokens over HTTP as over WebSocket for the same challenges and seeds', () => {
     const ws = evidence('honest-ws');
     expect(ws.map((e) => e.transcript.transport)).toEqual(Array(CHALLENGES).fill('ws'));
+    // The HTTP requests name the model the miner lists at /v1/models (as vLLM requires).
+    const sentModel = (e: EvidenceFile) => JSON.parse(Buffer.from((e.transcript as HttpTranscript).request.body, 'base64').toString('utf8')).model;
+    expect(evidence('honest-http').map(sentModel)).toEqual(Array(CHALLENGES).fill(reference.id));
     // Our signed HTTP face, and the same stream as vLLM shapes it (role chunk, finish on the last token).
     const vllmChat = Buffer.concat((evidence('vllm-shaped')[1].transcript as HttpTranscript).response!.chunks.map((c) => Buffer.from(c.bytes, 'base64'))).toString('utf8');
     expect(vllmChat).toContain('"delta":{"role":"assistant","content":""}');

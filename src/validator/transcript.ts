@@ -274,12 +274,15 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 /**
  * The OpenAI request a challenge is sent as: chat when it has messages, else completions; streamed,
  * with usage, the token's logprob and `challenge.logprobs` alternatives, and token ids as vLLM's
- * return_tokens_as_token_ids writes them ("token_id:N"). No `model`: the miner serves its own
- * (recomputation judges whether it is the validator's).
+ * return_tokens_as_token_ids writes them ("token_id:N"). `model`: the id the miner lists at
+ * GET /v1/models (vLLM refuses a request without it); recomputation, not the name, judges whether
+ * it is the validator's model.
  */
-export function httpChallengeRequest(c: Challenge): { path: '/v1/chat/completions' | '/v1/completions'; body: Record<string, unknown> } {
+export function httpChallengeRequest(c: Challenge, model?: string): { path: '/v1/chat/completions' | '/v1/completions'; body: Record<string, unknown> } {
   const chat = c.messages !== undefined;
-  const body: Record<string, unknown> = chat ? { messages: c.messages } : { prompt: c.prompt };
+  const body: Record<string, unknown> = model === undefined ? {} : { model };
+  if (chat) body.messages = c.messages;
+  else body.prompt = c.prompt;
   body.max_tokens = c.maxTokens;
   body.temperature = c.temperature;
   if (c.topP !== undefined) body.top_p = c.topP;
@@ -371,13 +374,13 @@ function readHttpTranscript(t: HttpTranscript): MinerResponse {
   if (!Number.isSafeInteger(timestamp) || !verifySignature(signedMessage(body, uuid, timestamp, signedFor), headers['epistula-request-signature'], signedBy)) {
     throw new TranscriptError('the request has a bad Epistula signature');
   }
-  const expected = httpChallengeRequest(t.challenge);
   let sent: unknown;
   try {
     sent = JSON.parse(Buffer.from(body).toString('utf8'));
   } catch (err) {
     throw new TranscriptError(`the request body is not JSON: ${(err as Error).message}`);
   }
+  const expected = httpChallengeRequest(t.challenge, isObject(sent) && typeof sent.model === 'string' ? sent.model : undefined);
   if (t.request.path !== expected.path || !isDeepStrictEqual(sent, expected.body)) {
     throw new TranscriptError('the signed request does not carry the challenge the transcript names');
   }

@@ -142,6 +142,8 @@ class HttpTransport implements MinerTransport {
   readonly url: string;
   #options: TransportOptions;
   #open = new Set<AbortController>();
+  /** The model id the miner lists, asked once (undefined: it lists none, or could not be asked). */
+  #model: Promise<string | undefined> | undefined;
 
   constructor(endpoint: MinerEndpoint, options: TransportOptions) {
     this.endpoint = endpoint;
@@ -149,8 +151,21 @@ class HttpTransport implements MinerTransport {
     this.#options = options;
   }
 
+  /** GET /v1/models (unsigned, as OpenAI servers serve it): the first model's id. */
+  async #servedModel(): Promise<string | undefined> {
+    try {
+      const res = await fetch(new URL('/v1/models', this.url), { signal: AbortSignal.timeout(this.#options.connectTimeoutMs ?? this.#options.timeoutMs) });
+      const list = (await res.json()) as { data?: Array<{ id?: unknown }> };
+      const id = res.ok ? list.data?.[0]?.id : undefined;
+      return typeof id === 'string' && id.length > 0 && id.length <= 256 ? id : undefined;
+    } catch {
+      // Unreachable or not a list: the request goes without a model, and the miner answers or refuses it.
+      return undefined;
+    }
+  }
+
   async exchange(challenge: Challenge, round: number): Promise<Transcript> {
-    const { path, body: payload } = httpChallengeRequest(challenge);
+    const { path, body: payload } = httpChallengeRequest(challenge, await (this.#model ??= this.#servedModel()));
     const body = Buffer.from(JSON.stringify(payload), 'utf8');
     const headers = { 'Content-Type': 'application/json', Accept: 'text/event-stream', ...epistulaHeaders(this.#options.signer, { body, signedFor: this.endpoint.hotkey }) };
     const transcript: HttpTranscript = {
