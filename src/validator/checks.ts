@@ -112,6 +112,20 @@ export function meanProbDistance(miner: number[], reference: number[]): number {
 // One response
 
 /**
+ * A response that stops (finish_reason "stop") may carry the EOS token itself as its last token:
+ * vLLM streams it, with its logprob (its token_ids include it; our miners send no EOS). It is the
+ * stop, which the eos check judges at that position, not a completion token: it is taken out before
+ * the response is recomputed and judged. Any other response comes back as it is.
+ */
+export function withoutStopToken(response: MinerResponse, eosIds: readonly number[]): MinerResponse {
+  if (response.finishReason !== 'stop') return response;
+  let last = response.tokens.length - 1;
+  while (last >= 0 && response.tokens[last].tokenId < 0) last--;
+  if (last < 0 || !eosIds.includes(response.tokens[last].tokenId)) return response;
+  return { ...response, tokens: response.tokens.filter((_, i) => i !== last) };
+}
+
+/**
  * Judge a response. `recomputed` is undefined when there was nothing to recompute (no answer, or
  * an answer that failed integrity: no signed claim is worth the GPU).
  */

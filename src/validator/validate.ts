@@ -15,7 +15,7 @@ import { cryptoReady, type Signer } from '../wire/signing.ts';
 import { OptionError } from '../errors.ts';
 import { createVerifyPool } from './client.ts';
 import { DEFAULT_CHALLENGES_PER_ROUND, makeChallenges, type Challenge } from './challenges.ts';
-import { judgeResponse, type Recomputed, type ResponseVerdict } from './checks.ts';
+import { judgeResponse, withoutStopToken, type Recomputed, type ResponseVerdict } from './checks.ts';
 import { ReferenceModel } from './recompute.ts';
 import { normaliseWeights, scoreMiner, type MinerScore, type Weight } from './score.ts';
 import { resolveThresholds, type Thresholds } from './thresholds.ts';
@@ -120,7 +120,8 @@ async function pool<T>(items: T[], concurrency: number, run: (item: T) => Promis
 }
 
 /** Recompute the answers worth recomputing (all together) and judge every response. */
-export async function judgeAll(reference: ReferenceModel, exchanges: Array<{ challenge: Challenge; response: MinerResponse }>, thresholds: Thresholds): Promise<ResponseVerdict[]> {
+export async function judgeAll(reference: ReferenceModel, answers: Array<{ challenge: Challenge; response: MinerResponse }>, thresholds: Thresholds): Promise<ResponseVerdict[]> {
+  const exchanges = answers.map(({ challenge, response }) => ({ challenge, response: withoutStopToken(response, reference.eosIds) }));
   const wanted = exchanges
     .map((e, i) => ({ ...e, i }))
     .filter(({ response }) => response.integrity.pass === true && response.error === undefined && (response.finishReason === 'stop' || response.finishReason === 'length'));
