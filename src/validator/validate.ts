@@ -1,9 +1,9 @@
 // `validate`: a scoring loop over a metagraph's miners, and `verify`: the offline audit of one
 // saved exchange.
 //
-// Each round every miner with an axon gets the same seeded challenges (challenges.ts), all at once
-// on one connection; every frame is verified as it arrives (the client) and the exchange is kept as
-// it crossed the wire (transport.ts, transcript.ts). When every miner has answered, all answers are
+// Each round every miner with an axon gets the same seeded challenges (challenges.ts), all at once,
+// over protocol v1 (one connection; every frame verified as it arrives) or the HTTP face (one signed
+// request each); every exchange is kept as it crossed the wire (transport.ts, transcript.ts). When every miner has answered, all answers are
 // recomputed by the validator's own model together (recompute.ts: many responses per forward
 // pass), judged (checks.ts) and summed up per miner (score.ts). Weights come only from pass/fail
 // verdicts and the recomputation, never from a relative race between miners, so the same seed, the
