@@ -8,7 +8,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeBody, encodeFrame, type DoneBody, type ResponseFrame, type TokenBody } from '../src/wire/protocol.ts';
 import { signRequest, signResponse, signerFromUri, type Signer } from '../src/wire/signing.ts';
 import { makeChallenges, type Challenge } from '../src/validator/challenges.ts';
-import { frameGaps, gapFactor, judgeResponse, meanProbDistance, probDistanceScore, rankCheck, streamedCheck, type Recomputed } from '../src/validator/checks.ts';
+import { frameGaps, gapFactor, judgeResponse, meanProbDistance, withoutStopToken, probDistanceScore, rankCheck, streamedCheck, type Recomputed } from '../src/validator/checks.ts';
 import { referenceRow, samplerChoices, type ReferenceRow } from '../src/validator/recompute.ts';
 import { normaliseWeights, scoreMiner } from '../src/validator/score.ts';
 import { DEFAULT_THRESHOLDS, resolveThresholds } from '../src/validator/thresholds.ts';
@@ -152,6 +152,18 @@ describe('judging one response (speed on a clock the test sets)', () => {
     const fair = judgeResponse(challenge, response([100, 200], 'stop'), recomputed(2, { eosRank: 3 }), t);
     expect(fair.checks.eos.pass).toBe(true);
     expect(fair.quality).toBe(1);
+  });
+
+  it("a stop that streams the EOS token itself (vLLM's token_ids include it) is judged as the stop", () => {
+    const EOS = 2;
+    const withEos = response([100, 200, 300], 'stop');
+    withEos.tokens[2].tokenId = EOS;
+    const trimmed = withoutStopToken(withEos, [EOS]);
+    expect(trimmed.tokens.map((tok) => tok.tokenId)).toEqual([7, 7]);
+    expect(judgeResponse(challenge, trimmed, recomputed(2, { eosRank: 3 }), t)).toMatchObject({ quality: 1, checks: { eos: { pass: true } } });
+    // Not the stop: left as it is.
+    expect(withoutStopToken(withEos, [9])).toBe(withEos);
+    expect(withoutStopToken({ ...withEos, finishReason: 'length' }, [EOS]).tokens).toHaveLength(3);
   });
 
   it('made-up logprobs fail the distance rule; more tokens than max_tokens fail max_tokens', () => {

@@ -1,6 +1,6 @@
-// The WebSocket transport's failures are verdicts, not crashes: a miner that cannot be reached, and
-// one that never finishes (a real axon in front of a generator that holds), each leave a transcript
-// that reads back as unanswered. No GPU: the held generator stands in for the model.
+// The transports' failures are verdicts, not crashes: a miner that cannot be reached, and one that
+// never finishes (a real axon in front of a generator that holds), each leave a transcript that
+// reads back as unanswered, over WebSocket and over HTTP. No GPU: the held generator stands in for the model.
 import { createServer } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { signerFromUri, type Signer } from '../src/wire/signing.ts';
@@ -67,6 +67,33 @@ it('a miner that never finishes: the exchange times out, is cancelled, and keeps
   expect(verdict.score).toBe(0);
 });
 
-it('refuses a protocol it has no transport for, naming it', async () => {
-  await expect(openTransport({ uid: 2, hotkey: minerKey.address, ip: '127.0.0.1', port: 1, protocol: 'http' }, { signer: validator, timeoutMs: 1000 })).rejects.toThrow(/protocol "http" has no transport/);
+it('HTTP: an unreachable miner is recorded as a connection failure and judged unanswered', async () => {
+  const [challenge] = makeChallenges(1, 0, 1);
+  const transport = await openTransport({ uid: 4, hotkey: minerKey.address, ip: '127.0.0.1', port: await closedPort(), protocol: 'http' }, { signer: validator, timeoutMs: 10_000 });
+  const transcript = await transport.exchange(challenge, 0);
+  await transport.close();
+  expect(transcript).toMatchObject({ transport: 'http', response: null, error: { code: 'CONNECTION' } });
+  const verdict = judgeResponse(challenge, readTranscript(transcript, { verifySignatures: true }), undefined, DEFAULT_THRESHOLDS);
+  expect(verdict).toMatchObject({ quality: 0, speed: 0, score: 0 });
+  expect(verdict.checks.answered).toMatchObject({ pass: false, code: 'CONNECTION' });
+  expect(verdict.checks.signature.pass).toBeNull();
+});
+
+it('HTTP: a miner that never finishes times out; the tokens that came prove nothing unsigned', async () => {
+  const [challenge] = makeChallenges(2, 0, 1);
+  const transport = await openTransport({ uid: 1, hotkey: minerKey.address, ip: '127.0.0.1', port: miner.port, protocol: 'http' }, { signer: validator, timeoutMs: 1000 });
+  const transcript = await transport.exchange(challenge, 0);
+  expect(transcript.error).toMatchObject({ code: 'TIMEOUT' });
+  // The aborted request closes the connection: the generation is cancelled.
+  const call = await held.call(1);
+  await call.done;
+  expect(call.signal?.aborted).toBe(true);
+  await transport.close();
+  const response = readTranscript(transcript, { verifySignatures: true });
+  // Whether or not the first tokens came before the timer, nothing signed them.
+  expect(response.integrity.pass).toBeNull();
+  const verdict = judgeResponse(challenge, response, undefined, DEFAULT_THRESHOLDS);
+  expect(verdict.checks.answered).toMatchObject({ pass: false, code: 'TIMEOUT' });
+  expect(verdict.checks.signature.pass).toBeNull();
+  expect(verdict.score).toBe(0);
 });

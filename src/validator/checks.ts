@@ -112,6 +112,20 @@ export function meanProbDistance(miner: number[], reference: number[]): number {
 // One response
 
 /**
+ * A response that stops (finish_reason "stop") may carry the EOS token itself as its last token:
+ * vLLM streams it, with its logprob (its token_ids include it; our miners send no EOS). It is the
+ * stop, which the eos check judges at that position, not a completion token: it is taken out before
+ * the response is recomputed and judged. Any other response comes back as it is.
+ */
+export function withoutStopToken(response: MinerResponse, eosIds: readonly number[]): MinerResponse {
+  if (response.finishReason !== 'stop') return response;
+  let last = response.tokens.length - 1;
+  while (last >= 0 && response.tokens[last].tokenId < 0) last--;
+  if (last < 0 || !eosIds.includes(response.tokens[last].tokenId)) return response;
+  return { ...response, tokens: response.tokens.filter((_, i) => i !== last) };
+}
+
+/**
  * Judge a response. `recomputed` is undefined when there was nothing to recompute (no answer, or
  * an answer that failed integrity: no signed claim is worth the GPU).
  */
@@ -120,10 +134,14 @@ export function judgeResponse(challenge: Challenge, response: MinerResponse, rec
   const tokens = response.tokens.filter((tok) => tok.tokenId >= 0);
   const answered = response.error === undefined && (response.finishReason === 'stop' || response.finishReason === 'length');
 
+  // An unsigned HTTP stream (a plain OpenAI server) is not a failure: the validator measured it on
+  // its own connection, as the subnets this copies always did; the verdict says it was unsigned.
   checks.signature =
     response.integrity.pass === null
-      ? na(response.error?.message ?? 'nothing was received')
-      : { pass: response.integrity.pass, framesVerified: response.integrity.framesVerified, ...(response.integrity.detail ? { detail: response.integrity.detail } : {}) };
+      ? na(response.integrity.detail ?? response.error?.message ?? 'nothing was received')
+      : response.integrity.pass && response.integrity.unsigned
+        ? { pass: null, unsigned: true, detail: 'the stream was not signed: judged on its content, but nothing proves to a third party that the miner sent it' }
+        : { pass: response.integrity.pass, framesVerified: response.integrity.framesVerified, ...(response.integrity.detail ? { detail: response.integrity.detail } : {}) };
   checks.answered = answered
     ? { pass: true, finishReason: response.finishReason }
     : { pass: false, detail: response.error ? `${response.error.code}: ${response.error.message}` : `finish_reason ${response.finishReason}`, ...(response.error ? { code: response.error.code } : {}) };
@@ -185,8 +203,9 @@ function judgeRecomputed(challenge: Challenge, response: MinerResponse, r: Recom
 
   // usage: SN4 v5 allows a factor of 2 on the prompt count; the completion count is exact (the transcript checked it).
   const claimed = response.usage?.promptTokens ?? 0;
-  checks.usage =
-    claimed <= r.promptTokens * t.usageFactor && claimed * t.usageFactor >= r.promptTokens
+  checks.usage = !response.usage
+    ? { pass: false, recount: r.promptTokens, detail: 'no usage was reported (the request asked for it)' }
+    : claimed <= r.promptTokens * t.usageFactor && claimed * t.usageFactor >= r.promptTokens
       ? { pass: true, promptTokens: claimed, recount: r.promptTokens }
       : { pass: false, promptTokens: claimed, recount: r.promptTokens, detail: `miner reports ${claimed} prompt tokens; the reference counts ${r.promptTokens} (SN4: more than ${t.usageFactor}x off fails)` };
 

@@ -69,6 +69,9 @@ export function scoreMiner(uid: number, hotkey: string, verdicts: ResponseVerdic
       ...(failures[0]?.detail ? { detail: failures[0].detail } : {}),
       ...figures(name, applied),
     };
+    // Unsigned HTTP streams are not judged by the signature check (null), but counted where it is summed up.
+    const unsigned = results.filter((r) => r.unsigned === true).length;
+    if (unsigned > 0) checks[name].unsigned = unsigned;
   }
   return {
     uid,

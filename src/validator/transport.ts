@@ -1,11 +1,13 @@
 // How the validator reaches a miner: one small interface, so that scoring never cares which wire
-// the miner speaks. Protocol v1 over WebSocket is implemented here (ValidatorClient); a miner whose
-// metagraph entry names another protocol is skipped with the reason until its transport exists.
+// the miner speaks. Protocol v1 over WebSocket (through ValidatorClient, which verifies each frame
+// as it arrives), and the OpenAI-compatible HTTP face with Epistula v2 (a plain signed POST whose
+// event stream is recorded as it arrives and read, verified and judged afterwards from the
+// transcript: its signature, when the miner signs, comes only at the end).
 import { decodeResponseFrame } from '../wire/protocol.ts';
-import type { Signer } from '../wire/signing.ts';
+import { epistulaHeaders, type Signer } from '../wire/signing.ts';
 import { ValidatorClient, type CryptoPool } from './client.ts';
 import type { Challenge } from './challenges.ts';
-import { TRANSCRIPT_FORMAT, challengePayload, type Transcript } from './transcript.ts';
+import { TRANSCRIPT_FORMAT, challengePayload, httpChallengeRequest, type HttpTranscript, type Transcript } from './transcript.ts';
 
 export interface MinerEndpoint {
   uid: number;
@@ -31,15 +33,8 @@ export interface TransportOptions {
   connectTimeoutMs?: number;
 }
 
-/** Why a transport cannot be opened for this endpoint (undefined: it can). */
-export function unsupportedTransport(endpoint: MinerEndpoint): string | undefined {
-  return endpoint.protocol === 'ws' ? undefined : `protocol "${endpoint.protocol}" has no transport in this validator yet`;
-}
-
 export async function openTransport(endpoint: MinerEndpoint, options: TransportOptions): Promise<MinerTransport> {
-  const reason = unsupportedTransport(endpoint);
-  if (reason) throw new Error(reason);
-  return WsTransport.open(endpoint, options);
+  return endpoint.protocol === 'http' ? new HttpTransport(endpoint, options) : WsTransport.open(endpoint, options);
 }
 
 const host = (ip: string) => (ip.includes(':') ? `[${ip}]` : ip);
@@ -135,6 +130,83 @@ class WsTransport implements MinerTransport {
 }
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/**
+ * The HTTP face: each challenge is one POST with Epistula v2 headers (stream: true), each on its own
+ * request so a round's challenges run at once. Nothing is believed here: the request, the status,
+ * the headers and every piece of the body with its arrival time go into the transcript, and
+ * readTranscript parses and verifies them (the same code `verify` runs offline).
+ */
+class HttpTransport implements MinerTransport {
+  readonly endpoint: MinerEndpoint;
+  readonly url: string;
+  #options: TransportOptions;
+  #open = new Set<AbortController>();
+  /** The model id the miner lists, asked once (undefined: it lists none, or could not be asked). */
+  #model: Promise<string | undefined> | undefined;
+
+  constructor(endpoint: MinerEndpoint, options: TransportOptions) {
+    this.endpoint = endpoint;
+    this.url = `http://${host(endpoint.ip)}:${endpoint.port}`;
+    this.#options = options;
+  }
+
+  /** GET /v1/models (unsigned, as OpenAI servers serve it): the first model's id. */
+  async #servedModel(): Promise<string | undefined> {
+    try {
+      const res = await fetch(new URL('/v1/models', this.url), { signal: AbortSignal.timeout(this.#options.connectTimeoutMs ?? this.#options.timeoutMs) });
+      const list = (await res.json()) as { data?: Array<{ id?: unknown }> };
+      const id = res.ok ? list.data?.[0]?.id : undefined;
+      return typeof id === 'string' && id.length > 0 && id.length <= 256 ? id : undefined;
+    } catch {
+      // Unreachable or not a list: the request goes without a model, and the miner answers or refuses it.
+      return undefined;
+    }
+  }
+
+  async exchange(challenge: Challenge, round: number): Promise<Transcript> {
+    const { path, body: payload } = httpChallengeRequest(challenge, await (this.#model ??= this.#servedModel()));
+    const body = Buffer.from(JSON.stringify(payload), 'utf8');
+    const headers = { 'Content-Type': 'application/json', Accept: 'text/event-stream', ...epistulaHeaders(this.#options.signer, { body, signedFor: this.endpoint.hotkey }) };
+    const transcript: HttpTranscript = {
+      format: TRANSCRIPT_FORMAT,
+      round,
+      challenge,
+      validator: this.#options.signer.address,
+      miner: { uid: this.endpoint.uid, hotkey: this.endpoint.hotkey },
+      transport: 'http',
+      url: this.url,
+      request: { path, headers, body: body.toString('base64') },
+      response: null,
+    };
+    const abort = new AbortController();
+    this.#open.add(abort);
+    const timer = setTimeout(() => abort.abort(), this.#options.timeoutMs);
+    const sentAt = performance.now();
+    try {
+      const res = await fetch(new URL(path, this.url), { method: 'POST', headers, body, signal: abort.signal });
+      const response: NonNullable<HttpTranscript['response']> = { status: res.status, headers: Object.fromEntries(res.headers), atMs: round3(performance.now() - sentAt), chunks: [] };
+      transcript.response = response;
+      if (res.body) {
+        for await (const bytes of res.body as unknown as AsyncIterable<Uint8Array>) {
+          response.chunks.push({ atMs: round3(performance.now() - sentAt), bytes: Buffer.from(bytes).toString('base64') });
+        }
+      }
+    } catch (err) {
+      transcript.error = abort.signal.aborted
+        ? { code: 'TIMEOUT', message: `no complete answer within ${this.#options.timeoutMs} ms` }
+        : { code: 'CONNECTION', message: `${transcript.response ? 'the response broke off' : `cannot reach ${this.url}`}: ${(err as Error).message}` };
+    } finally {
+      clearTimeout(timer);
+      this.#open.delete(abort);
+    }
+    return transcript;
+  }
+
+  async close(): Promise<void> {
+    for (const abort of this.#open) abort.abort();
+  }
+}
 
 /** The request id a received frame names ('' when it does not decode: it then belongs to no exchange). */
 function frameId(bytes: Uint8Array): string {

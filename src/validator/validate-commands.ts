@@ -99,7 +99,7 @@ export function addValidatorCommands(program: Command, adapterOption: Option): v
   program
     .command('validate')
     .description("score the metagraph's miners: seeded challenges, every signature verified, answers recomputed with this model, weights out")
-    .requiredOption('--metagraph <file>', 'metagraph JSON; neurons with axon: {ip, port, protocol: "ws"} are queried')
+    .requiredOption('--metagraph <file>', 'metagraph JSON; neurons with axon: {ip, port, protocol: "ws" | "http"} are queried')
     .option('--model <path>', 'the reference: Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
     .option('--hotkey-uri <uri>', 'validator key as a keyring URI, e.g. //Alice (development)')
     .option('--wallet.path <dir>', 'Bittensor wallets folder', '~/.bittensor/wallets')

@@ -1,9 +1,9 @@
 // `validate`: a scoring loop over a metagraph's miners, and `verify`: the offline audit of one
 // saved exchange.
 //
-// Each round every miner with an axon gets the same seeded challenges (challenges.ts), all at once
-// on one connection; every frame is verified as it arrives (the client) and the exchange is kept as
-// it crossed the wire (transport.ts, transcript.ts). When every miner has answered, all answers are
+// Each round every miner with an axon gets the same seeded challenges (challenges.ts), all at once,
+// over protocol v1 (one connection; every frame verified as it arrives) or the HTTP face (one signed
+// request each); every exchange is kept as it crossed the wire (transport.ts, transcript.ts). When every miner has answered, all answers are
 // recomputed by the validator's own model together (recompute.ts: many responses per forward
 // pass), judged (checks.ts) and summed up per miner (score.ts). Weights come only from pass/fail
 // verdicts and the recomputation, never from a relative race between miners, so the same seed, the
@@ -15,12 +15,12 @@ import { cryptoReady, type Signer } from '../wire/signing.ts';
 import { OptionError } from '../errors.ts';
 import { createVerifyPool } from './client.ts';
 import { DEFAULT_CHALLENGES_PER_ROUND, makeChallenges, type Challenge } from './challenges.ts';
-import { judgeResponse, type Recomputed, type ResponseVerdict } from './checks.ts';
+import { judgeResponse, withoutStopToken, type Recomputed, type ResponseVerdict } from './checks.ts';
 import { ReferenceModel } from './recompute.ts';
 import { normaliseWeights, scoreMiner, type MinerScore, type Weight } from './score.ts';
 import { resolveThresholds, type Thresholds } from './thresholds.ts';
 import { parseTranscript, readTranscript, type MinerResponse, type Transcript } from './transcript.ts';
-import { openTransport, unsupportedTransport, type MinerEndpoint } from './transport.ts';
+import { openTransport, type MinerEndpoint } from './transport.ts';
 
 export interface ValidatorNeuron {
   uid: number;
@@ -120,7 +120,8 @@ async function pool<T>(items: T[], concurrency: number, run: (item: T) => Promis
 }
 
 /** Recompute the answers worth recomputing (all together) and judge every response. */
-export async function judgeAll(reference: ReferenceModel, exchanges: Array<{ challenge: Challenge; response: MinerResponse }>, thresholds: Thresholds): Promise<ResponseVerdict[]> {
+export async function judgeAll(reference: ReferenceModel, answers: Array<{ challenge: Challenge; response: MinerResponse }>, thresholds: Thresholds): Promise<ResponseVerdict[]> {
+  const exchanges = answers.map(({ challenge, response }) => ({ challenge, response: withoutStopToken(response, reference.eosIds) }));
   const wanted = exchanges
     .map((e, i) => ({ ...e, i }))
     .filter(({ response }) => response.integrity.pass === true && response.error === undefined && (response.finishReason === 'stop' || response.finishReason === 'length'));
@@ -165,13 +166,10 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
   const endpoints: MinerEndpoint[] = [];
   for (const n of neurons) {
     if (n.hotkey === options.signer.address) continue;
-    if (!n.axon) continue;
-    const endpoint = { uid: n.uid, hotkey: n.hotkey, ...n.axon };
-    const reason = unsupportedTransport(endpoint);
-    if (reason) skipped.push({ uid: n.uid, hotkey: n.hotkey, reason });
-    else endpoints.push(endpoint);
+    if (!n.axon) skipped.push({ uid: n.uid, hotkey: n.hotkey, reason: 'no axon in the metagraph' });
+    else endpoints.push({ uid: n.uid, hotkey: n.hotkey, ...n.axon });
   }
-  if (endpoints.length === 0) throw new OptionError('no miner in the metagraph has an axon this validator can reach (neurons need axon: {ip, port, protocol: "ws"})');
+  if (endpoints.length === 0) throw new OptionError('no miner in the metagraph has an axon (neurons need axon: {ip, port, protocol: "ws" | "http"})');
 
   const reference = options.reference ?? (await ReferenceModel.load({ model: options.model, adapter: options.adapter }));
   const cryptoPool = await createVerifyPool();
@@ -192,7 +190,8 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
           await transport.close();
         }
       });
-      // Frames were verified by the client as they arrived; the rest of the transcript is checked again here.
+      // Protocol v1's frames were verified by the client as they arrived; the rest of each transcript
+      // (and all of an HTTP one: its transport only records) is checked here.
       const exchanges = transcripts.map((t) => ({ challenge: t.challenge, response: readTranscript(t, { verifySignatures: false }) }));
       const rowsBefore = reference.rowsComputed;
       const t0 = performance.now();
@@ -246,7 +245,7 @@ export interface VerifyResult {
   verdict: ResponseVerdict;
   /** Where it differs from the verdict saved with the transcript (empty: the saved one stands). */
   differences: string[];
-  /** Whether every signature in the transcript checked out. */
+  /** Whether every signature in the transcript checked out (null: nothing to check, or an unsigned HTTP stream). */
   signatures: boolean | null;
   reference: { model: string; weightsDigest: string };
   saved?: { model: string; weightsDigest: string };
@@ -277,7 +276,7 @@ export async function verifyEvidence(value: unknown, reference: ReferenceModel, 
   return {
     verdict,
     differences,
-    signatures: response.integrity.pass,
+    signatures: response.integrity.unsigned ? null : response.integrity.pass,
     reference: { model: reference.id, weightsDigest: reference.weightsDigest },
     ...(file.reference ? { saved: file.reference } : {}),
   };
