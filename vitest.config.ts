@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { defineConfig } from 'vitest/config';
 
 // GPU tests run in forked processes: EGL reads EGL_PLATFORM from the process's C environment,
@@ -23,6 +24,9 @@ const chosen = process.env.WEBGPU_MINER_ADAPTER;
 export default defineConfig({
   test: {
     pool: 'forks',
+    // At least two test files at once even on a 2-core machine (vitest's default there is one): many
+    // files spend their time waiting on child processes, sockets and shader compiles, not the CPU.
+    maxWorkers: Math.max(2, availableParallelism() - 1),
     // No `include` here: a project that extends this config would get it concatenated with its own.
     testTimeout: 120_000,
     hookTimeout: 120_000,

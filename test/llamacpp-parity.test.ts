@@ -122,7 +122,7 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
       if (dtype === 'q4_k_m' || dtype === 'q5_k_m') {
         // Q and K are Q4_K / Q5_K, V is Q6_K: no fused QKV weight, three projections into column slices.
         const base = dtype === 'q4_k_m' ? 'q4_k' : 'q5_k';
-        expect(dtypes).toMatchObject({ attn_q: base, attn_k: base, attn_v: 'q6_k', ffn_down: 'q6_k', output: 'q6_k', ffn_up: base, token_embd: base });
+        expect(dtypes).toMatchObject({ attn_q: base, attn_k: base, attn_v: 'q6_k', ffn_down: 'q6_k', output: 'q6_k', ffn_gate_up: base, token_embd: base });
         expect(dtypes).not.toHaveProperty('attn_qkv');
       } else if (dtype !== 'f32' && dtype !== 'f16') {
         expect(dtypes).toMatchObject({ attn_qkv: dtype, ffn_down: dtype, output: dtype, token_embd: dtype });
@@ -167,7 +167,7 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     const sequence = await ourGreedy(gpu(), tiny.path, prompt, 16);
     let dtypes: Record<string, string> = {};
     const ours = await ourLogits(gpu(), tiny.path, sequence, (model) => (dtypes = model.stats.dtypes));
-    expect(dtypes).toMatchObject({ token_embd: 'q5_0', attn_qkv: 'q5_0', attn_output: 'q5_0', ffn_up: 'q5_0', ffn_down: 'q4_k', output: 'q8_0' });
+    expect(dtypes).toMatchObject({ token_embd: 'q5_0', attn_qkv: 'q5_0', attn_output: 'q5_0', ffn_gate_up: 'q5_0', ffn_down: 'q4_k', output: 'q8_0' });
     const theirs = await llamaLogits(tiny.path, sequence);
     const config = configFromHf(tiny.config);
     const vsReference = worst(ours, referenceLogits(config, tiny.weights, sequence));
