@@ -8,9 +8,9 @@
 // pass), judged (checks.ts) and summed up per miner (score.ts). Weights come only from pass/fail
 // verdicts and the recomputation, never from a relative race between miners, so the same seed, the
 // same model and honest miners give the same weights however loaded the machines are.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseMetagraph } from '../wire/metagraph.ts';
+import { parseMetagraph, readMetagraphJson } from '../wire/metagraph.ts';
 import { cryptoReady, type Signer } from '../wire/signing.ts';
 import { OptionError } from '../errors.ts';
 import { createVerifyPool } from './client.ts';
@@ -47,19 +47,7 @@ export function parseValidatorMetagraph(value: unknown, source = 'metagraph'): V
 }
 
 export function loadValidatorMetagraph(path: string): ValidatorNeuron[] {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new OptionError(`cannot read metagraph file ${path}: ${(err as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new OptionError(`metagraph file ${path} is not JSON: ${(err as Error).message}`);
-  }
-  return parseValidatorMetagraph(json, `metagraph file ${path}`);
+  return parseValidatorMetagraph(readMetagraphJson(path), `metagraph file ${path}`);
 }
 
 export interface ValidateOptions {

@@ -43,18 +43,21 @@ export function parseMetagraph(value: unknown, source = 'metagraph'): Metagraph 
   return { netuid: netuid as number, block: block as number, neurons: byHotkey };
 }
 
-export function loadMetagraphFile(path: string): Metagraph {
+/** The JSON value of a metagraph file, or an OptionError naming the file and what is wrong with it. */
+export function readMetagraphJson(path: string): unknown {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     throw new OptionError(`cannot read metagraph file ${path}: ${(err as Error).message}`);
   }
-  let json: unknown;
   try {
-    json = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
     throw new OptionError(`metagraph file ${path} is not JSON: ${(err as Error).message}`);
   }
-  return parseMetagraph(json, `metagraph file ${path}`);
+}
+
+export function loadMetagraphFile(path: string): Metagraph {
+  return parseMetagraph(readMetagraphJson(path), `metagraph file ${path}`);
 }
