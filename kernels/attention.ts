@@ -476,7 +476,8 @@ export interface SplitPlan {
 /**
  * Flash-decoding: row r's single query (all Hq heads) attends keys 0 .. kv_len - 1 of the region at
  * meta[r].kv_base + kvOffset (with a window, only the last `window` of them). Pass 1 writes per-split
- * partials to the scratch buffer, pass 2 combines them into out. Rows with kv_len 0 get a zero output; kv_len is clamped to capacity; a region that
+ * partials to the scratch buffer, pass 2 combines them into out; a run whose keys fit one split
+ * (plan().splits === 1) is pass 1 alone, writing out directly. Rows with kv_len 0 get a zero output; kv_len is clamped to capacity; a region that
  * does not fit the cache buffers reads nothing (zero output).
  */
 export class DecodeAttention {
@@ -540,7 +541,7 @@ export class DecodeAttention {
           }
         : { name: 'attention', variant: 'decode', code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
       DecodeAttentionParams,
-      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, undefined],
+      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out],
     );
     this.#reduce = new Dispatch(
       gpu,
@@ -583,7 +584,8 @@ export class DecodeAttention {
       meta_offset: metaOffset, kv_offset: kvOffset, scale,
     };
     this.#split.encode(pass, values, splits, Hq, rows);
-    this.#reduce.encode(pass, values, Hq, rows);
+    // One split writes the normalised output itself (attention_decode_common.wgsl): no reduce pass.
+    if (splits > 1) this.#reduce.encode(pass, values, Hq, rows);
   }
 
   /** Free the scratch buffer if this op created it. */

@@ -7,7 +7,8 @@
 // Pass 1 (decode_split): one workgroup per (row, head, split) scores the split's `chunk` keys,
 // softmaxes them against the split's own max and writes the partial (m, l, acc[D]) with acc
 // unnormalised. Pass 2 (decode_reduce): one workgroup per (row, head) rescales the splits to their
-// common max and writes O = sum acc * exp(m - M) / sum l * exp(m - M). Everything in f32.
+// common max and writes O = sum acc * exp(m - M) / sum l * exp(m - M). Everything in f32. A run of
+// one split (S = 1) is pass 1 alone: it normalises and writes O itself, and the host skips pass 2.
 // Legend: R = params.rows, S = params.splits, Hq = params.q_heads, Hkv = Hq / params.group,
 // C = params.capacity, D = head dim (override).
 //! include attention_decode_common.wgsl

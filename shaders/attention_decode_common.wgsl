@@ -42,7 +42,7 @@ override CHUNK_MAX: u32 = 256;   // the longest split any run may use (its score
 var<workgroup> q_s: array<f32, D>;             // the query head, pre-multiplied by scale
 var<workgroup> scores: array<f32, CHUNK_MAX>;  // the split's scores, then exp(score - m)
 // Pass 1 for workgroup (split, head, row) = wid of the grid (S, Hq, R): score the split's keys, softmax
-// them against the split's max, write the partial (m, l, acc[D]).
+// them against the split's max, write the partial (m, l, acc[D]); with S = 1, the final output instead.
 fn split_partial(wid: vec3<u32>, lid: u32) {
   let split = wid.x;
   let h = wid.y;
@@ -86,6 +86,22 @@ fn split_partial(wid: vec3<u32>, lid: u32) {
   }
   let l = workgroup_sum(local_sum, lid);  // its barrier also publishes every scores[j] written above
 
+  // A run with one split has nothing to combine: it writes the normalised output itself and the host
+  // skips pass 2 (one dispatch fewer per decode step whenever the visible keys fit one chunk).
+  // params.splits is uniform, so the branch is too.
+  if (params.splits == 1u) {
+    // l is 0 only for a row with no keys (kv_len 0): its output is 0, as in pass 2.
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    let o = params.out_offset + row * params.out_row_stride + h * D;
+    for (var d = lid; d < D; d += WG) {
+      var a = 0.0;
+      for (var j = 0u; j < count; j++) {
+        a += scores[j] * v_cache[k_head + j * D + d];
+      }
+      out[o + d] = a * inv;
+    }
+    return;
+  }
   let p_base = (((row * params.q_heads) + h) * params.splits + split) * (D + 2u);
   if (lid == 0u) {
     partials[p_base] = m;

@@ -460,6 +460,19 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
     }
   });
 
+  // Keys that fit one split: pass 1 normalises and writes out itself and pass 2 is skipped. The
+  // scratch is NaN-poisoned, so a skipped reduce that was still needed (or a reduce reading partials
+  // the split no longer writes) shows up as NaN in out.
+  it('one split: pass 1 alone writes the output (lengths 1, 17, 128; D 80 and 8, GQA)', async () => {
+    for (const tier of tiers()) {
+      for (const [D, Hq, Hkv] of [[80, 6, 2], [8, 4, 1]]) {
+        const { relL2, splits } = await checkDecode({ D, Hq, Hkv, lengths: [1, 17, 128], poisonScratch: true, tier });
+        expect(splits).toBe(1);
+        record(`${tier} one split`, relL2);
+      }
+    }
+  });
+
   it('one row, one key', async () => {
     for (const tier of tiers()) record(`${tier} single`, (await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [1], poisonScratch: true, tier })).relL2);
   });
@@ -495,6 +508,7 @@ describe('attention decode (KV write + split-K flash-decoding)', () => {
         ...Object.fromEntries([8, 64, 80].map((D) => [`D=${D}`, HEADS.length])),
         adaptive: 1,
         single: 1,
+        'one split': 2,
         ...Object.fromEntries(WINDOWS.map(([w]) => [`window=${w}`, WINDOW_SHAPES.length])),
         'window adaptive': 1,
       }),
