@@ -109,7 +109,7 @@ export function syntheticVocab(size: number): { tokens: string[]; scores: Float3
 // ---- random blocks ------------------------------------------------------------------------------
 
 /** mulberry32 from `seed`: a fast 32-bit generator, the same sequence on every machine. */
-function randomU32(seed: number): () => number {
+export function randomU32(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;

@@ -1,16 +1,11 @@
 // Float64 references and the helpers every kernel test shares: a seeded generator, NaN poisoning,
 // and the relative L2 error with the first bad index for failure messages.
+import { randomU32 } from '../../models/synthetic-gguf.ts';
 
-/** mulberry32: small, fast, and the same sequence on every machine for a given seed. */
+/** mulberry32 scaled to [0, 1): small, fast, and the same sequence on every machine for a given seed. */
 export function rng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = randomU32(seed);
+  return () => next() / 4294967296;
 }
 
 /** `n` values uniform in [-scale, scale). */
