@@ -5,7 +5,10 @@ import { OrderedVerifyQueue } from '../src/wire/ordered-queue.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { encode } from '@msgpack/msgpack';
+// A second, independent msgpack implementation: frames it writes must decode, and frames we write
+// must read back to the same values in it (the wire is plain msgpack, whoever speaks it).
+import { decode, encode } from '@msgpack/msgpack';
+import { Packr } from 'msgpackr';
 import { Command } from 'commander';
 import { describe, expect, test } from 'vitest';
 import { OptionError } from '../src/errors.ts';
@@ -17,6 +20,7 @@ import {
   decodeGeneratePayload,
   decodeRequestFrame,
   decodeResponseBody,
+  encodeBody,
   encodeFrame,
   type ErrorCode,
 } from '../src/wire/protocol.ts';
@@ -89,6 +93,46 @@ describe('request frame codec', () => {
       expect((err as AxonError).requestId).toBe(frame.id);
       expect((err as AxonError).signedBy).toBe(keys.alice.address);
     }
+  });
+});
+
+describe('msgpack on the wire', () => {
+  test('a frame we write reads back in another msgpack library to the same fields, the timestamp an int64', () => {
+    const frame = goodFrame();
+    const bytes = encodeFrame(frame);
+    expect(bytes[0]).toBe(0x88); // fixmap of 8 fields, as any encoder writes it
+    // ms timestamps are past 2^32: written as msgpack int64 (0xd3 + 8 bytes big-endian), never as a float.
+    const at = Buffer.from(bytes).indexOf(Buffer.from([0xa9, ...Buffer.from('timestamp')])) + 10;
+    expect(bytes[at]).toBe(0xd3);
+    expect(Buffer.from(bytes.subarray(at + 1, at + 9)).readBigInt64BE()).toBe(BigInt(frame.timestamp));
+    const other = decode(bytes, { useBigInt64: true }) as Record<string, unknown>;
+    expect(other).toEqual({ ...frame, timestamp: BigInt(frame.timestamp), body: expect.any(Uint8Array) });
+    expect(Buffer.from(other.body as Uint8Array)).toEqual(Buffer.from(frame.body));
+    // The documented example frame (docs/protocol.md) has the same size from both encoders.
+    expect(bytes.length).toBe(encode(frame).length);
+  });
+
+  test('a frame another library wrote decodes to the same fields and verifies', () => {
+    const frame = goodFrame();
+    const decoded = decodeRequestFrame(encode(frame));
+    expect({ ...decoded, body: Buffer.from(decoded.body) }).toEqual({ ...frame, body: Buffer.from(frame.body) });
+    expect(verifyFrame(decoded)).toBe(true);
+  });
+
+  test('integers wider than 32 bits stay integers in bodies; other values are written as they are', () => {
+    const payload = { prompt: 'x', seed: 2 ** 40 + 3, temperature: 0.5, stop: ['a'], max_tokens: 7, offset: -(2 ** 35) };
+    const bytes = encodeBody(payload);
+    expect(decode(bytes, { useBigInt64: true })).toEqual({ ...payload, seed: BigInt(2 ** 40 + 3), offset: BigInt(-(2 ** 35)) });
+    expect(decode(bytes)).toEqual(payload);
+    expect(payload.seed).toBe(2 ** 40 + 3); // the caller's object is not rewritten
+    expect(decodeGeneratePayload(encodeBody({ prompt: 'x', max_tokens: 4, seed: 2 ** 40 + 3 })).seed).toBe(2 ** 40 + 3);
+  });
+
+  test("msgpackr's own extensions (records, its structured types) are refused unread", () => {
+    const withRecords = new Packr({ useRecords: true }).pack({ ...goodFrame(), timestamp: 1 });
+    expect(codeOf(() => decodeRequestFrame(withRecords))).toBe('BAD_FRAME');
+    const timestampExt = new Packr({ useRecords: false }).pack({ ...goodFrame(), timestamp: new Date() });
+    expect(codeOf(() => decodeRequestFrame(timestampExt))).toBe('BAD_FRAME');
   });
 });
 

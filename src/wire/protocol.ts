@@ -5,7 +5,7 @@
 // string (see signing.ts). Everything here either returns a fully checked value or throws an
 // AxonError whose `code` is one of ERROR_CODES, so the server and the client branch on codes, never
 // on message text. The protocol is documented for humans in docs/protocol.md.
-import { decode, encode } from '@msgpack/msgpack';
+import { Packr, Unpackr } from 'msgpackr';
 import { MinerError } from '../errors.ts';
 import { MAX_LOGPROBS } from '../engine/types.ts';
 
@@ -154,7 +154,7 @@ const RESPONSE_BODY_SHAPE: MsgpackShape = { maxDepth: 5, maxLength: 4096 };
 /**
  * Walk the msgpack headers of `bytes` without building anything, and return why the value is
  * malformed, deeper or longer than `shape` allows, or followed by trailing bytes (undefined when
- * none of these). @msgpack/msgpack's Decoder caps lengths but not depth, and decoding a frame of
+ * none of these). A msgpack decoder caps lengths but not depth, and decoding a frame of
  * nested one-element arrays costs about a second of CPU and a lot of memory per MiB: this scan costs
  * one pass over the headers, and a deep value is refused at its first container past maxDepth.
  */
@@ -212,15 +212,55 @@ export function msgpackShapeError(bytes: Uint8Array, shape: MsgpackShape): strin
   return undefined;
 }
 
+// The msgpack codec (msgpackr), configured to read and write plain msgpack that any library speaks:
+//  - no records, structures or bundled strings (msgpackr's own extensions, which other decoders cannot
+//    read); maps decode to plain objects, whose prototype the field checks verify;
+//  - variableMapSize: the smallest map header (fixmap for frames), as other encoders write;
+//  - 64-bit integers decode to numbers; one beyond 2^53 is no longer safe and fails the safe-integer
+//    checks of the field it lands in;
+//  - copyBuffers: a decoded bin (a frame's body) is a copy, not a view that pins or aliases the
+//    socket's receive buffer.
+// Extension types never reach the decoder: the header scan above refuses them first.
+const packr = new Packr({ useRecords: false, variableMapSize: true });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', copyBuffers: true });
+
+/**
+ * msgpackr writes an integer outside the 32-bit ranges as a float64, and the protocol says `int`
+ * (a timestamp in milliseconds is one: about 2^40). A BigInt is written as a msgpack int64, so
+ * such integers travel as BigInts; everything else is passed through, unchanged and uncopied.
+ */
+function wideIntegersAsBigInt(value: unknown): unknown {
+  if (typeof value === 'number') {
+    return Number.isSafeInteger(value) && (value > 0xffffffff || value < -0x80000000) ? BigInt(value) : value;
+  }
+  if (typeof value !== 'object' || value === null || value instanceof Uint8Array) return value;
+  if (Array.isArray(value)) {
+    let copy: unknown[] | undefined;
+    value.forEach((item, i) => {
+      const wire = wideIntegersAsBigInt(item);
+      if (wire !== item) (copy ??= [...value])[i] = wire;
+    });
+    return copy ?? value;
+  }
+  let copy: Record<string, unknown> | undefined;
+  for (const [key, item] of Object.entries(value)) {
+    const wire = wideIntegersAsBigInt(item);
+    if (wire !== item) (copy ??= { ...value })[key] = wire;
+  }
+  return copy ?? value;
+}
+
+function encodeMsgpack(value: unknown): Uint8Array {
+  return packr.pack(wideIntegersAsBigInt(value));
+}
+
 function decodeMsgpack(bytes: Uint8Array, what: string, code: ErrorCode, context: { requestId?: string; signedBy?: string } = {}, shape?: MsgpackShape): unknown {
   if (shape) {
     const problem = msgpackShapeError(bytes, shape);
     if (problem !== undefined) throw new AxonError(code, `${what} is refused unread: ${problem}`, context);
   }
   try {
-    // Without useBigInt64, 64-bit integers decode to (possibly unsafe) numbers, which the
-    // safe-integer checks below reject.
-    return decode(bytes);
+    return unpackr.unpack(bytes);
   } catch (err) {
     throw new AxonError(code, `${what} is not valid msgpack: ${(err as Error).message}`, context);
   }
@@ -306,11 +346,11 @@ export function decodeResponseFrame(bytes: Uint8Array, limits: FrameLimits = DEF
 }
 
 export function encodeFrame(frame: RequestFrame | ResponseFrame): Uint8Array {
-  return encode(frame);
+  return encodeMsgpack(frame);
 }
 
 export function encodeBody(payload: unknown): Uint8Array {
-  return encode(payload);
+  return encodeMsgpack(payload);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,7 +599,7 @@ export function decodeResponseBody(type: ResponseType, body: Uint8Array): Respon
   if (problem !== undefined) s.fail(`refused unread: ${problem}`);
   let value: unknown;
   try {
-    value = decode(body);
+    value = unpackr.unpack(body);
   } catch (err) {
     s.fail(`not msgpack (${(err as Error).message})`);
   }
