@@ -1,8 +1,8 @@
 // Tiled matmul for prefill: out = input · Wᵀ (+ bias) (+ residual), W any weight dtype. Compute-bound:
-// judge it in GFLOP/s. Two tiers with one run contract and the same tiling: the baseline
-// (shaders/matmul.wgsl, f32 tiles, runs anywhere, the reference) and the f16 tier
-// (shaders/matmul_f16.wgsl, tiles stored as f16 in workgroup memory, f32 products and sums, needs the
-// 'shader-f16' feature), picked by defaultMatmulTier() unless MatmulOptions.tier says which.
+// judge it in GFLOP/s. Two tiers with one run contract, one shader (shaders/matmul.wgsl) and the same
+// tiling: the baseline (f32 tiles, runs anywhere, the reference) and the f16 tier (tiles stored as f16
+// in workgroup memory, f32 products and sums, needs the 'shader-f16' feature), picked by
+// defaultMatmulTier() unless MatmulOptions.tier says which.
 // Also the run contract shared with kernels/matvec.ts (same uniforms, same buffers, same run shape).
 import type { Gpu } from '../src/gpu/device.ts';
 import { UniformLayout } from '../src/gpu/uniforms.ts';
@@ -240,11 +240,9 @@ export class Matmul {
       gpu,
       {
         name: 'matmul',
-        variant: buffers.weight.dtype,
-        code: f16
-          ? composeShader('matmul_f16_enable.wgsl', weightShader(buffers.weight.dtype), 'matmul_f16.wgsl')
-          : composeShader(weightShader(buffers.weight.dtype), 'matmul.wgsl'),
-        entryPoint: f16 ? 'matmul_f16' : 'matmul',
+        variant: `${buffers.weight.dtype}${f16 ? ':f16' : ''}`,
+        code: composeShader(f16 ? 'matmul_tile_f16.wgsl' : 'matmul_tile_f32.wgsl', weightShader(buffers.weight.dtype), 'matmul.wgsl'),
+        entryPoint: 'matmul',
         constants: { TILE_M: tileM, TILE_N: tileN, ...projectionConstants(buffers) },
       },
       MatmulParams,

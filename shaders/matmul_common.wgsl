@@ -1,4 +1,4 @@
-// Shared by the two matmul tiers (matmul.wgsl, matmul_f16.wgsl): the tile sizes, the tile loads from
+// Included by matmul.wgsl (both tiers): the tile sizes, the tile loads from
 // storage (f32, before either tier stores them) and the epilogue. The including file declares the
 // workgroup tiles and composes a weights module (weight4).
 //! include matmul_projection.wgsl
