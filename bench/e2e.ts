@@ -23,6 +23,7 @@ export interface E2eModel {
   numLayers: number;
   numHeads: number;
   numKvHeads: number;
+  headDim: number;
   vocabSize: number;
   /** Bytes of weights on the GPU. */
   weightBytes: number;
@@ -39,7 +40,14 @@ export interface E2eReport {
   model: E2eModel;
   engine: { slots: number; capacity: number; prefillChunk: number };
   /** GPU memory the model holds: weights, KV cache, activations and scratch (bytes). */
-  memory: { weightBytes: number; kvBytes: number; activationBytes: number; totalBytes: number };
+  memory: {
+    weightBytes: number;
+    kvBytes: number;
+    activationBytes: number;
+    totalBytes: number;
+    /** Peak resident memory of the process once the model is loaded (process.resourceUsage().maxRSS). */
+    peakRssBytes: number;
+  };
   prompt: Array<{ tokens: number; tokensPerS: number; timing: Timing }>;
   ttft: { promptTokens: number; timing: Timing };
   /** Time to first token for a prompt whose first `cachedTokens` were left in a slot by an earlier request. */
@@ -118,6 +126,7 @@ function describeModel(engine: Engine): E2eModel {
     numLayers: config.numLayers,
     numHeads: config.numHeads,
     numKvHeads: config.numKvHeads,
+    headDim: config.headDim,
     vocabSize: V,
     weightBytes: stats.weightBytes,
     bytesPerToken: stats.weightBytes - gatherBytes,
@@ -175,6 +184,10 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       }
     },
   });
+  // The loader holds one tensor (and its repacked form) at a time: the peak resident memory after
+  // loading stays near the runtime's own plus the largest tensor, whatever the model's size.
+  const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+  progress(`e2e: loaded; ${(engine.model.stats.weightBytes / 2 ** 20).toFixed(1)} MiB of weights on the GPU, peak RSS ${(peakRssBytes / 2 ** 20).toFixed(1)} MiB`);
   try {
     const model = describeModel(engine);
     const { stats } = engine.model;
@@ -272,6 +285,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
         kvBytes: stats.kvBytes,
         activationBytes: stats.activationBytes - stats.kvBytes,
         totalBytes: stats.weightBytes + stats.activationBytes,
+        peakRssBytes,
       },
       prompt,
       ttft: { promptTokens, timing: ttftTiming },

@@ -365,7 +365,9 @@ program
   .description('throughput against the A100 and against this adapter\'s own roofline (table on stdout, progress on stderr)')
   .option('--quick', 'small shapes: about two minutes on the software adapter')
   .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model: run end to end, and its shapes for the kernels', TINY_MODEL_ID)
-  .option('--shapes <set>', 'kernel shapes: "model" or "llama-7b" (default: the model\'s with --quick or --model, else llama-7b)')
+  .option('--shapes <list>', 'comma-separated shapes: the first sets the kernel shapes ("model", "llama-7b", "llama-3-8b", "qwen3-8b"; default: the model\'s with --quick or --model, else llama-7b); ' +
+    'the KV memory report covers the model and each 8B shape listed (default: llama-3-8b,qwen3-8b)')
+  .option('--gpu-memory <size>', 'GPU memory budget of the KV memory report: bytes ("12GiB", "12GB", "12e9") or a fraction of the adapter\'s maxBufferSize ("0.8")', '12GiB')
   .option('--batch <n>', 'the larger decode batch (concurrent requests)', number('--batch'))
   .option('--prefill-chunk <n>', 'prompt tokens per prefill step (default: the engine\'s)', number('--prefill-chunk'))
   .option('--json <file>', 'write the report as JSON (and the Markdown and SVG next to it)')
@@ -391,6 +393,7 @@ program
       shapes: o.shapes ?? (modelGiven ? 'model' : undefined),
       batch: o.batch,
       prefillChunk: o.prefillChunk,
+      gpuMemory: o.gpuMemory,
       adapter: o.adapter,
       json: o.json,
       markdown: o.markdown,
