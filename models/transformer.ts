@@ -310,6 +310,9 @@ export class Transformer {
           const rowMultiple = item.interleave ? 2 : 1; // row chunks keep (gate, up) pairs whole
           weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes, rowMultiple }));
           parameters += host.rows * host.cols;
+          // Each upload goes through a staging copy that the device frees only once the copy has
+          // run: wait for it, so the host holds one tensor (and its staging) at a time, not the model.
+          await gpu.device.queue.onSubmittedWorkDone();
           const role = item.name.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
           dtypes[role] = host.dtype;
         }
