@@ -20,6 +20,9 @@ import type { ModelConfig } from './config.ts';
 export const KV_DTYPES = ['f32', 'f16', 'q8_0'] as const;
 export type KvDtype = (typeof KV_DTYPES)[number];
 
+/** The dimensions the activation buffers depend on. */
+export type ActivationShape = Pick<ModelConfig, 'hiddenSize' | 'numHeads' | 'numKvHeads' | 'headDim' | 'intermediateSize' | 'vocabSize'>;
+
 /** Tokens per KV block (the pool's unit). */
 export const KV_BLOCK_TOKENS = 16;
 
@@ -183,7 +186,7 @@ export function estimateWeightBytes(config: ModelConfig, dtypeOf: (name: string)
  * buffers models/transformer.ts allocates besides weights and KV: R = max(prefillChunk, slots) rows).
  * The engine checks the loaded model's own figure against the budget afterwards.
  */
-export function estimateActivationBytes(config: ModelConfig, sizes: { slots: number; prefillChunk: number }): number {
+export function estimateActivationBytes(config: ActivationShape, sizes: { slots: number; prefillChunk: number }): number {
   const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F, vocabSize: V } = config;
   const R = Math.max(sizes.prefillChunk, sizes.slots);
   const S = sizes.slots;
