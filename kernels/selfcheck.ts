@@ -165,12 +165,15 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check }> = [
       const cache = (n: string) => createStorage(gpu, n, Hkv * capacity * D * 4);
       const [kCache, vCache] = [cache('k'), cache('v')];
       const out = createStorage(gpu, 'out', Hq * D * 4);
-      const write = new KvWrite(gpu, { Hkv, D, capacity }, {
-        k: createStorage(gpu, 'knew', k), v: createStorage(gpu, 'vnew', v), kCache, vCache,
+      // The paged cache read through a reversed block table: capacity / 16 blocks, last first.
+      const kvBlocks = capacity / 16;
+      const blockTable = createStorage(gpu, 'table', Uint32Array.from({ length: kvBlocks }, (_, i) => kvBlocks - 1 - i));
+      const write = new KvWrite(gpu, { Hkv, D, capacity, kvBlocks }, {
+        k: createStorage(gpu, 'knew', k), v: createStorage(gpu, 'vnew', v), kCache, vCache, blockTable,
         rowMeta: createStorage(gpu, 'wmeta', Uint32Array.from({ length: 2 * L }, (_, i) => (i % 2 ? i >> 1 : 0))),
       });
-      const attend = new DecodeAttention(gpu, { Hq, Hkv, D, capacity, maxRows: 1, splitKeys: 16 }, {
-        q: createStorage(gpu, 'q', q), kCache, vCache, out, rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])),
+      const attend = new DecodeAttention(gpu, { Hq, Hkv, D, capacity, kvBlocks, maxRows: 1, splitKeys: 16 }, {
+        q: createStorage(gpu, 'q', q), kCache, vCache, blockTable, out, rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])),
       });
       await runPass(gpu, (pass) => {
         write.encode(pass, { rows: L });

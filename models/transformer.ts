@@ -12,10 +12,16 @@
 // around the tiled matmuls, over the same weights.
 // A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
 // kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
+// The KV cache is paged (kernels/attention.ts): each layer has a K and a V pool of kvBlocks blocks of
+// KV_BLOCK_TOKENS positions, stored as kvDtype, and slot s reaches its blocks through row s of one
+// block table shared by every layer. At load row s maps s * perSeq .. s * perSeq + perSeq - 1 (one
+// fixed reservation per slot, as long as the pool has slots * perSeq blocks); setBlockTable and
+// copyBlock let a block allocator share and copy blocks between slots.
 //
 // Legend: R = rows in a step (the prompt tokens of one or more sequences laid end to end, or one
 // token per decoding sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
-// F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens).
+// F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens),
+// N = KV blocks in each pool, B = ceil(P / 16) block-table entries per slot.
 import type { Gpu } from '../src/gpu/device.ts';
 import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
 import { UniformArena } from '../src/gpu/uniforms.ts';
@@ -25,7 +31,9 @@ import { Embed } from '../kernels/embed.ts';
 import { Linear } from '../kernels/linear.ts';
 import { Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
-import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
+import {
+  DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, kvBlockBytes, kvBytesPerToken, kvTableWidth, type KvDtype,
+} from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
 import { ggufBytes, interleaveRowPairs, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
@@ -33,10 +41,17 @@ import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 
 export interface TransformerOptions {
-  /** Sequences whose KV cache is held at once (decode batch size). */
+  /** Sequences whose KV cache is held at once (decode batch size; rows of the block table). */
   slots: number;
-  /** Tokens each slot can hold (prompt + completion). */
+  /** Most tokens one slot's sequence can hold (prompt + completion): its table row has ceil(capacity / 16) entries. */
   capacity: number;
+  /**
+   * KV blocks (KV_BLOCK_TOKENS positions each) in every layer's pool, shared by all slots through
+   * their block tables. Default slots x ceil(capacity / 16): every slot's whole capacity reserved.
+   */
+  kvBlocks?: number;
+  /** How the KV cache stores keys and values (default 'f32'; 'q8_0' needs a head dim multiple of 32). */
+  kvDtype?: KvDtype;
   /** Most prompt tokens one prefill step processes; longer prompts take several steps. */
   prefillChunk: number;
   /**
@@ -122,16 +137,28 @@ export class Transformer {
   /** sha256 over the weights as uploaded. */
   readonly weightsDigest: string;
   /** Parameters and bytes on the GPU, by tensor class. */
-  readonly stats: { parameters: number; weightBytes: number; kvBytes: number; activationBytes: number; dtypes: Record<string, string> };
+  readonly stats: {
+    parameters: number;
+    weightBytes: number;
+    /** Bytes of the KV pools (every layer, K and V). */
+    kvBytes: number;
+    kvDtype: KvDtype;
+    kvBlocks: number;
+    kvBlockTokens: number;
+    /** KV bytes one token of one sequence takes: every layer, K and V, as stored. */
+    kvBytesPerToken: number;
+    activationBytes: number;
+    dtypes: Record<string, string>;
+  };
   readonly #gpu: Gpu;
   readonly #arena: BufferArena;
   readonly #maxRows: number;
   /**
    * `inputs` holds a step's per-row inputs as four u32 arrays laid end to end from element 0: token
-   * ids, positions, KV-write metadata (kv_base, position) and, for decode, attention metadata
-   * (kv_base, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
+   * ids, positions, KV-write metadata (slot, position) and, for decode, attention metadata
+   * (slot, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
    */
-  readonly #buf: Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
+  readonly #buf: Record<'inputs' | 'blockTable' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
   readonly #readback: GPUBuffer;
   readonly #embed: Embed;
   readonly #posEmbed?: Embed;
@@ -143,7 +170,15 @@ export class Transformer {
   readonly #maxPieces: number;
   readonly #lmHead: Linear;
   readonly #topK: TopK;
-  readonly #regionElements: number;
+  /** Block-table entries per slot: ceil(capacity / 16). */
+  readonly #tableWidth: number;
+  readonly #kvBlocks: number;
+  /** Bytes of one block of one layer's K (or V) pool. */
+  readonly #blockBytes: number;
+  /** Every layer's (K, V) pools, for copyBlock. */
+  readonly #kvPools: Array<[GPUBuffer, GPUBuffer]> = [];
+  /** One block's bytes: copyBlock stages through it (a copy may not read and write one buffer). */
+  readonly #blockStage: GPUBuffer;
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
   readonly #logitRows: number;
   /** CPU copy of a step's inputs, filled and uploaded once per step. */
@@ -175,8 +210,15 @@ export class Transformer {
     };
     const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
     const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
+    const kvDtype = checkKvDtype(options.kvDtype ?? 'f32', D, 'kvDtype');
+    this.#tableWidth = kvTableWidth(options.capacity);
+    this.#kvBlocks = options.kvBlocks ?? options.slots * this.#tableWidth;
+    this.#blockBytes = kvBlockBytes(Hkv, D, kvDtype);
+    this.#blockStage = arena.get('kv.blockStage', this.#blockBytes);
     this.#buf = {
       inputs: f32('inputs', this.#inputs.length),
+      // (S, B) u32 block ids.
+      blockTable: f32('blockTable', options.slots * this.#tableWidth),
       x: f32('x', R * C),
       x2: f32('x2', R * C),
       h: f32('h', R * C),
@@ -206,9 +248,12 @@ export class Transformer {
       this.#posAdd = new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x });
     }
 
-    const kvShape = { Hq, Hkv, D, capacity: options.capacity };
-    this.#regionElements = kvRegionElements(kvShape);
-    const kvElements = this.#regionElements * options.slots;
+    // The default tables: slot s owns blocks s * B .. s * B + B - 1 (ids past the pool name no block).
+    const identity = new Uint32Array(options.slots * this.#tableWidth);
+    for (let i = 0; i < identity.length; i++) identity[i] = i;
+    gpu.device.queue.writeBuffer(b.blockTable, 0, identity);
+    const kvShape = { Hq, Hkv, D, capacity: options.capacity, kvBlocks: this.#kvBlocks, dtype: kvDtype };
+    const poolBytes = this.#kvBlocks * this.#blockBytes;
     const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
@@ -226,8 +271,10 @@ export class Transformer {
     this.#layers = [];
     for (let l = 0; l < cfg.numLayers; l++) {
       const p = `blk.${l}`;
-      const kCache = arena.get(`${p}.kCache`, kvElements * 4);
-      const vCache = arena.get(`${p}.vCache`, kvElements * 4);
+      // (N, Hkv, 16, D) as kvDtype stores it.
+      const kCache = arena.get(`${p}.kCache`, poolBytes);
+      const vCache = arena.get(`${p}.vCache`, poolBytes);
+      this.#kvPools.push([kCache, vCache]);
       // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
       // one (GPT-2) or when the loader fused them; else three projections into column slices. Their
       // matvecs fold in the attention norm, reading x.
@@ -254,12 +301,14 @@ export class Transformer {
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
         ropeKvWrite: invFreq
-          ? new RopeKvWrite(gpu, source.ropeMode, { Hq, Hkv, D, rotaryDims: cfg.rope!.dims, capacity: options.capacity }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache })
+          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache, blockTable: b.blockTable })
           : undefined,
-        kvWrite: invFreq ? undefined : new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache }),
+        kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable: b.blockTable }),
         window: layerWindow(cfg, l),
-        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
-        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch }),
+        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable: b.blockTable, out: b.attn })),
+        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, {
+          q: b.qkv, kCache, vCache, blockTable: b.blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
+        }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
         attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
         mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
@@ -273,16 +322,29 @@ export class Transformer {
     const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
     this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
-    this.stats = { ...stats, kvBytes: 2 * cfg.numLayers * kvElements * 4, activationBytes: arena.bytes - stats.weightBytes };
+    const kvBytes = 2 * cfg.numLayers * poolBytes;
+    this.stats = {
+      ...stats,
+      kvBytes,
+      kvDtype,
+      kvBlocks: this.#kvBlocks,
+      kvBlockTokens: KV_BLOCK_TOKENS,
+      kvBytesPerToken: kvBytesPerToken(cfg, kvDtype),
+      activationBytes: arena.bytes - stats.weightBytes,
+    };
   }
 
   /** Load every tensor from `source`, upload it once, and build the kernels. */
   static async load(gpu: Gpu, source: ModelSource, options: TransformerOptions): Promise<Transformer> {
     const cfg = source.config;
-    const sizes = { slots: options.slots, capacity: options.capacity, prefillChunk: options.prefillChunk, maxPrefillPieces: options.maxPrefillPieces ?? 8 };
+    const sizes = {
+      slots: options.slots, capacity: options.capacity, prefillChunk: options.prefillChunk, maxPrefillPieces: options.maxPrefillPieces ?? 8,
+      kvBlocks: options.kvBlocks ?? 1,
+    };
     for (const [name, value] of Object.entries(sizes)) {
       if (!Number.isSafeInteger(value) || value < 1) throw new ShapeError(`${name} must be an integer >= 1 (got ${value})`);
     }
+    checkKvDtype(options.kvDtype ?? 'f32', cfg.headDim, 'kvDtype');
     const arena = new BufferArena(gpu);
     const digest = new WeightsDigest();
     const weights = new Map<string, ChunkedWeight | GPUBuffer>();
@@ -323,6 +385,10 @@ export class Transformer {
         parameters,
         weightBytes,
         kvBytes: 0,
+        kvDtype: options.kvDtype ?? 'f32',
+        kvBlocks: 0,
+        kvBlockTokens: KV_BLOCK_TOKENS,
+        kvBytesPerToken: 0,
         activationBytes: 0,
         dtypes,
       });
@@ -337,6 +403,53 @@ export class Transformer {
 
   get maxRows(): number {
     return this.#maxRows;
+  }
+
+  /**
+   * Point the first blocks.length entries of `slot`'s block-table row at pool blocks `blocks`
+   * (position p of the slot's sequence then lives in block blocks[floor(p / 16)]). The write is queued
+   * before the next step's submit, so that step sees it. Entries past blocks.length keep their ids.
+   */
+  setBlockTable(slot: number, blocks: readonly number[]): void {
+    if (!Number.isSafeInteger(slot) || slot < 0 || slot >= this.options.slots) {
+      throw new ShapeError(`setBlockTable: slot ${slot} out of range (0..${this.options.slots - 1})`);
+    }
+    if (!Array.isArray(blocks) || blocks.length > this.#tableWidth) {
+      throw new ShapeError(`setBlockTable: ${Array.isArray(blocks) ? blocks.length : String(blocks)} blocks given, a slot's row holds at most ${this.#tableWidth}`);
+    }
+    if (blocks.length === 0) return;
+    const row = new Uint32Array(blocks.length);
+    blocks.forEach((block, i) => {
+      if (!Number.isSafeInteger(block) || block < 0 || block >= this.#kvBlocks) {
+        throw new ShapeError(`setBlockTable: block id ${block} (entry ${i}) out of range (0..${this.#kvBlocks - 1})`);
+      }
+      row[i] = block;
+    });
+    this.#gpu.device.queue.writeBuffer(this.#buf.blockTable, slot * this.#tableWidth * 4, row);
+  }
+
+  /**
+   * Copy pool block `src` to block `dst` in every layer, K and V (copy-on-write of a partly filled
+   * block a sequence shares): one command buffer, ordered on the queue with the steps around it.
+   * WebGPU forbids a copy whose source and destination are one buffer, so each block goes through a
+   * one-block staging buffer (the copies of one encoder run in order).
+   */
+  copyBlock(src: number, dst: number): void {
+    for (const [name, block] of [['src', src], ['dst', dst]] as const) {
+      if (!Number.isSafeInteger(block) || block < 0 || block >= this.#kvBlocks) {
+        throw new ShapeError(`copyBlock: ${name} block ${block} out of range (0..${this.#kvBlocks - 1})`);
+      }
+    }
+    if (src === dst) return;
+    const bytes = this.#blockBytes;
+    const encoder = this.#gpu.device.createCommandEncoder({ label: 'kv.copyBlock' });
+    for (const [k, v] of this.#kvPools) {
+      for (const pool of [k, v]) {
+        encoder.copyBufferToBuffer(pool, src * bytes, this.#blockStage, 0, bytes);
+        encoder.copyBufferToBuffer(this.#blockStage, 0, pool, dst * bytes, bytes);
+      }
+    }
+    this.#gpu.device.queue.submit([encoder.finish()]);
   }
 
   /** Most pieces one prefillBatch step takes: maxPrefillPieces, at most slots. */
@@ -482,7 +595,7 @@ export class Transformer {
         const row = firstRows[i] + t;
         inputs[at.ids + row] = token;
         inputs[at.positions + row] = piece.start + t;
-        inputs[at.kvMeta + 2 * row] = piece.slot * this.#regionElements;
+        inputs[at.kvMeta + 2 * row] = piece.slot;
         inputs[at.kvMeta + 2 * row + 1] = piece.start + t;
       });
     });
@@ -493,7 +606,7 @@ export class Transformer {
         layer.prefill[i].encode(pass, {
           tokens: piece.tokens.length,
           pastLen: piece.start,
-          kvBase: piece.slot * this.#regionElements,
+          tableRow: piece.slot,
           qOffset: firstRows[i] * W,
           qRowStride: W,
           outOffset: firstRows[i] * Hq * D,
@@ -520,12 +633,11 @@ export class Transformer {
       const { slot, token, position } = rows[r];
       this.#checkSlot(slot, position + 1);
       this.#checkToken(token);
-      const kvBase = slot * this.#regionElements;
       inputs[at.ids + r] = token;
       inputs[at.positions + r] = position;
-      inputs[at.kvMeta + 2 * r] = kvBase;
+      inputs[at.kvMeta + 2 * r] = slot;
       inputs[at.kvMeta + 2 * r + 1] = position;
-      inputs[at.attnMeta + 2 * r] = kvBase;
+      inputs[at.attnMeta + 2 * r] = slot;
       inputs[at.attnMeta + 2 * r + 1] = position + 1;
       if (position + 1 > maxLen) maxLen = position + 1;
     }
