@@ -13,33 +13,18 @@
 // maxStorageBufferBindingSize (it is bound whole) and maxBufferSize; the plan says which limit bit.
 import { OptionError } from '../src/errors.ts';
 import { ggufByteSize, type WeightDtype } from '../kernels/weights.ts';
-import { DECODE_DEFAULTS } from '../kernels/attention.ts';
+import { DECODE_DEFAULTS, KV_BLOCK_TOKENS, KV_DTYPES, kvBytesPerToken, type KvDtype } from '../kernels/attention.ts';
 import { TOPK_MAX_K } from '../kernels/sample.ts';
 import type { ModelConfig } from './config.ts';
 
-export const KV_DTYPES = ['f32', 'f16', 'q8_0'] as const;
-export type KvDtype = (typeof KV_DTYPES)[number];
+export { KV_BLOCK_TOKENS, KV_DTYPES, type KvDtype };
 
 /** The dimensions the activation buffers depend on. */
 export type ActivationShape = Pick<ModelConfig, 'hiddenSize' | 'numHeads' | 'numKvHeads' | 'headDim' | 'intermediateSize' | 'vocabSize'>;
 
-/** Tokens per KV block (the pool's unit). */
-export const KV_BLOCK_TOKENS = 16;
-
-/**
- * Bytes of K and V, all layers, per token: 2 * layers * Hkv * D values of the cache dtype (q8_0:
- * ggml's blocks of 32 values, 32 int8 + one f16 scale).
- */
+/** Bytes of K and V, all layers, per token, as the cache stores them (kernels/attention.ts kvBytesPerToken). */
 export function kvTokenBytes(config: Pick<ModelConfig, 'numLayers' | 'numKvHeads' | 'headDim'>, dtype: KvDtype): number {
-  const values = 2 * config.numLayers * config.numKvHeads * config.headDim;
-  switch (dtype) {
-    case 'f32':
-      return values * 4;
-    case 'f16':
-      return values * 2;
-    case 'q8_0':
-      return (values / 32) * 34;
-  }
+  return kvBytesPerToken(config, dtype);
 }
 
 export type GpuMemory = { bytes: number } | { fraction: number };

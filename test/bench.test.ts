@@ -214,7 +214,7 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     const [loaded] = m.models;
     expect(loaded.weightBytes).toBe(report.e2e.memory.weightBytes);
     const { numLayers: L, numKvHeads: H, headDim: D } = report.e2e.model;
-    expect(loaded.bytesPerToken).toEqual({ f32: 8 * L * H * D, f16: 4 * L * H * D, q8_0: (2 * L * H * D * 34) / 32 });
+    expect(loaded.bytesPerToken).toEqual({ f32: 8 * L * H * D, f16: 4 * L * H * D, q8_0: 2 * L * H * D * (1 + 4 / 32) });
     // The tiny model's pool is bounded by one layer's buffer under the adapter's binding limit, not the budget.
     expect(loaded.after.limitedBy).toBe('maxStorageBufferBindingSize');
     expect(loaded.after.blocks).toBe(Math.floor(m.limits.maxStorageBufferBindingSize / (16 * H * D * 2)));
@@ -311,7 +311,7 @@ describe('memory report (exact arithmetic)', () => {
     const m = memoryReport({ gpuMemoryBytes: 12 * 2 ** 30, limits, models: [MEMORY_SHAPES['llama-3-8b']] });
     const [x] = m.models;
     const cfg = MEMORY_SHAPES['llama-3-8b'].config;
-    expect(x.bytesPerToken).toEqual({ f32: 262144, f16: 131072, q8_0: 69632 });
+    expect(x.bytesPerToken).toEqual({ f32: 262144, f16: 131072, q8_0: 73728 });
     // Before: 8 slots x 8192 tokens x 256 KiB = 16 GiB reserved; what is left after 4.92 GB of weights holds 3 slots of 2 GiB.
     expect(x.before.reservedBytes).toBe(16 * 2 ** 30);
     expect(x.before.fits).toBe(false);
