@@ -11,6 +11,7 @@ import { openTokenizer, parseTokenIds } from './engine/tokenizer.ts';
 import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { describeAttentionWindows } from '../models/config.ts';
+import { KV_DTYPES, type KvDtype } from '../models/memory-plan.ts';
 import {
   checkSyntheticShape,
   SYNTHETIC_DTYPES,
@@ -88,7 +89,7 @@ async function infoCommand(options: { adapter: string; check: boolean; json?: bo
 }
 
 /** Load the engine with a progress bar on stderr (stdout stays clean for JSON and text). */
-async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number; prefixCacheMin?: number }): Promise<Engine> {
+async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number; prefixCacheMin?: number; gpuMemory?: string; kvDtype?: KvDtype }): Promise<Engine> {
   if (options.model === TINY_MODEL_ID) {
     console.error(`model ${TINY_MODEL_ID}: the embedded default with RANDOM weights (for trying the runtime; its text is noise)`);
   }
@@ -104,6 +105,8 @@ async function loadEngine(options: { model: string; adapter: string; slots?: num
       slots: options.slots,
       capacity: options.capacity,
       prefixCacheMin: options.prefixCacheMin,
+      gpuMemory: options.gpuMemory,
+      kvDtype: options.kvDtype,
       onProgress: (done, total, name) => {
         if (!started) bar.start(total, 0, { name });
         started = true;
@@ -122,13 +125,22 @@ function describeModel(engine: Engine): string {
   const dtypes = Object.entries(stats.dtypes)
     .map(([role, dtype]) => `${role} ${dtype}`)
     .join(', ');
+  const info = engine.info();
+  const plan = engine.kvPlan;
   return (
     `model ${engine.model.id}: ${config.architecture}, ${(stats.parameters / 1e6).toFixed(2)}M parameters, ` +
-    `${config.numLayers} layers, ${window ? `${window}, ` : ''}context ${engine.model.options.capacity} x ${engine.model.options.slots} slots\n` +
+    `${config.numLayers} layers, ${window ? `${window}, ` : ''}context ${engine.model.options.capacity} per sequence, ${engine.model.options.slots} sequences at most\n` +
     `  on the GPU (${engine.gpu.info.backend}): weights ${mib(stats.weightBytes)}, KV cache ${mib(stats.kvBytes)}, ` +
-    `activations ${mib(stats.activationBytes)}\n  weight types: ${dtypes}`
+    `activations ${mib(stats.activationBytes - stats.kvBytes)}\n` +
+    `  KV pool: ${info.kvBlocksTotal} blocks of ${info.kvBlockTokens} tokens (${plan.bytesPerToken} bytes per token, ${stats.kvDtype}; limited by ${plan.limitedBy}` +
+    `${plan.budgetBytes !== undefined ? ` at --gpu-memory ${mib(plan.budgetBytes)}` : ''}), ${info.kvBlocksUsed} used, ${info.kvBlocksShared} shared, ${info.kvBlocksCached} cached\n` +
+    `  weight types: ${dtypes}`
   );
 }
+
+const GPU_MEMORY_HELP =
+  'GPU memory for weights, activations and the KV pool, which gets what is left: bytes ("12GiB", "12GB", "12e9") or a fraction of the ' +
+  'adapter\'s maxBufferSize ("0.8"; WebGPU reports no memory size). Default: a pool of min(slots, 16) full contexts, within the adapter\'s buffer limits';
 
 const number = (name: string) => (value: string) => {
   const n = Number(value);
@@ -163,6 +175,7 @@ program
   .option('--repetition-penalty <r>', '1 = off', number('--repetition-penalty'), 1)
   .option('--seed <s>', 'sampling seed (same seed, same adapter: same output)', number('--seed'))
   .option('--stop <text...>', 'stop strings')
+  .option('--gpu-memory <size>', GPU_MEMORY_HELP)
   .addOption(adapterOption)
   .action(async (o) => {
     if ((o.prompt === undefined) === (o.chat === undefined)) throw new MinerError('BAD_OPTION', 'give exactly one of --prompt or --chat');
@@ -259,13 +272,15 @@ addServeOptions(
     .command('serve')
     .description('serve a model to validators: signed WebSocket + msgpack axon and an OpenAI-compatible HTTP face (Epistula v2), /metrics and /health on the same port')
     .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
-    .option('--slots <n>', 'sequences decoded together (KV slots)', number('--slots'), 8)
-    .option('--context <n>', 'tokens per sequence (prompt + completion)', number('--context'))
-    .option('--prefix-cache-min <n>', 'reuse a cached prompt prefix of at least n tokens from a finished sequence\'s slot (0 = off; default 16)', number('--prefix-cache-min'))
+    .option('--slots <n>', 'sequences held (and decoded together) at most: block-table rows (default 32)', number('--slots'))
+    .option('--context <n>', 'most tokens per sequence (prompt + completion): a limit, not a reservation (default min(1024, the model\'s))', number('--context'))
+    .option('--gpu-memory <size>', GPU_MEMORY_HELP)
+    .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(KV_DTYPES).default('f16'))
+    .option('--prefix-cache-min <n>', 'reuse a cached prompt prefix of at least n tokens (KV blocks shared with earlier or running sequences; 0 = off; default 16)', number('--prefix-cache-min'))
     .addOption(adapterOption),
 ).action(async (o) => {
   const options = parseServeOptions(o);
-  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin });
+  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin, gpuMemory: o.gpuMemory, kvDtype: o.kvDtype });
   console.error(describeModel(engine));
   const handle = await serve(engine, options);
   console.error(`axon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey}`);
