@@ -160,6 +160,8 @@ export class ReferenceModel {
       capacity: options.capacity ?? 512,
       prefillChunk: options.prefillChunk ?? 256,
       prefixCacheMin: 0,
+      // The reference judges the miners' numbers: its KV cache stays f32 (8 x 512 tokens is small).
+      kvDtype: 'f32',
     });
     return new ReferenceModel(engine, true);
   }
