@@ -346,7 +346,11 @@ export class Engine implements TextGenerator {
         // already decoding by at most one step; with nothing decoding, prefill on.
         do {
           if (this.#prefilling.length === 0) break;
-          await this.#prefillStep();
+          if (!(await this.#prefillStep())) {
+            // Nothing could run (see #prefillStep): yield rather than spin, so a cancel can land.
+            await new Promise((resolve) => setImmediate(resolve));
+            break;
+          }
           this.#retire();
         } while (this.#active.length === 0);
         if (this.#active.length === 0) continue;
@@ -382,7 +386,7 @@ export class Engine implements TextGenerator {
    * start with what is left). A piece that completes its prompt samples the first token and the
    * sequence moves on to decoding.
    */
-  async #prefillStep(): Promise<void> {
+  async #prefillStep(): Promise<boolean> {
     let budget = this.model.options.prefillChunk;
     const batch: Array<{ seq: Sequence; piece: PrefillPiece; last: boolean }> = [];
     for (const seq of this.#prefilling) {
@@ -404,7 +408,7 @@ export class Engine implements TextGenerator {
     }
     // Every admitted prompt waiting on a writer that is itself waiting cannot happen (writers are
     // admitted first and never wait on later sequences), but a turn must not run an empty step.
-    if (batch.length === 0) return;
+    if (batch.length === 0) return false;
     const candidates = await this.model.prefillBatch(batch.map((b) => b.piece));
     batch.forEach(({ seq, piece, last }, i) => {
       this.#kv.wrote(seq.kv!, piece.start + piece.tokens.length);
@@ -415,6 +419,7 @@ export class Engine implements TextGenerator {
         this.#accept(seq, candidates[i]!);
       }
     });
+    return true;
   }
 
   /**
