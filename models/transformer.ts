@@ -50,7 +50,7 @@ export interface TransformerOptions {
    * their block tables. Default slots x ceil(capacity / 16): every slot's whole capacity reserved.
    */
   kvBlocks?: number;
-  /** How the KV cache stores keys and values (default 'f32'; 'q8_0' needs a head dim multiple of 32). */
+  /** How the KV cache stores keys and values (default 'f16'; 'q8_0' needs a head dim multiple of 32). */
   kvDtype?: KvDtype;
   /** Most prompt tokens one prefill step processes; longer prompts take several steps. */
   prefillChunk: number;
@@ -210,7 +210,7 @@ export class Transformer {
     };
     const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
     const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
-    const kvDtype = checkKvDtype(options.kvDtype ?? 'f32', D, 'kvDtype');
+    const kvDtype = checkKvDtype(options.kvDtype ?? 'f16', D, 'kvDtype');
     this.#tableWidth = kvTableWidth(options.capacity);
     this.#kvBlocks = options.kvBlocks ?? options.slots * this.#tableWidth;
     this.#blockBytes = kvBlockBytes(Hkv, D, kvDtype);
@@ -344,7 +344,7 @@ export class Transformer {
     for (const [name, value] of Object.entries(sizes)) {
       if (!Number.isSafeInteger(value) || value < 1) throw new ShapeError(`${name} must be an integer >= 1 (got ${value})`);
     }
-    checkKvDtype(options.kvDtype ?? 'f32', cfg.headDim, 'kvDtype');
+    checkKvDtype(options.kvDtype ?? 'f16', cfg.headDim, 'kvDtype');
     const arena = new BufferArena(gpu);
     const digest = new WeightsDigest();
     const weights = new Map<string, ChunkedWeight | GPUBuffer>();
@@ -382,7 +382,7 @@ export class Transformer {
         parameters,
         weightBytes,
         kvBytes: 0,
-        kvDtype: options.kvDtype ?? 'f32',
+        kvDtype: options.kvDtype ?? 'f16',
         kvBlocks: 0,
         kvBlockTokens: KV_BLOCK_TOKENS,
         kvBytesPerToken: 0,
