@@ -21,7 +21,7 @@
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
-import { Transformer, type PrefillPiece, type RowCandidates } from '../../models/transformer.ts';
+import { Transformer, type PrefillPiece, type RowCandidates, type TransformerOptions } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { CANDIDATES, Sampler, validateSamplingParams } from './sampler.ts';
 import { TextTokenizer, type TokenStream } from './tokenizer.ts';
@@ -40,6 +40,8 @@ export interface EngineOptions {
   prefillChunk?: number;
   /** Prompts (pieces) one prefill step carries at most. Default 8. */
   maxPrefillPieces?: number;
+  /** How the KV cache stores keys and values: 'f16' (default), 'f32' or 'q8_0'. */
+  kvDtype?: TransformerOptions['kvDtype'];
   /** Requests allowed to wait for a slot before new ones get OVERLOADED. Default 256. */
   maxQueue?: number;
   /**
@@ -168,6 +170,7 @@ export class Engine implements TextGenerator {
         capacity: options.capacity ?? Math.min(1024, source.config.maxPositions),
         prefillChunk: options.prefillChunk ?? 128,
         maxPrefillPieces: options.maxPrefillPieces ?? 8,
+        kvDtype: options.kvDtype,
         onProgress: options.onProgress,
       });
       return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256, prefixCacheMin);
