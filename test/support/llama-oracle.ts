@@ -56,8 +56,12 @@ export async function llamaDetokenize(ggufPath: string, tokens: number[], specia
 }
 
 export interface LlamaLogitsOptions {
-  /** llama.cpp's KV cache type, keys and values (default F32). */
-  kvType?: 'F32' | 'F16';
+  /**
+   * llama.cpp's KV cache type, keys and values (default F32). Q8_0 turns flash attention on:
+   * llama.cpp quantises the V cache only under flash attention, whose CPU kernel also rounds Q to
+   * the cache's dot type and accumulates in its own order.
+   */
+  kvType?: 'F32' | 'F16' | 'Q8_0';
 }
 
 /** Logits over the whole vocabulary after each of `tokens` (one sequence starting at position 0). */
@@ -70,7 +74,7 @@ export async function llamaLogits(ggufPath: string, tokens: number[], options: L
     batchSize: tokens.length,
     sequences: 1,
     threads: 2,
-    flashAttention: false,
+    flashAttention: kvType === 'Q8_0',
     experimentalKvCacheKeyType: kvType,
     experimentalKvCacheValueType: kvType,
   });
