@@ -6,6 +6,7 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { ReferenceModel } from '../src/validator/recompute.ts';
 import { planeWords, type WeightDtype } from '../kernels/weights.ts';
+import type { KvDtype } from '../kernels/attention.ts';
 import type { BenchPreset } from './presets.ts';
 import type { Progress } from './roofline.ts';
 import { summarize, timeWall, type Timing } from './timing.ts';
@@ -38,7 +39,7 @@ export interface E2eModel {
 
 export interface E2eReport {
   model: E2eModel;
-  engine: { slots: number; capacity: number; prefillChunk: number };
+  engine: { slots: number; capacity: number; prefillChunk: number; kvDtype: KvDtype };
   /** GPU memory the model holds: weights, KV cache, activations and scratch (bytes). */
   memory: {
     weightBytes: number;
@@ -91,6 +92,8 @@ export interface E2eOptions {
   batch?: number;
   /** Prompt tokens per prefill step (default: the engine's, as `serve` uses). */
   prefillChunk?: number;
+  /** KV cache dtype (default: the engine's, f16). */
+  kvDtype?: KvDtype;
   progress?: Progress;
 }
 
@@ -177,6 +180,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
     // Room for the longest prompt plus a completion (and the decode runs' short prompts).
     capacity: want + e.decodeTokens + 1,
     prefillChunk: options.prefillChunk,
+    kvDtype: options.kvDtype,
     onProgress: (done, total) => {
       if (done === total || performance.now() - lastShown > 2000) {
         lastShown = performance.now();
@@ -279,7 +283,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
 
     return {
       model,
-      engine: { slots: engine.model.options.slots, capacity, prefillChunk: engine.model.options.prefillChunk },
+      engine: { slots: engine.model.options.slots, capacity, prefillChunk: engine.model.options.prefillChunk, kvDtype: stats.kvDtype },
       // The model's arena holds everything: stats.activationBytes is the arena past the weights,
       // KV cache included.
       memory: {

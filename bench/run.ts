@@ -9,6 +9,7 @@ import { openModelSource } from '../models/source.ts';
 import { gpuMemoryBytes, parseGpuMemory } from '../models/memory-plan.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
+import type { KvDtype } from '../kernels/attention.ts';
 import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
 import { renderChart } from './chart.ts';
 import { benchE2e } from './e2e.ts';
@@ -41,6 +42,8 @@ export interface BenchOptions {
   /** The larger decode batch. */
   batch?: number;
   prefillChunk?: number;
+  /** The end-to-end run's KV cache dtype (default: the engine's, f16). */
+  kvDtype?: KvDtype;
   /** Run llama.cpp on the same GGUF when possible (default true). */
   peer?: boolean;
   /** Run the peer on llama.cpp's GPU build when one is installed (default: its CPU build). */
@@ -148,7 +151,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     const roofline = await measureRoofline(gpu, preset, progress);
     progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
     const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
-    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, progress });
+    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, kvDtype: options.kvDtype, progress });
     const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
     progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step, ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
     const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize };

@@ -18,7 +18,8 @@
 //                 KV_BLOCK_TOKENS (16) consecutive positions of one sequence for every kv head,
 //                 (kvBlocks, Hkv, 16, D) in logical element order, so one block of one layer is
 //                 contiguous (copying it is one copyBufferToBuffer per cache). Stored as `dtype`
-//                 (shaders/kv_<dtype>.wgsl): f32; f16 packed two per u32 (element 2i low); q8_0 as
+//                 (shaders/kv_<dtype>.wgsl): f32; f16 packed two per u32 (element 2i low; read as
+//                 array<f16> where the device has 'shader-f16', kv_f16_native.wgsl); q8_0 as
 //                 ggml's 32-element blocks (D a multiple of 32), each block of the pool being its
 //                 int8 quants, four per u32, then one f32 word per 32 elements holding the
 //                 f16-rounded scale. kvBlockBytes gives a block's bytes.
@@ -91,9 +92,20 @@ export function kvTableWidth(capacity: number): number {
   return Math.ceil(capacity / KV_BLOCK_TOKENS);
 }
 
-/** The shader modules of a KV dtype: its layout and readers, and for writers its store. */
-function kvModules(dtype: KvDtype, store: boolean): string[] {
-  return store ? [`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`] : [`kv_${dtype}.wgsl`];
+/**
+ * The shader modules of a KV dtype: its layout and readers, and for writers its store. Readers of an
+ * f16 cache on a device with 'shader-f16' bind it as array<f16> (kv_f16_native.wgsl: one f16 load an
+ * element) instead of unpacking u32 pairs; the bits are the same.
+ */
+function kvModules(gpu: Gpu, dtype: KvDtype, store: boolean): string[] {
+  if (store) return [`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`];
+  if (dtype === 'f16' && gpu.features.has('shader-f16')) return ['f16_enable.wgsl', 'kv_f16_native.wgsl'];
+  return [`kv_${dtype}.wgsl`];
+}
+
+/** The pipeline variant of a KV reader on this device: the dtype, and whether f16 is read natively ('f16_native'). */
+export function kvVariant(gpu: Gpu, dtype: KvDtype): string {
+  return dtype === 'f16' && gpu.features.has('shader-f16') ? 'f16_native' : dtype;
 }
 
 /** The paged pool every KV kernel of a layer sees. */
@@ -292,7 +304,7 @@ export class KvWrite {
     this.#dispatch = new Dispatch(
       gpu,
       {
-        name: 'attention', variant: `kv_write_${dtype}`, code: composeShader(...kvModules(dtype, true), 'attention_kv_write.wgsl'),
+        name: 'attention', variant: `kv_write_${dtype}`, code: composeShader(...kvModules(gpu, dtype, true), 'attention_kv_write.wgsl'),
         entryPoint: 'kv_write', constants: { WG: workgroupSize },
       },
       KvWriteParams,
@@ -446,15 +458,15 @@ export class PrefillAttention {
     this.workgroupSize = wg;
     this.#buffers = buffers;
     const constants = { D, BQ: tiles.BQ, BK: tiles.BK };
-    const kv = kvModules(dtype, false);
+    const kv = kvModules(gpu, dtype, false);
     this.#dispatch = new Dispatch(
       gpu,
       sgMin
         ? {
-            name: 'attention', variant: `prefill_${dtype}`, code: composeShader('subgroups_enable.wgsl', ...kv, 'attention_subgroup.wgsl'),
+            name: 'attention', variant: `prefill_${kvVariant(gpu, dtype)}`, code: composeShader('subgroups_enable.wgsl', ...kv, 'attention_subgroup.wgsl'),
             entryPoint: 'prefill_subgroup', constants: { ...constants, WG: wg, SG_MIN: sgMin },
           }
-        : { name: 'attention', variant: `prefill_${dtype}`, code: composeShader(...kv, 'attention.wgsl'), entryPoint: 'prefill', constants },
+        : { name: 'attention', variant: `prefill_${kvVariant(gpu, dtype)}`, code: composeShader(...kv, 'attention.wgsl'), entryPoint: 'prefill', constants },
       PrefillAttentionParams,
       [buffers.q, buffers.kCache, buffers.vCache, buffers.out, buffers.blockTable],
     );
@@ -626,9 +638,9 @@ export class DecodeAttention {
     this.scratch = buffers.scratch ?? createStorage(gpu, `${label}.partials`, scratchBytes);
     this.#ownsScratch = !buffers.scratch;
     this.#buffers = buffers;
-    const kv = kvModules(dtype, false);
+    const kv = kvModules(gpu, dtype, false);
     const code = composeShader(...kv, 'attention_decode.wgsl');
-    const variant = `decode_${dtype}`;
+    const variant = `decode_${kvVariant(gpu, dtype)}`;
     this.#split = new Dispatch(
       gpu,
       sgMin
@@ -643,7 +655,7 @@ export class DecodeAttention {
     this.#reduce = new Dispatch(
       gpu,
       // Pass 2 reads only the partials; its module is the f32 one whatever the pool's dtype.
-      { name: 'attention', variant: 'decode_f32', code: composeShader(...kvModules('f32', false), 'attention_decode.wgsl'), entryPoint: 'decode_reduce', constants: { D, WG: workgroupSize } },
+      { name: 'attention', variant: 'decode_f32', code: composeShader('kv_f32.wgsl', 'attention_decode.wgsl'), entryPoint: 'decode_reduce', constants: { D, WG: workgroupSize } },
       DecodeAttentionParams,
       [undefined, undefined, undefined, undefined, this.scratch, buffers.out],
     );

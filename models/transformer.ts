@@ -12,10 +12,10 @@
 // around the tiled matmuls, over the same weights.
 // A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
 // kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
-// The KV cache is paged (kernels/attention.ts): each layer has a K and a V pool of kvBlocks blocks of
-// KV_BLOCK_TOKENS positions, stored as kvDtype, and slot s reaches its blocks through row s of one
-// block table shared by every layer. At load row s maps s * perSeq .. s * perSeq + perSeq - 1 (one
-// fixed reservation per slot, as long as the pool has slots * perSeq blocks); setBlockTable and
+// The KV cache is paged (models/kv-cache.ts, kernels/attention.ts): each layer has a K and a V pool of
+// kvBlocks blocks of KV_BLOCK_TOKENS positions, stored as kvDtype, and slot s reaches its blocks
+// through row s of one block table shared by every layer. At load row s maps s * B .. s * B + B - 1
+// (one fixed reservation per slot, as long as the pool has slots * B blocks); setBlockTable and
 // copyBlock let a block allocator share and copy blocks between slots.
 //
 // Legend: R = rows in a step (the prompt tokens of one or more sequences laid end to end, or one
@@ -31,14 +31,13 @@ import { Embed } from '../kernels/embed.ts';
 import { Linear } from '../kernels/linear.ts';
 import { Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
-import {
-  DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, kvBlockBytes, kvBytesPerToken, kvTableWidth, type KvDtype,
-} from '../kernels/attention.ts';
+import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
 import { ggufBytes, interleaveRowPairs, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
+import { KvCache } from './kv-cache.ts';
 
 export interface TransformerOptions {
   /** Sequences whose KV cache is held at once (decode batch size; rows of the block table). */
@@ -50,7 +49,7 @@ export interface TransformerOptions {
    * their block tables. Default slots x ceil(capacity / 16): every slot's whole capacity reserved.
    */
   kvBlocks?: number;
-  /** How the KV cache stores keys and values (default 'f32'; 'q8_0' needs a head dim multiple of 32). */
+  /** How the KV cache stores keys and values (default 'f16'; 'q8_0' needs a head dim multiple of 32). */
   kvDtype?: KvDtype;
   /** Most prompt tokens one prefill step processes; longer prompts take several steps. */
   prefillChunk: number;
@@ -158,7 +157,7 @@ export class Transformer {
    * ids, positions, KV-write metadata (slot, position) and, for decode, attention metadata
    * (slot, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
    */
-  readonly #buf: Record<'inputs' | 'blockTable' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
+  readonly #buf: Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
   readonly #readback: GPUBuffer;
   readonly #embed: Embed;
   readonly #posEmbed?: Embed;
@@ -170,15 +169,7 @@ export class Transformer {
   readonly #maxPieces: number;
   readonly #lmHead: Linear;
   readonly #topK: TopK;
-  /** Block-table entries per slot: ceil(capacity / 16). */
-  readonly #tableWidth: number;
-  readonly #kvBlocks: number;
-  /** Bytes of one block of one layer's K (or V) pool. */
-  readonly #blockBytes: number;
-  /** Every layer's (K, V) pools, for copyBlock. */
-  readonly #kvPools: Array<[GPUBuffer, GPUBuffer]> = [];
-  /** One block's bytes: copyBlock stages through it (a copy may not read and write one buffer). */
-  readonly #blockStage: GPUBuffer;
+  readonly #kv: KvCache;
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
   readonly #logitRows: number;
   /** CPU copy of a step's inputs, filled and uploaded once per step. */
@@ -210,15 +201,10 @@ export class Transformer {
     };
     const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
     const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
-    const kvDtype = checkKvDtype(options.kvDtype ?? 'f32', D, 'kvDtype');
-    this.#tableWidth = kvTableWidth(options.capacity);
-    this.#kvBlocks = options.kvBlocks ?? options.slots * this.#tableWidth;
-    this.#blockBytes = kvBlockBytes(Hkv, D, kvDtype);
-    this.#blockStage = arena.get('kv.blockStage', this.#blockBytes);
+    const kv = new KvCache(gpu, arena, { ...cfg, slots: options.slots, capacity: options.capacity, kvBlocks: options.kvBlocks, dtype: options.kvDtype });
+    this.#kv = kv;
     this.#buf = {
       inputs: f32('inputs', this.#inputs.length),
-      // (S, B) u32 block ids.
-      blockTable: f32('blockTable', options.slots * this.#tableWidth),
       x: f32('x', R * C),
       x2: f32('x2', R * C),
       h: f32('h', R * C),
@@ -248,12 +234,8 @@ export class Transformer {
       this.#posAdd = new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x });
     }
 
-    // The default tables: slot s owns blocks s * B .. s * B + B - 1 (ids past the pool name no block).
-    const identity = new Uint32Array(options.slots * this.#tableWidth);
-    for (let i = 0; i < identity.length; i++) identity[i] = i;
-    gpu.device.queue.writeBuffer(b.blockTable, 0, identity);
-    const kvShape = { Hq, Hkv, D, capacity: options.capacity, kvBlocks: this.#kvBlocks, dtype: kvDtype };
-    const poolBytes = this.#kvBlocks * this.#blockBytes;
+    const kvShape = { Hq, Hkv, D, capacity: options.capacity, ...kv.pool };
+    const blockTable = kv.blockTable;
     const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
@@ -271,10 +253,7 @@ export class Transformer {
     this.#layers = [];
     for (let l = 0; l < cfg.numLayers; l++) {
       const p = `blk.${l}`;
-      // (N, Hkv, 16, D) as kvDtype stores it.
-      const kCache = arena.get(`${p}.kCache`, poolBytes);
-      const vCache = arena.get(`${p}.vCache`, poolBytes);
-      this.#kvPools.push([kCache, vCache]);
+      const [kCache, vCache] = kv.pools[l];
       // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
       // one (GPT-2) or when the loader fused them; else three projections into column slices. Their
       // matvecs fold in the attention norm, reading x.
@@ -301,13 +280,13 @@ export class Transformer {
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
         ropeKvWrite: invFreq
-          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache, blockTable: b.blockTable })
+          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache, blockTable })
           : undefined,
-        kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable: b.blockTable }),
+        kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable }),
         window: layerWindow(cfg, l),
-        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable: b.blockTable, out: b.attn })),
+        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn })),
         decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, {
-          q: b.qkv, kCache, vCache, blockTable: b.blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
+          q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
         }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
         attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
@@ -322,16 +301,7 @@ export class Transformer {
     const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
     this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
-    const kvBytes = 2 * cfg.numLayers * poolBytes;
-    this.stats = {
-      ...stats,
-      kvBytes,
-      kvDtype,
-      kvBlocks: this.#kvBlocks,
-      kvBlockTokens: KV_BLOCK_TOKENS,
-      kvBytesPerToken: kvBytesPerToken(cfg, kvDtype),
-      activationBytes: arena.bytes - stats.weightBytes,
-    };
+    this.stats = { ...stats, ...kv.stats(), activationBytes: arena.bytes - stats.weightBytes };
   }
 
   /** Load every tensor from `source`, upload it once, and build the kernels. */
@@ -344,7 +314,7 @@ export class Transformer {
     for (const [name, value] of Object.entries(sizes)) {
       if (!Number.isSafeInteger(value) || value < 1) throw new ShapeError(`${name} must be an integer >= 1 (got ${value})`);
     }
-    checkKvDtype(options.kvDtype ?? 'f32', cfg.headDim, 'kvDtype');
+    checkKvDtype(options.kvDtype ?? 'f16', cfg.headDim, 'kvDtype');
     const arena = new BufferArena(gpu);
     const digest = new WeightsDigest();
     const weights = new Map<string, ChunkedWeight | GPUBuffer>();
@@ -385,7 +355,7 @@ export class Transformer {
         parameters,
         weightBytes,
         kvBytes: 0,
-        kvDtype: options.kvDtype ?? 'f32',
+        kvDtype: options.kvDtype ?? 'f16',
         kvBlocks: 0,
         kvBlockTokens: KV_BLOCK_TOKENS,
         kvBytesPerToken: 0,
@@ -411,45 +381,15 @@ export class Transformer {
    * before the next step's submit, so that step sees it. Entries past blocks.length keep their ids.
    */
   setBlockTable(slot: number, blocks: readonly number[]): void {
-    if (!Number.isSafeInteger(slot) || slot < 0 || slot >= this.options.slots) {
-      throw new ShapeError(`setBlockTable: slot ${slot} out of range (0..${this.options.slots - 1})`);
-    }
-    if (!Array.isArray(blocks) || blocks.length > this.#tableWidth) {
-      throw new ShapeError(`setBlockTable: ${Array.isArray(blocks) ? blocks.length : String(blocks)} blocks given, a slot's row holds at most ${this.#tableWidth}`);
-    }
-    if (blocks.length === 0) return;
-    const row = new Uint32Array(blocks.length);
-    blocks.forEach((block, i) => {
-      if (!Number.isSafeInteger(block) || block < 0 || block >= this.#kvBlocks) {
-        throw new ShapeError(`setBlockTable: block id ${block} (entry ${i}) out of range (0..${this.#kvBlocks - 1})`);
-      }
-      row[i] = block;
-    });
-    this.#gpu.device.queue.writeBuffer(this.#buf.blockTable, slot * this.#tableWidth * 4, row);
+    this.#kv.setBlockTable(slot, blocks);
   }
 
   /**
    * Copy pool block `src` to block `dst` in every layer, K and V (copy-on-write of a partly filled
    * block a sequence shares): one command buffer, ordered on the queue with the steps around it.
-   * WebGPU forbids a copy whose source and destination are one buffer, so each block goes through a
-   * one-block staging buffer (the copies of one encoder run in order).
    */
   copyBlock(src: number, dst: number): void {
-    for (const [name, block] of [['src', src], ['dst', dst]] as const) {
-      if (!Number.isSafeInteger(block) || block < 0 || block >= this.#kvBlocks) {
-        throw new ShapeError(`copyBlock: ${name} block ${block} out of range (0..${this.#kvBlocks - 1})`);
-      }
-    }
-    if (src === dst) return;
-    const bytes = this.#blockBytes;
-    const encoder = this.#gpu.device.createCommandEncoder({ label: 'kv.copyBlock' });
-    for (const [k, v] of this.#kvPools) {
-      for (const pool of [k, v]) {
-        encoder.copyBufferToBuffer(pool, src * bytes, this.#blockStage, 0, bytes);
-        encoder.copyBufferToBuffer(this.#blockStage, 0, pool, dst * bytes, bytes);
-      }
-    }
-    this.#gpu.device.queue.submit([encoder.finish()]);
+    this.#kv.copyBlock(src, dst);
   }
 
   /** Most pieces one prefillBatch step takes: maxPrefillPieces, at most slots. */

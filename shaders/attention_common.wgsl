@@ -39,7 +39,8 @@ fn kv_block_elements(kv_heads: u32, head_dim: u32) -> u32 {
 }
 
 // Blocks both pools really hold: the run's kv_blocks, lowered to what the buffers can store (the
-// host checks this too; the shader does not trust it).
+// host checks this too; the shader does not trust it). kv_block_words is the dtype module's count of
+// array elements (KvWord) in one block.
 fn kv_pool_blocks(kv_blocks: u32, block_elems: u32) -> u32 {
   let words = kv_block_words(block_elems);
   return min(kv_blocks, min(arrayLength(&k_cache), arrayLength(&v_cache)) / words);

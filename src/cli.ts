@@ -4,6 +4,8 @@ import { acquireGpu, type Gpu } from './gpu/device.ts';
 import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
+import { KV_DTYPES, type KvDtype } from '../kernels/attention.ts';
+import { ShapeError } from './errors.ts';
 import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
 import { addValidatorCommands } from './validator/validate-commands.ts';
 import { Engine } from './engine/engine.ts';
@@ -11,7 +13,6 @@ import { openTokenizer, parseTokenIds } from './engine/tokenizer.ts';
 import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { describeAttentionWindows } from '../models/config.ts';
-import { KV_DTYPES, type KvDtype } from '../models/memory-plan.ts';
 import {
   checkSyntheticShape,
   SYNTHETIC_DTYPES,
@@ -31,6 +32,12 @@ const adapterOption = new Option(
 )
   .env('WEBGPU_MINER_ADAPTER')
   .default('auto');
+
+/** Every command that runs a model takes it (a new Option each: commander binds an option to one command). */
+const kvDtypeOption = () =>
+  new Option('--kv-dtype <dtype>', 'how the KV cache stores keys and values: f16 (half the memory of f32), f32, or q8_0 (head dim a multiple of 32)')
+    .choices([...KV_DTYPES])
+    .default('f16');
 
 function printAdapter(gpu: Gpu): void {
   const { info, limits, features } = gpu;
@@ -113,6 +120,10 @@ async function loadEngine(options: { model: string; adapter: string; slots?: num
         bar.update(done, { name });
       },
     });
+  } catch (err) {
+    // The model's head dim decides whether a KV dtype fits: say which flag to change.
+    if (err instanceof ShapeError && err.message.startsWith('kvDtype ')) throw new MinerError('BAD_OPTION', `--kv-dtype${err.message.slice('kvDtype'.length)}`);
+    throw err;
   } finally {
     bar.stop();
   }
@@ -176,6 +187,7 @@ program
   .option('--seed <s>', 'sampling seed (same seed, same adapter: same output)', number('--seed'))
   .option('--stop <text...>', 'stop strings')
   .option('--gpu-memory <size>', GPU_MEMORY_HELP)
+  .addOption(kvDtypeOption())
   .addOption(adapterOption)
   .action(async (o) => {
     if ((o.prompt === undefined) === (o.chat === undefined)) throw new MinerError('BAD_OPTION', 'give exactly one of --prompt or --chat');
@@ -216,6 +228,7 @@ program
   .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
   .requiredOption('--tokens <ids>', 'comma-separated token ids')
   .option('--all', 'every position, not just the last')
+  .addOption(kvDtypeOption())
   .addOption(adapterOption)
   .action(async (o) => {
     const tokens = String(o.tokens).split(',').map((t: string) => Number(t.trim()));
@@ -275,7 +288,7 @@ addServeOptions(
     .option('--slots <n>', 'sequences held (and decoded together) at most: block-table rows (default 32)', number('--slots'))
     .option('--context <n>', 'most tokens per sequence (prompt + completion): a limit, not a reservation (default min(1024, the model\'s))', number('--context'))
     .option('--gpu-memory <size>', GPU_MEMORY_HELP)
-    .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(KV_DTYPES).default('f16'))
+    .addOption(kvDtypeOption())
     .option('--prefix-cache-min <n>', 'reuse a cached prompt prefix of at least n tokens (KV blocks shared with earlier or running sequences; 0 = off; default 16)', number('--prefix-cache-min'))
     .addOption(adapterOption),
 ).action(async (o) => {
@@ -391,6 +404,7 @@ program
   .option('--no-peer', 'skip llama.cpp on the same GGUF')
   .option('--peer-gpu', 'run the llama.cpp peer on its GPU build (install it with: node scripts/llama-cpp.mjs --gpu vulkan|cuda)')
   .option('--host-only', 'only the host overhead of a batch-1 decode step (CPU ms to record and submit it)')
+  .addOption(kvDtypeOption())
   .addOption(new Option('--preset <name>', 'sizes: full, quick or test').choices(['full', 'quick', 'test']).hideHelp())
   .addOption(adapterOption)
   .action(async (o, command: Command) => {
@@ -409,6 +423,7 @@ program
       batch: o.batch,
       prefillChunk: o.prefillChunk,
       gpuMemory: o.gpuMemory,
+      kvDtype: o.kvDtype,
       adapter: o.adapter,
       json: o.json,
       markdown: o.markdown,

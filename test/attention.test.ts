@@ -3,7 +3,7 @@ import {
   DecodeAttention,
   KvWrite,
   PrefillAttention,
-  kvTableWidth,
+  kvVariant,
   type AttentionShape,
   type KvDtype,
 } from '../kernels/attention.ts';
@@ -260,6 +260,10 @@ describe('attention prefill (KV write + causal flash attention)', () => {
       /attention.decode: the subgroup tier needs the device feature 'subgroups'/,
     );
     expect(() => new PrefillAttention(gpu(), shape, b(), { tier: 'f16' })).toThrow(/unknown tier f16/);
+    // An f16 cache is read as array<f16> where the device has 'shader-f16' (the core adapter), else
+    // unpacked from u32 pairs: the f16 cases below run each way on one adapter or the other.
+    expect(kvVariant(gpu(), 'f16')).toBe(gpu().features.has('shader-f16') ? 'f16_native' : 'f16');
+    expect(kvVariant(gpu(), 'q8_0')).toBe('q8_0');
   });
 });
 

@@ -49,7 +49,10 @@ describe('prefill after a reused prefix vs a cold prefill (model API)', () => {
       expect(source.config.attentionWindows).toEqual(m.window);
       // Prompts of 17-23 tokens run as one matmul chunk; the short tails below as matvec. 8 slots:
       // the head reads 8 rows of full logits per submit.
-      const model = await Transformer.load(gpu(), source, { slots: 8, capacity: 32, prefillChunk: 24 });
+      // An f32 KV cache: the reused K/V of decoded tokens come from the decode path and the cold
+      // ones from prefill's, equal to f32 rounding; an f16 cache would round those two a half-ulp
+      // apart now and then, and this test is about which K/V are read, not how they are stored.
+      const model = await Transformer.load(gpu(), source, { slots: 8, capacity: 32, prefillChunk: 24, kvDtype: 'f32' });
       try {
         // Slots 0-2 hold an earlier sequence: an 18-token prompt, then 6 "generated" tokens decoded.
         const PROMPT = 18;

@@ -50,7 +50,7 @@ export interface EngineOptions {
    * each layer's pool buffer fits the adapter's limits.
    */
   gpuMemory?: string | GpuMemory;
-  /** KV cache element type. Default f16. */
+  /** How the KV cache stores keys and values: 'f16' (default), 'f32' or 'q8_0'. */
   kvDtype?: KvDtype;
   /** Most KV blocks in the pool (within gpuMemory and the adapter's limits); tests size small pools with it. */
   kvBlocks?: number;
