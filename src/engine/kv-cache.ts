@@ -54,7 +54,11 @@ export interface KvCacheOptions {
   capacity: number;
   /** Shortest reuse worth taking (tokens); 0 disables reuse. */
   prefixCacheMin: number;
-  /** Fewest matching tokens for which a partly matching block is copied rather than recomputed. */
+  /**
+   * Fewest matching tokens for which a partly matching block is copied rather than recomputed.
+   * Default 1: the copy moves one block of K/V per layer (16 tokens' worth, a few MiB at most),
+   * while recomputing even one token reads every weight of the model.
+   */
   copyMin?: number;
 }
 
