@@ -46,8 +46,14 @@ export interface E2eReport {
     kvBytes: number;
     activationBytes: number;
     totalBytes: number;
-    /** Peak resident memory of the process once the model is loaded (process.resourceUsage().maxRSS). */
+    /**
+     * Peak resident memory of the process once the model is loaded (process.resourceUsage().maxRSS:
+     * the peak since the process started, so the kernel runs before it count too).
+     */
     peakRssBytes: number;
+    /** Resident memory right before and right after loading the model. */
+    rssBeforeLoadBytes: number;
+    rssAfterLoadBytes: number;
   };
   prompt: Array<{ tokens: number; tokensPerS: number; timing: Timing }>;
   ttft: { promptTokens: number; timing: Timing };
@@ -172,6 +178,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
   const batch = options.batch ?? e.batch;
   const want = Math.max(...e.promptTokens);
   progress(`e2e: loading ${options.model}`);
+  const rssBeforeLoadBytes = process.memoryUsage.rss();
   let lastShown = 0;
   const engine = await Engine.load({
     model: options.model,
@@ -191,7 +198,9 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
   // The loader holds one tensor (and its repacked form) at a time: the peak resident memory after
   // loading stays near the runtime's own plus the largest tensor, whatever the model's size.
   const peakRssBytes = process.resourceUsage().maxRSS * 1024;
-  progress(`e2e: loaded; ${(engine.model.stats.weightBytes / 2 ** 20).toFixed(1)} MiB of weights on the GPU, peak RSS ${(peakRssBytes / 2 ** 20).toFixed(1)} MiB`);
+  const rssAfterLoadBytes = process.memoryUsage.rss();
+  const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  progress(`e2e: loaded; ${mib(engine.model.stats.weightBytes)} of weights on the GPU; RSS ${mib(rssBeforeLoadBytes)} before, ${mib(rssAfterLoadBytes)} after, peak ${mib(peakRssBytes)}`);
   try {
     const model = describeModel(engine);
     const { stats } = engine.model;
@@ -292,6 +301,8 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
         activationBytes: stats.activationBytes - stats.kvBytes,
         totalBytes: stats.weightBytes + stats.activationBytes,
         peakRssBytes,
+        rssBeforeLoadBytes,
+        rssAfterLoadBytes,
       },
       prompt,
       ttft: { promptTokens, timing: ttftTiming },

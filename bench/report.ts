@@ -222,7 +222,7 @@ function modelLine(e: E2eReport): string {
     `${m.id} (${m.architecture}, ${num(m.parameters / 1e6)}M parameters, ${m.dtype}); ` +
     `GPU memory ${bytes(e.memory.totalBytes)} = weights ${bytes(e.memory.weightBytes)} + KV cache ${bytes(e.memory.kvBytes)} (${e.engine.kvDtype ?? 'f32'}) + activations ${bytes(e.memory.activationBytes)}; ` +
     `${decimalBytes(m.bytesPerToken)} and ${num(m.flopsPerToken / 1e9)} GFLOP per token; ${e.engine.slots} slots x ${e.engine.capacity} tokens; ` +
-    `peak RSS after load ${bytes(e.memory.peakRssBytes)}`
+    `RSS ${bytes(e.memory.rssBeforeLoadBytes)} before loading, ${bytes(e.memory.rssAfterLoadBytes)} after, peak ${bytes(e.memory.peakRssBytes)}`
   );
 }
 

@@ -220,6 +220,8 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(loaded.after.blocks).toBe(Math.floor(m.limits.maxStorageBufferBindingSize / (16 * H * D * 2)));
     positive(m.peakRssBytes!, 'peak RSS');
     expect(m.peakRssBytes).toBe(report.e2e.memory.peakRssBytes);
+    positive(report.e2e.memory.rssBeforeLoadBytes, 'RSS before load');
+    expect(report.e2e.memory.rssAfterLoadBytes).toBeLessThanOrEqual(m.peakRssBytes!);
     expect(stdout).toMatch(/KV memory at --gpu-memory 12\.00 GiB/);
     expect(stdout).toMatch(/llama-3-8b \(built-in shapes\) .* 3 -> 58 .* 3 -> 14 /);
   });
