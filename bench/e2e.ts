@@ -6,6 +6,7 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { ReferenceModel } from '../src/validator/recompute.ts';
 import { planeWords, type WeightDtype } from '../kernels/weights.ts';
+import type { KvDtype } from '../kernels/attention.ts';
 import type { BenchPreset } from './presets.ts';
 import type { Progress } from './roofline.ts';
 import { summarize, timeWall, type Timing } from './timing.ts';
@@ -23,6 +24,7 @@ export interface E2eModel {
   numLayers: number;
   numHeads: number;
   numKvHeads: number;
+  headDim: number;
   vocabSize: number;
   /** Bytes of weights on the GPU. */
   weightBytes: number;
@@ -37,9 +39,22 @@ export interface E2eModel {
 
 export interface E2eReport {
   model: E2eModel;
-  engine: { slots: number; capacity: number; prefillChunk: number };
+  engine: { slots: number; capacity: number; prefillChunk: number; kvDtype: KvDtype };
   /** GPU memory the model holds: weights, KV cache, activations and scratch (bytes). */
-  memory: { weightBytes: number; kvBytes: number; activationBytes: number; totalBytes: number };
+  memory: {
+    weightBytes: number;
+    kvBytes: number;
+    activationBytes: number;
+    totalBytes: number;
+    /**
+     * Peak resident memory of the process once the model is loaded (process.resourceUsage().maxRSS:
+     * the peak since the process started, so the kernel runs before it count too).
+     */
+    peakRssBytes: number;
+    /** Resident memory right before and right after loading the model. */
+    rssBeforeLoadBytes: number;
+    rssAfterLoadBytes: number;
+  };
   prompt: Array<{ tokens: number; tokensPerS: number; timing: Timing }>;
   ttft: { promptTokens: number; timing: Timing };
   /** Time to first token for a prompt whose first `cachedTokens` were left in a slot by an earlier request. */
@@ -83,6 +98,8 @@ export interface E2eOptions {
   batch?: number;
   /** Prompt tokens per prefill step (default: the engine's, as `serve` uses). */
   prefillChunk?: number;
+  /** KV cache dtype (default: the engine's, f16). */
+  kvDtype?: KvDtype;
   progress?: Progress;
 }
 
@@ -118,6 +135,7 @@ function describeModel(engine: Engine): E2eModel {
     numLayers: config.numLayers,
     numHeads: config.numHeads,
     numKvHeads: config.numKvHeads,
+    headDim: config.headDim,
     vocabSize: V,
     weightBytes: stats.weightBytes,
     bytesPerToken: stats.weightBytes - gatherBytes,
@@ -160,6 +178,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
   const batch = options.batch ?? e.batch;
   const want = Math.max(...e.promptTokens);
   progress(`e2e: loading ${options.model}`);
+  const rssBeforeLoadBytes = process.memoryUsage.rss();
   let lastShown = 0;
   const engine = await Engine.load({
     model: options.model,
@@ -168,6 +187,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
     // Room for the longest prompt plus a completion (and the decode runs' short prompts).
     capacity: want + e.decodeTokens + 1,
     prefillChunk: options.prefillChunk,
+    kvDtype: options.kvDtype,
     onProgress: (done, total) => {
       if (done === total || performance.now() - lastShown > 2000) {
         lastShown = performance.now();
@@ -175,6 +195,12 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       }
     },
   });
+  // The loader holds one tensor (and its repacked form) at a time: the peak resident memory after
+  // loading stays near the runtime's own plus the largest tensor, whatever the model's size.
+  const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+  const rssAfterLoadBytes = process.memoryUsage.rss();
+  const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  progress(`e2e: loaded; ${mib(engine.model.stats.weightBytes)} of weights on the GPU; RSS ${mib(rssBeforeLoadBytes)} before, ${mib(rssAfterLoadBytes)} after, peak ${mib(peakRssBytes)}`);
   try {
     const model = describeModel(engine);
     const { stats } = engine.model;
@@ -185,6 +211,8 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
     await drain(engine, textPrompt(engine, 8), 2);
 
     const prompt: E2eReport['prompt'] = [];
+    // The runs below drive slot 0 directly: give it its own blocks, and forget the cache after.
+    engine.forgetCachedPrefixes();
     for (const tokens of e.promptTokens) {
       if (tokens >= capacity) continue;
       progress(`e2e: prompt processing, ${tokens} tokens x ${e.repeats}`);
@@ -192,7 +220,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       const timing = await timeWall(async () => void (await engine.model.prefill(0, ids, 0)), e.repeats, Infinity);
       prompt.push({ tokens, tokensPerS: (tokens * 1000) / timing.medianMs, timing });
     }
-    engine.forgetCachedPrefixes(); // the runs above wrote slot 0 behind the scheduler's back
+    engine.forgetCachedPrefixes(); // the runs above wrote blocks behind the scheduler's back
 
 
     const ttftTokens = Math.min(...e.promptTokens);
@@ -264,7 +292,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
 
     return {
       model,
-      engine: { slots: engine.model.options.slots, capacity, prefillChunk: engine.model.options.prefillChunk },
+      engine: { slots: engine.model.options.slots, capacity, prefillChunk: engine.model.options.prefillChunk, kvDtype: stats.kvDtype },
       // The model's arena holds everything: stats.activationBytes is the arena past the weights,
       // KV cache included.
       memory: {
@@ -272,6 +300,9 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
         kvBytes: stats.kvBytes,
         activationBytes: stats.activationBytes - stats.kvBytes,
         totalBytes: stats.weightBytes + stats.activationBytes,
+        peakRssBytes,
+        rssBeforeLoadBytes,
+        rssAfterLoadBytes,
       },
       prompt,
       ttft: { promptTokens, timing: ttftTiming },

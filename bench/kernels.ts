@@ -19,7 +19,7 @@ import { MinerError, ShapeError } from '../src/errors.ts';
 import { Matmul } from '../kernels/matmul.ts';
 import { Matvec } from '../kernels/matvec.ts';
 import { kernelTiers, type Tier } from '../kernels/tiers.ts';
-import { DecodeAttention, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
+import { DecodeAttention, PrefillAttention, kvBytesPerToken, kvTableWidth, type KvDtype } from '../kernels/attention.ts';
 import { BLOCK_COLUMNS, checkWeightFits, isKQuantDtype, isQuantDtype, K_QUANT_BLOCK, planeWords, uploadWeight, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { attainableGflops, type Progress, type RooflineResult } from './roofline.ts';
 import { projectionShape, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
@@ -184,9 +184,11 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const matvecTiers = withBaseline(tiers.matvec);
   const matmulTiers = withBaseline(tiers.matmul);
   const attentionTiers = withBaseline(tiers.attention);
+  // Decode attention reads the whole KV cache: timed with each cache dtype the model's head dim takes.
+  const kvDtypes: KvDtype[] = cfg.headDim % 32 === 0 ? ['f32', 'f16', 'q8_0'] : cfg.headDim % 2 === 0 ? ['f32', 'f16'] : ['f32'];
   const total =
     p.projections.length * p.dtypes.length * (matvecTiers.length + matmulTiers.length) +
-    (p.attentionPrefill.length + p.attentionDecode.length) * attentionTiers.length;
+    (p.attentionPrefill.length + p.attentionDecode.length * kvDtypes.length) * attentionTiers.length;
   let done = 0;
   const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
 
@@ -265,9 +267,11 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
     const shape = { T, Hq, Hkv, D };
     const label = `attention.prefill ${tier} f32 T=${T} Hq=${Hq} Hkv=${Hkv} D=${D}`;
     await attempt('attention.prefill', tier, 'attention', 'f32', shape, label, async () => {
-      const kv = kvRegionElements({ Hkv, D, capacity: T });
+      // One sequence's blocks, in order (the identity table).
+      const blocks = kvTableWidth(T);
+      const kv = blocks * 16 * Hkv * D;
       const made: GPUBuffer[] = [];
-      const make = (name: string, data: Float32Array | number) => {
+      const make = (name: string, data: ArrayBufferView | number) => {
         const b = createStorage(gpu, `bench.${name}`, data);
         made.push(b);
         return b;
@@ -277,8 +281,9 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         const kCache = make('kCache', activations(kv));
         const vCache = make('vCache', activations(kv));
         const out = make('out', T * Hq * D * 4);
-        const op = new PrefillAttention(gpu, { Hq, Hkv, D, capacity: T }, { q, kCache, vCache, out }, { tier });
-        const timing = await timeKernel(gpu, (pass) => op.encode(pass, { tokens: T, pastLen: 0, kvBase: 0 }), preset.timing);
+        const blockTable = make('blockTable', Uint32Array.from({ length: blocks }, (_, i) => i));
+        const op = new PrefillAttention(gpu, { Hq, Hkv, D, capacity: T, kvBlocks: blocks }, { q, kCache, vCache, blockTable, out }, { tier });
+        const timing = await timeKernel(gpu, (pass) => op.encode(pass, { tokens: T, pastLen: 0, tableRow: 0 }), preset.timing);
         // Causal: T(T+1)/2 query-key pairs per head, 2D FLOP for q.k and 2D for p.v.
         const flops = 4 * D * Hq * ((T * (T + 1)) / 2);
         const bytes = 4 * (2 * T * Hq * D + 2 * T * Hkv * D);
@@ -289,12 +294,14 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
     });
   }
 
-  for (const L of p.attentionDecode) for (const tier of attentionTiers) {
+  for (const L of p.attentionDecode) for (const kvDtype of kvDtypes) for (const tier of attentionTiers) {
     const R = p.decodeRows;
     const shape = { R, L, Hq, Hkv, D };
-    const label = `attention.decode ${tier} f32 R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
-    await attempt('attention.decode', tier, 'attention', 'f32', shape, label, async () => {
-      const region = kvRegionElements({ Hkv, D, capacity: L });
+    const label = `attention.decode ${tier} ${kvDtype} KV R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    await attempt('attention.decode', tier, 'attention', kvDtype, shape, label, async () => {
+      // Row r's blocks r * B .. r * B + B - 1 (the identity table).
+      const blocks = kvTableWidth(L);
+      const region = blocks * 16 * Hkv * D;
       const made: GPUBuffer[] = [];
       const make = (name: string, data: ArrayBufferView | number) => {
         const b = createStorage(gpu, `bench.${name}`, data);
@@ -304,16 +311,19 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       let op: DecodeAttention | undefined;
       try {
         const q = make('q', activations(R * Hq * D));
+        // Sized for f32, which holds the other dtypes' pools too (their bits are timing data only).
         const kCache = make('kCache', activations(R * region));
         const vCache = make('vCache', activations(R * region));
         const out = make('out', R * Hq * D * 4);
-        const rowMeta = make('rowMeta', Uint32Array.from({ length: 2 * R }, (_, i) => (i % 2 === 0 ? (i >> 1) * region : L)));
-        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, maxRows: R, tier }, { q, kCache, vCache, out, rowMeta });
+        const rowMeta = make('rowMeta', Uint32Array.from({ length: 2 * R }, (_, i) => (i % 2 === 0 ? i >> 1 : L)));
+        const blockTable = make('blockTable', Uint32Array.from({ length: R * blocks }, (_, i) => i));
+        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, kvBlocks: R * blocks, dtype: kvDtype, maxRows: R, tier }, { q, kCache, vCache, blockTable, out, rowMeta });
         const attention = op;
         const timing = await timeKernel(gpu, (pass) => attention.encode(pass, { rows: R, maxLen: L }), preset.timing);
         const flops = 4 * D * Hq * L * R;
-        const bytes = 4 * R * (2 * L * Hkv * D + 2 * Hq * D);
-        return result({ kind: 'attention.decode', tier, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
+        // K and V as stored (q8_0 scales included), plus the f32 queries and outputs.
+        const bytes = R * L * kvBytesPerToken({ numLayers: 1, numKvHeads: Hkv, headDim: D }, kvDtype) + 4 * R * 2 * Hq * D;
+        return result({ kind: 'attention.decode', tier, name: 'attention', dtype: kvDtype, shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         op?.destroy();
         made.forEach((b) => b.destroy());

@@ -127,6 +127,44 @@ export const LLAMA_7B_SHAPES: ShapeSet = {
   config: configFromHf(hfConfigOf(SYNTHETIC_SHAPES['llama-2-7b'])),
 };
 
+/**
+ * Shapes of a model the memory report plans for (bench `memory`), with the GPU bytes of its
+ * weights in a common quantisation and where that figure comes from.
+ */
+export interface MemoryShape extends ShapeSet {
+  weightBytes: number;
+  weightSource: string;
+}
+
+/**
+ * Llama-3-8B (meta-llama/Meta-Llama-3-8B config.json: 32 layers, hidden 4096, FFN 14336, 32 heads,
+ * 8 KV heads of 128, vocabulary 128256, context 8192) and Qwen3-8B (Qwen/Qwen3-8B config.json: 36
+ * layers, hidden 4096, FFN 12288, 32 heads, 8 KV heads of 128, vocabulary 151936). The KV cache
+ * depends only on the layers and KV heads; the other fields make the shapes usable for the kernels.
+ * Weight bytes: the Q4_K_M GGUF file sizes (llama.cpp's quantisation, what the GPU holds).
+ */
+export const MEMORY_SHAPES: Record<'llama-3-8b' | 'qwen3-8b', MemoryShape> = {
+  'llama-3-8b': {
+    name: 'llama-3-8b (built-in shapes)',
+    config: configFromHf({
+      architectures: ['LlamaForCausalLM'], hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: 32, num_attention_heads: 32,
+      num_key_value_heads: 8, vocab_size: 128256, max_position_embeddings: 8192, rms_norm_eps: 1e-5, rope_theta: 500000, tie_word_embeddings: false,
+    }),
+    weightBytes: 4.92e9,
+    weightSource: 'Q4_K_M, 4.92 GB: Meta-Llama-3-8B-Instruct-Q4_K_M.gguf (huggingface.co/bartowski/Meta-Llama-3-8B-Instruct-GGUF)',
+  },
+  'qwen3-8b': {
+    name: 'qwen3-8b (built-in shapes)',
+    config: configFromHf({
+      architectures: ['LlamaForCausalLM'], hidden_size: 4096, intermediate_size: 12288, num_hidden_layers: 36, num_attention_heads: 32,
+      num_key_value_heads: 8, head_dim: 128, vocab_size: 151936, max_position_embeddings: 40960, rms_norm_eps: 1e-6, rope_theta: 1000000, tie_word_embeddings: false,
+    }),
+    weightBytes: 5.03e9,
+    weightSource: 'Q4_K_M, 5.03 GB: Qwen3-8B-Q4_K_M.gguf (huggingface.co/Qwen/Qwen3-8B-GGUF)',
+  },
+};
+export type MemoryShapeName = keyof typeof MEMORY_SHAPES;
+
 /** A synthetic shape as the HF config.json fields configFromHf reads. */
 function hfConfigOf(shape: SyntheticShape): Record<string, unknown> {
   return {

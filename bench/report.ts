@@ -6,6 +6,7 @@ import type { A100Report } from './a100.ts';
 import type { E2eReport } from './e2e.ts';
 import type { HostReport } from './host.ts';
 import type { KernelsReport } from './kernels.ts';
+import { MEMORY_SEQUENCE_TOKENS, type MemoryReport } from './memory.ts';
 import type { PeerReport, PeerSkipped } from './peer.ts';
 import type { PresetName } from './presets.ts';
 import type { RooflineResult } from './roofline.ts';
@@ -35,6 +36,8 @@ export interface BenchReport {
   host: HostReport;
   a100: A100Report;
   peer?: PeerReport | PeerSkipped;
+  /** KV memory: bytes per token, the block pool a budget leaves, and the sequences that fit. */
+  memory: MemoryReport;
 }
 
 export function isPeerSkipped(peer: PeerReport | PeerSkipped): peer is PeerSkipped {
@@ -217,9 +220,38 @@ function modelLine(e: E2eReport): string {
   const m = e.model;
   return (
     `${m.id} (${m.architecture}, ${num(m.parameters / 1e6)}M parameters, ${m.dtype}); ` +
-    `GPU memory ${bytes(e.memory.totalBytes)} = weights ${bytes(e.memory.weightBytes)} + KV cache ${bytes(e.memory.kvBytes)} + activations ${bytes(e.memory.activationBytes)}; ` +
-    `${decimalBytes(m.bytesPerToken)} and ${num(m.flopsPerToken / 1e9)} GFLOP per token; ${e.engine.slots} slots x ${e.engine.capacity} tokens`
+    `GPU memory ${bytes(e.memory.totalBytes)} = weights ${bytes(e.memory.weightBytes)} + KV cache ${bytes(e.memory.kvBytes)} (${e.engine.kvDtype ?? 'f32'}) + activations ${bytes(e.memory.activationBytes)}; ` +
+    `${decimalBytes(m.bytesPerToken)} and ${num(m.flopsPerToken / 1e9)} GFLOP per token; ${e.engine.slots} slots x ${e.engine.capacity} tokens; ` +
+    `RSS ${bytes(e.memory.rssBeforeLoadBytes)} before loading, ${bytes(e.memory.rssAfterLoadBytes)} after, peak ${bytes(e.memory.peakRssBytes)}`
   );
+}
+
+// ---- KV memory ------------------------------------------------------------------------------------
+
+export const MEMORY_HEADER = ['model', 'KV bytes/token f32 / f16 / q8_0', 'weights', 'before: f32 slots', ...MEMORY_SEQUENCE_TOKENS.map((t) => `${t / 1024}k seqs before -> after`), 'after: f16 blocks'];
+const MEMORY_ALIGN = [false, true, true, false, ...MEMORY_SEQUENCE_TOKENS.map(() => true), false];
+
+export function memoryLine(m: MemoryReport): string {
+  return (
+    `KV memory at --gpu-memory ${bytes(m.gpuMemoryBytes)} (before: ${m.models[0]?.before.slots ?? 8} f32 slots of ${m.models[0]?.before.capacity ?? 8192} tokens reserved at load; ` +
+    `after: paged f16 blocks of ${m.models[0]?.after.blockTokens ?? 16} tokens, taken as sequences grow)` +
+    (m.peakRssBytes !== undefined ? `; peak RSS after loading the model ${bytes(m.peakRssBytes)}` : '')
+  );
+}
+
+export function memoryRows(m: MemoryReport): string[][] {
+  return m.models.map((x) => [
+    x.name,
+    `${bytes(x.bytesPerToken.f32)} / ${bytes(x.bytesPerToken.f16)} / ${bytes(x.bytesPerToken.q8_0)}`,
+    bytes(x.weightBytes),
+    `${bytes(x.before.reservedBytes)} reserved${x.before.fits ? '' : ' (over budget)'}`,
+    ...MEMORY_SEQUENCE_TOKENS.map((t) => `${x.before.sequences[t]} -> ${x.after.sequences[t]}`),
+    `${x.after.blocks} blocks, ${bytes(x.after.kvBytes)} (limited by ${x.after.limitedBy})`,
+  ]);
+}
+
+function memorySources(m: MemoryReport): string[] {
+  return m.models.map((x) => `${x.name}: weights ${x.weightSource}`);
 }
 
 function timingNote(method: TimingMethod): string {
@@ -254,6 +286,10 @@ export function formatTable(report: BenchReport): string {
   out.push('');
   out.push(`End to end: ${modelLine(report.e2e)}`);
   out.push(table(['', 'value', 'spread', 'detail'], e2eRows(report.e2e), [false, true, true, false]));
+  out.push('');
+  out.push(memoryLine(report.memory));
+  out.push(table(MEMORY_HEADER, memoryRows(report.memory), MEMORY_ALIGN));
+  out.push(...memorySources(report.memory).map((line) => `  ${line}`));
   out.push('');
   out.push(`Host overhead of decode: ${hostLine(report.host)}`);
   out.push(table(['', 'value', 'spread', 'detail'], hostRows(report.host), [false, true, true, false]));
@@ -302,6 +338,9 @@ export function formatMarkdown(report: BenchReport, chartFile?: string): string 
   if (k.skipped.length) out.push('', ...skippedLines(k).map((line) => `- ${line}`));
   out.push('', '## End to end', '', modelLine(report.e2e), '');
   out.push(markdownTable(['', 'value', 'spread', 'detail'], e2eRows(report.e2e), [false, true, true, false]));
+  out.push('', '## KV memory', '', `${memoryLine(report.memory)}.`, '');
+  out.push(markdownTable(MEMORY_HEADER, memoryRows(report.memory), MEMORY_ALIGN));
+  out.push('', ...memorySources(report.memory).map((line) => `- ${line}`));
   out.push('', '## Host overhead of decode', '', `${hostLine(report.host)}.`, '');
   out.push(markdownTable(['', 'value', 'spread', 'detail'], hostRows(report.host), [false, true, true, false]));
   const x = report.a100;

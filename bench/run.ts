@@ -6,15 +6,18 @@ import { basename, dirname, extname, join, relative } from 'node:path';
 import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
 import { OptionError } from '../src/errors.ts';
 import { openModelSource } from '../models/source.ts';
+import { gpuMemoryBytes, parseGpuMemory } from '../models/memory-plan.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
+import type { KvDtype } from '../kernels/attention.ts';
 import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
 import { renderChart } from './chart.ts';
 import { benchE2e } from './e2e.ts';
 import { HOST_STEPS, benchHost, type HostReport } from './host.ts';
 import { benchKernels, type KernelsReport } from './kernels.ts';
 import { benchPeer } from './peer.ts';
-import { LLAMA_7B_SHAPES, PRESETS, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
+import { memoryReport } from './memory.ts';
+import { LLAMA_7B_SHAPES, MEMORY_SHAPES, PRESETS, type BenchPreset, type MemoryShape, type MemoryShapeName, type PresetName, type ShapeSet } from './presets.ts';
 import { adapterName, formatHostTable, formatKernelsTable, formatMarkdown, formatTable, type AdapterReport, type BenchReport } from './report.ts';
 import { measureRoofline, type Progress, type RooflineResult } from './roofline.ts';
 import { timingMethod } from './timing.ts';
@@ -27,14 +30,20 @@ export interface BenchOptions {
   /** HF folder, .gguf file or 'tiny-random-llama' (default) for the end-to-end run. */
   model?: string;
   /**
-   * Kernel shapes: 'model' (the model's config) or 'llama-7b' (built in). Default: the model's
-   * when --model or --quick is given, Llama-7B's otherwise.
+   * Comma-separated shapes. The first sets the kernel shapes: 'model' (the model's config),
+   * 'llama-7b', 'llama-3-8b' or 'qwen3-8b' (built in); default: the model's when --model or
+   * --quick is given, Llama-7B's otherwise. The memory report covers the loaded model and every
+   * built-in 8B shape listed (default: llama-3-8b and qwen3-8b).
    */
   shapes?: string;
+  /** GPU memory budget of the memory report (bytes or a fraction of maxBufferSize; default 12GiB). */
+  gpuMemory?: string;
   adapter?: string;
   /** The larger decode batch. */
   batch?: number;
   prefillChunk?: number;
+  /** The end-to-end run's KV cache dtype (default: the engine's, f16). */
+  kvDtype?: KvDtype;
   /** Run llama.cpp on the same GGUF when possible (default true). */
   peer?: boolean;
   /** Run the peer on llama.cpp's GPU build when one is installed (default: its CPU build). */
@@ -62,10 +71,28 @@ export function resolvePreset(options: Pick<BenchOptions, 'preset' | 'quick'>): 
   return preset;
 }
 
+const SHAPE_CHOICES = ['model', 'llama-7b', ...Object.keys(MEMORY_SHAPES)];
+
+/** The --shapes list, each entry checked. */
+export function shapeList(shapes: string | undefined): string[] {
+  if (shapes === undefined) return [];
+  const list = shapes.split(',').map((s) => s.trim());
+  for (const name of list) {
+    if (!SHAPE_CHOICES.includes(name)) throw new OptionError(`--shapes takes a comma-separated list of ${SHAPE_CHOICES.map((c) => `"${c}"`).join(', ')} (got "${name}")`);
+  }
+  return list;
+}
+
+/** Built-in shapes of the memory report: those --shapes names, else Llama-3-8B and Qwen3-8B. */
+export function memoryShapes(shapes: string | undefined): MemoryShape[] {
+  const named = shapeList(shapes).filter((s): s is MemoryShapeName => s in MEMORY_SHAPES);
+  return (named.length > 0 ? named : (Object.keys(MEMORY_SHAPES) as MemoryShapeName[])).map((name) => MEMORY_SHAPES[name]);
+}
+
 export async function resolveShapes(options: Pick<BenchOptions, 'shapes' | 'model'>, preset: BenchPreset): Promise<ShapeSet> {
-  const choice = options.shapes ?? (options.model || preset.name !== 'full' ? 'model' : 'llama-7b');
+  const choice = shapeList(options.shapes)[0] ?? (options.model || preset.name !== 'full' ? 'model' : 'llama-7b');
   if (choice === 'llama-7b') return LLAMA_7B_SHAPES;
-  if (choice !== 'model') throw new OptionError(`--shapes must be "model" or "llama-7b" (got "${choice}")`);
+  if (choice in MEMORY_SHAPES) return MEMORY_SHAPES[choice as MemoryShapeName];
   const source = await openModelSource(options.model ?? TINY_MODEL_ID);
   try {
     return { name: source.id, config: source.config };
@@ -116,6 +143,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
   const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
   const model = options.model ?? TINY_MODEL_ID;
   const shapes = await resolveShapes(options, preset);
+  const gpuMemory = parseGpuMemory(options.gpuMemory ?? '12GiB');
   const data = loadA100();
   const report = await withGpu(options, async (gpu) => {
     progress(`adapter: ${adapterName(gpu.info)} (${gpu.info.backend}); preset ${preset.name}; timing by ${timingMethod(gpu)}`);
@@ -123,10 +151,20 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     const roofline = await measureRoofline(gpu, preset, progress);
     progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
     const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
-    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, progress });
+    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, kvDtype: options.kvDtype, progress });
     const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
     progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step, ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
-    return { adapter: describeAdapter(gpu), roofline, kernels, e2e, host };
+    const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize };
+    const memory = memoryReport({
+      gpuMemoryBytes: gpuMemoryBytes(gpuMemory, limits),
+      limits,
+      models: [
+        { name: e2e.model.id, config: e2e.model, weightBytes: e2e.memory.weightBytes, weightSource: `measured: ${e2e.model.dtype} as uploaded to this adapter` },
+        ...memoryShapes(options.shapes),
+      ],
+      peakRssBytes: e2e.memory.peakRssBytes,
+    });
+    return { adapter: describeAdapter(gpu), roofline, kernels, e2e, host, memory };
   });
   const result: BenchReport = {
     tool: 'webgpu-miner bench',

@@ -1,6 +1,6 @@
 // Attention and the KV cache writes. See shaders/attention*.wgsl.
 //
-//   KvWrite            copy a step's new K and V rows into the cache (per-row kv_base and position)
+//   KvWrite            copy a step's new K and V rows into the cache (per-row table row and position)
 //   PrefillAttention   causal flash attention, T queries of one sequence (shaders/attention.wgsl)
 //   DecodeAttention    split-K flash-decoding, one query token per row, rows of different sequences
 //                      (shaders/attention_decode.wgsl: a split pass then a reduce pass)
@@ -10,17 +10,26 @@
 // and the subgroup tier (needs the 'subgroups' feature): shaders/attention_subgroup.wgsl for prefill,
 // shaders/attention_decode_subgroup.wgsl for decode's split pass (its reduce pass is the baseline's).
 //
-// Layouts (all f32, offsets and strides in elements so one buffer holds many tensors):
+// Layouts (activations f32, offsets and strides in elements so one buffer holds many tensors):
 //   q, out        (T or R, rowStride) with (Hq, D) at offset: a fused QKV buffer
 //                 (T, (Hq + 2 Hkv) D) is read in place with rowStride = (Hq + 2 Hkv) D.
 //   new k, v      (T, rowStride) with (Hkv, D) at offset; k and v may be the same (fused) buffer.
-//   kCache/vCache one buffer each, many regions (sequence slot x layer); a region starts at element
-//                 kv_base and is (Hkv, capacity, D), head-major.
+//   kCache/vCache the paged KV cache of one layer: a pool of kvBlocks blocks each, a block holding
+//                 KV_BLOCK_TOKENS (16) consecutive positions of one sequence for every kv head,
+//                 (kvBlocks, Hkv, 16, D) in logical element order, so one block of one layer is
+//                 contiguous (copying it is one copyBufferToBuffer per cache). Stored as `dtype`
+//                 (shaders/kv_<dtype>.wgsl): f32; f16 packed two per u32 (element 2i low; read as
+//                 array<f16> where the device has 'shader-f16', kv_f16_native.wgsl); q8_0 as
+//                 ggml's 32-element blocks (D a multiple of 32), each block of the pool being its
+//                 int8 quants, four per u32, then one f32 word per 32 elements holding the
+//                 f16-rounded scale. kvBlockBytes gives a block's bytes.
+//   blockTable    (rows, ceil(capacity / 16)) u32 block ids: position p of the sequence in table row r
+//                 is in block blockTable[r * width + floor(p / 16)] at p % 16. An id >= kvBlocks (or
+//                 past what the buffers hold) names no block: its keys are skipped by the attention
+//                 ops and its rows dropped by the writers, never read or written out of bounds.
 //   rowMeta       u32 pairs, one per row, starting at u32 index metaOffset:
-//                   KvWrite:         (kv_base, position)  position in tokens, < capacity
-//                   DecodeAttention: (kv_base, kv_len)    keys to attend, the row's own included
-//                 kv_base is in elements; the run's kvOffset is added to it (a layer's offset inside
-//                 a slot), so one metadata buffer can serve every layer of a step.
+//                   KvWrite:         (table_row, position)  position in tokens, < capacity
+//                   DecodeAttention: (table_row, kv_len)    keys to attend, the row's own included
 // Grouped-query attention: query head h reads kv head floor(h / (Hq / Hkv)); nothing is copied.
 // Sliding window (both attention ops, run option `window`, in keys; 0 = unlimited): a query at position
 // q sees key k iff k <= q and k > q - window, its own key included (Hugging Face transformers'
@@ -37,25 +46,107 @@ import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
 import { kernelTiers, subgroupSizes, type Tier } from './tiers.ts';
 
+/** Token positions in one KV block. */
+export const KV_BLOCK_TOKENS = 16;
+
+/** How the KV cache stores its elements. */
+export type KvDtype = 'f32' | 'f16' | 'q8_0';
+export const KV_DTYPES: readonly KvDtype[] = ['f32', 'f16', 'q8_0'];
+
+/** Bytes one KV element takes as stored: q8_0 is one int8 plus a 4-byte scale word per 32. */
+const KV_ELEMENT_BYTES: Record<KvDtype, number> = { f32: 4, f16: 2, q8_0: 1 + 4 / 32 };
+
+/** Elements a KV dtype stores together: D must be a multiple of it. */
+export const KV_GROUP: Record<KvDtype, number> = { f32: 1, f16: 2, q8_0: 32 };
+
+/**
+ * Throw unless `dtype` is a KV dtype that can store heads of D elements; `what` names the setting
+ * in the message (a CLI flag, an option).
+ */
+export function checkKvDtype(dtype: string, D: number, what = 'kvDtype'): KvDtype {
+  if (!(KV_DTYPES as readonly string[]).includes(dtype)) {
+    throw new ShapeError(`${what} must be one of ${KV_DTYPES.join(', ')} (got ${String(dtype)})`);
+  }
+  const group = KV_GROUP[dtype as KvDtype];
+  if (D % group !== 0) {
+    throw new ShapeError(`${what} ${dtype} needs a head dim that is a multiple of ${group}, but this model's is ${D}`);
+  }
+  return dtype as KvDtype;
+}
+
+/** Bytes of one block of one layer's K (or V) pool: Hkv x 16 x D elements as `dtype` stores them. */
+export function kvBlockBytes(Hkv: number, D: number, dtype: KvDtype): number {
+  return Hkv * KV_BLOCK_TOKENS * D * KV_ELEMENT_BYTES[dtype];
+}
+
+/**
+ * KV cache bytes per token of one sequence: every layer, K and V, as stored (q8_0 scales included).
+ * Pure, so memory planning can use it without a GPU.
+ */
+export function kvBytesPerToken(config: { numLayers: number; numKvHeads: number; headDim: number }, dtype: KvDtype): number {
+  return 2 * config.numLayers * config.numKvHeads * config.headDim * KV_ELEMENT_BYTES[dtype];
+}
+
+/** Block-table entries per sequence for a capacity in tokens. */
+export function kvTableWidth(capacity: number): number {
+  return Math.ceil(capacity / KV_BLOCK_TOKENS);
+}
+
+/**
+ * The shader modules of a KV dtype: its layout and readers, and for writers its store. Readers of an
+ * f16 cache on a device with 'shader-f16' bind it as array<f16> (kv_f16_native.wgsl: one f16 load an
+ * element) instead of unpacking u32 pairs; the bits are the same.
+ */
+function kvModules(gpu: Gpu, dtype: KvDtype, store: boolean): string[] {
+  if (store) return [`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`];
+  if (dtype === 'f16' && gpu.features.has('shader-f16')) return ['f16_enable.wgsl', 'kv_f16_native.wgsl'];
+  return [`kv_${dtype}.wgsl`];
+}
+
+/** The pipeline variant of a KV reader on this device: the dtype, and whether f16 is read natively ('f16_native'). */
+export function kvVariant(gpu: Gpu, dtype: KvDtype): string {
+  return dtype === 'f16' && gpu.features.has('shader-f16') ? 'f16_native' : dtype;
+}
+
+/** The paged pool every KV kernel of a layer sees. */
+export interface KvPool {
+  /** Blocks in each of kCache and vCache. */
+  kvBlocks: number;
+  /** Storage of the elements (default 'f32'). */
+  dtype?: KvDtype;
+}
+
+/** Check a pool's shape and that kCache and vCache hold kvBlocks blocks; returns its dtype. */
+function checkPool(label: string, pool: KvPool, Hkv: number, D: number, buffers: { kCache: GPUBuffer; vCache: GPUBuffer; blockTable: GPUBuffer }): KvDtype {
+  checkShape(label, { kvBlocks: pool.kvBlocks });
+  const dtype = checkKvDtype(pool.dtype ?? 'f32', D, `${label}: dtype`);
+  const words = (pool.kvBlocks * kvBlockBytes(Hkv, D, dtype)) / 4;
+  checkFits(label, 'kCache', buffers.kCache, 0, words);
+  checkFits(label, 'vCache', buffers.vCache, 0, words);
+  if (buffers.blockTable.size < 4) throw new ShapeError(`${label}: blockTable must hold at least one u32`);
+  return dtype;
+}
+
 export const KvWriteParams = new UniformLayout('KvWriteParams', [
   ['rows', 'u32'],
   ['kv_heads', 'u32'],
   ['head_dim', 'u32'],
-  ['capacity', 'u32'],
+  ['table_width', 'u32'],
+  ['kv_blocks', 'u32'],
   ['k_offset', 'u32'],
   ['k_row_stride', 'u32'],
   ['v_offset', 'u32'],
   ['v_row_stride', 'u32'],
   ['meta_offset', 'u32'],
-  ['kv_offset', 'u32'],
 ] as const);
 
 export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams', [
   ['tokens', 'u32'],
   ['past_len', 'u32'],
   ['window', 'u32'],
-  ['kv_base', 'u32'],
-  ['capacity', 'u32'],
+  ['table_row', 'u32'],
+  ['table_width', 'u32'],
+  ['kv_blocks', 'u32'],
   ['q_heads', 'u32'],
   ['group', 'u32'],
   ['q_offset', 'u32'],
@@ -70,7 +161,8 @@ export const DecodeAttentionParams = new UniformLayout('DecodeAttentionParams', 
   ['splits', 'u32'],
   ['chunk', 'u32'],
   ['window', 'u32'],
-  ['capacity', 'u32'],
+  ['table_width', 'u32'],
+  ['kv_blocks', 'u32'],
   ['q_heads', 'u32'],
   ['group', 'u32'],
   ['q_offset', 'u32'],
@@ -78,27 +170,21 @@ export const DecodeAttentionParams = new UniformLayout('DecodeAttentionParams', 
   ['out_offset', 'u32'],
   ['out_row_stride', 'u32'],
   ['meta_offset', 'u32'],
-  ['kv_offset', 'u32'],
   ['scale', 'f32'],
 ] as const);
 
 type Fields<L> = L extends UniformLayout<infer F> ? F : never;
 
-/** Head counts, head dim and the per-head token capacity of one cache region. */
-export interface AttentionShape {
+/** Head counts, head dim, the most tokens one sequence holds, and the paged pool. */
+export interface AttentionShape extends KvPool {
   /** Query heads. */
   Hq: number;
   /** Key/value heads; divides Hq. */
   Hkv: number;
   /** Head dimension (elements). */
   D: number;
-  /** Token positions per head in one cache region (the region is Hkv * capacity * D elements). */
+  /** Most token positions of one sequence: its block-table row has ceil(capacity / 16) entries. */
   capacity: number;
-}
-
-/** Elements of one cache region (one sequence slot of one layer): Hkv * capacity * D. */
-export function kvRegionElements(shape: Pick<AttentionShape, 'Hkv' | 'D' | 'capacity'>): number {
-  return shape.Hkv * shape.capacity * shape.D;
 }
 
 function checkHeads(label: string, shape: AttentionShape): void {
@@ -153,9 +239,10 @@ function checkAttentionTier(gpu: Gpu, label: string, tier: Tier): number {
 // ---------------------------------------------------------------------------------------------
 // KV write
 
-export interface KvWriteConfig {
+export interface KvWriteConfig extends KvPool {
   Hkv: number;
   D: number;
+  /** Most token positions of one sequence (its table row has ceil(capacity / 16) entries). */
   capacity: number;
   /** Invocations per workgroup (power of two). Default 256. */
   workgroupSize?: number;
@@ -166,10 +253,13 @@ export interface KvWriteBuffers {
   k: GPUBuffer;
   /** New values: (rows, vRowStride) with (Hkv, D) at vOffset; may be the same buffer as k. */
   v: GPUBuffer;
-  /** u32 (kv_base, position) per row, from u32 index metaOffset. */
+  /** u32 (table_row, position) per row, from u32 index metaOffset. */
   rowMeta: GPUBuffer;
+  /** (kvBlocks, Hkv, 16, D) as dtype stores it. */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
+  /** (rows, ceil(capacity / 16)) u32 block ids. */
+  blockTable: GPUBuffer;
 }
 
 export interface KvWriteRun {
@@ -183,14 +273,13 @@ export interface KvWriteRun {
   vRowStride?: number;
   /** u32 index of row 0's pair in rowMeta. Default 0. */
   metaOffset?: number;
-  /** Elements added to every row's kv_base. Default 0. */
-  kvOffset?: number;
 }
 
 /**
- * Copies `rows` new K and V rows into the caches: row r goes to position meta[r].position of the
- * region at meta[r].kv_base + kvOffset. Rows whose position is >= capacity, or whose region does not
- * fit the cache buffers, are dropped by the shader (it cannot report them; validate on the host).
+ * Copies `rows` new K and V rows into the caches (rounded or quantised to the pool's dtype): row r
+ * goes to position meta[r].position of the sequence in table row meta[r].table_row. Rows whose
+ * position is >= capacity, or whose block the table does not name (an id >= kvBlocks), are dropped
+ * by the shader (it cannot report them; validate on the host).
  */
 export class KvWrite {
   readonly config: Readonly<Required<KvWriteConfig>>;
@@ -200,37 +289,45 @@ export class KvWrite {
 
   constructor(gpu: Gpu, config: KvWriteConfig, buffers: KvWriteBuffers) {
     const label = 'attention.kv_write';
-    const { Hkv, D, capacity, workgroupSize = 256 } = config;
+    const { Hkv, D, capacity, kvBlocks, workgroupSize = 256 } = config;
     checkShape(label, { Hkv, D, capacity });
-    this.config = { Hkv, D, capacity, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label) };
-    checkDistinct(label, { kCache: buffers.kCache, vCache: buffers.vCache }, { k: buffers.k, v: buffers.v, rowMeta: buffers.rowMeta });
+    const dtype = checkPool(label, config, Hkv, D, buffers);
+    this.config = { Hkv, D, capacity, kvBlocks, dtype, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label) };
+    checkDistinct(
+      label,
+      { kCache: buffers.kCache, vCache: buffers.vCache },
+      { k: buffers.k, v: buffers.v, rowMeta: buffers.rowMeta, blockTable: buffers.blockTable },
+    );
     if (buffers.kCache === buffers.vCache) throw new ShapeError(`${label}: kCache and vCache must be different buffers`);
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'attention', variant: 'kv_write', code: composeShader('attention_kv_write.wgsl'), entryPoint: 'kv_write', constants: { WG: workgroupSize } },
+      {
+        name: 'attention', variant: `kv_write_${dtype}`, code: composeShader(...kvModules(gpu, dtype, true), 'attention_kv_write.wgsl'),
+        entryPoint: 'kv_write', constants: { WG: workgroupSize },
+      },
       KvWriteParams,
-      [buffers.k, buffers.v, buffers.rowMeta, buffers.kCache, buffers.vCache],
+      [buffers.k, buffers.v, buffers.rowMeta, buffers.kCache, buffers.vCache, buffers.blockTable],
     );
   }
 
   encode(pass: GPUComputePassEncoder, run: KvWriteRun): void {
     const label = 'attention.kv_write';
-    const { Hkv, D, capacity, workgroupSize } = this.config;
+    const { Hkv, D, capacity, kvBlocks, dtype, workgroupSize } = this.config;
     const width = Hkv * D;
-    const { rows, kOffset = 0, kRowStride = width, vOffset = 0, vRowStride = width, metaOffset = 0, kvOffset = 0 } = run;
-    checkShape(label, { rows, kOffset, kRowStride, vOffset, vRowStride, metaOffset, kvOffset }, ['kOffset', 'vOffset', 'metaOffset', 'kvOffset']);
+    const { rows, kOffset = 0, kRowStride = width, vOffset = 0, vRowStride = width, metaOffset = 0 } = run;
+    checkShape(label, { rows, kOffset, kRowStride, vOffset, vRowStride, metaOffset }, ['kOffset', 'vOffset', 'metaOffset']);
     checkRows(label, 'k', this.#buffers.k, kOffset, kRowStride, rows, width);
     checkRows(label, 'v', this.#buffers.v, vOffset, vRowStride, rows, width);
     checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
-    const [x, y] = dispatchGrid(Math.ceil((rows * width) / workgroupSize), this.#maxPerDimension);
+    const [x, y] = dispatchGrid(Math.ceil((rows * width) / KV_GROUP[dtype] / workgroupSize), this.#maxPerDimension);
     this.#dispatch.encode(
       pass,
       {
-        rows, kv_heads: Hkv, head_dim: D, capacity,
+        rows, kv_heads: Hkv, head_dim: D, table_width: kvTableWidth(capacity), kv_blocks: kvBlocks,
         k_offset: kOffset, k_row_stride: kRowStride, v_offset: vOffset, v_row_stride: vRowStride,
-        meta_offset: metaOffset, kv_offset: kvOffset,
+        meta_offset: metaOffset,
       },
       x,
       y,
@@ -286,8 +383,11 @@ export interface PrefillAttentionOptions {
 export interface PrefillAttentionBuffers {
   /** Queries: (T, qRowStride) with (Hq, D) at qOffset (a fused QKV buffer works). */
   q: GPUBuffer;
+  /** (kvBlocks, Hkv, 16, D) as dtype stores it. */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
+  /** (rows, ceil(capacity / 16)) u32 block ids. */
+  blockTable: GPUBuffer;
   /** Output: (T, outRowStride) with (Hq, D) at outOffset. Must not be q's buffer. */
   out: GPUBuffer;
 }
@@ -295,10 +395,10 @@ export interface PrefillAttentionBuffers {
 export interface PrefillAttentionRun {
   /** T: query tokens of this step (>= 1). */
   tokens: number;
-  /** Tokens already in the region before this step; query t is at position pastLen + t. */
+  /** Tokens already in the sequence's cache before this step; query t is at position pastLen + t. */
   pastLen: number;
-  /** Element where the sequence's region starts in kCache and vCache. */
-  kvBase: number;
+  /** The sequence's row of the block table. */
+  tableRow: number;
   qOffset?: number;
   /** Default Hq * D. */
   qRowStride?: number;
@@ -313,7 +413,8 @@ export interface PrefillAttentionRun {
 
 /**
  * Causal flash attention over one sequence: query t (position pastLen + t) attends keys
- * 0 ..= pastLen + t of the region at kvBase (with a window, only the last `window` of them), which
+ * 0 ..= pastLen + t of the sequence in table row tableRow (with a window, only the last `window` of
+ * them; keys whose block the table does not name are skipped), which
  * must already hold this step's K/V rows (encode KvWrite first). Workgroup tiles are sized from D;
  * D whose tiles do not fit the adapter's maxComputeWorkgroupStorageSize is refused at construction.
  */
@@ -349,46 +450,47 @@ export class PrefillAttention {
     }
     if (D > MAX_HEAD_DIM) throw new ShapeError(`${label}: head dim D=${D} exceeds the supported maximum ${MAX_HEAD_DIM}`);
     const wg = checkWorkgroupSize(gpu, workgroupSize(tiles.BQ), label);
-    checkDistinct(label, { out: buffers.out }, { q: buffers.q, kCache: buffers.kCache, vCache: buffers.vCache });
-    this.shape = { ...shape };
+    const dtype = checkPool(label, shape, shape.Hkv, D, buffers);
+    checkDistinct(label, { out: buffers.out }, { q: buffers.q, kCache: buffers.kCache, vCache: buffers.vCache, blockTable: buffers.blockTable });
+    this.shape = { ...shape, dtype };
     this.tiles = tiles;
     this.tier = tier;
     this.workgroupSize = wg;
     this.#buffers = buffers;
     const constants = { D, BQ: tiles.BQ, BK: tiles.BK };
+    const kv = kvModules(gpu, dtype, false);
     this.#dispatch = new Dispatch(
       gpu,
       sgMin
         ? {
-            name: 'attention', variant: 'prefill', code: composeShader('subgroups_enable.wgsl', 'attention_subgroup.wgsl'),
+            name: 'attention', variant: `prefill_${kvVariant(gpu, dtype)}`, code: composeShader('subgroups_enable.wgsl', ...kv, 'attention_subgroup.wgsl'),
             entryPoint: 'prefill_subgroup', constants: { ...constants, WG: wg, SG_MIN: sgMin },
           }
-        : { name: 'attention', variant: 'prefill', code: composeShader('attention.wgsl'), entryPoint: 'prefill', constants },
+        : { name: 'attention', variant: `prefill_${kvVariant(gpu, dtype)}`, code: composeShader(...kv, 'attention.wgsl'), entryPoint: 'prefill', constants },
       PrefillAttentionParams,
-      [buffers.q, buffers.kCache, buffers.vCache, buffers.out],
+      [buffers.q, buffers.kCache, buffers.vCache, buffers.out, buffers.blockTable],
     );
   }
 
   encode(pass: GPUComputePassEncoder, run: PrefillAttentionRun): void {
     const label = 'attention.prefill';
-    const { Hq, Hkv, D, capacity } = this.shape;
+    const { Hq, Hkv, D, capacity, kvBlocks } = this.shape;
     const width = Hq * D;
-    const { tokens, pastLen, kvBase, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width, scale = 1 / Math.sqrt(D), window = 0 } = run;
-    checkShape(label, { tokens, pastLen, kvBase, qOffset, qRowStride, outOffset, outRowStride }, ['pastLen', 'kvBase', 'qOffset', 'outOffset']);
+    const { tokens, pastLen, tableRow, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width, scale = 1 / Math.sqrt(D), window = 0 } = run;
+    checkShape(label, { tokens, pastLen, tableRow, qOffset, qRowStride, outOffset, outRowStride }, ['pastLen', 'tableRow', 'qOffset', 'outOffset']);
     checkScale(label, scale);
     checkWindow(label, window);
     if (pastLen + tokens > capacity) {
-      throw new ShapeError(`${label}: pastLen + tokens (${pastLen} + ${tokens}) exceeds the region capacity ${capacity}`);
+      throw new ShapeError(`${label}: pastLen + tokens (${pastLen} + ${tokens}) exceeds the sequence capacity ${capacity}`);
     }
     checkRows(label, 'q', this.#buffers.q, qOffset, qRowStride, tokens, width);
     checkRows(label, 'out', this.#buffers.out, outOffset, outRowStride, tokens, width);
-    const region = kvRegionElements(this.shape);
-    checkFits(label, 'kCache', this.#buffers.kCache, kvBase, region);
-    checkFits(label, 'vCache', this.#buffers.vCache, kvBase, region);
+    const tableWidth = kvTableWidth(capacity);
+    checkFits(label, 'blockTable', this.#buffers.blockTable, tableRow * tableWidth, tableWidth);
     this.#dispatch.encode(
       pass,
       {
-        tokens, past_len: pastLen, window, kv_base: kvBase, capacity, q_heads: Hq, group: Hq / Hkv,
+        tokens, past_len: pastLen, window, table_row: tableRow, table_width: tableWidth, kv_blocks: kvBlocks, q_heads: Hq, group: Hq / Hkv,
         q_offset: qOffset, q_row_stride: qRowStride, out_offset: outOffset, out_row_stride: outRowStride, scale,
       },
       Math.ceil(tokens / this.tiles.BQ),
@@ -421,11 +523,14 @@ export interface DecodeAttentionConfig extends AttentionShape {
 export interface DecodeAttentionBuffers {
   /** Queries: (rows, qRowStride) with (Hq, D) at qOffset (a fused QKV buffer works). */
   q: GPUBuffer;
+  /** (kvBlocks, Hkv, 16, D) as dtype stores it. */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
+  /** (rows, ceil(capacity / 16)) u32 block ids. */
+  blockTable: GPUBuffer;
   /** Output: (rows, outRowStride) with (Hq, D) at outOffset. Must not be q's buffer. */
   out: GPUBuffer;
-  /** u32 (kv_base, kv_len) per row, from u32 index metaOffset. */
+  /** u32 (table_row, kv_len) per row, from u32 index metaOffset. */
   rowMeta: GPUBuffer;
   /**
    * Partials, at least DecodeAttention.scratchBytes(config) bytes. Optional: by default the op
@@ -450,8 +555,6 @@ export interface DecodeAttentionRun {
   outRowStride?: number;
   /** u32 index of row 0's pair in rowMeta. Default 0. */
   metaOffset?: number;
-  /** Elements added to every row's kv_base. Default 0. */
-  kvOffset?: number;
   /** Default 1 / sqrt(D). */
   scale?: number;
   /**
@@ -474,11 +577,12 @@ export interface SplitPlan {
 }
 
 /**
- * Flash-decoding: row r's single query (all Hq heads) attends keys 0 .. kv_len - 1 of the region at
- * meta[r].kv_base + kvOffset (with a window, only the last `window` of them). Pass 1 writes per-split
+ * Flash-decoding: row r's single query (all Hq heads) attends keys 0 .. kv_len - 1 of the sequence in
+ * table row meta[r].table_row (with a window, only the last `window` of them). Pass 1 writes per-split
  * partials to the scratch buffer, pass 2 combines them into out; a run whose keys fit one split
- * (plan().splits === 1) is pass 1 alone, writing out directly. Rows with kv_len 0 get a zero output; kv_len is clamped to capacity; a region that
- * does not fit the cache buffers reads nothing (zero output).
+ * (plan().splits === 1) is pass 1 alone, writing out directly. Rows with kv_len 0 get a zero output;
+ * kv_len is clamped to the table row's 16 x width positions; keys whose block the table does not
+ * name are skipped (a row with none left gets a zero output).
  */
 export class DecodeAttention {
   readonly config: Readonly<Required<DecodeAttentionConfig>>;
@@ -507,7 +611,8 @@ export class DecodeAttention {
     if (maxContext > capacity) throw new ShapeError(`${label}: maxContext (${maxContext}) exceeds capacity (${capacity})`);
     checkWorkgroupSize(gpu, workgroupSize, label);
     const sgMin = checkAttentionTier(gpu, label, tier);
-    this.config = { Hq, Hkv, D, capacity, maxRows, maxContext, splitKeys, maxSplits, workgroupSize, tier };
+    const dtype = checkPool(label, config, Hkv, D, buffers);
+    this.config = { Hq, Hkv, D, capacity, kvBlocks: config.kvBlocks, dtype, maxRows, maxContext, splitKeys, maxSplits, workgroupSize, tier };
     this.chunkMax = Math.max(splitKeys, Math.ceil(maxContext / maxSplits));
     // q_s (D), scores (chunkMax), then the reduction scratch: a WG tree on the baseline, the leader
     // bitmask and two slots per subgroup on the subgroup tier.
@@ -520,32 +625,37 @@ export class DecodeAttention {
           `adapter's maxComputeWorkgroupStorageSize is ${limit} bytes (raise maxSplits or lower splitKeys)`,
       );
     }
-    checkDistinct(label, { out: buffers.out }, { q: buffers.q, kCache: buffers.kCache, vCache: buffers.vCache, rowMeta: buffers.rowMeta });
+    checkDistinct(label, { out: buffers.out }, { q: buffers.q, kCache: buffers.kCache, vCache: buffers.vCache, rowMeta: buffers.rowMeta, blockTable: buffers.blockTable });
     const scratchBytes = DecodeAttention.scratchBytes(this.config);
     if (buffers.scratch) {
       if (buffers.scratch.size < scratchBytes) {
         throw new ShapeError(`${label}: scratch needs ${scratchBytes} bytes but its buffer has ${buffers.scratch.size}`);
       }
-      checkDistinct(label, { scratch: buffers.scratch }, { q: buffers.q, out: buffers.out, kCache: buffers.kCache, vCache: buffers.vCache, rowMeta: buffers.rowMeta });
+      checkDistinct(label, { scratch: buffers.scratch }, {
+        q: buffers.q, out: buffers.out, kCache: buffers.kCache, vCache: buffers.vCache, rowMeta: buffers.rowMeta, blockTable: buffers.blockTable,
+      });
     }
     this.scratch = buffers.scratch ?? createStorage(gpu, `${label}.partials`, scratchBytes);
     this.#ownsScratch = !buffers.scratch;
     this.#buffers = buffers;
-    const code = composeShader('attention_decode.wgsl');
+    const kv = kvModules(gpu, dtype, false);
+    const code = composeShader(...kv, 'attention_decode.wgsl');
+    const variant = `decode_${kvVariant(gpu, dtype)}`;
     this.#split = new Dispatch(
       gpu,
       sgMin
         ? {
-            name: 'attention', variant: 'decode', code: composeShader('subgroups_enable.wgsl', 'attention_decode_subgroup.wgsl'),
+            name: 'attention', variant, code: composeShader('subgroups_enable.wgsl', ...kv, 'attention_decode_subgroup.wgsl'),
             entryPoint: 'decode_split_subgroup', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, SG_MIN: sgMin },
           }
-        : { name: 'attention', variant: 'decode', code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
+        : { name: 'attention', variant, code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
       DecodeAttentionParams,
-      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out],
+      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out, buffers.blockTable],
     );
     this.#reduce = new Dispatch(
       gpu,
-      { name: 'attention', variant: 'decode', code, entryPoint: 'decode_reduce', constants: { D, WG: workgroupSize } },
+      // Pass 2 reads only the partials; its module is the f32 one whatever the pool's dtype.
+      { name: 'attention', variant: 'decode_f32', code: composeShader('kv_f32.wgsl', 'attention_decode.wgsl'), entryPoint: 'decode_reduce', constants: { D, WG: workgroupSize } },
       DecodeAttentionParams,
       [undefined, undefined, undefined, undefined, this.scratch, buffers.out],
     );
@@ -563,13 +673,13 @@ export class DecodeAttention {
 
   encode(pass: GPUComputePassEncoder, run: DecodeAttentionRun): void {
     const label = 'attention.decode';
-    const { Hq, Hkv, D, capacity, maxRows, maxContext } = this.config;
+    const { Hq, Hkv, D, capacity, kvBlocks, maxRows, maxContext } = this.config;
     const width = Hq * D;
     const {
       rows, maxLen, qOffset = 0, qRowStride = width, outOffset = 0, outRowStride = width,
-      metaOffset = 0, kvOffset = 0, scale = 1 / Math.sqrt(D), window = 0,
+      metaOffset = 0, scale = 1 / Math.sqrt(D), window = 0,
     } = run;
-    checkShape(label, { rows, maxLen, qOffset, qRowStride, outOffset, outRowStride, metaOffset, kvOffset }, ['qOffset', 'outOffset', 'metaOffset', 'kvOffset']);
+    checkShape(label, { rows, maxLen, qOffset, qRowStride, outOffset, outRowStride, metaOffset }, ['qOffset', 'outOffset', 'metaOffset']);
     checkScale(label, scale);
     checkWindow(label, window);
     if (rows > maxRows) throw new ShapeError(`${label}: rows (${rows}) exceeds maxRows (${maxRows})`);
@@ -579,9 +689,9 @@ export class DecodeAttention {
     checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
     const { splits, chunk } = this.plan(maxLen, window);
     const values = {
-      rows, splits, chunk, window, capacity, q_heads: Hq, group: Hq / Hkv,
+      rows, splits, chunk, window, table_width: kvTableWidth(capacity), kv_blocks: kvBlocks, q_heads: Hq, group: Hq / Hkv,
       q_offset: qOffset, q_row_stride: qRowStride, out_offset: outOffset, out_row_stride: outRowStride,
-      meta_offset: metaOffset, kv_offset: kvOffset, scale,
+      meta_offset: metaOffset, scale,
     };
     this.#split.encode(pass, values, splits, Hq, rows);
     // One split writes the normalised output itself (attention_decode_common.wgsl): no reduce pass.

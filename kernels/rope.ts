@@ -4,6 +4,7 @@ import { UniformLayout } from '../src/gpu/uniforms.ts';
 import { OptionError, ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
+import { KV_GROUP as KV_GROUP_OF, checkKvDtype, kvBlockBytes, kvTableWidth, type KvPool } from './attention.ts';
 
 export const RopeParams = new UniformLayout('Params', [
   ['tokens', 'u32'],
@@ -179,7 +180,8 @@ export const RopeKvWriteParams = new UniformLayout('RopeKvWriteParams', [
   ['kv_heads', 'u32'],
   ['head_dim', 'u32'],
   ['rotary_dims', 'u32'],
-  ['capacity', 'u32'],
+  ['table_width', 'u32'],
+  ['kv_blocks', 'u32'],
   ['row_stride', 'u32'],
   ['q_offset', 'u32'],
   ['k_offset', 'u32'],
@@ -187,7 +189,7 @@ export const RopeKvWriteParams = new UniformLayout('RopeKvWriteParams', [
   ['meta_offset', 'u32'],
 ] as const);
 
-export interface RopeKvWriteConfig {
+export interface RopeKvWriteConfig extends KvPool {
   /** Hq: query heads per row. */
   Hq: number;
   /** Hkv: key / value heads per row. */
@@ -196,7 +198,7 @@ export interface RopeKvWriteConfig {
   D: number;
   /** Rd: rotated elements per head, even, <= D. */
   rotaryDims: number;
-  /** Token positions per head in one cache region (the KV cache layout of kernels/attention.ts). */
+  /** Most token positions of one sequence (the paged KV cache layout of kernels/attention.ts). */
   capacity: number;
   workgroupSize?: number;
 }
@@ -204,12 +206,15 @@ export interface RopeKvWriteConfig {
 export interface RopeKvWriteBuffers {
   /** Fused projection rows (R, rowStride): queries rotated in place; keys and values read. */
   qkv: GPUBuffer;
-  /** Per row (kv_base, position) u32 pairs: where the row's key and value go, and its position. */
+  /** Per row (table_row, position) u32 pairs: where the row's key and value go, and its position. */
   rowMeta: GPUBuffer;
   /** Inverse frequencies (Rd/2) f32: see ropeInverseFrequencies. */
   invFreq: GPUBuffer;
+  /** (kvBlocks, Hkv, 16, D) as dtype stores it. */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
+  /** (rows, ceil(capacity / 16)) u32 block ids. */
+  blockTable: GPUBuffer;
 }
 
 export interface RopeKvWriteRun {
@@ -221,7 +226,7 @@ export interface RopeKvWriteRun {
   qOffset: number;
   kOffset: number;
   vOffset: number;
-  /** u32 index of row 0's (kv_base, position) pair in rowMeta; default 0. */
+  /** u32 index of row 0's (table_row, position) pair in rowMeta; default 0. */
   metaOffset?: number;
 }
 
@@ -239,10 +244,16 @@ export class RopeKvWrite {
   constructor(gpu: Gpu, mode: RopeMode, config: RopeKvWriteConfig, buffers: RopeKvWriteBuffers) {
     if (mode !== 'half' && mode !== 'interleaved') throw new TypeError(`rope_kv_write: unknown mode "${mode}"`);
     const label = `rope_kv_write_${mode}`;
-    const { Hq, Hkv, D, rotaryDims, capacity, workgroupSize = 64 } = config;
-    checkShape(label, { Hq, Hkv, D, rotaryDims, capacity });
+    const { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, workgroupSize = 64 } = config;
+    checkShape(label, { Hq, Hkv, D, rotaryDims, capacity, kvBlocks });
     if (rotaryDims % 2 !== 0 || rotaryDims > D) throw new ShapeError(`${label}: rotaryDims must be even and <= D = ${D} (got ${rotaryDims})`);
-    const distinct = { qkv: buffers.qkv, rowMeta: buffers.rowMeta, invFreq: buffers.invFreq, kCache: buffers.kCache, vCache: buffers.vCache };
+    const dtype = checkKvDtype(config.dtype ?? 'f32', D, `${label}: dtype`);
+    const poolWords = (kvBlocks * kvBlockBytes(Hkv, D, dtype)) / 4;
+    checkFits(label, 'kCache', buffers.kCache, 0, poolWords);
+    checkFits(label, 'vCache', buffers.vCache, 0, poolWords);
+    const distinct = {
+      qkv: buffers.qkv, rowMeta: buffers.rowMeta, invFreq: buffers.invFreq, kCache: buffers.kCache, vCache: buffers.vCache, blockTable: buffers.blockTable,
+    };
     const names = Object.keys(distinct) as Array<keyof typeof distinct>;
     for (const [i, a] of names.entries()) {
       for (const b of names.slice(i + 1)) {
@@ -251,20 +262,23 @@ export class RopeKvWrite {
     }
     checkFits(label, 'invFreq', buffers.invFreq, 0, rotaryDims / 2);
     this.mode = mode;
-    this.config = { Hq, Hkv, D, rotaryDims, capacity, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label) };
+    this.config = { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, dtype, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label) };
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'rope_kv_write', variant: mode, code: composeShader('rope_kv_write.wgsl'), entryPoint: label, constants: { WG: workgroupSize } },
+      {
+        name: 'rope_kv_write', variant: `${mode}_${dtype}`, code: composeShader(`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`, 'rope_kv_write.wgsl'),
+        entryPoint: label, constants: { WG: workgroupSize },
+      },
       RopeKvWriteParams,
-      [buffers.qkv, buffers.rowMeta, buffers.invFreq, buffers.kCache, buffers.vCache],
+      [buffers.qkv, buffers.rowMeta, buffers.invFreq, buffers.kCache, buffers.vCache, buffers.blockTable],
     );
   }
 
   encode(pass: GPUComputePassEncoder, run: RopeKvWriteRun): void {
     const label = `rope_kv_write_${this.mode}`;
-    const { Hq, Hkv, D, rotaryDims, capacity, workgroupSize } = this.config;
+    const { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, dtype, workgroupSize } = this.config;
     const { rows, rowStride, qOffset, kOffset, vOffset, metaOffset = 0 } = run;
     checkShape(label, { rows, rowStride, qOffset, kOffset, vOffset, metaOffset }, ['qOffset', 'kOffset', 'vOffset', 'metaOffset']);
     // The three head ranges of a row must not overlap, and each must fit the row.
@@ -281,12 +295,12 @@ export class RopeKvWrite {
       }
     }
     checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
-    const items = rows * (Hq * (rotaryDims / 2) + Hkv * D);
+    const items = rows * (Hq * (rotaryDims / 2) + (Hkv * D) / KV_GROUP_OF[dtype]);
     const [x, y] = dispatchGrid(Math.ceil(items / workgroupSize), this.#maxPerDimension);
     this.#dispatch.encode(
       pass,
       {
-        rows, q_heads: Hq, kv_heads: Hkv, head_dim: D, rotary_dims: rotaryDims, capacity,
+        rows, q_heads: Hq, kv_heads: Hkv, head_dim: D, rotary_dims: rotaryDims, table_width: kvTableWidth(capacity), kv_blocks: kvBlocks,
         row_stride: rowStride, q_offset: qOffset, k_offset: kOffset, v_offset: vOffset, meta_offset: metaOffset,
       },
       x,

@@ -7,11 +7,11 @@ import { runPass } from './dispatch.ts';
 import { Elementwise } from './elementwise.ts';
 import { Linear } from './linear.ts';
 import { defaultMatmulTier, projectionBound } from './matmul.ts';
-import { GGUF_BLOCK_BYTES, dequantize, isKQuantDtype, packGguf, packWeight, uploadWeight, type HostWeight, type KQuantDtype, type WeightDtype } from './weights.ts';
+import { GGUF_BLOCK_BYTES, dequantize, f16BitsToF32, isKQuantDtype, packGguf, packWeight, uploadWeight, type HostWeight, type KQuantDtype, type WeightDtype } from './weights.ts';
 import { Norm } from './norm.ts';
 import { Softmax } from './softmax.ts';
 import { Rope } from './rope.ts';
-import { DecodeAttention, KvWrite } from './attention.ts';
+import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, kvBlockBytes, type KvDtype } from './attention.ts';
 import { TopK } from './sample.ts';
 
 export interface SelfCheckResult {
@@ -44,6 +44,89 @@ function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
 }
 
 type Check = (gpu: Gpu) => Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }>;
+
+/**
+ * One paged KV pool read back (u32 words, as `dtype` stores it: kernels/attention.ts) as its
+ * (blocks, Hkv, 16, D) f32 elements, `blockElements` = Hkv x 16 x D a block.
+ */
+function kvPoolValues(words: Uint32Array, blocks: number, blockElements: number, dtype: KvDtype): Float32Array {
+  const out = new Float32Array(blocks * blockElements);
+  if (dtype === 'f32') {
+    out.set(new Float32Array(words.buffer, words.byteOffset, out.length));
+  } else if (dtype === 'f16') {
+    for (let i = 0; i < out.length; i++) out[i] = f16BitsToF32((words[i >> 1] >>> (16 * (i & 1))) & 0xffff);
+  } else {
+    // Per block: its int8 quants four to a word, then one f32 scale word per 32 elements.
+    const perBlock = blockElements / 4 + blockElements / 32;
+    const scales = new Float32Array(words.buffer, words.byteOffset, words.length);
+    for (let b = 0; b < blocks; b++) {
+      for (let e = 0; e < blockElements; e++) {
+        const byte = (words[b * perBlock + (e >> 2)] >>> (8 * (e & 3))) & 0xff;
+        out[b * blockElements + e] = ((byte << 24) >> 24) * scales[b * perBlock + blockElements / 4 + (e >> 5)];
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Decode attention (GQA 4/2, 45 keys over a reversed block table) over a `dtype` KV cache its
+ * KvWrite filled. `measure` 'attention': the output against a float64 reference reading the cache as
+ * stored; 'stored': the stored keys and values against the f32 ones written.
+ */
+async function decodeCheck(gpu: Gpu, dtype: KvDtype, measure: 'attention' | 'stored'): Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }> {
+  const [Hq, Hkv, D, L, capacity] = [4, 2, 32, 45, 64];
+  const k = values(L * Hkv * D, 9);
+  const v = values(L * Hkv * D, 10);
+  const q = values(Hq * D, 11);
+  const kvBlocks = capacity / KV_BLOCK_TOKENS;
+  const blockElements = Hkv * KV_BLOCK_TOKENS * D;
+  const cache = (n: string) => createStorage(gpu, n, kvBlocks * kvBlockBytes(Hkv, D, dtype));
+  const [kCache, vCache] = [cache('k'), cache('v')];
+  const out = createStorage(gpu, 'out', Hq * D * 4);
+  // The paged cache read through a reversed block table: the last block first.
+  const table = Uint32Array.from({ length: kvBlocks }, (_, i) => kvBlocks - 1 - i);
+  const blockTable = createStorage(gpu, 'table', table);
+  const write = new KvWrite(gpu, { Hkv, D, capacity, kvBlocks, dtype }, {
+    k: createStorage(gpu, 'knew', k), v: createStorage(gpu, 'vnew', v), kCache, vCache, blockTable,
+    rowMeta: createStorage(gpu, 'wmeta', Uint32Array.from({ length: 2 * L }, (_, i) => (i % 2 ? i >> 1 : 0))),
+  });
+  const attend = new DecodeAttention(gpu, { Hq, Hkv, D, capacity, kvBlocks, dtype, maxRows: 1, splitKeys: 16 }, {
+    q: createStorage(gpu, 'q', q), kCache, vCache, blockTable, out, rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])),
+  });
+  await runPass(gpu, (pass) => {
+    write.encode(pass, { rows: L });
+    attend.encode(pass, { rows: 1, maxLen: L });
+  });
+  const words = (kvBlocks * kvBlockBytes(Hkv, D, dtype)) / 4;
+  const kPool = kvPoolValues(await readU32(gpu, kCache, words), kvBlocks, blockElements, dtype);
+  const vPool = kvPoolValues(await readU32(gpu, vCache, words), kvBlocks, blockElements, dtype);
+  // Where (position t, kv head g) is stored: block table[t / 16], row (g, t % 16).
+  const at = (t: number, g: number) => table[Math.floor(t / KV_BLOCK_TOKENS)] * blockElements + (g * KV_BLOCK_TOKENS + (t % KV_BLOCK_TOKENS)) * D;
+  const storedK = new Float32Array(L * Hkv * D);
+  const storedV = new Float32Array(L * Hkv * D);
+  for (let t = 0; t < L; t++) {
+    for (let g = 0; g < Hkv; g++) {
+      storedK.set(kPool.subarray(at(t, g), at(t, g) + D), (t * Hkv + g) * D);
+      storedV.set(vPool.subarray(at(t, g), at(t, g) + D), (t * Hkv + g) * D);
+    }
+  }
+  if (measure === 'stored') return { got: [...storedK, ...storedV], want: [...k, ...v] };
+  const want = new Float64Array(Hq * D);
+  for (let h = 0; h < Hq; h++) {
+    const g = Math.floor(h / (Hq / Hkv));
+    const scores = Array.from({ length: L }, (_, t) => {
+      let s = 0;
+      for (let d = 0; d < D; d++) s += q[h * D + d] * storedK[(t * Hkv + g) * D + d];
+      return s / Math.sqrt(D);
+    });
+    const max = Math.max(...scores);
+    const e = scores.map((s) => Math.exp(s - max));
+    const sum = e.reduce((a, b) => a + b, 0);
+    for (let t = 0; t < L; t++) for (let d = 0; d < D; d++) want[h * D + d] += (e[t] / sum) * storedV[(t * Hkv + g) * D + d];
+  }
+  return { got: await readF32(gpu, out, Hq * D), want };
+}
 
 // Byte offsets of each K-quant block's f16 super-block scales (d, and dmin where it has one): the
 // rest of a block is any bytes, but these must be finite and small.
@@ -154,44 +237,13 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check }> = [
       return { got: await readF32(gpu, buffer, T * H * D), want };
     },
   },
-  {
-    kernel: 'attention decode (GQA 4/2)',
-    bound: 1e-5,
-    run: async (gpu) => {
-      const [Hq, Hkv, D, L, capacity] = [4, 2, 32, 45, 64];
-      const k = values(L * Hkv * D, 9);
-      const v = values(L * Hkv * D, 10);
-      const q = values(Hq * D, 11);
-      const cache = (n: string) => createStorage(gpu, n, Hkv * capacity * D * 4);
-      const [kCache, vCache] = [cache('k'), cache('v')];
-      const out = createStorage(gpu, 'out', Hq * D * 4);
-      const write = new KvWrite(gpu, { Hkv, D, capacity }, {
-        k: createStorage(gpu, 'knew', k), v: createStorage(gpu, 'vnew', v), kCache, vCache,
-        rowMeta: createStorage(gpu, 'wmeta', Uint32Array.from({ length: 2 * L }, (_, i) => (i % 2 ? i >> 1 : 0))),
-      });
-      const attend = new DecodeAttention(gpu, { Hq, Hkv, D, capacity, maxRows: 1, splitKeys: 16 }, {
-        q: createStorage(gpu, 'q', q), kCache, vCache, out, rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])),
-      });
-      await runPass(gpu, (pass) => {
-        write.encode(pass, { rows: L });
-        attend.encode(pass, { rows: 1, maxLen: L });
-      });
-      const want = new Float64Array(Hq * D);
-      for (let h = 0; h < Hq; h++) {
-        const g = Math.floor(h / (Hq / Hkv));
-        const scores = Array.from({ length: L }, (_, t) => {
-          let s = 0;
-          for (let d = 0; d < D; d++) s += q[h * D + d] * k[(t * Hkv + g) * D + d];
-          return s / Math.sqrt(D);
-        });
-        const max = Math.max(...scores);
-        const e = scores.map((s) => Math.exp(s - max));
-        const sum = e.reduce((a, b) => a + b, 0);
-        for (let t = 0; t < L; t++) for (let d = 0; d < D; d++) want[h * D + d] += (e[t] / sum) * v[(t * Hkv + g) * D + d];
-      }
-      return { got: await readF32(gpu, out, Hq * D), want };
-    },
-  },
+  { kernel: 'attention decode (GQA 4/2)', bound: 1e-5, run: (gpu) => decodeCheck(gpu, 'f32', 'attention') },
+  // The default KV cache: attention over what the write stored, and what it stored against the
+  // f32 keys and values (f16: 2^-11 relative at most; q8_0: half a step of 1/127 of a block's largest).
+  { kernel: 'attention decode f16 KV', bound: 1e-5, run: (gpu) => decodeCheck(gpu, 'f16', 'attention') },
+  { kernel: 'kv write f16', bound: 5e-4, run: (gpu) => decodeCheck(gpu, 'f16', 'stored') },
+  { kernel: 'attention decode q8_0 KV', bound: 1e-5, run: (gpu) => decodeCheck(gpu, 'q8_0', 'attention') },
+  { kernel: 'kv write q8_0', bound: 6e-3, run: (gpu) => decodeCheck(gpu, 'q8_0', 'stored') },
   {
     kernel: 'top-k (k=8 of 5003)',
     bound: 0,

@@ -12,10 +12,16 @@
 // around the tiled matmuls, over the same weights.
 // A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
 // kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
+// The KV cache is paged (models/kv-cache.ts, kernels/attention.ts): each layer has a K and a V pool of
+// kvBlocks blocks of KV_BLOCK_TOKENS positions, stored as kvDtype, and slot s reaches its blocks
+// through row s of one block table shared by every layer. At load row s maps s * B .. s * B + B - 1
+// (one fixed reservation per slot, as long as the pool has slots * B blocks); setBlockTable and
+// copyBlock let a block allocator share and copy blocks between slots.
 //
 // Legend: R = rows in a step (the prompt tokens of one or more sequences laid end to end, or one
 // token per decoding sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
-// F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens).
+// F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens),
+// N = KV blocks in each pool, B = ceil(P / 16) block-table entries per slot.
 import type { Gpu } from '../src/gpu/device.ts';
 import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
 import { UniformArena } from '../src/gpu/uniforms.ts';
@@ -25,18 +31,26 @@ import { Embed } from '../kernels/embed.ts';
 import { Linear } from '../kernels/linear.ts';
 import { Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
-import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
+import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
 import { ggufBytes, interleaveRowPairs, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
+import { KvCache } from './kv-cache.ts';
 
 export interface TransformerOptions {
-  /** Sequences whose KV cache is held at once (decode batch size). */
+  /** Sequences whose KV cache is held at once (decode batch size; rows of the block table). */
   slots: number;
-  /** Tokens each slot can hold (prompt + completion). */
+  /** Most tokens one slot's sequence can hold (prompt + completion): its table row has ceil(capacity / 16) entries. */
   capacity: number;
+  /**
+   * KV blocks (KV_BLOCK_TOKENS positions each) in every layer's pool, shared by all slots through
+   * their block tables. Default slots x ceil(capacity / 16): every slot's whole capacity reserved.
+   */
+  kvBlocks?: number;
+  /** How the KV cache stores keys and values (default 'f16'; 'q8_0' needs a head dim multiple of 32). */
+  kvDtype?: KvDtype;
   /** Most prompt tokens one prefill step processes; longer prompts take several steps. */
   prefillChunk: number;
   /**
@@ -122,14 +136,26 @@ export class Transformer {
   /** sha256 over the weights as uploaded. */
   readonly weightsDigest: string;
   /** Parameters and bytes on the GPU, by tensor class. */
-  readonly stats: { parameters: number; weightBytes: number; kvBytes: number; activationBytes: number; dtypes: Record<string, string> };
+  readonly stats: {
+    parameters: number;
+    weightBytes: number;
+    /** Bytes of the KV pools (every layer, K and V). */
+    kvBytes: number;
+    kvDtype: KvDtype;
+    kvBlocks: number;
+    kvBlockTokens: number;
+    /** KV bytes one token of one sequence takes: every layer, K and V, as stored. */
+    kvBytesPerToken: number;
+    activationBytes: number;
+    dtypes: Record<string, string>;
+  };
   readonly #gpu: Gpu;
   readonly #arena: BufferArena;
   readonly #maxRows: number;
   /**
    * `inputs` holds a step's per-row inputs as four u32 arrays laid end to end from element 0: token
-   * ids, positions, KV-write metadata (kv_base, position) and, for decode, attention metadata
-   * (kv_base, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
+   * ids, positions, KV-write metadata (slot, position) and, for decode, attention metadata
+   * (slot, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
    */
   readonly #buf: Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
   readonly #readback: GPUBuffer;
@@ -143,7 +169,7 @@ export class Transformer {
   readonly #maxPieces: number;
   readonly #lmHead: Linear;
   readonly #topK: TopK;
-  readonly #regionElements: number;
+  readonly #kv: KvCache;
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
   readonly #logitRows: number;
   /** CPU copy of a step's inputs, filled and uploaded once per step. */
@@ -175,6 +201,8 @@ export class Transformer {
     };
     const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
     const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
+    const kv = new KvCache(gpu, arena, { ...cfg, slots: options.slots, capacity: options.capacity, kvBlocks: options.kvBlocks, dtype: options.kvDtype });
+    this.#kv = kv;
     this.#buf = {
       inputs: f32('inputs', this.#inputs.length),
       x: f32('x', R * C),
@@ -206,9 +234,8 @@ export class Transformer {
       this.#posAdd = new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x });
     }
 
-    const kvShape = { Hq, Hkv, D, capacity: options.capacity };
-    this.#regionElements = kvRegionElements(kvShape);
-    const kvElements = this.#regionElements * options.slots;
+    const kvShape = { Hq, Hkv, D, capacity: options.capacity, ...kv.pool };
+    const blockTable = kv.blockTable;
     const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
@@ -226,8 +253,7 @@ export class Transformer {
     this.#layers = [];
     for (let l = 0; l < cfg.numLayers; l++) {
       const p = `blk.${l}`;
-      const kCache = arena.get(`${p}.kCache`, kvElements * 4);
-      const vCache = arena.get(`${p}.vCache`, kvElements * 4);
+      const [kCache, vCache] = kv.pools[l];
       // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
       // one (GPT-2) or when the loader fused them; else three projections into column slices. Their
       // matvecs fold in the attention norm, reading x.
@@ -254,12 +280,14 @@ export class Transformer {
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
         ropeKvWrite: invFreq
-          ? new RopeKvWrite(gpu, source.ropeMode, { Hq, Hkv, D, rotaryDims: cfg.rope!.dims, capacity: options.capacity }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache })
+          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache, blockTable })
           : undefined,
-        kvWrite: invFreq ? undefined : new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache }),
+        kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable }),
         window: layerWindow(cfg, l),
-        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
-        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch }),
+        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn })),
+        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, {
+          q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
+        }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
         attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
         mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
@@ -273,16 +301,20 @@ export class Transformer {
     const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
     this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
-    this.stats = { ...stats, kvBytes: 2 * cfg.numLayers * kvElements * 4, activationBytes: arena.bytes - stats.weightBytes };
+    this.stats = { ...stats, ...kv.stats(), activationBytes: arena.bytes - stats.weightBytes };
   }
 
   /** Load every tensor from `source`, upload it once, and build the kernels. */
   static async load(gpu: Gpu, source: ModelSource, options: TransformerOptions): Promise<Transformer> {
     const cfg = source.config;
-    const sizes = { slots: options.slots, capacity: options.capacity, prefillChunk: options.prefillChunk, maxPrefillPieces: options.maxPrefillPieces ?? 8 };
+    const sizes = {
+      slots: options.slots, capacity: options.capacity, prefillChunk: options.prefillChunk, maxPrefillPieces: options.maxPrefillPieces ?? 8,
+      kvBlocks: options.kvBlocks ?? 1,
+    };
     for (const [name, value] of Object.entries(sizes)) {
       if (!Number.isSafeInteger(value) || value < 1) throw new ShapeError(`${name} must be an integer >= 1 (got ${value})`);
     }
+    checkKvDtype(options.kvDtype ?? 'f16', cfg.headDim, 'kvDtype');
     const arena = new BufferArena(gpu);
     const digest = new WeightsDigest();
     const weights = new Map<string, ChunkedWeight | GPUBuffer>();
@@ -310,6 +342,9 @@ export class Transformer {
           const rowMultiple = item.interleave ? 2 : 1; // row chunks keep (gate, up) pairs whole
           weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes, rowMultiple }));
           parameters += host.rows * host.cols;
+          // Each upload goes through a staging copy that the device frees only once the copy has
+          // run: wait for it, so the host holds one tensor (and its staging) at a time, not the model.
+          await gpu.device.queue.onSubmittedWorkDone();
           const role = item.name.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
           dtypes[role] = host.dtype;
         }
@@ -320,6 +355,10 @@ export class Transformer {
         parameters,
         weightBytes,
         kvBytes: 0,
+        kvDtype: options.kvDtype ?? 'f16',
+        kvBlocks: 0,
+        kvBlockTokens: KV_BLOCK_TOKENS,
+        kvBytesPerToken: 0,
         activationBytes: 0,
         dtypes,
       });
@@ -334,6 +373,23 @@ export class Transformer {
 
   get maxRows(): number {
     return this.#maxRows;
+  }
+
+  /**
+   * Point the first blocks.length entries of `slot`'s block-table row at pool blocks `blocks`
+   * (position p of the slot's sequence then lives in block blocks[floor(p / 16)]). The write is queued
+   * before the next step's submit, so that step sees it. Entries past blocks.length keep their ids.
+   */
+  setBlockTable(slot: number, blocks: readonly number[]): void {
+    this.#kv.setBlockTable(slot, blocks);
+  }
+
+  /**
+   * Copy pool block `src` to block `dst` in every layer, K and V (copy-on-write of a partly filled
+   * block a sequence shares): one command buffer, ordered on the queue with the steps around it.
+   */
+  copyBlock(src: number, dst: number): void {
+    this.#kv.copyBlock(src, dst);
   }
 
   /** Most pieces one prefillBatch step takes: maxPrefillPieces, at most slots. */
@@ -479,7 +535,7 @@ export class Transformer {
         const row = firstRows[i] + t;
         inputs[at.ids + row] = token;
         inputs[at.positions + row] = piece.start + t;
-        inputs[at.kvMeta + 2 * row] = piece.slot * this.#regionElements;
+        inputs[at.kvMeta + 2 * row] = piece.slot;
         inputs[at.kvMeta + 2 * row + 1] = piece.start + t;
       });
     });
@@ -490,7 +546,7 @@ export class Transformer {
         layer.prefill[i].encode(pass, {
           tokens: piece.tokens.length,
           pastLen: piece.start,
-          kvBase: piece.slot * this.#regionElements,
+          tableRow: piece.slot,
           qOffset: firstRows[i] * W,
           qRowStride: W,
           outOffset: firstRows[i] * Hq * D,
@@ -517,12 +573,11 @@ export class Transformer {
       const { slot, token, position } = rows[r];
       this.#checkSlot(slot, position + 1);
       this.#checkToken(token);
-      const kvBase = slot * this.#regionElements;
       inputs[at.ids + r] = token;
       inputs[at.positions + r] = position;
-      inputs[at.kvMeta + 2 * r] = kvBase;
+      inputs[at.kvMeta + 2 * r] = slot;
       inputs[at.kvMeta + 2 * r + 1] = position;
-      inputs[at.attnMeta + 2 * r] = kvBase;
+      inputs[at.attnMeta + 2 * r] = slot;
       inputs[at.attnMeta + 2 * r + 1] = position + 1;
       if (position + 1 > maxLen) maxLen = position + 1;
     }

@@ -1,4 +1,5 @@
-// Causal flash attention for prefill: T query tokens of one sequence attend its KV cache region.
+// Causal flash attention for prefill: T query tokens of one sequence attend its paged KV cache
+// (attention_common.wgsl), reached through row `table_row` of the block table.
 // Query t sits at position past_len + t and sees keys 0 ..= past_len + t (its own key included: the
 // step's new K/V rows are written to the cache before this runs); with a sliding window only the last
 // `window` of them (attention_common.wgsl), and key tiles wholly before a query tile's window are
@@ -8,16 +9,19 @@
 // query i against key j of the current tile, and owns output dims j, j + BK, j + 2 BK, ... of query i.
 // K and V tiles of BK keys pass through workgroup memory; the softmax is online (running max m and
 // sum l per query, the accumulator rescaled by exp(m_old - m_new)), everything in f32.
-// Legend: T = params.tokens, Hq = params.q_heads, Hkv = Hq / params.group, C = params.capacity,
-// D = head dim (override).
+// Keys whose block the table does not name (attention_common.wgsl's kv_block) are masked.
+// Compose as: the KV dtype module (kv_f32.wgsl, kv_f16.wgsl, kv_q8_0.wgsl), this file.
+// Legend: T = params.tokens, Hq = params.q_heads, Hkv = Hq / params.group, N = params.kv_blocks,
+// TW = params.table_width, D = head dim (override).
 //! include attention_common.wgsl
 
 struct PrefillAttentionParams {
   tokens: u32,          // T: query rows
   past_len: u32,        // tokens already in the region before this step (query t is at past_len + t)
   window: u32,          // sliding window in keys, the query's own included (0 = unlimited)
-  kv_base: u32,         // element where the sequence's region starts in k_cache and v_cache
-  capacity: u32,        // C: token positions per head in the region
+  table_row: u32,       // the sequence's row of block_table
+  table_width: u32,     // TW: block ids per table row (a sequence holds at most TW * 16 tokens)
+  kv_blocks: u32,       // N: blocks in each pool
   q_heads: u32,         // Hq: query heads
   group: u32,           // Hq / Hkv: query heads sharing one kv head (head h reads kv head h / group)
   q_offset: u32,        // element of token 0, head 0, dim 0 in q
@@ -39,9 +43,10 @@ const ACC_MAX: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> params: PrefillAttentionParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;              // (T, q_row_stride): (Hq, D) at q_offset
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;        // (Hkv, C, D) at kv_base
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;        // (Hkv, C, D) at kv_base
+@group(0) @binding(2) var<storage, read> k_cache: array<KvWord>;     // (N, Hkv, 16, D) as the dtype stores it
+@group(0) @binding(3) var<storage, read> v_cache: array<KvWord>;     // (N, Hkv, 16, D) as the dtype stores it
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;      // (T, out_row_stride): (Hq, D) at out_offset
+@group(0) @binding(5) var<storage, read> block_table: array<u32>;    // (rows, TW) block ids
 
 var<workgroup> q_tile: array<f32, Q_TILE>;    // (BQ, DP): queries, pre-multiplied by scale
 var<workgroup> k_tile: array<f32, KV_TILE>;   // (BK, DP)
@@ -65,7 +70,9 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
   let k_first = window_start(params.past_len + q0, params.window);
   let n_keys = params.past_len + min(q0 + BQ, params.tokens);
   let key_first = window_start(pos, params.window);
-  let k_head = kv_row(params.kv_base, h / params.group, 0u, params.capacity, D);
+  let kv_head = h / params.group;
+  let block_elems = kv_block_elements(params.q_heads / params.group, D);
+  let pool_blocks = kv_pool_blocks(params.kv_blocks, block_elems);
   let n_inv = BQ * BK;
 
   for (var e = lid; e < BQ * D; e += n_inv) {
@@ -88,16 +95,19 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
       let d = e % D;
       var kx = 0.0;
       var vx = 0.0;
-      if (k0 + kj < n_keys) {
-        kx = k_cache[k_head + (k0 + kj) * D + d];
-        vx = v_cache[k_head + (k0 + kj) * D + d];
+      let block = kv_block(params.table_row, k0 + kj, params.table_width, pool_blocks);
+      if (k0 + kj < n_keys && block != KV_NO_BLOCK) {
+        let at = kv_in_block(kv_head, k0 + kj, D) + d;
+        kx = k_at(block, block_elems, at);
+        vx = v_at(block, block_elems, at);
       }
       k_tile[kj * DP + d] = kx;
       v_tile[kj * DP + d] = vx;
     }
     workgroupBarrier();
 
-    let visible = row_valid && k0 + j <= pos && k0 + j >= key_first;
+    let visible = row_valid && k0 + j <= pos && k0 + j >= key_first &&
+                  kv_block(params.table_row, k0 + j, params.table_width, pool_blocks) != KV_NO_BLOCK;
     var s = NEG_BIG;
     if (visible) {
       var dot = 0.0;
@@ -140,8 +150,9 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
   }
 
   if (row_valid) {
-    // l >= exp(0) = 1: the key at the query's own position is always visible (window >= 1).
-    let inv = 1.0 / l;
+    // l >= exp(0) = 1 when the key at the query's own position is visible (window >= 1); l is 0 only
+    // when the table names no block for any visible key, and the output is then 0.
+    let inv = select(0.0, 1.0 / l, l > 0.0);
     let o = params.out_offset + t * params.out_row_stride + h * D;
     for (var c = 0u; c < DPI; c++) {
       let d = j + c * BK;

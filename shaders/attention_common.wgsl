@@ -1,8 +1,18 @@
-// KV cache layout and constants shared by the attention kernels (kernels/attention.ts).
+// Paged KV cache layout and constants shared by the attention kernels (kernels/attention.ts).
 //
-// A cache buffer (one for K, one for V, both f32) holds many regions: one per (sequence slot, layer).
-// A region starts at element `kv_base` and is laid out (Hkv, capacity, D): head-major, so one head's
-// keys are `capacity * D` contiguous elements and one key row is D contiguous elements.
+// Each layer has one pool per cache (K and V) of `kv_blocks` blocks; a block holds KV_BLOCK_TOKENS
+// consecutive positions of one sequence for every kv head, laid out (Hkv, KV_BLOCK_TOKENS, D), so a
+// block of one layer is contiguous and copying it is one copyBufferToBuffer per cache. How a block's
+// elements are stored (f32, f16 pairs, q8_0 32-blocks) is the dtype module's business (kv_f32.wgsl,
+// kv_f16.wgsl, kv_q8_0.wgsl): kernels read through its k_at / v_at and write through its kv_store.
+// A sequence reaches its blocks through one row of the block table: (rows, table_width) u32 block
+// ids; position p lives in block table[row * table_width + p / KV_BLOCK_TOKENS] at slot p % 16.
+// Every lookup is checked: an entry past the table, or naming a block the pool does not have (or
+// the buffers cannot hold), gives KV_NO_BLOCK, and the kernels skip such keys instead of reading or
+// writing out of bounds. The including shader declares `block_table` (array<u32>) and the caches.
+
+const KV_BLOCK_TOKENS: u32 = 16u;
+const KV_NO_BLOCK: u32 = 0xffffffffu;
 
 // Score of a masked or missing key, and the running max before any key. Finite on purpose:
 // exp(NEG_BIG - NEG_BIG) is 1, never NaN, and exp(NEG_BIG - x) is 0 for any real score x.
@@ -23,13 +33,34 @@ fn window_start(pos: u32, window: u32) -> u32 {
   return pos + 1u - window;
 }
 
-// Element index of (head, pos, 0) in the region starting at kv_base.
-fn kv_row(kv_base: u32, head: u32, pos: u32, capacity: u32, head_dim: u32) -> u32 {
-  return kv_base + (head * capacity + pos) * head_dim;
+// Elements of one block of one layer: (Hkv, KV_BLOCK_TOKENS, D).
+fn kv_block_elements(kv_heads: u32, head_dim: u32) -> u32 {
+  return kv_heads * KV_BLOCK_TOKENS * head_dim;
 }
 
-// True when a region of `region_len` elements starting at kv_base lies inside an array of `len`
-// elements (written so that no u32 sum can wrap).
-fn region_fits(kv_base: u32, region_len: u32, len: u32) -> bool {
-  return kv_base <= len && region_len <= len - kv_base;
+// Blocks both pools really hold: the run's kv_blocks, lowered to what the buffers can store (the
+// host checks this too; the shader does not trust it). kv_block_words is the dtype module's count of
+// array elements (KvWord) in one block.
+fn kv_pool_blocks(kv_blocks: u32, block_elems: u32) -> u32 {
+  let words = kv_block_words(block_elems);
+  return min(kv_blocks, min(arrayLength(&k_cache), arrayLength(&v_cache)) / words);
+}
+
+// The block holding position `pos` of the sequence in table row `row`, or KV_NO_BLOCK when the
+// position is past the row, the entry past the table buffer, or its id not below `pool_blocks`.
+fn kv_block(row: u32, pos: u32, table_width: u32, pool_blocks: u32) -> u32 {
+  let entry = pos / KV_BLOCK_TOKENS;
+  if (entry >= table_width || row >= arrayLength(&block_table) / table_width) {
+    return KV_NO_BLOCK;
+  }
+  let block = block_table[row * table_width + entry];
+  if (block >= pool_blocks) {
+    return KV_NO_BLOCK;
+  }
+  return block;
+}
+
+// Element index of (head, pos, 0) inside its block.
+fn kv_in_block(head: u32, pos: u32, head_dim: u32) -> u32 {
+  return (head * KV_BLOCK_TOKENS + pos % KV_BLOCK_TOKENS) * head_dim;
 }

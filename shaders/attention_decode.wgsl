@@ -1,5 +1,5 @@
 // Split-K flash-decoding: R query rows, each one token of its own sequence, attend that sequence's
-// KV cache region. Every row has its own (kv_base, kv_len) metadata, so one dispatch serves a batch.
+// paged KV cache. Every row has its own (table_row, kv_len) metadata, so one dispatch serves a batch.
 // The row's query sits at position kv_len - 1; with a sliding window (attention_common.wgsl) it sees
 // keys kv_len - window .. kv_len - 1 only, and the splits tile those keys alone, so the work is bounded
 // by the window rather than the context.
@@ -9,8 +9,9 @@
 // unnormalised. Pass 2 (decode_reduce): one workgroup per (row, head) rescales the splits to their
 // common max and writes O = sum acc * exp(m - M) / sum l * exp(m - M). Everything in f32. A run of
 // one split (S = 1) is pass 1 alone: it normalises and writes O itself, and the host skips pass 2.
+// Compose as: the KV dtype module (kv_f32.wgsl, ...), this file.
 // Legend: R = params.rows, S = params.splits, Hq = params.q_heads, Hkv = Hq / params.group,
-// C = params.capacity, D = head dim (override).
+// D = head dim (override).
 //! include attention_decode_common.wgsl
 
 var<workgroup> red: array<f32, WG>;            // reduction scratch

@@ -5,8 +5,10 @@
 //   fn workgroup_max(v: f32, lid: u32) -> f32
 //   fn workgroup_sum(v: f32, lid: u32) -> f32
 // and the barrier that publishes the split's scores comes from the second of them.
+// The caches are paged (attention_common.wgsl): a row's metadata names its row of the block table,
+// and keys whose block the table does not name are masked. Compose with the KV dtype module first.
 // Legend: R = params.rows, S = params.splits, Hq = params.q_heads, Hkv = Hq / params.group,
-// C = params.capacity, D = head dim (override).
+// N = params.kv_blocks, TW = params.table_width, D = head dim (override).
 //! include attention_common.wgsl
 
 struct DecodeAttentionParams {
@@ -15,15 +17,15 @@ struct DecodeAttentionParams {
   chunk: u32,           // keys per split (<= CHUNK_MAX); split s covers keys w0 + s * chunk .. w0 + (s + 1) * chunk - 1,
                         // w0 = the row's first visible key (0 without a window)
   window: u32,          // sliding window in keys, the query's own included (0 = unlimited)
-  capacity: u32,        // C: token positions per head in one region
+  table_width: u32,     // TW: block ids per table row (a row holds at most TW * 16 keys)
+  kv_blocks: u32,       // N: blocks in each pool
   q_heads: u32,         // Hq: query heads
   group: u32,           // Hq / Hkv: query heads sharing one kv head (head h reads kv head h / group)
   q_offset: u32,        // element of row 0, head 0, dim 0 in q
   q_row_stride: u32,    // elements between consecutive rows of q (>= Hq * D)
   out_offset: u32,      // element of row 0, head 0, dim 0 in out
   out_row_stride: u32,  // elements between consecutive rows of out (>= Hq * D)
-  meta_offset: u32,     // u32 index of row 0's (kv_base, kv_len) pair in row_meta
-  kv_offset: u32,       // elements added to every row's kv_base (a layer's offset inside a slot)
+  meta_offset: u32,     // u32 index of row 0's (table_row, kv_len) pair in row_meta
   scale: f32,           // multiplies q.k before the softmax (1/sqrt(D) by default)
 }
 
@@ -33,33 +35,40 @@ override CHUNK_MAX: u32 = 256;   // the longest split any run may use (its score
 
 @group(0) @binding(0) var<uniform> params: DecodeAttentionParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;                // (R, q_row_stride): (Hq, D) at q_offset
-@group(0) @binding(2) var<storage, read> row_meta: array<u32>;         // (R, 2) at meta_offset: kv_base (elements), kv_len (tokens)
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;          // regions of (Hkv, C, D) at kv_base + kv_offset
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;          // regions of (Hkv, C, D) at kv_base + kv_offset
+@group(0) @binding(2) var<storage, read> row_meta: array<u32>;         // (R, 2) at meta_offset: table_row, kv_len (tokens)
+@group(0) @binding(3) var<storage, read> k_cache: array<KvWord>;       // (N, Hkv, 16, D) as the dtype stores it
+@group(0) @binding(4) var<storage, read> v_cache: array<KvWord>;       // (N, Hkv, 16, D) as the dtype stores it
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;   // (R, Hq, S, D + 2): m, l, acc[D]
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;        // (R, out_row_stride): (Hq, D) at out_offset
+@group(0) @binding(7) var<storage, read> block_table: array<u32>;      // (rows, TW) block ids
 
 var<workgroup> q_s: array<f32, D>;             // the query head, pre-multiplied by scale
 var<workgroup> scores: array<f32, CHUNK_MAX>;  // the split's scores, then exp(score - m)
+
+// p * V[pos, d] of the row's key at `pos`, or 0 where the table names no block (p is 0 there too,
+// but the value must not be read).
+fn split_value(table_row: u32, pos: u32, kv_head: u32, d: u32, pool_blocks: u32, block_elems: u32, p: f32) -> f32 {
+  let block = kv_block(table_row, pos, params.table_width, pool_blocks);
+  if (block == KV_NO_BLOCK) {
+    return 0.0;
+  }
+  return p * v_at(block, block_elems, kv_in_block(kv_head, pos, D) + d);
+}
 // Pass 1 for workgroup (split, head, row) = wid of the grid (S, Hq, R): score the split's keys, softmax
 // them against the split's max, write the partial (m, l, acc[D]); with S = 1, the final output instead.
 fn split_partial(wid: vec3<u32>, lid: u32) {
   let split = wid.x;
   let h = wid.y;
   let row = wid.z;
-  let kv_base = row_meta[params.meta_offset + 2u * row] + params.kv_offset;
-  var n = min(row_meta[params.meta_offset + 2u * row + 1u], params.capacity);
-  // A region past the end of a cache reads nothing: the row's output becomes 0 rather than another
-  // sequence's values (the host validates what it can see; this guards the rest).
-  let region_len = (params.q_heads / params.group) * params.capacity * D;
-  if (!region_fits(kv_base, region_len, arrayLength(&k_cache)) || !region_fits(kv_base, region_len, arrayLength(&v_cache))) {
-    n = 0u;
-  }
+  let table_row = row_meta[params.meta_offset + 2u * row];
+  let n = min(row_meta[params.meta_offset + 2u * row + 1u], params.table_width * KV_BLOCK_TOKENS);
+  let kv_head = h / params.group;
+  let block_elems = kv_block_elements(params.q_heads / params.group, D);
+  let pool_blocks = kv_pool_blocks(params.kv_blocks, block_elems);
   // The query is at position n - 1; its first visible key is w0 (0 without a window or for n = 0).
   let w0 = select(0u, window_start(n - 1u, params.window), n > 0u);
   let start = w0 + split * params.chunk;
   let count = select(0u, min(params.chunk, n - start), start < n);
-  let k_head = kv_row(kv_base, h / params.group, start, params.capacity, D);
 
   for (var d = lid; d < D; d += WG) {
     q_s[d] = q[params.q_offset + row * params.q_row_stride + h * D + d] * params.scale;
@@ -68,10 +77,15 @@ fn split_partial(wid: vec3<u32>, lid: u32) {
 
   var local_max = NEG_BIG;
   for (var j = lid; j < count; j += WG) {
-    var dot = 0.0;
-    let key = k_head + j * D;
-    for (var d = 0u; d < D; d++) {
-      dot += q_s[d] * k_cache[key + d];
+    // A key whose block the table does not name scores NEG_BIG and weighs 0 below.
+    var dot = NEG_BIG;
+    let block = kv_block(table_row, start + j, params.table_width, pool_blocks);
+    if (block != KV_NO_BLOCK) {
+      dot = 0.0;
+      let key = kv_in_block(kv_head, start + j, D);
+      for (var d = 0u; d < D; d++) {
+        dot += q_s[d] * k_at(block, block_elems, key + d);
+      }
     }
     scores[j] = dot;
     local_max = max(local_max, dot);
@@ -80,7 +94,7 @@ fn split_partial(wid: vec3<u32>, lid: u32) {
 
   var local_sum = 0.0;
   for (var j = lid; j < count; j += WG) {
-    let p = exp(scores[j] - m);
+    let p = select(0.0, exp(scores[j] - m), scores[j] > NEG_BIG);
     scores[j] = p;
     local_sum += p;
   }
@@ -96,7 +110,7 @@ fn split_partial(wid: vec3<u32>, lid: u32) {
     for (var d = lid; d < D; d += WG) {
       var a = 0.0;
       for (var j = 0u; j < count; j++) {
-        a += scores[j] * v_cache[k_head + j * D + d];
+        a += split_value(table_row, start + j, kv_head, d, pool_blocks, block_elems, scores[j]);
       }
       out[o + d] = a * inv;
     }
@@ -110,7 +124,7 @@ fn split_partial(wid: vec3<u32>, lid: u32) {
   for (var d = lid; d < D; d += WG) {
     var a = 0.0;
     for (var j = 0u; j < count; j++) {
-      a += scores[j] * v_cache[k_head + j * D + d];
+      a += split_value(table_row, start + j, kv_head, d, pool_blocks, block_elems, scores[j]);
     }
     partials[p_base + 2u + d] = a;
   }

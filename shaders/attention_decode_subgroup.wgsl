@@ -5,7 +5,7 @@
 // log2(WG) + 2. The max is exact either way; the sum adds the same values in another order.
 // Its subgroup operations run in control flow uniform over the whole workgroup (every invocation
 // calls both reductions).
-// Compose as: subgroups_enable.wgsl, this file.
+// Compose as: subgroups_enable.wgsl, the KV dtype module, this file.
 //! include attention_decode_common.wgsl
 //! include subgroup_slots.wgsl
 

@@ -1,7 +1,7 @@
 // Causal flash attention for prefill, subgroup tier: the same run contract, masking, tiles of K/V in
 // workgroup memory and results (to f32 rounding) as `prefill` in attention.wgsl (the baseline and
 // reference), with each query row's softmax reductions done inside one subgroup.
-// Compose as: subgroups_enable.wgsl, this file.
+// Compose as: subgroups_enable.wgsl, the KV dtype module, this file.
 //
 // The baseline lays a workgroup out (BQ queries x BK keys) and shares each row's scores through two
 // workgroup tiles (s_tile, p_tile), four barriers per key tile. Here a query row belongs to one
@@ -17,8 +17,7 @@
 // The per-row loops depend on the subgroup's slot, which is uniform within a subgroup but not across
 // the workgroup, so the subgroup operations sit in control flow WGSL's analysis cannot prove uniform:
 // subgroups_enable.wgsl turns that diagnostic off for this reason.
-// Legend: T = params.tokens, Hq = params.q_heads, Hkv = Hq / params.group, C = params.capacity,
-// D = head dim (override).
+// Legend: T = params.tokens, Hq = params.q_heads, Hkv = Hq / params.group, D = head dim (override).
 //! include attention.wgsl
 //! include subgroup_slots.wgsl
 
@@ -39,7 +38,9 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
   let h = wid.y;
   let k_first = window_start(params.past_len + q0, params.window);
   let n_keys = params.past_len + min(q0 + BQ, params.tokens);
-  let k_head = kv_row(params.kv_base, h / params.group, 0u, params.capacity, D);
+  let kv_head = h / params.group;
+  let block_elems = kv_block_elements(params.q_heads / params.group, D);
+  let pool_blocks = kv_pool_blocks(params.kv_blocks, block_elems);
 
   for (var e = lid; e < BQ * D; e += WG) {
     let qi = e / D;
@@ -66,9 +67,11 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
       let d = e % D;
       var kx = 0.0;
       var vx = 0.0;
-      if (k0 + kj < n_keys) {
-        kx = k_cache[k_head + (k0 + kj) * D + d];
-        vx = v_cache[k_head + (k0 + kj) * D + d];
+      let block = kv_block(params.table_row, k0 + kj, params.table_width, pool_blocks);
+      if (k0 + kj < n_keys && block != KV_NO_BLOCK) {
+        let at = kv_in_block(kv_head, k0 + kj, D) + d;
+        kx = k_at(block, block_elems, at);
+        vx = v_at(block, block_elems, at);
       }
       k_tile[kj * DP + d] = kx;
       v_tile[kj * DP + d] = vx;
@@ -86,7 +89,8 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
       for (var c = 0u; lane + c * n < BK; c++) {
         let j = lane + c * n;
         var s = NEG_BIG;
-        if (row_valid && k0 + j <= pos && k0 + j >= key_first) {
+        if (row_valid && k0 + j <= pos && k0 + j >= key_first &&
+            kv_block(params.table_row, k0 + j, params.table_width, pool_blocks) != KV_NO_BLOCK) {
           var dot = 0.0;
           for (var d = 0u; d < D; d++) {
             dot += q_tile[i * DP + d] * k_tile[j * DP + d];
@@ -127,8 +131,8 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
   var t = 0u;
   for (var i = sg_slot; i < BQ; i += sg_count) {
     if (q0 + i < params.tokens) {
-      // l >= exp(0) = 1: the key at the query's own position is always visible (window >= 1).
-      let inv = 1.0 / l_row[t];
+      // l is 0 only when the table names no block for any visible key (as the baseline).
+      let inv = select(0.0, 1.0 / l_row[t], l_row[t] > 0.0);
       let o = params.out_offset + (q0 + i) * params.out_row_stride + h * D;
       for (var d = lane; d < D; d += n) {
         out[o + d] = o_tile[i * D + d] * inv;

@@ -2,19 +2,23 @@
 // kv_write (attention_kv_write.wgsl) took two.
 //
 // qkv holds R token rows `row_stride` elements apart, with Hq query heads at q_offset and Hkv key and
-// value heads at k_offset and v_offset (D elements each). Each row's (kv_base, position) metadata says
-// where its key and value go and by which position to rotate. Per row, the invocations are
-//   Hq * R/2 query pairs, each rotated in place (rope.wgsl's rotate), then
-//   Hkv * D key/value elements, each writing one rotated key element and one value element to the cache.
+// value heads at k_offset and v_offset (D elements each). Each row's (table_row, position) metadata
+// says where its key and value go in the paged cache (attention_common.wgsl) and by which position to
+// rotate. Per row, the invocations are
+//   Hq * Rd/2 query pairs, each rotated in place (rope.wgsl's rotate), then
+//   Hkv * D / KV_GROUP key/value groups, each storing KV_GROUP rotated key elements and as many value
+//   elements as the cache's dtype keeps them (one f32, an f16 pair, a q8_0 block of 32).
 // The keys in qkv stay unrotated: attention reads keys only from the cache. A key element computes its
 // pair's rotation itself (the same expression rope.wgsl evaluates), so no invocation waits for another.
 // Pairs (rotary dims Rd, pair i < Rd/2, angle = position * inv_freq[i]):
 //   rope_kv_write_half        (HF rotate_half):  elements (i, i + Rd/2)
 //   rope_kv_write_interleaved (llama.cpp / GGUF): elements (2i, 2i + 1)
 //   (a, b) -> (a cos - b sin, b cos + a sin); elements [Rd, D) are copied as they are.
-// A row whose position is past the capacity, or whose region lies outside a cache, writes nothing to
-// the caches (as kv_write).
-// Legend: R = params.rows, Hq/Hkv = q_heads/kv_heads, D = head_dim, Rd = rotary_dims, C = capacity.
+// A row whose position is past its table row, or whose block the pool does not have, writes nothing
+// to the caches (as kv_write).
+// Compose as: the KV dtype module and its store module (kv_f32.wgsl, kv_f32_store.wgsl, ...), this file.
+// Legend: R = params.rows, Hq/Hkv = q_heads/kv_heads, D = head_dim, Rd = rotary_dims,
+// N = kv_blocks, TW = table_width.
 //! include grid.wgsl
 //! include rope_common.wgsl
 //! include attention_common.wgsl
@@ -25,22 +29,24 @@ struct RopeKvWriteParams {
   kv_heads: u32,      // Hkv: key / value heads in each row
   head_dim: u32,      // D: elements per head
   rotary_dims: u32,   // Rd: rotated elements per head, even, <= D
-  capacity: u32,      // C: token positions per head in one cache region
+  table_width: u32,   // TW: block ids per table row (a row holds positions < TW * 16)
+  kv_blocks: u32,     // N: blocks in each pool
   row_stride: u32,    // elements from one row of qkv to the next
   q_offset: u32,      // element of row 0, query head 0 in qkv
   k_offset: u32,      // element of row 0, key head 0 in qkv
   v_offset: u32,      // element of row 0, value head 0 in qkv
-  meta_offset: u32,   // u32 index of row 0's (kv_base, position) pair in row_meta
+  meta_offset: u32,   // u32 index of row 0's (table_row, position) pair in row_meta
 }
 
 override WG: u32 = 64;
 
 @group(0) @binding(0) var<uniform> params: RopeKvWriteParams;
 @group(0) @binding(1) var<storage, read_write> qkv: array<f32>;     // (R, row_stride): queries rotated in place
-@group(0) @binding(2) var<storage, read> row_meta: array<u32>;      // (R, 2) at meta_offset: kv_base (elements), position
-@group(0) @binding(3) var<storage, read> inv_freq: array<f32>;      // (Rd / 2) radians per position
-@group(0) @binding(4) var<storage, read_write> k_cache: array<f32>; // regions of (Hkv, C, D) at kv_base
-@group(0) @binding(5) var<storage, read_write> v_cache: array<f32>; // regions of (Hkv, C, D) at kv_base
+@group(0) @binding(2) var<storage, read> row_meta: array<u32>;          // (R, 2) at meta_offset: table_row, position
+@group(0) @binding(3) var<storage, read> inv_freq: array<f32>;          // (Rd / 2) radians per position
+@group(0) @binding(4) var<storage, read_write> k_cache: array<KvWord>;  // (N, Hkv, 16, D) as the dtype stores it
+@group(0) @binding(5) var<storage, read_write> v_cache: array<KvWord>;  // (N, Hkv, 16, D) as the dtype stores it
+@group(0) @binding(6) var<storage, read> block_table: array<u32>;       // (rows, TW) block ids
 
 // The two elements of the pair that element d of a head (d < Rd) belongs to, relative to the head,
 // and the pair's index (its frequency).
@@ -58,11 +64,11 @@ fn rope_kv_write(i: u32, interleaved: bool) {
   let half = params.rotary_dims / 2u;
   let q_items = params.q_heads * half;
   let kv_len = params.kv_heads * params.head_dim;
-  let per_row = q_items + kv_len;
+  let per_row = q_items + kv_len / KV_GROUP;
   if (i >= params.rows * per_row) { return; }
   let row = i / per_row;
   let e = i % per_row;
-  let kv_base = row_meta[params.meta_offset + 2u * row];
+  let table_row = row_meta[params.meta_offset + 2u * row];
   let pos = row_meta[params.meta_offset + 2u * row + 1u];
   let row_start = row * params.row_stride;
   if (e < q_items) {
@@ -78,28 +84,32 @@ fn rope_kv_write(i: u32, interleaved: bool) {
     qkv[head + p.y] = b * c + a * s;
     return;
   }
-  let kv = e - q_items;
-  let region_len = kv_len * params.capacity;
-  if (pos >= params.capacity || !region_fits(kv_base, region_len, arrayLength(&k_cache)) ||
-      !region_fits(kv_base, region_len, arrayLength(&v_cache))) {
+  let kv0 = (e - q_items) * KV_GROUP;
+  let block_elems = kv_block_elements(params.kv_heads, params.head_dim);
+  let block = kv_block(table_row, pos, params.table_width, kv_pool_blocks(params.kv_blocks, block_elems));
+  if (block == KV_NO_BLOCK) {
     return;
   }
-  let h = kv / params.head_dim;
-  let d = kv % params.head_dim;
+  let h = kv0 / params.head_dim;
   let head = params.k_offset + row_start + h * params.head_dim;
-  var key = qkv[head + d];
-  if (d < params.rotary_dims) {
-    let p = pair_of(d, interleaved);
-    let angle = rope_angle(pos, inv_freq[p.z]);
-    let c = cos(angle);
-    let s = sin(angle);
-    let a = qkv[head + p.x];
-    let b = qkv[head + p.y];
-    key = select(b * c + a * s, a * c - b * s, d == p.x);
+  var kg: array<f32, KV_GROUP>;
+  var vg: array<f32, KV_GROUP>;
+  for (var g = 0u; g < KV_GROUP; g++) {
+    let d = kv0 % params.head_dim + g;
+    var key = qkv[head + d];
+    if (d < params.rotary_dims) {
+      let p = pair_of(d, interleaved);
+      let angle = rope_angle(pos, inv_freq[p.z]);
+      let c = cos(angle);
+      let s = sin(angle);
+      let a = qkv[head + p.x];
+      let b = qkv[head + p.y];
+      key = select(b * c + a * s, a * c - b * s, d == p.x);
+    }
+    kg[g] = key;
+    vg[g] = qkv[params.v_offset + row_start + kv0 + g];
   }
-  let dst = kv_row(kv_base, h, pos, params.capacity, params.head_dim) + d;
-  k_cache[dst] = key;
-  v_cache[dst] = qkv[params.v_offset + row_start + kv];
+  kv_store(block, block_elems, kv_in_block(h, pos, params.head_dim) + kv0 % params.head_dim, kg, vg);
 }
 
 @compute @workgroup_size(WG)

@@ -4,6 +4,8 @@ import { acquireGpu, type Gpu } from './gpu/device.ts';
 import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
+import { KV_DTYPES, type KvDtype } from '../kernels/attention.ts';
+import { ShapeError } from './errors.ts';
 import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
 import { addValidatorCommands } from './validator/validate-commands.ts';
 import { Engine } from './engine/engine.ts';
@@ -30,6 +32,12 @@ const adapterOption = new Option(
 )
   .env('WEBGPU_MINER_ADAPTER')
   .default('auto');
+
+/** Every command that runs a model takes it (a new Option each: commander binds an option to one command). */
+const kvDtypeOption = () =>
+  new Option('--kv-dtype <dtype>', 'how the KV cache stores keys and values: f16 (half the memory of f32), f32, or q8_0 (head dim a multiple of 32)')
+    .choices([...KV_DTYPES])
+    .default('f16');
 
 function printAdapter(gpu: Gpu): void {
   const { info, limits, features } = gpu;
@@ -88,7 +96,7 @@ async function infoCommand(options: { adapter: string; check: boolean; json?: bo
 }
 
 /** Load the engine with a progress bar on stderr (stdout stays clean for JSON and text). */
-async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number; prefixCacheMin?: number }): Promise<Engine> {
+async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number; prefixCacheMin?: number; gpuMemory?: string; kvDtype?: KvDtype }): Promise<Engine> {
   if (options.model === TINY_MODEL_ID) {
     console.error(`model ${TINY_MODEL_ID}: the embedded default with RANDOM weights (for trying the runtime; its text is noise)`);
   }
@@ -104,12 +112,18 @@ async function loadEngine(options: { model: string; adapter: string; slots?: num
       slots: options.slots,
       capacity: options.capacity,
       prefixCacheMin: options.prefixCacheMin,
+      gpuMemory: options.gpuMemory,
+      kvDtype: options.kvDtype,
       onProgress: (done, total, name) => {
         if (!started) bar.start(total, 0, { name });
         started = true;
         bar.update(done, { name });
       },
     });
+  } catch (err) {
+    // The model's head dim decides whether a KV dtype fits: say which flag to change.
+    if (err instanceof ShapeError && err.message.startsWith('kvDtype ')) throw new MinerError('BAD_OPTION', `--kv-dtype${err.message.slice('kvDtype'.length)}`);
+    throw err;
   } finally {
     bar.stop();
   }
@@ -122,13 +136,22 @@ function describeModel(engine: Engine): string {
   const dtypes = Object.entries(stats.dtypes)
     .map(([role, dtype]) => `${role} ${dtype}`)
     .join(', ');
+  const info = engine.info();
+  const plan = engine.kvPlan;
   return (
     `model ${engine.model.id}: ${config.architecture}, ${(stats.parameters / 1e6).toFixed(2)}M parameters, ` +
-    `${config.numLayers} layers, ${window ? `${window}, ` : ''}context ${engine.model.options.capacity} x ${engine.model.options.slots} slots\n` +
+    `${config.numLayers} layers, ${window ? `${window}, ` : ''}context ${engine.model.options.capacity} per sequence, ${engine.model.options.slots} sequences at most\n` +
     `  on the GPU (${engine.gpu.info.backend}): weights ${mib(stats.weightBytes)}, KV cache ${mib(stats.kvBytes)}, ` +
-    `activations ${mib(stats.activationBytes)}\n  weight types: ${dtypes}`
+    `activations ${mib(stats.activationBytes - stats.kvBytes)}\n` +
+    `  KV pool: ${info.kvBlocksTotal} blocks of ${info.kvBlockTokens} tokens (${plan.bytesPerToken} bytes per token, ${stats.kvDtype}; limited by ${plan.limitedBy}` +
+    `${plan.budgetBytes !== undefined ? ` at --gpu-memory ${mib(plan.budgetBytes)}` : ''}), ${info.kvBlocksUsed} used, ${info.kvBlocksShared} shared, ${info.kvBlocksCached} cached\n` +
+    `  weight types: ${dtypes}`
   );
 }
+
+const GPU_MEMORY_HELP =
+  'GPU memory for weights, activations and the KV pool, which gets what is left: bytes ("12GiB", "12GB", "12e9") or a fraction of the ' +
+  'adapter\'s maxBufferSize ("0.8"; WebGPU reports no memory size). Default: a pool of min(slots, 16) full contexts, within the adapter\'s buffer limits';
 
 const number = (name: string) => (value: string) => {
   const n = Number(value);
@@ -163,6 +186,8 @@ program
   .option('--repetition-penalty <r>', '1 = off', number('--repetition-penalty'), 1)
   .option('--seed <s>', 'sampling seed (same seed, same adapter: same output)', number('--seed'))
   .option('--stop <text...>', 'stop strings')
+  .option('--gpu-memory <size>', GPU_MEMORY_HELP)
+  .addOption(kvDtypeOption())
   .addOption(adapterOption)
   .action(async (o) => {
     if ((o.prompt === undefined) === (o.chat === undefined)) throw new MinerError('BAD_OPTION', 'give exactly one of --prompt or --chat');
@@ -203,6 +228,7 @@ program
   .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
   .requiredOption('--tokens <ids>', 'comma-separated token ids')
   .option('--all', 'every position, not just the last')
+  .addOption(kvDtypeOption())
   .addOption(adapterOption)
   .action(async (o) => {
     const tokens = String(o.tokens).split(',').map((t: string) => Number(t.trim()));
@@ -259,13 +285,15 @@ addServeOptions(
     .command('serve')
     .description('serve a model to validators: signed WebSocket + msgpack axon and an OpenAI-compatible HTTP face (Epistula v2), /metrics and /health on the same port')
     .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
-    .option('--slots <n>', 'sequences decoded together (KV slots)', number('--slots'), 8)
-    .option('--context <n>', 'tokens per sequence (prompt + completion)', number('--context'))
-    .option('--prefix-cache-min <n>', 'reuse a cached prompt prefix of at least n tokens from a finished sequence\'s slot (0 = off; default 16)', number('--prefix-cache-min'))
+    .option('--slots <n>', 'sequences held (and decoded together) at most: block-table rows (default 32)', number('--slots'))
+    .option('--context <n>', 'most tokens per sequence (prompt + completion): a limit, not a reservation (default min(1024, the model\'s))', number('--context'))
+    .option('--gpu-memory <size>', GPU_MEMORY_HELP)
+    .addOption(kvDtypeOption())
+    .option('--prefix-cache-min <n>', 'reuse a cached prompt prefix of at least n tokens (KV blocks shared with earlier or running sequences; 0 = off; default 16)', number('--prefix-cache-min'))
     .addOption(adapterOption),
 ).action(async (o) => {
   const options = parseServeOptions(o);
-  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin });
+  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin, gpuMemory: o.gpuMemory, kvDtype: o.kvDtype });
   console.error(describeModel(engine));
   const handle = await serve(engine, options);
   console.error(`axon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey}`);
@@ -365,7 +393,9 @@ program
   .description('throughput against the A100 and against this adapter\'s own roofline (table on stdout, progress on stderr)')
   .option('--quick', 'small shapes: about two minutes on the software adapter')
   .option('--model <path>', 'Hugging Face folder, .gguf file, or the embedded model: run end to end, and its shapes for the kernels', TINY_MODEL_ID)
-  .option('--shapes <set>', 'kernel shapes: "model" or "llama-7b" (default: the model\'s with --quick or --model, else llama-7b)')
+  .option('--shapes <list>', 'comma-separated shapes: the first sets the kernel shapes ("model", "llama-7b", "llama-3-8b", "qwen3-8b"; default: the model\'s with --quick or --model, else llama-7b); ' +
+    'the KV memory report covers the model and each 8B shape listed (default: llama-3-8b,qwen3-8b)')
+  .option('--gpu-memory <size>', 'GPU memory budget of the KV memory report: bytes ("12GiB", "12GB", "12e9") or a fraction of the adapter\'s maxBufferSize ("0.8")', '12GiB')
   .option('--batch <n>', 'the larger decode batch (concurrent requests)', number('--batch'))
   .option('--prefill-chunk <n>', 'prompt tokens per prefill step (default: the engine\'s)', number('--prefill-chunk'))
   .option('--json <file>', 'write the report as JSON (and the Markdown and SVG next to it)')
@@ -374,6 +404,7 @@ program
   .option('--no-peer', 'skip llama.cpp on the same GGUF')
   .option('--peer-gpu', 'run the llama.cpp peer on its GPU build (install it with: node scripts/llama-cpp.mjs --gpu vulkan|cuda)')
   .option('--host-only', 'only the host overhead of a batch-1 decode step (CPU ms to record and submit it)')
+  .addOption(kvDtypeOption())
   .addOption(new Option('--preset <name>', 'sizes: full, quick or test').choices(['full', 'quick', 'test']).hideHelp())
   .addOption(adapterOption)
   .action(async (o, command: Command) => {
@@ -391,6 +422,8 @@ program
       shapes: o.shapes ?? (modelGiven ? 'model' : undefined),
       batch: o.batch,
       prefillChunk: o.prefillChunk,
+      gpuMemory: o.gpuMemory,
+      kvDtype: o.kvDtype,
       adapter: o.adapter,
       json: o.json,
       markdown: o.markdown,

@@ -577,6 +577,12 @@ describe('operations', () => {
     expect(metrics).toMatch(new RegExp(`axon_prompt_tokens_total\\{cache="hit"\\} ${usage.promptTokens - 1}\\b`));
     expect(metrics).toMatch(new RegExp(`axon_prompt_tokens_total\\{cache="miss"\\} ${usage.promptTokens + 1}\\b`));
     expect(metrics).toMatch(/engine_active_sequences 0/);
+    // The KV pool: 16 full contexts of 256 tokens (the test engine's), nothing held now, the prompt's
+    // blocks still cached.
+    expect(metrics).toMatch(/engine_kv_blocks_total 256\b/);
+    expect(metrics).toMatch(/engine_kv_blocks_used 0\b/);
+    expect(metrics).toMatch(/engine_kv_blocks_shared 0\b/);
+    expect(metrics).toMatch(/engine_kv_blocks_cached [1-9]\d*\b/);
     expect(metrics).toMatch(/axon_connections 1/);
     expect(metrics).toMatch(/axon_ttft_seconds_count 2/);
     expect((await fetch(`http://127.0.0.1:${axon.port}/nope`)).status).toBe(404);

@@ -11,7 +11,10 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compareWithA100, loadA100, matchFamily } from '../bench/a100.ts';
 import type { E2eReport } from '../bench/e2e.ts';
-import { PRESETS } from '../bench/presets.ts';
+import { MEMORY_SHAPES, PRESETS } from '../bench/presets.ts';
+import { memoryReport } from '../bench/memory.ts';
+import { memoryShapes, shapeList } from '../bench/run.ts';
+import { estimateActivationBytes } from '../models/memory-plan.ts';
 import type { BenchReport } from '../bench/report.ts';
 import type { RooflineResult } from '../bench/roofline.ts';
 
@@ -204,6 +207,25 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     positive(e.model.flopsPerToken, 'FLOP per token');
   });
 
+  it('memory: the loaded model and the 8B shapes at the default 12 GiB, before and after paging; peak RSS', () => {
+    const m = report.memory;
+    expect(m.gpuMemoryBytes).toBe(12 * 2 ** 30);
+    expect(m.models.map((x) => x.name)).toEqual([report.e2e.model.id, MEMORY_SHAPES['llama-3-8b'].name, MEMORY_SHAPES['qwen3-8b'].name]);
+    const [loaded] = m.models;
+    expect(loaded.weightBytes).toBe(report.e2e.memory.weightBytes);
+    const { numLayers: L, numKvHeads: H, headDim: D } = report.e2e.model;
+    expect(loaded.bytesPerToken).toEqual({ f32: 8 * L * H * D, f16: 4 * L * H * D, q8_0: 2 * L * H * D * (1 + 4 / 32) });
+    // The tiny model's pool is bounded by one layer's buffer under the adapter's binding limit, not the budget.
+    expect(loaded.after.limitedBy).toBe('maxStorageBufferBindingSize');
+    expect(loaded.after.blocks).toBe(Math.floor(m.limits.maxStorageBufferBindingSize / (16 * H * D * 2)));
+    positive(m.peakRssBytes!, 'peak RSS');
+    expect(m.peakRssBytes).toBe(report.e2e.memory.peakRssBytes);
+    positive(report.e2e.memory.rssBeforeLoadBytes, 'RSS before load');
+    expect(report.e2e.memory.rssAfterLoadBytes).toBeLessThanOrEqual(m.peakRssBytes!);
+    expect(stdout).toMatch(/KV memory at --gpu-memory 12\.00 GiB/);
+    expect(stdout).toMatch(/llama-3-8b \(built-in shapes\) .* 3 -> 58 .* 3 -> 14 /);
+  });
+
   it('A100: every line names its figure, and its ratios divide the numbers shown', () => {
     const a = report.a100;
     const e = report.e2e;
@@ -281,5 +303,52 @@ describe('A100 comparison for a model with sourced A100 measurements', () => {
     expect(ttft.a100).toBe(16);
     close(ttft.ratio, 16 / 150);
     expect(a.unmatched.every((m) => m.dtype !== 'f16' || m.metric === 'ttft')).toBe(true);
+  });
+});
+
+describe('memory report (exact arithmetic)', () => {
+  const limits = { maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 30 };
+
+  it('Llama-3-8B Q4_K_M on 12 GiB: 3 f32 slots of 8192 before; 58 sequences of 1k and 14 of 4k after', () => {
+    const m = memoryReport({ gpuMemoryBytes: 12 * 2 ** 30, limits, models: [MEMORY_SHAPES['llama-3-8b']] });
+    const [x] = m.models;
+    const cfg = MEMORY_SHAPES['llama-3-8b'].config;
+    expect(x.bytesPerToken).toEqual({ f32: 262144, f16: 131072, q8_0: 73728 });
+    // Before: 8 slots x 8192 tokens x 256 KiB = 16 GiB reserved; what is left after 4.92 GB of weights holds 3 slots of 2 GiB.
+    expect(x.before.reservedBytes).toBe(16 * 2 ** 30);
+    expect(x.before.fits).toBe(false);
+    const beforeAct = estimateActivationBytes(cfg, { slots: 8, prefillChunk: 128 });
+    expect(x.before.sequences).toEqual({ 1024: Math.floor((12 * 2 ** 30 - 4.92e9 - beforeAct) / 2 ** 31), 4096: 3 });
+    expect(x.before.sequences[1024]).toBe(3);
+    // After: blocks of 16 tokens x 128 KiB = 2 MiB from what the weights and activations leave.
+    const afterAct = estimateActivationBytes(cfg, { slots: 32, prefillChunk: 128 });
+    expect(x.after.activationBytes).toBe(afterAct);
+    expect(x.after.blocks).toBe(Math.floor((12 * 2 ** 30 - 4.92e9 - afterAct) / 2 ** 21));
+    expect(x.after).toMatchObject({ limitedBy: 'budget', blockTokens: 16, kvBytes: x.after.blocks * 2 ** 21 });
+    expect(x.after.sequences).toEqual({ 1024: Math.floor(x.after.blocks / 64), 4096: Math.floor(x.after.blocks / 256) });
+    expect(x.after.sequences).toEqual({ 1024: 58, 4096: 14 });
+  });
+
+  it('Qwen3-8B: 36 layers, so 144 KiB per f16 token', () => {
+    const [x] = memoryReport({ gpuMemoryBytes: 12 * 2 ** 30, limits, models: [MEMORY_SHAPES['qwen3-8b']] }).models;
+    expect(x.bytesPerToken.f16).toBe(36 * 2 * 8 * 128 * 2);
+    const afterAct = estimateActivationBytes(MEMORY_SHAPES['qwen3-8b'].config, { slots: 32, prefillChunk: 128 });
+    const blocks = Math.floor((12 * 2 ** 30 - 5.03e9 - afterAct) / (16 * 147456));
+    expect(x.after.blocks).toBe(blocks);
+    expect(x.after.sequences).toEqual({ 1024: Math.floor(blocks / 64), 4096: Math.floor(blocks / 256) });
+    expect(x.before.sequences[1024]).toBe(Math.floor((12 * 2 ** 30 - 5.03e9 - estimateActivationBytes(MEMORY_SHAPES['qwen3-8b'].config, { slots: 8, prefillChunk: 128 })) / (8192 * 36 * 2 * 8 * 128 * 4)));
+  });
+
+  it('a budget the weights overflow leaves no pool; sequences longer than a slot never fit before', () => {
+    const [x] = memoryReport({ gpuMemoryBytes: 4e9, limits, models: [MEMORY_SHAPES['llama-3-8b']] }).models;
+    expect(x.after).toMatchObject({ blocks: 0, limitedBy: 'budget', sequences: { 1024: 0, 4096: 0 } });
+    expect(x.before.sequences).toEqual({ 1024: 0, 4096: 0 });
+  });
+
+  it('--shapes: the first entry picks the kernel shapes, the 8B ones listed pick the memory shapes', () => {
+    expect(shapeList('model,llama-3-8b')).toEqual(['model', 'llama-3-8b']);
+    expect(() => shapeList('model,gpt-5')).toThrow(/--shapes takes a comma-separated list .*\(got "gpt-5"\)/);
+    expect(memoryShapes(undefined).map((s) => s.name)).toEqual([MEMORY_SHAPES['llama-3-8b'].name, MEMORY_SHAPES['qwen3-8b'].name]);
+    expect(memoryShapes('model,qwen3-8b').map((s) => s.name)).toEqual([MEMORY_SHAPES['qwen3-8b'].name]);
   });
 });

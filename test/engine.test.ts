@@ -175,3 +175,81 @@ describe('engine (tiny-random-llama)', () => {
     expect(outcomes.length - refused.length).toBeGreaterThanOrEqual(6);
   });
 });
+
+describe('admission by free KV blocks', () => {
+  /** Run `request` on `e`, noting when its first token came (a tick of `clock`). */
+  async function timed(e: Engine, request: GenerateRequest, clock: { t: number }, priority = 0) {
+    const tokens: number[] = [];
+    let firstAt = -1;
+    const it = e.generate(request, { priority });
+    for (let next = await it.next(); ; next = await it.next()) {
+      if (next.done) return { tokens, firstAt, summary: next.value };
+      if (firstAt < 0) firstAt = clock.t++;
+      tokens.push(next.value.tokenId);
+    }
+  }
+
+  it('a request the free blocks cannot cover waits (never refused, never cut short), in priority order', async () => {
+    // 4 blocks per sequence at most (capacity 64), 8 in the pool; each request may grow to 3 blocks
+    // (a short prompt + 40 tokens), so two run at once and the rest wait their turn.
+    const small = await Engine.load({ gpu, slots: 4, capacity: 64, prefillChunk: 16, kvBlocks: 8, prefixCacheMin: 0 });
+    try {
+      expect(small.info().kvBlocksTotal).toBe(8);
+      const requests = ['Alpha', 'Beta', 'Gamma', 'Delta'].map((w, i) => ({ prompt: `${w} says`, maxTokens: 40, temperature: 0.8, seed: 3 + i }) satisfies GenerateRequest);
+      for (const r of requests) expect(Math.ceil((small.encodePrompt(r).length + 39) / 16), 'premise: 3 blocks each').toBe(3);
+      const solo: Array<Awaited<ReturnType<typeof timed>>> = [];
+      for (const r of requests) solo.push(await timed(small, r, { t: 0 }));
+      // Watch how many sequences run in each decode step.
+      const running: number[] = [];
+      const decode = small.model.decode;
+      small.model.decode = (rows, k) => {
+        running.push(rows.length);
+        expect(small.info().kvBlocksUsed).toBeLessThanOrEqual(8);
+        return decode.call(small.model, rows, k);
+      };
+      const clock = { t: 0 };
+      let together;
+      try {
+        // Alpha and Beta are admitted; then Gamma (priority 0) and Delta (priority 5) arrive and
+        // wait for blocks, and Delta, the higher stake, goes first although it came later.
+        const first = requests.slice(0, 2).map((r) => timed(small, r, clock));
+        while (small.info().activeSequences < 2) await new Promise((resolve) => setImmediate(resolve));
+        const later = [timed(small, requests[2], clock, 0), timed(small, requests[3], clock, 5)];
+        expect(small.info().queueDepth).toBe(2);
+        together = await Promise.all([...first, ...later]);
+      } finally {
+        delete (small.model as Partial<typeof small.model>).decode;
+      }
+      expect(Math.max(...running)).toBe(2);
+      together.forEach((t, i) => {
+        expect(t.tokens, `request ${i}: same tokens as alone`).toEqual(solo[i].tokens);
+        expect(t.summary.finishReason).toBe(solo[i].summary.finishReason);
+      });
+      expect(together[3].firstAt, 'Delta (priority 5) before Gamma').toBeLessThan(together[2].firstAt);
+      expect(Math.max(together[0].firstAt, together[1].firstAt)).toBeLessThan(together[3].firstAt);
+      expect(small.info()).toMatchObject({ kvBlocksUsed: 0, queueDepth: 0, activeSequences: 0 });
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('refuses a pool that cannot hold one sequence of the context, naming the numbers', async () => {
+    await expect(Engine.load({ gpu, slots: 2, capacity: 64, kvBlocks: 3 })).rejects.toThrow(/KV pool holds 3 blocks of 16 tokens .* fewer than one sequence of the context \(64 tokens, 4 blocks\) needs/);
+    await expect(Engine.load({ gpu, slots: 2, capacity: 64, gpuMemory: '64KiB' })).rejects.toThrow(/--gpu-memory 64\.0 KiB leaves 0 B for the KV cache after .* of weights/);
+    await expect(Engine.load({ gpu, gpuMemory: 'plenty' })).rejects.toThrow(/--gpu-memory must be bytes/);
+  });
+
+  it('a budget sizes the pool: blocks = (budget - weights - activations) / block bytes, capped at every slot full', async () => {
+    const e = await Engine.load({ gpu, slots: 2, capacity: 64, gpuMemory: '64MiB' });
+    try {
+      const plan = e.kvPlan;
+      expect(plan.budgetBytes).toBe(64 * 2 ** 20);
+      // The tiny model leaves far more than 2 full sequences need: the slots bound it.
+      expect(plan).toMatchObject({ limitedBy: 'sequences', blocks: 8 });
+      expect(e.info().kvBlocksTotal).toBe(8);
+      expect(e.model.stats.kvBytes).toBe(8 * plan.blockBytes);
+    } finally {
+      await e.close();
+    }
+  });
+});

@@ -1,10 +1,13 @@
-// Prompt prefix reuse (engine option prefixCacheMin): a finished sequence's slot keeps the ids of the
-// tokens whose K/V it holds, and a new prompt sharing a long enough prefix prefills only the rest.
-// Model level: the logits after a reused prefix equal a cold prefill's, with stale K/V from a longer
-// earlier sequence still in the slot (attention must stop at the sequence's length), also with a
-// sliding window. Engine level: generations with reuse equal those without (greedy and seeded), for a
-// new suffix, a full repeat, a strict prefix of the cached tokens and a prompt that diverges inside the
-// cached generated tokens; the counters prove the reuse happened; a slot in use is never reused.
+// Prompt prefix reuse (engine option prefixCacheMin): the KV blocks a sequence wrote stay indexed by
+// the token ids they hold (full blocks as they fill, the partly filled last one when it ends), and a
+// new prompt sharing a long enough prefix shares those blocks (copying a partly matching one) and
+// prefills only the rest. Model level: the logits after a reused prefix equal a cold prefill's, with
+// stale K/V from a longer earlier sequence still in the slot (attention must stop at the sequence's
+// length), also with a sliding window. Engine level: generations with reuse equal those without
+// (greedy and seeded), for a new suffix, a full repeat, a strict prefix of the cached tokens and a
+// prompt that diverges inside the cached generated tokens; the counters prove the reuse happened;
+// requests running at the same time share their prompts' blocks (waiting for them to be written);
+// the least recently used cached prefix is evicted first when the pool runs short.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, GenerationSummary } from '../src/engine/types.ts';
@@ -46,7 +49,10 @@ describe('prefill after a reused prefix vs a cold prefill (model API)', () => {
       expect(source.config.attentionWindows).toEqual(m.window);
       // Prompts of 17-23 tokens run as one matmul chunk; the short tails below as matvec. 8 slots:
       // the head reads 8 rows of full logits per submit.
-      const model = await Transformer.load(gpu(), source, { slots: 8, capacity: 32, prefillChunk: 24 });
+      // An f32 KV cache: the reused K/V of decoded tokens come from the decode path and the cold
+      // ones from prefill's, equal to f32 rounding; an f16 cache would round those two a half-ulp
+      // apart now and then, and this test is about which K/V are read, not how they are stored.
+      const model = await Transformer.load(gpu(), source, { slots: 8, capacity: 32, prefillChunk: 24, kvDtype: 'f32' });
       try {
         // Slots 0-2 hold an earlier sequence: an 18-token prompt, then 6 "generated" tokens decoded.
         const PROMPT = 18;
@@ -146,7 +152,9 @@ function counters(engine: Engine): { reused: number; computed: number } {
 }
 
 const SYSTEM = 'System: be brief and exact.\nUser: ';
-const ENGINE = { slots: 3, capacity: 96, prefillChunk: 32 };
+// An f32 KV cache: reuse must give the cold run's logprobs to float rounding (with f16 a K/V value
+// computed by another kernel path, matvec vs matmul, can round to the neighbouring f16).
+const ENGINE = { slots: 3, capacity: 96, prefillChunk: 32, kvDtype: 'f32' } as const;
 const MIN = 8;
 
 /** The engine without reuse, and its outputs by request (each request runs there once). */
@@ -223,7 +231,7 @@ describe('engine with prefix reuse', () => {
     }
   });
 
-  it('forgetCachedPrefixes makes every free slot cold', async () => {
+  it('forgetCachedPrefixes forgets every cached prefix', async () => {
     const request: GenerateRequest = { prompt: `${SYSTEM}Forget this.`, maxTokens: 3, temperature: 0 };
     await compareRuns(request, 'before forgetting');
     warm.forgetCachedPrefixes();
@@ -263,12 +271,14 @@ describe('engine with prefix reuse', () => {
     const shared = commonPrefix(warm.encodePrompt({ prompt, maxTokens: 1 }), [...baseIds, ...first.ids]);
     // Reuse reaches past the old prompt into its generated tokens (whose K/V decode wrote).
     expect(shared).toBeGreaterThan(baseIds.length);
-    for (const sampling of [{ temperature: 0 }, { temperature: 0.7, seed: 21 }]) {
-      // (Re)cache the base prompt and its generation: a strict prefix of the last prompt, so this
-      // also rewrites the slot that the previous iteration's diverging prompt left.
+    const promptLength = warm.encodePrompt({ prompt, maxTokens: 1 }).length;
+    for (const [round, sampling] of [{ temperature: 0 }, { temperature: 0.7, seed: 21 }].entries()) {
+      // The base prompt and its generation are (still) cached beside what the first round cached.
       if (sampling.temperature > 0) expectSameGeneration(await compareRuns(base, 'base again'), first, 'base again');
       const got = await compareRuns({ prompt, maxTokens: 6, ...sampling, logprobs: 2 }, `diverging inside the generated tokens (${JSON.stringify(sampling)})`);
-      expect(got.summary.cachedPromptTokens).toBe(shared);
+      // First round: the base's blocks up to where the prompt diverges (the partly matching block
+      // copied). Second round: the first round's own blocks hold the whole prompt.
+      expect(got.summary.cachedPromptTokens).toBe(round === 0 ? shared : promptLength - 1);
     }
     // The last sampled token is never fed back, so its K/V is not in the slot: after a generation
     // of exactly `cut` tokens, the same prompt reuses the base and the first cut - 1 of them only.
@@ -307,65 +317,112 @@ describe('engine with prefix reuse', () => {
 });
 
 describe('prefix reuse under continuous batching', () => {
-  it('requests admitted together reuse only a free slot, never one in use; outputs equal no reuse', async () => {
+  const request = (q: string, i: number): GenerateRequest =>
+    i % 2 === 0 ? { prompt: `${SYSTEM}${q}`, maxTokens: 6, temperature: 0, logprobs: 1 } : { prompt: `${SYSTEM}${q}`, maxTokens: 6, temperature: 0.9, seed: 40 + i, logprobs: 1 };
+  const B = 16;
+
+  it('requests admitted together share the cached prefix and their own prompts\' blocks; outputs equal no reuse', async () => {
     const engine = await Engine.load({ gpu: gpu(), ...ENGINE, prefixCacheMin: MIN });
     try {
-      const request = (q: string, i: number): GenerateRequest =>
-        i % 2 === 0 ? { prompt: `${SYSTEM}${q}`, maxTokens: 6, temperature: 0, logprobs: 1 } : { prompt: `${SYSTEM}${q}`, maxTokens: 6, temperature: 0.9, seed: 40 + i, logprobs: 1 };
+      // Nothing cached: two requests with a long common prefix arrive together. The second shares
+      // the first's full prompt blocks (indexed at admission) and waits for them to be written; it
+      // cannot copy the first's partly matching block, which is not written yet.
+      const pair = ['Compare these two numbers please: 1', 'Compare these two numbers please: 2'].map((q, i) => request(q, i));
+      const ids = pair.map((r) => engine.encodePrompt(r));
+      const common = commonPrefix(ids[0], ids[1]);
+      expect(common, 'premise: a common prefix of at least two blocks').toBeGreaterThanOrEqual(2 * B);
+      const seen: number[] = [];
+      const decode = engine.model.decode;
+      engine.model.decode = (rows, k) => {
+        seen.push(engine.info().kvBlocksShared!);
+        return decode.call(engine.model, rows, k);
+      };
+      let together;
+      try {
+        together = await Promise.all(pair.map((r) => run(engine, r)));
+      } finally {
+        delete (engine.model as Partial<typeof engine.model>).decode;
+      }
+      expect(together.map((t) => t.summary.cachedPromptTokens)).toEqual([0, B * Math.floor(Math.min(common, ids[1].length - 1) / B)]);
+      expect(Math.max(...seen), 'blocks shared while both decode').toBe(Math.floor(common / B));
+      for (const [i, r] of pair.entries()) expectSameGeneration(together[i], await reference(r), `pair ${i}`);
+
+      // Now the prompt prefix is cached: three requests arriving together all reuse it.
       const q1 = request('First question?', 0);
-      const solo = reference;
-
-      // One warm slot (the other two are cold).
-      expectSameGeneration(await run(engine, q1), await solo(q1), 'warm-up');
+      expectSameGeneration(await run(engine, q1), await reference(q1), 'warm-up');
       const q1Ids = engine.encodePrompt(q1);
-
-      // Three requests sharing the prefix arrive together: the first admitted takes the warm slot,
-      // the other two get cold slots and compute their whole prompts.
       const batch = ['Second question?', 'Third question?', 'Fourth question?'].map((q, i) => request(q, i + 1));
-      const together = await Promise.all(batch.map((r) => run(engine, r)));
-      const cached = together.map((t) => t.summary.cachedPromptTokens);
-      expect(cached).toEqual([commonPrefix(engine.encodePrompt(batch[0]), q1Ids), 0, 0]);
-      expect(cached[0]).toBeGreaterThanOrEqual(MIN);
-      for (const [i, r] of batch.entries()) expectSameGeneration(together[i], await solo(r), `together ${i}`);
+      const three = await Promise.all(batch.map((r) => run(engine, r)));
+      three.forEach((t, i) => {
+        expect(t.summary.cachedPromptTokens, `together ${i}`).toBeGreaterThanOrEqual(commonPrefix(engine.encodePrompt(batch[i]), q1Ids));
+        expect(t.summary.cachedPromptTokens).toBeGreaterThanOrEqual(MIN);
+      });
+      for (const [i, r] of batch.entries()) expectSameGeneration(three[i], await reference(r), `together ${i}`);
+      expect(engine.info().kvBlocksUsed).toBe(0);
+      expect(engine.info().kvBlocksShared).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
 
-      // Now every slot is warm with the system prompt. A long request holds one slot; the same
-      // prompt arriving while it runs must not reuse that slot (only the system prompt from a free one).
-      const long = request('Long question?', 0);
+  it('the same prompt while a sequence holding it runs shares its full blocks; after it ends, all but the last token', async () => {
+    const engine = await Engine.load({ gpu: gpu(), ...ENGINE, prefixCacheMin: MIN });
+    try {
+      const long = request('Long question, asked twice at the same time?', 0);
       const longIds = engine.encodePrompt(long);
       const running = engine.generate({ ...long, maxTokens: 12 });
       const firstToken = await running.next();
       expect(firstToken.done).toBe(false);
       const during = await run(engine, long);
+      // The running sequence's full prompt blocks are indexed; its last one too once its generated
+      // tokens have filled it (then the rest of the prompt is copied from it).
+      expect(during.summary.cachedPromptTokens).toBeGreaterThanOrEqual(B * Math.floor((longIds.length - 1) / B));
+      expect(during.summary.cachedPromptTokens).toBeLessThanOrEqual(longIds.length - 1);
       expect(during.summary.cachedPromptTokens).toBeGreaterThanOrEqual(MIN);
-      expect(during.summary.cachedPromptTokens).toBeLessThan(longIds.length - 1);
-      expectSameGeneration(during, await solo(long), 'same prompt while a slot holding it is in use');
+      expectSameGeneration(during, await reference(long), 'same prompt while a sequence holding it runs');
       let rest = await running.next();
       while (!rest.done) rest = await running.next();
-      expect(rest.value.cachedPromptTokens).toBeLessThan(longIds.length - 1);
+      expect(rest.value.cachedPromptTokens).toBe(0);
 
-      // Both finished: the prompt is now cached in full.
       const after = await run(engine, long);
       expect(after.summary.cachedPromptTokens).toBe(longIds.length - 1);
-      expectSameGeneration(after, await solo(long), 'after the slots are free');
+      expectSameGeneration(after, await reference(long), 'after both ended');
       expect(engine.info().kvBlocksUsed).toBe(0);
     } finally {
       await engine.close();
     }
   });
 
-  it('a request that matches nothing takes a cold slot before evicting a warm one', async () => {
-    const engine = await Engine.load({ gpu: gpu(), ...ENGINE, prefixCacheMin: MIN });
+  it('a short pool evicts the least recently used cached prefix first; a reused prefix is refreshed', async () => {
+    // 3 blocks per sequence (capacity 48), 4 in the pool: cached prefixes compete for what is left.
+    const engine = await Engine.load({ gpu: gpu(), ...ENGINE, capacity: 48, kvBlocks: 4, prefixCacheMin: 2 });
     try {
-      const q: GenerateRequest = { prompt: `${SYSTEM}Keep me warm.`, maxTokens: 4, temperature: 0 };
-      await run(engine, q);
-      // Two unrelated prompts (3 slots): each takes a cold slot, the warm one survives.
-      await run(engine, { prompt: 'Numbers: 1 2 3 4 5 6 7 8', maxTokens: 4, temperature: 0 });
-      await run(engine, { prompt: 'Letters: a b c d e f g h', maxTokens: 4, temperature: 0 });
-      const again = await run(engine, q);
-      expect(again.summary.cachedPromptTokens).toBe(again.summary.promptTokens - 1);
-      // A third unrelated prompt evicts the least recently used slot (the numbers), not the one just used.
-      await run(engine, { prompt: 'Colours: red green blue', maxTokens: 4, temperature: 0 });
-      expect((await run(engine, q)).summary.cachedPromptTokens).toBe(again.summary.promptTokens - 1);
+      expect(engine.info().kvBlocksTotal).toBe(4);
+      const q: GenerateRequest = { prompt: 'System: be brief.\nUser: Hi', maxTokens: 4, temperature: 0 };
+      const qLength = engine.encodePrompt(q).length;
+      expect(qLength + 3, 'premise: q and the tokens it feeds back fill two blocks').toBeLessThanOrEqual(2 * B);
+      expect(qLength).toBeGreaterThan(B);
+      const [numbers, letters] = ['Numbers: 1 2 3', 'Letters: a b c'].map((prompt) => ({ prompt, maxTokens: 4, temperature: 0 }) satisfies GenerateRequest);
+      for (const r of [numbers, letters]) {
+        const n = engine.encodePrompt(r).length;
+        expect(n + 3, 'premise: one block each').toBeLessThanOrEqual(B);
+        expect(n, 'premise: long enough to be reused').toBeGreaterThanOrEqual(4);
+      }
+      const reused = async (r: GenerateRequest) => (await run(engine, r)).summary.cachedPromptTokens;
+      const all = (r: GenerateRequest) => engine.encodePrompt(r).length - 1;
+
+      expect(await reused(q)).toBe(0); // q: its full block and its tail cached; 2 blocks free
+      expect(await reused(numbers)).toBe(0); // 1 free
+      expect(await reused(letters)).toBe(0); // 0 free
+      expect(engine.info()).toMatchObject({ kvBlocksUsed: 0, kvBlocksCached: 4 });
+      // q again: its full block shared, its tail copied into a block evicted from the least recently
+      // released prefix other than q's own (held during the copy): the numbers. The copy of q's
+      // tail holds the same ids as the cached one, so it goes back free.
+      expect(await reused(q)).toBe(all(q));
+      expect(await reused(numbers), 'numbers were evicted').toBe(0); // takes the free block
+      expect(await reused(q), 'q stays warm').toBe(all(q)); // evicts the letters now
+      expect(await reused(letters), 'letters were evicted').toBe(0);
+      expect(await reused(numbers), 'numbers, cached again, are reused').toBe(all(numbers));
     } finally {
       await engine.close();
     }

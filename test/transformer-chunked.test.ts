@@ -24,7 +24,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 // slots 9: the LM head runs 9 logits rows at once (matmul) as well as fewer (matvec);
 // prefillChunk 16: the 12-token prompt runs the layers through the matmul in one step.
-const OPTIONS: TransformerOptions = { slots: 9, capacity: 32, prefillChunk: 16 };
+const OPTIONS: TransformerOptions = { slots: 9, capacity: 32, prefillChunk: 16, kvDtype: 'f32' };
 
 /** The same device seen through a smaller per-binding limit. */
 function withBindingLimit(g: Gpu, bytes: number): Gpu {

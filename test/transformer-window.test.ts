@@ -144,7 +144,7 @@ describe('transformer with a sliding window vs float64 reference', () => {
     expect(source.config.attentionWindows).toEqual([5, 5, 5, 5]);
     expect(describeAttentionWindows(source.config)).toBe('sliding window 5 (all layers)');
     // prefillChunk 5: the 12-token prompt runs as 5 + 5 + 2, each chunk attending the last one's keys.
-    const model = await Transformer.load(gpu(), source, { slots: 2, capacity: 24, prefillChunk: 5 });
+    const model = await Transformer.load(gpu(), source, { slots: 2, capacity: 24, prefillChunk: 5, kvDtype: 'f32' });
     try {
       const ref = referenceLogits(source.config, weights, TOKENS);
       const full = referenceLogits({ ...source.config, attentionWindows: undefined }, weights, TOKENS);
@@ -175,7 +175,7 @@ describe('transformer with a sliding window vs float64 reference', () => {
 
   it('Mistral: batched prefill pieces continuing windowed histories', async () => {
     const { source, weights } = mistralSource();
-    const model = await Transformer.load(gpu(), source, { slots: 3, capacity: 24, prefillChunk: 12, maxPrefillPieces: 3 });
+    const model = await Transformer.load(gpu(), source, { slots: 3, capacity: 24, prefillChunk: 12, maxPrefillPieces: 3, kvDtype: 'f32' });
     try {
       const draw = rng(99);
       const seq = (n: number) => Array.from({ length: n }, () => Math.floor(draw() * TINY_CONFIG.vocab_size));
@@ -199,7 +199,7 @@ describe('transformer with a sliding window vs float64 reference', () => {
   it('Qwen2: window 4 on layers 2-3 only (max_window_layers 2), prefill and decode', async () => {
     const { source, weights } = qwen2Source();
     expect(Array.from({ length: 4 }, (_, l) => layerWindow(source.config, l))).toEqual([0, 0, 4, 4]);
-    const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 24, prefillChunk: 8 });
+    const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 24, prefillChunk: 8, kvDtype: 'f32' });
     try {
       const ref = referenceLogits(source.config, weights, TOKENS);
       const { logits } = await model.prefill(0, TOKENS.slice(0, PROMPT), 0, { allLogits: true });
@@ -218,7 +218,7 @@ describe('transformer with a sliding window vs float64 reference', () => {
     const path = join(dir, 'swa.gguf');
     const tiny = writeTinyLlamaGguf(path, { seed: 9, metadata: [['llama.attention.sliding_window', gguf.u32(WINDOW)]] });
     const source = await openGgufSource(path);
-    const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 24, prefillChunk: 8 });
+    const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 24, prefillChunk: 8, kvDtype: 'f32' });
     try {
       expect(source.config.attentionWindows).toEqual([WINDOW, WINDOW]);
       const V = tiny.vocab.tokens.length;

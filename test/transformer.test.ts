@@ -1,6 +1,8 @@
 // The GPU forward pass against the float64 reference (test/support/reference-model.ts) for each
 // architecture: every position's logits from a multi-chunk prefill, then decode steps continuing
-// the same sequence, in a second KV slot so slots cannot leak into each other.
+// the same sequence, in a second KV slot so slots cannot leak into each other. The KV cache is
+// f32 here (kvDtype 'f32'), as the reference keeps it; the f16 and q8_0 caches are held to the f32
+// one in test/kv-dtype-parity.test.ts.
 import { describe, expect, it } from 'vitest';
 import { Transformer, type RowCandidates } from '../models/transformer.ts';
 import { embeddedSource, memorySource, type MemoryTensor } from '../models/source.ts';
@@ -104,7 +106,7 @@ describe('transformer forward pass vs float64 reference', () => {
     it(c.name, async () => {
       const source = c.source();
       // prefillChunk 8 makes the 19-token prompt take three prefill steps (8 + 8 + 3).
-      const model = await Transformer.load(gpu(), source, { slots: 3, capacity: 48, prefillChunk: 8 });
+      const model = await Transformer.load(gpu(), source, { slots: 3, capacity: 48, prefillChunk: 8, kvDtype: 'f32' });
       try {
         const next = rng(11);
         const tokens = Array.from({ length: 23 }, () => Math.floor(next() * c.vocab));
@@ -150,7 +152,7 @@ describe('batched prefill (prefillBatch) vs one piece at a time', () => {
     it(c.name, async () => {
       const source = c.source();
       // 16 rows in the batch (the matmul path); each piece alone is at most 6 rows (matvec).
-      const model = await Transformer.load(gpu(), source, { slots: 8, capacity: 48, prefillChunk: 16, maxPrefillPieces: 4 });
+      const model = await Transformer.load(gpu(), source, { slots: 8, capacity: 48, prefillChunk: 16, maxPrefillPieces: 4, kvDtype: 'f32' });
       try {
         expect(model.maxPrefillPieces).toBe(4);
         const next = rng(29);

@@ -64,7 +64,9 @@ beforeAll(async () => {
   const f16Dir = writeTinyModel(join(root, 'reference-f16'), 11, 'F16');
   gpu = await acquireGpu();
   const load = async (model: string, slots: number) => {
-    const e = await Engine.load({ gpu, model, slots, capacity: 192, prefillChunk: 64 });
+    // A KV pool for every slot's whole context: every challenge of every miner runs at once, as the
+    // speed thresholds assume (by default the pool holds 16 full contexts and the rest would queue).
+    const e = await Engine.load({ gpu, model, slots, capacity: 192, prefillChunk: 64, kvBlocks: slots * (192 / 16) });
     engines.push(e);
     return e;
   };

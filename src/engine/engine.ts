@@ -1,30 +1,33 @@
 // The engine: a loaded model, its tokenizer, and a scheduler with continuous batching.
 //
 // Requests wait in a queue ordered by priority (the validator's stake), then arrival. The
-// scheduler loop runs while there is work: each turn it admits queued requests into free KV slots,
-// runs ONE prefill step over the admitted prompts (oldest first, up to prefillChunk tokens in all:
-// a long prompt contributes a chunk, short ones fit whole; a prompt's last piece also samples its
-// first token), then runs ONE batched decode step for every decoding sequence (one forward pass
-// over all rows: the weights are read once per step, not once per sequence). A cancelled or
-// abandoned request leaves its slot at the next turn.
+// scheduler loop runs while there is work: each turn it admits queued requests, runs ONE prefill
+// step over the admitted prompts (oldest first, up to prefillChunk tokens in all: a long prompt
+// contributes a chunk, short ones fit whole; a prompt's last piece also samples its first token),
+// then runs ONE batched decode step for every decoding sequence (one forward pass over all rows:
+// the weights are read once per step, not once per sequence). A cancelled or abandoned request
+// gives its KV blocks back at the next turn.
 //
-// Prompt prefix reuse (llama.cpp server's cache_prompt, without copying KV): a slot keeps, after its
-// sequence ends, the ids of the tokens whose K/V it holds (the prompt and the generated tokens that
-// were fed back; the last sampled token never was). A new request takes the free slot whose ids
-// share the longest prefix with its prompt and, when that prefix is at least prefixCacheMin tokens,
-// prefills only the rest (at least its last token, whose logits it needs). The positions past the
-// prefix are overwritten by the new prefill, and attention reads keys only below each query's
-// position (prefill: past_len + t; decode: kv_len), never up to the slot's capacity, so stale K/V
-// beyond the sequence's length is never seen. K/V at a position depends only on the tokens up to it,
-// so a sliding window changes nothing here. Without a long enough match a request takes a cold
-// (never used) slot first, then the least recently released one, so warm slots live longest.
+// The KV cache is a pool of blocks (src/engine/kv-cache.ts): a request is admitted, highest
+// priority first, when a block-table row (slot) is free and the pool can promise every block its
+// prompt + max_tokens can fill (capped at the context); until then it waits, and so do the requests
+// behind it (the queue's order decides who waits, not the size of the request). Prompt prefix reuse
+// is block sharing: a prompt starts after the longest cached prefix of at least prefixCacheMin
+// tokens (full blocks shared, a partly matching block copied), including prefixes of requests
+// admitted in the same turn. Attention reads keys only below each query's position, through the
+// sequence's own block table, so what other sequences wrote never shows.
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
-import { Transformer, type PrefillPiece, type RowCandidates } from '../../models/transformer.ts';
+import { Transformer, type PrefillPiece } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
-import { CANDIDATES, Sampler, validateSamplingParams } from './sampler.ts';
-import { TextTokenizer, type TokenStream } from './tokenizer.ts';
+import { KV_BLOCK_TOKENS } from '../../kernels/attention.ts';
+import { estimateActivationBytes, estimateWeightBytes, fmtBytes, gpuMemoryBytes, parseGpuMemory, planKvPool, type GpuMemory, type KvDtype, type KvPoolPlan } from '../../models/memory-plan.ts';
+import { KvBlockPool } from './kv-blocks.ts';
+import { KvCache } from './kv-cache.ts';
+import { Sampler, validateSamplingParams } from './sampler.ts';
+import { Channel, acceptToken, candidatesNeeded, type Sequence } from './sequence.ts';
+import { TextTokenizer } from './tokenizer.ts';
 import { MAX_LOGPROBS, type ChatMessage, type EngineInfo, type FinishReason, type GenerateOptions, type GenerateRequest, type GeneratedToken, type GenerationSummary, type TextGenerator } from './types.ts';
 
 export interface EngineOptions {
@@ -32,10 +35,25 @@ export interface EngineOptions {
   model?: string;
   /** Adapter choice (auto, gpu, software); see src/gpu/device.ts. */
   adapter?: string;
-  /** Sequences decoded together (KV slots). Default 8. */
+  /**
+   * Sequences held at once (block-table rows; the largest decode batch). Default 32: a row costs
+   * ceil(capacity / 16) table entries and a row of logits, and the KV pool, not the rows, bounds
+   * how many sequences fit; 32 lets that many short sequences share one read of the weights per step.
+   */
   slots?: number;
-  /** Tokens per sequence (prompt + completion). Default min(1024, model context). */
+  /** Most tokens per sequence (prompt + completion): a limit, not a reservation. Default min(1024, model context). */
   capacity?: number;
+  /**
+   * GPU memory for weights, activations and the KV pool: bytes, a fraction of the adapter's
+   * maxBufferSize ({ fraction }), or the same as text ("12GiB", "0.8"). Default: no budget; the pool
+   * holds min(slots, 16) full-context sequences (the bytes the f32 slot cache of 8 held), as far as
+   * each layer's pool buffer fits the adapter's limits.
+   */
+  gpuMemory?: string | GpuMemory;
+  /** How the KV cache stores keys and values: 'f16' (default), 'f32' or 'q8_0'. */
+  kvDtype?: KvDtype;
+  /** Most KV blocks in the pool (within gpuMemory and the adapter's limits); tests size small pools with it. */
+  kvBlocks?: number;
   /** Prompt tokens per prefill step. Default 128. */
   prefillChunk?: number;
   /** Prompts (pieces) one prefill step carries at most. Default 8. */
@@ -53,66 +71,7 @@ export interface EngineOptions {
   gpu?: Gpu;
 }
 
-/** tokenId of a text-only piece: text held back for a stop string, released when EOS ends the output. */
-export const TEXT_ONLY = -1;
-
-/** One queued or running generation. */
-interface Sequence {
-  request: GenerateRequest;
-  promptIds: number[];
-  maxTokens: number;
-  sampler: Sampler;
-  history: Set<number>;
-  stream: TokenStream;
-  /** Text decoded but held back because it could be the start of a stop string. */
-  held: string;
-  completion: number;
-  priority: number;
-  arrival: number;
-  order: number;
-  slot?: number;
-  /** Tokens in the slot's KV cache. */
-  cached: number;
-  /** Prompt tokens whose K/V were already in the slot at admission (not prefilled again). */
-  reusedPrompt: number;
-  /** Sampled, emitted, not yet fed back through the model. */
-  pending?: number;
-  /** Generated tokens fed back through the model (their K/V follow the prompt's in the slot). */
-  fed: number[];
-  firstTokenAt?: number;
-  finish?: FinishReason;
-  channel: Channel<GeneratedToken>;
-  signal?: AbortSignal;
-}
-
-/** A single-consumer async queue: the scheduler pushes, the request's generator pulls. */
-class Channel<T> {
-  readonly #items: T[] = [];
-  #wake?: () => void;
-  #closed = false;
-  #error?: unknown;
-
-  push(item: T): void {
-    this.#items.push(item);
-    this.#wake?.();
-  }
-  close(error?: unknown): void {
-    this.#closed = true;
-    this.#error = error;
-    this.#wake?.();
-  }
-  async next(): Promise<T | undefined> {
-    while (this.#items.length === 0) {
-      if (this.#closed) {
-        if (this.#error) throw this.#error;
-        return undefined;
-      }
-      await new Promise<void>((resolve) => (this.#wake = resolve));
-      this.#wake = undefined;
-    }
-    return this.#items.shift();
-  }
-}
+export { TEXT_ONLY } from './sequence.ts';
 
 export class Engine implements TextGenerator {
   readonly model: Transformer;
@@ -121,17 +80,13 @@ export class Engine implements TextGenerator {
   readonly #ownsGpu: boolean;
   readonly #maxQueue: number;
   readonly #queue: Sequence[] = [];
-  /** Admitted, holding a slot, prompt partly in the KV cache. */
+  /** Admitted, holding a slot and blocks, prompt partly in the KV cache. */
   readonly #prefilling: Sequence[] = [];
   /** Decoding: one row each in every decode step. */
   readonly #active: Sequence[] = [];
-  readonly #freeSlots: number[];
-  readonly #prefixCacheMin: number;
-  /** Per slot, while it is free: the ids of the tokens whose K/V it holds, from position 0 ([] = cold). */
-  readonly #slotTokens: number[][];
-  /** Per slot: when it was last released (a tick of #releases; 0 = never). */
-  readonly #slotReleased: number[];
-  #releases = 0;
+  readonly #kv: KvCache;
+  /** How the pool was sized. */
+  readonly kvPlan: KvPoolPlan;
   /** Prompt tokens taken from a slot's cache instead of prefilled, since load. */
   #promptTokensReused = 0;
   /** Prompt tokens run through prefill, since load. */
@@ -140,17 +95,15 @@ export class Engine implements TextGenerator {
   #loop?: Promise<void>;
   #closed = false;
 
-  private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number, prefixCacheMin: number) {
+  private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number, prefixCacheMin: number, plan: KvPoolPlan) {
     this.gpu = gpu;
     this.#ownsGpu = ownsGpu;
     this.model = model;
     this.tokenizer = tokenizer;
     this.#maxQueue = maxQueue;
-    this.#prefixCacheMin = prefixCacheMin;
-    const { slots } = model.options;
-    this.#freeSlots = Array.from({ length: slots }, (_, i) => slots - 1 - i);
-    this.#slotTokens = Array.from({ length: slots }, () => []);
-    this.#slotReleased = new Array<number>(slots).fill(0);
+    this.kvPlan = plan;
+    const { slots, capacity } = model.options;
+    this.#kv = new KvCache(new KvBlockPool(model.stats.kvBlocks, KV_BLOCK_TOKENS), model, { slots, capacity, prefixCacheMin });
   }
 
   static async load(options: EngineOptions = {}): Promise<Engine> {
@@ -158,19 +111,59 @@ export class Engine implements TextGenerator {
     if (!Number.isSafeInteger(prefixCacheMin) || prefixCacheMin < 0) {
       throw new OptionError(`prefixCacheMin must be an integer >= 0 (0 disables prefix reuse; got ${prefixCacheMin})`);
     }
+    const memory = typeof options.gpuMemory === 'string' ? parseGpuMemory(options.gpuMemory) : options.gpuMemory;
     const gpu = options.gpu ?? (await acquireGpu({ adapter: options.adapter }));
     let source: ModelSource | undefined;
     try {
       source = await openModelSource(options.model ?? TINY_MODEL_ID);
       const tokenizer = new TextTokenizer(source.tokenizer);
+      const slots = options.slots ?? 32;
+      const capacity = options.capacity ?? Math.min(1024, source.config.maxPositions);
+      const prefillChunk = options.prefillChunk ?? 128;
+      const kvDtype = options.kvDtype ?? 'f16';
+      for (const [name, value] of Object.entries({ slots, capacity, prefillChunk })) {
+        if (!Number.isSafeInteger(value) || value < 1) throw new OptionError(`${name} must be an integer >= 1 (got ${value})`);
+      }
+      const perSequence = Math.ceil(capacity / KV_BLOCK_TOKENS);
+      if (options.kvBlocks !== undefined && (!Number.isSafeInteger(options.kvBlocks) || options.kvBlocks < 1)) {
+        throw new OptionError(`kvBlocks must be an integer >= 1 (got ${options.kvBlocks})`);
+      }
+      const budgetBytes = memory ? gpuMemoryBytes(memory, gpu.limits) : undefined;
+      const plan = planKvPool({
+        config: source.config,
+        kvDtype,
+        weightBytes: estimateWeightBytes(source.config, (name) => source!.dtypeOf(name)),
+        activationBytes: estimateActivationBytes(source.config, { slots, prefillChunk }),
+        budgetBytes,
+        limits: gpu.limits,
+        maxBlocks: options.kvBlocks ?? (budgetBytes === undefined ? Math.min(slots, 16) : slots) * perSequence,
+      });
+      if (plan.blocks < perSequence) {
+        throw new OptionError(
+          `the KV pool holds ${plan.blocks} blocks of ${KV_BLOCK_TOKENS} tokens (limited by ${plan.limitedBy}${budgetBytes !== undefined ? ` at --gpu-memory ${fmtBytes(budgetBytes)}` : ''}), ` +
+            `fewer than one sequence of the context (${capacity} tokens, ${perSequence} blocks) needs: give a smaller --context or more --gpu-memory`,
+        );
+      }
       const model = await Transformer.load(gpu, source, {
-        slots: options.slots ?? 8,
-        capacity: options.capacity ?? Math.min(1024, source.config.maxPositions),
-        prefillChunk: options.prefillChunk ?? 128,
+        slots,
+        capacity,
+        prefillChunk,
         maxPrefillPieces: options.maxPrefillPieces ?? 8,
+        kvBlocks: plan.blocks,
+        kvDtype,
         onProgress: options.onProgress,
       });
-      return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256, prefixCacheMin);
+      // The plan estimated the weights and activations; the loaded model knows them.
+      const used = model.stats.weightBytes + model.stats.activationBytes;
+      if (budgetBytes !== undefined && used > budgetBytes) {
+        model.destroy();
+        throw new OptionError(
+          `--gpu-memory ${fmtBytes(budgetBytes)} is exceeded: the model holds ${fmtBytes(model.stats.weightBytes)} of weights and ` +
+            `${fmtBytes(model.stats.activationBytes)} of activations and KV pool (${plan.blocks} blocks of ${fmtBytes(plan.blockBytes)}; the plan estimated ` +
+            `${fmtBytes(plan.weightBytes)} of weights)`,
+        );
+      }
+      return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256, prefixCacheMin, plan);
     } catch (err) {
       if (!options.gpu) gpu.destroy();
       throw err;
@@ -181,6 +174,7 @@ export class Engine implements TextGenerator {
 
   info(): EngineInfo {
     const { info } = this.gpu;
+    const kv = this.#kv.stats();
     return {
       modelId: this.model.id,
       weightsDigest: this.model.weightsDigest,
@@ -188,8 +182,11 @@ export class Engine implements TextGenerator {
       backend: info.backend,
       queueDepth: this.#queue.length,
       activeSequences: this.#prefilling.length + this.#active.length,
-      kvBlocksUsed: this.model.options.slots - this.#freeSlots.length,
-      kvBlocksTotal: this.model.options.slots,
+      kvBlocksUsed: kv.used,
+      kvBlocksTotal: kv.total,
+      kvBlocksShared: kv.shared,
+      kvBlocksCached: kv.cached,
+      kvBlockTokens: KV_BLOCK_TOKENS,
       promptTokensReused: this.#promptTokensReused,
       promptTokensComputed: this.#promptTokensComputed,
     };
@@ -277,7 +274,8 @@ export class Engine implements TextGenerator {
       throw new BadRequestError((err as Error).message);
     }
     const promptIds = this.encodePrompt(request);
-    // The completion is cut at the slot's capacity (finish_reason "length").
+    // The completion is cut at the context (finish_reason "length"); the pool always holds one
+    // sequence of the whole context (checked at load), so every request is admitted in its turn.
     return { promptIds, sampler: new Sampler(params), maxTokens: Math.min(maxTokens, this.model.options.capacity - promptIds.length) };
   }
 
@@ -285,8 +283,9 @@ export class Engine implements TextGenerator {
     if (this.#closed) throw new OverloadedError('the engine is shutting down');
     const arrival = performance.now();
     const { promptIds, sampler, maxTokens } = this.#validate(request);
-    // Queued requests that free slots will take at the next turn are not waiting for one.
-    if (this.#queue.length - this.#freeSlots.length >= this.#maxQueue) throw new OverloadedError(`queue full (${this.#maxQueue} requests waiting)`);
+    // Queued requests that free slots can take at the next turn are not counted as waiting for one.
+    const { slots, slotsUsed } = this.#kv.stats();
+    if (this.#queue.length - (slots - slotsUsed) >= this.#maxQueue) throw new OverloadedError(`queue full (${this.#maxQueue} requests waiting)`);
     const seq: Sequence = {
       request,
       promptIds,
@@ -299,9 +298,7 @@ export class Engine implements TextGenerator {
       priority: options.priority ?? 0,
       arrival,
       order: this.#order++,
-      cached: 0,
       reusedPrompt: 0,
-      fed: [],
       channel: new Channel(),
       signal: options.signal,
     };
@@ -314,7 +311,7 @@ export class Engine implements TextGenerator {
         yield token;
       }
     } finally {
-      // The consumer stopped early (socket closed, break): free the slot at the next turn.
+      // The consumer stopped early (socket closed, break): free the blocks at the next turn.
       seq.finish ??= 'cancelled';
     }
     const totalMs = performance.now() - arrival;
@@ -349,27 +346,37 @@ export class Engine implements TextGenerator {
         // already decoding by at most one step; with nothing decoding, prefill on.
         do {
           if (this.#prefilling.length === 0) break;
-          await this.#prefillStep();
+          if (!(await this.#prefillStep())) {
+            // Nothing could run (see #prefillStep): yield rather than spin, so a cancel can land.
+            await new Promise((resolve) => setImmediate(resolve));
+            break;
+          }
           this.#retire();
         } while (this.#active.length === 0);
         if (this.#active.length === 0) continue;
-        // One batched decode step: every decoding sequence feeds its pending token.
-        const rows = this.#active.map((seq) => ({ slot: seq.slot!, token: seq.pending!, position: seq.cached }));
+        // One batched decode step: every decoding sequence feeds its pending token, into a block
+        // its table covers before the step runs.
+        const rows = this.#active.map((seq) => {
+          const kv = seq.kv!;
+          kv.ids.push(seq.pending!);
+          this.#kv.prepare(kv, kv.written + 1);
+          return { slot: kv.slot, token: seq.pending!, position: kv.written };
+        });
         const candidates = await this.model.decode(rows, Math.max(...this.#active.map(candidatesNeeded)));
         this.#active.forEach((seq, i) => {
-          seq.cached++;
-          seq.fed.push(seq.pending!);
+          this.#kv.wrote(seq.kv!, seq.kv!.written + 1);
           this.#accept(seq, candidates[i]);
         });
       }
     } catch (err) {
       // A GPU failure ends every request in flight with that error; the engine stays usable.
-      // What the failed step wrote is unknown: the slots go back cold.
+      // What the failed step wrote is unknown: the blocks go back and nothing cached is trusted.
       for (const seq of [...this.#prefilling.splice(0), ...this.#active.splice(0), ...this.#queue.splice(0)]) {
         seq.finish ??= 'cancelled';
         seq.channel.close(err);
-        if (seq.slot !== undefined) this.#release(seq.slot, []);
+        if (seq.kv) this.#kv.release(seq.kv, false);
       }
+      this.#kv.forgetCached();
     }
   }
 
@@ -379,19 +386,32 @@ export class Engine implements TextGenerator {
    * start with what is left). A piece that completes its prompt samples the first token and the
    * sequence moves on to decoding.
    */
-  async #prefillStep(): Promise<void> {
+  async #prefillStep(): Promise<boolean> {
     let budget = this.model.options.prefillChunk;
     const batch: Array<{ seq: Sequence; piece: PrefillPiece; last: boolean }> = [];
     for (const seq of this.#prefilling) {
       if (budget === 0 || batch.length === this.model.maxPrefillPieces) break;
-      const tokens = seq.promptIds.slice(seq.cached, seq.cached + budget);
-      const last = seq.cached + tokens.length === seq.promptIds.length;
-      batch.push({ seq, last, piece: { slot: seq.slot!, tokens, start: seq.cached, candidates: last ? candidatesNeeded(seq) : 0 } });
+      const kv = seq.kv!;
+      // A prefix shared with a sequence that has not written it yet: wait a step (or write it, if
+      // its writer has ended; then less of the prompt was reused than admission counted).
+      const admitted = kv.written;
+      if (!this.#kv.ready(kv)) continue;
+      if (kv.written < admitted) {
+        seq.reusedPrompt -= admitted - kv.written;
+        this.#promptTokensReused -= admitted - kv.written;
+      }
+      const tokens = seq.promptIds.slice(kv.written, kv.written + budget);
+      const last = kv.written + tokens.length === seq.promptIds.length;
+      this.#kv.prepare(kv, kv.written + tokens.length);
+      batch.push({ seq, last, piece: { slot: kv.slot, tokens, start: kv.written, candidates: last ? candidatesNeeded(seq) : 0 } });
       budget -= tokens.length;
     }
+    // Every admitted prompt waiting on a writer that is itself waiting cannot happen (writers are
+    // admitted first and never wait on later sequences), but a turn must not run an empty step.
+    if (batch.length === 0) return false;
     const candidates = await this.model.prefillBatch(batch.map((b) => b.piece));
     batch.forEach(({ seq, piece, last }, i) => {
-      seq.cached += piece.tokens.length;
+      this.#kv.wrote(seq.kv!, piece.start + piece.tokens.length);
       this.#promptTokensComputed += piece.tokens.length;
       if (last) {
         this.#prefilling.splice(this.#prefilling.indexOf(seq), 1);
@@ -399,65 +419,31 @@ export class Engine implements TextGenerator {
         this.#accept(seq, candidates[i]!);
       }
     });
+    return true;
   }
 
   /**
-   * Move queued requests into free KV slots, highest priority first. Each takes the free slot whose
-   * cached tokens share the longest prefix with its prompt and starts its prefill after that prefix
-   * when it is at least prefixCacheMin tokens long (a slot in use is never a candidate).
+   * Admit queued requests, highest priority first, while the KV cache can take them (a free slot,
+   * and blocks for prompt + max_tokens beside every admitted sequence's promise). The first that
+   * does not fit waits, and so does everything behind it.
    */
   #admit(): void {
-    while (this.#queue.length > 0 && this.#freeSlots.length > 0) {
-      const seq = this.#queue.shift()!;
-      if (seq.signal?.aborted || seq.finish) this.#end(seq, 'cancelled');
-      else {
-        const { slot, reuse } = this.#pickSlot(seq.promptIds);
-        this.#freeSlots.splice(this.#freeSlots.indexOf(slot), 1);
-        this.#slotTokens[slot] = [];
-        seq.slot = slot;
-        seq.cached = reuse;
-        seq.reusedPrompt = reuse;
-        this.#promptTokensReused += reuse;
-        this.#prefilling.push(seq);
+    while (this.#queue.length > 0) {
+      const seq = this.#queue[0];
+      if (seq.signal?.aborted || seq.finish) {
+        this.#queue.shift();
+        this.#end(seq, 'cancelled');
+        continue;
       }
+      // The last sampled token is never fed back: prompt + maxTokens - 1 positions at most.
+      const admitted = this.#kv.admit(seq.promptIds, seq.promptIds.length + seq.maxTokens - 1);
+      if (!admitted) return;
+      this.#queue.shift();
+      seq.kv = admitted.seq;
+      seq.reusedPrompt = admitted.reused;
+      this.#promptTokensReused += admitted.reused;
+      this.#prefilling.push(seq);
     }
-  }
-
-  /**
-   * The free slot for a prompt and the prompt tokens it can reuse: the longest common prefix with a
-   * slot's cached tokens, capped at the prompt's length - 1 (the last prompt token is always
-   * prefilled: its logits give the first token), if at least prefixCacheMin; ties and no match go
-   * to the least recently released slot, cold ones first.
-   */
-  #pickSlot(prompt: number[]): { slot: number; reuse: number } {
-    const candidates = this.#freeSlots.map((slot) => {
-      let reuse = 0;
-      if (this.#prefixCacheMin > 0) {
-        const cached = this.#slotTokens[slot];
-        const limit = Math.min(cached.length, prompt.length - 1);
-        while (reuse < limit && cached[reuse] === prompt[reuse]) reuse++;
-        if (reuse < this.#prefixCacheMin) reuse = 0;
-      }
-      return { slot, reuse, released: this.#slotReleased[slot] };
-    });
-    // Longest reuse, then least recently released (cold = 0), then the lowest slot.
-    candidates.sort((a, b) => b.reuse - a.reuse || a.released - b.released || a.slot - b.slot);
-    const { slot, reuse } = candidates[0];
-    return { slot, reuse };
-  }
-
-  /** Free `slot`, remembering the ids of the tokens whose K/V it holds from position 0. */
-  #release(slot: number, tokens: number[]): void {
-    this.#slotTokens[slot] = tokens;
-    this.#slotReleased[slot] = tokens.length > 0 ? ++this.#releases : 0;
-    this.#freeSlots.push(slot);
-  }
-
-  /** The ids whose K/V a sequence wrote into its slot: its first `cached` tokens (prompt, then fed). */
-  #writtenTokens(seq: Sequence): number[] {
-    const tokens = seq.promptIds.slice(0, Math.min(seq.cached, seq.promptIds.length)).concat(seq.fed);
-    // cached counts exactly the positions written; anything else is a bookkeeping bug: go cold.
-    return tokens.length === seq.cached ? tokens : [];
   }
 
   /** Drop finished, cancelled and aborted sequences, freeing their slots. */
@@ -468,7 +454,7 @@ export class Engine implements TextGenerator {
         if (seq.signal?.aborted) seq.finish ??= 'cancelled';
         if (seq.finish) {
           list.splice(i, 1);
-          this.#release(seq.slot!, this.#writtenTokens(seq));
+          this.#kv.release(seq.kv!);
           this.#end(seq, seq.finish);
         }
       }
@@ -480,78 +466,41 @@ export class Engine implements TextGenerator {
     seq.channel.close();
   }
 
-  /** Sample the next token of `seq`, emit it, and decide whether the sequence ends. */
-  #accept(seq: Sequence, candidates: RowCandidates): void {
-    if (seq.finish) return;
-    const topN = seq.request.logprobs ?? 0;
-    const sampled = seq.sampler.sample(candidates, seq.history, topN);
-    seq.firstTokenAt ??= performance.now();
-    if (this.model.config.eosTokenIds.includes(sampled.tokenId)) {
-      this.#flushHeld(seq);
-      seq.finish = 'stop';
-      return;
-    }
-    seq.history.add(sampled.tokenId);
-    seq.pending = sampled.tokenId;
-    seq.held += seq.stream.push(sampled.tokenId);
-    const index = seq.completion++;
-    const atLimit = seq.completion >= seq.maxTokens;
-    if (atLimit) seq.held += seq.stream.flush();
-    // Stop strings: cut the text at the first one and end; otherwise release all text that cannot
-    // be the beginning of a stop string.
-    const stops = seq.request.stop ?? [];
-    let text: string;
-    const hit = stops.map((s) => seq.held.indexOf(s)).filter((i) => i >= 0);
-    if (hit.length > 0) {
-      text = seq.held.slice(0, Math.min(...hit));
-      seq.held = '';
-      seq.finish = 'stop';
-    } else {
-      const keep = atLimit ? 0 : heldBackLength(seq.held, stops);
-      text = seq.held.slice(0, seq.held.length - keep);
-      seq.held = seq.held.slice(seq.held.length - keep);
-      if (atLimit) seq.finish = 'length';
-    }
-    seq.channel.push({
-      index,
-      tokenId: sampled.tokenId,
-      text,
-      logprob: sampled.logprob,
-      topLogprobs: sampled.top.map((t) => ({ tokenId: t.tokenId, text: this.tokenizer.decode([t.tokenId], false), logprob: t.logprob })),
-    });
-  }
-
-  /** At EOS: text still held back (a partial stop-string match) is released as a text-only piece. */
-  #flushHeld(seq: Sequence): void {
-    seq.held += seq.stream.flush();
-    if (seq.held.length > 0 && seq.completion > 0) {
-      seq.channel.push({ index: seq.completion, tokenId: TEXT_ONLY, text: seq.held, logprob: 0, topLogprobs: [] });
-    }
-    seq.held = '';
+  #accept(seq: Sequence, candidates: Parameters<typeof acceptToken>[1]): void {
+    acceptToken(seq, candidates, this.tokenizer, this.model.config.eosTokenIds);
   }
 
   /**
-   * Treat every free slot as empty: for callers that wrote the KV cache through `model` directly
-   * (benchmarks), after which what the slots remember no longer matches what they hold.
+   * Forget every cached prefix and give slot s the blocks [s * P, (s + 1) * P) (P = blocks per
+   * context), for callers that drive the model's slots directly (benchmarks, the validator's
+   * recomputation): call it with the engine idle, before such use and after it. Slots beyond what
+   * the pool holds at full context keep their tables; direct callers must not use them. Returns
+   * the slots laid out (0 .. n - 1).
    */
-  forgetCachedPrefixes(): void {
-    for (const slot of this.#freeSlots) {
-      this.#slotTokens[slot] = [];
-      this.#slotReleased[slot] = 0;
-    }
+  forgetCachedPrefixes(): number {
+    if (this.#loop) throw new OverloadedError('forgetCachedPrefixes needs an idle engine');
+    this.#kv.forgetCached();
+    const perSequence = Math.ceil(this.model.options.capacity / KV_BLOCK_TOKENS);
+    const slots = Math.min(this.model.options.slots, Math.floor(this.#kv.pool.total / perSequence));
+    for (let slot = 0; slot < slots; slot++) this.model.setBlockTable(slot, Array.from({ length: perSequence }, (_, i) => slot * perSequence + i));
+    return slots;
   }
 
   /** Logits at the last position (or every position) of `tokens`, for comparisons with other runtimes. */
   async logits(tokens: number[], all = false): Promise<Float32Array[]> {
     if (this.#loop) throw new OverloadedError('logits needs an idle engine');
-    const slot = this.#pickSlot(tokens).slot;
-    // The slot's cache is overwritten from position 0: cold until the prefill has written it.
-    this.#slotTokens[slot] = [];
-    this.#slotReleased[slot] = 0;
-    const { logits } = await this.model.prefill(slot, tokens, 0, { allLogits: true });
-    this.#slotTokens[slot] = tokens.slice();
-    this.#slotReleased[slot] = ++this.#releases;
-    return all ? logits! : [logits![logits!.length - 1]];
+    // Every position is computed (no reuse): all logits are wanted, and they must not depend on the cache.
+    const admitted = this.#kv.admit(tokens, tokens.length, false);
+    if (!admitted) throw new OverloadedError('logits: no KV slot or blocks free');
+    const kv = admitted.seq;
+    try {
+      this.#kv.prepare(kv, tokens.length);
+      const { logits } = await this.model.prefill(kv.slot, tokens, 0, { allLogits: true });
+      this.#kv.wrote(kv, tokens.length);
+      return all ? logits! : [logits![logits!.length - 1]];
+    } finally {
+      this.#kv.release(kv);
+    }
   }
 
   async close(graceMs = 0): Promise<void> {
@@ -564,30 +513,4 @@ export class Engine implements TextGenerator {
     this.model.destroy();
     if (this.#ownsGpu) this.gpu.destroy();
   }
-}
-
-/**
- * How many candidates a sequence's sampler needs each step: greedy without penalties needs the
- * best token (and the logprob alternatives); anything that reshapes the distribution needs all.
- */
-function candidatesNeeded(seq: Sequence): number {
-  const { temperature, topK, repetitionPenalty } = seq.sampler.params;
-  const alternatives = seq.request.logprobs ?? 0;
-  if (temperature === 0 && repetitionPenalty === 1) return Math.max(1, alternatives);
-  if (topK > 0 && repetitionPenalty === 1) return Math.min(CANDIDATES, Math.max(topK, alternatives));
-  return CANDIDATES;
-}
-
-/** How many characters at the end of `text` could begin one of the stop strings. */
-function heldBackLength(text: string, stops: string[]): number {
-  let keep = 0;
-  for (const stop of stops) {
-    for (let n = Math.min(stop.length - 1, text.length); n > keep; n--) {
-      if (text.endsWith(stop.slice(0, n))) {
-        keep = n;
-        break;
-      }
-    }
-  }
-  return keep;
 }

@@ -75,8 +75,16 @@ export interface EngineInfo {
   backend: string;
   queueDepth: number;
   activeSequences: number;
+  /** KV blocks held by running sequences. */
   kvBlocksUsed: number;
+  /** KV blocks in the pool. */
   kvBlocksTotal: number;
+  /** KV blocks held by two or more sequences (a shared prompt prefix). */
+  kvBlocksShared?: number;
+  /** KV blocks held by no sequence but keeping a cached prefix (reused by a matching prompt, evicted when needed). */
+  kvBlocksCached?: number;
+  /** Tokens per KV block. */
+  kvBlockTokens?: number;
   /** Prompt tokens taken from a cached prefix instead of prefilled, since start (a counter). */
   promptTokensReused?: number;
   /** Prompt tokens prefilled, since start (a counter); with promptTokensReused, the prefix cache's hit rate. */

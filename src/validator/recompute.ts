@@ -160,6 +160,8 @@ export class ReferenceModel {
       capacity: options.capacity ?? 512,
       prefillChunk: options.prefillChunk ?? 256,
       prefixCacheMin: 0,
+      // The reference judges the miners' numbers: its KV cache stays f32 (8 x 512 tokens is small).
+      kvDtype: 'f32',
     });
     return new ReferenceModel(engine, true);
   }
@@ -201,15 +203,15 @@ export class ReferenceModel {
       const bad = item.completion.find((t) => !Number.isSafeInteger(t) || t < 0 || t >= V);
       if (bad !== undefined) throw new OptionError(`item ${i}: token id ${bad} is outside the vocabulary (0..${V - 1})`);
     }
-    // The KV slots are written directly: what the engine remembers of them no longer holds.
-    this.engine.forgetCachedPrefixes();
+    // The KV slots are written directly: each gets its own blocks, and the engine's prefix cache goes.
+    const usableSlots = this.engine.forgetCachedPrefixes();
     const results: ScoredItem[] = items.map((item) => {
       const fits = Math.min(item.completion.length, capacity - item.prompt.length);
       return { rows: [], truncated: item.completion.length - fits };
     });
     const sequences = items.map((item, i) => item.prompt.concat(item.completion.slice(0, item.completion.length - results[i].truncated)));
     const queue = items.map((_, i) => i);
-    const freeSlots = Array.from({ length: slots }, (_, s) => s);
+    const freeSlots = Array.from({ length: Math.min(slots, usableSlots) }, (_, s) => s);
     const active: Array<{ item: number; slot: number; fed: number }> = [];
     const maxPieces = model.maxPrefillPieces;
     while (queue.length > 0 || active.length > 0) {

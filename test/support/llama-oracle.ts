@@ -1,9 +1,11 @@
 // llama.cpp as a second oracle, through node-llama-cpp's prebuilt CPU binary: logits at every
 // position and tokenisation of a GGUF file. Settings that make it comparable with a float64
-// reference and with this runtime, which keep K and V in f32:
+// reference and with this runtime run with an f32 KV cache (kvDtype 'f32'):
 //  - CPU only (no GPU backend, no layers offloaded): the prebuilt's CPU backend, which picks its
 //    kernel variant (AVX2, AVX-512, ...) for the CPU it runs on;
 //  - F32 KV cache: the default F16 cache rounds every key and value to f16 (up to 2^-11 relative);
+//    llamaLogits' `kvType: 'F16'` asks for that cache, to compare with this runtime's f16 KV cache
+//    (its default), which rounds the same values the same way;
 //  - flash attention off: the plain attention graph (KQ, softmax, KQV as separate f32 ops over the
 //    F32 cache); ggml's CPU flash-attention kernel is another code path, which with an f16 cache
 //    also rounds Q to f16 and accumulates V in f16.
@@ -53,8 +55,18 @@ export async function llamaDetokenize(ggufPath: string, tokens: number[], specia
   return model.detokenize(tokens as Token[], special);
 }
 
+export interface LlamaLogitsOptions {
+  /**
+   * llama.cpp's KV cache type, keys and values (default F32). Q8_0 turns flash attention on:
+   * llama.cpp quantises the V cache only under flash attention, whose CPU kernel also rounds Q to
+   * the cache's dot type and accumulates in its own order.
+   */
+  kvType?: 'F32' | 'F16' | 'Q8_0';
+}
+
 /** Logits over the whole vocabulary after each of `tokens` (one sequence starting at position 0). */
-export async function llamaLogits(ggufPath: string, tokens: number[]): Promise<Float32Array[]> {
+export async function llamaLogits(ggufPath: string, tokens: number[], options: LlamaLogitsOptions = {}): Promise<Float32Array[]> {
+  const { kvType = 'F32' } = options;
   if (tokens.length === 0) return [];
   const model = await llamaModel(ggufPath);
   const context = await model.createContext({
@@ -62,9 +74,9 @@ export async function llamaLogits(ggufPath: string, tokens: number[]): Promise<F
     batchSize: tokens.length,
     sequences: 1,
     threads: 2,
-    flashAttention: false,
-    experimentalKvCacheKeyType: 'F32',
-    experimentalKvCacheValueType: 'F32',
+    flashAttention: kvType === 'Q8_0',
+    experimentalKvCacheKeyType: kvType,
+    experimentalKvCacheValueType: kvType,
   });
   try {
     const sequence = context.getSequence();

@@ -4,6 +4,7 @@ import type { Gpu } from '../../src/gpu/device.ts';
 import { Transformer } from '../../models/transformer.ts';
 import { openModelSource } from '../../models/source.ts';
 import { defaultMatmulTier } from '../../kernels/matmul.ts';
+import type { KvDtype } from '../../kernels/attention.ts';
 import { compare } from './reference.ts';
 import type { TinyDtype } from './tiny-models.ts';
 
@@ -53,12 +54,18 @@ export const argmax = (row: ArrayLike<number>): number => {
   return best;
 };
 
-const OPTIONS = { slots: 1, capacity: 128, prefillChunk: 32 };
+/**
+ * The parity runs keep K and V in f32 (kvDtype 'f32', as llama.cpp's F32 cache in
+ * test/support/llama-oracle.ts) unless a test asks for another KV dtype.
+ */
+const OPTIONS = { slots: 1, capacity: 128, prefillChunk: 32, kvDtype: 'f32' as KvDtype };
 
 /** Our logits at every position of `tokens` for the model at `path` (a GGUF file or HF folder). */
-export async function ourLogits(gpu: Gpu, path: string, tokens: number[], inspect?: (model: Transformer) => void): Promise<Float32Array[]> {
+export async function ourLogits(
+  gpu: Gpu, path: string, tokens: number[], inspect?: (model: Transformer) => void, kvDtype: KvDtype = 'f32',
+): Promise<Float32Array[]> {
   const source = await openModelSource(path);
-  const model = await Transformer.load(gpu, source, OPTIONS);
+  const model = await Transformer.load(gpu, source, { ...OPTIONS, kvDtype });
   try {
     inspect?.(model);
     return (await model.prefill(0, tokens, 0, { allLogits: true })).logits!;
@@ -69,9 +76,9 @@ export async function ourLogits(gpu: Gpu, path: string, tokens: number[], inspec
 }
 
 /** `prompt` followed by our greedy continuation of `steps` tokens (prefill, then one decode step each). */
-export async function ourGreedy(gpu: Gpu, path: string, prompt: number[], steps: number): Promise<number[]> {
+export async function ourGreedy(gpu: Gpu, path: string, prompt: number[], steps: number, kvDtype: KvDtype = 'f32'): Promise<number[]> {
   const source = await openModelSource(path);
-  const model = await Transformer.load(gpu, source, OPTIONS);
+  const model = await Transformer.load(gpu, source, { ...OPTIONS, kvDtype });
   try {
     const tokens = [...prompt];
     let { candidates } = await model.prefill(0, prompt, 0);
