@@ -42,6 +42,8 @@ export class KvCache {
   readonly #slots: number;
   /** One block's bytes: copyBlock stages through it (a copy may not read and write one buffer). */
   readonly #stage: GPUBuffer;
+  /** setBlockTable's CPU copy of one row (writeBuffer copies it at once), reused: no allocation per call. */
+  readonly #row: Uint32Array<ArrayBuffer>;
 
   /** Allocate the pools and the table from `arena` (which frees them) and write the default tables. */
   constructor(gpu: Gpu, arena: BufferArena, shape: KvCacheShape) {
@@ -55,6 +57,7 @@ export class KvCache {
     this.blockBytes = kvBlockBytes(Hkv, D, this.dtype);
     this.bytesPerToken = kvBytesPerToken(shape, this.dtype);
     this.blockTable = arena.get('kv.blockTable', 4 * slots * this.tableWidth);
+    this.#row = new Uint32Array(this.tableWidth);
     const identity = new Uint32Array(slots * this.tableWidth);
     for (let i = 0; i < identity.length; i++) identity[i] = i;
     gpu.device.queue.writeBuffer(this.blockTable, 0, identity);
@@ -85,14 +88,14 @@ export class KvCache {
       throw new ShapeError(`setBlockTable: ${Array.isArray(blocks) ? blocks.length : String(blocks)} blocks given, a slot's row holds at most ${this.tableWidth}`);
     }
     if (blocks.length === 0) return;
-    const row = new Uint32Array(blocks.length);
+    const row = this.#row;
     blocks.forEach((block, i) => {
       if (!Number.isSafeInteger(block) || block < 0 || block >= this.kvBlocks) {
         throw new ShapeError(`setBlockTable: block id ${block} (entry ${i}) out of range (0..${this.kvBlocks - 1})`);
       }
       row[i] = block;
     });
-    this.#gpu.device.queue.writeBuffer(this.blockTable, slot * this.tableWidth * 4, row);
+    this.#gpu.device.queue.writeBuffer(this.blockTable, slot * this.tableWidth * 4, row, 0, blocks.length);
   }
 
   /**
