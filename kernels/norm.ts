@@ -110,3 +110,81 @@ export class Norm {
     );
   }
 }
+
+export const HeadNormParams = new UniformLayout('Params', [
+  ['rows', 'u32'],
+  ['heads', 'u32'],
+  ['head_dim', 'u32'],
+  ['row_stride', 'u32'],
+  ['offset', 'u32'],
+  ['q_heads', 'u32'],
+  ['eps', 'f32'],
+] as const);
+
+export interface HeadNormBuffers {
+  /** Rows (R, rowStride) f32 holding the heads; normalised in place. */
+  x: GPUBuffer;
+  /** (2, D) f32: the query heads' weight, then the key heads'. */
+  weight: GPUBuffer;
+}
+
+export interface HeadNormRun {
+  /** R: rows. */
+  rows: number;
+  /** Heads per row, back to back from `offset`: `qHeads` query heads, then key heads. */
+  heads: number;
+  /** Heads that take weight[0..D); the rest take weight[D..2D). */
+  qHeads: number;
+  /** D: elements per head. */
+  headDim: number;
+  /** Elements from one row to the next (>= heads * headDim). */
+  rowStride: number;
+  offset?: number;
+}
+
+/**
+ * RMSNorm of each D-element head in place, with per-head weights shared by all query heads and by all
+ * key heads (Qwen3's and Gemma 3's q_norm / k_norm over the fused qkv rows). See shaders/norm_heads.wgsl.
+ */
+export class HeadNorm {
+  readonly eps: number;
+  readonly #dispatch: Dispatch<(typeof HeadNormParams.fields)[number][0]>;
+  readonly #buffers: HeadNormBuffers;
+  readonly #maxPerDimension: number;
+
+  constructor(gpu: Gpu, buffers: HeadNormBuffers, options: NormOptions) {
+    const label = 'rms_norm_heads';
+    if (typeof options.eps !== 'number' || !Number.isFinite(options.eps) || options.eps < 0) {
+      throw new TypeError(`${label}: eps must be a finite number >= 0 (got ${options.eps})`);
+    }
+    if (buffers.x === buffers.weight) throw new TypeError(`${label}: weight must be a different buffer from x`);
+    this.eps = options.eps;
+    // Heads are short (64..256): a workgroup of 64 keeps most invocations busy.
+    const wg = checkWorkgroupSize(gpu, options.workgroupSize ?? 64, label);
+    this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
+    this.#buffers = buffers;
+    this.#dispatch = new Dispatch(
+      gpu,
+      { name: 'norm_heads', variant: 'rms', code: composeShader('norm_heads.wgsl'), entryPoint: label, constants: { WG: wg } },
+      HeadNormParams,
+      [buffers.x, buffers.weight],
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: HeadNormRun): void {
+    const { rows, heads, qHeads, headDim, rowStride, offset = 0 } = run;
+    const label = 'rms_norm_heads';
+    checkShape(label, { rows, heads, qHeads, headDim, rowStride, offset }, ['qHeads', 'offset']);
+    if (qHeads > heads) throw new ShapeError(`${label}: qHeads ${qHeads} exceeds heads ${heads}`);
+    if (rowStride < heads * headDim) throw new ShapeError(`${label}: rowStride ${rowStride} is less than heads * headDim = ${heads * headDim}`);
+    checkFits(label, 'x', this.#buffers.x, offset, (rows - 1) * rowStride + heads * headDim);
+    checkFits(label, 'weight', this.#buffers.weight, 0, (qHeads < heads ? 2 : 1) * headDim);
+    const [x, y] = dispatchGrid(rows * heads, this.#maxPerDimension);
+    this.#dispatch.encode(
+      pass,
+      { rows, heads, head_dim: headDim, row_stride: rowStride, offset, q_heads: qHeads, eps: this.eps },
+      x,
+      y,
+    );
+  }
+}
