@@ -3,7 +3,7 @@
 import { ModelFormatError } from '../src/errors.ts';
 import type { RopeScaling } from '../kernels/rope.ts';
 
-export type Architecture = 'llama' | 'qwen2' | 'gpt2';
+export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'gpt2';
 
 export type { RopeScaling };
 
@@ -32,6 +32,11 @@ export interface ModelConfig {
   };
   /** Biases on the q, k and v projections (qwen2, gpt2). */
   qkvBias: boolean;
+  /**
+   * RMSNorm of each query and key head (D elements, weights attn_q_norm / attn_k_norm of D) after
+   * the projection and before RoPE (qwen3).
+   */
+  qkNorm?: boolean;
   /** Biases on the output projection and MLP (gpt2). */
   outputBias: boolean;
   tieWordEmbeddings: boolean;
@@ -126,7 +131,7 @@ function ropeScaling(raw: unknown, where: string): RopeScaling | undefined {
  * Per-layer sliding windows from an HF config, as transformers reads them (undefined: none).
  * - MistralForCausalLM: `sliding_window` on every layer; null means none, and an absent key means
  *   MistralConfig's default, 4096 (Mistral 7B v0.1 sets 4096, v0.2 and later set null).
- * - Qwen2ForCausalLM: only with `use_sliding_window: true` (else Qwen2Config sets sliding_window to
+ * - Qwen2ForCausalLM and Qwen3ForCausalLM (same config keys and defaults): only with `use_sliding_window: true` (else Qwen2Config sets sliding_window to
  *   None); then `sliding_window` (default 4096, null = none) applies to the layers whose
  *   `layer_types` entry is "sliding_attention", by default layer i >= `max_window_layers` (default
  *   28): Qwen2Config.__post_init__ builds layer_types that way.
@@ -142,7 +147,7 @@ function hfAttentionWindows(config: Json, archName: string, numLayers: number, w
     const size = windowSize(4096);
     return size === undefined ? undefined : new Array<number>(numLayers).fill(size);
   }
-  if (archName === 'Qwen2ForCausalLM') {
+  if (archName === 'Qwen2ForCausalLM' || archName === 'Qwen3ForCausalLM') {
     if (config.use_sliding_window !== true) return undefined;
     const size = windowSize(4096);
     if (size === undefined) return undefined;
@@ -171,6 +176,7 @@ const HF_ARCHITECTURES: Record<string, Architecture> = {
   LlamaForCausalLM: 'llama',
   MistralForCausalLM: 'llama',
   Qwen2ForCausalLM: 'qwen2',
+  Qwen3ForCausalLM: 'qwen3',
   GPT2LMHeadModel: 'gpt2',
 };
 
@@ -235,6 +241,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
     },
     qkvBias: architecture === 'qwen2' || config.attention_bias === true,
     outputBias: false,
+    ...(architecture === 'qwen3' ? { qkNorm: true } : {}),
     tieWordEmbeddings: config.tie_word_embeddings === true,
     bosTokenId: bos,
     eosTokenIds: eos,

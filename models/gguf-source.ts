@@ -29,7 +29,7 @@ const DTYPES: Partial<Record<number, WeightDtype>> = {
   [GgmlType.Q6_K]: 'q6_k',
 };
 
-const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', gpt2: 'gpt2' };
+const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', qwen3: 'qwen3', gpt2: 'gpt2' };
 
 function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[], bosTokenId: number | undefined, frequencyFactors?: Float32Array): ModelConfig {
   const archName = file.string('general.architecture');
@@ -74,6 +74,8 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
         },
     qkvBias: gpt2 || file.tensors.has('blk.0.attn_q.bias'),
     outputBias: gpt2,
+    // llama.cpp's qwen3 graph requires them (src/models/qwen3.cpp): absent ones fail at load, by name.
+    ...(architecture === 'qwen3' ? { qkNorm: true } : {}),
     tieWordEmbeddings: !file.tensors.has('output.weight'),
     bosTokenId,
     eosTokenIds,

@@ -1,8 +1,8 @@
-// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2 and GPT-2.
+// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2, Qwen3 and GPT-2.
 //
-// One forward pass serves all three; they differ in three places, each a plain branch below:
-// the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), and the MLP
-// (SwiGLU vs GELU). A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
+// One forward pass serves them all; they differ in a few places, each a plain branch below:
+// the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), the MLP
+// (SwiGLU vs GELU), and Qwen3's RMSNorm of each query and key head before RoPE. A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
@@ -23,7 +23,7 @@ import { ShapeError } from '../src/errors.ts';
 import { Elementwise } from '../kernels/elementwise.ts';
 import { Embed } from '../kernels/embed.ts';
 import { Linear } from '../kernels/linear.ts';
-import { Norm } from '../kernels/norm.ts';
+import { HeadNorm, Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
@@ -90,6 +90,8 @@ interface LayerOps {
   /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
   attnNorm: Norm;
   qkv: Linear[];
+  /** Qwen3: RMSNorm of each query and key head in the qkv rows, in place, before RoPE. */
+  qkNorm?: HeadNorm;
   /** RoPE models: RoPE of q and k and the KV write in one kernel; learned positions: the KV write. */
   ropeKvWrite?: RopeKvWrite;
   kvWrite?: KvWrite;
@@ -253,6 +255,7 @@ export class Transformer {
       this.#layers.push({
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
+        qkNorm: cfg.qkNorm ? new HeadNorm(gpu, { x: b.qkv, weight: vector(`${p}.attn_qk_norm.weight`)! }, { eps: cfg.normEps }) : undefined,
         ropeKvWrite: invFreq
           ? new RopeKvWrite(gpu, source.ropeMode, { Hq, Hkv, D, rotaryDims: cfg.rope!.dims, capacity: options.capacity }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache })
           : undefined,
@@ -296,6 +299,9 @@ export class Transformer {
       for (const item of plan) {
         if (item.kind === 'vector') {
           const data = item.fuse ? concat(await Promise.all(item.fuse.map((n) => source.vector(n)))) : await source.vector(item.name);
+          if (item.rows !== undefined && data.length !== item.rows) {
+            throw new ShapeError(`${source.id}: tensor "${item.name}" has ${data.length} elements, expected ${item.rows}`);
+          }
           digest.add(item.name, data);
           weights.set(item.name, arena.upload(item.name, data));
           parameters += data.length;
@@ -589,6 +595,7 @@ export class Transformer {
       { M: R, outputOffset: Hq * D, outputRowStride: W },
       { M: R, outputOffset: (Hq + Hkv) * D, outputRowStride: W },
     ];
+    const headNorm = { rows: R, heads: Hq + Hkv, qHeads: Hq, headDim: D, rowStride: W };
     const ropeKvWrite = { rows: R, rowStride: W, qOffset: 0, kOffset: Hq * D, vOffset: (Hq + Hkv) * D, metaOffset: at.kvMeta };
     const kvWrite = { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W, metaOffset: at.kvMeta };
     // Gate and up apart: gate's rows at 0 in the mlp buffer, up's after them.
@@ -605,6 +612,7 @@ export class Transformer {
       if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
+      layer.qkNorm?.encode(pass, headNorm);
       layer.ropeKvWrite?.encode(pass, ropeKvWrite);
       layer.kvWrite?.encode(pass, kvWrite);
       attention(layer);
@@ -751,6 +759,10 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
           if (cfg.qkvBias) need(`${part}.bias`, 'vector');
         });
       }
+    }
+    if (cfg.qkNorm) {
+      // One (2, D) vector, q_norm then k_norm: one in-place kernel normalises every head of a row.
+      need(`${p}.attn_qk_norm.weight`, 'vector', 2 * D, undefined, [`${p}.attn_q_norm.weight`, `${p}.attn_k_norm.weight`]);
     }
     need(`${p}.attn_output.weight`, 'matrix', C, Hq * D);
     if (cfg.outputBias) need(`${p}.attn_output.bias`, 'vector');

@@ -40,6 +40,13 @@ function rmsnorm(x: Float64Array, w: ArrayLike<number>, eps: number): Float64Arr
   return x.map((v, i) => v * r * w[i]);
 }
 
+/** RMSNorm of each D-element head of x with the same weight. */
+function headRmsnorm(x: Float64Array, w: ArrayLike<number>, D: number, eps: number): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let h = 0; h < x.length / D; h++) out.set(rmsnorm(x.subarray(h * D, (h + 1) * D), w, eps), h * D);
+  return out;
+}
+
 function layernorm(x: Float64Array, w: ArrayLike<number>, b: ArrayLike<number>, eps: number): Float64Array {
   const mean = x.reduce((a, v) => a + v, 0) / x.length;
   const variance = x.reduce((a, v) => a + (v - mean) ** 2, 0) / x.length;
@@ -129,6 +136,11 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         q = linear(round(h, p + 'self_attn.q_proj.weight'), w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
         k = linear(round(h, p + 'self_attn.k_proj.weight'), w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
         v = linear(round(h, p + 'self_attn.v_proj.weight'), w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
+        if (config.qkNorm) {
+          // Qwen3: RMSNorm of each head (weights of D) before RoPE.
+          q = headRmsnorm(q, w('self_attn.q_norm.weight'), D, config.normEps);
+          k = headRmsnorm(k, w('self_attn.k_norm.weight'), D, config.normEps);
+        }
         for (let hh = 0; hh < H; hh++) ropeHalf(q, hh * D, config.rope!.dims, inv!, pos);
         for (let hh = 0; hh < Hkv; hh++) ropeHalf(k, hh * D, config.rope!.dims, inv!, pos);
       }

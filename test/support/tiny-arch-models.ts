@@ -109,13 +109,29 @@ function header(arch: string, name: string, dtype: TinyArchDtype, pre: string): 
  * and V, RoPE theta 1e6, RMSNorm eps 1e-6 by default) with its HF weights and config.
  */
 export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}): TinyModel {
+  return writeTinyQwenGguf('qwen2', path, options);
+}
+
+/**
+ * A random Qwen3 GGUF, as convert_hf_to_gguf.py's Qwen3Model writes it (general.architecture
+ * "qwen3"; no q/k/v biases; blk.N.attn_q_norm / attn_k_norm.weight of head_dim, F32; head_dim given
+ * in config.json and written as qwen3.attention.key_length / value_length, so it need not be
+ * hidden / heads). Defaults as writeTinyQwen2Gguf; `headDim` sets head_dim.
+ */
+export function writeTinyQwen3Gguf(path: string, options: TinyArchOptions & { headDim?: number } = {}): TinyModel {
+  return writeTinyQwenGguf('qwen3', path, options);
+}
+
+function writeTinyQwenGguf(arch: 'qwen2' | 'qwen3', path: string, options: TinyArchOptions & { headDim?: number }): TinyModel {
+  const qwen3 = arch === 'qwen3';
+  if (qwen3 && options.fuseQkv) throw new Error('writeTinyQwen3Gguf: no fused-qkv form');
   const dtype = options.dtype ?? 'f32';
   const C = options.hiddenSize ?? 64;
   const F = options.intermediateSize ?? 128;
   const L = options.numLayers ?? 2;
   const H = options.numHeads ?? 4;
   const Hkv = options.numKvHeads ?? 2;
-  const D = C / H;
+  const D = options.headDim ?? C / H;
   const ctx = options.contextLength ?? 256;
   const theta = options.ropeTheta ?? 1e6;
   const eps = options.normEps ?? 1e-6;
@@ -144,8 +160,12 @@ export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}):
     } else {
       for (const part of ['q', 'k', 'v'] as const) {
         hf.set(`${p}self_attn.${part}_proj.weight`, w.matrix(`${g}attn_${part}.weight`, widths[part], C, 0.1));
-        hf.set(`${p}self_attn.${part}_proj.bias`, w.vector(`${g}attn_${part}.bias`, widths[part], 0.2));
+        if (!qwen3) hf.set(`${p}self_attn.${part}_proj.bias`, w.vector(`${g}attn_${part}.bias`, widths[part], 0.2));
       }
+    }
+    if (qwen3) {
+      hf.set(`${p}self_attn.q_norm.weight`, w.vector(`${g}attn_q_norm.weight`, D, 0.2, 1));
+      hf.set(`${p}self_attn.k_norm.weight`, w.vector(`${g}attn_k_norm.weight`, D, 0.2, 1));
     }
     hf.set(`${p}self_attn.o_proj.weight`, w.matrix(`${g}attn_output.weight`, C, H * D, 0.1));
     hf.set(`${p}post_attention_layernorm.weight`, w.vector(`${g}ffn_norm.weight`, C, 0.1, 1));
@@ -156,9 +176,9 @@ export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}):
   hf.set('model.norm.weight', w.vector('output_norm.weight', C, 0.1, 1));
   hf.set('lm_head.weight', tie ? hf.get('model.embed_tokens.weight')! : w.matrix('output.weight', V, C, 0.15));
 
-  const key = (k: string) => `qwen2.${k}`;
+  const key = (k: string) => `${arch}.${k}`;
   const metadata: Array<[string, GgufMetadataEntry]> = [
-    ...header('qwen2', `tiny-qwen2-${dtype}`, dtype, 'qwen2'),
+    ...header(arch, `tiny-${arch}-${dtype}`, dtype, 'qwen2'),
     [key('block_count'), gguf.u32(L)],
     [key('context_length'), gguf.u32(ctx)],
     [key('embedding_length'), gguf.u32(C)],
@@ -167,17 +187,25 @@ export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}):
     [key('attention.head_count_kv'), gguf.u32(Hkv)],
     [key('rope.freq_base'), gguf.f32(theta)],
     [key('attention.layer_norm_rms_epsilon'), gguf.f32(eps)],
+    ...(options.headDim !== undefined
+      ? ([
+          [key('attention.key_length'), gguf.u32(D)],
+          [key('attention.value_length'), gguf.u32(D)],
+        ] as Array<[string, GgufMetadataEntry]>)
+      : []),
   ];
   writeGguf(path, { metadata, tensors: w.tensors });
   const config = {
-    architectures: ['Qwen2ForCausalLM'],
-    model_type: 'qwen2',
+    architectures: [qwen3 ? 'Qwen3ForCausalLM' : 'Qwen2ForCausalLM'],
+    model_type: arch,
     vocab_size: V,
     hidden_size: C,
     intermediate_size: F,
     num_hidden_layers: L,
     num_attention_heads: H,
     num_key_value_heads: Hkv,
+    ...(options.headDim !== undefined ? { head_dim: D } : {}),
+    ...(qwen3 ? { attention_bias: false } : {}),
     max_position_embeddings: ctx,
     rms_norm_eps: eps,
     rope_theta: theta,
