@@ -3,7 +3,7 @@
 import { ModelFormatError } from '../src/errors.ts';
 import type { RopeScaling } from '../kernels/rope.ts';
 
-export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'gpt2';
+export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gpt2';
 
 export type { RopeScaling };
 
@@ -124,6 +124,12 @@ function ropeScaling(raw: unknown, where: string): RopeScaling | undefined {
     };
   }
   if (type === 'default') return undefined;
+  if (type === 'longrope' || type === 'su') {
+    // Phi-3-mini-128k, Phi-3.5, Phi-4-mini: per-frequency long/short factors chosen by sequence length.
+    throw new ModelFormatError(
+      `${where}: rope_scaling type "${type}" (LongRoPE) is not supported (supported: linear, llama3); Phi-3-mini-4k and Phi-4 ship without rope_scaling`,
+    );
+  }
   throw new ModelFormatError(`${where}: rope_scaling type "${type}" is not supported (supported: linear, llama3)`);
 }
 
@@ -135,6 +141,8 @@ function ropeScaling(raw: unknown, where: string): RopeScaling | undefined {
  *   None); then `sliding_window` (default 4096, null = none) applies to the layers whose
  *   `layer_types` entry is "sliding_attention", by default layer i >= `max_window_layers` (default
  *   28): Qwen2Config.__post_init__ builds layer_types that way.
+ * - Phi3ForCausalLM: `sliding_window` on every layer when set (Phi-3-mini-4k: 2047; null or absent,
+ *   as Phi-4 has it: none).
  * - LlamaForCausalLM: LlamaConfig has no sliding window; a `sliding_window` key is ignored, as
  *   transformers ignores it.
  */
@@ -146,6 +154,10 @@ function hfAttentionWindows(config: Json, archName: string, numLayers: number, w
   if (archName === 'MistralForCausalLM') {
     const size = windowSize(4096);
     return size === undefined ? undefined : new Array<number>(numLayers).fill(size);
+  }
+  if (archName === 'Phi3ForCausalLM') {
+    if (config.sliding_window === undefined || config.sliding_window === null) return undefined;
+    return new Array<number>(numLayers).fill(positiveInt(config, 'sliding_window', where));
   }
   if (archName === 'Qwen2ForCausalLM' || archName === 'Qwen3ForCausalLM') {
     if (config.use_sliding_window !== true) return undefined;
@@ -177,13 +189,19 @@ const HF_ARCHITECTURES: Record<string, Architecture> = {
   MistralForCausalLM: 'llama',
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
+  Phi3ForCausalLM: 'phi3',
   GPT2LMHeadModel: 'gpt2',
 };
+
+/** Architectures refused with a reason more useful than "not supported". */
+const REFUSED_HF_ARCHITECTURES: Record<string, string> = {};
 
 /** Normalise a Hugging Face config.json (and generation_config.json, when present). */
 export function configFromHf(config: Json, generation: Json = {}, where = 'config.json'): ModelConfig {
   const archName = (Array.isArray(config.architectures) ? config.architectures[0] : undefined) as string | undefined;
   const architecture = archName ? HF_ARCHITECTURES[archName] : undefined;
+  const refusal = archName ? REFUSED_HF_ARCHITECTURES[archName] : undefined;
+  if (refusal) throw new ModelFormatError(`${where}: architecture "${archName}" is not supported: ${refusal}`);
   if (!architecture) {
     throw new ModelFormatError(
       `${where}: architecture ${JSON.stringify(archName ?? config.model_type)} is not supported ` +
@@ -231,7 +249,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
     numKvHeads: positiveInt(config, 'num_key_value_heads', where, numHeads),
     headDim,
     maxPositions: positiveInt(config, 'max_position_embeddings', where, 2048),
-    normEps: num(config, 'rms_norm_eps', where, 1e-6),
+    normEps: num(config, 'rms_norm_eps', where, architecture === 'phi3' ? 1e-5 : 1e-6),
     norm: 'rms',
     mlp: 'swiglu',
     rope: {

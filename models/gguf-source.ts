@@ -29,7 +29,7 @@ const DTYPES: Partial<Record<number, WeightDtype>> = {
   [GgmlType.Q6_K]: 'q6_k',
 };
 
-const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', qwen3: 'qwen3', gpt2: 'gpt2' };
+const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gpt2: 'gpt2' };
 
 function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[], bosTokenId: number | undefined, frequencyFactors?: Float32Array): ModelConfig {
   const archName = file.string('general.architecture');
@@ -50,7 +50,13 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
   // in src/llama-arch.cpp), one size for every layer. Read for the llama architecture (a Mistral 7B
   // v0.1 file may carry it); 0 or absent means none. Note llama.cpp's own llama loader does not read
   // it (its llama graph has no window), so past the window our logits follow transformers, not it.
-  const window = architecture === 'llama' ? file.integer(key('attention.sliding_window'), 0) : 0;
+  // phi3: convert_hf_to_gguf.py writes config.json's sliding_window (0 for Phi-4, which has none);
+  // llama.cpp's phi3 loader reads it and then turns the window off, so there too our logits follow
+  // transformers past the window.
+  const window = architecture === 'llama' || architecture === 'phi3' ? file.integer(key('attention.sliding_window'), 0) : 0;
+  if (file.tensors.has('rope_factors_long.weight') || file.tensors.has('rope_factors_short.weight')) {
+    throw new ModelFormatError(`${file.path}: LongRoPE (rope_factors_long / rope_factors_short, rope_scaling "longrope" or "su") is not supported`);
+  }
   const config: ModelConfig = {
     architecture,
     vocabSize: file.integer(key('vocab_size'), vocabSize),

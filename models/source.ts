@@ -84,6 +84,11 @@ function hfName(architecture: ModelConfig['architecture'], name: string): { hf: 
   const match = /^blk\.(\d+)\.(\w+)\.(weight|bias)$/.exec(name);
   if (!match) return { hf: name, transpose: false };
   const [, layer, part, kind] = match;
+  // Phi-3 keeps q, k and v in one qkv_proj and gate and up in one gate_up_proj ([gate; up] rows), as
+  // GGUF's phi3 attn_qkv and ffn_up do.
+  if (architecture === 'phi3' && (part === 'attn_qkv' || part === 'ffn_up')) {
+    return { hf: `model.layers.${layer}.${part === 'attn_qkv' ? 'self_attn.qkv_proj' : 'mlp.gate_up_proj'}.${kind}`, transpose: false };
+  }
   const parts: Record<string, string> = gpt2
     ? { attn_norm: 'ln_1', attn_qkv: 'attn.c_attn', attn_output: 'attn.c_proj', ffn_norm: 'ln_2', ffn_up: 'mlp.c_fc', ffn_down: 'mlp.c_proj' }
     : {

@@ -1,4 +1,4 @@
-// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2, Qwen3 and GPT-2.
+// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2, Qwen3, Phi-3 and GPT-2.
 //
 // One forward pass serves them all; they differ in a few places, each a plain branch below:
 // the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), the MLP
@@ -27,7 +27,7 @@ import { HeadNorm, Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
-import { ggufBytes, interleaveRowPairs, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
+import { ggufBytes, interleaveRowPairs, packGguf, sliceWeightRows, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
@@ -308,7 +308,7 @@ export class Transformer {
         } else {
           const host = item.fuse
             ? item.interleave
-              ? interleaveRowPairs(item.name, await source.matrix(item.fuse[0]), await source.matrix(item.fuse[1]))
+              ? interleaveRowPairs(item.name, ...(await gateAndUp(source, item.fuse)))
               : await fuseRows(source, item.fuse)
             : await source.matrix(item.name);
           checkShape(source.id, item.name, host, item.rows, item.cols);
@@ -717,7 +717,10 @@ interface PlanItem {
   cols?: number;
   /** For a fused weight: the source tensors whose rows are concatenated (QKV), or interleaved. */
   fuse?: string[];
-  /** Interleave the rows of the two `fuse` tensors (gate, up) instead of concatenating them. */
+  /**
+   * Interleave the rows of the two `fuse` tensors (gate, up) instead of concatenating them; with one
+   * `fuse` tensor, interleave its two halves (Phi-3's [gate; up]).
+   */
   interleave?: boolean;
 }
 
@@ -769,7 +772,10 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     need(`${p}.ffn_norm.weight`, 'vector');
     if (cfg.norm === 'layer') need(`${p}.ffn_norm.bias`, 'vector');
     const gateUp = [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`];
-    if (cfg.mlp === 'swiglu' && !cfg.outputBias && source.dtypeOf(gateUp[0]) === source.dtypeOf(gateUp[1])) {
+    if (cfg.architecture === 'phi3') {
+      // One [gate; up] weight of 2F rows (HF gate_up_proj, GGUF phi3 ffn_up): its halves interleaved.
+      need(`${p}.ffn_gate_up.weight`, 'matrix', 2 * F, C, [gateUp[1]], true);
+    } else if (cfg.mlp === 'swiglu' && !cfg.outputBias && source.dtypeOf(gateUp[0]) === source.dtypeOf(gateUp[1])) {
       // One weight, gate and up rows interleaved: the decode matvec computes both rows of an output
       // and SwiGLU in one dispatch; prefill's matmul writes (gate, up) pairs.
       need(`${p}.ffn_gate_up.weight`, 'matrix', 2 * F, C, gateUp, true);
@@ -812,6 +818,14 @@ function concat(parts: Float32Array[]): Float32Array {
     offset += p.length;
   }
   return out;
+}
+
+/** The gate and up matrices to interleave: two tensors, or the two halves of one [gate; up] tensor. */
+async function gateAndUp(source: ModelSource, names: string[]): Promise<[HostWeight, HostWeight]> {
+  if (names.length === 2) return [await source.matrix(names[0]), await source.matrix(names[1])];
+  const both = await source.matrix(names[0]);
+  if (both.rows % 2 !== 0) throw new ShapeError(`${source.id}: tensor "${names[0]}" holds [gate; up] but has an odd number of rows (${both.rows})`);
+  return [sliceWeightRows(both, 0, both.rows / 2), sliceWeightRows(both, both.rows / 2, both.rows / 2)];
 }
 
 /** Concatenate the rows of several [out, in] matrices (same dtype and width) into one. */

@@ -133,9 +133,18 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         v = qkv.slice(2 * C);
       } else {
         const h = rmsnorm(x, w('input_layernorm.weight'), config.normEps);
-        q = linear(round(h, p + 'self_attn.q_proj.weight'), w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
-        k = linear(round(h, p + 'self_attn.k_proj.weight'), w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
-        v = linear(round(h, p + 'self_attn.v_proj.weight'), w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
+        const qkvProj = wb('self_attn.qkv_proj.weight');
+        if (qkvProj) {
+          // Phi-3: one qkv_proj, rows [q; k; v].
+          const qkv = linear(round(h, p + 'self_attn.qkv_proj.weight'), qkvProj, (H + 2 * Hkv) * D);
+          q = qkv.slice(0, H * D);
+          k = qkv.slice(H * D, (H + Hkv) * D);
+          v = qkv.slice((H + Hkv) * D);
+        } else {
+          q = linear(round(h, p + 'self_attn.q_proj.weight'), w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
+          k = linear(round(h, p + 'self_attn.k_proj.weight'), w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
+          v = linear(round(h, p + 'self_attn.v_proj.weight'), w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
+        }
         if (config.qkNorm) {
           // Qwen3: RMSNorm of each head (weights of D) before RoPE.
           q = headRmsnorm(q, w('self_attn.q_norm.weight'), D, config.normEps);
@@ -179,8 +188,11 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         x = x.map((val, i) => val + o[i]);
         const h2 = rmsnorm(x, w('post_attention_layernorm.weight'), config.normEps);
         const F = config.intermediateSize;
-        const gate = linear(round(h2, p + 'mlp.gate_proj.weight'), w('mlp.gate_proj.weight'), F);
-        const up = linear(round(h2, p + 'mlp.up_proj.weight'), w('mlp.up_proj.weight'), F);
+        const gateUpProj = wb('mlp.gate_up_proj.weight');
+        // Phi-3: one gate_up_proj, rows [gate; up].
+        const gateUp = gateUpProj ? linear(round(h2, p + 'mlp.gate_up_proj.weight'), gateUpProj, 2 * F) : undefined;
+        const gate = gateUp ? gateUp.slice(0, F) : linear(round(h2, p + 'mlp.gate_proj.weight'), w('mlp.gate_proj.weight'), F);
+        const up = gateUp ? gateUp.slice(F) : linear(round(h2, p + 'mlp.up_proj.weight'), w('mlp.up_proj.weight'), F);
         const act = gate.map((g, i) => silu(g) * up[i]);
         const down = linear(round(act, p + 'mlp.down_proj.weight'), w('mlp.down_proj.weight'), C);
         x = x.map((val, i) => val + down[i]);

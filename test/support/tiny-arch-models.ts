@@ -294,3 +294,97 @@ export function writeTinyGpt2Gguf(path: string, options: TinyArchOptions = {}): 
   };
   return { path, config, weights: hf, vocab };
 }
+
+export interface TinyPhi3Options extends TinyArchOptions {
+  /** config.json partial_rotary_factor (Phi-4-mini: 0.75); default 1. */
+  partialRotaryFactor?: number;
+  /** config.json sliding_window (Phi-3-mini-4k: 2047); default none (Phi-4). */
+  slidingWindow?: number;
+}
+
+/**
+ * A random Phi-3 GGUF, as convert_hf_to_gguf.py's Phi3MiniModel writes it (learned from its
+ * Phi3MiniModel.set_gguf_parameters and llama.cpp's src/models/phi3.cpp): general.architecture
+ * "phi3"; phi3.{context_length, rope.scaling.original_context_length, embedding_length,
+ * feed_forward_length, block_count, attention.head_count, attention.head_count_kv,
+ * attention.layer_norm_rms_epsilon, rope.dimension_count (int(partial_rotary_factor * hidden) /
+ * heads), rope.freq_base, attention.sliding_window (0 when config.json has none)}. HF's fused
+ * self_attn.qkv_proj stays one blk.N.attn_qkv ([q; k; v] rows) and mlp.gate_up_proj one
+ * blk.N.ffn_up of 2 x FFN rows ([gate; up]); no biases; NEOX RoPE on the first rotary dims of each
+ * head. llama.cpp's phi3 needs heads x head size = hidden (attn_output is [hidden, hidden]).
+ * Defaults: 2 layers, hidden 64, 4 heads of 16 over 4 KV heads, FFN 128, theta 1e4, eps 1e-5, untied.
+ */
+export function writeTinyPhi3Gguf(path: string, options: TinyPhi3Options = {}): TinyModel {
+  const dtype = options.dtype ?? 'f32';
+  const C = options.hiddenSize ?? 64;
+  const F = options.intermediateSize ?? 128;
+  const L = options.numLayers ?? 2;
+  const H = options.numHeads ?? 4;
+  const Hkv = options.numKvHeads ?? H;
+  const D = C / H;
+  const ctx = options.contextLength ?? 256;
+  const theta = options.ropeTheta ?? 1e4;
+  const eps = options.normEps ?? 1e-5;
+  const tie = options.tieEmbeddings ?? false;
+  const partial = options.partialRotaryFactor ?? 1;
+  const vocab = tinyGpt2Vocab();
+  const V = vocab.tokens.length;
+  const w = writer(options.seed ?? 1, GGML_TYPE[dtype]);
+  const hf = w.weights;
+
+  hf.set('model.embed_tokens.weight', w.matrix('token_embd.weight', V, C, 0.5));
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    const g = `blk.${l}.`;
+    hf.set(`${p}input_layernorm.weight`, w.vector(`${g}attn_norm.weight`, C, 0.1, 1));
+    hf.set(`${p}self_attn.qkv_proj.weight`, w.matrix(`${g}attn_qkv.weight`, (H + 2 * Hkv) * D, C, 0.1));
+    hf.set(`${p}self_attn.o_proj.weight`, w.matrix(`${g}attn_output.weight`, C, H * D, 0.1));
+    hf.set(`${p}post_attention_layernorm.weight`, w.vector(`${g}ffn_norm.weight`, C, 0.1, 1));
+    hf.set(`${p}mlp.gate_up_proj.weight`, w.matrix(`${g}ffn_up.weight`, 2 * F, C, 0.1));
+    hf.set(`${p}mlp.down_proj.weight`, w.matrix(`${g}ffn_down.weight`, C, F, 0.1));
+  }
+  hf.set('model.norm.weight', w.vector('output_norm.weight', C, 0.1, 1));
+  hf.set('lm_head.weight', tie ? hf.get('model.embed_tokens.weight')! : w.matrix('output.weight', V, C, 0.15));
+
+  const key = (k: string) => `phi3.${k}`;
+  const metadata: Array<[string, GgufMetadataEntry]> = [
+    // Not "phi3" in general.name: llama.cpp's vocabulary loader then looks up Phi-3's "</s>", "<unk>"
+    // and "<s>" by text (llama-vocab.cpp), which this byte-level vocabulary does not have.
+    ...header('phi3', `tiny-phi-${dtype}`, dtype, 'gpt-2'),
+    [key('context_length'), gguf.u32(ctx)],
+    [key('rope.scaling.original_context_length'), gguf.u32(ctx)],
+    [key('embedding_length'), gguf.u32(C)],
+    [key('feed_forward_length'), gguf.u32(F)],
+    [key('block_count'), gguf.u32(L)],
+    [key('attention.head_count'), gguf.u32(H)],
+    [key('attention.head_count_kv'), gguf.u32(Hkv)],
+    [key('attention.layer_norm_rms_epsilon'), gguf.f32(eps)],
+    [key('rope.dimension_count'), gguf.u32(Math.floor(Math.floor(partial * C) / H))],
+    [key('rope.freq_base'), gguf.f32(theta)],
+    [key('attention.sliding_window'), gguf.u32(options.slidingWindow ?? 0)],
+  ];
+  writeGguf(path, { metadata, tensors: w.tensors });
+  const config = {
+    architectures: ['Phi3ForCausalLM'],
+    model_type: 'phi3',
+    vocab_size: V,
+    hidden_size: C,
+    intermediate_size: F,
+    num_hidden_layers: L,
+    num_attention_heads: H,
+    num_key_value_heads: Hkv,
+    max_position_embeddings: ctx,
+    original_max_position_embeddings: ctx,
+    rms_norm_eps: eps,
+    rope_theta: theta,
+    rope_scaling: null,
+    ...(partial !== 1 ? { partial_rotary_factor: partial } : {}),
+    sliding_window: options.slidingWindow ?? null,
+    hidden_act: 'silu',
+    tie_word_embeddings: tie,
+    bos_token_id: vocab.bosId,
+    eos_token_id: vocab.eosId,
+    torch_dtype: 'float32',
+  };
+  return { path, config, weights: hf, vocab };
+}
