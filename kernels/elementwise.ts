@@ -15,10 +15,19 @@ export const ElementwiseParams = new UniformLayout('Params', [
 export type BinaryOp = 'add' | 'swiglu';
 /**
  * Unary ops over `a`. 'swiglu_pairs': out[i] = silu(a[2i]) * a[2i + 1], SwiGLU over a projection with
- * interleaved gate and up rows (count = outputs; `a` holds 2 * count elements from an even aOffset).
+ * interleaved gate and up rows (count = outputs; `a` holds 2 * count elements from an even aOffset);
+ * 'geglu_pairs' the same with the tanh GELU (Gemma).
  */
-export type UnaryOp = 'silu' | 'gelu' | 'swiglu_pairs';
-const ENTRY: Record<BinaryOp | UnaryOp, string> = { add: 'add', swiglu: 'swiglu', silu: 'silu_op', gelu: 'gelu', swiglu_pairs: 'swiglu_pairs' };
+export type UnaryOp = 'silu' | 'gelu' | 'swiglu_pairs' | 'geglu_pairs';
+const ENTRY: Record<BinaryOp | UnaryOp, string> = {
+  add: 'add',
+  swiglu: 'swiglu',
+  silu: 'silu_op',
+  gelu: 'gelu',
+  swiglu_pairs: 'swiglu_pairs',
+  geglu_pairs: 'geglu_pairs',
+};
+const PAIRS: ReadonlySet<BinaryOp | UnaryOp> = new Set(['swiglu_pairs', 'geglu_pairs']);
 
 export interface ElementwiseRun {
   count: number;
@@ -50,7 +59,7 @@ export class Elementwise {
     if (binary !== (buffers.b !== undefined)) {
       throw new TypeError(`elementwise.${op}: ${binary ? 'needs' : 'takes no'} second operand b`);
     }
-    if (op === 'swiglu_pairs' && buffers.out === buffers.a) {
+    if (PAIRS.has(op) && buffers.out === buffers.a) {
       throw new ShapeError(`elementwise.${op}: out must be a different buffer from a (it reads two elements per output)`);
     }
     this.#buffers = buffers;
@@ -67,7 +76,7 @@ export class Elementwise {
     const { count, aOffset = 0, bOffset = 0, outOffset = 0 } = run;
     const label = `elementwise.${this.op}`;
     checkShape(label, { count, aOffset, bOffset, outOffset }, ['aOffset', 'bOffset', 'outOffset']);
-    const pairs = this.op === 'swiglu_pairs';
+    const pairs = PAIRS.has(this.op);
     if (pairs && aOffset % 2 !== 0) throw new ShapeError(`${label}: aOffset must be even (got ${aOffset})`);
     checkFits(label, 'a', this.#buffers.a, aOffset, pairs ? 2 * count : count);
     if (this.#buffers.b) checkFits(label, 'b', this.#buffers.b, bOffset, count);

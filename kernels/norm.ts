@@ -13,6 +13,7 @@ export const NormParams = new UniformLayout('Params', [
   ['bias_offset', 'u32'],
   ['out_offset', 'u32'],
   ['eps', 'f32'],
+  ['residual_offset', 'u32'],
 ] as const);
 
 /** 'rms': x / sqrt(mean(x^2) + eps) * w. 'layer': (x - mean) / sqrt(var + eps) * w + b. */
@@ -28,6 +29,11 @@ export interface NormBuffers {
   bias?: GPUBuffer;
   /** Output rows (M, C) f32; a different buffer from x. */
   out: GPUBuffer;
+  /**
+   * Rows (M, C) f32 added to the normalised rows (RMSNorm only): out = residual + norm(x), Gemma's
+   * post-attention and post-MLP norms. A different buffer from out.
+   */
+  residual?: GPUBuffer;
 }
 
 export interface NormOptions {
@@ -46,6 +52,8 @@ export interface NormRun {
   weightOffset?: number;
   biasOffset?: number;
   outOffset?: number;
+  /** First element of the residual rows (with a residual buffer only). */
+  residualOffset?: number;
 }
 
 /** RMSNorm or LayerNorm of (M, C) f32 rows, out of place. */
@@ -68,26 +76,37 @@ export class Norm {
       throw new TypeError(`${label}: ${kind === 'layer' ? 'needs' : 'takes no'} bias`);
     }
     if (buffers.out === buffers.x) throw new TypeError(`${label}: out must be a different buffer from x`);
+    if (buffers.residual && kind !== 'rms') throw new TypeError(`${label}: a residual is supported with RMSNorm only`);
+    if (buffers.residual === buffers.out) throw new TypeError(`${label}: residual must be a different buffer from out`);
     const wg = checkWorkgroupSize(gpu, options.workgroupSize ?? 256, label);
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     this.#buffers = buffers;
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'norm', variant: kind, code: composeShader('norm.wgsl'), entryPoint: ENTRY[kind], constants: { WG: wg } },
+      {
+        name: 'norm',
+        variant: buffers.residual ? `${kind}_add` : kind,
+        code: composeShader('norm.wgsl'),
+        entryPoint: buffers.residual ? 'rms_norm_add' : ENTRY[kind],
+        constants: { WG: wg },
+      },
       NormParams,
-      [buffers.x, buffers.weight, buffers.bias, buffers.out],
+      [buffers.x, buffers.weight, buffers.bias, buffers.out, buffers.residual],
     );
   }
 
   encode(pass: GPUComputePassEncoder, run: NormRun): void {
-    const { rows, cols, xOffset = 0, weightOffset = 0, biasOffset = 0, outOffset = 0 } = run;
+    const { rows, cols, xOffset = 0, weightOffset = 0, biasOffset = 0, outOffset = 0, residualOffset = 0 } = run;
     const label = ENTRY[this.kind];
-    checkShape(label, { rows, cols, xOffset, weightOffset, biasOffset, outOffset }, [
+    checkShape(label, { rows, cols, xOffset, weightOffset, biasOffset, outOffset, residualOffset }, [
       'xOffset',
       'weightOffset',
       'biasOffset',
       'outOffset',
+      'residualOffset',
     ]);
+    if (this.#buffers.residual) checkFits(label, 'residual', this.#buffers.residual, residualOffset, rows * cols);
+    else if (residualOffset !== 0) throw new ShapeError(`${label}: residualOffset given but this norm has no residual`);
     checkFits(label, 'x', this.#buffers.x, xOffset, rows * cols);
     checkFits(label, 'weight', this.#buffers.weight, weightOffset, cols);
     if (this.#buffers.bias) checkFits(label, 'bias', this.#buffers.bias, biasOffset, cols);
@@ -104,6 +123,7 @@ export class Norm {
         bias_offset: biasOffset,
         out_offset: outOffset,
         eps: this.eps,
+        residual_offset: residualOffset,
       },
       x,
       y,

@@ -60,3 +60,12 @@ fn swiglu_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
   if (i >= params.count) { return; }
   out[params.out_offset + i] = silu(a[params.a_offset + 2u * i]) * a[params.a_offset + 2u * i + 1u];
 }
+
+// out[i] = gelu_tanh(a[2i]) * a[2i + 1]: GeGLU (Gemma) over interleaved (gate, up) pairs, as swiglu_pairs.
+@compute @workgroup_size(WG)
+fn geglu_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = gelu_tanh(a[params.a_offset + 2u * i]) * a[params.a_offset + 2u * i + 1u];
+}

@@ -137,6 +137,37 @@ describe('norm', () => {
   });
 });
 
+describe('RMSNorm plus a residual (Gemma post-norms)', () => {
+  for (const [rows, cols, wg] of [[1, 37, undefined], [3, 1031, undefined], [4, 97, 16]] as const) {
+    it(`${rows}x${cols}${wg ? `, workgroup ${wg}` : ''}`, async () => {
+      const t = makeCase(rows, cols, rows * 31 + cols, 1e-6);
+      const residualOffset = 4;
+      const residual = randomF32(residualOffset + rows * cols, cols + 5, 2);
+      const outOffset = 9;
+      const count = rows * cols;
+      const out = poisoned(gpu(), 'out', outOffset + count + 3);
+      const kernel = new Norm(gpu(), 'rms', { x: createStorage(gpu(), 'x', t.x), weight: createStorage(gpu(), 'w', t.w), out, residual: createStorage(gpu(), 'r', residual) }, { eps: t.eps, workgroupSize: wg });
+      await runPass(gpu(), (pass) => kernel.encode(pass, { rows, cols, xOffset: t.xOffset, weightOffset: t.wOffset, outOffset, residualOffset }));
+      const all = await readF32(gpu(), out, outOffset + count + 3);
+      const want = reference('rms', t).map((v, i) => v + residual[residualOffset + i]);
+      expectClose(all.subarray(outOffset, outOffset + count), want, 1e-5, 'rms_norm_add');
+      for (const i of [0, outOffset - 1, outOffset + count, outOffset + count + 2]) expect(Number.isNaN(all[i])).toBe(true);
+    });
+  }
+
+  it('refuses a residual on LayerNorm, a residual that is the output, and a residual offset without one', () => {
+    const a = createStorage(gpu(), 'a', 64 * 4);
+    const w = createStorage(gpu(), 'w', 8 * 4);
+    const out = createStorage(gpu(), 'out', 64 * 4);
+    const r = createStorage(gpu(), 'r', 8 * 4);
+    expect(() => new Norm(gpu(), 'layer', { x: a, weight: w, bias: w, out, residual: r }, { eps: 1e-5 })).toThrow(/RMSNorm only/);
+    expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: out }, { eps: 1e-5 })).toThrow(/residual must be a different buffer/);
+    const pass = {} as GPUComputePassEncoder;
+    expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out }, { eps: 1e-5 }).encode(pass, { rows: 1, cols: 8, residualOffset: 1 })).toThrow(/no residual/);
+    expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: r }, { eps: 1e-5 }).encode(pass, { rows: 2, cols: 8 })).toThrow(/residual needs/);
+  });
+});
+
 /** Float64 RMSNorm of each head in place, as HeadNorm: heads [0, qHeads) take w[0..D), the rest w[D..2D). */
 function headNormReference(x: Float32Array, w: Float32Array, rows: number, heads: number, qHeads: number, D: number, stride: number, offset: number, eps: number): Float64Array {
   const out = Float64Array.from(x);
