@@ -3,7 +3,7 @@
 import { ModelFormatError } from '../src/errors.ts';
 import type { RopeScaling } from '../kernels/rope.ts';
 
-export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gpt2';
+export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gemma3' | 'gpt2';
 
 export type { RopeScaling };
 
@@ -20,8 +20,8 @@ export interface ModelConfig {
   normEps: number;
   /** RMSNorm (llama, qwen2) or LayerNorm with bias (gpt2). */
   norm: 'rms' | 'layer';
-  /** SwiGLU MLP (gate, up, down) or GELU MLP (fc, proj). */
-  mlp: 'swiglu' | 'gelu';
+  /** SwiGLU MLP (gate, up, down), GeGLU (gate, up, down with the tanh GELU: Gemma) or GELU MLP (fc, proj). */
+  mlp: 'swiglu' | 'geglu' | 'gelu';
   /** Rotary embeddings, or learned absolute positions (gpt2). */
   rope?: {
     theta: number;
@@ -29,6 +29,11 @@ export interface ModelConfig {
     scaling?: RopeScaling;
     /** Per-frequency divisors (dims / 2), as GGUF files store llama3 scaling (rope_freqs.weight). */
     frequencyFactors?: Float32Array;
+    /**
+     * Layers with a sliding window rotate with this base instead, unscaled (Gemma 3's
+     * rope_local_base_freq; `scaling` applies to the global layers only).
+     */
+    localTheta?: number;
   };
   /** Biases on the q, k and v projections (qwen2, gpt2). */
   qkvBias: boolean;
@@ -37,6 +42,18 @@ export interface ModelConfig {
    * the projection and before RoPE (qwen3).
    */
   qkNorm?: boolean;
+  /** Token embeddings are multiplied by this as they are gathered (Gemma: sqrt(hidden)); the tied LM head is not. */
+  embedScale?: number;
+  /**
+   * Attention scores are q·k times this instead of 1/sqrt(head size) (Gemma 3:
+   * query_pre_attn_scalar^-0.5). Folded into the query heads' norm weight at load.
+   */
+  attentionScale?: number;
+  /**
+   * Gemma's sandwich norms: the attention and MLP outputs are RMS-normalised (post_attention_norm,
+   * post_ffw_norm, GGUF's names) before their residual adds.
+   */
+  postNorms?: boolean;
   /** Biases on the output projection and MLP (gpt2). */
   outputBias: boolean;
   tieWordEmbeddings: boolean;
@@ -190,11 +207,84 @@ const HF_ARCHITECTURES: Record<string, Architecture> = {
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
   Phi3ForCausalLM: 'phi3',
+  Gemma3ForCausalLM: 'gemma3',
   GPT2LMHeadModel: 'gpt2',
 };
 
 /** Architectures refused with a reason more useful than "not supported". */
-const REFUSED_HF_ARCHITECTURES: Record<string, string> = {};
+const REFUSED_HF_ARCHITECTURES: Record<string, string> = {
+  Gemma3ForConditionalGeneration:
+    'this is Gemma 3 with its vision tower (4B and larger, weights under language_model.*); use a GGUF file that ' +
+    "llama.cpp's convert_hf_to_gguf.py made from it (it keeps the text model) or a Gemma3ForCausalLM folder",
+};
+
+/**
+ * Which layers of a Gemma 3 slide: config.json's `layer_types` when given, else every layer but each
+ * `sliding_window_pattern`-th (default 6: layers 5, 11, ... are global), as Gemma3TextConfig builds
+ * layer_types and llama.cpp's set_swa_pattern does.
+ */
+function gemmaSlidingLayers(config: Json, numLayers: number, where: string): boolean[] {
+  if (config.layer_types !== undefined && config.layer_types !== null) {
+    const types = config.layer_types;
+    if (!Array.isArray(types) || types.length !== numLayers || !types.every((t) => t === 'sliding_attention' || t === 'full_attention')) {
+      throw new ModelFormatError(
+        `${where}: "layer_types" must list "sliding_attention" or "full_attention" for each of the ${numLayers} layers (got ${JSON.stringify(types)})`,
+      );
+    }
+    return types.map((t) => t === 'sliding_attention');
+  }
+  const pattern = positiveInt(config, 'sliding_window_pattern', where, 6);
+  return Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
+}
+
+/** Gemma3ForCausalLM's config.json (Gemma3TextConfig, its defaults where a key is absent). */
+function gemma3FromHf(config: Json, where: string, eos: number[], bos: number | undefined): ModelConfig {
+  for (const key of ['attn_logit_softcapping', 'final_logit_softcapping']) {
+    if (config[key] !== undefined && config[key] !== null) {
+      throw new ModelFormatError(`${where}: "${key}" is set (${JSON.stringify(config[key])}); soft-capping is not supported for Gemma 3`);
+    }
+  }
+  const hiddenSize = positiveInt(config, 'hidden_size', where);
+  const numHeads = positiveInt(config, 'num_attention_heads', where, 8);
+  const headDim = positiveInt(config, 'head_dim', where, 256);
+  const numLayers = positiveInt(config, 'num_hidden_layers', where);
+  const sliding = gemmaSlidingLayers(config, numLayers, where);
+  const window = positiveInt(config, 'sliding_window', where, 4096);
+  // transformers 5 nests the two RoPE settings under rope_parameters; earlier configs keep them flat.
+  const params = (config.rope_parameters ?? {}) as Record<string, Json | undefined>;
+  const full = params.full_attention;
+  const local = params.sliding_attention;
+  return {
+    architecture: 'gemma3',
+    vocabSize: positiveInt(config, 'vocab_size', where),
+    hiddenSize,
+    intermediateSize: positiveInt(config, 'intermediate_size', where),
+    numLayers,
+    numHeads,
+    numKvHeads: positiveInt(config, 'num_key_value_heads', where, 4),
+    headDim,
+    maxPositions: positiveInt(config, 'max_position_embeddings', where, 131072),
+    normEps: num(config, 'rms_norm_eps', where, 1e-6),
+    norm: 'rms',
+    mlp: 'geglu',
+    rope: {
+      theta: full ? num(full, 'rope_theta', `${where} rope_parameters.full_attention`) : num(config, 'rope_theta', where, 1e6),
+      dims: headDim,
+      scaling: ropeScaling(full ?? config.rope_scaling, where),
+      localTheta: local ? num(local, 'rope_theta', `${where} rope_parameters.sliding_attention`) : num(config, 'rope_local_base_freq', where, 10000),
+    },
+    qkvBias: config.attention_bias === true,
+    outputBias: false,
+    qkNorm: true,
+    embedScale: Math.fround(Math.sqrt(hiddenSize)),
+    attentionScale: 1 / Math.sqrt(num(config, 'query_pre_attn_scalar', where, 256)),
+    postNorms: true,
+    tieWordEmbeddings: config.tie_word_embeddings !== false,
+    bosTokenId: bos,
+    eosTokenIds: eos,
+    ...(sliding.some(Boolean) ? { attentionWindows: sliding.map((s) => (s ? window : 0)) } : {}),
+  };
+}
 
 /** Normalise a Hugging Face config.json (and generation_config.json, when present). */
 export function configFromHf(config: Json, generation: Json = {}, where = 'config.json'): ModelConfig {
@@ -233,6 +323,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
       eosTokenIds: eos,
     };
   }
+  if (architecture === 'gemma3') return gemma3FromHf(config, where, eos, bos);
   const hiddenSize = positiveInt(config, 'hidden_size', where);
   const numHeads = positiveInt(config, 'num_attention_heads', where);
   const headDim = positiveInt(config, 'head_dim', where, hiddenSize / numHeads);
@@ -279,6 +370,7 @@ export function validateConfig(config: ModelConfig, where: string): void {
   if (config.rope && (config.rope.dims % 2 !== 0 || config.rope.dims > config.headDim)) {
     fail(`rotary dimensions ${config.rope.dims} must be even and at most the head size ${config.headDim}`);
   }
+  if (config.attentionScale !== undefined && !config.qkNorm) fail('an attention scale other than 1/sqrt(head size) needs query norms to fold it into');
   const windows = config.attentionWindows;
   if (windows) {
     if (windows.length !== config.numLayers) fail(`${windows.length} sliding windows for ${config.numLayers} layers`);

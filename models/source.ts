@@ -104,10 +104,28 @@ function hfName(architecture: ModelConfig['architecture'], name: string): { hf: 
         ffn_up: 'mlp.up_proj',
         ffn_down: 'mlp.down_proj',
       };
+  if (architecture === 'gemma3') {
+    // Gemma's four norms a layer: post_attention_layernorm follows the attention (it is not the MLP's
+    // input norm, as in Llama), pre_feedforward_layernorm is the MLP's.
+    Object.assign(parts, { ffn_norm: 'pre_feedforward_layernorm', post_attention_norm: 'post_attention_layernorm', post_ffw_norm: 'post_feedforward_layernorm' });
+  }
   const hfPart = parts[part] ?? part;
   const prefix = gpt2 ? `h.${layer}.` : `model.layers.${layer}.`;
   const isConv1d = gpt2 && kind === 'weight' && ['attn_qkv', 'attn_output', 'ffn_up', 'ffn_down'].includes(part);
   return { hf: `${prefix}${hfPart}.${kind}`, transpose: isConv1d };
+}
+
+/**
+ * What an HF checkpoint's norm weights lack against the canonical ones: Gemma's RMSNorm scales by
+ * (1 + weight), and canonical weights (GGUF's, which llama.cpp's converter writes as 1 + w) are the
+ * multipliers themselves.
+ */
+function hfNormShift(architecture: ModelConfig['architecture'], name: string): number {
+  return architecture === 'gemma3' && name.endsWith('norm.weight') ? 1 : 0;
+}
+
+function shifted(data: Float32Array, shift: number): Float32Array {
+  return shift === 0 ? data : data.map((v) => v + shift);
 }
 
 function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
@@ -181,7 +199,7 @@ class HfSource implements ModelSource {
 
   async vector(name: string): Promise<Float32Array> {
     const tensor = await this.#st.read(this.#resolve(name).hf, 'f32');
-    return tensor.data as Float32Array;
+    return shifted(tensor.data as Float32Array, hfNormShift(this.config.architecture, name));
   }
 
   close(): Promise<void> {
@@ -260,7 +278,7 @@ class MemorySource implements ModelSource {
   async vector(name: string): Promise<Float32Array> {
     const { tensor, hf } = this.#resolve(name);
     if (!tensor) throw new ModelFormatError(`${this.id}: tensor "${hf}" is missing`);
-    return tensor.data;
+    return shifted(tensor.data, hfNormShift(this.config.architecture, name));
   }
 
   async close(): Promise<void> {}

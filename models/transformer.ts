@@ -2,7 +2,9 @@
 //
 // One forward pass serves them all; they differ in a few places, each a plain branch below:
 // the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), the MLP
-// (SwiGLU vs GELU), and Qwen3's RMSNorm of each query and key head before RoPE. A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
+// (SwiGLU, GeGLU or GELU), Qwen3's and Gemma 3's RMSNorm of each query and key head before RoPE, and
+// Gemma 3's scaled embeddings, local RoPE base on its sliding layers and norms after the attention
+// and the MLP (before their residual adds). A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
@@ -100,8 +102,10 @@ interface LayerOps {
   /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
   prefill: PrefillAttention[];
   decode: DecodeAttention;
-  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection. */
+  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection; with post-norms, h = attn · Woᵀ. */
   attnOut: Linear;
+  /** Gemma: x2 = x + RMSNorm(h), the attention output normalised before the residual add. */
+  attnPostNorm?: Norm;
   /** Runs only before matmul-sized MLP projections, as attnNorm. */
   mlpNorm: Norm;
   /**
@@ -113,8 +117,10 @@ interface LayerOps {
   up?: Linear;
   /** The activation, where the projection has not fused it: after matmul-sized runs, or always when `gate` is apart. */
   act: Elementwise;
-  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection. */
+  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection; with post-norms, h = act · Wdownᵀ. */
   down: Linear;
+  /** Gemma: x = x2 + RMSNorm(h), the MLP output normalised before the residual add. */
+  ffnPostNorm?: Norm;
 }
 
 export class Transformer {
@@ -213,10 +219,17 @@ export class Transformer {
     const kvElements = this.#regionElements * options.slots;
     const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
+    // Gemma 3's sliding layers rotate with their own base, unscaled.
+    const localInvFreq = cfg.rope?.localTheta !== undefined
+      ? arena.upload('rope.invFreq.local', inverseFrequencies({ theta: cfg.rope.localTheta, dims: cfg.rope.dims }))
+      : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
     const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
       new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused });
+    // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
+    const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
+      new Norm(gpu, 'rms', { x: b.h, weight: vector(`${prefix}.weight`)!, out, residual }, { eps: cfg.normEps });
     // The norm a projection's matvec folds in (reading the raw residual stream, not h).
     const normFusion = (prefix: string): MatvecFusion['norm'] => ({
       kind: cfg.norm,
@@ -238,10 +251,11 @@ export class Transformer {
         ? [linear(`${p}.attn_qkv`, b.h, b.qkv, undefined, attnNorm)]
         : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv, undefined, attnNorm));
       const mlpNorm = normFusion(`${p}.ffn_norm`);
+      const glu = cfg.mlp === 'geglu' ? 'gelu' : 'silu';
       const mlp = cfg.mlp === 'gelu'
         ? { up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'gelu' } }) }
         : weights.has(`${p}.ffn_gate_up.weight`)
-          ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'silu', glu: true } }) }
+          ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: glu, glu: true } }) }
           : {
               // Gate and up of different dtypes: two projections (the norm folded into each), then SwiGLU.
               gate: linear(`${p}.ffn_gate`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
@@ -250,25 +264,35 @@ export class Transformer {
       const act = cfg.mlp === 'gelu'
         ? new Elementwise(gpu, 'gelu', { a: b.mlp, out: b.act })
         : mlp.gateUp
-          ? new Elementwise(gpu, 'swiglu_pairs', { a: b.mlp, out: b.act })
+          ? new Elementwise(gpu, cfg.mlp === 'geglu' ? 'geglu_pairs' : 'swiglu_pairs', { a: b.mlp, out: b.act })
           : new Elementwise(gpu, 'swiglu', { a: b.mlp, b: b.mlp, out: b.act });
+      const window = layerWindow(cfg, l);
+      const post = cfg.postNorms;
       this.#layers.push({
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
         qkNorm: cfg.qkNorm ? new HeadNorm(gpu, { x: b.qkv, weight: vector(`${p}.attn_qk_norm.weight`)! }, { eps: cfg.normEps }) : undefined,
         ropeKvWrite: invFreq
-          ? new RopeKvWrite(gpu, source.ropeMode, { Hq, Hkv, D, rotaryDims: cfg.rope!.dims, capacity: options.capacity }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache })
+          ? new RopeKvWrite(gpu, source.ropeMode, { Hq, Hkv, D, rotaryDims: cfg.rope!.dims, capacity: options.capacity }, {
+              qkv: b.qkv,
+              rowMeta: b.inputs,
+              invFreq: window > 0 && localInvFreq ? localInvFreq : invFreq,
+              kCache,
+              vCache,
+            })
           : undefined,
         kvWrite: invFreq ? undefined : new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache }),
-        window: layerWindow(cfg, l),
+        window,
         prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
         decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
-        attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
+        attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),
+        attnPostNorm: post ? postNorm(`${p}.post_attention_norm`, b.x, b.x2) : undefined,
         mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
         ...mlp,
         act,
-        down: linear(`${p}.ffn_down`, b.act, b.x, b.x2),
+        down: post ? linear(`${p}.ffn_down`, b.act, b.h) : linear(`${p}.ffn_down`, b.act, b.x, b.x2),
+        ffnPostNorm: post ? postNorm(`${p}.post_ffw_norm`, b.x2, b.x) : undefined,
       });
     }
     this.#finalNorm = norm('output_norm', b.x, b.h);
@@ -301,6 +325,11 @@ export class Transformer {
           const data = item.fuse ? concat(await Promise.all(item.fuse.map((n) => source.vector(n)))) : await source.vector(item.name);
           if (item.rows !== undefined && data.length !== item.rows) {
             throw new ShapeError(`${source.id}: tensor "${item.name}" has ${data.length} elements, expected ${item.rows}`);
+          }
+          if (item.queryScale !== undefined) {
+            // The attention kernels scale scores by 1/sqrt(D); a model that wants another scale gets
+            // it through its queries, here the query heads' norm weight (the first D entries).
+            for (let i = 0; i < cfg.headDim; i++) data[i] *= item.queryScale;
           }
           digest.add(item.name, data);
           weights.set(item.name, arena.upload(item.name, data));
@@ -602,7 +631,8 @@ export class Transformer {
     const upApart = { M: R, outputOffset: R * F };
     const act = { count: R * F };
     const swigluApart = { count: R * F, bOffset: R * F };
-    this.#embed.encode(pass, { count: R, idsOffset: at.ids });
+    const embed = { count: R, idsOffset: at.ids, scale: this.config.embedScale ?? 1 };
+    this.#embed.encode(pass, embed);
     if (this.#posEmbed && this.#posAdd) {
       this.#posEmbed.encode(pass, { count: R, idsOffset: at.positions });
       this.#posAdd.encode(pass, { count: R * C });
@@ -617,6 +647,7 @@ export class Transformer {
       layer.kvWrite?.encode(pass, kvWrite);
       attention(layer);
       layer.attnOut.encode(pass, projection);
+      layer.attnPostNorm?.encode(pass, norm);
       if (!fused) layer.mlpNorm.encode(pass, norm);
       if (layer.gateUp || (layer.up && !layer.gate)) {
         // One projection: [gate; up] interleaved (SwiGLU) or up (GELU), the activation fused on matvec runs.
@@ -628,6 +659,7 @@ export class Transformer {
         layer.act.encode(pass, swigluApart);
       }
       layer.down.encode(pass, projection);
+      layer.ffnPostNorm?.encode(pass, norm);
     }
   }
 
@@ -722,6 +754,8 @@ interface PlanItem {
    * `fuse` tensor, interleave its two halves (Phi-3's [gate; up]).
    */
   interleave?: boolean;
+  /** Multiply the first head-size entries of this vector (the query heads' norm weight) by it. */
+  queryScale?: number;
 }
 
 /** Every tensor the forward pass needs, with expected shapes; a missing one fails with its name. */
@@ -766,6 +800,11 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     if (cfg.qkNorm) {
       // One (2, D) vector, q_norm then k_norm: one in-place kernel normalises every head of a row.
       need(`${p}.attn_qk_norm.weight`, 'vector', 2 * D, undefined, [`${p}.attn_q_norm.weight`, `${p}.attn_k_norm.weight`]);
+      if (cfg.attentionScale !== undefined) items[items.length - 1].queryScale = cfg.attentionScale * Math.sqrt(D);
+    }
+    if (cfg.postNorms) {
+      need(`${p}.post_attention_norm.weight`, 'vector', C);
+      need(`${p}.post_ffw_norm.weight`, 'vector', C);
     }
     need(`${p}.attn_output.weight`, 'matrix', C, Hq * D);
     if (cfg.outputBias) need(`${p}.attn_output.bias`, 'vector');
@@ -775,7 +814,9 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     if (cfg.architecture === 'phi3') {
       // One [gate; up] weight of 2F rows (HF gate_up_proj, GGUF phi3 ffn_up): its halves interleaved.
       need(`${p}.ffn_gate_up.weight`, 'matrix', 2 * F, C, [gateUp[1]], true);
-    } else if (cfg.mlp === 'swiglu' && !cfg.outputBias && source.dtypeOf(gateUp[0]) === source.dtypeOf(gateUp[1])) {
+    } else if (cfg.mlp === 'geglu' || (cfg.mlp === 'swiglu' && !cfg.outputBias && source.dtypeOf(gateUp[0]) === source.dtypeOf(gateUp[1]))) {
+      // GeGLU always takes this path: the activations have no GELU-gated form over gate and up apart
+      // (gate and up of different dtypes are refused here, naming both).
       // One weight, gate and up rows interleaved: the decode matvec computes both rows of an output
       // and SwiGLU in one dispatch; prefill's matmul writes (gate, up) pairs.
       need(`${p}.ffn_gate_up.weight`, 'matrix', 2 * F, C, gateUp, true);

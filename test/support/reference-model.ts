@@ -103,17 +103,25 @@ export interface ReferenceOptions {
 export function referenceLogits(config: ModelConfig, weights: Weights, tokens: number[], options: ReferenceOptions = {}): Float64Array[] {
   const round = options.roundInput ?? ((x: Float64Array) => x);
   const act = options.gelu ?? gelu;
+  const geluOf = act;
   const { hiddenSize: C, numHeads: H, numKvHeads: Hkv, headDim: D, numLayers, vocabSize: V } = config;
   const gpt2 = config.architecture === 'gpt2';
   const inv = config.rope ? referenceInverseFrequencies(config.rope.dims, config.rope.theta, config.rope.scaling) : undefined;
   const prefix = gpt2 ? 'transformer.' : 'model.';
   const embed = get(weights, gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight');
+  // Gemma: HF norm weights scale by (1 + w) (Gemma3RMSNorm); embeddings times sqrt(hidden), as an f32
+  // (Gemma3TextScaledWordEmbedding); its local layers rotate with their own base.
+  const gemma = config.architecture === 'gemma3';
+  const normWeight = (w: ArrayLike<number>): ArrayLike<number> => (gemma ? Array.from(w, (v) => v + 1) : w);
+  const localInv = config.rope?.localTheta !== undefined ? referenceInverseFrequencies(config.rope.dims, config.rope.localTheta) : undefined;
+  const scoreScale = config.attentionScale ?? 1 / Math.sqrt(D);
   const keys: Float64Array[][] = Array.from({ length: numLayers }, () => []);
   const values: Float64Array[][] = Array.from({ length: numLayers }, () => []);
   const out: Float64Array[] = [];
 
   tokens.forEach((token, pos) => {
-    let x = new Float64Array(C).map((_, i) => embed[token * C + i]);
+    const embedScale = gemma ? Math.fround(Math.sqrt(C)) : 1;
+    let x = new Float64Array(C).map((_, i) => embed[token * C + i] * embedScale);
     if (gpt2) {
       const wpe = get(weights, 'transformer.wpe.weight');
       x = x.map((v, i) => v + wpe[pos * C + i]);
@@ -132,7 +140,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         k = qkv.slice(C, 2 * C);
         v = qkv.slice(2 * C);
       } else {
-        const h = rmsnorm(x, w('input_layernorm.weight'), config.normEps);
+        const h = rmsnorm(x, normWeight(w('input_layernorm.weight')), config.normEps);
         const qkvProj = wb('self_attn.qkv_proj.weight');
         if (qkvProj) {
           // Phi-3: one qkv_proj, rows [q; k; v].
@@ -146,12 +154,13 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
           v = linear(round(h, p + 'self_attn.v_proj.weight'), w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
         }
         if (config.qkNorm) {
-          // Qwen3: RMSNorm of each head (weights of D) before RoPE.
-          q = headRmsnorm(q, w('self_attn.q_norm.weight'), D, config.normEps);
-          k = headRmsnorm(k, w('self_attn.k_norm.weight'), D, config.normEps);
+          // Qwen3, Gemma 3: RMSNorm of each head (weights of D) before RoPE.
+          q = headRmsnorm(q, normWeight(w('self_attn.q_norm.weight')), D, config.normEps);
+          k = headRmsnorm(k, normWeight(w('self_attn.k_norm.weight')), D, config.normEps);
         }
-        for (let hh = 0; hh < H; hh++) ropeHalf(q, hh * D, config.rope!.dims, inv!, pos);
-        for (let hh = 0; hh < Hkv; hh++) ropeHalf(k, hh * D, config.rope!.dims, inv!, pos);
+        const layerInv = localInv && layerWindow(config, l) > 0 ? localInv : inv!;
+        for (let hh = 0; hh < H; hh++) ropeHalf(q, hh * D, config.rope!.dims, layerInv, pos);
+        for (let hh = 0; hh < Hkv; hh++) ropeHalf(k, hh * D, config.rope!.dims, layerInv, pos);
       }
       keys[l].push(k);
       values[l].push(v);
@@ -167,7 +176,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         const scores = visibleKeys.map((kk) => {
           let s = 0;
           for (let d = 0; d < D; d++) s += q[hh * D + d] * kk[kv * D + d];
-          return s / Math.sqrt(D);
+          return gpt2 ? s / Math.sqrt(D) : s * scoreScale;
         });
         const max = Math.max(...scores);
         const e = scores.map((s) => Math.exp(s - max));
@@ -184,23 +193,29 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         const proj = conv1d(round(fc, p + 'mlp.c_proj.weight'), w('mlp.c_proj.weight'), C, w('mlp.c_proj.bias'));
         x = x.map((val, i) => val + proj[i]);
       } else {
-        const o = linear(round(attn, p + 'self_attn.o_proj.weight'), w('self_attn.o_proj.weight'), C);
+        let o = linear(round(attn, p + 'self_attn.o_proj.weight'), w('self_attn.o_proj.weight'), C);
+        // Gemma: the attention output is normalised (post_attention_layernorm) before the residual add,
+        // and the MLP's input norm is pre_feedforward_layernorm.
+        if (gemma) o = rmsnorm(o, normWeight(w('post_attention_layernorm.weight')), config.normEps);
         x = x.map((val, i) => val + o[i]);
-        const h2 = rmsnorm(x, w('post_attention_layernorm.weight'), config.normEps);
+        const h2 = gemma
+          ? rmsnorm(x, normWeight(w('pre_feedforward_layernorm.weight')), config.normEps)
+          : rmsnorm(x, w('post_attention_layernorm.weight'), config.normEps);
         const F = config.intermediateSize;
         const gateUpProj = wb('mlp.gate_up_proj.weight');
         // Phi-3: one gate_up_proj, rows [gate; up].
         const gateUp = gateUpProj ? linear(round(h2, p + 'mlp.gate_up_proj.weight'), gateUpProj, 2 * F) : undefined;
         const gate = gateUp ? gateUp.slice(0, F) : linear(round(h2, p + 'mlp.gate_proj.weight'), w('mlp.gate_proj.weight'), F);
         const up = gateUp ? gateUp.slice(F) : linear(round(h2, p + 'mlp.up_proj.weight'), w('mlp.up_proj.weight'), F);
-        const act = gate.map((g, i) => silu(g) * up[i]);
-        const down = linear(round(act, p + 'mlp.down_proj.weight'), w('mlp.down_proj.weight'), C);
+        const act = gate.map((g, i) => (gemma ? geluOf(g) : silu(g)) * up[i]);
+        let down = linear(round(act, p + 'mlp.down_proj.weight'), w('mlp.down_proj.weight'), C);
+        if (gemma) down = rmsnorm(down, normWeight(w('post_feedforward_layernorm.weight')), config.normEps);
         x = x.map((val, i) => val + down[i]);
       }
     }
     const final = gpt2
       ? layernorm(x, get(weights, 'transformer.ln_f.weight'), get(weights, 'transformer.ln_f.bias'), config.normEps)
-      : rmsnorm(x, get(weights, 'model.norm.weight'), config.normEps);
+      : rmsnorm(x, normWeight(get(weights, 'model.norm.weight')), config.normEps);
     const headName = config.tieWordEmbeddings ? (gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight') : 'lm_head.weight';
     out.push(linear(round(final, headName), get(weights, headName), V));
   });

@@ -388,3 +388,126 @@ export function writeTinyPhi3Gguf(path: string, options: TinyPhi3Options = {}): 
   };
   return { path, config, weights: hf, vocab };
 }
+
+export interface TinyGemma3Options extends TinyArchOptions {
+  /** head_dim (Gemma 3: 256, apart from hidden / heads); default 24. */
+  headDim?: number;
+  /** query_pre_attn_scalar; default head_dim (llama.cpp's scale for every Gemma 3 but the 27B). */
+  queryPreAttnScalar?: number;
+  /** sliding_window; default 5. */
+  slidingWindow?: number;
+  /** sliding_window_pattern: every n-th layer is global; default 3 (Gemma 3 ships 6). */
+  slidingWindowPattern?: number;
+  /** rope_local_base_freq of the sliding layers; default 1e4. */
+  ropeLocalTheta?: number;
+}
+
+/**
+ * A random Gemma 3 text model GGUF, as convert_hf_to_gguf.py's Gemma3Model writes it (learned from
+ * conversion/gemma.py and llama.cpp's src/models/gemma3.cpp): general.architecture "gemma3";
+ * gemma3.{context_length, embedding_length, block_count, feed_forward_length, attention.head_count,
+ * attention.head_count_kv, attention.layer_norm_rms_epsilon, attention.key_length / value_length
+ * (head_dim), rope.freq_base (the global layers'), attention.sliding_window}; no
+ * sliding_window_pattern and no rope.freq_base_swa, so llama.cpp takes its defaults (a pattern of 6,
+ * base 1e4) unless the file says otherwise: this writer writes the pattern when it is not 6, as a
+ * converter that knew it would, and freq_base_swa when not 1e4. Every *norm.weight is stored as
+ * 1 + w (Gemma's RMSNorm scales by 1 + w); the returned HF weights hold w. Tensors:
+ * blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_q_norm, attn_k_norm, attn_output,
+ * post_attention_norm, ffn_norm (pre_feedforward_layernorm), ffn_gate, ffn_up, ffn_down,
+ * post_ffw_norm}; tied embeddings (no output.weight) unless asked.
+ * Defaults: 4 layers (sliding, sliding, global, sliding with a pattern of 3), hidden 64, 4 heads of
+ * 24 over 2 KV heads, FFN 96, theta 1e6, eps 1e-6.
+ */
+export function writeTinyGemma3Gguf(path: string, options: TinyGemma3Options = {}): TinyModel {
+  const dtype = options.dtype ?? 'f32';
+  const C = options.hiddenSize ?? 64;
+  const F = options.intermediateSize ?? 96;
+  const L = options.numLayers ?? 4;
+  const H = options.numHeads ?? 4;
+  const Hkv = options.numKvHeads ?? 2;
+  const D = options.headDim ?? 24;
+  const ctx = options.contextLength ?? 256;
+  const theta = options.ropeTheta ?? 1e6;
+  const localTheta = options.ropeLocalTheta ?? 1e4;
+  const eps = options.normEps ?? 1e-6;
+  const tie = options.tieEmbeddings ?? true;
+  const window = options.slidingWindow ?? 5;
+  const pattern = options.slidingWindowPattern ?? 3;
+  const vocab = tinyGpt2Vocab();
+  const V = vocab.tokens.length;
+  const w = writer(options.seed ?? 1, GGML_TYPE[dtype]);
+  const hf = w.weights;
+  /** A norm weight w near 0 (Gemma's are offsets from 1): stored as 1 + w, returned as w. */
+  const norm = (gg: string, n: number) => {
+    const stored = w.vector(gg, n, 0.2, 1);
+    return stored.map((v) => v - 1);
+  };
+
+  hf.set('model.embed_tokens.weight', w.matrix('token_embd.weight', V, C, 0.1));
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    const g = `blk.${l}.`;
+    hf.set(`${p}input_layernorm.weight`, norm(`${g}attn_norm.weight`, C));
+    hf.set(`${p}self_attn.q_proj.weight`, w.matrix(`${g}attn_q.weight`, H * D, C, 0.1));
+    hf.set(`${p}self_attn.k_proj.weight`, w.matrix(`${g}attn_k.weight`, Hkv * D, C, 0.1));
+    hf.set(`${p}self_attn.v_proj.weight`, w.matrix(`${g}attn_v.weight`, Hkv * D, C, 0.1));
+    hf.set(`${p}self_attn.q_norm.weight`, norm(`${g}attn_q_norm.weight`, D));
+    hf.set(`${p}self_attn.k_norm.weight`, norm(`${g}attn_k_norm.weight`, D));
+    hf.set(`${p}self_attn.o_proj.weight`, w.matrix(`${g}attn_output.weight`, C, H * D, 0.1));
+    hf.set(`${p}post_attention_layernorm.weight`, norm(`${g}post_attention_norm.weight`, C));
+    hf.set(`${p}pre_feedforward_layernorm.weight`, norm(`${g}ffn_norm.weight`, C));
+    hf.set(`${p}mlp.gate_proj.weight`, w.matrix(`${g}ffn_gate.weight`, F, C, 0.1));
+    hf.set(`${p}mlp.up_proj.weight`, w.matrix(`${g}ffn_up.weight`, F, C, 0.1));
+    hf.set(`${p}mlp.down_proj.weight`, w.matrix(`${g}ffn_down.weight`, C, F, 0.1));
+    hf.set(`${p}post_feedforward_layernorm.weight`, norm(`${g}post_ffw_norm.weight`, C));
+  }
+  hf.set('model.norm.weight', norm('output_norm.weight', C));
+  hf.set('lm_head.weight', tie ? hf.get('model.embed_tokens.weight')! : w.matrix('output.weight', V, C, 0.1));
+
+  const key = (k: string) => `gemma3.${k}`;
+  const metadata: Array<[string, GgufMetadataEntry]> = [
+    ...header('gemma3', `tiny-gemma3-${dtype}`, dtype, 'gpt-2'),
+    [key('context_length'), gguf.u32(ctx)],
+    [key('embedding_length'), gguf.u32(C)],
+    [key('block_count'), gguf.u32(L)],
+    [key('feed_forward_length'), gguf.u32(F)],
+    [key('attention.head_count'), gguf.u32(H)],
+    [key('attention.head_count_kv'), gguf.u32(Hkv)],
+    [key('attention.layer_norm_rms_epsilon'), gguf.f32(eps)],
+    [key('attention.key_length'), gguf.u32(D)],
+    [key('attention.value_length'), gguf.u32(D)],
+    [key('rope.freq_base'), gguf.f32(theta)],
+    [key('attention.sliding_window'), gguf.u32(window)],
+    ...(pattern !== 6 ? ([[key('attention.sliding_window_pattern'), gguf.u32(pattern)]] as Array<[string, GgufMetadataEntry]>) : []),
+    ...(localTheta !== 1e4 ? ([[key('rope.freq_base_swa'), gguf.f32(localTheta)]] as Array<[string, GgufMetadataEntry]>) : []),
+  ];
+  writeGguf(path, { metadata, tensors: w.tensors });
+  const config = {
+    architectures: ['Gemma3ForCausalLM'],
+    model_type: 'gemma3_text',
+    vocab_size: V,
+    hidden_size: C,
+    intermediate_size: F,
+    num_hidden_layers: L,
+    num_attention_heads: H,
+    num_key_value_heads: Hkv,
+    head_dim: D,
+    max_position_embeddings: ctx,
+    rms_norm_eps: eps,
+    rope_theta: theta,
+    rope_local_base_freq: localTheta,
+    rope_scaling: null,
+    query_pre_attn_scalar: options.queryPreAttnScalar ?? D,
+    sliding_window: window,
+    sliding_window_pattern: pattern,
+    hidden_activation: 'gelu_pytorch_tanh',
+    attn_logit_softcapping: null,
+    final_logit_softcapping: null,
+    attention_bias: false,
+    tie_word_embeddings: tie,
+    bos_token_id: vocab.bosId,
+    eos_token_id: vocab.eosId,
+    torch_dtype: 'float32',
+  };
+  return { path, config, weights: hf, vocab };
+}
