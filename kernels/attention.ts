@@ -133,6 +133,13 @@ function checkWindow(label: string, window: number): void {
   }
 }
 
+/** The SOFTCAP override (attention_common.wgsl) for a soft-cap c: none when c is absent, so uncapped pipelines stay as they were. */
+function softcapConstant(label: string, softcap: number | undefined): { SOFTCAP?: number } {
+  if (softcap === undefined) return {};
+  if (!Number.isFinite(softcap) || softcap <= 0) throw new ShapeError(`${label}: softcap must be a finite number > 0 (got ${softcap})`);
+  return { SOFTCAP: softcap };
+}
+
 function checkScale(label: string, scale: number): void {
   if (!Number.isFinite(scale)) throw new ShapeError(`${label}: scale must be a finite number (got ${scale})`);
 }
@@ -276,6 +283,8 @@ export function prefillTiles(
 }
 
 export interface PrefillAttentionOptions {
+  /** Attention logit soft-capping (Gemma 2): scores s become c tanh(s / c) before the softmax. Default none. */
+  softcap?: number;
   /**
    * Kernel variant (default kernelTiers(gpu).attention: 'subgroup' where the device has the
    * 'subgroups' feature). 'subgroup' on a device without that feature is a ShapeError.
@@ -355,7 +364,7 @@ export class PrefillAttention {
     this.tier = tier;
     this.workgroupSize = wg;
     this.#buffers = buffers;
-    const constants = { D, BQ: tiles.BQ, BK: tiles.BK };
+    const constants = { D, BQ: tiles.BQ, BK: tiles.BK, ...softcapConstant(label, options.softcap) };
     this.#dispatch = new Dispatch(
       gpu,
       sgMin
@@ -416,6 +425,8 @@ export interface DecodeAttentionConfig extends AttentionShape {
    * has the 'subgroups' feature). 'subgroup' on a device without that feature is a ShapeError.
    */
   tier?: Tier;
+  /** Attention logit soft-capping (Gemma 2): scores s become c tanh(s / c) before the softmax. Default none. */
+  softcap?: number;
 }
 
 export interface DecodeAttentionBuffers {
@@ -481,7 +492,7 @@ export interface SplitPlan {
  * does not fit the cache buffers reads nothing (zero output).
  */
 export class DecodeAttention {
-  readonly config: Readonly<Required<DecodeAttentionConfig>>;
+  readonly config: Readonly<Required<Omit<DecodeAttentionConfig, 'softcap'>>>;
   /** Longest split the kernel holds in workgroup memory: max(splitKeys, ceil(maxContext / maxSplits)). */
   readonly chunkMax: number;
   readonly scratch: GPUBuffer;
@@ -532,14 +543,15 @@ export class DecodeAttention {
     this.#ownsScratch = !buffers.scratch;
     this.#buffers = buffers;
     const code = composeShader('attention_decode.wgsl');
+    const cap = softcapConstant(label, config.softcap);
     this.#split = new Dispatch(
       gpu,
       sgMin
         ? {
             name: 'attention', variant: 'decode', code: composeShader('subgroups_enable.wgsl', 'attention_decode_subgroup.wgsl'),
-            entryPoint: 'decode_split_subgroup', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, SG_MIN: sgMin },
+            entryPoint: 'decode_split_subgroup', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, SG_MIN: sgMin, ...cap },
           }
-        : { name: 'attention', variant: 'decode', code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
+        : { name: 'attention', variant: 'decode', code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, ...cap } },
       DecodeAttentionParams,
       [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out],
     );

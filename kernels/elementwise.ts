@@ -18,7 +18,7 @@ export type BinaryOp = 'add' | 'swiglu';
  * interleaved gate and up rows (count = outputs; `a` holds 2 * count elements from an even aOffset);
  * 'geglu_pairs' the same with the tanh GELU (Gemma).
  */
-export type UnaryOp = 'silu' | 'gelu' | 'swiglu_pairs' | 'geglu_pairs';
+export type UnaryOp = 'silu' | 'gelu' | 'swiglu_pairs' | 'geglu_pairs' | 'softcap';
 const ENTRY: Record<BinaryOp | UnaryOp, string> = {
   add: 'add',
   swiglu: 'swiglu',
@@ -26,6 +26,7 @@ const ENTRY: Record<BinaryOp | UnaryOp, string> = {
   gelu: 'gelu',
   swiglu_pairs: 'swiglu_pairs',
   geglu_pairs: 'geglu_pairs',
+  softcap: 'softcap',
 };
 const PAIRS: ReadonlySet<BinaryOp | UnaryOp> = new Set(['swiglu_pairs', 'geglu_pairs']);
 
@@ -51,7 +52,8 @@ export class Elementwise {
   readonly #wg: number;
   readonly #maxPerDimension: number;
 
-  constructor(gpu: Gpu, op: BinaryOp | UnaryOp, buffers: ElementwiseBuffers, workgroupSize = 256) {
+  /** `cap`: softcap's c, out = c tanh(a / c) (a finite number > 0; softcap only). */
+  constructor(gpu: Gpu, op: BinaryOp | UnaryOp, buffers: ElementwiseBuffers, workgroupSize = 256, cap?: number) {
     this.op = op;
     this.#wg = checkWorkgroupSize(gpu, workgroupSize, `elementwise.${op}`);
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
@@ -62,11 +64,14 @@ export class Elementwise {
     if (PAIRS.has(op) && buffers.out === buffers.a) {
       throw new ShapeError(`elementwise.${op}: out must be a different buffer from a (it reads two elements per output)`);
     }
+    if ((op === 'softcap') !== (cap !== undefined) || (cap !== undefined && !(Number.isFinite(cap) && cap > 0))) {
+      throw new ShapeError(`elementwise.${op}: ${op === 'softcap' ? 'needs a cap, a finite number > 0' : 'takes no cap'} (got ${cap})`);
+    }
     this.#buffers = buffers;
     const storage = [buffers.a, buffers.b, buffers.out];
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'elementwise', variant: op, code: composeShader('elementwise.wgsl'), entryPoint: ENTRY[op], constants: { WG: this.#wg } },
+      { name: 'elementwise', variant: op, code: composeShader('elementwise.wgsl'), entryPoint: ENTRY[op], constants: { WG: this.#wg, ...(cap === undefined ? {} : { SOFTCAP: cap }) } },
       ElementwiseParams,
       storage,
     );

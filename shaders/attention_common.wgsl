@@ -1,4 +1,5 @@
 // KV cache layout and constants shared by the attention kernels (kernels/attention.ts).
+//! include activation.wgsl
 //
 // A cache buffer (one for K, one for V, both f32) holds many regions: one per (sequence slot, layer).
 // A region starts at element `kv_base` and is laid out (Hkv, capacity, D): head-major, so one head's
@@ -21,6 +22,16 @@ fn window_start(pos: u32, window: u32) -> u32 {
     return 0u;
   }
   return pos + 1u - window;
+}
+
+// Attention logit soft-capping (Gemma 2): a score s (q.k times the scale) becomes
+// SOFTCAP * tanh(s / SOFTCAP) before the softmax; 0 = off. The prefill and decode-split pipelines set
+// it only for models that cap (kernels/attention.ts), so every other pipeline is unchanged.
+override SOFTCAP: f32 = 0.0;
+
+fn soft_capped(s: f32) -> f32 {
+  if (SOFTCAP <= 0.0) { return s; }
+  return soft_cap(s, SOFTCAP);
 }
 
 // Element index of (head, pos, 0) in the region starting at kv_base.

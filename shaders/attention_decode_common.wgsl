@@ -73,6 +73,7 @@ fn split_partial(wid: vec3<u32>, lid: u32) {
     for (var d = 0u; d < D; d++) {
       dot += q_s[d] * k_cache[key + d];
     }
+    dot = soft_capped(dot);
     scores[j] = dot;
     local_max = max(local_max, dot);
   }

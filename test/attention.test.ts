@@ -11,7 +11,7 @@ import { kernelTiers, type Tier } from '../kernels/tiers.ts';
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
-import { expectClose, nanArray, randomF32 } from './support/reference.ts';
+import { compare, expectClose, nanArray, randomF32 } from './support/reference.ts';
 import { WorstErrors } from './support/worst-errors.ts';
 
 const gpu = useGpu();
@@ -47,7 +47,7 @@ function withoutSubgroups(device: Gpu): Gpu {
  */
 function attendRef(
   qv: ArrayLike<number>, qAt: number, kHost: Float32Array, vHost: Float32Array,
-  kvBase: number, kvh: number, nKeys: number, capacity: number, D: number, scale: number, first = 0,
+  kvBase: number, kvh: number, nKeys: number, capacity: number, D: number, scale: number, first = 0, softcap = 0,
 ): Float64Array {
   const out = new Float64Array(D);
   if (nKeys === 0) return out;
@@ -57,7 +57,7 @@ function attendRef(
     const row = kvBase + (kvh * capacity + key) * D;
     let dot = 0;
     for (let d = 0; d < D; d++) dot += qv[qAt + d] * kHost[row + d];
-    scores[key] = dot * scale;
+    scores[key] = softcap > 0 ? softcap * Math.tanh((dot * scale) / softcap) : dot * scale;
     max = Math.max(max, scores[key]);
   }
   let sum = 0;
@@ -180,11 +180,13 @@ interface PrefillCase {
   past: number;
   /** Sliding window (keys); omitted: the run passes none. */
   window?: number;
+  /** Attention logit soft-cap (Gemma 2); omitted: none. */
+  softcap?: number;
   tier: Tier;
 }
 
 /** Returns the rel-L2 error and the raw output (for bit comparisons). */
-async function runPrefillCase({ D, Hq, Hkv, T, past, window, tier }: PrefillCase): Promise<{ relL2: number; out: Float32Array }> {
+async function runPrefillCase({ D, Hq, Hkv, T, past, window, softcap, tier }: PrefillCase): Promise<{ relL2: number; out: Float32Array }> {
   const what = `prefill ${tier} D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past} window=${window ?? 'none'}`;
   const shape: AttentionShape = { Hq, Hkv, D, capacity: past + T + 3 };
   const region = kvRegionElements(shape);
@@ -206,7 +208,7 @@ async function runPrefillCase({ D, Hq, Hkv, T, past, window, tier }: PrefillCase
   const vCache = createStorage(gpu(), 'vCache', vHost);
   const out = poisoned(gpu(), 'out', outOffset + T * outStride + 4);
   const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'meta', meta), kCache, vCache });
-  const attention = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out }, { tier });
+  const attention = new PrefillAttention(gpu(), shape, { q: qkvBuffer, kCache, vCache, out }, { tier, softcap });
   expect(attention.tier).toBe(tier);
   await runPass(gpu(), (pass) => {
     write.encode(pass, {
@@ -227,7 +229,7 @@ async function runPrefillCase({ D, Hq, Hkv, T, past, window, tier }: PrefillCase
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < Hq; h++) {
       const first = windowStart(past + t, window ?? 0);
-      const o = attendRef(qkv.data, qkv.qAt(t, h), kHost, vHost, kvBase, Math.floor(h / group), past + t + 1, shape.capacity, D, 1 / Math.sqrt(D), first);
+      const o = attendRef(qkv.data, qkv.qAt(t, h), kHost, vHost, kvBase, Math.floor(h / group), past + t + 1, shape.capacity, D, 1 / Math.sqrt(D), first, softcap);
       want.set(o, t * width + h * D);
     }
   }
@@ -364,6 +366,8 @@ interface DecodeCase {
   poisonScratch?: boolean;
   /** Sliding window (keys); omitted: the run passes none. */
   window?: number;
+  /** Attention logit soft-cap (Gemma 2); omitted: none. */
+  softcap?: number;
   tier: Tier;
 }
 
@@ -403,7 +407,7 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
   const kCache = createStorage(gpu(), 'kCache', kHost);
   const vCache = createStorage(gpu(), 'vCache', vHost);
   const out = poisoned(gpu(), 'out', outOffset + rows * outStride + 3);
-  const config = { ...shape, maxRows: rows + 1, splitKeys: c.splitKeys, maxSplits: c.maxSplits, tier: c.tier };
+  const config = { ...shape, maxRows: rows + 1, splitKeys: c.splitKeys, maxSplits: c.maxSplits, tier: c.tier, softcap: c.softcap };
   const scratch = c.poisonScratch ? poisoned(gpu(), 'scratch', DecodeAttention.scratchBytes(config) / 4) : undefined;
   const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'writeMeta', writeMeta), kCache, vCache });
   const decode = new DecodeAttention(gpu(), config, { q: qkvBuffer, kCache, vCache, out, rowMeta: createStorage(gpu(), 'readMeta', readMeta), scratch });
@@ -426,7 +430,7 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
   const group = Hq / Hkv;
   lengths.forEach((n, r) => {
     for (let h = 0; h < Hq; h++) {
-      const o = attendRef(qkv.data, qkv.qAt(r, h), kHost, vHost, kvBases[r] + kvOffset, Math.floor(h / group), n, shape.capacity, D, scale, windowStart(n - 1, window));
+      const o = attendRef(qkv.data, qkv.qAt(r, h), kHost, vHost, kvBases[r] + kvOffset, Math.floor(h / group), n, shape.capacity, D, scale, windowStart(n - 1, window), c.softcap);
       want.set(o, r * width + h * D);
     }
   });
@@ -707,5 +711,34 @@ describe('attention shape checks', () => {
     const b = small();
     expect(() => new PrefillAttention(gpu(), { Hq: 1, Hkv: 1, D: 8, capacity: 4 }, { ...b, out: b.q })).toThrow(/out must be a different buffer from q/);
     expect(() => new KvWrite(gpu(), { Hkv: 1, D: 8, capacity: 4 }, { k: b.kCache, v: b.q, rowMeta: b.rowMeta, kCache: b.kCache, vCache: b.vCache })).toThrow(/kCache must be a different buffer from k/);
+  });
+});
+
+// Gemma 2's attention logit soft-capping: scores s become c tanh(s / c) before the softmax. A cap of
+// 0.3 is far below these scores' spread, so a kernel that skipped it would miss the reference by far.
+describe('attention with a logit soft-cap', () => {
+  it('prefill (D=80, GQA 4/2, T=37 after 5, with and without a window), every tier', async () => {
+    for (const tier of tiers()) {
+      await checkPrefill({ D: 80, Hq: 4, Hkv: 2, T: 37, past: 5, softcap: 0.3, tier });
+      await checkPrefill({ D: 80, Hq: 4, Hkv: 2, T: 37, past: 5, softcap: 0.3, window: 9, tier });
+    }
+  });
+
+  it('decode (lengths 1, 17, 300 in 16-key splits; one split), every tier', async () => {
+    for (const tier of tiers()) {
+      await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [1, 17, 300], splitKeys: 16, softcap: 0.3, poisonScratch: true, tier });
+      await checkDecode({ D: 24, Hq: 2, Hkv: 1, lengths: [5, 40], softcap: 0.3, tier });
+    }
+  });
+
+  it('the cap changes the output, and a bad cap is refused', async () => {
+    const capped = await runPrefillCase({ D: 16, Hq: 2, Hkv: 1, T: 9, past: 0, softcap: 0.3, tier: 'baseline' });
+    const plain = await runPrefillCase({ D: 16, Hq: 2, Hkv: 1, T: 9, past: 0, tier: 'baseline' });
+    expect(compare(capped.out, plain.out).relL2).toBeGreaterThan(1e-2);
+    const shape = { Hq: 2, Hkv: 1, D: 16, capacity: 8 };
+    const b = createStorage(gpu(), 'b', 1024 * 4);
+    const out = createStorage(gpu(), 'o', 1024 * 4);
+    expect(() => new PrefillAttention(gpu(), shape, { q: b, kCache: b, vCache: b, out }, { softcap: 0 })).toThrow(/softcap must be a finite number > 0/);
+    expect(() => new DecodeAttention(gpu(), { ...shape, maxRows: 1, softcap: -1 }, { q: b, kCache: b, vCache: b, out, rowMeta: b })).toThrow(/softcap/);
   });
 });

@@ -15,6 +15,7 @@ const REFERENCE: Record<BinaryOp | UnaryOp, (a: number, b: number) => number> = 
   gelu: (a) => gelu(a),
   swiglu_pairs: () => NaN, // its own test below: it reads two elements of a per output
   geglu_pairs: () => NaN, // likewise
+  softcap: () => NaN, // its own test below: it takes a cap
 };
 
 describe('elementwise', () => {
@@ -71,6 +72,20 @@ describe('elementwise', () => {
     expect(() => kernel.encode(pass, { count: 9 })).toThrow(/a needs/);
     pass.end();
     expect(() => new Elementwise(gpu(), 'swiglu_pairs', { a, out: a })).toThrow(/different buffer/);
+  });
+
+  it('softcap: c tanh(a / c), finite for large inputs; the cap is required', async () => {
+    const a = Float32Array.from([...randomF32(97, 5, 80), -1e30, 1e30, 0]);
+    const buffer = createStorage(gpu(), 'a', a);
+    const out = poisoned(gpu(), 'out', a.length + 2);
+    const kernel = new Elementwise(gpu(), 'softcap', { a: buffer, out }, 256, 30);
+    await runPass(gpu(), (pass) => kernel.encode(pass, { count: a.length, outOffset: 1 }));
+    const all = await readF32(gpu(), out, a.length + 2);
+    expectClose(all.subarray(1, a.length + 1), Array.from(a, (x) => 30 * Math.tanh(x / 30)), 1e-6, 'softcap');
+    expect(Number.isNaN(all[0]) && Number.isNaN(all[a.length + 1])).toBe(true);
+    expect(() => new Elementwise(gpu(), 'softcap', { a: buffer, out: buffer })).toThrow(/needs a cap/);
+    expect(() => new Elementwise(gpu(), 'softcap', { a: buffer, out: buffer }, 256, 0)).toThrow(/needs a cap/);
+    expect(() => new Elementwise(gpu(), 'gelu', { a: buffer, out: buffer }, 256, 30)).toThrow(/takes no cap/);
   });
 
   it('gelu stays finite for large inputs', async () => {
