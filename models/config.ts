@@ -3,7 +3,7 @@
 import { ModelFormatError } from '../src/errors.ts';
 import type { RopeScaling } from '../kernels/rope.ts';
 
-export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gemma3' | 'gpt2';
+export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gemma2' | 'gemma3' | 'gpt2';
 
 export type { RopeScaling };
 
@@ -45,10 +45,14 @@ export interface ModelConfig {
   /** Token embeddings are multiplied by this as they are gathered (Gemma: sqrt(hidden)); the tied LM head is not. */
   embedScale?: number;
   /**
-   * Attention scores are q·k times this instead of 1/sqrt(head size) (Gemma 3:
-   * query_pre_attn_scalar^-0.5). Folded into the query heads' norm weight at load.
+   * Attention scores are q·k times this instead of 1/sqrt(head size) (Gemma:
+   * query_pre_attn_scalar^-0.5); the attention kernels fold it into the queries as they load them.
    */
   attentionScale?: number;
+  /** Attention logit soft-capping (Gemma 2): scores s become c tanh(s / c) before the softmax. */
+  attnLogitSoftcap?: number;
+  /** Final logit soft-capping (Gemma 2): logits l become c tanh(l / c). */
+  finalLogitSoftcap?: number;
   /**
    * Gemma's sandwich norms: the attention and MLP outputs are RMS-normalised (post_attention_norm,
    * post_ffw_norm, GGUF's names) before their residual adds.
@@ -207,6 +211,7 @@ const HF_ARCHITECTURES: Record<string, Architecture> = {
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
   Phi3ForCausalLM: 'phi3',
+  Gemma2ForCausalLM: 'gemma2',
   Gemma3ForCausalLM: 'gemma3',
   GPT2LMHeadModel: 'gpt2',
 };
@@ -219,11 +224,12 @@ const REFUSED_HF_ARCHITECTURES: Record<string, string> = {
 };
 
 /**
- * Which layers of a Gemma 3 slide: config.json's `layer_types` when given, else every layer but each
- * `sliding_window_pattern`-th (default 6: layers 5, 11, ... are global), as Gemma3TextConfig builds
- * layer_types and llama.cpp's set_swa_pattern does.
+ * Which layers of a Gemma 2 / 3 slide: config.json's `layer_types` when given, else every layer but
+ * each n-th (Gemma 3: `sliding_window_pattern`, default 6, so layers 5, 11, ... are global; Gemma 2:
+ * every other, layers 1, 3, ...), as Gemma2Config / Gemma3TextConfig build layer_types and llama.cpp's
+ * set_swa_pattern does.
  */
-function gemmaSlidingLayers(config: Json, numLayers: number, where: string): boolean[] {
+function gemmaSlidingLayers(config: Json, numLayers: number, where: string, defaultPattern: number): boolean[] {
   if (config.layer_types !== undefined && config.layer_types !== null) {
     const types = config.layer_types;
     if (!Array.isArray(types) || types.length !== numLayers || !types.every((t) => t === 'sliding_attention' || t === 'full_attention')) {
@@ -233,29 +239,45 @@ function gemmaSlidingLayers(config: Json, numLayers: number, where: string): boo
     }
     return types.map((t) => t === 'sliding_attention');
   }
-  const pattern = positiveInt(config, 'sliding_window_pattern', where, 6);
+  const pattern = positiveInt(config, 'sliding_window_pattern', where, defaultPattern);
   return Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
 }
 
-/** Gemma3ForCausalLM's config.json (Gemma3TextConfig, its defaults where a key is absent). */
-function gemma3FromHf(config: Json, where: string, eos: number[], bos: number | undefined): ModelConfig {
-  for (const key of ['attn_logit_softcapping', 'final_logit_softcapping']) {
-    if (config[key] !== undefined && config[key] !== null) {
-      throw new ModelFormatError(`${where}: "${key}" is set (${JSON.stringify(config[key])}); soft-capping is not supported for Gemma 3`);
-    }
+/** A soft-cap from config.json: its default when absent, none when null. */
+function softcap(config: Json, key: string, where: string, fallback: number | undefined): number | undefined {
+  if (config[key] === null || (config[key] === undefined && fallback === undefined)) return undefined;
+  const value = num(config, key, where, fallback);
+  if (!(value > 0)) throw new ModelFormatError(`${where}: "${key}" must be a number > 0 or null (got ${value})`);
+  return value;
+}
+
+/**
+ * Gemma2ForCausalLM's and Gemma3ForCausalLM's config.json (Gemma2Config, Gemma3TextConfig, their
+ * defaults where a key is absent). Gemma 2 has no q/k norms, one RoPE base, soft-capping of the
+ * attention and final logits (defaults 50 and 30); Gemma 3 has q/k norms, a local RoPE base and, in
+ * every released model, no soft-capping.
+ */
+function gemmaFromHf(architecture: 'gemma2' | 'gemma3', config: Json, where: string, eos: number[], bos: number | undefined): ModelConfig {
+  const gemma2 = architecture === 'gemma2';
+  const attnLogitSoftcap = softcap(config, 'attn_logit_softcapping', where, gemma2 ? 50 : undefined);
+  const finalLogitSoftcap = softcap(config, 'final_logit_softcapping', where, gemma2 ? 30 : undefined);
+  if (!gemma2 && attnLogitSoftcap !== undefined) {
+    // transformers' Gemma 3 does read it, but llama.cpp's converter asserts it absent; no model has it.
+    throw new ModelFormatError(`${where}: "attn_logit_softcapping" is set (${attnLogitSoftcap}); Gemma 3 attention soft-capping is not supported`);
   }
   const hiddenSize = positiveInt(config, 'hidden_size', where);
   const numHeads = positiveInt(config, 'num_attention_heads', where, 8);
   const headDim = positiveInt(config, 'head_dim', where, 256);
   const numLayers = positiveInt(config, 'num_hidden_layers', where);
-  const sliding = gemmaSlidingLayers(config, numLayers, where);
+  const sliding = gemmaSlidingLayers(config, numLayers, where, gemma2 ? 2 : 6);
   const window = positiveInt(config, 'sliding_window', where, 4096);
   // transformers 5 nests the two RoPE settings under rope_parameters; earlier configs keep them flat.
   const params = (config.rope_parameters ?? {}) as Record<string, Json | undefined>;
   const full = params.full_attention;
   const local = params.sliding_attention;
+  const theta = full ? num(full, 'rope_theta', `${where} rope_parameters.full_attention`) : num(config, 'rope_theta', where, gemma2 ? 10000 : 1e6);
   return {
-    architecture: 'gemma3',
+    architecture,
     vocabSize: positiveInt(config, 'vocab_size', where),
     hiddenSize,
     intermediateSize: positiveInt(config, 'intermediate_size', where),
@@ -268,14 +290,19 @@ function gemma3FromHf(config: Json, where: string, eos: number[], bos: number | 
     norm: 'rms',
     mlp: 'geglu',
     rope: {
-      theta: full ? num(full, 'rope_theta', `${where} rope_parameters.full_attention`) : num(config, 'rope_theta', where, 1e6),
+      theta,
       dims: headDim,
       scaling: ropeScaling(full ?? config.rope_scaling, where),
-      localTheta: local ? num(local, 'rope_theta', `${where} rope_parameters.sliding_attention`) : num(config, 'rope_local_base_freq', where, 10000),
+      // Gemma 2 rotates every layer alike (its local layers take the global base).
+      ...(gemma2
+        ? {}
+        : { localTheta: local ? num(local, 'rope_theta', `${where} rope_parameters.sliding_attention`) : num(config, 'rope_local_base_freq', where, 10000) }),
     },
     qkvBias: config.attention_bias === true,
     outputBias: false,
-    qkNorm: true,
+    ...(gemma2 ? {} : { qkNorm: true }),
+    ...(attnLogitSoftcap !== undefined ? { attnLogitSoftcap } : {}),
+    ...(finalLogitSoftcap !== undefined ? { finalLogitSoftcap } : {}),
     embedScale: Math.fround(Math.sqrt(hiddenSize)),
     attentionScale: 1 / Math.sqrt(num(config, 'query_pre_attn_scalar', where, 256)),
     postNorms: true,
@@ -323,7 +350,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
       eosTokenIds: eos,
     };
   }
-  if (architecture === 'gemma3') return gemma3FromHf(config, where, eos, bos);
+  if (architecture === 'gemma2' || architecture === 'gemma3') return gemmaFromHf(architecture, config, where, eos, bos);
   const hiddenSize = positiveInt(config, 'hidden_size', where);
   const numHeads = positiveInt(config, 'num_attention_heads', where);
   const headDim = positiveInt(config, 'head_dim', where, hiddenSize / numHeads);
@@ -370,7 +397,9 @@ export function validateConfig(config: ModelConfig, where: string): void {
   if (config.rope && (config.rope.dims % 2 !== 0 || config.rope.dims > config.headDim)) {
     fail(`rotary dimensions ${config.rope.dims} must be even and at most the head size ${config.headDim}`);
   }
-  if (config.attentionScale !== undefined && !config.qkNorm) fail('an attention scale other than 1/sqrt(head size) needs query norms to fold it into');
+  for (const [name, cap] of [['attention logit soft-cap', config.attnLogitSoftcap], ['final logit soft-cap', config.finalLogitSoftcap]] as const) {
+    if (cap !== undefined && !(Number.isFinite(cap) && cap > 0)) fail(`${name} ${cap} must be a finite number > 0`);
+  }
   const windows = config.attentionWindows;
   if (windows) {
     if (windows.length !== config.numLayers) fail(`${windows.length} sliding windows for ${config.numLayers} layers`);

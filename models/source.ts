@@ -104,7 +104,7 @@ function hfName(architecture: ModelConfig['architecture'], name: string): { hf: 
         ffn_up: 'mlp.up_proj',
         ffn_down: 'mlp.down_proj',
       };
-  if (architecture === 'gemma3') {
+  if (architecture === 'gemma2' || architecture === 'gemma3') {
     // Gemma's four norms a layer: post_attention_layernorm follows the attention (it is not the MLP's
     // input norm, as in Llama), pre_feedforward_layernorm is the MLP's.
     Object.assign(parts, { ffn_norm: 'pre_feedforward_layernorm', post_attention_norm: 'post_attention_layernorm', post_ffw_norm: 'post_feedforward_layernorm' });
@@ -121,7 +121,7 @@ function hfName(architecture: ModelConfig['architecture'], name: string): { hf: 
  * multipliers themselves.
  */
 function hfNormShift(architecture: ModelConfig['architecture'], name: string): number {
-  return architecture === 'gemma3' && name.endsWith('norm.weight') ? 1 : 0;
+  return (architecture === 'gemma2' || architecture === 'gemma3') && name.endsWith('norm.weight') ? 1 : 0;
 }
 
 function shifted(data: Float32Array, shift: number): Float32Array {

@@ -1,10 +1,12 @@
-// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2, Qwen3, Phi-3 and GPT-2.
+// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2, Qwen3, Phi-3, Gemma 2,
+// Gemma 3 and GPT-2.
 //
 // One forward pass serves them all; they differ in a few places, each a plain branch below:
 // the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), the MLP
 // (SwiGLU, GeGLU or GELU), Qwen3's and Gemma 3's RMSNorm of each query and key head before RoPE, and
-// Gemma 3's scaled embeddings, local RoPE base on its sliding layers and norms after the attention
-// and the MLP (before their residual adds). A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
+// Gemma's scaled embeddings, attention scale, norms after the attention and the MLP (before their
+// residual adds), Gemma 3's local RoPE base on its sliding layers and Gemma 2's soft-capped attention
+// scores and logits. A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
@@ -150,6 +152,8 @@ export class Transformer {
   readonly #finalNormGathered: Norm;
   readonly #maxPieces: number;
   readonly #lmHead: Linear;
+  /** Gemma 2: logits = c tanh(raw / c), from the LM head's raw logits. */
+  readonly #logitSoftcap?: Elementwise;
   readonly #topK: TopK;
   readonly #regionElements: number;
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
@@ -283,8 +287,8 @@ export class Transformer {
           : undefined,
         kvWrite: invFreq ? undefined : new KvWrite(gpu, { Hkv, D, capacity: options.capacity }, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache }),
         window,
-        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn })),
-        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch }),
+        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, out: b.attn }, { softcap: cfg.attnLogitSoftcap })),
+        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots, softcap: cfg.attnLogitSoftcap }, { q: b.qkv, kCache, vCache, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
         attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),
         attnPostNorm: post ? postNorm(`${p}.post_attention_norm`, b.x, b.x2) : undefined,
@@ -298,7 +302,11 @@ export class Transformer {
     this.#finalNorm = norm('output_norm', b.x, b.h);
     this.#finalNormGathered = norm('output_norm', b.headRows, b.h);
     const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
-    this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
+    // With a final soft-cap the head writes raw logits to their own buffer and the cap writes b.logits
+    // (a kernel may not read and write one buffer through two bindings).
+    const rawLogits = cfg.finalLogitSoftcap !== undefined ? arena.get('logits.raw', this.#logitRows * V * 4) : b.logits;
+    this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: rawLogits, maxRows: this.#logitRows });
+    if (cfg.finalLogitSoftcap !== undefined) this.#logitSoftcap = new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap);
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
     this.stats = { ...stats, kvBytes: 2 * cfg.numLayers * kvElements * 4, activationBytes: arena.bytes - stats.weightBytes };
   }
@@ -325,11 +333,6 @@ export class Transformer {
           const data = item.fuse ? concat(await Promise.all(item.fuse.map((n) => source.vector(n)))) : await source.vector(item.name);
           if (item.rows !== undefined && data.length !== item.rows) {
             throw new ShapeError(`${source.id}: tensor "${item.name}" has ${data.length} elements, expected ${item.rows}`);
-          }
-          if (item.queryScale !== undefined) {
-            // The attention kernels scale scores by 1/sqrt(D); a model that wants another scale gets
-            // it through its queries, here the query heads' norm weight (the first D entries).
-            for (let i = 0; i < cfg.headDim; i++) data[i] *= item.queryScale;
           }
           digest.add(item.name, data);
           weights.set(item.name, arena.upload(item.name, data));
@@ -531,6 +534,7 @@ export class Transformer {
           outOffset: firstRows[i] * Hq * D,
           outRowStride: Hq * D,
           window: layer.window,
+          scale: this.#attentionScale,
         });
       });
     });
@@ -562,7 +566,7 @@ export class Transformer {
       if (position + 1 > maxLen) maxLen = position + 1;
     }
     const { numHeads: Hq, headDim: D } = this.config;
-    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta };
+    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta, scale: this.#attentionScale };
     this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, at.attnMeta + 2 * B);
     // Layers and head in one submit; the only read back is the candidates.
     this.#submit('decode', (encoder) => {
@@ -601,6 +605,11 @@ export class Transformer {
       throw new ShapeError(`candidate count must be an integer in [1, ${TOPK_MAX_K}] (got ${candidateCount})`);
     }
     return Math.min(candidateCount, this.config.vocabSize);
+  }
+
+  /** Scores are q·k times this (the attention kernels fold it into the queries as they load them). */
+  get #attentionScale(): number {
+    return this.config.attentionScale ?? 1 / Math.sqrt(this.config.headDim);
   }
 
   get #qkvWidth(): number {
@@ -688,6 +697,7 @@ export class Transformer {
     const pass = encoder.beginComputePass();
     norm.encode(pass, { rows: count, cols: C, xOffset });
     this.#lmHead.encode(pass, { M: count });
+    this.#logitSoftcap?.encode(pass, { count: count * V });
     this.#topK.encode(pass, { rows: count, cols: V, k });
     pass.end();
     encoder.copyBufferToBuffer(this.#buf.topValues, 0, this.#readback, 0, count * k * 4);
@@ -754,8 +764,6 @@ interface PlanItem {
    * `fuse` tensor, interleave its two halves (Phi-3's [gate; up]).
    */
   interleave?: boolean;
-  /** Multiply the first head-size entries of this vector (the query heads' norm weight) by it. */
-  queryScale?: number;
 }
 
 /** Every tensor the forward pass needs, with expected shapes; a missing one fails with its name. */
@@ -800,7 +808,6 @@ function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
     if (cfg.qkNorm) {
       // One (2, D) vector, q_norm then k_norm: one in-place kernel normalises every head of a row.
       need(`${p}.attn_qk_norm.weight`, 'vector', 2 * D, undefined, [`${p}.attn_q_norm.weight`, `${p}.attn_k_norm.weight`]);
-      if (cfg.attentionScale !== undefined) items[items.length - 1].queryScale = cfg.attentionScale * Math.sqrt(D);
     }
     if (cfg.postNorms) {
       need(`${p}.post_attention_norm.weight`, 'vector', C);

@@ -88,10 +88,10 @@ describe('gemma3: the same weights as a Hugging Face folder give the GGUF logits
 });
 
 describe('gemma3: what is refused', () => {
-  it('Gemma3ForConditionalGeneration (vision) and soft-capping, by name', () => {
+  it('Gemma3ForConditionalGeneration (vision) and attention soft-capping, by name', () => {
     const base = { architectures: ['Gemma3ForCausalLM'], hidden_size: 64, num_hidden_layers: 2, intermediate_size: 96, vocab_size: 300 };
     expect(() => configFromHf({ ...base, architectures: ['Gemma3ForConditionalGeneration'] })).toThrow(/Gemma3ForConditionalGeneration.*vision tower/);
-    expect(() => configFromHf({ ...base, final_logit_softcapping: 30 })).toThrow(/"final_logit_softcapping" is set/);
+    expect(configFromHf({ ...base, final_logit_softcapping: 30 }).finalLogitSoftcap).toBe(30);
     expect(() => configFromHf({ ...base, attn_logit_softcapping: 50 })).toThrow(/"attn_logit_softcapping" is set/);
   });
 });

@@ -56,10 +56,12 @@ export async function checkAgainstLlamaCpp(gpu: Gpu, c: FamilyCase): Promise<{ v
   return { vsLlama, vsReference, greedy };
 }
 
-/** The parts of a config that decide the forward pass (eps as the f32 a GGUF file stores). */
+/** The parts of a config that decide the forward pass (eps and soft-caps as the f32 a GGUF file stores). */
 export const forwardShape = (c: ModelConfig) => ({
   ...c,
   normEps: Math.fround(c.normEps),
+  attnLogitSoftcap: c.attnLogitSoftcap && Math.fround(c.attnLogitSoftcap),
+  finalLogitSoftcap: c.finalLogitSoftcap && Math.fround(c.finalLogitSoftcap),
   rope: c.rope && { theta: c.rope.theta, dims: c.rope.dims },
   bosTokenId: undefined,
   eosTokenIds: undefined,

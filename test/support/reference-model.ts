@@ -111,7 +111,9 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
   const embed = get(weights, gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight');
   // Gemma: HF norm weights scale by (1 + w) (Gemma3RMSNorm); embeddings times sqrt(hidden), as an f32
   // (Gemma3TextScaledWordEmbedding); its local layers rotate with their own base.
-  const gemma = config.architecture === 'gemma3';
+  const gemma = config.architecture === 'gemma2' || config.architecture === 'gemma3';
+  // Gemma 2: soft-capped attention scores and final logits, c tanh(x / c).
+  const cap = (x: number, c: number | undefined) => (c === undefined ? x : c * Math.tanh(x / c));
   const normWeight = (w: ArrayLike<number>): ArrayLike<number> => (gemma ? Array.from(w, (v) => v + 1) : w);
   const localInv = config.rope?.localTheta !== undefined ? referenceInverseFrequencies(config.rope.dims, config.rope.localTheta) : undefined;
   const scoreScale = config.attentionScale ?? 1 / Math.sqrt(D);
@@ -176,7 +178,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         const scores = visibleKeys.map((kk) => {
           let s = 0;
           for (let d = 0; d < D; d++) s += q[hh * D + d] * kk[kv * D + d];
-          return gpt2 ? s / Math.sqrt(D) : s * scoreScale;
+          return gpt2 ? s / Math.sqrt(D) : cap(s * scoreScale, config.attnLogitSoftcap);
         });
         const max = Math.max(...scores);
         const e = scores.map((s) => Math.exp(s - max));
@@ -217,7 +219,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
       ? layernorm(x, get(weights, 'transformer.ln_f.weight'), get(weights, 'transformer.ln_f.bias'), config.normEps)
       : rmsnorm(x, normWeight(get(weights, 'model.norm.weight')), config.normEps);
     const headName = config.tieWordEmbeddings ? (gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight') : 'lm_head.weight';
-    out.push(linear(round(final, headName), get(weights, headName), V));
+    out.push(linear(round(final, headName), get(weights, headName), V).map((l) => cap(l, config.finalLogitSoftcap)));
   });
   return out;
 }

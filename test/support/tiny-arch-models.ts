@@ -398,8 +398,11 @@ export interface TinyGemma3Options extends TinyArchOptions {
   slidingWindow?: number;
   /** sliding_window_pattern: every n-th layer is global; default 3 (Gemma 3 ships 6). */
   slidingWindowPattern?: number;
-  /** rope_local_base_freq of the sliding layers; default 1e4. */
+  /** rope_local_base_freq of the sliding layers; default 1e4 (Gemma 3 only). */
   ropeLocalTheta?: number;
+  /** Gemma 2: attn_logit_softcapping (default 50) and final_logit_softcapping (default 30). */
+  attnLogitSoftcap?: number;
+  finalLogitSoftcap?: number;
 }
 
 /**
@@ -419,6 +422,29 @@ export interface TinyGemma3Options extends TinyArchOptions {
  * 24 over 2 KV heads, FFN 96, theta 1e6, eps 1e-6.
  */
 export function writeTinyGemma3Gguf(path: string, options: TinyGemma3Options = {}): TinyModel {
+  return writeTinyGemmaGguf('gemma3', path, options);
+}
+
+/**
+ * A random Gemma 2 GGUF, as convert_hf_to_gguf.py's Gemma2Model writes it (conversion/gemma.py,
+ * src/models/gemma2.cpp): as writeTinyGemma3Gguf but general.architecture "gemma2", no q/k norms,
+ * one RoPE base (no rope.freq_base written: llama.cpp's default 1e4, Gemma 2's rope_theta), and
+ * gemma2.attn_logit_softcapping / final_logit_softcapping; every other layer slides (llama.cpp's
+ * default pattern 2, written only when another is asked for); always tied (llama.cpp's gemma2 reads
+ * no output.weight). Defaults as writeTinyGemma3Gguf with a pattern of 2.
+ */
+export function writeTinyGemma2Gguf(path: string, options: TinyGemma3Options = {}): TinyModel {
+  return writeTinyGemmaGguf('gemma2', path, { slidingWindowPattern: 2, ropeTheta: 1e4, ...options, tieEmbeddings: true });
+}
+
+function writeTinyGemmaGguf(arch: 'gemma2' | 'gemma3', path: string, options: TinyGemma3Options): TinyModel {
+  const gemma2 = arch === 'gemma2';
+  if (gemma2 && (options.ropeLocalTheta !== undefined || options.ropeTheta !== undefined && options.ropeTheta !== 1e4)) {
+    throw new Error('writeTinyGemma2Gguf: Gemma 2 has one RoPE base, 1e4');
+  }
+  const attnCap = options.attnLogitSoftcap ?? 50;
+  const finalCap = options.finalLogitSoftcap ?? 30;
+  const defaultPattern = gemma2 ? 2 : 6;
   const dtype = options.dtype ?? 'f32';
   const C = options.hiddenSize ?? 64;
   const F = options.intermediateSize ?? 96;
@@ -451,8 +477,10 @@ export function writeTinyGemma3Gguf(path: string, options: TinyGemma3Options = {
     hf.set(`${p}self_attn.q_proj.weight`, w.matrix(`${g}attn_q.weight`, H * D, C, 0.1));
     hf.set(`${p}self_attn.k_proj.weight`, w.matrix(`${g}attn_k.weight`, Hkv * D, C, 0.1));
     hf.set(`${p}self_attn.v_proj.weight`, w.matrix(`${g}attn_v.weight`, Hkv * D, C, 0.1));
-    hf.set(`${p}self_attn.q_norm.weight`, norm(`${g}attn_q_norm.weight`, D));
-    hf.set(`${p}self_attn.k_norm.weight`, norm(`${g}attn_k_norm.weight`, D));
+    if (!gemma2) {
+      hf.set(`${p}self_attn.q_norm.weight`, norm(`${g}attn_q_norm.weight`, D));
+      hf.set(`${p}self_attn.k_norm.weight`, norm(`${g}attn_k_norm.weight`, D));
+    }
     hf.set(`${p}self_attn.o_proj.weight`, w.matrix(`${g}attn_output.weight`, C, H * D, 0.1));
     hf.set(`${p}post_attention_layernorm.weight`, norm(`${g}post_attention_norm.weight`, C));
     hf.set(`${p}pre_feedforward_layernorm.weight`, norm(`${g}ffn_norm.weight`, C));
@@ -464,9 +492,10 @@ export function writeTinyGemma3Gguf(path: string, options: TinyGemma3Options = {
   hf.set('model.norm.weight', norm('output_norm.weight', C));
   hf.set('lm_head.weight', tie ? hf.get('model.embed_tokens.weight')! : w.matrix('output.weight', V, C, 0.1));
 
-  const key = (k: string) => `gemma3.${k}`;
+  const key = (k: string) => `${arch}.${k}`;
+  const more = (entries: Array<[string, GgufMetadataEntry]>, when: boolean) => (when ? entries : []);
   const metadata: Array<[string, GgufMetadataEntry]> = [
-    ...header('gemma3', `tiny-gemma3-${dtype}`, dtype, 'gpt-2'),
+    ...header(arch, `tiny-${arch}-${dtype}`, dtype, 'gpt-2'),
     [key('context_length'), gguf.u32(ctx)],
     [key('embedding_length'), gguf.u32(C)],
     [key('block_count'), gguf.u32(L)],
@@ -476,15 +505,22 @@ export function writeTinyGemma3Gguf(path: string, options: TinyGemma3Options = {
     [key('attention.layer_norm_rms_epsilon'), gguf.f32(eps)],
     [key('attention.key_length'), gguf.u32(D)],
     [key('attention.value_length'), gguf.u32(D)],
-    [key('rope.freq_base'), gguf.f32(theta)],
+    ...more([[key('rope.freq_base'), gguf.f32(theta)]], !gemma2),
     [key('attention.sliding_window'), gguf.u32(window)],
-    ...(pattern !== 6 ? ([[key('attention.sliding_window_pattern'), gguf.u32(pattern)]] as Array<[string, GgufMetadataEntry]>) : []),
-    ...(localTheta !== 1e4 ? ([[key('rope.freq_base_swa'), gguf.f32(localTheta)]] as Array<[string, GgufMetadataEntry]>) : []),
+    ...more([[key('attention.sliding_window_pattern'), gguf.u32(pattern)]], pattern !== defaultPattern),
+    ...more([[key('rope.freq_base_swa'), gguf.f32(localTheta)]], !gemma2 && localTheta !== 1e4),
+    ...more(
+      [
+        [key('attn_logit_softcapping'), gguf.f32(attnCap)],
+        [key('final_logit_softcapping'), gguf.f32(finalCap)],
+      ],
+      gemma2,
+    ),
   ];
   writeGguf(path, { metadata, tensors: w.tensors });
   const config = {
-    architectures: ['Gemma3ForCausalLM'],
-    model_type: 'gemma3_text',
+    architectures: [gemma2 ? 'Gemma2ForCausalLM' : 'Gemma3ForCausalLM'],
+    model_type: gemma2 ? 'gemma2' : 'gemma3_text',
     vocab_size: V,
     hidden_size: C,
     intermediate_size: F,
@@ -495,14 +531,14 @@ export function writeTinyGemma3Gguf(path: string, options: TinyGemma3Options = {
     max_position_embeddings: ctx,
     rms_norm_eps: eps,
     rope_theta: theta,
-    rope_local_base_freq: localTheta,
+    ...(gemma2 ? {} : { rope_local_base_freq: localTheta }),
     rope_scaling: null,
     query_pre_attn_scalar: options.queryPreAttnScalar ?? D,
     sliding_window: window,
     sliding_window_pattern: pattern,
     hidden_activation: 'gelu_pytorch_tanh',
-    attn_logit_softcapping: null,
-    final_logit_softcapping: null,
+    attn_logit_softcapping: gemma2 ? attnCap : null,
+    final_logit_softcapping: gemma2 ? finalCap : null,
     attention_bias: false,
     tie_word_embeddings: tie,
     bos_token_id: vocab.bosId,
