@@ -63,6 +63,23 @@ describe('gemma3: ours vs llama.cpp vs float64 on the same GGUF', () => {
   });
 });
 
+describe('gemma3: linear RoPE scaling on the global layers only (the 4B and larger)', () => {
+  it('F32, factor 8 (its local layers unscaled), against llama.cpp and float64', async () => {
+    const tiny = writeTinyGemma3Gguf(join(dir, 'gemma3-rope-linear.gguf'), { dtype: 'f32', seed: 75, ropeLinearFactor: 8, slidingWindowPattern: 2 });
+    const source = await openModelSource(tiny.path);
+    expect(source.config.rope?.scaling).toEqual({ type: 'linear', factor: 8 });
+    await source.close();
+    await checkAgainstLlamaCpp(gpu(), { name: 'gemma3 F32 rope linear 8', tiny, dtype: 'f32', bound: GELU_F32_BOUND, explain: { gelu: ggmlGelu } });
+    // The scaling matters here: the float64 reference that scales every layer, or none, is far off.
+    const tokens = Array.from({ length: 40 }, (_, i) => (i * 37 + 5) % tiny.vocab.tokens.length);
+    const ours = await ourLogits(gpu(), tiny.path, tokens);
+    const config = configFromHf(tiny.config);
+    const unscaled = worst(ours, referenceLogits({ ...config, rope: { ...config.rope!, scaling: undefined } }, tiny.weights, tokens));
+    console.log(`[parity] gemma3 rope linear 8: vs float64 without the scaling ${unscaled.toExponential(2)}`);
+    expect(unscaled).toBeGreaterThan(1e-3);
+  });
+});
+
 describe('gemma3: the same weights as a Hugging Face folder give the GGUF logits', () => {
   it('norms as w (1 + w in the GGUF), four norms a layer, sharded', async () => {
     const tiny = writeTinyGemma3Gguf(join(dir, 'gemma3-twin.gguf'), { seed: 73, hiddenSize: 56, headDim: 20, intermediateSize: 72 });

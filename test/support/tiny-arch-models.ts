@@ -400,6 +400,8 @@ export interface TinyGemma3Options extends TinyArchOptions {
   slidingWindowPattern?: number;
   /** rope_local_base_freq of the sliding layers; default 1e4 (Gemma 3 only). */
   ropeLocalTheta?: number;
+  /** Gemma 3: rope_scaling linear with this factor (the 4B and larger: 8), on the global layers only. */
+  ropeLinearFactor?: number;
   /** Gemma 2: attn_logit_softcapping (default 50) and final_logit_softcapping (default 30). */
   attnLogitSoftcap?: number;
   finalLogitSoftcap?: number;
@@ -511,6 +513,13 @@ function writeTinyGemmaGguf(arch: 'gemma2' | 'gemma3', path: string, options: Ti
     ...more([[key('rope.freq_base_swa'), gguf.f32(localTheta)]], !gemma2 && localTheta !== 1e4),
     ...more(
       [
+        [key('rope.scaling.type'), gguf.string('linear')],
+        [key('rope.scaling.factor'), gguf.f32(options.ropeLinearFactor ?? 1)],
+      ],
+      options.ropeLinearFactor !== undefined,
+    ),
+    ...more(
+      [
         [key('attn_logit_softcapping'), gguf.f32(attnCap)],
         [key('final_logit_softcapping'), gguf.f32(finalCap)],
       ],
@@ -532,7 +541,7 @@ function writeTinyGemmaGguf(arch: 'gemma2' | 'gemma3', path: string, options: Ti
     rms_norm_eps: eps,
     rope_theta: theta,
     ...(gemma2 ? {} : { rope_local_base_freq: localTheta }),
-    rope_scaling: null,
+    rope_scaling: options.ropeLinearFactor !== undefined ? { rope_type: 'linear', factor: options.ropeLinearFactor } : null,
     query_pre_attn_scalar: options.queryPreAttnScalar ?? D,
     sliding_window: window,
     sliding_window_pattern: pattern,
