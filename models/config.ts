@@ -39,7 +39,7 @@ export interface ModelConfig {
   qkvBias: boolean;
   /**
    * RMSNorm of each query and key head (D elements, weights attn_q_norm / attn_k_norm of D) after
-   * the projection and before RoPE (qwen3).
+   * the projection and before RoPE (qwen3, gemma3).
    */
   qkNorm?: boolean;
   /** Token embeddings are multiplied by this as they are gathered (Gemma: sqrt(hidden)); the tied LM head is not. */

@@ -95,7 +95,7 @@ interface LayerOps {
   /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
   attnNorm: Norm;
   qkv: Linear[];
-  /** Qwen3: RMSNorm of each query and key head in the qkv rows, in place, before RoPE. */
+  /** Qwen3, Gemma 3: RMSNorm of each query and key head in the qkv rows, in place, before RoPE. */
   qkNorm?: HeadNorm;
   /** RoPE models: RoPE of q and k and the KV write in one kernel; learned positions: the KV write. */
   ropeKvWrite?: RopeKvWrite;
