@@ -16,6 +16,7 @@ const KERNEL_AND_MODEL_TESTS = [
   'attention', 'device', 'elementwise', 'embed', 'linear', 'matmul', 'matvec', 'norm', 'rope', 'sample', 'selfcheck',
   'softmax', 'transformer', 'transformer-chunked', 'transformer-window', 'llamacpp-parity', 'llamacpp-parity-qwen2-gpt2',
   'matvec-fused', 'rope-kv-write', 'transformer-paged', 'kv-dtype-parity',
+  'llamacpp-parity-qwen3', 'llamacpp-parity-phi3', 'llamacpp-parity-gemma3', 'llamacpp-parity-gemma2',
 ].map((name) => `test/${name}.test.ts`);
 
 const ALL_TESTS = ['test/**/*.test.ts'];

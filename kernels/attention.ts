@@ -219,6 +219,13 @@ function checkWindow(label: string, window: number): void {
   }
 }
 
+/** The SOFTCAP override (attention_common.wgsl) for a soft-cap c: none when c is absent, so uncapped pipelines stay as they were. */
+function softcapConstant(label: string, softcap: number | undefined): { SOFTCAP?: number } {
+  if (softcap === undefined) return {};
+  if (!Number.isFinite(softcap) || softcap <= 0) throw new ShapeError(`${label}: softcap must be a finite number > 0 (got ${softcap})`);
+  return { SOFTCAP: softcap };
+}
+
 function checkScale(label: string, scale: number): void {
   if (!Number.isFinite(scale)) throw new ShapeError(`${label}: scale must be a finite number (got ${scale})`);
 }
@@ -373,6 +380,8 @@ export function prefillTiles(
 }
 
 export interface PrefillAttentionOptions {
+  /** Attention logit soft-capping (Gemma 2): scores s become c tanh(s / c) before the softmax. Default none. */
+  softcap?: number;
   /**
    * Kernel variant (default kernelTiers(gpu).attention: 'subgroup' where the device has the
    * 'subgroups' feature). 'subgroup' on a device without that feature is a ShapeError.
@@ -457,7 +466,7 @@ export class PrefillAttention {
     this.tier = tier;
     this.workgroupSize = wg;
     this.#buffers = buffers;
-    const constants = { D, BQ: tiles.BQ, BK: tiles.BK };
+    const constants = { D, BQ: tiles.BQ, BK: tiles.BK, ...softcapConstant(label, options.softcap) };
     const kv = kvModules(gpu, dtype, false);
     this.#dispatch = new Dispatch(
       gpu,
@@ -518,6 +527,8 @@ export interface DecodeAttentionConfig extends AttentionShape {
    * has the 'subgroups' feature). 'subgroup' on a device without that feature is a ShapeError.
    */
   tier?: Tier;
+  /** Attention logit soft-capping (Gemma 2): scores s become c tanh(s / c) before the softmax. Default none. */
+  softcap?: number;
 }
 
 export interface DecodeAttentionBuffers {
@@ -585,7 +596,7 @@ export interface SplitPlan {
  * name are skipped (a row with none left gets a zero output).
  */
 export class DecodeAttention {
-  readonly config: Readonly<Required<DecodeAttentionConfig>>;
+  readonly config: Readonly<Required<Omit<DecodeAttentionConfig, 'softcap'>>>;
   /** Longest split the kernel holds in workgroup memory: max(splitKeys, ceil(maxContext / maxSplits)). */
   readonly chunkMax: number;
   readonly scratch: GPUBuffer;
@@ -641,14 +652,15 @@ export class DecodeAttention {
     const kv = kvModules(gpu, dtype, false);
     const code = composeShader(...kv, 'attention_decode.wgsl');
     const variant = `decode_${kvVariant(gpu, dtype)}`;
+    const cap = softcapConstant(label, config.softcap);
     this.#split = new Dispatch(
       gpu,
       sgMin
         ? {
             name: 'attention', variant, code: composeShader('subgroups_enable.wgsl', ...kv, 'attention_decode_subgroup.wgsl'),
-            entryPoint: 'decode_split_subgroup', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, SG_MIN: sgMin },
+            entryPoint: 'decode_split_subgroup', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, SG_MIN: sgMin, ...cap },
           }
-        : { name: 'attention', variant, code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax } },
+        : { name: 'attention', variant, code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, ...cap } },
       DecodeAttentionParams,
       [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out, buffers.blockTable],
     );

@@ -15,10 +15,20 @@ export const ElementwiseParams = new UniformLayout('Params', [
 export type BinaryOp = 'add' | 'swiglu';
 /**
  * Unary ops over `a`. 'swiglu_pairs': out[i] = silu(a[2i]) * a[2i + 1], SwiGLU over a projection with
- * interleaved gate and up rows (count = outputs; `a` holds 2 * count elements from an even aOffset).
+ * interleaved gate and up rows (count = outputs; `a` holds 2 * count elements from an even aOffset);
+ * 'geglu_pairs' the same with the tanh GELU (Gemma).
  */
-export type UnaryOp = 'silu' | 'gelu' | 'swiglu_pairs';
-const ENTRY: Record<BinaryOp | UnaryOp, string> = { add: 'add', swiglu: 'swiglu', silu: 'silu_op', gelu: 'gelu', swiglu_pairs: 'swiglu_pairs' };
+export type UnaryOp = 'silu' | 'gelu' | 'swiglu_pairs' | 'geglu_pairs' | 'softcap';
+const ENTRY: Record<BinaryOp | UnaryOp, string> = {
+  add: 'add',
+  swiglu: 'swiglu',
+  silu: 'silu_op',
+  gelu: 'gelu',
+  swiglu_pairs: 'swiglu_pairs',
+  geglu_pairs: 'geglu_pairs',
+  softcap: 'softcap',
+};
+const PAIRS: ReadonlySet<BinaryOp | UnaryOp> = new Set(['swiglu_pairs', 'geglu_pairs']);
 
 export interface ElementwiseRun {
   count: number;
@@ -42,7 +52,8 @@ export class Elementwise {
   readonly #wg: number;
   readonly #maxPerDimension: number;
 
-  constructor(gpu: Gpu, op: BinaryOp | UnaryOp, buffers: ElementwiseBuffers, workgroupSize = 256) {
+  /** `cap`: softcap's c, out = c tanh(a / c) (a finite number > 0; softcap only). */
+  constructor(gpu: Gpu, op: BinaryOp | UnaryOp, buffers: ElementwiseBuffers, workgroupSize = 256, cap?: number) {
     this.op = op;
     this.#wg = checkWorkgroupSize(gpu, workgroupSize, `elementwise.${op}`);
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
@@ -50,14 +61,17 @@ export class Elementwise {
     if (binary !== (buffers.b !== undefined)) {
       throw new TypeError(`elementwise.${op}: ${binary ? 'needs' : 'takes no'} second operand b`);
     }
-    if (op === 'swiglu_pairs' && buffers.out === buffers.a) {
+    if (PAIRS.has(op) && buffers.out === buffers.a) {
       throw new ShapeError(`elementwise.${op}: out must be a different buffer from a (it reads two elements per output)`);
+    }
+    if ((op === 'softcap') !== (cap !== undefined) || (cap !== undefined && !(Number.isFinite(cap) && cap > 0))) {
+      throw new ShapeError(`elementwise.${op}: ${op === 'softcap' ? 'needs a cap, a finite number > 0' : 'takes no cap'} (got ${cap})`);
     }
     this.#buffers = buffers;
     const storage = [buffers.a, buffers.b, buffers.out];
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'elementwise', variant: op, code: composeShader('elementwise.wgsl'), entryPoint: ENTRY[op], constants: { WG: this.#wg } },
+      { name: 'elementwise', variant: op, code: composeShader('elementwise.wgsl'), entryPoint: ENTRY[op], constants: { WG: this.#wg, ...(cap === undefined ? {} : { SOFTCAP: cap }) } },
       ElementwiseParams,
       storage,
     );
@@ -67,7 +81,7 @@ export class Elementwise {
     const { count, aOffset = 0, bOffset = 0, outOffset = 0 } = run;
     const label = `elementwise.${this.op}`;
     checkShape(label, { count, aOffset, bOffset, outOffset }, ['aOffset', 'bOffset', 'outOffset']);
-    const pairs = this.op === 'swiglu_pairs';
+    const pairs = PAIRS.has(this.op);
     if (pairs && aOffset % 2 !== 0) throw new ShapeError(`${label}: aOffset must be even (got ${aOffset})`);
     checkFits(label, 'a', this.#buffers.a, aOffset, pairs ? 2 * count : count);
     if (this.#buffers.b) checkFits(label, 'b', this.#buffers.b, bOffset, count);

@@ -1,4 +1,5 @@
-// Embedding gather: out[t, :] = table[ids[t], :], table any weight dtype. See shaders/embed.wgsl.
+// Embedding gather: out[t, :] = table[ids[t], :] * scale, table any weight dtype (scale: Gemma's
+// sqrt(hidden), applied here so a tied LM head keeps the unscaled table). See shaders/embed.wgsl.
 // Ids must be validated (< table rows) by the caller; the shader clamps only to stay in bounds.
 // A table uploaded in row chunks (uploadWeightChunks) gets one dispatch per chunk; each writes only
 // the rows of tokens whose id falls in its chunk.
@@ -18,6 +19,7 @@ export const EmbedParams = new UniformLayout('Params', [
   ['out_stride', 'u32'],
   ['first_row', 'u32'],
   ['table_rows', 'u32'],
+  ['scale', 'f32'],
 ] as const);
 
 export interface EmbedBuffers {
@@ -39,6 +41,8 @@ export interface EmbedRun {
   outputOffset?: number;
   /** Elements between output rows; default D. */
   outputRowStride?: number;
+  /** Every gathered value is multiplied by it (Gemma: sqrt(hidden)); default 1. */
+  scale?: number;
 }
 
 type EmbedField = (typeof EmbedParams.fields)[number][0];
@@ -78,7 +82,8 @@ export class Embed {
   encode(pass: GPUComputePassEncoder, run: EmbedRun): void {
     const label = `embed(${this.table.label})`;
     const { rows: tableRows, cols } = this.table;
-    const { count, idsOffset = 0, outputOffset = 0, outputRowStride = cols } = run;
+    const { count, idsOffset = 0, outputOffset = 0, outputRowStride = cols, scale = 1 } = run;
+    if (!Number.isFinite(scale)) throw new ShapeError(`${label}: scale must be finite (got ${scale})`);
     checkShape(label, { count, idsOffset, outputOffset, outputRowStride }, ['idsOffset', 'outputOffset']);
     if (outputRowStride < cols) throw new ShapeError(`${label}: outputRowStride ${outputRowStride} < D = ${cols}`);
     checkFits(label, 'ids', this.#buffers.ids, idsOffset, count);
@@ -96,6 +101,7 @@ export class Embed {
           out_stride: outputRowStride,
           first_row: firstRow,
           table_rows: tableRows,
+          scale,
         },
         x,
         y,

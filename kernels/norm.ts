@@ -13,6 +13,7 @@ export const NormParams = new UniformLayout('Params', [
   ['bias_offset', 'u32'],
   ['out_offset', 'u32'],
   ['eps', 'f32'],
+  ['residual_offset', 'u32'],
 ] as const);
 
 /** 'rms': x / sqrt(mean(x^2) + eps) * w. 'layer': (x - mean) / sqrt(var + eps) * w + b. */
@@ -28,6 +29,11 @@ export interface NormBuffers {
   bias?: GPUBuffer;
   /** Output rows (M, C) f32; a different buffer from x. */
   out: GPUBuffer;
+  /**
+   * Rows (M, C) f32 added to the normalised rows (RMSNorm only): out = residual + norm(x), Gemma's
+   * post-attention and post-MLP norms. A different buffer from out.
+   */
+  residual?: GPUBuffer;
 }
 
 export interface NormOptions {
@@ -46,6 +52,8 @@ export interface NormRun {
   weightOffset?: number;
   biasOffset?: number;
   outOffset?: number;
+  /** First element of the residual rows (with a residual buffer only). */
+  residualOffset?: number;
 }
 
 /** RMSNorm or LayerNorm of (M, C) f32 rows, out of place. */
@@ -68,26 +76,37 @@ export class Norm {
       throw new TypeError(`${label}: ${kind === 'layer' ? 'needs' : 'takes no'} bias`);
     }
     if (buffers.out === buffers.x) throw new TypeError(`${label}: out must be a different buffer from x`);
+    if (buffers.residual && kind !== 'rms') throw new TypeError(`${label}: a residual is supported with RMSNorm only`);
+    if (buffers.residual === buffers.out) throw new TypeError(`${label}: residual must be a different buffer from out`);
     const wg = checkWorkgroupSize(gpu, options.workgroupSize ?? 256, label);
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     this.#buffers = buffers;
     this.#dispatch = new Dispatch(
       gpu,
-      { name: 'norm', variant: kind, code: composeShader('norm.wgsl'), entryPoint: ENTRY[kind], constants: { WG: wg } },
+      {
+        name: 'norm',
+        variant: buffers.residual ? `${kind}_add` : kind,
+        code: composeShader('norm.wgsl'),
+        entryPoint: buffers.residual ? 'rms_norm_add' : ENTRY[kind],
+        constants: { WG: wg },
+      },
       NormParams,
-      [buffers.x, buffers.weight, buffers.bias, buffers.out],
+      [buffers.x, buffers.weight, buffers.bias, buffers.out, buffers.residual],
     );
   }
 
   encode(pass: GPUComputePassEncoder, run: NormRun): void {
-    const { rows, cols, xOffset = 0, weightOffset = 0, biasOffset = 0, outOffset = 0 } = run;
+    const { rows, cols, xOffset = 0, weightOffset = 0, biasOffset = 0, outOffset = 0, residualOffset = 0 } = run;
     const label = ENTRY[this.kind];
-    checkShape(label, { rows, cols, xOffset, weightOffset, biasOffset, outOffset }, [
+    checkShape(label, { rows, cols, xOffset, weightOffset, biasOffset, outOffset, residualOffset }, [
       'xOffset',
       'weightOffset',
       'biasOffset',
       'outOffset',
+      'residualOffset',
     ]);
+    if (this.#buffers.residual) checkFits(label, 'residual', this.#buffers.residual, residualOffset, rows * cols);
+    else if (residualOffset !== 0) throw new ShapeError(`${label}: residualOffset given but this norm has no residual`);
     checkFits(label, 'x', this.#buffers.x, xOffset, rows * cols);
     checkFits(label, 'weight', this.#buffers.weight, weightOffset, cols);
     if (this.#buffers.bias) checkFits(label, 'bias', this.#buffers.bias, biasOffset, cols);
@@ -104,7 +123,86 @@ export class Norm {
         bias_offset: biasOffset,
         out_offset: outOffset,
         eps: this.eps,
+        residual_offset: residualOffset,
       },
+      x,
+      y,
+    );
+  }
+}
+
+export const HeadNormParams = new UniformLayout('Params', [
+  ['rows', 'u32'],
+  ['heads', 'u32'],
+  ['head_dim', 'u32'],
+  ['row_stride', 'u32'],
+  ['offset', 'u32'],
+  ['q_heads', 'u32'],
+  ['eps', 'f32'],
+] as const);
+
+export interface HeadNormBuffers {
+  /** Rows (R, rowStride) f32 holding the heads; normalised in place. */
+  x: GPUBuffer;
+  /** (2, D) f32: the query heads' weight, then the key heads'. */
+  weight: GPUBuffer;
+}
+
+export interface HeadNormRun {
+  /** R: rows. */
+  rows: number;
+  /** Heads per row, back to back from `offset`: `qHeads` query heads, then key heads. */
+  heads: number;
+  /** Heads that take weight[0..D); the rest take weight[D..2D). */
+  qHeads: number;
+  /** D: elements per head. */
+  headDim: number;
+  /** Elements from one row to the next (>= heads * headDim). */
+  rowStride: number;
+  offset?: number;
+}
+
+/**
+ * RMSNorm of each D-element head in place, with per-head weights shared by all query heads and by all
+ * key heads (Qwen3's and Gemma 3's q_norm / k_norm over the fused qkv rows). See shaders/norm_heads.wgsl.
+ */
+export class HeadNorm {
+  readonly eps: number;
+  readonly #dispatch: Dispatch<(typeof HeadNormParams.fields)[number][0]>;
+  readonly #buffers: HeadNormBuffers;
+  readonly #maxPerDimension: number;
+
+  constructor(gpu: Gpu, buffers: HeadNormBuffers, options: NormOptions) {
+    const label = 'rms_norm_heads';
+    if (typeof options.eps !== 'number' || !Number.isFinite(options.eps) || options.eps < 0) {
+      throw new TypeError(`${label}: eps must be a finite number >= 0 (got ${options.eps})`);
+    }
+    if (buffers.x === buffers.weight) throw new TypeError(`${label}: weight must be a different buffer from x`);
+    this.eps = options.eps;
+    // Heads are short (64..256): a workgroup of 64 keeps most invocations busy.
+    const wg = checkWorkgroupSize(gpu, options.workgroupSize ?? 64, label);
+    this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
+    this.#buffers = buffers;
+    this.#dispatch = new Dispatch(
+      gpu,
+      { name: 'norm_heads', variant: 'rms', code: composeShader('norm_heads.wgsl'), entryPoint: label, constants: { WG: wg } },
+      HeadNormParams,
+      [buffers.x, buffers.weight],
+    );
+  }
+
+  encode(pass: GPUComputePassEncoder, run: HeadNormRun): void {
+    const { rows, heads, qHeads, headDim, rowStride, offset = 0 } = run;
+    const label = 'rms_norm_heads';
+    checkShape(label, { rows, heads, qHeads, headDim, rowStride, offset }, ['qHeads', 'offset']);
+    if (qHeads > heads) throw new ShapeError(`${label}: qHeads ${qHeads} exceeds heads ${heads}`);
+    if (rowStride < heads * headDim) throw new ShapeError(`${label}: rowStride ${rowStride} is less than heads * headDim = ${heads * headDim}`);
+    checkFits(label, 'x', this.#buffers.x, offset, (rows - 1) * rowStride + heads * headDim);
+    checkFits(label, 'weight', this.#buffers.weight, 0, (qHeads < heads ? 2 : 1) * headDim);
+    const [x, y] = dispatchGrid(rows * heads, this.#maxPerDimension);
+    this.#dispatch.encode(
+      pass,
+      { rows, heads, head_dim: headDim, row_stride: rowStride, offset, q_heads: qHeads, eps: this.eps },
       x,
       y,
     );

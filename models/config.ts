@@ -3,7 +3,7 @@
 import { ModelFormatError } from '../src/errors.ts';
 import type { RopeScaling } from '../kernels/rope.ts';
 
-export type Architecture = 'llama' | 'qwen2' | 'gpt2';
+export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'phi3' | 'gemma2' | 'gemma3' | 'gpt2';
 
 export type { RopeScaling };
 
@@ -20,8 +20,8 @@ export interface ModelConfig {
   normEps: number;
   /** RMSNorm (llama, qwen2) or LayerNorm with bias (gpt2). */
   norm: 'rms' | 'layer';
-  /** SwiGLU MLP (gate, up, down) or GELU MLP (fc, proj). */
-  mlp: 'swiglu' | 'gelu';
+  /** SwiGLU MLP (gate, up, down), GeGLU (gate, up, down with the tanh GELU: Gemma) or GELU MLP (fc, proj). */
+  mlp: 'swiglu' | 'geglu' | 'gelu';
   /** Rotary embeddings, or learned absolute positions (gpt2). */
   rope?: {
     theta: number;
@@ -29,9 +29,35 @@ export interface ModelConfig {
     scaling?: RopeScaling;
     /** Per-frequency divisors (dims / 2), as GGUF files store llama3 scaling (rope_freqs.weight). */
     frequencyFactors?: Float32Array;
+    /**
+     * Layers with a sliding window rotate with this base instead, unscaled (Gemma 3's
+     * rope_local_base_freq; `scaling` applies to the global layers only).
+     */
+    localTheta?: number;
   };
   /** Biases on the q, k and v projections (qwen2, gpt2). */
   qkvBias: boolean;
+  /**
+   * RMSNorm of each query and key head (D elements, weights attn_q_norm / attn_k_norm of D) after
+   * the projection and before RoPE (qwen3, gemma3).
+   */
+  qkNorm?: boolean;
+  /** Token embeddings are multiplied by this as they are gathered (Gemma: sqrt(hidden)); the tied LM head is not. */
+  embedScale?: number;
+  /**
+   * Attention scores are q·k times this instead of 1/sqrt(head size) (Gemma:
+   * query_pre_attn_scalar^-0.5); the attention kernels fold it into the queries as they load them.
+   */
+  attentionScale?: number;
+  /** Attention logit soft-capping (Gemma 2): scores s become c tanh(s / c) before the softmax. */
+  attnLogitSoftcap?: number;
+  /** Final logit soft-capping (Gemma 2): logits l become c tanh(l / c). */
+  finalLogitSoftcap?: number;
+  /**
+   * Gemma's sandwich norms: the attention and MLP outputs are RMS-normalised (post_attention_norm,
+   * post_ffw_norm, GGUF's names) before their residual adds.
+   */
+  postNorms?: boolean;
   /** Biases on the output projection and MLP (gpt2). */
   outputBias: boolean;
   tieWordEmbeddings: boolean;
@@ -119,6 +145,12 @@ function ropeScaling(raw: unknown, where: string): RopeScaling | undefined {
     };
   }
   if (type === 'default') return undefined;
+  if (type === 'longrope' || type === 'su') {
+    // Phi-3-mini-128k, Phi-3.5, Phi-4-mini: per-frequency long/short factors chosen by sequence length.
+    throw new ModelFormatError(
+      `${where}: rope_scaling type "${type}" (LongRoPE) is not supported (supported: linear, llama3); Phi-3-mini-4k and Phi-4 ship without rope_scaling`,
+    );
+  }
   throw new ModelFormatError(`${where}: rope_scaling type "${type}" is not supported (supported: linear, llama3)`);
 }
 
@@ -126,10 +158,12 @@ function ropeScaling(raw: unknown, where: string): RopeScaling | undefined {
  * Per-layer sliding windows from an HF config, as transformers reads them (undefined: none).
  * - MistralForCausalLM: `sliding_window` on every layer; null means none, and an absent key means
  *   MistralConfig's default, 4096 (Mistral 7B v0.1 sets 4096, v0.2 and later set null).
- * - Qwen2ForCausalLM: only with `use_sliding_window: true` (else Qwen2Config sets sliding_window to
+ * - Qwen2ForCausalLM and Qwen3ForCausalLM (same config keys and defaults): only with `use_sliding_window: true` (else Qwen2Config sets sliding_window to
  *   None); then `sliding_window` (default 4096, null = none) applies to the layers whose
  *   `layer_types` entry is "sliding_attention", by default layer i >= `max_window_layers` (default
  *   28): Qwen2Config.__post_init__ builds layer_types that way.
+ * - Phi3ForCausalLM: `sliding_window` on every layer when set (Phi-3-mini-4k: 2047; null or absent,
+ *   as Phi-4 has it: none).
  * - LlamaForCausalLM: LlamaConfig has no sliding window; a `sliding_window` key is ignored, as
  *   transformers ignores it.
  */
@@ -142,7 +176,11 @@ function hfAttentionWindows(config: Json, archName: string, numLayers: number, w
     const size = windowSize(4096);
     return size === undefined ? undefined : new Array<number>(numLayers).fill(size);
   }
-  if (archName === 'Qwen2ForCausalLM') {
+  if (archName === 'Phi3ForCausalLM') {
+    if (config.sliding_window === undefined || config.sliding_window === null) return undefined;
+    return new Array<number>(numLayers).fill(positiveInt(config, 'sliding_window', where));
+  }
+  if (archName === 'Qwen2ForCausalLM' || archName === 'Qwen3ForCausalLM') {
     if (config.use_sliding_window !== true) return undefined;
     const size = windowSize(4096);
     if (size === undefined) return undefined;
@@ -171,13 +209,116 @@ const HF_ARCHITECTURES: Record<string, Architecture> = {
   LlamaForCausalLM: 'llama',
   MistralForCausalLM: 'llama',
   Qwen2ForCausalLM: 'qwen2',
+  Qwen3ForCausalLM: 'qwen3',
+  Phi3ForCausalLM: 'phi3',
+  Gemma2ForCausalLM: 'gemma2',
+  Gemma3ForCausalLM: 'gemma3',
   GPT2LMHeadModel: 'gpt2',
 };
+
+/** Architectures refused with a reason more useful than "not supported". */
+const REFUSED_HF_ARCHITECTURES: Record<string, string> = {
+  Gemma3ForConditionalGeneration:
+    'this is Gemma 3 with its vision tower (4B and larger, weights under language_model.*); use a GGUF file that ' +
+    "llama.cpp's convert_hf_to_gguf.py made from it (it keeps the text model) or a Gemma3ForCausalLM folder",
+};
+
+/**
+ * Which layers of a Gemma 2 / 3 slide: config.json's `layer_types` when given, else every layer but
+ * each n-th (Gemma 3: `sliding_window_pattern`, default 6, so layers 5, 11, ... are global; Gemma 2:
+ * every other, layers 1, 3, ...), as Gemma2Config / Gemma3TextConfig build layer_types and llama.cpp's
+ * set_swa_pattern does.
+ */
+function gemmaSlidingLayers(config: Json, numLayers: number, where: string, defaultPattern: number): boolean[] {
+  if (config.layer_types !== undefined && config.layer_types !== null) {
+    const types = config.layer_types;
+    if (!Array.isArray(types) || types.length !== numLayers || !types.every((t) => t === 'sliding_attention' || t === 'full_attention')) {
+      throw new ModelFormatError(
+        `${where}: "layer_types" must list "sliding_attention" or "full_attention" for each of the ${numLayers} layers (got ${JSON.stringify(types)})`,
+      );
+    }
+    return types.map((t) => t === 'sliding_attention');
+  }
+  const pattern = positiveInt(config, 'sliding_window_pattern', where, defaultPattern);
+  return Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
+}
+
+/** A soft-cap from config.json: its default when absent, none when null. */
+function softcap(config: Json, key: string, where: string, fallback: number | undefined): number | undefined {
+  if (config[key] === null || (config[key] === undefined && fallback === undefined)) return undefined;
+  const value = num(config, key, where, fallback);
+  if (!(value > 0)) throw new ModelFormatError(`${where}: "${key}" must be a number > 0 or null (got ${value})`);
+  return value;
+}
+
+/**
+ * Gemma2ForCausalLM's and Gemma3ForCausalLM's config.json (Gemma2Config, Gemma3TextConfig, their
+ * defaults where a key is absent). Gemma 2 has no q/k norms, one RoPE base, soft-capping of the
+ * attention and final logits (defaults 50 and 30); Gemma 3 has q/k norms, a local RoPE base and, in
+ * every released model, no soft-capping.
+ */
+function gemmaFromHf(architecture: 'gemma2' | 'gemma3', config: Json, where: string, eos: number[], bos: number | undefined): ModelConfig {
+  const gemma2 = architecture === 'gemma2';
+  const attnLogitSoftcap = softcap(config, 'attn_logit_softcapping', where, gemma2 ? 50 : undefined);
+  const finalLogitSoftcap = softcap(config, 'final_logit_softcapping', where, gemma2 ? 30 : undefined);
+  if (!gemma2 && attnLogitSoftcap !== undefined) {
+    // transformers' Gemma 3 does read it, but llama.cpp's converter asserts it absent; no model has it.
+    throw new ModelFormatError(`${where}: "attn_logit_softcapping" is set (${attnLogitSoftcap}); Gemma 3 attention soft-capping is not supported`);
+  }
+  const hiddenSize = positiveInt(config, 'hidden_size', where);
+  const numHeads = positiveInt(config, 'num_attention_heads', where, 8);
+  const headDim = positiveInt(config, 'head_dim', where, 256);
+  const numLayers = positiveInt(config, 'num_hidden_layers', where);
+  const sliding = gemmaSlidingLayers(config, numLayers, where, gemma2 ? 2 : 6);
+  const window = positiveInt(config, 'sliding_window', where, 4096);
+  // transformers 5 nests the two RoPE settings under rope_parameters; earlier configs keep them flat.
+  const params = (config.rope_parameters ?? {}) as Record<string, Json | undefined>;
+  const full = params.full_attention;
+  const local = params.sliding_attention;
+  const theta = full ? num(full, 'rope_theta', `${where} rope_parameters.full_attention`) : num(config, 'rope_theta', where, gemma2 ? 10000 : 1e6);
+  return {
+    architecture,
+    vocabSize: positiveInt(config, 'vocab_size', where),
+    hiddenSize,
+    intermediateSize: positiveInt(config, 'intermediate_size', where),
+    numLayers,
+    numHeads,
+    numKvHeads: positiveInt(config, 'num_key_value_heads', where, 4),
+    headDim,
+    maxPositions: positiveInt(config, 'max_position_embeddings', where, 131072),
+    normEps: num(config, 'rms_norm_eps', where, 1e-6),
+    norm: 'rms',
+    mlp: 'geglu',
+    rope: {
+      theta,
+      dims: headDim,
+      scaling: ropeScaling(full ?? config.rope_scaling, where),
+      // Gemma 2 rotates every layer alike (its local layers take the global base).
+      ...(gemma2
+        ? {}
+        : { localTheta: local ? num(local, 'rope_theta', `${where} rope_parameters.sliding_attention`) : num(config, 'rope_local_base_freq', where, 10000) }),
+    },
+    qkvBias: config.attention_bias === true,
+    outputBias: false,
+    ...(gemma2 ? {} : { qkNorm: true }),
+    ...(attnLogitSoftcap !== undefined ? { attnLogitSoftcap } : {}),
+    ...(finalLogitSoftcap !== undefined ? { finalLogitSoftcap } : {}),
+    embedScale: Math.fround(Math.sqrt(hiddenSize)),
+    attentionScale: 1 / Math.sqrt(num(config, 'query_pre_attn_scalar', where, 256)),
+    postNorms: true,
+    tieWordEmbeddings: config.tie_word_embeddings !== false,
+    bosTokenId: bos,
+    eosTokenIds: eos,
+    ...(sliding.some(Boolean) ? { attentionWindows: sliding.map((s) => (s ? window : 0)) } : {}),
+  };
+}
 
 /** Normalise a Hugging Face config.json (and generation_config.json, when present). */
 export function configFromHf(config: Json, generation: Json = {}, where = 'config.json'): ModelConfig {
   const archName = (Array.isArray(config.architectures) ? config.architectures[0] : undefined) as string | undefined;
   const architecture = archName ? HF_ARCHITECTURES[archName] : undefined;
+  const refusal = archName ? REFUSED_HF_ARCHITECTURES[archName] : undefined;
+  if (refusal) throw new ModelFormatError(`${where}: architecture "${archName}" is not supported: ${refusal}`);
   if (!architecture) {
     throw new ModelFormatError(
       `${where}: architecture ${JSON.stringify(archName ?? config.model_type)} is not supported ` +
@@ -209,6 +350,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
       eosTokenIds: eos,
     };
   }
+  if (architecture === 'gemma2' || architecture === 'gemma3') return gemmaFromHf(architecture, config, where, eos, bos);
   const hiddenSize = positiveInt(config, 'hidden_size', where);
   const numHeads = positiveInt(config, 'num_attention_heads', where);
   const headDim = positiveInt(config, 'head_dim', where, hiddenSize / numHeads);
@@ -225,7 +367,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
     numKvHeads: positiveInt(config, 'num_key_value_heads', where, numHeads),
     headDim,
     maxPositions: positiveInt(config, 'max_position_embeddings', where, 2048),
-    normEps: num(config, 'rms_norm_eps', where, 1e-6),
+    normEps: num(config, 'rms_norm_eps', where, architecture === 'phi3' ? 1e-5 : 1e-6),
     norm: 'rms',
     mlp: 'swiglu',
     rope: {
@@ -235,6 +377,7 @@ export function configFromHf(config: Json, generation: Json = {}, where = 'confi
     },
     qkvBias: architecture === 'qwen2' || config.attention_bias === true,
     outputBias: false,
+    ...(architecture === 'qwen3' ? { qkNorm: true } : {}),
     tieWordEmbeddings: config.tie_word_embeddings === true,
     bosTokenId: bos,
     eosTokenIds: eos,
@@ -253,6 +396,9 @@ export function validateConfig(config: ModelConfig, where: string): void {
   }
   if (config.rope && (config.rope.dims % 2 !== 0 || config.rope.dims > config.headDim)) {
     fail(`rotary dimensions ${config.rope.dims} must be even and at most the head size ${config.headDim}`);
+  }
+  for (const [name, cap] of [['attention logit soft-cap', config.attnLogitSoftcap], ['final logit soft-cap', config.finalLogitSoftcap]] as const) {
+    if (cap !== undefined && !(Number.isFinite(cap) && cap > 0)) fail(`${name} ${cap} must be a finite number > 0`);
   }
   const windows = config.attentionWindows;
   if (windows) {

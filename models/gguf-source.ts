@@ -29,7 +29,7 @@ const DTYPES: Partial<Record<number, WeightDtype>> = {
   [GgmlType.Q6_K]: 'q6_k',
 };
 
-const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', gpt2: 'gpt2' };
+const ARCHITECTURES: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gemma2: 'gemma2', gemma3: 'gemma3', gpt2: 'gpt2' };
 
 function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[], bosTokenId: number | undefined, frequencyFactors?: Float32Array): ModelConfig {
   const archName = file.string('general.architecture');
@@ -50,7 +50,22 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
   // in src/llama-arch.cpp), one size for every layer. Read for the llama architecture (a Mistral 7B
   // v0.1 file may carry it); 0 or absent means none. Note llama.cpp's own llama loader does not read
   // it (its llama graph has no window), so past the window our logits follow transformers, not it.
-  const window = architecture === 'llama' ? file.integer(key('attention.sliding_window'), 0) : 0;
+  // phi3: convert_hf_to_gguf.py writes config.json's sliding_window (0 for Phi-4, which has none);
+  // llama.cpp's phi3 loader reads it and then turns the window off, so there too our logits follow
+  // transformers past the window.
+  const gemma3 = architecture === 'gemma3';
+  const gemma2 = architecture === 'gemma2';
+  const gemma = gemma2 || gemma3;
+  // Gemma 2 (src/models/gemma2.cpp): a window of 4096 unless the file says otherwise; both soft-caps
+  // always on, 50 and 30 unless the file says otherwise. Gemma 3: the final soft-cap when the file has one.
+  const window = architecture === 'llama' || architecture === 'phi3' || gemma3
+    ? file.integer(key('attention.sliding_window'), 0)
+    : gemma2 ? file.integer(key('attention.sliding_window'), 4096) : 0;
+  const finalLogitSoftcap = gemma2 ? file.number(key('final_logit_softcapping'), 30) : gemma3 ? file.number(key('final_logit_softcapping'), 0) : 0;
+  const attnLogitSoftcap = gemma2 ? file.number(key('attn_logit_softcapping'), 50) : 0;
+  if (file.tensors.has('rope_factors_long.weight') || file.tensors.has('rope_factors_short.weight')) {
+    throw new ModelFormatError(`${file.path}: LongRoPE (rope_factors_long / rope_factors_short, rope_scaling "longrope" or "su") is not supported`);
+  }
   const config: ModelConfig = {
     architecture,
     vocabSize: file.integer(key('vocab_size'), vocabSize),
@@ -63,7 +78,7 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
     maxPositions: file.integer(key('context_length'), 2048),
     normEps: gpt2 ? file.number(key('attention.layer_norm_epsilon'), 1e-5) : file.number(key('attention.layer_norm_rms_epsilon'), 1e-6),
     norm: gpt2 ? 'layer' : 'rms',
-    mlp: gpt2 ? 'gelu' : 'swiglu',
+    mlp: gpt2 ? 'gelu' : gemma ? 'geglu' : 'swiglu',
     rope: gpt2
       ? undefined
       : {
@@ -71,16 +86,56 @@ function configFromGguf(file: GgufFile, vocabSize: number, eosTokenIds: number[]
           dims: file.integer(key('rope.dimension_count'), headDim),
           scaling: scalingType === 'linear' ? { type: 'linear', factor: file.number(key('rope.scaling.factor')) } : undefined,
           frequencyFactors,
+          // Gemma 3's local layers: rope.freq_base_swa, 10000 when absent (llama_hparams' default;
+          // convert_hf_to_gguf.py does not write it, and rope_local_base_freq is 10000 in every Gemma 3).
+          ...(gemma3 && window > 0 ? { localTheta: file.number(key('rope.freq_base_swa'), 10000) } : {}),
         },
     qkvBias: gpt2 || file.tensors.has('blk.0.attn_q.bias'),
     outputBias: gpt2,
+    // llama.cpp's qwen3 graph requires them (src/models/qwen3.cpp): absent ones fail at load, by name.
+    ...(architecture === 'qwen3' ? { qkNorm: true } : {}),
+    // Gemma 2 and 3 (src/models/gemma2.cpp, gemma3.cpp): embeddings times sqrt(hidden); norms stored
+    // as 1 + w (the converter adds the 1); attention scale 1/sqrt(head size), but 1/sqrt(hidden /
+    // heads) for the 27Bs (46 layers in Gemma 2, 62 in Gemma 3), whose query_pre_attn_scalar is that
+    // (llama.cpp keys it on the layer count too). Gemma 3 adds q/k norms.
+    ...(gemma
+      ? {
+          ...(gemma3 ? { qkNorm: true } : {}),
+          embedScale: Math.fround(Math.sqrt(hiddenSize)),
+          attentionScale: 1 / Math.sqrt(file.integer(key('block_count')) === (gemma2 ? 46 : 62) ? hiddenSize / numHeads : headDim),
+          postNorms: true,
+          ...(attnLogitSoftcap > 0 ? { attnLogitSoftcap } : {}),
+          ...(finalLogitSoftcap > 0 ? { finalLogitSoftcap } : {}),
+        }
+      : {}),
     tieWordEmbeddings: !file.tensors.has('output.weight'),
     bosTokenId,
     eosTokenIds,
   };
-  if (window > 0) config.attentionWindows = new Array<number>(config.numLayers).fill(window);
+  if (window > 0) {
+    config.attentionWindows = gemma
+      ? gemmaSlidingLayers(file, key, config.numLayers, gemma2 ? 2 : 6).map((s) => (s ? window : 0))
+      : new Array<number>(config.numLayers).fill(window);
+  }
   validateConfig(config, file.path);
   return config;
+}
+
+/**
+ * Gemma's sliding layers as llama.cpp's load_swa_pattern reads them: `sliding_window_pattern` as one
+ * flag per layer, or as a period n (default 6 for Gemma 3, 2 for Gemma 2) where layer l slides unless
+ * l % n == n - 1.
+ */
+function gemmaSlidingLayers(file: GgufFile, key: (name: string) => string, numLayers: number, defaultPattern: number): boolean[] {
+  const raw = file.get(key('attention.sliding_window_pattern'));
+  if (Array.isArray(raw)) {
+    if (raw.length !== numLayers) {
+      throw new ModelFormatError(`${file.path}: ${key('attention.sliding_window_pattern')} has ${raw.length} entries for ${numLayers} layers`);
+    }
+    return raw.map(Boolean);
+  }
+  const n = file.integer(key('attention.sliding_window_pattern'), defaultPattern);
+  return Array.from({ length: numLayers }, (_, l) => n === 0 || l % n < n - 1);
 }
 
 class GgufSource implements ModelSource {

@@ -84,6 +84,11 @@ function hfName(architecture: ModelConfig['architecture'], name: string): { hf: 
   const match = /^blk\.(\d+)\.(\w+)\.(weight|bias)$/.exec(name);
   if (!match) return { hf: name, transpose: false };
   const [, layer, part, kind] = match;
+  // Phi-3 keeps q, k and v in one qkv_proj and gate and up in one gate_up_proj ([gate; up] rows), as
+  // GGUF's phi3 attn_qkv and ffn_up do.
+  if (architecture === 'phi3' && (part === 'attn_qkv' || part === 'ffn_up')) {
+    return { hf: `model.layers.${layer}.${part === 'attn_qkv' ? 'self_attn.qkv_proj' : 'mlp.gate_up_proj'}.${kind}`, transpose: false };
+  }
   const parts: Record<string, string> = gpt2
     ? { attn_norm: 'ln_1', attn_qkv: 'attn.c_attn', attn_output: 'attn.c_proj', ffn_norm: 'ln_2', ffn_up: 'mlp.c_fc', ffn_down: 'mlp.c_proj' }
     : {
@@ -92,15 +97,35 @@ function hfName(architecture: ModelConfig['architecture'], name: string): { hf: 
         attn_k: 'self_attn.k_proj',
         attn_v: 'self_attn.v_proj',
         attn_output: 'self_attn.o_proj',
+        attn_q_norm: 'self_attn.q_norm',
+        attn_k_norm: 'self_attn.k_norm',
         ffn_norm: 'post_attention_layernorm',
         ffn_gate: 'mlp.gate_proj',
         ffn_up: 'mlp.up_proj',
         ffn_down: 'mlp.down_proj',
       };
+  if (architecture === 'gemma2' || architecture === 'gemma3') {
+    // Gemma's four norms a layer: post_attention_layernorm follows the attention (it is not the MLP's
+    // input norm, as in Llama), pre_feedforward_layernorm is the MLP's.
+    Object.assign(parts, { ffn_norm: 'pre_feedforward_layernorm', post_attention_norm: 'post_attention_layernorm', post_ffw_norm: 'post_feedforward_layernorm' });
+  }
   const hfPart = parts[part] ?? part;
   const prefix = gpt2 ? `h.${layer}.` : `model.layers.${layer}.`;
   const isConv1d = gpt2 && kind === 'weight' && ['attn_qkv', 'attn_output', 'ffn_up', 'ffn_down'].includes(part);
   return { hf: `${prefix}${hfPart}.${kind}`, transpose: isConv1d };
+}
+
+/**
+ * What an HF checkpoint's norm weights lack against the canonical ones: Gemma's RMSNorm scales by
+ * (1 + weight), and canonical weights (GGUF's, which llama.cpp's converter writes as 1 + w) are the
+ * multipliers themselves.
+ */
+function hfNormShift(architecture: ModelConfig['architecture'], name: string): number {
+  return (architecture === 'gemma2' || architecture === 'gemma3') && name.endsWith('norm.weight') ? 1 : 0;
+}
+
+function shifted(data: Float32Array, shift: number): Float32Array {
+  return shift === 0 ? data : data.map((v) => v + shift);
 }
 
 function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
@@ -174,7 +199,7 @@ class HfSource implements ModelSource {
 
   async vector(name: string): Promise<Float32Array> {
     const tensor = await this.#st.read(this.#resolve(name).hf, 'f32');
-    return tensor.data as Float32Array;
+    return shifted(tensor.data as Float32Array, hfNormShift(this.config.architecture, name));
   }
 
   close(): Promise<void> {
@@ -253,7 +278,7 @@ class MemorySource implements ModelSource {
   async vector(name: string): Promise<Float32Array> {
     const { tensor, hf } = this.#resolve(name);
     if (!tensor) throw new ModelFormatError(`${this.id}: tensor "${hf}" is missing`);
-    return tensor.data;
+    return shifted(tensor.data, hfNormShift(this.config.architecture, name));
   }
 
   async close(): Promise<void> {}

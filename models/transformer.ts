@@ -1,8 +1,12 @@
-// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2 and GPT-2.
+// The decoder-only transformer on the GPU: Llama (Llama 2/3, TinyLlama, Mistral), Qwen2, Qwen3, Phi-3, Gemma 2,
+// Gemma 3 and GPT-2.
 //
-// One forward pass serves all three; they differ in three places, each a plain branch below:
-// the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), and the MLP
-// (SwiGLU vs GELU). A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
+// One forward pass serves them all; they differ in a few places, each a plain branch below:
+// the norm (RMSNorm vs LayerNorm with bias), positions (RoPE vs a learned table), the MLP
+// (SwiGLU, GeGLU or GELU), Qwen3's and Gemma 3's RMSNorm of each query and key head before RoPE, and
+// Gemma's scaled embeddings, attention scale, norms after the attention and the MLP (before their
+// residual adds), Gemma 3's local RoPE base on its sliding layers and Gemma 2's soft-capped attention
+// scores and logits. A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
@@ -29,15 +33,16 @@ import { ShapeError } from '../src/errors.ts';
 import { Elementwise } from '../kernels/elementwise.ts';
 import { Embed } from '../kernels/embed.ts';
 import { Linear } from '../kernels/linear.ts';
-import { Norm } from '../kernels/norm.ts';
+import { HeadNorm, Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
-import { ggufBytes, interleaveRowPairs, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
+import { uploadWeightChunks, type ChunkedWeight } from '../kernels/weights.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 import { KvCache } from './kv-cache.ts';
+import { planMatrix, planVector, tensorPlan } from './tensor-plan.ts';
 
 export interface TransformerOptions {
   /** Sequences whose KV cache is held at once (decode batch size; rows of the block table). */
@@ -104,6 +109,8 @@ interface LayerOps {
   /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
   attnNorm: Norm;
   qkv: Linear[];
+  /** Qwen3, Gemma 3: RMSNorm of each query and key head in the qkv rows, in place, before RoPE. */
+  qkNorm?: HeadNorm;
   /** RoPE models: RoPE of q and k and the KV write in one kernel; learned positions: the KV write. */
   ropeKvWrite?: RopeKvWrite;
   kvWrite?: KvWrite;
@@ -112,8 +119,10 @@ interface LayerOps {
   /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
   prefill: PrefillAttention[];
   decode: DecodeAttention;
-  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection. */
+  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection; with post-norms, h = attn · Woᵀ. */
   attnOut: Linear;
+  /** Gemma: x2 = x + RMSNorm(h), the attention output normalised before the residual add. */
+  attnPostNorm?: Norm;
   /** Runs only before matmul-sized MLP projections, as attnNorm. */
   mlpNorm: Norm;
   /**
@@ -125,8 +134,10 @@ interface LayerOps {
   up?: Linear;
   /** The activation, where the projection has not fused it: after matmul-sized runs, or always when `gate` is apart. */
   act: Elementwise;
-  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection. */
+  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection; with post-norms, h = act · Wdownᵀ. */
   down: Linear;
+  /** Gemma: x = x2 + RMSNorm(h), the MLP output normalised before the residual add. */
+  ffnPostNorm?: Norm;
 }
 
 export class Transformer {
@@ -168,6 +179,8 @@ export class Transformer {
   readonly #finalNormGathered: Norm;
   readonly #maxPieces: number;
   readonly #lmHead: Linear;
+  /** Gemma 2: logits = c tanh(raw / c), from the LM head's raw logits. */
+  readonly #logitSoftcap?: Elementwise;
   readonly #topK: TopK;
   readonly #kv: KvCache;
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
@@ -238,10 +251,17 @@ export class Transformer {
     const blockTable = kv.blockTable;
     const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
+    // Gemma 3's sliding layers rotate with their own base, unscaled.
+    const localInvFreq = cfg.rope?.localTheta !== undefined
+      ? arena.upload('rope.invFreq.local', inverseFrequencies({ theta: cfg.rope.localTheta, dims: cfg.rope.dims }))
+      : undefined;
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
     const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
       new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused });
+    // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
+    const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
+      new Norm(gpu, 'rms', { x: b.h, weight: vector(`${prefix}.weight`)!, out, residual }, { eps: cfg.normEps });
     // The norm a projection's matvec folds in (reading the raw residual stream, not h).
     const normFusion = (prefix: string): MatvecFusion['norm'] => ({
       kind: cfg.norm,
@@ -262,10 +282,11 @@ export class Transformer {
         ? [linear(`${p}.attn_qkv`, b.h, b.qkv, undefined, attnNorm)]
         : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv, undefined, attnNorm));
       const mlpNorm = normFusion(`${p}.ffn_norm`);
+      const glu = cfg.mlp === 'geglu' ? 'gelu' : 'silu';
       const mlp = cfg.mlp === 'gelu'
         ? { up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'gelu' } }) }
         : weights.has(`${p}.ffn_gate_up.weight`)
-          ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'silu', glu: true } }) }
+          ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: glu, glu: true } }) }
           : {
               // Gate and up of different dtypes: two projections (the norm folded into each), then SwiGLU.
               gate: linear(`${p}.ffn_gate`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
@@ -274,32 +295,49 @@ export class Transformer {
       const act = cfg.mlp === 'gelu'
         ? new Elementwise(gpu, 'gelu', { a: b.mlp, out: b.act })
         : mlp.gateUp
-          ? new Elementwise(gpu, 'swiglu_pairs', { a: b.mlp, out: b.act })
+          ? new Elementwise(gpu, cfg.mlp === 'geglu' ? 'geglu_pairs' : 'swiglu_pairs', { a: b.mlp, out: b.act })
           : new Elementwise(gpu, 'swiglu', { a: b.mlp, b: b.mlp, out: b.act });
+      const window = layerWindow(cfg, l);
+      const post = cfg.postNorms;
       this.#layers.push({
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
+        qkNorm: cfg.qkNorm ? new HeadNorm(gpu, { x: b.qkv, weight: vector(`${p}.attn_qk_norm.weight`)! }, { eps: cfg.normEps }) : undefined,
         ropeKvWrite: invFreq
-          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims }, { qkv: b.qkv, rowMeta: b.inputs, invFreq, kCache, vCache, blockTable })
+          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims }, {
+              qkv: b.qkv,
+              rowMeta: b.inputs,
+              invFreq: window > 0 && localInvFreq ? localInvFreq : invFreq,
+              kCache,
+              vCache,
+              blockTable,
+            })
           : undefined,
         kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable }),
-        window: layerWindow(cfg, l),
-        prefill: Array.from({ length: this.#maxPieces }, () => new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn })),
-        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots }, {
+        window,
+        prefill: Array.from({ length: this.#maxPieces }, () =>
+          new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn }, { softcap: cfg.attnLogitSoftcap })),
+        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots, softcap: cfg.attnLogitSoftcap }, {
           q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
         }),
         // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
-        attnOut: linear(`${p}.attn_output`, b.attn, b.x2, b.x),
+        attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),
+        attnPostNorm: post ? postNorm(`${p}.post_attention_norm`, b.x, b.x2) : undefined,
         mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
         ...mlp,
         act,
-        down: linear(`${p}.ffn_down`, b.act, b.x, b.x2),
+        down: post ? linear(`${p}.ffn_down`, b.act, b.h) : linear(`${p}.ffn_down`, b.act, b.x, b.x2),
+        ffnPostNorm: post ? postNorm(`${p}.post_ffw_norm`, b.x2, b.x) : undefined,
       });
     }
     this.#finalNorm = norm('output_norm', b.x, b.h);
     this.#finalNormGathered = norm('output_norm', b.headRows, b.h);
     const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
-    this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
+    // With a final soft-cap the head writes raw logits to their own buffer and the cap writes b.logits
+    // (a kernel may not read and write one buffer through two bindings).
+    const rawLogits = cfg.finalLogitSoftcap !== undefined ? arena.get('logits.raw', this.#logitRows * V * 4) : b.logits;
+    this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: rawLogits, maxRows: this.#logitRows });
+    if (cfg.finalLogitSoftcap !== undefined) this.#logitSoftcap = new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap);
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
     this.stats = { ...stats, ...kv.stats(), activationBytes: arena.bytes - stats.weightBytes };
   }
@@ -327,17 +365,12 @@ export class Transformer {
     try {
       for (const item of plan) {
         if (item.kind === 'vector') {
-          const data = item.fuse ? concat(await Promise.all(item.fuse.map((n) => source.vector(n)))) : await source.vector(item.name);
+          const data = await planVector(source, item);
           digest.add(item.name, data);
           weights.set(item.name, arena.upload(item.name, data));
           parameters += data.length;
         } else {
-          const host = item.fuse
-            ? item.interleave
-              ? interleaveRowPairs(item.name, await source.matrix(item.fuse[0]), await source.matrix(item.fuse[1]))
-              : await fuseRows(source, item.fuse)
-            : await source.matrix(item.name);
-          checkShape(source.id, item.name, host, item.rows, item.cols);
+          const host = await planMatrix(source, item);
           host.planes.forEach((plane) => digest.add(item.name, plane));
           const rowMultiple = item.interleave ? 2 : 1; // row chunks keep (gate, up) pairs whole
           weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes, rowMultiple }));
@@ -552,6 +585,7 @@ export class Transformer {
           outOffset: firstRows[i] * Hq * D,
           outRowStride: Hq * D,
           window: layer.window,
+          scale: this.#attentionScale,
         });
       });
     });
@@ -582,7 +616,7 @@ export class Transformer {
       if (position + 1 > maxLen) maxLen = position + 1;
     }
     const { numHeads: Hq, headDim: D } = this.config;
-    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta };
+    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta, scale: this.#attentionScale };
     this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, at.attnMeta + 2 * B);
     // Layers and head in one submit; the only read back is the candidates.
     this.#submit('decode', (encoder) => {
@@ -623,6 +657,11 @@ export class Transformer {
     return Math.min(candidateCount, this.config.vocabSize);
   }
 
+  /** Scores are q·k times this (the attention kernels fold it into the queries as they load them). */
+  get #attentionScale(): number {
+    return this.config.attentionScale ?? 1 / Math.sqrt(this.config.headDim);
+  }
+
   get #qkvWidth(): number {
     return (this.config.numHeads + 2 * this.config.numKvHeads) * this.config.headDim;
   }
@@ -644,13 +683,15 @@ export class Transformer {
       { M: R, outputOffset: Hq * D, outputRowStride: W },
       { M: R, outputOffset: (Hq + Hkv) * D, outputRowStride: W },
     ];
+    const headNorm = { rows: R, heads: Hq + Hkv, qHeads: Hq, headDim: D, rowStride: W };
     const ropeKvWrite = { rows: R, rowStride: W, qOffset: 0, kOffset: Hq * D, vOffset: (Hq + Hkv) * D, metaOffset: at.kvMeta };
     const kvWrite = { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W, metaOffset: at.kvMeta };
     // Gate and up apart: gate's rows at 0 in the mlp buffer, up's after them.
     const upApart = { M: R, outputOffset: R * F };
     const act = { count: R * F };
     const swigluApart = { count: R * F, bOffset: R * F };
-    this.#embed.encode(pass, { count: R, idsOffset: at.ids });
+    const embed = { count: R, idsOffset: at.ids, scale: this.config.embedScale ?? 1 };
+    this.#embed.encode(pass, embed);
     if (this.#posEmbed && this.#posAdd) {
       this.#posEmbed.encode(pass, { count: R, idsOffset: at.positions });
       this.#posAdd.encode(pass, { count: R * C });
@@ -660,10 +701,12 @@ export class Transformer {
       if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
+      layer.qkNorm?.encode(pass, headNorm);
       layer.ropeKvWrite?.encode(pass, ropeKvWrite);
       layer.kvWrite?.encode(pass, kvWrite);
       attention(layer);
       layer.attnOut.encode(pass, projection);
+      layer.attnPostNorm?.encode(pass, norm);
       if (!fused) layer.mlpNorm.encode(pass, norm);
       if (layer.gateUp || (layer.up && !layer.gate)) {
         // One projection: [gate; up] interleaved (SwiGLU) or up (GELU), the activation fused on matvec runs.
@@ -675,6 +718,7 @@ export class Transformer {
         layer.act.encode(pass, swigluApart);
       }
       layer.down.encode(pass, projection);
+      layer.ffnPostNorm?.encode(pass, norm);
     }
   }
 
@@ -703,6 +747,7 @@ export class Transformer {
     const pass = encoder.beginComputePass();
     norm.encode(pass, { rows: count, cols: C, xOffset });
     this.#lmHead.encode(pass, { M: count });
+    this.#logitSoftcap?.encode(pass, { count: count * V });
     this.#topK.encode(pass, { rows: count, cols: V, k });
     pass.end();
     encoder.copyBufferToBuffer(this.#buf.topValues, 0, this.#readback, 0, count * k * 4);
@@ -757,85 +802,6 @@ function inputOffsets(rows: number): { ids: number; positions: number; kvMeta: n
   return { ids: 0, positions: rows, kvMeta: 2 * rows, attnMeta: 4 * rows };
 }
 
-interface PlanItem {
-  name: string;
-  kind: 'matrix' | 'vector';
-  rows?: number;
-  cols?: number;
-  /** For a fused weight: the source tensors whose rows are concatenated (QKV), or interleaved. */
-  fuse?: string[];
-  /** Interleave the rows of the two `fuse` tensors (gate, up) instead of concatenating them. */
-  interleave?: boolean;
-}
-
-/** Every tensor the forward pass needs, with expected shapes; a missing one fails with its name. */
-function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
-  const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F, vocabSize: V } = cfg;
-  const items: PlanItem[] = [];
-  const need = (name: string, kind: PlanItem['kind'], rows?: number, cols?: number, fuse?: string[], interleave?: boolean) => {
-    for (const n of fuse ?? [name]) {
-      if (!source.has(n)) throw new ShapeError(`${source.id}: tensor "${n}" is missing (needed by ${cfg.architecture})`);
-    }
-    items.push({ name, kind, rows, cols, fuse, interleave });
-  };
-  const optional = (name: string, kind: PlanItem['kind']) => {
-    if (source.has(name)) items.push({ name, kind });
-  };
-  need('token_embd.weight', 'matrix', V, C);
-  if (!cfg.rope) need('position_embd.weight', 'matrix', cfg.maxPositions, C);
-  for (let l = 0; l < cfg.numLayers; l++) {
-    const p = `blk.${l}`;
-    need(`${p}.attn_norm.weight`, 'vector');
-    if (cfg.norm === 'layer') need(`${p}.attn_norm.bias`, 'vector');
-    if (source.has(`${p}.attn_qkv.weight`)) {
-      need(`${p}.attn_qkv.weight`, 'matrix', (Hq + 2 * Hkv) * D, C);
-      if (source.has(`${p}.attn_q.bias`)) {
-        // A fused weight with the three biases stored apart (llama.cpp accepts both forms).
-        need(`${p}.attn_qkv.bias`, 'vector', undefined, undefined, ['attn_q', 'attn_k', 'attn_v'].map((part) => `${p}.${part}.bias`));
-      } else optional(`${p}.attn_qkv.bias`, 'vector');
-    } else {
-      // Fused into one [W, C] weight when the three share a dtype (always, but for mixed-type GGUF files).
-      const parts = ['attn_q', 'attn_k', 'attn_v'].map((part) => `${p}.${part}`);
-      const widths = [Hq * D, Hkv * D, Hkv * D];
-      if (new Set(parts.map((part) => source.dtypeOf(`${part}.weight`))).size === 1) {
-        need(`${p}.attn_qkv.weight`, 'matrix', (Hq + 2 * Hkv) * D, C, parts.map((part) => `${part}.weight`));
-        if (cfg.qkvBias) need(`${p}.attn_qkv.bias`, 'vector', undefined, undefined, parts.map((part) => `${part}.bias`));
-      } else {
-        parts.forEach((part, i) => {
-          need(`${part}.weight`, 'matrix', widths[i], C);
-          if (cfg.qkvBias) need(`${part}.bias`, 'vector');
-        });
-      }
-    }
-    need(`${p}.attn_output.weight`, 'matrix', C, Hq * D);
-    if (cfg.outputBias) need(`${p}.attn_output.bias`, 'vector');
-    need(`${p}.ffn_norm.weight`, 'vector');
-    if (cfg.norm === 'layer') need(`${p}.ffn_norm.bias`, 'vector');
-    const gateUp = [`${p}.ffn_gate.weight`, `${p}.ffn_up.weight`];
-    if (cfg.mlp === 'swiglu' && !cfg.outputBias && source.dtypeOf(gateUp[0]) === source.dtypeOf(gateUp[1])) {
-      // One weight, gate and up rows interleaved: the decode matvec computes both rows of an output
-      // and SwiGLU in one dispatch; prefill's matmul writes (gate, up) pairs.
-      need(`${p}.ffn_gate_up.weight`, 'matrix', 2 * F, C, gateUp, true);
-    } else {
-      if (cfg.mlp === 'swiglu') need(gateUp[0], 'matrix', F, C);
-      need(gateUp[1], 'matrix', F, C);
-    }
-    need(`${p}.ffn_down.weight`, 'matrix', C, F);
-    if (cfg.outputBias) {
-      need(`${p}.ffn_up.bias`, 'vector');
-      need(`${p}.ffn_down.bias`, 'vector');
-    }
-  }
-  need('output_norm.weight', 'vector');
-  optional('output.bias', 'vector');
-  if (cfg.norm === 'layer') need('output_norm.bias', 'vector');
-  if (!cfg.tieWordEmbeddings || source.has('output.weight')) {
-    if (source.has('output.weight')) need('output.weight', 'matrix', V, C);
-    else if (!cfg.tieWordEmbeddings) throw new ShapeError(`${source.id}: tensor "output.weight" is missing and embeddings are not tied`);
-  }
-  return items;
-}
-
 /** RoPE inverse frequencies, with GGUF's per-frequency divisors applied when the file has them. */
 function inverseFrequencies(rope: NonNullable<ModelConfig['rope']>): Float32Array {
   const inv = ropeInverseFrequencies(rope.dims, rope.theta, rope.scaling);
@@ -845,39 +811,4 @@ function inverseFrequencies(rope: NonNullable<ModelConfig['rope']>): Float32Arra
     for (let i = 0; i < inv.length; i++) inv[i] /= factors[i];
   }
   return inv;
-}
-
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
-}
-
-/** Concatenate the rows of several [out, in] matrices (same dtype and width) into one. */
-async function fuseRows(source: ModelSource, names: string[]): Promise<HostWeight> {
-  const parts = await Promise.all(names.map((n) => source.matrix(n)));
-  const { dtype, cols } = parts[0];
-  for (const [i, p] of parts.entries()) {
-    if (p.dtype !== dtype || p.cols !== cols) {
-      throw new ShapeError(`${source.id}: ${names[i]} is ${p.dtype} [${p.rows}, ${p.cols}], unlike ${names[0]} (${dtype} [.., ${cols}])`);
-    }
-  }
-  const bytes = parts.map(ggufBytes);
-  const all = new Uint8Array(bytes.reduce((n, b) => n + b.length, 0));
-  let offset = 0;
-  for (const b of bytes) {
-    all.set(b, offset);
-    offset += b.length;
-  }
-  return packGguf(dtype, parts.reduce((n, p) => n + p.rows, 0), cols, all);
-}
-
-function checkShape(id: string, name: string, w: HostWeight, rows?: number, cols?: number): void {
-  if ((rows !== undefined && w.rows !== rows) || (cols !== undefined && w.cols !== cols)) {
-    throw new ShapeError(`${id}: tensor "${name}" has shape [${w.rows}, ${w.cols}], expected [${rows}, ${cols}]`);
-  }
 }

@@ -114,7 +114,7 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
       for (var d = 0u; d < D; d++) {
         dot += q_tile[i * DP + d] * k_tile[j * DP + d];
       }
-      s = dot;
+      s = soft_capped(dot);
     }
     s_tile[i * BK + j] = s;
     workgroupBarrier();

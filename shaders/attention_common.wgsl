@@ -1,4 +1,5 @@
 // Paged KV cache layout and constants shared by the attention kernels (kernels/attention.ts).
+//! include activation.wgsl
 //
 // Each layer has one pool per cache (K and V) of `kv_blocks` blocks; a block holds KV_BLOCK_TOKENS
 // consecutive positions of one sequence for every kv head, laid out (Hkv, KV_BLOCK_TOKENS, D), so a
@@ -31,6 +32,16 @@ fn window_start(pos: u32, window: u32) -> u32 {
     return 0u;
   }
   return pos + 1u - window;
+}
+
+// Attention logit soft-capping (Gemma 2): a score s (q.k times the scale) becomes
+// SOFTCAP * tanh(s / SOFTCAP) before the softmax; 0 = off. The prefill and decode-split pipelines set
+// it only for models that cap (kernels/attention.ts), so every other pipeline is unchanged.
+override SOFTCAP: f32 = 0.0;
+
+fn soft_capped(s: f32) -> f32 {
+  if (SOFTCAP <= 0.0) { return s; }
+  return soft_cap(s, SOFTCAP);
 }
 
 // Elements of one block of one layer: (Hkv, KV_BLOCK_TOKENS, D).

@@ -87,6 +87,7 @@ fn split_partial(wid: vec3<u32>, lid: u32) {
         dot += q_s[d] * k_at(block, block_elems, key + d);
       }
     }
+    dot = soft_capped(dot);
     scores[j] = dot;
     local_max = max(local_max, dot);
   }

@@ -95,7 +95,7 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
           for (var d = 0u; d < D; d++) {
             dot += q_tile[i * DP + d] * k_tile[j * DP + d];
           }
-          s = dot;
+          s = soft_capped(dot);
         }
         p[c] = s;
         local_max = max(local_max, s);

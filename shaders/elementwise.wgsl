@@ -11,6 +11,7 @@ struct Params {
 }
 
 override WG: u32 = 256;
+override SOFTCAP: f32 = 1.0; // softcap's c (logits), set by the pipeline that runs it
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;        // (n)
@@ -59,4 +60,22 @@ fn swiglu_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
   let i = grid_index(wid, nwg, lid, WG);
   if (i >= params.count) { return; }
   out[params.out_offset + i] = silu(a[params.a_offset + 2u * i]) * a[params.a_offset + 2u * i + 1u];
+}
+
+// out = c tanh(a / c): Gemma 2's final logit soft-capping (in place on the logits).
+@compute @workgroup_size(WG)
+fn softcap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = soft_cap(a[params.a_offset + i], SOFTCAP);
+}
+
+// out[i] = gelu_tanh(a[2i]) * a[2i + 1]: GeGLU (Gemma) over interleaved (gate, up) pairs, as swiglu_pairs.
+@compute @workgroup_size(WG)
+fn geglu_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let i = grid_index(wid, nwg, lid, WG);
+  if (i >= params.count) { return; }
+  out[params.out_offset + i] = gelu_tanh(a[params.a_offset + 2u * i]) * a[params.a_offset + 2u * i + 1u];
 }

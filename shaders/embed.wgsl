@@ -1,4 +1,4 @@
-// Embedding gather: out[t, :] = table[ids[t], :] for T token ids, table any weight dtype.
+// Embedding gather: out[t, :] = table[ids[t], :] * scale for T token ids, table any weight dtype.
 // Compose with one weights_<dtype>.wgsl (bindings 1-2, the weight4 interface).
 // Legend: T tokens, V table rows (vocabulary), D table cols (embedding width), Dp = D rounded up to 4.
 // A table too large for one storage binding is split into row chunks, one dispatch each: the bound
@@ -19,6 +19,7 @@ struct Params {
   out_stride: u32,  // elements between consecutive rows of out (>= cols)
   first_row: u32,   // table row of this chunk's row 0 (rows)
   table_rows: u32,  // rows V of the whole table (rows), for the clamp
+  scale: f32,       // multiplies every value (Gemma: sqrt(D)); 1 elsewhere (unitless)
 }
 
 override WG: u32 = 64;
@@ -40,7 +41,7 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
   for (var k = 4u * lid; k < dp; k += 4u * WG) {
     let w = weight4(row, k, params.cols);
     for (var i = 0u; i < 4u; i++) {
-      if (k + i < params.cols) { out[base + k + i] = w[i]; }
+      if (k + i < params.cols) { out[base + k + i] = w[i] * params.scale; }
     }
   }
 }

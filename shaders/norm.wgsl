@@ -2,6 +2,8 @@
 // the row.
 //
 // rms_norm:   out = x / sqrt(mean(x^2) + eps) * weight
+// rms_norm_add: out = residual + x / sqrt(mean(x^2) + eps) * weight (Gemma's post-attention and
+//             post-MLP norms, which normalise a sublayer's output before the residual add)
 // layer_norm: out = (x - mean) / sqrt(var + eps) * weight + bias, var = mean((x - mean)^2), computed
 //             in two passes (mean first, then squared deviations), both relative to the row's first
 //             element, so a mean far from zero costs no precision.
@@ -16,6 +18,7 @@ struct Params {
   bias_offset: u32,    // first element of bias (elements); rms_norm ignores it
   out_offset: u32,     // first element of out (elements)
   eps: f32,            // added to the mean square / variance (unitless)
+  residual_offset: u32, // first element of residual (elements); rms_norm_add only
 }
 
 override WG: u32 = 256;
@@ -25,6 +28,7 @@ override WG: u32 = 256;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;    // (C)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;      // (C); rms_norm leaves it unbound
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // (M, C); must not alias x
+@group(0) @binding(5) var<storage, read> residual: array<f32>;  // (M, C); rms_norm_add only, must not alias out
 
 @compute @workgroup_size(WG)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -69,5 +73,25 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
   for (var c = lid; c < params.cols; c += WG) {
     let d = (x[src + c] - pivot) - mean;
     out[dst + c] = d * scale * weight[params.weight_offset + c] + bias[params.bias_offset + c];
+  }
+}
+
+@compute @workgroup_size(WG)
+fn rms_norm_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+  let row = grid_group(wid, nwg);
+  if (row >= params.rows) { return; }
+  let src = params.x_offset + row * params.cols;
+  let dst = params.out_offset + row * params.cols;
+  let res = params.residual_offset + row * params.cols;
+  var squares = 0.0;
+  for (var c = lid; c < params.cols; c += WG) {
+    let v = x[src + c];
+    squares += v * v;
+  }
+  let mean_square = workgroup_sum(lid, squares) / f32(params.cols);
+  let scale = 1.0 / sqrt(mean_square + params.eps);
+  for (var c = lid; c < params.cols; c += WG) {
+    out[dst + c] = residual[res + c] + x[src + c] * scale * weight[params.weight_offset + c];
   }
 }

@@ -12,7 +12,7 @@ import { kernelTiers, type Tier } from '../kernels/tiers.ts';
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
-import { expectClose, nanArray, randomF32 } from './support/reference.ts';
+import { compare, expectClose, nanArray, randomF32 } from './support/reference.ts';
 import { WorstErrors } from './support/worst-errors.ts';
 import { PoolMirror, poolWords, shuffledTable } from './support/kv-pool.ts';
 import { readU32 } from '../src/gpu/buffers.ts';
@@ -130,14 +130,16 @@ interface PrefillCase {
   past: number;
   /** Sliding window (keys); omitted: the run passes none. */
   window?: number;
+  /** Attention logit soft-cap (Gemma 2); omitted: none. */
+  softcap?: number;
   tier: Tier;
   /** KV cache dtype (default f32). */
   dtype?: KvDtype;
 }
 
 /** Returns the rel-L2 error and the raw output (for bit comparisons). */
-async function runPrefillCase({ D, Hq, Hkv, T, past, window, tier, dtype = 'f32' }: PrefillCase): Promise<{ relL2: number; out: Float32Array }> {
-  const what = `prefill ${tier} ${dtype} D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past} window=${window ?? 'none'}`;
+async function runPrefillCase({ D, Hq, Hkv, T, past, window, softcap, tier, dtype = 'f32' }: PrefillCase): Promise<{ relL2: number; out: Float32Array }> {
+  const what = `prefill ${tier} ${dtype} D=${D} Hq=${Hq} Hkv=${Hkv} T=${T} past=${past} window=${window ?? 'none'} softcap=${softcap ?? 'none'}`;
   const capacity = past + T + 3;
   // Three table rows; the sequence is row 1, the others' blocks must stay untouched.
   const { table, kvBlocks } = shuffledTable(3, capacity, 13 * D + T + past);
@@ -160,7 +162,7 @@ async function runPrefillCase({ D, Hq, Hkv, T, past, window, tier, dtype = 'f32'
   const b = poolBuffers(pool);
   const out = poisoned(gpu(), 'out', outOffset + T * outStride + 4);
   const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'meta', meta), ...b });
-  const attention = new PrefillAttention(gpu(), shape, { q: qkvBuffer, ...b, out }, { tier });
+  const attention = new PrefillAttention(gpu(), shape, { q: qkvBuffer, ...b, out }, { tier, softcap });
   expect(attention.tier).toBe(tier);
   await runPass(gpu(), (pass) => {
     write.encode(pass, {
@@ -180,7 +182,7 @@ async function runPrefillCase({ D, Hq, Hkv, T, past, window, tier, dtype = 'f32'
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < Hq; h++) {
       const first = windowStart(past + t, window ?? 0);
-      const o = pool.attend(qkv.data, qkv.qAt(t, h), row, Math.floor(h / group), past + t + 1, 1 / Math.sqrt(D), first);
+      const o = pool.attend(qkv.data, qkv.qAt(t, h), row, Math.floor(h / group), past + t + 1, 1 / Math.sqrt(D), first, softcap);
       want.set(o, t * width + h * D);
     }
   }
@@ -322,6 +324,8 @@ interface DecodeCase {
   poisonScratch?: boolean;
   /** Sliding window (keys); omitted: the run passes none. */
   window?: number;
+  /** Attention logit soft-cap (Gemma 2); omitted: none. */
+  softcap?: number;
   tier: Tier;
   /** KV cache dtype (default f32). */
   dtype?: KvDtype;
@@ -362,7 +366,7 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
   const qkvBuffer = createStorage(gpu(), 'qkv', qkv.data);
   const b = poolBuffers(pool);
   const out = poisoned(gpu(), 'out', outOffset + rows * outStride + 3);
-  const config = { ...shape, maxRows: rows + 1, splitKeys: c.splitKeys, maxSplits: c.maxSplits, tier: c.tier };
+  const config = { ...shape, maxRows: rows + 1, splitKeys: c.splitKeys, maxSplits: c.maxSplits, tier: c.tier, softcap: c.softcap };
   const scratch = c.poisonScratch ? poisoned(gpu(), 'scratch', DecodeAttention.scratchBytes(config) / 4) : undefined;
   const write = new KvWrite(gpu(), shape, { k: qkvBuffer, v: qkvBuffer, rowMeta: createStorage(gpu(), 'writeMeta', writeMeta), ...b });
   const decode = new DecodeAttention(gpu(), config, { q: qkvBuffer, ...b, out, rowMeta: createStorage(gpu(), 'readMeta', readMeta), scratch });
@@ -384,7 +388,7 @@ async function checkDecode(c: DecodeCase): Promise<{ relL2: number; splits: numb
   const group = Hq / Hkv;
   lengths.forEach((n, r) => {
     for (let h = 0; h < Hq; h++) {
-      const o = pool.attend(qkv.data, qkv.qAt(r, h), rowOf(r), Math.floor(h / group), n, scale, windowStart(n - 1, window));
+      const o = pool.attend(qkv.data, qkv.qAt(r, h), rowOf(r), Math.floor(h / group), n, scale, windowStart(n - 1, window), c.softcap);
       want.set(o, r * width + h * D);
     }
   });
@@ -742,5 +746,35 @@ describe('attention shape checks', () => {
       /kCache must be a different buffer from k/,
     );
     expect(() => new PrefillAttention(gpu(), { ...shape, Hq: 1 }, { ...b, out: b.blockTable })).toThrow(/out must be a different buffer from blockTable/);
+  });
+});
+
+// Gemma 2's attention logit soft-capping: scores s become c tanh(s / c) before the softmax. A cap of
+// 0.3 is far below these scores' spread, so a kernel that skipped it would miss the reference by far.
+describe('attention with a logit soft-cap', () => {
+  it('prefill (D=80, GQA 4/2, T=37 after 5, with and without a window), every tier', async () => {
+    for (const tier of tiers()) {
+      await checkPrefill({ D: 80, Hq: 4, Hkv: 2, T: 37, past: 5, softcap: 0.3, tier });
+      await checkPrefill({ D: 80, Hq: 4, Hkv: 2, T: 37, past: 5, softcap: 0.3, window: 9, tier });
+    }
+  });
+
+  it('decode (lengths 1, 17, 300 in 16-key splits; one split), every tier', async () => {
+    for (const tier of tiers()) {
+      await checkDecode({ D: 64, Hq: 4, Hkv: 2, lengths: [1, 17, 300], splitKeys: 16, softcap: 0.3, poisonScratch: true, tier });
+      await checkDecode({ D: 24, Hq: 2, Hkv: 1, lengths: [5, 40], softcap: 0.3, tier });
+    }
+  });
+
+  it('the cap changes the output, and a bad cap is refused', async () => {
+    const capped = await runPrefillCase({ D: 16, Hq: 2, Hkv: 1, T: 9, past: 0, softcap: 0.3, tier: 'baseline' });
+    const plain = await runPrefillCase({ D: 16, Hq: 2, Hkv: 1, T: 9, past: 0, tier: 'baseline' });
+    expect(compare(capped.out, plain.out).relL2).toBeGreaterThan(1e-2);
+    const shape: AttentionShape = { Hq: 2, Hkv: 1, D: 16, capacity: 8, kvBlocks: 1 };
+    const b = createStorage(gpu(), 'b', 1024 * 4);
+    const out = createStorage(gpu(), 'o', 1024 * 4);
+    const blockTable = createStorage(gpu(), 'table', 16);
+    expect(() => new PrefillAttention(gpu(), shape, { q: b, kCache: b, vCache: b, blockTable, out }, { softcap: 0 })).toThrow(/softcap must be a finite number > 0/);
+    expect(() => new DecodeAttention(gpu(), { ...shape, maxRows: 1, softcap: -1 }, { q: b, kCache: b, vCache: b, blockTable, out, rowMeta: b })).toThrow(/softcap/);
   });
 });

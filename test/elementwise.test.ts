@@ -14,6 +14,8 @@ const REFERENCE: Record<BinaryOp | UnaryOp, (a: number, b: number) => number> = 
   silu: (a) => silu(a),
   gelu: (a) => gelu(a),
   swiglu_pairs: () => NaN, // its own test below: it reads two elements of a per output
+  geglu_pairs: () => NaN, // likewise
+  softcap: () => NaN, // its own test below: it takes a cap
 };
 
 describe('elementwise', () => {
@@ -43,21 +45,23 @@ describe('elementwise', () => {
     }
   }
 
-  // (gate, up) pairs of an interleaved projection: out[i] = silu(a[2i]) * a[2i + 1].
-  for (const count of [1, 97, 1031]) {
-    it(`swiglu_pairs n=${count}`, async () => {
-      const aOffset = 4;
-      const outOffset = 7;
-      const a = randomF32(2 * count + aOffset + 1, count + 2, 8);
-      const out = poisoned(gpu(), 'out', count + outOffset + 1);
-      const kernel = new Elementwise(gpu(), 'swiglu_pairs', { a: createStorage(gpu(), 'a', a), out });
-      await runPass(gpu(), (pass) => kernel.encode(pass, { count, aOffset, outOffset }));
-      const all = await readF32(gpu(), out, count + outOffset + 1);
-      const want = Array.from({ length: count }, (_, i) => silu(a[aOffset + 2 * i]) * a[aOffset + 2 * i + 1]);
-      expectClose(all.subarray(outOffset, outOffset + count), want, 1e-5, `swiglu_pairs n=${count}`);
-      // Nothing outside the output range is written.
-      expect([all[outOffset - 1], all[outOffset + count]].every(Number.isNaN)).toBe(true);
-    });
+  // (gate, up) pairs of an interleaved projection: out[i] = act(a[2i]) * a[2i + 1].
+  for (const [op, act] of [['swiglu_pairs', silu], ['geglu_pairs', gelu]] as const) {
+    for (const count of [1, 97, 1031]) {
+      it(`${op} n=${count}`, async () => {
+        const aOffset = 4;
+        const outOffset = 7;
+        const a = randomF32(2 * count + aOffset + 1, count + 2, 8);
+        const out = poisoned(gpu(), 'out', count + outOffset + 1);
+        const kernel = new Elementwise(gpu(), op, { a: createStorage(gpu(), 'a', a), out });
+        await runPass(gpu(), (pass) => kernel.encode(pass, { count, aOffset, outOffset }));
+        const all = await readF32(gpu(), out, count + outOffset + 1);
+        const want = Array.from({ length: count }, (_, i) => act(a[aOffset + 2 * i]) * a[aOffset + 2 * i + 1]);
+        expectClose(all.subarray(outOffset, outOffset + count), want, 1e-5, `${op} n=${count}`);
+        // Nothing outside the output range is written.
+        expect([all[outOffset - 1], all[outOffset + count]].every(Number.isNaN)).toBe(true);
+      });
+    }
   }
 
   it('swiglu_pairs refuses an odd aOffset and an output that is its input', () => {
@@ -68,6 +72,20 @@ describe('elementwise', () => {
     expect(() => kernel.encode(pass, { count: 9 })).toThrow(/a needs/);
     pass.end();
     expect(() => new Elementwise(gpu(), 'swiglu_pairs', { a, out: a })).toThrow(/different buffer/);
+  });
+
+  it('softcap: c tanh(a / c), finite for large inputs; the cap is required', async () => {
+    const a = Float32Array.from([...randomF32(97, 5, 80), -1e30, 1e30, 0]);
+    const buffer = createStorage(gpu(), 'a', a);
+    const out = poisoned(gpu(), 'out', a.length + 2);
+    const kernel = new Elementwise(gpu(), 'softcap', { a: buffer, out }, 256, 30);
+    await runPass(gpu(), (pass) => kernel.encode(pass, { count: a.length, outOffset: 1 }));
+    const all = await readF32(gpu(), out, a.length + 2);
+    expectClose(all.subarray(1, a.length + 1), Array.from(a, (x) => 30 * Math.tanh(x / 30)), 1e-6, 'softcap');
+    expect(Number.isNaN(all[0]) && Number.isNaN(all[a.length + 1])).toBe(true);
+    expect(() => new Elementwise(gpu(), 'softcap', { a: buffer, out: buffer })).toThrow(/needs a cap/);
+    expect(() => new Elementwise(gpu(), 'softcap', { a: buffer, out: buffer }, 256, 0)).toThrow(/needs a cap/);
+    expect(() => new Elementwise(gpu(), 'gelu', { a: buffer, out: buffer }, 256, 30)).toThrow(/takes no cap/);
   });
 
   it('gelu stays finite for large inputs', async () => {

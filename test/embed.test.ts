@@ -26,6 +26,21 @@ const SHAPES: Record<WeightDtype, [number, number]> = {
 };
 
 describe('embed', () => {
+  it('scales every value (Gemma: sqrt(hidden)) and refuses a non-finite scale', async () => {
+    const [V, D] = [37, 53];
+    const host = randomWeight('q8_0', V, 96, 2);
+    const table = dequantize(host);
+    const ids = new Uint32Array([4, 36, 0]);
+    const output = poisoned(gpu(), 'out', 3 * 96);
+    const kernel = new Embed(gpu(), { table: uploadWeight(gpu(), 'tok_embd', host), ids: createStorage(gpu(), 'ids', ids), output });
+    const scale = Math.fround(Math.sqrt(D));
+    await runPass(gpu(), (pass) => kernel.encode(pass, { count: 3, scale }));
+    const got = await readF32(gpu(), output, 3 * 96);
+    const want = Array.from(ids).flatMap((id) => Array.from(table.subarray(id * 96, (id + 1) * 96), (v) => Math.fround(v * scale)));
+    expectClose(got, want, 0, 'embed scaled');
+    expect(() => kernel.encode({} as GPUComputePassEncoder, { count: 3, scale: NaN })).toThrow(/scale must be finite/);
+  });
+
   for (const dtype of WEIGHT_DTYPES) {
     const [V, D] = SHAPES[dtype];
     for (const T of [1, 7]) {

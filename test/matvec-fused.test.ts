@@ -169,6 +169,9 @@ for (const dtype of ['f16', 'q8_0', 'q5_1', 'q6_k'] as const) {
 cases.push(
   // Fusions without a norm, and several outputs per workgroup with small workgroups.
   { dtype: 'q4_0', M: 2, N: 21, K: 160, activation: 'silu', glu: true, residual: true, seed: 6 },
+  // Gemma's GeGLU: RMSNorm, then the tanh GELU over (gate, up) pairs.
+  { dtype: 'f32', M: 1, N: 19, K: K_OF.f32, norm: 'rms', activation: 'gelu', glu: true, seed: 12 },
+  { dtype: 'q8_0', M: 4, N: 23, K: 96, norm: 'rms', activation: 'gelu', glu: true, seed: 13 },
   { dtype: 'q8_0', M: 3, N: 11, K: 96, norm: 'rms', activation: 'silu', glu: true, rowsPerWorkgroup: 2, workgroupSize: 32, seed: 8 },
   // K far above the workgroup's stride (each thread walks many columns), several rows per workgroup.
   { dtype: 'q4_k', M: 2, N: 13, K: 2048, norm: 'layer', rowsPerWorkgroup: 3, workgroupSize: 32, seed: 9 },

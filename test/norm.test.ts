@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Norm, type NormKind } from '../kernels/norm.ts';
+import { HeadNorm, HeadNormParams, Norm, type NormKind } from '../kernels/norm.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
@@ -134,5 +134,96 @@ describe('norm', () => {
     expect(() => norm.encode(pass, { rows: 9, cols: 8 })).toThrow(/x needs/);
     expect(() => norm.encode(pass, { rows: 1, cols: 8, biasOffset: 1 })).toThrow(ShapeError);
     expect(() => norm.encode(pass, { rows: 1.5, cols: 8 })).toThrow(ShapeError);
+  });
+});
+
+describe('RMSNorm plus a residual (Gemma post-norms)', () => {
+  for (const [rows, cols, wg] of [[1, 37, undefined], [3, 1031, undefined], [4, 97, 16]] as const) {
+    it(`${rows}x${cols}${wg ? `, workgroup ${wg}` : ''}`, async () => {
+      const t = makeCase(rows, cols, rows * 31 + cols, 1e-6);
+      const residualOffset = 4;
+      const residual = randomF32(residualOffset + rows * cols, cols + 5, 2);
+      const outOffset = 9;
+      const count = rows * cols;
+      const out = poisoned(gpu(), 'out', outOffset + count + 3);
+      const kernel = new Norm(gpu(), 'rms', { x: createStorage(gpu(), 'x', t.x), weight: createStorage(gpu(), 'w', t.w), out, residual: createStorage(gpu(), 'r', residual) }, { eps: t.eps, workgroupSize: wg });
+      await runPass(gpu(), (pass) => kernel.encode(pass, { rows, cols, xOffset: t.xOffset, weightOffset: t.wOffset, outOffset, residualOffset }));
+      const all = await readF32(gpu(), out, outOffset + count + 3);
+      const want = reference('rms', t).map((v, i) => v + residual[residualOffset + i]);
+      expectClose(all.subarray(outOffset, outOffset + count), want, 1e-5, 'rms_norm_add');
+      for (const i of [0, outOffset - 1, outOffset + count, outOffset + count + 2]) expect(Number.isNaN(all[i])).toBe(true);
+    });
+  }
+
+  it('refuses a residual on LayerNorm, a residual that is the output, and a residual offset without one', () => {
+    const a = createStorage(gpu(), 'a', 64 * 4);
+    const w = createStorage(gpu(), 'w', 8 * 4);
+    const out = createStorage(gpu(), 'out', 64 * 4);
+    const r = createStorage(gpu(), 'r', 8 * 4);
+    expect(() => new Norm(gpu(), 'layer', { x: a, weight: w, bias: w, out, residual: r }, { eps: 1e-5 })).toThrow(/RMSNorm only/);
+    expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: out }, { eps: 1e-5 })).toThrow(/residual must be a different buffer/);
+    const pass = {} as GPUComputePassEncoder;
+    expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out }, { eps: 1e-5 }).encode(pass, { rows: 1, cols: 8, residualOffset: 1 })).toThrow(/no residual/);
+    expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: r }, { eps: 1e-5 }).encode(pass, { rows: 2, cols: 8 })).toThrow(/residual needs/);
+  });
+});
+
+/** Float64 RMSNorm of each head in place, as HeadNorm: heads [0, qHeads) take w[0..D), the rest w[D..2D). */
+function headNormReference(x: Float32Array, w: Float32Array, rows: number, heads: number, qHeads: number, D: number, stride: number, offset: number, eps: number): Float64Array {
+  const out = Float64Array.from(x);
+  for (let r = 0; r < rows; r++) {
+    for (let h = 0; h < heads; h++) {
+      const base = offset + r * stride + h * D;
+      const wBase = h < qHeads ? 0 : D;
+      let ss = 0;
+      for (let d = 0; d < D; d++) ss += x[base + d] ** 2;
+      const scale = 1 / Math.sqrt(ss / D + eps);
+      for (let d = 0; d < D; d++) out[base + d] = x[base + d] * scale * w[wBase + d];
+    }
+  }
+  return out;
+}
+
+describe('per-head RMSNorm in place (q_norm / k_norm over fused qkv rows)', () => {
+  // rows, query heads, key heads, D, extra columns per row (the V heads and padding), offset, workgroup
+  const shapes: Array<[number, number, number, number, number, number, number | undefined]> = [
+    [3, 5, 3, 37, 3 * 37 + 4, 6, undefined],
+    [2, 4, 2, 128, 2 * 128, 0, undefined],
+    [5, 2, 1, 1, 1, 3, 16],
+    [1, 3, 3, 200, 7, 11, 32],
+  ];
+  for (const [rows, qHeads, kHeads, D, extra, offset, wg] of shapes) {
+    it(`${rows} rows, ${qHeads}+${kHeads} heads of ${D}, stride +${extra}, offset ${offset}${wg ? `, workgroup ${wg}` : ''}`, async () => {
+      const heads = qHeads + kHeads;
+      const stride = heads * D + extra;
+      const n = offset + rows * stride + 5;
+      // NaN between the rows' heads: the kernel must leave every element outside the heads untouched.
+      const x = randomF32(n, rows * 131 + D, 4);
+      for (let r = 0; r <= rows; r++) for (let i = offset + r * stride - extra; i < offset + r * stride; i++) if (i >= 0 && i < n) x[i] = NaN;
+      const w = randomF32(2 * D, D + 7, 1.5);
+      const eps = 1e-6;
+      const buffer = createStorage(gpu(), 'qkv', x);
+      const kernel = new HeadNorm(gpu(), { x: buffer, weight: createStorage(gpu(), 'w', w) }, { eps, workgroupSize: wg });
+      await runPass(gpu(), (pass) => kernel.encode(pass, { rows, heads, qHeads, headDim: D, rowStride: stride, offset }));
+      const got = await readF32(gpu(), buffer, n);
+      const want = headNormReference(x, w, rows, heads, qHeads, D, stride, offset, eps);
+      expectClose(got, want, 1e-5, 'head norm');
+      for (let i = 0; i < n; i++) {
+        if (!Number.isFinite(x[i])) expect(Number.isNaN(got[i]), `element ${i} outside the heads was written`).toBe(true);
+      }
+    });
+  }
+
+  it('has a 32-byte uniform block and refuses bad shapes', () => {
+    expect(HeadNormParams.byteSize).toBe(32);
+    const x = createStorage(gpu(), 'x', 64 * 4);
+    const w = createStorage(gpu(), 'w', 8 * 4);
+    expect(() => new HeadNorm(gpu(), { x, weight: w }, { eps: -1 })).toThrow(/eps/);
+    const kernel = new HeadNorm(gpu(), { x, weight: w }, { eps: 1e-6 });
+    const pass = {} as GPUComputePassEncoder; // never reached: validation throws first
+    expect(() => kernel.encode(pass, { rows: 2, heads: 3, qHeads: 2, headDim: 4, rowStride: 11 })).toThrow(/rowStride/);
+    expect(() => kernel.encode(pass, { rows: 2, heads: 3, qHeads: 4, headDim: 4, rowStride: 12 })).toThrow(/qHeads/);
+    expect(() => kernel.encode(pass, { rows: 9, heads: 3, qHeads: 2, headDim: 4, rowStride: 12 })).toThrow(/x needs/);
+    expect(() => kernel.encode(pass, { rows: 1, heads: 3, qHeads: 2, headDim: 5, rowStride: 15 })).toThrow(/weight needs/);
   });
 });

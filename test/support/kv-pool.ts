@@ -233,7 +233,7 @@ export class PoolMirror {
    * kv head `kvh` of the sequence in table row `row`, read through the table; keys whose block the
    * table does not name are skipped.
    */
-  attend(qv: ArrayLike<number>, qAt: number, row: number, kvh: number, nKeys: number, scale: number, first = 0): Float64Array {
+  attend(qv: ArrayLike<number>, qAt: number, row: number, kvh: number, nKeys: number, scale: number, first = 0, softcap = 0): Float64Array {
     const { D } = this.shape;
     const out = new Float64Array(D);
     const keys: number[] = [];
@@ -243,7 +243,8 @@ export class PoolMirror {
       const at = this.index(row, kvh, key);
       let dot = 0;
       for (let d = 0; d < D; d++) dot += qv[qAt + d] * this.k[at + d];
-      return dot * scale;
+      // Gemma 2's logit soft-cap, when given: c tanh(s / c).
+      return softcap > 0 ? softcap * Math.tanh((dot * scale) / softcap) : dot * scale;
     });
     const max = Math.max(...scores);
     const e = scores.map((s) => Math.exp(s - max));

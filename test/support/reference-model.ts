@@ -40,6 +40,13 @@ function rmsnorm(x: Float64Array, w: ArrayLike<number>, eps: number): Float64Arr
   return x.map((v, i) => v * r * w[i]);
 }
 
+/** RMSNorm of each D-element head of x with the same weight. */
+function headRmsnorm(x: Float64Array, w: ArrayLike<number>, D: number, eps: number): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let h = 0; h < x.length / D; h++) out.set(rmsnorm(x.subarray(h * D, (h + 1) * D), w, eps), h * D);
+  return out;
+}
+
 function layernorm(x: Float64Array, w: ArrayLike<number>, b: ArrayLike<number>, eps: number): Float64Array {
   const mean = x.reduce((a, v) => a + v, 0) / x.length;
   const variance = x.reduce((a, v) => a + (v - mean) ** 2, 0) / x.length;
@@ -96,17 +103,27 @@ export interface ReferenceOptions {
 export function referenceLogits(config: ModelConfig, weights: Weights, tokens: number[], options: ReferenceOptions = {}): Float64Array[] {
   const round = options.roundInput ?? ((x: Float64Array) => x);
   const act = options.gelu ?? gelu;
+  const geluOf = act;
   const { hiddenSize: C, numHeads: H, numKvHeads: Hkv, headDim: D, numLayers, vocabSize: V } = config;
   const gpt2 = config.architecture === 'gpt2';
   const inv = config.rope ? referenceInverseFrequencies(config.rope.dims, config.rope.theta, config.rope.scaling) : undefined;
   const prefix = gpt2 ? 'transformer.' : 'model.';
   const embed = get(weights, gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight');
+  // Gemma: HF norm weights scale by (1 + w) (Gemma3RMSNorm); embeddings times sqrt(hidden), as an f32
+  // (Gemma3TextScaledWordEmbedding); its local layers rotate with their own base.
+  const gemma = config.architecture === 'gemma2' || config.architecture === 'gemma3';
+  // Gemma 2: soft-capped attention scores and final logits, c tanh(x / c).
+  const cap = (x: number, c: number | undefined) => (c === undefined ? x : c * Math.tanh(x / c));
+  const normWeight = (w: ArrayLike<number>): ArrayLike<number> => (gemma ? Array.from(w, (v) => v + 1) : w);
+  const localInv = config.rope?.localTheta !== undefined ? referenceInverseFrequencies(config.rope.dims, config.rope.localTheta) : undefined;
+  const scoreScale = config.attentionScale ?? 1 / Math.sqrt(D);
   const keys: Float64Array[][] = Array.from({ length: numLayers }, () => []);
   const values: Float64Array[][] = Array.from({ length: numLayers }, () => []);
   const out: Float64Array[] = [];
 
   tokens.forEach((token, pos) => {
-    let x = new Float64Array(C).map((_, i) => embed[token * C + i]);
+    const embedScale = gemma ? Math.fround(Math.sqrt(C)) : 1;
+    let x = new Float64Array(C).map((_, i) => embed[token * C + i] * embedScale);
     if (gpt2) {
       const wpe = get(weights, 'transformer.wpe.weight');
       x = x.map((v, i) => v + wpe[pos * C + i]);
@@ -125,12 +142,27 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         k = qkv.slice(C, 2 * C);
         v = qkv.slice(2 * C);
       } else {
-        const h = rmsnorm(x, w('input_layernorm.weight'), config.normEps);
-        q = linear(round(h, p + 'self_attn.q_proj.weight'), w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
-        k = linear(round(h, p + 'self_attn.k_proj.weight'), w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
-        v = linear(round(h, p + 'self_attn.v_proj.weight'), w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
-        for (let hh = 0; hh < H; hh++) ropeHalf(q, hh * D, config.rope!.dims, inv!, pos);
-        for (let hh = 0; hh < Hkv; hh++) ropeHalf(k, hh * D, config.rope!.dims, inv!, pos);
+        const h = rmsnorm(x, normWeight(w('input_layernorm.weight')), config.normEps);
+        const qkvProj = wb('self_attn.qkv_proj.weight');
+        if (qkvProj) {
+          // Phi-3: one qkv_proj, rows [q; k; v].
+          const qkv = linear(round(h, p + 'self_attn.qkv_proj.weight'), qkvProj, (H + 2 * Hkv) * D);
+          q = qkv.slice(0, H * D);
+          k = qkv.slice(H * D, (H + Hkv) * D);
+          v = qkv.slice((H + Hkv) * D);
+        } else {
+          q = linear(round(h, p + 'self_attn.q_proj.weight'), w('self_attn.q_proj.weight'), H * D, wb('self_attn.q_proj.bias'));
+          k = linear(round(h, p + 'self_attn.k_proj.weight'), w('self_attn.k_proj.weight'), Hkv * D, wb('self_attn.k_proj.bias'));
+          v = linear(round(h, p + 'self_attn.v_proj.weight'), w('self_attn.v_proj.weight'), Hkv * D, wb('self_attn.v_proj.bias'));
+        }
+        if (config.qkNorm) {
+          // Qwen3, Gemma 3: RMSNorm of each head (weights of D) before RoPE.
+          q = headRmsnorm(q, normWeight(w('self_attn.q_norm.weight')), D, config.normEps);
+          k = headRmsnorm(k, normWeight(w('self_attn.k_norm.weight')), D, config.normEps);
+        }
+        const layerInv = localInv && layerWindow(config, l) > 0 ? localInv : inv!;
+        for (let hh = 0; hh < H; hh++) ropeHalf(q, hh * D, config.rope!.dims, layerInv, pos);
+        for (let hh = 0; hh < Hkv; hh++) ropeHalf(k, hh * D, config.rope!.dims, layerInv, pos);
       }
       keys[l].push(k);
       values[l].push(v);
@@ -146,7 +178,7 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         const scores = visibleKeys.map((kk) => {
           let s = 0;
           for (let d = 0; d < D; d++) s += q[hh * D + d] * kk[kv * D + d];
-          return s / Math.sqrt(D);
+          return gpt2 ? s / Math.sqrt(D) : cap(s * scoreScale, config.attnLogitSoftcap);
         });
         const max = Math.max(...scores);
         const e = scores.map((s) => Math.exp(s - max));
@@ -163,22 +195,31 @@ export function referenceLogits(config: ModelConfig, weights: Weights, tokens: n
         const proj = conv1d(round(fc, p + 'mlp.c_proj.weight'), w('mlp.c_proj.weight'), C, w('mlp.c_proj.bias'));
         x = x.map((val, i) => val + proj[i]);
       } else {
-        const o = linear(round(attn, p + 'self_attn.o_proj.weight'), w('self_attn.o_proj.weight'), C);
+        let o = linear(round(attn, p + 'self_attn.o_proj.weight'), w('self_attn.o_proj.weight'), C);
+        // Gemma: the attention output is normalised (post_attention_layernorm) before the residual add,
+        // and the MLP's input norm is pre_feedforward_layernorm.
+        if (gemma) o = rmsnorm(o, normWeight(w('post_attention_layernorm.weight')), config.normEps);
         x = x.map((val, i) => val + o[i]);
-        const h2 = rmsnorm(x, w('post_attention_layernorm.weight'), config.normEps);
+        const h2 = gemma
+          ? rmsnorm(x, normWeight(w('pre_feedforward_layernorm.weight')), config.normEps)
+          : rmsnorm(x, w('post_attention_layernorm.weight'), config.normEps);
         const F = config.intermediateSize;
-        const gate = linear(round(h2, p + 'mlp.gate_proj.weight'), w('mlp.gate_proj.weight'), F);
-        const up = linear(round(h2, p + 'mlp.up_proj.weight'), w('mlp.up_proj.weight'), F);
-        const act = gate.map((g, i) => silu(g) * up[i]);
-        const down = linear(round(act, p + 'mlp.down_proj.weight'), w('mlp.down_proj.weight'), C);
+        const gateUpProj = wb('mlp.gate_up_proj.weight');
+        // Phi-3: one gate_up_proj, rows [gate; up].
+        const gateUp = gateUpProj ? linear(round(h2, p + 'mlp.gate_up_proj.weight'), gateUpProj, 2 * F) : undefined;
+        const gate = gateUp ? gateUp.slice(0, F) : linear(round(h2, p + 'mlp.gate_proj.weight'), w('mlp.gate_proj.weight'), F);
+        const up = gateUp ? gateUp.slice(F) : linear(round(h2, p + 'mlp.up_proj.weight'), w('mlp.up_proj.weight'), F);
+        const act = gate.map((g, i) => (gemma ? geluOf(g) : silu(g)) * up[i]);
+        let down = linear(round(act, p + 'mlp.down_proj.weight'), w('mlp.down_proj.weight'), C);
+        if (gemma) down = rmsnorm(down, normWeight(w('post_feedforward_layernorm.weight')), config.normEps);
         x = x.map((val, i) => val + down[i]);
       }
     }
     const final = gpt2
       ? layernorm(x, get(weights, 'transformer.ln_f.weight'), get(weights, 'transformer.ln_f.bias'), config.normEps)
-      : rmsnorm(x, get(weights, 'model.norm.weight'), config.normEps);
+      : rmsnorm(x, normWeight(get(weights, 'model.norm.weight')), config.normEps);
     const headName = config.tieWordEmbeddings ? (gpt2 ? 'transformer.wte.weight' : 'model.embed_tokens.weight') : 'lm_head.weight';
-    out.push(linear(round(final, headName), get(weights, headName), V));
+    out.push(linear(round(final, headName), get(weights, headName), V).map((l) => cap(l, config.finalLogitSoftcap)));
   });
   return out;
 }

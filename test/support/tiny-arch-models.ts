@@ -109,13 +109,29 @@ function header(arch: string, name: string, dtype: TinyArchDtype, pre: string): 
  * and V, RoPE theta 1e6, RMSNorm eps 1e-6 by default) with its HF weights and config.
  */
 export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}): TinyModel {
+  return writeTinyQwenGguf('qwen2', path, options);
+}
+
+/**
+ * A random Qwen3 GGUF, as convert_hf_to_gguf.py's Qwen3Model writes it (general.architecture
+ * "qwen3"; no q/k/v biases; blk.N.attn_q_norm / attn_k_norm.weight of head_dim, F32; head_dim given
+ * in config.json and written as qwen3.attention.key_length / value_length, so it need not be
+ * hidden / heads). Defaults as writeTinyQwen2Gguf; `headDim` sets head_dim.
+ */
+export function writeTinyQwen3Gguf(path: string, options: TinyArchOptions & { headDim?: number } = {}): TinyModel {
+  return writeTinyQwenGguf('qwen3', path, options);
+}
+
+function writeTinyQwenGguf(arch: 'qwen2' | 'qwen3', path: string, options: TinyArchOptions & { headDim?: number }): TinyModel {
+  const qwen3 = arch === 'qwen3';
+  if (qwen3 && options.fuseQkv) throw new Error('writeTinyQwen3Gguf: no fused-qkv form');
   const dtype = options.dtype ?? 'f32';
   const C = options.hiddenSize ?? 64;
   const F = options.intermediateSize ?? 128;
   const L = options.numLayers ?? 2;
   const H = options.numHeads ?? 4;
   const Hkv = options.numKvHeads ?? 2;
-  const D = C / H;
+  const D = options.headDim ?? C / H;
   const ctx = options.contextLength ?? 256;
   const theta = options.ropeTheta ?? 1e6;
   const eps = options.normEps ?? 1e-6;
@@ -144,8 +160,12 @@ export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}):
     } else {
       for (const part of ['q', 'k', 'v'] as const) {
         hf.set(`${p}self_attn.${part}_proj.weight`, w.matrix(`${g}attn_${part}.weight`, widths[part], C, 0.1));
-        hf.set(`${p}self_attn.${part}_proj.bias`, w.vector(`${g}attn_${part}.bias`, widths[part], 0.2));
+        if (!qwen3) hf.set(`${p}self_attn.${part}_proj.bias`, w.vector(`${g}attn_${part}.bias`, widths[part], 0.2));
       }
+    }
+    if (qwen3) {
+      hf.set(`${p}self_attn.q_norm.weight`, w.vector(`${g}attn_q_norm.weight`, D, 0.2, 1));
+      hf.set(`${p}self_attn.k_norm.weight`, w.vector(`${g}attn_k_norm.weight`, D, 0.2, 1));
     }
     hf.set(`${p}self_attn.o_proj.weight`, w.matrix(`${g}attn_output.weight`, C, H * D, 0.1));
     hf.set(`${p}post_attention_layernorm.weight`, w.vector(`${g}ffn_norm.weight`, C, 0.1, 1));
@@ -156,9 +176,9 @@ export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}):
   hf.set('model.norm.weight', w.vector('output_norm.weight', C, 0.1, 1));
   hf.set('lm_head.weight', tie ? hf.get('model.embed_tokens.weight')! : w.matrix('output.weight', V, C, 0.15));
 
-  const key = (k: string) => `qwen2.${k}`;
+  const key = (k: string) => `${arch}.${k}`;
   const metadata: Array<[string, GgufMetadataEntry]> = [
-    ...header('qwen2', `tiny-qwen2-${dtype}`, dtype, 'qwen2'),
+    ...header(arch, `tiny-${arch}-${dtype}`, dtype, 'qwen2'),
     [key('block_count'), gguf.u32(L)],
     [key('context_length'), gguf.u32(ctx)],
     [key('embedding_length'), gguf.u32(C)],
@@ -167,17 +187,25 @@ export function writeTinyQwen2Gguf(path: string, options: TinyArchOptions = {}):
     [key('attention.head_count_kv'), gguf.u32(Hkv)],
     [key('rope.freq_base'), gguf.f32(theta)],
     [key('attention.layer_norm_rms_epsilon'), gguf.f32(eps)],
+    ...(options.headDim !== undefined
+      ? ([
+          [key('attention.key_length'), gguf.u32(D)],
+          [key('attention.value_length'), gguf.u32(D)],
+        ] as Array<[string, GgufMetadataEntry]>)
+      : []),
   ];
   writeGguf(path, { metadata, tensors: w.tensors });
   const config = {
-    architectures: ['Qwen2ForCausalLM'],
-    model_type: 'qwen2',
+    architectures: [qwen3 ? 'Qwen3ForCausalLM' : 'Qwen2ForCausalLM'],
+    model_type: arch,
     vocab_size: V,
     hidden_size: C,
     intermediate_size: F,
     num_hidden_layers: L,
     num_attention_heads: H,
     num_key_value_heads: Hkv,
+    ...(options.headDim !== undefined ? { head_dim: D } : {}),
+    ...(qwen3 ? { attention_bias: false } : {}),
     max_position_embeddings: ctx,
     rms_norm_eps: eps,
     rope_theta: theta,
@@ -259,6 +287,268 @@ export function writeTinyGpt2Gguf(path: string, options: TinyArchOptions = {}): 
     n_inner: null,
     layer_norm_epsilon: eps,
     activation_function: 'gelu_new',
+    tie_word_embeddings: tie,
+    bos_token_id: vocab.bosId,
+    eos_token_id: vocab.eosId,
+    torch_dtype: 'float32',
+  };
+  return { path, config, weights: hf, vocab };
+}
+
+export interface TinyPhi3Options extends TinyArchOptions {
+  /** config.json partial_rotary_factor (Phi-4-mini: 0.75); default 1. */
+  partialRotaryFactor?: number;
+  /** config.json sliding_window (Phi-3-mini-4k: 2047); default none (Phi-4). */
+  slidingWindow?: number;
+}
+
+/**
+ * A random Phi-3 GGUF, as convert_hf_to_gguf.py's Phi3MiniModel writes it (learned from its
+ * Phi3MiniModel.set_gguf_parameters and llama.cpp's src/models/phi3.cpp): general.architecture
+ * "phi3"; phi3.{context_length, rope.scaling.original_context_length, embedding_length,
+ * feed_forward_length, block_count, attention.head_count, attention.head_count_kv,
+ * attention.layer_norm_rms_epsilon, rope.dimension_count (int(partial_rotary_factor * hidden) /
+ * heads), rope.freq_base, attention.sliding_window (0 when config.json has none)}. HF's fused
+ * self_attn.qkv_proj stays one blk.N.attn_qkv ([q; k; v] rows) and mlp.gate_up_proj one
+ * blk.N.ffn_up of 2 x FFN rows ([gate; up]); no biases; NEOX RoPE on the first rotary dims of each
+ * head. llama.cpp's phi3 needs heads x head size = hidden (attn_output is [hidden, hidden]).
+ * Defaults: 2 layers, hidden 64, 4 heads of 16 over 4 KV heads, FFN 128, theta 1e4, eps 1e-5, untied.
+ */
+export function writeTinyPhi3Gguf(path: string, options: TinyPhi3Options = {}): TinyModel {
+  const dtype = options.dtype ?? 'f32';
+  const C = options.hiddenSize ?? 64;
+  const F = options.intermediateSize ?? 128;
+  const L = options.numLayers ?? 2;
+  const H = options.numHeads ?? 4;
+  const Hkv = options.numKvHeads ?? H;
+  const D = C / H;
+  const ctx = options.contextLength ?? 256;
+  const theta = options.ropeTheta ?? 1e4;
+  const eps = options.normEps ?? 1e-5;
+  const tie = options.tieEmbeddings ?? false;
+  const partial = options.partialRotaryFactor ?? 1;
+  const vocab = tinyGpt2Vocab();
+  const V = vocab.tokens.length;
+  const w = writer(options.seed ?? 1, GGML_TYPE[dtype]);
+  const hf = w.weights;
+
+  hf.set('model.embed_tokens.weight', w.matrix('token_embd.weight', V, C, 0.5));
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    const g = `blk.${l}.`;
+    hf.set(`${p}input_layernorm.weight`, w.vector(`${g}attn_norm.weight`, C, 0.1, 1));
+    hf.set(`${p}self_attn.qkv_proj.weight`, w.matrix(`${g}attn_qkv.weight`, (H + 2 * Hkv) * D, C, 0.1));
+    hf.set(`${p}self_attn.o_proj.weight`, w.matrix(`${g}attn_output.weight`, C, H * D, 0.1));
+    hf.set(`${p}post_attention_layernorm.weight`, w.vector(`${g}ffn_norm.weight`, C, 0.1, 1));
+    hf.set(`${p}mlp.gate_up_proj.weight`, w.matrix(`${g}ffn_up.weight`, 2 * F, C, 0.1));
+    hf.set(`${p}mlp.down_proj.weight`, w.matrix(`${g}ffn_down.weight`, C, F, 0.1));
+  }
+  hf.set('model.norm.weight', w.vector('output_norm.weight', C, 0.1, 1));
+  hf.set('lm_head.weight', tie ? hf.get('model.embed_tokens.weight')! : w.matrix('output.weight', V, C, 0.15));
+
+  const key = (k: string) => `phi3.${k}`;
+  const metadata: Array<[string, GgufMetadataEntry]> = [
+    // Not "phi3" in general.name: llama.cpp's vocabulary loader then looks up Phi-3's "</s>", "<unk>"
+    // and "<s>" by text (llama-vocab.cpp), which this byte-level vocabulary does not have.
+    ...header('phi3', `tiny-phi-${dtype}`, dtype, 'gpt-2'),
+    [key('context_length'), gguf.u32(ctx)],
+    [key('rope.scaling.original_context_length'), gguf.u32(ctx)],
+    [key('embedding_length'), gguf.u32(C)],
+    [key('feed_forward_length'), gguf.u32(F)],
+    [key('block_count'), gguf.u32(L)],
+    [key('attention.head_count'), gguf.u32(H)],
+    [key('attention.head_count_kv'), gguf.u32(Hkv)],
+    [key('attention.layer_norm_rms_epsilon'), gguf.f32(eps)],
+    [key('rope.dimension_count'), gguf.u32(Math.floor(Math.floor(partial * C) / H))],
+    [key('rope.freq_base'), gguf.f32(theta)],
+    [key('attention.sliding_window'), gguf.u32(options.slidingWindow ?? 0)],
+  ];
+  writeGguf(path, { metadata, tensors: w.tensors });
+  const config = {
+    architectures: ['Phi3ForCausalLM'],
+    model_type: 'phi3',
+    vocab_size: V,
+    hidden_size: C,
+    intermediate_size: F,
+    num_hidden_layers: L,
+    num_attention_heads: H,
+    num_key_value_heads: Hkv,
+    max_position_embeddings: ctx,
+    original_max_position_embeddings: ctx,
+    rms_norm_eps: eps,
+    rope_theta: theta,
+    rope_scaling: null,
+    ...(partial !== 1 ? { partial_rotary_factor: partial } : {}),
+    sliding_window: options.slidingWindow ?? null,
+    hidden_act: 'silu',
+    tie_word_embeddings: tie,
+    bos_token_id: vocab.bosId,
+    eos_token_id: vocab.eosId,
+    torch_dtype: 'float32',
+  };
+  return { path, config, weights: hf, vocab };
+}
+
+export interface TinyGemma3Options extends TinyArchOptions {
+  /** head_dim (Gemma 3: 256, apart from hidden / heads); default 24. */
+  headDim?: number;
+  /** query_pre_attn_scalar; default head_dim (llama.cpp's scale for every Gemma 3 but the 27B). */
+  queryPreAttnScalar?: number;
+  /** sliding_window; default 5. */
+  slidingWindow?: number;
+  /** sliding_window_pattern: every n-th layer is global; default 3 (Gemma 3 ships 6). */
+  slidingWindowPattern?: number;
+  /** rope_local_base_freq of the sliding layers; default 1e4 (Gemma 3 only). */
+  ropeLocalTheta?: number;
+  /** Gemma 3: rope_scaling linear with this factor (the 4B and larger: 8), on the global layers only. */
+  ropeLinearFactor?: number;
+  /** Gemma 2: attn_logit_softcapping (default 50) and final_logit_softcapping (default 30). */
+  attnLogitSoftcap?: number;
+  finalLogitSoftcap?: number;
+}
+
+/**
+ * A random Gemma 3 text model GGUF, as convert_hf_to_gguf.py's Gemma3Model writes it (learned from
+ * conversion/gemma.py and llama.cpp's src/models/gemma3.cpp): general.architecture "gemma3";
+ * gemma3.{context_length, embedding_length, block_count, feed_forward_length, attention.head_count,
+ * attention.head_count_kv, attention.layer_norm_rms_epsilon, attention.key_length / value_length
+ * (head_dim), rope.freq_base (the global layers'), attention.sliding_window}; no
+ * sliding_window_pattern and no rope.freq_base_swa, so llama.cpp takes its defaults (a pattern of 6,
+ * base 1e4) unless the file says otherwise: this writer writes the pattern when it is not 6, as a
+ * converter that knew it would, and freq_base_swa when not 1e4. Every *norm.weight is stored as
+ * 1 + w (Gemma's RMSNorm scales by 1 + w); the returned HF weights hold w. Tensors:
+ * blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_q_norm, attn_k_norm, attn_output,
+ * post_attention_norm, ffn_norm (pre_feedforward_layernorm), ffn_gate, ffn_up, ffn_down,
+ * post_ffw_norm}; tied embeddings (no output.weight) unless asked.
+ * Defaults: 4 layers (sliding, sliding, global, sliding with a pattern of 3), hidden 64, 4 heads of
+ * 24 over 2 KV heads, FFN 96, theta 1e6, eps 1e-6.
+ */
+export function writeTinyGemma3Gguf(path: string, options: TinyGemma3Options = {}): TinyModel {
+  return writeTinyGemmaGguf('gemma3', path, options);
+}
+
+/**
+ * A random Gemma 2 GGUF, as convert_hf_to_gguf.py's Gemma2Model writes it (conversion/gemma.py,
+ * src/models/gemma2.cpp): as writeTinyGemma3Gguf but general.architecture "gemma2", no q/k norms,
+ * one RoPE base (no rope.freq_base written: llama.cpp's default 1e4, Gemma 2's rope_theta), and
+ * gemma2.attn_logit_softcapping / final_logit_softcapping; every other layer slides (llama.cpp's
+ * default pattern 2, written only when another is asked for); always tied (llama.cpp's gemma2 reads
+ * no output.weight). Defaults as writeTinyGemma3Gguf with a pattern of 2.
+ */
+export function writeTinyGemma2Gguf(path: string, options: TinyGemma3Options = {}): TinyModel {
+  return writeTinyGemmaGguf('gemma2', path, { slidingWindowPattern: 2, ropeTheta: 1e4, ...options, tieEmbeddings: true });
+}
+
+function writeTinyGemmaGguf(arch: 'gemma2' | 'gemma3', path: string, options: TinyGemma3Options): TinyModel {
+  const gemma2 = arch === 'gemma2';
+  if (gemma2 && (options.ropeLocalTheta !== undefined || options.ropeTheta !== undefined && options.ropeTheta !== 1e4)) {
+    throw new Error('writeTinyGemma2Gguf: Gemma 2 has one RoPE base, 1e4');
+  }
+  const attnCap = options.attnLogitSoftcap ?? 50;
+  const finalCap = options.finalLogitSoftcap ?? 30;
+  const defaultPattern = gemma2 ? 2 : 6;
+  const dtype = options.dtype ?? 'f32';
+  const C = options.hiddenSize ?? 64;
+  const F = options.intermediateSize ?? 96;
+  const L = options.numLayers ?? 4;
+  const H = options.numHeads ?? 4;
+  const Hkv = options.numKvHeads ?? 2;
+  const D = options.headDim ?? 24;
+  const ctx = options.contextLength ?? 256;
+  const theta = options.ropeTheta ?? 1e6;
+  const localTheta = options.ropeLocalTheta ?? 1e4;
+  const eps = options.normEps ?? 1e-6;
+  const tie = options.tieEmbeddings ?? true;
+  const window = options.slidingWindow ?? 5;
+  const pattern = options.slidingWindowPattern ?? 3;
+  const vocab = tinyGpt2Vocab();
+  const V = vocab.tokens.length;
+  const w = writer(options.seed ?? 1, GGML_TYPE[dtype]);
+  const hf = w.weights;
+  /** A norm weight w near 0 (Gemma's are offsets from 1): stored as 1 + w, returned as w. */
+  const norm = (gg: string, n: number) => {
+    const stored = w.vector(gg, n, 0.2, 1);
+    return stored.map((v) => v - 1);
+  };
+
+  hf.set('model.embed_tokens.weight', w.matrix('token_embd.weight', V, C, 0.1));
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    const g = `blk.${l}.`;
+    hf.set(`${p}input_layernorm.weight`, norm(`${g}attn_norm.weight`, C));
+    hf.set(`${p}self_attn.q_proj.weight`, w.matrix(`${g}attn_q.weight`, H * D, C, 0.1));
+    hf.set(`${p}self_attn.k_proj.weight`, w.matrix(`${g}attn_k.weight`, Hkv * D, C, 0.1));
+    hf.set(`${p}self_attn.v_proj.weight`, w.matrix(`${g}attn_v.weight`, Hkv * D, C, 0.1));
+    if (!gemma2) {
+      hf.set(`${p}self_attn.q_norm.weight`, norm(`${g}attn_q_norm.weight`, D));
+      hf.set(`${p}self_attn.k_norm.weight`, norm(`${g}attn_k_norm.weight`, D));
+    }
+    hf.set(`${p}self_attn.o_proj.weight`, w.matrix(`${g}attn_output.weight`, C, H * D, 0.1));
+    hf.set(`${p}post_attention_layernorm.weight`, norm(`${g}post_attention_norm.weight`, C));
+    hf.set(`${p}pre_feedforward_layernorm.weight`, norm(`${g}ffn_norm.weight`, C));
+    hf.set(`${p}mlp.gate_proj.weight`, w.matrix(`${g}ffn_gate.weight`, F, C, 0.1));
+    hf.set(`${p}mlp.up_proj.weight`, w.matrix(`${g}ffn_up.weight`, F, C, 0.1));
+    hf.set(`${p}mlp.down_proj.weight`, w.matrix(`${g}ffn_down.weight`, C, F, 0.1));
+    hf.set(`${p}post_feedforward_layernorm.weight`, norm(`${g}post_ffw_norm.weight`, C));
+  }
+  hf.set('model.norm.weight', norm('output_norm.weight', C));
+  hf.set('lm_head.weight', tie ? hf.get('model.embed_tokens.weight')! : w.matrix('output.weight', V, C, 0.1));
+
+  const key = (k: string) => `${arch}.${k}`;
+  const more = (entries: Array<[string, GgufMetadataEntry]>, when: boolean) => (when ? entries : []);
+  const metadata: Array<[string, GgufMetadataEntry]> = [
+    ...header(arch, `tiny-${arch}-${dtype}`, dtype, 'gpt-2'),
+    [key('context_length'), gguf.u32(ctx)],
+    [key('embedding_length'), gguf.u32(C)],
+    [key('block_count'), gguf.u32(L)],
+    [key('feed_forward_length'), gguf.u32(F)],
+    [key('attention.head_count'), gguf.u32(H)],
+    [key('attention.head_count_kv'), gguf.u32(Hkv)],
+    [key('attention.layer_norm_rms_epsilon'), gguf.f32(eps)],
+    [key('attention.key_length'), gguf.u32(D)],
+    [key('attention.value_length'), gguf.u32(D)],
+    ...more([[key('rope.freq_base'), gguf.f32(theta)]], !gemma2),
+    [key('attention.sliding_window'), gguf.u32(window)],
+    ...more([[key('attention.sliding_window_pattern'), gguf.u32(pattern)]], pattern !== defaultPattern),
+    ...more([[key('rope.freq_base_swa'), gguf.f32(localTheta)]], !gemma2 && localTheta !== 1e4),
+    ...more(
+      [
+        [key('rope.scaling.type'), gguf.string('linear')],
+        [key('rope.scaling.factor'), gguf.f32(options.ropeLinearFactor ?? 1)],
+      ],
+      options.ropeLinearFactor !== undefined,
+    ),
+    ...more(
+      [
+        [key('attn_logit_softcapping'), gguf.f32(attnCap)],
+        [key('final_logit_softcapping'), gguf.f32(finalCap)],
+      ],
+      gemma2,
+    ),
+  ];
+  writeGguf(path, { metadata, tensors: w.tensors });
+  const config = {
+    architectures: [gemma2 ? 'Gemma2ForCausalLM' : 'Gemma3ForCausalLM'],
+    model_type: gemma2 ? 'gemma2' : 'gemma3_text',
+    vocab_size: V,
+    hidden_size: C,
+    intermediate_size: F,
+    num_hidden_layers: L,
+    num_attention_heads: H,
+    num_key_value_heads: Hkv,
+    head_dim: D,
+    max_position_embeddings: ctx,
+    rms_norm_eps: eps,
+    rope_theta: theta,
+    ...(gemma2 ? {} : { rope_local_base_freq: localTheta }),
+    rope_scaling: options.ropeLinearFactor !== undefined ? { rope_type: 'linear', factor: options.ropeLinearFactor } : null,
+    query_pre_attn_scalar: options.queryPreAttnScalar ?? D,
+    sliding_window: window,
+    sliding_window_pattern: pattern,
+    hidden_activation: 'gelu_pytorch_tanh',
+    attn_logit_softcapping: gemma2 ? attnCap : null,
+    final_logit_softcapping: gemma2 ? finalCap : null,
+    attention_bias: false,
     tie_word_embeddings: tie,
     bos_token_id: vocab.bosId,
     eos_token_id: vocab.eosId,

@@ -388,6 +388,9 @@ function shapeOf(name: string, data: Float32Array, config: Record<string, unknow
     const rows = /(wte|wpe|lm_head)\.weight$/.test(name) || name.endsWith('mlp.c_proj.weight');
     return rows ? [data.length / C, C] : [C, data.length / C];
   }
-  const cols = name.endsWith('down_proj.weight') ? (config.intermediate_size as number) : (config.hidden_size as number);
+  const C = config.hidden_size as number;
+  // o_proj reads the heads' outputs: heads x head_dim, which need not be the hidden size (Qwen3, Gemma).
+  const headsWidth = (config.num_attention_heads as number) * ((config.head_dim as number | undefined) ?? C / (config.num_attention_heads as number));
+  const cols = name.endsWith('down_proj.weight') ? (config.intermediate_size as number) : name.endsWith('o_proj.weight') ? headsWidth : C;
   return [data.length / cols, cols];
 }
