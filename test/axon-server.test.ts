@@ -583,6 +583,10 @@ describe('operations', () => {
     expect(metrics).toMatch(/engine_kv_blocks_used 0\b/);
     expect(metrics).toMatch(/engine_kv_blocks_shared 0\b/);
     expect(metrics).toMatch(/engine_kv_blocks_cached [1-9]\d*\b/);
+    // The signed info op reports the same pool.
+    const info = await client.info();
+    expect(info).toMatchObject({ active_sequences: 0, kv_blocks_total: 256, kv_blocks_used: 0, kv_blocks_shared: 0 });
+    expect(info.kv_blocks_cached).toBeGreaterThan(0);
     expect(metrics).toMatch(/axon_connections 1/);
     expect(metrics).toMatch(/axon_ttft_seconds_count 2/);
     expect((await fetch(`http://127.0.0.1:${axon.port}/nope`)).status).toBe(404);

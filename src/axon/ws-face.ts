@@ -586,6 +586,8 @@ export class WsFace {
       active_sequences: info.activeSequences,
       kv_blocks_used: info.kvBlocksUsed,
       kv_blocks_total: info.kvBlocksTotal,
+      kv_blocks_shared: info.kvBlocksShared ?? 0,
+      kv_blocks_cached: info.kvBlocksCached ?? 0,
       limits: {
         max_frame_bytes: l.maxFrameBytes,
         max_prompt_bytes: l.maxPromptBytes,

@@ -512,8 +512,11 @@ export interface PongBody {
 
 export interface InfoBody extends PongBody {
   active_sequences: number;
+  /** KV-cache blocks (16 tokens each) held by running sequences, in the pool, shared by two or more, and cached (held by none, keeping a prefix). */
   kv_blocks_used: number;
   kv_blocks_total: number;
+  kv_blocks_shared: number;
+  kv_blocks_cached: number;
   limits: {
     max_frame_bytes: number;
     max_prompt_bytes: number;
@@ -564,7 +567,7 @@ export type ResponseBody =
   | { type: 'error'; body: ErrorBody };
 
 const PONG_KEYS = ['hotkey', 'protocol', 'version', 'model_id', 'weights_digest', 'adapter', 'backend', 'queue_depth'];
-const INFO_KEYS = [...PONG_KEYS, 'active_sequences', 'kv_blocks_used', 'kv_blocks_total', 'limits'];
+const INFO_KEYS = [...PONG_KEYS, 'active_sequences', 'kv_blocks_used', 'kv_blocks_total', 'kv_blocks_shared', 'kv_blocks_cached', 'limits'];
 
 class Shape {
   constructor(readonly what: string) {}
@@ -610,7 +613,7 @@ export function decodeResponseBody(type: ResponseType, body: Uint8Array): Respon
       for (const key of ['hotkey', 'version', 'model_id', 'weights_digest', 'adapter', 'backend']) s.str(m[key], key);
       for (const key of ['protocol', 'queue_depth']) s.int(m[key], key);
       if (type === 'info') {
-        for (const key of ['active_sequences', 'kv_blocks_used', 'kv_blocks_total']) s.int(m[key], key);
+        for (const key of ['active_sequences', 'kv_blocks_used', 'kv_blocks_total', 'kv_blocks_shared', 'kv_blocks_cached']) s.int(m[key], key);
         const limits = s.map(m.limits, ['max_frame_bytes', 'max_prompt_bytes', 'max_messages', 'max_tokens', 'max_stop', 'max_logprobs'], 'limits');
         for (const [key, v] of Object.entries(limits)) s.int(v, `limits.${key}`);
         return { type, body: m as unknown as InfoBody };
