@@ -344,7 +344,11 @@ describe('validator clients on a verify pool', () => {
     const pool = await createVerifyPool({ workers: 2 });
     try {
       const [fooled, other] = [await connect(mitm.url, pool), await connect(axon.url, pool)];
-      const stream = fooled.generate({ prompt: 'tamper', maxTokens: 12, seed: 3 });
+      // Precondition: untampered, this request runs well past three tokens (the embedded model's
+      // greedy answer to some prompts is EOS at once, which would leave nothing to tamper with).
+      const request = { prompt: 'tamper with this frame', maxTokens: 12, seed: 3 };
+      expect((await other.generate(request).collect()).tokens.length).toBeGreaterThan(6);
+      const stream = fooled.generate(request);
       const delivered: number[] = [];
       const failure = await (async () => {
         for await (const token of stream) delivered.push(token.index);
@@ -356,7 +360,7 @@ describe('validator clients on a verify pool', () => {
       expect(pool.stats().verifiedInWorkers).toBeGreaterThanOrEqual(3);
       expect(pool.stats().workerExits).toBe(0);
       await expect(fooled.ping()).rejects.toBe(failure); // the connection is done with
-      const result = await other.generate({ prompt: 'tamper', maxTokens: 12, seed: 3 }).collect();
+      const result = await other.generate(request).collect();
       expect(result.tokens.length).toBeGreaterThan(passed);
       await Promise.all([fooled.close(), other.close()]);
     } finally {
