@@ -30,6 +30,18 @@ override WG: u32 = 256;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // (M, C); must not alias x
 @group(0) @binding(5) var<storage, read> residual: array<f32>;  // (M, C); rms_norm_add only, must not alias out
 
+// 1 / sqrt(mean(x[src ..][c]^2) + eps) of one row, from every invocation of the workgroup (call it in
+// uniform control flow: the sum synchronises the workgroup).
+fn rms_scale(src: u32, lid: u32) -> f32 {
+  var squares = 0.0;
+  for (var c = lid; c < params.cols; c += WG) {
+    let v = x[src + c];
+    squares += v * v;
+  }
+  let mean_square = workgroup_sum(lid, squares) / f32(params.cols);
+  return 1.0 / sqrt(mean_square + params.eps);
+}
+
 @compute @workgroup_size(WG)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -37,13 +49,7 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
   if (row >= params.rows) { return; }
   let src = params.x_offset + row * params.cols;
   let dst = params.out_offset + row * params.cols;
-  var squares = 0.0;
-  for (var c = lid; c < params.cols; c += WG) {
-    let v = x[src + c];
-    squares += v * v;
-  }
-  let mean_square = workgroup_sum(lid, squares) / f32(params.cols);
-  let scale = 1.0 / sqrt(mean_square + params.eps);
+  let scale = rms_scale(src, lid);
   for (var c = lid; c < params.cols; c += WG) {
     out[dst + c] = x[src + c] * scale * weight[params.weight_offset + c];
   }
@@ -84,13 +90,7 @@ fn rms_norm_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
   let src = params.x_offset + row * params.cols;
   let dst = params.out_offset + row * params.cols;
   let res = params.residual_offset + row * params.cols;
-  var squares = 0.0;
-  for (var c = lid; c < params.cols; c += WG) {
-    let v = x[src + c];
-    squares += v * v;
-  }
-  let mean_square = workgroup_sum(lid, squares) / f32(params.cols);
-  let scale = 1.0 / sqrt(mean_square + params.eps);
+  let scale = rms_scale(src, lid);
   for (var c = lid; c < params.cols; c += WG) {
     out[dst + c] = residual[res + c] + x[src + c] * scale * weight[params.weight_offset + c];
   }
