@@ -12,7 +12,7 @@ import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
 import { renderChart } from './chart.ts';
 import { benchE2e } from './e2e.ts';
 import { HOST_STEPS, benchHost, type HostReport } from './host.ts';
-import { benchKernels, type KernelsReport } from './kernels.ts';
+import { benchKernels, type KernelBenchOptions, type KernelsReport } from './kernels.ts';
 import { benchPeer } from './peer.ts';
 import { LLAMA_7B_SHAPES, PRESETS, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
 import { adapterName, formatHostTable, formatKernelsTable, formatMarkdown, formatTable, type AdapterReport, type BenchReport } from './report.ts';
@@ -195,7 +195,9 @@ export interface KernelsOnlyReport {
   kernels: KernelsReport;
 }
 
-export async function runKernelsOnly(options: Pick<BenchOptions, 'quick' | 'preset' | 'model' | 'shapes' | 'adapter' | 'json' | 'gpu' | 'progress'>): Promise<KernelsOnlyReport> {
+export async function runKernelsOnly(
+  options: Pick<BenchOptions, 'quick' | 'preset' | 'model' | 'shapes' | 'adapter' | 'json' | 'gpu' | 'progress'> & Pick<KernelBenchOptions, 'dtypes' | 'kinds'>,
+): Promise<KernelsOnlyReport> {
   const preset = resolvePreset(options);
   const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
   const shapes = await resolveShapes(options, preset);
@@ -203,7 +205,7 @@ export async function runKernelsOnly(options: Pick<BenchOptions, 'quick' | 'pres
   const report = await withGpu(options, async (gpu) => {
     warnIfSlow(gpu, preset, progress);
     const roofline = await measureRoofline(gpu, preset, progress);
-    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
+    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress, dtypes: options.dtypes, kinds: options.kinds });
     return { adapter: describeAdapter(gpu), roofline, kernels };
   });
   if (options.json) write(options.json, JSON.stringify(report, null, 2) + '\n');
