@@ -16,7 +16,7 @@ import { defineConfig } from 'vitest/config';
 const KERNEL_AND_MODEL_TESTS = [
   'attention', 'device', 'elementwise', 'embed', 'linear', 'matmul', 'matvec', 'norm', 'rope', 'sample', 'selfcheck',
   'softmax', 'transformer', 'transformer-chunked', 'transformer-window', 'llamacpp-parity', 'llamacpp-parity-qwen2-gpt2',
-  'matvec-fused', 'matvec-q8', 'rope-kv-write',
+  'matvec-fused', 'matvec-q8', 'autotune', 'rope-kv-write',
 ].map((name) => `test/${name}.test.ts`);
 
 const ALL_TESTS = ['test/**/*.test.ts'];

@@ -44,6 +44,8 @@ export interface BenchOptions {
   markdown?: string;
   /** Default: next to the JSON, .svg. */
   svg?: string;
+  /** Tune the decode matvec variants at model load (default true; false: --no-autotune). */
+  autotune?: boolean;
   /** Use this device (tests); otherwise one is acquired and released. */
   gpu?: Gpu;
   /** Progress lines; default: stderr. false: silent. */
@@ -123,7 +125,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     const roofline = await measureRoofline(gpu, preset, progress);
     progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
     const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
-    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, progress });
+    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, progress, autotune: options.autotune });
     const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
     progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step, ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
     return { adapter: describeAdapter(gpu), roofline, kernels, e2e, host };

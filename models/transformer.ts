@@ -29,6 +29,7 @@ import { DecodeAttention, KvWrite, PrefillAttention, kvRegionElements } from '..
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
 import { ggufBytes, interleaveRowPairs, packGguf, uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
+import { autotuneMatvecs, autotuneSetting, tunedMatvecOptions, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 
@@ -51,6 +52,13 @@ export interface TransformerOptions {
    * matrix over the limit is uploaded in row chunks; tests set a small value to force chunking.
    */
   maxWeightChunkBytes?: number;
+  /**
+   * Decode matvec variants tuned for this adapter at load (kernels/autotune.ts; the object sets the
+   * cache file), or false: the static defaults. Default on, unless WEBGPU_MINER_AUTOTUNE=off.
+   */
+  autotune?: boolean | AutotuneOptions;
+  /** The matvec variant per weight dtype, as given (tests force each candidate); autotune is then skipped. */
+  matvecTunings?: MatvecTunings;
 }
 
 /** The sampler's view of one row's logits. */
@@ -214,7 +222,10 @@ export class Transformer {
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
     const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
-      new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused });
+      new Linear(gpu, {
+        weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused,
+        matvec: tunedMatvecOptions(options.matvecTunings, matrix(`${name}.weight`).dtype, fused?.fusion),
+      });
     // The norm a projection's matvec folds in (reading the raw residual stream, not h).
     const normFusion = (prefix: string): MatvecFusion['norm'] => ({
       kind: cfg.norm,
@@ -271,7 +282,10 @@ export class Transformer {
     this.#finalNorm = norm('output_norm', b.x, b.h);
     this.#finalNormGathered = norm('output_norm', b.headRows, b.h);
     const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
-    this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows });
+    this.#lmHead = new Linear(gpu, {
+      weight: head, bias: vector('output.bias'), input: b.h, output: b.logits, maxRows: this.#logitRows,
+      matvec: tunedMatvecOptions(options.matvecTunings, head.dtype),
+    });
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
     this.stats = { ...stats, kvBytes: 2 * cfg.numLayers * kvElements * 4, activationBytes: arena.bytes - stats.weightBytes };
   }
@@ -316,7 +330,12 @@ export class Transformer {
         options.onProgress?.(++done, plan.length, item.name);
       }
       const weightBytes = arena.bytes;
-      model = new Transformer(gpu, source, options, weights, arena, digest.hex(), {
+      const tuning = autotuneSetting(options.autotune);
+      const matvecTunings = options.matvecTunings ?? (tuning && (await autotuneMatvecs(gpu, {
+        dtypes: [...new Set(Object.values(dtypes))] as HostWeight['dtype'][],
+        shapes: [{ N: cfg.hiddenSize, K: cfg.hiddenSize }, { N: cfg.intermediateSize, K: cfg.hiddenSize }],
+      }, tuning)).tunings);
+      model = new Transformer(gpu, source, { ...options, matvecTunings }, weights, arena, digest.hex(), {
         parameters,
         weightBytes,
         kvBytes: 0,

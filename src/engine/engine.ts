@@ -21,7 +21,7 @@
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
-import { Transformer, type PrefillPiece, type RowCandidates } from '../../models/transformer.ts';
+import { Transformer, type PrefillPiece, type RowCandidates, type TransformerOptions } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { CANDIDATES, Sampler, validateSamplingParams } from './sampler.ts';
 import { TextTokenizer, type TokenStream } from './tokenizer.ts';
@@ -49,6 +49,12 @@ export interface EngineOptions {
    */
   prefixCacheMin?: number;
   onProgress?: (done: number, total: number, name: string) => void;
+  /**
+   * Tune the decode matvec variants for this adapter at load, cached per adapter and driver
+   * (TransformerOptions.autotune; kernels/autotune.ts), or false for the static defaults. Default on,
+   * unless WEBGPU_MINER_AUTOTUNE=off.
+   */
+  autotune?: TransformerOptions['autotune'];
   /** Use this device instead of acquiring one (tests share a device). */
   gpu?: Gpu;
 }
@@ -169,6 +175,7 @@ export class Engine implements TextGenerator {
         prefillChunk: options.prefillChunk ?? 128,
         maxPrefillPieces: options.maxPrefillPieces ?? 8,
         onProgress: options.onProgress,
+        autotune: options.autotune,
       });
       return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256, prefixCacheMin);
     } catch (err) {

@@ -134,6 +134,8 @@ export interface ReferenceOptions {
   prefillChunk?: number;
   /** Sequences per forward pass (KV slots). Default 8. */
   slots?: number;
+  /** The engine's matvec autotune (EngineOptions.autotune); false: the static defaults. */
+  autotune?: boolean;
   /** Use this engine (tests share one); it must be idle, and its cached prefixes are forgotten. */
   engine?: Engine;
 }
@@ -160,6 +162,7 @@ export class ReferenceModel {
       capacity: options.capacity ?? 512,
       prefillChunk: options.prefillChunk ?? 256,
       prefixCacheMin: 0,
+      autotune: options.autotune,
     });
     return new ReferenceModel(engine, true);
   }
