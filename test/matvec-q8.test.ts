@@ -26,6 +26,8 @@ const log = new ErrorLog();
 afterAll(() => console.log(`matvec q8 activations\n${log.summary()}`));
 
 const TIGHT = 1e-5;
+// Each case compiles a quantise and a matvec pipeline per tier: minutes on a busy software adapter.
+const CASE_TIMEOUT_MS = 600_000;
 const LOOSE = 1.5e-2;
 
 function tiers(): Tier[] {
@@ -211,7 +213,7 @@ describe('matvec on q8 activations', () => {
         return;
       }
       for (const tier of tiers()) await runCase(c, tier);
-    });
+    }, CASE_TIMEOUT_MS);
   }
 
   it('is refused for weights it does not serve and on devices without dot4I8Packed', () => {
