@@ -23,7 +23,7 @@ import { ShapeError } from '../src/errors.ts';
 import { MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecOptions } from './matvec.ts';
 import { hasPackedDot } from './quantise.ts';
 import type { MatvecActivations, Tier } from './tiers.ts';
-import { isQuantDtype, planeWords, uploadWeight, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
+import { BLOCK_COLUMNS, isQuantDtype, planeWords, uploadWeight, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
 
 /** One matvec variant: what Matvec's options say. */
 export interface MatvecTuning {
@@ -190,8 +190,13 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
       continue;
     }
     options.progress?.(`autotune: timing ${dtype} matvec variants`);
-    tunings[dtype] = await tuneDtype(gpu, dtype, request.shapes);
-    tuned.push(dtype);
+    try {
+      tunings[dtype] = await tuneDtype(gpu, dtype, request.shapes);
+      tuned.push(dtype);
+    } catch (err) {
+      // Tuning is an optimisation: a failure leaves this dtype on the static defaults, never fails the load.
+      warn(`autotune: ${dtype} keeps the static defaults (${(err as Error).message})`);
+    }
   }
   if (tuned.length > 0) {
     const tuningsById: Record<string, MatvecTuning> = { ...(entry?.tunings ?? {}) };
@@ -266,8 +271,13 @@ async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions)
 
 async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['shapes']): Promise<MatvecTuning> {
   const benches: Bench[] = [];
+  // A block-quantised weight needs K in whole blocks: a model's other widths (a Q4_K ffn_down beside a
+  // hidden size of 96) are timed at K rounded up to the block.
+  const block = isQuantDtype(dtype) ? BLOCK_COLUMNS[dtype] : 1;
   try {
-    for (const { N, K } of shapes) {
+    for (const shape of shapes) {
+      const N = shape.N;
+      const K = Math.ceil(shape.K / block) * block;
       benches.push({
         weight: timingWeight(gpu, dtype, N, K),
         input: createStorage(gpu, 'autotune.input', Float32Array.from({ length: K }, (_, i) => Math.sin(i))),
