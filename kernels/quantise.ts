@@ -34,6 +34,28 @@ export interface QuantiseQ8Options {
 
 const NORM_CODE = { rms: 1, layer: 2 } as const;
 
+// Quantised rows are written and read within one step: every quantise step writes its rows just
+// before its matvec reads them, and a pass runs dispatches in order, so all matvecs of one K on a
+// device share one pair of buffers (a model's worth of matvecs costs a few KiB, not one pair each).
+const scratch = new WeakMap<Gpu, Map<string, Q8Activations>>();
+function q8Scratch(gpu: Gpu, cols: number, maxRows: number): Q8Activations {
+  let byShape = scratch.get(gpu);
+  if (!byShape) {
+    byShape = new Map();
+    scratch.set(gpu, byShape);
+  }
+  const key = `${maxRows}x${cols}`;
+  let buffers = byShape.get(key);
+  if (!buffers) {
+    buffers = {
+      quants: createStorage(gpu, `q8.rows(${key})`, maxRows * cols),
+      scales: createStorage(gpu, `q8.scales(${key})`, (maxRows * cols) / 8),
+    };
+    byShape.set(key, buffers);
+  }
+  return buffers;
+}
+
 /** Quantises (and optionally normalises) up to `maxRows` rows of K activations into its own buffers. */
 export class QuantiseQ8 {
   readonly output: Q8Activations;
@@ -49,10 +71,7 @@ export class QuantiseQ8 {
     const wg = checkWorkgroupSize(gpu, options.workgroupSize ?? 64, label);
     this.#wg = wg;
     this.cols = cols;
-    this.output = {
-      quants: createStorage(gpu, `${label}.q8`, maxRows * cols),
-      scales: createStorage(gpu, `${label}.q8-scales`, (maxRows * cols) / 8),
-    };
+    this.output = q8Scratch(gpu, cols, maxRows);
     const norm = options.norm;
     this.#dispatch = new Dispatch(
       gpu,
