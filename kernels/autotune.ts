@@ -114,7 +114,9 @@ function readCache(path: string, warn: (message: string) => void): CacheFile {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') warn(`autotune: cannot read ${path} (${(err as Error).message}); tuning again`);
+    // No file yet (or no directory: the write that follows says so) is no cache, not a fault.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') warn(`autotune: cannot read ${path} (${(err as Error).message}); tuning again`);
     return { format: CACHE_FORMAT, entries: {} };
   }
   try {
