@@ -1,4 +1,5 @@
-import { availableParallelism } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 // GPU tests run in forked processes: EGL reads EGL_PLATFORM from the process's C environment,
@@ -15,11 +16,14 @@ import { defineConfig } from 'vitest/config';
 const KERNEL_AND_MODEL_TESTS = [
   'attention', 'device', 'elementwise', 'embed', 'linear', 'matmul', 'matvec', 'norm', 'rope', 'sample', 'selfcheck',
   'softmax', 'transformer', 'transformer-chunked', 'transformer-window', 'llamacpp-parity', 'llamacpp-parity-qwen2-gpt2',
-  'matvec-fused', 'rope-kv-write', 'transformer-paged', 'kv-dtype-parity',
+  'matvec-fused', 'matvec-q8', 'autotune', 'rope-kv-write', 'transformer-paged', 'kv-dtype-parity',
   'llamacpp-parity-qwen3', 'llamacpp-parity-phi3', 'llamacpp-parity-gemma3', 'llamacpp-parity-gemma2',
 ].map((name) => `test/${name}.test.ts`);
 
 const ALL_TESTS = ['test/**/*.test.ts'];
+// The matvec autotune stays off (static defaults) unless a test turns it on with the option, and its
+// cache never lands in the real home directory.
+const AUTOTUNE_ENV = { WEBGPU_MINER_AUTOTUNE: 'off', WEBGPU_MINER_AUTOTUNE_CACHE: join(tmpdir(), `webgpu-miner-test-autotune-${process.pid}.json`) };
 const chosen = process.env.WEBGPU_MINER_ADAPTER;
 
 export default defineConfig({
@@ -32,10 +36,10 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     projects: chosen
-      ? [{ extends: true, test: { name: chosen, include: ALL_TESTS } }]
+      ? [{ extends: true, test: { name: chosen, include: ALL_TESTS, env: AUTOTUNE_ENV } }]
       : [
-          { extends: true, test: { name: 'compat', include: ALL_TESTS, env: { WEBGPU_MINER_ADAPTER: 'software-compat' } } },
-          { extends: true, test: { name: 'core', include: KERNEL_AND_MODEL_TESTS, env: { WEBGPU_MINER_ADAPTER: 'software-core' } } },
+          { extends: true, test: { name: 'compat', include: ALL_TESTS, env: { ...AUTOTUNE_ENV, WEBGPU_MINER_ADAPTER: 'software-compat' } } },
+          { extends: true, test: { name: 'core', include: KERNEL_AND_MODEL_TESTS, env: { ...AUTOTUNE_ENV, WEBGPU_MINER_ADAPTER: 'software-core' } } },
         ],
   },
 });

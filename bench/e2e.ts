@@ -92,6 +92,8 @@ export interface E2eReport {
 export interface E2eOptions {
   /** HF folder, .gguf file or 'tiny-random-llama'. */
   model: string;
+  /** The engine's matvec autotune (EngineOptions.autotune); false: the static defaults. */
+  autotune?: boolean;
   gpu: Gpu;
   preset: BenchPreset;
   /** The larger decode batch (default: the preset's). */
@@ -188,6 +190,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
     capacity: want + e.decodeTokens + 1,
     prefillChunk: options.prefillChunk,
     kvDtype: options.kvDtype,
+    autotune: options.autotune === false ? false : { progress },
     onProgress: (done, total) => {
       if (done === total || performance.now() - lastShown > 2000) {
         lastShown = performance.now();

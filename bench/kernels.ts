@@ -1,7 +1,8 @@
 // Kernels at the shapes of a model: prefill matmul (GFLOP/s), decode matvec (GB/s of weight bytes)
 // for each weight format, and attention prefill / decode at several context lengths, each kernel on
 // every tier the adapter runs (the baseline, and beside it the fast tier where the adapter has one:
-// subgroup matvec and attention, f16 matmul), so one run compares them on one adapter. Each result
+// subgroup matvec and attention, f16 matmul, and for quantised weights the matvec on q8 activations
+// with dot4I8Packed), so one run compares them on one adapter. Each result
 // carries its FLOP and minimum bytes moved, so it sits on the roofline: its share is achieved
 // GFLOP/s over min(peak, intensity x bandwidth) as measured on this adapter (bench/roofline.ts).
 //
@@ -15,12 +16,13 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage } from '../src/gpu/buffers.ts';
-import { MinerError, ShapeError } from '../src/errors.ts';
+import { MinerError, OptionError, ShapeError } from '../src/errors.ts';
 import { Matmul } from '../kernels/matmul.ts';
-import { Matvec } from '../kernels/matvec.ts';
-import { kernelTiers, type Tier } from '../kernels/tiers.ts';
+import { Matvec, Q8_ACTIVATION_DTYPES } from '../kernels/matvec.ts';
+import { hasPackedDot } from '../kernels/quantise.ts';
+import { kernelTiers, type MatvecActivations, type Tier } from '../kernels/tiers.ts';
 import { DecodeAttention, PrefillAttention, kvBytesPerToken, kvTableWidth, type KvDtype } from '../kernels/attention.ts';
-import { BLOCK_COLUMNS, checkWeightFits, isKQuantDtype, isQuantDtype, K_QUANT_BLOCK, planeWords, uploadWeight, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
+import { BLOCK_COLUMNS, checkWeightFits, isKQuantDtype, isQuantDtype, K_QUANT_BLOCK, planeWords, uploadWeight, WEIGHT_DTYPES, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { attainableGflops, type Progress, type RooflineResult } from './roofline.ts';
 import { projectionShape, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
 import { timeKernel, type Timing } from './timing.ts';
@@ -37,7 +39,9 @@ export interface KernelResult {
   shape: Record<string, number>;
   /** Kernel variant (kernels/tiers.ts); each kernel comes once per tier the adapter runs. */
   tier: Tier;
-  /** One line naming the kernel and shape, e.g. "matvec subgroup q4_0 ffn_up 1x11008x4096". */
+  /** Matvecs over quantised weights: what they multiply (f32 activations, or q8 with dot4I8Packed). */
+  activations?: MatvecActivations;
+  /** One line naming the kernel and shape, e.g. "matvec subgroup q4_0 ffn_up 1x11008x4096" ("subgroup+q8" on q8 activations). */
   label: string;
   flops: number;
   /** Minimum bytes one run must move: weights (or KV cache) plus activations in and out. */
@@ -169,6 +173,10 @@ export interface KernelBenchOptions {
   /** The reference A100's ceilings, to place each kernel against it too. */
   a100Roof?: RoofSpec;
   progress?: Progress;
+  /** Only these weight dtypes (default: the preset's). */
+  dtypes?: readonly WeightDtype[];
+  /** Only these kernels (default: all). */
+  kinds?: readonly KernelKind[];
 }
 
 export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPreset, options: KernelBenchOptions): Promise<KernelsReport> {
@@ -181,14 +189,20 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const tiers = kernelTiers(gpu);
   // Each kernel on the baseline always, on the fast tier beside it where the adapter has one.
   const withBaseline = (fast: Tier): Tier[] => (fast === 'baseline' ? ['baseline'] : ['baseline', fast]);
-  const matvecTiers = withBaseline(tiers.matvec);
-  const matmulTiers = withBaseline(tiers.matmul);
+  const wanted = (kind: KernelKind) => options.kinds === undefined || options.kinds.includes(kind);
+  const matvecTiers = wanted('matvec') ? withBaseline(tiers.matvec) : [];
+  const matmulTiers = wanted('matmul') ? withBaseline(tiers.matmul) : [];
   const attentionTiers = withBaseline(tiers.attention);
+  const prefillLengths = wanted('attention.prefill') ? p.attentionPrefill : [];
+  const decodeLengths = wanted('attention.decode') ? p.attentionDecode : [];
+  const dtypes = options.dtypes ?? p.dtypes;
+  // The q8-activation matvec beside the f32 ones, on the fast reduction tier, where it applies.
+  const q8For = (dtype: WeightDtype) => wanted('matvec') && hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype);
   // Decode attention reads the whole KV cache: timed with each cache dtype the model's head dim takes.
   const kvDtypes: KvDtype[] = cfg.headDim % 32 === 0 ? ['f32', 'f16', 'q8_0'] : cfg.headDim % 2 === 0 ? ['f32', 'f16'] : ['f32'];
   const total =
-    p.projections.length * p.dtypes.length * (matvecTiers.length + matmulTiers.length) +
-    (p.attentionPrefill.length + p.attentionDecode.length * kvDtypes.length) * attentionTiers.length;
+    p.projections.length * dtypes.reduce((n, dtype) => n + matvecTiers.length + matmulTiers.length + (q8For(dtype) ? 1 : 0), 0) +
+    (prefillLengths.length + decodeLengths.length * kvDtypes.length) * attentionTiers.length;
   let done = 0;
   const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
 
@@ -207,7 +221,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
 
   for (const proj of p.projections) {
     const { N, K } = projectionShape(cfg, proj);
-    for (const dtype of p.dtypes) {
+    for (const dtype of dtypes) {
       // One weight per (projection, dtype), uploaded once and timed by both kernels.
       let shared: { weight: PackedWeight; input: GPUBuffer } | undefined;
       const prepare = () => {
@@ -231,22 +245,29 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         return shared;
       };
       try {
-        const runs = [
-          ...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier })),
+        const runs: Array<{ kind: 'matvec' | 'matmul'; tier: Tier; activations?: MatvecActivations }> = [
+          ...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier, activations: 'f32' as const })),
+          ...(q8For(dtype) ? [{ kind: 'matvec' as const, tier: tiers.matvec, activations: 'q8' as const }] : []),
           ...matmulTiers.map((tier) => ({ kind: 'matmul' as const, tier })),
         ];
-        for (const { kind, tier } of runs) {
+        for (const { kind, tier, activations } of runs) {
           const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
           const shape = { M, N, K };
-          await attempt(kind, tier, proj, dtype, shape, `${kind} ${tier} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
+          const variant = activations === 'q8' ? `${tier}+q8` : tier;
+          await attempt(kind, tier, proj, dtype, shape, `${kind} ${variant} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
             const { weight, input } = prepare();
             const output = createStorage(gpu, 'bench.output', M * N * 4);
             try {
               const buffers = { weight, input, output };
-              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier }) : new Matmul(gpu, buffers, { tier });
+              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier, activations }) : new Matmul(gpu, buffers, { tier });
               const timing = await timeKernel(gpu, (pass) => op.encode(pass, { M }), preset.timing);
+              // The q8 step's own traffic (M K bytes of quants and K / 8 of scales, written then read) is
+              // left out: the figure of merit is weight bytes per second, the same for both.
               return result(
-                { kind, tier, name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing },
+                {
+                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}),
+                  name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing,
+                },
                 roof,
                 options.a100Roof,
               );
@@ -263,7 +284,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   }
 
   const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = cfg;
-  for (const T of p.attentionPrefill) for (const tier of attentionTiers) {
+  for (const T of prefillLengths) for (const tier of attentionTiers) {
     const shape = { T, Hq, Hkv, D };
     const label = `attention.prefill ${tier} f32 T=${T} Hq=${Hq} Hkv=${Hkv} D=${D}`;
     await attempt('attention.prefill', tier, 'attention', 'f32', shape, label, async () => {
@@ -294,7 +315,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
     });
   }
 
-  for (const L of p.attentionDecode) for (const kvDtype of kvDtypes) for (const tier of attentionTiers) {
+  for (const L of decodeLengths) for (const kvDtype of kvDtypes) for (const tier of attentionTiers) {
     const R = p.decodeRows;
     const shape = { R, L, Hq, Hkv, D };
     const label = `attention.decode ${tier} ${kvDtype} KV R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
@@ -361,10 +382,28 @@ async function main(): Promise<void> {
       shapes: { type: 'string' },
       adapter: { type: 'string' },
       json: { type: 'string' },
+      // Comma-separated filters, e.g. --dtypes q4_0,q8_0 --kinds matvec.
+      dtypes: { type: 'string' },
+      kinds: { type: 'string' },
     },
   });
   const { runKernelsOnly } = await import('./run.ts');
-  await runKernelsOnly({ quick: values.quick, preset: values.preset as PresetName | undefined, model: values.model, shapes: values.shapes, adapter: values.adapter, json: values.json });
+  await runKernelsOnly({
+    quick: values.quick, preset: values.preset as PresetName | undefined, model: values.model, shapes: values.shapes, adapter: values.adapter, json: values.json,
+    dtypes: values.dtypes !== undefined ? parseList(values.dtypes, WEIGHT_DTYPES, 'dtypes') : undefined,
+    kinds: values.kinds !== undefined ? parseList(values.kinds, KERNEL_KINDS, 'kinds') : undefined,
+  });
+}
+
+const KERNEL_KINDS: readonly KernelKind[] = ['matmul', 'matvec', 'attention.prefill', 'attention.decode'];
+
+/** A comma-separated list of names, each one of `allowed`. */
+export function parseList<T extends string>(text: string, allowed: readonly T[], what: string): T[] {
+  const names = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  for (const name of names) {
+    if (!(allowed as readonly string[]).includes(name)) throw new OptionError(`--${what}: unknown ${JSON.stringify(name)} (one of ${allowed.join(', ')})`);
+  }
+  return names as T[];
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -14,7 +14,7 @@ import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
 import { renderChart } from './chart.ts';
 import { benchE2e } from './e2e.ts';
 import { HOST_STEPS, benchHost, type HostReport } from './host.ts';
-import { benchKernels, type KernelsReport } from './kernels.ts';
+import { benchKernels, type KernelBenchOptions, type KernelsReport } from './kernels.ts';
 import { benchPeer } from './peer.ts';
 import { memoryReport } from './memory.ts';
 import { LLAMA_7B_SHAPES, MEMORY_SHAPES, PRESETS, type BenchPreset, type MemoryShape, type MemoryShapeName, type PresetName, type ShapeSet } from './presets.ts';
@@ -53,6 +53,8 @@ export interface BenchOptions {
   markdown?: string;
   /** Default: next to the JSON, .svg. */
   svg?: string;
+  /** Tune the decode matvec variants at model load (default true; false: --no-autotune). */
+  autotune?: boolean;
   /** Use this device (tests); otherwise one is acquired and released. */
   gpu?: Gpu;
   /** Progress lines; default: stderr. false: silent. */
@@ -151,7 +153,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     const roofline = await measureRoofline(gpu, preset, progress);
     progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
     const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
-    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, kvDtype: options.kvDtype, progress });
+    const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, kvDtype: options.kvDtype, progress, autotune: options.autotune });
     const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
     progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step, ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
     const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize };
@@ -233,7 +235,9 @@ export interface KernelsOnlyReport {
   kernels: KernelsReport;
 }
 
-export async function runKernelsOnly(options: Pick<BenchOptions, 'quick' | 'preset' | 'model' | 'shapes' | 'adapter' | 'json' | 'gpu' | 'progress'>): Promise<KernelsOnlyReport> {
+export async function runKernelsOnly(
+  options: Pick<BenchOptions, 'quick' | 'preset' | 'model' | 'shapes' | 'adapter' | 'json' | 'gpu' | 'progress'> & Pick<KernelBenchOptions, 'dtypes' | 'kinds'>,
+): Promise<KernelsOnlyReport> {
   const preset = resolvePreset(options);
   const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
   const shapes = await resolveShapes(options, preset);
@@ -241,7 +245,7 @@ export async function runKernelsOnly(options: Pick<BenchOptions, 'quick' | 'pres
   const report = await withGpu(options, async (gpu) => {
     warnIfSlow(gpu, preset, progress);
     const roofline = await measureRoofline(gpu, preset, progress);
-    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
+    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress, dtypes: options.dtypes, kinds: options.kinds });
     return { adapter: describeAdapter(gpu), roofline, kernels };
   });
   if (options.json) write(options.json, JSON.stringify(report, null, 2) + '\n');

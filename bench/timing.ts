@@ -5,8 +5,9 @@
 // resolution; the time per run is sample / reps. Warm-up samples come first and are discarded. The
 // result is the median of the samples with their min, max and median absolute deviation.
 import type { Gpu } from '../src/gpu/device.ts';
+import { timeSample, timingMethod, type TimingMethod } from '../src/gpu/timing.ts';
 
-export type TimingMethod = 'timestamp-query' | 'queue-completion';
+export { timeSample, timingMethod, type TimingMethod };
 
 export interface TimingOptions {
   /** Samples run and discarded before measuring (the first run pays for lazy driver work). */
@@ -34,9 +35,6 @@ export interface Timing {
   method: TimingMethod;
 }
 
-export function timingMethod(gpu: Gpu): TimingMethod {
-  return gpu.features.has('timestamp-query') ? 'timestamp-query' : 'queue-completion';
-}
 
 export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -57,60 +55,6 @@ export function summarize(times: readonly number[], reps: number, method: Timing
     reps,
     method,
   };
-}
-
-interface Timestamps {
-  querySet: GPUQuerySet;
-  resolve: GPUBuffer;
-  readback: GPUBuffer;
-}
-
-const timestampState = new WeakMap<Gpu, Timestamps>();
-
-function timestamps(gpu: Gpu): Timestamps {
-  let state = timestampState.get(gpu);
-  if (!state) {
-    const { device } = gpu;
-    state = {
-      querySet: device.createQuerySet({ label: 'bench.timestamps', type: 'timestamp', count: 2 }),
-      resolve: device.createBuffer({ label: 'bench.timestamps.resolve', size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
-      readback: device.createBuffer({ label: 'bench.timestamps.readback', size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
-    };
-    timestampState.set(gpu, state);
-  }
-  return state;
-}
-
-/**
- * Run `record` `reps` times in one compute pass and return the time of the whole sample in ms:
- * GPU time from timestamps when the adapter has them (wall time if they come back empty, as a
- * quantised clock can), else wall time from submit to completion.
- */
-export async function timeSample(gpu: Gpu, record: (pass: GPUComputePassEncoder) => void, reps: number): Promise<number> {
-  const { device } = gpu;
-  const useTimestamps = timingMethod(gpu) === 'timestamp-query';
-  const encoder = device.createCommandEncoder({ label: 'bench.sample' });
-  const ts = useTimestamps ? timestamps(gpu) : undefined;
-  const pass = encoder.beginComputePass(
-    ts ? { timestampWrites: { querySet: ts.querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : {},
-  );
-  for (let r = 0; r < reps; r++) record(pass);
-  pass.end();
-  if (ts) {
-    encoder.resolveQuerySet(ts.querySet, 0, 2, ts.resolve, 0);
-    encoder.copyBufferToBuffer(ts.resolve, 0, ts.readback, 0, 16);
-  }
-  const commands = encoder.finish();
-  const start = performance.now();
-  device.queue.submit([commands]);
-  await gpu.sync();
-  const wallMs = performance.now() - start;
-  if (!ts) return wallMs;
-  await ts.readback.mapAsync(GPUMapMode.READ);
-  const [begin, end] = new BigInt64Array(ts.readback.getMappedRange().slice(0));
-  ts.readback.unmap();
-  const gpuMs = Number(end - begin) / 1e6;
-  return gpuMs > 0 && gpuMs <= wallMs * 1.5 ? gpuMs : wallMs;
 }
 
 /** Time one dispatch (or a fixed group of dispatches) recorded by `record`. */

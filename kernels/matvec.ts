@@ -4,12 +4,22 @@
 // (shaders/matvec.wgsl, a workgroup-memory tree reduction, runs anywhere) and the subgroup tier
 // (shaders/matvec_subgroup.wgsl, subgroupAdd and two barriers, needs the 'subgroups' feature), picked by
 // kernelTiers() unless MatvecOptions.tier says which.
+// Over block-quantised weights either tier may take q8 activations (MatvecOptions.activations): a
+// small dispatch first quantises the activation rows to int8 (kernels/quantise.ts, with the fused norm
+// folded in), then the matvec multiplies int8 by int8 with dot4I8Packed (shaders/matvec_sums_q8.wgsl).
+// Numerics (test/matvec-q8.test.ts): against a float64 reference on the same q8-rounded activations
+// the error is f32 accumulation only (<= 1e-5 relative); against the unquantised activations it is
+// the activations' rounding, at most d / 2 = amax / 254 per element of each block of 32, which over
+// a dot product of random-signed errors is about 2^-8 .. 2^-9 relative (bound 1.5e-2 in the tests),
+// the same rounding llama.cpp's CPU path applies (it quantises activations to Q8_0 / Q8_K for these
+// weight types), and small next to the weight's own quantisation (Q4_0: about 2^-4).
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkWorkgroupSize } from './dispatch.ts';
-import { paddedCols, weightShader, type PackedWeight } from './weights.ts';
-import { kernelTiers, type Tier } from './tiers.ts';
+import { paddedCols, weightShader, type PackedWeight, type WeightDtype } from './weights.ts';
+import { kernelTiers, type MatvecActivations, type Tier } from './tiers.ts';
+import { QuantiseQ8, hasPackedDot, PACKED_DOT_FEATURE, type Q8Activations } from './quantise.ts';
 import type { NormKind } from './norm.ts';
 import {
   MatmulParams,
@@ -64,7 +74,27 @@ export interface MatvecOptions {
    * feature). 'subgroup' on a device without that feature is a ShapeError.
    */
   tier?: Tier;
+  /**
+   * f32 activations, or 'q8' (quantised once per run, multiplied with dot4I8Packed). Default:
+   * kernelTiers(gpu).matvecActivations for the dtypes in Q8_ACTIVATION_DTYPES, else 'f32'. 'q8' on a
+   * device without the WGSL feature, or with another weight dtype, is a ShapeError.
+   */
+  activations?: MatvecActivations;
   fusion?: MatvecFusion;
+}
+
+/** Weight dtypes the q8 activation tier serves (each has a shaders/weights_<dtype>_q8.wgsl module). */
+export const Q8_ACTIVATION_DTYPES: readonly WeightDtype[] = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q4_k', 'q5_k', 'q6_k'];
+
+/** The activations a matvec over `dtype` takes unless told. */
+export function defaultMatvecActivations(gpu: Pick<Gpu, 'features' | 'wgslLanguageFeatures'>, dtype: WeightDtype): MatvecActivations {
+  return Q8_ACTIVATION_DTYPES.includes(dtype) ? kernelTiers(gpu).matvecActivations : 'f32';
+}
+
+/** Default workgroup size on q8 activations: each thread walks about two 16-column chunks of K. */
+export function defaultQ8MatvecWorkgroupSize(cols: number): number {
+  const want = Math.ceil(cols / 32);
+  return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(want))));
 }
 
 /** Default workgroup size for K input features: each thread walks about 4 groups of 4 columns. */
@@ -98,6 +128,8 @@ export class Matvec {
   readonly #dispatch: Dispatch<ProjectionField>;
   /** The variant this instance runs. */
   readonly tier: Tier;
+  /** What the product multiplies: f32 activations, or q8 ones (quantised by #quantise first). */
+  readonly activations: MatvecActivations;
   readonly workgroupSize: number;
   /** Outputs per workgroup (weight rows, or row pairs with glu). */
   readonly rowsPerWorkgroup: number;
@@ -105,6 +137,8 @@ export class Matvec {
   /** N: outputs per activation row (the weight's rows, half of them with glu). */
   readonly outputs: number;
   readonly #maxPerDimension: number;
+  /** The q8 tier's activation step (normalising too when the fusion has a norm). */
+  readonly #quantise: QuantiseQ8 | undefined;
 
   constructor(gpu: Gpu, buffers: MatvecBuffers, options: MatvecOptions = {}) {
     const label = `matvec(${buffers.weight.label})`;
@@ -115,6 +149,16 @@ export class Matvec {
       throw new ShapeError(`${label}: the subgroup tier needs the device feature 'subgroups', which this adapter does not offer`);
     }
     const subgroup = tier === 'subgroup';
+    const dtype = buffers.weight.dtype;
+    const activations = options.activations ?? defaultMatvecActivations(gpu, dtype);
+    if (activations !== 'f32' && activations !== 'q8') throw new ShapeError(`${label}: unknown activations ${String(activations)}`);
+    const q8 = activations === 'q8';
+    if (q8 && !Q8_ACTIVATION_DTYPES.includes(dtype)) {
+      throw new ShapeError(`${label}: q8 activations serve ${Q8_ACTIVATION_DTYPES.join(', ')} weights, not ${dtype}`);
+    }
+    if (q8 && !hasPackedDot(gpu)) {
+      throw new ShapeError(`${label}: q8 activations need the WGSL language feature ${PACKED_DOT_FEATURE}, which this device does not offer`);
+    }
     const fusion = options.fusion ?? {};
     const glu = fusion.glu === true;
     checkFusion(label, buffers, fusion);
@@ -126,7 +170,7 @@ export class Matvec {
     // fewer); the largest sets the least default workgroup size.
     const sgMin = subgroupBound(info.subgroupMinSize, 'down', 4);
     const sgMax = Math.max(sgMin, subgroupBound(info.subgroupMaxSize, 'up', 32));
-    const byK = defaultMatvecWorkgroupSize(buffers.weight.cols);
+    const byK = q8 ? defaultQ8MatvecWorkgroupSize(buffers.weight.cols) : defaultMatvecWorkgroupSize(buffers.weight.cols);
     const {
       // The subgroup tier fills at least one whole subgroup.
       workgroupSize = subgroup ? Math.min(Math.max(byK, sgMax), gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX) : byK,
@@ -156,23 +200,31 @@ export class Matvec {
     this.fusion = fusion;
     this.outputs = outputs;
     this.tier = tier;
+    this.activations = activations;
     this.workgroupSize = wg;
     this.rowsPerWorkgroup = rowsPerWorkgroup;
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
-    const dtype = buffers.weight.dtype;
     const fused = fusion.norm !== undefined || fusion.activation !== undefined || glu;
     const fusionModule = fused ? 'matvec_fusion.wgsl' : 'matvec_plain.wgsl';
+    const sums = q8 ? weightShader(dtype).replace('.wgsl', '_q8.wgsl') : weightShader(dtype);
+    const sumsModule = q8 ? 'matvec_sums_q8.wgsl' : 'matvec_sums.wgsl';
+    // On q8 activations the norm is applied by the quantise step; the matvec keeps ACT and GLU.
+    this.#quantise = q8
+      ? new QuantiseQ8(gpu, label, buffers.input, buffers.weight.cols, MATVEC_MAX_ROWS, { norm: fusion.norm })
+      : undefined;
+    const constants: Partial<Record<'NORM' | 'NORM_EPS' | 'ACT' | 'GLU', number>> = fused ? fusionConstants(fusion) : {};
+    if (q8 && fused) constants.NORM = 0;
     this.#dispatch = new Dispatch(
       gpu,
       {
         name: 'matvec',
-        variant: dtype,
+        variant: q8 ? `${dtype}-q8` : dtype,
         // The fusion code is composed in only where a fusion is asked for: a plain projection's
         // shader stays small (and quick to compile on a software adapter).
         code: subgroup
-          ? composeShader('matvec_subgroup_enable.wgsl', weightShader(dtype), fusionModule, 'matvec_subgroup.wgsl')
-          : composeShader(weightShader(dtype), fusionModule, 'matvec.wgsl'),
+          ? composeShader('matvec_subgroup_enable.wgsl', ...(q8 ? ['matvec_q8_requires.wgsl'] : []), sums, fusionModule, sumsModule, 'matvec_subgroup.wgsl')
+          : composeShader(...(q8 ? ['matvec_q8_requires.wgsl'] : []), sums, fusionModule, sumsModule, 'matvec.wgsl'),
         entryPoint: subgroup ? 'matvec_subgroup' : 'matvec',
         constants: {
           WG: wg,
@@ -180,20 +232,36 @@ export class Matvec {
           W_ROWS: weightRows,
           ...(subgroup ? { SG_MIN: sgMin } : {}),
           ...projectionConstants(buffers),
-          ...(fused ? fusionConstants(fusion) : {}),
+          ...constants,
         },
       },
       MatmulParams, // one run contract for both kernels (shaders/matmul_projection.wgsl)
-      [
-        ...projectionBindings(gpu, buffers),
-        // The norm's scale and shift (bindings 7, 8), fused shaders only.
-        ...(fused ? [fusion.norm?.weight ?? placeholderStorage(gpu), fusion.norm?.bias ?? placeholderStorage(gpu)] : []),
-      ],
+      q8
+        ? [
+            // The q8 shader reads the raw input only for the fused norm's statistics (which it
+            // skips: NORM = 0, but the fusion module still names them), never the norm's scale.
+            ...projectionBindings(gpu, buffers).map((b, i) => (i === 2 && !fused ? undefined : b)),
+            undefined,
+            undefined,
+            this.#quantise!.output.quants,
+            this.#quantise!.output.scales,
+          ]
+        : [
+            ...projectionBindings(gpu, buffers),
+            // The norm's scale and shift (bindings 7, 8), fused shaders only.
+            ...(fused ? [fusion.norm?.weight ?? placeholderStorage(gpu), fusion.norm?.bias ?? placeholderStorage(gpu)] : []),
+          ],
     );
+  }
+
+  /** The q8 tier's quantised activation rows (as of the last run), for tests; undefined on f32 activations. */
+  get q8Activations(): Q8Activations | undefined {
+    return this.#quantise?.output;
   }
 
   encode(pass: GPUComputePassEncoder, run: MatvecRun): void {
     const values = matvecValues(`matvec(${this.weight.label})`, this.#buffers, this.fusion, run);
+    this.#quantise?.encode(pass, values);
     const [x, y] = dispatchGrid(Math.ceil(values.n / this.rowsPerWorkgroup), this.#maxPerDimension);
     this.#dispatch.encode(pass, values, x, y);
   }
@@ -221,7 +289,7 @@ const NORM_CODE = { rms: 1, layer: 2 } as const;
 const ACTIVATION_CODE = { silu: 1, gelu: 2 } as const;
 
 /** The shader's fusion overrides (NORM, NORM_EPS, ACT, GLU in shaders/matvec_common.wgsl). */
-function fusionConstants(fusion: MatvecFusion): Record<string, number> {
+function fusionConstants(fusion: MatvecFusion): Record<'NORM' | 'NORM_EPS' | 'ACT' | 'GLU', number> {
   return {
     NORM: fusion.norm ? NORM_CODE[fusion.norm.kind] : 0,
     NORM_EPS: fusion.norm?.eps ?? 0,

@@ -1,14 +1,28 @@
 // Which variant of each kernel family runs on an adapter. The baseline tier needs nothing beyond
 // WebGPU's compatibility level and is the reference every other tier is tested against; the fast tier
-// uses optional features (subgroups; shader-f16) where the adapter offers them. Kernel modules ask
+// uses optional features (subgroups; shader-f16; the WGSL language feature packed_4x8_integer_dot_product)
+// where the adapter offers them. Kernel modules ask
 // kernelTiers() once at construction; `info --json` and the bench report the same answer.
 import type { Gpu } from '../src/gpu/device.ts';
 
 export type Tier = 'baseline' | 'subgroup' | 'f16';
 
+/**
+ * What a decode matvec over a block-quantised weight multiplies: the f32 activations, or the
+ * activation rows quantised to int8 once per step ('q8': blocks of 32 with an f32 scale, as llama.cpp
+ * quantises them for its CPU dot products) and multiplied with dot4I8Packed.
+ */
+export type MatvecActivations = 'f32' | 'q8';
+
 export interface KernelTiers {
   /** Decode projections (matrix x vector, 1..8 rows): 'subgroup' where the adapter has subgroups. */
   matvec: Tier;
+  /**
+   * Decode projections over quantised weights (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K): 'q8' where
+   * WGSL offers packed_4x8_integer_dot_product, reduced by the `matvec` tier. Changes the numerics
+   * by the activations' rounding (kernels/matvec.ts states the bound); f32 and f16 weights stay 'f32'.
+   */
+  matvecActivations: MatvecActivations;
   /**
    * Prefill projections (tiled matrix x matrix): 'f16' (tiles stored as f16) where the adapter has
    * shader-f16. f32 weights stay on the baseline unless asked (kernels/matmul.ts defaultMatmulTier).
@@ -23,13 +37,17 @@ export interface KernelTiers {
 /** Force the baseline everywhere (tests compare tiers; a user can rule out a fast-tier fault). */
 export interface TierOptions {
   baselineOnly?: boolean;
+  /** Keep quantised-weight matvecs on f32 activations (the previous tier) while other fast tiers stay. */
+  f32Activations?: boolean;
 }
 
-export function kernelTiers(gpu: Pick<Gpu, 'features'>, options: TierOptions = {}): KernelTiers {
+export function kernelTiers(gpu: Pick<Gpu, 'features'> & Partial<Pick<Gpu, 'wgslLanguageFeatures' | 'info'>>, options: TierOptions = {}): KernelTiers {
   const subgroups = !options.baselineOnly && gpu.features.has('subgroups');
   const f16 = !options.baselineOnly && gpu.features.has('shader-f16');
+  const q8 = !options.baselineOnly && !options.f32Activations && staticQ8(gpu);
   return {
     matvec: subgroups ? 'subgroup' : 'baseline',
+    matvecActivations: q8 ? 'q8' : 'f32',
     matmul: f16 ? 'f16' : 'baseline',
     attention: subgroups ? 'subgroup' : 'baseline',
     rows: 'baseline',
@@ -50,4 +68,16 @@ export function subgroupSizes(gpu: Pick<Gpu, 'adapter'>): { min: number; max: nu
   const info = gpu.adapter.info;
   const min = bound(info.subgroupMinSize, 'down', 4);
   return { min, max: Math.max(min, bound(info.subgroupMaxSize, 'up', 32)) };
+}
+
+/**
+ * Whether quantised-weight matvecs take q8 activations without autotuning (the static default): only
+ * when WEBGPU_MINER_MATVEC_ACTIVATIONS=q8 asks (and WGSL offers packed_4x8_integer_dot_product). q8
+ * puts a quantise dispatch before each projection (4 more per Llama layer: 10 instead of 6), so it is
+ * not taken blind: the autotune (kernels/autotune.ts) times both and picks q8 where it is faster on
+ * this adapter, quantise step included.
+ */
+function staticQ8(gpu: Partial<Pick<Gpu, 'wgslLanguageFeatures' | 'info'>>): boolean {
+  if (gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product') !== true) return false;
+  return process.env.WEBGPU_MINER_MATVEC_ACTIVATIONS === 'q8';
 }

@@ -37,8 +37,9 @@ import { HeadNorm, Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
-import { uploadWeightChunks, type ChunkedWeight } from '../kernels/weights.ts';
+import { uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
+import { autotuneMatvecs, autotuneSetting, tunedMatvecOptions, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 import { KvCache } from './kv-cache.ts';
@@ -70,6 +71,13 @@ export interface TransformerOptions {
    * matrix over the limit is uploaded in row chunks; tests set a small value to force chunking.
    */
   maxWeightChunkBytes?: number;
+  /**
+   * Decode matvec variants tuned for this adapter at load (kernels/autotune.ts; the object sets the
+   * cache file), or false: the static defaults. Default on, unless WEBGPU_MINER_AUTOTUNE=off.
+   */
+  autotune?: boolean | AutotuneOptions;
+  /** The matvec variant per weight dtype, as given (tests force each candidate); autotune is then skipped. */
+  matvecTunings?: MatvecTunings;
 }
 
 /** The sampler's view of one row's logits. */
@@ -258,7 +266,10 @@ export class Transformer {
     const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
     const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
-      new Linear(gpu, { weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused });
+      new Linear(gpu, {
+        weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused,
+        matvec: tunedMatvecOptions(options.matvecTunings, matrix(`${name}.weight`).dtype, fused?.fusion),
+      });
     // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
     const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
       new Norm(gpu, 'rms', { x: b.h, weight: vector(`${prefix}.weight`)!, out, residual }, { eps: cfg.normEps });
@@ -336,7 +347,10 @@ export class Transformer {
     // With a final soft-cap the head writes raw logits to their own buffer and the cap writes b.logits
     // (a kernel may not read and write one buffer through two bindings).
     const rawLogits = cfg.finalLogitSoftcap !== undefined ? arena.get('logits.raw', this.#logitRows * V * 4) : b.logits;
-    this.#lmHead = new Linear(gpu, { weight: head, bias: vector('output.bias'), input: b.h, output: rawLogits, maxRows: this.#logitRows });
+    this.#lmHead = new Linear(gpu, {
+      weight: head, bias: vector('output.bias'), input: b.h, output: rawLogits, maxRows: this.#logitRows,
+      matvec: tunedMatvecOptions(options.matvecTunings, head.dtype),
+    });
     if (cfg.finalLogitSoftcap !== undefined) this.#logitSoftcap = new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap);
     this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
     this.stats = { ...stats, ...kv.stats(), activationBytes: arena.bytes - stats.weightBytes };
@@ -384,7 +398,12 @@ export class Transformer {
         options.onProgress?.(++done, plan.length, item.name);
       }
       const weightBytes = arena.bytes;
-      model = new Transformer(gpu, source, options, weights, arena, digest.hex(), {
+      const tuning = autotuneSetting(options.autotune);
+      const matvecTunings = options.matvecTunings ?? (tuning && (await autotuneMatvecs(gpu, {
+        dtypes: [...new Set(Object.values(dtypes))] as HostWeight['dtype'][],
+        shapes: [{ N: cfg.hiddenSize, K: cfg.hiddenSize }, { N: cfg.intermediateSize, K: cfg.hiddenSize }],
+      }, tuning)).tunings);
+      model = new Transformer(gpu, source, { ...options, matvecTunings }, weights, arena, digest.hex(), {
         parameters,
         weightBytes,
         kvBytes: 0,

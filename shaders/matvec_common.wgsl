@@ -1,47 +1,8 @@
-// Shared by the two matvec tiers (matvec.wgsl, matvec_subgroup.wgsl): the row limits, the activation
-// loads, and one thread's partial sums over its share of K. The including file declares the overrides
-// WG (threads per workgroup), ROWS (outputs per workgroup) and W_ROWS (weight rows per workgroup), and
-// is composed with a weights module (weight4) and with matvec_plain.wgsl or matvec_fusion.wgsl
-// (normalised, first_weight_row, weight_row_end).
+// Shared by the two matvec reductions (matvec.wgsl, matvec_subgroup.wgsl): the row limits. The
+// including file declares the overrides WG (threads per workgroup), ROWS (outputs per workgroup) and
+// W_ROWS (weight rows per workgroup), and is composed with one partial-sums module (matvec_sums.wgsl:
+// f32 activations; matvec_sums_q8.wgsl: q8 activations and dot4I8Packed), a weights module, and
+// matvec_plain.wgsl or matvec_fusion.wgsl (normalised, first_weight_row, weight_row_end).
 
 const MAX_M: u32 = 8u;     // activation rows (M) one dispatch handles
 const MAX_ROWS: u32 = 4u;  // weight rows one workgroup may own (W_ROWS)
-
-// a[row, k..k+3], zero past K: a's offset and stride are arbitrary, so scalar loads.
-fn load_a4(row: u32, k: u32) -> vec4<f32> {
-  let base = params.a_offset + row * params.a_stride + k;
-  if (k + 4u <= params.k) {
-    return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
-  }
-  var v = vec4<f32>(0.0);
-  for (var i = 0u; i < 4u; i++) {
-    if (k + i < params.k) { v[i] = a[base + i]; }
-  }
-  return v;
-}
-
-// This thread's sums acc[r * MAX_M + m] = sum over its columns k (4 * lid, then every 4 * WG) of
-// W[w0 + r, k..k+3] . a[m, k..k+3], w0 the workgroup's first weight row. Each weight element is read
-// once and used for all M rows. Loops run to the constants MAX_M / W_ROWS with uniform guards, so
-// indices stay compile-time constants and acc / xs live in registers.
-fn partial_sums(row0: u32, lid: u32) -> array<f32, MAX_ROWS * MAX_M> {
-  let kp = (params.k + 3u) & ~3u;
-  let w0 = first_weight_row(row0);
-  let w_end = weight_row_end();
-  var acc: array<f32, MAX_ROWS * MAX_M>;
-  for (var k = 4u * lid; k < kp; k += 4u * WG) {
-    var xs: array<vec4<f32>, MAX_M>;
-    for (var m = 0u; m < MAX_M; m++) {
-      if (m < params.m) { xs[m] = normalised(load_a4(m, k), m, k); }
-    }
-    for (var r = 0u; r < W_ROWS; r++) {
-      if (w0 + r < w_end) {
-        let w = weight4(w0 + r, k, params.k);
-        for (var m = 0u; m < MAX_M; m++) {
-          if (m < params.m) { acc[r * MAX_M + m] += dot(w, xs[m]); }
-        }
-      }
-    }
-  }
-  return acc;
-}

@@ -96,7 +96,14 @@ async function infoCommand(options: { adapter: string; check: boolean; json?: bo
 }
 
 /** Load the engine with a progress bar on stderr (stdout stays clean for JSON and text). */
-async function loadEngine(options: { model: string; adapter: string; slots?: number; capacity?: number; prefixCacheMin?: number; gpuMemory?: string; kvDtype?: KvDtype }): Promise<Engine> {
+/** `--no-autotune` for every command that runs a model: commander sets o.autotune to false. */
+function noAutotuneOption(): Option {
+  return new Option('--no-autotune', 'use the static decode matvec variants: no timing of candidates at load (see kernels/autotune.ts for the cache)');
+}
+
+async function loadEngine(options: {
+  model: string; adapter: string; slots?: number; capacity?: number; prefixCacheMin?: number; gpuMemory?: string; kvDtype?: KvDtype; autotune?: boolean;
+}): Promise<Engine> {
   if (options.model === TINY_MODEL_ID) {
     console.error(`model ${TINY_MODEL_ID}: the embedded default with RANDOM weights (for trying the runtime; its text is noise)`);
   }
@@ -114,6 +121,8 @@ async function loadEngine(options: { model: string; adapter: string; slots?: num
       prefixCacheMin: options.prefixCacheMin,
       gpuMemory: options.gpuMemory,
       kvDtype: options.kvDtype,
+      // --no-autotune: the static matvec defaults; else tuned once per adapter and cached (kernels/autotune.ts).
+      autotune: options.autotune === false ? false : { progress: (line) => console.error(line) },
       onProgress: (done, total, name) => {
         if (!started) bar.start(total, 0, { name });
         started = true;
@@ -189,6 +198,7 @@ program
   .option('--gpu-memory <size>', GPU_MEMORY_HELP)
   .addOption(kvDtypeOption())
   .addOption(adapterOption)
+  .addOption(noAutotuneOption())
   .action(async (o) => {
     if ((o.prompt === undefined) === (o.chat === undefined)) throw new MinerError('BAD_OPTION', 'give exactly one of --prompt or --chat');
     const engine = await loadEngine(o);
@@ -230,6 +240,7 @@ program
   .option('--all', 'every position, not just the last')
   .addOption(kvDtypeOption())
   .addOption(adapterOption)
+  .addOption(noAutotuneOption())
   .action(async (o) => {
     const tokens = String(o.tokens).split(',').map((t: string) => Number(t.trim()));
     if (tokens.length === 0 || tokens.some((t: number) => !Number.isSafeInteger(t) || t < 0)) {
@@ -290,10 +301,11 @@ addServeOptions(
     .option('--gpu-memory <size>', GPU_MEMORY_HELP)
     .addOption(kvDtypeOption())
     .option('--prefix-cache-min <n>', 'reuse a cached prompt prefix of at least n tokens (KV blocks shared with earlier or running sequences; 0 = off; default 16)', number('--prefix-cache-min'))
-    .addOption(adapterOption),
+    .addOption(adapterOption)
+    .addOption(noAutotuneOption()),
 ).action(async (o) => {
   const options = parseServeOptions(o);
-  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin, gpuMemory: o.gpuMemory, kvDtype: o.kvDtype });
+  const engine = await loadEngine({ model: o.model, adapter: o.adapter, slots: o.slots, capacity: o.context, prefixCacheMin: o.prefixCacheMin, gpuMemory: o.gpuMemory, kvDtype: o.kvDtype, autotune: o.autotune });
   console.error(describeModel(engine));
   const handle = await serve(engine, options);
   console.error(`axon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey}`);
@@ -305,10 +317,11 @@ program
   .description('the default job: check the kernels, then serve the embedded model locally with development keys')
   .option('--port <n>', 'port', number('--port'), 8091)
   .addOption(adapterOption)
-  .action(async (o: { port: number; adapter: string }) => {
+  .addOption(noAutotuneOption())
+  .action(async (o: { port: number; adapter: string; autotune: boolean }) => {
     await infoCommand({ adapter: o.adapter, check: true });
     const dev = await developmentServeOptions({ port: o.port });
-    const engine = await loadEngine({ model: TINY_MODEL_ID, adapter: o.adapter });
+    const engine = await loadEngine({ model: TINY_MODEL_ID, adapter: o.adapter, autotune: o.autotune });
     console.error(describeModel(engine));
     const handle = await serve(engine, dev.options);
     console.log(`\naxon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey} (development key //Miner)`);
@@ -407,6 +420,7 @@ program
   .addOption(kvDtypeOption())
   .addOption(new Option('--preset <name>', 'sizes: full, quick or test').choices(['full', 'quick', 'test']).hideHelp())
   .addOption(adapterOption)
+  .addOption(noAutotuneOption())
   .action(async (o, command: Command) => {
     const { runBench, runHostOnly, printReport } = await import('../bench/run.ts');
     if (o.hostOnly) {
@@ -430,6 +444,7 @@ program
       svg: o.svg,
       peer: o.peer,
       peerGpu: o.peerGpu,
+      autotune: o.autotune,
     });
     printReport(report);
   });

@@ -103,6 +103,8 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     const subgroups = report.adapter.features.includes('subgroups');
     expect(report.adapter.tiers).toEqual({
       matvec: subgroups ? 'subgroup' : 'baseline',
+      // q8 activations without autotuning: on hardware adapters with dot4I8Packed (kernels/tiers.ts).
+      matvecActivations: process.env.WEBGPU_MINER_MATVEC_ACTIVATIONS === 'q8' ? expect.stringMatching(/^(f32|q8)$/) : 'f32',
       matmul: report.adapter.features.includes('shader-f16') ? 'f16' : 'baseline',
       attention: subgroups ? 'subgroup' : 'baseline',
       rows: 'baseline',
@@ -114,8 +116,10 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     // The fused decode path: 6 dispatches a layer (norm + q/k/v, RoPE + KV write, attention in one
     // pass since the bench's context fits one split, o-projection, norm + gate/up + SwiGLU, down), plus
     // the embedding and the head; one upload per step.
-    expect(report.host.dispatches_per_token).toBeGreaterThanOrEqual(32 * 6);
-    expect(report.host.dispatches_per_token).toBeLessThanOrEqual(32 * 6 + 8);
+    // On q8 activations each of the layer's four matvecs is preceded by its quantise step.
+    const perLayer = 6 + (report.adapter.tiers.matvecActivations === 'q8' ? 4 : 0);
+    expect(report.host.dispatches_per_token).toBeGreaterThanOrEqual(32 * perLayer);
+    expect(report.host.dispatches_per_token).toBeLessThanOrEqual(32 * perLayer + 8);
     expect(report.host.buffer_writes_per_token).toBeGreaterThanOrEqual(1);
     plausibleMs(report.host.ms_per_step, 'host ms per step');
   });
@@ -145,6 +149,13 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     for (const [kind, name] of Object.entries(family)) {
       const fast = report.adapter.tiers[name];
       expect(new Set(results.filter((k) => k.kind === kind).map((k) => k.tier)), kind).toEqual(new Set(fast === 'baseline' ? ['baseline'] : ['baseline', fast]));
+    }
+    // The q8 matvec runs beside the f32 ones, on the fast matvec tier, for quantised weights only.
+    for (const k of results.filter((r) => r.activations === 'q8')) {
+      expect(k.kind).toBe('matvec');
+      expect(k.tier).toBe(report.adapter.tiers.matvec);
+      expect(['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q4_k', 'q5_k', 'q6_k']).toContain(k.dtype);
+      expect(k.label).toContain(`${k.tier}+q8`);
     }
     const { gbps, gflops } = { gbps: report.roofline.bandwidth.gbps, gflops: report.roofline.compute.gflops };
     for (const k of results) {

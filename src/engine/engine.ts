@@ -19,7 +19,7 @@
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
-import { Transformer, type PrefillPiece } from '../../models/transformer.ts';
+import { Transformer, type PrefillPiece, type TransformerOptions } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { KV_BLOCK_TOKENS } from '../../kernels/attention.ts';
 import { estimateActivationBytes, estimateWeightBytes, fmtBytes, gpuMemoryBytes, parseGpuMemory, planKvPool, type GpuMemory, type KvDtype, type KvPoolPlan } from '../../models/memory-plan.ts';
@@ -67,6 +67,12 @@ export interface EngineOptions {
    */
   prefixCacheMin?: number;
   onProgress?: (done: number, total: number, name: string) => void;
+  /**
+   * Tune the decode matvec variants for this adapter at load, cached per adapter and driver
+   * (TransformerOptions.autotune; kernels/autotune.ts), or false for the static defaults. Default on,
+   * unless WEBGPU_MINER_AUTOTUNE=off.
+   */
+  autotune?: TransformerOptions['autotune'];
   /** Use this device instead of acquiring one (tests share a device). */
   gpu?: Gpu;
 }
@@ -152,6 +158,7 @@ export class Engine implements TextGenerator {
         kvBlocks: plan.blocks,
         kvDtype,
         onProgress: options.onProgress,
+        autotune: options.autotune,
       });
       // The plan estimated the weights and activations; the loaded model knows them.
       const used = model.stats.weightBytes + model.stats.activationBytes;

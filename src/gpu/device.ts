@@ -54,6 +54,11 @@ export interface Gpu {
   readonly adapter: GPUAdapter;
   readonly info: AdapterDescription;
   readonly features: ReadonlySet<OptionalFeature>;
+  /**
+   * The WGSL language features the instance offers (navigator.gpu.wgslLanguageFeatures in a browser),
+   * e.g. 'packed_4x8_integer_dot_product' for dot4I8Packed.
+   */
+  readonly wgslLanguageFeatures: ReadonlySet<string>;
   readonly limits: GPUSupportedLimits;
   /**
    * Resolves when all submitted work is done and throws if the device reported any error since
@@ -115,32 +120,43 @@ function prepareSoftwareEnvironment(): void {
 const HARDWARE_TOGGLES = ['enable-dawn-features=vulkan_enable_f16_on_nvidia'];
 
 async function tryGpu(): Promise<Found | undefined> {
-  const adapter = await instance(HARDWARE_TOGGLES).requestAdapter({ featureLevel: 'core', powerPreference: 'high-performance' });
+  const gpu = instance(HARDWARE_TOGGLES);
+  const adapter = await gpu.requestAdapter({ featureLevel: 'core', powerPreference: 'high-performance' });
   if (!adapter) return undefined;
   const backend = backendOf(adapter);
   // Dawn may hand back its own CPU Vulkan (lavapipe/SwiftShader) as 'core': that is not a real GPU.
   if (describe(adapter, backend, 'core').isSoftware) return undefined;
-  return { adapter, backend, featureLevel: 'core' };
+  return { adapter, backend, featureLevel: 'core', wgsl: languageFeatures(gpu) };
 }
 
 interface Found {
   adapter: GPUAdapter;
   backend: string;
   featureLevel: 'core' | 'compatibility';
+  /** The instance's WGSL language features. */
+  wgsl: ReadonlySet<string>;
+}
+
+function languageFeatures(gpu: GPU): ReadonlySet<string> {
+  // Older Dawn builds (and some browsers) lack the attribute: then no optional language feature is used.
+  const features = (gpu as { wgslLanguageFeatures?: Iterable<string> }).wgslLanguageFeatures;
+  return new Set(features ?? []);
 }
 
 async function trySoftwareCore(): Promise<Found | undefined> {
   // Dawn's `adapter=` flag picks the Vulkan device by name (lavapipe calls itself "llvmpipe (LLVM ...)"),
   // so a hardware Vulkan device on the same machine is skipped; Dawn throws when there is none.
-  const adapter = await instance(['backend=vulkan', 'adapter=llvmpipe']).requestAdapter({ featureLevel: 'core' });
+  const gpu = instance(['backend=vulkan', 'adapter=llvmpipe']);
+  const adapter = await gpu.requestAdapter({ featureLevel: 'core' });
   if (!adapter || !describe(adapter, 'vulkan', 'core').isSoftware) return undefined;
-  return { adapter, backend: 'vulkan', featureLevel: 'core' };
+  return { adapter, backend: 'vulkan', featureLevel: 'core', wgsl: languageFeatures(gpu) };
 }
 
 async function trySoftwareCompat(): Promise<Found | undefined> {
   prepareSoftwareEnvironment();
-  const adapter = await instance(['backend=opengles']).requestAdapter({ featureLevel: 'compatibility' });
-  return adapter ? { adapter, backend: 'opengles', featureLevel: 'compatibility' } : undefined;
+  const gpu = instance(['backend=opengles']);
+  const adapter = await gpu.requestAdapter({ featureLevel: 'compatibility' });
+  return adapter ? { adapter, backend: 'opengles', featureLevel: 'compatibility', wgsl: languageFeatures(gpu) } : undefined;
 }
 
 function backendOf(adapter: GPUAdapter): string {
@@ -169,7 +185,7 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   for (const [name, attempt] of attempts) {
     try {
       const found = await attempt();
-      if (found) return openDevice(found.adapter, found.backend, found.featureLevel);
+      if (found) return openDevice(found);
       failures.push(`no ${name}`);
     } catch (err) {
       failures.push(`${name}: ${(err as Error).message}`);
@@ -193,7 +209,7 @@ function noAdapterFix(choice: AdapterChoice): string {
   }
 }
 
-async function openDevice(adapter: GPUAdapter, backend: string, featureLevel: 'core' | 'compatibility'): Promise<Gpu> {
+async function openDevice({ adapter, backend, featureLevel, wgsl }: Found): Promise<Gpu> {
   const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
   const requiredLimits: Record<string, number> = {};
   for (const name of REQUESTED_LIMITS) requiredLimits[name] = adapter.limits[name];
@@ -218,6 +234,7 @@ async function openDevice(adapter: GPUAdapter, backend: string, featureLevel: 'c
     adapter,
     info: describe(adapter, backend, featureLevel),
     features: new Set(requiredFeatures),
+    wgslLanguageFeatures: wgsl,
     limits: device.limits,
     pendingErrors,
     async sync() {

@@ -134,6 +134,8 @@ export interface ReferenceOptions {
   prefillChunk?: number;
   /** Sequences per forward pass (KV slots). Default 8. */
   slots?: number;
+  /** The engine's matvec autotune (EngineOptions.autotune); false: the static defaults. */
+  autotune?: boolean;
   /** Use this engine (tests share one); it must be idle, and its cached prefixes are forgotten. */
   engine?: Engine;
 }
@@ -162,6 +164,7 @@ export class ReferenceModel {
       prefixCacheMin: 0,
       // The reference judges the miners' numbers: its KV cache stays f32 (8 x 512 tokens is small).
       kvDtype: 'f32',
+      autotune: options.autotune,
     });
     return new ReferenceModel(engine, true);
   }

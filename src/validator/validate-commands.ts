@@ -12,6 +12,8 @@ export interface ValidateFlags {
   metagraph: string;
   model: string;
   adapter?: string;
+  /** false with --no-autotune. */
+  autotune?: boolean;
   hotkeyUri?: string;
   'wallet.path'?: string;
   'wallet.name'?: string;
@@ -52,6 +54,7 @@ export async function validateCommand(flags: ValidateFlags, err: Writable = proc
     signer,
     model: flags.model,
     adapter: flags.adapter,
+    autotune: flags.autotune,
     rounds: int('rounds', flags.rounds, 1),
     seed: int('seed', flags.seed, Number.MIN_SAFE_INTEGER),
     concurrency: int('concurrency', flags.concurrency, 1),
@@ -71,6 +74,8 @@ export interface VerifyFlags {
   transcript: string;
   model: string;
   adapter?: string;
+  /** false with --no-autotune. */
+  autotune?: boolean;
 }
 
 /** Prints the verdict as JSON; fails (BAD_VERDICT) when it differs from the saved one. */
@@ -81,7 +86,7 @@ export async function verifyCommand(flags: VerifyFlags, out: Writable = process.
   } catch (err) {
     throw new OptionError(`cannot read transcript ${flags.transcript}: ${(err as Error).message}`);
   }
-  const reference = await ReferenceModel.load({ model: flags.model, adapter: flags.adapter, slots: 1 });
+  const reference = await ReferenceModel.load({ model: flags.model, adapter: flags.adapter, slots: 1, autotune: flags.autotune });
   try {
     const result = await verifyEvidence(value, reference);
     out.write(JSON.stringify(result, null, 2) + '\n');
@@ -116,6 +121,7 @@ export function addValidatorCommands(program: Command, adapterOption: Option): v
     .option('--json <file>', 'write {round, model, miners, weights} here after each round')
     .option('--evidence <dir>', 'save every exchange (signed frames, arrival times) with its verdict here')
     .addOption(adapterOption)
+    .option('--no-autotune', 'use the static decode matvec variants for the reference model: no timing of candidates at load')
     .action((flags: ValidateFlags) => validateCommand(flags));
 
   program
@@ -124,5 +130,6 @@ export function addValidatorCommands(program: Command, adapterOption: Option): v
     .requiredOption('--transcript <file>', 'an evidence file written by validate --evidence')
     .option('--model <path>', 'the reference: Hugging Face folder, .gguf file, or the embedded model', TINY_MODEL_ID)
     .addOption(adapterOption)
+    .option('--no-autotune', 'use the static decode matvec variants for the reference model: no timing of candidates at load')
     .action((flags: VerifyFlags) => verifyCommand(flags));
 }

@@ -57,6 +57,8 @@ export interface ValidateOptions {
   /** The validator's model (or `reference`, already loaded). */
   model?: string;
   adapter?: string;
+  /** The reference model's matvec autotune (false: --no-autotune). */
+  autotune?: boolean;
   reference?: ReferenceModel;
   rounds?: number;
   seed?: number;
@@ -159,7 +161,7 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
   }
   if (endpoints.length === 0) throw new OptionError('no miner in the metagraph has an axon (neurons need axon: {ip, port, protocol: "ws" | "http"})');
 
-  const reference = options.reference ?? (await ReferenceModel.load({ model: options.model, adapter: options.adapter }));
+  const reference = options.reference ?? (await ReferenceModel.load({ model: options.model, adapter: options.adapter, autotune: options.autotune }));
   const cryptoPool = await createVerifyPool();
   const verdicts = new Map<number, ResponseVerdict[]>(endpoints.map((e) => [e.uid, []]));
   let report: ValidationReport | undefined;

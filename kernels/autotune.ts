@@ -1,0 +1,334 @@
+// Per-adapter autotune of the decode matvec: for each weight dtype of a model, the variant (reduction
+// tier, f32 or q8 activations, weight rows per workgroup, workgroup size) that runs fastest on this
+// adapter, found by timing a few candidates at load on the model's own shapes, then cached in a JSON
+// file keyed by the adapter (vendor, architecture, device, description, backend), the WebGPU
+// implementation (Dawn, as the `webgpu` package version) and this project's version: a new driver
+// or release re-tunes, a cached key loads at once.
+//
+// Cache file: $WEBGPU_MINER_AUTOTUNE_CACHE if set, else $XDG_CACHE_HOME/webgpu-miner/autotune.json,
+// else ~/.cache/webgpu-miner/autotune.json. A file that cannot be read or parsed is ignored with a
+// warning (and rewritten); one that cannot be written costs a warning, never the load.
+//
+// The search is coordinate descent from the static defaults (what Matvec picks untold), a handful of
+// pipelines per dtype, not the whole grid: first tier x activations, then rows per workgroup (1, 2,
+// 4), then the workgroup size (half, double). Every candidate computes the same product (up to the
+// q8 tier's stated bound, kernels/matvec.ts), so the choice changes speed, not results.
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import type { Gpu } from '../src/gpu/device.ts';
+import { createStorage } from '../src/gpu/buffers.ts';
+import { timeSample } from '../src/gpu/timing.ts';
+import { ShapeError } from '../src/errors.ts';
+import { MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecOptions } from './matvec.ts';
+import { hasPackedDot } from './quantise.ts';
+import type { MatvecActivations, Tier } from './tiers.ts';
+import { BLOCK_COLUMNS, isQuantDtype, planeWords, uploadWeight, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
+
+/** One matvec variant: what Matvec's options say. */
+export interface MatvecTuning {
+  tier: Tier;
+  activations: MatvecActivations;
+  rowsPerWorkgroup: number;
+  workgroupSize: number;
+}
+
+/** The tuned variant per weight dtype (a dtype absent: the static defaults). */
+export type MatvecTunings = Partial<Record<WeightDtype, MatvecTuning>>;
+
+export interface AutotuneOptions {
+  /** Cache file (default: autotuneCachePath()). */
+  cachePath?: string;
+  /** Where warnings go (default: console.warn). */
+  warn?: (message: string) => void;
+  /** Progress lines while tuning (default: none). */
+  progress?: (message: string) => void;
+}
+
+export interface AutotuneRequest {
+  dtypes: readonly WeightDtype[];
+  /** Representative (N outputs, K inputs) shapes; each candidate's time is summed over them. */
+  shapes: ReadonlyArray<{ N: number; K: number }>;
+}
+
+export interface AutotuneResult {
+  tunings: MatvecTunings;
+  /** Dtypes taken from the cache and dtypes timed now. */
+  cached: WeightDtype[];
+  tuned: WeightDtype[];
+  key: string;
+  path: string;
+}
+
+/** Bumped when the file's shape or the meaning of a tuning changes (older files are then re-tuned). */
+const CACHE_FORMAT = 1;
+
+/** The cache file's path (see the header). */
+export function autotuneCachePath(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.WEBGPU_MINER_AUTOTUNE_CACHE) return env.WEBGPU_MINER_AUTOTUNE_CACHE;
+  const base = env.XDG_CACHE_HOME || join(homedir(), '.cache');
+  return join(base, 'webgpu-miner', 'autotune.json');
+}
+
+function packageVersion(url: URL): string {
+  try {
+    const version = (JSON.parse(readFileSync(url, 'utf8')) as { version?: unknown }).version;
+    return typeof version === 'string' ? version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+let versions: { project: string; webgpu: string } | undefined;
+function implementationVersions(): { project: string; webgpu: string } {
+  versions ??= {
+    project: packageVersion(new URL('../package.json', import.meta.url)),
+    webgpu: packageVersion(new URL('../node_modules/webgpu/package.json', import.meta.url)),
+  };
+  return versions;
+}
+
+/**
+ * What a tuning is valid for: the adapter as Dawn describes it (the description carries the driver,
+ * e.g. "llvmpipe: Mesa 25.0.7"), its backend, the Dawn build and this project's version.
+ */
+export function autotuneKey(gpu: Pick<Gpu, 'info'>): string {
+  const { vendor, architecture, device, description, backend } = gpu.info;
+  const { project, webgpu } = implementationVersions();
+  return JSON.stringify({ vendor, architecture, device, description, backend, webgpu, project });
+}
+
+interface CacheEntry {
+  tunedAt: string;
+  tunings: Record<string, MatvecTuning>;
+}
+
+interface CacheFile {
+  format: number;
+  entries: Record<string, CacheEntry>;
+}
+
+/** The file's entries, or none (with a warning) when it is missing, unreadable or malformed. */
+function readCache(path: string, warn: (message: string) => void): CacheFile {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    // No file yet (or no directory: the write that follows says so) is no cache, not a fault.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') warn(`autotune: cannot read ${path} (${(err as Error).message}); tuning again`);
+    return { format: CACHE_FORMAT, entries: {} };
+  }
+  try {
+    const parsed = JSON.parse(text) as unknown;
+    if (typeof parsed !== 'object' || parsed === null) throw new Error('not a JSON object');
+    const file = parsed as Partial<CacheFile>;
+    if (file.format !== CACHE_FORMAT) throw new Error(`format ${String(file.format)}, expected ${CACHE_FORMAT}`);
+    if (typeof file.entries !== 'object' || file.entries === null || Array.isArray(file.entries)) throw new Error('no entries object');
+    return { format: CACHE_FORMAT, entries: file.entries };
+  } catch (err) {
+    warn(`autotune: ignoring the unreadable cache ${path} (${(err as Error).message}); tuning again`);
+    return { format: CACHE_FORMAT, entries: {} };
+  }
+}
+
+/** Write the file whole (temporary file, then rename), or warn: a read-only cache never fails a load. */
+function writeCache(path: string, file: CacheFile, warn: (message: string) => void): void {
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    const temporary = `${path}.${process.pid}.tmp`;
+    writeFileSync(temporary, JSON.stringify(file, null, 2) + '\n');
+    renameSync(temporary, path);
+  } catch (err) {
+    warn(`autotune: cannot write the cache ${path} (${(err as Error).message}); the tuning holds for this process only`);
+  }
+}
+
+/** The tuning's id inside an entry: the dtype and the shapes it was timed on. */
+function tuningId(dtype: WeightDtype, shapes: AutotuneRequest['shapes']): string {
+  return `${dtype} ${shapes.map(({ N, K }) => `${N}x${K}`).join(',')}`;
+}
+
+/** A cached tuning this device can run, or undefined (then it is tuned again). */
+function usable(gpu: Gpu, dtype: WeightDtype, value: unknown): MatvecTuning | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const t = value as Partial<MatvecTuning>;
+  if (t.tier !== 'baseline' && t.tier !== 'subgroup') return undefined;
+  if (t.tier === 'subgroup' && !gpu.features.has('subgroups')) return undefined;
+  if (t.activations !== 'f32' && t.activations !== 'q8') return undefined;
+  if (t.activations === 'q8' && !(hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype))) return undefined;
+  const rows = t.rowsPerWorkgroup;
+  const wg = t.workgroupSize;
+  if (!Number.isSafeInteger(rows) || rows! < 1 || rows! > MATVEC_MAX_ROWS_PER_WORKGROUP) return undefined;
+  if (!Number.isSafeInteger(wg) || wg! < 1 || (wg! & (wg! - 1)) !== 0 || wg! > gpu.limits.maxComputeInvocationsPerWorkgroup) return undefined;
+  return { tier: t.tier, activations: t.activations, rowsPerWorkgroup: rows!, workgroupSize: wg! };
+}
+
+/**
+ * The tuned variant of every requested dtype: from the cache where this adapter's key has it, else
+ * timed now (and written back).
+ */
+export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, options: AutotuneOptions = {}): Promise<AutotuneResult> {
+  const warn = options.warn ?? ((message: string) => console.warn(message));
+  const path = options.cachePath ?? autotuneCachePath();
+  const key = autotuneKey(gpu);
+  for (const dtype of request.dtypes) {
+    if (!WEIGHT_DTYPES.includes(dtype)) throw new ShapeError(`autotune: unknown weight dtype ${String(dtype)}`);
+  }
+  if (request.shapes.length === 0) throw new ShapeError('autotune: no shapes to time');
+  for (const { N, K } of request.shapes) {
+    if (!Number.isSafeInteger(N) || N < 1 || !Number.isSafeInteger(K) || K < 1) throw new ShapeError(`autotune: bad shape ${N}x${K}`);
+  }
+  const file = readCache(path, warn);
+  const entry = file.entries[key];
+  const tunings: MatvecTunings = {};
+  const cached: WeightDtype[] = [];
+  const tuned: WeightDtype[] = [];
+  for (const dtype of new Set(request.dtypes)) {
+    const hit = entry && usable(gpu, dtype, entry.tunings?.[tuningId(dtype, request.shapes)]);
+    if (hit) {
+      tunings[dtype] = hit;
+      cached.push(dtype);
+      continue;
+    }
+    options.progress?.(`autotune: timing ${dtype} matvec variants`);
+    try {
+      tunings[dtype] = await tuneDtype(gpu, dtype, request.shapes);
+      tuned.push(dtype);
+    } catch (err) {
+      // Tuning is an optimisation: a failure leaves this dtype on the static defaults, never fails the load.
+      warn(`autotune: ${dtype} keeps the static defaults (${(err as Error).message})`);
+    }
+  }
+  if (tuned.length > 0) {
+    const tuningsById: Record<string, MatvecTuning> = { ...(entry?.tunings ?? {}) };
+    for (const dtype of tuned) tuningsById[tuningId(dtype, request.shapes)] = tunings[dtype]!;
+    file.entries[key] = { tunedAt: new Date().toISOString(), tunings: tuningsById };
+    writeCache(path, file, warn);
+  }
+  return { tunings, cached, tuned, key, path };
+}
+
+/**
+ * Matvec options for a weight of `dtype` under `tunings` (undefined: the static defaults). With glu a
+ * workgroup holds half the outputs, so the rows are capped at what the fused kernel allows.
+ */
+export function tunedMatvecOptions(tunings: MatvecTunings | undefined, dtype: WeightDtype, fusion?: MatvecFusion): MatvecOptions | undefined {
+  const tuning = tunings?.[dtype];
+  if (!tuning) return undefined;
+  const maxRows = fusion?.glu ? MATVEC_MAX_ROWS_PER_WORKGROUP / 2 : MATVEC_MAX_ROWS_PER_WORKGROUP;
+  return { ...tuning, rowsPerWorkgroup: Math.min(tuning.rowsPerWorkgroup, maxRows) };
+}
+
+// ---- timing -----------------------------------------------------------------------------------
+
+/**
+ * A weight with planes of the right size and values that are finite in every dtype: quants from a
+ * fixed pseudo-random sequence, scales (and f32 / f16 values) 0x211f211f (f16 0.01 twice; as f32 a
+ * small normal number). Speed does not depend on the values.
+ */
+function timingWeight(gpu: Gpu, dtype: WeightDtype, rows: number, cols: number): PackedWeight {
+  let state = 0x9e3779b9;
+  const planes = planeWords(dtype, rows, cols).map((n, i) => {
+    const words = new Uint32Array(n);
+    if (i === 0 && isQuantDtype(dtype)) {
+      for (let j = 0; j < n; j++) {
+        state ^= state << 13;
+        state ^= state >>> 17;
+        state ^= state << 5;
+        words[j] = state >>> 0;
+      }
+    } else words.fill(0x211f211f);
+    return words;
+  });
+  return uploadWeight(gpu, `autotune.${dtype}`, { dtype, rows, cols, planes });
+}
+
+interface Bench {
+  weight: PackedWeight;
+  input: GPUBuffer;
+  output: GPUBuffer;
+}
+
+/** Seconds per run of one candidate summed over the shapes (min of a few samples); Infinity if it cannot run. */
+async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions): Promise<number> {
+  let total = 0;
+  for (const b of benches) {
+    let kernel: Matvec;
+    try {
+      kernel = new Matvec(gpu, { weight: b.weight, input: b.input, output: b.output }, options);
+    } catch (err) {
+      if (err instanceof ShapeError) return Infinity; // not a variant this shape or adapter allows
+      throw err;
+    }
+    const record = (pass: GPUComputePassEncoder) => kernel.encode(pass, { M: 1 });
+    const first = await timeSample(gpu, record, 1); // compiles and warms
+    const reps = Math.max(1, Math.min(64, Math.ceil(4 / Math.max(first, 1e-3))));
+    let best = Infinity;
+    for (let s = 0; s < 3; s++) best = Math.min(best, (await timeSample(gpu, record, reps)) / reps);
+    total += best;
+  }
+  return total;
+}
+
+async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['shapes']): Promise<MatvecTuning> {
+  const benches: Bench[] = [];
+  // A block-quantised weight needs K in whole blocks: a model's other widths (a Q4_K ffn_down beside a
+  // hidden size of 96) are timed at K rounded up to the block.
+  const block = isQuantDtype(dtype) ? BLOCK_COLUMNS[dtype] : 1;
+  try {
+    for (const shape of shapes) {
+      const N = shape.N;
+      const K = Math.ceil(shape.K / block) * block;
+      benches.push({
+        weight: timingWeight(gpu, dtype, N, K),
+        input: createStorage(gpu, 'autotune.input', Float32Array.from({ length: K }, (_, i) => Math.sin(i))),
+        output: createStorage(gpu, 'autotune.output', N * 4),
+      });
+    }
+    const describe = (options: MatvecOptions): MatvecTuning => {
+      const b = benches[0];
+      const kernel = new Matvec(gpu, { weight: b.weight, input: b.input, output: b.output }, options);
+      return { tier: kernel.tier, activations: kernel.activations, rowsPerWorkgroup: kernel.rowsPerWorkgroup, workgroupSize: kernel.workgroupSize };
+    };
+    // 1. Tier x activations, each with its own defaults.
+    const tiers: Tier[] = gpu.features.has('subgroups') ? ['subgroup', 'baseline'] : ['baseline'];
+    const activations: MatvecActivations[] = hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype) ? ['f32', 'q8'] : ['f32'];
+    let best: MatvecTuning | undefined;
+    let bestTime = Infinity;
+    const consider = async (candidate: MatvecTuning) => {
+      const time = await timeCandidate(gpu, benches, candidate);
+      if (time < bestTime) {
+        best = candidate;
+        bestTime = time;
+      }
+    };
+    for (const tier of tiers) for (const a of activations) await consider(describe({ tier, activations: a }));
+    if (!best) throw new ShapeError(`autotune: no matvec variant runs ${dtype} on this adapter`);
+    // 2. Rows per workgroup, 3. workgroup size, each around the best so far.
+    const start: MatvecTuning = best;
+    for (const rows of [1, 2, 4]) if (rows !== start.rowsPerWorkgroup) await consider({ ...start, rowsPerWorkgroup: rows });
+    const chosen: MatvecTuning = best;
+    for (const wg of [chosen.workgroupSize / 2, chosen.workgroupSize * 2]) {
+      if (wg >= 8 && wg <= Math.min(256, gpu.limits.maxComputeInvocationsPerWorkgroup)) await consider({ ...chosen, workgroupSize: wg });
+    }
+    return best;
+  } finally {
+    for (const b of benches) {
+      b.weight.planes.forEach((plane) => plane.destroy());
+      b.input.destroy();
+      b.output.destroy();
+    }
+  }
+}
+
+/**
+ * The autotune setting of a model load: the options to tune with, or undefined for the static
+ * defaults (setting false, or left unset while WEBGPU_MINER_AUTOTUNE is 0 / off / false / no, as the
+ * test suite sets it).
+ */
+export function autotuneSetting(setting: boolean | AutotuneOptions | undefined, env: NodeJS.ProcessEnv = process.env): AutotuneOptions | undefined {
+  if (setting === false) return undefined;
+  if (setting === undefined && /^(0|off|false|no)$/i.test(env.WEBGPU_MINER_AUTOTUNE ?? '')) return undefined;
+  return typeof setting === 'object' ? setting : {};
+}

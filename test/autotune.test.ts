@@ -1,0 +1,208 @@
+// The decode matvec autotune (kernels/autotune.ts): tuning once per adapter key and reading the cache
+// after, re-tuning when the key changes, a corrupt cache ignored with a warning, an unwritable cache
+// costing a warning and not the result, and the tuned variants (each candidate forced) computing the
+// same product as the float64 reference at their tier's bound. Every cache lives in a temporary
+// directory. Tiny shapes: each candidate is a pipeline, and pipelines compile slowly on software.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  autotuneCachePath,
+  autotuneKey,
+  autotuneMatvecs,
+  autotuneSetting,
+  tunedMatvecOptions,
+  type MatvecTuning,
+} from '../kernels/autotune.ts';
+import { Matvec } from '../kernels/matvec.ts';
+import { runPass } from '../kernels/dispatch.ts';
+import { hasPackedDot } from '../kernels/quantise.ts';
+import { dequantize, packWeight, uploadWeight } from '../kernels/weights.ts';
+import { Transformer } from '../models/transformer.ts';
+import { openModelSource } from '../models/source.ts';
+import { configFromHf } from '../models/config.ts';
+import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
+import { writeTinyLlamaGguf } from './support/tiny-models.ts';
+import { referenceLogits } from './support/reference-model.ts';
+import { expectClose, randomF32 } from './support/reference.ts';
+import { projectionReference } from './support/projection.ts';
+
+const gpu = useGpu();
+const dir = mkdtempSync(join(tmpdir(), 'autotune-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const REQUEST = { dtypes: ['q8_0'] as const, shapes: [{ N: 40, K: 96 }] };
+// A tuning compiles a handful of pipelines, which takes minutes on a busy software adapter.
+const TUNING_TIMEOUT_MS = 900_000;
+
+/** Warnings and progress lines of one call. */
+function recorder() {
+  const warnings: string[] = [];
+  const progress: string[] = [];
+  return { warnings, progress, options: { warn: (m: string) => warnings.push(m), progress: (m: string) => progress.push(m) } };
+}
+
+function checkTuning(t: MatvecTuning): void {
+  expect(['baseline', 'subgroup']).toContain(t.tier);
+  expect(['f32', 'q8']).toContain(t.activations);
+  expect([1, 2, 3, 4]).toContain(t.rowsPerWorkgroup);
+  expect(Number.isInteger(Math.log2(t.workgroupSize))).toBe(true);
+  if (t.tier === 'subgroup') expect(gpu().features.has('subgroups')).toBe(true);
+  if (t.activations === 'q8') expect(hasPackedDot(gpu())).toBe(true);
+}
+
+describe('matvec autotune', () => {
+  it('tunes once, then a cache hit skips the tuning; a changed key tunes again', async () => {
+    const cachePath = join(dir, 'hit', 'autotune.json'); // the directory does not exist yet
+    const first = recorder();
+    const tuned = await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...first.options });
+    expect(tuned.tuned).toEqual(['q8_0']);
+    expect(tuned.cached).toEqual([]);
+    expect(first.progress).toEqual(['autotune: timing q8_0 matvec variants']);
+    expect(first.warnings).toEqual([]);
+    checkTuning(tuned.tunings.q8_0!);
+    const file = JSON.parse(readFileSync(cachePath, 'utf8'));
+    expect(Object.keys(file.entries)).toEqual([autotuneKey(gpu())]);
+    // The key names the adapter, its backend, the Dawn build and this project's version.
+    expect(JSON.parse(tuned.key)).toMatchObject({ vendor: gpu().info.vendor, description: gpu().info.description, backend: gpu().info.backend });
+    expect(Object.keys(JSON.parse(tuned.key))).toEqual(['vendor', 'architecture', 'device', 'description', 'backend', 'webgpu', 'project']);
+
+    const second = recorder();
+    const hit = await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...second.options });
+    expect(hit.cached).toEqual(['q8_0']);
+    expect(hit.tuned).toEqual([]);
+    expect(second.progress).toEqual([]); // nothing timed
+    expect(hit.tunings).toEqual(tuned.tunings);
+
+    // The same file under another adapter's (or driver's, or version's) key: not this adapter's tuning.
+    const other = JSON.parse(tuned.key);
+    other.description = `${other.description} (another driver)`;
+    writeFileSync(cachePath, JSON.stringify({ format: 1, entries: { [JSON.stringify(other)]: file.entries[tuned.key] } }));
+    const third = recorder();
+    const retuned = await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...third.options });
+    expect(retuned.tuned).toEqual(['q8_0']);
+    expect(third.progress).toHaveLength(1);
+    // Both keys are kept: the other adapter's entry is not this one's to drop.
+    expect(Object.keys(JSON.parse(readFileSync(cachePath, 'utf8')).entries).sort()).toEqual([JSON.stringify(other), tuned.key].sort());
+
+    // A cached variant this device cannot run (an unknown tier) is tuned again, not trusted.
+    const bad = JSON.parse(readFileSync(cachePath, 'utf8'));
+    for (const id of Object.keys(bad.entries[tuned.key].tunings)) bad.entries[tuned.key].tunings[id].tier = 'warp';
+    writeFileSync(cachePath, JSON.stringify(bad));
+    expect((await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...recorder().options })).tuned).toEqual(['q8_0']);
+  }, TUNING_TIMEOUT_MS);
+
+  it('ignores a corrupt cache with a warning, and rewrites it', async () => {
+    const cachePath = join(dir, 'corrupt.json');
+    writeFileSync(cachePath, '{"format": 1, "entries": {"trunc');
+    const r = recorder();
+    const result = await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...r.options });
+    expect(result.tuned).toEqual(['q8_0']);
+    expect(r.warnings).toHaveLength(1);
+    expect(r.warnings[0]).toMatch(/autotune: ignoring the unreadable cache .*corrupt\.json/);
+    expect(JSON.parse(readFileSync(cachePath, 'utf8')).format).toBe(1);
+    // Valid JSON of the wrong shape is ignored the same way.
+    writeFileSync(cachePath, '[1, 2, 3]');
+    const again = recorder();
+    expect((await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...again.options })).tuned).toEqual(['q8_0']);
+    expect(again.warnings[0]).toMatch(/format undefined, expected 1/);
+  }, TUNING_TIMEOUT_MS);
+
+  it('an unwritable cache directory costs a warning, not the load', async () => {
+    // A regular file where the directory should be: mkdir fails even for root.
+    const blocker = join(dir, 'not-a-directory');
+    writeFileSync(blocker, 'x');
+    const cachePath = join(blocker, 'autotune.json');
+    const r = recorder();
+    const result = await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...r.options });
+    expect(result.tuned).toEqual(['q8_0']);
+    checkTuning(result.tunings.q8_0!);
+    expect(r.warnings).toHaveLength(1);
+    expect(r.warnings[0]).toMatch(/autotune: cannot write the cache .*not-a-directory.*the tuning holds for this process only/);
+  }, TUNING_TIMEOUT_MS);
+
+  it('every candidate variant computes the same product (forced one by one, against float64)', async () => {
+    const N = 37;
+    const K = 160;
+    const host = packWeight('q4_0', N, K, randomF32(N * K, 31, 0.5));
+    const weight = uploadWeight(gpu(), 'w', host);
+    const a = randomF32(K, 32);
+    const input = createStorage(gpu(), 'a', a);
+    const ref = projectionReference(dequantize(host), N, K, a, 1, 0, K);
+    const tiers = gpu().features.has('subgroups') ? (['baseline', 'subgroup'] as const) : (['baseline'] as const);
+    const activations = hasPackedDot(gpu()) ? (['f32', 'q8'] as const) : (['f32'] as const);
+    for (const tier of tiers) {
+      for (const act of activations) {
+        for (const [rowsPerWorkgroup, workgroupSize] of [[1, 64], [4, 32], [2, 256]]) {
+          const output = poisoned(gpu(), 'out', N);
+          const kernel = new Matvec(gpu(), { weight, input, output }, { tier, activations: act, rowsPerWorkgroup, workgroupSize });
+          await runPass(gpu(), (pass) => kernel.encode(pass, { M: 1 }));
+          // f32 activations: f32 accumulation only; q8: the activations' rounding (kernels/matvec.ts).
+          expectClose(await readF32(gpu(), output, N), ref, act === 'q8' ? 1.5e-2 : 1e-5, `${tier} ${act} rows=${rowsPerWorkgroup} wg=${workgroupSize}`);
+        }
+      }
+    }
+  }, TUNING_TIMEOUT_MS);
+
+  // Through the model: a load tunes (or reads the cache), and whatever variant runs, forced or tuned,
+  // the decode step's logits match the float64 reference at the q8 tier's bound.
+  it('a model load tunes once, reads the cache after, and every variant decodes the same logits', async () => {
+    const tiny = writeTinyLlamaGguf(join(dir, 'tiny-q4_0.gguf'), { dtype: 'q4_0', seed: 5, numLayers: 1 });
+    const tokens = [5, 9, 40, 77, 12];
+    const reference = referenceLogits(configFromHf(tiny.config), tiny.weights, tokens).at(-1)!;
+    const cachePath = join(dir, 'model', 'autotune.json');
+    const decodeWith = async (options: Partial<Parameters<typeof Transformer.load>[2]>) => {
+      const source = await openModelSource(tiny.path);
+      const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 32, prefillChunk: 8, ...options });
+      try {
+        await model.prefill(0, tokens.slice(0, -1), 0);
+        const [candidates] = await model.decode([{ slot: 0, token: tokens.at(-1)!, position: tokens.length - 1 }]);
+        return candidates;
+      } finally {
+        model.destroy();
+        await source.close();
+      }
+    };
+    const check = (what: string, candidates: Awaited<ReturnType<typeof decodeWith>>) => {
+      const want = Array.from(candidates.ids, (id) => reference[id]);
+      expectClose(candidates.logits, want, 1.5e-2, what);
+      let best = 0;
+      for (let i = 1; i < reference.length; i++) if (reference[i] > reference[best]) best = i;
+      expect(candidates.ids[0], what).toBe(best);
+    };
+    const progress: string[] = [];
+    check('autotuned', await decodeWith({ autotune: { cachePath, progress: (m) => progress.push(m) } }));
+    expect(progress).toContain('autotune: timing q4_0 matvec variants');
+    const timed = progress.length;
+    check('cached', await decodeWith({ autotune: { cachePath, progress: (m) => progress.push(m) } }));
+    expect(progress).toHaveLength(timed); // the second load timed nothing
+    check('static defaults', await decodeWith({ autotune: false }));
+    // Two forced variants far from the defaults (each is a model's worth of pipelines to compile).
+    const fast = gpu().features.has('subgroups') ? 'subgroup' : 'baseline';
+    const forced: MatvecTuning[] = [
+      { tier: fast, activations: hasPackedDot(gpu()) ? 'q8' : 'f32', rowsPerWorkgroup: 4, workgroupSize: 32 },
+      { tier: 'baseline', activations: 'f32', rowsPerWorkgroup: 1, workgroupSize: 64 },
+    ];
+    for (const tuning of forced) {
+      check(`forced ${JSON.stringify(tuning)}`, await decodeWith({ matvecTunings: { q4_0: tuning } }));
+    }
+  }, TUNING_TIMEOUT_MS);
+
+  it('options: the setting, the cache path, and glu-capped rows', () => {
+    expect(autotuneSetting(false, {})).toBeUndefined();
+    expect(autotuneSetting(undefined, { WEBGPU_MINER_AUTOTUNE: 'off' })).toBeUndefined();
+    expect(autotuneSetting(undefined, { WEBGPU_MINER_AUTOTUNE: '0' })).toBeUndefined();
+    expect(autotuneSetting(undefined, {})).toEqual({});
+    expect(autotuneSetting(true, { WEBGPU_MINER_AUTOTUNE: 'off' })).toEqual({}); // asked for explicitly
+    expect(autotuneSetting({ cachePath: '/x' }, { WEBGPU_MINER_AUTOTUNE: 'off' })).toEqual({ cachePath: '/x' });
+    expect(autotuneCachePath({ WEBGPU_MINER_AUTOTUNE_CACHE: '/tmp/a.json', XDG_CACHE_HOME: '/c' })).toBe('/tmp/a.json');
+    expect(autotuneCachePath({ XDG_CACHE_HOME: '/c' })).toBe('/c/webgpu-miner/autotune.json');
+    expect(autotuneCachePath({ HOME: '/h' })).toMatch(/\.cache\/webgpu-miner\/autotune\.json$/);
+    const tunings = { q4_0: { tier: 'baseline', activations: 'q8', rowsPerWorkgroup: 4, workgroupSize: 64 } } as const;
+    expect(tunedMatvecOptions(tunings, 'q4_0')).toEqual(tunings.q4_0);
+    expect(tunedMatvecOptions(tunings, 'q4_0', { glu: true })).toEqual({ ...tunings.q4_0, rowsPerWorkgroup: 2 });
+    expect(tunedMatvecOptions(tunings, 'q8_0')).toBeUndefined();
+    expect(tunedMatvecOptions(undefined, 'q4_0')).toBeUndefined();
+  });
+});
