@@ -13,6 +13,7 @@ import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { randomWeight } from './support/kquants.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
 import { ErrorLog, rowsWithNaNGaps } from './support/projection.ts';
+import { describeFused, gelu, layout, silu, type FusedCase } from './support/matvec-cases.ts';
 
 const gpu = useGpu();
 const log = new ErrorLog();
@@ -25,37 +26,6 @@ function tiers(): Tier[] {
 // f32 accumulation of the products and of the norm's statistics; weights dequantised exactly.
 const TOLERANCE = 1e-5;
 
-interface FusedCase {
-  dtype: WeightDtype;
-  M: number;
-  /** Outputs (with glu the weight has 2N rows). */
-  N: number;
-  K: number;
-  norm?: 'rms' | 'layer';
-  activation?: 'silu' | 'gelu';
-  glu?: boolean;
-  bias?: boolean;
-  residual?: boolean;
-  rowsPerWorkgroup?: number;
-  workgroupSize?: number;
-  seed: number;
-}
-
-const silu = (x: number) => x / (1 + Math.exp(-x));
-const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
-
-/** The layout of a case's buffers: every offset and stride non-trivial. */
-function layout(c: FusedCase) {
-  return { inputOffset: 3, inputRowStride: c.K + 5, outputOffset: 2, outputRowStride: c.N + 3, biasOffset: 4, residualOffset: 1, residualRowStride: c.N + 2 };
-}
-
-function describeFused(c: FusedCase): string {
-  const parts = [c.dtype, `M=${c.M} N=${c.N} K=${c.K}`, c.norm && `${c.norm}norm`, c.glu ? `glu(${c.activation})` : c.activation, c.bias && 'bias', c.residual && 'residual'];
-  if (c.rowsPerWorkgroup) parts.push(`rows/wg=${c.rowsPerWorkgroup} wg=${c.workgroupSize}`);
-  return parts.filter(Boolean).join(' ');
-}
-
-/** Float64: out[m, n] = act(norm(a[m]) · W[n] + bias[n]) (glu: act(gate) * up) + residual[m, n]. */
 function reference(c: FusedCase, w: Float64Array, a: Float32Array, normWeight: Float32Array, normBias: Float32Array, bias?: Float32Array, residual?: Float32Array): Float64Array {
   const { M, N, K } = c;
   const L = layout(c);

@@ -20,6 +20,7 @@ import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { randomWeight } from './support/kquants.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
 import { ErrorLog, rowsWithNaNGaps } from './support/projection.ts';
+import { describeFused, gelu, layout, silu, type FusedCase } from './support/matvec-cases.ts';
 
 const gpu = useGpu();
 const log = new ErrorLog();
@@ -39,36 +40,8 @@ function withoutPackedDot(device: Gpu): Gpu {
   return Object.create(device, { wgslLanguageFeatures: { value: new Set<string>() } }) as Gpu;
 }
 
-interface Q8Case {
-  dtype: WeightDtype;
-  M: number;
-  N: number;
-  K: number;
-  norm?: 'rms' | 'layer';
-  activation?: 'silu' | 'gelu';
-  glu?: boolean;
-  bias?: boolean;
-  residual?: boolean;
-  rowsPerWorkgroup?: number;
-  workgroupSize?: number;
-  seed: number;
-}
-
-const silu = (x: number) => x / (1 + Math.exp(-x));
-const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
-
-function layout(c: Q8Case) {
-  return { inputOffset: 3, inputRowStride: c.K + 5, outputOffset: 2, outputRowStride: c.N + 3, biasOffset: 4, residualOffset: 1, residualRowStride: c.N + 2 };
-}
-
-function describeCase(c: Q8Case): string {
-  const parts = [c.dtype, `M=${c.M} N=${c.N} K=${c.K}`, c.norm && `${c.norm}norm`, c.glu ? `glu(${c.activation})` : c.activation, c.bias && 'bias', c.residual && 'residual'];
-  if (c.rowsPerWorkgroup) parts.push(`rows/wg=${c.rowsPerWorkgroup} wg=${c.workgroupSize}`);
-  return parts.filter(Boolean).join(' ');
-}
-
 /** Each row of the input as the matvec multiplies it: normalised in float64 when the case has a norm. */
-function normalisedRows(c: Q8Case, a: Float32Array, normWeight: Float32Array, normBias: Float32Array): Float64Array[] {
+function normalisedRows(c: FusedCase, a: Float32Array, normWeight: Float32Array, normBias: Float32Array): Float64Array[] {
   const L = layout(c);
   const eps = 1e-5;
   return Array.from({ length: c.M }, (_, m) => {
@@ -86,7 +59,7 @@ function normalisedRows(c: Q8Case, a: Float32Array, normWeight: Float32Array, no
 }
 
 /** Float64: out[m, n] = act(rows[m] · W[n] + bias[n]) (glu: act(gate) * up) + residual[m, n]. */
-function reference(c: Q8Case, w: Float64Array, rows: Float64Array[], bias?: Float32Array, residual?: Float32Array): Float64Array {
+function reference(c: FusedCase, w: Float64Array, rows: Float64Array[], bias?: Float32Array, residual?: Float32Array): Float64Array {
   const L = layout(c);
   const out = new Float64Array(c.M * c.N);
   const act = c.activation === 'silu' ? silu : c.activation === 'gelu' ? gelu : (x: number) => x;
@@ -109,7 +82,7 @@ function reference(c: Q8Case, w: Float64Array, rows: Float64Array[], bias?: Floa
  * The kernel's quantised rows, dequantised (q * d), after checking they are a Q8_0 rounding of
  * `rows`: per block of 32, d = amax / 127 (to f32 rounding) and every |x - q d| <= d / 2.
  */
-async function quantisedRows(kernel: Matvec, c: Q8Case, rows: Float64Array[], what: string): Promise<Float64Array[]> {
+async function quantisedRows(kernel: Matvec, c: FusedCase, rows: Float64Array[], what: string): Promise<Float64Array[]> {
   const q8 = kernel.q8Activations;
   if (!q8) throw new Error(`${what}: no q8 activations`);
   const quants = new Int8Array(await readBuffer(gpu(), q8.quants, c.M * c.K));
@@ -135,8 +108,8 @@ async function quantisedRows(kernel: Matvec, c: Q8Case, rows: Float64Array[], wh
   });
 }
 
-async function runCase(c: Q8Case, tier: Tier): Promise<void> {
-  const what = `${tier} ${describeCase(c)}`;
+async function runCase(c: FusedCase, tier: Tier): Promise<void> {
+  const what = `${tier} ${describeFused(c)}`;
   const L = layout(c);
   const weightRows = c.glu ? 2 * c.N : c.N;
   const host = randomWeight(c.dtype, weightRows, c.K, c.seed, 0.5);
@@ -186,7 +159,7 @@ async function runCase(c: Q8Case, tier: Tier): Promise<void> {
   log.add(`loose ${c.dtype}`, expectClose(got, reference(c, w, rows, biasValues, residualValues), LOOSE, `${what} (unquantised reference)`));
 }
 
-const cases: Q8Case[] = [];
+const cases: FusedCase[] = [];
 for (const dtype of Q8_ACTIVATION_DTYPES) {
   const K = isKQuantDtype(dtype) ? 768 : 160;
   // Pipelines compile slowly on the software adapter: two per dtype (the defaults at decode's M = 1,
@@ -206,7 +179,7 @@ cases.push(
 
 describe('matvec on q8 activations', () => {
   for (const c of cases) {
-    it(describeCase(c), async () => {
+    it(describeFused(c), async () => {
       if (!hasPackedDot(gpu())) {
         // Without the language feature the tier is refused, never silently replaced.
         await expect(runCase(c, 'baseline')).rejects.toThrow(/packed_4x8_integer_dot_product/);
