@@ -90,6 +90,8 @@ function fakeTime(toFake: Array<'setTimeout' | 'clearTimeout' | 'setInterval' | 
 }
 
 describe('policy steps over a socket', () => {
+  // Long enough for a generation on a loaded machine (its first one compiles the model's shaders).
+  const REQUEST_TIMEOUT_MS = 60_000;
   let axon: TestAxon;
   let peer: RawPeer;
   /** The server's clock: the wall clock, or a moment the test holds it at. */
@@ -98,7 +100,7 @@ describe('policy steps over a socket', () => {
   beforeAll(async () => {
     axon = await startAxon({
       clock: serverNow,
-      limits: { maxFrameBytes: 64 * 1024, maxPromptBytes: 1000, requestTimeoutMs: 4000, maxBadFramesPerSecond: 1000 },
+      limits: { maxFrameBytes: 64 * 1024, maxPromptBytes: 1000, requestTimeoutMs: REQUEST_TIMEOUT_MS, maxBadFramesPerSecond: 1000 },
       policy: { minStake: 10, requirePermit: false },
     });
     peer = await RawPeer.connect(axon.url);
@@ -150,7 +152,7 @@ describe('policy steps over a socket', () => {
   test('STALE: too old and too far in the future, to the millisecond', async () => {
     // The server judges every frame at `t` (its clock held there), so the edges are exact however
     // long the frames take to arrive: 8000 ms (Epistula) + requestTimeoutMs back, 2000 ms ahead.
-    const window = 8000 + 4000;
+    const window = 8000 + REQUEST_TIMEOUT_MS;
     const skew = 2000;
     const t = Date.now();
     now.frozen = t;

@@ -19,14 +19,14 @@ describe('info --json', () => {
     expect(report.adapter).toMatchObject({ backend: 'vulkan', featureLevel: 'core', isSoftware: true });
     expect(report.features).toEqual(expect.arrayContaining(['shader-f16', 'subgroups', 'timestamp-query']));
     expect(report.limits.maxStorageBufferBindingSize).toBeGreaterThanOrEqual(128 * 2 ** 20);
-    expect(report.tiers).toEqual({ matvec: 'subgroup', matmul: 'f16', attention: 'subgroup', rows: 'baseline' });
+    expect(report.tiers).toEqual({ matvec: 'subgroup', matvecActivations: 'f32', matmul: 'f16', attention: 'subgroup', rows: 'baseline' });
   });
 
   it('software-compat is OpenGL ES on llvmpipe, with the baseline tier everywhere', async () => {
     const report = await infoJson('software-compat');
     expect(report.adapter).toMatchObject({ backend: 'opengles', featureLevel: 'compatibility', isSoftware: true });
     expect(report.features).not.toContain('subgroups');
-    expect(report.tiers).toEqual({ matvec: 'baseline', matmul: 'baseline', attention: 'baseline', rows: 'baseline' });
+    expect(report.tiers).toEqual({ matvec: 'baseline', matvecActivations: 'f32', matmul: 'baseline', attention: 'baseline', rows: 'baseline' });
   });
 
   it('refuses an unknown adapter naming the choices', async () => {
