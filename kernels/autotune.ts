@@ -21,8 +21,7 @@ import { createStorage } from '../src/gpu/buffers.ts';
 import { timeSample } from '../src/gpu/timing.ts';
 import { ShapeError } from '../src/errors.ts';
 import { MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecOptions } from './matvec.ts';
-import { hasPackedDot } from './quantise.ts';
-import type { MatvecActivations, Tier } from './tiers.ts';
+import { hasPackedDot, type MatvecActivations, type Tier } from './tiers.ts';
 import { BLOCK_COLUMNS, isQuantDtype, planeWords, uploadWeight, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
 
 /** One matvec variant: what Matvec's options say. */
@@ -60,8 +59,11 @@ export interface AutotuneResult {
   path: string;
 }
 
-/** Bumped when the file's shape or the meaning of a tuning changes (older files are then re-tuned). */
-const CACHE_FORMAT = 1;
+/**
+ * Bumped when the file's shape or the meaning of a tuning changes (older files are then re-tuned).
+ * 2: q8 activations are quantised inside the matvec, no longer by a dispatch before it.
+ */
+export const AUTOTUNE_CACHE_FORMAT = 2;
 
 /** The cache file's path (see the header). */
 export function autotuneCachePath(env: NodeJS.ProcessEnv = process.env): string {
@@ -117,18 +119,18 @@ function readCache(path: string, warn: (message: string) => void): CacheFile {
     // No file yet (or no directory: the write that follows says so) is no cache, not a fault.
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'ENOTDIR') warn(`autotune: cannot read ${path} (${(err as Error).message}); tuning again`);
-    return { format: CACHE_FORMAT, entries: {} };
+    return { format: AUTOTUNE_CACHE_FORMAT, entries: {} };
   }
   try {
     const parsed = JSON.parse(text) as unknown;
     if (typeof parsed !== 'object' || parsed === null) throw new Error('not a JSON object');
     const file = parsed as Partial<CacheFile>;
-    if (file.format !== CACHE_FORMAT) throw new Error(`format ${String(file.format)}, expected ${CACHE_FORMAT}`);
+    if (file.format !== AUTOTUNE_CACHE_FORMAT) throw new Error(`format ${String(file.format)}, expected ${AUTOTUNE_CACHE_FORMAT}`);
     if (typeof file.entries !== 'object' || file.entries === null || Array.isArray(file.entries)) throw new Error('no entries object');
-    return { format: CACHE_FORMAT, entries: file.entries };
+    return { format: AUTOTUNE_CACHE_FORMAT, entries: file.entries };
   } catch (err) {
     warn(`autotune: ignoring the unreadable cache ${path} (${(err as Error).message}); tuning again`);
-    return { format: CACHE_FORMAT, entries: {} };
+    return { format: AUTOTUNE_CACHE_FORMAT, entries: {} };
   }
 }
 

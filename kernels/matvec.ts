@@ -4,9 +4,9 @@
 // (shaders/matvec.wgsl, a workgroup-memory tree reduction, runs anywhere) and the subgroup tier
 // (shaders/matvec_subgroup.wgsl, subgroupAdd and two barriers, needs the 'subgroups' feature), picked by
 // kernelTiers() unless MatvecOptions.tier says which.
-// Over block-quantised weights either tier may take q8 activations (MatvecOptions.activations): a
-// small dispatch first quantises the activation rows to int8 (kernels/quantise.ts, with the fused norm
-// folded in), then the matvec multiplies int8 by int8 with dot4I8Packed (shaders/matvec_sums_q8.wgsl).
+// Over block-quantised weights either tier may take q8 activations (MatvecOptions.activations): each
+// workgroup quantises the activation rows to int8 as it loads them (after the fused norm, if any) and
+// multiplies int8 by int8 with dot4I8Packed (shaders/matvec_sums_q8.wgsl), in the same one dispatch.
 // Numerics (test/matvec-q8.test.ts): against a float64 reference on the same q8-rounded activations
 // the error is f32 accumulation only (<= 1e-5 relative); against the unquantised activations it is
 // the activations' rounding, at most d / 2 = amax / 254 per element of each block of 32, which over
@@ -18,8 +18,7 @@ import { ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkWorkgroupSize } from './dispatch.ts';
 import { paddedCols, weightShader, type PackedWeight, type WeightDtype } from './weights.ts';
-import { kernelTiers, type MatvecActivations, type Tier } from './tiers.ts';
-import { QuantiseQ8, hasPackedDot, PACKED_DOT_FEATURE, type Q8Activations } from './quantise.ts';
+import { PACKED_DOT_FEATURE, hasPackedDot, kernelTiers, subgroupSizes, type MatvecActivations, type Tier } from './tiers.ts';
 import type { NormKind } from './norm.ts';
 import {
   MatmulParams,
@@ -75,7 +74,7 @@ export interface MatvecOptions {
    */
   tier?: Tier;
   /**
-   * f32 activations, or 'q8' (quantised once per run, multiplied with dot4I8Packed). Default:
+   * f32 activations, or 'q8' (quantised as they are loaded, multiplied with dot4I8Packed). Default:
    * kernelTiers(gpu).matvecActivations for the dtypes in Q8_ACTIVATION_DTYPES, else 'f32'. 'q8' on a
    * device without the WGSL feature, or with another weight dtype, is a ShapeError.
    */
@@ -83,15 +82,21 @@ export interface MatvecOptions {
   fusion?: MatvecFusion;
 }
 
+/**
+ * Workgroup memory of the q8 tier's quantised activation segment (Q8_BLOCKS in
+ * shaders/matvec_sums_q8.wgsl: 192 blocks of 32 int8 and an f32 scale).
+ */
+const Q8_SEGMENT_BYTES = 192 * (32 + 4);
+
 /** Weight dtypes the q8 activation tier serves (each has a shaders/weights_<dtype>_q8.wgsl module). */
-export const Q8_ACTIVATION_DTYPES: readonly WeightDtype[] = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q4_k', 'q5_k', 'q6_k'];
+export const Q8_ACTIVATION_DTYPES: readonly WeightDtype[] = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
 
 /** The activations a matvec over `dtype` takes unless told. */
 export function defaultMatvecActivations(gpu: Pick<Gpu, 'features' | 'wgslLanguageFeatures'>, dtype: WeightDtype): MatvecActivations {
   return Q8_ACTIVATION_DTYPES.includes(dtype) ? kernelTiers(gpu).matvecActivations : 'f32';
 }
 
-/** Default workgroup size on q8 activations: each thread walks about two 16-column chunks of K. */
+/** Default workgroup size on q8 activations: each thread walks about one 32-column block of K. */
 export function defaultQ8MatvecWorkgroupSize(cols: number): number {
   const want = Math.ceil(cols / 32);
   return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(want))));
@@ -111,16 +116,6 @@ export function defaultSubgroupMatvecRows(rows: number): number {
   return rows >= 1024 ? 4 : rows >= 512 ? 2 : 1;
 }
 
-/**
- * A power of two in 4..128 (WebGPU's bounds on a subgroup) from an adapter-reported subgroup size,
- * rounded down or up; `fallback` when the adapter reports none.
- */
-function subgroupBound(size: number | undefined, round: 'down' | 'up', fallback: number): number {
-  if (size === undefined || !Number.isSafeInteger(size) || size < 1) return fallback;
-  const log = round === 'down' ? Math.floor(Math.log2(size)) : Math.ceil(Math.log2(size));
-  return Math.min(128, Math.max(4, 2 ** log));
-}
-
 /** out[M, N] = input[M, K] · Wᵀ (+ bias) (+ residual) for M <= 8; one workgroup per weight row (or few rows). */
 export class Matvec {
   readonly weight: PackedWeight;
@@ -128,7 +123,7 @@ export class Matvec {
   readonly #dispatch: Dispatch<ProjectionField>;
   /** The variant this instance runs. */
   readonly tier: Tier;
-  /** What the product multiplies: f32 activations, or q8 ones (quantised by #quantise first). */
+  /** What the product multiplies: f32 activations, or q8 ones (quantised in the same dispatch). */
   readonly activations: MatvecActivations;
   readonly workgroupSize: number;
   /** Outputs per workgroup (weight rows, or row pairs with glu). */
@@ -137,8 +132,6 @@ export class Matvec {
   /** N: outputs per activation row (the weight's rows, half of them with glu). */
   readonly outputs: number;
   readonly #maxPerDimension: number;
-  /** The q8 tier's activation step (normalising too when the fusion has a norm). */
-  readonly #quantise: QuantiseQ8 | undefined;
 
   constructor(gpu: Gpu, buffers: MatvecBuffers, options: MatvecOptions = {}) {
     const label = `matvec(${buffers.weight.label})`;
@@ -156,6 +149,9 @@ export class Matvec {
     if (q8 && !Q8_ACTIVATION_DTYPES.includes(dtype)) {
       throw new ShapeError(`${label}: q8 activations serve ${Q8_ACTIVATION_DTYPES.join(', ')} weights, not ${dtype}`);
     }
+    if (q8 && buffers.weight.cols % 32 !== 0) {
+      throw new ShapeError(`${label}: q8 activations need K to be a multiple of 32 (got ${buffers.weight.cols})`);
+    }
     if (q8 && !hasPackedDot(gpu)) {
       throw new ShapeError(`${label}: q8 activations need the WGSL language feature ${PACKED_DOT_FEATURE}, which this device does not offer`);
     }
@@ -165,11 +161,9 @@ export class Matvec {
     // Outputs: weight rows, or pairs of them with glu; each workgroup reads `perOutput` rows per output.
     const outputs = glu ? buffers.weight.rows / 2 : buffers.weight.rows;
     const perOutput = glu ? 2 : 1;
-    const info = gpu.adapter.info;
     // The smallest subgroup sizes the shader's per-subgroup slots (rounded down: more slots, never
     // fewer); the largest sets the least default workgroup size.
-    const sgMin = subgroupBound(info.subgroupMinSize, 'down', 4);
-    const sgMax = Math.max(sgMin, subgroupBound(info.subgroupMaxSize, 'up', 32));
+    const { min: sgMin, max: sgMax } = subgroupSizes(gpu);
     const byK = q8 ? defaultQ8MatvecWorkgroupSize(buffers.weight.cols) : defaultMatvecWorkgroupSize(buffers.weight.cols);
     const {
       // The subgroup tier fills at least one whole subgroup.
@@ -189,7 +183,7 @@ export class Matvec {
     if (!subgroup && wg < outputThreads) {
       throw new ShapeError(`${label}: workgroup size ${wg} must be >= ${outputThreads} (rows x ${MATVEC_MAX_ROWS})`);
     }
-    const shared = subgroup ? (Math.ceil(wg / 32) + Math.ceil(wg / sgMin) * slots) * 4 : slots * wg * 4;
+    const shared = (subgroup ? (Math.ceil(wg / 32) + Math.ceil(wg / sgMin) * slots) * 4 : slots * wg * 4) + (q8 ? Q8_SEGMENT_BYTES : 0);
     if (shared > gpu.limits.maxComputeWorkgroupStorageSize) {
       throw new ShapeError(
         `${label}: ${rowsPerWorkgroup} rows x workgroup ${wg} need ${shared} bytes of workgroup memory, ` +
@@ -209,12 +203,6 @@ export class Matvec {
     const fusionModule = fused ? 'matvec_fusion.wgsl' : 'matvec_plain.wgsl';
     const sums = q8 ? weightShader(dtype).replace('.wgsl', '_q8.wgsl') : weightShader(dtype);
     const sumsModule = q8 ? 'matvec_sums_q8.wgsl' : 'matvec_sums.wgsl';
-    // On q8 activations the norm is applied by the quantise step; the matvec keeps ACT and GLU.
-    this.#quantise = q8
-      ? new QuantiseQ8(gpu, label, buffers.input, buffers.weight.cols, MATVEC_MAX_ROWS, { norm: fusion.norm })
-      : undefined;
-    const constants: Partial<Record<'NORM' | 'NORM_EPS' | 'ACT' | 'GLU', number>> = fused ? fusionConstants(fusion) : {};
-    if (q8 && fused) constants.NORM = 0;
     this.#dispatch = new Dispatch(
       gpu,
       {
@@ -232,36 +220,20 @@ export class Matvec {
           W_ROWS: weightRows,
           ...(subgroup ? { SG_MIN: sgMin } : {}),
           ...projectionConstants(buffers),
-          ...constants,
+          ...(fused ? fusionConstants(fusion) : {}),
         },
       },
       MatmulParams, // one run contract for both kernels (shaders/matmul_projection.wgsl)
-      q8
-        ? [
-            // The q8 shader reads the raw input only for the fused norm's statistics (which it
-            // skips: NORM = 0, but the fusion module still names them), never the norm's scale.
-            ...projectionBindings(gpu, buffers).map((b, i) => (i === 2 && !fused ? undefined : b)),
-            undefined,
-            undefined,
-            this.#quantise!.output.quants,
-            this.#quantise!.output.scales,
-          ]
-        : [
-            ...projectionBindings(gpu, buffers),
-            // The norm's scale and shift (bindings 7, 8), fused shaders only.
-            ...(fused ? [fusion.norm?.weight ?? placeholderStorage(gpu), fusion.norm?.bias ?? placeholderStorage(gpu)] : []),
-          ],
+      [
+        ...projectionBindings(gpu, buffers),
+        // The norm's scale and shift (bindings 7, 8), fused shaders only.
+        ...(fused ? [fusion.norm?.weight ?? placeholderStorage(gpu), fusion.norm?.bias ?? placeholderStorage(gpu)] : []),
+      ],
     );
-  }
-
-  /** The q8 tier's quantised activation rows (as of the last run), for tests; undefined on f32 activations. */
-  get q8Activations(): Q8Activations | undefined {
-    return this.#quantise?.output;
   }
 
   encode(pass: GPUComputePassEncoder, run: MatvecRun): void {
     const values = matvecValues(`matvec(${this.weight.label})`, this.#buffers, this.fusion, run);
-    this.#quantise?.encode(pass, values);
     const [x, y] = dispatchGrid(Math.ceil(values.n / this.rowsPerWorkgroup), this.#maxPerDimension);
     this.#dispatch.encode(pass, values, x, y);
   }

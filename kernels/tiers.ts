@@ -9,16 +9,24 @@ export type Tier = 'baseline' | 'subgroup' | 'f16';
 
 /**
  * What a decode matvec over a block-quantised weight multiplies: the f32 activations, or the
- * activation rows quantised to int8 once per step ('q8': blocks of 32 with an f32 scale, as llama.cpp
- * quantises them for its CPU dot products) and multiplied with dot4I8Packed.
+ * activation rows quantised to int8 as each workgroup loads them ('q8': blocks of 32 with an f32
+ * scale, as llama.cpp quantises them for its CPU dot products) and multiplied with dot4I8Packed.
  */
 export type MatvecActivations = 'f32' | 'q8';
+
+/** The WGSL language feature the q8 activations need (dot4I8Packed, pack4xI8). */
+export const PACKED_DOT_FEATURE = 'packed_4x8_integer_dot_product';
+
+/** True when the device's WGSL offers dot4I8Packed. */
+export function hasPackedDot(gpu: Partial<Pick<Gpu, 'wgslLanguageFeatures'>>): boolean {
+  return gpu.wgslLanguageFeatures?.has(PACKED_DOT_FEATURE) === true;
+}
 
 export interface KernelTiers {
   /** Decode projections (matrix x vector, 1..8 rows): 'subgroup' where the adapter has subgroups. */
   matvec: Tier;
   /**
-   * Decode projections over quantised weights (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K): 'q8' where
+   * Decode projections over quantised weights (Q8_0, Q4_0/1, Q5_0/1, Q2_K .. Q6_K): 'q8' where
    * WGSL offers packed_4x8_integer_dot_product, reduced by the `matvec` tier. Changes the numerics
    * by the activations' rounding (kernels/matvec.ts states the bound); f32 and f16 weights stay 'f32'.
    */
@@ -73,11 +81,10 @@ export function subgroupSizes(gpu: Pick<Gpu, 'adapter'>): { min: number; max: nu
 /**
  * Whether quantised-weight matvecs take q8 activations without autotuning (the static default): only
  * when WEBGPU_MINER_MATVEC_ACTIVATIONS=q8 asks (and WGSL offers packed_4x8_integer_dot_product). q8
- * puts a quantise dispatch before each projection (4 more per Llama layer: 10 instead of 6), so it is
- * not taken blind: the autotune (kernels/autotune.ts) times both and picks q8 where it is faster on
- * this adapter, quantise step included.
+ * costs no dispatch, but it rounds the activations (kernels/matvec.ts states the bound) and whether
+ * integer dot products beat f32 ones depends on the GPU, so it is not taken blind: the autotune
+ * (kernels/autotune.ts) times both and picks q8 where it is faster on this adapter.
  */
 function staticQ8(gpu: Partial<Pick<Gpu, 'wgslLanguageFeatures' | 'info'>>): boolean {
-  if (gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product') !== true) return false;
-  return process.env.WEBGPU_MINER_MATVEC_ACTIVATIONS === 'q8';
+  return hasPackedDot(gpu) && process.env.WEBGPU_MINER_MATVEC_ACTIVATIONS === 'q8';
 }

@@ -1,7 +1,7 @@
 // Shared by the two matvec reductions (matvec.wgsl, matvec_subgroup.wgsl): the row limits. The
 // including file declares the overrides WG (threads per workgroup), ROWS (outputs per workgroup) and
 // W_ROWS (weight rows per workgroup), and is composed with one partial-sums module (matvec_sums.wgsl:
-// f32 activations; matvec_sums_q8.wgsl: q8 activations and dot4I8Packed), a weights module, and
+// f32 activations; matvec_sums_q8.wgsl: activations quantised to int8, dot4I8Packed), a weights module, and
 // matvec_plain.wgsl or matvec_fusion.wgsl (normalised, first_weight_row, weight_row_end).
 
 const MAX_M: u32 = 8u;     // activation rows (M) one dispatch handles

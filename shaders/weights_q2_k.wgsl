@@ -10,6 +10,14 @@
 @group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/256, 16): qs[64] as 16 u32
 @group(0) @binding(2) var<storage, read> weight_scales: array<u32>; // (N, K/256, 5): scales[16] as 4 u32, d | dmin << 16 (f16)
 
+// (scale, offset) of sub-block s of super-block `block`: value = q * scale + offset, scale = d * sc and
+// offset = -dmin * m, both exact in f32 (products of an f16 and a 4-bit integer).
+fn sub_block_scale(block: u32, s: u32) -> vec2<f32> {
+  let sm = (weight_scales[block * 5u + s / 4u] >> ((s % 4u) * 8u)) & 255u;
+  let dm = unpack2x16float(weight_scales[block * 5u + 4u]);
+  return vec2<f32>(dm.x * f32(sm & 15u), -dm.y * f32(sm >> 4u));
+}
+
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let block = row * (cols / 256u) + k / 256u;
   let e = k % 256u;
@@ -17,9 +25,7 @@ fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let j = (e % 128u) / 32u;
   let h = (e % 32u) / 16u;
   let q = (vec4<u32>(weight_quants[block * 16u + n * 8u + h * 4u + (e % 16u) / 4u]) >> (vec4<u32>(0u, 8u, 16u, 24u) + 2u * j)) & vec4<u32>(3u);
-  let s = 8u * n + 2u * j + h;
-  let sm = (weight_scales[block * 5u + s / 4u] >> ((s % 4u) * 8u)) & 255u;
-  let dm = unpack2x16float(weight_scales[block * 5u + 4u]);
-  // d * sc, q * (d * sc) and dmin * m are exact in f32: one rounding, at the difference, as in ggml.
-  return vec4<f32>(q) * (dm.x * f32(sm & 15u)) - dm.y * f32(sm >> 4u);
+  let so = sub_block_scale(block, 8u * n + 2u * j + h);
+  // q * scale is exact in f32: one rounding, at the sum, as in ggml.
+  return vec4<f32>(q) * so.x + so.y;
 }

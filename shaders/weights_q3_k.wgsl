@@ -14,6 +14,14 @@
 @group(0) @binding(1) var<storage, read> weight_quants: array<u32>;       // (N, K/256, 24): hmask[32] as 8 u32, qs[64] as 16 u32
 @group(0) @binding(2) var<storage, read> weight_scales: array<vec4<u32>>; // (N, K/256): scales[12] as 3 u32, d (f16, low half)
 
+// d * (sc - 32) of sub-block s of super-block `block`: exact in f32 (an f16 times a 6-bit integer).
+fn sub_block_scale(block: u32, s: u32) -> f32 {
+  let header = weight_scales[block];
+  let nibble = (select(header.x, header.y, s % 8u >= 4u) >> ((s % 4u) * 8u + (s / 8u) * 4u)) & 15u;
+  let top = (header.z >> ((s % 4u) * 8u + (s / 4u) * 2u)) & 3u;
+  return unpack2x16float(header.w).x * f32(i32(nibble | (top << 4u)) - 32);
+}
+
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let block = row * (cols / 256u) + k / 256u;
   let e = k % 256u;
@@ -26,12 +34,6 @@ fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let low = (vec4<u32>(weight_quants[base + 8u + n * 8u + h * 4u + l4]) >> (bytes + 2u * j)) & vec4<u32>(3u);
   let high = (vec4<u32>(weight_quants[base + h * 4u + l4]) >> (bytes + 4u * n + j)) & vec4<u32>(1u);
   let q = vec4<i32>(low | (high << vec4<u32>(2u))) - vec4<i32>(4);
-  let s = 8u * n + 2u * j + h;
-  let header = weight_scales[block];
-  let nibble = (select(header.x, header.y, s % 8u >= 4u) >> ((s % 4u) * 8u + (s / 8u) * 4u)) & 15u;
-  let top = (header.z >> ((s % 4u) * 8u + (s / 4u) * 2u)) & 3u;
-  let sc = i32(nibble | (top << 4u)) - 32;
-  let d = unpack2x16float(header.w).x;
-  // d * sc and q * (d * sc) are exact in f32 (at most 20 significant bits), as in ggml.
-  return vec4<f32>(q) * (d * f32(sc));
+  // q * (d * sc) is exact in f32 (at most 20 significant bits), as in ggml.
+  return vec4<f32>(q) * sub_block_scale(block, 8u * n + 2u * j + h);
 }

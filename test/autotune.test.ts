@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
+  AUTOTUNE_CACHE_FORMAT,
   autotuneCachePath,
   autotuneKey,
   autotuneMatvecs,
@@ -17,7 +18,7 @@ import {
 } from '../kernels/autotune.ts';
 import { Matvec } from '../kernels/matvec.ts';
 import { runPass } from '../kernels/dispatch.ts';
-import { hasPackedDot } from '../kernels/quantise.ts';
+import { hasPackedDot } from '../kernels/tiers.ts';
 import { dequantize, packWeight, uploadWeight } from '../kernels/weights.ts';
 import { Transformer } from '../models/transformer.ts';
 import { openModelSource } from '../models/source.ts';
@@ -78,7 +79,7 @@ describe('matvec autotune', () => {
     // The same file under another adapter's (or driver's, or version's) key: not this adapter's tuning.
     const other = JSON.parse(tuned.key);
     other.description = `${other.description} (another driver)`;
-    writeFileSync(cachePath, JSON.stringify({ format: 1, entries: { [JSON.stringify(other)]: file.entries[tuned.key] } }));
+    writeFileSync(cachePath, JSON.stringify({ format: AUTOTUNE_CACHE_FORMAT, entries: { [JSON.stringify(other)]: file.entries[tuned.key] } }));
     const third = recorder();
     const retuned = await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...third.options });
     expect(retuned.tuned).toEqual(['q8_0']);
@@ -101,12 +102,12 @@ describe('matvec autotune', () => {
     expect(result.tuned).toEqual(['q8_0']);
     expect(r.warnings).toHaveLength(1);
     expect(r.warnings[0]).toMatch(/autotune: ignoring the unreadable cache .*corrupt\.json/);
-    expect(JSON.parse(readFileSync(cachePath, 'utf8')).format).toBe(1);
+    expect(JSON.parse(readFileSync(cachePath, 'utf8')).format).toBe(AUTOTUNE_CACHE_FORMAT);
     // Valid JSON of the wrong shape is ignored the same way.
     writeFileSync(cachePath, '[1, 2, 3]');
     const again = recorder();
     expect((await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...again.options })).tuned).toEqual(['q8_0']);
-    expect(again.warnings[0]).toMatch(/format undefined, expected 1/);
+    expect(again.warnings[0]).toMatch(new RegExp(`format undefined, expected ${AUTOTUNE_CACHE_FORMAT}`));
   }, TUNING_TIMEOUT_MS);
 
   it('an unwritable cache directory costs a warning, not the load', async () => {

@@ -115,11 +115,10 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(report.host.layers).toBe(32);
     // The fused decode path: 6 dispatches a layer (norm + q/k/v, RoPE + KV write, attention in one
     // pass since the bench's context fits one split, o-projection, norm + gate/up + SwiGLU, down), plus
-    // the embedding and the head; one upload per step.
-    // On q8 activations each of the layer's four matvecs is preceded by its quantise step.
-    const perLayer = 6 + (report.adapter.tiers.matvecActivations === 'q8' ? 4 : 0);
-    expect(report.host.dispatches_per_token).toBeGreaterThanOrEqual(32 * perLayer);
-    expect(report.host.dispatches_per_token).toBeLessThanOrEqual(32 * perLayer + 8);
+    // the embedding and the head; one upload per step. On f32 and q8 activations alike: a q8 matvec
+    // quantises its activations in the same dispatch.
+    expect(report.host.dispatches_per_token).toBeGreaterThanOrEqual(32 * 6);
+    expect(report.host.dispatches_per_token).toBeLessThanOrEqual(32 * 6 + 8);
     expect(report.host.buffer_writes_per_token).toBeGreaterThanOrEqual(1);
     plausibleMs(report.host.ms_per_step, 'host ms per step');
   });

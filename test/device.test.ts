@@ -145,6 +145,26 @@ describe('device acquisition without a usable adapter', () => {
     );
   }
 
+  it('WEBGPU_MINER_DAWN_TOGGLES reaches every Dawn instance; a malformed list is refused before any', async () => {
+    vi.stubEnv('WEBGPU_MINER_DAWN_TOGGLES', ' skip_validation, disable_robustness,');
+    try {
+      const { acquire, created } = await withDawn(async () => null);
+      await failure(acquire, 'auto');
+      expect(created).toEqual([
+        ['enable-dawn-features=vulkan_enable_f16_on_nvidia,skip_validation,disable_robustness'],
+        ['backend=vulkan', 'adapter=llvmpipe', 'enable-dawn-features=skip_validation,disable_robustness'],
+        ['backend=opengles', 'enable-dawn-features=skip_validation,disable_robustness'],
+      ]);
+      vi.stubEnv('WEBGPU_MINER_DAWN_TOGGLES', 'skip validation');
+      const bad = await withDawn(async () => null);
+      const err = await failure(bad.acquire, 'gpu');
+      expect(err.message).toMatch(/WEBGPU_MINER_DAWN_TOGGLES: 'skip validation' is not a Dawn toggle name/);
+      expect(bad.created).toEqual([]);
+    } finally {
+      vi.unstubAllEnvs();
+    }
+  });
+
   it('no adapter: --adapter gpu fails with a NoAdapterError that names the fix', async () => {
     const { acquire, NoAdapterError, created } = await withDawn(async () => null);
     const err = await failure(acquire, 'gpu');

@@ -117,10 +117,30 @@ function prepareSoftwareEnvironment(): void {
 // its test checks the results against a float64 reference at the bound f16 storage allows, on the
 // adapter it runs on. A driver that rounded those conversions wrongly would fail that test, and
 // kernelTiers({ baselineOnly }) / a Matmul's tier option keep such a device on the f32 baseline.
-const HARDWARE_TOGGLES = ['enable-dawn-features=vulkan_enable_f16_on_nvidia'];
+const HARDWARE_TOGGLES = ['vulkan_enable_f16_on_nvidia'];
+
+/**
+ * Dawn toggles to enable on top of the adapter's own, from WEBGPU_MINER_DAWN_TOGGLES (comma-separated),
+ * for measuring them (bench/kit/run.sh times the host with skip_validation,disable_robustness). None is
+ * on by default; README.md ("Dawn toggles") gives the figures and reasons:
+ *   skip_validation       no host time saved on Dawn's Vulkan backend, and validation is what turns a
+ *                         bad dispatch into a clear error instead of a lost device;
+ *   disable_robustness    no kernel time saved on lavapipe; it removes the bounds clamping that keeps a
+ *                         wrong index from reading another allocation;
+ *   disable_workgroup_init  unsafe here: the subgroup matvec's leader bitmask relies on WGSL's
+ *                         zero-initialised workgroup memory.
+ */
+function dawnToggles(base: string[] = []): string[] {
+  const extra = (process.env.WEBGPU_MINER_DAWN_TOGGLES ?? '').split(',').map((t) => t.trim()).filter(Boolean);
+  for (const toggle of extra) {
+    if (!/^[a-z0-9_]+$/.test(toggle)) throw new OptionError(`WEBGPU_MINER_DAWN_TOGGLES: '${toggle}' is not a Dawn toggle name (lower-case letters, digits, _)`);
+  }
+  const all = [...base, ...extra];
+  return all.length > 0 ? [`enable-dawn-features=${all.join(',')}`] : [];
+}
 
 async function tryGpu(): Promise<Found | undefined> {
-  const gpu = instance(HARDWARE_TOGGLES);
+  const gpu = instance(dawnToggles(HARDWARE_TOGGLES));
   const adapter = await gpu.requestAdapter({ featureLevel: 'core', powerPreference: 'high-performance' });
   if (!adapter) return undefined;
   const backend = backendOf(adapter);
@@ -146,7 +166,7 @@ function languageFeatures(gpu: GPU): ReadonlySet<string> {
 async function trySoftwareCore(): Promise<Found | undefined> {
   // Dawn's `adapter=` flag picks the Vulkan device by name (lavapipe calls itself "llvmpipe (LLVM ...)"),
   // so a hardware Vulkan device on the same machine is skipped; Dawn throws when there is none.
-  const gpu = instance(['backend=vulkan', 'adapter=llvmpipe']);
+  const gpu = instance(['backend=vulkan', 'adapter=llvmpipe', ...dawnToggles()]);
   const adapter = await gpu.requestAdapter({ featureLevel: 'core' });
   if (!adapter || !describe(adapter, 'vulkan', 'core').isSoftware) return undefined;
   return { adapter, backend: 'vulkan', featureLevel: 'core', wgsl: languageFeatures(gpu) };
@@ -154,7 +174,7 @@ async function trySoftwareCore(): Promise<Found | undefined> {
 
 async function trySoftwareCompat(): Promise<Found | undefined> {
   prepareSoftwareEnvironment();
-  const gpu = instance(['backend=opengles']);
+  const gpu = instance(['backend=opengles', ...dawnToggles()]);
   const adapter = await gpu.requestAdapter({ featureLevel: 'compatibility' });
   return adapter ? { adapter, backend: 'opengles', featureLevel: 'compatibility', wgsl: languageFeatures(gpu) } : undefined;
 }
@@ -175,6 +195,7 @@ export interface AcquireOptions {
 
 export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   const choice = parseChoice(options.adapter ?? process.env.WEBGPU_MINER_ADAPTER);
+  dawnToggles(); // a malformed WEBGPU_MINER_DAWN_TOGGLES is the user's error, not a missing adapter
   // The GLES backend needs EGL_PLATFORM in the C environment before Dawn starts.
   if (choice === 'auto' || choice === 'software' || choice === 'software-compat') prepareSoftwareEnvironment();
   const attempts: Array<[string, () => Promise<Found | undefined>]> = [];
