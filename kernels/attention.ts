@@ -9,6 +9,8 @@
 // unless their tier option says which: the baseline above, which runs anywhere and is the reference,
 // and the subgroup tier (needs the 'subgroups' feature): shaders/attention_subgroup.wgsl for prefill,
 // shaders/attention_decode_subgroup.wgsl for decode's split pass (its reduce pass is the baseline's).
+// The tiers of an op share everything but their reductions: shaders/attention_prefill_common.wgsl and
+// shaders/attention_decode_common.wgsl hold the run contract and the steps both take.
 //
 // Layouts (activations f32, offsets and strides in elements so one buffer holds many tensors):
 //   q, out        (T or R, rowStride) with (Hq, D) at offset: a fused QKV buffer
