@@ -142,11 +142,12 @@ export const KvWriteParams = new UniformLayout('KvWriteParams', [
   ['meta_offset', 'u32'],
 ] as const);
 
-export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams', [
-  ['tokens', 'u32'],
-  ['past_len', 'u32'],
-  ['window', 'u32'],
-  ['table_row', 'u32'],
+/**
+ * The uniforms both attention ops take after their own leading four, in this order: the paged pool,
+ * the heads and where q and out sit (the structs of attention_prefill_common.wgsl and
+ * attention_decode_common.wgsl).
+ */
+const HEAD_FIELDS = [
   ['table_width', 'u32'],
   ['kv_blocks', 'u32'],
   ['q_heads', 'u32'],
@@ -155,6 +156,14 @@ export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams'
   ['q_row_stride', 'u32'],
   ['out_offset', 'u32'],
   ['out_row_stride', 'u32'],
+] as const;
+
+export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams', [
+  ['tokens', 'u32'],
+  ['past_len', 'u32'],
+  ['window', 'u32'],
+  ['table_row', 'u32'],
+  ...HEAD_FIELDS,
   ['scale', 'f32'],
 ] as const);
 
@@ -163,14 +172,7 @@ export const DecodeAttentionParams = new UniformLayout('DecodeAttentionParams', 
   ['splits', 'u32'],
   ['chunk', 'u32'],
   ['window', 'u32'],
-  ['table_width', 'u32'],
-  ['kv_blocks', 'u32'],
-  ['q_heads', 'u32'],
-  ['group', 'u32'],
-  ['q_offset', 'u32'],
-  ['q_row_stride', 'u32'],
-  ['out_offset', 'u32'],
-  ['out_row_stride', 'u32'],
+  ...HEAD_FIELDS,
   ['meta_offset', 'u32'],
   ['scale', 'f32'],
 ] as const);
