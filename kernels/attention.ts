@@ -9,6 +9,8 @@
 // unless their tier option says which: the baseline above, which runs anywhere and is the reference,
 // and the subgroup tier (needs the 'subgroups' feature): shaders/attention_subgroup.wgsl for prefill,
 // shaders/attention_decode_subgroup.wgsl for decode's split pass (its reduce pass is the baseline's).
+// The tiers of an op share everything but their reductions: shaders/attention_prefill_common.wgsl and
+// shaders/attention_decode_common.wgsl hold the run contract and the steps both take.
 //
 // Layouts (activations f32, offsets and strides in elements so one buffer holds many tensors):
 //   q, out        (T or R, rowStride) with (Hq, D) at offset: a fused QKV buffer
@@ -140,11 +142,12 @@ export const KvWriteParams = new UniformLayout('KvWriteParams', [
   ['meta_offset', 'u32'],
 ] as const);
 
-export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams', [
-  ['tokens', 'u32'],
-  ['past_len', 'u32'],
-  ['window', 'u32'],
-  ['table_row', 'u32'],
+/**
+ * The uniforms both attention ops take after their own leading four, in this order: the paged pool,
+ * the heads and where q and out sit (the structs of attention_prefill_common.wgsl and
+ * attention_decode_common.wgsl).
+ */
+const HEAD_FIELDS = [
   ['table_width', 'u32'],
   ['kv_blocks', 'u32'],
   ['q_heads', 'u32'],
@@ -153,6 +156,14 @@ export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams'
   ['q_row_stride', 'u32'],
   ['out_offset', 'u32'],
   ['out_row_stride', 'u32'],
+] as const;
+
+export const PrefillAttentionParams = new UniformLayout('PrefillAttentionParams', [
+  ['tokens', 'u32'],
+  ['past_len', 'u32'],
+  ['window', 'u32'],
+  ['table_row', 'u32'],
+  ...HEAD_FIELDS,
   ['scale', 'f32'],
 ] as const);
 
@@ -161,14 +172,7 @@ export const DecodeAttentionParams = new UniformLayout('DecodeAttentionParams', 
   ['splits', 'u32'],
   ['chunk', 'u32'],
   ['window', 'u32'],
-  ['table_width', 'u32'],
-  ['kv_blocks', 'u32'],
-  ['q_heads', 'u32'],
-  ['group', 'u32'],
-  ['q_offset', 'u32'],
-  ['q_row_stride', 'u32'],
-  ['out_offset', 'u32'],
-  ['out_row_stride', 'u32'],
+  ...HEAD_FIELDS,
   ['meta_offset', 'u32'],
   ['scale', 'f32'],
 ] as const);

@@ -1,6 +1,7 @@
-// Causal flash attention for prefill, subgroup tier: the same run contract, masking, tiles of K/V in
-// workgroup memory and results (to f32 rounding) as `prefill` in attention.wgsl (the baseline and
-// reference), with each query row's softmax reductions done inside one subgroup.
+// Causal flash attention for prefill, subgroup tier: the run contract, tiles, masking and scores are
+// attention_prefill_common.wgsl's, as for `prefill` in attention.wgsl (the baseline and reference),
+// and so are the results (to f32 rounding); what differs is that each query row's softmax
+// reductions are done inside one subgroup.
 // Compose as: subgroups_enable.wgsl, the KV dtype module, this file.
 //
 // The baseline lays a workgroup out (BQ queries x BK keys) and shares each row's scores through two
@@ -12,13 +13,13 @@
 //   2. the BK probabilities are gathered into every lane by subgroupShuffle;
 //   3. lane l updates output dims l, l + n, ... of the row's accumulator (o_tile, (BQ, D) in workgroup
 //      memory: only that lane ever touches those cells, so it needs no barrier either).
-// Two barriers per key tile remain, around the cooperative K/V load. The only assumption about
+// Two barriers per key tile remain, around the cooperative K/V load (load_kv_tile). The only assumption about
 // subgroups is the one every implementation meets: a subgroup's active lanes are numbered 0 .. n - 1.
 // The per-row loops depend on the subgroup's slot, which is uniform within a subgroup but not across
 // the workgroup, so the subgroup operations sit in control flow WGSL's analysis cannot prove uniform:
 // subgroups_enable.wgsl turns that diagnostic off for this reason.
 // Legend: T = params.tokens, Hq = params.q_heads, Hkv = Hq / params.group, D = head dim (override).
-//! include attention.wgsl
+//! include attention_prefill_common.wgsl
 //! include subgroup_slots.wgsl
 
 override WG: u32 = 128;     // invocations per workgroup (power of two, >= 4)
@@ -34,23 +35,8 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
                     @builtin(subgroup_invocation_id) lane: u32) {
   sg_slots_init(lid);
   let n = subgroupAdd(1u);  // active lanes of this subgroup
-  let q0 = wid.x * BQ;
-  let h = wid.y;
-  let k_first = window_start(params.past_len + q0, params.window);
-  let n_keys = params.past_len + min(q0 + BQ, params.tokens);
-  let kv_head = h / params.group;
-  let block_elems = kv_block_elements(params.q_heads / params.group, D);
-  let pool_blocks = kv_pool_blocks(params.kv_blocks, block_elems);
-
-  for (var e = lid; e < BQ * D; e += WG) {
-    let qi = e / D;
-    let d = e % D;
-    var x = 0.0;
-    if (q0 + qi < params.tokens) {
-      x = q[params.q_offset + (q0 + qi) * params.q_row_stride + h * D + d] * params.scale;
-    }
-    q_tile[qi * DP + d] = x;
-  }
+  let tile = prefill_tile(wid);
+  load_q_tile(tile, lid, WG);
   // This lane's cells of its rows' accumulators, zeroed by the lane that will own them.
   for (var i = sg_slot; i < BQ; i += sg_count) {
     for (var d = lane; d < D; d += n) { o_tile[i * D + d] = 0.0; }
@@ -60,42 +46,19 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
   var l_row: array<f32, MAX_BQ>;  // running sum of exp(score - m)
   for (var t = 0u; t < MAX_BQ; t++) { m_row[t] = NEG_BIG; }
 
-  for (var k0 = k_first; k0 < n_keys; k0 += BK) {
-    workgroupBarrier();  // the previous tile is fully read (and q_tile written, on the first pass)
-    for (var e = lid; e < BK * D; e += WG) {
-      let kj = e / D;
-      let d = e % D;
-      var kx = 0.0;
-      var vx = 0.0;
-      let block = kv_block(params.table_row, k0 + kj, params.table_width, pool_blocks);
-      if (k0 + kj < n_keys && block != KV_NO_BLOCK) {
-        let at = kv_in_block(kv_head, k0 + kj, D) + d;
-        kx = k_at(block, block_elems, at);
-        vx = v_at(block, block_elems, at);
-      }
-      k_tile[kj * DP + d] = kx;
-      v_tile[kj * DP + d] = vx;
-    }
-    workgroupBarrier();
+  for (var k0 = tile.k_first; k0 < tile.n_keys; k0 += BK) {
+    load_kv_tile(tile, k0, lid, WG);
 
     var t = 0u;
     for (var i = sg_slot; i < BQ; i += sg_count) {
-      let row_valid = q0 + i < params.tokens;
-      let pos = params.past_len + q0 + i;
-      let key_first = window_start(pos, params.window);
       // 1. This lane's keys j = lane + c n of the tile, scored; the row's tile max.
       var p: array<f32, MAX_BK>;
       var local_max = NEG_BIG;
       for (var c = 0u; lane + c * n < BK; c++) {
         let j = lane + c * n;
         var s = NEG_BIG;
-        if (row_valid && k0 + j <= pos && k0 + j >= key_first &&
-            kv_block(params.table_row, k0 + j, params.table_width, pool_blocks) != KV_NO_BLOCK) {
-          var dot = 0.0;
-          for (var d = 0u; d < D; d++) {
-            dot += q_tile[i * DP + d] * k_tile[j * DP + d];
-          }
-          s = soft_capped(dot);
+        if (key_visible(tile, i, k0 + j)) {
+          s = tile_score(i, j);
         }
         p[c] = s;
         local_max = max(local_max, s);
@@ -130,10 +93,10 @@ fn prefill_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 
   var t = 0u;
   for (var i = sg_slot; i < BQ; i += sg_count) {
-    if (q0 + i < params.tokens) {
+    if (tile.q0 + i < params.tokens) {
       // l is 0 only when the table names no block for any visible key (as the baseline).
       let inv = select(0.0, 1.0 / l_row[t], l_row[t] > 0.0);
-      let o = params.out_offset + (q0 + i) * params.out_row_stride + h * D;
+      let o = params.out_offset + (tile.q0 + i) * params.out_row_stride + tile.h * D;
       for (var d = lane; d < D; d += n) {
         out[o + d] = o_tile[i * D + d] * inv;
       }
