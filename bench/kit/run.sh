@@ -62,4 +62,8 @@ NAME=$(node -e 'const i = JSON.parse(require("fs").readFileSync(process.argv[1],
   const text = [i.description || i.device || i.vendor, i.backend].join(" ");
   console.log(text.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 60) || "gpu")' "$OUT/info.json")
 node --import tsx src/cli.ts bench --adapter "$ADAPTER" --json "$OUT/$NAME.json" "$@"
+# The host side of a decode step again with Dawn's speed toggles on (README: Dawn toggles).
+WEBGPU_MINER_DAWN_TOGGLES=skip_validation,disable_robustness \
+  node --import tsx src/cli.ts bench --host-only --adapter "$ADAPTER" --json "$OUT/$NAME-host-toggles.json" ||
+  echo "kit: the host run with Dawn toggles failed (the main report stands)" >&2
 echo "kit: results in $OUT/$NAME.json, .md and .svg" >&2
