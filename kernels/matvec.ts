@@ -96,7 +96,7 @@ export function defaultMatvecActivations(gpu: Pick<Gpu, 'features' | 'wgslLangua
   return Q8_ACTIVATION_DTYPES.includes(dtype) ? kernelTiers(gpu).matvecActivations : 'f32';
 }
 
-/** Default workgroup size on q8 activations: each thread walks about one 32-column block of K. */
+/** Default workgroup size on q8 activations: about a thread per 32-column block of K (it quantises the block, then multiplies its two 16-column chunks). */
 export function defaultQ8MatvecWorkgroupSize(cols: number): number {
   const want = Math.ceil(cols / 32);
   return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(want))));
