@@ -4,8 +4,8 @@
 // sub-block) and then the trailing d, dmin as one word: 2.625 bits per weight, the file's.
 // Interface: see weights_f32.wgsl. K % 256 == 0.
 //
-// Column e of a super-block, e = 128 n + 32 j + 16 h + l (n 0..1, j 0..3, h 0..1, l 0..15), is bits
-// 2j..2j+1 of qs[32 n + 16 h + l], in sub-block s = 8 n + 2 j + h.
+// Columns are laid out as weights_k_low_bits.wgsl says.
+//! include weights_k_low_bits.wgsl
 
 @group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/256, 16): qs[64] as 16 u32
 @group(0) @binding(2) var<storage, read> weight_scales: array<u32>; // (N, K/256, 5): scales[16] as 4 u32, d | dmin << 16 (f16)
@@ -19,13 +19,9 @@ fn sub_block_scale(block: u32, s: u32) -> vec2<f32> {
 }
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
-  let block = row * (cols / 256u) + k / 256u;
-  let e = k % 256u;
-  let n = e / 128u;
-  let j = (e % 128u) / 32u;
-  let h = (e % 32u) / 16u;
-  let q = (vec4<u32>(weight_quants[block * 16u + n * 8u + h * 4u + (e % 16u) / 4u]) >> (vec4<u32>(0u, 8u, 16u, 24u) + 2u * j)) & vec4<u32>(3u);
-  let so = sub_block_scale(block, 8u * n + 2u * j + h);
+  let c = low_bit_column(row, k, cols);
+  let q = (vec4<u32>(weight_quants[c.block * 16u + c.n * 8u + c.h * 4u + (k % 16u) / 4u]) >> (vec4<u32>(0u, 8u, 16u, 24u) + 2u * c.j)) & vec4<u32>(3u);
+  let so = sub_block_scale(c.block, c.s);
   // q * scale is exact in f32: one rounding, at the sum, as in ggml.
   return vec4<f32>(q) * so.x + so.y;
 }

@@ -1,17 +1,13 @@
 // Q2_K weights for the matvec's q8 tier (matvec_sums_q8.wgsl): 16 columns = one sub-block, value
 // q * (d sc) - dmin m with q 2 bits (0..3): scale d sc, offset -dmin m. K % 256 == 0.
-// Column e = 128 n + 32 j + 16 h + l of a super-block as in weights_q2_k.wgsl; a chunk is l = 0..15.
+// Columns as in weights_k_low_bits.wgsl; a chunk is l = 0..15.
 //! include weights_q2_k.wgsl
 
 fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
-  let block = row * (cols / 256u) + k / 256u;
-  let e = k % 256u;
-  let n = e / 128u;
-  let j = (e % 128u) / 32u;
-  let h = (e % 32u) / 16u;
+  let c = low_bit_column(row, k, cols);
   // qs[32 n + 16 h + l] for l = 0..15 is four words; column l's two bits sit at 2 j of byte l.
-  let base = block * 16u + n * 8u + h * 4u;
+  let base = c.block * 16u + c.n * 8u + c.h * 4u;
   let words = vec4<u32>(weight_quants[base], weight_quants[base + 1u], weight_quants[base + 2u], weight_quants[base + 3u]);
-  let so = sub_block_scale(block, 8u * n + 2u * j + h);
-  return Chunk16((words >> vec4<u32>(2u * j)) & vec4<u32>(0x03030303u), so.x, so.y);
+  let so = sub_block_scale(c.block, c.s);
+  return Chunk16((words >> vec4<u32>(2u * c.j)) & vec4<u32>(0x03030303u), so.x, so.y);
 }

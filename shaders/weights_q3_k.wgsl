@@ -4,12 +4,12 @@
 // plane (scales[12], then d in the low half of a fourth word). Interface: see weights_f32.wgsl.
 // K % 256 == 0.
 //
-// Column e of a super-block, e = 128 n + 32 j + 16 h + l (n 0..1, j 0..3, h 0..1, l 0..15), has its
-// low bits at bits 2j..2j+1 of qs[32 n + 16 h + l], its high bit at bit 4n + j of hmask[16 h + l],
-// and scale s = 8 n + 2 j + h: the nibble s / 8 of scales[s % 8] below bits 2 (s / 4)..+1 of
+// Columns are laid out as weights_k_low_bits.wgsl says, with the high bit of column e at bit 4n + j
+// of hmask[16 h + l]; scale s is the nibble s / 8 of scales[s % 8] below bits 2 (s / 4)..+1 of
 // scales[8 + s % 4]. The scales stay packed (not widened to a byte or an f32 per 16 columns): that
 // would cost 4 or 8 more bits per 16 weights than the 6 the file spends; 3.5 bits per weight, the
 // file's 3.4375 plus 2 bytes of padding per super-block so every block's scales start on a word.
+//! include weights_k_low_bits.wgsl
 
 @group(0) @binding(1) var<storage, read> weight_quants: array<u32>;       // (N, K/256, 24): hmask[32] as 8 u32, qs[64] as 16 u32
 @group(0) @binding(2) var<storage, read> weight_scales: array<vec4<u32>>; // (N, K/256): scales[12] as 3 u32, d (f16, low half)
@@ -23,17 +23,13 @@ fn sub_block_scale(block: u32, s: u32) -> f32 {
 }
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
-  let block = row * (cols / 256u) + k / 256u;
-  let e = k % 256u;
-  let n = e / 128u;
-  let j = (e % 128u) / 32u;
-  let h = (e % 32u) / 16u;
-  let l4 = (e % 16u) / 4u; // word of columns l..l+3 within a 16-byte run
-  let base = block * 24u;
+  let c = low_bit_column(row, k, cols);
+  let l4 = (k % 16u) / 4u; // word of columns l..l+3 within a 16-byte run
+  let base = c.block * 24u;
   let bytes = vec4<u32>(0u, 8u, 16u, 24u);
-  let low = (vec4<u32>(weight_quants[base + 8u + n * 8u + h * 4u + l4]) >> (bytes + 2u * j)) & vec4<u32>(3u);
-  let high = (vec4<u32>(weight_quants[base + h * 4u + l4]) >> (bytes + 4u * n + j)) & vec4<u32>(1u);
+  let low = (vec4<u32>(weight_quants[base + 8u + c.n * 8u + c.h * 4u + l4]) >> (bytes + 2u * c.j)) & vec4<u32>(3u);
+  let high = (vec4<u32>(weight_quants[base + c.h * 4u + l4]) >> (bytes + 4u * c.n + c.j)) & vec4<u32>(1u);
   let q = vec4<i32>(low | (high << vec4<u32>(2u))) - vec4<i32>(4);
   // q * (d * sc) is exact in f32 (at most 20 significant bits), as in ggml.
-  return vec4<f32>(q) * sub_block_scale(block, 8u * n + 2u * j + h);
+  return vec4<f32>(q) * sub_block_scale(c.block, c.s);
 }

@@ -1,22 +1,18 @@
 // Q3_K weights for the matvec's q8 tier (matvec_sums_q8.wgsl): 16 columns = one sub-block, value
 // d (sc - 32) (q - 4) with q 3 bits (0..7): scale d (sc - 32), offset -4 d (sc - 32). K % 256 == 0.
-// Column e = 128 n + 32 j + 16 h + l of a super-block as in weights_q3_k.wgsl; a chunk is l = 0..15.
+// Columns as in weights_k_low_bits.wgsl and weights_q3_k.wgsl; a chunk is l = 0..15.
 //! include weights_q3_k.wgsl
 
 fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
-  let block = row * (cols / 256u) + k / 256u;
-  let e = k % 256u;
-  let n = e / 128u;
-  let j = (e % 128u) / 32u;
-  let h = (e % 32u) / 16u;
+  let c = low_bit_column(row, k, cols);
   // Low bits: qs[32 n + 16 h + l] at 2 j; high bit: hmask[16 h + l] at 4 n + j; l = 0..15 is four words.
-  let base = block * 24u;
-  let qs = base + 8u + n * 8u + h * 4u;
-  let hm = base + h * 4u;
+  let base = c.block * 24u;
+  let qs = base + 8u + c.n * 8u + c.h * 4u;
+  let hm = base + c.h * 4u;
   let low = (vec4<u32>(weight_quants[qs], weight_quants[qs + 1u], weight_quants[qs + 2u], weight_quants[qs + 3u])
-             >> vec4<u32>(2u * j)) & vec4<u32>(0x03030303u);
+             >> vec4<u32>(2u * c.j)) & vec4<u32>(0x03030303u);
   let high = (vec4<u32>(weight_quants[hm], weight_quants[hm + 1u], weight_quants[hm + 2u], weight_quants[hm + 3u])
-              >> vec4<u32>(4u * n + j)) & vec4<u32>(0x01010101u);
-  let scale = sub_block_scale(block, 8u * n + 2u * j + h);
+              >> vec4<u32>(4u * c.n + c.j)) & vec4<u32>(0x01010101u);
+  let scale = sub_block_scale(c.block, c.s);
   return Chunk16(low | (high << vec4<u32>(2u)), scale, -4.0 * scale);
 }
