@@ -222,7 +222,7 @@ describe('rope + kv write', () => {
     expect(k.relL2).toBeLessThanOrEqual(1e-6);
   });
 
-  it('refuses overlapping head ranges, shared buffers and odd rotary dims', () => {
+  it('refuses overlapping head ranges, shared buffers, odd rotary dims and a head norm without its weight (or eps)', () => {
     const qkv = createStorage(gpu(), 'qkv', 64 * 4);
     const rowMeta = createStorage(gpu(), 'meta', 8 * 4);
     const invFreq = createStorage(gpu(), 'invFreq', ropeInverseFrequencies(4, 10000));
@@ -236,6 +236,13 @@ describe('rope + kv write', () => {
     expect(() => new RopeKvWrite(gpu(), 'half', { ...config, dtype: 'q8_0' }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable })).toThrow(
       /dtype q8_0 needs a head dim that is a multiple of 32, but this model's is 4/,
     );
+    const headNormWeight = createStorage(gpu(), 'headNorm', 8 * 4);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: HEAD_NORM }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable })).toThrow(/headNorm and buffers.headNormWeight go together \(got no weight\)/);
+    expect(() => new RopeKvWrite(gpu(), 'half', config, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight })).toThrow(/a weight without headNorm/);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: { eps: -1 } }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight })).toThrow(/headNorm.eps must be a finite number >= 0 \(got -1\)/);
+    const short = createStorage(gpu(), 'short', 7 * 4);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: HEAD_NORM }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight: short })).toThrow(/headNormWeight needs 32 bytes/);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: HEAD_NORM }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight: qkv })).toThrow(/qkv and headNormWeight must be different/);
     const kernel = new RopeKvWrite(gpu(), 'half', config, { qkv, rowMeta, invFreq, kCache, vCache, blockTable });
     const pass = gpu().device.createCommandEncoder().beginComputePass();
     expect(() => kernel.encode(pass, { rows: 1, rowStride: 16, qOffset: 0, kOffset: 6, vOffset: 12 })).toThrow(/q and k heads overlap/);
