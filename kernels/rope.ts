@@ -5,7 +5,6 @@ import { OptionError, ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
 import { KV_GROUP as KV_GROUP_OF, checkKvDtype, kvBlockBytes, kvTableWidth, type KvPool } from './attention.ts';
-import { placeholderStorage } from './matmul.ts';
 
 export const RopeParams = new UniformLayout('Params', [
   ['tokens', 'u32'],
@@ -288,12 +287,13 @@ export class RopeKvWrite {
       gpu,
       {
         name: 'rope_kv_write', variant: `${mode}_${dtype}${headNorm ? '_head_norm' : ''}`,
-        code: composeShader(`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`, 'rope_kv_write.wgsl'),
+        // The variant module: a plain shader carries none of the head norm's code (nor its binding).
+        code: composeShader(`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`, 'rope_kv_write.wgsl', headNorm ? 'rope_kv_write_head_norm.wgsl' : 'rope_kv_write_plain.wgsl'),
         entryPoint: label,
-        constants: headNorm ? { WG: workgroupSize, HEAD_NORM: 1, HEAD_NORM_EPS: headNorm.eps } : { WG: workgroupSize },
+        constants: headNorm ? { WG: workgroupSize, HEAD_NORM_EPS: headNorm.eps } : { WG: workgroupSize },
       },
       RopeKvWriteParams,
-      [buffers.qkv, buffers.rowMeta, buffers.invFreq, buffers.kCache, buffers.vCache, buffers.blockTable, buffers.headNormWeight ?? placeholderStorage(gpu)],
+      [buffers.qkv, buffers.rowMeta, buffers.invFreq, buffers.kCache, buffers.vCache, buffers.blockTable, buffers.headNormWeight],
     );
   }
 

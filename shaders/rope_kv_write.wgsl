@@ -16,19 +16,15 @@
 //   (a, b) -> (a cos - b sin, b cos + a sin); elements [Rd, D) are copied as they are.
 // A row whose position is past its table row, or whose block the pool does not have, writes nothing
 // to the caches (as kv_write).
-// HEAD_NORM (Qwen3, Gemma 3): every query and key head is RMS-normalised first, as norm_heads.wgsl
-// does it (the same statistics, eps and expression x * scale * weight; query heads take
-// head_weight[0..D), key heads head_weight[D..2D)), so a layer needs no head-norm dispatch. The
-// queries are rewritten in place, so the grid is one workgroup per (row, head): its invocations sum
-// the head's squares, reduce them (the barriers order those reads before any write), then run the
-// head's items, a query head also normalising its elements [Rd, D). The values are never normalised.
-// Compose as: the KV dtype module and its store module (kv_f32.wgsl, kv_f32_store.wgsl, ...), this file.
+// Compose as: the KV dtype module and its store module (kv_f32.wgsl, kv_f32_store.wgsl, ...), this file,
+// and the variant module, which provides head_normed and rope_kv_write (the grid):
+//   rope_kv_write_plain.wgsl      one invocation per item, as above;
+//   rope_kv_write_head_norm.wgsl  Qwen3's and Gemma 3's RMSNorm of each query and key head first.
 // Legend: R = params.rows, Hq/Hkv = q_heads/kv_heads, D = head_dim, Rd = rotary_dims,
 // N = kv_blocks, TW = table_width.
 //! include grid.wgsl
 //! include rope_common.wgsl
 //! include attention_common.wgsl
-//! include reduce.wgsl
 
 struct RopeKvWriteParams {
   rows: u32,          // R: token rows
@@ -46,8 +42,6 @@ struct RopeKvWriteParams {
 }
 
 override WG: u32 = 64;
-override HEAD_NORM: bool = false;  // normalise each query and key head first (see above)
-override HEAD_NORM_EPS: f32 = 0.0; // added to a head's mean square (unitless)
 
 @group(0) @binding(0) var<uniform> params: RopeKvWriteParams;
 @group(0) @binding(1) var<storage, read_write> qkv: array<f32>;     // (R, row_stride): queries rotated in place
@@ -56,7 +50,6 @@ override HEAD_NORM_EPS: f32 = 0.0; // added to a head's mean square (unitless)
 @group(0) @binding(4) var<storage, read_write> k_cache: array<KvWord>;  // (N, Hkv, 16, D) as the dtype stores it
 @group(0) @binding(5) var<storage, read_write> v_cache: array<KvWord>;  // (N, Hkv, 16, D) as the dtype stores it
 @group(0) @binding(6) var<storage, read> block_table: array<u32>;       // (rows, TW) block ids
-@group(0) @binding(7) var<storage, read> head_weight: array<f32>;       // (2, D): q_norm then k_norm; a placeholder without HEAD_NORM
 
 // The two elements of the pair that element d of a head (d < Rd) belongs to, relative to the head,
 // and the pair's index (its frequency).
@@ -70,36 +63,18 @@ fn pair_of(d: u32, interleaved: bool) -> vec3<u32> {
   return vec3<u32>(i, i + half, i);
 }
 
-// Element x of a head as the head norm leaves it (w: its weight's index); x itself without HEAD_NORM.
-fn head_normed(x: f32, scale: f32, w: u32) -> f32 {
-  if (HEAD_NORM) { return x * scale * head_weight[w]; }
-  return x;
-}
-
-// Items per query head: its Rd/2 pairs, and with HEAD_NORM its D - Rd unrotated elements.
-fn query_head_items() -> u32 {
-  return params.rotary_dims / 2u + select(0u, params.head_dim - params.rotary_dims, HEAD_NORM);
-}
-
-// Item e of a row: a query item, or a key/value group. scale: the head's 1 / rms (HEAD_NORM only).
+// Item e of a row (< Hq * Rd/2 + Hkv * D / KV_GROUP): a query pair, or a key/value group. scale: the
+// head's 1 / rms for head_normed.
 fn rope_kv_item(row: u32, e: u32, scale: f32, interleaved: bool) {
   let half = params.rotary_dims / 2u;
-  let q_head_items = query_head_items();
-  let q_items = params.q_heads * q_head_items;
+  let q_items = params.q_heads * half;
   let table_row = row_meta[params.meta_offset + 2u * row];
   let pos = row_meta[params.meta_offset + 2u * row + 1u];
   let row_start = row * params.row_stride;
   if (e < q_items) {
-    let head = params.q_offset + row_start + (e / q_head_items) * params.head_dim;
-    let j = e % q_head_items;
-    if (HEAD_NORM && j >= half) {
-      // An element past the rotary dims: normalised only.
-      let d = params.rotary_dims + (j - half);
-      qkv[head + d] = head_normed(qkv[head + d], scale, d);
-      return;
-    }
     // A query pair, rotated in place.
-    let p = pair_of(select(j, 2u * j, interleaved), interleaved);
+    let head = params.q_offset + row_start + (e / half) * params.head_dim;
+    let p = pair_of(select(e % half, 2u * (e % half), interleaved), interleaved);
     let angle = rope_angle(pos, inv_freq[p.z]);
     let c = cos(angle);
     let s = sin(angle);
@@ -117,7 +92,7 @@ fn rope_kv_item(row: u32, e: u32, scale: f32, interleaved: bool) {
   }
   let h = kv0 / params.head_dim;
   let head = params.k_offset + row_start + h * params.head_dim;
-  let w = params.head_dim; // the key heads' weights
+  let w = params.head_dim; // the key heads' weights follow the query heads'
   var kg: array<f32, KV_GROUP>;
   var vg: array<f32, KV_GROUP>;
   for (var g = 0u; g < KV_GROUP; g++) {
@@ -136,47 +111,6 @@ fn rope_kv_item(row: u32, e: u32, scale: f32, interleaved: bool) {
     vg[g] = qkv[params.v_offset + row_start + kv0 + g];
   }
   kv_store(block, block_elems, kv_in_block(h, pos, params.head_dim) + kv0 % params.head_dim, kg, vg);
-}
-
-// One invocation per item of every row.
-fn rope_kv_write_items(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, interleaved: bool) {
-  let i = grid_index(wid, nwg, lid, WG);
-  let per_row = params.q_heads * query_head_items() + params.kv_heads * params.head_dim / KV_GROUP;
-  if (i < params.rows * per_row) {
-    rope_kv_item(i / per_row, i % per_row, 1.0, interleaved);
-  }
-}
-
-// HEAD_NORM: one workgroup per (row, head), query heads then key heads. Call from uniform control flow.
-fn rope_kv_write_heads(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, interleaved: bool) {
-  let heads = params.q_heads + params.kv_heads;
-  let group = grid_group(wid, nwg);
-  if (group >= params.rows * heads) { return; }
-  let row = group / heads;
-  let h = group % heads;
-  let is_query = h < params.q_heads;
-  let kv_h = h - params.q_heads; // wraps for a query head, where it goes unused
-  let base = row * params.row_stride + select(params.k_offset + kv_h * params.head_dim, params.q_offset + h * params.head_dim, is_query);
-  var squares = 0.0;
-  for (var d = lid; d < params.head_dim; d += WG) {
-    let v = qkv[base + d];
-    squares += v * v;
-  }
-  let scale = 1.0 / sqrt(workgroup_sum(lid, squares) / f32(params.head_dim) + HEAD_NORM_EPS);
-  let kv_head_items = params.head_dim / KV_GROUP;
-  let first = select(params.q_heads * query_head_items() + kv_h * kv_head_items, h * query_head_items(), is_query);
-  let count = select(kv_head_items, query_head_items(), is_query);
-  for (var j = lid; j < count; j += WG) {
-    rope_kv_item(row, first + j, scale, interleaved);
-  }
-}
-
-fn rope_kv_write(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, interleaved: bool) {
-  if (HEAD_NORM) {
-    rope_kv_write_heads(wid, nwg, lid, interleaved);
-  } else {
-    rope_kv_write_items(wid, nwg, lid, interleaved);
-  }
 }
 
 @compute @workgroup_size(WG)
