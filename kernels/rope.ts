@@ -200,6 +200,12 @@ export interface RopeKvWriteConfig extends KvPool {
   rotaryDims: number;
   /** Most token positions of one sequence (the paged KV cache layout of kernels/attention.ts). */
   capacity: number;
+  /**
+   * Qwen3, Gemma 3: RMSNorm of each query and key head before it is rotated (as HeadNorm does it, with
+   * the weights in buffers.headNormWeight); eps is added to the head's mean square, a finite number >= 0.
+   */
+  headNorm?: { eps: number };
+  /** Power of two; default 64. With headNorm, one workgroup runs each head. */
   workgroupSize?: number;
 }
 
@@ -215,6 +221,8 @@ export interface RopeKvWriteBuffers {
   vCache: GPUBuffer;
   /** (rows, ceil(capacity / 16)) u32 block ids. */
   blockTable: GPUBuffer;
+  /** (2, D) f32, with config.headNorm only: the query heads' weight (q_norm), then the key heads' (k_norm). */
+  headNormWeight?: GPUBuffer;
 }
 
 export interface RopeKvWriteRun {
@@ -232,11 +240,12 @@ export interface RopeKvWriteRun {
 
 /**
  * RoPE of the queries (in place) and of the keys on their way into the KV cache, with the values
- * copied beside them: Rope then KvWrite in one dispatch. See shaders/rope_kv_write.wgsl.
+ * copied beside them: Rope then KvWrite in one dispatch; with config.headNorm, HeadNorm of the query
+ * and key heads first, in the same dispatch. See shaders/rope_kv_write.wgsl.
  */
 export class RopeKvWrite {
   readonly mode: RopeMode;
-  readonly config: Readonly<Required<RopeKvWriteConfig>>;
+  readonly config: Readonly<Required<Omit<RopeKvWriteConfig, 'headNorm'>> & Pick<RopeKvWriteConfig, 'headNorm'>>;
   readonly #dispatch: Dispatch<(typeof RopeKvWriteParams.fields)[number][0]>;
   readonly #buffers: RopeKvWriteBuffers;
   readonly #maxPerDimension: number;
@@ -251,8 +260,17 @@ export class RopeKvWrite {
     const poolWords = (kvBlocks * kvBlockBytes(Hkv, D, dtype)) / 4;
     checkFits(label, 'kCache', buffers.kCache, 0, poolWords);
     checkFits(label, 'vCache', buffers.vCache, 0, poolWords);
+    const { headNorm } = config;
+    if ((headNorm !== undefined) !== (buffers.headNormWeight !== undefined)) {
+      throw new TypeError(`${label}: headNorm and buffers.headNormWeight go together (got ${headNorm ? 'no weight' : 'a weight without headNorm'})`);
+    }
+    if (headNorm && (typeof headNorm.eps !== 'number' || !Number.isFinite(headNorm.eps) || headNorm.eps < 0)) {
+      throw new TypeError(`${label}: headNorm.eps must be a finite number >= 0 (got ${headNorm.eps})`);
+    }
+    if (buffers.headNormWeight) checkFits(label, 'headNormWeight', buffers.headNormWeight, 0, 2 * D);
     const distinct = {
       qkv: buffers.qkv, rowMeta: buffers.rowMeta, invFreq: buffers.invFreq, kCache: buffers.kCache, vCache: buffers.vCache, blockTable: buffers.blockTable,
+      ...(buffers.headNormWeight ? { headNormWeight: buffers.headNormWeight } : {}),
     };
     const names = Object.keys(distinct) as Array<keyof typeof distinct>;
     for (const [i, a] of names.entries()) {
@@ -262,17 +280,20 @@ export class RopeKvWrite {
     }
     checkFits(label, 'invFreq', buffers.invFreq, 0, rotaryDims / 2);
     this.mode = mode;
-    this.config = { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, dtype, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label) };
+    this.config = { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, dtype, workgroupSize: checkWorkgroupSize(gpu, workgroupSize, label), headNorm };
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     this.#dispatch = new Dispatch(
       gpu,
       {
-        name: 'rope_kv_write', variant: `${mode}_${dtype}`, code: composeShader(`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`, 'rope_kv_write.wgsl'),
-        entryPoint: label, constants: { WG: workgroupSize },
+        name: 'rope_kv_write', variant: `${mode}_${dtype}${headNorm ? '_head_norm' : ''}`,
+        // The variant module: a plain shader carries none of the head norm's code (nor its binding).
+        code: composeShader(`kv_${dtype}.wgsl`, `kv_${dtype}_store.wgsl`, 'rope_kv_write.wgsl', headNorm ? 'rope_kv_write_head_norm.wgsl' : 'rope_kv_write_plain.wgsl'),
+        entryPoint: label,
+        constants: headNorm ? { WG: workgroupSize, HEAD_NORM_EPS: headNorm.eps } : { WG: workgroupSize },
       },
       RopeKvWriteParams,
-      [buffers.qkv, buffers.rowMeta, buffers.invFreq, buffers.kCache, buffers.vCache, buffers.blockTable],
+      [buffers.qkv, buffers.rowMeta, buffers.invFreq, buffers.kCache, buffers.vCache, buffers.blockTable, buffers.headNormWeight],
     );
   }
 
@@ -296,7 +317,9 @@ export class RopeKvWrite {
     }
     checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
     const items = rows * (Hq * (rotaryDims / 2) + (Hkv * D) / KV_GROUP_OF[dtype]);
-    const [x, y] = dispatchGrid(Math.ceil(items / workgroupSize), this.#maxPerDimension);
+    // With the head norm, one workgroup per head of each row; otherwise one invocation per item.
+    const groups = this.config.headNorm ? rows * (Hq + Hkv) : Math.ceil(items / workgroupSize);
+    const [x, y] = dispatchGrid(groups, this.#maxPerDimension);
     this.#dispatch.encode(
       pass,
       {

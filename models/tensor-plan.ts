@@ -61,7 +61,7 @@ export function tensorPlan(cfg: ModelConfig, source: ModelSource): PlanItem[] {
       }
     }
     if (cfg.qkNorm) {
-      // One (2, D) vector, q_norm then k_norm: one in-place kernel normalises every head of a row.
+      // One (2, D) vector, q_norm then k_norm: the RoPE + KV-write kernel normalises every head of a row.
       need(`${p}.attn_qk_norm.weight`, 'vector', 2 * D, undefined, [`${p}.attn_q_norm.weight`, `${p}.attn_k_norm.weight`]);
     }
     if (cfg.postNorms) {

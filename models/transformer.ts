@@ -33,7 +33,7 @@ import { ShapeError } from '../src/errors.ts';
 import { Elementwise } from '../kernels/elementwise.ts';
 import { Embed } from '../kernels/embed.ts';
 import { Linear } from '../kernels/linear.ts';
-import { HeadNorm, Norm } from '../kernels/norm.ts';
+import { Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
 import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
@@ -117,9 +117,10 @@ interface LayerOps {
   /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
   attnNorm: Norm;
   qkv: Linear[];
-  /** Qwen3, Gemma 3: RMSNorm of each query and key head in the qkv rows, in place, before RoPE. */
-  qkNorm?: HeadNorm;
-  /** RoPE models: RoPE of q and k and the KV write in one kernel; learned positions: the KV write. */
+  /**
+   * RoPE models: RoPE of q and k and the KV write in one kernel (Qwen3, Gemma 3: after the RMSNorm of
+   * each query and key head, in the same kernel); learned positions: the KV write.
+   */
   ropeKvWrite?: RopeKvWrite;
   kvWrite?: KvWrite;
   /** Sliding window of this layer's attention in keys, the query's own included (0 = unlimited). */
@@ -258,6 +259,8 @@ export class Transformer {
     const kvShape = { Hq, Hkv, D, capacity: options.capacity, ...kv.pool };
     const blockTable = kv.blockTable;
     const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
+    // The head norm runs inside the RoPE kernel (RopeKvWrite), so a model with one needs RoPE.
+    if (cfg.qkNorm && !cfg.rope) throw new ShapeError(`${source.id}: a query/key head norm needs RoPE positions, and this model has none`);
     const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
     // Gemma 3's sliding layers rotate with their own base, unscaled.
     const localInvFreq = cfg.rope?.localTheta !== undefined
@@ -313,15 +316,15 @@ export class Transformer {
       this.#layers.push({
         attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
         qkv,
-        qkNorm: cfg.qkNorm ? new HeadNorm(gpu, { x: b.qkv, weight: vector(`${p}.attn_qk_norm.weight`)! }, { eps: cfg.normEps }) : undefined,
         ropeKvWrite: invFreq
-          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims }, {
+          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined }, {
               qkv: b.qkv,
               rowMeta: b.inputs,
               invFreq: window > 0 && localInvFreq ? localInvFreq : invFreq,
               kCache,
               vCache,
               blockTable,
+              headNormWeight: cfg.qkNorm ? vector(`${p}.attn_qk_norm.weight`) : undefined,
             })
           : undefined,
         kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable }),
@@ -702,7 +705,6 @@ export class Transformer {
       { M: R, outputOffset: Hq * D, outputRowStride: W },
       { M: R, outputOffset: (Hq + Hkv) * D, outputRowStride: W },
     ];
-    const headNorm = { rows: R, heads: Hq + Hkv, qHeads: Hq, headDim: D, rowStride: W };
     const ropeKvWrite = { rows: R, rowStride: W, qOffset: 0, kOffset: Hq * D, vOffset: (Hq + Hkv) * D, metaOffset: at.kvMeta };
     const kvWrite = { rows: R, kOffset: Hq * D, kRowStride: W, vOffset: (Hq + Hkv) * D, vRowStride: W, metaOffset: at.kvMeta };
     // Gate and up apart: gate's rows at 0 in the mlp buffer, up's after them.
@@ -720,7 +722,6 @@ export class Transformer {
       if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
-      layer.qkNorm?.encode(pass, headNorm);
       layer.ropeKvWrite?.encode(pass, ropeKvWrite);
       layer.kvWrite?.encode(pass, kvWrite);
       attention(layer);

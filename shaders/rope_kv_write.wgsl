@@ -16,7 +16,10 @@
 //   (a, b) -> (a cos - b sin, b cos + a sin); elements [Rd, D) are copied as they are.
 // A row whose position is past its table row, or whose block the pool does not have, writes nothing
 // to the caches (as kv_write).
-// Compose as: the KV dtype module and its store module (kv_f32.wgsl, kv_f32_store.wgsl, ...), this file.
+// Compose as: the KV dtype module and its store module (kv_f32.wgsl, kv_f32_store.wgsl, ...), this file,
+// and the variant module, which provides head_normed and rope_kv_write (the grid):
+//   rope_kv_write_plain.wgsl      one invocation per item, as above;
+//   rope_kv_write_head_norm.wgsl  Qwen3's and Gemma 3's RMSNorm of each query and key head first.
 // Legend: R = params.rows, Hq/Hkv = q_heads/kv_heads, D = head_dim, Rd = rotary_dims,
 // N = kv_blocks, TW = table_width.
 //! include grid.wgsl
@@ -60,14 +63,11 @@ fn pair_of(d: u32, interleaved: bool) -> vec3<u32> {
   return vec3<u32>(i, i + half, i);
 }
 
-fn rope_kv_write(i: u32, interleaved: bool) {
+// Item e of a row (< Hq * Rd/2 + Hkv * D / KV_GROUP): a query pair, or a key/value group. scale: the
+// head's 1 / rms for head_normed.
+fn rope_kv_item(row: u32, e: u32, scale: f32, interleaved: bool) {
   let half = params.rotary_dims / 2u;
   let q_items = params.q_heads * half;
-  let kv_len = params.kv_heads * params.head_dim;
-  let per_row = q_items + kv_len / KV_GROUP;
-  if (i >= params.rows * per_row) { return; }
-  let row = i / per_row;
-  let e = i % per_row;
   let table_row = row_meta[params.meta_offset + 2u * row];
   let pos = row_meta[params.meta_offset + 2u * row + 1u];
   let row_start = row * params.row_stride;
@@ -78,8 +78,8 @@ fn rope_kv_write(i: u32, interleaved: bool) {
     let angle = rope_angle(pos, inv_freq[p.z]);
     let c = cos(angle);
     let s = sin(angle);
-    let a = qkv[head + p.x];
-    let b = qkv[head + p.y];
+    let a = head_normed(qkv[head + p.x], scale, p.x);
+    let b = head_normed(qkv[head + p.y], scale, p.y);
     qkv[head + p.x] = a * c - b * s;
     qkv[head + p.y] = b * c + a * s;
     return;
@@ -92,18 +92,19 @@ fn rope_kv_write(i: u32, interleaved: bool) {
   }
   let h = kv0 / params.head_dim;
   let head = params.k_offset + row_start + h * params.head_dim;
+  let w = params.head_dim; // the key heads' weights follow the query heads'
   var kg: array<f32, KV_GROUP>;
   var vg: array<f32, KV_GROUP>;
   for (var g = 0u; g < KV_GROUP; g++) {
     let d = kv0 % params.head_dim + g;
-    var key = qkv[head + d];
+    var key = head_normed(qkv[head + d], scale, w + d);
     if (d < params.rotary_dims) {
       let p = pair_of(d, interleaved);
       let angle = rope_angle(pos, inv_freq[p.z]);
       let c = cos(angle);
       let s = sin(angle);
-      let a = qkv[head + p.x];
-      let b = qkv[head + p.y];
+      let a = head_normed(qkv[head + p.x], scale, w + p.x);
+      let b = head_normed(qkv[head + p.y], scale, w + p.y);
       key = select(b * c + a * s, a * c - b * s, d == p.x);
     }
     kg[g] = key;
@@ -115,11 +116,11 @@ fn rope_kv_write(i: u32, interleaved: bool) {
 @compute @workgroup_size(WG)
 fn rope_kv_write_half(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-  rope_kv_write(grid_index(wid, nwg, lid, WG), false);
+  rope_kv_write(wid, nwg, lid, false);
 }
 
 @compute @workgroup_size(WG)
 fn rope_kv_write_interleaved(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                              @builtin(local_invocation_index) lid: u32) {
-  rope_kv_write(grid_index(wid, nwg, lid, WG), true);
+  rope_kv_write(wid, nwg, lid, true);
 }

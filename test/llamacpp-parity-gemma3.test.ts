@@ -26,7 +26,7 @@ import { checkAgainstLlamaCpp, checkHfTwin } from './support/family-parity.ts';
 import { ggmlGelu, roundQ8_0 } from './support/ggml-activations.ts';
 import { useGpu } from './support/gpu.ts';
 import { writeHfFolder } from './support/tiny-models.ts';
-import { ourLogits, worst } from './support/parity.ts';
+import { decodeStepDispatches, ourLogits, worst } from './support/parity.ts';
 import { referenceLogits } from './support/reference-model.ts';
 
 const gpu = useGpu();
@@ -110,5 +110,16 @@ describe('gemma3: what is refused', () => {
     expect(() => configFromHf({ ...base, architectures: ['Gemma3ForConditionalGeneration'] })).toThrow(/Gemma3ForConditionalGeneration.*vision tower/);
     expect(configFromHf({ ...base, final_logit_softcapping: 30 }).finalLogitSoftcap).toBe(30);
     expect(() => configFromHf({ ...base, attn_logit_softcapping: 50 })).toThrow(/"attn_logit_softcapping" is set/);
+  });
+});
+
+describe('gemma3: decode', () => {
+  it('takes 8 dispatches a layer: a Llama\'s 6 and the two post-norms (the head norm runs inside the RoPE + KV-write kernel)', async () => {
+    const counts: number[] = [];
+    for (const numLayers of [4, 5]) {
+      const tiny = writeTinyGemma3Gguf(join(dir, `gemma3-${numLayers}-layers.gguf`), { seed: 76, numLayers });
+      counts.push(await decodeStepDispatches(gpu(), tiny.path));
+    }
+    expect(counts[1] - counts[0]).toBe(8);
   });
 });

@@ -14,7 +14,7 @@ import { disposeLlamaOracle } from './support/llama-oracle.ts';
 import { checkAgainstLlamaCpp, checkHfTwin } from './support/family-parity.ts';
 import { roundQ8_0 } from './support/ggml-activations.ts';
 import { writeHfFolder } from './support/tiny-models.ts';
-import { ourLogits } from './support/parity.ts';
+import { decodeStepDispatches, ourLogits } from './support/parity.ts';
 import { useGpu } from './support/gpu.ts';
 
 const gpu = useGpu();
@@ -60,5 +60,16 @@ describe('qwen3: the same weights as a Hugging Face folder give the GGUF logits'
     writeHfFolder(folder, tiny.config, tiny.weights, source.tokenizer.tokenizer, 'F32');
     await source.close();
     await expect(ourLogits(gpu(), folder, [1, 2])).rejects.toThrow(/blk\.1\.attn_k_norm\.weight/);
+  });
+});
+
+describe('qwen3: decode', () => {
+  it('takes 6 dispatches a layer, as a Llama: the head norm runs inside the RoPE + KV-write kernel', async () => {
+    const counts: number[] = [];
+    for (const numLayers of [2, 3]) {
+      const tiny = writeTinyQwen3Gguf(join(dir, `qwen3-${numLayers}-layers.gguf`), { seed: 55, numLayers, ...F32_SHAPE });
+      counts.push(await decodeStepDispatches(gpu(), tiny.path));
+    }
+    expect(counts[1] - counts[0]).toBe(6);
   });
 });

@@ -3,7 +3,7 @@ import { HeadNorm, HeadNormParams, Norm, type NormKind } from '../kernels/norm.t
 import { runPass } from '../kernels/dispatch.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
-import { expectClose, randomF32 } from './support/reference.ts';
+import { expectClose, headNormReference, randomF32 } from './support/reference.ts';
 
 const gpu = useGpu();
 
@@ -167,22 +167,6 @@ describe('RMSNorm plus a residual (Gemma post-norms)', () => {
     expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: r }, { eps: 1e-5 }).encode(pass, { rows: 2, cols: 8 })).toThrow(/residual needs/);
   });
 });
-
-/** Float64 RMSNorm of each head in place, as HeadNorm: heads [0, qHeads) take w[0..D), the rest w[D..2D). */
-function headNormReference(x: Float32Array, w: Float32Array, rows: number, heads: number, qHeads: number, D: number, stride: number, offset: number, eps: number): Float64Array {
-  const out = Float64Array.from(x);
-  for (let r = 0; r < rows; r++) {
-    for (let h = 0; h < heads; h++) {
-      const base = offset + r * stride + h * D;
-      const wBase = h < qHeads ? 0 : D;
-      let ss = 0;
-      for (let d = 0; d < D; d++) ss += x[base + d] ** 2;
-      const scale = 1 / Math.sqrt(ss / D + eps);
-      for (let d = 0; d < D; d++) out[base + d] = x[base + d] * scale * w[wBase + d];
-    }
-  }
-  return out;
-}
 
 describe('per-head RMSNorm in place (q_norm / k_norm over fused qkv rows)', () => {
   // rows, query heads, key heads, D, extra columns per row (the V heads and padding), offset, workgroup

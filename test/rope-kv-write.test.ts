@@ -2,13 +2,15 @@
 // rotated in place in the fused qkv rows, the keys rotated into the paged cache through a shuffled
 // block table at each row's table row and position, the values copied beside them (rounded or
 // quantised for an f16 or q8_0 cache), and nothing else touched (the other blocks keep their bits,
-// the keys and values in qkv too).
+// the keys and values in qkv too). With the head norm (Qwen3, Gemma 3), every query and key head is
+// RMS-normalised first, in float64 here, and the values are not.
 import { describe, expect, it } from 'vitest';
 import { RopeKvWrite, ropeInverseFrequencies, type RopeMode } from '../kernels/rope.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
-import { expectClose, randomF32 } from './support/reference.ts';
+import { compare, expectClose, headNormReference, randomF32 } from './support/reference.ts';
+import { HeadNorm } from '../kernels/norm.ts';
 import { PoolMirror, decodePool, poolWords, shuffledTable } from './support/kv-pool.ts';
 import { kvTableWidth, type KvDtype } from '../kernels/attention.ts';
 import { readU32 } from '../src/gpu/buffers.ts';
@@ -28,6 +30,9 @@ interface Case {
   seed: number;
   /** Make this table entry name no block (an id past the pool). */
   noBlock?: { region: number; entry: number };
+  /** RMSNorm of each query and key head first, with random (2, D) weights. */
+  headNorm?: { eps: number };
+  workgroupSize?: number;
 }
 
 /** Float64 rotation of the pair holding element d of a head (as tests/rope.test.ts: f32-rounded angle). */
@@ -63,13 +68,20 @@ async function check(mode: RopeMode, c: Case, dtype: KvDtype = 'f32') {
   const qkv = createStorage(gpu(), 'qkv', qkvValues);
   const kCache = createStorage(gpu(), 'k', pool.words('k'));
   const vCache = createStorage(gpu(), 'v', pool.words('v'));
-  const kernel = new RopeKvWrite(gpu(), mode, { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, dtype }, {
+  const normWeight = randomF32(2 * D, c.seed + 40, 1.5);
+  const { headNorm, workgroupSize } = c;
+  const kernel = new RopeKvWrite(gpu(), mode, { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, dtype, headNorm, workgroupSize }, {
     qkv, rowMeta: createStorage(gpu(), 'meta', meta), invFreq: createStorage(gpu(), 'invFreq', invFreq), kCache, vCache,
     blockTable: createStorage(gpu(), 'table', table),
+    headNormWeight: headNorm ? createStorage(gpu(), 'headNorm', normWeight) : undefined,
   });
   await runPass(gpu(), (pass) => kernel.encode(pass, { rows: R, rowStride, qOffset, kOffset, vOffset, metaOffset }));
 
-  // Expected qkv: queries rotated, all else as it was.
+  // The heads as RoPE sees them: with the head norm, each query and key head normalised in float64.
+  const normed = headNorm
+    ? headNormReference(headNormReference(qkvValues, normWeight, R, Hq, Hq, D, rowStride, qOffset, headNorm.eps), normWeight, R, Hkv, 0, D, rowStride, kOffset, headNorm.eps)
+    : qkvValues;
+  // Expected qkv: queries (normalised and) rotated, all else as it was.
   const wantQkv = Float64Array.from(qkvValues);
   const words = poolWords(pool.shape);
   const kWords = await readU32(gpu(), kCache, words);
@@ -83,14 +95,14 @@ async function check(mode: RopeMode, c: Case, dtype: KvDtype = 'f32') {
   c.rows.forEach(({ region, position }, r) => {
     for (let h = 0; h < Hq; h++) {
       const start = r * rowStride + qOffset + h * D;
-      const head = qkvValues.subarray(start, start + D);
+      const head = normed.subarray(start, start + D);
       for (let d = 0; d < D; d++) wantQkv[start + d] = rotated(mode, head, d, rotaryDims, position, invFreq);
     }
     // Dropped (past the row, or no block): would overwrite another sequence's keys.
     if (pool.index(region, 0, position) < 0) return;
     for (let h = 0; h < Hkv; h++) {
       const kStart = r * rowStride + kOffset + h * D;
-      const head = qkvValues.subarray(kStart, kStart + D);
+      const head = normed.subarray(kStart, kStart + D);
       const key = Array.from({ length: D }, (_, d) => rotated(mode, head, d, rotaryDims, position, invFreq));
       const value = qkvValues.subarray(r * rowStride + vOffset + h * D, r * rowStride + vOffset + (h + 1) * D);
       const at = pool.index(region, h, position);
@@ -103,7 +115,7 @@ async function check(mode: RopeMode, c: Case, dtype: KvDtype = 'f32') {
       pool.expectWrite(region, position, h, dtype === 'f32' ? gotK.subarray(at, at + D) : key, value);
     }
   });
-  const what = `${mode} ${dtype} Hq=${Hq} Hkv=${Hkv} D=${D} R=${rotaryDims} rows=${R}`;
+  const what = `${mode} ${dtype}${headNorm ? ' head norm' : ''} Hq=${Hq} Hkv=${Hkv} D=${D} R=${rotaryDims} rows=${R}`;
   expectClose(await readF32(gpu(), qkv, qkvValues.length), wantQkv, 1e-5, `${what}: qkv`);
   if (dtype === 'f32') {
     expectClose(seenK, wantK, 1e-5, `${what}: k cache`);
@@ -119,6 +131,8 @@ async function check(mode: RopeMode, c: Case, dtype: KvDtype = 'f32') {
     }
   });
 }
+
+const HEAD_NORM = { eps: 1e-6 };
 
 describe('rope + kv write', () => {
   for (const mode of ['half', 'interleaved'] as const) {
@@ -148,9 +162,67 @@ describe('rope + kv write', () => {
         await check(mode, { Hq: 4, Hkv: 2, D: 64, rotaryDims: 48, capacity: 50, rows, regions: 3, theta: 10000, seed: 5 }, dtype);
       });
     }
+
+    it(`${mode}: head norm, batched decode, GQA 6/2, D 10 with 6 rotary dims (the other 4 normalised only)`, async () => {
+      const rows = [{ region: 2, position: 0 }, { region: 0, position: 12 }, { region: 1, position: 7 }];
+      await check(mode, { Hq: 6, Hkv: 2, D: 10, rotaryDims: 6, capacity: 13, rows, regions: 3, theta: 10000, seed: 6, headNorm: HEAD_NORM });
+    });
+
+    it(`${mode}: head norm, prefill of 37 rows, heads of 40 over a workgroup of 16, one row without a block`, async () => {
+      const rows = Array.from({ length: 37 }, (_, i) => ({ region: i % 2, position: 3 + i }));
+      await check(mode, {
+        Hq: 3, Hkv: 1, D: 40, rotaryDims: 40, capacity: 50, rows, regions: 2, theta: 500000, seed: 7, headNorm: HEAD_NORM, workgroupSize: 16,
+        noBlock: { region: 1, entry: 2 },
+      });
+    });
+
+    for (const dtype of ['f16', 'q8_0'] as const) {
+      it(`${mode}: head norm, ${dtype} cache (D 64, GQA 4/2, 48 rotary dims)`, async () => {
+        const rows = [{ region: 2, position: 0 }, { region: 0, position: 40 }, ...Array.from({ length: 5 }, (_, i) => ({ region: 1, position: 13 + i }))];
+        await check(mode, { Hq: 4, Hkv: 2, D: 64, rotaryDims: 48, capacity: 50, rows, regions: 3, theta: 10000, seed: 8, headNorm: HEAD_NORM }, dtype);
+      });
+    }
   }
 
-  it('refuses overlapping head ranges, shared buffers and odd rotary dims', () => {
+  it('the head norm inside matches HeadNorm then the plain kernel to f32 rounding (qkv and k cache)', async () => {
+    const [Hq, Hkv, D, R, rowStride] = [5, 3, 48, 3, 11 * 48 + 5];
+    const capacity = 20;
+    const eps = HEAD_NORM.eps;
+    const qkvValues = randomF32(R * rowStride, 9, 3);
+    const weight = createStorage(gpu(), 'headNorm', randomF32(2 * D, 10, 1.5));
+    const meta = Uint32Array.from([0, 3, 1, 17, 2, 9]);
+    const { table, kvBlocks } = shuffledTable(3, capacity, 11);
+    const words = poolWords({ Hkv, D, capacity, kvBlocks, dtype: 'f32' });
+    const run = { rows: R, rowStride, qOffset: 0, kOffset: Hq * D, vOffset: (Hq + Hkv) * D };
+    const outputs = [];
+    for (const fused of [false, true]) {
+      const qkv = createStorage(gpu(), 'qkv', qkvValues);
+      const kCache = poisoned(gpu(), 'k', words);
+      const kernel = new RopeKvWrite(gpu(), 'half', { Hq, Hkv, D, rotaryDims: D, capacity, kvBlocks, headNorm: fused ? HEAD_NORM : undefined }, {
+        qkv, rowMeta: createStorage(gpu(), 'meta', meta), invFreq: createStorage(gpu(), 'invFreq', ropeInverseFrequencies(D, 1e6)), kCache,
+        vCache: poisoned(gpu(), 'v', words), blockTable: createStorage(gpu(), 'table', table), headNormWeight: fused ? weight : undefined,
+      });
+      const headNorm = fused ? undefined : new HeadNorm(gpu(), { x: qkv, weight }, { eps });
+      await runPass(gpu(), (pass) => {
+        headNorm?.encode(pass, { rows: R, heads: Hq + Hkv, qHeads: Hq, headDim: D, rowStride });
+        kernel.encode(pass, run);
+      });
+      outputs.push({ qkv: await readF32(gpu(), qkv, R * rowStride), k: await readF32(gpu(), kCache, words) });
+    }
+    const [apart, fused] = outputs;
+    // Only the queries: HeadNorm also rewrites the keys in qkv, which the fused kernel leaves as they are.
+    const queries = (x: Float32Array) => Array.from({ length: R }, (_, r) => Array.from(x.subarray(r * rowStride, r * rowStride + Hq * D))).flat();
+    // The f32 pool holds plain f32: the entries written are the ones no longer NaN.
+    const k = compare(fused.k, apart.k);
+    const q = compare(queries(fused.qkv), queries(apart.qkv));
+    console.log(`[rope-kv-write] head norm inside vs apart: queries rel-L2 ${q.relL2.toExponential(2)}, k cache ${k.relL2.toExponential(2)}`);
+    expect(k.firstNonFinite).toBe(-1);
+    expect(fused.k.filter((v) => !Number.isNaN(v)).length).toBe(R * Hkv * D);
+    expect(q.relL2).toBeLessThanOrEqual(1e-6);
+    expect(k.relL2).toBeLessThanOrEqual(1e-6);
+  });
+
+  it('refuses overlapping head ranges, shared buffers, odd rotary dims and a head norm without its weight (or eps)', () => {
     const qkv = createStorage(gpu(), 'qkv', 64 * 4);
     const rowMeta = createStorage(gpu(), 'meta', 8 * 4);
     const invFreq = createStorage(gpu(), 'invFreq', ropeInverseFrequencies(4, 10000));
@@ -164,6 +236,13 @@ describe('rope + kv write', () => {
     expect(() => new RopeKvWrite(gpu(), 'half', { ...config, dtype: 'q8_0' }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable })).toThrow(
       /dtype q8_0 needs a head dim that is a multiple of 32, but this model's is 4/,
     );
+    const headNormWeight = createStorage(gpu(), 'headNorm', 8 * 4);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: HEAD_NORM }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable })).toThrow(/headNorm and buffers.headNormWeight go together \(got no weight\)/);
+    expect(() => new RopeKvWrite(gpu(), 'half', config, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight })).toThrow(/a weight without headNorm/);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: { eps: -1 } }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight })).toThrow(/headNorm.eps must be a finite number >= 0 \(got -1\)/);
+    const short = createStorage(gpu(), 'short', 7 * 4);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: HEAD_NORM }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight: short })).toThrow(/headNormWeight needs 32 bytes/);
+    expect(() => new RopeKvWrite(gpu(), 'half', { ...config, headNorm: HEAD_NORM }, { qkv, rowMeta, invFreq, kCache, vCache, blockTable, headNormWeight: qkv })).toThrow(/qkv and headNormWeight must be different/);
     const kernel = new RopeKvWrite(gpu(), 'half', config, { qkv, rowMeta, invFreq, kCache, vCache, blockTable });
     const pass = gpu().device.createCommandEncoder().beginComputePass();
     expect(() => kernel.encode(pass, { rows: 1, rowStride: 16, qOffset: 0, kOffset: 6, vOffset: 12 })).toThrow(/q and k heads overlap/);

@@ -134,3 +134,30 @@ export function greedyAgreement(sequence: number[], promptLength: number, logits
   for (let i = promptLength; i < sequence.length; i++) if (argmax(logits[i - 1]) === sequence[i]) agree++;
   return agree;
 }
+
+/**
+ * Compute dispatches recorded by one decode step of the model at `path`, after a 4-token prefill and
+ * one untimed decode step (a context that fits one attention split). Two files of the same family that
+ * differ only in their layer count give a layer's dispatches as the difference.
+ */
+export async function decodeStepDispatches(gpu: Gpu, path: string): Promise<number> {
+  const source = await openModelSource(path);
+  const model = await Transformer.load(gpu, source, OPTIONS);
+  const passProto = globalThis.GPUComputePassEncoder.prototype;
+  const { dispatchWorkgroups } = passProto;
+  let dispatches = 0;
+  try {
+    await model.prefill(0, [1, 2, 3, 4], 0);
+    await model.decode([{ slot: 0, token: 5, position: 4 }]);
+    passProto.dispatchWorkgroups = function (this: GPUComputePassEncoder, x: number, y?: number, z?: number) {
+      dispatches++;
+      return dispatchWorkgroups.call(this, x, y, z);
+    };
+    await model.decode([{ slot: 0, token: 6, position: 5 }]);
+  } finally {
+    passProto.dispatchWorkgroups = dispatchWorkgroups;
+    model.destroy();
+    await source.close();
+  }
+  return dispatches;
+}

@@ -77,3 +77,25 @@ export function expectClose(out: ArrayLike<number>, ref: ArrayLike<number>, tole
   }
   return c;
 }
+
+/**
+ * Float64 RMSNorm of each D-element head, as HeadNorm (kernels/norm.ts): `rows` rows `stride` apart from
+ * `offset`, `heads` heads each; heads [0, qHeads) take w[0..D), the rest w[D..2D). Returns a copy of x
+ * with those heads normalised, every other element as it was.
+ */
+export function headNormReference(
+  x: ArrayLike<number>, w: ArrayLike<number>, rows: number, heads: number, qHeads: number, D: number, stride: number, offset: number, eps: number,
+): Float64Array {
+  const out = Float64Array.from(x);
+  for (let r = 0; r < rows; r++) {
+    for (let h = 0; h < heads; h++) {
+      const base = offset + r * stride + h * D;
+      const wBase = h < qHeads ? 0 : D;
+      let ss = 0;
+      for (let d = 0; d < D; d++) ss += x[base + d] ** 2;
+      const scale = 1 / Math.sqrt(ss / D + eps);
+      for (let d = 0; d < D; d++) out[base + d] = x[base + d] * scale * w[wBase + d];
+    }
+  }
+  return out;
+}
