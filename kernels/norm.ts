@@ -165,6 +165,8 @@ export interface HeadNormRun {
 /**
  * RMSNorm of each D-element head in place, with per-head weights shared by all query heads and by all
  * key heads (Qwen3's and Gemma 3's q_norm / k_norm over the fused qkv rows). See shaders/norm_heads.wgsl.
+ * The models run this norm inside RoPE + KV write (kernels/rope.ts, config.headNorm); this standalone
+ * kernel is the unfused path that test/rope-kv-write.test.ts checks the fused one against.
  */
 export class HeadNorm {
   readonly eps: number;
