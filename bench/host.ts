@@ -61,8 +61,6 @@ export interface HostOptions {
   steps: number;
   warmup?: number;
   layers?: number;
-  /** Tune the model's decode matvecs at load, as a served model is (default true; false: --no-autotune). */
-  autotune?: boolean;
   progress?: Progress;
 }
 
@@ -192,7 +190,10 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
   const cfg = source.config;
   progress(`host: building a ${layers}-layer Llama (C=${cfg.hiddenSize}, F=${cfg.intermediateSize}, ${dtype}) in memory`);
   const capacity = warmup + steps + 2;
-  const model = await Transformer.load(gpu, source, { slots: 1, capacity, prefillChunk: 16, autotune: options.autotune });
+  // The static matvec variants: every variant, tuned or not, is one dispatch per projection, so the
+  // host's cost per step does not depend on which runs, and tuning a Q4_0 model at load would add
+  // minutes on a software adapter.
+  const model = await Transformer.load(gpu, source, { slots: 1, capacity, prefillChunk: 16, autotune: false });
   try {
     await model.prefill(0, [1], 0, { candidates: 1 });
     let position = 1;

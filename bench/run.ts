@@ -154,7 +154,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
     const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
     const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, kvDtype: options.kvDtype, progress, autotune: options.autotune });
-    const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], autotune: options.autotune, progress });
+    const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
     progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step, ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
     const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize };
     const memory = memoryReport({
@@ -215,12 +215,12 @@ export function printReport(report: BenchReport): void {
 
 // ---- `webgpu-miner bench --host-only`: the host overhead of a decode step only --------------------
 
-export async function runHostOnly(options: Pick<BenchOptions, 'quick' | 'preset' | 'adapter' | 'json' | 'gpu' | 'progress' | 'autotune'>): Promise<{ adapter: AdapterReport; host: HostReport }> {
+export async function runHostOnly(options: Pick<BenchOptions, 'quick' | 'preset' | 'adapter' | 'json' | 'gpu' | 'progress'>): Promise<{ adapter: AdapterReport; host: HostReport }> {
   const preset = resolvePreset(options);
   const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
   const report = await withGpu(options, async (gpu) => {
     progress(`adapter: ${adapterName(gpu.info)} (${gpu.info.backend}); preset ${preset.name}`);
-    return { adapter: describeAdapter(gpu), host: await benchHost({ gpu, steps: HOST_STEPS[preset.name], autotune: options.autotune, progress }) };
+    return { adapter: describeAdapter(gpu), host: await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress }) };
   });
   if (options.json) write(options.json, JSON.stringify(report, null, 2) + '\n');
   process.stdout.write(formatHostTable(report) + '\n');

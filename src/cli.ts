@@ -424,7 +424,7 @@ program
   .action(async (o, command: Command) => {
     const { runBench, runHostOnly, printReport } = await import('../bench/run.ts');
     if (o.hostOnly) {
-      await runHostOnly({ preset: o.preset, quick: o.quick, adapter: o.adapter, json: o.json, autotune: o.autotune });
+      await runHostOnly({ preset: o.preset, quick: o.quick, adapter: o.adapter, json: o.json });
       return;
     }
     // A --model given on the command line also sets the kernel shapes (unless --shapes says otherwise).
