@@ -201,8 +201,8 @@ export interface RopeKvWriteConfig extends KvPool {
   /** Most token positions of one sequence (the paged KV cache layout of kernels/attention.ts). */
   capacity: number;
   /**
-   * Qwen3, Gemma 3: RMSNorm of each query and key head before it is rotated (as HeadNorm does it, with
-   * the weights in buffers.headNormWeight); eps is added to the head's mean square, a finite number >= 0.
+   * Qwen3, Gemma 3: RMSNorm of each query and key head before it is rotated (x / sqrt(mean(x^2) + eps)
+   * times the weights in buffers.headNormWeight); eps is added to the head's mean square, a finite number >= 0.
    */
   headNorm?: { eps: number };
   /** Power of two; default 64. With headNorm, one workgroup runs each head. */
@@ -240,8 +240,8 @@ export interface RopeKvWriteRun {
 
 /**
  * RoPE of the queries (in place) and of the keys on their way into the KV cache, with the values
- * copied beside them: Rope then KvWrite in one dispatch; with config.headNorm, HeadNorm of the query
- * and key heads first, in the same dispatch. See shaders/rope_kv_write.wgsl.
+ * copied beside them: Rope then KvWrite in one dispatch; with config.headNorm, an RMSNorm of each query
+ * and key head first, in the same dispatch. See shaders/rope_kv_write.wgsl.
  */
 export class RopeKvWrite {
   readonly mode: RopeMode;

@@ -1,8 +1,7 @@
 // rope_kv_write.wgsl with Qwen3's and Gemma 3's RMSNorm of each query and key head before RoPE (their
 // q_norm / k_norm), so a layer needs no head-norm dispatch: composed in place of
-// rope_kv_write_plain.wgsl. The statistics, eps and expression are norm_heads.wgsl's (the same loop and
-// workgroup reduction, then x * scale * weight), so the results are HeadNorm's then RoPE's to f32
-// rounding. Query heads take head_weight[0..D), key heads head_weight[D..2D); values are not normalised.
+// rope_kv_write_plain.wgsl. Each head becomes x / sqrt(mean(x^2) + eps) * weight, its squares summed
+// by one workgroup (reduce.wgsl), then is rotated. Query heads take head_weight[0..D), key heads head_weight[D..2D); values are not normalised.
 // The queries are rewritten in place, so the grid is one workgroup per (row, head), query heads then
 // key heads: its invocations sum the head's squares and reduce them (the reduction's barriers order
 // every read of the head before any write), then run the head's items (its Rd/2 pairs, or its

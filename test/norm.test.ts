@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { HeadNorm, HeadNormParams, Norm, type NormKind } from '../kernels/norm.ts';
+import { Norm, type NormKind } from '../kernels/norm.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
-import { expectClose, headNormReference, randomF32 } from './support/reference.ts';
+import { expectClose, randomF32 } from './support/reference.ts';
 
 const gpu = useGpu();
 
@@ -165,49 +165,5 @@ describe('RMSNorm plus a residual (Gemma post-norms)', () => {
     const pass = {} as GPUComputePassEncoder;
     expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out }, { eps: 1e-5 }).encode(pass, { rows: 1, cols: 8, residualOffset: 1 })).toThrow(/no residual/);
     expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: r }, { eps: 1e-5 }).encode(pass, { rows: 2, cols: 8 })).toThrow(/residual needs/);
-  });
-});
-
-describe('per-head RMSNorm in place (q_norm / k_norm over fused qkv rows)', () => {
-  // rows, query heads, key heads, D, extra columns per row (the V heads and padding), offset, workgroup
-  const shapes: Array<[number, number, number, number, number, number, number | undefined]> = [
-    [3, 5, 3, 37, 3 * 37 + 4, 6, undefined],
-    [2, 4, 2, 128, 2 * 128, 0, undefined],
-    [5, 2, 1, 1, 1, 3, 16],
-    [1, 3, 3, 200, 7, 11, 32],
-  ];
-  for (const [rows, qHeads, kHeads, D, extra, offset, wg] of shapes) {
-    it(`${rows} rows, ${qHeads}+${kHeads} heads of ${D}, stride +${extra}, offset ${offset}${wg ? `, workgroup ${wg}` : ''}`, async () => {
-      const heads = qHeads + kHeads;
-      const stride = heads * D + extra;
-      const n = offset + rows * stride + 5;
-      // NaN between the rows' heads: the kernel must leave every element outside the heads untouched.
-      const x = randomF32(n, rows * 131 + D, 4);
-      for (let r = 0; r <= rows; r++) for (let i = offset + r * stride - extra; i < offset + r * stride; i++) if (i >= 0 && i < n) x[i] = NaN;
-      const w = randomF32(2 * D, D + 7, 1.5);
-      const eps = 1e-6;
-      const buffer = createStorage(gpu(), 'qkv', x);
-      const kernel = new HeadNorm(gpu(), { x: buffer, weight: createStorage(gpu(), 'w', w) }, { eps, workgroupSize: wg });
-      await runPass(gpu(), (pass) => kernel.encode(pass, { rows, heads, qHeads, headDim: D, rowStride: stride, offset }));
-      const got = await readF32(gpu(), buffer, n);
-      const want = headNormReference(x, w, rows, heads, qHeads, D, stride, offset, eps);
-      expectClose(got, want, 1e-5, 'head norm');
-      for (let i = 0; i < n; i++) {
-        if (!Number.isFinite(x[i])) expect(Number.isNaN(got[i]), `element ${i} outside the heads was written`).toBe(true);
-      }
-    });
-  }
-
-  it('has a 32-byte uniform block and refuses bad shapes', () => {
-    expect(HeadNormParams.byteSize).toBe(32);
-    const x = createStorage(gpu(), 'x', 64 * 4);
-    const w = createStorage(gpu(), 'w', 8 * 4);
-    expect(() => new HeadNorm(gpu(), { x, weight: w }, { eps: -1 })).toThrow(/eps/);
-    const kernel = new HeadNorm(gpu(), { x, weight: w }, { eps: 1e-6 });
-    const pass = {} as GPUComputePassEncoder; // never reached: validation throws first
-    expect(() => kernel.encode(pass, { rows: 2, heads: 3, qHeads: 2, headDim: 4, rowStride: 11 })).toThrow(/rowStride/);
-    expect(() => kernel.encode(pass, { rows: 2, heads: 3, qHeads: 4, headDim: 4, rowStride: 12 })).toThrow(/qHeads/);
-    expect(() => kernel.encode(pass, { rows: 9, heads: 3, qHeads: 2, headDim: 4, rowStride: 12 })).toThrow(/x needs/);
-    expect(() => kernel.encode(pass, { rows: 1, heads: 3, qHeads: 2, headDim: 5, rowStride: 15 })).toThrow(/weight needs/);
   });
 });

@@ -79,7 +79,7 @@ export function expectClose(out: ArrayLike<number>, ref: ArrayLike<number>, tole
 }
 
 /**
- * Float64 RMSNorm of each D-element head, as HeadNorm (kernels/norm.ts): `rows` rows `stride` apart from
+ * Float64 RMSNorm of each D-element head (Qwen3's and Gemma 3's q_norm / k_norm): `rows` rows `stride` apart from
  * `offset`, `heads` heads each; heads [0, qHeads) take w[0..D), the rest w[D..2D). Returns a copy of x
  * with those heads normalised, every other element as it was.
  */
