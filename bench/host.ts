@@ -6,7 +6,10 @@
 //
 // Timing: Transformer.decode runs synchronously up to its readback's mapAsync and only then awaits,
 // so the time until the call returns its promise is the host work of the step; the wait for the GPU
-// comes after. Counting: a separate step runs with queue.writeBuffer and the compute pass's
+// comes after. Steps are timed twice: recorded on the call (recordNext off: all of a step's host
+// work lies between two GPU steps), then as the engine runs them, each recorded while the GPU ran the
+// step before (DecodeOptions.recordNext): what lies between two GPU steps is then the inputs' upload
+// and the submit, and the recording of the next step follows the submit, beside the GPU's work. Counting: a separate step runs with queue.writeBuffer and the compute pass's
 // dispatchWorkgroups wrapped by counters (installed here only, and removed after), so the timed
 // steps carry no counting. That step's pass commands are also recorded, then replayed as bare calls
 // (the same pipelines, bind groups and grids, none of this runtime's code in between): the replay's
@@ -21,8 +24,15 @@ import type { Progress } from './roofline.ts';
 import { median } from './timing.ts';
 
 export interface HostReport {
-  /** Median CPU time of one batch-1 decode step, from the call to after queue.submit (ms). */
+  /** Median CPU time of one batch-1 decode step recorded on the call, from the call to after queue.submit (ms). */
   ms_per_step: number;
+  /**
+   * Median time from the call to after queue.submit when the step was recorded during the previous
+   * one (the engine's way): the host time between two GPU steps (ms).
+   */
+  critical_ms_per_step: number;
+  /** Median time, after that submit, to record the next step: host work done while the GPU runs (ms). */
+  ahead_ms_per_step: number;
   /** Median time from the call to queue.submit: checks, step inputs, recording (ms). */
   encode_ms_per_step: number;
   /**
@@ -146,9 +156,10 @@ async function replay(gpu: Gpu, passes: PassCommand[][], count: number): Promise
 
 /**
  * Run `step` `count` times, one after another (each awaited), and time the part of each before
- * queue.submit and the submit itself, with queue.submit wrapped by a timer for the duration.
+ * queue.submit, the submit itself and what follows it until the call returns, with queue.submit
+ * wrapped by a timer for the duration.
  */
-async function timed(gpu: Gpu, step: () => Promise<unknown>, count: number): Promise<{ encode: number[]; submit: number[] }> {
+async function timed(gpu: Gpu, step: () => Promise<unknown>, count: number): Promise<{ encode: number[]; submit: number[]; after: number[] }> {
   const queue = gpu.device.queue;
   const own = Object.getOwnPropertyDescriptor(queue, 'submit');
   const submit = queue.submit;
@@ -161,6 +172,7 @@ async function timed(gpu: Gpu, step: () => Promise<unknown>, count: number): Pro
   };
   const encodeMs: number[] = [];
   const submitMs: number[] = [];
+  const afterMs: number[] = [];
   try {
     for (let i = 0; i < count; i++) {
       entered = left = 0;
@@ -172,12 +184,13 @@ async function timed(gpu: Gpu, step: () => Promise<unknown>, count: number): Pro
       if (entered === 0) [entered, left] = [returned, returned];
       encodeMs.push(entered - start);
       submitMs.push(left - entered);
+      afterMs.push(returned - left);
     }
   } finally {
     if (own) Object.defineProperty(queue, 'submit', own);
     else delete (queue as Partial<GPUQueue>).submit;
   }
-  return { encode: encodeMs, submit: submitMs };
+  return { encode: encodeMs, submit: submitMs, after: afterMs };
 }
 
 export async function benchHost(options: HostOptions): Promise<HostReport> {
@@ -189,7 +202,8 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
   const source = randomLlamaSource(`host-bench-llama (random ${dtype})`, { ...TINY_CONFIG, num_hidden_layers: layers }, dtype);
   const cfg = source.config;
   progress(`host: building a ${layers}-layer Llama (C=${cfg.hiddenSize}, F=${cfg.intermediateSize}, ${dtype}) in memory`);
-  const capacity = warmup + steps + 2;
+  // One prompt token, then warm-up, counted, timed-on-call and timed-ahead (one more) decode steps.
+  const capacity = 1 + warmup + 1 + steps + (steps + 1);
   // The static matvec variants: every variant, tuned or not, is one dispatch per projection, so the
   // host's cost per step does not depend on which runs, and tuning a Q4_0 model at load would add
   // minutes on a software adapter.
@@ -197,17 +211,23 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
   try {
     await model.prefill(0, [1], 0, { candidates: 1 });
     let position = 1;
-    const step = () => model.decode([{ slot: 0, token: (position * 7) % cfg.vocabSize, position: position++ }], 1);
-    progress(`host: ${warmup} warm-up decode steps, then ${steps} timed`);
-    for (let i = 0; i < warmup; i++) await step();
-    const count = await counted(gpu, step);
-    const { encode, submit } = await timed(gpu, step, steps);
+    const step = (recordNext: boolean) => model.decode([{ slot: 0, token: (position * 7) % cfg.vocabSize, position: position++ }], 1, { recordNext });
+    const onCall = () => step(false);
+    progress(`host: ${warmup} warm-up decode steps, then ${steps} timed recorded on the call and ${steps} recorded ahead`);
+    for (let i = 0; i < warmup; i++) await onCall();
+    const count = await counted(gpu, onCall);
+    const { encode, submit } = await timed(gpu, onCall, steps);
     const times = encode.map((e, i) => e + submit[i]);
     const mid = median(times);
+    // The first step recorded ahead is recorded on its call (nothing was recorded before it): dropped.
+    const ahead = await timed(gpu, () => step(true), steps + 1);
+    const critical = ahead.encode.slice(1).map((e, i) => e + ahead.submit[i + 1]);
     // The replay re-runs the last step's kernels on the same inputs: it changes nothing.
     const replayed = await replay(gpu, count.passes, steps);
     return {
       ms_per_step: mid,
+      critical_ms_per_step: median(critical),
+      ahead_ms_per_step: median(ahead.after.slice(1)),
       dispatches_per_token: count.dispatches,
       buffer_writes_per_token: count.writes,
       layers,

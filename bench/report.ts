@@ -170,6 +170,8 @@ function hostRows(h: HostReport): string[][] {
     ['  of which before submit', `${num(h.encode_ms_per_step)} ms`, '', 'median: checks, step inputs, recording'],
     ['  of which in queue.submit', `${num(h.submit_ms_per_step)} ms`, '', 'median (a software OpenGL ES adapter runs the commands here)'],
     ['  floor: the same passes as bare calls', `${num(h.replay_ms_per_step)} ms`, '', "median: this WebGPU implementation's own cost for the step's commands"],
+    ['host time between GPU steps', `${num(h.critical_ms_per_step)} ms`, '', 'median, each step recorded during the one before (as the engine runs): inputs and submit'],
+    ['  recording the next step', `${num(h.ahead_ms_per_step)} ms`, '', 'median, after the submit, while the GPU runs: caps decode only where it outlasts the GPU step'],
     ['dispatches per token', String(h.dispatches_per_token), '', 'compute dispatches recorded per step'],
     ['writeBuffer calls per token', String(h.buffer_writes_per_token), '', 'step inputs and kernel uniforms'],
   ];

@@ -9,7 +9,9 @@
 // scores and logits. A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
-// the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp).
+// the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp). A
+// decode step records the next one while the GPU runs it (DecodeOptions.recordNext), so that the
+// host's recording time overlaps the GPU's work instead of adding to it.
 // Decode-sized steps (at most 8 rows, the matvec's) run each layer as six steps: norm + q/k/v
 // projection, RoPE + KV write, attention, o-projection + residual, norm + gate/up + activation,
 // down-projection + residual; longer (prefill) steps run the norms and activations as their own kernels
@@ -106,6 +108,17 @@ export interface PrefillPiece {
   candidates?: number;
 }
 
+export interface DecodeOptions {
+  /**
+   * After submitting this step, record the next one for the same rows one position on (default
+   * true), so that a following decode() of that shape only uploads its inputs and submits: the
+   * recording, most of a step's host time, runs while the GPU works on this step. Pass false when
+   * the next call will be of another shape (rows joining or leaving, a prefill in between): the
+   * recording would be thrown away.
+   */
+  recordNext?: boolean;
+}
+
 export interface DecodeRow {
   slot: number;
   token: number;
@@ -197,6 +210,16 @@ export class Transformer {
   /** CPU copy of a step's inputs, filled and uploaded once per step. */
   readonly #inputs: Uint32Array<ArrayBuffer>;
   readonly #uniforms: UniformArena;
+  /**
+   * The next decode step, recorded while the GPU ran the last one (DecodeOptions.recordNext). A
+   * decode step's commands depend only on its row count, its longest row and the candidates taken
+   * (everything per row is in the inputs buffer, uploaded at submit), so this is its key. Its
+   * kernels' uniforms sit in the arena's CPU copy until the submit uploads them: any other
+   * recording on this model drops it first (#dropRecorded).
+   */
+  #recorded?: { commands: GPUCommandBuffer; rows: number; maxLen: number; k: number };
+  /** Decode steps submitted from a recording made ahead (#recorded), since load. */
+  #decodeStepsRecordedAhead = 0;
 
   private constructor(gpu: Gpu, source: ModelSource, options: TransformerOptions, weights: Map<string, ChunkedWeight | GPUBuffer>, arena: BufferArena, digest: string, stats: Transformer['stats']) {
     this.#gpu = gpu;
@@ -618,7 +641,7 @@ export class Transformer {
    * One decoding step for a batch of sequences, one token each. Returns each row's `candidates`
    * most likely next tokens (fewer is cheaper: greedy decoding needs one).
    */
-  async decode(rows: DecodeRow[], candidates = TOPK_MAX_K): Promise<RowCandidates[]> {
+  async decode(rows: DecodeRow[], candidates = TOPK_MAX_K, options: DecodeOptions = {}): Promise<RowCandidates[]> {
     const B = rows.length;
     if (B === 0 || B > this.options.slots) throw new ShapeError(`decode batch of ${B} rows (1..${this.options.slots} allowed)`);
     const k = this.#candidateK(candidates);
@@ -637,20 +660,63 @@ export class Transformer {
       inputs[at.attnMeta + 2 * r + 1] = position + 1;
       if (position + 1 > maxLen) maxLen = position + 1;
     }
-    const { numHeads: Hq, headDim: D } = this.config;
-    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta, scale: this.#attentionScale };
     this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, at.attnMeta + 2 * B);
-    // Layers and head in one submit; the only read back is the candidates.
-    this.#submit('decode', (encoder) => {
-      const pass = encoder.beginComputePass();
-      this.#encodeLayers(pass, B, (layer) => {
-        attention.window = layer.window;
-        layer.decode.encode(pass, attention);
-      });
-      pass.end();
-      this.#encodeHead(encoder, this.#finalNorm, 0, B, k);
-    });
+    const recorded = this.#recorded;
+    if (recorded && recorded.rows === B && recorded.maxLen === maxLen && recorded.k === k) {
+      this.#recorded = undefined;
+      this.#decodeStepsRecordedAhead++;
+      this.#gpu.device.queue.submit([recorded.commands]);
+    } else {
+      this.#submit('decode', (encoder) => this.#encodeDecode(encoder, B, maxLen, k));
+    }
+    // The next step's recording overlaps this one's GPU work; the one after a step at the capacity cannot exist.
+    if ((options.recordNext ?? true) && maxLen < this.options.capacity) this.#recordAhead(B, maxLen + 1, k);
     return this.#readCandidates(B, k);
+  }
+
+  /** Decode steps submitted from a recording made while the GPU ran the step before, since load. */
+  get decodeStepsRecordedAhead(): number {
+    return this.#decodeStepsRecordedAhead;
+  }
+
+  /** Layers and head of a decode step of `B` rows whose longest row has `maxLen` keys, in one pass and its readback copies. */
+  #encodeDecode(encoder: GPUCommandEncoder, B: number, maxLen: number, k: number): void {
+    const { numHeads: Hq, headDim: D } = this.config;
+    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: inputOffsets(B).attnMeta, scale: this.#attentionScale };
+    const pass = encoder.beginComputePass();
+    this.#encodeLayers(pass, B, (layer) => {
+      attention.window = layer.window;
+      layer.decode.encode(pass, attention);
+    });
+    pass.end();
+    this.#encodeHead(encoder, this.#finalNorm, 0, B, k);
+  }
+
+  /**
+   * Record the decode step of `B` rows with `maxLen` keys at most, to be submitted by the decode()
+   * call that asks for it. The submit just made uploaded the last step's uniforms, so the values
+   * written now wait in the arena's CPU copy for the next submit. A recording that fails is dropped
+   * quietly: the decode() that needs the step records it again and reports the error there.
+   */
+  #recordAhead(B: number, maxLen: number, k: number): void {
+    try {
+      const encoder = this.#gpu.device.createCommandEncoder({ label: 'decode' });
+      this.#encodeDecode(encoder, B, maxLen, k);
+      this.#recorded = { commands: encoder.finish(), rows: B, maxLen, k };
+    } catch {
+      this.#uniforms.abandon();
+    }
+  }
+
+  /**
+   * Forget the step recorded ahead, before anything else is recorded on this model: that recording
+   * rewrites kernels' uniforms the recorded step would read, and may be of another shape. The
+   * arena's epoch moves on, so the same kernels may take new values before the next submit.
+   */
+  #dropRecorded(): void {
+    if (!this.#recorded) return;
+    this.#recorded = undefined;
+    this.#uniforms.abandon();
   }
 
   /**
@@ -659,6 +725,7 @@ export class Transformer {
    * may give the same kernels other values.
    */
   #submit(label: string, record: (encoder: GPUCommandEncoder) => void): void {
+    this.#dropRecorded();
     let commands: GPUCommandBuffer;
     try {
       const encoder = this.#gpu.device.createCommandEncoder({ label });
@@ -811,6 +878,7 @@ export class Transformer {
   }
 
   destroy(): void {
+    this.#recorded = undefined;
     this.#readback.destroy();
     this.#topK.destroy();
     this.#arena.destroy();

@@ -121,6 +121,8 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(report.host.dispatches_per_token).toBeLessThanOrEqual(32 * 6 + 8);
     expect(report.host.buffer_writes_per_token).toBeGreaterThanOrEqual(1);
     plausibleMs(report.host.ms_per_step, 'host ms per step');
+    plausibleMs(report.host.critical_ms_per_step, 'host ms between GPU steps');
+    plausibleMs(report.host.ahead_ms_per_step, 'host ms recording ahead');
   });
 
   it('roofline: positive figures, each the quotient it claims to be', () => {

@@ -241,3 +241,55 @@ describe('batched prefill (prefillBatch) vs one piece at a time', () => {
     }
   });
 });
+
+// Decode records its next step while the GPU runs the current one (DecodeOptions.recordNext). The
+// recording depends only on the step's shape (rows, longest row, candidates), so any decode of that
+// shape may submit it, whichever slots and tokens it carries; anything else recorded in between
+// (a prefill, a step of another shape) drops it. Every step must come out bit for bit as when
+// recorded on the call.
+describe('decode steps recorded ahead', () => {
+  it('match steps recorded on the call, across slots, shapes and a prefill in between', async () => {
+    const source = embeddedSource();
+    const model = await Transformer.load(gpu(), source, { slots: 4, capacity: 24, prefillChunk: 8, kvDtype: 'f32' });
+    try {
+      const next = rng(5);
+      const tokens = Array.from({ length: 14 }, () => Math.floor(next() * TINY_CONFIG.vocab_size));
+      const PROMPT = 6;
+      for (const slot of [0, 1, 2]) await model.prefill(slot, tokens.slice(0, PROMPT), 0, { candidates: 0 });
+      const step = (slot: number, p: number, recordNext?: boolean) => model.decode([{ slot, token: tokens[p], position: p }], 8, { recordNext });
+      const want: RowCandidates[] = [];
+      for (let p = PROMPT; p < tokens.length; p++) want.push((await step(0, p, false))[0]);
+      expect(model.decodeStepsRecordedAhead).toBe(0);
+      // Slots 1 and 2 take turns at the same position: slot 2's step (maxLen p + 1) misses the
+      // recording slot 1's step left (p + 2) and records p + 2 itself, which slot 1's next step takes.
+      const got: Record<number, RowCandidates[]> = { 1: [], 2: [] };
+      for (let p = PROMPT; p < tokens.length; p++) {
+        if (p === 10) await model.prefill(3, tokens.slice(0, 3), 0); // drops what slot 2's step recorded
+        for (const slot of [1, 2]) got[slot].push((await step(slot, p))[0]);
+      }
+      for (const slot of [1, 2]) {
+        got[slot].forEach((row, i) => {
+          expect(Array.from(row.ids), `slot ${slot} position ${PROMPT + i}`).toEqual(Array.from(want[i].ids));
+          expect(Array.from(row.logits)).toEqual(Array.from(want[i].logits));
+          expect(row.logSumExp).toBe(want[i].logSumExp);
+        });
+      }
+      // Slot 1 took a recording at every step but the first and the one after the prefill.
+      expect(model.decodeStepsRecordedAhead).toBe(tokens.length - PROMPT - 2);
+      // A two-row step after one-row steps records on the call, then takes its own recordings.
+      const before = model.decodeStepsRecordedAhead;
+      for (let p = tokens.length - 3; p < tokens.length; p++) {
+        const rows = await model.decode([{ slot: 1, token: tokens[p], position: p }, { slot: 2, token: tokens[p], position: p }], 8);
+        rows.forEach((row) => expect(Array.from(row.logits)).toEqual(Array.from(want[p - PROMPT].logits)));
+      }
+      expect(model.decodeStepsRecordedAhead - before).toBe(2);
+      // At the capacity there is no next step to record, and nothing breaks for the lack of it.
+      await model.prefill(3, tokens.slice(0, 13), 0, { candidates: 0 });
+      for (let p = 13; p < 24; p++) await model.decode([{ slot: 3, token: tokens[p % tokens.length], position: p }], 1);
+      await expect(model.decode([{ slot: 3, token: 1, position: 24 }], 1)).rejects.toThrow(/exceeds the KV capacity/);
+    } finally {
+      model.destroy();
+      await source.close();
+    }
+  });
+});

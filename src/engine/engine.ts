@@ -369,7 +369,11 @@ export class Engine implements TextGenerator {
           this.#kv.prepare(kv, kv.written + 1);
           return { slot: kv.slot, token: seq.pending!, position: kv.written };
         });
-        const candidates = await this.model.decode(rows, Math.max(...this.#active.map(candidatesNeeded)));
+        // The next step is recorded while the GPU runs this one, unless the batch is known to change
+        // before it: a prompt to prefill, or a sequence at its last token. (A queued request could
+        // not be admitted this turn, so it waits for a sequence to end: the same signs.)
+        const recordNext = this.#prefilling.length === 0 && this.#active.every((seq) => seq.completion + 1 < seq.maxTokens);
+        const candidates = await this.model.decode(rows, Math.max(...this.#active.map(candidatesNeeded)), { recordNext });
         this.#active.forEach((seq, i) => {
           this.#kv.wrote(seq.kv!, seq.kv!.written + 1);
           this.#accept(seq, candidates[i]);
