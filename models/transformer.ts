@@ -23,6 +23,8 @@
 // through row s of one block table shared by every layer. At load row s maps s * B .. s * B + B - 1
 // (one fixed reservation per slot, as long as the pool has slots * B blocks); setBlockTable and
 // copyBlock let a block allocator share and copy blocks between slots.
+// The kernels a step runs are built at load by models/layers.ts; this module owns the buffers,
+// loads the weights and records the steps.
 //
 // Legend: R = rows in a step (the prompt tokens of one or more sequences laid end to end, or one
 // token per decoding sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
@@ -32,19 +34,15 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
 import { UniformArena } from '../src/gpu/uniforms.ts';
 import { ShapeError } from '../src/errors.ts';
-import { Elementwise } from '../kernels/elementwise.ts';
-import { Embed } from '../kernels/embed.ts';
-import { Linear } from '../kernels/linear.ts';
-import { Norm } from '../kernels/norm.ts';
-import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
-import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
-import { TopK, TOPK_MAX_K } from '../kernels/sample.ts';
+import type { Norm } from '../kernels/norm.ts';
+import { KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
+import { TOPK_MAX_K } from '../kernels/sample.ts';
 import { uploadWeightChunks, type ChunkedWeight, type HostWeight } from '../kernels/weights.ts';
-import type { MatvecFusion } from '../kernels/matvec.ts';
-import { autotuneMatvecs, autotuneSetting, tunedMatvecOptions, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
-import { layerWindow, type ModelConfig } from './config.ts';
+import { autotuneMatvecs, autotuneSetting, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
+import type { ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 import { KvCache } from './kv-cache.ts';
+import { buildForwardOps, type ForwardOps, type LayerOps, type StepBuffers } from './layers.ts';
 import { planMatrix, planVector, tensorPlan } from './tensor-plan.ts';
 
 export interface TransformerOptions {
@@ -126,42 +124,6 @@ export interface DecodeRow {
   position: number;
 }
 
-interface LayerOps {
-  /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
-  attnNorm: Norm;
-  qkv: Linear[];
-  /**
-   * RoPE models: RoPE of q and k and the KV write in one kernel (Qwen3, Gemma 3: after the RMSNorm of
-   * each query and key head, in the same kernel); learned positions: the KV write.
-   */
-  ropeKvWrite?: RopeKvWrite;
-  kvWrite?: KvWrite;
-  /** Sliding window of this layer's attention in keys, the query's own included (0 = unlimited). */
-  window: number;
-  /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
-  prefill: PrefillAttention[];
-  decode: DecodeAttention;
-  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection; with post-norms, h = attn · Woᵀ. */
-  attnOut: Linear;
-  /** Gemma: x2 = x + RMSNorm(h), the attention output normalised before the residual add. */
-  attnPostNorm?: Norm;
-  /** Runs only before matmul-sized MLP projections, as attnNorm. */
-  mlpNorm: Norm;
-  /**
-   * The MLP's input projections: one [gate; up] weight with interleaved rows (SwiGLU, gate and up of
-   * one dtype), up alone (GELU), or gate and up apart (SwiGLU over mixed dtypes).
-   */
-  gateUp?: Linear;
-  gate?: Linear;
-  up?: Linear;
-  /** The activation, where the projection has not fused it: after matmul-sized runs, or always when `gate` is apart. */
-  act: Elementwise;
-  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection; with post-norms, h = act · Wdownᵀ. */
-  down: Linear;
-  /** Gemma: x = x2 + RMSNorm(h), the MLP output normalised before the residual add. */
-  ffnPostNorm?: Norm;
-}
-
 export class Transformer {
   readonly config: ModelConfig;
   readonly id: string;
@@ -185,25 +147,12 @@ export class Transformer {
   readonly #gpu: Gpu;
   readonly #arena: BufferArena;
   readonly #maxRows: number;
-  /**
-   * `inputs` holds a step's per-row inputs as four u32 arrays laid end to end from element 0: token
-   * ids, positions, KV-write metadata (slot, position) and, for decode, attention metadata
-   * (slot, kv_len); with R rows in the step they start at 0, R, 2R and 4R (see #inputOffsets).
-   */
-  readonly #buf: Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
+  /** The step buffers; a step of R rows keeps its inputs at 0, R, 2R and 4R in `inputs` (see inputOffsets). */
+  readonly #buf: StepBuffers;
   readonly #readback: GPUBuffer;
-  readonly #embed: Embed;
-  readonly #posEmbed?: Embed;
-  readonly #posAdd?: Elementwise;
-  readonly #layers: LayerOps[];
-  readonly #finalNorm: Norm;
-  /** The final norm over headRows: the last rows of a batched prefill's pieces, gathered. */
-  readonly #finalNormGathered: Norm;
+  /** The kernels of the forward pass (models/layers.ts). */
+  readonly #ops: ForwardOps;
   readonly #maxPieces: number;
-  readonly #lmHead: Linear;
-  /** Gemma 2: logits = c tanh(raw / c), from the LM head's raw logits. */
-  readonly #logitSoftcap?: Elementwise;
-  readonly #topK: TopK;
   readonly #kv: KvCache;
   /** Rows of logits computed per submit (the logits buffer holds this many rows of V). */
   readonly #logitRows: number;
@@ -239,12 +188,6 @@ export class Transformer {
     // Prefill: ids, positions and KV-write metadata of up to prefillChunk rows (4 words a row);
     // decode: those and the attention metadata of up to `slots` rows (6 words a row).
     this.#inputs = new Uint32Array(Math.max(4 * options.prefillChunk, 6 * options.slots));
-    const matrix = (name: string) => {
-      const w = weights.get(name);
-      if (!w || !('chunks' in w)) throw new ShapeError(`${source.id}: weight ${name} was not loaded`);
-      return w;
-    };
-    const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
     const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
     const kv = new KvCache(gpu, arena, { ...cfg, slots: options.slots, capacity: options.capacity, kvBlocks: options.kvBlocks, dtype: options.kvDtype });
     this.#kv = kv;
@@ -265,120 +208,15 @@ export class Transformer {
       lse: f32('lse', this.#logitRows),
       headRows: f32('headRows', this.#logitRows * C),
     };
-    const b = this.#buf;
     this.#readback = gpu.device.createBuffer({
       label: 'candidates.readback',
       size: this.#logitRows * (2 * TOPK_MAX_K + 1) * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
 
-    // Learned positions (GPT-2): token rows go to x2, position rows to h, and x = x2 + h.
-    this.#embed = new Embed(gpu, { table: matrix('token_embd.weight'), ids: b.inputs, output: cfg.rope ? b.x : b.x2 });
-    if (!cfg.rope) {
-      this.#posEmbed = new Embed(gpu, { table: matrix('position_embd.weight'), ids: b.inputs, output: b.h });
-      this.#posAdd = new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x });
-    }
-
-    const kvShape = { Hq, Hkv, D, capacity: options.capacity, ...kv.pool };
-    const blockTable = kv.blockTable;
-    const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: options.slots }));
-    // The head norm runs inside the RoPE kernel (RopeKvWrite), so a model with one needs RoPE.
-    if (cfg.qkNorm && !cfg.rope) throw new ShapeError(`${source.id}: a query/key head norm needs RoPE positions, and this model has none`);
-    const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
-    // Gemma 3's sliding layers rotate with their own base, unscaled.
-    const localInvFreq = cfg.rope?.localTheta !== undefined
-      ? arena.upload('rope.invFreq.local', inverseFrequencies({ theta: cfg.rope.localTheta, dims: cfg.rope.dims }))
-      : undefined;
-    const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
-      new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
-    const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
-      new Linear(gpu, {
-        weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: R, fused,
-        matvec: tunedMatvecOptions(options.matvecTunings, matrix(`${name}.weight`).dtype, fused?.fusion),
-      });
-    // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
-    const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
-      new Norm(gpu, 'rms', { x: b.h, weight: vector(`${prefix}.weight`)!, out, residual }, { eps: cfg.normEps });
-    // The norm a projection's matvec folds in (reading the raw residual stream, not h).
-    const normFusion = (prefix: string): MatvecFusion['norm'] => ({
-      kind: cfg.norm,
-      weight: vector(`${prefix}.weight`)!,
-      bias: vector(`${prefix}.bias`),
-      eps: cfg.normEps,
+    this.#ops = buildForwardOps(gpu, source, weights, arena, kv, this.#buf, {
+      rows: R, logitRows: this.#logitRows, slots: options.slots, capacity: options.capacity, maxPieces: this.#maxPieces, matvecTunings: options.matvecTunings,
     });
-
-    this.#layers = [];
-    for (let l = 0; l < cfg.numLayers; l++) {
-      const p = `blk.${l}`;
-      const [kCache, vCache] = kv.pools[l];
-      // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
-      // one (GPT-2) or when the loader fused them; else three projections into column slices. Their
-      // matvecs fold in the attention norm, reading x.
-      const attnNorm = { input: b.x, output: b.qkv, fusion: { norm: normFusion(`${p}.attn_norm`) } };
-      const qkv = weights.has(`${p}.attn_qkv.weight`)
-        ? [linear(`${p}.attn_qkv`, b.h, b.qkv, undefined, attnNorm)]
-        : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv, undefined, attnNorm));
-      const mlpNorm = normFusion(`${p}.ffn_norm`);
-      const glu = cfg.mlp === 'geglu' ? 'gelu' : 'silu';
-      const mlp = cfg.mlp === 'gelu'
-        ? { up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'gelu' } }) }
-        : weights.has(`${p}.ffn_gate_up.weight`)
-          ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: glu, glu: true } }) }
-          : {
-              // Gate and up of different dtypes: two projections (the norm folded into each), then SwiGLU.
-              gate: linear(`${p}.ffn_gate`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
-              up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
-            };
-      const act = cfg.mlp === 'gelu'
-        ? new Elementwise(gpu, 'gelu', { a: b.mlp, out: b.act })
-        : mlp.gateUp
-          ? new Elementwise(gpu, cfg.mlp === 'geglu' ? 'geglu_pairs' : 'swiglu_pairs', { a: b.mlp, out: b.act })
-          : new Elementwise(gpu, 'swiglu', { a: b.mlp, b: b.mlp, out: b.act });
-      const window = layerWindow(cfg, l);
-      const post = cfg.postNorms;
-      this.#layers.push({
-        attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
-        qkv,
-        ropeKvWrite: invFreq
-          ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined }, {
-              qkv: b.qkv,
-              rowMeta: b.inputs,
-              invFreq: window > 0 && localInvFreq ? localInvFreq : invFreq,
-              kCache,
-              vCache,
-              blockTable,
-              headNormWeight: cfg.qkNorm ? vector(`${p}.attn_qk_norm.weight`) : undefined,
-            })
-          : undefined,
-        kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable }),
-        window,
-        prefill: Array.from({ length: this.#maxPieces }, () =>
-          new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn }, { softcap: cfg.attnLogitSoftcap })),
-        decode: new DecodeAttention(gpu, { ...kvShape, maxRows: options.slots, softcap: cfg.attnLogitSoftcap }, {
-          q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
-        }),
-        // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
-        attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),
-        attnPostNorm: post ? postNorm(`${p}.post_attention_norm`, b.x, b.x2) : undefined,
-        mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
-        ...mlp,
-        act,
-        down: post ? linear(`${p}.ffn_down`, b.act, b.h) : linear(`${p}.ffn_down`, b.act, b.x, b.x2),
-        ffnPostNorm: post ? postNorm(`${p}.post_ffw_norm`, b.x2, b.x) : undefined,
-      });
-    }
-    this.#finalNorm = norm('output_norm', b.x, b.h);
-    this.#finalNormGathered = norm('output_norm', b.headRows, b.h);
-    const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
-    // With a final soft-cap the head writes raw logits to their own buffer and the cap writes b.logits
-    // (a kernel may not read and write one buffer through two bindings).
-    const rawLogits = cfg.finalLogitSoftcap !== undefined ? arena.get('logits.raw', this.#logitRows * V * 4) : b.logits;
-    this.#lmHead = new Linear(gpu, {
-      weight: head, bias: vector('output.bias'), input: b.h, output: rawLogits, maxRows: this.#logitRows,
-      matvec: tunedMatvecOptions(options.matvecTunings, head.dtype),
-    });
-    if (cfg.finalLogitSoftcap !== undefined) this.#logitSoftcap = new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap);
-    this.#topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: this.#logitRows, maxCols: V });
     this.stats = { ...stats, ...kv.stats(), activationBytes: arena.bytes - stats.weightBytes };
   }
 
@@ -539,7 +377,7 @@ export class Transformer {
         const row = firstRows[p] + pieces[p].tokens.length - 1;
         encoder.copyBufferToBuffer(this.#buf.x, row * C * 4, this.#buf.headRows, i * C * 4, C * 4);
       });
-      this.#encodeHead(encoder, this.#finalNormGathered, 0, wanted.length, k);
+      this.#encodeHead(encoder, this.#ops.finalNormGathered, 0, wanted.length, k);
     });
     const candidates = await this.#readCandidates(wanted.length, k);
     wanted.forEach((p, i) => {
@@ -564,7 +402,7 @@ export class Transformer {
     const all: Float32Array[] = [];
     for (let first = 0; first < rows; first += this.#logitRows) {
       const count = Math.min(this.#logitRows, rows - first);
-      this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#finalNorm, first * C, count, 1));
+      this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#ops.finalNorm, first * C, count, 1));
       // One read back for the submit's rows (a map per row costs a round trip each).
       const block = await readF32(this.#gpu, this.#buf.logits, count * V);
       for (let r = 0; r < count; r++) all.push(block.slice(r * V, (r + 1) * V));
@@ -689,7 +527,7 @@ export class Transformer {
       layer.decode.encode(pass, attention);
     });
     pass.end();
-    this.#encodeHead(encoder, this.#finalNorm, 0, B, k);
+    this.#encodeHead(encoder, this.#ops.finalNorm, 0, B, k);
   }
 
   /**
@@ -779,12 +617,12 @@ export class Transformer {
     const act = { count: R * F };
     const swigluApart = { count: R * F, bOffset: R * F };
     const embed = { count: R, idsOffset: at.ids, scale: this.config.embedScale ?? 1 };
-    this.#embed.encode(pass, embed);
-    if (this.#posEmbed && this.#posAdd) {
-      this.#posEmbed.encode(pass, { count: R, idsOffset: at.positions });
-      this.#posAdd.encode(pass, { count: R * C });
+    this.#ops.embed.encode(pass, embed);
+    if (this.#ops.posEmbed && this.#ops.posAdd) {
+      this.#ops.posEmbed.encode(pass, { count: R, idsOffset: at.positions });
+      this.#ops.posAdd.encode(pass, { count: R * C });
     }
-    for (const layer of this.#layers) {
+    for (const layer of this.#ops.layers) {
       const fused = layer.qkv[0].fusedFor(R);
       if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
@@ -816,7 +654,7 @@ export class Transformer {
   async #head(first: number, count: number, withLogits: boolean, candidateCount: number): Promise<{ candidates: RowCandidates[]; logits?: Float32Array[] }> {
     const { hiddenSize: C, vocabSize: V } = this.config;
     const k = this.#candidateK(candidateCount);
-    this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#finalNorm, first * C, count, k));
+    this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#ops.finalNorm, first * C, count, k));
     const candidates = await this.#readCandidates(count, k);
     const logits = withLogits
       ? await Promise.all(Array.from({ length: count }, (_, r) => readF32(this.#gpu, this.#buf.logits, V, r * V)))
@@ -833,9 +671,9 @@ export class Transformer {
     const { hiddenSize: C, vocabSize: V } = this.config;
     const pass = encoder.beginComputePass();
     norm.encode(pass, { rows: count, cols: C, xOffset });
-    this.#lmHead.encode(pass, { M: count });
-    this.#logitSoftcap?.encode(pass, { count: count * V });
-    this.#topK.encode(pass, { rows: count, cols: V, k });
+    this.#ops.lmHead.encode(pass, { M: count });
+    this.#ops.logitSoftcap?.encode(pass, { count: count * V });
+    this.#ops.topK.encode(pass, { rows: count, cols: V, k });
     pass.end();
     encoder.copyBufferToBuffer(this.#buf.topValues, 0, this.#readback, 0, count * k * 4);
     encoder.copyBufferToBuffer(this.#buf.topIds, 0, this.#readback, count * k * 4, count * k * 4);
@@ -880,7 +718,7 @@ export class Transformer {
   destroy(): void {
     this.#recorded = undefined;
     this.#readback.destroy();
-    this.#topK.destroy();
+    this.#ops.topK.destroy();
     this.#arena.destroy();
   }
 }
@@ -888,15 +726,4 @@ export class Transformer {
 /** Where a step of `rows` rows keeps each of its inputs in the inputs buffer (u32 elements). */
 function inputOffsets(rows: number): { ids: number; positions: number; kvMeta: number; attnMeta: number } {
   return { ids: 0, positions: rows, kvMeta: 2 * rows, attnMeta: 4 * rows };
-}
-
-/** RoPE inverse frequencies, with GGUF's per-frequency divisors applied when the file has them. */
-function inverseFrequencies(rope: NonNullable<ModelConfig['rope']>): Float32Array {
-  const inv = ropeInverseFrequencies(rope.dims, rope.theta, rope.scaling);
-  const factors = rope.frequencyFactors;
-  if (factors) {
-    if (factors.length !== inv.length) throw new ShapeError(`rope_freqs has ${factors.length} entries, expected ${inv.length}`);
-    for (let i = 0; i < inv.length; i++) inv[i] /= factors[i];
-  }
-  return inv;
 }

@@ -1,0 +1,233 @@
+// What the forward pass runs, built once at load over the uploaded weights and the activation
+// buffers: the embedding, each layer's kernels (LayerOps), the final norm, the LM head and top-k.
+// models/transformer.ts owns the buffers and records the steps; this module only wires kernels to
+// them, one plain branch per architecture difference (see transformer.ts for the list and legend).
+import type { Gpu } from '../src/gpu/device.ts';
+import type { BufferArena } from '../src/gpu/buffers.ts';
+import { ShapeError } from '../src/errors.ts';
+import { Elementwise } from '../kernels/elementwise.ts';
+import { Embed } from '../kernels/embed.ts';
+import { Linear } from '../kernels/linear.ts';
+import { Norm } from '../kernels/norm.ts';
+import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
+import { DecodeAttention, KvWrite, PrefillAttention } from '../kernels/attention.ts';
+import { TopK } from '../kernels/sample.ts';
+import type { ChunkedWeight } from '../kernels/weights.ts';
+import type { MatvecFusion } from '../kernels/matvec.ts';
+import { tunedMatvecOptions, type MatvecTunings } from '../kernels/autotune.ts';
+import { layerWindow, type ModelConfig } from './config.ts';
+import type { ModelSource } from './source.ts';
+import type { KvCache } from './kv-cache.ts';
+
+/**
+ * The activation buffers of one step, of up to `rows` rows (StepSizes). `inputs` holds a step's per-row
+ * inputs as four u32 arrays laid end to end from element 0: token ids, positions, KV-write metadata
+ * (slot, position) and, for decode, attention metadata (slot, kv_len).
+ */
+export type StepBuffers = Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
+
+/** The sizes the kernels are built for. */
+export interface StepSizes {
+  /** Most rows in a step: max(prefillChunk, slots). */
+  rows: number;
+  /** Rows of logits the head computes per submit. */
+  logitRows: number;
+  slots: number;
+  capacity: number;
+  /** Pieces of a batched prefill step: one prefill attention op each, per layer. */
+  maxPieces: number;
+  matvecTunings?: MatvecTunings;
+}
+
+export interface LayerOps {
+  /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
+  attnNorm: Norm;
+  qkv: Linear[];
+  /**
+   * RoPE models: RoPE of q and k and the KV write in one kernel (Qwen3, Gemma 3: after the RMSNorm of
+   * each query and key head, in the same kernel); learned positions: the KV write.
+   */
+  ropeKvWrite?: RopeKvWrite;
+  kvWrite?: KvWrite;
+  /** Sliding window of this layer's attention in keys, the query's own included (0 = unlimited). */
+  window: number;
+  /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
+  prefill: PrefillAttention[];
+  decode: DecodeAttention;
+  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection; with post-norms, h = attn · Woᵀ. */
+  attnOut: Linear;
+  /** Gemma: x2 = x + RMSNorm(h), the attention output normalised before the residual add. */
+  attnPostNorm?: Norm;
+  /** Runs only before matmul-sized MLP projections, as attnNorm. */
+  mlpNorm: Norm;
+  /**
+   * The MLP's input projections: one [gate; up] weight with interleaved rows (SwiGLU, gate and up of
+   * one dtype), up alone (GELU), or gate and up apart (SwiGLU over mixed dtypes).
+   */
+  gateUp?: Linear;
+  gate?: Linear;
+  up?: Linear;
+  /** The activation, where the projection has not fused it: after matmul-sized runs, or always when `gate` is apart. */
+  act: Elementwise;
+  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection; with post-norms, h = act · Wdownᵀ. */
+  down: Linear;
+  /** Gemma: x = x2 + RMSNorm(h), the MLP output normalised before the residual add. */
+  ffnPostNorm?: Norm;
+}
+
+/** Every kernel of the forward pass, in the order a step runs them. */
+export interface ForwardOps {
+  embed: Embed;
+  /** Learned positions (GPT-2): the position rows, and their sum with the token rows. */
+  posEmbed?: Embed;
+  posAdd?: Elementwise;
+  layers: LayerOps[];
+  finalNorm: Norm;
+  /** The final norm over headRows: the last rows of a batched prefill's pieces, gathered. */
+  finalNormGathered: Norm;
+  lmHead: Linear;
+  /** Gemma 2: logits = c tanh(raw / c), from the LM head's raw logits. */
+  logitSoftcap?: Elementwise;
+  topK: TopK;
+}
+
+/** Build every kernel of the forward pass over `weights` (by GGUF tensor name) and the step buffers `b`. */
+export function buildForwardOps(
+  gpu: Gpu,
+  source: ModelSource,
+  weights: Map<string, ChunkedWeight | GPUBuffer>,
+  arena: BufferArena,
+  kv: KvCache,
+  b: StepBuffers,
+  sizes: StepSizes,
+): ForwardOps {
+  const cfg = source.config;
+  const { numHeads: Hq, numKvHeads: Hkv, headDim: D, vocabSize: V } = cfg;
+  const matrix = (name: string) => {
+    const w = weights.get(name);
+    if (!w || !('chunks' in w)) throw new ShapeError(`${source.id}: weight ${name} was not loaded`);
+    return w;
+  };
+  const vector = (name: string) => weights.get(name) as GPUBuffer | undefined;
+  // Learned positions (GPT-2): token rows go to x2, position rows to h, and x = x2 + h.
+  const embed = new Embed(gpu, { table: matrix('token_embd.weight'), ids: b.inputs, output: cfg.rope ? b.x : b.x2 });
+  const positions = cfg.rope
+    ? {}
+    : {
+        posEmbed: new Embed(gpu, { table: matrix('position_embd.weight'), ids: b.inputs, output: b.h }),
+        posAdd: new Elementwise(gpu, 'add', { a: b.x2, b: b.h, out: b.x }),
+      };
+
+  const kvShape = { Hq, Hkv, D, capacity: sizes.capacity, ...kv.pool };
+  const blockTable = kv.blockTable;
+  const decodeScratch = arena.get('decode.scratch', DecodeAttention.scratchBytes({ ...kvShape, maxRows: sizes.slots }));
+  // The head norm runs inside the RoPE kernel (RopeKvWrite), so a model with one needs RoPE.
+  if (cfg.qkNorm && !cfg.rope) throw new ShapeError(`${source.id}: a query/key head norm needs RoPE positions, and this model has none`);
+  const invFreq = cfg.rope ? arena.upload('rope.invFreq', inverseFrequencies(cfg.rope)) : undefined;
+  // Gemma 3's sliding layers rotate with their own base, unscaled.
+  const localInvFreq = cfg.rope?.localTheta !== undefined
+    ? arena.upload('rope.invFreq.local', inverseFrequencies({ theta: cfg.rope.localTheta, dims: cfg.rope.dims }))
+    : undefined;
+  const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
+    new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
+  const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
+    new Linear(gpu, {
+      weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: sizes.rows, fused,
+      matvec: tunedMatvecOptions(sizes.matvecTunings, matrix(`${name}.weight`).dtype, fused?.fusion),
+    });
+  // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
+  const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
+    new Norm(gpu, 'rms', { x: b.h, weight: vector(`${prefix}.weight`)!, out, residual }, { eps: cfg.normEps });
+  // The norm a projection's matvec folds in (reading the raw residual stream, not h).
+  const normFusion = (prefix: string): MatvecFusion['norm'] => ({
+    kind: cfg.norm,
+    weight: vector(`${prefix}.weight`)!,
+    bias: vector(`${prefix}.bias`),
+    eps: cfg.normEps,
+  });
+
+  const layers: LayerOps[] = [];
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const p = `blk.${l}`;
+    const [kCache, vCache] = kv.pools[l];
+    // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
+    // one (GPT-2) or when the loader fused them; else three projections into column slices. Their
+    // matvecs fold in the attention norm, reading x.
+    const attnNorm = { input: b.x, output: b.qkv, fusion: { norm: normFusion(`${p}.attn_norm`) } };
+    const qkv = weights.has(`${p}.attn_qkv.weight`)
+      ? [linear(`${p}.attn_qkv`, b.h, b.qkv, undefined, attnNorm)]
+      : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv, undefined, attnNorm));
+    const mlpNorm = normFusion(`${p}.ffn_norm`);
+    const glu = cfg.mlp === 'geglu' ? 'gelu' : 'silu';
+    const mlp = cfg.mlp === 'gelu'
+      ? { up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'gelu' } }) }
+      : weights.has(`${p}.ffn_gate_up.weight`)
+        ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: glu, glu: true } }) }
+        : {
+            // Gate and up of different dtypes: two projections (the norm folded into each), then SwiGLU.
+            gate: linear(`${p}.ffn_gate`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
+            up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
+          };
+    const act = cfg.mlp === 'gelu'
+      ? new Elementwise(gpu, 'gelu', { a: b.mlp, out: b.act })
+      : mlp.gateUp
+        ? new Elementwise(gpu, cfg.mlp === 'geglu' ? 'geglu_pairs' : 'swiglu_pairs', { a: b.mlp, out: b.act })
+        : new Elementwise(gpu, 'swiglu', { a: b.mlp, b: b.mlp, out: b.act });
+    const window = layerWindow(cfg, l);
+    const post = cfg.postNorms;
+    layers.push({
+      attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
+      qkv,
+      ropeKvWrite: invFreq
+        ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined }, {
+            qkv: b.qkv,
+            rowMeta: b.inputs,
+            invFreq: window > 0 && localInvFreq ? localInvFreq : invFreq,
+            kCache,
+            vCache,
+            blockTable,
+            headNormWeight: cfg.qkNorm ? vector(`${p}.attn_qk_norm.weight`) : undefined,
+          })
+        : undefined,
+      kvWrite: invFreq ? undefined : new KvWrite(gpu, kvShape, { k: b.qkv, v: b.qkv, rowMeta: b.inputs, kCache, vCache, blockTable }),
+      window,
+      prefill: Array.from({ length: sizes.maxPieces }, () =>
+        new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn }, { softcap: cfg.attnLogitSoftcap })),
+      decode: new DecodeAttention(gpu, { ...kvShape, maxRows: sizes.slots, softcap: cfg.attnLogitSoftcap }, {
+        q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
+      }),
+      // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
+      attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),
+      attnPostNorm: post ? postNorm(`${p}.post_attention_norm`, b.x, b.x2) : undefined,
+      mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
+      ...mlp,
+      act,
+      down: post ? linear(`${p}.ffn_down`, b.act, b.h) : linear(`${p}.ffn_down`, b.act, b.x, b.x2),
+      ffnPostNorm: post ? postNorm(`${p}.post_ffw_norm`, b.x2, b.x) : undefined,
+    });
+  }
+  const finalNorm = norm('output_norm', b.x, b.h);
+  const finalNormGathered = norm('output_norm', b.headRows, b.h);
+  const head = weights.has('output.weight') ? matrix('output.weight') : matrix('token_embd.weight');
+  // With a final soft-cap the head writes raw logits to their own buffer and the cap writes b.logits
+  // (a kernel may not read and write one buffer through two bindings).
+  const rawLogits = cfg.finalLogitSoftcap !== undefined ? arena.get('logits.raw', sizes.logitRows * V * 4) : b.logits;
+  const lmHead = new Linear(gpu, {
+    weight: head, bias: vector('output.bias'), input: b.h, output: rawLogits, maxRows: sizes.logitRows,
+    matvec: tunedMatvecOptions(sizes.matvecTunings, head.dtype),
+  });
+  const logitSoftcap = cfg.finalLogitSoftcap !== undefined ? new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap) : undefined;
+  const topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: sizes.logitRows, maxCols: V });
+  return { embed, ...positions, layers, finalNorm, finalNormGathered, lmHead, logitSoftcap, topK };
+}
+
+/** RoPE inverse frequencies, with GGUF's per-frequency divisors applied when the file has them. */
+function inverseFrequencies(rope: NonNullable<ModelConfig['rope']>): Float32Array {
+  const inv = ropeInverseFrequencies(rope.dims, rope.theta, rope.scaling);
+  const factors = rope.frequencyFactors;
+  if (factors) {
+    if (factors.length !== inv.length) throw new ShapeError(`rope_freqs has ${factors.length} entries, expected ${inv.length}`);
+    for (let i = 0; i < inv.length; i++) inv[i] /= factors[i];
+  }
+  return inv;
+}
