@@ -53,6 +53,9 @@ try {
   if (llamaCpp) {
     const version = JSON.parse(execFileSync('node', ['-p', 'JSON.stringify(require("./bench/llama-cpp/package.json").dependencies)'], { cwd: ROOT, encoding: 'utf8' }))['node-llama-cpp'];
     run('npm', ['install', '--no-save', '--omit=optional', '--no-audit', '--no-fund', `@node-llama-cpp/linux-x64@${version}`, `@node-llama-cpp/linux-x64-${llamaCpp}@${version}`], join(kit, 'bench', 'llama-cpp'));
+    // llama.cpp's sources as a git bundle (34 MB), for building from source: the bench loads the
+    // prebuilt binaries only (build: 'never'), and with it the kit is over its budget.
+    rmSync(join(kit, 'bench', 'llama-cpp', 'node_modules', 'node-llama-cpp', 'llama', 'gitRelease.bundle'));
   }
 
   copyFileSync(join(ROOT, 'bench', 'kit', 'run.sh'), join(kit, 'run.sh'));
