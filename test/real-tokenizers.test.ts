@@ -66,6 +66,11 @@ for (const name of NAMES) {
           for (const skip of [true, false]) {
             expect(ours.decode(ids, skip), `decode ${JSON.stringify(text)} skip=${skip}`).toBe(ids.length === 0 ? '' : ref.decode(ids, { skip_special_tokens: skip }));
           }
+          // One token at a time, as a generation decodes its tokens and logprob alternatives (cached
+          // by id and skip flag): each id under both flags, twice, special tokens included.
+          for (const id of new Set(ids)) {
+            for (const skip of [false, true, false, true]) expect(ours.decode([id], skip), `token ${id} skip=${skip}`).toBe(ref.decode([id], { skip_special_tokens: skip }));
+          }
         }
       }
     });
