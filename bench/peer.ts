@@ -51,11 +51,19 @@ export async function benchPeer(ggufPath: string, preset: BenchPreset, progress:
   } catch (err) {
     return { stack: `llama.cpp (${wanted})`, skipped: `llama.cpp has no prebuilt binary for this machine (${(err as Error).message.split('\n')[0]})` };
   }
-  // With gpu 'auto', node-llama-cpp falls back to its CPU build when no GPU build loads: say which ran.
-  const backend = llama.gpu === false ? 'CPU' : llama.gpu;
-  const stack = `llama.cpp (node-llama-cpp ${await mod.getModuleVersion()}, ${backend})`;
-  if (options.gpu && llama.gpu === false) progress('peer: no llama.cpp GPU build loaded; the peer runs on the CPU');
   const model = await llama.loadModel({ modelPath: ggufPath, gpuLayers: options.gpu ? 'max' : 0 });
+  // Say where it ran. With gpu 'auto', node-llama-cpp falls back to its CPU build when no GPU build
+  // loads; a GPU build that loads may still see no device (llama.cpp's Vulkan backend passes over
+  // CPU devices such as lavapipe) and offload no layer, and then the CPU runs the model.
+  const devices = llama.gpu === false ? [] : await llama.getGpuDeviceNames();
+  const layers = `${model.gpuLayers} of ${model.fileInsights.totalLayers} layers`;
+  const backend = llama.gpu === false
+    ? 'CPU'
+    : model.gpuLayers === 0
+      ? `CPU: its ${llama.gpu} build offloaded no layer (${devices.length === 0 ? 'no GPU device found' : devices.join(', ')})`
+      : `${llama.gpu}: ${devices.join(', ') || 'unnamed device'}, ${layers} offloaded`;
+  const stack = `llama.cpp (node-llama-cpp ${await mod.getModuleVersion()}, ${backend})`;
+  if (options.gpu && (llama.gpu === false || model.gpuLayers === 0)) progress(`peer: llama.cpp runs on the CPU (${backend})`);
   const longest = Math.max(...e.promptTokens);
   const context = await model.createContext({
     contextSize: Math.ceil((longest + e.decodeTokens + 32) / 256) * 256,

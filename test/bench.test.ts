@@ -14,6 +14,8 @@ import type { E2eReport } from '../bench/e2e.ts';
 import { MEMORY_SHAPES, PRESETS } from '../bench/presets.ts';
 import { memoryReport } from '../bench/memory.ts';
 import { memoryShapes, shapeList } from '../bench/run.ts';
+import { benchPeer } from '../bench/peer.ts';
+import { writeTinyLlamaGguf } from './support/tiny-models.ts';
 import { estimateActivationBytes } from '../models/memory-plan.ts';
 import type { BenchReport } from '../bench/report.ts';
 import type { RooflineResult } from '../bench/roofline.ts';
@@ -362,5 +364,24 @@ describe('memory report (exact arithmetic)', () => {
     expect(() => shapeList('model,gpt-5')).toThrow(/--shapes takes a comma-separated list .*\(got "gpt-5"\)/);
     expect(memoryShapes(undefined).map((s) => s.name)).toEqual([MEMORY_SHAPES['llama-3-8b'].name, MEMORY_SHAPES['qwen3-8b'].name]);
     expect(memoryShapes('model,qwen3-8b').map((s) => s.name)).toEqual([MEMORY_SHAPES['qwen3-8b'].name]);
+  });
+});
+
+// llama.cpp on the same GGUF: the peer section names where llama.cpp ran. Asked for its GPU build,
+// it may get the CPU build (no GPU build installed) or a GPU build that finds no GPU device and
+// offloads no layer (llama.cpp's Vulkan backend passes over lavapipe); either way the CPU ran it,
+// and the report must say so rather than name the build.
+describe('peer: llama.cpp on the same GGUF', () => {
+  it('runs prompt processing and decode, and says where it ran', async () => {
+    const path = join(dir, 'peer.gguf');
+    writeTinyLlamaGguf(path, { dtype: 'q8_0' });
+    const peer = await benchPeer(path, PRESETS.test, undefined, { gpu: true });
+    if ('skipped' in peer) throw new Error(`llama.cpp was skipped: ${peer.skipped}`);
+    expect(peer.device).toMatch(/^CPU(: its \w+ build offloaded no layer \(.+\))?$|^\w+: .+, [1-9]\d* of \d+ layers offloaded$/);
+    expect(peer.stack).toContain(peer.device);
+    expect(peer.prompt.map((p) => p.tokens)).toEqual(PRESETS.test.e2e.promptTokens);
+    for (const p of peer.prompt) positive(p.tokensPerS, `peer prompt ${p.tokens}`);
+    expect(peer.decode.tokens).toBeGreaterThan(0);
+    positive(peer.decode.tokensPerS, 'peer decode');
   });
 });
