@@ -9,11 +9,12 @@
 // comes after. Steps are timed twice: recorded on the call (recordNext off: all of a step's host
 // work lies between two GPU steps), then as the engine runs them, each recorded while the GPU ran the
 // step before (DecodeOptions.recordNext): what lies between two GPU steps is then the inputs' upload
-// and the submit, and the recording of the next step follows the submit, beside the GPU's work. Counting: a separate step runs with queue.writeBuffer and the compute pass's
-// dispatchWorkgroups wrapped by counters (installed here only, and removed after), so the timed
-// steps carry no counting. That step's pass commands are also recorded, then replayed as bare calls
-// (the same pipelines, bind groups and grids, none of this runtime's code in between): the replay's
-// time is what Dawn itself costs for those commands, the floor under ms_per_step.
+// and the submit, and the recording of the next step follows the submit, beside the GPU's work.
+// Counting: a separate step runs with queue.writeBuffer and the compute pass's dispatchWorkgroups
+// wrapped by counters (installed here only, and removed after), so the timed steps carry no
+// counting. That step's pass commands are also recorded, then replayed as bare calls (the same
+// pipelines, bind groups and grids, none of this runtime's code in between): the replay's time is
+// what Dawn itself costs for those commands, the floor under ms_per_step.
 import type { Gpu } from '../src/gpu/device.ts';
 import { randomLlamaSource } from '../models/source.ts';
 import { TINY_CONFIG } from '../models/tiny.ts';
