@@ -22,7 +22,8 @@ import { timeSample } from '../src/gpu/timing.ts';
 import { ShapeError } from '../src/errors.ts';
 import { MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecOptions } from './matvec.ts';
 import { hasPackedDot, type MatvecActivations, type Tier } from './tiers.ts';
-import { BLOCK_COLUMNS, isQuantDtype, planeWords, uploadWeight, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
+import { BLOCK_COLUMNS, isQuantDtype, planeWords, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
+import { uploadWeight } from './weights-upload.ts';
 
 /** One matvec variant: what Matvec's options say. */
 export interface MatvecTuning {

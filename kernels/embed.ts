@@ -8,7 +8,8 @@ import { UniformLayout } from '../src/gpu/uniforms.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
 import { ShapeError } from '../src/errors.ts';
-import { asChunked, weightBindings, weightShader, type ChunkedWeight, type PackedWeight } from './weights.ts';
+import { weightBindings, weightShader, type PackedWeight } from './weights.ts';
+import { asChunked, type ChunkedWeight } from './weights-upload.ts';
 
 export const EmbedParams = new UniformLayout('Params', [
   ['count', 'u32'],

@@ -8,7 +8,8 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
 import { Matmul, checkProjectionBuffers, projectionValues, type MatmulOptions, type MatmulRun } from './matmul.ts';
 import { MATVEC_MAX_ROWS, Matvec, matvecValues, type MatvecFusion, type MatvecOptions } from './matvec.ts';
-import { asChunked, type ChunkedWeight, type PackedWeight } from './weights.ts';
+import type { PackedWeight } from './weights.ts';
+import { asChunked, type ChunkedWeight } from './weights-upload.ts';
 
 export interface LinearConfig {
   /** (N, K) weight, uploaded whole or in row chunks. */

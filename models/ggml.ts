@@ -6,7 +6,9 @@
 // would write.
 // All multi-byte values are little-endian, as GGUF stores them; every JS engine this runs on is too.
 
-import { dequantize, f16BitsToF32, f32ToF16Bits, ggufBytes, packGguf, packWeight, type QuantDtype } from '../kernels/weights.ts';
+import { f16BitsToF32, f32ToF16Bits, ggufBytes, packGguf, type QuantDtype } from '../kernels/weights.ts';
+import { packWeight } from '../kernels/weights-quantize.ts';
+import { dequantize } from '../kernels/weights-reference.ts';
 
 /** ggml_type ids (ggml.h). Ids 4, 5 and 31..33, 36..38 were removed from ggml and are unknown here. */
 export const GgmlType = {

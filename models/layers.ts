@@ -12,7 +12,7 @@ import { Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention } from '../kernels/attention.ts';
 import { TopK } from '../kernels/sample.ts';
-import type { ChunkedWeight } from '../kernels/weights.ts';
+import type { ChunkedWeight } from '../kernels/weights-upload.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
 import { tunedMatvecOptions, type MatvecTunings } from '../kernels/autotune.ts';
 import { layerWindow, type ModelConfig } from './config.ts';

@@ -19,7 +19,9 @@ import {
 import { Matvec } from '../kernels/matvec.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { hasPackedDot } from '../kernels/tiers.ts';
-import { dequantize, packWeight, uploadWeight } from '../kernels/weights.ts';
+import { packWeight } from '../kernels/weights-quantize.ts';
+import { dequantize } from '../kernels/weights-reference.ts';
+import { uploadWeight } from '../kernels/weights-upload.ts';
 import { Transformer } from '../models/transformer.ts';
 import { openModelSource } from '../models/source.ts';
 import { configFromHf } from '../models/config.ts';

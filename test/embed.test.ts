@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { Embed } from '../kernels/embed.ts';
 import { runPass } from '../kernels/dispatch.ts';
-import { dequantize, packWeight, planeWords, uploadWeight, uploadWeightChunks, WEIGHT_DTYPES, type ChunkedWeight, type WeightDtype } from '../kernels/weights.ts';
+import { planeWords, WEIGHT_DTYPES, type WeightDtype } from '../kernels/weights.ts';
+import { packWeight } from '../kernels/weights-quantize.ts';
+import { dequantize } from '../kernels/weights-reference.ts';
+import { uploadWeight, uploadWeightChunks, type ChunkedWeight } from '../kernels/weights-upload.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';

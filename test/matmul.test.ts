@@ -3,7 +3,8 @@ import { F16_TIER_REL_L2, Matmul, type MatmulOptions } from '../kernels/matmul.t
 import { kernelTiers, type Tier } from '../kernels/tiers.ts';
 import type { Gpu } from '../src/gpu/device.ts';
 import { runPass } from '../kernels/dispatch.ts';
-import { packWeight, uploadWeight } from '../kernels/weights.ts';
+import { packWeight } from '../kernels/weights-quantize.ts';
+import { uploadWeight } from '../kernels/weights-upload.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, readF32, useGpu } from './support/gpu.ts';
 import { compare, expectClose, randomF32, type Comparison } from './support/reference.ts';

@@ -3,7 +3,9 @@ import { MATVEC_MAX_ROWS, Matvec, defaultMatvecWorkgroupSize, defaultSubgroupMat
 import { kernelTiers, type Tier } from '../kernels/tiers.ts';
 import type { Gpu } from '../src/gpu/device.ts';
 import { runPass } from '../kernels/dispatch.ts';
-import { dequantize, packWeight, uploadWeight } from '../kernels/weights.ts';
+import { packWeight } from '../kernels/weights-quantize.ts';
+import { dequantize } from '../kernels/weights-reference.ts';
+import { uploadWeight } from '../kernels/weights-upload.ts';
 import { ShapeError } from '../src/errors.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { expectClose, randomF32 } from './support/reference.ts';

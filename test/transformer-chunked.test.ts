@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../src/gpu/device.ts';
-import { chunkRows } from '../kernels/weights.ts';
+import { chunkRows } from '../kernels/weights-upload.ts';
 import { Transformer, type TransformerOptions } from '../models/transformer.ts';
 import { embeddedSource, type ModelSource } from '../models/source.ts';
 import { openGgufSource } from '../models/gguf-source.ts';

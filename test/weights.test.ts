@@ -3,27 +3,10 @@
 // against ggml's dequantize_row_* transcribed here), plane layout, and the binding-size refusal.
 // No GPU needed.
 import { describe, expect, it } from 'vitest';
-import {
-  checkWeightFits,
-  chunkRows,
-  dequantize,
-  f16BitsToF32,
-  f32ToF16Bits,
-  ggufBytes,
-  packF16,
-  packF32,
-  packGguf,
-  packWeight,
-  planeWords,
-  quantizeQ4_0,
-  quantizeQ4_1,
-  quantizeQ5_0,
-  quantizeQ5_1,
-  quantizeQ8_0,
-  sliceWeightRows,
-  type HostWeight,
-  type WeightDtype,
-} from '../kernels/weights.ts';
+import { f16BitsToF32, f32ToF16Bits, ggufBytes, packF16, packF32, packGguf, planeWords, sliceWeightRows, type HostWeight, type WeightDtype } from '../kernels/weights.ts';
+import { packWeight, quantizeQ4_0, quantizeQ4_1, quantizeQ5_0, quantizeQ5_1, quantizeQ8_0 } from '../kernels/weights-quantize.ts';
+import { dequantize } from '../kernels/weights-reference.ts';
+import { checkWeightFits, chunkRows } from '../kernels/weights-upload.ts';
 import { ShapeError } from '../src/errors.ts';
 import { compare, randomF32, rng } from './support/reference.ts';
 import { handQ2KBlock, handQ3KBlock, handQ4KBlock, handQ5KBlock, handQ6KBlock, randomKQuantBytes, randomWeight } from './support/kquants.ts';

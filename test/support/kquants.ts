@@ -3,17 +3,8 @@
 // and scale bytes and a finite f16 super-block scale, and use the dequantised blocks as the exact
 // weights. randomWeight gives any dtype: these for the K-quants, ggml's reference quantisers of
 // random floats for the others.
-import {
-  f32ToF16Bits,
-  GGUF_BLOCK_BYTES,
-  isKQuantDtype,
-  K_QUANT_BLOCK,
-  packGguf,
-  packWeight,
-  type HostWeight,
-  type KQuantDtype,
-  type WeightDtype,
-} from '../../kernels/weights.ts';
+import { f32ToF16Bits, GGUF_BLOCK_BYTES, isKQuantDtype, K_QUANT_BLOCK, packGguf, type HostWeight, type KQuantDtype, type WeightDtype } from '../../kernels/weights.ts';
+import { packWeight } from '../../kernels/weights-quantize.ts';
 import { randomF32, rng } from './reference.ts';
 
 export type { KQuantDtype };

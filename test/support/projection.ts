@@ -3,7 +3,9 @@
 // whole output region (written cells against the reference, stride gaps still NaN). Input and
 // residual elements outside their logical rows are NaN, so a kernel reading the wrong place fails.
 import type { Gpu } from '../../src/gpu/device.ts';
-import { dequantize, uploadWeight, type PackedWeight, type WeightDtype } from '../../kernels/weights.ts';
+import type { PackedWeight, WeightDtype } from '../../kernels/weights.ts';
+import { dequantize } from '../../kernels/weights-reference.ts';
+import { uploadWeight } from '../../kernels/weights-upload.ts';
 import type { MatmulRun } from '../../kernels/matmul.ts';
 import { createStorage, poisoned, readF32 } from './gpu.ts';
 import { randomWeight } from './kquants.ts';
