@@ -10,7 +10,8 @@
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
 // the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp). A
-// decode step records the next one while the GPU runs it (DecodeOptions.recordNext), so that the
+// decode step records the next one while the GPU runs it (DecodeOptions.recordNext), and a prefill
+// step the decode step after it when told its shape (PrefillBatchOptions.nextDecode), so that the
 // host's recording time overlaps the GPU's work instead of adding to it.
 // Decode-sized steps (at most 8 rows, the matvec's) run each layer as six steps: norm + q/k/v
 // projection, RoPE + KV write, attention, o-projection + residual, norm + gate/up + activation,
@@ -118,6 +119,24 @@ export interface DecodeOptions {
   recordNext?: boolean;
 }
 
+/** The shape of a decode step: what its recording depends on (see Transformer.#recorded). */
+export interface DecodeShape {
+  rows: number;
+  /** Keys the longest row attends to: its position + 1. */
+  maxLen: number;
+  /** Candidates taken per row. */
+  candidates: number;
+}
+
+export interface PrefillBatchOptions {
+  /**
+   * After submitting, record the decode step of this shape while the GPU runs the prefill, for the
+   * decode() that follows (the engine's turn: a prefill step, then a decode step of the sequences
+   * decoding and those whose prompt this step completes).
+   */
+  nextDecode?: DecodeShape;
+}
+
 export interface DecodeRow {
   slot: number;
   token: number;
@@ -161,7 +180,8 @@ export class Transformer {
   readonly #inputs: Uint32Array<ArrayBuffer>;
   readonly #uniforms: UniformArena;
   /**
-   * The next decode step, recorded while the GPU ran the last one (DecodeOptions.recordNext). A
+   * The next decode step, recorded while the GPU ran the last step (DecodeOptions.recordNext,
+   * PrefillBatchOptions.nextDecode). A
    * decode step's commands depend only on its row count, its longest row and the candidates taken
    * (everything per row is in the inputs buffer, uploaded at submit), so this is its key. Its
    * kernels' uniforms sit in the arena's CPU copy until the submit uploads them: any other
@@ -359,13 +379,15 @@ export class Transformer {
    * together, in the same submit. Returns, per piece, the candidates for the token after its last
    * one (undefined where it asked for none).
    */
-  async prefillBatch(pieces: PrefillPiece[]): Promise<Array<RowCandidates | undefined>> {
+  async prefillBatch(pieces: PrefillPiece[], options: PrefillBatchOptions = {}): Promise<Array<RowCandidates | undefined>> {
     const firstRows = this.#checkPieces(pieces);
+    const next = options.nextDecode && this.#checkDecodeShape(options.nextDecode);
     const C = this.config.hiddenSize;
     const wanted = pieces.flatMap((p, i) => ((p.candidates ?? 0) > 0 ? [i] : []));
     const result: Array<RowCandidates | undefined> = pieces.map(() => undefined);
     if (wanted.length === 0) {
       this.#submit('prefill', (encoder) => this.#encodePrefill(encoder, pieces, firstRows));
+      if (next) this.#recordAhead(next.rows, next.maxLen, next.k);
       await this.#gpu.sync();
       return result;
     }
@@ -380,6 +402,7 @@ export class Transformer {
       });
       this.#encodeHead(encoder, this.#ops.finalNormGathered, 0, wanted.length, k);
     });
+    if (next) this.#recordAhead(next.rows, next.maxLen, next.k);
     const candidates = await this.#readCandidates(wanted.length, k);
     wanted.forEach((p, i) => {
       const n = Math.min(pieces[p].candidates!, V);
@@ -575,6 +598,15 @@ export class Transformer {
       throw err;
     }
     this.#gpu.device.queue.submit([commands]);
+  }
+
+  /** A decode shape given ahead, checked as decode() checks its rows; with its top-k size. */
+  #checkDecodeShape({ rows, maxLen, candidates }: DecodeShape): { rows: number; maxLen: number; k: number } {
+    if (!Number.isSafeInteger(rows) || rows < 1 || rows > this.options.slots) throw new ShapeError(`decode batch of ${rows} rows (1..${this.options.slots} allowed)`);
+    if (!Number.isSafeInteger(maxLen) || maxLen < 1 || maxLen > this.options.capacity) {
+      throw new ShapeError(`decode maxLen must be an integer in [1, ${this.options.capacity}] (got ${maxLen})`);
+    }
+    return { rows, maxLen, k: this.#candidateK(candidates) };
   }
 
   /** The top-k size for a requested candidate count (checked), capped by the vocabulary. */

@@ -34,9 +34,9 @@ describe('engine (tiny-random-llama)', () => {
   it('greedy generation is deterministic and reports usage and timing', async () => {
     const recordedBefore = engine.model.decodeStepsRecordedAhead;
     const a = await run({ prompt: 'Hello, world!', maxTokens: 12, temperature: 0 });
-    // The first token comes from the prefill; each decode step after the first was recorded while
-    // the GPU ran the step before it.
-    expect(engine.model.decodeStepsRecordedAhead - recordedBefore).toBe(a.summary.completionTokens - 2);
+    // The first token comes from the prefill, and every decode step after it was recorded while the
+    // GPU ran the step before: the first by the prefill step, the others by the decode step before them.
+    expect(engine.model.decodeStepsRecordedAhead - recordedBefore).toBe(a.summary.completionTokens - 1);
     const b = await run({ prompt: 'Hello, world!', maxTokens: 12, temperature: 0 });
     expect(a.tokens.map((t) => t.tokenId)).toEqual(b.tokens.map((t) => t.tokenId));
     expect(a.summary.promptTokens).toBe(engine.tokenizer.encode('Hello, world!').length);

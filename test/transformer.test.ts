@@ -245,8 +245,8 @@ describe('batched prefill (prefillBatch) vs one piece at a time', () => {
 // Decode records its next step while the GPU runs the current one (DecodeOptions.recordNext). The
 // recording depends only on the step's shape (rows, longest row, candidates), so any decode of that
 // shape may submit it, whichever slots and tokens it carries; anything else recorded in between
-// (a prefill, a step of another shape) drops it. Every step must come out bit for bit as when
-// recorded on the call.
+// (a prefill, a step of another shape) drops it; a prefill step may record the decode step after it.
+// Every step must come out bit for bit as when recorded on the call.
 describe('decode steps recorded ahead', () => {
   it('match steps recorded on the call, across slots, shapes and a prefill in between', async () => {
     const source = embeddedSource();
@@ -283,6 +283,17 @@ describe('decode steps recorded ahead', () => {
         rows.forEach((row) => expect(Array.from(row.logits)).toEqual(Array.from(want[p - PROMPT].logits)));
       }
       expect(model.decodeStepsRecordedAhead - before).toBe(2);
+      // A prefill step records the decode step after it when told its shape (here slots 1 and 2 at
+      // the last position again), and refuses a shape no decode step could have.
+      const last = tokens.length - 1;
+      const prompt3 = [{ slot: 3, tokens: tokens.slice(0, 4), start: 0, candidates: 8 }];
+      await expect(model.prefillBatch(prompt3, { nextDecode: { rows: 5, maxLen: 4, candidates: 8 } })).rejects.toThrow(/1\.\.4 allowed/);
+      await expect(model.prefillBatch(prompt3, { nextDecode: { rows: 1, maxLen: 25, candidates: 8 } })).rejects.toThrow(/maxLen must be an integer in \[1, 24\]/);
+      await model.prefillBatch(prompt3, { nextDecode: { rows: 2, maxLen: last + 1, candidates: 8 } });
+      const afterPrefill = model.decodeStepsRecordedAhead;
+      const again = await model.decode([{ slot: 1, token: tokens[last], position: last }, { slot: 2, token: tokens[last], position: last }], 8);
+      expect(model.decodeStepsRecordedAhead - afterPrefill).toBe(1);
+      again.forEach((row) => expect(Array.from(row.logits)).toEqual(Array.from(want[last - PROMPT].logits)));
       // At the capacity there is no next step to record, and nothing breaks for the lack of it.
       await model.prefill(3, tokens.slice(0, 13), 0, { candidates: 0 });
       for (let p = 13; p < 24; p++) await model.decode([{ slot: 3, token: tokens[p % tokens.length], position: p }], 1);

@@ -19,7 +19,7 @@
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
-import { Transformer, type PrefillPiece, type TransformerOptions } from '../../models/transformer.ts';
+import { Transformer, type DecodeShape, type PrefillPiece, type TransformerOptions } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { KV_BLOCK_TOKENS } from '../../kernels/attention.ts';
 import { estimateActivationBytes, estimateWeightBytes, fmtBytes, gpuMemoryBytes, parseGpuMemory, planKvPool, type GpuMemory, type KvDtype, type KvPoolPlan } from '../../models/memory-plan.ts';
@@ -420,7 +420,7 @@ export class Engine implements TextGenerator {
     // Every admitted prompt waiting on a writer that is itself waiting cannot happen (writers are
     // admitted first and never wait on later sequences), but a turn must not run an empty step.
     if (batch.length === 0) return false;
-    const candidates = await this.model.prefillBatch(batch.map((b) => b.piece));
+    const candidates = await this.model.prefillBatch(batch.map((b) => b.piece), { nextDecode: this.#decodeAfter(batch) });
     batch.forEach(({ seq, piece, last }, i) => {
       this.#kv.wrote(seq.kv!, piece.start + piece.tokens.length);
       this.#promptTokensComputed += piece.tokens.length;
@@ -431,6 +431,24 @@ export class Engine implements TextGenerator {
       }
     });
     return true;
+  }
+
+  /**
+   * The decode step that follows a prefill step of `batch` in the same turn: the sequences decoding
+   * now and those whose prompt the step completes (unless that first token is their last), each at
+   * its next position. The prefill records it while the GPU runs (PrefillBatchOptions.nextDecode);
+   * a joining sequence that samples its end there makes it another shape, and it is recorded again.
+   */
+  #decodeAfter(batch: Array<{ seq: Sequence; last: boolean }>): DecodeShape | undefined {
+    const joining = batch.filter(({ seq, last }) => last && seq.maxTokens > 1).map(({ seq }) => seq);
+    const rows = this.#active.length + joining.length;
+    if (rows === 0) return undefined;
+    let maxLen = 0;
+    for (const seq of this.#active) maxLen = Math.max(maxLen, seq.kv!.written + 1);
+    for (const seq of joining) maxLen = Math.max(maxLen, seq.promptIds.length + 1);
+    let candidates = 1;
+    for (const seq of [...this.#active, ...joining]) candidates = Math.max(candidates, candidatesNeeded(seq));
+    return { rows, maxLen, candidates };
   }
 
   /**
