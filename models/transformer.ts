@@ -181,11 +181,10 @@ export class Transformer {
   readonly #uniforms: UniformArena;
   /**
    * The next decode step, recorded while the GPU ran the last step (DecodeOptions.recordNext,
-   * PrefillBatchOptions.nextDecode). A
-   * decode step's commands depend only on its row count, its longest row and the candidates taken
-   * (everything per row is in the inputs buffer, uploaded at submit), so this is its key. Its
-   * kernels' uniforms sit in the arena's CPU copy until the submit uploads them: any other
-   * recording on this model drops it first (#dropRecorded).
+   * PrefillBatchOptions.nextDecode). A decode step's commands depend only on its row count, its
+   * longest row and the candidates taken (everything per row is in the inputs buffer, uploaded at
+   * submit), so this is its key. Its kernels' uniforms sit in the arena's CPU copy until the submit
+   * uploads them: any other recording on this model drops it first (#dropRecorded).
    */
   #recorded?: { commands: GPUCommandBuffer; rows: number; maxLen: number; k: number };
   /** Decode steps submitted from a recording made ahead (#recorded), since load. */
