@@ -503,8 +503,7 @@ export class Transformer {
    * most likely next tokens (fewer is cheaper: greedy decoding needs one).
    */
   async decode(rows: DecodeRow[], candidates = TOPK_MAX_K, options: DecodeOptions = {}): Promise<RowCandidates[]> {
-    const B = rows.length;
-    if (B === 0 || B > this.options.slots) throw new ShapeError(`decode batch of ${B} rows (1..${this.options.slots} allowed)`);
+    const B = this.#checkDecodeRows(rows.length);
     const k = this.#candidateK(candidates);
     const inputs = this.#inputs;
     const at = inputOffsets(B);
@@ -599,9 +598,15 @@ export class Transformer {
     this.#gpu.device.queue.submit([commands]);
   }
 
+  /** A decode step's row count, checked: 1..slots. */
+  #checkDecodeRows(rows: number): number {
+    if (!Number.isSafeInteger(rows) || rows < 1 || rows > this.options.slots) throw new ShapeError(`decode batch of ${rows} rows (1..${this.options.slots} allowed)`);
+    return rows;
+  }
+
   /** A decode shape given ahead, checked as decode() checks its rows; with its top-k size. */
   #checkDecodeShape({ rows, maxLen, candidates }: DecodeShape): { rows: number; maxLen: number; k: number } {
-    if (!Number.isSafeInteger(rows) || rows < 1 || rows > this.options.slots) throw new ShapeError(`decode batch of ${rows} rows (1..${this.options.slots} allowed)`);
+    this.#checkDecodeRows(rows);
     if (!Number.isSafeInteger(maxLen) || maxLen < 1 || maxLen > this.options.capacity) {
       throw new ShapeError(`decode maxLen must be an integer in [1, ${this.options.capacity}] (got ${maxLen})`);
     }
