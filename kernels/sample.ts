@@ -260,3 +260,91 @@ export class TopK {
     for (const buffer of this.#scratch) buffer.destroy();
   }
 }
+
+export const PickParams = new UniformLayout('Params', [
+  ['rows', 'u32'],
+  ['k', 'u32'],
+  ['sampling_offset', 'u32'],
+  ['picked_offset', 'u32'],
+] as const);
+
+/** u32 words of one row's sampling parameters in PickBuffers.sampling (see writeRowSampling). */
+export const ROW_SAMPLING_WORDS = 5;
+
+/** How one row's next token is picked from its candidates (the CPU sampler's parameters, without the repetition penalty). */
+export interface RowSampling {
+  /** 0: greedy (the first candidate). */
+  temperature: number;
+  /** Keep the first topK candidates (0: all). */
+  topK: number;
+  /** Keep the shortest prefix whose probability reaches topP (1: off). */
+  topP: number;
+  /** Keep candidates with probability >= minP * p(best) (0: off). */
+  minP: number;
+  /** The draw, uniform in [0, 1) (ignored when greedy). */
+  uniform: number;
+}
+
+/** Write `rows`' sampling parameters at word `offset` of `words` (ROW_SAMPLING_WORDS a row), as PickToken reads them. */
+export function writeRowSampling(words: Uint32Array, offset: number, rows: readonly RowSampling[]): void {
+  const floats = new Float32Array(words.buffer, words.byteOffset, words.length);
+  rows.forEach((row, r) => {
+    const at = offset + ROW_SAMPLING_WORDS * r;
+    floats[at] = row.temperature;
+    words[at + 1] = row.topK;
+    floats[at + 2] = row.topP;
+    floats[at + 3] = row.minP;
+    floats[at + 4] = row.uniform;
+  });
+}
+
+export interface PickBuffers {
+  /** (M, k) f32: each row's candidate logits, best first (TopK's values). */
+  values: GPUBuffer;
+  /** (M, k) u32: their token ids (TopK's indices). */
+  indices: GPUBuffer;
+  /** u32 words: each row's RowSampling (writeRowSampling). */
+  sampling: GPUBuffer;
+  /** (M) u32 result: each row's picked token id. */
+  picked: GPUBuffer;
+}
+
+export interface PickRun {
+  rows: number;
+  /** Candidates per row in values / indices (1..TOPK_MAX_K), from element 0. */
+  k: number;
+  samplingOffset?: number;
+  pickedOffset?: number;
+}
+
+/**
+ * picked[r] = the token row r's sampling parameters pick from its top-k candidates, on the GPU, so
+ * that the next decode step can take it as its input without the host in between
+ * (shaders/sample_pick.wgsl). One invocation per row.
+ */
+export class PickToken {
+  readonly #buffers: PickBuffers;
+  readonly #dispatch: Dispatch<(typeof PickParams.fields)[number][0]>;
+
+  constructor(gpu: Gpu, buffers: PickBuffers) {
+    this.#buffers = buffers;
+    this.#dispatch = new Dispatch(gpu, { name: 'sample_pick', variant: '', code: composeShader('sample_pick.wgsl'), entryPoint: 'pick', constants: {} }, PickParams, [
+      buffers.values,
+      buffers.indices,
+      buffers.sampling,
+      buffers.picked,
+    ]);
+  }
+
+  encode(pass: GPUComputePassEncoder, run: PickRun): void {
+    const { rows, k, samplingOffset = 0, pickedOffset = 0 } = run;
+    const label = 'pick';
+    checkShape(label, { rows, k, samplingOffset, pickedOffset }, ['samplingOffset', 'pickedOffset']);
+    if (k > TOPK_MAX_K) throw new ShapeError(`${label}: k ${k} exceeds ${TOPK_MAX_K}`);
+    checkFits(label, 'values', this.#buffers.values, 0, rows * k);
+    checkFits(label, 'indices', this.#buffers.indices, 0, rows * k);
+    checkFits(label, 'sampling', this.#buffers.sampling, samplingOffset, rows * ROW_SAMPLING_WORDS);
+    checkFits(label, 'picked', this.#buffers.picked, pickedOffset, rows);
+    this.#dispatch.encode(pass, { rows, k, sampling_offset: samplingOffset, picked_offset: pickedOffset }, Math.ceil(rows / 64));
+  }
+}

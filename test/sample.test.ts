@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Argmax, TopK, TOPK_MAX_K } from '../kernels/sample.ts';
+import { Argmax, PickToken, ROW_SAMPLING_WORDS, TopK, TOPK_MAX_K, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
+import { pickSorted } from '../src/engine/sampler.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { readU32 } from '../src/gpu/buffers.ts';
 import { ShapeError } from '../src/errors.ts';
@@ -176,5 +177,98 @@ describe('topk', () => {
     expect(() => new TopK(gpu(), { logits, values, indices }, { maxRows: 1, maxCols: 10, maxK: 65 })).toThrow(ShapeError);
     expect(() => new TopK(gpu(), { logits, values, indices }, { maxRows: 1, maxCols: 10, chunk: 1 << 16 })).toThrow(/workgroup memory/);
     op.destroy();
+  });
+});
+
+describe('pick (the GPU sampler)', () => {
+  /** The CPU sampler's choice (float64), as an index into the row. */
+  const reference = (row: Float32Array, p: RowSampling) => (p.temperature > 0 ? pickSorted(row, p, p.uniform) : 0);
+
+  /**
+   * Rows of k candidates sorted as TopK leaves them (ties: lower id first), each picked under one
+   * of the parameter sets validators send, on the GPU and by the CPU sampler's code.
+   */
+  async function checkPick(rows: number, k: number, seed: number) {
+    const next = rng(seed);
+    const values = new Float32Array(rows * k);
+    const ids = new Uint32Array(rows * k);
+    for (let r = 0; r < rows; r++) {
+      // Peaked rows (a clear favourite) and flat ones (many plausible tokens), a few exact ties.
+      const spread = r % 2 === 0 ? 6 : 1.5;
+      const row = Array.from({ length: k }, () => Math.round(next() * spread * 64) / 64).sort((a, b) => b - a);
+      row.forEach((v, j) => {
+        values[r * k + j] = v;
+        ids[r * k + j] = 1000 * r + 7 * j + 3;
+      });
+    }
+    const presets: Array<Omit<RowSampling, 'uniform'>> = [
+      { temperature: 0, topK: 0, topP: 1, minP: 0 },
+      { temperature: 0.7, topK: 50, topP: 0.95, minP: 0 },
+      { temperature: 1, topK: 0, topP: 1, minP: 0 },
+      { temperature: 1.3, topK: 0, topP: 1, minP: 0.05 },
+      { temperature: 0.2, topK: 5, topP: 0.5, minP: 0.1 },
+      { temperature: 2, topK: 1, topP: 1, minP: 0 },
+      { temperature: 1, topK: 0, topP: 0.01, minP: 0 },
+      { temperature: 100, topK: 0, topP: 1, minP: 0 },
+      { temperature: 1, topK: 0, topP: 1, minP: 0.5 },
+    ];
+    // Every third draw is the largest the host makes: it takes the last candidate the filters keep.
+    const sampling = Array.from({ length: rows }, (_, r) => ({ ...presets[r % presets.length], uniform: r % 3 === 0 ? 1 - 2 ** -32 : next() }));
+    const samplingOffset = 3;
+    const words = new Uint32Array(samplingOffset + rows * ROW_SAMPLING_WORDS);
+    writeRowSampling(words, samplingOffset, sampling);
+    const pickedOffset = 2;
+    const picked = poisonedU32(pickedOffset + rows + 1);
+    const op = new PickToken(gpu(), {
+      values: createStorage(gpu(), 'values', values),
+      indices: createStorage(gpu(), 'ids', ids),
+      sampling: createStorage(gpu(), 'sampling', words),
+      picked,
+    });
+    await runPass(gpu(), (pass) => op.encode(pass, { rows, k, samplingOffset, pickedOffset }));
+    const got = await readU32(gpu(), picked, pickedOffset + rows + 1);
+    expect([got[0], got[pickedOffset - 1], got[pickedOffset + rows]]).toEqual(Array(3).fill(0xdeadbeef));
+    let nearBoundaries = 0;
+    for (let r = 0; r < rows; r++) {
+      const row = values.subarray(r * k, (r + 1) * k);
+      const p = sampling[r];
+      const want = ids[r * k + reference(row, p)];
+      const gotId = got[pickedOffset + r];
+      if (gotId === want) continue;
+      // f32 on the GPU, f64 here: a different pick is only allowed where the draw or a filter sits
+      // within rounding of a boundary, so that nudging it by 1e-5 gives the GPU's choice.
+      const eps = 1e-5;
+      const nudged = [{ uniform: p.uniform - eps }, { uniform: p.uniform + eps }, { topP: p.topP - eps }, { topP: p.topP + eps }, { minP: p.minP + eps }, { minP: Math.max(0, p.minP - eps) }];
+      expect(nudged.map((n) => ids[r * k + reference(row, { ...p, ...n })]), `row ${r} (${JSON.stringify(p)}): GPU picked ${gotId}, CPU ${want}`).toContain(gotId);
+      nearBoundaries++;
+    }
+    expect(nearBoundaries).toBeLessThanOrEqual(Math.ceil(rows / 100));
+  }
+
+  it('k = 1, 37 and 64 over many rows and every kind of parameters', async () => {
+    await checkPick(5, 1, 1);
+    await checkPick(203, 37, 2);
+    await checkPick(131, TOPK_MAX_K, 3);
+  });
+
+  it('draws in proportion to the kept weights (a flat row, 4000 draws)', async () => {
+    // Four candidates with weights 4 : 3 : 2 : 1 at T = 1; top_p 0.75 keeps the first three (0.4 + 0.3 + 0.2 >= 0.75).
+    const rows = 4000;
+    const logits = [Math.log(4), Math.log(3), Math.log(2), 0];
+    const values = Float32Array.from({ length: rows * 4 }, (_, i) => logits[i % 4]);
+    const ids = Uint32Array.from({ length: rows * 4 }, (_, i) => i % 4);
+    const next = rng(9);
+    const words = new Uint32Array(rows * ROW_SAMPLING_WORDS);
+    writeRowSampling(words, 0, Array.from({ length: rows }, () => ({ temperature: 1, topK: 0, topP: 0.75, minP: 0, uniform: next() })));
+    const picked = poisonedU32(rows);
+    const op = new PickToken(gpu(), { values: createStorage(gpu(), 'values', values), indices: createStorage(gpu(), 'ids', ids), sampling: createStorage(gpu(), 'sampling', words), picked });
+    await runPass(gpu(), (pass) => op.encode(pass, { rows, k: 4 }));
+    const counts = [0, 0, 0, 0];
+    for (const id of await readU32(gpu(), picked, rows)) counts[id]++;
+    expect(counts[3]).toBe(0);
+    [4 / 9, 3 / 9, 2 / 9].forEach((share, i) => expect(Math.abs(counts[i] / rows - share), `candidate ${i}: ${counts[i]}`).toBeLessThan(0.03));
+    const pass = {} as GPUComputePassEncoder; // never reached: validation throws first
+    expect(() => op.encode(pass, { rows, k: 4, samplingOffset: 1 })).toThrow(/sampling needs/);
+    expect(() => op.encode(pass, { rows: 1, k: 65 })).toThrow(ShapeError);
   });
 });

@@ -9,6 +9,7 @@
 // temperature 1, no penalties): that is what validators recompute and compare against.
 import { xoroshiro128plus, type RandomGenerator } from 'pure-rand';
 import { OptionError } from '../errors.ts';
+import type { RowSampling } from '../../kernels/sample.ts';
 
 /** How many candidates the GPU hands to the sampler per sequence and step (top-k's maximum). */
 export const CANDIDATES = 64;
@@ -94,7 +95,7 @@ export class Sampler {
     const { ids, logits, logSumExp } = candidates;
     const n = ids.length;
     if (n === 0) throw new OptionError('sampler got no candidates');
-    const { temperature, topK, topP, minP, repetitionPenalty } = this.params;
+    const { temperature, repetitionPenalty } = this.params;
 
     // Scores after the repetition penalty, ordered best first.
     const order = Array.from({ length: n }, (_, i) => i);
@@ -104,45 +105,67 @@ export class Sampler {
     });
     order.sort((a, b) => scores[b] - scores[a] || ids[a] - ids[b]);
 
-    let chosen = order[0];
-    if (temperature > 0) {
-      let kept = order.slice(0, topK > 0 ? Math.min(topK, n) : n);
-      const best = scores[kept[0]];
-      let weights = kept.map((i) => Math.exp((scores[i] - best) / temperature));
-      let total = weights.reduce((a, b) => a + b, 0);
-      if (minP > 0) {
-        const keep = weights.map((w) => w / total >= minP * (weights[0] / total));
-        kept = kept.filter((_, j) => keep[j]);
-        weights = weights.filter((_, j) => keep[j]);
-        total = weights.reduce((a, b) => a + b, 0);
-      }
-      if (topP < 1) {
-        let cumulative = 0;
-        let cut = weights.length;
-        for (let j = 0; j < weights.length; j++) {
-          cumulative += weights[j] / total;
-          if (cumulative >= topP) {
-            cut = j + 1;
-            break;
-          }
-        }
-        kept = kept.slice(0, cut);
-        weights = weights.slice(0, cut);
-        total = weights.reduce((a, b) => a + b, 0);
-      }
-      let r = this.#uniform() * total;
-      chosen = kept[kept.length - 1];
-      for (let j = 0; j < kept.length; j++) {
-        r -= weights[j];
-        if (r < 0) {
-          chosen = kept[j];
-          break;
-        }
+    const chosen = order[temperature > 0 ? pickSorted(order.map((i) => scores[i]), this.params, this.#uniform()) : 0];
+    return this.take(candidates, chosen, topLogprobs);
+  }
+
+  /** Whether the GPU can pick this sampler's tokens (PickToken): everything but the repetition penalty, which needs the history. */
+  get picksOnGpu(): boolean {
+    return this.params.repetitionPenalty === 1;
+  }
+
+  /**
+   * The parameters for the GPU to pick this sampler's next token (picksOnGpu), with the draw
+   * sample() would make for it: the generator moves on exactly as if the CPU had sampled.
+   */
+  nextGpuPick(): RowSampling {
+    const { temperature, topK, topP, minP } = this.params;
+    return { temperature, topK, topP, minP, uniform: temperature > 0 ? this.#uniform() : 0 };
+  }
+
+  /** The sampled token for candidate `index` (chosen here or on the GPU), with its logprob and the top alternatives. */
+  take(candidates: Candidates, index: number, topLogprobs = 0): SampledToken {
+    const { ids, logits, logSumExp } = candidates;
+    const top: SampledToken['top'] = [];
+    for (let i = 0; i < Math.min(topLogprobs, ids.length); i++) top.push({ tokenId: ids[i], logprob: logits[i] - logSumExp });
+    return { tokenId: ids[index], logprob: logits[index] - logSumExp, top };
+  }
+}
+
+/**
+ * The sampler's pick among scores sorted best first, at temperature > 0: weights
+ * exp((score - best) / T) over the first topK, then min_p, then the top_p nucleus, and `uniform`
+ * (in [0, 1)) walks their cumulative sum. Returns the index into `sorted`. The GPU's PickToken
+ * (shaders/sample_pick.wgsl) does the same in f32.
+ */
+export function pickSorted(sorted: ArrayLike<number>, params: Pick<RowSampling, 'temperature' | 'topK' | 'topP' | 'minP'>, uniform: number): number {
+  const { temperature, topK, topP, minP } = params;
+  const n = topK > 0 ? Math.min(topK, sorted.length) : sorted.length;
+  let weights = Array.from({ length: n }, (_, j) => Math.exp((sorted[j] - sorted[0]) / temperature));
+  let total = weights.reduce((a, b) => a + b, 0);
+  if (minP > 0) {
+    // The weights fall along the list, so the kept ones are a prefix.
+    const kept = weights.findIndex((w) => w / total < minP * (weights[0] / total));
+    if (kept >= 0) weights = weights.slice(0, kept);
+    total = weights.reduce((a, b) => a + b, 0);
+  }
+  if (topP < 1) {
+    let cumulative = 0;
+    let cut = weights.length;
+    for (let j = 0; j < weights.length; j++) {
+      cumulative += weights[j] / total;
+      if (cumulative >= topP) {
+        cut = j + 1;
+        break;
       }
     }
-
-    const top: SampledToken['top'] = [];
-    for (let i = 0; i < Math.min(topLogprobs, n); i++) top.push({ tokenId: ids[i], logprob: logits[i] - logSumExp });
-    return { tokenId: ids[chosen], logprob: logits[chosen] - logSumExp, top };
+    weights = weights.slice(0, cut);
+    total = weights.reduce((a, b) => a + b, 0);
   }
+  let r = uniform * total;
+  for (let j = 0; j < weights.length; j++) {
+    r -= weights[j];
+    if (r < 0) return j;
+  }
+  return weights.length - 1;
 }
