@@ -11,7 +11,7 @@ import { Linear } from '../kernels/linear.ts';
 import { Norm } from '../kernels/norm.ts';
 import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention } from '../kernels/attention.ts';
-import { TopK } from '../kernels/sample.ts';
+import { PickToken, TopK } from '../kernels/sample.ts';
 import type { ChunkedWeight } from '../kernels/weights-upload.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
 import { tunedMatvecOptions, type MatvecTunings } from '../kernels/autotune.ts';
@@ -21,10 +21,11 @@ import type { KvCache } from './kv-cache.ts';
 
 /**
  * The activation buffers of one step, of up to `rows` rows (StepSizes). `inputs` holds a step's per-row
- * inputs as four u32 arrays laid end to end from element 0: token ids, positions, KV-write metadata
- * (slot, position) and, for decode, attention metadata (slot, kv_len).
+ * inputs as u32 arrays laid end to end from element 0: token ids, positions, KV-write metadata
+ * (slot, position) and, for decode, attention metadata (slot, kv_len) and the GPU sampler's
+ * parameters (RowSampling); `picked` the tokens the GPU sampler picked.
  */
-export type StepBuffers = Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'headRows', GPUBuffer>;
+export type StepBuffers = Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'picked' | 'headRows', GPUBuffer>;
 
 /** The sizes the kernels are built for. */
 export interface StepSizes {
@@ -89,6 +90,8 @@ export interface ForwardOps {
   /** Gemma 2: logits = c tanh(raw / c), from the LM head's raw logits. */
   logitSoftcap?: Elementwise;
   topK: TopK;
+  /** The GPU sampler: each row's pick among topK's candidates, by its parameters in `inputs`. */
+  pick: PickToken;
 }
 
 /** Build every kernel of the forward pass over `weights` (by GGUF tensor name) and the step buffers `b`. */
@@ -218,7 +221,8 @@ export function buildForwardOps(
   });
   const logitSoftcap = cfg.finalLogitSoftcap !== undefined ? new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap) : undefined;
   const topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: sizes.logitRows, maxCols: V });
-  return { embed, ...positions, layers, finalNorm, finalNormGathered, lmHead, logitSoftcap, topK };
+  const pick = new PickToken(gpu, { values: b.topValues, indices: b.topIds, sampling: b.inputs, picked: b.picked });
+  return { embed, ...positions, layers, finalNorm, finalNormGathered, lmHead, logitSoftcap, topK, pick };
 }
 
 /** RoPE inverse frequencies, with GGUF's per-frequency divisors applied when the file has them. */

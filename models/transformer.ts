@@ -37,7 +37,7 @@ import { UniformArena } from '../src/gpu/uniforms.ts';
 import { ShapeError } from '../src/errors.ts';
 import type { Norm } from '../kernels/norm.ts';
 import { KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
-import { TOPK_MAX_K } from '../kernels/sample.ts';
+import { ROW_SAMPLING_WORDS, TOPK_MAX_K, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
 import type { HostWeight } from '../kernels/weights.ts';
 import { uploadWeightChunks, type ChunkedWeight } from '../kernels/weights-upload.ts';
 import { autotuneMatvecs, autotuneSetting, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
@@ -87,6 +87,8 @@ export interface RowCandidates {
   ids: Uint32Array;
   logits: Float32Array;
   logSumExp: number;
+  /** Index in `ids` of the token the GPU picked (DecodeOptions.sample). */
+  picked?: number;
 }
 
 export interface PrefillOptions {
@@ -117,6 +119,21 @@ export interface DecodeOptions {
    * recording would be thrown away.
    */
   recordNext?: boolean;
+  /**
+   * Also pick each row's next token on the GPU from its candidates (one RowSampling per row), so
+   * that the next step can take it as its input (tokensFromPicks); each row's RowCandidates.picked
+   * says which candidate it was.
+   */
+  sample?: RowSampling[];
+  /**
+   * The rows' tokens are those the last submitted step picked on the GPU for the same rows (a
+   * decode step with `sample`, of the same slots in the same order, each one position earlier):
+   * this step can be submitted before that one's candidates are read back, so that the GPU always
+   * has the next step queued. The rows' `token` is not read.
+   */
+  tokensFromPicks?: boolean;
+  /** With recordNext and sample: record the next step as taking its tokens from this one's picks. */
+  nextTokensFromPicks?: boolean;
 }
 
 /** The shape of a decode step: what its recording depends on (see Transformer.#recorded). */
@@ -126,6 +143,17 @@ export interface DecodeShape {
   maxLen: number;
   /** Candidates taken per row. */
   candidates: number;
+  /** Whether the step picks tokens on the GPU (DecodeOptions.sample). */
+  sample?: boolean;
+}
+
+/** A decode step's shape as recorded: what its commands depend on. */
+interface StepShape {
+  rows: number;
+  maxLen: number;
+  k: number;
+  sample: boolean;
+  tokensFromPicks: boolean;
 }
 
 export interface PrefillBatchOptions {
@@ -139,6 +167,7 @@ export interface PrefillBatchOptions {
 
 export interface DecodeRow {
   slot: number;
+  /** Not read with DecodeOptions.tokensFromPicks. */
   token: number;
   /** Position of `token` in its sequence (= tokens already in the slot's cache). */
   position: number;
@@ -167,9 +196,19 @@ export class Transformer {
   readonly #gpu: Gpu;
   readonly #arena: BufferArena;
   readonly #maxRows: number;
-  /** The step buffers; a step of R rows keeps its inputs at 0, R, 2R and 4R in `inputs` (see inputOffsets). */
+  /** The step buffers; a step of R rows keeps its inputs at 0, R, 2R, 4R and 6R in `inputs` (see inputOffsets). */
   readonly #buf: StepBuffers;
-  readonly #readback: GPUBuffer;
+  /**
+   * Where steps copy their candidates for the host, used in turn: a step copies into one while the
+   * host may still be mapping the other (two decode steps in flight, DecodeOptions.tokensFromPicks).
+   */
+  readonly #readbacks: [GPUBuffer, GPUBuffer];
+  /** Index in #readbacks of the buffer the last submitted step copied into. */
+  #lastReadback = 1;
+  /** Readback buffers submitted and not yet read back. */
+  readonly #reading = new Set<GPUBuffer>();
+  /** The rows of the last submitted step if it picked tokens on the GPU: the rows a step with tokensFromPicks must follow. */
+  #picks?: { slots: number[]; positions: number[] };
   /** The kernels of the forward pass (models/layers.ts). */
   readonly #ops: ForwardOps;
   readonly #maxPieces: number;
@@ -186,7 +225,7 @@ export class Transformer {
    * submit), so this is its key. Its kernels' uniforms sit in the arena's CPU copy until the submit
    * uploads them: any other recording on this model drops it first (#dropRecorded).
    */
-  #recorded?: { commands: GPUCommandBuffer; rows: number; maxLen: number; k: number };
+  #recorded?: { commands: GPUCommandBuffer; shape: StepShape; readback: GPUBuffer };
   /** Decode steps submitted from a recording made ahead (#recorded), since load. */
   #decodeStepsRecordedAhead = 0;
 
@@ -206,8 +245,8 @@ export class Transformer {
     this.#maxPieces = Math.min(options.maxPrefillPieces ?? 8, options.slots);
     this.#uniforms = UniformArena.of(gpu.device);
     // Prefill: ids, positions and KV-write metadata of up to prefillChunk rows (4 words a row);
-    // decode: those and the attention metadata of up to `slots` rows (6 words a row).
-    this.#inputs = new Uint32Array(Math.max(4 * options.prefillChunk, 6 * options.slots));
+    // decode: those, the attention metadata and the GPU sampler's parameters of up to `slots` rows.
+    this.#inputs = new Uint32Array(Math.max(4 * options.prefillChunk, (6 + ROW_SAMPLING_WORDS) * options.slots));
     const f32 = (name: string, elements: number) => arena.get(name, elements * 4);
     const kv = new KvCache(gpu, arena, { ...cfg, slots: options.slots, capacity: options.capacity, kvBlocks: options.kvBlocks, dtype: options.kvDtype });
     this.#kv = kv;
@@ -226,13 +265,16 @@ export class Transformer {
       topValues: f32('topValues', this.#logitRows * TOPK_MAX_K),
       topIds: f32('topIds', this.#logitRows * TOPK_MAX_K),
       lse: f32('lse', this.#logitRows),
+      picked: f32('picked', this.#logitRows),
       headRows: f32('headRows', this.#logitRows * C),
     };
-    this.#readback = gpu.device.createBuffer({
-      label: 'candidates.readback',
-      size: this.#logitRows * (2 * TOPK_MAX_K + 1) * 4,
+    // Per row: the top k values and ids, the log-sum-exp and the GPU's pick.
+    const readback = (i: number) => gpu.device.createBuffer({
+      label: `candidates.readback.${i}`,
+      size: this.#logitRows * (2 * TOPK_MAX_K + 2) * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
+    this.#readbacks = [readback(0), readback(1)];
 
     this.#ops = buildForwardOps(gpu, source, weights, arena, kv, this.#buf, {
       rows: R, logitRows: this.#logitRows, slots: options.slots, capacity: options.capacity, maxPieces: this.#maxPieces, matvecTunings: options.matvecTunings,
@@ -386,23 +428,23 @@ export class Transformer {
     const result: Array<RowCandidates | undefined> = pieces.map(() => undefined);
     if (wanted.length === 0) {
       this.#submit('prefill', (encoder) => this.#encodePrefill(encoder, pieces, firstRows));
-      if (next) this.#recordAhead(next.rows, next.maxLen, next.k);
+      if (next) this.#recordAhead(next);
       await this.#gpu.sync();
       return result;
     }
     const V = this.config.vocabSize;
     const k = Math.min(Math.max(...wanted.map((p) => pieces[p].candidates!)), V);
-    this.#submit('prefill', (encoder) => {
+    const read = this.#submitWithHead('prefill', wanted.length, k, false, (encoder, readback) => {
       this.#encodePrefill(encoder, pieces, firstRows);
       // Gather each wanted piece's last row of x into consecutive rows of headRows.
       wanted.forEach((p, i) => {
         const row = firstRows[p] + pieces[p].tokens.length - 1;
         encoder.copyBufferToBuffer(this.#buf.x, row * C * 4, this.#buf.headRows, i * C * 4, C * 4);
       });
-      this.#encodeHead(encoder, this.#ops.finalNormGathered, 0, wanted.length, k);
+      this.#encodeHead(encoder, this.#ops.finalNormGathered, 0, wanted.length, k, readback);
     });
-    if (next) this.#recordAhead(next.rows, next.maxLen, next.k);
-    const candidates = await this.#readCandidates(wanted.length, k);
+    if (next) this.#recordAhead(next);
+    const candidates = await read;
     wanted.forEach((p, i) => {
       const n = Math.min(pieces[p].candidates!, V);
       const c = candidates[i];
@@ -500,19 +542,25 @@ export class Transformer {
 
   /**
    * One decoding step for a batch of sequences, one token each. Returns each row's `candidates`
-   * most likely next tokens (fewer is cheaper: greedy decoding needs one).
+   * most likely next tokens (fewer is cheaper: greedy decoding needs one). The step is submitted
+   * before the returned promise settles, so a caller may submit the next step (tokensFromPicks)
+   * before it reads this one's candidates: at most two steps are in flight.
    */
   async decode(rows: DecodeRow[], candidates = TOPK_MAX_K, options: DecodeOptions = {}): Promise<RowCandidates[]> {
     const B = this.#checkDecodeRows(rows.length);
     const k = this.#candidateK(candidates);
+    const { sample, tokensFromPicks = false } = options;
+    if (sample && sample.length !== B) throw new ShapeError(`decode: ${sample.length} rows of sampling parameters for ${B} rows`);
+    if (tokensFromPicks) this.#checkFollowsPicks(rows);
+    this.#checkReadbackFree(this.#nextReadback);
     const inputs = this.#inputs;
     const at = inputOffsets(B);
     let maxLen = 0;
     for (let r = 0; r < B; r++) {
       const { slot, token, position } = rows[r];
       this.#checkSlot(slot, position + 1);
-      this.#checkToken(token);
-      inputs[at.ids + r] = token;
+      if (!tokensFromPicks) this.#checkToken(token);
+      inputs[at.ids + r] = token; // overwritten on the GPU with tokensFromPicks
       inputs[at.positions + r] = position;
       inputs[at.kvMeta + 2 * r] = slot;
       inputs[at.kvMeta + 2 * r + 1] = position;
@@ -520,18 +568,25 @@ export class Transformer {
       inputs[at.attnMeta + 2 * r + 1] = position + 1;
       if (position + 1 > maxLen) maxLen = position + 1;
     }
-    this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, at.attnMeta + 2 * B);
+    if (sample) writeRowSampling(inputs, at.sampling, sample);
+    this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, sample ? at.sampling + ROW_SAMPLING_WORDS * B : at.attnMeta + 2 * B);
+    const shape: StepShape = { rows: B, maxLen, k, sample: sample !== undefined, tokensFromPicks };
     const recorded = this.#recorded;
-    if (recorded && recorded.rows === B && recorded.maxLen === maxLen && recorded.k === k) {
+    let read: Promise<RowCandidates[]>;
+    if (recorded && sameShape(recorded.shape, shape)) {
       this.#recorded = undefined;
       this.#decodeStepsRecordedAhead++;
       this.#gpu.device.queue.submit([recorded.commands]);
+      read = this.#read(recorded.readback, B, k, shape.sample);
     } else {
-      this.#submit('decode', (encoder) => this.#encodeDecode(encoder, B, maxLen, k));
+      read = this.#submitWithHead('decode', B, k, shape.sample, (encoder, readback) => this.#encodeDecode(encoder, shape, readback));
     }
+    this.#picks = sample ? { slots: rows.map((row) => row.slot), positions: rows.map((row) => row.position) } : undefined;
     // The next step's recording overlaps this one's GPU work; the one after a step at the capacity cannot exist.
-    if ((options.recordNext ?? true) && maxLen < this.options.capacity) this.#recordAhead(B, maxLen + 1, k);
-    return this.#readCandidates(B, k);
+    if ((options.recordNext ?? true) && maxLen < this.options.capacity) {
+      this.#recordAhead({ ...shape, maxLen: maxLen + 1, tokensFromPicks: shape.sample && (options.nextTokensFromPicks ?? false) });
+    }
+    return read;
   }
 
   /** Decode steps submitted from a recording made while the GPU ran the step before, since load. */
@@ -539,30 +594,38 @@ export class Transformer {
     return this.#decodeStepsRecordedAhead;
   }
 
-  /** Layers and head of a decode step of `B` rows whose longest row has `maxLen` keys, in one pass and its readback copies. */
-  #encodeDecode(encoder: GPUCommandEncoder, B: number, maxLen: number, k: number): void {
+  /**
+   * Layers and head of a decode step of this shape, in one pass, and its copies into `readback`
+   * (with tokensFromPicks, first the copy of the last step's picks into the token ids).
+   */
+  #encodeDecode(encoder: GPUCommandEncoder, shape: StepShape, readback: GPUBuffer): void {
+    const { rows: B, maxLen, k } = shape;
     const { numHeads: Hq, headDim: D } = this.config;
-    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: inputOffsets(B).attnMeta, scale: this.#attentionScale };
+    const at = inputOffsets(B);
+    if (shape.tokensFromPicks) encoder.copyBufferToBuffer(this.#buf.picked, 0, this.#buf.inputs, at.ids * 4, B * 4);
+    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta, scale: this.#attentionScale };
     const pass = encoder.beginComputePass();
     this.#encodeLayers(pass, B, (layer) => {
       attention.window = layer.window;
       layer.decode.encode(pass, attention);
     });
     pass.end();
-    this.#encodeHead(encoder, this.#ops.finalNorm, 0, B, k);
+    this.#encodeHead(encoder, this.#ops.finalNorm, 0, B, k, readback, shape.sample ? at.sampling : undefined);
   }
 
   /**
-   * Record the decode step of `B` rows with `maxLen` keys at most, to be submitted by the decode()
-   * call that asks for it. The submit just made uploaded the last step's uniforms, so the values
-   * written now wait in the arena's CPU copy for the next submit. A recording that fails is dropped
-   * quietly: the decode() that needs the step records it again and reports the error there.
+   * Record the decode step of this shape, to be submitted by the decode() call that asks for it,
+   * copying into the readback buffer the last submitted step did not use. The submit just made
+   * uploaded the last step's uniforms, so the values written now wait in the arena's CPU copy for
+   * the next submit. A recording that fails is dropped quietly: the decode() that needs the step
+   * records it again and reports the error there.
    */
-  #recordAhead(B: number, maxLen: number, k: number): void {
+  #recordAhead(shape: StepShape): void {
     try {
+      const readback = this.#nextReadback;
       const encoder = this.#gpu.device.createCommandEncoder({ label: 'decode' });
-      this.#encodeDecode(encoder, B, maxLen, k);
-      this.#recorded = { commands: encoder.finish(), rows: B, maxLen, k };
+      this.#encodeDecode(encoder, shape, readback);
+      this.#recorded = { commands: encoder.finish(), shape, readback };
     } catch {
       this.#uniforms.abandon();
     }
@@ -586,6 +649,7 @@ export class Transformer {
    */
   #submit(label: string, record: (encoder: GPUCommandEncoder) => void): void {
     this.#dropRecorded();
+    this.#picks = undefined;
     let commands: GPUCommandBuffer;
     try {
       const encoder = this.#gpu.device.createCommandEncoder({ label });
@@ -605,12 +669,27 @@ export class Transformer {
   }
 
   /** A decode shape given ahead, checked as decode() checks its rows; with its top-k size. */
-  #checkDecodeShape({ rows, maxLen, candidates }: DecodeShape): { rows: number; maxLen: number; k: number } {
+  #checkDecodeShape({ rows, maxLen, candidates, sample = false }: DecodeShape): StepShape {
     this.#checkDecodeRows(rows);
     if (!Number.isSafeInteger(maxLen) || maxLen < 1 || maxLen > this.options.capacity) {
       throw new ShapeError(`decode maxLen must be an integer in [1, ${this.options.capacity}] (got ${maxLen})`);
     }
-    return { rows, maxLen, k: this.#candidateK(candidates) };
+    return { rows, maxLen, k: this.#candidateK(candidates), sample, tokensFromPicks: false };
+  }
+
+  /** Rows whose tokens come from the last step's picks must be that step's rows, one position on. */
+  #checkFollowsPicks(rows: DecodeRow[]): void {
+    const last = this.#picks;
+    if (!last || last.slots.length !== rows.length) {
+      throw new ShapeError(`tokensFromPicks: the last step submitted was not a decode step that picked tokens for ${rows.length} rows`);
+    }
+    rows.forEach(({ slot, position }, r) => {
+      if (slot !== last.slots[r] || position !== last.positions[r] + 1) {
+        throw new ShapeError(
+          `tokensFromPicks: row ${r} (slot ${slot}, position ${position}) does not follow the last step's row (slot ${last.slots[r]}, position ${last.positions[r]})`,
+        );
+      }
+    });
   }
 
   /** The top-k size for a requested candidate count (checked), capped by the vocabulary. */
@@ -691,8 +770,7 @@ export class Transformer {
   async #head(first: number, count: number, withLogits: boolean, candidateCount: number): Promise<{ candidates: RowCandidates[]; logits?: Float32Array[] }> {
     const { hiddenSize: C, vocabSize: V } = this.config;
     const k = this.#candidateK(candidateCount);
-    this.#submit('head', (encoder) => this.#encodeHead(encoder, this.#ops.finalNorm, first * C, count, k));
-    const candidates = await this.#readCandidates(count, k);
+    const candidates = await this.#submitWithHead('head', count, k, false, (encoder, readback) => this.#encodeHead(encoder, this.#ops.finalNorm, first * C, count, k, readback));
     const logits = withLogits
       ? await Promise.all(Array.from({ length: count }, (_, r) => readF32(this.#gpu, this.#buf.logits, V, r * V)))
       : undefined;
@@ -702,35 +780,74 @@ export class Transformer {
 
   /**
    * Record the final norm (`norm`, over `count` rows from element xOffset of its input), LM head and
-   * top-k, then the copies of the top k of each row and the log-sum-exps into the readback buffer.
+   * top-k, with `readback` the copies of the top k of each row and the log-sum-exps into it (and,
+   * with `samplingOffset`, the GPU's pick of each row by the parameters there in `inputs`, and a copy of the picks).
    */
-  #encodeHead(encoder: GPUCommandEncoder, norm: Norm, xOffset: number, count: number, k: number): void {
+  #encodeHead(encoder: GPUCommandEncoder, norm: Norm, xOffset: number, count: number, k: number, readback?: GPUBuffer, samplingOffset?: number): void {
     const { hiddenSize: C, vocabSize: V } = this.config;
     const pass = encoder.beginComputePass();
     norm.encode(pass, { rows: count, cols: C, xOffset });
     this.#ops.lmHead.encode(pass, { M: count });
     this.#ops.logitSoftcap?.encode(pass, { count: count * V });
     this.#ops.topK.encode(pass, { rows: count, cols: V, k });
+    if (samplingOffset !== undefined) this.#ops.pick.encode(pass, { rows: count, k, samplingOffset });
     pass.end();
-    encoder.copyBufferToBuffer(this.#buf.topValues, 0, this.#readback, 0, count * k * 4);
-    encoder.copyBufferToBuffer(this.#buf.topIds, 0, this.#readback, count * k * 4, count * k * 4);
-    encoder.copyBufferToBuffer(this.#buf.lse, 0, this.#readback, 2 * count * k * 4, count * 4);
+    if (!readback) return;
+    encoder.copyBufferToBuffer(this.#buf.topValues, 0, readback, 0, count * k * 4);
+    encoder.copyBufferToBuffer(this.#buf.topIds, 0, readback, count * k * 4, count * k * 4);
+    encoder.copyBufferToBuffer(this.#buf.lse, 0, readback, 2 * count * k * 4, count * 4);
+    if (samplingOffset !== undefined) encoder.copyBufferToBuffer(this.#buf.picked, 0, readback, (2 * count * k + count) * 4, count * 4);
   }
 
-  /** Map the readback buffer once the submitted head has run and split it into rows of candidates. */
-  async #readCandidates(count: number, k: number): Promise<RowCandidates[]> {
-    await this.#readback.mapAsync(GPUMapMode.READ, 0, (2 * count * k + count) * 4);
-    const data = this.#readback.getMappedRange(0, (2 * count * k + count) * 4).slice(0);
-    this.#readback.unmap();
+  /** The readback buffer the next step copies into: the one the last step did not. */
+  get #nextReadback(): GPUBuffer {
+    return this.#readbacks[1 - this.#lastReadback];
+  }
+
+  /** Throw unless `readback` is free: a step's candidates are read back before the step after next is submitted. */
+  #checkReadbackFree(readback: GPUBuffer): void {
+    if (this.#reading.has(readback)) {
+      throw new Error('two steps are already in flight: wait for the older one\'s candidates before submitting another step');
+    }
+  }
+
+  /** Record with `record` a step whose head copies candidates into the next readback buffer, submit it and start reading them back. */
+  #submitWithHead(label: string, count: number, k: number, picked: boolean, record: (encoder: GPUCommandEncoder, readback: GPUBuffer) => void): Promise<RowCandidates[]> {
+    const readback = this.#nextReadback;
+    this.#checkReadbackFree(readback);
+    this.#submit(label, (encoder) => record(encoder, readback));
+    return this.#read(readback, count, k, picked);
+  }
+
+  /**
+   * Called right after submitting a step that copies into `readback`: map it once the step has run
+   * and split it into rows of candidates (with the GPU's picks when `picked`).
+   */
+  async #read(readback: GPUBuffer, count: number, k: number, picked: boolean): Promise<RowCandidates[]> {
+    this.#lastReadback = this.#readbacks.indexOf(readback);
+    this.#reading.add(readback);
+    const words = 2 * count * k + 2 * count;
+    let data: ArrayBuffer;
+    try {
+      await readback.mapAsync(GPUMapMode.READ, 0, words * 4);
+      data = readback.getMappedRange(0, words * 4).slice(0);
+      readback.unmap();
+    } finally {
+      this.#reading.delete(readback);
+    }
     const values = new Float32Array(data, 0, count * k);
     const ids = new Uint32Array(data, count * k * 4, count * k);
     const lse = new Float32Array(data, 2 * count * k * 4, count);
+    const picks = new Uint32Array(data, (2 * count * k + count) * 4, count);
     if (this.#gpu.pendingErrors.length > 0) await this.#gpu.sync();
-    return Array.from({ length: count }, (_, r) => ({
-      ids: ids.slice(r * k, (r + 1) * k),
-      logits: values.slice(r * k, (r + 1) * k),
-      logSumExp: lse[r],
-    }));
+    return Array.from({ length: count }, (_, r) => {
+      const row: RowCandidates = { ids: ids.slice(r * k, (r + 1) * k), logits: values.slice(r * k, (r + 1) * k), logSumExp: lse[r] };
+      if (picked) {
+        row.picked = row.ids.indexOf(picks[r]);
+        if (row.picked < 0) throw new Error(`the GPU picked token ${picks[r]} for row ${r}, which is not among its candidates`);
+      }
+      return row;
+    });
   }
 
   #checkSlot(slot: number, length: number): void {
@@ -754,13 +871,17 @@ export class Transformer {
 
   destroy(): void {
     this.#recorded = undefined;
-    this.#readback.destroy();
+    for (const readback of this.#readbacks) readback.destroy();
     this.#ops.topK.destroy();
     this.#arena.destroy();
   }
 }
 
+function sameShape(a: StepShape, b: StepShape): boolean {
+  return a.rows === b.rows && a.maxLen === b.maxLen && a.k === b.k && a.sample === b.sample && a.tokensFromPicks === b.tokensFromPicks;
+}
+
 /** Where a step of `rows` rows keeps each of its inputs in the inputs buffer (u32 elements). */
-function inputOffsets(rows: number): { ids: number; positions: number; kvMeta: number; attnMeta: number } {
-  return { ids: 0, positions: rows, kvMeta: 2 * rows, attnMeta: 4 * rows };
+function inputOffsets(rows: number): { ids: number; positions: number; kvMeta: number; attnMeta: number; sampling: number } {
+  return { ids: 0, positions: rows, kvMeta: 2 * rows, attnMeta: 4 * rows, sampling: 6 * rows };
 }
