@@ -228,6 +228,8 @@ export class Transformer {
   #recorded?: { commands: GPUCommandBuffer; shape: StepShape; readback: GPUBuffer };
   /** Decode steps submitted from a recording made ahead (#recorded), since load. */
   #decodeStepsRecordedAhead = 0;
+  /** Decode steps that took their tokens from the step before's picks (tokensFromPicks), since load. */
+  #decodeStepsFromPicks = 0;
 
   private constructor(gpu: Gpu, source: ModelSource, options: TransformerOptions, weights: Map<string, ChunkedWeight | GPUBuffer>, arena: BufferArena, digest: string, stats: Transformer['stats']) {
     this.#gpu = gpu;
@@ -582,6 +584,7 @@ export class Transformer {
       read = this.#submitWithHead('decode', B, k, shape.sample, (encoder, readback) => this.#encodeDecode(encoder, shape, readback));
     }
     this.#picks = sample ? { slots: rows.map((row) => row.slot), positions: rows.map((row) => row.position) } : undefined;
+    if (tokensFromPicks) this.#decodeStepsFromPicks++;
     // The next step's recording overlaps this one's GPU work; the one after a step at the capacity cannot exist.
     if ((options.recordNext ?? true) && maxLen < this.options.capacity) {
       this.#recordAhead({ ...shape, maxLen: maxLen + 1, tokensFromPicks: shape.sample && (options.nextTokensFromPicks ?? false) });
@@ -592,6 +595,11 @@ export class Transformer {
   /** Decode steps submitted from a recording made while the GPU ran the step before, since load. */
   get decodeStepsRecordedAhead(): number {
     return this.#decodeStepsRecordedAhead;
+  }
+
+  /** Decode steps that took their tokens from the step before's picks on the GPU (tokensFromPicks), since load. */
+  get decodeStepsFromPicks(): number {
+    return this.#decodeStepsFromPicks;
   }
 
   /**

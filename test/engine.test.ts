@@ -180,6 +180,64 @@ describe('engine (tiny-random-llama)', () => {
   });
 });
 
+describe('decode steps two in flight', () => {
+  async function runOn(e: Engine, request: GenerateRequest) {
+    const tokens: GeneratedToken[] = [];
+    const it = e.generate(request);
+    for (let next = await it.next(); ; next = await it.next()) {
+      if (next.done) return { tokens, summary: next.value };
+      tokens.push(next.value);
+    }
+  }
+  const view = (r: Awaited<ReturnType<typeof runOn>>) => ({
+    tokens: r.tokens.map((t) => [t.tokenId, t.text, t.logprob, t.topLogprobs.map((a) => a.tokenId)]),
+    finish: r.summary.finishReason,
+  });
+
+  it('give what one step at a time gives: greedy, sampled and penalised requests, alone and together', async () => {
+    const oneAtATime = await Engine.load({ gpu, slots: 4, capacity: 96, prefillChunk: 16, prefixCacheMin: 0, overlapDecode: false });
+    try {
+      const greedy = await runOn(oneAtATime, { prompt: 'Stop somewhere', maxTokens: 30, temperature: 0 });
+      const greedyText = greedy.tokens.map((t) => t.text).join('');
+      const stop = greedyText.slice(Math.floor(greedyText.length / 2), Math.floor(greedyText.length / 2) + 2);
+      const requests: GenerateRequest[] = [
+        { prompt: 'Greedy', maxTokens: 20, temperature: 0, logprobs: 2 },
+        { prompt: 'Sampled as validators ask', maxTokens: 24, temperature: 0.7, topP: 0.95, topK: 50, seed: 7, logprobs: 5 },
+        { prompt: 'Min p', maxTokens: 9, temperature: 1.2, minP: 0.05, seed: 8 },
+        { prompt: 'Penalised', maxTokens: 12, temperature: 0.8, repetitionPenalty: 1.3, seed: 9 },
+        { prompt: 'Stop somewhere', maxTokens: 30, temperature: 0, stop: [stop] },
+      ];
+      const alone: Array<ReturnType<typeof view>> = [];
+      for (const request of requests) {
+        const fedBefore = engine.model.decodeStepsFromPicks;
+        const overlapped = await runOn(engine, request);
+        const fed = engine.model.decodeStepsFromPicks - fedBefore;
+        const want = await runOn(oneAtATime, request);
+        expect(view(overlapped), request.prompt as string).toEqual(view(want));
+        alone.push(view(want));
+        // Every step after the first fed on the GPU: the penalty needs the history, so the CPU samples and the host feeds.
+        if (request.repetitionPenalty) expect(fed).toBe(0);
+        else if (want.summary.finishReason === 'length') expect(fed, request.prompt as string).toBe(want.summary.completionTokens - 2);
+        else expect(fed, 'the stop string ends a run of fed steps').toBeGreaterThan(0);
+      }
+      expect(alone[4].finish, 'premise: the stop string ends the generation').toBe('stop');
+      expect(oneAtATime.model.decodeStepsFromPicks).toBe(0);
+      // Together: runs of fed steps end as each sequence ends (a step in flight drops its row) and
+      // start again. The same tokens and text as alone (batched rows sum in another order: logprobs
+      // may move in the last digits).
+      const together = await Promise.all(requests.map((request) => runOn(engine, request)));
+      const text = (v: ReturnType<typeof view>) => ({ tokens: v.tokens.map(([id, piece]) => [id, piece]), finish: v.finish });
+      together.forEach((got, i) => {
+        expect(text(view(got)), requests[i].prompt as string).toEqual(text(alone[i]));
+        got.tokens.forEach((t, j) => expect(Math.abs(t.logprob - (alone[i].tokens[j][2] as number))).toBeLessThan(1e-3));
+      });
+      expect(engine.info()).toMatchObject({ kvBlocksUsed: 0, activeSequences: 0 });
+    } finally {
+      await oneAtATime.close();
+    }
+  });
+});
+
 describe('admission by free KV blocks', () => {
   /** Run `request` on `e`, noting when its first token came (a tick of `clock`). */
   async function timed(e: Engine, request: GenerateRequest, clock: { t: number }, priority = 0) {
@@ -206,10 +264,10 @@ describe('admission by free KV blocks', () => {
       // Watch how many sequences run in each decode step.
       const running: number[] = [];
       const decode = small.model.decode;
-      small.model.decode = (rows, k) => {
-        running.push(rows.length);
+      small.model.decode = (...args) => {
+        running.push(args[0].length);
         expect(small.info().kvBlocksUsed).toBeLessThanOrEqual(8);
-        return decode.call(small.model, rows, k);
+        return decode.apply(small.model, args);
       };
       const clock = { t: 0 };
       let together;

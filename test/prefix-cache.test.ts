@@ -333,9 +333,9 @@ describe('prefix reuse under continuous batching', () => {
       expect(common, 'premise: a common prefix of at least two blocks').toBeGreaterThanOrEqual(2 * B);
       const seen: number[] = [];
       const decode = engine.model.decode;
-      engine.model.decode = (rows, k) => {
+      engine.model.decode = (...args) => {
         seen.push(engine.info().kvBlocksShared!);
-        return decode.call(engine.model, rows, k);
+        return decode.apply(engine.model, args);
       };
       let together;
       try {

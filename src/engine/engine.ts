@@ -19,14 +19,14 @@
 import { acquireGpu, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
-import { Transformer, type DecodeShape, type PrefillPiece, type TransformerOptions } from '../../models/transformer.ts';
+import { Transformer, type DecodeShape, type PrefillPiece, type RowCandidates, type TransformerOptions } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
 import { KV_BLOCK_TOKENS } from '../../kernels/attention.ts';
 import { estimateActivationBytes, estimateWeightBytes, fmtBytes, gpuMemoryBytes, parseGpuMemory, planKvPool, type GpuMemory, type KvDtype, type KvPoolPlan } from '../../models/memory-plan.ts';
 import { KvBlockPool } from './kv-blocks.ts';
 import { KvCache } from './kv-cache.ts';
 import { Sampler, validateSamplingParams } from './sampler.ts';
-import { Channel, acceptToken, candidatesNeeded, type Sequence } from './sequence.ts';
+import { Channel, acceptToken, candidatesNeeded, gpuPick, type Sequence } from './sequence.ts';
 import { TextTokenizer } from './tokenizer.ts';
 import { MAX_LOGPROBS, type ChatMessage, type EngineInfo, type FinishReason, type GenerateOptions, type GenerateRequest, type GeneratedToken, type GenerationSummary, type TextGenerator } from './types.ts';
 
@@ -73,6 +73,12 @@ export interface EngineOptions {
    * unless WEBGPU_MINER_AUTOTUNE=off.
    */
   autotune?: TransformerOptions['autotune'];
+  /**
+   * Submit each decode step of a steady batch before reading the step before it back, its tokens
+   * taken from that step's picks on the GPU (#decodeSteps). Default true; false runs one step at a
+   * time, the host between every two (for comparisons).
+   */
+  overlapDecode?: boolean;
   /** Use this device instead of acquiring one (tests share a device). */
   gpu?: Gpu;
 }
@@ -85,6 +91,7 @@ export class Engine implements TextGenerator {
   readonly gpu: Gpu;
   readonly #ownsGpu: boolean;
   readonly #maxQueue: number;
+  readonly #overlapDecode: boolean;
   readonly #queue: Sequence[] = [];
   /** Admitted, holding a slot and blocks, prompt partly in the KV cache. */
   readonly #prefilling: Sequence[] = [];
@@ -98,11 +105,14 @@ export class Engine implements TextGenerator {
   /** Prompt tokens run through prefill, since load. */
   #promptTokensComputed = 0;
   #order = 0;
+  /** Requests enqueued since load: a run of decode steps ends when one arrives (#decodeSteps). */
+  #arrivals = 0;
   #loop?: Promise<void>;
   #closed = false;
 
-  private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number, prefixCacheMin: number, plan: KvPoolPlan) {
+  private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number, prefixCacheMin: number, plan: KvPoolPlan, overlapDecode: boolean) {
     this.gpu = gpu;
+    this.#overlapDecode = overlapDecode;
     this.#ownsGpu = ownsGpu;
     this.model = model;
     this.tokenizer = tokenizer;
@@ -170,7 +180,7 @@ export class Engine implements TextGenerator {
             `${fmtBytes(plan.weightBytes)} of weights)`,
         );
       }
-      return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256, prefixCacheMin, plan);
+      return new Engine(gpu, !options.gpu, model, tokenizer, options.maxQueue ?? 256, prefixCacheMin, plan, options.overlapDecode ?? true);
     } catch (err) {
       if (!options.gpu) gpu.destroy();
       throw err;
@@ -336,6 +346,7 @@ export class Engine implements TextGenerator {
   }
 
   #enqueue(seq: Sequence): void {
+    this.#arrivals++;
     this.#queue.push(seq);
     this.#queue.sort((a, b) => b.priority - a.priority || a.order - b.order);
     this.#loop ??= this.#run().finally(() => (this.#loop = undefined));
@@ -360,24 +371,7 @@ export class Engine implements TextGenerator {
           }
           this.#retire();
         } while (this.#active.length === 0);
-        if (this.#active.length === 0) continue;
-        // One batched decode step: every decoding sequence feeds its pending token, into a block
-        // its table covers before the step runs.
-        const rows = this.#active.map((seq) => {
-          const kv = seq.kv!;
-          kv.ids.push(seq.pending!);
-          this.#kv.prepare(kv, kv.written + 1);
-          return { slot: kv.slot, token: seq.pending!, position: kv.written };
-        });
-        // The next step is recorded while the GPU runs this one, unless the batch is known to change
-        // before it: a prompt to prefill, or a sequence at its last token. (A queued request could
-        // not be admitted this turn, so it waits for a sequence to end: the same signs.)
-        const recordNext = this.#prefilling.length === 0 && this.#active.every((seq) => seq.completion + 1 < seq.maxTokens);
-        const candidates = await this.model.decode(rows, Math.max(...this.#active.map(candidatesNeeded)), { recordNext });
-        this.#active.forEach((seq, i) => {
-          this.#kv.wrote(seq.kv!, seq.kv!.written + 1);
-          this.#accept(seq, candidates[i]);
-        });
+        if (this.#active.length > 0) await this.#decodeSteps();
       }
     } catch (err) {
       // A GPU failure ends every request in flight with that error; the engine stays usable.
@@ -389,6 +383,71 @@ export class Engine implements TextGenerator {
       }
       this.#kv.forgetCached();
     }
+  }
+
+  /**
+   * Batched decode steps of the sequences decoding now: one step, or a run of them while the batch
+   * stays as it is. Every step picks each row's token on the GPU (PickToken; the CPU samples the
+   * rows whose sampler needs the history), so that in a run step N + 1 takes step N's picks on the
+   * GPU and is submitted before step N is read back: the GPU has the next step queued while the
+   * host reads, emits and records, and never waits for it. A run needs every sampler to pick on the
+   * GPU, and ends (after reading the step still in flight, whose rows of ended sequences are
+   * dropped) once a sequence ends or is cancelled, a request arrives, a prompt waits, or a sequence
+   * is one token from its max_tokens.
+   */
+  async #decodeSteps(): Promise<void> {
+    const batch = [...this.#active];
+    const k = Math.max(...batch.map(candidatesNeeded));
+    const arrivals = this.#arrivals;
+    // Each row feeds its pending token, into a block its table covers before the step runs.
+    const rows = batch.map((seq) => {
+      const kv = seq.kv!;
+      kv.ids.push(seq.pending!);
+      this.#kv.prepare(kv, kv.written + 1);
+      return { slot: kv.slot, token: seq.pending!, position: kv.written };
+    });
+    let feed = this.#canFeed(batch, arrivals, 2);
+    // The next step is recorded while the GPU runs this one, unless the batch is known to change
+    // before it: a prompt to prefill, or a sequence at its last token. (A queued request could
+    // not be admitted this turn, so it waits for a sequence to end: the same signs.)
+    const recordNext = feed || (this.#prefilling.length === 0 && batch.every((seq) => seq.completion + 1 < seq.maxTokens));
+    let step = this.model.decode(rows, k, { sample: batch.map(gpuPick), recordNext, nextTokensFromPicks: feed });
+    for (;;) {
+      let next: Promise<RowCandidates[]> | undefined;
+      if (feed) {
+        const fed = batch.map((seq) => {
+          const kv = seq.kv!;
+          this.#kv.prepare(kv, kv.written + 2);
+          return { slot: kv.slot, token: 0, position: kv.written + 1 };
+        });
+        // Recorded ahead as fed too when the run can go on one step more.
+        const onward = this.#canFeed(batch, arrivals, 3);
+        next = this.model.decode(fed, k, { sample: batch.map(gpuPick), tokensFromPicks: true, recordNext: onward, nextTokensFromPicks: onward });
+        next.catch(() => {}); // awaited below, after `step`: its error is thrown there
+      }
+      const candidates = await step;
+      batch.forEach((seq, i) => {
+        if (seq.finish) return; // ended at the step before: this row of the step in flight is dropped
+        this.#kv.wrote(seq.kv!, seq.kv!.written + 1);
+        this.#accept(seq, candidates[i]);
+        // The step in flight fed what this one picked.
+        if (next && !seq.finish) seq.kv!.ids.push(seq.pending!);
+      });
+      if (!next) return;
+      step = next;
+      feed = this.#canFeed(batch, arrivals, 2);
+    }
+  }
+
+  /**
+   * Whether the step after the one in flight may take its picks: the same batch `steps` tokens on
+   * (every sequence has that many left before max_tokens, whose KV positions admission promised),
+   * every sampler picking on the GPU, nothing ended or cancelled, no prompt waiting and no request
+   * arrived since the run began.
+   */
+  #canFeed(batch: Sequence[], arrivals: number, steps: number): boolean {
+    if (!this.#overlapDecode || this.#prefilling.length > 0 || this.#arrivals !== arrivals) return false;
+    return batch.every((seq) => !seq.finish && !seq.signal?.aborted && seq.sampler.picksOnGpu && seq.completion + steps <= seq.maxTokens);
   }
 
   /**
@@ -448,7 +507,7 @@ export class Engine implements TextGenerator {
     for (const seq of joining) maxLen = Math.max(maxLen, seq.promptIds.length + 1);
     let candidates = 1;
     for (const seq of [...this.#active, ...joining]) candidates = Math.max(candidates, candidatesNeeded(seq));
-    return { rows, maxLen, candidates };
+    return { rows, maxLen, candidates, sample: true };
   }
 
   /**
