@@ -10,6 +10,11 @@
 // work lies between two GPU steps), then as the engine runs them, each recorded while the GPU ran the
 // step before (DecodeOptions.recordNext): what lies between two GPU steps is then the inputs' upload
 // and the submit, and the recording of the next step follows the submit, beside the GPU's work.
+// Wall time: greedy batch-1 decoding, the token picked on the GPU, timed over a run of steps twice:
+// one step at a time (the host reads each step's pick and feeds it to the next: the GPU waits for
+// the readback, the host's work and the submit between every two steps), and two in flight (each
+// step takes the step before's pick on the GPU and is submitted before that one is read: the
+// engine's way). Their difference is the GPU's idle time per step that overlapping removes.
 // Counting: a separate step runs with queue.writeBuffer and the compute pass's dispatchWorkgroups
 // wrapped by counters (installed here only, and removed after), so the timed steps carry no
 // counting. That step's pass commands are also recorded, then replayed as bare calls (the same
@@ -20,6 +25,7 @@ import { randomLlamaSource } from '../models/source.ts';
 import { TINY_CONFIG } from '../models/tiny.ts';
 import { Transformer } from '../models/transformer.ts';
 import type { WeightDtype } from '../kernels/weights.ts';
+import type { RowSampling } from '../kernels/sample.ts';
 import type { PresetName } from './presets.ts';
 import type { Progress } from './roofline.ts';
 import { median } from './timing.ts';
@@ -34,6 +40,10 @@ export interface HostReport {
   critical_ms_per_step: number;
   /** Median time, after that submit, to record the next step: host work done while the GPU runs (ms). */
   ahead_ms_per_step: number;
+  /** Wall time per step of greedy decoding one step at a time, the host reading each pick and feeding it (ms). */
+  serial_wall_ms_per_step: number;
+  /** Wall time per step with two steps in flight, each fed the step before's pick on the GPU (ms). */
+  overlapped_wall_ms_per_step: number;
   /** Median time from the call to queue.submit: checks, step inputs, recording (ms). */
   encode_ms_per_step: number;
   /**
@@ -155,6 +165,33 @@ async function replay(gpu: Gpu, passes: PassCommand[][], count: number): Promise
   return times;
 }
 
+const GREEDY: RowSampling = { temperature: 0, topK: 0, topP: 1, minP: 0, uniform: 0 };
+
+/**
+ * Wall time per step of `count` greedy batch-1 decode steps of slot 0 from `position`, picked on the
+ * GPU: one at a time (each pick read back and fed by the host) or two in flight (each step fed the
+ * step before's pick on the GPU, submitted before that one is read).
+ */
+async function wallPerStep(model: Transformer, position: number, count: number, overlap: boolean): Promise<number> {
+  const start = performance.now();
+  if (!overlap) {
+    let token = 1;
+    for (let i = 0; i < count; i++) {
+      const [row] = await model.decode([{ slot: 0, token, position: position + i }], 1, { sample: [GREEDY] });
+      token = row.ids[row.picked!];
+    }
+  } else {
+    const options = { sample: [GREEDY], nextTokensFromPicks: true };
+    let inFlight = model.decode([{ slot: 0, token: 1, position }], 1, options);
+    for (let i = 1; i <= count; i++) {
+      const next = i < count ? model.decode([{ slot: 0, token: 0, position: position + i }], 1, { ...options, tokensFromPicks: true }) : undefined;
+      await inFlight;
+      if (next) inFlight = next;
+    }
+  }
+  return (performance.now() - start) / count;
+}
+
 /**
  * Run `step` `count` times, one after another (each awaited), and time the part of each before
  * queue.submit, the submit itself and what follows it until the call returns, with queue.submit
@@ -203,8 +240,9 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
   const source = randomLlamaSource(`host-bench-llama (random ${dtype})`, { ...TINY_CONFIG, num_hidden_layers: layers }, dtype);
   const cfg = source.config;
   progress(`host: building a ${layers}-layer Llama (C=${cfg.hiddenSize}, F=${cfg.intermediateSize}, ${dtype}) in memory`);
-  // One prompt token, then warm-up, counted, timed-on-call and timed-ahead (one more) decode steps.
-  const capacity = 1 + warmup + 1 + steps + (steps + 1);
+  // One prompt token, then warm-up, counted, timed-on-call and timed-ahead (one more) decode steps,
+  // then the two wall-time runs.
+  const capacity = 1 + warmup + 1 + steps + (steps + 1) + 2 * steps;
   // The static matvec variants: every variant, tuned or not, is one dispatch per projection, so the
   // host's cost per step does not depend on which runs, and tuning a Q4_0 model at load would add
   // minutes on a software adapter.
@@ -225,10 +263,15 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
     const critical = ahead.encode.slice(1).map((e, i) => e + ahead.submit[i + 1]);
     // The replay re-runs the last step's kernels on the same inputs: it changes nothing.
     const replayed = await replay(gpu, count.passes, steps);
+    progress(`host: ${steps} greedy steps one at a time, then ${steps} two in flight, timed by the wall clock`);
+    const serial = await wallPerStep(model, position, steps, false);
+    const overlapped = await wallPerStep(model, position + steps, steps, true);
     return {
       ms_per_step: mid,
       critical_ms_per_step: median(critical),
       ahead_ms_per_step: median(ahead.after.slice(1)),
+      serial_wall_ms_per_step: serial,
+      overlapped_wall_ms_per_step: overlapped,
       dispatches_per_token: count.dispatches,
       buffer_writes_per_token: count.writes,
       layers,

@@ -172,6 +172,8 @@ function hostRows(h: HostReport): string[][] {
     ['  floor: the same passes as bare calls', `${num(h.replay_ms_per_step)} ms`, '', "median: this WebGPU implementation's own cost for the step's commands"],
     ['host time between GPU steps', `${num(h.critical_ms_per_step)} ms`, '', 'median, each step recorded during the one before (as the engine runs): inputs and submit'],
     ['  recording the next step', `${num(h.ahead_ms_per_step)} ms`, '', 'median, after the submit, while the GPU runs: caps decode only where it outlasts the GPU step'],
+    ['wall time per step, one at a time', `${num(h.serial_wall_ms_per_step)} ms`, '', `greedy, ${h.steps} steps: the host reads each pick and feeds the next step; GPU time included`],
+    ['wall time per step, two in flight', `${num(h.overlapped_wall_ms_per_step)} ms`, '', "each step fed the step before's pick on the GPU, submitted before that one is read (the engine's way)"],
     ['dispatches per token', String(h.dispatches_per_token), '', 'compute dispatches recorded per step'],
     ['writeBuffer calls per token', String(h.buffer_writes_per_token), '', 'step inputs and kernel uniforms'],
   ];

