@@ -9,10 +9,12 @@
 // scores and logits. A layer with a sliding window (Mistral 7B v0.1, Qwen2's sliding layers) passes it
 // to its attention ops, which skip the keys outside it. Everything is allocated when the model is built: weights, activations, the
 // KV cache and every kernel's bind group. A step records one compute pass and submits once;
-// the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp). A
-// decode step records the next one while the GPU runs it (DecodeOptions.recordNext), and a prefill
-// step the decode step after it when told its shape (PrefillBatchOptions.nextDecode), so that the
-// host's recording time overlaps the GPU's work instead of adding to it.
+// the only read back is the sampler's candidates (top-k logits, their ids, the log-sum-exp, and in
+// decode steps the token the GPU picked from them). A decode step records the next one while the GPU
+// runs it (DecodeOptions.recordNext), and a prefill step the decode step after it when told its shape
+// (PrefillBatchOptions.nextDecode), so that the host's recording time overlaps the GPU's work instead
+// of adding to it; and a decode step may take the last step's picks as its tokens on the GPU
+// (DecodeOptions.tokensFromPicks), so that it is submitted before that step is read back.
 // Decode-sized steps (at most 8 rows, the matvec's) run each layer as six steps: norm + q/k/v
 // projection, RoPE + KV write, attention, o-projection + residual, norm + gate/up + activation,
 // down-projection + residual; longer (prefill) steps run the norms and activations as their own kernels
