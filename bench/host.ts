@@ -44,6 +44,12 @@ export interface HostReport {
   serial_wall_ms_per_step: number;
   /** Wall time per step with two steps in flight, each fed the step before's pick on the GPU (ms). */
   overlapped_wall_ms_per_step: number;
+  /**
+   * Median CPU time of one decode() call with two steps in flight (its inputs, the submit of the
+   * step recorded ahead, the recording of the next): the host's work per step, all of it beside the
+   * GPU's, which caps batch-1 decode at 1000 / this tokens/s whatever the GPU (ms).
+   */
+  overlapped_host_ms_per_step: number;
   /** Median time from the call to queue.submit: checks, step inputs, recording (ms). */
   encode_ms_per_step: number;
   /**
@@ -175,8 +181,9 @@ const WALL_RUN = 8;
  * alternate in runs of WALL_RUN steps, so that both see the same range of positions (a step's
  * attention grows with them) and the same spells of machine load.
  */
-async function wallPerStep(model: Transformer, position: number, count: number): Promise<{ serial: number; overlapped: number }> {
+async function wallPerStep(model: Transformer, position: number, count: number): Promise<{ serial: number; overlapped: number; overlappedHost: number }> {
   const ms = { serial: 0, overlapped: 0 };
+  const calls: number[] = [];
   const options = { sample: [GREEDY], nextTokensFromPicks: true };
   for (let done = 0; done < count; done += WALL_RUN) {
     const n = Math.min(WALL_RUN, count - done);
@@ -190,13 +197,15 @@ async function wallPerStep(model: Transformer, position: number, count: number):
     start = performance.now();
     let inFlight = model.decode([{ slot: 0, token, position: position++ }], 1, options);
     for (let i = 1; i <= n; i++) {
+      const called = performance.now();
       const next = i < n ? model.decode([{ slot: 0, token: 0, position: position++ }], 1, { ...options, tokensFromPicks: true }) : undefined;
+      if (next) calls.push(performance.now() - called);
       await inFlight;
       if (next) inFlight = next;
     }
     ms.overlapped += performance.now() - start;
   }
-  return { serial: ms.serial / count, overlapped: ms.overlapped / count };
+  return { serial: ms.serial / count, overlapped: ms.overlapped / count, overlappedHost: median(calls) };
 }
 
 /**
@@ -278,6 +287,7 @@ export async function benchHost(options: HostOptions): Promise<HostReport> {
       ahead_ms_per_step: median(ahead.after.slice(1)),
       serial_wall_ms_per_step: wall.serial,
       overlapped_wall_ms_per_step: wall.overlapped,
+      overlapped_host_ms_per_step: wall.overlappedHost,
       dispatches_per_token: count.dispatches,
       buffer_writes_per_token: count.writes,
       layers,

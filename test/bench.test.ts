@@ -127,6 +127,7 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     plausibleMs(report.host.ahead_ms_per_step, 'host ms recording ahead');
     plausibleMs(report.host.serial_wall_ms_per_step, 'wall ms per step, one at a time');
     plausibleMs(report.host.overlapped_wall_ms_per_step, 'wall ms per step, two in flight');
+    plausibleMs(report.host.overlapped_host_ms_per_step, 'host ms per step, two in flight');
   });
 
   it('roofline: positive figures, each the quotient it claims to be', () => {
