@@ -72,6 +72,11 @@ export interface E2eReport {
     stoppedEarly: number;
   }>;
   /**
+   * Batch-1 decode again with the engine's decode steps one at a time (overlapDecode off: the host
+   * reads each step before submitting the next), beside `decode`'s batch 1 with two in flight.
+   */
+  decodeOneAtATime: E2eReport['decode'][number];
+  /**
    * A validator's cost to check what was generated: the larger decode batch's responses recomputed
    * teacher-forced (prompt + completion, many per forward pass), against the rate they were generated at.
    */
@@ -250,31 +255,39 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       cached = { promptTokens: summary.promptTokens, cachedTokens: summary.cachedPromptTokens ?? 0 };
     }
 
-    const decode: E2eReport['decode'] = [];
-    let responses: Array<{ prompt: number[]; completion: number[] }> = [];
-    for (const b of [...new Set([1, batch])]) {
-      progress(`e2e: decode, batch ${b} x ${e.decodeTokens} tokens`);
+    // Decode of `b` concurrent greedy requests: the window starts when the last request got its
+    // first token (all prefills done) and ends at the last token; tokens are those produced inside it.
+    const decodeRun = async (b: number) => {
       const stamps: number[][] = Array.from({ length: b }, () => []);
       const ids: number[][] = Array.from({ length: b }, () => []);
       const prompts = stamps.map((_, i) => textPrompt(engine, 16, i));
       const summaries = await Promise.all(stamps.map((s, i) => drain(engine, prompts[i], e.decodeTokens, s, ids[i])));
-      responses = prompts.map((p, i) => ({ prompt: engine.tokenizer.encode(p), completion: ids[i] }));
-      // The window starts when the last request got its first token (all prefills done) and ends
-      // at the last token; tokens are those produced inside it.
       const firsts = stamps.filter((s) => s.length > 0).map((s) => s[0]);
       const start = firsts.length > 0 ? Math.max(...firsts) : 0;
       const end = firsts.length > 0 ? Math.max(...stamps.flat()) : 0;
       const tokens = stamps.flat().filter((t) => t > start).length;
       const seconds = (end - start) / 1000;
-      decode.push({
+      const run = {
         batch: b,
         tokens,
         seconds,
         tokensPerS: seconds > 0 ? tokens / seconds : 0,
         perSequenceTokensPerS: summaries.reduce((sum, s) => sum + s.tokensPerS, 0) / summaries.length,
         stoppedEarly: summaries.filter((s) => s.finishReason === 'stop').length,
-      });
+      };
+      return { run, responses: prompts.map((p, i) => ({ prompt: engine.tokenizer.encode(p), completion: ids[i] })) };
+    };
+    const decode: E2eReport['decode'] = [];
+    let responses: Array<{ prompt: number[]; completion: number[] }> = [];
+    for (const b of [...new Set([1, batch])]) {
+      progress(`e2e: decode, batch ${b} x ${e.decodeTokens} tokens`);
+      const result = await decodeRun(b);
+      decode.push(result.run);
+      responses = result.responses;
     }
+    progress(`e2e: decode, batch 1 x ${e.decodeTokens} tokens, one step at a time`);
+    engine.overlapDecode = false;
+    const { run: decodeOneAtATime } = await decodeRun(1).finally(() => (engine.overlapDecode = true));
 
     // The larger batch's responses, checked as a validator would (the same weights, this adapter).
     progress(`e2e: teacher-forced verification of ${responses.length} responses`);
@@ -311,6 +324,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       ttft: { promptTokens, timing: ttftTiming },
       ttftCachedPrefix: { ...cached, timing: summarize(cachedTimes, 1, 'queue-completion') },
       decode,
+      decodeOneAtATime,
       verify,
     };
   } finally {

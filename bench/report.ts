@@ -154,6 +154,14 @@ function e2eRows(e: E2eReport): string[][] {
       `${d.tokens} tokens in ${num(d.seconds)} s${d.batch > 1 ? `, ${num(d.perSequenceTokensPerS)} tok/s per sequence` : ''}${d.stoppedEarly ? `, ${d.stoppedEarly} stopped at EOS` : ''}`,
     ]);
   }
+  const serial = e.decodeOneAtATime;
+  const overlapped = e.decode.find((d) => d.batch === 1);
+  rows.push([
+    '  batch 1, one step at a time',
+    `${num(serial.tokensPerS)} tok/s`,
+    '',
+    `${serial.tokens} tokens in ${num(serial.seconds)} s, the host between every two steps${overlapped && serial.tokensPerS > 0 ? `; two in flight: ${num(overlapped.tokensPerS / serial.tokensPerS, 3)}x` : ''}`,
+  ]);
   const v = e.verify;
   rows.push([
     `verified (teacher-forced), ${v.responses} responses`,

@@ -195,7 +195,9 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(e.ttftCachedPrefix.cachedTokens).toBeLessThan(e.ttftCachedPrefix.promptTokens);
     expect(e.decode.map((d) => d.batch)).toEqual([1, PRESETS.test.e2e.batch]);
     const n = PRESETS.test.e2e.decodeTokens;
-    for (const d of e.decode) {
+    // Batch 1 again with the engine's steps one at a time: the same counts.
+    expect(e.decodeOneAtATime.batch).toBe(1);
+    for (const d of [...e.decode, e.decodeOneAtATime]) {
       // Tokens after the last sequence's first one: without an early stop, the last sequence's other
       // n - 1 at least, and never more than every sequence's n less that first token.
       expect(d.tokens, `batch ${d.batch} tokens`).toBeGreaterThan(0);

@@ -91,7 +91,11 @@ export class Engine implements TextGenerator {
   readonly gpu: Gpu;
   readonly #ownsGpu: boolean;
   readonly #maxQueue: number;
-  readonly #overlapDecode: boolean;
+  /**
+   * Whether runs of decode steps go two in flight (EngineOptions.overlapDecode); may be switched
+   * between requests (the end-to-end bench times batch-1 decode both ways).
+   */
+  overlapDecode: boolean;
   readonly #queue: Sequence[] = [];
   /** Admitted, holding a slot and blocks, prompt partly in the KV cache. */
   readonly #prefilling: Sequence[] = [];
@@ -112,7 +116,7 @@ export class Engine implements TextGenerator {
 
   private constructor(gpu: Gpu, ownsGpu: boolean, model: Transformer, tokenizer: TextTokenizer, maxQueue: number, prefixCacheMin: number, plan: KvPoolPlan, overlapDecode: boolean) {
     this.gpu = gpu;
-    this.#overlapDecode = overlapDecode;
+    this.overlapDecode = overlapDecode;
     this.#ownsGpu = ownsGpu;
     this.model = model;
     this.tokenizer = tokenizer;
@@ -446,7 +450,7 @@ export class Engine implements TextGenerator {
    * arrived since the run began.
    */
   #canFeed(batch: Sequence[], arrivals: number, steps: number): boolean {
-    if (!this.#overlapDecode || this.#prefilling.length > 0 || this.#arrivals !== arrivals) return false;
+    if (!this.overlapDecode || this.#prefilling.length > 0 || this.#arrivals !== arrivals) return false;
     return batch.every((seq) => !seq.finish && !seq.signal?.aborted && seq.sampler.picksOnGpu && seq.completion + steps <= seq.maxTokens);
   }
 
