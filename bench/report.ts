@@ -182,7 +182,7 @@ function hostRows(h: HostReport): string[][] {
     ['  recording the next step', `${num(h.ahead_ms_per_step)} ms`, '', 'median, after the submit, while the GPU runs: caps decode only where it outlasts the GPU step'],
     ['wall time per step, one at a time', `${num(h.serial_wall_ms_per_step)} ms`, '', `greedy, ${h.steps} steps: the host reads each pick and feeds the next step; GPU time included`],
     ['wall time per step, two in flight', `${num(h.overlapped_wall_ms_per_step)} ms`, '', "each step fed the step before's pick on the GPU, submitted before that one is read (the engine's way)"],
-    ['  host time per step, two in flight', `${num(h.overlapped_host_ms_per_step)} ms`, '', `median decode() call (inputs, submit, recording the next), beside the GPU's work: caps batch-1 decode at ${num(1000 / h.overlapped_host_ms_per_step)} tok/s on this CPU`],
+    ['  host time per step, two in flight', `${num(h.overlapped_host_ms_per_step)} ms`, '', `median decode() call (inputs, submit, recording the next), beside the GPU's work: caps batch-1 decode at ${num(1000 / h.overlapped_host_ms_per_step)} tok/s on this CPU (OpenGL ES runs the step inside submit)`],
     ['dispatches per token', String(h.dispatches_per_token), '', 'compute dispatches recorded per step'],
     ['writeBuffer calls per token', String(h.buffer_writes_per_token), '', 'step inputs and kernel uniforms'],
   ];
