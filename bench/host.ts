@@ -171,7 +171,7 @@ async function replay(gpu: Gpu, passes: PassCommand[][], count: number): Promise
   return times;
 }
 
-const GREEDY: RowSampling = { temperature: 0, topK: 0, topP: 1, minP: 0, uniform: 0 };
+const GREEDY: RowSampling = { temperature: 0, topK: 0, topP: 1, minP: 0, uniform: 0, repetitionPenalty: 1 };
 const WALL_RUN = 8;
 
 /**

@@ -266,12 +266,18 @@ export const PickParams = new UniformLayout('Params', [
   ['k', 'u32'],
   ['sampling_offset', 'u32'],
   ['picked_offset', 'u32'],
+  ['seen_words', 'u32'],
 ] as const);
 
 /** u32 words of one row's sampling parameters in PickBuffers.sampling (see writeRowSampling). */
-export const ROW_SAMPLING_WORDS = 5;
+export const ROW_SAMPLING_WORDS = 7;
 
-/** How one row's next token is picked from its candidates (the CPU sampler's parameters, without the repetition penalty). */
+/** u32 words of one slot's row of seen tokens (a bit per token of a `vocab`-token vocabulary). */
+export function seenWords(vocab: number): number {
+  return Math.ceil(vocab / 32);
+}
+
+/** How one row's next token is picked from its candidates (the CPU sampler's parameters). */
 export interface RowSampling {
   /** 0: greedy (the first candidate). */
   temperature: number;
@@ -283,10 +289,18 @@ export interface RowSampling {
   minP: number;
   /** The draw, uniform in [0, 1) (ignored when greedy). */
   uniform: number;
+  /**
+   * HF-style: candidates the sequence has seen score logit / p when positive, logit * p when not
+   * (1: off). The seen tokens are the bits of the row's slot in PickBuffers.seen.
+   */
+  repetitionPenalty: number;
 }
 
-/** Write `rows`' sampling parameters at word `offset` of `words` (ROW_SAMPLING_WORDS a row), as PickToken reads them. */
-export function writeRowSampling(words: Uint32Array, offset: number, rows: readonly RowSampling[]): void {
+/**
+ * Write `rows`' sampling parameters at word `offset` of `words` (ROW_SAMPLING_WORDS a row), as
+ * PickToken reads them; `slots[r]` is row r's row of seen tokens.
+ */
+export function writeRowSampling(words: Uint32Array, offset: number, rows: readonly RowSampling[], slots: readonly number[]): void {
   const floats = new Float32Array(words.buffer, words.byteOffset, words.length);
   rows.forEach((row, r) => {
     const at = offset + ROW_SAMPLING_WORDS * r;
@@ -295,6 +309,8 @@ export function writeRowSampling(words: Uint32Array, offset: number, rows: reado
     floats[at + 2] = row.topP;
     floats[at + 3] = row.minP;
     floats[at + 4] = row.uniform;
+    floats[at + 5] = row.repetitionPenalty;
+    words[at + 6] = slots[r];
   });
 }
 
@@ -307,6 +323,11 @@ export interface PickBuffers {
   sampling: GPUBuffer;
   /** (M) u32 result: each row's picked token id. */
   picked: GPUBuffer;
+  /**
+   * (slots, seenWords(vocab)) u32: bit t of a slot's row is set once token t is in its sequence (the
+   * repetition penalty's history; the host writes a sequence's prompt there, the kernel adds each pick).
+   */
+  seen: GPUBuffer;
 }
 
 export interface PickRun {
@@ -315,12 +336,15 @@ export interface PickRun {
   k: number;
   samplingOffset?: number;
   pickedOffset?: number;
+  /** u32 words of one slot's row in `seen`. */
+  seenWords: number;
 }
 
 /**
- * picked[r] = the token row r's sampling parameters pick from its top-k candidates, on the GPU, so
- * that the next decode step can take it as its input without the host in between
- * (shaders/sample_pick.wgsl). One invocation per row.
+ * picked[r] = the token row r's sampling parameters pick from its top-k candidates (its slot's
+ * seen tokens penalised), on the GPU, so that the next decode step can take it as its input
+ * without the host in between (shaders/sample_pick.wgsl). One invocation per row; the penalised
+ * rows of a run must hold different slots (each adds its pick to its slot's seen tokens).
  */
 export class PickToken {
   readonly #buffers: PickBuffers;
@@ -333,18 +357,19 @@ export class PickToken {
       buffers.indices,
       buffers.sampling,
       buffers.picked,
+      buffers.seen,
     ]);
   }
 
   encode(pass: GPUComputePassEncoder, run: PickRun): void {
-    const { rows, k, samplingOffset = 0, pickedOffset = 0 } = run;
+    const { rows, k, samplingOffset = 0, pickedOffset = 0, seenWords } = run;
     const label = 'pick';
-    checkShape(label, { rows, k, samplingOffset, pickedOffset }, ['samplingOffset', 'pickedOffset']);
+    checkShape(label, { rows, k, samplingOffset, pickedOffset, seenWords }, ['samplingOffset', 'pickedOffset']);
     if (k > TOPK_MAX_K) throw new ShapeError(`${label}: k ${k} exceeds ${TOPK_MAX_K}`);
     checkFits(label, 'values', this.#buffers.values, 0, rows * k);
     checkFits(label, 'indices', this.#buffers.indices, 0, rows * k);
     checkFits(label, 'sampling', this.#buffers.sampling, samplingOffset, rows * ROW_SAMPLING_WORDS);
     checkFits(label, 'picked', this.#buffers.picked, pickedOffset, rows);
-    this.#dispatch.encode(pass, { rows, k, sampling_offset: samplingOffset, picked_offset: pickedOffset }, Math.ceil(rows / 64));
+    this.#dispatch.encode(pass, { rows, k, sampling_offset: samplingOffset, picked_offset: pickedOffset, seen_words: seenWords }, Math.ceil(rows / 64));
   }
 }

@@ -23,9 +23,10 @@ import type { KvCache } from './kv-cache.ts';
  * The activation buffers of one step, of up to `rows` rows (StepSizes). `inputs` holds a step's per-row
  * inputs as u32 arrays laid end to end from element 0: token ids, positions, KV-write metadata
  * (slot, position) and, for decode, attention metadata (slot, kv_len) and the GPU sampler's
- * parameters (RowSampling); `picked` the tokens the GPU sampler picked.
+ * parameters (RowSampling); `picked` the tokens the GPU sampler picked, and `seen` each slot's seen
+ * tokens for its repetition penalty (PickBuffers.seen).
  */
-export type StepBuffers = Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'picked' | 'headRows', GPUBuffer>;
+export type StepBuffers = Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'picked' | 'seen' | 'headRows', GPUBuffer>;
 
 /** The sizes the kernels are built for. */
 export interface StepSizes {
@@ -221,7 +222,7 @@ export function buildForwardOps(
   });
   const logitSoftcap = cfg.finalLogitSoftcap !== undefined ? new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap) : undefined;
   const topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: sizes.logitRows, maxCols: V });
-  const pick = new PickToken(gpu, { values: b.topValues, indices: b.topIds, sampling: b.inputs, picked: b.picked });
+  const pick = new PickToken(gpu, { values: b.topValues, indices: b.topIds, sampling: b.inputs, picked: b.picked, seen: b.seen });
   return { embed, ...positions, layers, finalNorm, finalNormGathered, lmHead, logitSoftcap, topK, pick };
 }
 

@@ -39,7 +39,7 @@ import { UniformArena } from '../src/gpu/uniforms.ts';
 import { ShapeError } from '../src/errors.ts';
 import type { Norm } from '../kernels/norm.ts';
 import { KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
-import { ROW_SAMPLING_WORDS, TOPK_MAX_K, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
+import { ROW_SAMPLING_WORDS, TOPK_MAX_K, seenWords, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
 import type { HostWeight } from '../kernels/weights.ts';
 import { uploadWeightChunks, type ChunkedWeight } from '../kernels/weights-upload.ts';
 import { autotuneMatvecs, autotuneSetting, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
@@ -270,6 +270,7 @@ export class Transformer {
       topIds: f32('topIds', this.#logitRows * TOPK_MAX_K),
       lse: f32('lse', this.#logitRows),
       picked: f32('picked', this.#logitRows),
+      seen: f32('seen', options.slots * seenWords(V)),
       headRows: f32('headRows', this.#logitRows * C),
     };
     // Per row: the top k values and ids, the log-sum-exp and the GPU's pick.
@@ -364,6 +365,21 @@ export class Transformer {
    */
   setBlockTable(slot: number, blocks: readonly number[]): void {
     this.#kv.setBlockTable(slot, blocks);
+  }
+
+  /**
+   * The tokens `slot`'s sequence has seen so far (its prompt and output), for the repetition penalty
+   * of the GPU's picks (DecodeOptions.sample): each pick adds its token after this. The write is
+   * queued before the next step's submit.
+   */
+  setSeenTokens(slot: number, tokens: Iterable<number>): void {
+    this.#checkSlot(slot, 0);
+    const words = new Uint32Array(seenWords(this.config.vocabSize));
+    for (const t of tokens) {
+      this.#checkToken(t);
+      words[t >>> 5] |= 1 << (t & 31);
+    }
+    this.#gpu.device.queue.writeBuffer(this.#buf.seen, slot * words.byteLength, words);
   }
 
   /**
@@ -572,7 +588,7 @@ export class Transformer {
       inputs[at.attnMeta + 2 * r + 1] = position + 1;
       if (position + 1 > maxLen) maxLen = position + 1;
     }
-    if (sample) writeRowSampling(inputs, at.sampling, sample);
+    if (sample) writeRowSampling(inputs, at.sampling, sample, rows.map((row) => row.slot));
     this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, sample ? at.sampling + ROW_SAMPLING_WORDS * B : at.attnMeta + 2 * B);
     const shape: StepShape = { rows: B, maxLen, k, sample: sample !== undefined, tokensFromPicks };
     const recorded = this.#recorded;
@@ -800,7 +816,7 @@ export class Transformer {
     this.#ops.lmHead.encode(pass, { M: count });
     this.#ops.logitSoftcap?.encode(pass, { count: count * V });
     this.#ops.topK.encode(pass, { rows: count, cols: V, k });
-    if (samplingOffset !== undefined) this.#ops.pick.encode(pass, { rows: count, k, samplingOffset });
+    if (samplingOffset !== undefined) this.#ops.pick.encode(pass, { rows: count, k, samplingOffset, seenWords: seenWords(V) });
     pass.end();
     if (!readback) return;
     encoder.copyBufferToBuffer(this.#buf.topValues, 0, readback, 0, count * k * 4);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Argmax, PickToken, ROW_SAMPLING_WORDS, TopK, TOPK_MAX_K, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
-import { pickSorted } from '../src/engine/sampler.ts';
+import { Argmax, PickToken, ROW_SAMPLING_WORDS, TopK, TOPK_MAX_K, seenWords, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
+import { penalizedOrder, pickSorted } from '../src/engine/sampler.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { readU32 } from '../src/gpu/buffers.ts';
 import { ShapeError } from '../src/errors.ts';
@@ -181,27 +181,31 @@ describe('topk', () => {
 });
 
 describe('pick (the GPU sampler)', () => {
-  /** The CPU sampler's choice (float64), as an index into the row. */
-  const reference = (row: Float32Array, p: RowSampling) => (p.temperature > 0 ? pickSorted(row, p, p.uniform) : 0);
+  /** The CPU sampler's choice (float64, its own code), as an index into the row's candidates. */
+  function reference(values: Float32Array, ids: Uint32Array, history: ReadonlySet<number>, p: RowSampling): number {
+    const { order, scores } = penalizedOrder({ ids, logits: values }, history, p.repetitionPenalty);
+    return order[p.temperature > 0 ? pickSorted(scores, p, p.uniform) : 0];
+  }
 
   /**
    * Rows of k candidates sorted as TopK leaves them (ties: lower id first), each picked under one
-   * of the parameter sets validators send, on the GPU and by the CPU sampler's code.
+   * of the parameter sets validators send (and repetition penalties over a random history), on
+   * the GPU and by the CPU sampler's code. Row r keeps its seen tokens in slot r.
    */
   async function checkPick(rows: number, k: number, seed: number) {
     const next = rng(seed);
     const values = new Float32Array(rows * k);
     const ids = new Uint32Array(rows * k);
     for (let r = 0; r < rows; r++) {
-      // Peaked rows (a clear favourite) and flat ones (many plausible tokens), a few exact ties.
+      // Peaked rows (a clear favourite) and flat ones (many plausible tokens), logits of both signs, a few exact ties.
       const spread = r % 2 === 0 ? 6 : 1.5;
-      const row = Array.from({ length: k }, () => Math.round(next() * spread * 64) / 64).sort((a, b) => b - a);
+      const row = Array.from({ length: k }, () => Math.round((next() - 0.3) * spread * 64) / 64).sort((a, b) => b - a);
       row.forEach((v, j) => {
         values[r * k + j] = v;
         ids[r * k + j] = 1000 * r + 7 * j + 3;
       });
     }
-    const presets: Array<Omit<RowSampling, 'uniform'>> = [
+    const presets: Array<Omit<RowSampling, 'uniform' | 'repetitionPenalty'> & { repetitionPenalty?: number }> = [
       { temperature: 0, topK: 0, topP: 1, minP: 0 },
       { temperature: 0.7, topK: 50, topP: 0.95, minP: 0 },
       { temperature: 1, topK: 0, topP: 1, minP: 0 },
@@ -211,44 +215,74 @@ describe('pick (the GPU sampler)', () => {
       { temperature: 1, topK: 0, topP: 0.01, minP: 0 },
       { temperature: 100, topK: 0, topP: 1, minP: 0 },
       { temperature: 1, topK: 0, topP: 1, minP: 0.5 },
+      { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1.5 },
+      { temperature: 0.8, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1.3 },
+      { temperature: 0.7, topK: 20, topP: 0.95, minP: 0, repetitionPenalty: 1.1 },
+      { temperature: 1, topK: 0, topP: 0.9, minP: 0.02, repetitionPenalty: 0.8 },
     ];
     // Every third draw is the largest the host makes: it takes the last candidate the filters keep.
-    const sampling = Array.from({ length: rows }, (_, r) => ({ ...presets[r % presets.length], uniform: r % 3 === 0 ? 1 - 2 ** -32 : next() }));
+    const sampling: RowSampling[] = Array.from({ length: rows }, (_, r) => ({
+      repetitionPenalty: 1,
+      ...presets[r % presets.length],
+      uniform: r % 3 === 0 ? 1 - 2 ** -32 : next(),
+    }));
+    // Each row's history: about a third of its candidates, and tokens outside them.
+    const W = seenWords(1000 * rows);
+    const seen = new Uint32Array(rows * W);
+    const histories = Array.from({ length: rows }, (_, r) => {
+      const history = new Set<number>([1000 * r + 1]);
+      for (let j = 0; j < k; j++) if (next() < 0.35) history.add(ids[r * k + j]);
+      for (const t of history) seen[r * W + (t >>> 5)] |= 1 << (t & 31);
+      return history;
+    });
     const samplingOffset = 3;
     const words = new Uint32Array(samplingOffset + rows * ROW_SAMPLING_WORDS);
-    writeRowSampling(words, samplingOffset, sampling);
+    writeRowSampling(words, samplingOffset, sampling, sampling.map((_, r) => r));
     const pickedOffset = 2;
     const picked = poisonedU32(pickedOffset + rows + 1);
+    const seenBuffer = createStorage(gpu(), 'seen', seen);
     const op = new PickToken(gpu(), {
       values: createStorage(gpu(), 'values', values),
       indices: createStorage(gpu(), 'ids', ids),
       sampling: createStorage(gpu(), 'sampling', words),
       picked,
+      seen: seenBuffer,
     });
-    await runPass(gpu(), (pass) => op.encode(pass, { rows, k, samplingOffset, pickedOffset }));
+    await runPass(gpu(), (pass) => op.encode(pass, { rows, k, samplingOffset, pickedOffset, seenWords: W }));
     const got = await readU32(gpu(), picked, pickedOffset + rows + 1);
+    const seenAfter = await readU32(gpu(), seenBuffer, rows * W);
     expect([got[0], got[pickedOffset - 1], got[pickedOffset + rows]]).toEqual(Array(3).fill(0xdeadbeef));
     let nearBoundaries = 0;
+    let penalisedChanged = 0;
     for (let r = 0; r < rows; r++) {
-      const row = values.subarray(r * k, (r + 1) * k);
+      const rowValues = values.subarray(r * k, (r + 1) * k);
+      const rowIds = ids.subarray(r * k, (r + 1) * k);
       const p = sampling[r];
-      const want = ids[r * k + reference(row, p)];
+      const want = rowIds[reference(rowValues, rowIds, histories[r], p)];
       const gotId = got[pickedOffset + r];
+      // A penalised row adds its pick to its seen tokens; no other row's are touched.
+      const expectSeen = new Set(histories[r]);
+      if (p.repetitionPenalty !== 1) expectSeen.add(gotId);
+      const seenRow = [...seenAfter.subarray(r * W, (r + 1) * W)].flatMap((w, i) => Array.from({ length: 32 }, (_, b) => ((w >>> b) & 1 ? [i * 32 + b] : [])).flat());
+      expect(new Set(seenRow), `row ${r} seen`).toEqual(expectSeen);
+      if (p.repetitionPenalty !== 1 && want !== rowIds[reference(rowValues, rowIds, new Set(), p)]) penalisedChanged++;
       if (gotId === want) continue;
       // f32 on the GPU, f64 here: a different pick is only allowed where the draw or a filter sits
       // within rounding of a boundary, so that nudging it by 1e-5 gives the GPU's choice.
       const eps = 1e-5;
       const nudged = [{ uniform: p.uniform - eps }, { uniform: p.uniform + eps }, { topP: p.topP - eps }, { topP: p.topP + eps }, { minP: p.minP + eps }, { minP: Math.max(0, p.minP - eps) }];
-      expect(nudged.map((n) => ids[r * k + reference(row, { ...p, ...n })]), `row ${r} (${JSON.stringify(p)}): GPU picked ${gotId}, CPU ${want}`).toContain(gotId);
+      expect(nudged.map((n) => rowIds[reference(rowValues, rowIds, histories[r], { ...p, ...n })]), `row ${r} (${JSON.stringify(p)}): GPU picked ${gotId}, CPU ${want}`).toContain(gotId);
       nearBoundaries++;
     }
     expect(nearBoundaries).toBeLessThanOrEqual(Math.ceil(rows / 100));
+    return penalisedChanged;
   }
 
-  it('k = 1, 37 and 64 over many rows and every kind of parameters', async () => {
+  it('k = 1, 37 and 64 over many rows and every kind of parameters, repetition penalties included', async () => {
     await checkPick(5, 1, 1);
-    await checkPick(203, 37, 2);
-    await checkPick(131, TOPK_MAX_K, 3);
+    const changed = (await checkPick(203, 37, 2)) + (await checkPick(131, TOPK_MAX_K, 3));
+    // The penalty changed the pick in many rows: the check above covers it.
+    expect(changed).toBeGreaterThan(10);
   });
 
   it('draws in proportion to the kept weights (a flat row, 4000 draws)', async () => {
@@ -259,16 +293,23 @@ describe('pick (the GPU sampler)', () => {
     const ids = Uint32Array.from({ length: rows * 4 }, (_, i) => i % 4);
     const next = rng(9);
     const words = new Uint32Array(rows * ROW_SAMPLING_WORDS);
-    writeRowSampling(words, 0, Array.from({ length: rows }, () => ({ temperature: 1, topK: 0, topP: 0.75, minP: 0, uniform: next() })));
+    const draws = Array.from({ length: rows }, () => ({ temperature: 1, topK: 0, topP: 0.75, minP: 0, uniform: next(), repetitionPenalty: 1 }));
+    writeRowSampling(words, 0, draws, draws.map(() => 0));
     const picked = poisonedU32(rows);
-    const op = new PickToken(gpu(), { values: createStorage(gpu(), 'values', values), indices: createStorage(gpu(), 'ids', ids), sampling: createStorage(gpu(), 'sampling', words), picked });
-    await runPass(gpu(), (pass) => op.encode(pass, { rows, k: 4 }));
+    const op = new PickToken(gpu(), {
+      values: createStorage(gpu(), 'values', values),
+      indices: createStorage(gpu(), 'ids', ids),
+      sampling: createStorage(gpu(), 'sampling', words),
+      picked,
+      seen: createStorage(gpu(), 'seen', new Uint32Array(1)),
+    });
+    await runPass(gpu(), (pass) => op.encode(pass, { rows, k: 4, seenWords: 1 }));
     const counts = [0, 0, 0, 0];
     for (const id of await readU32(gpu(), picked, rows)) counts[id]++;
     expect(counts[3]).toBe(0);
     [4 / 9, 3 / 9, 2 / 9].forEach((share, i) => expect(Math.abs(counts[i] / rows - share), `candidate ${i}: ${counts[i]}`).toBeLessThan(0.03));
     const pass = {} as GPUComputePassEncoder; // never reached: validation throws first
-    expect(() => op.encode(pass, { rows, k: 4, samplingOffset: 1 })).toThrow(/sampling needs/);
-    expect(() => op.encode(pass, { rows: 1, k: 65 })).toThrow(ShapeError);
+    expect(() => op.encode(pass, { rows, k: 4, samplingOffset: 1, seenWords: 1 })).toThrow(/sampling needs/);
+    expect(() => op.encode(pass, { rows: 1, k: 65, seenWords: 1 })).toThrow(ShapeError);
   });
 });

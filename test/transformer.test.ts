@@ -309,33 +309,45 @@ describe('decode steps recorded ahead', () => {
 describe('decode steps fed from the GPU picks', () => {
   it('two in flight give the steps the host would have run one at a time, and misuse is refused', async () => {
     const source = embeddedSource();
-    const model = await Transformer.load(gpu(), source, { slots: 4, capacity: 32, prefillChunk: 8, kvDtype: 'f32' });
+    const model = await Transformer.load(gpu(), source, { slots: 6, capacity: 32, prefillChunk: 8, kvDtype: 'f32' });
     try {
       const next = rng(11);
       const prompt = Array.from({ length: 5 }, () => Math.floor(next() * TINY_CONFIG.vocab_size));
       const STEPS = 12;
-      // Row 0 greedy, row 1 sampled as SN1's validators ask (a fresh draw each step).
+      // Row 0 greedy, row 1 sampled as SN1's validators ask (a fresh draw each step), row 2 with a
+      // repetition penalty over the tokens its slot has seen (the prompt, then each pick).
       const draws = Array.from({ length: STEPS }, () => next());
       const sampling = (step: number): RowSampling[] => [
-        { temperature: 0, topK: 0, topP: 1, minP: 0, uniform: 0 },
-        { temperature: 0.7, topK: 50, topP: 0.95, minP: 0, uniform: draws[step] },
+        { temperature: 0, topK: 0, topP: 1, minP: 0, uniform: 0, repetitionPenalty: 1 },
+        { temperature: 0.7, topK: 50, topP: 0.95, minP: 0, uniform: draws[step], repetitionPenalty: 1 },
+        { temperature: 0.8, topK: 0, topP: 1, minP: 0, uniform: draws[STEPS - 1 - step], repetitionPenalty: 1.3 },
       ];
       const K = 64;
       const tokenOf = (row: RowCandidates) => row.ids[row.picked!];
 
       // One step at a time: the host reads each step's picks and feeds them to the next.
-      for (const slot of [0, 1]) await model.prefill(slot, prompt, 0, { candidates: 0 });
+      // A long history (the prompt and every even id below 400), so that the penalty moves many candidates.
+      const history = [...prompt, ...Array.from({ length: 200 }, (_, i) => 2 * i)];
+      const first = [0, 1, 2];
+      for (const slot of first) {
+        await model.prefill(slot, prompt, 0, { candidates: 0 });
+        model.setSeenTokens(slot, history);
+      }
       const want: RowCandidates[][] = [];
-      let tokens = [prompt[4], prompt[4]];
+      let tokens = [prompt[4], prompt[4], prompt[4]];
       for (let s = 0; s < STEPS; s++) {
-        const rows = [0, 1].map((slot, r) => ({ slot, token: tokens[r], position: prompt.length + s }));
+        const rows = first.map((slot, r) => ({ slot, token: tokens[r], position: prompt.length + s }));
         want.push(await model.decode(rows, K, { sample: sampling(s), recordNext: false }));
         tokens = want[s].map(tokenOf);
       }
 
       // Two in flight: step s + 1 is submitted, taking step s's picks on the GPU, before step s is read.
-      for (const slot of [2, 3]) await model.prefill(slot, prompt, 0, { candidates: 0 });
-      const rowsAt = (s: number) => [2, 3].map((slot) => ({ slot, token: prompt[4], position: prompt.length + s }));
+      const second = [3, 4, 5];
+      for (const slot of second) {
+        await model.prefill(slot, prompt, 0, { candidates: 0 });
+        model.setSeenTokens(slot, history);
+      }
+      const rowsAt = (s: number) => second.map((slot) => ({ slot, token: prompt[4], position: prompt.length + s }));
       const recordedBefore = model.decodeStepsRecordedAhead;
       const options = (s: number) => ({ sample: sampling(s), nextTokensFromPicks: true });
       let inFlight = model.decode(rowsAt(0), K, options(0));
@@ -356,19 +368,21 @@ describe('decode steps fed from the GPU picks', () => {
           expect(row.picked, `step ${s} row ${r}`).toBe(want[s][r].picked);
         }),
       );
-      // Row 1 really sampled: its picks are not all the greedy choice.
+      // Rows 1 and 2 really sampled: their picks are not all the greedy choice.
       expect(want.some((rows) => rows[1].picked! > 0)).toBe(true);
+      expect(want.some((rows) => rows[2].picked! > 0)).toBe(true);
       // Every fed step but the refused one's successor came from a recording made while the GPU ran the step before.
       expect(model.decodeStepsRecordedAhead - recordedBefore).toBeGreaterThanOrEqual(STEPS - 2);
 
       // Fed rows must follow the last step's rows exactly, and that step must have picked.
       const end = prompt.length + STEPS;
-      await model.decode([{ slot: 2, token: 1, position: end }], 8, { sample: [sampling(0)[0]] });
-      await expect(model.decode([{ slot: 3, token: 0, position: end + 1 }], 8, { tokensFromPicks: true })).rejects.toThrow(/row 0 \(slot 3, position 18\) does not follow the last step's row \(slot 2, position 17\)/);
-      await expect(model.decode([{ slot: 2, token: 0, position: end + 2 }], 8, { tokensFromPicks: true })).rejects.toThrow(/does not follow/);
-      await model.decode([{ slot: 2, token: 1, position: end + 1 }], 8);
-      await expect(model.decode([{ slot: 2, token: 0, position: end + 2 }], 8, { tokensFromPicks: true })).rejects.toThrow(/not a decode step that picked tokens/);
-      await expect(model.decode([{ slot: 2, token: 1, position: end + 2 }], 8, { sample: [] })).rejects.toThrow(/0 rows of sampling parameters for 1 rows/);
+      await model.decode([{ slot: 3, token: 1, position: end }], 8, { sample: [sampling(0)[0]] });
+      await expect(model.decode([{ slot: 4, token: 0, position: end + 1 }], 8, { tokensFromPicks: true })).rejects.toThrow(/row 0 \(slot 4, position 18\) does not follow the last step's row \(slot 3, position 17\)/);
+      await expect(model.decode([{ slot: 3, token: 0, position: end + 2 }], 8, { tokensFromPicks: true })).rejects.toThrow(/does not follow/);
+      await model.decode([{ slot: 3, token: 1, position: end + 1 }], 8);
+      await expect(model.decode([{ slot: 3, token: 0, position: end + 2 }], 8, { tokensFromPicks: true })).rejects.toThrow(/not a decode step that picked tokens/);
+      await expect(model.decode([{ slot: 3, token: 1, position: end + 2 }], 8, { sample: [] })).rejects.toThrow(/0 rows of sampling parameters for 1 rows/);
+      expect(() => model.setSeenTokens(0, [TINY_CONFIG.vocab_size])).toThrow(/outside the vocabulary/);
     } finally {
       model.destroy();
       await source.close();

@@ -26,7 +26,7 @@ import { estimateActivationBytes, estimateWeightBytes, fmtBytes, gpuMemoryBytes,
 import { KvBlockPool } from './kv-blocks.ts';
 import { KvCache } from './kv-cache.ts';
 import { Sampler, validateSamplingParams } from './sampler.ts';
-import { Channel, acceptToken, candidatesNeeded, gpuPick, type Sequence } from './sequence.ts';
+import { Channel, acceptToken, candidatesNeeded, type Sequence } from './sequence.ts';
 import { TextTokenizer } from './tokenizer.ts';
 import { MAX_LOGPROBS, type ChatMessage, type EngineInfo, type FinishReason, type GenerateOptions, type GenerateRequest, type GeneratedToken, type GenerationSummary, type TextGenerator } from './types.ts';
 
@@ -391,13 +391,12 @@ export class Engine implements TextGenerator {
 
   /**
    * Batched decode steps of the sequences decoding now: one step, or a run of them while the batch
-   * stays as it is. Every step picks each row's token on the GPU (PickToken; the CPU samples the
-   * rows whose sampler needs the history), so that in a run step N + 1 takes step N's picks on the
-   * GPU and is submitted before step N is read back: the GPU has the next step queued while the
-   * host reads, emits and records, and never waits for it. A run needs every sampler to pick on the
-   * GPU, and ends (after reading the step still in flight, whose rows of ended sequences are
-   * dropped) once a sequence ends or is cancelled, a request arrives, a prompt waits, or a sequence
-   * is one token from its max_tokens.
+   * stays as it is. Every step picks each row's token on the GPU (PickToken, by the request's
+   * sampling parameters), so that in a run step N + 1 takes step N's picks on the GPU and is
+   * submitted before step N is read back: the GPU has the next step queued while the host reads,
+   * emits and records, and never waits for it. A run ends (after reading the step still in flight,
+   * whose rows of ended sequences are dropped) once a sequence ends or is cancelled, a request
+   * arrives, a prompt waits, or a sequence is one token from its max_tokens.
    */
   async #decodeSteps(): Promise<void> {
     const batch = [...this.#active];
@@ -415,7 +414,7 @@ export class Engine implements TextGenerator {
     // before it: a prompt to prefill, or a sequence at its last token. (A queued request could
     // not be admitted this turn, so it waits for a sequence to end: the same signs.)
     const recordNext = feed || (this.#prefilling.length === 0 && batch.every((seq) => seq.completion + 1 < seq.maxTokens));
-    let step = this.model.decode(rows, k, { sample: batch.map(gpuPick), recordNext, nextTokensFromPicks: feed });
+    let step = this.model.decode(rows, k, { sample: batch.map((seq) => seq.sampler.nextGpuPick()), recordNext, nextTokensFromPicks: feed });
     for (;;) {
       let next: Promise<RowCandidates[]> | undefined;
       if (feed) {
@@ -426,7 +425,7 @@ export class Engine implements TextGenerator {
         });
         // Recorded ahead as fed too when the run can go on one step more.
         const onward = this.#canFeed(batch, arrivals, 3);
-        next = this.model.decode(fed, k, { sample: batch.map(gpuPick), tokensFromPicks: true, recordNext: onward, nextTokensFromPicks: onward });
+        next = this.model.decode(fed, k, { sample: batch.map((seq) => seq.sampler.nextGpuPick()), tokensFromPicks: true, recordNext: onward, nextTokensFromPicks: onward });
         next.catch(() => {}); // awaited below, after `step`: its error is thrown there
       }
       const candidates = await step;
@@ -446,12 +445,11 @@ export class Engine implements TextGenerator {
   /**
    * Whether the step after the one in flight may take its picks: the same batch `steps` tokens on
    * (every sequence has that many left before max_tokens, whose KV positions admission promised),
-   * every sampler picking on the GPU, nothing ended or cancelled, no prompt waiting and no request
-   * arrived since the run began.
+   * nothing ended or cancelled, no prompt waiting and no request arrived since the run began.
    */
   #canFeed(batch: Sequence[], arrivals: number, steps: number): boolean {
     if (!this.overlapDecode || this.#prefilling.length > 0 || this.#arrivals !== arrivals) return false;
-    return batch.every((seq) => !seq.finish && !seq.signal?.aborted && seq.sampler.picksOnGpu && seq.completion + steps <= seq.maxTokens);
+    return batch.every((seq) => !seq.finish && !seq.signal?.aborted && seq.completion + steps <= seq.maxTokens);
   }
 
   /**
@@ -491,6 +489,8 @@ export class Engine implements TextGenerator {
         this.#prefilling.splice(this.#prefilling.indexOf(seq), 1);
         this.#active.push(seq);
         this.#accept(seq, candidates[i]!);
+        // The GPU's picks apply the repetition penalty from the slot's seen tokens: the prompt and the first token.
+        if (seq.sampler.params.repetitionPenalty !== 1) this.model.setSeenTokens(seq.kv!.slot, seq.history);
       }
     });
     return true;

@@ -92,35 +92,19 @@ export class Sampler {
    * output) for the repetition penalty; `topLogprobs` is how many alternatives to report.
    */
   sample(candidates: Candidates, history: ReadonlySet<number>, topLogprobs = 0): SampledToken {
-    const { ids, logits, logSumExp } = candidates;
-    const n = ids.length;
-    if (n === 0) throw new OptionError('sampler got no candidates');
-    const { temperature, repetitionPenalty } = this.params;
-
-    // Scores after the repetition penalty, ordered best first.
-    const order = Array.from({ length: n }, (_, i) => i);
-    const scores = Array.from(logits, (logit, i) => {
-      if (repetitionPenalty === 1 || !history.has(ids[i])) return logit;
-      return logit > 0 ? logit / repetitionPenalty : logit * repetitionPenalty;
-    });
-    order.sort((a, b) => scores[b] - scores[a] || ids[a] - ids[b]);
-
-    const chosen = order[temperature > 0 ? pickSorted(order.map((i) => scores[i]), this.params, this.#uniform()) : 0];
+    if (candidates.ids.length === 0) throw new OptionError('sampler got no candidates');
+    const { order, scores } = penalizedOrder(candidates, history, this.params.repetitionPenalty);
+    const chosen = order[this.params.temperature > 0 ? pickSorted(scores, this.params, this.#uniform()) : 0];
     return this.take(candidates, chosen, topLogprobs);
   }
 
-  /** Whether the GPU can pick this sampler's tokens (PickToken): everything but the repetition penalty, which needs the history. */
-  get picksOnGpu(): boolean {
-    return this.params.repetitionPenalty === 1;
-  }
-
   /**
-   * The parameters for the GPU to pick this sampler's next token (picksOnGpu), with the draw
-   * sample() would make for it: the generator moves on exactly as if the CPU had sampled.
+   * The parameters for the GPU to pick this sampler's next token (PickToken), with the draw sample()
+   * would make for it: the generator moves on exactly as if the CPU had sampled.
    */
   nextGpuPick(): RowSampling {
-    const { temperature, topK, topP, minP } = this.params;
-    return { temperature, topK, topP, minP, uniform: temperature > 0 ? this.#uniform() : 0 };
+    const { temperature, topK, topP, minP, repetitionPenalty } = this.params;
+    return { temperature, topK, topP, minP, repetitionPenalty, uniform: temperature > 0 ? this.#uniform() : 0 };
   }
 
   /** The sampled token for candidate `index` (chosen here or on the GPU), with its logprob and the top alternatives. */
@@ -130,6 +114,18 @@ export class Sampler {
     for (let i = 0; i < Math.min(topLogprobs, ids.length); i++) top.push({ tokenId: ids[i], logprob: logits[i] - logSumExp });
     return { tokenId: ids[index], logprob: logits[index] - logSumExp, top };
   }
+}
+
+/**
+ * The candidates' scores after the repetition penalty (logit / p when positive, logit * p when not,
+ * for ids in `history`), best first, equal scores lower id first: `order` holds the candidates'
+ * indices in that order and `scores` their scores.
+ */
+export function penalizedOrder(candidates: Pick<Candidates, 'ids' | 'logits'>, history: ReadonlySet<number>, penalty: number): { order: number[]; scores: number[] } {
+  const { ids, logits } = candidates;
+  const all = Array.from(logits, (logit, i) => (penalty === 1 || !history.has(ids[i]) ? logit : logit > 0 ? logit / penalty : logit * penalty));
+  const order = Array.from({ length: ids.length }, (_, i) => i).sort((a, b) => all[b] - all[a] || ids[a] - ids[b]);
+  return { order, scores: order.map((i) => all[i]) };
 }
 
 /**

@@ -4,7 +4,6 @@
 import type { RowCandidates } from '../../models/transformer.ts';
 import type { KvSequence } from './kv-cache.ts';
 import { CANDIDATES, type Sampler } from './sampler.ts';
-import type { RowSampling } from '../../kernels/sample.ts';
 import type { TextTokenizer, TokenStream } from './tokenizer.ts';
 import type { FinishReason, GenerateRequest, GeneratedToken } from './types.ts';
 
@@ -67,16 +66,13 @@ export class Channel<T> {
 }
 
 /**
- * Take the next token of `seq` (the GPU's pick where its sampler picks on the GPU, else sampled
- * here), emit it, and decide whether the sequence ends.
+ * Take the next token of `seq` (the GPU's pick in decode steps, else sampled here), emit it, and
+ * decide whether the sequence ends.
  */
 export function acceptToken(seq: Sequence, candidates: RowCandidates, tokenizer: TextTokenizer, eosTokenIds: readonly number[]): void {
   if (seq.finish) return;
   const topN = seq.request.logprobs ?? 0;
-  const sampled =
-    candidates.picked !== undefined && seq.sampler.picksOnGpu
-      ? seq.sampler.take(candidates, candidates.picked, topN)
-      : seq.sampler.sample(candidates, seq.history, topN);
+  const sampled = candidates.picked !== undefined ? seq.sampler.take(candidates, candidates.picked, topN) : seq.sampler.sample(candidates, seq.history, topN);
   seq.firstTokenAt ??= performance.now();
   if (eosTokenIds.includes(sampled.tokenId)) {
     flushHeld(seq);
@@ -148,10 +144,3 @@ function heldBackLength(text: string, stops: string[]): number {
   return keep;
 }
 
-/** A row the GPU picks greedily: for samplers that pick on the CPU (the pick is not used). */
-const CPU_PICKED: RowSampling = { temperature: 0, topK: 0, topP: 1, minP: 0, uniform: 0 };
-
-/** What the GPU needs to pick `seq`'s next token in a decode step (drawing from its generator when it samples). */
-export function gpuPick(seq: Sequence): RowSampling {
-  return seq.sampler.picksOnGpu ? seq.sampler.nextGpuPick() : CPU_PICKED;
-}
