@@ -14,7 +14,7 @@
 import { OptionError } from '../src/errors.ts';
 import { ggufByteSize, type WeightDtype } from '../kernels/weights.ts';
 import { DECODE_DEFAULTS, KV_BLOCK_TOKENS, KV_DTYPES, kvBytesPerToken, type KvDtype } from '../kernels/attention.ts';
-import { TOPK_MAX_K } from '../kernels/sample.ts';
+import { ROW_SAMPLING_WORDS, TOPK_MAX_K, seenWords } from '../kernels/sample.ts';
 import type { ModelConfig } from './config.ts';
 
 export { KV_BLOCK_TOKENS, KV_DTYPES, type KvDtype };
@@ -175,11 +175,12 @@ export function estimateActivationBytes(config: ActivationShape, sizes: { slots:
   const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F, vocabSize: V } = config;
   const R = Math.max(sizes.prefillChunk, sizes.slots);
   const S = sizes.slots;
-  const inputs = Math.max(4 * sizes.prefillChunk, 6 * S);
+  const inputs = Math.max(4 * sizes.prefillChunk, (6 + ROW_SAMPLING_WORDS) * S);
   const rows = 3 * R * C + R * (Hq + 2 * Hkv) * D + R * Hq * D + 3 * R * F;
-  const head = S * V + 2 * S * TOPK_MAX_K + S + S * C;
+  // Logits, top-k values and ids, log-sum-exps, the GPU's picks, each slot's seen tokens, headRows.
+  const head = S * V + 2 * S * TOPK_MAX_K + 2 * S + S * seenWords(V) + S * C;
   const decodeScratch = S * Hq * DECODE_DEFAULTS.maxSplits * (D + 2);
-  const readback = S * (2 * TOPK_MAX_K + 1);
+  const readback = 2 * S * (2 * TOPK_MAX_K + 2);
   return 4 * (inputs + rows + head + decodeScratch + readback);
 }
 
