@@ -1,4 +1,6 @@
-// Token sampling on the CPU over a small candidate set the GPU has already chosen.
+// Token sampling over a small candidate set the GPU has already chosen: on the CPU for a
+// sequence's first token, by the GPU itself (PickToken, the same rules in f32, with the uniform
+// draws this sampler makes: nextGpuPick) in decode steps.
 //
 // The GPU returns, per sequence, the K highest logits (K = CANDIDATES, ids sorted by logit) and the
 // log-sum-exp of the whole row, so the CPU never reads a whole vocabulary row per token. Sampling

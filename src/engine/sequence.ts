@@ -143,4 +143,3 @@ function heldBackLength(text: string, stops: string[]): number {
   }
   return keep;
 }
-
