@@ -4,9 +4,10 @@
 // scheduler loop runs while there is work: each turn it admits queued requests, runs ONE prefill
 // step over the admitted prompts (oldest first, up to prefillChunk tokens in all: a long prompt
 // contributes a chunk, short ones fit whole; a prompt's last piece also samples its first token),
-// then runs ONE batched decode step for every decoding sequence (one forward pass over all rows:
-// the weights are read once per step, not once per sequence). A cancelled or abandoned request
-// gives its KV blocks back at the next turn.
+// then runs batched decode steps for every decoding sequence (one forward pass over all rows: the
+// weights are read once per step, not once per sequence): one step, or, while the batch stays as it
+// is, a run of steps two in flight, each fed on the GPU with the tokens the step before picked
+// (#decodeSteps). A cancelled or abandoned request gives its KV blocks back at the next turn.
 //
 // The KV cache is a pool of blocks (src/engine/kv-cache.ts): a request is admitted, highest
 // priority first, when a block-table row (slot) is free and the pool can promise every block its
