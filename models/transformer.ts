@@ -128,10 +128,11 @@ export interface DecodeOptions {
    */
   sample?: RowSampling[];
   /**
-   * The rows' tokens are those the last submitted step picked on the GPU for the same rows (a
-   * decode step with `sample`, of the same slots in the same order, each one position earlier):
-   * this step can be submitted before that one's candidates are read back, so that the GPU always
-   * has the next step queued. The rows' `token` is not read.
+   * The rows' tokens are those the last submitted step picked on the GPU for the same slots (a
+   * decode step with `sample`; each row's slot one of its rows', one position on, in any order, a
+   * row of it left out where its sequence ended): this step can be submitted before that one's
+   * candidates are read back, so that the GPU always has the next step queued. The rows' `token`
+   * is not read.
    */
   tokensFromPicks?: boolean;
   /** With recordNext and sample: record the next step as taking its tokens from this one's picks. */
@@ -155,7 +156,8 @@ interface StepShape {
   maxLen: number;
   k: number;
   sample: boolean;
-  tokensFromPicks: boolean;
+  /** With tokensFromPicks: for each row, the row of the last step whose pick it takes. */
+  fromRows?: number[];
 }
 
 export interface PrefillBatchOptions {
@@ -571,7 +573,7 @@ export class Transformer {
     const k = this.#candidateK(candidates);
     const { sample, tokensFromPicks = false } = options;
     if (sample && sample.length !== B) throw new ShapeError(`decode: ${sample.length} rows of sampling parameters for ${B} rows`);
-    if (tokensFromPicks) this.#checkFollowsPicks(rows);
+    const fromRows = tokensFromPicks ? this.#rowsFollowed(rows) : undefined;
     this.#checkReadbackFree(this.#nextReadback);
     const inputs = this.#inputs;
     const at = inputOffsets(B);
@@ -590,7 +592,7 @@ export class Transformer {
     }
     if (sample) writeRowSampling(inputs, at.sampling, sample, rows.map((row) => row.slot));
     this.#gpu.device.queue.writeBuffer(this.#buf.inputs, 0, inputs, 0, sample ? at.sampling + ROW_SAMPLING_WORDS * B : at.attnMeta + 2 * B);
-    const shape: StepShape = { rows: B, maxLen, k, sample: sample !== undefined, tokensFromPicks };
+    const shape: StepShape = { rows: B, maxLen, k, sample: sample !== undefined, fromRows };
     const recorded = this.#recorded;
     let read: Promise<RowCandidates[]>;
     if (recorded && sameShape(recorded.shape, shape)) {
@@ -605,7 +607,8 @@ export class Transformer {
     if (tokensFromPicks) this.#decodeStepsFromPicks++;
     // The next step's recording overlaps this one's GPU work; the one after a step at the capacity cannot exist.
     if ((options.recordNext ?? true) && maxLen < this.options.capacity) {
-      this.#recordAhead({ ...shape, maxLen: maxLen + 1, tokensFromPicks: shape.sample && (options.nextTokensFromPicks ?? false) });
+      const fed = shape.sample && (options.nextTokensFromPicks ?? false);
+      this.#recordAhead({ ...shape, maxLen: maxLen + 1, fromRows: fed ? Array.from({ length: B }, (_, r) => r) : undefined });
     }
     return read;
   }
@@ -622,13 +625,17 @@ export class Transformer {
 
   /**
    * Layers and head of a decode step of this shape, in one pass, and its copies into `readback`
-   * (with tokensFromPicks, first the copy of the last step's picks into the token ids).
+   * (with fromRows, first the copies of the last step's picks into the token ids: one per run of
+   * rows that follow consecutive rows).
    */
   #encodeDecode(encoder: GPUCommandEncoder, shape: StepShape, readback: GPUBuffer): void {
-    const { rows: B, maxLen, k } = shape;
+    const { rows: B, maxLen, k, fromRows } = shape;
     const { numHeads: Hq, headDim: D } = this.config;
     const at = inputOffsets(B);
-    if (shape.tokensFromPicks) encoder.copyBufferToBuffer(this.#buf.picked, 0, this.#buf.inputs, at.ids * 4, B * 4);
+    for (let r = 0, end = 0; fromRows && r < B; r = end) {
+      for (end = r + 1; end < B && fromRows[end] === fromRows[end - 1] + 1; end++);
+      encoder.copyBufferToBuffer(this.#buf.picked, fromRows[r] * 4, this.#buf.inputs, (at.ids + r) * 4, (end - r) * 4);
+    }
     const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta, scale: this.#attentionScale };
     const pass = encoder.beginComputePass();
     this.#encodeLayers(pass, B, (layer) => {
@@ -700,21 +707,23 @@ export class Transformer {
     if (!Number.isSafeInteger(maxLen) || maxLen < 1 || maxLen > this.options.capacity) {
       throw new ShapeError(`decode maxLen must be an integer in [1, ${this.options.capacity}] (got ${maxLen})`);
     }
-    return { rows, maxLen, k: this.#candidateK(candidates), sample, tokensFromPicks: false };
+    return { rows, maxLen, k: this.#candidateK(candidates), sample };
   }
 
-  /** Rows whose tokens come from the last step's picks must be that step's rows, one position on. */
-  #checkFollowsPicks(rows: DecodeRow[]): void {
+  /**
+   * Rows whose tokens come from the last step's picks must each follow one of that step's rows:
+   * the same slot, one position on. Returns the row each follows.
+   */
+  #rowsFollowed(rows: DecodeRow[]): number[] {
     const last = this.#picks;
-    if (!last || last.slots.length !== rows.length) {
-      throw new ShapeError(`tokensFromPicks: the last step submitted was not a decode step that picked tokens for ${rows.length} rows`);
-    }
-    rows.forEach(({ slot, position }, r) => {
-      if (slot !== last.slots[r] || position !== last.positions[r] + 1) {
-        throw new ShapeError(
-          `tokensFromPicks: row ${r} (slot ${slot}, position ${position}) does not follow the last step's row (slot ${last.slots[r]}, position ${last.positions[r]})`,
-        );
+    if (!last) throw new ShapeError('tokensFromPicks: the last step submitted was not a decode step that picked tokens');
+    return rows.map(({ slot, position }, r) => {
+      const from = last.slots.indexOf(slot);
+      if (from < 0) throw new ShapeError(`tokensFromPicks: row ${r}'s slot ${slot} was not in the last step (slots ${last.slots.join(', ')})`);
+      if (position !== last.positions[from] + 1) {
+        throw new ShapeError(`tokensFromPicks: row ${r} (slot ${slot}, position ${position}) does not follow the last step's row (slot ${slot}, position ${last.positions[from]})`);
       }
+      return from;
     });
   }
 
@@ -904,7 +913,9 @@ export class Transformer {
 }
 
 function sameShape(a: StepShape, b: StepShape): boolean {
-  return a.rows === b.rows && a.maxLen === b.maxLen && a.k === b.k && a.sample === b.sample && a.tokensFromPicks === b.tokensFromPicks;
+  const [x, y] = [a.fromRows, b.fromRows];
+  const sameFrom = !x || !y ? x === y : x.length === y.length && x.every((row, i) => row === y[i]);
+  return a.rows === b.rows && a.maxLen === b.maxLen && a.k === b.k && a.sample === b.sample && sameFrom;
 }
 
 /** Where a step of `rows` rows keeps each of its inputs in the inputs buffer (u32 elements). */

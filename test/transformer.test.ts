@@ -374,11 +374,22 @@ describe('decode steps fed from the GPU picks', () => {
       // Every fed step but the refused one's successor came from a recording made while the GPU ran the step before.
       expect(model.decodeStepsRecordedAhead - recordedBefore).toBeGreaterThanOrEqual(STEPS - 2);
 
-      // Fed rows must follow the last step's rows exactly, and that step must have picked.
+      // A fed step of some of the last step's rows, in another order (a sequence ended, the others go
+      // on), against the same rows fed by the host.
       const end = prompt.length + STEPS;
+      const order = [2, 0];
+      const subset = await model.decode(order.map((r) => ({ slot: second[r], token: 0, position: end })), K, { sample: order.map((r) => sampling(STEPS)[r]), tokensFromPicks: true });
+      const hostFed = await model.decode(order.map((r) => ({ slot: first[r], token: tokenOf(want[STEPS - 1][r]), position: end })), K, { sample: order.map((r) => sampling(STEPS)[r]) });
+      subset.forEach((row, i) => {
+        expect(Array.from(row.ids), `subset row ${i}`).toEqual(Array.from(hostFed[i].ids));
+        expect(Array.from(row.logits), `subset row ${i}`).toEqual(Array.from(hostFed[i].logits));
+        expect(row.picked).toBe(hostFed[i].picked);
+      });
+
+      // Fed rows must each follow a row of the last step, and that step must have picked.
       await model.decode([{ slot: 3, token: 1, position: end }], 8, { sample: [sampling(0)[0]] });
-      await expect(model.decode([{ slot: 4, token: 0, position: end + 1 }], 8, { tokensFromPicks: true })).rejects.toThrow(/row 0 \(slot 4, position 18\) does not follow the last step's row \(slot 3, position 17\)/);
-      await expect(model.decode([{ slot: 3, token: 0, position: end + 2 }], 8, { tokensFromPicks: true })).rejects.toThrow(/does not follow/);
+      await expect(model.decode([{ slot: 4, token: 0, position: end + 1 }], 8, { tokensFromPicks: true })).rejects.toThrow(/row 0's slot 4 was not in the last step \(slots 3\)/);
+      await expect(model.decode([{ slot: 3, token: 0, position: end + 2 }], 8, { tokensFromPicks: true })).rejects.toThrow(/row 0 \(slot 3, position 19\) does not follow the last step's row \(slot 3, position 17\)/);
       await model.decode([{ slot: 3, token: 1, position: end + 1 }], 8);
       await expect(model.decode([{ slot: 3, token: 0, position: end + 2 }], 8, { tokensFromPicks: true })).rejects.toThrow(/not a decode step that picked tokens/);
       await expect(model.decode([{ slot: 3, token: 1, position: end + 2 }], 8, { sample: [] })).rejects.toThrow(/0 rows of sampling parameters for 1 rows/);
