@@ -5,9 +5,10 @@
 // step over the admitted prompts (oldest first, up to prefillChunk tokens in all: a long prompt
 // contributes a chunk, short ones fit whole; a prompt's last piece also samples its first token),
 // then runs batched decode steps for every decoding sequence (one forward pass over all rows: the
-// weights are read once per step, not once per sequence): one step, or, while the batch stays as it
-// is, a run of steps two in flight, each fed on the GPU with the tokens the step before picked
-// (#decodeSteps). A cancelled or abandoned request gives its KV blocks back at the next turn.
+// weights are read once per step, not once per sequence): one step, or, until a request arrives, a
+// run of steps two in flight, each fed on the GPU with the tokens the step before picked
+// (#decodeSteps). A cancelled or abandoned request gives its KV blocks back at the next turn or
+// step of a run.
 //
 // The KV cache is a pool of blocks (src/engine/kv-cache.ts): a request is admitted, highest
 // priority first, when a block-table row (slot) is free and the pool can promise every block its
@@ -391,16 +392,16 @@ export class Engine implements TextGenerator {
   }
 
   /**
-   * Batched decode steps of the sequences decoding now: one step, or a run of them while the batch
-   * stays as it is. Every step picks each row's token on the GPU (PickToken, by the request's
-   * sampling parameters), so that in a run step N + 1 takes step N's picks on the GPU and is
-   * submitted before step N is read back: the GPU has the next step queued while the host reads,
-   * emits and records, and never waits for it. A run ends (after reading the step still in flight,
-   * whose rows of ended sequences are dropped) once a sequence ends or is cancelled, a request
-   * arrives, a prompt waits, or a sequence is one token from its max_tokens.
+   * Batched decode steps of the sequences decoding now: one step, or a run of them. Every step picks
+   * each row's token on the GPU (PickToken, by the request's sampling parameters), so that in a run
+   * step N + 1 takes step N's picks on the GPU and is submitted before step N is read back: the GPU
+   * has the next step queued while the host reads, emits and records, and never waits for it. A
+   * sequence that ends leaves the run (its row in the step in flight is dropped); the run ends, after
+   * reading the step still in flight, once none goes on, a request arrives, or one leaves while
+   * requests wait for room (#following).
    */
   async #decodeSteps(): Promise<void> {
-    const batch = [...this.#active];
+    let batch = [...this.#active]; // the rows of `step`, in order
     const k = Math.max(...batch.map(candidatesNeeded));
     const arrivals = this.#arrivals;
     // Each row feeds its pending token, into a block its table covers before the step runs.
@@ -410,23 +411,24 @@ export class Engine implements TextGenerator {
       this.#kv.prepare(kv, kv.written + 1);
       return { slot: kv.slot, token: seq.pending!, position: kv.written };
     });
-    let feed = this.#canFeed(batch, arrivals, 2);
+    let following = this.#following(batch, arrivals, 2);
     // The next step is recorded while the GPU runs this one, unless the batch is known to change
     // before it: a prompt to prefill, or a sequence at its last token. (A queued request could
     // not be admitted this turn, so it waits for a sequence to end: the same signs.)
-    const recordNext = feed || (this.#prefilling.length === 0 && batch.every((seq) => seq.completion + 1 < seq.maxTokens));
-    let step = this.model.decode(rows, k, { sample: batch.map((seq) => seq.sampler.nextGpuPick()), recordNext, nextTokensFromPicks: feed });
+    const whole = following?.length === batch.length;
+    const recordNext = whole || (!following && this.#prefilling.length === 0 && batch.every((seq) => seq.completion + 1 < seq.maxTokens));
+    let step = this.model.decode(rows, k, { sample: batch.map((seq) => seq.sampler.nextGpuPick()), recordNext, nextTokensFromPicks: whole });
     for (;;) {
       let next: Promise<RowCandidates[]> | undefined;
-      if (feed) {
-        const fed = batch.map((seq) => {
+      if (following) {
+        const fed = following.map((seq) => {
           const kv = seq.kv!;
           this.#kv.prepare(kv, kv.written + 2);
           return { slot: kv.slot, token: 0, position: kv.written + 1 };
         });
-        // Recorded ahead as fed too when the run can go on one step more.
-        const onward = this.#canFeed(batch, arrivals, 3);
-        next = this.model.decode(fed, k, { sample: batch.map((seq) => seq.sampler.nextGpuPick()), tokensFromPicks: true, recordNext: onward, nextTokensFromPicks: onward });
+        // The step after is recorded ahead, fed from this one's picks, when it will carry the same rows.
+        const onward = this.#following(following, arrivals, 3)?.length === following.length;
+        next = this.model.decode(fed, k, { sample: following.map((seq) => seq.sampler.nextGpuPick()), tokensFromPicks: true, recordNext: onward, nextTokensFromPicks: onward });
         next.catch(() => {}); // awaited below, after `step`: its error is thrown there
       }
       const candidates = await step;
@@ -435,22 +437,29 @@ export class Engine implements TextGenerator {
         this.#kv.wrote(seq.kv!, seq.kv!.written + 1);
         this.#accept(seq, candidates[i]);
         // The step in flight fed what this one picked.
-        if (next && !seq.finish) seq.kv!.ids.push(seq.pending!);
+        if (following?.includes(seq) && !seq.finish) seq.kv!.ids.push(seq.pending!);
       });
       if (!next) return;
-      step = next;
-      feed = this.#canFeed(batch, arrivals, 2);
+      // Sequences that ended leave now, their streams ended and their blocks given back, while the
+      // GPU runs `next` (whose writes to those blocks come before any later step's).
+      this.#retire();
+      [step, batch] = [next, following!];
+      following = this.#following(batch, arrivals, 2);
     }
   }
 
   /**
-   * Whether the step after the one in flight may take its picks: the same batch `steps` tokens on
-   * (every sequence has that many left before max_tokens, whose KV positions admission promised),
-   * nothing ended or cancelled, no prompt waiting and no request arrived since the run began.
+   * The sequences of `batch` (the rows of the step in flight) that the step after it carries, fed
+   * with its picks: those not ended or cancelled with `steps` tokens left before max_tokens (the
+   * KV positions admission promised). None, and the run ends, when overlapping is off, a prompt
+   * waits, a request arrived since the run began, one leaves while requests wait for room (its
+   * blocks may admit them), or none goes on.
    */
-  #canFeed(batch: Sequence[], arrivals: number, steps: number): boolean {
-    if (!this.overlapDecode || this.#prefilling.length > 0 || this.#arrivals !== arrivals) return false;
-    return batch.every((seq) => !seq.finish && !seq.signal?.aborted && seq.completion + steps <= seq.maxTokens);
+  #following(batch: Sequence[], arrivals: number, steps: number): Sequence[] | undefined {
+    if (!this.overlapDecode || this.#prefilling.length > 0 || this.#arrivals !== arrivals) return undefined;
+    const going = batch.filter((seq) => !seq.finish && !seq.signal?.aborted && seq.completion + steps <= seq.maxTokens);
+    if (going.length === 0 || (going.length < batch.length && this.#queue.length > 0)) return undefined;
+    return going;
   }
 
   /**
