@@ -72,10 +72,11 @@ export interface E2eReport {
     stoppedEarly: number;
   }>;
   /**
-   * Batch-1 decode again with the engine's decode steps one at a time (overlapDecode off: the host
-   * reads each step before submitting the next), beside `decode`'s batch 1 with two in flight.
+   * Batch-1 decode tokens/s with the engine's decode steps two in flight (as it runs) and one at a
+   * time (overlapDecode off: the host reads each step before submitting the next), `repeats` runs
+   * of each taken in turns, so that both see the same spells of machine load.
    */
-  decodeOneAtATime: E2eReport['decode'][number];
+  decodeOverlap: { twoInFlight: number[]; oneAtATime: number[] };
   /**
    * A validator's cost to check what was generated: the larger decode batch's responses recomputed
    * teacher-forced (prompt + completion, many per forward pass), against the rate they were generated at.
@@ -285,9 +286,13 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       decode.push(result.run);
       responses = result.responses;
     }
-    progress(`e2e: decode, batch 1 x ${e.decodeTokens} tokens, one step at a time`);
-    engine.overlapDecode = false;
-    const { run: decodeOneAtATime } = await decodeRun(1).finally(() => (engine.overlapDecode = true));
+    progress(`e2e: decode, batch 1 x ${e.decodeTokens} tokens, two in flight and one step at a time, ${e.repeats} runs each in turns`);
+    const decodeOverlap: E2eReport['decodeOverlap'] = { twoInFlight: [], oneAtATime: [] };
+    for (let r = 0; r < e.repeats; r++) {
+      decodeOverlap.twoInFlight.push((await decodeRun(1)).run.tokensPerS);
+      engine.overlapDecode = false;
+      decodeOverlap.oneAtATime.push((await decodeRun(1).finally(() => (engine.overlapDecode = true))).run.tokensPerS);
+    }
 
     // The larger batch's responses, checked as a validator would (the same weights, this adapter).
     progress(`e2e: teacher-forced verification of ${responses.length} responses`);
@@ -324,7 +329,7 @@ export async function benchE2e(options: E2eOptions): Promise<E2eReport> {
       ttft: { promptTokens, timing: ttftTiming },
       ttftCachedPrefix: { ...cached, timing: summarize(cachedTimes, 1, 'queue-completion') },
       decode,
-      decodeOneAtATime,
+      decodeOverlap,
       verify,
     };
   } finally {
