@@ -6,6 +6,7 @@ import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, GenerationSummary, GeneratedToken } from '../src/engine/types.ts';
 import { BadRequestError, OverloadedError } from '../src/errors.ts';
 import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
+import { watchingDecode } from './support/test-engine.ts';
 
 let gpu: Gpu;
 let engine: Engine;
@@ -226,17 +227,11 @@ describe('decode steps two in flight', () => {
       // may move in the last digits).
       // Count the steps fed by the host: the first after each turn with a prefill, not one per sequence that ends.
       let hostFed = 0;
-      const decode = engine.model.decode;
-      engine.model.decode = (...args) => {
-        if (!args[2]?.tokensFromPicks) hostFed++;
-        return decode.apply(engine.model, args);
-      };
-      let together;
-      try {
-        together = await Promise.all(requests.map((request) => runOn(engine, request)));
-      } finally {
-        delete (engine.model as Partial<typeof engine.model>).decode;
-      }
+      const together = await watchingDecode(
+        engine.model,
+        (_rows, _k, options) => (hostFed += options?.tokensFromPicks ? 0 : 1),
+        () => Promise.all(requests.map((request) => runOn(engine, request))),
+      );
       expect(hostFed, 'decode steps fed by the host').toBeLessThanOrEqual(3);
       const text = (v: ReturnType<typeof view>) => ({ tokens: v.tokens.map(([id, piece]) => [id, piece]), finish: v.finish });
       together.forEach((got, i) => {
@@ -275,25 +270,20 @@ describe('admission by free KV blocks', () => {
       for (const r of requests) solo.push(await timed(small, r, { t: 0 }));
       // Watch how many sequences run in each decode step.
       const running: number[] = [];
-      const decode = small.model.decode;
-      small.model.decode = (...args) => {
-        running.push(args[0].length);
-        expect(small.info().kvBlocksUsed).toBeLessThanOrEqual(8);
-        return decode.apply(small.model, args);
-      };
       const clock = { t: 0 };
-      let together;
-      try {
+      const watch = (rows: unknown[]) => {
+        running.push(rows.length);
+        expect(small.info().kvBlocksUsed).toBeLessThanOrEqual(8);
+      };
+      const together = await watchingDecode(small.model, watch, async () => {
         // Alpha and Beta are admitted; then Gamma (priority 0) and Delta (priority 5) arrive and
         // wait for blocks, and Delta, the higher stake, goes first although it came later.
         const first = requests.slice(0, 2).map((r) => timed(small, r, clock));
         while (small.info().activeSequences < 2) await new Promise((resolve) => setImmediate(resolve));
         const later = [timed(small, requests[2], clock, 0), timed(small, requests[3], clock, 5)];
         expect(small.info().queueDepth).toBe(2);
-        together = await Promise.all([...first, ...later]);
-      } finally {
-        delete (small.model as Partial<typeof small.model>).decode;
-      }
+        return Promise.all([...first, ...later]);
+      });
       expect(Math.max(...running)).toBe(2);
       together.forEach((t, i) => {
         expect(t.tokens, `request ${i}: same tokens as alone`).toEqual(solo[i].tokens);

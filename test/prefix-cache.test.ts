@@ -16,6 +16,7 @@ import { embeddedSource, memorySource, type MemoryTensor, type ModelSource } fro
 import { TINY_CONFIG, llamaTensorShapes, tinyWeights } from '../models/tiny.ts';
 import { Transformer } from '../models/transformer.ts';
 import { useGpu } from './support/gpu.ts';
+import { watchingDecode } from './support/test-engine.ts';
 import { compare, expectClose, rng } from './support/reference.ts';
 
 const gpu = useGpu();
@@ -332,17 +333,7 @@ describe('prefix reuse under continuous batching', () => {
       const common = commonPrefix(ids[0], ids[1]);
       expect(common, 'premise: a common prefix of at least two blocks').toBeGreaterThanOrEqual(2 * B);
       const seen: number[] = [];
-      const decode = engine.model.decode;
-      engine.model.decode = (...args) => {
-        seen.push(engine.info().kvBlocksShared!);
-        return decode.apply(engine.model, args);
-      };
-      let together;
-      try {
-        together = await Promise.all(pair.map((r) => run(engine, r)));
-      } finally {
-        delete (engine.model as Partial<typeof engine.model>).decode;
-      }
+      const together = await watchingDecode(engine.model, () => seen.push(engine.info().kvBlocksShared!), () => Promise.all(pair.map((r) => run(engine, r))));
       expect(together.map((t) => t.summary.cachedPromptTokens)).toEqual([0, B * Math.floor(Math.min(common, ids[1].length - 1) / B)]);
       expect(Math.max(...seen), 'blocks shared while both decode').toBe(Math.floor(common / B));
       for (const [i, r] of pair.entries()) expectSameGeneration(together[i], await reference(r), `pair ${i}`);

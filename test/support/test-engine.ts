@@ -3,6 +3,7 @@
 // its streams in one batched step.
 import { Engine } from '../../src/engine/engine.ts';
 import type { TextGenerator } from '../../src/engine/types.ts';
+import type { Transformer } from '../../models/transformer.ts';
 
 export async function createTestGenerator(): Promise<TextGenerator> {
   return Engine.load({ slots: 32, capacity: 256, prefillChunk: 64 });
@@ -33,4 +34,21 @@ export function holdDecode(generator: TextGenerator): { release: () => void; res
       delete (model as Partial<typeof model>).decode;
     },
   };
+}
+
+/**
+ * Run `body` with `watch` called before each of the model's decode steps, with the step's
+ * arguments; the model's own decode is put back after.
+ */
+export async function watchingDecode<T>(model: Transformer, watch: (...args: Parameters<Transformer['decode']>) => void, body: () => Promise<T>): Promise<T> {
+  const decode = model.decode;
+  model.decode = (...args) => {
+    watch(...args);
+    return decode.apply(model, args);
+  };
+  try {
+    return await body();
+  } finally {
+    delete (model as Partial<Transformer>).decode;
+  }
 }
