@@ -177,6 +177,11 @@ export interface KernelBenchOptions {
   dtypes?: readonly WeightDtype[];
   /** Only these kernels (default: all). */
   kinds?: readonly KernelKind[];
+  /**
+   * The run's time budget: a kernel not started by `deadline` (a performance.now() time) is listed
+   * as skipped, so a bench with a limited time on a machine still ends with a report.
+   */
+  budget?: { deadline: number; seconds: number };
 }
 
 export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPreset, options: KernelBenchOptions): Promise<KernelsReport> {
@@ -206,7 +211,14 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   let done = 0;
   const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
 
+  const budget = options.budget;
+  let outOfTime = 0;
   const attempt = async (kind: KernelKind, tier: Tier, name: string, dtype: WeightDtype, shape: Record<string, number>, label: string, run: (label: string) => Promise<KernelResult>) => {
+    if (budget && performance.now() >= budget.deadline) {
+      if (outOfTime++ === 0) progress(`kernels: the ${budget.seconds} s budget is spent; the ${total - done} kernels left are skipped`);
+      skipped.push({ kind, tier, name, dtype, shape, label, skipped: `not started: the run's ${budget.seconds} s budget was spent` });
+      return;
+    }
     step(label);
     try {
       results.push(await run(label));
@@ -219,70 +231,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
     }
   };
 
-  for (const proj of p.projections) {
-    const { N, K } = projectionShape(cfg, proj);
-    for (const dtype of dtypes) {
-      // One weight per (projection, dtype), uploaded once and timed by both kernels.
-      let shared: { weight: PackedWeight; input: GPUBuffer } | undefined;
-      const prepare = () => {
-        if (shared) return shared;
-        if (isQuantDtype(dtype) && K % BLOCK_COLUMNS[dtype] !== 0) {
-          throw new ShapeError(`${dtype} needs K to be a multiple of ${BLOCK_COLUMNS[dtype]}`);
-        }
-        // Refuse a plane larger than one binding before building it (an f32 LM head of a 7B model is 0.5 GB).
-        const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-        const largest = Math.max(...planeWords(dtype, N, K)) * 4;
-        if (largest > limit) throw new ShapeError(`a ${(largest / 2 ** 20).toFixed(0)} MiB weight plane exceeds this adapter's ${(limit / 2 ** 20).toFixed(0)} MiB per binding`);
-        const host = syntheticWeight(dtype, N, K);
-        checkWeightFits(gpu, proj, host);
-        const weight = uploadWeight(gpu, `bench.${proj}`, host);
-        try {
-          shared = { weight, input: createStorage(gpu, 'bench.input', activations(Math.max(p.decodeRows, p.prefillTokens) * K)) };
-        } catch (err) {
-          weight.planes.forEach((b) => b.destroy());
-          throw err;
-        }
-        return shared;
-      };
-      try {
-        const runs: Array<{ kind: 'matvec' | 'matmul'; tier: Tier; activations?: MatvecActivations }> = [
-          ...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier, activations: 'f32' as const })),
-          ...(q8For(dtype) ? [{ kind: 'matvec' as const, tier: tiers.matvec, activations: 'q8' as const }] : []),
-          ...matmulTiers.map((tier) => ({ kind: 'matmul' as const, tier })),
-        ];
-        for (const { kind, tier, activations } of runs) {
-          const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
-          const shape = { M, N, K };
-          const variant = activations === 'q8' ? `${tier}+q8` : tier;
-          await attempt(kind, tier, proj, dtype, shape, `${kind} ${variant} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
-            const { weight, input } = prepare();
-            const output = createStorage(gpu, 'bench.output', M * N * 4);
-            try {
-              const buffers = { weight, input, output };
-              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier, activations }) : new Matmul(gpu, buffers, { tier });
-              const timing = await timeKernel(gpu, (pass) => op.encode(pass, { M }), preset.timing);
-              // The q8 step's own traffic (M K bytes of quants and K / 8 of scales, written then read) is
-              // left out: the figure of merit is weight bytes per second, the same for both.
-              return result(
-                {
-                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}),
-                  name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing,
-                },
-                roof,
-                options.a100Roof,
-              );
-            } finally {
-              output.destroy();
-            }
-          });
-        }
-      } finally {
-        shared?.weight.planes.forEach((b) => b.destroy());
-        shared?.input.destroy();
-      }
-    }
-  }
-
+  // Attention first: a few runs, and the ones a time budget should least leave out.
   const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = cfg;
   for (const T of prefillLengths) for (const tier of attentionTiers) {
     const shape = { T, Hq, Hkv, D };
@@ -350,6 +299,70 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         made.forEach((b) => b.destroy());
       }
     });
+  }
+
+  for (const proj of p.projections) {
+    const { N, K } = projectionShape(cfg, proj);
+    for (const dtype of dtypes) {
+      // One weight per (projection, dtype), uploaded once and timed by both kernels.
+      let shared: { weight: PackedWeight; input: GPUBuffer } | undefined;
+      const prepare = () => {
+        if (shared) return shared;
+        if (isQuantDtype(dtype) && K % BLOCK_COLUMNS[dtype] !== 0) {
+          throw new ShapeError(`${dtype} needs K to be a multiple of ${BLOCK_COLUMNS[dtype]}`);
+        }
+        // Refuse a plane larger than one binding before building it (an f32 LM head of a 7B model is 0.5 GB).
+        const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+        const largest = Math.max(...planeWords(dtype, N, K)) * 4;
+        if (largest > limit) throw new ShapeError(`a ${(largest / 2 ** 20).toFixed(0)} MiB weight plane exceeds this adapter's ${(limit / 2 ** 20).toFixed(0)} MiB per binding`);
+        const host = syntheticWeight(dtype, N, K);
+        checkWeightFits(gpu, proj, host);
+        const weight = uploadWeight(gpu, `bench.${proj}`, host);
+        try {
+          shared = { weight, input: createStorage(gpu, 'bench.input', activations(Math.max(p.decodeRows, p.prefillTokens) * K)) };
+        } catch (err) {
+          weight.planes.forEach((b) => b.destroy());
+          throw err;
+        }
+        return shared;
+      };
+      try {
+        const runs: Array<{ kind: 'matvec' | 'matmul'; tier: Tier; activations?: MatvecActivations }> = [
+          ...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier, activations: 'f32' as const })),
+          ...(q8For(dtype) ? [{ kind: 'matvec' as const, tier: tiers.matvec, activations: 'q8' as const }] : []),
+          ...matmulTiers.map((tier) => ({ kind: 'matmul' as const, tier })),
+        ];
+        for (const { kind, tier, activations } of runs) {
+          const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
+          const shape = { M, N, K };
+          const variant = activations === 'q8' ? `${tier}+q8` : tier;
+          await attempt(kind, tier, proj, dtype, shape, `${kind} ${variant} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
+            const { weight, input } = prepare();
+            const output = createStorage(gpu, 'bench.output', M * N * 4);
+            try {
+              const buffers = { weight, input, output };
+              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier, activations }) : new Matmul(gpu, buffers, { tier });
+              const timing = await timeKernel(gpu, (pass) => op.encode(pass, { M }), preset.timing);
+              // The q8 step's own traffic (M K bytes of quants and K / 8 of scales, written then read) is
+              // left out: the figure of merit is weight bytes per second, the same for both.
+              return result(
+                {
+                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}),
+                  name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing,
+                },
+                roof,
+                options.a100Roof,
+              );
+            } finally {
+              output.destroy();
+            }
+          });
+        }
+      } finally {
+        shared?.weight.planes.forEach((b) => b.destroy());
+        shared?.input.destroy();
+      }
+    }
   }
 
   return {

@@ -28,6 +28,13 @@ export interface BenchReport {
   version: 1;
   createdAt: string;
   preset: PresetName;
+  /**
+   * True in the finished report. The JSON is also written after each section while the run goes
+   * on, with false here and the sections measured so far.
+   */
+  complete: boolean;
+  /** The run's time budget (--budget), when it had one: kernels not started within it are skipped. */
+  budgetSeconds?: number;
   adapter: AdapterReport;
   roofline: RooflineResult;
   kernels: KernelsReport;
@@ -128,11 +135,12 @@ function kernelRows(k: KernelsReport): string[][] {
   return rows;
 }
 
-/** Skipped kernels grouped by reason: one line per reason. */
+/** Skipped kernels grouped by reason: one line per reason (a long list counted; the JSON names each). */
 function skippedLines(k: KernelsReport): string[] {
   const byReason = new Map<string, string[]>();
   for (const s of k.skipped) byReason.set(s.skipped, [...(byReason.get(s.skipped) ?? []), `${s.kind} ${s.tier} ${s.dtype} ${s.name}`]);
-  return [...byReason].map(([reason, labels]) => `skipped (${reason}): ${labels.join(', ')}`);
+  return [...byReason].map(([reason, labels]) =>
+    `skipped (${reason}): ${labels.length > 8 ? `${labels.length} kernels, from ${labels.slice(0, 4).join(', ')}, ...` : labels.join(', ')}`);
 }
 
 function e2eRows(e: E2eReport): string[][] {

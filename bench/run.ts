@@ -10,6 +10,7 @@ import { gpuMemoryBytes, parseGpuMemory } from '../models/memory-plan.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
 import type { KvDtype } from '../kernels/attention.ts';
+import type { WeightDtype } from '../kernels/weights.ts';
 import { a100KernelRoof, compareWithA100, loadA100 } from './a100.ts';
 import { renderChart } from './chart.ts';
 import { benchE2e } from './e2e.ts';
@@ -55,6 +56,13 @@ export interface BenchOptions {
   svg?: string;
   /** Tune the decode matvec variants at model load (default true; false: --no-autotune). */
   autotune?: boolean;
+  /**
+   * Seconds the run may take. The kernels come last, and those not started when it is spent are
+   * listed as skipped; every other section always runs.
+   */
+  budgetSeconds?: number;
+  /** Kernel timings for these weight dtypes only (default: the preset's, every dtype). */
+  dtypes?: readonly WeightDtype[];
   /** Use this device (tests); otherwise one is acquired and released. */
   gpu?: Gpu;
   /** Progress lines; default: stderr. false: silent. */
@@ -139,23 +147,41 @@ async function withGpu<T>(options: Pick<BenchOptions, 'gpu' | 'adapter'>, run: (
 }
 
 export async function runBench(options: BenchOptions = {}): Promise<BenchReport> {
+  const started = performance.now();
   const preset = resolvePreset(options);
   checkPositiveInt('batch', options.batch);
   checkPositiveInt('prefillChunk', options.prefillChunk);
+  const budgetSeconds = options.budgetSeconds;
+  if (budgetSeconds !== undefined && !(Number.isFinite(budgetSeconds) && budgetSeconds > 0)) {
+    throw new OptionError(`budget must be a positive number of seconds (got ${budgetSeconds})`);
+  }
   const progress = options.progress === false ? () => {} : (options.progress ?? stderrProgress());
   const model = options.model ?? TINY_MODEL_ID;
   const shapes = await resolveShapes(options, preset);
   const gpuMemory = parseGpuMemory(options.gpuMemory ?? '12GiB');
   const data = loadA100();
+  const head = { tool: 'webgpu-miner bench', version: 1, createdAt: new Date().toISOString(), preset: preset.name } as const;
+  // The JSON so far, rewritten after each section: a run stopped from outside keeps what it measured.
+  const checkpoint = (sections: Partial<BenchReport>) => {
+    if (options.json) write(options.json, JSON.stringify({ ...head, complete: false, ...sections }, null, 2) + '\n');
+  };
   const report = await withGpu(options, async (gpu) => {
     progress(`adapter: ${adapterName(gpu.info)} (${gpu.info.backend}); preset ${preset.name}; timing by ${timingMethod(gpu)}`);
     warnIfSlow(gpu, preset, progress);
+    const adapter = describeAdapter(gpu);
     const roofline = await measureRoofline(gpu, preset, progress);
     progress(`roofline: ${roofline.bandwidth.gbps.toFixed(2)} GB/s, ${roofline.compute.gflops.toFixed(1)} GFLOP/s`);
-    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress });
     const e2e = await benchE2e({ model, gpu, preset, batch: options.batch, prefillChunk: options.prefillChunk, kvDtype: options.kvDtype, progress, autotune: options.autotune });
+    checkpoint({ adapter, roofline, e2e });
     const host = await benchHost({ gpu, steps: HOST_STEPS[preset.name], progress });
     progress(`host: ${host.ms_per_step.toFixed(3)} ms per decode step (${host.critical_ms_per_step.toFixed(3)} ms between GPU steps when recorded ahead; wall ${host.serial_wall_ms_per_step.toFixed(3)} ms one at a time, ${host.overlapped_wall_ms_per_step.toFixed(3)} ms two in flight), ${host.dispatches_per_token} dispatches, ${host.buffer_writes_per_token} writeBuffer calls per token`);
+    checkpoint({ adapter, roofline, e2e, host });
+    // llama.cpp on the same file comes before the kernels, so that a time budget never leaves it out.
+    // What this runtime allocated for the sections above is freed by now.
+    const peer = options.peer !== false && model.endsWith('.gguf') ? await benchPeer(model, preset, progress, { gpu: options.peerGpu }) : undefined;
+    if (peer) checkpoint({ adapter, roofline, e2e, host, peer });
+    const budget = budgetSeconds !== undefined ? { deadline: started + budgetSeconds * 1000, seconds: budgetSeconds } : undefined;
+    const kernels = await benchKernels(gpu, shapes, preset, { roofline, a100Roof: a100KernelRoof(data), progress, dtypes: options.dtypes, budget });
     const limits = { maxBufferSize: gpu.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize };
     const memory = memoryReport({
       gpuMemoryBytes: gpuMemoryBytes(gpuMemory, limits),
@@ -166,17 +192,15 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
       ],
       peakRssBytes: e2e.memory.peakRssBytes,
     });
-    return { adapter: describeAdapter(gpu), roofline, kernels, e2e, host, memory };
+    return { adapter, roofline, kernels, e2e, host, memory, ...(peer ? { peer } : {}) };
   });
   const result: BenchReport = {
-    tool: 'webgpu-miner bench',
-    version: 1,
-    createdAt: new Date().toISOString(),
-    preset: preset.name,
+    ...head,
+    complete: true,
+    ...(budgetSeconds !== undefined ? { budgetSeconds } : {}),
     ...report,
     a100: compareWithA100(data, report.roofline, report.e2e),
   };
-  if (options.peer !== false && model.endsWith('.gguf')) result.peer = await benchPeer(model, preset, progress, { gpu: options.peerGpu });
   writeOutputs(result, options, progress);
   return result;
 }

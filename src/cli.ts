@@ -4,6 +4,7 @@ import { acquireGpu, type Gpu } from './gpu/device.ts';
 import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
+import { WEIGHT_DTYPES } from '../kernels/weights.ts';
 import { KV_DTYPES, type KvDtype } from '../kernels/attention.ts';
 import { ShapeError } from './errors.ts';
 import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
@@ -417,12 +418,15 @@ program
   .option('--no-peer', 'skip llama.cpp on the same GGUF')
   .option('--peer-gpu', 'run the llama.cpp peer on its GPU build (install it with: node scripts/llama-cpp.mjs --gpu vulkan|cuda)')
   .option('--host-only', 'only the host overhead of a batch-1 decode step (CPU ms to record and submit it)')
+  .option('--budget <seconds>', 'time for the whole run: the kernels come last, and those not started by then are listed as skipped', number('--budget'))
+  .option('--dtypes <list>', 'kernel timings for these weight dtypes only, comma-separated (e.g. q4_0,q4_k,q8_0,f16)')
   .addOption(kvDtypeOption())
   .addOption(new Option('--preset <name>', 'sizes: full, quick or test').choices(['full', 'quick', 'test']).hideHelp())
   .addOption(adapterOption)
   .addOption(noAutotuneOption())
   .action(async (o, command: Command) => {
     const { runBench, runHostOnly, printReport } = await import('../bench/run.ts');
+    const { parseList } = await import('../bench/kernels.ts');
     if (o.hostOnly) {
       await runHostOnly({ preset: o.preset, quick: o.quick, adapter: o.adapter, json: o.json });
       return;
@@ -445,6 +449,8 @@ program
       peer: o.peer,
       peerGpu: o.peerGpu,
       autotune: o.autotune,
+      budgetSeconds: o.budget,
+      dtypes: o.dtypes !== undefined ? parseList(o.dtypes, WEIGHT_DTYPES, 'dtypes') : undefined,
     });
     printReport(report);
   });

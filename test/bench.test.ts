@@ -19,6 +19,10 @@ import { writeTinyLlamaGguf } from './support/tiny-models.ts';
 import { estimateActivationBytes } from '../models/memory-plan.ts';
 import type { BenchReport } from '../bench/report.ts';
 import type { RooflineResult } from '../bench/roofline.ts';
+import { benchKernels } from '../bench/kernels.ts';
+import { acquireGpu } from '../src/gpu/device.ts';
+import { configFromHf } from '../models/config.ts';
+import { TINY_CONFIG } from '../models/tiny.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'bench-test-'));
@@ -98,6 +102,8 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     for (const key of ['adapter', 'roofline', 'kernels', 'e2e', 'host', 'a100']) expect(report).toHaveProperty(key);
     expect(report.peer).toBeUndefined(); // the embedded model is no GGUF
     expect(report.preset).toBe('test');
+    expect(report.complete).toBe(true);
+    expect(report.budgetSeconds).toBeUndefined();
     expect(typeof report.adapter.backend).toBe('string');
     expect(['timestamp-query', 'queue-completion']).toContain(report.adapter.timing);
     // The tiers the kernels ran: subgroup matvec and attention exactly where the adapter has subgroups,
@@ -280,6 +286,61 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg.trimEnd().endsWith('</svg>')).toBe(true);
     expect(svg).not.toMatch(/NaN|Infinity|undefined/);
+  });
+});
+
+describe('a bench with limited time', () => {
+  it('writes the JSON after each section: a run stopped during one keeps those before it', async () => {
+    const json = join(dir, 'stopped.json');
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'bench', '--preset', 'test', '--no-peer', '--json', json], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    // Stopped as the host section starts: the end-to-end section is measured and written by then,
+    // and the host section takes seconds more before the next write.
+    await new Promise<void>((resolve, reject) => {
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk;
+        if (/host: \d+ warm-up/.test(stderr)) child.kill('SIGKILL');
+      });
+      child.on('error', reject);
+      child.on('close', (code, signal) => (signal === 'SIGKILL' ? resolve() : reject(new Error(`bench ended (${code}) before it was stopped:\n${stderr.slice(-3000)}`))));
+    });
+    const partial = JSON.parse(readFileSync(json, 'utf8'));
+    expect(partial.complete).toBe(false);
+    expect(partial.preset).toBe('test');
+    for (const key of ['adapter', 'roofline', 'e2e']) expect(partial).toHaveProperty(key);
+    for (const key of ['host', 'kernels', 'memory', 'a100']) expect(partial).not.toHaveProperty(key);
+    positive(partial.e2e.decode[0].tokensPerS, 'decode tok/s in the partial report');
+  });
+
+  it('kernels not started within the budget are listed as skipped; one started runs to its end', async () => {
+    const gpu = await acquireGpu();
+    try {
+      const budget = { deadline: Infinity, seconds: 42 };
+      const lines: string[] = [];
+      let total = 0;
+      const kernels = await benchKernels(gpu, { name: 'tiny', config: configFromHf(TINY_CONFIG) }, PRESETS.test, {
+        roofline: { bandwidth: { gbps: 1 }, compute: { gflops: 1 } } as RooflineResult,
+        budget,
+        // The budget runs out as the first kernel starts.
+        progress: (line) => {
+          lines.push(line);
+          const first = /^kernels \[1\/(\d+)\]/.exec(line);
+          if (first) {
+            total = Number(first[1]);
+            budget.deadline = performance.now();
+          }
+        },
+      });
+      expect(total).toBeGreaterThan(10);
+      expect(kernels.results).toHaveLength(1);
+      expect(kernels.results[0].kind).toBe('attention.prefill'); // attention comes first
+      positive(kernels.results[0].timing.medianMs, 'the started kernel');
+      expect(kernels.skipped).toHaveLength(total - 1);
+      for (const s of kernels.skipped) expect(s.skipped).toBe("not started: the run's 42 s budget was spent");
+      expect(lines.filter((line) => line.includes('budget is spent'))).toEqual([`kernels: the 42 s budget is spent; the ${total - 1} kernels left are skipped`]);
+    } finally {
+      gpu.destroy();
+    }
   });
 });
 
