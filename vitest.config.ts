@@ -16,7 +16,7 @@ import { defineConfig } from 'vitest/config';
 const KERNEL_AND_MODEL_TESTS = [
   'attention', 'device', 'elementwise', 'embed', 'linear', 'matmul', 'matvec', 'norm', 'rope', 'sample', 'selfcheck',
   'softmax', 'transformer', 'transformer-chunked', 'transformer-window', 'llamacpp-parity', 'llamacpp-parity-qwen2-gpt2',
-  'matvec-fused', 'matvec-q8', 'autotune', 'rope-kv-write', 'transformer-paged', 'kv-dtype-parity',
+  'matvec-fused', 'matvec-q8', 'autotune', 'rope-kv-write', 'attention-new-kv', 'transformer-paged', 'kv-dtype-parity',
   'llamacpp-parity-qwen3', 'llamacpp-parity-phi3', 'llamacpp-parity-gemma3', 'llamacpp-parity-gemma2',
 ].map((name) => `test/${name}.test.ts`);
 

@@ -47,6 +47,8 @@ import { ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
 import { kernelTiers, subgroupSizes, type Tier } from './tiers.ts';
+import { placeholderStorage } from './matmul.ts';
+import type { RopeMode } from './rope.ts';
 
 /** Token positions in one KV block. */
 export const KV_BLOCK_TOKENS = 16;
@@ -175,6 +177,8 @@ export const DecodeAttentionParams = new UniformLayout('DecodeAttentionParams', 
   ...HEAD_FIELDS,
   ['meta_offset', 'u32'],
   ['scale', 'f32'],
+  ['k_offset', 'u32'],
+  ['v_offset', 'u32'],
 ] as const);
 
 type Fields<L> = L extends UniformLayout<infer F> ? F : never;
@@ -533,6 +537,17 @@ export interface DecodeAttentionConfig extends AttentionShape {
   tier?: Tier;
   /** Attention logit soft-capping (Gemma 2): scores s become c tanh(s / c) before the softmax. Default none. */
   softcap?: number;
+  /**
+   * Fold the step's RoPE and KV-cache write into the split pass (shaders/attention_decode_new_kv.wgsl),
+   * in place of a RopeKvWrite (or, with rotaryDims 0, a KvWrite) dispatch before each run: q then holds
+   * the step's projection rows unrotated, with the key and value heads at the run's kOffset and
+   * vOffset, and each row's query and key are rotated to position kv_len - 1 (by buffers.invFreq, pairs
+   * as `mode` says), the key and value stored in the caches there, and attended as the caches keep
+   * them. Outputs and caches are those of RopeKvWrite (or KvWrite) then this op without the fold, as
+   * long as no row's step position is a key another row of the run attends (rows of distinct
+   * sequences: a block being written belongs to one).
+   */
+  newKv?: { rotaryDims: number; mode: RopeMode };
 }
 
 export interface DecodeAttentionBuffers {
@@ -552,6 +567,8 @@ export interface DecodeAttentionBuffers {
    * creates and owns one. Layers run one after another, so every layer's op may share one.
    */
   scratch?: GPUBuffer;
+  /** With config.newKv and rotaryDims > 0: inverse frequencies (rotaryDims / 2) f32 (see ropeInverseFrequencies). */
+  invFreq?: GPUBuffer;
 }
 
 export interface DecodeAttentionRun {
@@ -577,6 +594,27 @@ export interface DecodeAttentionRun {
    * kv_len - window .. kv_len - 1. The splits cover min(maxLen, window) keys. Default 0: unlimited.
    */
   window?: number;
+  /** With config.newKv: the first element of row 0's key heads and value heads in q (rows qRowStride apart). */
+  kOffset?: number;
+  vOffset?: number;
+}
+
+/** Check DecodeAttentionConfig.newKv against D and the buffers it reads and writes. */
+function checkNewKv(label: string, newKv: NonNullable<DecodeAttentionConfig['newKv']>, D: number, buffers: DecodeAttentionBuffers): void {
+  const { rotaryDims, mode } = newKv;
+  if (mode !== 'half' && mode !== 'interleaved') throw new ShapeError(`${label}: newKv.mode must be "half" or "interleaved" (got "${mode}")`);
+  if (!Number.isSafeInteger(rotaryDims) || rotaryDims < 0 || rotaryDims % 2 !== 0 || rotaryDims > D) {
+    throw new ShapeError(`${label}: newKv.rotaryDims must be even and 0..D = ${D} (got ${rotaryDims})`);
+  }
+  if ((rotaryDims > 0) !== (buffers.invFreq !== undefined)) {
+    throw new ShapeError(`${label}: newKv.rotaryDims > 0 and buffers.invFreq go together (got ${rotaryDims} and ${buffers.invFreq ? 'a buffer' : 'none'})`);
+  }
+  if (buffers.invFreq) checkFits(label, 'invFreq', buffers.invFreq, 0, rotaryDims / 2);
+  // The split pass writes the caches: they may alias nothing it reads.
+  checkDistinct(label, { kCache: buffers.kCache, vCache: buffers.vCache }, {
+    q: buffers.q, rowMeta: buffers.rowMeta, blockTable: buffers.blockTable, invFreq: buffers.invFreq, scratch: buffers.scratch,
+  });
+  if (buffers.kCache === buffers.vCache) throw new ShapeError(`${label}: kCache and vCache must be different buffers`);
 }
 
 /** Defaults of the DecodeAttention options. */
@@ -600,7 +638,9 @@ export interface SplitPlan {
  * name are skipped (a row with none left gets a zero output).
  */
 export class DecodeAttention {
-  readonly config: Readonly<Required<Omit<DecodeAttentionConfig, 'softcap'>>>;
+  readonly config: Readonly<Required<Omit<DecodeAttentionConfig, 'softcap' | 'newKv'>>>;
+  /** The step's RoPE and KV write, when the split pass folds them in (DecodeAttentionConfig.newKv). */
+  readonly newKv?: Readonly<{ rotaryDims: number; mode: RopeMode }>;
   /** Longest split the kernel holds in workgroup memory: max(splitKeys, ceil(maxContext / maxSplits)). */
   readonly chunkMax: number;
   readonly scratch: GPUBuffer;
@@ -620,7 +660,7 @@ export class DecodeAttention {
     const {
       Hq, Hkv, D, capacity, maxRows, maxContext = capacity,
       splitKeys = DECODE_DEFAULTS.splitKeys, maxSplits = DECODE_DEFAULTS.maxSplits, workgroupSize = DECODE_DEFAULTS.workgroupSize,
-      tier = kernelTiers(gpu).attention,
+      tier = kernelTiers(gpu).attention, newKv,
     } = config;
     checkShape(label, { maxRows, maxContext, splitKeys, maxSplits });
     if (maxContext > capacity) throw new ShapeError(`${label}: maxContext (${maxContext}) exceeds capacity (${capacity})`);
@@ -629,10 +669,12 @@ export class DecodeAttention {
     const dtype = checkPool(label, config, Hkv, D, buffers);
     this.config = { Hq, Hkv, D, capacity, kvBlocks: config.kvBlocks, dtype, maxRows, maxContext, splitKeys, maxSplits, workgroupSize, tier };
     this.chunkMax = Math.max(splitKeys, Math.ceil(maxContext / maxSplits));
-    // q_s (D), scores (chunkMax), then the reduction scratch: a WG tree on the baseline, the leader
-    // bitmask and two slots per subgroup on the subgroup tier.
+    if (newKv) checkNewKv(label, newKv, D, buffers);
+    this.newKv = newKv && { rotaryDims: newKv.rotaryDims, mode: newKv.mode };
+    // q_s (D), scores (chunkMax), the step's key and value with newKv (2 D), then the reduction
+    // scratch: a WG tree on the baseline, the leader bitmask and two slots per subgroup on the subgroup tier.
     const scratch = sgMin ? Math.ceil(workgroupSize / 32) + 2 * Math.ceil(workgroupSize / sgMin) : workgroupSize;
-    const bytes = 4 * (D + this.chunkMax + scratch);
+    const bytes = 4 * (D + this.chunkMax + (newKv ? 2 * D : 0) + scratch);
     const limit = gpu.limits.maxComputeWorkgroupStorageSize;
     if (bytes > limit) {
       throw new ShapeError(
@@ -653,25 +695,31 @@ export class DecodeAttention {
     this.scratch = buffers.scratch ?? createStorage(gpu, `${label}.partials`, scratchBytes);
     this.#ownsScratch = !buffers.scratch;
     this.#buffers = buffers;
-    const kv = kvModules(gpu, dtype, false);
-    const code = composeShader(...kv, 'attention_decode.wgsl');
-    const variant = `decode_${kvVariant(gpu, dtype)}`;
-    const cap = softcapConstant(label, config.softcap);
+    // With newKv the split pass also stores into the caches and stages the step's key and value as
+    // they are stored: the dtype's writer and stage modules (and packed f16 reads).
+    const kv = newKv ? [...kvModules(gpu, dtype, true), `kv_${dtype}_stage.wgsl`] : kvModules(gpu, dtype, false);
+    const keys = newKv ? 'attention_decode_new_kv.wgsl' : 'attention_decode_cached.wgsl';
+    const variant = newKv ? `decode_new_kv_${newKv.mode}_${dtype}` : `decode_${kvVariant(gpu, dtype)}`;
+    const constants = {
+      D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, ...softcapConstant(label, config.softcap),
+      ...(sgMin ? { SG_MIN: sgMin } : {}),
+      ...(newKv ? { ROTARY_DIMS: newKv.rotaryDims, INTERLEAVED: newKv.mode === 'interleaved' ? 1 : 0 } : {}),
+    };
     this.#split = new Dispatch(
       gpu,
       sgMin
-        ? {
-            name: 'attention', variant, code: composeShader('subgroups_enable.wgsl', ...kv, 'attention_decode_subgroup.wgsl'),
-            entryPoint: 'decode_split_subgroup', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, SG_MIN: sgMin, ...cap },
-          }
-        : { name: 'attention', variant, code, entryPoint: 'decode_split', constants: { D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, ...cap } },
+        ? { name: 'attention', variant, code: composeShader('subgroups_enable.wgsl', ...kv, keys, 'attention_decode_subgroup.wgsl'), entryPoint: 'decode_split_subgroup', constants }
+        : { name: 'attention', variant, code: composeShader(...kv, keys, 'attention_decode.wgsl'), entryPoint: 'decode_split', constants },
       DecodeAttentionParams,
-      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out, buffers.blockTable],
+      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out, buffers.blockTable, newKv ? (buffers.invFreq ?? placeholderStorage(gpu)) : undefined],
     );
     this.#reduce = new Dispatch(
       gpu,
       // Pass 2 reads only the partials; its module is the f32 one whatever the pool's dtype.
-      { name: 'attention', variant: 'decode_f32', code: composeShader('kv_f32.wgsl', 'attention_decode.wgsl'), entryPoint: 'decode_reduce', constants: { D, WG: workgroupSize } },
+      {
+        name: 'attention', variant: 'decode_f32', code: composeShader('kv_f32.wgsl', 'attention_decode_cached.wgsl', 'attention_decode.wgsl'),
+        entryPoint: 'decode_reduce', constants: { D, WG: workgroupSize },
+      },
       DecodeAttentionParams,
       [undefined, undefined, undefined, undefined, this.scratch, buffers.out],
     );
@@ -703,11 +751,25 @@ export class DecodeAttention {
     checkRows(label, 'q', this.#buffers.q, qOffset, qRowStride, rows, width);
     checkRows(label, 'out', this.#buffers.out, outOffset, outRowStride, rows, width);
     checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
+    const { kOffset = 0, vOffset = 0 } = run;
+    if (this.newKv) {
+      if (run.kOffset === undefined || run.vOffset === undefined) throw new ShapeError(`${label}: a run with newKv needs kOffset and vOffset`);
+      checkShape(label, { kOffset, vOffset }, ['kOffset', 'vOffset']);
+      // The query, key and value heads of a row: apart, and each within the row.
+      const ranges = [['query', qOffset, width], ['key', kOffset, Hkv * D], ['value', vOffset, Hkv * D]] as const;
+      for (const [i, [name, offset, span]] of ranges.entries()) {
+        if (offset + span > qRowStride + Math.min(qOffset, kOffset, vOffset)) throw new ShapeError(`${label}: the ${name} heads (${span} elements from ${offset}) do not fit a row of ${qRowStride}`);
+        checkRows(label, 'q', this.#buffers.q, offset, qRowStride, rows, span);
+        for (const [other, start, length] of ranges.slice(i + 1)) {
+          if (offset < start + length && start < offset + span) throw new ShapeError(`${label}: the ${name} and ${other} heads overlap`);
+        }
+      }
+    }
     const { splits, chunk } = this.plan(maxLen, window);
     const values = {
       rows, splits, chunk, window, table_width: kvTableWidth(capacity), kv_blocks: kvBlocks, q_heads: Hq, group: Hq / Hkv,
       q_offset: qOffset, q_row_stride: qRowStride, out_offset: outOffset, out_row_stride: outRowStride,
-      meta_offset: metaOffset, scale,
+      meta_offset: metaOffset, scale, k_offset: kOffset, v_offset: vOffset,
     };
     this.#split.encode(pass, values, splits, Hq, rows);
     // One split writes the normalised output itself (attention_decode_common.wgsl): no reduce pass.

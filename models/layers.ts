@@ -47,7 +47,8 @@ export interface LayerOps {
   qkv: Linear[];
   /**
    * RoPE models: RoPE of q and k and the KV write in one kernel (Qwen3, Gemma 3: after the RMSNorm of
-   * each query and key head, in the same kernel); learned positions: the KV write.
+   * each query and key head, in the same kernel); learned positions: the KV write. Decode steps skip
+   * both where `decode` folds them in (its newKv).
    */
   ropeKvWrite?: RopeKvWrite;
   kvWrite?: KvWrite;
@@ -179,6 +180,7 @@ export function buildForwardOps(
         : new Elementwise(gpu, 'swiglu', { a: b.mlp, b: b.mlp, out: b.act });
     const window = layerWindow(cfg, l);
     const post = cfg.postNorms;
+    const layerInvFreq = window > 0 && localInvFreq ? localInvFreq : invFreq;
     layers.push({
       attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
       qkv,
@@ -186,7 +188,7 @@ export function buildForwardOps(
         ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined }, {
             qkv: b.qkv,
             rowMeta: b.inputs,
-            invFreq: window > 0 && localInvFreq ? localInvFreq : invFreq,
+            invFreq: layerInvFreq!,
             kCache,
             vCache,
             blockTable,
@@ -197,8 +199,13 @@ export function buildForwardOps(
       window,
       prefill: Array.from({ length: sizes.maxPieces }, () =>
         new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn }, { softcap: cfg.attnLogitSoftcap })),
-      decode: new DecodeAttention(gpu, { ...kvShape, maxRows: sizes.slots, softcap: cfg.attnLogitSoftcap }, {
-        q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
+      // Decode steps rotate and store the step's keys inside attention (one dispatch fewer a layer),
+      // except where a head norm comes first: that takes a workgroup per head, in RopeKvWrite.
+      decode: new DecodeAttention(gpu, {
+        ...kvShape, maxRows: sizes.slots, softcap: cfg.attnLogitSoftcap,
+        newKv: cfg.qkNorm ? undefined : { rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode },
+      }, {
+        q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch, invFreq: cfg.qkNorm ? undefined : layerInvFreq,
       }),
       // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
       attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),

@@ -15,10 +15,11 @@
 // (PrefillBatchOptions.nextDecode), so that the host's recording time overlaps the GPU's work instead
 // of adding to it; and a decode step may take the last step's picks as its tokens on the GPU
 // (DecodeOptions.tokensFromPicks), so that it is submitted before that step is read back.
-// Decode-sized steps (at most 8 rows, the matvec's) run each layer as six steps: norm + q/k/v
-// projection, RoPE + KV write, attention, o-projection + residual, norm + gate/up + activation,
-// down-projection + residual; longer (prefill) steps run the norms and activations as their own kernels
-// around the tiled matmuls, over the same weights.
+// Decode-sized steps (at most 8 rows, the matvec's) run each layer as five steps: norm + q/k/v
+// projection, attention with the RoPE and the KV write folded in (a head norm keeps them in a step of
+// their own), o-projection + residual, norm + gate/up + activation, down-projection + residual; longer
+// (prefill) steps run the norms and activations as their own kernels around the tiled matmuls, over
+// the same weights, and RoPE + KV write before attention.
 // A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
 // kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
 // The KV cache is paged (models/kv-cache.ts, kernels/attention.ts): each layer has a K and a V pool of
@@ -234,6 +235,9 @@ export class Transformer {
   #decodeStepsRecordedAhead = 0;
   /** Decode steps that took their tokens from the step before's picks (tokensFromPicks), since load. */
   #decodeStepsFromPicks = 0;
+  /** Per slot, the last decode step (numbered by #decodeStamp) that had a row in it: one row a slot per step. */
+  #slotStamps?: Uint32Array;
+  #decodeStamp = 0;
 
   private constructor(gpu: Gpu, source: ModelSource, options: TransformerOptions, weights: Map<string, ChunkedWeight | GPUBuffer>, arena: BufferArena, digest: string, stats: Transformer['stats']) {
     this.#gpu = gpu;
@@ -578,9 +582,14 @@ export class Transformer {
     const inputs = this.#inputs;
     const at = inputOffsets(B);
     let maxLen = 0;
+    // Each row is its own sequence: attention writes a row's key while the other rows read theirs.
+    const stamps = (this.#slotStamps ??= new Uint32Array(this.options.slots));
+    const stamp = ++this.#decodeStamp;
     for (let r = 0; r < B; r++) {
       const { slot, token, position } = rows[r];
       this.#checkSlot(slot, position + 1);
+      if (stamps[slot] === stamp) throw new ShapeError(`decode: rows ${rows.findIndex((row) => row.slot === slot)} and ${r} both use KV slot ${slot}`);
+      stamps[slot] = stamp;
       if (!tokensFromPicks) this.#checkToken(token);
       inputs[at.ids + r] = token; // overwritten on the GPU with tokensFromPicks
       inputs[at.positions + r] = position;
@@ -630,18 +639,21 @@ export class Transformer {
    */
   #encodeDecode(encoder: GPUCommandEncoder, shape: StepShape, readback: GPUBuffer): void {
     const { rows: B, maxLen, k, fromRows } = shape;
-    const { numHeads: Hq, headDim: D } = this.config;
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = this.config;
     const at = inputOffsets(B);
     for (let r = 0, end = 0; fromRows && r < B; r = end) {
       for (end = r + 1; end < B && fromRows[end] === fromRows[end - 1] + 1; end++);
       encoder.copyBufferToBuffer(this.#buf.picked, fromRows[r] * 4, this.#buf.inputs, (at.ids + r) * 4, (end - r) * 4);
     }
-    const attention = { rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta, scale: this.#attentionScale };
+    const attention = {
+      rows: B, maxLen, qRowStride: this.#qkvWidth, outRowStride: Hq * D, window: 0, metaOffset: at.attnMeta, scale: this.#attentionScale,
+      kOffset: Hq * D, vOffset: (Hq + Hkv) * D,
+    };
     const pass = encoder.beginComputePass();
     this.#encodeLayers(pass, B, (layer) => {
       attention.window = layer.window;
       layer.decode.encode(pass, attention);
-    });
+    }, true);
     pass.end();
     this.#encodeHead(encoder, this.#ops.finalNorm, 0, B, k, readback, shape.sample ? at.sampling : undefined);
   }
@@ -747,9 +759,10 @@ export class Transformer {
   /**
    * Embedding, then every layer, leaving the residual stream of `R` rows in x. Matvec-sized steps
    * (decode) fold the norms into the projections after them and the MLP's activation into its input
-   * projection (Linear.fusedFor); matmul-sized steps run them as their own kernels.
+   * projection (Linear.fusedFor); matmul-sized steps run them as their own kernels. `decoding`: the
+   * attention is the decode op's, which rotates and stores the step's keys itself where it folds them in.
    */
-  #encodeLayers(pass: GPUComputePassEncoder, R: number, attention: (layer: LayerOps) => void): void {
+  #encodeLayers(pass: GPUComputePassEncoder, R: number, attention: (layer: LayerOps) => void, decoding = false): void {
     const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F } = this.config;
     const W = this.#qkvWidth;
     const at = inputOffsets(R);
@@ -778,8 +791,10 @@ export class Transformer {
       if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
-      layer.ropeKvWrite?.encode(pass, ropeKvWrite);
-      layer.kvWrite?.encode(pass, kvWrite);
+      if (!(decoding && layer.decode.newKv)) {
+        layer.ropeKvWrite?.encode(pass, ropeKvWrite);
+        layer.kvWrite?.encode(pass, kvWrite);
+      }
       attention(layer);
       layer.attnOut.encode(pass, projection);
       layer.attnPostNorm?.encode(pass, norm);

@@ -7,8 +7,14 @@ fn q8_round(x: f32) -> i32 {
   return i32(sign(x) * floor(abs(x) + 0.5));
 }
 
-// The 32 values quantised into words[0..8) and the f16-rounded scale as an f32.
-fn q8_quantise(x: array<f32, KV_GROUP>, base: u32, scale_at: u32, to_v: bool) {
+// The 32 values x as kv_store stores them: eight words of four int8 quants, and the scale d rounded
+// to f16 (as an f32).
+struct Q8Group {
+  words: array<u32, 8>,
+  d16: f32,
+}
+
+fn q8_group(x: array<f32, KV_GROUP>) -> Q8Group {
   var vals = x;
   var amax = 0.0;
   for (var i = 0u; i < KV_GROUP; i++) {
@@ -16,20 +22,28 @@ fn q8_quantise(x: array<f32, KV_GROUP>, base: u32, scale_at: u32, to_v: bool) {
   }
   let d = amax / 127.0;
   let id = select(0.0, 1.0 / d, d != 0.0);
+  var group: Q8Group;
   for (var w = 0u; w < KV_GROUP / 4u; w++) {
     var word = 0u;
     for (var j = 0u; j < 4u; j++) {
       let q = clamp(q8_round(vals[4u * w + j] * id), -127, 127);
       word = word | ((bitcast<u32>(q) & 0xffu) << (8u * j));
     }
-    if (to_v) { v_cache[base + w] = word; } else { k_cache[base + w] = word; }
+    group.words[w] = word;
   }
-  let d16 = unpack2x16float(pack2x16float(vec2<f32>(d, 0.0))).x;
-  if (to_v) { v_cache[scale_at] = bitcast<u32>(d16); } else { k_cache[scale_at] = bitcast<u32>(d16); }
+  group.d16 = unpack2x16float(pack2x16float(vec2<f32>(d, 0.0))).x;
+  return group;
 }
 
 fn kv_store(block: u32, block_elems: u32, e: u32, k: array<f32, KV_GROUP>, v: array<f32, KV_GROUP>) {
   let base = block * kv_block_words(block_elems);
-  q8_quantise(k, base + e / 4u, base + block_elems / 4u + e / 32u, false);
-  q8_quantise(v, base + e / 4u, base + block_elems / 4u + e / 32u, true);
+  let scale_at = base + block_elems / 4u + e / 32u;
+  let kq = q8_group(k);
+  let vq = q8_group(v);
+  for (var w = 0u; w < KV_GROUP / 4u; w++) {
+    k_cache[base + e / 4u + w] = kq.words[w];
+    v_cache[base + e / 4u + w] = vq.words[w];
+  }
+  k_cache[scale_at] = bitcast<u32>(kq.d16);
+  v_cache[scale_at] = bitcast<u32>(vq.d16);
 }

@@ -114,7 +114,7 @@ describe('gemma3: what is refused', () => {
 });
 
 describe('gemma3: decode', () => {
-  it('takes 8 dispatches a layer: a Llama\'s 6 and the two post-norms (the head norm runs inside the RoPE + KV-write kernel)', async () => {
+  it('takes 8 dispatches a layer: a Llama\'s 5, the RoPE + KV-write kernel with the head norm, and the two post-norms', async () => {
     const counts: number[] = [];
     for (const numLayers of [4, 5]) {
       const tiny = writeTinyGemma3Gguf(join(dir, `gemma3-${numLayers}-layers.gguf`), { seed: 76, numLayers });

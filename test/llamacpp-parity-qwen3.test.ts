@@ -64,7 +64,7 @@ describe('qwen3: the same weights as a Hugging Face folder give the GGUF logits'
 });
 
 describe('qwen3: decode', () => {
-  it('takes 6 dispatches a layer, as a Llama: the head norm runs inside the RoPE + KV-write kernel', async () => {
+  it('takes 6 dispatches a layer, a Llama\'s 5 and the RoPE + KV-write kernel, which runs the head norm first (a workgroup per head)', async () => {
     const counts: number[] = [];
     for (const numLayers of [2, 3]) {
       const tiny = writeTinyQwen3Gguf(join(dir, `qwen3-${numLayers}-layers.gguf`), { seed: 55, numLayers, ...F32_SHAPE });

@@ -62,7 +62,7 @@ import { writeTinyLlamaGguf, type TinyDtype } from './support/tiny-models.ts';
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
 import { referenceLogits, type Weights } from './support/reference-model.ts';
 import { rng } from './support/reference.ts';
-import { LLAMA_CPP_BOUNDS as BOUNDS, errors, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
+import { LLAMA_CPP_BOUNDS as BOUNDS, decodeStepDispatches, errors, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
 import { useGpu } from './support/gpu.ts';
 import { roundQ8K } from './support/kquants.ts';
 import { roundQ8_0 } from './support/ggml-activations.ts';
@@ -204,5 +204,16 @@ describe('llama architecture: ours vs llama.cpp vs float64 on the same GGUF', ()
     expect(err).toBeLessThanOrEqual(BOUNDS.f32.relL2);
     // The factors matter: without them the logits differ.
     expect(worst(ours, await ourLogits(gpu(), plain.path, tokens))).toBeGreaterThan(1e-3);
+  });
+});
+
+describe('llama: decode', () => {
+  it('takes 5 dispatches a layer: norm + q/k/v, attention with RoPE and the KV write, o-projection, norm + gate/up + SwiGLU, down', async () => {
+    const counts: number[] = [];
+    for (const numLayers of [2, 3]) {
+      writeTinyLlamaGguf(join(dir, `llama-${numLayers}-layers.gguf`), { seed: 91, numLayers });
+      counts.push(await decodeStepDispatches(gpu(), join(dir, `llama-${numLayers}-layers.gguf`)));
+    }
+    expect(counts[1] - counts[0]).toBe(5);
   });
 });
