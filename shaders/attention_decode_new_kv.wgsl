@@ -8,7 +8,7 @@
 // kv_len - 1, which only the split holding that key sees. Each workgroup rotates its own query head as
 // it loads it. The workgroups of the split holding the step's key compute that key (rotated) and value,
 // stage them in workgroup memory as the cache stores them (f16-rounded, or q8_0-quantised), and
-// score against those instead of reading the cache; the first query head of each kv head's group also
+// score against those instead of reading the cache; the last query head of each kv head's group also
 // stores them in the caches, for the steps after. No workgroup reads what another writes: the others
 // read only earlier positions, whose words the step's key shares with none (D is a multiple of the
 // dtype's KV_GROUP, so a position's words are its own). Every expression is rope_kv_write.wgsl's, so
@@ -66,7 +66,10 @@ fn load_new_kv(row: u32, h: u32, kv_len: u32, first: u32, count: u32, table_row:
   let k_head = params.k_offset + row * params.q_row_stride + kv_head * D;
   let v_head = params.v_offset + row * params.q_row_stride + kv_head * D;
   let block = kv_block(table_row, pos, params.table_width, pool_blocks);
-  let writes = h % params.group == 0u && block != KV_NO_BLOCK;
+  // The group's last query head stores them. Any one would do; the last, because a device that runs
+  // workgroups in order (a CPU adapter) then runs the group's other heads before it, so a split that
+  // read the step's key from the cache would read it unwritten there, and the tests would see it.
+  let writes = h % params.group == params.group - 1u && block != KV_NO_BLOCK;
   for (var g = lid * KV_GROUP; g < D; g += WG * KV_GROUP) {
     var kg: array<f32, KV_GROUP>;
     var vg: array<f32, KV_GROUP>;

@@ -8,7 +8,9 @@
 // Cases: both pair layouts, partial rotary dims, grouped queries, rows of different lengths in one
 // batch, one split and many (with a window), f16 and q8_0 caches, Gemma 2's soft-cap, no RoPE, a row
 // whose step position has no block (nothing written, the key skipped) and a row past its table row,
-// on every tier the adapter runs.
+// on every tier the adapter runs. The grouped-query cases also catch a fold that read the step's key
+// back from the cache: the software adapters run workgroups in order, and the group's last query head,
+// which stores the key, runs after the others.
 import { describe, expect, it } from 'vitest';
 import { DecodeAttention, KvWrite, kvTableWidth, type KvDtype } from '../kernels/attention.ts';
 import { RopeKvWrite, ropeInverseFrequencies, type RopeMode } from '../kernels/rope.ts';
