@@ -218,6 +218,28 @@ function checkDistinct(label: string, written: Record<string, GPUBuffer>, read: 
   }
 }
 
+/**
+ * Throw unless a row of rowStride elements holds its q heads (qWidth elements from qOffset) and its k
+ * and v heads (kvWidth each, from kOffset and vOffset) apart, each within the row.
+ */
+export function checkHeadRanges(label: string, rowStride: number, qOffset: number, qWidth: number, kOffset: number, vOffset: number, kvWidth: number): void {
+  const rowStart = Math.min(qOffset, kOffset, vOffset);
+  headsFit(label, 'q', qOffset, qWidth, rowStart, rowStride);
+  headsFit(label, 'k', kOffset, kvWidth, rowStart, rowStride);
+  headsFit(label, 'v', vOffset, kvWidth, rowStart, rowStride);
+  headsApart(label, 'q', qOffset, qWidth, 'k', kOffset, kvWidth);
+  headsApart(label, 'q', qOffset, qWidth, 'v', vOffset, kvWidth);
+  headsApart(label, 'k', kOffset, kvWidth, 'v', vOffset, kvWidth);
+}
+
+function headsFit(label: string, name: string, offset: number, width: number, rowStart: number, rowStride: number): void {
+  if (offset + width > rowStride + rowStart) throw new ShapeError(`${label}: the ${name} heads (${width} elements from ${offset}) do not fit a row of ${rowStride}`);
+}
+
+function headsApart(label: string, a: string, offA: number, widthA: number, b: string, offB: number, widthB: number): void {
+  if (offA < offB + widthB && offB < offA + widthA) throw new ShapeError(`${label}: the ${a} and ${b} heads overlap`);
+}
+
 /** The largest window a run may ask for (a u32 uniform). */
 const MAX_WINDOW = 0xffffffff;
 
@@ -755,15 +777,9 @@ export class DecodeAttention {
     if (this.newKv) {
       if (run.kOffset === undefined || run.vOffset === undefined) throw new ShapeError(`${label}: a run with newKv needs kOffset and vOffset`);
       checkShape(label, { kOffset, vOffset }, ['kOffset', 'vOffset']);
-      // The query, key and value heads of a row: apart, and each within the row.
-      const ranges = [['query', qOffset, width], ['key', kOffset, Hkv * D], ['value', vOffset, Hkv * D]] as const;
-      for (const [i, [name, offset, span]] of ranges.entries()) {
-        if (offset + span > qRowStride + Math.min(qOffset, kOffset, vOffset)) throw new ShapeError(`${label}: the ${name} heads (${span} elements from ${offset}) do not fit a row of ${qRowStride}`);
-        checkRows(label, 'q', this.#buffers.q, offset, qRowStride, rows, span);
-        for (const [other, start, length] of ranges.slice(i + 1)) {
-          if (offset < start + length && start < offset + span) throw new ShapeError(`${label}: the ${name} and ${other} heads overlap`);
-        }
-      }
+      checkHeadRanges(label, qRowStride, qOffset, width, kOffset, vOffset, Hkv * D);
+      checkRows(label, 'q', this.#buffers.q, kOffset, qRowStride, rows, Hkv * D);
+      checkRows(label, 'q', this.#buffers.q, vOffset, qRowStride, rows, Hkv * D);
     }
     const { splits, chunk } = this.plan(maxLen, window);
     const values = {

@@ -4,7 +4,7 @@ import { UniformLayout } from '../src/gpu/uniforms.ts';
 import { OptionError, ShapeError } from '../src/errors.ts';
 import { composeShader, dispatchGrid } from './shader.ts';
 import { Dispatch, checkFits, checkShape, checkWorkgroupSize } from './dispatch.ts';
-import { KV_GROUP as KV_GROUP_OF, checkKvDtype, kvBlockBytes, kvTableWidth, type KvPool } from './attention.ts';
+import { KV_GROUP as KV_GROUP_OF, checkHeadRanges, checkKvDtype, kvBlockBytes, kvTableWidth, type KvPool } from './attention.ts';
 
 export const RopeParams = new UniformLayout('Params', [
   ['tokens', 'u32'],
@@ -302,19 +302,10 @@ export class RopeKvWrite {
     const { Hq, Hkv, D, rotaryDims, capacity, kvBlocks, dtype, workgroupSize } = this.config;
     const { rows, rowStride, qOffset, kOffset, vOffset, metaOffset = 0 } = run;
     checkShape(label, { rows, rowStride, qOffset, kOffset, vOffset, metaOffset }, ['qOffset', 'kOffset', 'vOffset', 'metaOffset']);
-    // The three head ranges of a row must not overlap, and each must fit the row.
-    const ranges = [['q', qOffset, Hq * D], ['k', kOffset, Hkv * D], ['v', vOffset, Hkv * D]] as const;
-    for (const [name, offset, width] of ranges) {
-      if (offset + width > rowStride + Math.min(qOffset, kOffset, vOffset)) {
-        throw new ShapeError(`${label}: the ${name} heads (${width} elements from ${offset}) do not fit a row of ${rowStride}`);
-      }
-      checkFits(label, 'qkv', this.#buffers.qkv, offset, (rows - 1) * rowStride + width);
-    }
-    for (const [i, [a, offA, widthA]] of ranges.entries()) {
-      for (const [b, offB, widthB] of ranges.slice(i + 1)) {
-        if (offA < offB + widthB && offB < offA + widthA) throw new ShapeError(`${label}: the ${a} and ${b} heads overlap`);
-      }
-    }
+    checkHeadRanges(label, rowStride, qOffset, Hq * D, kOffset, vOffset, Hkv * D);
+    checkFits(label, 'qkv', this.#buffers.qkv, qOffset, (rows - 1) * rowStride + Hq * D);
+    checkFits(label, 'qkv', this.#buffers.qkv, kOffset, (rows - 1) * rowStride + Hkv * D);
+    checkFits(label, 'qkv', this.#buffers.qkv, vOffset, (rows - 1) * rowStride + Hkv * D);
     checkFits(label, 'rowMeta', this.#buffers.rowMeta, metaOffset, 2 * rows);
     const items = rows * (Hq * (rotaryDims / 2) + (Hkv * D) / KV_GROUP_OF[dtype]);
     // With the head norm, one workgroup per head of each row; otherwise one invocation per item.

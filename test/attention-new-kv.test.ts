@@ -194,8 +194,8 @@ describe('decode attention with the RoPE and KV write folded in (newKv)', () => 
     const attention = new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half' } }, { ...b, invFreq });
     const pass = gpu().device.createCommandEncoder().beginComputePass();
     expect(() => attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16 })).toThrow(/needs kOffset and vOffset/);
-    expect(() => attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16, kOffset: 8, vOffset: 14 })).toThrow(/value heads \(4 elements from 14\) do not fit a row of 16/);
-    expect(() => attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16, kOffset: 6, vOffset: 12 })).toThrow(/query and key heads overlap/);
+    expect(() => attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16, kOffset: 8, vOffset: 14 })).toThrow(/the v heads \(4 elements from 14\) do not fit a row of 16/);
+    expect(() => attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16, kOffset: 6, vOffset: 12 })).toThrow(/the q and k heads overlap/);
     expect(() => attention.encode(pass, { rows: 4, maxLen: 1, qRowStride: 16, kOffset: 8, vOffset: 12 })).toThrow(ShapeError);
     attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16, kOffset: 8, vOffset: 12 });
     pass.end();
