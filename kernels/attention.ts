@@ -563,13 +563,21 @@ export interface DecodeAttentionConfig extends AttentionShape {
    * Fold the step's RoPE and KV-cache write into the split pass (shaders/attention_decode_new_kv.wgsl),
    * in place of a RopeKvWrite (or, with rotaryDims 0, a KvWrite) dispatch before each run: q then holds
    * the step's projection rows unrotated, with the key and value heads at the run's kOffset and
-   * vOffset, and each row's query and key are rotated to position kv_len - 1 (by buffers.invFreq, pairs
-   * as `mode` says), the key and value stored in the caches there, and attended as the caches keep
-   * them. Outputs and caches are those of RopeKvWrite (or KvWrite) then this op without the fold, as
+   * vOffset, and each row's query and key are rotated to position kv_len - 1 (by buffers.ropeTable,
+   * pairs as `mode` says; with headNorm, RMS-normalised first as RopeKvWrite's headNorm does), the key
+   * and value stored in the caches there, and attended as the caches keep them. Outputs and caches are those of RopeKvWrite (or KvWrite) then this op without the fold, as
    * long as no row's step position is a key another row of the run attends (rows of distinct
    * sequences: a block being written belongs to one).
    */
-  newKv?: { rotaryDims: number; mode: RopeMode };
+  newKv?: NewKv;
+}
+
+/** DecodeAttentionConfig.newKv: the step's RoPE (rotaryDims 0: none) and head norm, folded into decode attention. */
+export interface NewKv {
+  rotaryDims: number;
+  mode: RopeMode;
+  /** Qwen3, Gemma 3: RMSNorm of each query and key head before RoPE; eps is added to its mean square. */
+  headNorm?: { eps: number };
 }
 
 export interface DecodeAttentionBuffers {
@@ -589,8 +597,12 @@ export interface DecodeAttentionBuffers {
    * creates and owns one. Layers run one after another, so every layer's op may share one.
    */
   scratch?: GPUBuffer;
-  /** With config.newKv and rotaryDims > 0: inverse frequencies (rotaryDims / 2) f32 (see ropeInverseFrequencies). */
-  invFreq?: GPUBuffer;
+  /**
+   * With config.newKv and rotaryDims > 0: the inverse frequencies (rotaryDims / 2 f32, see
+   * ropeInverseFrequencies), then with newKv.headNorm the query heads' norm weight (D f32) and the
+   * key heads' (D f32).
+   */
+  ropeTable?: GPUBuffer;
 }
 
 export interface DecodeAttentionRun {
@@ -622,19 +634,21 @@ export interface DecodeAttentionRun {
 }
 
 /** Check DecodeAttentionConfig.newKv against D and the buffers it reads and writes. */
-function checkNewKv(label: string, newKv: NonNullable<DecodeAttentionConfig['newKv']>, D: number, buffers: DecodeAttentionBuffers): void {
-  const { rotaryDims, mode } = newKv;
+function checkNewKv(label: string, newKv: NewKv, D: number, buffers: DecodeAttentionBuffers): void {
+  const { rotaryDims, mode, headNorm } = newKv;
   if (mode !== 'half' && mode !== 'interleaved') throw new ShapeError(`${label}: newKv.mode must be "half" or "interleaved" (got "${mode}")`);
   if (!Number.isSafeInteger(rotaryDims) || rotaryDims < 0 || rotaryDims % 2 !== 0 || rotaryDims > D) {
     throw new ShapeError(`${label}: newKv.rotaryDims must be even and 0..D = ${D} (got ${rotaryDims})`);
   }
-  if ((rotaryDims > 0) !== (buffers.invFreq !== undefined)) {
-    throw new ShapeError(`${label}: newKv.rotaryDims > 0 and buffers.invFreq go together (got ${rotaryDims} and ${buffers.invFreq ? 'a buffer' : 'none'})`);
+  if ((rotaryDims > 0) !== (buffers.ropeTable !== undefined)) {
+    throw new ShapeError(`${label}: newKv.rotaryDims > 0 and buffers.ropeTable go together (got ${rotaryDims} and ${buffers.ropeTable ? 'a buffer' : 'none'})`);
   }
-  if (buffers.invFreq) checkFits(label, 'invFreq', buffers.invFreq, 0, rotaryDims / 2);
+  if (headNorm && rotaryDims === 0) throw new ShapeError(`${label}: newKv.headNorm needs RoPE (rotaryDims > 0)`);
+  if (headNorm && !(Number.isFinite(headNorm.eps) && headNorm.eps >= 0)) throw new ShapeError(`${label}: newKv.headNorm.eps must be a finite number >= 0 (got ${headNorm.eps})`);
+  if (buffers.ropeTable) checkFits(label, 'ropeTable', buffers.ropeTable, 0, rotaryDims / 2 + (headNorm ? 2 * D : 0));
   // The split pass writes the caches: they may alias nothing it reads.
   checkDistinct(label, { kCache: buffers.kCache, vCache: buffers.vCache }, {
-    q: buffers.q, rowMeta: buffers.rowMeta, blockTable: buffers.blockTable, invFreq: buffers.invFreq, scratch: buffers.scratch,
+    q: buffers.q, rowMeta: buffers.rowMeta, blockTable: buffers.blockTable, ropeTable: buffers.ropeTable, scratch: buffers.scratch,
   });
   if (buffers.kCache === buffers.vCache) throw new ShapeError(`${label}: kCache and vCache must be different buffers`);
 }
@@ -662,7 +676,7 @@ export interface SplitPlan {
 export class DecodeAttention {
   readonly config: Readonly<Required<Omit<DecodeAttentionConfig, 'softcap' | 'newKv'>>>;
   /** The step's RoPE and KV write, when the split pass folds them in (DecodeAttentionConfig.newKv). */
-  readonly newKv?: Readonly<{ rotaryDims: number; mode: RopeMode }>;
+  readonly newKv?: Readonly<NewKv>;
   /** Longest split the kernel holds in workgroup memory: max(splitKeys, ceil(maxContext / maxSplits)). */
   readonly chunkMax: number;
   readonly scratch: GPUBuffer;
@@ -692,11 +706,12 @@ export class DecodeAttention {
     this.config = { Hq, Hkv, D, capacity, kvBlocks: config.kvBlocks, dtype, maxRows, maxContext, splitKeys, maxSplits, workgroupSize, tier };
     this.chunkMax = Math.max(splitKeys, Math.ceil(maxContext / maxSplits));
     if (newKv) checkNewKv(label, newKv, D, buffers);
-    this.newKv = newKv && { rotaryDims: newKv.rotaryDims, mode: newKv.mode };
-    // q_s (D), scores (chunkMax), the step's key and value with newKv (2 D), then the reduction
-    // scratch: a WG tree on the baseline, the leader bitmask and two slots per subgroup on the subgroup tier.
+    this.newKv = newKv && { rotaryDims: newKv.rotaryDims, mode: newKv.mode, ...(newKv.headNorm ? { headNorm: { eps: newKv.headNorm.eps } } : {}) };
+    // q_s (D), scores (chunkMax), the step's key and value with newKv (2 D) and the head norm's sums
+    // (WG), then the reduction scratch: a WG tree on the baseline, the leader bitmask and two slots per
+    // subgroup on the subgroup tier.
     const scratch = sgMin ? Math.ceil(workgroupSize / 32) + 2 * Math.ceil(workgroupSize / sgMin) : workgroupSize;
-    const bytes = 4 * (D + this.chunkMax + (newKv ? 2 * D : 0) + scratch);
+    const bytes = 4 * (D + this.chunkMax + (newKv ? 2 * D : 0) + (newKv?.headNorm ? workgroupSize : 0) + scratch);
     const limit = gpu.limits.maxComputeWorkgroupStorageSize;
     if (bytes > limit) {
       throw new ShapeError(
@@ -720,20 +735,23 @@ export class DecodeAttention {
     // With newKv the split pass also stores into the caches and stages the step's key and value as
     // they are stored: the dtype's writer and stage modules (and packed f16 reads).
     const kv = newKv ? [...kvModules(gpu, dtype, true), `kv_${dtype}_stage.wgsl`] : kvModules(gpu, dtype, false);
-    const keys = newKv ? 'attention_decode_new_kv.wgsl' : 'attention_decode_cached.wgsl';
-    const variant = newKv ? `decode_new_kv_${newKv.mode}_${dtype}` : `decode_${kvVariant(gpu, dtype)}`;
+    const keys = newKv
+      ? [newKv.headNorm ? 'attention_decode_new_kv_head_norm.wgsl' : 'attention_decode_new_kv_plain.wgsl', 'attention_decode_new_kv.wgsl']
+      : ['attention_decode_cached.wgsl'];
+    const variant = newKv ? `decode_new_kv_${newKv.mode}_${dtype}${newKv.headNorm ? '_head_norm' : ''}` : `decode_${kvVariant(gpu, dtype)}`;
     const constants = {
       D, WG: workgroupSize, CHUNK_MAX: this.chunkMax, ...softcapConstant(label, config.softcap),
       ...(sgMin ? { SG_MIN: sgMin } : {}),
       ...(newKv ? { ROTARY_DIMS: newKv.rotaryDims, INTERLEAVED: newKv.mode === 'interleaved' ? 1 : 0 } : {}),
+      ...(newKv?.headNorm ? { HEAD_NORM_EPS: newKv.headNorm.eps } : {}),
     };
     this.#split = new Dispatch(
       gpu,
       sgMin
-        ? { name: 'attention', variant, code: composeShader('subgroups_enable.wgsl', ...kv, keys, 'attention_decode_subgroup.wgsl'), entryPoint: 'decode_split_subgroup', constants }
-        : { name: 'attention', variant, code: composeShader(...kv, keys, 'attention_decode.wgsl'), entryPoint: 'decode_split', constants },
+        ? { name: 'attention', variant, code: composeShader('subgroups_enable.wgsl', ...kv, ...keys, 'attention_decode_subgroup.wgsl'), entryPoint: 'decode_split_subgroup', constants }
+        : { name: 'attention', variant, code: composeShader(...kv, ...keys, 'attention_decode.wgsl'), entryPoint: 'decode_split', constants },
       DecodeAttentionParams,
-      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out, buffers.blockTable, newKv ? (buffers.invFreq ?? placeholderStorage(gpu)) : undefined],
+      [buffers.q, buffers.rowMeta, buffers.kCache, buffers.vCache, this.scratch, buffers.out, buffers.blockTable, newKv ? (buffers.ropeTable ?? placeholderStorage(gpu)) : undefined],
     );
     this.#reduce = new Dispatch(
       gpu,

@@ -47,8 +47,8 @@ export interface LayerOps {
   qkv: Linear[];
   /**
    * RoPE models: RoPE of q and k and the KV write in one kernel (Qwen3, Gemma 3: after the RMSNorm of
-   * each query and key head, in the same kernel); learned positions: the KV write. Decode steps skip
-   * both where `decode` folds them in (its newKv).
+   * each query and key head, in the same kernel); learned positions: the KV write. Prefill steps
+   * only: decode steps run them inside `decode` (its newKv).
    */
   ropeKvWrite?: RopeKvWrite;
   kvWrite?: KvWrite;
@@ -133,6 +133,17 @@ export function buildForwardOps(
   const localInvFreq = cfg.rope?.localTheta !== undefined
     ? arena.upload('rope.invFreq.local', inverseFrequencies({ theta: cfg.rope.localTheta, dims: cfg.rope.dims }))
     : undefined;
+  // Decode attention's RoPE table with a head norm: the layer's inverse frequencies, then its
+  // q_norm and k_norm weights (one binding; copied once, at load).
+  const ropeTable = (l: number, frequencies: GPUBuffer): GPUBuffer => {
+    const half = cfg.rope!.dims / 2;
+    const table = arena.get(`rope.table.${l}`, (half + 2 * D) * 4);
+    const encoder = gpu.device.createCommandEncoder({ label: 'rope.table' });
+    encoder.copyBufferToBuffer(frequencies, 0, table, 0, half * 4);
+    encoder.copyBufferToBuffer(vector(`blk.${l}.attn_qk_norm.weight`)!, 0, table, half * 4, 2 * D * 4);
+    gpu.device.queue.submit([encoder.finish()]);
+    return table;
+  };
   const norm = (prefix: string, x: GPUBuffer, out: GPUBuffer) =>
     new Norm(gpu, cfg.norm, { x, weight: vector(`${prefix}.weight`)!, bias: vector(`${prefix}.bias`), out }, { eps: cfg.normEps });
   const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
@@ -199,13 +210,13 @@ export function buildForwardOps(
       window,
       prefill: Array.from({ length: sizes.maxPieces }, () =>
         new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn }, { softcap: cfg.attnLogitSoftcap })),
-      // Decode steps rotate and store the step's keys inside attention (one dispatch fewer a layer),
-      // except where a head norm comes first: that takes a workgroup per head, in RopeKvWrite.
+      // Decode steps normalise, rotate and store the step's keys inside attention (one dispatch fewer a layer).
       decode: new DecodeAttention(gpu, {
         ...kvShape, maxRows: sizes.slots, softcap: cfg.attnLogitSoftcap,
-        newKv: cfg.qkNorm ? undefined : { rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode },
+        newKv: { rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined },
       }, {
-        q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch, invFreq: cfg.qkNorm ? undefined : layerInvFreq,
+        q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
+        ropeTable: layerInvFreq && cfg.qkNorm ? ropeTable(l, layerInvFreq) : layerInvFreq,
       }),
       // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
       attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),

@@ -16,10 +16,10 @@
 // of adding to it; and a decode step may take the last step's picks as its tokens on the GPU
 // (DecodeOptions.tokensFromPicks), so that it is submitted before that step is read back.
 // Decode-sized steps (at most 8 rows, the matvec's) run each layer as five steps: norm + q/k/v
-// projection, attention with the RoPE and the KV write folded in (a head norm keeps them in a step of
-// their own), o-projection + residual, norm + gate/up + activation, down-projection + residual; longer
-// (prefill) steps run the norms and activations as their own kernels around the tiled matmuls, over
-// the same weights, and RoPE + KV write before attention.
+// projection, attention with the head norm (if any), RoPE and KV write folded in, o-projection +
+// residual, norm + gate/up + activation, down-projection + residual; longer (prefill) steps run the
+// norms and activations as their own kernels around the tiled matmuls, over the same weights, and
+// RoPE + KV write before attention.
 // A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
 // kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
 // The KV cache is paged (models/kv-cache.ts, kernels/attention.ts): each layer has a K and a V pool of
@@ -760,7 +760,7 @@ export class Transformer {
    * Embedding, then every layer, leaving the residual stream of `R` rows in x. Matvec-sized steps
    * (decode) fold the norms into the projections after them and the MLP's activation into its input
    * projection (Linear.fusedFor); matmul-sized steps run them as their own kernels. `decoding`: the
-   * attention is the decode op's, which rotates and stores the step's keys itself where it folds them in.
+   * attention is the decode op's, which normalises, rotates and stores the step's keys itself.
    */
   #encodeLayers(pass: GPUComputePassEncoder, R: number, attention: (layer: LayerOps) => void, decoding = false): void {
     const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F } = this.config;
@@ -791,7 +791,7 @@ export class Transformer {
       if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
-      if (!(decoding && layer.decode.newKv)) {
+      if (!decoding) {
         layer.ropeKvWrite?.encode(pass, ropeKvWrite);
         layer.kvWrite?.encode(pass, kvWrite);
       }

@@ -42,6 +42,8 @@ interface Case {
   softcap?: number;
   /** Make this table entry name no block (an id past the pool). */
   noBlock?: { region: number; entry: number };
+  /** Qwen3's and Gemma 3's RMSNorm of each query and key head first, with random (2, D) weights. */
+  headNorm?: { eps: number };
   seed: number;
 }
 
@@ -71,6 +73,8 @@ async function check(c: Case, tier: Tier): Promise<void> {
   if (c.noBlock) table[c.noBlock.region * kvTableWidth(capacity) + c.noBlock.entry] = kvBlocks + 5;
   const pool = new PoolMirror({ Hkv, D, capacity, kvBlocks, dtype }, table, c.seed + 2);
   const invFreq = rotaryDims > 0 ? ropeInverseFrequencies(rotaryDims, 10000) : undefined;
+  const normWeight = randomF32(2 * D, c.seed + 3, 1.5);
+  const { headNorm } = c;
   const shape = { Hq, Hkv, D, capacity, kvBlocks, dtype };
   // A row longer than the capacity is clamped to its table row (the run's maxLen may not exceed it).
   const maxLen = Math.min(capacity, Math.max(...c.rows.map((row) => row.kvLen)));
@@ -85,17 +89,21 @@ async function check(c: Case, tier: Tier): Promise<void> {
     const vCache = createStorage(gpu(), 'v', pool.words('v'));
     const blockTable = createStorage(gpu(), 'table', table);
     const invFreqBuffer = invFreq ? createStorage(gpu(), 'invFreq', invFreq) : undefined;
+    // The fold's one table: the inverse frequencies, then (head norm) the q_norm and k_norm weights.
+    const ropeTable = invFreq ? createStorage(gpu(), 'ropeTable', headNorm ? Float32Array.from([...invFreq, ...normWeight]) : invFreq) : undefined;
     const out = poisoned(gpu(), 'out', R * Hq * D);
     const buffers = { q: qkv, kCache, vCache, blockTable, out, rowMeta };
     if (folded) {
-      const attention = new DecodeAttention(gpu(), { ...attentionConfig, newKv: { rotaryDims, mode } }, { ...buffers, invFreq: invFreqBuffer });
-      expect(attention.newKv).toEqual({ rotaryDims, mode });
+      const attention = new DecodeAttention(gpu(), { ...attentionConfig, newKv: { rotaryDims, mode, headNorm } }, { ...buffers, ropeTable });
+      expect(attention.newKv).toEqual(headNorm ? { rotaryDims, mode, headNorm } : { rotaryDims, mode });
       await runPass(gpu(), (pass) => attention.encode(pass, { ...run, kOffset, vOffset }));
       attention.destroy();
     } else {
       const attention = new DecodeAttention(gpu(), attentionConfig, buffers);
       const writer = invFreqBuffer
-        ? new RopeKvWrite(gpu(), mode, { ...shape, rotaryDims }, { qkv, rowMeta, invFreq: invFreqBuffer, kCache, vCache, blockTable })
+        ? new RopeKvWrite(gpu(), mode, { ...shape, rotaryDims, headNorm }, {
+            qkv, rowMeta, invFreq: invFreqBuffer, kCache, vCache, blockTable, headNormWeight: headNorm ? createStorage(gpu(), 'headNorm', normWeight) : undefined,
+          })
         : new KvWrite(gpu(), shape, { k: qkv, v: qkv, rowMeta, kCache, vCache, blockTable });
       await runPass(gpu(), (pass) => {
         if (writer instanceof RopeKvWrite) writer.encode(pass, { rows: R, rowStride, qOffset, kOffset, vOffset, metaOffset: kvMeta });
@@ -113,7 +121,7 @@ async function check(c: Case, tier: Tier): Promise<void> {
     });
   }
   const [plain, folded] = results;
-  const what = `${tier} ${mode} ${dtype} Hq=${Hq} Hkv=${Hkv} D=${D} Rd=${rotaryDims} rows=${c.rows.map((r) => r.kvLen).join(',')}`;
+  const what = `${tier} ${mode} ${dtype}${headNorm ? ' head norm' : ''} Hq=${Hq} Hkv=${Hkv} D=${D} Rd=${rotaryDims} rows=${c.rows.map((r) => r.kvLen).join(',')}`;
   for (const x of folded.out) expect(Number.isFinite(x), `${what}: a finite output`).toBe(true);
   expectClose(folded.out, Array.from(plain.out), 1e-6, `${what}: output`);
   // The values are copied (or rounded the same way): bit for bit.
@@ -168,6 +176,14 @@ describe('decode attention with the RoPE and KV write folded in (newKv)', () => 
       Hq: 3, Hkv: 3, D: 8, rotaryDims: 0, mode: 'half', dtype: 'f16', capacity: 20, regions: 2,
       rows: [{ region: 0, kvLen: 20 }, { region: 1, kvLen: 2 }],
     }],
+    ['head norm (Qwen3, Gemma 3): GQA 6/2, D 10 with 6 rotary dims (the other 4 normalised only), 2 splits', {
+      Hq: 6, Hkv: 2, D: 10, rotaryDims: 6, mode: 'half', dtype: 'f32', capacity: 20, regions: 3, splitKeys: 8, headNorm: { eps: 1e-6 },
+      rows: [{ region: 2, kvLen: 1 }, { region: 0, kvLen: 13 }, { region: 1, kvLen: 8 }],
+    }],
+    ['head norm, f16 cache, D 64, GQA 4/2, interleaved pairs', {
+      Hq: 4, Hkv: 2, D: 64, rotaryDims: 64, mode: 'interleaved', dtype: 'f16', capacity: 50, regions: 2, splitKeys: 16, headNorm: { eps: 1e-6 },
+      rows: [{ region: 1, kvLen: 37 }, { region: 0, kvLen: 2 }],
+    }],
     ['a step position without a block (nothing written, the key skipped) and a row past its table', {
       Hq: 2, Hkv: 1, D: 8, rotaryDims: 8, mode: 'interleaved', dtype: 'f32', capacity: 20, regions: 3, noBlock: { region: 1, entry: 1 },
       rows: [{ region: 1, kvLen: 18 }, { region: 0, kvLen: 33 }, { region: 2, kvLen: 4 }],
@@ -179,19 +195,22 @@ describe('decode attention with the RoPE and KV write folded in (newKv)', () => 
     });
   });
 
-  it('refuses a run without the key and value offsets, odd rotary dims, RoPE without its frequencies, and caches it reads', () => {
+  it('refuses a run without the key and value offsets, odd rotary dims, RoPE without its table or a table too short, and caches it reads', () => {
     const shape = { Hq: 2, Hkv: 1, D: 4, capacity: 16, kvBlocks: 1, maxRows: 1 };
     const q = createStorage(gpu(), 'qkv', 64 * 4);
     const b = {
       q, kCache: createStorage(gpu(), 'k', 64 * 4), vCache: createStorage(gpu(), 'v', 64 * 4), blockTable: createStorage(gpu(), 'table', 4),
       out: createStorage(gpu(), 'out', 8 * 4), rowMeta: createStorage(gpu(), 'meta', 8),
     };
-    const invFreq = createStorage(gpu(), 'invFreq', ropeInverseFrequencies(4, 10000));
-    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 3, mode: 'half' } }, { ...b, invFreq })).toThrow(/rotaryDims must be even/);
-    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half' } }, b)).toThrow(/invFreq go together/);
-    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 0, mode: 'half' } }, { ...b, invFreq })).toThrow(/invFreq go together/);
-    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half' } }, { ...b, kCache: q, invFreq })).toThrow(/kCache must be a different buffer from q/);
-    const attention = new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half' } }, { ...b, invFreq });
+    const ropeTable = createStorage(gpu(), 'ropeTable', ropeInverseFrequencies(4, 10000));
+    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 3, mode: 'half' } }, { ...b, ropeTable })).toThrow(/rotaryDims must be even/);
+    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half' } }, b)).toThrow(/ropeTable go together/);
+    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 0, mode: 'half' } }, { ...b, ropeTable })).toThrow(/ropeTable go together/);
+    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half' } }, { ...b, kCache: q, ropeTable })).toThrow(/kCache must be a different buffer from q/);
+    // With the head norm the table also holds its 2 D weights.
+    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half', headNorm: { eps: 1e-6 } } }, { ...b, ropeTable })).toThrow(/ropeTable needs 40 bytes/);
+    expect(() => new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half', headNorm: { eps: -1 } } }, { ...b, ropeTable })).toThrow(/headNorm.eps must be a finite number >= 0/);
+    const attention = new DecodeAttention(gpu(), { ...shape, newKv: { rotaryDims: 4, mode: 'half' } }, { ...b, ropeTable });
     const pass = gpu().device.createCommandEncoder().beginComputePass();
     expect(() => attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16 })).toThrow(/needs kOffset and vOffset/);
     expect(() => attention.encode(pass, { rows: 1, maxLen: 1, qRowStride: 16, kOffset: 8, vOffset: 14 })).toThrow(/the v heads \(4 elements from 14\) do not fit a row of 16/);

@@ -29,7 +29,8 @@ while [ "$n" -gt 0 ]; do
   fi
 done
 mkdir -p "$OUT"
-export PATH="$KIT/node/bin:$PATH"
+# ldconfig lives in sbin, which a bare PATH (cron, env -i, some containers) leaves out.
+export PATH="$KIT/node/bin:$PATH:/usr/sbin:/sbin"
 
 # Dawn needs the Vulkan loader; GPU machine images often ship the driver without it.
 if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
