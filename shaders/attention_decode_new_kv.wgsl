@@ -1,18 +1,19 @@
-// Decode attention with the step's RoPE and KV-cache write folded in: composed before
+// Decode attention with the step's head norm (if any), RoPE and KV-cache write folded in: composed before
 // attention_decode_common.wgsl in place of attention_decode_cached.wgsl, so a decode step's layer runs
 // no RoPE + KV-write dispatch (rope_kv_write.wgsl) or KV-write dispatch (attention_kv_write.wgsl)
 // before its attention.
 //
 // The q binding holds the step's projection rows unrotated: query heads at q_offset, key heads at
 // k_offset, value heads at v_offset, q_row_stride apart. A row's query and key sit at position
-// kv_len - 1, which only the split holding that key sees. Each workgroup rotates its own query head as
-// it loads it. The workgroups of the split holding the step's key compute that key (rotated) and value,
+// kv_len - 1, which only the split holding that key sees. Each workgroup normalises and rotates its
+// own query head as it loads it. The workgroups of the split holding the step's key compute that key (rotated) and value,
 // stage them in workgroup memory as the cache stores them (f16-rounded, or q8_0-quantised), and
 // score against those instead of reading the cache; the last query head of each kv head's group also
 // stores them in the caches, for the steps after. No workgroup reads what another writes: the others
 // read only earlier positions, whose words the step's key shares with none (D is a multiple of the
-// dtype's KV_GROUP, so a position's words are its own). Every expression is rope_kv_write.wgsl's, so
-// the outputs and the caches are those of RopeKvWrite then attention_decode_cached.wgsl.
+// dtype's KV_GROUP, so a position's words are its own). Every expression is rope_kv_write.wgsl's (and
+// its head norm's), so the outputs and the caches are those of RopeKvWrite then
+// attention_decode_cached.wgsl.
 // Pairs (ROTARY_DIMS Rd, pair i < Rd/2, angle = position * inv_freq[i]): (i, i + Rd/2) for HF's
 // rotate_half, (2i, 2i + 1) with INTERLEAVED (llama.cpp / GGUF); elements [Rd, D) are not rotated,
 // and Rd = 0 is a model with learned positions (the KV write alone).
