@@ -1,6 +1,7 @@
-// `webgpu-miner bench`: roofline, kernels, end to end, the A100 comparison and (for a GGUF, when
-// node-llama-cpp is installed) llama.cpp side by side; then the JSON, Markdown and SVG outputs.
-// Progress goes to stderr; the CLI prints the table to stdout.
+// `webgpu-miner bench`: roofline, end to end, host overhead, (for a GGUF, when node-llama-cpp is
+// installed) llama.cpp side by side, kernels and the KV memory report, in that order, and the A100
+// comparison; then the JSON, Markdown and SVG outputs. The kernels come last because a time budget
+// (--budget) cuts them short. Progress goes to stderr; the CLI prints the table to stdout.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { basename, dirname, extname, join, relative } from 'node:path';
 import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
@@ -160,7 +161,10 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
   const shapes = await resolveShapes(options, preset);
   const gpuMemory = parseGpuMemory(options.gpuMemory ?? '12GiB');
   const data = loadA100();
-  const head = { tool: 'webgpu-miner bench', version: 1, createdAt: new Date().toISOString(), preset: preset.name } as const;
+  const head = {
+    tool: 'webgpu-miner bench', version: 1, createdAt: new Date().toISOString(), preset: preset.name,
+    ...(budgetSeconds !== undefined ? { budgetSeconds } : {}),
+  } as const;
   // The JSON so far, rewritten after each section: a run stopped from outside keeps what it measured.
   const checkpoint = (sections: Partial<BenchReport>) => {
     if (options.json) write(options.json, JSON.stringify({ ...head, complete: false, ...sections }, null, 2) + '\n');
@@ -197,7 +201,6 @@ export async function runBench(options: BenchOptions = {}): Promise<BenchReport>
   const result: BenchReport = {
     ...head,
     complete: true,
-    ...(budgetSeconds !== undefined ? { budgetSeconds } : {}),
     ...report,
     a100: compareWithA100(data, report.roofline, report.e2e),
   };
