@@ -312,6 +312,19 @@ describe('a bench with limited time', () => {
     positive(partial.e2e.decode[0].tokensPerS, 'decode tok/s in the partial report');
   });
 
+  it('refuses a budget that is not a positive number of seconds and an unknown weight dtype, before it measures anything', async () => {
+    const refused = (args: string[]) =>
+      new Promise<string>((resolve, reject) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'bench', '--preset', 'test', '--no-peer', ...args], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+        child.on('error', reject);
+        child.on('close', (code) => (code !== 0 ? resolve(stderr) : reject(new Error(`bench ${args.join(' ')} ran (exit 0)`))));
+      });
+    expect(await refused(['--budget', '0'])).toMatch(/budget must be a positive number of seconds \(got 0\)/);
+    expect(await refused(['--dtypes', 'q4_0,q9_9'])).toMatch(/--dtypes: unknown "q9_9" \(one of f32, f16, q8_0/);
+  });
+
   it('kernels not started within the budget are listed as skipped; one started runs to its end', async () => {
     const gpu = await acquireGpu();
     try {
