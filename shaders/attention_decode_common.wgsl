@@ -7,8 +7,8 @@
 // and the barrier that publishes the split's scores comes from the second of them.
 // Where the step's key and value come from is the variant module's business, composed before this
 // file: attention_decode_cached.wgsl reads every key from the caches (another kernel wrote the step's
-// own), attention_decode_new_kv.wgsl rotates the step's query and key and writes its key and value
-// itself. It declares k_cache and v_cache and provides
+// own), attention_decode_new_kv.wgsl normalises (a head norm) and rotates the step's query and key and
+// writes its key and value itself. It declares k_cache and v_cache and provides
 //   fn load_query(row: u32, h: u32, kv_len: u32, lid: u32)   q_s = the query head times params.scale
 //   fn load_new_kv(row: u32, h: u32, kv_len: u32, first: u32, count: u32, table_row: u32,
 //                  block_elems: u32, pool_blocks: u32, lid: u32)  the step's key and value, where the
