@@ -218,7 +218,7 @@ describe('batched prefill (prefillBatch) vs one piece at a time', () => {
     });
   }
 
-  it('refuses a step with too many pieces or rows, a shared slot, or a bad piece', async () => {
+  it('refuses a step with too many pieces or rows, a shared slot (prefill or decode), or a bad piece', async () => {
     const source = embeddedSource();
     const model = await Transformer.load(gpu(), source, { slots: 3, capacity: 16, prefillChunk: 8, maxPrefillPieces: 8 });
     try {
@@ -233,9 +233,15 @@ describe('batched prefill (prefillBatch) vs one piece at a time', () => {
       await expect(model.prefillBatch([piece(0, 2, 15)])).rejects.toThrow(/exceeds the KV capacity/);
       await expect(model.prefillBatch([{ ...piece(0), candidates: 65 }])).rejects.toThrow(/candidates must be an integer/);
       await expect(model.prefillBatch([{ ...piece(0), tokens: [TINY_CONFIG.vocab_size] }])).rejects.toThrow(/outside the vocabulary/);
+      // A decode step's rows are distinct sequences too (attention writes a row's key while the others read).
+      await expect(model.decode([{ slot: 2, token: 1, position: 0 }, { slot: 0, token: 1, position: 0 }, { slot: 2, token: 1, position: 1 }])).rejects.toThrow(
+        /decode: rows 0 and 2 both use KV slot 2/,
+      );
       // The model is still usable after refusals.
       const [ok] = await model.prefillBatch([piece(0, 3)]);
       expect(ok!.ids).toHaveLength(1);
+      const [next] = await model.decode([{ slot: 0, token: 1, position: 3 }, { slot: 2, token: 1, position: 0 }]);
+      expect(next.ids.length).toBeGreaterThan(0);
     } finally {
       model.destroy();
       await source.close();
