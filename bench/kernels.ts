@@ -21,6 +21,7 @@ import { Matmul } from '../kernels/matmul.ts';
 import { Matvec, Q8_ACTIVATION_DTYPES } from '../kernels/matvec.ts';
 import { hasPackedDot, kernelTiers, type MatvecActivations, type Tier } from '../kernels/tiers.ts';
 import { DecodeAttention, PrefillAttention, kvBytesPerToken, kvTableWidth, type KvDtype } from '../kernels/attention.ts';
+import { ropeInverseFrequencies } from '../kernels/rope.ts';
 import { BLOCK_COLUMNS, isKQuantDtype, isQuantDtype, K_QUANT_BLOCK, planeWords, WEIGHT_DTYPES, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { checkWeightFits, uploadWeight } from '../kernels/weights-upload.ts';
 import { attainableGflops, type Progress, type RooflineResult } from './roofline.ts';
@@ -41,6 +42,11 @@ export interface KernelResult {
   tier: Tier;
   /** Matvecs over quantised weights: what they multiply (f32 activations, or q8 with dot4I8Packed). */
   activations?: MatvecActivations;
+  /**
+   * Decode attention that takes the step's query and key unrotated and rotates and stores the key
+   * itself (DecodeAttention's newKv, as decode steps run it): its label reads "+rope".
+   */
+  ropeKv?: boolean;
   /** One line naming the kernel and shape, e.g. "matvec subgroup q4_0 ffn_up 1x11008x4096" ("subgroup+q8" on q8 activations). */
   label: string;
   flops: number;
@@ -207,7 +213,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const kvDtypes: KvDtype[] = cfg.headDim % 32 === 0 ? ['f32', 'f16', 'q8_0'] : cfg.headDim % 2 === 0 ? ['f32', 'f16'] : ['f32'];
   const total =
     p.projections.length * dtypes.reduce((n, dtype) => n + matvecTiers.length + matmulTiers.length + (q8For(dtype) ? 1 : 0), 0) +
-    (prefillLengths.length + decodeLengths.length * kvDtypes.length) * attentionTiers.length;
+    (prefillLengths.length + 2 * decodeLengths.length * kvDtypes.length) * attentionTiers.length;
   let done = 0;
   const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
 
@@ -264,10 +270,12 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
     });
   }
 
-  for (const L of decodeLengths) for (const kvDtype of kvDtypes) for (const tier of attentionTiers) {
+  // Each decode run twice: over a cache another kernel wrote, and with RoPE and the KV write folded in
+  // (the way decode steps run it), so a GPU shows what the fold costs inside the kernel.
+  for (const L of decodeLengths) for (const kvDtype of kvDtypes) for (const tier of attentionTiers) for (const ropeKv of [false, true]) {
     const R = p.decodeRows;
     const shape = { R, L, Hq, Hkv, D };
-    const label = `attention.decode ${tier} ${kvDtype} KV R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    const label = `attention.decode ${tier}${ropeKv ? '+rope' : ''} ${kvDtype} KV R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
     await attempt('attention.decode', tier, 'attention', kvDtype, shape, label, async () => {
       // Row r's blocks r * B .. r * B + B - 1 (the identity table).
       const blocks = kvTableWidth(L);
@@ -280,20 +288,25 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       };
       let op: DecodeAttention | undefined;
       try {
-        const q = make('q', activations(R * Hq * D));
+        // With the fold, q holds the step's projection rows: queries, keys and values.
+        const width = (ropeKv ? Hq + 2 * Hkv : Hq) * D;
+        const q = make('q', activations(R * width));
         // Sized for f32, which holds the other dtypes' pools too (their bits are timing data only).
         const kCache = make('kCache', activations(R * region));
         const vCache = make('vCache', activations(R * region));
         const out = make('out', R * Hq * D * 4);
         const rowMeta = make('rowMeta', Uint32Array.from({ length: 2 * R }, (_, i) => (i % 2 === 0 ? i >> 1 : L)));
         const blockTable = make('blockTable', Uint32Array.from({ length: R * blocks }, (_, i) => i));
-        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, kvBlocks: R * blocks, dtype: kvDtype, maxRows: R, tier }, { q, kCache, vCache, blockTable, out, rowMeta });
+        const newKv = ropeKv ? { rotaryDims: D, mode: 'half' as const } : undefined;
+        const ropeTable = ropeKv ? make('ropeTable', ropeInverseFrequencies(D, 10000)) : undefined;
+        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, kvBlocks: R * blocks, dtype: kvDtype, maxRows: R, tier, newKv }, { q, kCache, vCache, blockTable, out, rowMeta, ropeTable });
         const attention = op;
-        const timing = await timeKernel(gpu, (pass) => attention.encode(pass, { rows: R, maxLen: L }), preset.timing);
+        const run = { rows: R, maxLen: L, qRowStride: width, ...(ropeKv ? { kOffset: Hq * D, vOffset: (Hq + Hkv) * D } : {}) };
+        const timing = await timeKernel(gpu, (pass) => attention.encode(pass, run), preset.timing);
         const flops = 4 * D * Hq * L * R;
-        // K and V as stored (q8_0 scales included), plus the f32 queries and outputs.
-        const bytes = R * L * kvBytesPerToken({ numLayers: 1, numKvHeads: Hkv, headDim: D }, kvDtype) + 4 * R * 2 * Hq * D;
-        return result({ kind: 'attention.decode', tier, name: 'attention', dtype: kvDtype, shape, label, flops, bytes, timing }, roof, options.a100Roof);
+        // K and V as stored (q8_0 scales included), plus the f32 queries (and the step's keys and values) and outputs.
+        const bytes = R * L * kvBytesPerToken({ numLayers: 1, numKvHeads: Hkv, headDim: D }, kvDtype) + 4 * R * (width + Hq * D);
+        return result({ kind: 'attention.decode', tier, ...(ropeKv ? { ropeKv } : {}), name: 'attention', dtype: kvDtype, shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         op?.destroy();
         made.forEach((b) => b.destroy());

@@ -184,6 +184,15 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
       close(k.a100!.share, k.gflops / k.a100!.attainableGflops);
     }
     for (const s of skipped) expect(s.skipped.length).toBeGreaterThan(0);
+    // Decode attention twice: over a written cache, and with RoPE and the KV write folded in.
+    const decode = results.filter((k) => k.kind === 'attention.decode');
+    const folded = decode.filter((k) => k.ropeKv);
+    expect(folded.length).toBeGreaterThan(0);
+    expect(folded.length * 2).toBe(decode.length);
+    for (const k of folded) {
+      expect(k.label).toContain(`${k.tier}+rope`);
+      expect(decode.some((plain) => !plain.ropeKv && plain.tier === k.tier && plain.dtype === k.dtype && plain.shape.L === k.shape.L)).toBe(true);
+    }
   });
 
   it('end to end: prompt, time to first token, decode at batch 1 and 2, memory', () => {
