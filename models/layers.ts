@@ -47,8 +47,8 @@ export interface LayerOps {
   qkv: Linear[];
   /**
    * RoPE models: RoPE of q and k and the KV write in one kernel (Qwen3, Gemma 3: after the RMSNorm of
-   * each query and key head, in the same kernel); learned positions: the KV write. Prefill steps
-   * only: decode steps run them inside `decode` (its newKv).
+   * each query and key head, in the same kernel); learned positions: the KV write. Decode steps skip
+   * them where `decode` runs them itself (its newKv, set for every layer).
    */
   ropeKvWrite?: RopeKvWrite;
   kvWrite?: KvWrite;

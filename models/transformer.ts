@@ -760,7 +760,8 @@ export class Transformer {
    * Embedding, then every layer, leaving the residual stream of `R` rows in x. Matvec-sized steps
    * (decode) fold the norms into the projections after them and the MLP's activation into its input
    * projection (Linear.fusedFor); matmul-sized steps run them as their own kernels. `decoding`: the
-   * attention is the decode op's, which normalises, rotates and stores the step's keys itself.
+   * attention is the decode op's, which normalises, rotates and stores the step's keys itself where it
+   * was built to (its newKv; models/layers.ts builds every layer's so).
    */
   #encodeLayers(pass: GPUComputePassEncoder, R: number, attention: (layer: LayerOps) => void, decoding = false): void {
     const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F } = this.config;
@@ -791,7 +792,7 @@ export class Transformer {
       if (!fused) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
-      if (!decoding) {
+      if (!(decoding && layer.decode.newKv)) {
         layer.ropeKvWrite?.encode(pass, ropeKvWrite);
         layer.kvWrite?.encode(pass, kvWrite);
       }
