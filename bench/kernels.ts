@@ -172,6 +172,19 @@ function result(
   };
 }
 
+/** Storage buffers made for one timed kernel, destroyed together when it is done. */
+function benchBuffers(gpu: Gpu): { make: (name: string, data: ArrayBufferView | number) => GPUBuffer; destroy: () => void } {
+  const made: GPUBuffer[] = [];
+  return {
+    make: (name, data) => {
+      const buffer = createStorage(gpu, `bench.${name}`, data);
+      made.push(buffer);
+      return buffer;
+    },
+    destroy: () => made.forEach((buffer) => buffer.destroy()),
+  };
+}
+
 // ---- the run --------------------------------------------------------------------------------
 
 export interface KernelBenchOptions {
@@ -246,12 +259,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       // One sequence's blocks, in order (the identity table).
       const blocks = kvTableWidth(T);
       const kv = blocks * 16 * Hkv * D;
-      const made: GPUBuffer[] = [];
-      const make = (name: string, data: ArrayBufferView | number) => {
-        const b = createStorage(gpu, `bench.${name}`, data);
-        made.push(b);
-        return b;
-      };
+      const { make, destroy } = benchBuffers(gpu);
       try {
         const q = make('q', activations(T * Hq * D));
         const kCache = make('kCache', activations(kv));
@@ -265,7 +273,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         const bytes = 4 * (2 * T * Hq * D + 2 * T * Hkv * D);
         return result({ kind: 'attention.prefill', tier, name: 'attention', dtype: 'f32', shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
-        made.forEach((b) => b.destroy());
+        destroy();
       }
     });
   }
@@ -280,12 +288,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       // Row r's blocks r * B .. r * B + B - 1 (the identity table).
       const blocks = kvTableWidth(L);
       const region = blocks * 16 * Hkv * D;
-      const made: GPUBuffer[] = [];
-      const make = (name: string, data: ArrayBufferView | number) => {
-        const b = createStorage(gpu, `bench.${name}`, data);
-        made.push(b);
-        return b;
-      };
+      const { make, destroy } = benchBuffers(gpu);
       let op: DecodeAttention | undefined;
       try {
         // With the fold, q holds the step's projection rows: queries, keys and values.
@@ -309,7 +312,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         return result({ kind: 'attention.decode', tier, ...(ropeKv ? { ropeKv } : {}), name: 'attention', dtype: kvDtype, shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         op?.destroy();
-        made.forEach((b) => b.destroy());
+        destroy();
       }
     });
   }

@@ -2,7 +2,8 @@
 // RoPE (their q_norm / k_norm): composed in place of attention_decode_new_kv_plain.wgsl. A head becomes
 // x / sqrt(mean(x^2) + eps) * weight, its squares summed as rope_kv_write_head_norm.wgsl sums them
 // (each invocation its strided share, then reduce.wgsl's tree over the workgroup), so the two kernels
-// agree. The weights follow the inverse frequencies in rope_table: the query heads' (D), then the
+// agree. reduce.wgsl itself cannot be included here: its workgroup_sum would clash with the attention
+// tier's (attention_decode.wgsl, attention_decode_subgroup.wgsl), which takes other arguments. The weights follow the inverse frequencies in rope_table: the query heads' (D), then the
 // key heads' (D). Values are not normalised.
 
 override HEAD_NORM_EPS: f32 = 0.0; // added to a head's mean square (unitless)
