@@ -18,14 +18,15 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage } from '../src/gpu/buffers.ts';
 import { MinerError, OptionError, ShapeError } from '../src/errors.ts';
 import { Matmul } from '../kernels/matmul.ts';
-import { Matvec, Q8_ACTIVATION_DTYPES } from '../kernels/matvec.ts';
+import { Matvec, Q8_ACTIVATION_DTYPES, defaultMatvecActivations } from '../kernels/matvec.ts';
+import { Norm } from '../kernels/norm.ts';
 import { hasPackedDot, kernelTiers, type MatvecActivations, type Tier } from '../kernels/tiers.ts';
 import { DecodeAttention, PrefillAttention, kvBytesPerToken, kvTableWidth, type KvDtype } from '../kernels/attention.ts';
-import { ropeInverseFrequencies } from '../kernels/rope.ts';
+import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { BLOCK_COLUMNS, isKQuantDtype, isQuantDtype, K_QUANT_BLOCK, planeWords, WEIGHT_DTYPES, type HostWeight, type PackedWeight, type WeightDtype } from '../kernels/weights.ts';
 import { checkWeightFits, uploadWeight } from '../kernels/weights-upload.ts';
 import { attainableGflops, type Progress, type RooflineResult } from './roofline.ts';
-import { projectionShape, type BenchPreset, type PresetName, type ShapeSet } from './presets.ts';
+import { projectionShape, type BenchPreset, type PresetName, type ProjectionName, type ShapeSet } from './presets.ts';
 import { timeKernel, type Timing } from './timing.ts';
 
 export type KernelKind = 'matmul' | 'matvec' | 'attention.prefill' | 'attention.decode';
@@ -43,10 +44,13 @@ export interface KernelResult {
   /** Matvecs over quantised weights: what they multiply (f32 activations, or q8 with dot4I8Packed). */
   activations?: MatvecActivations;
   /**
-   * Decode attention that takes the step's query and key unrotated and rotates and stores the key
-   * itself (DecodeAttention's newKv, as decode steps run it): its label reads "+rope".
+   * One of decode's folds timed both ways, on the variant a model runs: 'folded', the kernel doing
+   * the step before it itself (label "+norm" / "+rope"); 'apart', that step's own kernel then this
+   * one, two dispatches timed together (label "norm + matvec ..." / "rope-kv + attention.decode ...").
+   * `op` names the step: 'norm', the RMSNorm before a projection; 'rope-kv', RoPE and the KV-cache
+   * write before decode attention (DecodeAttention's newKv). Decode steps run the folded form.
    */
-  ropeKv?: boolean;
+  fold?: { op: 'norm' | 'rope-kv'; form: 'folded' | 'apart' };
   /** One line naming the kernel and shape, e.g. "matvec subgroup q4_0 ffn_up 1x11008x4096" ("subgroup+q8" on q8 activations). */
   label: string;
   flops: number;
@@ -89,6 +93,9 @@ export interface KernelsReport {
   results: KernelResult[];
   skipped: SkippedKernel[];
 }
+
+/** Projections a model runs right after an RMSNorm (the attention norm, the MLP norm). */
+const NORMED_PROJECTIONS: readonly ProjectionName[] = ['attn_q', 'attn_kv', 'ffn_up'];
 
 export function isSkipped(entry: KernelResult | SkippedKernel): entry is SkippedKernel {
   return 'skipped' in entry;
@@ -136,7 +143,7 @@ export function syntheticWeight(dtype: WeightDtype, rows: number, cols: number):
   return { dtype, rows, cols, planes };
 }
 
-function activations(elements: number): Float32Array {
+function randomF32(elements: number): Float32Array {
   const data = new Float32Array(elements);
   fillF32(new Uint32Array(data.buffer));
   return data;
@@ -217,16 +224,29 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const matvecTiers = wanted('matvec') ? withBaseline(tiers.matvec) : [];
   const matmulTiers = wanted('matmul') ? withBaseline(tiers.matmul) : [];
   const attentionTiers = withBaseline(tiers.attention);
+  // Decode attention over a cache another kernel wrote, on each tier; then, on the tier models run,
+  // with RoPE and the KV write folded in (as decode steps run it) and apart (RopeKvWrite, then this
+  // kernel): the two lines show whether the fold pays on this adapter.
+  const decodeForms: Array<{ tier: Tier; form?: 'folded' | 'apart' }> = [
+    ...attentionTiers.map((tier) => ({ tier })),
+    { tier: tiers.attention, form: 'folded' },
+    { tier: tiers.attention, form: 'apart' },
+  ];
   const prefillLengths = wanted('attention.prefill') ? p.attentionPrefill : [];
   const decodeLengths = wanted('attention.decode') ? p.attentionDecode : [];
   const dtypes = options.dtypes ?? p.dtypes;
   // The q8-activation matvec beside the f32 ones, on the fast reduction tier, where it applies.
   const q8For = (dtype: WeightDtype) => wanted('matvec') && hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype);
+  // The projections models run after an RMSNorm: timed with it folded in (as decode steps run them)
+  // and apart (the norm kernel, then the plain matvec), on the variant models run.
+  const normFoldsFor = (proj: ProjectionName) => wanted('matvec') && NORMED_PROJECTIONS.includes(proj);
   // Decode attention reads the whole KV cache: timed with each cache dtype the model's head dim takes.
   const kvDtypes: KvDtype[] = cfg.headDim % 32 === 0 ? ['f32', 'f16', 'q8_0'] : cfg.headDim % 2 === 0 ? ['f32', 'f16'] : ['f32'];
   const total =
-    p.projections.length * dtypes.reduce((n, dtype) => n + matvecTiers.length + matmulTiers.length + (q8For(dtype) ? 1 : 0), 0) +
-    (prefillLengths.length + 2 * decodeLengths.length * kvDtypes.length) * attentionTiers.length;
+    p.projections.reduce((n, proj) => n + dtypes.length * (matvecTiers.length + matmulTiers.length + (normFoldsFor(proj) ? 2 : 0)), 0) +
+    p.projections.length * dtypes.filter(q8For).length +
+    prefillLengths.length * attentionTiers.length +
+    decodeLengths.length * kvDtypes.length * decodeForms.length;
   let done = 0;
   const step = (label: string) => progress(`kernels [${++done}/${total}] ${label}`);
 
@@ -261,9 +281,9 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       const kv = blocks * 16 * Hkv * D;
       const { make, destroy } = benchBuffers(gpu);
       try {
-        const q = make('q', activations(T * Hq * D));
-        const kCache = make('kCache', activations(kv));
-        const vCache = make('vCache', activations(kv));
+        const q = make('q', randomF32(T * Hq * D));
+        const kCache = make('kCache', randomF32(kv));
+        const vCache = make('vCache', randomF32(kv));
         const out = make('out', T * Hq * D * 4);
         const blockTable = make('blockTable', Uint32Array.from({ length: blocks }, (_, i) => i));
         const op = new PrefillAttention(gpu, { Hq, Hkv, D, capacity: T, kvBlocks: blocks }, { q, kCache, vCache, blockTable, out }, { tier });
@@ -278,12 +298,11 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
     });
   }
 
-  // Each decode run twice: over a cache another kernel wrote, and with RoPE and the KV write folded in
-  // (the way decode steps run it), so a GPU shows what the fold costs inside the kernel.
-  for (const L of decodeLengths) for (const kvDtype of kvDtypes) for (const tier of attentionTiers) for (const ropeKv of [false, true]) {
+  for (const L of decodeLengths) for (const kvDtype of kvDtypes) for (const { tier, form } of decodeForms) {
     const R = p.decodeRows;
     const shape = { R, L, Hq, Hkv, D };
-    const label = `attention.decode ${tier}${ropeKv ? '+rope' : ''} ${kvDtype} KV R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    const kernel = `attention.decode ${tier}${form === 'folded' ? '+rope' : ''} ${kvDtype} KV R=${R} L=${L} Hq=${Hq} Hkv=${Hkv} D=${D}`;
+    const label = form === 'apart' ? `rope-kv + ${kernel}` : kernel;
     await attempt('attention.decode', tier, 'attention', kvDtype, shape, label, async () => {
       // Row r's blocks r * B .. r * B + B - 1 (the identity table).
       const blocks = kvTableWidth(L);
@@ -291,25 +310,38 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       const { make, destroy } = benchBuffers(gpu);
       let op: DecodeAttention | undefined;
       try {
-        // With the fold, q holds the step's projection rows: queries, keys and values.
-        const width = (ropeKv ? Hq + 2 * Hkv : Hq) * D;
-        const q = make('q', activations(R * width));
+        // With RoPE and the KV write, q holds the step's projection rows: queries, keys and values.
+        const width = (form ? Hq + 2 * Hkv : Hq) * D;
+        const q = make('q', randomF32(R * width));
         // Sized for f32, which holds the other dtypes' pools too (their bits are timing data only).
-        const kCache = make('kCache', activations(R * region));
-        const vCache = make('vCache', activations(R * region));
+        const kCache = make('kCache', randomF32(R * region));
+        const vCache = make('vCache', randomF32(R * region));
         const out = make('out', R * Hq * D * 4);
+        // Attention's rows (table_row, kv_len); RopeKvWrite's (table_row, position of the step).
         const rowMeta = make('rowMeta', Uint32Array.from({ length: 2 * R }, (_, i) => (i % 2 === 0 ? i >> 1 : L)));
         const blockTable = make('blockTable', Uint32Array.from({ length: R * blocks }, (_, i) => i));
-        const newKv = ropeKv ? { rotaryDims: D, mode: 'half' as const } : undefined;
-        const ropeTable = ropeKv ? make('ropeTable', ropeInverseFrequencies(D, 10000)) : undefined;
-        op = new DecodeAttention(gpu, { Hq, Hkv, D, capacity: L, kvBlocks: R * blocks, dtype: kvDtype, maxRows: R, tier, newKv }, { q, kCache, vCache, blockTable, out, rowMeta, ropeTable });
+        const invFreq = form ? make('invFreq', ropeInverseFrequencies(D, 10000)) : undefined;
+        const pool = { Hq, Hkv, D, capacity: L, kvBlocks: R * blocks, dtype: kvDtype };
+        const newKv = form === 'folded' ? { rotaryDims: D, mode: 'half' as const } : undefined;
+        op = new DecodeAttention(gpu, { ...pool, maxRows: R, tier, newKv }, { q, kCache, vCache, blockTable, out, rowMeta, ropeTable: newKv ? invFreq : undefined });
         const attention = op;
-        const run = { rows: R, maxLen: L, qRowStride: width, ...(ropeKv ? { kOffset: Hq * D, vOffset: (Hq + Hkv) * D } : {}) };
-        const timing = await timeKernel(gpu, (pass) => attention.encode(pass, run), preset.timing);
+        const run = { rows: R, maxLen: L, qRowStride: width, ...(newKv ? { kOffset: Hq * D, vOffset: (Hq + Hkv) * D } : {}) };
+        let before: ((pass: GPUComputePassEncoder) => void) | undefined;
+        if (form === 'apart') {
+          const stepMeta = make('stepMeta', Uint32Array.from({ length: 2 * R }, (_, i) => (i % 2 === 0 ? i >> 1 : L - 1)));
+          const ropeKvWrite = new RopeKvWrite(gpu, 'half', { ...pool, rotaryDims: D }, { qkv: q, rowMeta: stepMeta, invFreq: invFreq!, kCache, vCache, blockTable });
+          const ropeRun = { rows: R, rowStride: width, qOffset: 0, kOffset: Hq * D, vOffset: (Hq + Hkv) * D };
+          before = (pass) => ropeKvWrite.encode(pass, ropeRun);
+        }
+        const timing = await timeKernel(gpu, (pass) => {
+          before?.(pass);
+          attention.encode(pass, run);
+        }, preset.timing);
         const flops = 4 * D * Hq * L * R;
         // K and V as stored (q8_0 scales included), plus the f32 queries (and the step's keys and values) and outputs.
         const bytes = R * L * kvBytesPerToken({ numLayers: 1, numKvHeads: Hkv, headDim: D }, kvDtype) + 4 * R * (width + Hq * D);
-        return result({ kind: 'attention.decode', tier, ...(ropeKv ? { ropeKv } : {}), name: 'attention', dtype: kvDtype, shape, label, flops, bytes, timing }, roof, options.a100Roof);
+        const fold = form ? { fold: { op: 'rope-kv' as const, form } } : {};
+        return result({ kind: 'attention.decode', tier, ...fold, name: 'attention', dtype: kvDtype, shape, label, flops, bytes, timing }, roof, options.a100Roof);
       } finally {
         op?.destroy();
         destroy();
@@ -335,7 +367,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         checkWeightFits(gpu, proj, host);
         const weight = uploadWeight(gpu, `bench.${proj}`, host);
         try {
-          shared = { weight, input: createStorage(gpu, 'bench.input', activations(Math.max(p.decodeRows, p.prefillTokens) * K)) };
+          shared = { weight, input: createStorage(gpu, 'bench.input', randomF32(Math.max(p.decodeRows, p.prefillTokens) * K)) };
         } catch (err) {
           weight.planes.forEach((b) => b.destroy());
           throw err;
@@ -343,34 +375,57 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
         return shared;
       };
       try {
-        const runs: Array<{ kind: 'matvec' | 'matmul'; tier: Tier; activations?: MatvecActivations }> = [
+        // The matvec variant models run over this dtype, for the RMSNorm fold's two forms.
+        const modelMatvec = { kind: 'matvec' as const, tier: tiers.matvec, activations: defaultMatvecActivations(gpu, dtype) };
+        const runs: Array<{ kind: 'matvec' | 'matmul'; tier: Tier; activations?: MatvecActivations; norm?: 'folded' | 'apart' }> = [
           ...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier, activations: 'f32' as const })),
           ...(q8For(dtype) ? [{ kind: 'matvec' as const, tier: tiers.matvec, activations: 'q8' as const }] : []),
+          ...(normFoldsFor(proj) ? [{ ...modelMatvec, norm: 'folded' as const }, { ...modelMatvec, norm: 'apart' as const }] : []),
           ...matmulTiers.map((tier) => ({ kind: 'matmul' as const, tier })),
         ];
-        for (const { kind, tier, activations } of runs) {
+        for (const { kind, tier, activations, norm } of runs) {
           const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
           const shape = { M, N, K };
-          const variant = activations === 'q8' ? `${tier}+q8` : tier;
-          await attempt(kind, tier, proj, dtype, shape, `${kind} ${variant} ${dtype} ${proj} ${M}x${N}x${K}`, async (label) => {
+          const variant = `${tier}${activations === 'q8' ? '+q8' : ''}${norm === 'folded' ? '+norm' : ''}`;
+          const label = `${norm === 'apart' ? 'norm + ' : ''}${kind} ${variant} ${dtype} ${proj} ${M}x${N}x${K}`;
+          await attempt(kind, tier, proj, dtype, shape, label, async (label) => {
             const { weight, input } = prepare();
-            const output = createStorage(gpu, 'bench.output', M * N * 4);
+            const { make, destroy } = benchBuffers(gpu);
             try {
-              const buffers = { weight, input, output };
-              const op = kind === 'matvec' ? new Matvec(gpu, buffers, { tier, activations }) : new Matmul(gpu, buffers, { tier });
-              const timing = await timeKernel(gpu, (pass) => op.encode(pass, { M }), preset.timing);
+              const output = make('output', M * N * 4);
+              const normWeight = norm ? make('normWeight', randomF32(K)) : undefined;
+              let before: ((pass: GPUComputePassEncoder) => void) | undefined;
+              let op: Matvec | Matmul;
+              if (kind === 'matmul') op = new Matmul(gpu, { weight, input, output }, { tier });
+              else if (norm === 'apart') {
+                // The model's norm kernel writes the normalised rows; the plain matvec reads them.
+                const normed = make('normed', M * K * 4);
+                const rmsNorm = new Norm(gpu, 'rms', { x: input, weight: normWeight!, out: normed }, { eps: 1e-5 });
+                before = (pass) => rmsNorm.encode(pass, { rows: M, cols: K });
+                op = new Matvec(gpu, { weight, input: normed, output }, { tier, activations });
+              } else {
+                const fusion = norm === 'folded' ? { norm: { kind: 'rms' as const, weight: normWeight!, eps: 1e-5 } } : undefined;
+                op = new Matvec(gpu, { weight, input, output }, { tier, activations, fusion });
+              }
+              const projection = op;
+              const timing = await timeKernel(gpu, (pass) => {
+                before?.(pass);
+                projection.encode(pass, { M });
+              }, preset.timing);
               // The q8 step's own traffic (M K bytes of quants and K / 8 of scales, written then read) is
-              // left out: the figure of merit is weight bytes per second, the same for both.
+              // left out: the figure of merit is weight bytes per second, the same for both. A norm adds
+              // its weight, and apart its normalised rows, written then read.
+              const normBytes = norm ? 4 * (K + (norm === 'apart' ? 2 * M * K : 0)) : 0;
               return result(
                 {
-                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}),
-                  name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N), weightBytes: weight.bytes, timing,
+                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}), ...(norm ? { fold: { op: 'norm' as const, form: norm } } : {}),
+                  name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N) + normBytes, weightBytes: weight.bytes, timing,
                 },
                 roof,
                 options.a100Roof,
               );
             } finally {
-              output.destroy();
+              destroy();
             }
           });
         }

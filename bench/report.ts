@@ -5,7 +5,7 @@ import type { AdapterDescription } from '../src/gpu/device.ts';
 import type { A100Report } from './a100.ts';
 import type { E2eReport } from './e2e.ts';
 import type { HostReport } from './host.ts';
-import type { KernelsReport } from './kernels.ts';
+import type { KernelResult, KernelsReport } from './kernels.ts';
 import { MEMORY_SEQUENCE_TOKENS, type MemoryReport } from './memory.ts';
 import type { PeerReport, PeerSkipped } from './peer.ts';
 import type { PresetName } from './presets.ts';
@@ -134,6 +134,31 @@ function kernelRows(k: KernelsReport): string[][] {
   ]);
   return rows;
 }
+
+/**
+ * Decode's folds measured both ways (KernelResult.fold): per folded kernel with its apart twin (same
+ * kind, tier, activations, dtype, projection and shape), both times and what the fold saves (negative:
+ * it costs). Decode steps run the folded form; a GPU where it loses says to revisit that.
+ */
+export function foldComparisons(k: KernelsReport): Array<{ folded: KernelResult; apart: KernelResult; saved: number }> {
+  const key = (r: KernelResult) => JSON.stringify([r.kind, r.tier, r.activations, r.dtype, r.name, r.shape, r.fold?.op]);
+  const apart = new Map(k.results.filter((r) => r.fold?.form === 'apart').map((r) => [key(r), r]));
+  return k.results.flatMap((folded) => {
+    const twin = folded.fold?.form === 'folded' ? apart.get(key(folded)) : undefined;
+    return twin ? [{ folded, apart: twin, saved: 1 - folded.timing.medianMs / twin.timing.medianMs }] : [];
+  });
+}
+
+const FOLD_HEADER = ['fold', 'folded ms', 'apart ms', 'saved'];
+const FOLD_ALIGN = [false, true, true, true];
+
+function foldRows(k: KernelsReport): string[][] {
+  return foldComparisons(k).map(({ folded, apart, saved }) => [folded.label, num(folded.timing.medianMs), num(apart.timing.medianMs), pct(saved)]);
+}
+
+const FOLD_NOTE =
+  'Decode folds: each kernel as decode steps run it (the norm, or RoPE and the KV write, inside it) against the ' +
+  'separate kernel then the plain one, timed together; "saved" is 1 - folded / apart';
 
 /** Skipped kernels grouped by reason: one line per reason (a long list counted; the JSON names each). */
 function skippedLines(k: KernelsReport): string[] {
@@ -299,6 +324,8 @@ export function formatKernelsTable(report: Pick<BenchReport, 'preset' | 'adapter
   out.push(`"of A100 ceiling" = GFLOP/s / min(FP32 peak, intensity x bandwidth) of ${a100KernelFigure}`);
   out.push(table(KERNEL_HEADER, kernelRows(k), KERNEL_ALIGN));
   for (const line of skippedLines(k)) out.push(line);
+  const folds = foldRows(k);
+  if (folds.length) out.push('', FOLD_NOTE, table(FOLD_HEADER, folds, FOLD_ALIGN));
   return out.join('\n');
 }
 
@@ -357,6 +384,8 @@ export function formatMarkdown(report: BenchReport, chartFile?: string): string 
   out.push('');
   out.push(markdownTable(KERNEL_HEADER, kernelRows(k), KERNEL_ALIGN));
   if (k.skipped.length) out.push('', ...skippedLines(k).map((line) => `- ${line}`));
+  const folds = foldRows(k);
+  if (folds.length) out.push('', `${FOLD_NOTE}.`, '', markdownTable(FOLD_HEADER, folds, FOLD_ALIGN));
   out.push('', '## End to end', '', modelLine(report.e2e), '');
   out.push(markdownTable(['', 'value', 'spread', 'detail'], e2eRows(report.e2e), [false, true, true, false]));
   out.push('', '## KV memory', '', `${memoryLine(report.memory)}.`, '');

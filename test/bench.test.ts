@@ -17,7 +17,7 @@ import { memoryShapes, shapeList } from '../bench/run.ts';
 import { benchPeer } from '../bench/peer.ts';
 import { writeTinyLlamaGguf } from './support/tiny-models.ts';
 import { estimateActivationBytes } from '../models/memory-plan.ts';
-import type { BenchReport } from '../bench/report.ts';
+import { foldComparisons, type BenchReport } from '../bench/report.ts';
 import type { RooflineResult } from '../bench/roofline.ts';
 import { benchKernels } from '../bench/kernels.ts';
 import { acquireGpu } from '../src/gpu/device.ts';
@@ -184,15 +184,38 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
       close(k.a100!.share, k.gflops / k.a100!.attainableGflops);
     }
     for (const s of skipped) expect(s.skipped.length).toBeGreaterThan(0);
-    // Decode attention twice: over a written cache, and with RoPE and the KV write folded in.
+    // Decode's folds, both ways, on the variant models run: RoPE + KV write before decode attention
+    // (each context length and cache dtype), the RMSNorm before each projection that follows one.
     const decode = results.filter((k) => k.kind === 'attention.decode');
-    const folded = decode.filter((k) => k.ropeKv);
-    expect(folded.length).toBeGreaterThan(0);
-    expect(folded.length * 2).toBe(decode.length);
-    for (const k of folded) {
-      expect(k.label).toContain(`${k.tier}+rope`);
-      expect(decode.some((plain) => !plain.ropeKv && plain.tier === k.tier && plain.dtype === k.dtype && plain.shape.L === k.shape.L)).toBe(true);
+    const folds = results.filter((k) => k.fold);
+    const kvCombos = new Set(decode.map((k) => `${k.dtype} ${k.shape.L}`));
+    const normed: string[] = PRESETS.test.kernels.projections.filter((p) => ['attn_q', 'attn_kv', 'ffn_up'].includes(p));
+    expect(normed.length).toBeGreaterThan(0);
+    expect(folds.filter((k) => k.fold!.op === 'rope-kv')).toHaveLength(2 * kvCombos.size);
+    // Each (projection, dtype) the tiny shapes take (K-quants need K % 256 == 0), once each way.
+    const plainNormed = results.filter((k) => k.kind === 'matvec' && k.tier === 'baseline' && k.activations !== 'q8' && !k.fold && normed.includes(k.name));
+    expect(plainNormed.length).toBeGreaterThan(0);
+    expect(folds.filter((k) => k.fold!.op === 'norm')).toHaveLength(2 * plainNormed.length);
+    for (const k of folds) {
+      const { op, form } = k.fold!;
+      expect(k.kind).toBe(op === 'norm' ? 'matvec' : 'attention.decode');
+      expect(k.tier).toBe(op === 'norm' ? report.adapter.tiers.matvec : report.adapter.tiers.attention);
+      if (form === 'folded') expect(k.label).toContain(op === 'norm' ? '+norm ' : `${k.tier}+rope `);
+      else expect(k.label.startsWith(op === 'norm' ? 'norm + matvec ' : 'rope-kv + attention.decode ')).toBe(true);
+      // The plain kernel of the same shape is timed too.
+      expect(results.some((plain) => !plain.fold && plain.kind === k.kind && plain.tier === k.tier && plain.dtype === k.dtype && plain.name === k.name && plain.shape.L === k.shape.L)).toBe(true);
     }
+    // Each folded kernel against its apart twin, in the report.
+    const pairs = foldComparisons(report.kernels);
+    expect(pairs).toHaveLength(folds.length / 2);
+    for (const { folded, apart, saved } of pairs) {
+      expect(folded.fold!.form).toBe('folded');
+      expect(apart.fold).toEqual({ op: folded.fold!.op, form: 'apart' });
+      expect(apart.shape).toEqual(folded.shape);
+      close(saved, 1 - folded.timing.medianMs / apart.timing.medianMs);
+      expect(stdout).toContain(folded.label);
+    }
+    expect(stdout).toContain('Decode folds:');
   });
 
   it('end to end: prompt, time to first token, decode at batch 1 and 2, memory', () => {
