@@ -44,8 +44,9 @@ export const MATVEC_MAX_ROWS_PER_WORKGROUP = 4;
 export interface MatvecFusion {
   /**
    * Normalise each input row over its K elements as it is loaded (RMSNorm, or LayerNorm with `bias`),
-   * exactly as kernels/norm.ts would: the input is then the raw residual stream, and each workgroup
-   * computes its rows' statistics itself.
+   * as kernels/norm.ts would: the input is then the raw residual stream, and each workgroup computes
+   * its rows' statistics itself (RMSNorm's from the loads the products make, its 1 / rms applied to
+   * the row's totals: see shaders/matvec_fusion.wgsl).
    */
   norm?: { kind: NormKind; weight: GPUBuffer; bias?: GPUBuffer; eps: number };
   /** Applied to each result (to the gate with `glu`), before the residual. */
@@ -176,7 +177,9 @@ export class Matvec {
       throw new ShapeError(`${label}: rowsPerWorkgroup must be 1..${maxRows}${glu ? ' with glu' : ''} (got ${rowsPerWorkgroup})`);
     }
     const weightRows = rowsPerWorkgroup * perOutput;
-    const slots = weightRows * MATVEC_MAX_ROWS;
+    // Each thread's sums: weight rows x activation rows, and a fused RMSNorm's sums of squares per
+    // activation row (SQUARE_ROWS in shaders/matvec_fusion.wgsl).
+    const slots = (weightRows + (fusion.norm?.kind === 'rms' ? 1 : 0)) * MATVEC_MAX_ROWS;
     // Baseline: a (slots, WG) tree whose first rows x 8 threads write the outputs. Subgroup tier: the
     // leader bitmask and (subgroups, slots) sums.
     const outputThreads = rowsPerWorkgroup * MATVEC_MAX_ROWS;

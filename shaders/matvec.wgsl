@@ -17,9 +17,10 @@ override WG: u32 = 128;    // threads per workgroup, power of two >= ROWS * MAX_
 override ROWS: u32 = 1;    // outputs per workgroup
 override W_ROWS: u32 = 1;  // weight rows per workgroup: ROWS, or 2 ROWS with GLU; <= MAX_ROWS
 
-var<workgroup> partial: array<f32, W_ROWS * MAX_M * WG>; // (W_ROWS * MAX_M, WG): per-thread partial sums
+// ((W_ROWS + SQUARE_ROWS) * MAX_M, WG): per-thread partial sums (matvec_common.wgsl's slots)
+var<workgroup> partial: array<f32, (W_ROWS + SQUARE_ROWS) * MAX_M * WG>;
 
-// For the fused norm's statistics (matvec_fusion.wgsl).
+// For a fused LayerNorm's statistics (matvec_fusion.wgsl).
 fn workgroup_sum(v: f32, lid: u32) -> f32 {
   partial[lid] = v;
   workgroupBarrier();
@@ -44,7 +45,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
   norm_statistics(lid);
   var acc = partial_sums(row0, lid);
 
-  let slots = W_ROWS * MAX_M;
+  let slots = (W_ROWS + SQUARE_ROWS) * MAX_M;
   for (var j = 0u; j < slots; j++) {
     partial[j * WG + lid] = acc[j];
   }

@@ -3,6 +3,8 @@
 
 fn norm_statistics(lid: u32) {}
 
+const SQUARE_ROWS: u32 = 0u;
+
 fn normalised(x: vec4<f32>, m: u32, k: u32) -> vec4<f32> {
   return x;
 }

@@ -28,8 +28,9 @@ override SG_MIN: u32 = 4;  // the adapter's smallest subgroup size (WebGPU guara
 
 // Bit i of word i / 32: invocation i leads its subgroup.
 var<workgroup> leaders: array<atomic<u32>, (WG + 31u) / 32u>;
-// (subgroups, W_ROWS * MAX_M): each subgroup's sums, in the order of its leader's invocation index.
-var<workgroup> partial: array<f32, ((WG + SG_MIN - 1u) / SG_MIN) * W_ROWS * MAX_M>;
+// (subgroups, (W_ROWS + SQUARE_ROWS) * MAX_M): each subgroup's sums (matvec_common.wgsl's slots), in
+// the order of its leader's invocation index.
+var<workgroup> partial: array<f32, ((WG + SG_MIN - 1u) / SG_MIN) * (W_ROWS + SQUARE_ROWS) * MAX_M>;
 // This invocation leads its subgroup (set once, at the start).
 var<private> is_leader: bool;
 
@@ -48,7 +49,7 @@ fn leader_count() -> u32 {
   return count;
 }
 
-// For the fused norm's statistics (matvec_fusion.wgsl).
+// For a fused LayerNorm's statistics (matvec_fusion.wgsl).
 fn workgroup_sum(v: f32, lid: u32) -> f32 {
   let sum = subgroupAdd(v);
   if (is_leader) { partial[leaders_below(lid)] = sum; }
@@ -61,7 +62,7 @@ fn workgroup_sum(v: f32, lid: u32) -> f32 {
 }
 
 fn slot_total(j: u32) -> f32 {
-  let slots = W_ROWS * MAX_M;
+  let slots = (W_ROWS + SQUARE_ROWS) * MAX_M;
   let count = leader_count();
   var v = 0.0;
   for (var s = 0u; s < count; s++) { v += partial[s * slots + j]; }
@@ -73,7 +74,7 @@ fn matvec_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
                    @builtin(local_invocation_index) lid: u32) {
   let row0 = grid_group(wid, nwg) * ROWS;
   if (row0 >= params.n) { return; } // whole workgroup: the grid may overshoot when split over y
-  let slots = W_ROWS * MAX_M;
+  let slots = (W_ROWS + SQUARE_ROWS) * MAX_M;
   // 2. One leader per subgroup (control flow is uniform here: the guards depend on uniforms only).
   is_leader = subgroupElect();
   if (is_leader) { atomicOr(&leaders[lid / 32u], 1u << (lid % 32u)); }

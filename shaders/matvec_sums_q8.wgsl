@@ -1,17 +1,19 @@
 // One thread's partial sums over its share of K on q8 activations (the matvec's q8 tier): the
 // workgroup quantises the activation rows to int8 into workgroup memory, a segment of K at a time, by
 // ggml's quantize_row_q8_0 rule (after the fused norm, if any: per block of 32, d = amax / 127 and
-// q = round(x / d)); each weight dtype's q8 module serves 16 columns of a weight row as int8 quants
-// with a scale and an offset (weight_chunk16), so 16 products are 4 dot4I8Packed:
+// q = round(x / d); a fused RMSNorm's 1 / rms, which scales a whole row, is applied to the totals
+// instead: the quants are the same, only d lacks the factor); each weight dtype's q8 module serves
+// 16 columns of a weight row as int8 quants with a scale and an offset (weight_chunk16), so 16
+// products are 4 dot4I8Packed:
 //   sum_i W[row, k + i] * a[k + i] ~ d * (scale * sum_i qw[i] * qa[i] + offset * sum_i qa[i]).
 // Quantising in every workgroup rather than once per step in a dispatch of its own repeats a little
 // arithmetic per workgroup (the activations are read once per workgroup either way, as on f32) and
-// keeps a fused decode layer at 6 dispatches. Every workgroup rounds the same values the same way.
+// keeps the fused decode layer's dispatch count. Every workgroup rounds the same values the same way.
 // The quantise loop runs over (row, block) items, not unrolled per row: the shader stays small
 // (quick to compile on a software adapter, where each unrolled copy costs seconds).
 // Composed with matvec.wgsl or matvec_subgroup.wgsl (which include matvec_common.wgsl), a
-// weights_<dtype>_q8.wgsl module, and matvec_plain.wgsl or matvec_fusion.wgsl (normalised). Call
-// partial_sums from workgroup-uniform control flow: it contains barriers.
+// weights_<dtype>_q8.wgsl module, and matvec_plain.wgsl or matvec_fusion.wgsl (normalised,
+// SQUARE_ROWS). Call partial_sums from workgroup-uniform control flow: it contains barriers.
 // Legend: M activation rows, K input features (K % 32 == 0).
 
 struct Chunk16 {
@@ -29,18 +31,24 @@ var<workgroup> seg_scales: array<f32, Q8_BLOCKS>;            // block j of row m
 
 const ONES: u32 = 0x01010101u; // dot4I8Packed(x, ONES) sums x's four int8 lanes
 
-// a[m, k..k+3] as the matvec multiplies it (normalised); K % 32 == 0, so k + 3 < K.
-fn activation4(m: u32, k: u32) -> vec4<f32> {
+// a[m, k..k+3] as loaded; K % 32 == 0, so k + 3 < K.
+fn raw4(m: u32, k: u32) -> vec4<f32> {
   let base = params.a_offset + m * params.a_stride + k;
-  return normalised(vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]), m, k);
+  return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
 }
 
-// Quantise block `block` (columns 32 block ..) of activation row m into segment slot `slot`.
-fn quantise_block(m: u32, block: u32, slot: u32) {
+// Quantise block `block` (columns 32 block ..) of activation row m, as the matvec multiplies it
+// (normalised), into segment slot `slot`. Returns the sum of the squares of its raw values with
+// a fused RMSNorm (SQUARE_ROWS), else 0.
+fn quantise_block(m: u32, block: u32, slot: u32) -> f32 {
   var x: array<vec4<f32>, 8>;
   var amax = vec4<f32>(0.0);
+  var squares = 0.0;
   for (var i = 0u; i < 8u; i++) {
-    x[i] = activation4(m, 32u * block + 4u * i);
+    let k = 32u * block + 4u * i;
+    let raw = raw4(m, k);
+    if (SQUARE_ROWS > 0u) { squares += dot(raw, raw); }
+    x[i] = normalised(raw, m, k);
     amax = max(amax, abs(x[i]));
   }
   let top = max(max(amax.x, amax.y), max(amax.z, amax.w));
@@ -51,24 +59,26 @@ fn quantise_block(m: u32, block: u32, slot: u32) {
     seg_quants[2u * slot + c] = q;
   }
   seg_scales[slot] = top / 127.0;
+  return squares;
 }
 
 // acc[r * MAX_M + m] = sum over this thread's chunks of 16 columns (lid, then every WG, in each
 // segment) of W[w0 + r, chunk] . qa[m, chunk] d[m, block]: each weight chunk is read once and used for
 // all M rows, each quantised chunk once and used for all W_ROWS rows. Integer products are exact; one
 // f32 rounding per chunk and row.
-fn partial_sums(row0: u32, lid: u32) -> array<f32, MAX_ROWS * MAX_M> {
+fn partial_sums(row0: u32, lid: u32) -> array<f32, MAX_SLOTS> {
   let blocks = params.k / 32u;
   let row_blocks = Q8_BLOCKS / params.m;
   let w0 = first_weight_row(row0);
   let w_end = weight_row_end();
-  var acc: array<f32, MAX_ROWS * MAX_M>;
+  var acc: array<f32, MAX_SLOTS>;
   for (var first = 0u; first < blocks; first += row_blocks) {
     let count = min(row_blocks, blocks - first);
     for (var i = lid; i < params.m * count; i += WG) {
       let m = i / count;
       let j = i % count;
-      quantise_block(m, first + j, m * row_blocks + j);
+      let squares = quantise_block(m, first + j, m * row_blocks + j);
+      if (SQUARE_ROWS > 0u) { acc[W_ROWS * MAX_M + m] += squares; } // a fused RMSNorm's
     }
     workgroupBarrier();
     for (var c = lid; c < 2u * count; c += WG) {
