@@ -13,6 +13,10 @@
 // pipelines per dtype, not the whole grid: first tier x activations, then rows per workgroup (1, 2,
 // 4), then the workgroup size (half, double). Every candidate computes the same product (up to the
 // q8 tier's stated bound, kernels/matvec.ts), so the choice changes speed, not results.
+// Last, with the chosen variant, whether a projection after a norm folds it in (one dispatch; each
+// workgroup also scales and squares the activations it loads) or reads the norm kernel's output (two
+// dispatches): which costs less depends on the adapter (on lavapipe the fold loses, as a dispatch
+// there is cheap), so it is timed too, both ways over the same shapes.
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,16 +25,22 @@ import { createStorage } from '../src/gpu/buffers.ts';
 import { timeSample } from '../src/gpu/timing.ts';
 import { ShapeError } from '../src/errors.ts';
 import { MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecOptions } from './matvec.ts';
+import { Norm } from './norm.ts';
 import { hasPackedDot, type MatvecActivations, type Tier } from './tiers.ts';
 import { BLOCK_COLUMNS, isQuantDtype, planeWords, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
 import { uploadWeight } from './weights-upload.ts';
 
-/** One matvec variant: what Matvec's options say. */
+/** One matvec variant: what Matvec's options say, and whether a norm before it is folded in. */
 export interface MatvecTuning {
   tier: Tier;
   activations: MatvecActivations;
   rowsPerWorkgroup: number;
   workgroupSize: number;
+  /**
+   * A projection after a norm (q/k/v, the MLP's input) folds the norm into its matvec (MatvecFusion's
+   * norm) rather than reading the norm kernel's output: true where that timed faster on this adapter.
+   */
+  normFold: boolean;
 }
 
 /** The tuned variant per weight dtype (a dtype absent: the static defaults). */
@@ -63,8 +73,9 @@ export interface AutotuneResult {
 /**
  * Bumped when the file's shape or the meaning of a tuning changes (older files are then re-tuned).
  * 2: q8 activations are quantised inside the matvec, no longer by a dispatch before it.
+ * 3: normFold, and the RMSNorm fold summing its squares from the products' own loads.
  */
-export const AUTOTUNE_CACHE_FORMAT = 2;
+export const AUTOTUNE_CACHE_FORMAT = 3;
 
 /** The cache file's path (see the header). */
 export function autotuneCachePath(env: NodeJS.ProcessEnv = process.env): string {
@@ -164,7 +175,8 @@ function usable(gpu: Gpu, dtype: WeightDtype, value: unknown): MatvecTuning | un
   const wg = t.workgroupSize;
   if (!Number.isSafeInteger(rows) || rows! < 1 || rows! > MATVEC_MAX_ROWS_PER_WORKGROUP) return undefined;
   if (!Number.isSafeInteger(wg) || wg! < 1 || (wg! & (wg! - 1)) !== 0 || wg! > gpu.limits.maxComputeInvocationsPerWorkgroup) return undefined;
-  return { tier: t.tier, activations: t.activations, rowsPerWorkgroup: rows!, workgroupSize: wg! };
+  if (typeof t.normFold !== 'boolean') return undefined;
+  return { tier: t.tier, activations: t.activations, rowsPerWorkgroup: rows!, workgroupSize: wg!, normFold: t.normFold };
 }
 
 /**
@@ -219,8 +231,14 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
 export function tunedMatvecOptions(tunings: MatvecTunings | undefined, dtype: WeightDtype, fusion?: MatvecFusion): MatvecOptions | undefined {
   const tuning = tunings?.[dtype];
   if (!tuning) return undefined;
+  const { normFold: _, ...variant } = tuning;
   const maxRows = fusion?.glu ? MATVEC_MAX_ROWS_PER_WORKGROUP / 2 : MATVEC_MAX_ROWS_PER_WORKGROUP;
-  return { ...tuning, rowsPerWorkgroup: Math.min(tuning.rowsPerWorkgroup, maxRows) };
+  return { ...variant, rowsPerWorkgroup: Math.min(variant.rowsPerWorkgroup, maxRows) };
+}
+
+/** Whether a projection over `dtype` folds the norm before it in (the static default: yes). */
+export function tunedNormFold(tunings: MatvecTunings | undefined, dtype: WeightDtype): boolean {
+  return tunings?.[dtype]?.normFold ?? true;
 }
 
 // ---- timing -----------------------------------------------------------------------------------
@@ -251,20 +269,35 @@ interface Bench {
   weight: PackedWeight;
   input: GPUBuffer;
   output: GPUBuffer;
+  /** (K) norm weights, and the norm kernel's (K) output. */
+  normWeight: GPUBuffer;
+  normed: GPUBuffer;
 }
 
+/**
+ * How a candidate runs: the matvec alone, with an RMSNorm folded in, or after the norm kernel
+ * (reading its output).
+ */
+type NormForm = 'none' | 'folded' | 'apart';
+
 /** Seconds per run of one candidate summed over the shapes (min of a few samples); Infinity if it cannot run. */
-async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions): Promise<number> {
+async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions, norm: NormForm = 'none'): Promise<number> {
   let total = 0;
   for (const b of benches) {
-    let kernel: Matvec;
+    let record: (pass: GPUComputePassEncoder) => void;
     try {
-      kernel = new Matvec(gpu, { weight: b.weight, input: b.input, output: b.output }, options);
+      const K = b.weight.cols;
+      const fusion = norm === 'folded' ? { norm: { kind: 'rms' as const, weight: b.normWeight, eps: 1e-5 } } : undefined;
+      const kernel = new Matvec(gpu, { weight: b.weight, input: norm === 'apart' ? b.normed : b.input, output: b.output }, { ...options, fusion });
+      const before = norm === 'apart' ? new Norm(gpu, 'rms', { x: b.input, weight: b.normWeight, out: b.normed }, { eps: 1e-5 }) : undefined;
+      record = (pass) => {
+        before?.encode(pass, { rows: 1, cols: K });
+        kernel.encode(pass, { M: 1 });
+      };
     } catch (err) {
       if (err instanceof ShapeError) return Infinity; // not a variant this shape or adapter allows
       throw err;
     }
-    const record = (pass: GPUComputePassEncoder) => kernel.encode(pass, { M: 1 });
     const first = await timeSample(gpu, record, 1); // compiles and warms
     const reps = Math.max(1, Math.min(64, Math.ceil(4 / Math.max(first, 1e-3))));
     let best = Infinity;
@@ -287,12 +320,14 @@ async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['
         weight: timingWeight(gpu, dtype, N, K),
         input: createStorage(gpu, 'autotune.input', Float32Array.from({ length: K }, (_, i) => Math.sin(i))),
         output: createStorage(gpu, 'autotune.output', N * 4),
+        normWeight: createStorage(gpu, 'autotune.normWeight', new Float32Array(K).fill(1)),
+        normed: createStorage(gpu, 'autotune.normed', K * 4),
       });
     }
     const describe = (options: MatvecOptions): MatvecTuning => {
       const b = benches[0];
       const kernel = new Matvec(gpu, { weight: b.weight, input: b.input, output: b.output }, options);
-      return { tier: kernel.tier, activations: kernel.activations, rowsPerWorkgroup: kernel.rowsPerWorkgroup, workgroupSize: kernel.workgroupSize };
+      return { tier: kernel.tier, activations: kernel.activations, rowsPerWorkgroup: kernel.rowsPerWorkgroup, workgroupSize: kernel.workgroupSize, normFold: true };
     };
     // 1. Tier x activations, each with its own defaults.
     const tiers: Tier[] = gpu.features.has('subgroups') ? ['subgroup', 'baseline'] : ['baseline'];
@@ -315,12 +350,15 @@ async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['
     for (const wg of [chosen.workgroupSize / 2, chosen.workgroupSize * 2]) {
       if (wg >= 8 && wg <= Math.min(256, gpu.limits.maxComputeInvocationsPerWorkgroup)) await consider({ ...chosen, workgroupSize: wg });
     }
-    return best;
+    // 4. The norm folded in, or the norm kernel before: the variant above, timed both ways.
+    const variant: MatvecTuning = best;
+    const folded = await timeCandidate(gpu, benches, variant, 'folded');
+    const apart = await timeCandidate(gpu, benches, variant, 'apart');
+    return { ...variant, normFold: folded <= apart };
   } finally {
     for (const b of benches) {
       b.weight.planes.forEach((plane) => plane.destroy());
-      b.input.destroy();
-      b.output.destroy();
+      for (const buffer of [b.input, b.output, b.normWeight, b.normed]) buffer.destroy();
     }
   }
 }

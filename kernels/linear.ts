@@ -1,7 +1,8 @@
 // A linear layer for one weight and one buffer set: matvec for decode-sized runs (M <= 8), tiled
 // matmul above. Both dispatches are built once; encode picks one per run. With `fused`, the matvec
 // runs fused (norm before, activation after: MatvecFusion) on its own input and output buffers, and
-// the caller runs the norm and activation as separate kernels around the matmul only.
+// the caller runs as separate kernels what the kernel in use does not (normFoldedFor,
+// activationFusedFor): both around the matmul.
 // A weight split into row chunks (uploadWeightChunks) gets one matvec / matmul per chunk, each
 // writing its column slice of the output rows (and reading its slice of the bias and residual).
 import type { Gpu } from '../src/gpu/device.ts';
@@ -30,8 +31,9 @@ export interface LinearConfig {
   matvec?: MatvecOptions;
   matmul?: MatmulOptions;
   /**
-   * The matvec's fused form: it reads `input` (the raw rows the norm would read) and writes `output`
-   * (with glu, (M, N / 2)); the matmul keeps the buffers above. Residual and bias as above.
+   * The matvec's fused form: it reads `input` (with a norm folded in, the raw rows the norm would
+   * read) and writes `output` (with glu, (M, N / 2)); the matmul keeps the buffers above. Residual
+   * and bias as above.
    */
   fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion };
 }
@@ -86,9 +88,20 @@ export class Linear {
     return M <= MATVEC_MAX_ROWS ? 'matvec' : 'matmul';
   }
 
-  /** True when a run of M rows takes the fused matvec (so the caller skips its separate norm and activation). */
+  /** True when a run of M rows takes the fused matvec. */
   fusedFor(M: number): boolean {
     return this.#config.fused !== undefined && this.kernelFor(M) === 'matvec';
+  }
+
+  /** True when a run of M rows folds the norm in (so the caller skips its norm kernel). */
+  normFoldedFor(M: number): boolean {
+    return this.fusedFor(M) && this.#config.fused!.fusion.norm !== undefined;
+  }
+
+  /** True when a run of M rows applies the activation itself (so the caller skips its activation kernel). */
+  activationFusedFor(M: number): boolean {
+    const fusion = this.#config.fused?.fusion;
+    return this.fusedFor(M) && (fusion!.activation !== undefined || fusion!.glu === true);
   }
 
   encode(pass: GPUComputePassEncoder, run: LinearRun): void {

@@ -14,7 +14,7 @@ import { DecodeAttention, KvWrite, PrefillAttention } from '../kernels/attention
 import { PickToken, TopK } from '../kernels/sample.ts';
 import type { ChunkedWeight } from '../kernels/weights-upload.ts';
 import type { MatvecFusion } from '../kernels/matvec.ts';
-import { tunedMatvecOptions, type MatvecTunings } from '../kernels/autotune.ts';
+import { tunedMatvecOptions, tunedNormFold, type MatvecTunings } from '../kernels/autotune.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import type { ModelSource } from './source.ts';
 import type { KvCache } from './kv-cache.ts';
@@ -42,7 +42,7 @@ export interface StepSizes {
 }
 
 export interface LayerOps {
-  /** Runs only before matmul-sized q/k/v projections: the matvec folds it in (Linear.fusedFor). */
+  /** Runs before q/k/v projections that do not fold it in: matmul-sized ones, and any the adapter's tuning keeps apart (Linear.normFoldedFor). */
   attnNorm: Norm;
   qkv: Linear[];
   /**
@@ -61,7 +61,7 @@ export interface LayerOps {
   attnOut: Linear;
   /** Gemma: x2 = x + RMSNorm(h), the attention output normalised before the residual add. */
   attnPostNorm?: Norm;
-  /** Runs only before matmul-sized MLP projections, as attnNorm. */
+  /** Runs before MLP projections that do not fold it in, as attnNorm. */
   mlpNorm: Norm;
   /**
    * The MLP's input projections: one [gate; up] weight with interleaved rows (SwiGLU, gate and up of
@@ -154,35 +154,37 @@ export function buildForwardOps(
   // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
   const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
     new Norm(gpu, 'rms', { x: b.h, weight: vector(`${prefix}.weight`)!, out, residual }, { eps: cfg.normEps });
-  // The norm a projection's matvec folds in (reading the raw residual stream, not h).
-  const normFusion = (prefix: string): MatvecFusion['norm'] => ({
-    kind: cfg.norm,
-    weight: vector(`${prefix}.weight`)!,
-    bias: vector(`${prefix}.bias`),
-    eps: cfg.normEps,
-  });
+  // A projection after a norm (norm kernel: `stream` into h) that writes `output` on decode. Its
+  // matvec folds the norm in, reading the raw stream, where this adapter's tuning says that pays
+  // (MatvecTuning.normFold); else it reads h, as the matmul does. `fusion`: what else it fuses.
+  const afterNorm = (name: string, normPrefix: string, stream: GPUBuffer, output: GPUBuffer, fusion: MatvecFusion = {}) => {
+    const fold = tunedNormFold(sizes.matvecTunings, matrix(`${name}.weight`).dtype);
+    const norm = { kind: cfg.norm, weight: vector(`${normPrefix}.weight`)!, bias: vector(`${normPrefix}.bias`), eps: cfg.normEps };
+    const matvecFusion = fold ? { ...fusion, norm } : fusion;
+    const fused = fold || Object.keys(fusion).length > 0 ? { input: fold ? stream : b.h, output, fusion: matvecFusion } : undefined;
+    const unfusedOutput = output === b.act ? b.mlp : output; // the matmul writes the activation's input
+    return linear(name, b.h, unfusedOutput, undefined, fused);
+  };
 
   const layers: LayerOps[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `blk.${l}`;
     const [kCache, vCache] = kv.pools[l];
     // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
-    // one (GPT-2) or when the loader fused them; else three projections into column slices. Their
-    // matvecs fold in the attention norm, reading x.
-    const attnNorm = { input: b.x, output: b.qkv, fusion: { norm: normFusion(`${p}.attn_norm`) } };
+    // one (GPT-2) or when the loader fused them; else three projections into column slices, each
+    // after the attention norm (afterNorm).
     const qkv = weights.has(`${p}.attn_qkv.weight`)
-      ? [linear(`${p}.attn_qkv`, b.h, b.qkv, undefined, attnNorm)]
-      : ['attn_q', 'attn_k', 'attn_v'].map((part) => linear(`${p}.${part}`, b.h, b.qkv, undefined, attnNorm));
-    const mlpNorm = normFusion(`${p}.ffn_norm`);
+      ? [afterNorm(`${p}.attn_qkv`, `${p}.attn_norm`, b.x, b.qkv)]
+      : ['attn_q', 'attn_k', 'attn_v'].map((part) => afterNorm(`${p}.${part}`, `${p}.attn_norm`, b.x, b.qkv));
     const glu = cfg.mlp === 'geglu' ? 'gelu' : 'silu';
     const mlp = cfg.mlp === 'gelu'
-      ? { up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: 'gelu' } }) }
+      ? { up: afterNorm(`${p}.ffn_up`, `${p}.ffn_norm`, b.x2, b.act, { activation: 'gelu' }) }
       : weights.has(`${p}.ffn_gate_up.weight`)
-        ? { gateUp: linear(`${p}.ffn_gate_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.act, fusion: { norm: mlpNorm, activation: glu, glu: true } }) }
+        ? { gateUp: afterNorm(`${p}.ffn_gate_up`, `${p}.ffn_norm`, b.x2, b.act, { activation: glu, glu: true }) }
         : {
-            // Gate and up of different dtypes: two projections (the norm folded into each), then SwiGLU.
-            gate: linear(`${p}.ffn_gate`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
-            up: linear(`${p}.ffn_up`, b.h, b.mlp, undefined, { input: b.x2, output: b.mlp, fusion: { norm: mlpNorm } }),
+            // Gate and up of different dtypes: two projections (each after the norm), then SwiGLU.
+            gate: afterNorm(`${p}.ffn_gate`, `${p}.ffn_norm`, b.x2, b.mlp),
+            up: afterNorm(`${p}.ffn_up`, `${p}.ffn_norm`, b.x2, b.mlp),
           };
     const act = cfg.mlp === 'gelu'
       ? new Elementwise(gpu, 'gelu', { a: b.mlp, out: b.act })

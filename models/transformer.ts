@@ -39,6 +39,7 @@ import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
 import { UniformArena } from '../src/gpu/uniforms.ts';
 import { ShapeError } from '../src/errors.ts';
 import type { Norm } from '../kernels/norm.ts';
+import type { Linear } from '../kernels/linear.ts';
 import { KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
 import { ROW_SAMPLING_WORDS, TOPK_MAX_K, seenWords, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
 import type { HostWeight } from '../kernels/weights.ts';
@@ -758,8 +759,9 @@ export class Transformer {
 
   /**
    * Embedding, then every layer, leaving the residual stream of `R` rows in x. Matvec-sized steps
-   * (decode) fold the norms into the projections after them and the MLP's activation into its input
-   * projection (Linear.fusedFor); matmul-sized steps run them as their own kernels. `decoding`: the
+   * (decode) fold the norms into the projections after them (where the adapter's tuning says that
+   * pays: Linear.normFoldedFor) and the MLP's activation into its input projection
+   * (Linear.activationFusedFor); matmul-sized steps run them as their own kernels. `decoding`: the
    * attention is the decode op's, which normalises, rotates and stores the step's keys itself where it
    * was built to (its newKv; models/layers.ts builds every layer's so).
    */
@@ -788,8 +790,7 @@ export class Transformer {
       this.#ops.posAdd.encode(pass, { count: R * C });
     }
     for (const layer of this.#ops.layers) {
-      const fused = layer.qkv[0].fusedFor(R);
-      if (!fused) layer.attnNorm.encode(pass, norm);
+      if (!allFoldTheNorm(layer.qkv, R)) layer.attnNorm.encode(pass, norm);
       if (layer.qkv.length === 1) layer.qkv[0].encode(pass, projection);
       else for (let i = 0; i < layer.qkv.length; i++) layer.qkv[i].encode(pass, qkvSlices[i]);
       if (!(decoding && layer.decode.newKv)) {
@@ -799,11 +800,12 @@ export class Transformer {
       attention(layer);
       layer.attnOut.encode(pass, projection);
       layer.attnPostNorm?.encode(pass, norm);
-      if (!fused) layer.mlpNorm.encode(pass, norm);
+      const mlpIn = layer.gateUp ?? layer.gate ?? layer.up!;
+      if (!(mlpIn.normFoldedFor(R) && (!layer.gate || layer.up!.normFoldedFor(R)))) layer.mlpNorm.encode(pass, norm);
       if (layer.gateUp || (layer.up && !layer.gate)) {
         // One projection: [gate; up] interleaved (SwiGLU) or up (GELU), the activation fused on matvec runs.
-        (layer.gateUp ?? layer.up)!.encode(pass, projection);
-        if (!fused) layer.act.encode(pass, act);
+        mlpIn.encode(pass, projection);
+        if (!mlpIn.activationFusedFor(R)) layer.act.encode(pass, act);
       } else {
         layer.gate!.encode(pass, projection);
         layer.up!.encode(pass, upApart);
@@ -937,4 +939,10 @@ function sameShape(a: StepShape, b: StepShape): boolean {
 /** Where a step of `rows` rows keeps each of its inputs in the inputs buffer (u32 elements). */
 function inputOffsets(rows: number): { ids: number; positions: number; kvMeta: number; attnMeta: number; sampling: number } {
   return { ids: 0, positions: rows, kvMeta: 2 * rows, attnMeta: 4 * rows, sampling: 6 * rows };
+}
+
+/** True when every projection after a norm folds it in for a run of `rows` rows (then the norm kernel is skipped). */
+function allFoldTheNorm(projections: readonly Linear[], rows: number): boolean {
+  for (const projection of projections) if (!projection.normFoldedFor(rows)) return false;
+  return true;
 }

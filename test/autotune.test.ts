@@ -14,6 +14,7 @@ import {
   autotuneMatvecs,
   autotuneSetting,
   tunedMatvecOptions,
+  tunedNormFold,
   type MatvecTuning,
 } from '../kernels/autotune.ts';
 import { Matvec } from '../kernels/matvec.ts';
@@ -27,6 +28,7 @@ import { openModelSource } from '../models/source.ts';
 import { configFromHf } from '../models/config.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { writeTinyLlamaGguf } from './support/tiny-models.ts';
+import { decodeStepDispatches } from './support/parity.ts';
 import { referenceLogits } from './support/reference-model.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
 import { projectionReference } from './support/projection.ts';
@@ -53,6 +55,7 @@ function checkTuning(t: MatvecTuning): void {
   expect(Number.isInteger(Math.log2(t.workgroupSize))).toBe(true);
   if (t.tier === 'subgroup') expect(gpu().features.has('subgroups')).toBe(true);
   if (t.activations === 'q8') expect(hasPackedDot(gpu())).toBe(true);
+  expect(typeof t.normFold).toBe('boolean');
 }
 
 describe('matvec autotune', () => {
@@ -89,11 +92,14 @@ describe('matvec autotune', () => {
     // Both keys are kept: the other adapter's entry is not this one's to drop.
     expect(Object.keys(JSON.parse(readFileSync(cachePath, 'utf8')).entries).sort()).toEqual([JSON.stringify(other), tuned.key].sort());
 
-    // A cached variant this device cannot run (an unknown tier) is tuned again, not trusted.
-    const bad = JSON.parse(readFileSync(cachePath, 'utf8'));
-    for (const id of Object.keys(bad.entries[tuned.key].tunings)) bad.entries[tuned.key].tunings[id].tier = 'warp';
-    writeFileSync(cachePath, JSON.stringify(bad));
-    expect((await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...recorder().options })).tuned).toEqual(['q8_0']);
+    // A cached variant this device cannot run (an unknown tier), or one without the norm's choice (an
+    // older file's), is tuned again, not trusted.
+    for (const spoil of [(t: Record<string, unknown>) => (t.tier = 'warp'), (t: Record<string, unknown>) => delete t.normFold]) {
+      const bad = JSON.parse(readFileSync(cachePath, 'utf8'));
+      for (const id of Object.keys(bad.entries[tuned.key].tunings)) spoil(bad.entries[tuned.key].tunings[id]);
+      writeFileSync(cachePath, JSON.stringify(bad));
+      expect((await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...recorder().options })).tuned).toEqual(['q8_0']);
+    }
   }, TUNING_TIMEOUT_MS);
 
   it('ignores a corrupt cache with a warning, and rewrites it', async () => {
@@ -181,15 +187,49 @@ describe('matvec autotune', () => {
     check('cached', await decodeWith({ autotune: { cachePath, progress: (m) => progress.push(m) } }));
     expect(progress).toHaveLength(timed); // the second load timed nothing
     check('static defaults', await decodeWith({ autotune: false }));
-    // Two forced variants far from the defaults (each is a model's worth of pipelines to compile).
+    // Two forced variants far from the defaults (each is a model's worth of pipelines to compile), the
+    // first with the norms apart (their own kernels before the projections).
     const fast = gpu().features.has('subgroups') ? 'subgroup' : 'baseline';
     const forced: MatvecTuning[] = [
-      { tier: fast, activations: hasPackedDot(gpu()) ? 'q8' : 'f32', rowsPerWorkgroup: 4, workgroupSize: 32 },
-      { tier: 'baseline', activations: 'f32', rowsPerWorkgroup: 1, workgroupSize: 64 },
+      { tier: fast, activations: hasPackedDot(gpu()) ? 'q8' : 'f32', rowsPerWorkgroup: 4, workgroupSize: 32, normFold: false },
+      { tier: 'baseline', activations: 'f32', rowsPerWorkgroup: 1, workgroupSize: 64, normFold: true },
     ];
     for (const tuning of forced) {
       check(`forced ${JSON.stringify(tuning)}`, await decodeWith({ matvecTunings: { q4_0: tuning } }));
     }
+  }, TUNING_TIMEOUT_MS);
+
+  it('a tuning that keeps the norms apart runs them as kernels: 7 dispatches a Llama layer, not 5, the same logits', async () => {
+    const variant = { tier: 'baseline', activations: 'f32', rowsPerWorkgroup: 1, workgroupSize: 64 } as const;
+    const perLayer = async (normFold: boolean) => {
+      const counts: number[] = [];
+      for (const numLayers of [1, 2]) {
+        const path = join(dir, `layers-${numLayers}.gguf`);
+        writeTinyLlamaGguf(path, { dtype: 'q4_0', seed: 7, numLayers });
+        counts.push(await decodeStepDispatches(gpu(), path, { matvecTunings: { q4_0: { ...variant, normFold } } }));
+      }
+      return counts[1] - counts[0];
+    };
+    expect(await perLayer(true)).toBe(5);
+    expect(await perLayer(false)).toBe(7);
+    // Both ways decode the same logits (the norm kernel's and the fold's sums differ in order only).
+    const path = join(dir, 'layers-2.gguf');
+    const tokens = [3, 14, 15, 92, 65, 35];
+    const logits = async (normFold: boolean) => {
+      const source = await openModelSource(path);
+      const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 32, prefillChunk: 8, matvecTunings: { q4_0: { ...variant, normFold } } });
+      try {
+        await model.prefill(0, tokens.slice(0, -1), 0);
+        const [candidates] = await model.decode([{ slot: 0, token: tokens.at(-1)!, position: tokens.length - 1 }]);
+        return candidates;
+      } finally {
+        model.destroy();
+        await source.close();
+      }
+    };
+    const [folded, apart] = [await logits(true), await logits(false)];
+    expect(Array.from(apart.ids)).toEqual(Array.from(folded.ids));
+    expectClose(apart.logits, folded.logits, 1e-5, 'norms apart vs folded');
   }, TUNING_TIMEOUT_MS);
 
   it('options: the setting, the cache path, and glu-capped rows', () => {
@@ -202,10 +242,14 @@ describe('matvec autotune', () => {
     expect(autotuneCachePath({ WEBGPU_MINER_AUTOTUNE_CACHE: '/tmp/a.json', XDG_CACHE_HOME: '/c' })).toBe('/tmp/a.json');
     expect(autotuneCachePath({ XDG_CACHE_HOME: '/c' })).toBe('/c/webgpu-miner/autotune.json');
     expect(autotuneCachePath({ HOME: '/h' })).toMatch(/\.cache\/webgpu-miner\/autotune\.json$/);
-    const tunings = { q4_0: { tier: 'baseline', activations: 'q8', rowsPerWorkgroup: 4, workgroupSize: 64 } } as const;
-    expect(tunedMatvecOptions(tunings, 'q4_0')).toEqual(tunings.q4_0);
-    expect(tunedMatvecOptions(tunings, 'q4_0', { glu: true })).toEqual({ ...tunings.q4_0, rowsPerWorkgroup: 2 });
+    const variant = { tier: 'baseline', activations: 'q8', rowsPerWorkgroup: 4, workgroupSize: 64 } as const;
+    const tunings = { q4_0: { ...variant, normFold: false } };
+    expect(tunedMatvecOptions(tunings, 'q4_0')).toEqual(variant);
+    expect(tunedMatvecOptions(tunings, 'q4_0', { glu: true })).toEqual({ ...variant, rowsPerWorkgroup: 2 });
     expect(tunedMatvecOptions(tunings, 'q8_0')).toBeUndefined();
     expect(tunedMatvecOptions(undefined, 'q4_0')).toBeUndefined();
+    expect(tunedNormFold(tunings, 'q4_0')).toBe(false);
+    expect(tunedNormFold(tunings, 'q8_0')).toBe(true); // untuned: the static default folds
+    expect(tunedNormFold(undefined, 'q4_0')).toBe(true);
   });
 });

@@ -1,7 +1,7 @@
 // Shared by the llama.cpp parity tests: our logits at every position of a sequence, our greedy
 // continuation through the decode path, and the comparisons.
 import type { Gpu } from '../../src/gpu/device.ts';
-import { Transformer } from '../../models/transformer.ts';
+import { Transformer, type TransformerOptions } from '../../models/transformer.ts';
 import { openModelSource } from '../../models/source.ts';
 import { defaultMatmulTier } from '../../kernels/matmul.ts';
 import type { KvDtype } from '../../kernels/attention.ts';
@@ -140,9 +140,9 @@ export function greedyAgreement(sequence: number[], promptLength: number, logits
  * one untimed decode step (a context that fits one attention split). Two files of the same family that
  * differ only in their layer count give a layer's dispatches as the difference.
  */
-export async function decodeStepDispatches(gpu: Gpu, path: string): Promise<number> {
+export async function decodeStepDispatches(gpu: Gpu, path: string, options: Partial<TransformerOptions> = {}): Promise<number> {
   const source = await openModelSource(path);
-  const model = await Transformer.load(gpu, source, OPTIONS);
+  const model = await Transformer.load(gpu, source, { ...OPTIONS, ...options });
   const passProto = globalThis.GPUComputePassEncoder.prototype;
   const { dispatchWorkgroups } = passProto;
   let dispatches = 0;
