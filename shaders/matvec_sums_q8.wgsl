@@ -72,13 +72,15 @@ fn partial_sums(row0: u32, lid: u32) -> array<f32, MAX_SLOTS> {
   let w0 = first_weight_row(row0);
   let w_end = weight_row_end();
   var acc: array<f32, MAX_SLOTS>;
+  // A fused RMSNorm's sums of squares per row: m is computed here, and a computed index into acc
+  // could move all of acc out of registers, so they go into acc once, after the loop.
+  var squares: array<f32, MAX_M>;
   for (var first = 0u; first < blocks; first += row_blocks) {
     let count = min(row_blocks, blocks - first);
     for (var i = lid; i < params.m * count; i += WG) {
       let m = i / count;
       let j = i % count;
-      let squares = quantise_block(m, first + j, m * row_blocks + j);
-      if (SQUARE_ROWS > 0u) { acc[W_ROWS * MAX_M + m] += squares; } // a fused RMSNorm's
+      squares[m] += quantise_block(m, first + j, m * row_blocks + j);
     }
     workgroupBarrier();
     for (var c = lid; c < 2u * count; c += WG) {
@@ -108,6 +110,9 @@ fn partial_sums(row0: u32, lid: u32) -> array<f32, MAX_SLOTS> {
       }
     }
     workgroupBarrier(); // every chunk of this segment is read before the next is written
+  }
+  if (SQUARE_ROWS > 0u) {
+    for (var m = 0u; m < MAX_M; m++) { acc[W_ROWS * MAX_M + m] = squares[m]; }
   }
   return acc;
 }

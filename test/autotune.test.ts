@@ -23,7 +23,7 @@ import { hasPackedDot } from '../kernels/tiers.ts';
 import { packWeight } from '../kernels/weights-quantize.ts';
 import { dequantize } from '../kernels/weights-reference.ts';
 import { uploadWeight } from '../kernels/weights-upload.ts';
-import { Transformer } from '../models/transformer.ts';
+import { Transformer, type RowCandidates, type TransformerOptions } from '../models/transformer.ts';
 import { openModelSource } from '../models/source.ts';
 import { configFromHf } from '../models/config.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
@@ -40,6 +40,20 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const REQUEST = { dtypes: ['q8_0'] as const, shapes: [{ N: 40, K: 96 }] };
 // A tuning compiles a handful of pipelines, which takes minutes on a busy software adapter.
 const TUNING_TIMEOUT_MS = 900_000;
+
+/** The candidates of a decode step of the last token after a prefill of the others, for the model at `path` loaded with `options`. */
+async function lastTokenCandidates(path: string, tokens: number[], options: Partial<TransformerOptions>): Promise<RowCandidates> {
+  const source = await openModelSource(path);
+  const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 32, prefillChunk: 8, ...options });
+  try {
+    await model.prefill(0, tokens.slice(0, -1), 0);
+    const [candidates] = await model.decode([{ slot: 0, token: tokens.at(-1)!, position: tokens.length - 1 }]);
+    return candidates;
+  } finally {
+    model.destroy();
+    await source.close();
+  }
+}
 
 /** Warnings and progress lines of one call. */
 function recorder() {
@@ -161,19 +175,8 @@ describe('matvec autotune', () => {
     const tokens = [5, 9, 40, 77, 12];
     const reference = referenceLogits(configFromHf(tiny.config), tiny.weights, tokens).at(-1)!;
     const cachePath = join(dir, 'model', 'autotune.json');
-    const decodeWith = async (options: Partial<Parameters<typeof Transformer.load>[2]>) => {
-      const source = await openModelSource(tiny.path);
-      const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 32, prefillChunk: 8, ...options });
-      try {
-        await model.prefill(0, tokens.slice(0, -1), 0);
-        const [candidates] = await model.decode([{ slot: 0, token: tokens.at(-1)!, position: tokens.length - 1 }]);
-        return candidates;
-      } finally {
-        model.destroy();
-        await source.close();
-      }
-    };
-    const check = (what: string, candidates: Awaited<ReturnType<typeof decodeWith>>) => {
+    const decodeWith = (options: Partial<TransformerOptions>) => lastTokenCandidates(tiny.path, tokens, options);
+    const check = (what: string, candidates: RowCandidates) => {
       const want = Array.from(candidates.ids, (id) => reference[id]);
       expectClose(candidates.logits, want, 1.5e-2, what);
       let best = 0;
@@ -215,18 +218,7 @@ describe('matvec autotune', () => {
     // Both ways decode the same logits (the norm kernel's and the fold's sums differ in order only).
     const path = join(dir, 'layers-2.gguf');
     const tokens = [3, 14, 15, 92, 65, 35];
-    const logits = async (normFold: boolean) => {
-      const source = await openModelSource(path);
-      const model = await Transformer.load(gpu(), source, { slots: 1, capacity: 32, prefillChunk: 8, matvecTunings: { q4_0: { ...variant, normFold } } });
-      try {
-        await model.prefill(0, tokens.slice(0, -1), 0);
-        const [candidates] = await model.decode([{ slot: 0, token: tokens.at(-1)!, position: tokens.length - 1 }]);
-        return candidates;
-      } finally {
-        model.destroy();
-        await source.close();
-      }
-    };
+    const logits = (normFold: boolean) => lastTokenCandidates(path, tokens, { matvecTunings: { q4_0: { ...variant, normFold } } });
     const [folded, apart] = [await logits(true), await logits(false)];
     expect(Array.from(apart.ids)).toEqual(Array.from(folded.ids));
     expectClose(apart.logits, folded.logits, 1e-5, 'norms apart vs folded');
