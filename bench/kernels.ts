@@ -2,7 +2,7 @@
 // for each weight format, and attention prefill / decode at several context lengths, each kernel on
 // every tier the adapter runs (the baseline, and beside it the fast tier where the adapter has one:
 // subgroup matvec and attention, f16 matmul, and for quantised weights the matvec on q8 activations
-// with dot4I8Packed), so one run compares them on one adapter. Each result
+// with dot4I8Packed and on f32 activations in the chunked layout), so one run compares them on one adapter. Each result
 // carries its FLOP and minimum bytes moved, so it sits on the roofline: its share is achieved
 // GFLOP/s over min(peak, intensity x bandwidth) as measured on this adapter (bench/roofline.ts).
 //
@@ -18,7 +18,7 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage } from '../src/gpu/buffers.ts';
 import { MinerError, OptionError, ShapeError } from '../src/errors.ts';
 import { Matmul } from '../kernels/matmul.ts';
-import { Matvec, Q8_ACTIVATION_DTYPES, defaultMatvecActivations } from '../kernels/matvec.ts';
+import { CHUNKED_DTYPES, Matvec, Q8_ACTIVATION_DTYPES, defaultMatvecActivations, type MatvecLayout } from '../kernels/matvec.ts';
 import { Norm } from '../kernels/norm.ts';
 import { hasPackedDot, kernelTiers, type MatvecActivations, type Tier } from '../kernels/tiers.ts';
 import { DecodeAttention, PrefillAttention, kvBytesPerToken, kvTableWidth, type KvDtype } from '../kernels/attention.ts';
@@ -43,6 +43,8 @@ export interface KernelResult {
   tier: Tier;
   /** Matvecs over quantised weights: what they multiply (f32 activations, or q8 with dot4I8Packed). */
   activations?: MatvecActivations;
+  /** Matvecs on f32 activations over a weight the chunked layout serves: how threads walk K (MatvecLayout). */
+  layout?: MatvecLayout;
   /**
    * One of decode's folds timed both ways, on the variant a model runs: 'folded', the kernel doing
    * the step before it itself (label "+norm" / "+rope"); 'apart', that step's own kernel then this
@@ -237,6 +239,8 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const dtypes = options.dtypes ?? p.dtypes;
   // The q8-activation matvec beside the f32 ones, on the fast reduction tier, where it applies.
   const q8For = (dtype: WeightDtype) => wanted('matvec') && hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype);
+  // And f32 activations in the chunked layout (16 columns a thread), on the same tier.
+  const chunkedFor = (dtype: WeightDtype) => wanted('matvec') && CHUNKED_DTYPES.includes(dtype);
   // The projections models run after an RMSNorm: timed with it folded in (as decode steps run them)
   // and apart (the norm kernel, then the plain matvec), on the variant models run.
   const normFoldsFor = (proj: ProjectionName) => wanted('matvec') && NORMED_PROJECTIONS.includes(proj);
@@ -244,7 +248,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const kvDtypes: KvDtype[] = cfg.headDim % 32 === 0 ? ['f32', 'f16', 'q8_0'] : cfg.headDim % 2 === 0 ? ['f32', 'f16'] : ['f32'];
   const total =
     p.projections.reduce((n, proj) => n + dtypes.length * (matvecTiers.length + matmulTiers.length + (normFoldsFor(proj) ? 2 : 0)), 0) +
-    p.projections.length * dtypes.filter(q8For).length +
+    p.projections.length * (dtypes.filter(q8For).length + dtypes.filter(chunkedFor).length) +
     prefillLengths.length * attentionTiers.length +
     decodeLengths.length * kvDtypes.length * decodeForms.length;
   let done = 0;
@@ -377,16 +381,17 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
       try {
         // The matvec variant models run over this dtype, for the RMSNorm fold's two forms.
         const modelMatvec = { kind: 'matvec' as const, tier: tiers.matvec, activations: defaultMatvecActivations(gpu, dtype) };
-        const runs: Array<{ kind: 'matvec' | 'matmul'; tier: Tier; activations?: MatvecActivations; norm?: 'folded' | 'apart' }> = [
+        const runs: Array<{ kind: 'matvec' | 'matmul'; tier: Tier; activations?: MatvecActivations; layout?: MatvecLayout; norm?: 'folded' | 'apart' }> = [
           ...matvecTiers.map((tier) => ({ kind: 'matvec' as const, tier, activations: 'f32' as const })),
+          ...(chunkedFor(dtype) ? [{ kind: 'matvec' as const, tier: tiers.matvec, activations: 'f32' as const, layout: 'chunked' as const }] : []),
           ...(q8For(dtype) ? [{ kind: 'matvec' as const, tier: tiers.matvec, activations: 'q8' as const }] : []),
           ...(normFoldsFor(proj) ? [{ ...modelMatvec, norm: 'folded' as const }, { ...modelMatvec, norm: 'apart' as const }] : []),
           ...matmulTiers.map((tier) => ({ kind: 'matmul' as const, tier })),
         ];
-        for (const { kind, tier, activations, norm } of runs) {
+        for (const { kind, tier, activations, layout, norm } of runs) {
           const M = kind === 'matvec' ? p.decodeRows : p.prefillTokens;
           const shape = { M, N, K };
-          const variant = `${tier}${activations === 'q8' ? '+q8' : ''}${norm === 'folded' ? '+norm' : ''}`;
+          const variant = `${tier}${activations === 'q8' ? '+q8' : ''}${layout === 'chunked' ? '+chunked' : ''}${norm === 'folded' ? '+norm' : ''}`;
           const label = `${norm === 'apart' ? 'norm + ' : ''}${kind} ${variant} ${dtype} ${proj} ${M}x${N}x${K}`;
           await attempt(kind, tier, proj, dtype, shape, label, async (label) => {
             const { weight, input } = prepare();
@@ -405,7 +410,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
                 op = new Matvec(gpu, { weight, input: normed, output }, { tier, activations });
               } else {
                 const fusion = norm === 'folded' ? { norm: { kind: 'rms' as const, weight: normWeight!, eps: 1e-5 } } : undefined;
-                op = new Matvec(gpu, { weight, input, output }, { tier, activations, fusion });
+                op = new Matvec(gpu, { weight, input, output }, { tier, activations, layout, fusion });
               }
               const projection = op;
               const timing = await timeKernel(gpu, (pass) => {
@@ -418,7 +423,9 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
               const normBytes = norm ? 4 * (K + (norm === 'apart' ? 2 * M * K : 0)) : 0;
               return result(
                 {
-                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}), ...(norm ? { fold: { op: 'norm' as const, form: norm } } : {}),
+                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}),
+                  ...(kind === 'matvec' && activations === 'f32' && CHUNKED_DTYPES.includes(dtype) ? { layout: layout ?? 'strided' } : {}),
+                  ...(norm ? { fold: { op: 'norm' as const, form: norm } } : {}),
                   name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N) + normBytes, weightBytes: weight.bytes, timing,
                 },
                 roof,

@@ -141,7 +141,7 @@ function kernelRows(k: KernelsReport): string[][] {
  * it costs). Decode steps run the folded form; a GPU where it loses says to revisit that.
  */
 export function foldComparisons(k: KernelsReport): Array<{ folded: KernelResult; apart: KernelResult; saved: number }> {
-  const key = (r: KernelResult) => JSON.stringify([r.kind, r.tier, r.activations, r.dtype, r.name, r.shape, r.fold?.op]);
+  const key = (r: KernelResult) => JSON.stringify([r.kind, r.tier, r.activations, r.layout, r.dtype, r.name, r.shape, r.fold?.op]);
   const apart = new Map(k.results.filter((r) => r.fold?.form === 'apart').map((r) => [key(r), r]));
   return k.results.flatMap((folded) => {
     const twin = folded.fold?.form === 'folded' ? apart.get(key(folded)) : undefined;

@@ -1,5 +1,5 @@
 // Per-adapter autotune of the decode matvec: for each weight dtype of a model, the variant (reduction
-// tier, f32 or q8 activations, weight rows per workgroup, workgroup size) that runs fastest on this
+// tier, f32 or q8 activations, the threads' layout over K, weight rows per workgroup, workgroup size) that runs fastest on this
 // adapter, found by timing a few candidates at load on the model's own shapes, then cached in a JSON
 // file keyed by the adapter (vendor, architecture, device, description, backend), the WebGPU
 // implementation (Dawn, as the `webgpu` package version) and this project's version: a new driver
@@ -10,7 +10,7 @@
 // warning (and rewritten); one that cannot be written costs a warning, never the load.
 //
 // The search is coordinate descent from the static defaults (what Matvec picks untold), a handful of
-// pipelines per dtype, not the whole grid: first tier x activations, then rows per workgroup (1, 2,
+// pipelines per dtype, not the whole grid: first tier x activations (f32 in both layouts), then rows per workgroup (1, 2,
 // 4), then the workgroup size (half, double). Every candidate computes the same product (up to the
 // q8 tier's stated bound, kernels/matvec.ts), so the choice changes speed, not results.
 // Last, with the chosen variant, whether a projection after a norm folds it in (one dispatch; each
@@ -24,7 +24,7 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage } from '../src/gpu/buffers.ts';
 import { timeSample } from '../src/gpu/timing.ts';
 import { ShapeError } from '../src/errors.ts';
-import { MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecOptions } from './matvec.ts';
+import { CHUNKED_DTYPES, MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecLayout, type MatvecOptions } from './matvec.ts';
 import { Norm } from './norm.ts';
 import { hasPackedDot, type MatvecActivations, type Tier } from './tiers.ts';
 import { BLOCK_COLUMNS, isQuantDtype, planeWords, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
@@ -34,6 +34,7 @@ import { uploadWeight } from './weights-upload.ts';
 export interface MatvecTuning {
   tier: Tier;
   activations: MatvecActivations;
+  layout: MatvecLayout;
   rowsPerWorkgroup: number;
   workgroupSize: number;
   /**
@@ -74,8 +75,9 @@ export interface AutotuneResult {
  * Bumped when the file's shape or the meaning of a tuning changes (older files are then re-tuned).
  * 2: q8 activations are quantised inside the matvec, no longer by a dispatch before it.
  * 3: normFold, and the RMSNorm fold summing its squares from the products' own loads.
+ * 4: layout (f32 activations strided or chunked over K).
  */
-export const AUTOTUNE_CACHE_FORMAT = 3;
+export const AUTOTUNE_CACHE_FORMAT = 4;
 
 /** The cache file's path (see the header). */
 export function autotuneCachePath(env: NodeJS.ProcessEnv = process.env): string {
@@ -171,12 +173,14 @@ function usable(gpu: Gpu, dtype: WeightDtype, value: unknown): MatvecTuning | un
   if (t.tier === 'subgroup' && !gpu.features.has('subgroups')) return undefined;
   if (t.activations !== 'f32' && t.activations !== 'q8') return undefined;
   if (t.activations === 'q8' && !(hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype))) return undefined;
+  if (t.layout !== 'strided' && t.layout !== 'chunked') return undefined;
+  if (t.layout === 'chunked' ? !CHUNKED_DTYPES.includes(dtype) : t.activations === 'q8') return undefined;
   const rows = t.rowsPerWorkgroup;
   const wg = t.workgroupSize;
   if (!Number.isSafeInteger(rows) || rows! < 1 || rows! > MATVEC_MAX_ROWS_PER_WORKGROUP) return undefined;
   if (!Number.isSafeInteger(wg) || wg! < 1 || (wg! & (wg! - 1)) !== 0 || wg! > gpu.limits.maxComputeInvocationsPerWorkgroup) return undefined;
   if (typeof t.normFold !== 'boolean') return undefined;
-  return { tier: t.tier, activations: t.activations, rowsPerWorkgroup: rows!, workgroupSize: wg!, normFold: t.normFold };
+  return { tier: t.tier, activations: t.activations, layout: t.layout, rowsPerWorkgroup: rows!, workgroupSize: wg!, normFold: t.normFold };
 }
 
 /**
@@ -327,11 +331,16 @@ async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['
     const describe = (options: MatvecOptions): MatvecTuning => {
       const b = benches[0];
       const kernel = new Matvec(gpu, { weight: b.weight, input: b.input, output: b.output }, options);
-      return { tier: kernel.tier, activations: kernel.activations, rowsPerWorkgroup: kernel.rowsPerWorkgroup, workgroupSize: kernel.workgroupSize, normFold: true };
+      return {
+        tier: kernel.tier, activations: kernel.activations, layout: kernel.layout,
+        rowsPerWorkgroup: kernel.rowsPerWorkgroup, workgroupSize: kernel.workgroupSize, normFold: true,
+      };
     };
-    // 1. Tier x activations, each with its own defaults.
+    // 1. Tier x activations (f32 strided or chunked, q8), each with its own defaults.
     const tiers: Tier[] = gpu.features.has('subgroups') ? ['subgroup', 'baseline'] : ['baseline'];
-    const activations: MatvecActivations[] = hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype) ? ['f32', 'q8'] : ['f32'];
+    const forms: Array<Pick<MatvecOptions, 'activations' | 'layout'>> = [{ activations: 'f32', layout: 'strided' }];
+    if (CHUNKED_DTYPES.includes(dtype)) forms.push({ activations: 'f32', layout: 'chunked' });
+    if (hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype)) forms.push({ activations: 'q8' });
     let best: MatvecTuning | undefined;
     let bestTime = Infinity;
     const consider = async (candidate: MatvecTuning) => {
@@ -341,7 +350,7 @@ async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['
         bestTime = time;
       }
     };
-    for (const tier of tiers) for (const a of activations) await consider(describe({ tier, activations: a }));
+    for (const tier of tiers) for (const form of forms) await consider(describe({ tier, ...form }));
     if (!best) throw new ShapeError(`autotune: no matvec variant runs ${dtype} on this adapter`);
     // 2. Rows per workgroup, 3. workgroup size, each around the best so far.
     const start: MatvecTuning = best;

@@ -80,8 +80,25 @@ export interface MatvecOptions {
    * device without the WGSL feature, or with another weight dtype, is a ShapeError.
    */
   activations?: MatvecActivations;
+  /**
+   * How f32 activations' threads walk K (default 'strided'): see MatvecLayout. 'chunked' needs a weight
+   * dtype in CHUNKED_DTYPES; q8 activations always take their weights 16 columns at a time.
+   */
+  layout?: MatvecLayout;
   fusion?: MatvecFusion;
 }
+
+/**
+ * 'strided': each thread takes 4 columns of K, then the 4 that lie 4 x WG further on
+ * (shaders/matvec_sums.wgsl), a word and a scale per 4 columns of a quantised weight row. 'chunked':
+ * each thread takes 16 consecutive columns (shaders/matvec_sums_chunked.wgsl), their quants in four
+ * adjacent words and one scale, the wider loads a GPU's memory system may prefer. Same products,
+ * summed in another order.
+ */
+export type MatvecLayout = 'strided' | 'chunked';
+
+/** Weight dtypes served 16 columns at a time (a shaders/weights_<dtype>_q8.wgsl module each): the q8 activations' and the chunked layout's. */
+export const CHUNKED_DTYPES: readonly WeightDtype[] = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
 
 /**
  * Workgroup memory of the q8 tier's quantised activation segment (Q8_BLOCKS in
@@ -89,15 +106,18 @@ export interface MatvecOptions {
  */
 const Q8_SEGMENT_BYTES = 192 * (32 + 4);
 
-/** Weight dtypes the q8 activation tier serves (each has a shaders/weights_<dtype>_q8.wgsl module). */
-export const Q8_ACTIVATION_DTYPES: readonly WeightDtype[] = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
+/** Weight dtypes the q8 activation tier serves. */
+export const Q8_ACTIVATION_DTYPES: readonly WeightDtype[] = CHUNKED_DTYPES;
 
 /** The activations a matvec over `dtype` takes unless told. */
 export function defaultMatvecActivations(gpu: Pick<Gpu, 'features' | 'wgslLanguageFeatures'>, dtype: WeightDtype): MatvecActivations {
   return Q8_ACTIVATION_DTYPES.includes(dtype) ? kernelTiers(gpu).matvecActivations : 'f32';
 }
 
-/** Default workgroup size on q8 activations: about a thread per 32-column block of K (it quantises the block, then multiplies its two 16-column chunks). */
+/**
+ * Default workgroup size on q8 activations (about a thread per 32-column block of K: it quantises the
+ * block, then multiplies its two 16-column chunks) and in the chunked layout (two chunks a thread).
+ */
 export function defaultQ8MatvecWorkgroupSize(cols: number): number {
   const want = Math.ceil(cols / 32);
   return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(want))));
@@ -126,6 +146,8 @@ export class Matvec {
   readonly tier: Tier;
   /** What the product multiplies: f32 activations, or q8 ones (quantised in the same dispatch). */
   readonly activations: MatvecActivations;
+  /** How the threads walk K (always 'chunked' on q8 activations). */
+  readonly layout: MatvecLayout;
   readonly workgroupSize: number;
   /** Outputs per workgroup (weight rows, or row pairs with glu). */
   readonly rowsPerWorkgroup: number;
@@ -156,6 +178,16 @@ export class Matvec {
     if (q8 && !hasPackedDot(gpu)) {
       throw new ShapeError(`${label}: q8 activations need the WGSL language feature ${PACKED_DOT_FEATURE}, which this device does not offer`);
     }
+    const layout = options.layout ?? (q8 ? 'chunked' : 'strided');
+    if (layout !== 'strided' && layout !== 'chunked') throw new ShapeError(`${label}: unknown layout ${String(layout)}`);
+    if (q8 && layout !== 'chunked') throw new ShapeError(`${label}: q8 activations take their weights in chunks (layout 'chunked')`);
+    const chunked = layout === 'chunked' && !q8;
+    if (chunked && !CHUNKED_DTYPES.includes(dtype)) {
+      throw new ShapeError(`${label}: the chunked layout serves ${CHUNKED_DTYPES.join(', ')} weights, not ${dtype}`);
+    }
+    if (chunked && buffers.weight.cols % 32 !== 0) {
+      throw new ShapeError(`${label}: the chunked layout needs K to be a multiple of 32 (got ${buffers.weight.cols})`);
+    }
     const fusion = options.fusion ?? {};
     const glu = fusion.glu === true;
     checkFusion(label, buffers, fusion);
@@ -165,7 +197,7 @@ export class Matvec {
     // The smallest subgroup sizes the shader's per-subgroup slots (rounded down: more slots, never
     // fewer); the largest sets the least default workgroup size.
     const { min: sgMin, max: sgMax } = subgroupSizes(gpu);
-    const byK = q8 ? defaultQ8MatvecWorkgroupSize(buffers.weight.cols) : defaultMatvecWorkgroupSize(buffers.weight.cols);
+    const byK = q8 || chunked ? defaultQ8MatvecWorkgroupSize(buffers.weight.cols) : defaultMatvecWorkgroupSize(buffers.weight.cols);
     const {
       // The subgroup tier fills at least one whole subgroup.
       workgroupSize = subgroup ? Math.min(Math.max(byK, sgMax), gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX) : byK,
@@ -198,19 +230,20 @@ export class Matvec {
     this.outputs = outputs;
     this.tier = tier;
     this.activations = activations;
+    this.layout = layout;
     this.workgroupSize = wg;
     this.rowsPerWorkgroup = rowsPerWorkgroup;
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     const fused = fusion.norm !== undefined || fusion.activation !== undefined || glu;
     const fusionModule = fused ? 'matvec_fusion.wgsl' : 'matvec_plain.wgsl';
-    const sums = q8 ? weightShader(dtype).replace('.wgsl', '_q8.wgsl') : weightShader(dtype);
-    const sumsModule = q8 ? 'matvec_sums_q8.wgsl' : 'matvec_sums.wgsl';
+    const sums = q8 || chunked ? weightShader(dtype).replace('.wgsl', '_q8.wgsl') : weightShader(dtype);
+    const sumsModule = q8 ? 'matvec_sums_q8.wgsl' : chunked ? 'matvec_sums_chunked.wgsl' : 'matvec_sums.wgsl';
     this.#dispatch = new Dispatch(
       gpu,
       {
         name: 'matvec',
-        variant: q8 ? `${dtype}-q8` : dtype,
+        variant: q8 ? `${dtype}-q8` : chunked ? `${dtype}-chunked` : dtype,
         // The fusion code is composed in only where a fusion is asked for: a plain projection's
         // shader stays small (and quick to compile on a software adapter).
         code: subgroup

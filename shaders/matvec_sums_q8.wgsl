@@ -15,12 +15,8 @@
 // weights_<dtype>_q8.wgsl module, and matvec_plain.wgsl or matvec_fusion.wgsl (normalised,
 // SQUARE_ROWS). Call partial_sums from workgroup-uniform control flow: it contains barriers.
 // Legend: M activation rows, K input features (K % 32 == 0).
+//! include weights_chunk16.wgsl
 
-struct Chunk16 {
-  q: vec4<u32>,  // 16 int8 weight quants, column k + 4 i + j at byte j of q[i]
-  scale: f32,    // the chunk's value per unit of q
-  offset: f32,   // added per column: W = scale * q + offset
-}
 
 // Workgroup memory for one segment's quantised activations: Q8_BLOCKS blocks of 32 columns shared by
 // the M rows (Q8_BLOCKS / M blocks each: 6144 columns at M = 1, 768 at M = 8), 6.75 KiB in all

@@ -17,7 +17,7 @@ import {
   tunedNormFold,
   type MatvecTuning,
 } from '../kernels/autotune.ts';
-import { Matvec } from '../kernels/matvec.ts';
+import { Matvec, type MatvecOptions } from '../kernels/matvec.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { hasPackedDot } from '../kernels/tiers.ts';
 import { packWeight } from '../kernels/weights-quantize.ts';
@@ -65,6 +65,8 @@ function recorder() {
 function checkTuning(t: MatvecTuning): void {
   expect(['baseline', 'subgroup']).toContain(t.tier);
   expect(['f32', 'q8']).toContain(t.activations);
+  expect(['strided', 'chunked']).toContain(t.layout);
+  if (t.activations === 'q8') expect(t.layout).toBe('chunked');
   expect([1, 2, 3, 4]).toContain(t.rowsPerWorkgroup);
   expect(Number.isInteger(Math.log2(t.workgroupSize))).toBe(true);
   if (t.tier === 'subgroup') expect(gpu().features.has('subgroups')).toBe(true);
@@ -106,9 +108,15 @@ describe('matvec autotune', () => {
     // Both keys are kept: the other adapter's entry is not this one's to drop.
     expect(Object.keys(JSON.parse(readFileSync(cachePath, 'utf8')).entries).sort()).toEqual([JSON.stringify(other), tuned.key].sort());
 
-    // A cached variant this device cannot run (an unknown tier), or one without the norm's choice (an
-    // older file's), is tuned again, not trusted.
-    for (const spoil of [(t: Record<string, unknown>) => (t.tier = 'warp'), (t: Record<string, unknown>) => delete t.normFold]) {
+    // A cached variant this device cannot run (an unknown tier, q8 activations strided), or one
+    // without the norm's choice or the layout (an older file's), is tuned again, not trusted.
+    const spoils = [
+      (t: Record<string, unknown>) => (t.tier = 'warp'),
+      (t: Record<string, unknown>) => Object.assign(t, { activations: 'q8', layout: 'strided' }),
+      (t: Record<string, unknown>) => delete t.normFold,
+      (t: Record<string, unknown>) => delete t.layout,
+    ];
+    for (const spoil of spoils) {
       const bad = JSON.parse(readFileSync(cachePath, 'utf8'));
       for (const id of Object.keys(bad.entries[tuned.key].tunings)) spoil(bad.entries[tuned.key].tunings[id]);
       writeFileSync(cachePath, JSON.stringify(bad));
@@ -154,15 +162,20 @@ describe('matvec autotune', () => {
     const input = createStorage(gpu(), 'a', a);
     const ref = projectionReference(dequantize(host), N, K, a, 1, 0, K);
     const tiers = gpu().features.has('subgroups') ? (['baseline', 'subgroup'] as const) : (['baseline'] as const);
-    const activations = hasPackedDot(gpu()) ? (['f32', 'q8'] as const) : (['f32'] as const);
+    const forms: Array<Pick<MatvecOptions, 'activations' | 'layout'>> = [
+      { activations: 'f32', layout: 'strided' },
+      { activations: 'f32', layout: 'chunked' },
+      ...(hasPackedDot(gpu()) ? [{ activations: 'q8' as const }] : []),
+    ];
     for (const tier of tiers) {
-      for (const act of activations) {
+      for (const form of forms) {
         for (const [rowsPerWorkgroup, workgroupSize] of [[1, 64], [4, 32], [2, 256]]) {
           const output = poisoned(gpu(), 'out', N);
-          const kernel = new Matvec(gpu(), { weight, input, output }, { tier, activations: act, rowsPerWorkgroup, workgroupSize });
+          const kernel = new Matvec(gpu(), { weight, input, output }, { tier, ...form, rowsPerWorkgroup, workgroupSize });
           await runPass(gpu(), (pass) => kernel.encode(pass, { M: 1 }));
           // f32 activations: f32 accumulation only; q8: the activations' rounding (kernels/matvec.ts).
-          expectClose(await readF32(gpu(), output, N), ref, act === 'q8' ? 1.5e-2 : 1e-5, `${tier} ${act} rows=${rowsPerWorkgroup} wg=${workgroupSize}`);
+          const what = `${tier} ${kernel.activations} ${kernel.layout} rows=${rowsPerWorkgroup} wg=${workgroupSize}`;
+          expectClose(await readF32(gpu(), output, N), ref, form.activations === 'q8' ? 1.5e-2 : 1e-5, what);
         }
       }
     }
@@ -194,8 +207,10 @@ describe('matvec autotune', () => {
     // first with the norms apart (their own kernels before the projections).
     const fast = gpu().features.has('subgroups') ? 'subgroup' : 'baseline';
     const forced: MatvecTuning[] = [
-      { tier: fast, activations: hasPackedDot(gpu()) ? 'q8' : 'f32', rowsPerWorkgroup: 4, workgroupSize: 32, normFold: false },
-      { tier: 'baseline', activations: 'f32', rowsPerWorkgroup: 1, workgroupSize: 64, normFold: true },
+      { tier: fast, activations: 'f32', layout: 'chunked', rowsPerWorkgroup: 4, workgroupSize: 32, normFold: false },
+      hasPackedDot(gpu())
+        ? { tier: 'baseline', activations: 'q8', layout: 'chunked', rowsPerWorkgroup: 1, workgroupSize: 64, normFold: true }
+        : { tier: 'baseline', activations: 'f32', layout: 'strided', rowsPerWorkgroup: 1, workgroupSize: 64, normFold: true },
     ];
     for (const tuning of forced) {
       check(`forced ${JSON.stringify(tuning)}`, await decodeWith({ matvecTunings: { q4_0: tuning } }));
@@ -203,7 +218,7 @@ describe('matvec autotune', () => {
   }, TUNING_TIMEOUT_MS);
 
   it('a tuning that keeps the norms apart runs them as kernels: 7 dispatches a Llama layer, not 5, the same logits', async () => {
-    const variant = { tier: 'baseline', activations: 'f32', rowsPerWorkgroup: 1, workgroupSize: 64 } as const;
+    const variant = { tier: 'baseline', activations: 'f32', layout: 'strided', rowsPerWorkgroup: 1, workgroupSize: 64 } as const;
     const perLayer = async (normFold: boolean) => {
       const counts: number[] = [];
       for (const numLayers of [1, 2]) {
@@ -234,7 +249,7 @@ describe('matvec autotune', () => {
     expect(autotuneCachePath({ WEBGPU_MINER_AUTOTUNE_CACHE: '/tmp/a.json', XDG_CACHE_HOME: '/c' })).toBe('/tmp/a.json');
     expect(autotuneCachePath({ XDG_CACHE_HOME: '/c' })).toBe('/c/webgpu-miner/autotune.json');
     expect(autotuneCachePath({ HOME: '/h' })).toMatch(/\.cache\/webgpu-miner\/autotune\.json$/);
-    const variant = { tier: 'baseline', activations: 'q8', rowsPerWorkgroup: 4, workgroupSize: 64 } as const;
+    const variant = { tier: 'baseline', activations: 'q8', layout: 'chunked', rowsPerWorkgroup: 4, workgroupSize: 64 } as const;
     const tunings = { q4_0: { ...variant, normFold: false } };
     expect(tunedMatvecOptions(tunings, 'q4_0')).toEqual(variant);
     expect(tunedMatvecOptions(tunings, 'q4_0', { glu: true })).toEqual({ ...variant, rowsPerWorkgroup: 2 });

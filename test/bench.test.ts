@@ -20,6 +20,7 @@ import { estimateActivationBytes } from '../models/memory-plan.ts';
 import { foldComparisons, type BenchReport } from '../bench/report.ts';
 import type { RooflineResult } from '../bench/roofline.ts';
 import { benchKernels } from '../bench/kernels.ts';
+import { CHUNKED_DTYPES } from '../kernels/matvec.ts';
 import { acquireGpu } from '../src/gpu/device.ts';
 import { configFromHf } from '../models/config.ts';
 import { TINY_CONFIG } from '../models/tiny.ts';
@@ -169,6 +170,17 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
       expect(['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q4_k', 'q5_k', 'q6_k']).toContain(k.dtype);
       expect(k.label).toContain(`${k.tier}+q8`);
     }
+    // So does the chunked layout on f32 activations, for the formats with 16-column chunks, once per
+    // projection and format; every other f32 matvec over those formats says it is strided.
+    const chunkedFormats = results.filter((r) => r.kind === 'matvec' && CHUNKED_DTYPES.includes(r.dtype));
+    for (const k of chunkedFormats.filter((r) => r.activations === 'f32')) expect(['strided', 'chunked']).toContain(k.layout);
+    const chunked = results.filter((r) => r.layout === 'chunked');
+    expect(new Set(chunked.map((k) => `${k.dtype} ${k.name}`)).size).toBe(chunked.length);
+    expect(new Set(chunked.map((k) => k.dtype))).toEqual(new Set(chunkedFormats.map((k) => k.dtype)));
+    for (const k of chunked) {
+      expect([k.kind, k.tier, k.activations, k.fold]).toEqual(['matvec', report.adapter.tiers.matvec, 'f32', undefined]);
+      expect(k.label).toContain(`${k.tier}+chunked `);
+    }
     const { gbps, gflops } = { gbps: report.roofline.bandwidth.gbps, gflops: report.roofline.compute.gflops };
     for (const k of results) {
       plausibleMs(k.timing.medianMs, `${k.label} ms`);
@@ -193,7 +205,7 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(normed.length).toBeGreaterThan(0);
     expect(folds.filter((k) => k.fold!.op === 'rope-kv')).toHaveLength(2 * kvCombos.size);
     // Each (projection, dtype) the tiny shapes take (K-quants need K % 256 == 0), once each way.
-    const plainNormed = results.filter((k) => k.kind === 'matvec' && k.tier === 'baseline' && k.activations !== 'q8' && !k.fold && normed.includes(k.name));
+    const plainNormed = results.filter((k) => k.kind === 'matvec' && k.tier === 'baseline' && k.activations !== 'q8' && k.layout !== 'chunked' && !k.fold && normed.includes(k.name));
     expect(plainNormed.length).toBeGreaterThan(0);
     expect(folds.filter((k) => k.fold!.op === 'norm')).toHaveLength(2 * plainNormed.length);
     for (const k of folds) {

@@ -3,7 +3,7 @@
 // (gate, up) row pairs; at odd output counts, K not a multiple of the workgroup's stride, non-zero
 // offsets and row strides, several dtypes; and through Linear over row chunks.
 import { afterAll, describe, expect, it } from 'vitest';
-import { Matvec, type MatvecFusion } from '../kernels/matvec.ts';
+import { Matvec, type MatvecFusion, type MatvecLayout } from '../kernels/matvec.ts';
 import { Linear } from '../kernels/linear.ts';
 import type { Tier } from '../kernels/tiers.ts';
 import { runPass } from '../kernels/dispatch.ts';
@@ -72,7 +72,8 @@ interface FusedSetup {
   check(): Promise<void>;
 }
 
-function setup(c: FusedCase, tier: Tier): FusedSetup {
+/** `variant` names the kernel variant in messages (its tier, and layout). */
+function setup(c: FusedCase, variant: string): FusedSetup {
   const L = layout(c);
   const weightRows = c.glu ? 2 * c.N : c.N;
   const host = randomWeight(c.dtype, weightRows, c.K, c.seed, 0.5);
@@ -91,7 +92,7 @@ function setup(c: FusedCase, tier: Tier): FusedSetup {
     glu: c.glu,
   };
   const ref = reference(c, dequantize(host), aValues, normWeight, normBias, biasValues, residualValues);
-  const what = `${tier} ${describeFused(c)}`;
+  const what = `${variant} ${describeFused(c)}`;
   return {
     weightRows,
     a: createStorage(gpu(), 'a', aValues),
@@ -114,7 +115,7 @@ function setup(c: FusedCase, tier: Tier): FusedSetup {
         if (rel >= 0 && row < c.M && col < c.N) got[row * c.N + col] = all[i];
         else if (!Number.isNaN(all[i])) throw new Error(`${what}: element ${i} outside the output was written (${all[i]})`);
       }
-      log.add(`${tier} ${c.norm ?? ''}${c.glu ? ' glu' : ''} ${c.activation ?? ''}`, expectClose(got, ref, TOLERANCE, what));
+      log.add(`${variant} ${c.norm ?? ''}${c.glu ? ' glu' : ''} ${c.activation ?? ''}`, expectClose(got, ref, TOLERANCE, what));
     },
   };
 }
@@ -149,20 +150,28 @@ cases.push(
   { dtype: 'q4_k', M: 2, N: 13, K: 2048, norm: 'layer', rowsPerWorkgroup: 3, workgroupSize: 32, seed: 9 },
 );
 
+// Also run in the chunked layout: every fusion once (each variant is a pipeline per tier to compile).
+const CHUNKED_CASES = new Set(cases.filter((c) =>
+  (c.dtype === 'q4_0' && c.glu) || (c.dtype === 'q4_k' && c.norm === 'layer') || c.dtype === 'q8_0' || c.dtype === 'q6_k'));
+
 // Each case compiles a fused pipeline per tier, which takes a software adapter up to a minute or two on
 // a loaded machine (cached on disk afterwards): a case's time limit allows for that.
 describe('matvec fusions', { timeout: 600_000 }, () => {
   for (const c of cases) {
     it(describeFused(c), async () => {
+      // The chunked layout too on the cases that ask (the fused norm then loads chunk by chunk).
+      const layouts: MatvecLayout[] = CHUNKED_CASES.has(c) ? ['strided', 'chunked'] : ['strided'];
       for (const tier of tiers()) {
-        const s = setup(c, tier);
-        const weight = uploadWeight(gpu(), `w_${c.dtype}`, s.host);
-        const kernel = new Matvec(gpu(), { weight, input: s.a, output: s.out, bias: s.bias, residual: s.residual }, {
-          tier, fusion: s.fusion, rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize,
-        });
-        expect(kernel.outputs).toBe(c.N);
-        await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
-        await s.check();
+        for (const layout of layouts) {
+          const s = setup(c, `${tier} ${layout}`);
+          const weight = uploadWeight(gpu(), `w_${c.dtype}`, s.host);
+          const kernel = new Matvec(gpu(), { weight, input: s.a, output: s.out, bias: s.bias, residual: s.residual }, {
+            tier, layout, fusion: s.fusion, rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize,
+          });
+          expect(kernel.outputs).toBe(c.N);
+          await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+          await s.check();
+        }
       }
     });
   }

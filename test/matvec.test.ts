@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { MATVEC_MAX_ROWS, Matvec, defaultMatvecWorkgroupSize, defaultSubgroupMatvecRows } from '../kernels/matvec.ts';
+import { CHUNKED_DTYPES, MATVEC_MAX_ROWS, Matvec, defaultMatvecWorkgroupSize, defaultSubgroupMatvecRows, type MatvecLayout } from '../kernels/matvec.ts';
 import { kernelTiers, type Tier } from '../kernels/tiers.ts';
 import type { Gpu } from '../src/gpu/device.ts';
 import { runPass } from '../kernels/dispatch.ts';
@@ -21,6 +21,15 @@ function tiers(): Tier[] {
   return gpu().features.has('subgroups') ? ['baseline', 'subgroup'] : ['baseline'];
 }
 
+/**
+ * The layouts a case runs in: strided, and chunked too where the case asks for it (a few cases per
+ * dtype with 16-column chunks: each layout is a pipeline to compile, slow on a software adapter).
+ */
+function layouts(c: ProjectionCase & { chunked?: boolean }): MatvecLayout[] {
+  if (c.chunked && !CHUNKED_DTYPES.includes(c.dtype)) throw new Error(`${c.dtype} has no chunked layout`);
+  return c.chunked ? ['strided', 'chunked'] : ['strided'];
+}
+
 /** The same device seen as one without the 'subgroups' feature. */
 function withoutSubgroups(device: Gpu): Gpu {
   const features = new Set([...device.features].filter((f) => f !== 'subgroups'));
@@ -30,7 +39,8 @@ function withoutSubgroups(device: Gpu): Gpu {
 // References multiply by the dequantised packed weight: f32 accumulation error only, every dtype.
 const TOLERANCE = 1e-5;
 
-const cases: Array<ProjectionCase & { rowsPerWorkgroup?: number; workgroupSize?: number }> = [];
+// `chunked`: also run in the chunked layout (MatvecLayout).
+const cases: Array<ProjectionCase & { rowsPerWorkgroup?: number; workgroupSize?: number; chunked?: boolean }> = [];
 for (const dtype of ['f32', 'f16'] as const) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 1, K: 1 }),
@@ -41,9 +51,9 @@ for (const dtype of ['f32', 'f16'] as const) {
 }
 for (const dtype of ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1'] as const) {
   cases.push(
-    projectionCase({ dtype, M: 1, N: 3, K: 32 }),
+    { ...projectionCase({ dtype, M: 1, N: 3, K: 32 }), chunked: true },
     projectionCase({ dtype, M: 5, N: 37, K: 96, bias: true }),
-    projectionCase({ dtype, M: 8, N: 130, K: 1024, inputRowStride: 1030, outputRowStride: 131, seed: 3 }),
+    { ...projectionCase({ dtype, M: 8, N: 130, K: 1024, inputRowStride: 1030, outputRowStride: 131, seed: 3 }), chunked: true },
     { ...projectionCase({ dtype, M: 3, N: 37, K: 160, bias: true, seed: 5 }), rowsPerWorkgroup: 3, workgroupSize: 32 },
   );
 }
@@ -51,8 +61,8 @@ for (const dtype of ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1'] as const) {
 for (const dtype of ['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'] as const) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 3, K: 256 }),
-    projectionCase({ dtype, M: 1, N: 37, K: 512, bias: true }),
-    projectionCase({ dtype, M: 8, N: 130, K: 1024, inputRowStride: 1030, outputRowStride: 131, seed: 3 }),
+    { ...projectionCase({ dtype, M: 1, N: 37, K: 512, bias: true }), chunked: true },
+    { ...projectionCase({ dtype, M: 8, N: 130, K: 1024, inputRowStride: 1030, outputRowStride: 131, seed: 3 }), chunked: true },
     { ...projectionCase({ dtype, M: 3, N: 37, K: 256, bias: true, seed: 5 }), rowsPerWorkgroup: 3, workgroupSize: 32 },
   );
 }
@@ -64,22 +74,25 @@ for (const [dtype, K] of Object.entries(RESIDUAL_K) as Array<[keyof typeof RESID
   cases.push(
     projectionCase({ dtype, M: 1, N: 37, K, residual: true, seed: 6 }),
     projectionCase({ dtype, M: 5, N: 37, K, bias: true, residual: true, residualRowStride: 41, outputRowStride: 39, seed: 7 }),
-    projectionCase({
-      dtype, M: 8, N: 130, K, bias: true, residual: true,
-      inputRowStride: K + 3, outputRowStride: 131, residualOffset: 11, residualRowStride: 133, seed: 8,
-    }),
+    {
+      ...projectionCase({
+        dtype, M: 8, N: 130, K, bias: true, residual: true,
+        inputRowStride: K + 3, outputRowStride: 131, residualOffset: 11, residualRowStride: 133, seed: 8,
+      }),
+      chunked: CHUNKED_DTYPES.includes(dtype),
+    },
   );
 }
 cases.push(
-  { ...projectionCase({ dtype: 'q4_0', M: 3, N: 37, K: 160, bias: true, residual: true, residualRowStride: 40, seed: 9 }), rowsPerWorkgroup: 3, workgroupSize: 32 },
+  { ...projectionCase({ dtype: 'q4_0', M: 3, N: 37, K: 160, bias: true, residual: true, residualRowStride: 40, seed: 9 }), rowsPerWorkgroup: 3, workgroupSize: 32, chunked: true },
   { ...projectionCase({ dtype: 'f16', M: 8, N: 13, K: 70, residual: true, seed: 9 }), rowsPerWorkgroup: 4, workgroupSize: 64 },
   // Workgroups smaller than, equal to and many times a subgroup (the subgroup tier needs no WG >= rows x 8).
   { ...projectionCase({ dtype: 'q8_0', M: 8, N: 37, K: 96, bias: true, residual: true, seed: 10 }), rowsPerWorkgroup: 2, workgroupSize: 256 },
-  { ...projectionCase({ dtype: 'q6_k', M: 2, N: 7, K: 512, seed: 11 }), rowsPerWorkgroup: 4, workgroupSize: 128 },
+  { ...projectionCase({ dtype: 'q6_k', M: 2, N: 7, K: 512, seed: 11 }), rowsPerWorkgroup: 4, workgroupSize: 128, chunked: true },
 );
-const subgroupOnlyCases: Array<ProjectionCase & { rowsPerWorkgroup: number; workgroupSize: number }> = [
+const subgroupOnlyCases: Array<ProjectionCase & { rowsPerWorkgroup: number; workgroupSize: number; chunked?: boolean }> = [
   { ...projectionCase({ dtype: 'f32', M: 8, N: 37, K: 53, bias: true, residual: true, seed: 12 }), rowsPerWorkgroup: 4, workgroupSize: 4 },
-  { ...projectionCase({ dtype: 'q4_k', M: 3, N: 11, K: 512, seed: 13 }), rowsPerWorkgroup: 2, workgroupSize: 8 },
+  { ...projectionCase({ dtype: 'q4_k', M: 3, N: 11, K: 512, seed: 13 }), rowsPerWorkgroup: 2, workgroupSize: 8, chunked: true },
   { ...projectionCase({ dtype: 'f16', M: 5, N: 9, K: 70, bias: true, seed: 14 }), rowsPerWorkgroup: 3, workgroupSize: 16 },
 ];
 
@@ -88,12 +101,14 @@ describe('matvec', () => {
     const extra = c.rowsPerWorkgroup ? ` rows/wg=${c.rowsPerWorkgroup} wg=${c.workgroupSize}` : '';
     it(describeCase(c) + extra, async () => {
       for (const tier of tiers()) {
-        // A fresh set-up per tier: the output starts NaN for each.
-        const s = setupProjection(gpu(), c);
-        const kernel = new Matvec(gpu(), s, { rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize, tier });
-        expect(kernel.tier).toBe(tier);
-        await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
-        log.add(`${tier} ${c.dtype}${c.residual ? ' residual' : ''}`, await s.check(TOLERANCE));
+        for (const layout of layouts(c)) {
+          // A fresh set-up per variant: the output starts NaN for each.
+          const s = setupProjection(gpu(), c);
+          const kernel = new Matvec(gpu(), s, { rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize, tier, layout });
+          expect([kernel.tier, kernel.layout]).toEqual([tier, layout]);
+          await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
+          log.add(`${tier} ${layout} ${c.dtype}${c.residual ? ' residual' : ''}`, await s.check(TOLERANCE));
+        }
       }
     });
   }
@@ -108,9 +123,12 @@ describe('matvec', () => {
         expect(() => new Matvec(gpu(), s, options)).toThrow(/subgroup tier needs the device feature 'subgroups'/);
         return;
       }
-      const kernel = new Matvec(gpu(), s, options);
-      await runPass(gpu(), (pass) => kernel.encode(pass, s.run));
-      log.add(`subgroup ${c.dtype} small workgroups`, await s.check(TOLERANCE));
+      for (const layout of layouts(c)) {
+        const run = layout === 'strided' ? s : setupProjection(gpu(), c);
+        const kernel = new Matvec(gpu(), run, { ...options, layout });
+        await runPass(gpu(), (pass) => kernel.encode(pass, run.run));
+        log.add(`subgroup ${layout} ${c.dtype} small workgroups`, await run.check(TOLERANCE));
+      }
     });
   }
 
@@ -192,6 +210,14 @@ describe('matvec', () => {
     expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 48 })).toThrow(/power of two/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 16, rowsPerWorkgroup: 4, tier: 'baseline' })).toThrow(/>= 32/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { tier: 'fast' as Tier })).toThrow(/unknown tier fast/);
+    // The chunked layout: weights served 16 columns at a time only, and K in whole blocks of 32.
+    expect(new Matvec(gpu(), { weight, input, output }).layout).toBe('strided');
+    expect(() => new Matvec(gpu(), { weight, input, output }, { layout: 'chunked' })).toThrow(/chunked layout serves .* weights, not f16/);
+    expect(() => new Matvec(gpu(), { weight, input, output }, { layout: 'tiled' as MatvecLayout })).toThrow(/unknown layout tiled/);
+    const q8Weight = uploadWeight(gpu(), 'w8', packWeight('q8_0', 8, 32, randomF32(256, 1)));
+    const q8Input = createStorage(gpu(), 'a8', 32 * 4);
+    expect(new Matvec(gpu(), { weight: q8Weight, input: q8Input, output }, { layout: 'chunked' }).layout).toBe('chunked');
+    expect(() => new Matvec(gpu(), { weight: { ...q8Weight, cols: 48 }, input: q8Input, output }, { layout: 'chunked' })).toThrow(/chunked layout needs K to be a multiple of 32 \(got 48\)/);
   });
 
   it('refuses a residual that is the output buffer, or does not fit', () => {
