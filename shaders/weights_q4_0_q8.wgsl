@@ -9,8 +9,6 @@ fn block_nibble_chunk(words: vec4<u32>, k: u32) -> vec4<u32> {
 }
 
 fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
-  let base = row * (cols / 8u) + (k / 32u) * 4u;
-  let words = vec4<u32>(weight_quants[base], weight_quants[base + 1u], weight_quants[base + 2u], weight_quants[base + 3u]);
   let d = weight_scale(row, k, cols);
-  return Chunk16(block_nibble_chunk(words, k), d, -8.0 * d);
+  return Chunk16(block_nibble_chunk(weight_quants[row * (cols / 32u) + k / 32u], k), d, -8.0 * d);
 }

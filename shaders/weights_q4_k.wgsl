@@ -5,13 +5,14 @@
 // Interface: see weights_f32.wgsl. K % 256 == 0.
 //! include weights_scales_k4.wgsl
 
-@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/256, 32): qs[128] per super-block
+// Typed as 16-byte vectors so that a 16-column chunk (weights_q4_k_q8.wgsl) is one wide load.
+@group(0) @binding(1) var<storage, read> weight_quants: array<vec4<u32>>; // (N, K/256, 8): qs[128] per super-block
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let block = row * (cols / 256u) + k / 256u;
   let sub = (k % 256u) / 32u;
   // Sub-blocks 2c and 2c + 1 share qs[32c .. 32c + 31]: 2c in the low nibbles, 2c + 1 in the high.
-  let word = weight_quants[block * 32u + (sub / 2u) * 8u + (k % 32u) / 4u];
+  let word = weight_quants[block * 8u + (sub / 2u) * 2u + (k % 32u) / 16u][(k % 16u) / 4u];
   let nibbles = (vec4<u32>(word) >> (vec4<u32>(0u, 8u, 16u, 24u) + (sub & 1u) * 4u)) & vec4<u32>(15u);
   let sm = scale_min_k4(block, sub);
   // nibble * (d * sc) is exact in f32 (at most 21 significant bits): one rounding, at - dmin * m, as ggml.

@@ -3,10 +3,11 @@
 // Interface: see weights_f32.wgsl. K % 32 == 0.
 //! include weights_scales.wgsl
 
-@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/4), int8 x4, column k at byte k % 4
+// Typed as 16-byte vectors so that a 16-column chunk (weights_q8_0_q8.wgsl) is one wide load.
+@group(0) @binding(1) var<storage, read> weight_quants: array<vec4<u32>>; // (N, K/16), int8 x16, column k at byte k % 16
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
-  let word = bitcast<i32>(weight_quants[row * (cols / 4u) + k / 4u]);
+  let word = bitcast<i32>(weight_quants[row * (cols / 16u) + k / 16u][(k % 16u) / 4u]);
   // Move each byte to the top, then an arithmetic shift sign-extends it.
   let q = vec4<i32>(word << 24u, word << 16u, word << 8u, word) >> vec4<u32>(24u);
   return vec4<f32>(q) * weight_scale(row, k, cols);

@@ -3,7 +3,5 @@
 //! include weights_q8_0.wgsl
 
 fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
-  let base = row * (cols / 4u) + k / 4u;
-  let q = vec4<u32>(weight_quants[base], weight_quants[base + 1u], weight_quants[base + 2u], weight_quants[base + 3u]);
-  return Chunk16(q, weight_scale(row, k, cols), 0.0);
+  return Chunk16(weight_quants[row * (cols / 16u) + k / 16u], weight_scale(row, k, cols), 0.0);
 }
