@@ -91,9 +91,9 @@ export interface MatvecOptions {
 /**
  * 'strided': each thread takes 4 columns of K, then the 4 that lie 4 x WG further on
  * (shaders/matvec_sums.wgsl), a word and a scale per 4 columns of a quantised weight row. 'chunked':
- * each thread takes 16 consecutive columns (shaders/matvec_sums_chunked.wgsl), their quants in four
- * adjacent words and one scale, the wider loads a GPU's memory system may prefer. Same products,
- * summed in another order.
+ * each thread takes 16 consecutive columns (shaders/matvec_sums_chunked.wgsl), their quants in one
+ * 16-byte load (Q8_0, Q4_0, Q4_K) or four adjacent words, and one scale: the wider loads a GPU's
+ * memory system may prefer. Same products, summed in another order.
  */
 export type MatvecLayout = 'strided' | 'chunked';
 

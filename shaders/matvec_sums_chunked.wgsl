@@ -1,8 +1,8 @@
 // One thread's partial sums over its share of K from f32 activations, a chunk of 16 consecutive
 // columns at a time (MatvecOptions.layout 'chunked'): the weight comes through the dtype's
-// weight_chunk16 (weights_chunk16.wgsl), so a thread reads each weight row's 16 columns with four
-// loads of adjacent words (a Q8_0 chunk is 16 contiguous bytes, a Q4_0 one its block's 16) and one
-// scale, where the strided layout (matvec_sums.wgsl) reads a word and a scale per 4 columns, its
+// weight_chunk16 (weights_chunk16.wgsl), so a thread reads each weight row's 16 columns in one
+// 16-byte load (Q8_0: the 16 bytes of the chunk; Q4_0: its block's 16; Q4_K: its sub-block pair's
+// half) or four loads of adjacent words (the other formats), and one scale, where the strided layout (matvec_sums.wgsl) reads a word and a scale per 4 columns, its
 // threads 4 columns apart. Which is faster is the GPU's to say (the autotune times both). The
 // products are the same; they are summed in another order, so results agree to f32 rounding.
 // Composed with matvec.wgsl or matvec_subgroup.wgsl (which include matvec_common.wgsl), a
