@@ -1,6 +1,6 @@
 // One thread's partial sums over its share of K from f32 activations, a chunk of 16 consecutive
 // columns at a time (MatvecOptions.layout 'chunked'): the weight comes through the dtype's
-// weight_chunk16 (weights_chunk16.wgsl), so a thread reads each weight row's 16 columns in one
+// weight_chunk16 (matvec_chunk16.wgsl), so a thread reads each weight row's 16 columns in one
 // 16-byte load (Q8_0: the 16 bytes of the chunk; Q4_0: its block's 16; Q4_K: its sub-block pair's
 // half) or four loads of adjacent words (the other formats), and one scale, where the strided layout (matvec_sums.wgsl) reads a word and a scale per 4 columns, its
 // threads 4 columns apart. Which is faster is the GPU's to say (the autotune times both). The
@@ -8,13 +8,7 @@
 // Composed with matvec.wgsl or matvec_subgroup.wgsl (which include matvec_common.wgsl), a
 // weights_<dtype>_q8.wgsl module and matvec_plain.wgsl or matvec_fusion.wgsl (normalised,
 // SQUARE_ROWS). K % 32 == 0 (every dtype with a chunk module), so chunks never pass the row's end.
-//! include weights_chunk16.wgsl
-
-// a[m, k..k+3]; k + 3 < K.
-fn chunk_a4(m: u32, k: u32) -> vec4<f32> {
-  let base = params.a_offset + m * params.a_stride + k;
-  return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
-}
+//! include matvec_chunk16.wgsl
 
 // Signed bytes of `word` as floats (byte j is lane j): shifted to the top, then back arithmetically.
 fn int8x4(word: u32) -> vec4<f32> {
@@ -38,7 +32,7 @@ fn partial_sums(row0: u32, lid: u32) -> array<f32, MAX_SLOTS> {
       var xs: array<vec4<f32>, MAX_M>;
       for (var m = 0u; m < MAX_M; m++) {
         if (m < params.m) {
-          let x = chunk_a4(m, k + 4u * i);
+          let x = raw4(m, k + 4u * i);
           if (SQUARE_ROWS > 0u) { acc[W_ROWS * MAX_M + m] += dot(x, x); } // a fused RMSNorm's
           xs[m] = normalised(x, m, k + 4u * i);
         }

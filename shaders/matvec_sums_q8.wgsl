@@ -15,8 +15,7 @@
 // weights_<dtype>_q8.wgsl module, and matvec_plain.wgsl or matvec_fusion.wgsl (normalised,
 // SQUARE_ROWS). Call partial_sums from workgroup-uniform control flow: it contains barriers.
 // Legend: M activation rows, K input features (K % 32 == 0).
-//! include weights_chunk16.wgsl
-
+//! include matvec_chunk16.wgsl
 
 // Workgroup memory for one segment's quantised activations: Q8_BLOCKS blocks of 32 columns shared by
 // the M rows (Q8_BLOCKS / M blocks each: 6144 columns at M = 1, 768 at M = 8), 6.75 KiB in all
@@ -26,12 +25,6 @@ var<workgroup> seg_quants: array<vec4<u32>, 2u * Q8_BLOCKS>; // chunk c of row m
 var<workgroup> seg_scales: array<f32, Q8_BLOCKS>;            // block j of row m at m * row_blocks + j
 
 const ONES: u32 = 0x01010101u; // dot4I8Packed(x, ONES) sums x's four int8 lanes
-
-// a[m, k..k+3] as loaded; K % 32 == 0, so k + 3 < K.
-fn raw4(m: u32, k: u32) -> vec4<f32> {
-  let base = params.a_offset + m * params.a_stride + k;
-  return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
-}
 
 // Quantise block `block` (columns 32 block ..) of activation row m, as the matvec multiplies it
 // (normalised), into segment slot `slot`. Returns the sum of the squares of its raw values with
