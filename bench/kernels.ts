@@ -41,7 +41,7 @@ export interface KernelResult {
   shape: Record<string, number>;
   /** Kernel variant (kernels/tiers.ts); each kernel comes once per tier the adapter runs. */
   tier: Tier;
-  /** Matvecs over quantised weights: what they multiply (f32 activations, or q8 with dot4I8Packed). */
+  /** Matvecs: what they multiply (f32 activations, or q8 with dot4I8Packed over quantised weights). */
   activations?: MatvecActivations;
   /** Matvecs on f32 activations over a weight the chunked layout serves: how threads walk K (MatvecLayout). */
   layout?: MatvecLayout;
@@ -239,7 +239,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
   const dtypes = options.dtypes ?? p.dtypes;
   // The q8-activation matvec beside the f32 ones, on the fast reduction tier, where it applies.
   const q8For = (dtype: WeightDtype) => wanted('matvec') && hasPackedDot(gpu) && Q8_ACTIVATION_DTYPES.includes(dtype);
-  // And f32 activations in the chunked layout (16 columns a thread), on the same tier.
+  // And f32 activations in the chunked layout (a chunk of consecutive columns a thread), on the same tier.
   const chunkedFor = (dtype: WeightDtype) => wanted('matvec') && CHUNKED_DTYPES.includes(dtype);
   // The projections models run after an RMSNorm: timed with it folded in (as decode steps run them)
   // and apart (the norm kernel, then the plain matvec), on the variant models run.
@@ -423,7 +423,7 @@ export async function benchKernels(gpu: Gpu, shapes: ShapeSet, preset: BenchPres
               const normBytes = norm ? 4 * (K + (norm === 'apart' ? 2 * M * K : 0)) : 0;
               return result(
                 {
-                  kind, tier, ...(kind === 'matvec' && isQuantDtype(dtype) ? { activations } : {}),
+                  kind, tier, ...(kind === 'matvec' ? { activations } : {}),
                   ...(kind === 'matvec' && activations === 'f32' && CHUNKED_DTYPES.includes(dtype) ? { layout: layout ?? 'strided' } : {}),
                   ...(norm ? { fold: { op: 'norm' as const, form: norm } } : {}),
                   name: proj, dtype, shape, label, flops: 2 * M * N * K, bytes: weight.bytes + 4 * (M * K + M * N) + normBytes, weightBytes: weight.bytes, timing,

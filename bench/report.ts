@@ -163,7 +163,7 @@ const FOLD_NOTE =
 /** Skipped kernels grouped by reason: one line per reason (a long list counted; the JSON names each). */
 function skippedLines(k: KernelsReport): string[] {
   const byReason = new Map<string, string[]>();
-  for (const s of k.skipped) byReason.set(s.skipped, [...(byReason.get(s.skipped) ?? []), `${s.kind} ${s.tier} ${s.dtype} ${s.name}`]);
+  for (const s of k.skipped) byReason.set(s.skipped, [...(byReason.get(s.skipped) ?? []), s.label]);
   return [...byReason].map(([reason, labels]) =>
     `skipped (${reason}): ${labels.length > 8 ? `${labels.length} kernels, from ${labels.slice(0, 4).join(', ')}, ...` : labels.join(', ')}`);
 }

@@ -24,7 +24,7 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage } from '../src/gpu/buffers.ts';
 import { timeSample } from '../src/gpu/timing.ts';
 import { ShapeError } from '../src/errors.ts';
-import { CHUNKED_DTYPES, MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecLayout, type MatvecOptions } from './matvec.ts';
+import { CHUNKED_DTYPES, chunkedColumnMultiple, MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecLayout, type MatvecOptions } from './matvec.ts';
 import { Norm } from './norm.ts';
 import { hasPackedDot, type MatvecActivations, type Tier } from './tiers.ts';
 import { BLOCK_COLUMNS, isQuantDtype, planeWords, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
@@ -76,8 +76,9 @@ export interface AutotuneResult {
  * 2: q8 activations are quantised inside the matvec, no longer by a dispatch before it.
  * 3: normFold, and the RMSNorm fold summing its squares from the products' own loads.
  * 4: layout (f32 activations strided or chunked over K).
+ * 5: f16 weights in the chunked layout too.
  */
-export const AUTOTUNE_CACHE_FORMAT = 4;
+export const AUTOTUNE_CACHE_FORMAT = 5;
 
 /** The cache file's path (see the header). */
 export function autotuneCachePath(env: NodeJS.ProcessEnv = process.env): string {
@@ -229,15 +230,19 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
 }
 
 /**
- * Matvec options for a weight of `dtype` under `tunings` (undefined: the static defaults). With glu a
- * workgroup holds half the outputs, so the rows are capped at what the fused kernel allows.
+ * Matvec options for `weight` under `tunings` (undefined: the static defaults). With glu a workgroup
+ * holds half the outputs, so the rows are capped at what the fused kernel allows. The tuning was timed
+ * at the model's K = hidden size; a weight whose K is not whole chunks (an f16 ffn_down over an
+ * intermediate size that is not a multiple of 8) takes the strided layout instead.
  */
-export function tunedMatvecOptions(tunings: MatvecTunings | undefined, dtype: WeightDtype, fusion?: MatvecFusion): MatvecOptions | undefined {
-  const tuning = tunings?.[dtype];
+export function tunedMatvecOptions(tunings: MatvecTunings | undefined, weight: Pick<PackedWeight, 'dtype' | 'cols'>, fusion?: MatvecFusion): MatvecOptions | undefined {
+  const tuning = tunings?.[weight.dtype];
   if (!tuning) return undefined;
   const { normFold: _, ...variant } = tuning;
   const maxRows = fusion?.glu ? MATVEC_MAX_ROWS_PER_WORKGROUP / 2 : MATVEC_MAX_ROWS_PER_WORKGROUP;
-  return { ...variant, rowsPerWorkgroup: Math.min(variant.rowsPerWorkgroup, maxRows) };
+  const wholeChunks = weight.cols % chunkedColumnMultiple(weight.dtype) === 0;
+  const layout = variant.layout === 'chunked' && !wholeChunks ? 'strided' : variant.layout;
+  return { ...variant, layout, rowsPerWorkgroup: Math.min(variant.rowsPerWorkgroup, maxRows) };
 }
 
 /** Whether a projection over `dtype` folds the norm before it in (the static default: yes). */

@@ -90,24 +90,30 @@ export interface MatvecOptions {
 
 /**
  * 'strided': each thread takes 4 columns of K, then the 4 that lie 4 x WG further on
- * (shaders/matvec_sums.wgsl), a word and a scale per 4 columns of a quantised weight row. 'chunked':
- * each thread takes 16 consecutive columns (shaders/matvec_sums_chunked.wgsl), their quants in one
- * 16-byte load (Q8_0, Q4_0, Q4_K) or four adjacent words, and one scale: the wider loads a GPU's
- * memory system may prefer. Same products, summed in another order.
+ * (shaders/matvec_sums.wgsl), a word and a scale per 4 columns of a quantised weight row, 8 bytes of an
+ * f16 one. 'chunked': each thread takes a chunk of consecutive columns (shaders/matvec_sums_chunked.wgsl):
+ * 16 of a block format, their quants in one 16-byte load (Q8_0, Q4_0, Q4_K) or four adjacent words,
+ * and one scale; 8 of f16, one 16-byte load. The wider loads a GPU's memory system may prefer. Same
+ * products, summed in another order.
  */
 export type MatvecLayout = 'strided' | 'chunked';
 
-/** Weight dtypes served 16 columns at a time (a shaders/weights_<dtype>_q8.wgsl module each): the q8 activations' and the chunked layout's. */
-export const CHUNKED_DTYPES: readonly WeightDtype[] = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
+/** Weight dtypes served 16 columns at a time as int8 quants (a shaders/weights_<dtype>_q8.wgsl module each): the q8 activations'. */
+export const Q8_ACTIVATION_DTYPES: readonly WeightDtype[] = ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'];
+
+/** Weight dtypes the chunked layout serves: the block formats (K % 32 == 0) and f16 (K % 8 == 0). */
+export const CHUNKED_DTYPES: readonly WeightDtype[] = [...Q8_ACTIVATION_DTYPES, 'f16'];
+
+/** The columns K must be a multiple of for a `dtype` weight in the chunked layout (a whole chunk, or block). */
+export function chunkedColumnMultiple(dtype: WeightDtype): number {
+  return dtype === 'f16' ? 8 : 32;
+}
 
 /**
  * Workgroup memory of the q8 tier's quantised activation segment (Q8_BLOCKS in
  * shaders/matvec_sums_q8.wgsl: 192 blocks of 32 int8 and an f32 scale).
  */
 const Q8_SEGMENT_BYTES = 192 * (32 + 4);
-
-/** Weight dtypes the q8 activation tier serves. */
-export const Q8_ACTIVATION_DTYPES: readonly WeightDtype[] = CHUNKED_DTYPES;
 
 /** The activations a matvec over `dtype` takes unless told. */
 export function defaultMatvecActivations(gpu: Pick<Gpu, 'features' | 'wgslLanguageFeatures'>, dtype: WeightDtype): MatvecActivations {
@@ -116,7 +122,8 @@ export function defaultMatvecActivations(gpu: Pick<Gpu, 'features' | 'wgslLangua
 
 /**
  * Default workgroup size on q8 activations (about a thread per 32-column block of K: it quantises the
- * block, then multiplies its two 16-column chunks) and in the chunked layout (two chunks a thread).
+ * block, then multiplies its two 16-column chunks) and in the chunked layout (32 columns a thread: two
+ * chunks of a block format, four of f16).
  */
 export function defaultQ8MatvecWorkgroupSize(cols: number): number {
   const want = Math.ceil(cols / 32);
@@ -185,8 +192,8 @@ export class Matvec {
     if (chunked && !CHUNKED_DTYPES.includes(dtype)) {
       throw new ShapeError(`${label}: the chunked layout serves ${CHUNKED_DTYPES.join(', ')} weights, not ${dtype}`);
     }
-    if (chunked && buffers.weight.cols % 32 !== 0) {
-      throw new ShapeError(`${label}: the chunked layout needs K to be a multiple of 32 (got ${buffers.weight.cols})`);
+    if (chunked && buffers.weight.cols % chunkedColumnMultiple(dtype) !== 0) {
+      throw new ShapeError(`${label}: the chunked layout needs K to be a multiple of ${chunkedColumnMultiple(dtype)} for ${dtype} (got ${buffers.weight.cols})`);
     }
     const fusion = options.fusion ?? {};
     const glu = fusion.glu === true;
@@ -237,7 +244,13 @@ export class Matvec {
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     const fused = fusion.norm !== undefined || fusion.activation !== undefined || glu;
     const fusionModule = fused ? 'matvec_fusion.wgsl' : 'matvec_plain.wgsl';
-    const sums = q8 || chunked ? weightShader(dtype).replace('.wgsl', '_q8.wgsl') : weightShader(dtype);
+    // The weight's modules: its chunk module on q8 activations, a chunk reader in the chunked layout
+    // (shaders/matvec_sums_chunked.wgsl), else its weight4 module.
+    const chunkModule = weightShader(dtype).replace('.wgsl', '_q8.wgsl');
+    const weightModules = q8 ? [chunkModule]
+      : !chunked ? [weightShader(dtype)]
+      : dtype === 'f16' ? ['weights_f16_chunked.wgsl']
+      : [chunkModule, 'matvec_chunk_quant.wgsl'];
     const sumsModule = q8 ? 'matvec_sums_q8.wgsl' : chunked ? 'matvec_sums_chunked.wgsl' : 'matvec_sums.wgsl';
     this.#dispatch = new Dispatch(
       gpu,
@@ -247,8 +260,8 @@ export class Matvec {
         // The fusion code is composed in only where a fusion is asked for: a plain projection's
         // shader stays small (and quick to compile on a software adapter).
         code: subgroup
-          ? composeShader('matvec_subgroup_enable.wgsl', ...(q8 ? ['matvec_q8_requires.wgsl'] : []), sums, fusionModule, sumsModule, 'matvec_subgroup.wgsl')
-          : composeShader(...(q8 ? ['matvec_q8_requires.wgsl'] : []), sums, fusionModule, sumsModule, 'matvec.wgsl'),
+          ? composeShader('matvec_subgroup_enable.wgsl', ...(q8 ? ['matvec_q8_requires.wgsl'] : []), ...weightModules, fusionModule, sumsModule, 'matvec_subgroup.wgsl')
+          : composeShader(...(q8 ? ['matvec_q8_requires.wgsl'] : []), ...weightModules, fusionModule, sumsModule, 'matvec.wgsl'),
         entryPoint: subgroup ? 'matvec_subgroup' : 'matvec',
         constants: {
           WG: wg,

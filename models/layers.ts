@@ -149,7 +149,7 @@ export function buildForwardOps(
   const linear = (name: string, input: GPUBuffer, output: GPUBuffer, residual?: GPUBuffer, fused?: { input: GPUBuffer; output: GPUBuffer; fusion: MatvecFusion }) =>
     new Linear(gpu, {
       weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: sizes.rows, fused,
-      matvec: tunedMatvecOptions(sizes.matvecTunings, matrix(`${name}.weight`).dtype, fused?.fusion),
+      matvec: tunedMatvecOptions(sizes.matvecTunings, matrix(`${name}.weight`), fused?.fusion),
     });
   // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
   const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
@@ -238,7 +238,7 @@ export function buildForwardOps(
   const rawLogits = cfg.finalLogitSoftcap !== undefined ? arena.get('logits.raw', sizes.logitRows * V * 4) : b.logits;
   const lmHead = new Linear(gpu, {
     weight: head, bias: vector('output.bias'), input: b.h, output: rawLogits, maxRows: sizes.logitRows,
-    matvec: tunedMatvecOptions(sizes.matvecTunings, head.dtype),
+    matvec: tunedMatvecOptions(sizes.matvecTunings, head),
   });
   const logitSoftcap = cfg.finalLogitSoftcap !== undefined ? new Elementwise(gpu, 'softcap', { a: rawLogits, out: b.logits }, 256, cfg.finalLogitSoftcap) : undefined;
   const topK = new TopK(gpu, { logits: b.logits, values: b.topValues, indices: b.topIds, logSumExp: b.lse }, { maxRows: sizes.logitRows, maxCols: V });

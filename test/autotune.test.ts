@@ -217,6 +217,19 @@ describe('matvec autotune', () => {
     }
   }, TUNING_TIMEOUT_MS);
 
+  // f16 in the chunked layout, tuned at K = hidden size (64): the q/k/v, o and gate/up projections run
+  // chunked, and ffn_down, whose K (an intermediate size of 100) is not whole 8-column chunks, strided.
+  it('an f16 model forced to the chunked layout decodes the reference logits, ffn_down strided', async () => {
+    const tiny = writeTinyLlamaGguf(join(dir, 'tiny-f16.gguf'), { dtype: 'f16', seed: 6, numLayers: 1, intermediateSize: 100 });
+    const tokens = [7, 21, 3, 60];
+    const reference = referenceLogits(configFromHf(tiny.config), tiny.weights, tokens).at(-1)!;
+    const fast = gpu().features.has('subgroups') ? 'subgroup' : 'baseline';
+    const tuning: MatvecTuning = { tier: fast, activations: 'f32', layout: 'chunked', rowsPerWorkgroup: 2, workgroupSize: 32, normFold: true };
+    // The KV cache in f32, as the reference keeps it (the f16 cache's rounding is held to its own bound elsewhere).
+    const candidates = await lastTokenCandidates(tiny.path, tokens, { kvDtype: 'f32', matvecTunings: { f16: tuning } });
+    expectClose(candidates.logits, Array.from(candidates.ids, (id) => reference[id]), 1e-4, 'f16 chunked');
+  }, TUNING_TIMEOUT_MS);
+
   it('a tuning that keeps the norms apart runs them as kernels: 7 dispatches a Llama layer, not 5, the same logits', async () => {
     const variant = { tier: 'baseline', activations: 'f32', layout: 'strided', rowsPerWorkgroup: 1, workgroupSize: 64 } as const;
     const perLayer = async (normFold: boolean) => {
@@ -250,11 +263,16 @@ describe('matvec autotune', () => {
     expect(autotuneCachePath({ XDG_CACHE_HOME: '/c' })).toBe('/c/webgpu-miner/autotune.json');
     expect(autotuneCachePath({ HOME: '/h' })).toMatch(/\.cache\/webgpu-miner\/autotune\.json$/);
     const variant = { tier: 'baseline', activations: 'q8', layout: 'chunked', rowsPerWorkgroup: 4, workgroupSize: 64 } as const;
-    const tunings = { q4_0: { ...variant, normFold: false } };
-    expect(tunedMatvecOptions(tunings, 'q4_0')).toEqual(variant);
-    expect(tunedMatvecOptions(tunings, 'q4_0', { glu: true })).toEqual({ ...variant, rowsPerWorkgroup: 2 });
-    expect(tunedMatvecOptions(tunings, 'q8_0')).toBeUndefined();
-    expect(tunedMatvecOptions(undefined, 'q4_0')).toBeUndefined();
+    const f16Variant = { tier: 'baseline', activations: 'f32', layout: 'chunked', rowsPerWorkgroup: 2, workgroupSize: 32 } as const;
+    const tunings = { q4_0: { ...variant, normFold: false }, f16: { ...f16Variant, normFold: true } };
+    const q4 = { dtype: 'q4_0', cols: 4096 } as const;
+    expect(tunedMatvecOptions(tunings, q4)).toEqual(variant);
+    expect(tunedMatvecOptions(tunings, q4, { glu: true })).toEqual({ ...variant, rowsPerWorkgroup: 2 });
+    expect(tunedMatvecOptions(tunings, { dtype: 'q8_0', cols: 4096 })).toBeUndefined();
+    expect(tunedMatvecOptions(undefined, q4)).toBeUndefined();
+    // Tuned at K = hidden size: an f16 weight whose K is not whole 8-column chunks runs strided.
+    expect(tunedMatvecOptions(tunings, { dtype: 'f16', cols: 4096 })).toEqual(f16Variant);
+    expect(tunedMatvecOptions(tunings, { dtype: 'f16', cols: 4100 })).toEqual({ ...f16Variant, layout: 'strided' });
     expect(tunedNormFold(tunings, 'q4_0')).toBe(false);
     expect(tunedNormFold(tunings, 'q8_0')).toBe(true); // untuned: the static default folds
     expect(tunedNormFold(undefined, 'q4_0')).toBe(true);

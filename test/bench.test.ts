@@ -170,7 +170,7 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
       expect(['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q4_k', 'q5_k', 'q6_k']).toContain(k.dtype);
       expect(k.label).toContain(`${k.tier}+q8`);
     }
-    // So does the chunked layout on f32 activations, for the formats with 16-column chunks, once per
+    // So does the chunked layout on f32 activations, for the block formats and f16, once per
     // projection and format; every other f32 matvec over those formats says it is strided.
     const chunkedFormats = results.filter((r) => r.kind === 'matvec' && CHUNKED_DTYPES.includes(r.dtype));
     for (const k of chunkedFormats.filter((r) => r.activations === 'f32')) expect(['strided', 'chunked']).toContain(k.layout);

@@ -148,11 +148,15 @@ cases.push(
   { dtype: 'q8_0', M: 3, N: 11, K: 96, norm: 'rms', activation: 'silu', glu: true, rowsPerWorkgroup: 2, workgroupSize: 32, seed: 8 },
   // K far above the workgroup's stride (each thread walks many columns), several rows per workgroup.
   { dtype: 'q4_k', M: 2, N: 13, K: 2048, norm: 'layer', rowsPerWorkgroup: 3, workgroupSize: 32, seed: 9 },
+  // f16 with K in whole 8-column chunks (70 has none): the gated MLP and LayerNorm, for the chunked layout.
+  { dtype: 'f16', M: 8, N: 19, K: 136, norm: 'rms', activation: 'silu', glu: true, bias: true, residual: true, seed: 14 },
+  { dtype: 'f16', M: 3, N: 23, K: 200, norm: 'layer', activation: 'gelu', bias: true, seed: 15 },
 );
 
 // Also run in the chunked layout: every fusion once (each variant is a pipeline per tier to compile).
 const CHUNKED_CASES = new Set(cases.filter((c) =>
-  (c.dtype === 'q4_0' && c.glu) || (c.dtype === 'q4_k' && c.norm === 'layer') || c.dtype === 'q8_0' || c.dtype === 'q6_k'));
+  (c.dtype === 'q4_0' && c.glu) || (c.dtype === 'q4_k' && c.norm === 'layer') || c.dtype === 'q8_0' || c.dtype === 'q6_k' ||
+  (c.dtype === 'f16' && c.K % 8 === 0)));
 
 // Each case compiles a fused pipeline per tier, which takes a software adapter up to a minute or two on
 // a loaded machine (cached on disk afterwards): a case's time limit allows for that.

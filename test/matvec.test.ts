@@ -50,6 +50,12 @@ for (const dtype of ['f32', 'f16'] as const) {
     projectionCase({ dtype, M: 8, N: 130, K: 1030, bias: true, seed: 3 }),
   );
 }
+// f16 in the chunked layout: K a multiple of 8 (one chunk), of 8 but not 16, and a long strided row.
+cases.push(
+  { ...projectionCase({ dtype: 'f16', M: 1, N: 3, K: 8 }), chunked: true },
+  { ...projectionCase({ dtype: 'f16', M: 5, N: 37, K: 72, bias: true, seed: 4 }), chunked: true },
+  { ...projectionCase({ dtype: 'f16', M: 8, N: 130, K: 1024, inputRowStride: 1030, outputRowStride: 131, seed: 3 }), chunked: true },
+);
 for (const dtype of ['q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1'] as const) {
   cases.push(
     projectionCase({ dtype, M: 1, N: 3, K: 32 }),
@@ -84,6 +90,7 @@ for (const [dtype, K] of Object.entries(RESIDUAL_K) as Array<[keyof typeof RESID
 cases.push(
   { ...projectionCase({ dtype: 'q4_0', M: 3, N: 37, K: 160, bias: true, residual: true, residualRowStride: 40, seed: 9 }), rowsPerWorkgroup: 3, workgroupSize: 32, chunked: true },
   { ...projectionCase({ dtype: 'f16', M: 8, N: 13, K: 70, residual: true, seed: 9 }), rowsPerWorkgroup: 4, workgroupSize: 64 },
+  { ...projectionCase({ dtype: 'f16', M: 8, N: 13, K: 136, residual: true, seed: 9 }), rowsPerWorkgroup: 4, workgroupSize: 64, chunked: true },
   // Workgroups smaller than, equal to and many times a subgroup (the subgroup tier needs no WG >= rows x 8).
   { ...projectionCase({ dtype: 'q8_0', M: 8, N: 37, K: 96, bias: true, residual: true, seed: 10 }), rowsPerWorkgroup: 2, workgroupSize: 256 },
   { ...projectionCase({ dtype: 'q6_k', M: 2, N: 7, K: 512, seed: 11 }), rowsPerWorkgroup: 4, workgroupSize: 128, chunked: true },
@@ -92,6 +99,7 @@ const subgroupOnlyCases: Array<ProjectionCase & { rowsPerWorkgroup: number; work
   { ...projectionCase({ dtype: 'f32', M: 8, N: 37, K: 53, bias: true, residual: true, seed: 12 }), rowsPerWorkgroup: 4, workgroupSize: 4 },
   { ...projectionCase({ dtype: 'q4_k', M: 3, N: 11, K: 512, seed: 13 }), rowsPerWorkgroup: 2, workgroupSize: 8, chunked: true },
   { ...projectionCase({ dtype: 'f16', M: 5, N: 9, K: 70, bias: true, seed: 14 }), rowsPerWorkgroup: 3, workgroupSize: 16 },
+  { ...projectionCase({ dtype: 'f16', M: 5, N: 9, K: 200, bias: true, seed: 14 }), rowsPerWorkgroup: 3, workgroupSize: 4, chunked: true },
 ];
 
 describe('matvec', () => {
@@ -208,14 +216,16 @@ describe('matvec', () => {
     expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 48 })).toThrow(/power of two/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { workgroupSize: 16, rowsPerWorkgroup: 4, tier: 'baseline' })).toThrow(/>= 32/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { tier: 'fast' as Tier })).toThrow(/unknown tier fast/);
-    // The chunked layout: weights served 16 columns at a time only, and K in whole blocks of 32.
+    // The chunked layout: block formats and f16 only, K in whole blocks of 32 or chunks of 8.
     expect(new Matvec(gpu(), { weight, input, output }).layout).toBe('strided');
-    expect(() => new Matvec(gpu(), { weight, input, output }, { layout: 'chunked' })).toThrow(/chunked layout serves .* weights, not f16/);
+    expect(() => new Matvec(gpu(), { weight, input, output }, { layout: 'chunked' })).toThrow(/chunked layout needs K to be a multiple of 8 for f16 \(got 12\)/);
+    const f32Weight = uploadWeight(gpu(), 'w32', packWeight('f32', 8, 16, randomF32(128, 1)));
+    expect(() => new Matvec(gpu(), { weight: f32Weight, input, output }, { layout: 'chunked' })).toThrow(/chunked layout serves .* weights, not f32/);
     expect(() => new Matvec(gpu(), { weight, input, output }, { layout: 'tiled' as MatvecLayout })).toThrow(/unknown layout tiled/);
     const q8Weight = uploadWeight(gpu(), 'w8', packWeight('q8_0', 8, 32, randomF32(256, 1)));
     const q8Input = createStorage(gpu(), 'a8', 32 * 4);
     expect(new Matvec(gpu(), { weight: q8Weight, input: q8Input, output }, { layout: 'chunked' }).layout).toBe('chunked');
-    expect(() => new Matvec(gpu(), { weight: { ...q8Weight, cols: 48 }, input: q8Input, output }, { layout: 'chunked' })).toThrow(/chunked layout needs K to be a multiple of 32 \(got 48\)/);
+    expect(() => new Matvec(gpu(), { weight: { ...q8Weight, cols: 48 }, input: q8Input, output }, { layout: 'chunked' })).toThrow(/chunked layout needs K to be a multiple of 32 for q8_0 \(got 48\)/);
   });
 
   it('refuses a residual that is the output buffer, or does not fit', () => {
