@@ -4,7 +4,8 @@
 // chunk reader, composed before this module:
 //   matvec_chunk_quant.wgsl over a weights_<dtype>_q8.wgsl module: 16 columns of a block format as
 //     int8 quants and one scale, in one 16-byte load (Q8_0: the chunk's 16 bytes; Q4_0: its block's
-//     16; Q4_K: its sub-block pair's half) or four loads of adjacent words (the other formats);
+//     16; Q4_K: its sub-block pair's half), two (Q5_K, Q6_K: low and high bits) or loads of adjacent
+//     words (the other formats);
 //   weights_f16_chunked.wgsl: 8 f16 columns, one 16-byte load.
 // A reader provides
 //   const CHUNK_COLS: u32                                   16 or 8; K % CHUNK_COLS == 0

@@ -8,7 +8,14 @@
 // (low nibble for even j, high for odd, as Q4_K) and bit 4 in bit j of qh[l].
 //! include weights_scales_k4.wgsl
 
-@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/256, 40): qh[32] as 8 u32, qs[128] as 32 u32
+// Typed as 16-byte vectors so that a 16-column chunk (weights_q5_k_q8.wgsl) is two wide loads: its
+// qs and qh words both start on 16 bytes (a super-block's 160 bytes are 10 vectors).
+@group(0) @binding(1) var<storage, read> weight_quants: array<vec4<u32>>; // (N, K/256, 10): qh[32] as 2, qs[128] as 8
+
+// Word i of the quants plane.
+fn q5k_word(i: u32) -> u32 {
+  return weight_quants[i / 4u][i % 4u];
+}
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let block = row * (cols / 256u) + k / 256u;
@@ -16,8 +23,8 @@ fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let l4 = (k % 32u) / 4u; // word of columns l..l+3 within a 32-byte run
   let base = block * 40u;
   let bytes = vec4<u32>(0u, 8u, 16u, 24u);
-  let low = (vec4<u32>(weight_quants[base + 8u + (sub / 2u) * 8u + l4]) >> (bytes + (sub & 1u) * 4u)) & vec4<u32>(15u);
-  let high = (vec4<u32>(weight_quants[base + l4]) >> (bytes + sub)) & vec4<u32>(1u);
+  let low = (vec4<u32>(q5k_word(base + 8u + (sub / 2u) * 8u + l4)) >> (bytes + (sub & 1u) * 4u)) & vec4<u32>(15u);
+  let high = (vec4<u32>(q5k_word(base + l4)) >> (bytes + sub)) & vec4<u32>(1u);
   let sm = scale_min_k4(block, sub);
   // q * (d * sc) is exact in f32 (at most 22 significant bits): one rounding, at - dmin * m, as ggml.
   return vec4<f32>(low | (high << vec4<u32>(4u))) * sm.x - sm.y;

@@ -8,8 +8,15 @@
 // Scales stay int8 and d f16 (not precomputed as f32 d * sc per 16 columns): that would cost 8 bits
 // per weight instead of 6.625 (the file's 6.5625 plus 2 bytes of padding per super-block).
 
-@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/256, 48): ql[128] as 32 u32, qh[64] as 16 u32
+// Typed as 16-byte vectors so that a 16-column chunk (weights_q6_k_q8.wgsl) is two wide loads: its
+// ql and qh words both start on 16 bytes (a super-block's 192 bytes are 12 vectors).
+@group(0) @binding(1) var<storage, read> weight_quants: array<vec4<u32>>; // (N, K/256, 12): ql[128] as 8, qh[64] as 4
 @group(0) @binding(2) var<storage, read> weight_scales: array<u32>; // (N, K/256, 5): scales[16] int8 as 4 u32, d f16 (low half)
+
+// Word i of the quants plane.
+fn q6_word(i: u32) -> u32 {
+  return weight_quants[i / 4u][i % 4u];
+}
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let block = row * (cols / 256u) + k / 256u;
@@ -18,8 +25,8 @@ fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let g = (e % 128u) / 32u;
   let l = e % 32u;
   let base = block * 48u;
-  let low = weight_quants[base + h * 16u + (g % 2u) * 8u + l / 4u];
-  let high = weight_quants[base + 32u + h * 8u + l / 4u];
+  let low = q6_word(base + h * 16u + (g % 2u) * 8u + l / 4u);
+  let high = q6_word(base + 32u + h * 8u + l / 4u);
   let bytes = vec4<u32>(0u, 8u, 16u, 24u);
   let lo4 = (vec4<u32>(low) >> (bytes + (g / 2u) * 4u)) & vec4<u32>(15u);
   let hi2 = (vec4<u32>(high) >> (bytes + g * 2u)) & vec4<u32>(3u);

@@ -10,12 +10,11 @@ fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
   let g = (e % 128u) / 32u;
   let l = e % 32u;
   let base = block * 48u;
+  // Word offsets, multiples of 4 (l is 0 or 16): one vector each.
   let lo = base + h * 16u + (g % 2u) * 8u + l / 4u;
   let hi = base + 32u + h * 8u + l / 4u;
-  let low = (vec4<u32>(weight_quants[lo], weight_quants[lo + 1u], weight_quants[lo + 2u], weight_quants[lo + 3u])
-             >> vec4<u32>((g / 2u) * 4u)) & vec4<u32>(0x0f0f0f0fu);
-  let high = ((vec4<u32>(weight_quants[hi], weight_quants[hi + 1u], weight_quants[hi + 2u], weight_quants[hi + 3u])
-              >> vec4<u32>(g * 2u)) & vec4<u32>(0x03030303u)) << vec4<u32>(4u);
+  let low = (weight_quants[lo / 4u] >> vec4<u32>((g / 2u) * 4u)) & vec4<u32>(0x0f0f0f0fu);
+  let high = ((weight_quants[hi / 4u] >> vec4<u32>(g * 2u)) & vec4<u32>(0x03030303u)) << vec4<u32>(4u);
   let s = block * 5u;
   let sc = (bitcast<i32>(weight_scales[s + e / 64u]) << (24u - ((e / 16u) % 4u) * 8u)) >> 24u;
   let scale = unpack2x16float(weight_scales[s + 4u]).x * f32(sc);
