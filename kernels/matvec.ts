@@ -92,8 +92,8 @@ export interface MatvecOptions {
  * 'strided': each thread takes 4 columns of K, then the 4 that lie 4 x WG further on
  * (shaders/matvec_sums.wgsl), a word and a scale per 4 columns of a quantised weight row, 8 bytes of an
  * f16 one. 'chunked': each thread takes a chunk of consecutive columns (shaders/matvec_sums_chunked.wgsl):
- * 16 of a block format, their quants in one 16-byte load (Q8_0, Q4_0, Q4_K), two (Q5_K, Q6_K) or
- * adjacent words, and one scale; 8 of f16, one 16-byte load. The wider loads a GPU's memory system may prefer. Same
+ * 16 of a block format, their quants in one 16-byte load (Q8_0, Q4_0, Q4_1, Q2_K, Q4_K), two (Q3_K,
+ * Q5_K, Q6_K) or five words (Q5_0, Q5_1), and one scale; 8 of f16, one 16-byte load. The wider loads a GPU's memory system may prefer. Same
  * products, summed in another order.
  */
 export type MatvecLayout = 'strided' | 'chunked';

@@ -3,9 +3,9 @@
 // (matvec_sums.wgsl) reads 4 columns per step, its threads 4 columns apart. The chunk comes from a
 // chunk reader, composed before this module:
 //   matvec_chunk_quant.wgsl over a weights_<dtype>_q8.wgsl module: 16 columns of a block format as
-//     int8 quants and one scale, in one 16-byte load (Q8_0: the chunk's 16 bytes; Q4_0: its block's
-//     16; Q4_K: its sub-block pair's half), two (Q5_K, Q6_K: low and high bits) or loads of adjacent
-//     words (the other formats);
+//     int8 quants and one scale, in one 16-byte load (Q8_0: the chunk's 16 bytes; Q4_0, Q4_1: its
+//     block's 16; Q4_K: its sub-block pair's half; Q2_K: its 16 bytes of 2-bit fields), two (Q3_K,
+//     Q5_K, Q6_K: low and high bits) or five words (Q5_0, Q5_1: 20-byte blocks, not on 16 bytes);
 //   weights_f16_chunked.wgsl: 8 f16 columns, one 16-byte load.
 // A reader provides
 //   const CHUNK_COLS: u32                                   16 or 8; K % CHUNK_COLS == 0

@@ -7,7 +7,8 @@
 // Columns are laid out as weights_k_low_bits.wgsl says.
 //! include weights_k_low_bits.wgsl
 
-@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/256, 16): qs[64] as 16 u32
+// Typed as 16-byte vectors so that a 16-column chunk (weights_q2_k_q8.wgsl) is one wide load.
+@group(0) @binding(1) var<storage, read> weight_quants: array<vec4<u32>>; // (N, K/256, 4): qs[64] as 4 vectors
 @group(0) @binding(2) var<storage, read> weight_scales: array<u32>; // (N, K/256, 5): scales[16] as 4 u32, d | dmin << 16 (f16)
 
 // (scale, offset) of sub-block s of super-block `block`: value = q * scale + offset, scale = d * sc and
@@ -20,7 +21,8 @@ fn sub_block_scale(block: u32, s: u32) -> vec2<f32> {
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let c = low_bit_column(row, k, cols);
-  let q = (vec4<u32>(weight_quants[c.block * 16u + c.n * 8u + c.h * 4u + (k % 16u) / 4u]) >> (vec4<u32>(0u, 8u, 16u, 24u) + 2u * c.j)) & vec4<u32>(3u);
+  let word = weight_quants[c.block * 4u + c.n * 2u + c.h][(k % 16u) / 4u];
+  let q = (vec4<u32>(word) >> (vec4<u32>(0u, 8u, 16u, 24u) + 2u * c.j)) & vec4<u32>(3u);
   let so = sub_block_scale(c.block, c.s);
   // q * scale is exact in f32: one rounding, at the sum, as in ggml.
   return vec4<f32>(q) * so.x + so.y;

@@ -5,9 +5,8 @@
 
 fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
   let c = low_bit_column(row, k, cols);
-  // qs[32 n + 16 h + l] for l = 0..15 is four words; column l's two bits sit at 2 j of byte l.
-  let base = c.block * 16u + c.n * 8u + c.h * 4u;
-  let words = vec4<u32>(weight_quants[base], weight_quants[base + 1u], weight_quants[base + 2u], weight_quants[base + 3u]);
+  // qs[32 n + 16 h + l] for l = 0..15 is one vector; column l's two bits sit at 2 j of byte l.
+  let words = weight_quants[c.block * 4u + c.n * 2u + c.h];
   let so = sub_block_scale(c.block, c.s);
   return Chunk16((words >> vec4<u32>(2u * c.j)) & vec4<u32>(0x03030303u), so.x, so.y);
 }

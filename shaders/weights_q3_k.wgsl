@@ -11,7 +11,8 @@
 // file's 3.4375 plus 2 bytes of padding per super-block so every block's scales start on a word.
 //! include weights_k_low_bits.wgsl
 
-@group(0) @binding(1) var<storage, read> weight_quants: array<u32>;       // (N, K/256, 24): hmask[32] as 8 u32, qs[64] as 16 u32
+// Typed as 16-byte vectors so that a 16-column chunk (weights_q3_k_q8.wgsl) is two wide loads.
+@group(0) @binding(1) var<storage, read> weight_quants: array<vec4<u32>>; // (N, K/256, 6): hmask[32] as 2 vectors, qs[64] as 4
 @group(0) @binding(2) var<storage, read> weight_scales: array<vec4<u32>>; // (N, K/256): scales[12] as 3 u32, d (f16, low half)
 
 // d * (sc - 32) of sub-block s of super-block `block`: exact in f32 (an f16 times a 6-bit integer).
@@ -25,10 +26,10 @@ fn sub_block_scale(block: u32, s: u32) -> f32 {
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
   let c = low_bit_column(row, k, cols);
   let l4 = (k % 16u) / 4u; // word of columns l..l+3 within a 16-byte run
-  let base = c.block * 24u;
+  let base = c.block * 6u;
   let bytes = vec4<u32>(0u, 8u, 16u, 24u);
-  let low = (vec4<u32>(weight_quants[base + 8u + c.n * 8u + c.h * 4u + l4]) >> (bytes + 2u * c.j)) & vec4<u32>(3u);
-  let high = (vec4<u32>(weight_quants[base + c.h * 4u + l4]) >> (bytes + 4u * c.n + c.j)) & vec4<u32>(1u);
+  let low = (vec4<u32>(weight_quants[base + 2u + c.n * 2u + c.h][l4]) >> (bytes + 2u * c.j)) & vec4<u32>(3u);
+  let high = (vec4<u32>(weight_quants[base + c.h][l4]) >> (bytes + 4u * c.n + c.j)) & vec4<u32>(1u);
   let q = vec4<i32>(low | (high << vec4<u32>(2u))) - vec4<i32>(4);
   // q * (d * sc) is exact in f32 (at most 20 significant bits), as in ggml.
   return vec4<f32>(q) * sub_block_scale(c.block, c.s);

@@ -5,14 +5,10 @@
 
 fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
   let c = low_bit_column(row, k, cols);
-  // Low bits: qs[32 n + 16 h + l] at 2 j; high bit: hmask[16 h + l] at 4 n + j; l = 0..15 is four words.
-  let base = c.block * 24u;
-  let qs = base + 8u + c.n * 8u + c.h * 4u;
-  let hm = base + c.h * 4u;
-  let low = (vec4<u32>(weight_quants[qs], weight_quants[qs + 1u], weight_quants[qs + 2u], weight_quants[qs + 3u])
-             >> vec4<u32>(2u * c.j)) & vec4<u32>(0x03030303u);
-  let high = (vec4<u32>(weight_quants[hm], weight_quants[hm + 1u], weight_quants[hm + 2u], weight_quants[hm + 3u])
-              >> vec4<u32>(4u * c.n + c.j)) & vec4<u32>(0x01010101u);
+  // Low bits: qs[32 n + 16 h + l] at 2 j; high bit: hmask[16 h + l] at 4 n + j; l = 0..15 is one vector.
+  let base = c.block * 6u;
+  let low = (weight_quants[base + 2u + c.n * 2u + c.h] >> vec4<u32>(2u * c.j)) & vec4<u32>(0x03030303u);
+  let high = (weight_quants[base + c.h] >> vec4<u32>(4u * c.n + c.j)) & vec4<u32>(0x01010101u);
   let scale = sub_block_scale(c.block, c.s);
   return Chunk16(low | (high << vec4<u32>(2u)), scale, -4.0 * scale);
 }

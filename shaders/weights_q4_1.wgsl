@@ -5,10 +5,11 @@
 //! include weights_scales_min.wgsl
 //! include weights_nibbles.wgsl
 
-@group(0) @binding(1) var<storage, read> weight_quants: array<u32>; // (N, K/32, 4): 16 nibble bytes per block
+// Typed as 16-byte vectors so that a 16-column chunk (weights_q4_1_q8.wgsl) is one wide load.
+@group(0) @binding(1) var<storage, read> weight_quants: array<vec4<u32>>; // (N, K/32): 16 nibble bytes per block
 
 fn weight4(row: u32, k: u32, cols: u32) -> vec4<f32> {
-  let word = weight_quants[row * (cols / 8u) + (k / 32u) * 4u + (k % 16u) / 4u];
+  let word = weight_quants[row * (cols / 32u) + k / 32u][(k % 16u) / 4u];
   let dm = weight_scale_min(row, k, cols);
   // nibble * d is exact in f32 (at most 15 significant bits): one rounding, at + m, as in ggml.
   return vec4<f32>(block_nibbles(word, k)) * dm.x + dm.y;

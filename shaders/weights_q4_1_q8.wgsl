@@ -3,8 +3,7 @@
 //! include weights_q4_1.wgsl
 
 fn weight_chunk16(row: u32, k: u32, cols: u32) -> Chunk16 {
-  let base = row * (cols / 8u) + (k / 32u) * 4u;
-  let words = vec4<u32>(weight_quants[base], weight_quants[base + 1u], weight_quants[base + 2u], weight_quants[base + 3u]);
+  let words = weight_quants[row * (cols / 32u) + k / 32u];
   let q = (words >> vec4<u32>(select(0u, 4u, (k & 16u) != 0u))) & vec4<u32>(0x0f0f0f0fu);
   let dm = weight_scale_min(row, k, cols);
   return Chunk16(q, dm.x, dm.y);
