@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
-import { BufferArena, createStorage, readF32 } from '../src/gpu/buffers.ts';
+import { BufferArena, createStorage, readF32, readU32 } from '../src/gpu/buffers.ts';
 import { PipelineCache, pipelineKey } from '../src/gpu/pipelines.ts';
 import { GpuError, NoAdapterError, OptionError } from '../src/errors.ts';
 import { useGpu } from './support/gpu.ts';
@@ -105,6 +105,45 @@ describe('buffers', () => {
     expect(arena.bytes).toBe(0);
   });
 
+  it('leaves workgroup memory unfilled (disable_workgroup_init): a workgroup sees what earlier ones wrote', async () => {
+    // Kernels must write workgroup memory before reading it. That the suite would catch one that does
+    // not rests on this: on the software adapters, workgroup memory keeps earlier workgroups' values.
+    const { device, info } = gpu();
+    const kernel = (body: string) => device.createComputePipeline({
+      layout: 'auto',
+      compute: {
+        entryPoint: 'main',
+        module: device.createShaderModule({
+          code: `var<workgroup> mem: array<u32, 256>;
+            @group(0) @binding(0) var<storage, read_write> out: array<u32>;
+            @compute @workgroup_size(64) fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) { ${body} }`,
+        }),
+      },
+    });
+    const write = kernel('for (var i = lid; i < 256u; i += 64u) { mem[i] = 0x5eed0000u + i; } workgroupBarrier(); if (lid == 0u) { out[wid.x] = 0u; }');
+    // Each workgroup of the second kernel counts the cells it finds non-zero before writing any.
+    const read = kernel('var seen = 0u; for (var i = 0u; i < 256u; i++) { seen += select(0u, 1u, mem[i] != 0u); } if (lid == 0u) { out[wid.x] = seen; }');
+    // Several rounds of the pair, each reader writing its own 256 bytes (the offset alignment): the
+    // software adapters' workgroups usually reuse a thread's memory, but not every time.
+    const rounds = 8;
+    const out = createStorage(gpu(), 'workgroup-init.out', rounds * 256);
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    for (let round = 0; round < rounds; round++) {
+      for (const pipeline of [write, read]) {
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out, offset: round * 256, size: 256 } }] }));
+        pass.dispatchWorkgroups(64);
+      }
+    }
+    pass.end();
+    device.queue.submit([encoder.finish()]);
+    const seen = await readU32(gpu(), out, rounds * 64);
+    out.destroy();
+    // A GPU may hand a workgroup fresh memory; the software adapters reuse their threads' memory.
+    if (info.isSoftware) expect(Math.max(...seen)).toBeGreaterThan(0);
+  });
+
   it('refuses a buffer larger than the storage binding limit', () => {
     expect(() => createStorage(gpu(), 'huge', gpu().limits.maxStorageBufferBindingSize + 4)).toThrow(/maxStorageBufferBindingSize/);
   });
@@ -145,15 +184,24 @@ describe('device acquisition without a usable adapter', () => {
     );
   }
 
-  it('WEBGPU_MINER_DAWN_TOGGLES reaches every Dawn instance; a malformed list is refused before any', async () => {
+  it('WEBGPU_MINER_DAWN_TOGGLES reaches every Dawn instance beside the defaults, -name drops one; a malformed list is refused before any', async () => {
     vi.stubEnv('WEBGPU_MINER_DAWN_TOGGLES', ' skip_validation, disable_robustness,');
     try {
       const { acquire, created } = await withDawn(async () => null);
       await failure(acquire, 'auto');
       expect(created).toEqual([
-        ['enable-dawn-features=vulkan_enable_f16_on_nvidia,skip_validation,disable_robustness'],
-        ['backend=vulkan', 'adapter=llvmpipe', 'enable-dawn-features=skip_validation,disable_robustness'],
-        ['backend=opengles', 'enable-dawn-features=skip_validation,disable_robustness'],
+        ['enable-dawn-features=vulkan_enable_f16_on_nvidia,disable_workgroup_init,skip_validation,disable_robustness'],
+        ['backend=vulkan', 'adapter=llvmpipe', 'enable-dawn-features=disable_workgroup_init,skip_validation,disable_robustness'],
+        ['backend=opengles', 'enable-dawn-features=disable_workgroup_init,skip_validation,disable_robustness'],
+      ]);
+      // A leading - drops a default.
+      vi.stubEnv('WEBGPU_MINER_DAWN_TOGGLES', '-disable_workgroup_init');
+      const dropped = await withDawn(async () => null);
+      await failure(dropped.acquire, 'auto');
+      expect(dropped.created).toEqual([
+        ['enable-dawn-features=vulkan_enable_f16_on_nvidia'],
+        ['backend=vulkan', 'adapter=llvmpipe'],
+        ['backend=opengles'],
       ]);
       vi.stubEnv('WEBGPU_MINER_DAWN_TOGGLES', 'skip validation');
       const bad = await withDawn(async () => null);

@@ -119,23 +119,30 @@ function prepareSoftwareEnvironment(): void {
 // kernelTiers({ baselineOnly }) / a Matmul's tier option keep such a device on the f32 baseline.
 const HARDWARE_TOGGLES = ['vulkan_enable_f16_on_nvidia'];
 
+// Toggles on for every Dawn instance, software adapters included, so that the test suite runs the
+// kernels as a GPU runs them. disable_workgroup_init: WGSL zero-fills a kernel's workgroup memory
+// before its first invocation runs, which Dawn does with stores and a barrier in every workgroup.
+// Every kernel here writes workgroup memory before reading it, so that work is skipped. Without the
+// fill, workgroup memory starts with what earlier workgroups left there (test/device.test.ts shows
+// it on both software adapters), so a kernel that read it unwritten fails its float64 tests there.
+const KERNEL_TOGGLES = ['disable_workgroup_init'];
+
 /**
- * Dawn toggles to enable on top of the adapter's own, from WEBGPU_MINER_DAWN_TOGGLES (comma-separated),
- * for measuring them (bench/kit/run.sh times the host with skip_validation,disable_robustness). None is
- * on by default; README.md ("Dawn toggles") gives the figures and reasons:
+ * The Dawn toggles to enable: `base` (the adapter's own), KERNEL_TOGGLES, and those named in
+ * WEBGPU_MINER_DAWN_TOGGLES (comma-separated), where `-name` drops a default instead (to time it, or
+ * rule it out). README.md ("Dawn toggles") gives the figures and reasons; none of these is on by default:
  *   skip_validation       no host time saved on Dawn's Vulkan backend, and validation is what turns a
  *                         bad dispatch into a clear error instead of a lost device;
  *   disable_robustness    no kernel time saved on lavapipe; it removes the bounds clamping that keeps a
- *                         wrong index from reading another allocation;
- *   disable_workgroup_init  unsafe here: the subgroup matvec's leader bitmask relies on WGSL's
- *                         zero-initialised workgroup memory.
+ *                         wrong index from reading another allocation.
  */
 function dawnToggles(base: string[] = []): string[] {
-  const extra = (process.env.WEBGPU_MINER_DAWN_TOGGLES ?? '').split(',').map((t) => t.trim()).filter(Boolean);
-  for (const toggle of extra) {
-    if (!/^[a-z0-9_]+$/.test(toggle)) throw new OptionError(`WEBGPU_MINER_DAWN_TOGGLES: '${toggle}' is not a Dawn toggle name (lower-case letters, digits, _)`);
+  const asked = (process.env.WEBGPU_MINER_DAWN_TOGGLES ?? '').split(',').map((t) => t.trim()).filter(Boolean);
+  for (const toggle of asked) {
+    if (!/^-?[a-z0-9_]+$/.test(toggle)) throw new OptionError(`WEBGPU_MINER_DAWN_TOGGLES: '${toggle}' is not a Dawn toggle name (lower-case letters, digits, _; a leading - drops a default)`);
   }
-  const all = [...base, ...extra];
+  const dropped = new Set(asked.filter((t) => t.startsWith('-')).map((t) => t.slice(1)));
+  const all = [...new Set([...base, ...KERNEL_TOGGLES, ...asked.filter((t) => !t.startsWith('-'))])].filter((t) => !dropped.has(t));
   return all.length > 0 ? [`enable-dawn-features=${all.join(',')}`] : [];
 }
 
