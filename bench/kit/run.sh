@@ -7,7 +7,8 @@
 # q4_k) with random weights (seed 1) into $WEBGPU_MINER_SYNTH_DIR (default /tmp), or reuses the one
 # already there, and runs `bench --model FILE --peer-gpu` on it: llama.cpp on its GPU build (a kit
 # built with --llama-cpp vulkan|cuda) on the same file and GPU.
-# Writes OUT_DIR/info.json and OUT_DIR/<gpu>.json, .md and .svg (the bench's report), and prints the table.
+# Writes OUT_DIR/info.json and OUT_DIR/<gpu>.json, .md and .svg (the bench's report), and prints the table;
+# then <gpu>-host-toggles.json and <gpu>-workgroup-fill-on|off.json (README: Dawn toggles).
 set -eu
 KIT=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:?usage: run.sh OUT_DIR [--synthetic SHAPE-DTYPE] [bench options...]}
@@ -67,4 +68,12 @@ node --import tsx src/cli.ts bench --adapter "$ADAPTER" --json "$OUT/$NAME.json"
 WEBGPU_MINER_DAWN_TOGGLES=skip_validation,disable_robustness \
   node --import tsx src/cli.ts bench --host-only --adapter "$ADAPTER" --json "$OUT/$NAME-host-toggles.json" ||
   echo "kit: the host run with Dawn toggles failed (the main report stands)" >&2
+# The Q4_0 decode matvecs with WGSL's zero fill of workgroup memory (which the runtime turns off:
+# README, Dawn toggles) and without it, one after the other: what skipping the fill saves on this GPU.
+for FILL in on off; do
+  if [ "$FILL" = on ]; then TOGGLES=-disable_workgroup_init; else TOGGLES=; fi
+  WEBGPU_MINER_DAWN_TOGGLES=$TOGGLES node --import tsx bench/kernels.ts --adapter "$ADAPTER" --shapes llama-7b \
+    --kinds matvec --dtypes q4_0 --json "$OUT/$NAME-workgroup-fill-$FILL.json" ||
+    echo "kit: the matvec run with the workgroup fill $FILL failed (the main report stands)" >&2
+done
 echo "kit: results in $OUT/$NAME.json, .md and .svg" >&2
