@@ -34,7 +34,9 @@ export default defineConfig({
     maxWorkers: Math.max(2, availableParallelism() - 1),
     // No `include` here: a project that extends this config would get it concatenated with its own.
     testTimeout: 120_000,
-    hookTimeout: 120_000,
+    // Hooks load engines, and the first load of a file warms the shader cache (test/support/test-engine.ts):
+    // with a cold cache on a busy machine that took two minutes here.
+    hookTimeout: 600_000,
     projects: chosen
       ? [{ extends: true, test: { name: chosen, include: ALL_TESTS, env: AUTOTUNE_ENV } }]
       : [

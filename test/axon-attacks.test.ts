@@ -18,8 +18,11 @@ import { DEFAULT_LIMITS, resolveLimits } from '../src/axon/limits.ts';
 import { signRequest, type Signer } from '../src/wire/signing.ts';
 import { ValidatorClient } from '../src/validator/client.ts';
 import { RawPeer, devKeys, sleep, startAxon, waitFor, type Received, type TestAxon } from './support/axon-harness.ts';
+import { warmTestShaders } from './support/test-engine.ts';
 
 const keys = await devKeys();
+// The engine's kernels compiled before any test times anything (test/support/test-engine.ts).
+beforeAll(warmTestShaders);
 const TEST_WORKER = new URL('./support/crypto-test-worker.mjs', import.meta.url);
 
 const ping = (signer: Signer = keys.alice, fields: Partial<Parameters<typeof signRequest>[1]> = {}) =>

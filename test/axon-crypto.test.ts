@@ -10,7 +10,7 @@
 import { once } from 'node:events';
 import { Command } from 'commander';
 import { pino } from 'pino';
-import { describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { CryptoPool } from '../src/wire/crypto-pool.ts';
 import { VerificationError, decodeResponseBody, decodeResponseFrame, encodeBody, encodeFrame, type ResponseFrame } from '../src/wire/protocol.ts';
@@ -18,9 +18,12 @@ import { addServeOptions, parseServeOptions } from '../src/axon/serve.ts';
 import { signRequest, signedMessage, verifySignature, type Signer } from '../src/wire/signing.ts';
 import { ValidatorClient, createVerifyPool, type GenerationResult } from '../src/validator/client.ts';
 import { RawPeer, captureLogger, devKeys, startAxon, waitFor, type Received } from './support/axon-harness.ts';
+import { warmTestShaders } from './support/test-engine.ts';
 import { heldGenerator } from './support/held-generator.ts';
 
 const keys = await devKeys();
+// The engine's kernels compiled before any test times anything (test/support/test-engine.ts).
+beforeAll(warmTestShaders);
 const TEST_WORKER = new URL('./support/crypto-test-worker.mjs', import.meta.url);
 
 /** A flag the test worker waits on before checking a held frame's signature; release() lets it go. */

@@ -5,8 +5,38 @@ import { Engine } from '../../src/engine/engine.ts';
 import type { TextGenerator } from '../../src/engine/types.ts';
 import type { Transformer } from '../../models/transformer.ts';
 
+const ENGINE_OPTIONS = { slots: 32, capacity: 256, prefillChunk: 64 };
+
 export async function createTestGenerator(): Promise<TextGenerator> {
-  return Engine.load({ slots: 32, capacity: 256, prefillChunk: 64 });
+  await warmTestShaders();
+  return Engine.load(ENGINE_OPTIONS);
+}
+
+/**
+ * A software adapter compiles each kernel at its first dispatch. With a cold shader cache on a busy
+ * machine, an engine's first generation took over two minutes here, past the request timeout some
+ * axon tests serve under. So once per test file a throwaway engine generates first (greedy, then
+ * sampled with logprobs: every kernel a generation runs) and is closed; the compiled kernels stay in
+ * the driver's shader cache, and the engines the tests get start warm (under a second for the same
+ * generation). createTestGenerator does it first; a file whose first engine is made inside a test
+ * calls it in a beforeAll, so that the hook's timeout, not the test's, bounds it. A generation that
+ * fails here is the tests' to report: the engine they load fails the same way.
+ */
+export function warmTestShaders(): Promise<void> {
+  return (shadersWarm ??= warmShaders());
+}
+let shadersWarm: Promise<void> | undefined;
+async function warmShaders(): Promise<void> {
+  const engine = await Engine.load(ENGINE_OPTIONS);
+  try {
+    for (const request of [{ prompt: 'warm', maxTokens: 2 }, { prompt: 'warm', maxTokens: 2, temperature: 0.8, seed: 1, logprobs: 3 }]) {
+      for await (const _ of engine.generate(request)) { /* compiled by running */ }
+    }
+  } catch {
+    // Left to the tests (above).
+  } finally {
+    await engine.close(0);
+  }
 }
 
 /**
