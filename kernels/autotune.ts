@@ -17,6 +17,12 @@
 // workgroup also scales and squares the activations it loads) or reads the norm kernel's output (two
 // dispatches): which costs less depends on the adapter (on lavapipe the fold loses, as a dispatch
 // there is cheap), so it is timed too, both ways over the same shapes.
+//
+// The same file holds the one decode fold outside the matvecs (autotuneRopeKvFold): whether decode
+// attention rotates and stores the step's key and value itself (DecodeAttention's newKv, one dispatch
+// a layer fewer; every workgroup rotates its own query head, and the split holding the step's key
+// also rounds or quantises it) or a RoPE + KV-write kernel runs before it. It is timed on the model's
+// attention shape and KV dtype, both ways, at a short and a long context.
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -26,6 +32,8 @@ import { timeSample } from '../src/gpu/timing.ts';
 import { ShapeError } from '../src/errors.ts';
 import { CHUNKED_DTYPES, chunkedColumnMultiple, MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecLayout, type MatvecOptions } from './matvec.ts';
 import { Norm } from './norm.ts';
+import { DecodeAttention, KvWrite, kvBlockBytes, kvTableWidth, type KvDtype } from './attention.ts';
+import { RopeKvWrite, type RopeMode } from './rope.ts';
 import { hasPackedDot, type MatvecActivations, type Tier } from './tiers.ts';
 import { BLOCK_COLUMNS, isQuantDtype, planeWords, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
 import { uploadWeight } from './weights-upload.ts';
@@ -117,7 +125,8 @@ export function autotuneKey(gpu: Pick<Gpu, 'info'>): string {
 
 interface CacheEntry {
   tunedAt: string;
-  tunings: Record<string, MatvecTuning>;
+  /** By tuningId (a matvec's MatvecTuning) or ropeKvFoldId (a RopeKvFoldTuning). */
+  tunings: Record<string, unknown>;
 }
 
 interface CacheFile {
@@ -161,6 +170,40 @@ function writeCache(path: string, file: CacheFile, warn: (message: string) => vo
   }
 }
 
+/**
+ * This adapter's entry of the cache file: its tunings by id as read, and the ones made now, which
+ * save() writes back (keeping the entry's others).
+ */
+class TuningCache {
+  readonly path: string;
+  readonly key: string;
+  readonly #warn: (message: string) => void;
+  readonly #file: CacheFile;
+  readonly #made: Record<string, unknown> = {};
+
+  constructor(path: string, key: string, warn: (message: string) => void) {
+    this.path = path;
+    this.key = key;
+    this.#warn = warn;
+    this.#file = readCache(path, warn);
+  }
+
+  get(id: string): unknown {
+    return this.#file.entries[this.key]?.tunings?.[id];
+  }
+
+  set(id: string, value: unknown): void {
+    this.#made[id] = value;
+  }
+
+  save(): void {
+    if (Object.keys(this.#made).length === 0) return;
+    const tunings = { ...(this.#file.entries[this.key]?.tunings ?? {}), ...this.#made };
+    this.#file.entries[this.key] = { tunedAt: new Date().toISOString(), tunings };
+    writeCache(this.path, this.#file, this.#warn);
+  }
+}
+
 /** The tuning's id inside an entry: the dtype and the shapes it was timed on. */
 function tuningId(dtype: WeightDtype, shapes: AutotuneRequest['shapes']): string {
   return `${dtype} ${shapes.map(({ N, K }) => `${N}x${K}`).join(',')}`;
@@ -190,8 +233,6 @@ function usable(gpu: Gpu, dtype: WeightDtype, value: unknown): MatvecTuning | un
  */
 export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, options: AutotuneOptions = {}): Promise<AutotuneResult> {
   const warn = options.warn ?? ((message: string) => console.warn(message));
-  const path = options.cachePath ?? autotuneCachePath();
-  const key = autotuneKey(gpu);
   for (const dtype of request.dtypes) {
     if (!WEIGHT_DTYPES.includes(dtype)) throw new ShapeError(`autotune: unknown weight dtype ${String(dtype)}`);
   }
@@ -199,13 +240,12 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
   for (const { N, K } of request.shapes) {
     if (!Number.isSafeInteger(N) || N < 1 || !Number.isSafeInteger(K) || K < 1) throw new ShapeError(`autotune: bad shape ${N}x${K}`);
   }
-  const file = readCache(path, warn);
-  const entry = file.entries[key];
+  const cache = new TuningCache(options.cachePath ?? autotuneCachePath(), autotuneKey(gpu), warn);
   const tunings: MatvecTunings = {};
   const cached: WeightDtype[] = [];
   const tuned: WeightDtype[] = [];
   for (const dtype of new Set(request.dtypes)) {
-    const hit = entry && usable(gpu, dtype, entry.tunings?.[tuningId(dtype, request.shapes)]);
+    const hit = usable(gpu, dtype, cache.get(tuningId(dtype, request.shapes)));
     if (hit) {
       tunings[dtype] = hit;
       cached.push(dtype);
@@ -214,19 +254,15 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
     options.progress?.(`autotune: timing ${dtype} matvec variants`);
     try {
       tunings[dtype] = await tuneDtype(gpu, dtype, request.shapes);
+      cache.set(tuningId(dtype, request.shapes), tunings[dtype]);
       tuned.push(dtype);
     } catch (err) {
       // Tuning is an optimisation: a failure leaves this dtype on the static defaults, never fails the load.
       warn(`autotune: ${dtype} keeps the static defaults (${(err as Error).message})`);
     }
   }
-  if (tuned.length > 0) {
-    const tuningsById: Record<string, MatvecTuning> = { ...(entry?.tunings ?? {}) };
-    for (const dtype of tuned) tuningsById[tuningId(dtype, request.shapes)] = tunings[dtype]!;
-    file.entries[key] = { tunedAt: new Date().toISOString(), tunings: tuningsById };
-    writeCache(path, file, warn);
-  }
-  return { tunings, cached, tuned, key, path };
+  cache.save();
+  return { tunings, cached, tuned, key: cache.key, path: cache.path };
 }
 
 /**
@@ -248,6 +284,77 @@ export function tunedMatvecOptions(tunings: MatvecTunings | undefined, weight: P
 /** Whether a projection over `dtype` folds the norm before it in (the static default: yes). */
 export function tunedNormFold(tunings: MatvecTunings | undefined, dtype: WeightDtype): boolean {
   return tunings?.[dtype]?.normFold ?? true;
+}
+
+/** A model's decode attention, whose RoPE + KV-write fold autotuneRopeKvFold times. */
+export interface RopeKvFoldRequest {
+  Hq: number;
+  Hkv: number;
+  D: number;
+  kvDtype: KvDtype;
+  /** Leading dimensions of a head that RoPE rotates; 0 for learned positions (the fold is then the KV write alone). */
+  rotaryDims: number;
+  mode: RopeMode;
+  /** Qwen3, Gemma 3: an RMSNorm of each query and key head before RoPE. */
+  headNorm: boolean;
+  /** The model's most positions per sequence. */
+  capacity: number;
+  /** Keys in the cache at the steps timed, each <= capacity (each length timed both ways; the times summed). */
+  lengths: readonly number[];
+}
+
+export interface RopeKvFoldTuning {
+  /** Decode attention rotates and stores the step's key and value itself (DecodeAttention's newKv). */
+  fold: boolean;
+  /** Milliseconds of one batch-1 decode step's attention (with its RoPE + KV write) summed over the lengths, each way. */
+  foldedMs: number;
+  apartMs: number;
+}
+
+export interface RopeKvFoldResult {
+  tuning: RopeKvFoldTuning;
+  /** True when the cache had it (nothing was timed). */
+  cached: boolean;
+}
+
+/** The tuning's id inside an entry: the attention shape, KV dtype, RoPE and lengths it was timed on. */
+function ropeKvFoldId(r: RopeKvFoldRequest): string {
+  return `rope-kv ${r.kvDtype} Hq=${r.Hq} Hkv=${r.Hkv} D=${r.D} rotary=${r.rotaryDims} ${r.mode}${r.headNorm ? ' head-norm' : ''} capacity=${r.capacity} L=${r.lengths.join(',')}`;
+}
+
+function usableRopeKvFold(value: unknown): RopeKvFoldTuning | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { fold, foldedMs, apartMs } = value as Partial<RopeKvFoldTuning>;
+  if (typeof fold !== 'boolean' || typeof foldedMs !== 'number' || typeof apartMs !== 'number') return undefined;
+  return { fold, foldedMs, apartMs };
+}
+
+/**
+ * Whether decode attention should fold the step's RoPE and KV write in on this adapter, for this
+ * attention shape: from the cache where this adapter's key has it, else timed now (and written back).
+ * A failure to time costs a warning and gives the static default (fold), never the load.
+ */
+export async function autotuneRopeKvFold(gpu: Gpu, request: RopeKvFoldRequest, options: AutotuneOptions = {}): Promise<RopeKvFoldResult> {
+  const warn = options.warn ?? ((message: string) => console.warn(message));
+  if (request.lengths.length === 0) throw new ShapeError('autotune: no context lengths to time the RoPE + KV-write fold at');
+  for (const L of request.lengths) {
+    if (!Number.isSafeInteger(L) || L < 1 || L > request.capacity) throw new ShapeError(`autotune: context length ${L} is not in 1..capacity (${request.capacity})`);
+  }
+  const cache = new TuningCache(options.cachePath ?? autotuneCachePath(), autotuneKey(gpu), warn);
+  const id = ropeKvFoldId(request);
+  const hit = usableRopeKvFold(cache.get(id));
+  if (hit) return { tuning: hit, cached: true };
+  options.progress?.('autotune: timing the RoPE + KV-write fold of decode attention');
+  let tuning: RopeKvFoldTuning;
+  try {
+    tuning = await tuneRopeKvFold(gpu, request);
+  } catch (err) {
+    warn(`autotune: decode attention keeps the RoPE + KV-write fold (${(err as Error).message})`);
+    return { tuning: { fold: true, foldedMs: NaN, apartMs: NaN }, cached: false };
+  }
+  cache.set(id, tuning);
+  cache.save();
+  return { tuning, cached: false };
 }
 
 // ---- timing -----------------------------------------------------------------------------------
@@ -289,7 +396,7 @@ interface Bench {
  */
 type NormForm = 'none' | 'folded' | 'apart';
 
-/** Seconds per run of one candidate summed over the shapes (min of a few samples); Infinity if it cannot run. */
+/** Milliseconds per run of one candidate summed over the shapes; Infinity if it cannot run. */
 async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions, norm: NormForm = 'none'): Promise<number> {
   let total = 0;
   for (const b of benches) {
@@ -307,13 +414,18 @@ async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions,
       if (err instanceof ShapeError) return Infinity; // not a variant this shape or adapter allows
       throw err;
     }
-    const first = await timeSample(gpu, record, 1); // compiles and warms
-    const reps = Math.max(1, Math.min(64, Math.ceil(4 / Math.max(first, 1e-3))));
-    let best = Infinity;
-    for (let s = 0; s < 3; s++) best = Math.min(best, (await timeSample(gpu, record, reps)) / reps);
-    total += best;
+    total += await msPerRun(gpu, record);
   }
   return total;
+}
+
+/** Milliseconds per run of what `record` records: the best of three samples of several runs each, after one that compiles and warms. */
+async function msPerRun(gpu: Gpu, record: (pass: GPUComputePassEncoder) => void): Promise<number> {
+  const first = await timeSample(gpu, record, 1);
+  const reps = Math.max(1, Math.min(64, Math.ceil(4 / Math.max(first, 1e-3))));
+  let best = Infinity;
+  for (let s = 0; s < 3; s++) best = Math.min(best, (await timeSample(gpu, record, reps)) / reps);
+  return best;
 }
 
 async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['shapes']): Promise<MatvecTuning> {
@@ -386,4 +498,69 @@ export function autotuneSetting(setting: boolean | AutotuneOptions | undefined, 
   if (setting === false) return undefined;
   if (setting === undefined && /^(0|off|false|no)$/i.test(env.WEBGPU_MINER_AUTOTUNE ?? '')) return undefined;
   return typeof setting === 'object' ? setting : {};
+}
+
+/**
+ * Time a batch-1 decode step's attention at each length both ways: folded (one DecodeAttention with
+ * newKv) and apart (RopeKvWrite, or KvWrite without RoPE, then DecodeAttention), on buffers of the
+ * request's shape. The values are arbitrary (speed does not depend on them); the apart form rotates
+ * the same queries again on each run, which keeps them finite.
+ */
+async function tuneRopeKvFold(gpu: Gpu, r: RopeKvFoldRequest): Promise<RopeKvFoldTuning> {
+  const { Hq, Hkv, D, kvDtype: dtype, rotaryDims, mode, capacity } = r;
+  // The model's capacity sets the kernels' split plan and table width; the pool holds only the keys timed.
+  const blocks = kvTableWidth(Math.max(...r.lengths));
+  const width = (Hq + 2 * Hkv) * D;
+  const kOffset = Hq * D;
+  const vOffset = (Hq + Hkv) * D;
+  const headNorm = r.headNorm ? { eps: 1e-6 } : undefined;
+  const pool = { Hq, Hkv, D, capacity, kvBlocks: blocks, dtype };
+  const poolBytes = blocks * kvBlockBytes(Hkv, D, dtype);
+  const owned: Array<{ destroy(): void }> = [];
+  const storage = (label: string, data: Float32Array | Uint32Array | number) => {
+    const buffer = createStorage(gpu, `autotune.${label}`, data);
+    owned.push(buffer);
+    return buffer;
+  };
+  try {
+    const qkv = storage('qkv', Float32Array.from({ length: width }, (_, i) => Math.sin(i)));
+    const kCache = storage('kCache', poolBytes);
+    const vCache = storage('vCache', poolBytes);
+    const out = storage('out', Hq * D * 4);
+    const blockTable = storage('blockTable', Uint32Array.from({ length: kvTableWidth(capacity) }, (_, i) => Math.min(i, blocks - 1)));
+    // (table row, position of the step's key) for the write, then (table row, kv_len) for attention.
+    const rowMeta = storage('rowMeta', new Uint32Array(4));
+    // Inverse frequencies, then (with the head norm) the query and key heads' norm weights.
+    const ropeTable = storage('ropeTable', Float32Array.from({ length: rotaryDims / 2 + 2 * D }, (_, i) => (i < rotaryDims / 2 ? 10000 ** (-(2 * i) / rotaryDims) : 1)));
+    const headNormWeight = storage('headNormWeight', new Float32Array(2 * D).fill(1));
+    const folded = new DecodeAttention(gpu, { ...pool, maxRows: 1, newKv: { rotaryDims, mode, headNorm } }, {
+      q: qkv, kCache, vCache, blockTable, out, rowMeta, ropeTable: rotaryDims > 0 ? ropeTable : undefined,
+    });
+    const attention = new DecodeAttention(gpu, { ...pool, maxRows: 1 }, { q: qkv, kCache, vCache, blockTable, out, rowMeta });
+    owned.push(folded, attention);
+    let before: (pass: GPUComputePassEncoder) => void;
+    if (rotaryDims > 0) {
+      const rope = new RopeKvWrite(gpu, mode, { ...pool, rotaryDims, headNorm }, {
+        qkv, rowMeta, invFreq: ropeTable, kCache, vCache, blockTable, headNormWeight: headNorm ? headNormWeight : undefined,
+      });
+      before = (pass) => rope.encode(pass, { rows: 1, rowStride: width, qOffset: 0, kOffset, vOffset });
+    } else {
+      const write = new KvWrite(gpu, pool, { k: qkv, v: qkv, rowMeta, kCache, vCache, blockTable });
+      before = (pass) => write.encode(pass, { rows: 1, kOffset, kRowStride: width, vOffset, vRowStride: width });
+    }
+    let foldedMs = 0;
+    let apartMs = 0;
+    for (const L of r.lengths) {
+      gpu.device.queue.writeBuffer(rowMeta, 0, Uint32Array.of(0, L - 1, 0, L));
+      const run = { rows: 1, maxLen: L, qRowStride: width, metaOffset: 2 };
+      foldedMs += await msPerRun(gpu, (pass) => folded.encode(pass, { ...run, kOffset, vOffset }));
+      apartMs += await msPerRun(gpu, (pass) => {
+        before(pass);
+        attention.encode(pass, run);
+      });
+    }
+    return { fold: foldedMs <= apartMs, foldedMs, apartMs };
+  } finally {
+    for (const item of owned) item.destroy();
+  }
 }

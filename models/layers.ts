@@ -39,6 +39,11 @@ export interface StepSizes {
   /** Pieces of a batched prefill step: one prefill attention op each, per layer. */
   maxPieces: number;
   matvecTunings?: MatvecTunings;
+  /**
+   * Decode attention rotates and stores the step's key and value itself (DecodeAttention's newKv), or
+   * (false) decode steps run ropeKvWrite / kvWrite before it, as prefill steps do.
+   */
+  ropeKvFold: boolean;
 }
 
 export interface LayerOps {
@@ -48,7 +53,7 @@ export interface LayerOps {
   /**
    * RoPE models: RoPE of q and k and the KV write in one kernel (Qwen3, Gemma 3: after the RMSNorm of
    * each query and key head, in the same kernel); learned positions: the KV write. Decode steps skip
-   * them where `decode` runs them itself (its newKv, set for every layer).
+   * them where `decode` runs them itself (its newKv, set on every layer or none: StepSizes.ropeKvFold).
    */
   ropeKvWrite?: RopeKvWrite;
   kvWrite?: KvWrite;
@@ -212,13 +217,14 @@ export function buildForwardOps(
       window,
       prefill: Array.from({ length: sizes.maxPieces }, () =>
         new PrefillAttention(gpu, kvShape, { q: b.qkv, kCache, vCache, blockTable, out: b.attn }, { softcap: cfg.attnLogitSoftcap })),
-      // Decode steps normalise, rotate and store the step's keys inside attention (one dispatch fewer a layer).
+      // Decode steps normalise, rotate and store the step's keys inside attention (one dispatch fewer a
+      // layer) unless this adapter's tuning found the kernel before it faster.
       decode: new DecodeAttention(gpu, {
         ...kvShape, maxRows: sizes.slots, softcap: cfg.attnLogitSoftcap,
-        newKv: { rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined },
+        newKv: sizes.ropeKvFold ? { rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined } : undefined,
       }, {
         q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
-        ropeTable: layerInvFreq && cfg.qkNorm ? ropeTable(l, layerInvFreq) : layerInvFreq,
+        ropeTable: !sizes.ropeKvFold ? undefined : layerInvFreq && cfg.qkNorm ? ropeTable(l, layerInvFreq) : layerInvFreq,
       }),
       // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
       attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),

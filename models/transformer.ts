@@ -17,9 +17,10 @@
 // (DecodeOptions.tokensFromPicks), so that it is submitted before that step is read back.
 // Decode-sized steps (at most 8 rows, the matvec's) run each layer as five steps: norm + q/k/v
 // projection, attention with the head norm (if any), RoPE and KV write folded in, o-projection +
-// residual, norm + gate/up + activation, down-projection + residual; longer (prefill) steps run the
-// norms and activations as their own kernels around the tiled matmuls, over the same weights, and
-// RoPE + KV write before attention.
+// residual, norm + gate/up + activation, down-projection + residual (the adapter's autotune may keep
+// a norm or the RoPE + KV write as its own kernel where that runs faster there); longer (prefill)
+// steps run the norms and activations as their own kernels around the tiled matmuls, over the same
+// weights, and RoPE + KV write before attention.
 // A step's inputs (token ids, positions, the KV rows' metadata) go up in one writeBuffer, and the
 // kernels' uniforms in at most one more (the device's uniform arena, flushed by the submit).
 // The KV cache is paged (models/kv-cache.ts, kernels/attention.ts): each layer has a K and a V pool of
@@ -44,7 +45,7 @@ import { KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attentio
 import { ROW_SAMPLING_WORDS, TOPK_MAX_K, seenWords, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
 import type { HostWeight } from '../kernels/weights.ts';
 import { uploadWeightChunks, type ChunkedWeight } from '../kernels/weights-upload.ts';
-import { autotuneMatvecs, autotuneSetting, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
+import { autotuneMatvecs, autotuneRopeKvFold, autotuneSetting, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
 import type { ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 import { KvCache } from './kv-cache.ts';
@@ -78,12 +79,17 @@ export interface TransformerOptions {
    */
   maxWeightChunkBytes?: number;
   /**
-   * Decode matvec variants tuned for this adapter at load (kernels/autotune.ts; the object sets the
-   * cache file), or false: the static defaults. Default on, unless WEBGPU_MINER_AUTOTUNE=off.
+   * Decode matvec variants and folds tuned for this adapter at load (kernels/autotune.ts; the object
+   * sets the cache file), or false: the static defaults. Default on, unless WEBGPU_MINER_AUTOTUNE=off.
    */
   autotune?: boolean | AutotuneOptions;
-  /** The matvec variant per weight dtype, as given (tests force each candidate); autotune is then skipped. */
+  /** The matvec variant per weight dtype, as given (tests force each candidate); their autotune is then skipped. */
   matvecTunings?: MatvecTunings;
+  /**
+   * Whether decode attention folds in the step's RoPE and KV write (DecodeAttentionConfig.newKv), as
+   * given; its autotune is then skipped. Default: autotuned, else true.
+   */
+  ropeKvFold?: boolean;
 }
 
 /** The sampler's view of one row's logits. */
@@ -289,7 +295,8 @@ export class Transformer {
     this.#readbacks = [readback(0), readback(1)];
 
     this.#ops = buildForwardOps(gpu, source, weights, arena, kv, this.#buf, {
-      rows: R, logitRows: this.#logitRows, slots: options.slots, capacity: options.capacity, maxPieces: this.#maxPieces, matvecTunings: options.matvecTunings,
+      rows: R, logitRows: this.#logitRows, slots: options.slots, capacity: options.capacity, maxPieces: this.#maxPieces,
+      matvecTunings: options.matvecTunings, ropeKvFold: options.ropeKvFold ?? true,
     });
     this.stats = { ...stats, ...kv.stats(), activationBytes: arena.bytes - stats.weightBytes };
   }
@@ -341,7 +348,13 @@ export class Transformer {
         dtypes: [...new Set(Object.values(dtypes))] as HostWeight['dtype'][],
         shapes: [{ N: cfg.hiddenSize, K: cfg.hiddenSize }, { N: cfg.intermediateSize, K: cfg.hiddenSize }],
       }, tuning)).tunings);
-      model = new Transformer(gpu, source, { ...options, matvecTunings }, weights, arena, digest.hex(), {
+      // Timed at a one-split context and an eight-split one (DECODE_DEFAULTS.splitKeys keys a split), where the capacity allows.
+      const ropeKvFold = options.ropeKvFold ?? (tuning && (await autotuneRopeKvFold(gpu, {
+        Hq: cfg.numHeads, Hkv: cfg.numKvHeads, D: cfg.headDim, kvDtype: options.kvDtype ?? 'f16',
+        rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode, headNorm: cfg.qkNorm === true,
+        capacity: options.capacity, lengths: [...new Set([128, 1024].map((L) => Math.min(L, options.capacity)))],
+      }, tuning)).tuning.fold);
+      model = new Transformer(gpu, source, { ...options, matvecTunings, ropeKvFold }, weights, arena, digest.hex(), {
         parameters,
         weightBytes,
         kvBytes: 0,

@@ -12,6 +12,7 @@ import {
   autotuneCachePath,
   autotuneKey,
   autotuneMatvecs,
+  autotuneRopeKvFold,
   autotuneSetting,
   tunedMatvecOptions,
   tunedNormFold,
@@ -28,7 +29,7 @@ import { openModelSource } from '../models/source.ts';
 import { configFromHf } from '../models/config.ts';
 import { createStorage, poisoned, readF32, useGpu } from './support/gpu.ts';
 import { writeTinyLlamaGguf } from './support/tiny-models.ts';
-import { decodeStepDispatches } from './support/parity.ts';
+import { decodeStepDispatches, expectRopeKvApartAsFolded } from './support/parity.ts';
 import { referenceLogits } from './support/reference-model.ts';
 import { expectClose, randomF32 } from './support/reference.ts';
 import { projectionReference } from './support/projection.ts';
@@ -183,6 +184,30 @@ describe('matvec autotune', () => {
 
   // Through the model: a load tunes (or reads the cache), and whatever variant runs, forced or tuned,
   // the decode step's logits match the float64 reference at the q8 tier's bound.
+  it('the RoPE + KV-write fold: timed both ways once, then read from the cache beside the matvecs\' tunings; a length past the capacity is refused', async () => {
+    const cachePath = join(dir, 'rope-kv', 'autotune.json');
+    await autotuneMatvecs(gpu(), REQUEST, { cachePath });
+    // Partial rotary dims, interleaved pairs, the head norm and a q8_0 cache: the most the fold does.
+    const request = { Hq: 4, Hkv: 2, D: 32, kvDtype: 'q8_0', rotaryDims: 24, mode: 'interleaved', headNorm: true, capacity: 48, lengths: [16, 40] } as const;
+    const r = recorder();
+    const first = await autotuneRopeKvFold(gpu(), request, { cachePath, ...r.options });
+    expect(first.cached).toBe(false);
+    expect(r.progress).toEqual(['autotune: timing the RoPE + KV-write fold of decode attention']);
+    expect(r.warnings).toEqual([]);
+    expect(first.tuning.foldedMs).toBeGreaterThan(0);
+    expect(first.tuning.apartMs).toBeGreaterThan(0);
+    expect(first.tuning.fold).toBe(first.tuning.foldedMs <= first.tuning.apartMs);
+    expect(await autotuneRopeKvFold(gpu(), request, { cachePath })).toEqual({ tuning: first.tuning, cached: true });
+    const tunings = Object.values((JSON.parse(readFileSync(cachePath, 'utf8')) as { entries: Record<string, { tunings: Record<string, unknown> }> }).entries[autotuneKey(gpu())].tunings);
+    expect(tunings).toContainEqual(first.tuning);
+    expect(tunings).toHaveLength(2); // the matvec's tuning kept
+    // Learned positions (no RoPE): the fold is the KV write alone, timed against the KV-write kernel.
+    const noRope = await autotuneRopeKvFold(gpu(), { ...request, kvDtype: 'f32', rotaryDims: 0, mode: 'half', headNorm: false }, { cachePath });
+    expect(noRope.cached).toBe(false);
+    expect(noRope.tuning.fold).toBe(noRope.tuning.foldedMs <= noRope.tuning.apartMs);
+    await expect(autotuneRopeKvFold(gpu(), { ...request, lengths: [49] }, { cachePath })).rejects.toThrow(/context length 49 is not in 1\.\.capacity \(48\)/);
+  }, TUNING_TIMEOUT_MS);
+
   it('a model load tunes once, reads the cache after, and every variant decodes the same logits', async () => {
     const tiny = writeTinyLlamaGguf(join(dir, 'tiny-q4_0.gguf'), { dtype: 'q4_0', seed: 5, numLayers: 1 });
     const tokens = [5, 9, 40, 77, 12];
@@ -199,6 +224,7 @@ describe('matvec autotune', () => {
     const progress: string[] = [];
     check('autotuned', await decodeWith({ autotune: { cachePath, progress: (m) => progress.push(m) } }));
     expect(progress).toContain('autotune: timing q4_0 matvec variants');
+    expect(progress).toContain('autotune: timing the RoPE + KV-write fold of decode attention');
     const timed = progress.length;
     check('cached', await decodeWith({ autotune: { cachePath, progress: (m) => progress.push(m) } }));
     expect(progress).toHaveLength(timed); // the second load timed nothing
@@ -250,6 +276,13 @@ describe('matvec autotune', () => {
     const [folded, apart] = [await logits(true), await logits(false)];
     expect(Array.from(apart.ids)).toEqual(Array.from(folded.ids));
     expectClose(apart.logits, folded.logits, 1e-5, 'norms apart vs folded');
+  }, TUNING_TIMEOUT_MS);
+
+  it('a tuning that keeps the RoPE + KV write apart runs its kernel before decode attention: 6 dispatches a Llama layer, the same logits (f16 KV)', async () => {
+    const paths = [1, 2].map((numLayers) => join(dir, `layers-${numLayers}.gguf`)) as [string, string];
+    for (const [i, path] of paths.entries()) writeTinyLlamaGguf(path, { dtype: 'q4_0', seed: 7, numLayers: i + 1 });
+    const tokens = Array.from({ length: 20 }, (_, i) => (i * 29 + 3) % 300);
+    await expectRopeKvApartAsFolded(gpu(), paths, tokens, { kvDtype: 'f16' });
   }, TUNING_TIMEOUT_MS);
 
   it('options: the setting, the cache path, and glu-capped rows', () => {

@@ -276,6 +276,8 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     positive(e.model.bytesPerToken, 'bytes per token');
     expect(e.model.bytesPerToken).toBeLessThanOrEqual(e.model.weightBytes);
     positive(e.model.flopsPerToken, 'FLOP per token');
+    // The suite runs with the autotune off: the static defaults, the RoPE + KV write folded into attention.
+    expect(e.model.decodeTuning).toEqual({ matvecs: {}, ropeKvFold: true });
   });
 
   it('memory: the loaded model and the 8B shapes at the default 12 GiB, before and after paging; peak RSS', () => {
@@ -324,6 +326,8 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(stdout).toContain('decode, batch 1');
     const md = readFileSync(join(dir, 'bench.md'), 'utf8');
     expect(md).toContain('## Against the A100');
+    expect(stdout).toContain('Decode on this adapter: matvecs on the static defaults; RoPE + KV write folded into attention');
+    expect(md).toContain('Decode on this adapter: matvecs on the static defaults; RoPE + KV write folded into attention.');
     expect(md).toContain('NVIDIA A100 datasheet');
     expect(md).toContain('](bench.svg)');
     const svg = readFileSync(join(dir, 'bench.svg'), 'utf8');

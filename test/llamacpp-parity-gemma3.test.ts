@@ -26,7 +26,7 @@ import { checkAgainstLlamaCpp, checkHfTwin } from './support/family-parity.ts';
 import { ggmlGelu, roundQ8_0 } from './support/ggml-activations.ts';
 import { useGpu } from './support/gpu.ts';
 import { writeHfFolder } from './support/tiny-models.ts';
-import { decodeStepDispatches, ourLogits, worst } from './support/parity.ts';
+import { decodeStepDispatches, expectRopeKvApartAsFolded, ourLogits, worst } from './support/parity.ts';
 import { referenceLogits } from './support/reference-model.ts';
 
 const gpu = useGpu();
@@ -121,5 +121,11 @@ describe('gemma3: decode', () => {
       counts.push(await decodeStepDispatches(gpu(), tiny.path));
     }
     expect(counts[1] - counts[0]).toBe(7);
+  });
+
+  it('with the head norm, RoPE (local and global) and KV write as a kernel before attention: one dispatch more, the same logits', async () => {
+    const paths = [4, 5].map((numLayers) => join(dir, `gemma3-${numLayers}-layers.gguf`)) as [string, string];
+    const tokens = Array.from({ length: 20 }, (_, i) => (i * 29 + 3) % 200);
+    await expectRopeKvApartAsFolded(gpu(), paths, tokens);
   });
 });

@@ -36,7 +36,7 @@ import { writeHfFolder, writeTinyLlamaGguf } from './support/tiny-models.ts';
 import { writeTinyGpt2Gguf, writeTinyQwen2Gguf, type TinyArchOptions, type TinyModel } from './support/tiny-arch-models.ts';
 import { disposeLlamaOracle, llamaLogits } from './support/llama-oracle.ts';
 import { referenceLogits } from './support/reference-model.ts';
-import { errors, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
+import { errors, expectRopeKvApartAsFolded, greedyAgreement, ourGreedy, ourLogits, referenceBound, worst } from './support/parity.ts';
 import { ggmlGelu, roundQ8_0 } from './support/ggml-activations.ts';
 import { rng } from './support/reference.ts';
 import { useGpu } from './support/gpu.ts';
@@ -173,4 +173,12 @@ describe('llama, qwen2 and gpt2: the same weights as a Hugging Face folder give 
       expect(vsReference).toBeLessThanOrEqual(1e-4);
     });
   }
+});
+
+describe('gpt2: decode', () => {
+  it('with the KV write as its own kernel before attention (learned positions, no RoPE): one dispatch more, the same logits', async () => {
+    const paths = [2, 3].map((numLayers) => writeTinyGpt2Gguf(join(dir, `gpt2-${numLayers}-layers.gguf`), { seed: 43, numLayers }).path) as [string, string];
+    const tokens = Array.from({ length: 20 }, (_, i) => (i * 29 + 3) % 200);
+    await expectRopeKvApartAsFolded(gpu(), paths, tokens);
+  });
 });

@@ -14,7 +14,7 @@ import { disposeLlamaOracle } from './support/llama-oracle.ts';
 import { checkAgainstLlamaCpp, checkHfTwin } from './support/family-parity.ts';
 import { roundQ8_0 } from './support/ggml-activations.ts';
 import { writeHfFolder } from './support/tiny-models.ts';
-import { decodeStepDispatches, ourLogits } from './support/parity.ts';
+import { decodeStepDispatches, expectRopeKvApartAsFolded, ourLogits } from './support/parity.ts';
 import { useGpu } from './support/gpu.ts';
 
 const gpu = useGpu();
@@ -71,5 +71,11 @@ describe('qwen3: decode', () => {
       counts.push(await decodeStepDispatches(gpu(), tiny.path));
     }
     expect(counts[1] - counts[0]).toBe(5);
+  });
+
+  it('with the head norm, RoPE and KV write as a kernel before attention (the autotune\'s other choice): one dispatch more, the same logits', async () => {
+    const paths = [2, 3].map((numLayers) => join(dir, `qwen3-${numLayers}-layers.gguf`)) as [string, string];
+    const tokens = Array.from({ length: 20 }, (_, i) => (i * 29 + 3) % 200);
+    await expectRopeKvApartAsFolded(gpu(), paths, tokens);
   });
 });

@@ -1,12 +1,13 @@
 // Shared by the llama.cpp parity tests: our logits at every position of a sequence, our greedy
 // continuation through the decode path, and the comparisons.
+import { expect } from 'vitest';
 import type { Gpu } from '../../src/gpu/device.ts';
-import { Transformer, type TransformerOptions } from '../../models/transformer.ts';
+import { Transformer, type RowCandidates, type TransformerOptions } from '../../models/transformer.ts';
 import { openModelSource } from '../../models/source.ts';
 import { defaultMatmulTier } from '../../kernels/matmul.ts';
 import type { KvDtype } from '../../kernels/attention.ts';
 import { kernelTiers } from '../../kernels/tiers.ts';
-import { compare } from './reference.ts';
+import { compare, expectClose } from './reference.ts';
 import type { TinyDtype } from './tiny-models.ts';
 
 /** Rel-L2 of our logits against the float64 reference on the same weights, where every kernel runs in f32. */
@@ -160,4 +161,44 @@ export async function decodeStepDispatches(gpu: Gpu, path: string, options: Part
     await source.close();
   }
   return dispatches;
+}
+
+/**
+ * The candidates of decode steps that feed `tokens` after a prefill of `tokens[0 .. prefill)`, one step
+ * per remaining token (teacher-forced), for the model at `path` loaded with `options`.
+ */
+export async function decodeCandidates(gpu: Gpu, path: string, tokens: number[], prefill: number, options: Partial<TransformerOptions> = {}): Promise<RowCandidates[]> {
+  const source = await openModelSource(path);
+  const model = await Transformer.load(gpu, source, { ...OPTIONS, ...options });
+  try {
+    await model.prefill(0, tokens.slice(0, prefill), 0);
+    const steps: RowCandidates[] = [];
+    for (let position = prefill; position < tokens.length; position++) {
+      steps.push(...(await model.decode([{ slot: 0, token: tokens[position], position }])));
+    }
+    return steps;
+  } finally {
+    model.destroy();
+    await source.close();
+  }
+}
+
+/**
+ * With the step's RoPE (head norm) and KV write as their own kernel before decode attention
+ * (ropeKvFold false, as an adapter's autotune may choose), a decode step runs one dispatch a layer
+ * more than with the fold (`paths`: the same family at n and n + 1 layers) and decodes the fold's
+ * candidates: the two compute the same expressions, so only the order of a few f32 sums may differ.
+ * `tokens` run past a 16-key block, so the steps write into a block of their own.
+ */
+export async function expectRopeKvApartAsFolded(gpu: Gpu, paths: [string, string], tokens: number[], options: Partial<TransformerOptions> = {}): Promise<void> {
+  const perLayer = async (ropeKvFold: boolean) =>
+    (await decodeStepDispatches(gpu, paths[1], { ...options, ropeKvFold })) - (await decodeStepDispatches(gpu, paths[0], { ...options, ropeKvFold }));
+  expect(await perLayer(false)).toBe((await perLayer(true)) + 1);
+  const folded = await decodeCandidates(gpu, paths[0], tokens, 3, { ...options, ropeKvFold: true });
+  const apart = await decodeCandidates(gpu, paths[0], tokens, 3, { ...options, ropeKvFold: false });
+  expect(apart).toHaveLength(tokens.length - 3);
+  apart.forEach((step, i) => {
+    expect(Array.from(step.ids), `step ${i}`).toEqual(Array.from(folded[i].ids));
+    expectClose(step.logits, folded[i].logits, 1e-5, `step ${i}: RoPE + KV write apart vs folded`);
+  });
 }
