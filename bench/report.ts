@@ -263,7 +263,7 @@ function peerRows(report: BenchReport): string[][] | undefined {
 }
 
 /** What decode runs: e.g. "q4_0 matvec subgroup, chunked, 2 rows x 64 threads, norm folded; RoPE + KV write folded into attention". */
-function decodeTuningLine(e: E2eReport): string {
+export function decodeTuningLine(e: E2eReport): string {
   const { matvecs, ropeKvFold } = e.model.decodeTuning;
   const tuned = Object.entries(matvecs).map(([dtype, t]) =>
     `${dtype} matvec ${t.tier}${t.activations === 'q8' ? '+q8' : ''}, ${t.layout}, ${t.rowsPerWorkgroup} rows x ${t.workgroupSize} threads, norm ${t.normFold ? 'folded' : 'apart'}`);
