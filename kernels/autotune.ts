@@ -414,17 +414,26 @@ async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions,
       if (err instanceof ShapeError) return Infinity; // not a variant this shape or adapter allows
       throw err;
     }
-    total += await msPerRun(gpu, record);
+    total += (await msPerRun(gpu, [record]))[0];
   }
   return total;
 }
 
-/** Milliseconds per run of what `record` records: the best of three samples of several runs each, after one that compiles and warms. */
-async function msPerRun(gpu: Gpu, record: (pass: GPUComputePassEncoder) => void): Promise<number> {
-  const first = await timeSample(gpu, record, 1);
-  const reps = Math.max(1, Math.min(64, Math.ceil(4 / Math.max(first, 1e-3))));
-  let best = Infinity;
-  for (let s = 0; s < 3; s++) best = Math.min(best, (await timeSample(gpu, record, reps)) / reps);
+/**
+ * Milliseconds per run of what each of `records` records: after one sample each that compiles and
+ * warms, the best of three samples of several runs, the records sampled in turns so that a spell of
+ * load on the machine falls on all of them alike.
+ */
+async function msPerRun(gpu: Gpu, records: Array<(pass: GPUComputePassEncoder) => void>): Promise<number[]> {
+  const reps = [];
+  for (const record of records) {
+    const first = await timeSample(gpu, record, 1);
+    reps.push(Math.max(1, Math.min(64, Math.ceil(4 / Math.max(first, 1e-3)))));
+  }
+  const best = records.map(() => Infinity);
+  for (let s = 0; s < 3; s++) {
+    for (const [i, record] of records.entries()) best[i] = Math.min(best[i], (await timeSample(gpu, record, reps[i])) / reps[i]);
+  }
   return best;
 }
 
@@ -553,11 +562,15 @@ async function tuneRopeKvFold(gpu: Gpu, r: RopeKvFoldRequest): Promise<RopeKvFol
     for (const L of r.lengths) {
       gpu.device.queue.writeBuffer(rowMeta, 0, Uint32Array.of(0, L - 1, 0, L));
       const run = { rows: 1, maxLen: L, qRowStride: width, metaOffset: 2 };
-      foldedMs += await msPerRun(gpu, (pass) => folded.encode(pass, { ...run, kOffset, vOffset }));
-      apartMs += await msPerRun(gpu, (pass) => {
-        before(pass);
-        attention.encode(pass, run);
-      });
+      const [foldedRun, apartRun] = await msPerRun(gpu, [
+        (pass) => folded.encode(pass, { ...run, kOffset, vOffset }),
+        (pass) => {
+          before(pass);
+          attention.encode(pass, run);
+        },
+      ]);
+      foldedMs += foldedRun;
+      apartMs += apartRun;
     }
     return { fold: foldedMs <= apartMs, foldedMs, apartMs };
   } finally {
