@@ -157,8 +157,8 @@ function foldRows(k: KernelsReport): string[][] {
 }
 
 const FOLD_NOTE =
-  'Decode folds: each kernel as decode steps run it (the norm, or RoPE and the KV write, inside it) against the ' +
-  'separate kernel then the plain one, timed together; "saved" is 1 - folded / apart';
+  'Decode folds: each kernel with the norm, or RoPE and the KV write, inside it against the separate kernel then ' +
+  'the plain one, timed together; "saved" is 1 - folded / apart (a model\'s decode takes the form its autotune timed faster)';
 
 /** Skipped kernels grouped by reason: one line per reason (a long list counted; the JSON names each). */
 function skippedLines(k: KernelsReport): string[] {
