@@ -46,6 +46,10 @@ function printAdapter(gpu: Gpu): void {
   console.log(`adapter   ${name || '(unnamed)'}${info.isSoftware ? '  [software: correct but slow]' : ''}`);
   console.log(`backend   ${info.backend} (featureLevel ${info.featureLevel})`);
   console.log(`features  ${features.size > 0 ? [...features].join(', ') : 'none of shader-f16, subgroups, timestamp-query'}`);
+  if (features.has('subgroups')) {
+    const { subgroupMinSize: min, subgroupMaxSize: max } = gpu.adapter.info;
+    console.log(`subgroups ${min === max ? `${min}` : `${min} to ${max}`} invocations`);
+  }
   const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
   console.log(
     `limits    storage binding ${mib(limits.maxStorageBufferBindingSize)}, buffer ${mib(limits.maxBufferSize)}, ` +
@@ -64,7 +68,11 @@ function adapterReport(gpu: Gpu) {
     if (typeof value === 'number') limitValues[name] = value;
   }
   return {
-    adapter: { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description, backend: info.backend, featureLevel: info.featureLevel, isSoftware: info.isSoftware },
+    adapter: {
+      vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description, backend: info.backend, featureLevel: info.featureLevel, isSoftware: info.isSoftware,
+      // The sizes a subgroup may take on this adapter (the subgroup tier assumes none of them).
+      ...(gpu.features.has('subgroups') ? { subgroupMinSize: gpu.adapter.info.subgroupMinSize, subgroupMaxSize: gpu.adapter.info.subgroupMaxSize } : {}),
+    },
     features: [...gpu.adapter.features].sort(),
     limits: limitValues,
     tiers: kernelTiers(gpu),

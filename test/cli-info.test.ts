@@ -6,9 +6,9 @@ import { describe, expect, it } from 'vitest';
 
 const run = promisify(execFile);
 
-async function infoJson(adapter: string): Promise<Record<string, any>> {
+async function infoJson(adapter: string, env: Record<string, string> = {}): Promise<Record<string, any>> {
   const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'info', '--json', '--no-check', '--adapter', adapter], {
-    env: { ...process.env, WEBGPU_MINER_ADAPTER: '' },
+    env: { ...process.env, WEBGPU_MINER_ADAPTER: '', ...env },
   });
   return JSON.parse(stdout);
 }
@@ -20,6 +20,14 @@ describe('info --json', () => {
     expect(report.features).toEqual(expect.arrayContaining(['shader-f16', 'subgroups', 'timestamp-query']));
     expect(report.limits.maxStorageBufferBindingSize).toBeGreaterThanOrEqual(128 * 2 ** 20);
     expect(report.tiers).toEqual({ matvec: 'subgroup', matvecActivations: 'f32', matmul: 'f16', attention: 'subgroup', rows: 'baseline' });
+    // One size, the CPU's vector width over 32 bits: 8 with AVX2, 4 with 128-bit vectors.
+    expect([4, 8, 16]).toContain(report.adapter.subgroupMinSize);
+    expect(report.adapter.subgroupMaxSize).toBe(report.adapter.subgroupMinSize);
+  });
+
+  it('lavapipe\'s subgroup size follows LP_NATIVE_VECTOR_WIDTH: 4 at 128 bits (npm run test:subgroup-sizes)', async () => {
+    const report = await infoJson('software-core', { LP_NATIVE_VECTOR_WIDTH: '128' });
+    expect(report.adapter).toMatchObject({ subgroupMinSize: 4, subgroupMaxSize: 4 });
   });
 
   it('software-compat is OpenGL ES on llvmpipe, with the baseline tier everywhere', async () => {
