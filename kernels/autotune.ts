@@ -499,17 +499,6 @@ async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['
 }
 
 /**
- * The autotune setting of a model load: the options to tune with, or undefined for the static
- * defaults (setting false, or left unset while WEBGPU_MINER_AUTOTUNE is 0 / off / false / no, as the
- * test suite sets it).
- */
-export function autotuneSetting(setting: boolean | AutotuneOptions | undefined, env: NodeJS.ProcessEnv = process.env): AutotuneOptions | undefined {
-  if (setting === false) return undefined;
-  if (setting === undefined && /^(0|off|false|no)$/i.test(env.WEBGPU_MINER_AUTOTUNE ?? '')) return undefined;
-  return typeof setting === 'object' ? setting : {};
-}
-
-/**
  * Time a batch-1 decode step's attention at each length both ways: folded (one DecodeAttention with
  * newKv) and apart (RopeKvWrite, or KvWrite without RoPE, then DecodeAttention), on buffers of the
  * request's shape. The values are arbitrary (speed does not depend on them); the apart form rotates
@@ -545,8 +534,9 @@ async function tuneRopeKvFold(gpu: Gpu, r: RopeKvFoldRequest): Promise<RopeKvFol
     const folded = new DecodeAttention(gpu, { ...pool, maxRows: 1, newKv: { rotaryDims, mode, headNorm } }, {
       q: qkv, kCache, vCache, blockTable, out, rowMeta, ropeTable: rotaryDims > 0 ? ropeTable : undefined,
     });
+    owned.push(folded);
     const attention = new DecodeAttention(gpu, { ...pool, maxRows: 1 }, { q: qkv, kCache, vCache, blockTable, out, rowMeta });
-    owned.push(folded, attention);
+    owned.push(attention);
     let before: (pass: GPUComputePassEncoder) => void;
     if (rotaryDims > 0) {
       const rope = new RopeKvWrite(gpu, mode, { ...pool, rotaryDims, headNorm }, {
@@ -576,4 +566,15 @@ async function tuneRopeKvFold(gpu: Gpu, r: RopeKvFoldRequest): Promise<RopeKvFol
   } finally {
     for (const item of owned) item.destroy();
   }
+}
+
+/**
+ * The autotune setting of a model load: the options to tune with, or undefined for the static
+ * defaults (setting false, or left unset while WEBGPU_MINER_AUTOTUNE is 0 / off / false / no, as the
+ * test suite sets it).
+ */
+export function autotuneSetting(setting: boolean | AutotuneOptions | undefined, env: NodeJS.ProcessEnv = process.env): AutotuneOptions | undefined {
+  if (setting === false) return undefined;
+  if (setting === undefined && /^(0|off|false|no)$/i.test(env.WEBGPU_MINER_AUTOTUNE ?? '')) return undefined;
+  return typeof setting === 'object' ? setting : {};
 }

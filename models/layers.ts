@@ -224,7 +224,7 @@ export function buildForwardOps(
         newKv: sizes.ropeKvFold ? { rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined } : undefined,
       }, {
         q: b.qkv, kCache, vCache, blockTable, out: b.attn, rowMeta: b.inputs, scratch: decodeScratch,
-        ropeTable: !sizes.ropeKvFold ? undefined : layerInvFreq && cfg.qkNorm ? ropeTable(l, layerInvFreq) : layerInvFreq,
+        ropeTable: sizes.ropeKvFold && layerInvFreq ? (cfg.qkNorm ? ropeTable(l, layerInvFreq) : layerInvFreq) : undefined,
       }),
       // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
       attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),

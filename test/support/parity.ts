@@ -1,5 +1,6 @@
 // Shared by the llama.cpp parity tests: our logits at every position of a sequence, our greedy
-// continuation through the decode path, and the comparisons.
+// continuation through the decode path, and the comparisons; a decode step's dispatch count, and the
+// check that decode with the RoPE + KV write kept apart (an autotune's other choice) matches the fold.
 import { expect } from 'vitest';
 import type { Gpu } from '../../src/gpu/device.ts';
 import { Transformer, type RowCandidates, type TransformerOptions } from '../../models/transformer.ts';
@@ -167,7 +168,7 @@ export async function decodeStepDispatches(gpu: Gpu, path: string, options: Part
  * The candidates of decode steps that feed `tokens` after a prefill of `tokens[0 .. prefill)`, one step
  * per remaining token (teacher-forced), for the model at `path` loaded with `options`.
  */
-export async function decodeCandidates(gpu: Gpu, path: string, tokens: number[], prefill: number, options: Partial<TransformerOptions> = {}): Promise<RowCandidates[]> {
+async function decodeCandidates(gpu: Gpu, path: string, tokens: number[], prefill: number, options: Partial<TransformerOptions> = {}): Promise<RowCandidates[]> {
   const source = await openModelSource(path);
   const model = await Transformer.load(gpu, source, { ...OPTIONS, ...options });
   try {
