@@ -7,7 +7,7 @@ import { Engine } from '../src/engine/engine.ts';
 import { ReferenceModel } from '../src/validator/recompute.ts';
 import { planeWords, type WeightDtype } from '../kernels/weights.ts';
 import type { KvDtype } from '../kernels/attention.ts';
-import type { MatvecTunings } from '../kernels/autotune.ts';
+import type { DecodeTuning } from '../kernels/autotune.ts';
 import type { BenchPreset } from './presets.ts';
 import type { Progress } from './roofline.ts';
 import { summarize, timeWall, type Timing } from './timing.ts';
@@ -36,11 +36,8 @@ export interface E2eModel {
   bytesPerToken: number;
   /** 2 x the parameters of every matrix a token goes through (attention scores not included). */
   flopsPerToken: number;
-  /**
-   * What decode runs on this adapter: the tuned matvec variant per weight dtype (none: the static
-   * defaults) and whether decode attention folds in the step's RoPE and KV write.
-   */
-  decodeTuning: { matvecs: MatvecTunings; ropeKvFold: boolean };
+  /** What decode runs on this adapter (Transformer.decodeTuning). */
+  decodeTuning: DecodeTuning;
 }
 
 export interface E2eReport {
@@ -154,7 +151,7 @@ function describeModel(engine: Engine): E2eModel {
     weightBytes: stats.weightBytes,
     bytesPerToken: stats.weightBytes - gatherBytes,
     flopsPerToken: 2 * (stats.parameters - gatherParams),
-    decodeTuning: { matvecs: engine.model.options.matvecTunings ?? {}, ropeKvFold: engine.model.options.ropeKvFold ?? true },
+    decodeTuning: engine.model.decodeTuning,
   };
 }
 

@@ -1,6 +1,7 @@
 // The bench's report: its JSON shape, and the terminal table and Markdown summary made from it.
 // Every ratio printed names the figure it divides by; every A100 figure names its source.
 import type { KernelTiers } from '../kernels/tiers.ts';
+import { describeDecodeTuning } from '../kernels/autotune.ts';
 import type { AdapterDescription } from '../src/gpu/device.ts';
 import type { A100Report } from './a100.ts';
 import type { E2eReport } from './e2e.ts';
@@ -262,15 +263,6 @@ function peerRows(report: BenchReport): string[][] | undefined {
   return rows;
 }
 
-/** What decode runs: e.g. "q4_0 matvec subgroup, chunked, 2 rows x 64 threads, norm folded; RoPE + KV write folded into attention". */
-export function decodeTuningLine(e: E2eReport): string {
-  const { matvecs, ropeKvFold } = e.model.decodeTuning;
-  const tuned = Object.entries(matvecs).map(([dtype, t]) =>
-    `${dtype} matvec ${t.tier}${t.activations === 'q8' ? '+q8' : ''}, ${t.layout}, ${t.rowsPerWorkgroup} rows x ${t.workgroupSize} threads, norm ${t.normFold ? 'folded' : 'apart'}`);
-  const matvec = tuned.length > 0 ? tuned.join('; ') : 'matvecs on the static defaults';
-  return `${matvec}; RoPE + KV write ${ropeKvFold ? 'folded into attention' : 'its own kernel before attention'}`;
-}
-
 function modelLine(e: E2eReport): string {
   const m = e.model;
   return (
@@ -342,7 +334,7 @@ export function formatTable(report: BenchReport): string {
   const out: string[] = [formatKernelsTable(report, report.a100.kernelRoof.figure)];
   out.push('');
   out.push(`End to end: ${modelLine(report.e2e)}`);
-  out.push(`Decode on this adapter: ${decodeTuningLine(report.e2e)}`);
+  out.push(`Decode on this adapter: ${describeDecodeTuning(report.e2e.model.decodeTuning)}`);
   out.push(table(['', 'value', 'spread', 'detail'], e2eRows(report.e2e), [false, true, true, false]));
   out.push('');
   out.push(memoryLine(report.memory));
@@ -396,7 +388,7 @@ export function formatMarkdown(report: BenchReport, chartFile?: string): string 
   if (k.skipped.length) out.push('', ...skippedLines(k).map((line) => `- ${line}`));
   const folds = foldRows(k);
   if (folds.length) out.push('', `${FOLD_NOTE}.`, '', markdownTable(FOLD_HEADER, folds, FOLD_ALIGN));
-  out.push('', '## End to end', '', modelLine(report.e2e), '', `Decode on this adapter: ${decodeTuningLine(report.e2e)}.`, '');
+  out.push('', '## End to end', '', modelLine(report.e2e), '', `Decode on this adapter: ${describeDecodeTuning(report.e2e.model.decodeTuning)}.`, '');
   out.push(markdownTable(['', 'value', 'spread', 'detail'], e2eRows(report.e2e), [false, true, true, false]));
   out.push('', '## KV memory', '', `${memoryLine(report.memory)}.`, '');
   out.push(markdownTable(MEMORY_HEADER, memoryRows(report.memory), MEMORY_ALIGN));

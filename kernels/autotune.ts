@@ -286,6 +286,20 @@ export function tunedNormFold(tunings: MatvecTunings | undefined, dtype: WeightD
   return tunings?.[dtype]?.normFold ?? true;
 }
 
+/** What a model's decode steps run: each weight dtype's matvec variant (absent: the static defaults) and the RoPE + KV-write fold. */
+export interface DecodeTuning {
+  matvecs: MatvecTunings;
+  ropeKvFold: boolean;
+}
+
+/** One line naming it, e.g. "q4_0 matvec subgroup, chunked, 2 rows x 64 threads, norm folded; RoPE + KV write folded into attention". */
+export function describeDecodeTuning({ matvecs, ropeKvFold }: DecodeTuning): string {
+  const tuned = Object.entries(matvecs).map(([dtype, t]) =>
+    `${dtype} matvec ${t.tier}${t.activations === 'q8' ? '+q8' : ''}, ${t.layout}, ${t.rowsPerWorkgroup} rows x ${t.workgroupSize} threads, norm ${t.normFold ? 'folded' : 'apart'}`);
+  const matvec = tuned.length > 0 ? tuned.join('; ') : 'matvecs on the static defaults';
+  return `${matvec}; RoPE + KV write ${ropeKvFold ? 'folded into attention' : 'its own kernel before attention'}`;
+}
+
 /** A model's decode attention, whose RoPE + KV-write fold autotuneRopeKvFold times. */
 export interface RopeKvFoldRequest {
   Hq: number;

@@ -45,7 +45,7 @@ import { KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attentio
 import { ROW_SAMPLING_WORDS, TOPK_MAX_K, seenWords, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
 import type { HostWeight } from '../kernels/weights.ts';
 import { uploadWeightChunks, type ChunkedWeight } from '../kernels/weights-upload.ts';
-import { autotuneMatvecs, autotuneRopeKvFold, autotuneSetting, type AutotuneOptions, type MatvecTunings } from '../kernels/autotune.ts';
+import { autotuneMatvecs, autotuneRopeKvFold, autotuneSetting, type AutotuneOptions, type DecodeTuning, type MatvecTunings } from '../kernels/autotune.ts';
 import type { ModelConfig } from './config.ts';
 import { WeightsDigest, type ModelSource } from './source.ts';
 import { KvCache } from './kv-cache.ts';
@@ -189,6 +189,8 @@ export class Transformer {
   readonly config: ModelConfig;
   readonly id: string;
   readonly options: TransformerOptions;
+  /** What decode runs on this adapter: the matvec variant per weight dtype (none: the static defaults) and the RoPE + KV-write fold. */
+  readonly decodeTuning: DecodeTuning;
   /** sha256 over the weights as uploaded. */
   readonly weightsDigest: string;
   /** Parameters and bytes on the GPU, by tensor class. */
@@ -252,6 +254,7 @@ export class Transformer {
     this.config = source.config;
     this.id = source.id;
     this.options = options;
+    this.decodeTuning = { matvecs: options.matvecTunings ?? {}, ropeKvFold: options.ropeKvFold ?? true };
     this.weightsDigest = digest;
     const cfg = source.config;
     const { hiddenSize: C, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: F, vocabSize: V } = cfg;
@@ -296,7 +299,7 @@ export class Transformer {
 
     this.#ops = buildForwardOps(gpu, source, weights, arena, kv, this.#buf, {
       rows: R, logitRows: this.#logitRows, slots: options.slots, capacity: options.capacity, maxPieces: this.#maxPieces,
-      matvecTunings: options.matvecTunings, ropeKvFold: options.ropeKvFold ?? true,
+      matvecTunings: options.matvecTunings, ropeKvFold: this.decodeTuning.ropeKvFold,
     });
     this.stats = { ...stats, ...kv.stats(), activationBytes: arena.bytes - stats.weightBytes };
   }

@@ -4,6 +4,7 @@ import { acquireGpu, type Gpu } from './gpu/device.ts';
 import { MinerError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
+import { describeDecodeTuning } from '../kernels/autotune.ts';
 import { WEIGHT_DTYPES } from '../kernels/weights.ts';
 import { KV_DTYPES, type KvDtype } from '../kernels/attention.ts';
 import { ShapeError } from './errors.ts';
@@ -163,7 +164,8 @@ function describeModel(engine: Engine): string {
     `activations ${mib(stats.activationBytes - stats.kvBytes)}\n` +
     `  KV pool: ${info.kvBlocksTotal} blocks of ${info.kvBlockTokens} tokens (${plan.bytesPerToken} bytes per token, ${stats.kvDtype}; limited by ${plan.limitedBy}` +
     `${plan.budgetBytes !== undefined ? ` at --gpu-memory ${mib(plan.budgetBytes)}` : ''}), ${info.kvBlocksUsed} used, ${info.kvBlocksShared} shared, ${info.kvBlocksCached} cached\n` +
-    `  weight types: ${dtypes}`
+    `  weight types: ${dtypes}\n` +
+    `  decode: ${describeDecodeTuning(engine.model.decodeTuning)}`
   );
 }
 

@@ -17,7 +17,8 @@ import { memoryShapes, shapeList } from '../bench/run.ts';
 import { benchPeer } from '../bench/peer.ts';
 import { writeTinyLlamaGguf } from './support/tiny-models.ts';
 import { estimateActivationBytes } from '../models/memory-plan.ts';
-import { decodeTuningLine, foldComparisons, type BenchReport } from '../bench/report.ts';
+import { foldComparisons, type BenchReport } from '../bench/report.ts';
+import { describeDecodeTuning } from '../kernels/autotune.ts';
 import type { RooflineResult } from '../bench/roofline.ts';
 import { benchKernels } from '../bench/kernels.ts';
 import { CHUNKED_DTYPES } from '../kernels/matvec.ts';
@@ -327,7 +328,7 @@ describe('webgpu-miner bench (CLI, test preset)', () => {
     expect(stdout).toContain('decode, batch 1');
     const md = readFileSync(join(dir, 'bench.md'), 'utf8');
     expect(md).toContain('## Against the A100');
-    const decode = `Decode on this adapter: ${decodeTuningLine(report.e2e)}`;
+    const decode = `Decode on this adapter: ${describeDecodeTuning(report.e2e.model.decodeTuning)}`;
     expect(decode).toMatch(/: f32 matvec (baseline|subgroup), (strided|chunked), [1-4] rows x \d+ threads, norm (folded|apart); RoPE \+ KV write (folded into attention|its own kernel before attention)$/);
     expect(stdout).toContain(decode);
     expect(md).toContain(`${decode}.`);
