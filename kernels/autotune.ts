@@ -33,7 +33,7 @@ import { ShapeError } from '../src/errors.ts';
 import { CHUNKED_DTYPES, chunkedColumnMultiple, MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecLayout, type MatvecOptions } from './matvec.ts';
 import { Norm } from './norm.ts';
 import { DecodeAttention, KvWrite, kvBlockBytes, kvTableWidth, type KvDtype } from './attention.ts';
-import { RopeKvWrite, type RopeMode } from './rope.ts';
+import { RopeKvWrite, ropeInverseFrequencies, type RopeMode } from './rope.ts';
 import { hasPackedDot, type MatvecActivations, type Tier } from './tiers.ts';
 import { BLOCK_COLUMNS, isQuantDtype, planeWords, WEIGHT_DTYPES, type PackedWeight, type WeightDtype } from './weights.ts';
 import { uploadWeight } from './weights-upload.ts';
@@ -543,7 +543,9 @@ async function tuneRopeKvFold(gpu: Gpu, r: RopeKvFoldRequest): Promise<RopeKvFol
     // (table row, position of the step's key) for the write, then (table row, kv_len) for attention.
     const rowMeta = storage('rowMeta', new Uint32Array(4));
     // Inverse frequencies, then (with the head norm) the query and key heads' norm weights.
-    const ropeTable = storage('ropeTable', Float32Array.from({ length: rotaryDims / 2 + 2 * D }, (_, i) => (i < rotaryDims / 2 ? 10000 ** (-(2 * i) / rotaryDims) : 1)));
+    const table = new Float32Array(rotaryDims / 2 + 2 * D).fill(1);
+    if (rotaryDims > 0) table.set(ropeInverseFrequencies(rotaryDims, 10000));
+    const ropeTable = storage('ropeTable', table);
     const headNormWeight = storage('headNormWeight', new Float32Array(2 * D).fill(1));
     const folded = new DecodeAttention(gpu, { ...pool, maxRows: 1, newKv: { rotaryDims, mode, headNorm } }, {
       q: qkv, kCache, vCache, blockTable, out, rowMeta, ropeTable: rotaryDims > 0 ? ropeTable : undefined,

@@ -41,7 +41,7 @@ import { UniformArena } from '../src/gpu/uniforms.ts';
 import { ShapeError } from '../src/errors.ts';
 import type { Norm } from '../kernels/norm.ts';
 import type { Linear } from '../kernels/linear.ts';
-import { KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
+import { DECODE_DEFAULTS, KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
 import { ROW_SAMPLING_WORDS, TOPK_MAX_K, seenWords, writeRowSampling, type RowSampling } from '../kernels/sample.ts';
 import type { HostWeight } from '../kernels/weights.ts';
 import { uploadWeightChunks, type ChunkedWeight } from '../kernels/weights-upload.ts';
@@ -351,11 +351,12 @@ export class Transformer {
         dtypes: [...new Set(Object.values(dtypes))] as HostWeight['dtype'][],
         shapes: [{ N: cfg.hiddenSize, K: cfg.hiddenSize }, { N: cfg.intermediateSize, K: cfg.hiddenSize }],
       }, tuning)).tunings);
-      // Timed at a one-split context and an eight-split one (DECODE_DEFAULTS.splitKeys keys a split), where the capacity allows.
+      // Timed at a one-split context and an eight-split one, where the capacity allows.
+      const splitKeys = DECODE_DEFAULTS.splitKeys;
       const ropeKvFold = options.ropeKvFold ?? (tuning && (await autotuneRopeKvFold(gpu, {
         Hq: cfg.numHeads, Hkv: cfg.numKvHeads, D: cfg.headDim, kvDtype: options.kvDtype ?? 'f16',
         rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode, headNorm: cfg.qkNorm === true,
-        capacity: options.capacity, lengths: [...new Set([128, 1024].map((L) => Math.min(L, options.capacity)))],
+        capacity: options.capacity, lengths: [...new Set([splitKeys, 8 * splitKeys].map((L) => Math.min(L, options.capacity)))],
       }, tuning)).tuning.fold);
       model = new Transformer(gpu, source, { ...options, matvecTunings, ropeKvFold }, weights, arena, digest.hex(), {
         parameters,
