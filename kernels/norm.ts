@@ -34,6 +34,12 @@ export interface NormBuffers {
    * post-attention and post-MLP norms. A different buffer from out.
    */
   residual?: GPUBuffer;
+  /**
+   * With a residual: the sum normalised again, RMSNorm with `weight` (C, from element 0), into `out`
+   * (rows at the run's outOffset): Gemma's post-norm and residual add, then the next sublayer's
+   * pre-norm, in one dispatch. A buffer of its own, neither x, out nor the residual.
+   */
+  next?: { weight: GPUBuffer; out: GPUBuffer };
 }
 
 export interface NormOptions {
@@ -78,6 +84,11 @@ export class Norm {
     if (buffers.out === buffers.x) throw new TypeError(`${label}: out must be a different buffer from x`);
     if (buffers.residual && kind !== 'rms') throw new TypeError(`${label}: a residual is supported with RMSNorm only`);
     if (buffers.residual === buffers.out) throw new TypeError(`${label}: residual must be a different buffer from out`);
+    const next = buffers.next;
+    if (next && !buffers.residual) throw new TypeError(`${label}: a next norm follows a residual add only`);
+    if (next && [buffers.x, buffers.out, buffers.residual].includes(next.out)) {
+      throw new TypeError(`${label}: the next norm's out must be a buffer of its own`);
+    }
     const wg = checkWorkgroupSize(gpu, options.workgroupSize ?? 256, label);
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
     this.#buffers = buffers;
@@ -85,13 +96,13 @@ export class Norm {
       gpu,
       {
         name: 'norm',
-        variant: buffers.residual ? `${kind}_add` : kind,
+        variant: next ? `${kind}_add_norm` : buffers.residual ? `${kind}_add` : kind,
         code: composeShader('norm.wgsl'),
-        entryPoint: buffers.residual ? 'rms_norm_add' : ENTRY[kind],
+        entryPoint: next ? 'rms_norm_add_norm' : buffers.residual ? 'rms_norm_add' : ENTRY[kind],
         constants: { WG: wg },
       },
       NormParams,
-      [buffers.x, buffers.weight, buffers.bias, buffers.out, buffers.residual],
+      [buffers.x, buffers.weight, buffers.bias, buffers.out, buffers.residual, next?.weight, next?.out],
     );
   }
 
@@ -112,6 +123,10 @@ export class Norm {
     if (this.#buffers.bias) checkFits(label, 'bias', this.#buffers.bias, biasOffset, cols);
     else if (biasOffset !== 0) throw new ShapeError(`${label}: biasOffset given but this norm has no bias`);
     checkFits(label, 'out', this.#buffers.out, outOffset, rows * cols);
+    if (this.#buffers.next) {
+      checkFits(label, 'next weight', this.#buffers.next.weight, 0, cols);
+      checkFits(label, 'next out', this.#buffers.next.out, outOffset, rows * cols);
+    }
     const [x, y] = dispatchGrid(rows, this.#maxPerDimension);
     this.#dispatch.encode(
       pass,

@@ -26,7 +26,7 @@ import type { KvCache } from './kv-cache.ts';
  * parameters (RowSampling); `picked` the tokens the GPU sampler picked, and `seen` each slot's seen
  * tokens for its repetition penalty (PickBuffers.seen).
  */
-export type StepBuffers = Record<'inputs' | 'x' | 'x2' | 'h' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'picked' | 'seen' | 'headRows', GPUBuffer>;
+export type StepBuffers = Record<'inputs' | 'x' | 'x2' | 'h' | 'sublayer' | 'qkv' | 'attn' | 'mlp' | 'act' | 'logits' | 'topValues' | 'topIds' | 'lse' | 'picked' | 'seen' | 'headRows', GPUBuffer>;
 
 /** The sizes the kernels are built for. */
 export interface StepSizes {
@@ -47,7 +47,12 @@ export interface StepSizes {
 }
 
 export interface LayerOps {
-  /** Runs before q/k/v projections that do not fold it in: matmul-sized ones, and any the adapter's tuning keeps apart (Linear.normFoldedFor). */
+  /**
+   * Runs before q/k/v projections that do not fold it in: matmul-sized ones, and any the adapter's
+   * tuning keeps apart (Linear.normFoldedFor). With post-norms (Gemma), past the first layer, it is the
+   * previous layer's post-MLP norm and residual add with this norm after it, in one kernel:
+   * x = x2 + RMSNorm(sublayer), h = attn_norm(x).
+   */
   attnNorm: Norm;
   qkv: Linear[];
   /**
@@ -62,11 +67,13 @@ export interface LayerOps {
   /** One causal attention op per piece of a prefill step (each is encoded at most once per submit). */
   prefill: PrefillAttention[];
   decode: DecodeAttention;
-  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection; with post-norms, h = attn · Woᵀ. */
+  /** x2 = x + attn · Woᵀ (+ bias): the residual add fused into the projection; with post-norms, sublayer = attn · Woᵀ. */
   attnOut: Linear;
-  /** Gemma: x2 = x + RMSNorm(h), the attention output normalised before the residual add. */
-  attnPostNorm?: Norm;
-  /** Runs before MLP projections that do not fold it in, as attnNorm. */
+  /**
+   * Runs before MLP projections that do not fold it in, as attnNorm. With post-norms, the attention's
+   * post-norm and residual add with this norm after it, in one kernel: x2 = x + RMSNorm(sublayer),
+   * h = ffn_norm(x2).
+   */
   mlpNorm: Norm;
   /**
    * The MLP's input projections: one [gate; up] weight with interleaved rows (SwiGLU, gate and up of
@@ -77,9 +84,12 @@ export interface LayerOps {
   up?: Linear;
   /** The activation, where the projection has not fused it: after matmul-sized runs, or always when `gate` is apart. */
   act: Elementwise;
-  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection; with post-norms, h = act · Wdownᵀ. */
+  /** x = x2 + act · Wdownᵀ (+ bias): the residual add fused into the projection; with post-norms, sublayer = act · Wdownᵀ. */
   down: Linear;
-  /** Gemma: x = x2 + RMSNorm(h), the MLP output normalised before the residual add. */
+  /**
+   * Post-norms, the last layer only: x = x2 + RMSNorm(sublayer), the MLP output normalised before the
+   * residual add (every other layer's runs in the next layer's attnNorm).
+   */
   ffnPostNorm?: Norm;
 }
 
@@ -156,14 +166,21 @@ export function buildForwardOps(
       weight: matrix(`${name}.weight`), bias: vector(`${name}.bias`), input, output, residual, maxRows: sizes.rows, fused,
       matvec: tunedMatvecOptions(sizes.matvecTunings, matrix(`${name}.weight`), fused?.fusion),
     });
-  // Gemma's post-norms: out = residual + RMSNorm(h), h holding the attention or MLP output.
-  const postNorm = (prefix: string, residual: GPUBuffer, out: GPUBuffer) =>
-    new Norm(gpu, 'rms', { x: b.h, weight: vector(`${prefix}.weight`)!, out, residual }, { eps: cfg.normEps });
+  // Gemma's post-norms: stream = residual + RMSNorm(sublayer), sublayer holding the attention's or
+  // the MLP's output; then, where another sublayer follows, its pre-norm h = norm(stream) in the same
+  // kernel.
+  if (cfg.postNorms && cfg.norm !== 'rms') throw new ShapeError(`${source.id}: post-norms are RMSNorms, and this model's norm is ${cfg.norm}`);
+  const postNorm = (prefix: string, residual: GPUBuffer, stream: GPUBuffer, nextPrefix?: string) =>
+    new Norm(gpu, 'rms', {
+      x: b.sublayer, weight: vector(`${prefix}.weight`)!, out: stream, residual,
+      next: nextPrefix === undefined ? undefined : { weight: vector(`${nextPrefix}.weight`)!, out: b.h },
+    }, { eps: cfg.normEps });
   // A projection after a norm (norm kernel: `stream` into h) that writes `output` on decode. Its
   // matvec folds the norm in, reading the raw stream, where this adapter's tuning says that pays
   // (MatvecTuning.normFold); else it reads h, as the matmul does. `fusion`: what else it fuses.
   const afterNorm = (name: string, normPrefix: string, stream: GPUBuffer, output: GPUBuffer, fusion: MatvecFusion = {}) => {
-    const fold = tunedNormFold(sizes.matvecTunings, matrix(`${name}.weight`).dtype);
+    // With post-norms the pre-norm comes with the post-norm before it, in one kernel (postNorm).
+    const fold = !cfg.postNorms && tunedNormFold(sizes.matvecTunings, matrix(`${name}.weight`).dtype);
     const norm = { kind: cfg.norm, weight: vector(`${normPrefix}.weight`)!, bias: vector(`${normPrefix}.bias`), eps: cfg.normEps };
     const matvecFusion = fold ? { ...fusion, norm } : fusion;
     const fused = fold || Object.keys(fusion).length > 0 ? { input: fold ? stream : b.h, output, fusion: matvecFusion } : undefined;
@@ -200,7 +217,7 @@ export function buildForwardOps(
     const post = cfg.postNorms;
     const layerInvFreq = window > 0 && localInvFreq ? localInvFreq : invFreq;
     layers.push({
-      attnNorm: norm(`${p}.attn_norm`, b.x, b.h),
+      attnNorm: post && l > 0 ? postNorm(`blk.${l - 1}.post_ffw_norm`, b.x2, b.x, `${p}.attn_norm`) : norm(`${p}.attn_norm`, b.x, b.h),
       qkv,
       ropeKvWrite: invFreq
         ? new RopeKvWrite(gpu, source.ropeMode, { ...kvShape, rotaryDims: cfg.rope!.dims, headNorm: cfg.qkNorm ? { eps: cfg.normEps } : undefined }, {
@@ -227,13 +244,12 @@ export function buildForwardOps(
         ropeTable: sizes.ropeKvFold && layerInvFreq ? (cfg.qkNorm ? ropeTable(l, layerInvFreq) : layerInvFreq) : undefined,
       }),
       // The residual stream alternates x -> x2 -> x: a projection cannot add into the buffer it writes.
-      attnOut: post ? linear(`${p}.attn_output`, b.attn, b.h) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),
-      attnPostNorm: post ? postNorm(`${p}.post_attention_norm`, b.x, b.x2) : undefined,
-      mlpNorm: norm(`${p}.ffn_norm`, b.x2, b.h),
+      attnOut: post ? linear(`${p}.attn_output`, b.attn, b.sublayer) : linear(`${p}.attn_output`, b.attn, b.x2, b.x),
+      mlpNorm: post ? postNorm(`${p}.post_attention_norm`, b.x, b.x2, `${p}.ffn_norm`) : norm(`${p}.ffn_norm`, b.x2, b.h),
       ...mlp,
       act,
-      down: post ? linear(`${p}.ffn_down`, b.act, b.h) : linear(`${p}.ffn_down`, b.act, b.x, b.x2),
-      ffnPostNorm: post ? postNorm(`${p}.post_ffw_norm`, b.x2, b.x) : undefined,
+      down: post ? linear(`${p}.ffn_down`, b.act, b.sublayer) : linear(`${p}.ffn_down`, b.act, b.x, b.x2),
+      ffnPostNorm: post && l === cfg.numLayers - 1 ? postNorm(`${p}.post_ffw_norm`, b.x2, b.x) : undefined,
     });
   }
   const finalNorm = norm('output_norm', b.x, b.h);

@@ -275,6 +275,8 @@ export class Transformer {
       x: f32('x', R * C),
       x2: f32('x2', R * C),
       h: f32('h', R * C),
+      // Post-norm models: the attention's or MLP's output before its norm and residual add.
+      sublayer: f32('sublayer', cfg.postNorms ? R * C : 1),
       qkv: f32('qkv', R * W),
       attn: f32('attn', R * Hq * D),
       // The MLP's input projections before the activation (matmul-sized runs, and gate apart from
@@ -816,7 +818,6 @@ export class Transformer {
       }
       attention(layer);
       layer.attnOut.encode(pass, projection);
-      layer.attnPostNorm?.encode(pass, norm);
       const mlpIn = layer.gateUp ?? layer.gate ?? layer.up!;
       if (!(mlpIn.normFoldedFor(R) && (!layer.gate || layer.up!.normFoldedFor(R)))) layer.mlpNorm.encode(pass, norm);
       if (layer.gateUp || (layer.up && !layer.gate)) {

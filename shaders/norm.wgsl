@@ -4,6 +4,9 @@
 // rms_norm:   out = x / sqrt(mean(x^2) + eps) * weight
 // rms_norm_add: out = residual + x / sqrt(mean(x^2) + eps) * weight (Gemma's post-attention and
 //             post-MLP norms, which normalise a sublayer's output before the residual add)
+// rms_norm_add_norm: rms_norm_add, then next_out = out / sqrt(mean(out^2) + eps) * next_weight: the
+//             next sublayer's pre-norm of the new residual stream, in the same pass (one dispatch, and
+//             one read of the row, fewer than the two norms apart)
 // layer_norm: out = (x - mean) / sqrt(var + eps) * weight + bias, var = mean((x - mean)^2), computed
 //             in two passes (mean first, then squared deviations), both relative to the row's first
 //             element, so a mean far from zero costs no precision.
@@ -18,7 +21,7 @@ struct Params {
   bias_offset: u32,    // first element of bias (elements); rms_norm ignores it
   out_offset: u32,     // first element of out (elements)
   eps: f32,            // added to the mean square / variance (unitless)
-  residual_offset: u32, // first element of residual (elements); rms_norm_add only
+  residual_offset: u32, // first element of residual (elements); rms_norm_add(_norm) only
 }
 
 override WG: u32 = 256;
@@ -28,7 +31,9 @@ override WG: u32 = 256;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;    // (C)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;      // (C); rms_norm leaves it unbound
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // (M, C); must not alias x
-@group(0) @binding(5) var<storage, read> residual: array<f32>;  // (M, C); rms_norm_add only, must not alias out
+@group(0) @binding(5) var<storage, read> residual: array<f32>;  // (M, C); rms_norm_add(_norm) only, must not alias out
+@group(0) @binding(6) var<storage, read> next_weight: array<f32>;         // (C) from 0; rms_norm_add_norm only
+@group(0) @binding(7) var<storage, read_write> next_out: array<f32>;      // (M, C) from out_offset; rms_norm_add_norm only
 
 // 1 / sqrt(mean(x[src ..][c]^2) + eps) of one row, from every invocation of the workgroup (call it in
 // uniform control flow: the sum synchronises the workgroup).
@@ -93,5 +98,27 @@ fn rms_norm_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
   let scale = rms_scale(src, lid);
   for (var c = lid; c < params.cols; c += WG) {
     out[dst + c] = residual[res + c] + x[src + c] * scale * weight[params.weight_offset + c];
+  }
+}
+
+@compute @workgroup_size(WG)
+fn rms_norm_add_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+  let row = grid_group(wid, nwg);
+  if (row >= params.rows) { return; }
+  let src = params.x_offset + row * params.cols;
+  let dst = params.out_offset + row * params.cols;
+  let res = params.residual_offset + row * params.cols;
+  let scale = rms_scale(src, lid);
+  var squares = 0.0;
+  for (var c = lid; c < params.cols; c += WG) {
+    let v = residual[res + c] + x[src + c] * scale * weight[params.weight_offset + c];
+    out[dst + c] = v;
+    squares += v * v;
+  }
+  let next_scale = 1.0 / sqrt(workgroup_sum(lid, squares) / f32(params.cols) + params.eps);
+  // Each invocation reads back only the elements it wrote itself.
+  for (var c = lid; c < params.cols; c += WG) {
+    next_out[dst + c] = out[dst + c] * next_scale * next_weight[c];
   }
 }

@@ -155,6 +155,47 @@ describe('RMSNorm plus a residual (Gemma post-norms)', () => {
     });
   }
 
+  // rms_norm_add_norm: the post-norm's sum, then the next sublayer's pre-norm of it, in one pass.
+  for (const [rows, cols, wg] of [[1, 37, undefined], [3, 1031, undefined], [4, 97, 16]] as const) {
+    it(`then the next pre-norm, ${rows}x${cols}${wg ? `, workgroup ${wg}` : ''}`, async () => {
+      const t = makeCase(rows, cols, rows * 17 + cols, 1e-6);
+      const residualOffset = 4;
+      const residual = randomF32(residualOffset + rows * cols, cols + 9, 2);
+      const nextWeight = randomF32(cols, cols + 11, 1.5);
+      const outOffset = 9;
+      const count = rows * cols;
+      const out = poisoned(gpu(), 'out', outOffset + count + 3);
+      const nextOut = poisoned(gpu(), 'next', outOffset + count + 3);
+      const kernel = new Norm(gpu(), 'rms', {
+        x: createStorage(gpu(), 'x', t.x), weight: createStorage(gpu(), 'w', t.w), out, residual: createStorage(gpu(), 'r', residual),
+        next: { weight: createStorage(gpu(), 'nw', nextWeight), out: nextOut },
+      }, { eps: t.eps, workgroupSize: wg });
+      await runPass(gpu(), (pass) => kernel.encode(pass, { rows, cols, xOffset: t.xOffset, weightOffset: t.wOffset, outOffset, residualOffset }));
+      const sum = reference('rms', t).map((v, i) => v + residual[residualOffset + i]);
+      const next = reference('rms', { ...t, x: new Float32Array(sum), xOffset: 0, w: nextWeight, wOffset: 0 });
+      for (const [buffer, want, what] of [[out, sum, 'sum'], [nextOut, next, 'next norm']] as const) {
+        const all = await readF32(gpu(), buffer, outOffset + count + 3);
+        expectClose(all.subarray(outOffset, outOffset + count), want, 1e-5, `rms_norm_add_norm: ${what}`);
+        for (const i of [0, outOffset - 1, outOffset + count, outOffset + count + 2]) expect(Number.isNaN(all[i])).toBe(true);
+      }
+    });
+  }
+
+  it('refuses a next norm without a residual or into a buffer it reads or writes', () => {
+    const a = createStorage(gpu(), 'a', 64 * 4);
+    const w = createStorage(gpu(), 'w', 8 * 4);
+    const out = createStorage(gpu(), 'out', 64 * 4);
+    const r = createStorage(gpu(), 'r', 64 * 4);
+    const n = createStorage(gpu(), 'n', 64 * 4);
+    expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, next: { weight: w, out: n } }, { eps: 1e-5 })).toThrow(/follows a residual add only/);
+    for (const clash of [a, out, r]) {
+      expect(() => new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: r, next: { weight: w, out: clash } }, { eps: 1e-5 })).toThrow(/buffer of its own/);
+    }
+    const pass = {} as GPUComputePassEncoder;
+    const small = new Norm(gpu(), 'rms', { x: a, weight: w, out, residual: r, next: { weight: w, out: createStorage(gpu(), 's', 8 * 4) } }, { eps: 1e-5 });
+    expect(() => small.encode(pass, { rows: 2, cols: 8 })).toThrow(/next out needs/);
+  });
+
   it('refuses a residual on LayerNorm, a residual that is the output, and a residual offset without one', () => {
     const a = createStorage(gpu(), 'a', 64 * 4);
     const w = createStorage(gpu(), 'w', 8 * 4);
