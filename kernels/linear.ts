@@ -72,12 +72,15 @@ export class Linear {
         throw new ShapeError(`${label}: glu needs every row chunk to hold whole (gate, up) pairs (upload with rowMultiple 2)`);
       }
     }
-    this.#chunks = weight.chunks.map(({ firstRow, weight: part }) => {
+    this.#chunks = weight.chunks.map(({ firstRow, weight: part }, i) => {
       const buffers = { weight: part, bias, input, output, residual };
       const matvecBuffers = fused ? { ...buffers, input: fused.input, output: fused.output } : buffers;
+      // A folded post-norm's stream is written once, by the first chunk.
+      const post = fused?.fusion.postNorm;
+      const fusion = post && i > 0 ? { ...fused!.fusion, postNorm: { ...post, writeStream: false } } : fused?.fusion;
       return {
         firstRow,
-        matvec: new Matvec(gpu, matvecBuffers, { ...config.matvec, fusion: fused?.fusion }),
+        matvec: new Matvec(gpu, matvecBuffers, { ...config.matvec, fusion }),
         matmul: maxRows > MATVEC_MAX_ROWS ? new Matmul(gpu, buffers, config.matmul) : undefined,
       };
     });

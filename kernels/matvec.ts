@@ -56,6 +56,35 @@ export interface MatvecFusion {
    * is activation(gate) * up: N / 2 outputs; the bias, if any, is per weight row (2N entries' worth).
    */
   glu?: boolean;
+  /**
+   * Gemma's post-norm and residual add before the product: the input holds a sublayer's output a, and
+   * the rows the product (and `norm`, an RMSNorm if any) take are the residual stream
+   * x = base + RMSNorm(a) * weight (shaders/matvec_post_norm.wgsl). With `writeStream` (default true)
+   * the first workgroup also writes x to `stream`, where the next sublayer's residual add reads it:
+   * the post-norm's kernel is not needed. base and stream are (M, K) rows laid out as the input's.
+   * Needs 9 storage buffers per shader stage (postNormFoldFits); takes the place of a residual.
+   */
+  postNorm?: PostNormFusion;
+}
+
+export interface PostNormFusion {
+  /** (K) f32. */
+  weight: GPUBuffer;
+  eps: number;
+  /** The residual stream before the sublayer. */
+  base: GPUBuffer;
+  /** Where x is written: neither the input, base nor output. */
+  stream: GPUBuffer;
+  /** Whether this matvec writes the stream (one projection of those reading it does). Default true. */
+  writeStream?: boolean;
+}
+
+/** Storage buffers a post-norm matvec binds: the weight's two, input, bias, base, output, norm weight, post weight, stream. */
+const POST_NORM_STORAGE_BUFFERS = 9;
+
+/** Whether this device binds enough storage buffers per shader stage for MatvecFusion.postNorm. */
+export function postNormFoldFits(gpu: Pick<Gpu, 'limits'>): boolean {
+  return gpu.limits.maxStorageBuffersPerShaderStage >= POST_NORM_STORAGE_BUFFERS;
 }
 
 export type MatvecBuffers = MatmulBuffers;
@@ -197,7 +226,7 @@ export class Matvec {
     }
     const fusion = options.fusion ?? {};
     const glu = fusion.glu === true;
-    checkFusion(label, buffers, fusion);
+    checkFusion(gpu, label, buffers, fusion);
     // Outputs: weight rows, or pairs of them with glu; each workgroup reads `perOutput` rows per output.
     const outputs = glu ? buffers.weight.rows / 2 : buffers.weight.rows;
     const perOutput = glu ? 2 : 1;
@@ -242,8 +271,10 @@ export class Matvec {
     this.rowsPerWorkgroup = rowsPerWorkgroup;
     this.#buffers = buffers;
     this.#maxPerDimension = gpu.limits.maxComputeWorkgroupsPerDimension;
-    const fused = fusion.norm !== undefined || fusion.activation !== undefined || glu;
-    const fusionModule = fused ? 'matvec_fusion.wgsl' : 'matvec_plain.wgsl';
+    const fused = fusion.norm !== undefined || fusion.activation !== undefined || glu || fusion.postNorm !== undefined;
+    const post = fusion.postNorm;
+    // A post-norm's module comes with the fusion module; without one, the input is taken as loaded.
+    const fusionModules = !fused ? ['matvec_plain.wgsl'] : ['matvec_fusion.wgsl', post ? 'matvec_post_norm.wgsl' : 'matvec_input.wgsl'];
     // The weight's modules: its chunk module on q8 activations, a chunk reader in the chunked layout
     // (shaders/matvec_sums_chunked.wgsl), else its weight4 module.
     const chunkModule = weightShader(dtype).replace('.wgsl', '_q8.wgsl');
@@ -260,8 +291,8 @@ export class Matvec {
         // The fusion code is composed in only where a fusion is asked for: a plain projection's
         // shader stays small (and quick to compile on a software adapter).
         code: subgroup
-          ? composeShader('matvec_subgroup_enable.wgsl', ...(q8 ? ['matvec_q8_requires.wgsl'] : []), ...weightModules, fusionModule, sumsModule, 'matvec_subgroup.wgsl')
-          : composeShader(...(q8 ? ['matvec_q8_requires.wgsl'] : []), ...weightModules, fusionModule, sumsModule, 'matvec.wgsl'),
+          ? composeShader('matvec_subgroup_enable.wgsl', ...(q8 ? ['matvec_q8_requires.wgsl'] : []), ...weightModules, ...fusionModules, sumsModule, 'matvec_subgroup.wgsl')
+          : composeShader(...(q8 ? ['matvec_q8_requires.wgsl'] : []), ...weightModules, ...fusionModules, sumsModule, 'matvec.wgsl'),
         entryPoint: subgroup ? 'matvec_subgroup' : 'matvec',
         constants: {
           WG: wg,
@@ -270,19 +301,31 @@ export class Matvec {
           ...(subgroup ? { SG_MIN: sgMin } : {}),
           ...projectionConstants(buffers),
           ...(fused ? fusionConstants(fusion) : {}),
+          ...(post ? { POST_EPS: post.eps, WRITE_STREAM: post.writeStream === false ? 0 : 1 } : {}),
         },
       },
       MatmulParams, // one run contract for both kernels (shaders/matmul_projection.wgsl)
       [
-        ...projectionBindings(gpu, buffers),
-        // The norm's scale and shift (bindings 7, 8), fused shaders only.
-        ...(fused ? [fusion.norm?.weight ?? placeholderStorage(gpu), fusion.norm?.bias ?? placeholderStorage(gpu)] : []),
+        // A post-norm's base rows take the residual's binding (5).
+        ...projectionBindings(gpu, post ? { ...buffers, residual: post.base } : buffers),
+        // The norm's scale and shift (bindings 7, 8; a post-norm's weight in the shift's place), fused
+        // shaders only, and a post-norm's stream (9).
+        ...(fused ? [fusion.norm?.weight ?? placeholderStorage(gpu), fusion.norm?.bias ?? post?.weight ?? placeholderStorage(gpu)] : []),
+        ...(post ? [post.stream] : []),
       ],
     );
   }
 
   encode(pass: GPUComputePassEncoder, run: MatvecRun): void {
-    const values = matvecValues(`matvec(${this.weight.label})`, this.#buffers, this.fusion, run);
+    const label = `matvec(${this.weight.label})`;
+    const values = matvecValues(label, this.#buffers, this.fusion, run);
+    const post = this.fusion.postNorm;
+    if (post) {
+      // base and stream rows are laid out as the input's.
+      const span = (values.m - 1) * values.a_stride + values.k;
+      checkFits(label, 'post-norm base', post.base, values.a_offset, span);
+      checkFits(label, 'post-norm stream', post.stream, values.a_offset, span);
+    }
     const [x, y] = dispatchGrid(Math.ceil(values.n / this.rowsPerWorkgroup), this.#maxPerDimension);
     this.#dispatch.encode(pass, values, x, y);
   }
@@ -319,9 +362,12 @@ function fusionConstants(fusion: MatvecFusion): Record<'NORM' | 'NORM_EPS' | 'AC
   };
 }
 
-/** Refuse fusions the shader cannot run: unknown kinds, a norm weight shorter than K, an odd glu weight. */
-function checkFusion(label: string, buffers: MatvecBuffers, fusion: MatvecFusion): void {
-  const { norm, activation, glu } = fusion;
+/**
+ * Refuse fusions the shader cannot run: unknown kinds, a norm weight shorter than K, an odd glu
+ * weight, a post-norm beside a residual or LayerNorm or on a device that cannot bind its buffers.
+ */
+function checkFusion(gpu: Gpu, label: string, buffers: MatvecBuffers, fusion: MatvecFusion): void {
+  const { norm, activation, glu, postNorm: post } = fusion;
   const K = buffers.weight.cols;
   if (norm) {
     if (norm.kind !== 'rms' && norm.kind !== 'layer') throw new ShapeError(`${label}: unknown norm kind ${String(norm.kind)}`);
@@ -340,5 +386,24 @@ function checkFusion(label: string, buffers: MatvecBuffers, fusion: MatvecFusion
   }
   if (glu && buffers.weight.rows % 2 !== 0) {
     throw new ShapeError(`${label}: glu needs (gate, up) row pairs, but the weight has ${buffers.weight.rows} rows`);
+  }
+  if (post) {
+    if (!postNormFoldFits(gpu)) {
+      throw new ShapeError(
+        `${label}: a post-norm fold binds ${POST_NORM_STORAGE_BUFFERS} storage buffers, over this adapter's ` +
+          `${gpu.limits.maxStorageBuffersPerShaderStage} per shader stage`,
+      );
+    }
+    if (buffers.residual) throw new ShapeError(`${label}: a post-norm takes the residual's place; it cannot have a residual too`);
+    if (norm?.kind === 'layer') throw new ShapeError(`${label}: a post-norm goes before an RMSNorm (or no norm), not a LayerNorm`);
+    if (typeof post.eps !== 'number' || !Number.isFinite(post.eps) || post.eps < 0) {
+      throw new ShapeError(`${label}: post-norm eps must be a finite number >= 0 (got ${post.eps})`);
+    }
+    checkFits(label, 'post-norm weight', post.weight, 0, K);
+    const { input, output } = buffers;
+    if (post.base === output) throw new ShapeError(`${label}: the post-norm's base must not be the output`);
+    if ([input, post.base, output, post.weight].includes(post.stream)) {
+      throw new ShapeError(`${label}: the post-norm's stream must be a buffer of its own, neither the input, base, output nor weight`);
+    }
   }
 }

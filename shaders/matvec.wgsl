@@ -42,6 +42,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
           @builtin(local_invocation_index) lid: u32) {
   let row0 = grid_group(wid, nwg) * ROWS;
   if (row0 >= params.n) { return; } // whole workgroup: the grid may overshoot when split over y
+  post_norm_statistics(lid, row0);
   norm_statistics(lid);
   var acc = partial_sums(row0, lid);
 

@@ -10,8 +10,9 @@ struct Chunk16 {
   offset: f32,   // added per column: W = scale * q + offset
 }
 
-// a[m, k..k+3] as loaded; K is whole chunks (a multiple of 8 or 32) and k % 4 == 0, so k + 3 < K.
+// a[m, k..k+3] as the product takes it (stream4: after a folded post-norm, if any; before the
+// pre-norm); K is whole chunks (a multiple of 8 or 32) and k % 4 == 0, so k + 3 < K.
 fn raw4(m: u32, k: u32) -> vec4<f32> {
   let base = params.a_offset + m * params.a_stride + k;
-  return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
+  return stream4(m, k, vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]));
 }

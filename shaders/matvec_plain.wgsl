@@ -1,5 +1,6 @@
 // The matvec without fusions: composed in place of matvec_fusion.wgsl (same functions, nothing fused),
 // so a plain projection's shader carries none of the fusion code.
+//! include matvec_input.wgsl
 
 fn norm_statistics(lid: u32) {}
 

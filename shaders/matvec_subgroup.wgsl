@@ -56,6 +56,7 @@ fn matvec_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
   // 2. One leader per subgroup, and its slot (control flow is uniform here: the guards depend on
   // uniforms only).
   sg_slots_init(lid);
+  post_norm_statistics(lid, row0);
   norm_statistics(lid);
   var acc = partial_sums(row0, lid);
 

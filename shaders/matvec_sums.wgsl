@@ -2,17 +2,18 @@
 // with matvec.wgsl or matvec_subgroup.wgsl (which include matvec_common.wgsl), a weights module
 // (weight4) and matvec_plain.wgsl or matvec_fusion.wgsl (normalised, SQUARE_ROWS).
 
-// a[row, k..k+3], zero past K: a's offset and stride are arbitrary, so scalar loads.
+// a[row, k..k+3] as the product takes it (stream4: after a folded post-norm, if any), zero past K:
+// a's offset and stride are arbitrary, so scalar loads.
 fn load_a4(row: u32, k: u32) -> vec4<f32> {
   let base = params.a_offset + row * params.a_stride + k;
   if (k + 4u <= params.k) {
-    return vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]);
+    return stream4(row, k, vec4<f32>(a[base], a[base + 1u], a[base + 2u], a[base + 3u]));
   }
   var v = vec4<f32>(0.0);
   for (var i = 0u; i < 4u; i++) {
     if (k + i < params.k) { v[i] = a[base + i]; }
   }
-  return v;
+  return stream4(row, k, v);
 }
 
 // This thread's sums acc[r * MAX_M + m] = sum over its columns k (4 * lid, then every 4 * WG) of

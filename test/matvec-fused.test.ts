@@ -1,9 +1,10 @@
 // The matvec's decode fusions (MatvecFusion) on both tiers, against a float64 reference: RMSNorm and
-// LayerNorm folded into the activation loads, the GELU epilogue, and SwiGLU over interleaved
-// (gate, up) row pairs; at odd output counts, K not a multiple of the workgroup's stride, non-zero
+// LayerNorm folded into the activation loads, the GELU epilogue, SwiGLU over interleaved (gate, up)
+// row pairs, and Gemma's post-norm and residual add before the product (writing the new stream); at odd output counts, K not a multiple of the workgroup's stride, non-zero
 // offsets and row strides, several dtypes; and through Linear over row chunks.
 import { afterAll, describe, expect, it } from 'vitest';
-import { Matvec, type MatvecFusion, type MatvecLayout } from '../kernels/matvec.ts';
+import { Matvec, postNormFoldFits, type MatvecFusion, type MatvecLayout } from '../kernels/matvec.ts';
+import { hasPackedDot, type MatvecActivations } from '../kernels/tiers.ts';
 import { Linear } from '../kernels/linear.ts';
 import type { Tier } from '../kernels/tiers.ts';
 import { runPass } from '../kernels/dispatch.ts';
@@ -218,5 +219,146 @@ describe('matvec fusions', { timeout: 600_000 }, () => {
     expect(() => make({ activation: 'relu' as 'gelu' })).toThrow(ShapeError);
     const even = uploadWeight(gpu(), 'w8', randomWeight('f32', 8, 12, 2));
     expect(() => new Matvec(gpu(), { weight: even, input, output }, { fusion: { glu: true }, rowsPerWorkgroup: 3 })).toThrow(/rowsPerWorkgroup must be 1..2 with glu/);
+  });
+});
+
+// Gemma's post-norm before the product: the input is a sublayer's output a, the product takes
+// x = base + RMSNorm(a) * post weight (then the pre-norm, if any), and the first workgroup writes x.
+describe('matvec: a post-norm and residual add folded in (Gemma)', { timeout: 600_000 }, () => {
+  interface PostCase { dtype: WeightDtype; M: number; N: number; K: number; norm: boolean; glu: boolean; rowsPerWorkgroup?: number; workgroupSize?: number; seed: number }
+  const postCases: PostCase[] = [
+    // q/k/v after the previous layer's post-MLP norm; the gated MLP after the attention's post-norm.
+    { dtype: 'q4_0', M: 1, N: 37, K: 160, norm: true, glu: false, seed: 21 },
+    { dtype: 'q4_k', M: 3, N: 19, K: 256, norm: true, glu: true, rowsPerWorkgroup: 2, workgroupSize: 32, seed: 22 },
+    // K not a multiple of 4 (the strided loads' tail), no pre-norm, several rows.
+    { dtype: 'f32', M: 2, N: 13, K: 53, norm: false, glu: false, seed: 23 },
+  ];
+  const eps = 1e-6;
+
+  function postSetup(c: PostCase) {
+    const fusedCase: FusedCase = { dtype: c.dtype, M: c.M, N: c.N, K: c.K, norm: c.norm ? 'rms' : undefined, activation: c.glu ? 'silu' : undefined, glu: c.glu, seed: c.seed };
+    const L = layout(fusedCase);
+    const weightRows = c.glu ? 2 * c.N : c.N;
+    const host = randomWeight(c.dtype, weightRows, c.K, c.seed, 0.5);
+    const a = rowsWithNaNGaps(c.M, c.K, L.inputOffset, L.inputRowStride, c.seed + 1);
+    const base = rowsWithNaNGaps(c.M, c.K, L.inputOffset, L.inputRowStride, c.seed + 2);
+    const postWeight = randomF32(c.K, c.seed + 3, 1);
+    const normWeight = randomF32(c.K, c.seed + 4, 1);
+    // Float64: x = base + a / rms(a) * post weight, then the product as the plain fusions' reference.
+    const x = new Float32Array(a.length).fill(NaN);
+    const x64 = new Float64Array(c.M * c.K);
+    for (let m = 0; m < c.M; m++) {
+      const at = L.inputOffset + m * L.inputRowStride;
+      let squares = 0;
+      for (let k = 0; k < c.K; k++) squares += a[at + k] ** 2;
+      const scale = 1 / Math.sqrt(squares / c.K + eps);
+      for (let k = 0; k < c.K; k++) x64[m * c.K + k] = base[at + k] + a[at + k] * scale * postWeight[k];
+      for (let k = 0; k < c.K; k++) x[at + k] = x64[m * c.K + k];
+    }
+    // The reference normalises in float64 from x rounded to f32, the stream's precision: the
+    // difference from an unrounded x is far below the bound.
+    const want = reference(fusedCase, dequantize(host), x, normWeight, normWeight);
+    return { L, weightRows, host, a, base, postWeight, normWeight, x64, want, fusedCase };
+  }
+
+  for (const c of postCases) {
+    it(`${describeFused({ ...c, norm: c.norm ? 'rms' : undefined, activation: c.glu ? 'silu' : undefined })} post-norm`, async () => {
+      if (!postNormFoldFits(gpu())) return;
+      const s = postSetup(c);
+      const weight = uploadWeight(gpu(), `w_${c.dtype}`, s.host);
+      const variants: Array<{ tier: Tier; layout: MatvecLayout; activations: MatvecActivations }> = [];
+      for (const tier of tiers()) variants.push({ tier, layout: 'strided', activations: 'f32' });
+      if (c.dtype !== 'f32') {
+        variants.push({ tier: tiers().at(-1)!, layout: 'chunked', activations: 'f32' });
+        if (hasPackedDot(gpu())) variants.push({ tier: tiers().at(-1)!, layout: 'chunked', activations: 'q8' });
+      }
+      for (const v of variants) {
+        const what = `${v.tier} ${v.layout} ${v.activations} post-norm ${describeFused(s.fusedCase)}`;
+        const outLength = s.L.outputOffset + (c.M - 1) * s.L.outputRowStride + c.N + 3;
+        const out = poisoned(gpu(), 'out', outLength);
+        const stream = poisoned(gpu(), 'stream', s.a.length);
+        const fusion: MatvecFusion = {
+          norm: c.norm ? { kind: 'rms', weight: createStorage(gpu(), 'norm.weight', s.normWeight), eps: 1e-5 } : undefined,
+          activation: c.glu ? 'silu' : undefined,
+          glu: c.glu,
+          postNorm: { weight: createStorage(gpu(), 'post.weight', s.postWeight), eps, base: createStorage(gpu(), 'base', s.base), stream },
+        };
+        const kernel = new Matvec(gpu(), { weight, input: createStorage(gpu(), 'a', s.a), output: out }, {
+          tier: v.tier, layout: v.layout, activations: v.activations, fusion, rowsPerWorkgroup: c.rowsPerWorkgroup, workgroupSize: c.workgroupSize,
+        });
+        await runPass(gpu(), (pass) => kernel.encode(pass, { M: c.M, inputOffset: s.L.inputOffset, inputRowStride: s.L.inputRowStride, outputOffset: s.L.outputOffset, outputRowStride: s.L.outputRowStride }));
+        // The stream: x at the input's layout, nothing else written.
+        const streamValues = await readF32(gpu(), stream, s.a.length);
+        const gotX = new Float64Array(c.M * c.K);
+        for (let i = 0; i < streamValues.length; i++) {
+          const rel = i - s.L.inputOffset;
+          const row = Math.floor(rel / s.L.inputRowStride);
+          const col = rel - row * s.L.inputRowStride;
+          if (rel >= 0 && row < c.M && col < c.K) gotX[row * c.K + col] = streamValues[i];
+          else expect(Number.isNaN(streamValues[i]), `${what}: stream element ${i} outside the rows was written`).toBe(true);
+        }
+        log.add(`${v.tier} ${v.layout} ${v.activations} post-norm stream`, expectClose(gotX, s.x64, TOLERANCE, `${what}: stream`));
+        // The outputs; q8 activations round x to int8 per block of 32 (test/matvec-q8.test.ts's bound).
+        const all = await readF32(gpu(), out, outLength);
+        const got = new Float64Array(c.M * c.N);
+        for (let m = 0; m < c.M; m++) for (let n = 0; n < c.N; n++) got[m * c.N + n] = all[s.L.outputOffset + m * s.L.outputRowStride + n];
+        for (const i of [0, s.L.outputOffset - 1, outLength - 1]) expect(Number.isNaN(all[i]), `${what}: output element ${i} was written`).toBe(true);
+        log.add(`${v.tier} ${v.layout} ${v.activations} post-norm`, expectClose(got, s.want, v.activations === 'q8' ? 1.5e-2 : TOLERANCE, what));
+      }
+    });
+  }
+
+  it('Linear over row chunks writes the stream once, from its first chunk; writeStream false writes none', async () => {
+    if (!postNormFoldFits(gpu())) return;
+    const c: PostCase = { dtype: 'q8_0', M: 2, N: 20, K: 96, norm: true, glu: true, seed: 24 };
+    const s = postSetup(c);
+    const weight = uploadWeightChunks(gpu(), 'w_chunked', s.host, { maxChunkBytes: 6 * 96 + 40, rowMultiple: 2 });
+    expect(weight.chunks.length).toBeGreaterThan(2);
+    const run = { M: c.M, inputOffset: s.L.inputOffset, inputRowStride: s.L.inputRowStride, outputOffset: s.L.outputOffset, outputRowStride: s.L.outputRowStride };
+    for (const writeStream of [true, false]) {
+      const outLength = s.L.outputOffset + (c.M - 1) * s.L.outputRowStride + c.N + 3;
+      const out = poisoned(gpu(), 'out', outLength);
+      const stream = poisoned(gpu(), 'stream', s.a.length);
+      const a = createStorage(gpu(), 'a', s.a);
+      const linear = new Linear(gpu(), {
+        weight, input: a, output: poisoned(gpu(), 'pairs', 16 * 2 * c.N), maxRows: 16,
+        fused: {
+          input: a, output: out,
+          fusion: {
+            norm: { kind: 'rms', weight: createStorage(gpu(), 'norm.weight', s.normWeight), eps: 1e-5 }, activation: 'silu', glu: true,
+            postNorm: { weight: createStorage(gpu(), 'post.weight', s.postWeight), eps, base: createStorage(gpu(), 'base', s.base), stream, writeStream },
+          },
+        },
+      });
+      expect(linear.normFoldedFor(c.M)).toBe(true);
+      await runPass(gpu(), (pass) => linear.encode(pass, run));
+      const all = await readF32(gpu(), out, outLength);
+      const got = new Float64Array(c.M * c.N);
+      for (let m = 0; m < c.M; m++) for (let n = 0; n < c.N; n++) got[m * c.N + n] = all[s.L.outputOffset + m * s.L.outputRowStride + n];
+      expectClose(got, s.want, TOLERANCE, `Linear post-norm over chunks, writeStream ${writeStream}`);
+      const streamValues = await readF32(gpu(), stream, s.a.length);
+      const gotX = Float64Array.from({ length: c.M * c.K }, (_, i) => streamValues[s.L.inputOffset + Math.floor(i / c.K) * s.L.inputRowStride + (i % c.K)]);
+      if (writeStream) expectClose(gotX, s.x64, TOLERANCE, 'Linear post-norm stream');
+      else expect(gotX.every(Number.isNaN)).toBe(true);
+    }
+  });
+
+  it('refuses a post-norm beside a residual or a LayerNorm, a stream that is another of its buffers, and a bad eps', () => {
+    if (!postNormFoldFits(gpu())) return;
+    const weight = uploadWeight(gpu(), 'w', randomWeight('f32', 8, 12, 1));
+    const input = createStorage(gpu(), 'a', 12 * 4);
+    const output = createStorage(gpu(), 'out', 8 * 4);
+    const vector = createStorage(gpu(), 'v', 12 * 4);
+    const base = createStorage(gpu(), 'base', 12 * 4);
+    const stream = createStorage(gpu(), 'stream', 12 * 4);
+    const post = { weight: vector, eps: 1e-6, base, stream };
+    const make = (fusion: MatvecFusion, residual?: GPUBuffer) => new Matvec(gpu(), { weight, input, output, residual }, { fusion });
+    expect(() => make({ postNorm: post }, createStorage(gpu(), 'r', 8 * 4))).toThrow(/cannot have a residual too/);
+    expect(() => make({ postNorm: post, norm: { kind: 'layer', weight: vector, bias: vector, eps: 1e-5 } })).toThrow(/not a LayerNorm/);
+    for (const clash of [input, base, output]) expect(() => make({ postNorm: { ...post, stream: clash } })).toThrow(/buffer of its own/);
+    expect(() => make({ postNorm: { ...post, eps: Number.NaN } })).toThrow(/post-norm eps/);
+    expect(() => make({ postNorm: { ...post, weight: createStorage(gpu(), 'short', 8 * 4) } })).toThrow(/post-norm weight needs/);
+    const kernel = make({ postNorm: { ...post, base: createStorage(gpu(), 'short base', 8 * 4) } });
+    expect(() => kernel.encode({} as GPUComputePassEncoder, { M: 1 })).toThrow(/post-norm base needs/);
   });
 });
