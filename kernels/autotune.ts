@@ -30,7 +30,7 @@ import type { Gpu } from '../src/gpu/device.ts';
 import { createStorage } from '../src/gpu/buffers.ts';
 import { timeSample } from '../src/gpu/timing.ts';
 import { ShapeError } from '../src/errors.ts';
-import { CHUNKED_DTYPES, chunkedColumnMultiple, MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecLayout, type MatvecOptions } from './matvec.ts';
+import { CHUNKED_DTYPES, chunkedColumnMultiple, MATVEC_MAX_ROWS_PER_WORKGROUP, Matvec, postNormFoldFits, Q8_ACTIVATION_DTYPES, type MatvecFusion, type MatvecLayout, type MatvecOptions } from './matvec.ts';
 import { Norm } from './norm.ts';
 import { DecodeAttention, KvWrite, kvBlockBytes, kvTableWidth, type KvDtype } from './attention.ts';
 import { RopeKvWrite, ropeInverseFrequencies, type RopeMode } from './rope.ts';
@@ -50,6 +50,12 @@ export interface MatvecTuning {
    * norm) rather than reading the norm kernel's output: true where that timed faster on this adapter.
    */
   normFold: boolean;
+  /**
+   * Models with post-norms (Gemma): a projection after a post-norm and its norm folds both
+   * (MatvecFusion.postNorm) rather than reading the output of the norm kernel that runs both: true
+   * where that timed faster on this adapter. Absent where the model has no post-norms.
+   */
+  postNormFold?: boolean;
 }
 
 /** The tuned variant per weight dtype (a dtype absent: the static defaults). */
@@ -68,6 +74,8 @@ export interface AutotuneRequest {
   dtypes: readonly WeightDtype[];
   /** Representative (N outputs, K inputs) shapes; each candidate's time is summed over them. */
   shapes: ReadonlyArray<{ N: number; K: number }>;
+  /** The model has post-norms: time MatvecTuning.postNormFold too. */
+  postNorms?: boolean;
 }
 
 export interface AutotuneResult {
@@ -204,13 +212,13 @@ class TuningCache {
   }
 }
 
-/** The tuning's id inside an entry: the dtype and the shapes it was timed on. */
-function tuningId(dtype: WeightDtype, shapes: AutotuneRequest['shapes']): string {
-  return `${dtype} ${shapes.map(({ N, K }) => `${N}x${K}`).join(',')}`;
+/** The tuning's id inside an entry: the dtype and the shapes it was timed on, and whether with post-norms. */
+function tuningId(dtype: WeightDtype, { shapes, postNorms }: AutotuneRequest): string {
+  return `${dtype} ${shapes.map(({ N, K }) => `${N}x${K}`).join(',')}${postNorms ? ' post-norms' : ''}`;
 }
 
 /** A cached tuning this device can run, or undefined (then it is tuned again). */
-function usable(gpu: Gpu, dtype: WeightDtype, value: unknown): MatvecTuning | undefined {
+function usable(gpu: Gpu, dtype: WeightDtype, value: unknown, postNorms: boolean): MatvecTuning | undefined {
   if (typeof value !== 'object' || value === null) return undefined;
   const t = value as Partial<MatvecTuning>;
   if (t.tier !== 'baseline' && t.tier !== 'subgroup') return undefined;
@@ -224,7 +232,9 @@ function usable(gpu: Gpu, dtype: WeightDtype, value: unknown): MatvecTuning | un
   if (!Number.isSafeInteger(rows) || rows! < 1 || rows! > MATVEC_MAX_ROWS_PER_WORKGROUP) return undefined;
   if (!Number.isSafeInteger(wg) || wg! < 1 || (wg! & (wg! - 1)) !== 0 || wg! > gpu.limits.maxComputeInvocationsPerWorkgroup) return undefined;
   if (typeof t.normFold !== 'boolean') return undefined;
-  return { tier: t.tier, activations: t.activations, layout: t.layout, rowsPerWorkgroup: rows!, workgroupSize: wg!, normFold: t.normFold };
+  if (postNorms ? typeof t.postNormFold !== 'boolean' || (t.postNormFold && !postNormFoldFits(gpu)) : t.postNormFold !== undefined) return undefined;
+  const tuning: MatvecTuning = { tier: t.tier, activations: t.activations, layout: t.layout, rowsPerWorkgroup: rows!, workgroupSize: wg!, normFold: t.normFold };
+  return postNorms ? { ...tuning, postNormFold: t.postNormFold } : tuning;
 }
 
 /**
@@ -245,7 +255,7 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
   const cached: WeightDtype[] = [];
   const tuned: WeightDtype[] = [];
   for (const dtype of new Set(request.dtypes)) {
-    const hit = usable(gpu, dtype, cache.get(tuningId(dtype, request.shapes)));
+    const hit = usable(gpu, dtype, cache.get(tuningId(dtype, request)), request.postNorms === true);
     if (hit) {
       tunings[dtype] = hit;
       cached.push(dtype);
@@ -253,8 +263,8 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
     }
     options.progress?.(`autotune: timing ${dtype} matvec variants`);
     try {
-      tunings[dtype] = await tuneDtype(gpu, dtype, request.shapes);
-      cache.set(tuningId(dtype, request.shapes), tunings[dtype]);
+      tunings[dtype] = await tuneDtype(gpu, dtype, request.shapes, request.postNorms === true);
+      cache.set(tuningId(dtype, request), tunings[dtype]);
       tuned.push(dtype);
     } catch (err) {
       // Tuning is an optimisation: a failure leaves this dtype on the static defaults, never fails the load.
@@ -274,7 +284,7 @@ export async function autotuneMatvecs(gpu: Gpu, request: AutotuneRequest, option
 export function tunedMatvecOptions(tunings: MatvecTunings | undefined, weight: Pick<PackedWeight, 'dtype' | 'cols'>, fusion?: MatvecFusion): MatvecOptions | undefined {
   const tuning = tunings?.[weight.dtype];
   if (!tuning) return undefined;
-  const { normFold: _, ...variant } = tuning;
+  const { normFold: _, postNormFold: __, ...variant } = tuning;
   const maxRows = fusion?.glu ? MATVEC_MAX_ROWS_PER_WORKGROUP / 2 : MATVEC_MAX_ROWS_PER_WORKGROUP;
   const wholeChunks = weight.cols % chunkedColumnMultiple(weight.dtype) === 0;
   const layout = variant.layout === 'chunked' && !wholeChunks ? 'strided' : variant.layout;
@@ -286,6 +296,17 @@ export function tunedNormFold(tunings: MatvecTunings | undefined, dtype: WeightD
   return tunings?.[dtype]?.normFold ?? true;
 }
 
+/**
+ * Whether a projection over `dtype` folds a post-norm and the norm after it in. The static default is
+ * no, unlike the norm fold's: every workgroup of the fold reads its input rows three times (the
+ * post-norm's statistics, then the sublayer's output and the stream beside it) where the plain or
+ * norm-folded matvec reads them once, which a GPU whose caches are the limit pays for; the kernel
+ * that runs both norms costs one dispatch and one pass over the rows. The autotune says where folding wins.
+ */
+export function tunedPostNormFold(tunings: MatvecTunings | undefined, dtype: WeightDtype): boolean {
+  return tunings?.[dtype]?.postNormFold ?? false;
+}
+
 /** What a model's decode steps run: each weight dtype's matvec variant (absent: the static defaults) and the RoPE + KV-write fold. */
 export interface DecodeTuning {
   matvecs: MatvecTunings;
@@ -295,7 +316,8 @@ export interface DecodeTuning {
 /** One line naming it, e.g. "q4_0 matvec subgroup, chunked, 2 rows x 64 threads, norm folded; RoPE + KV write folded into attention". */
 export function describeDecodeTuning({ matvecs, ropeKvFold }: DecodeTuning): string {
   const tuned = Object.entries(matvecs).map(([dtype, t]) =>
-    `${dtype} matvec ${t.tier}${t.activations === 'q8' ? '+q8' : ''}, ${t.layout}, ${t.rowsPerWorkgroup} rows x ${t.workgroupSize} threads, norm ${t.normFold ? 'folded' : 'apart'}`);
+    `${dtype} matvec ${t.tier}${t.activations === 'q8' ? '+q8' : ''}, ${t.layout}, ${t.rowsPerWorkgroup} rows x ${t.workgroupSize} threads, norm ${t.normFold ? 'folded' : 'apart'}` +
+    (t.postNormFold === undefined ? '' : `, post-norm ${t.postNormFold ? 'folded' : 'apart'}`));
   const matvec = tuned.length > 0 ? tuned.join('; ') : 'matvecs on the static defaults';
   return `${matvec}; RoPE + KV write ${ropeKvFold ? 'folded into attention' : 'its own kernel before attention'}`;
 }
@@ -402,13 +424,17 @@ interface Bench {
   /** (K) norm weights, and the norm kernel's (K) output. */
   normWeight: GPUBuffer;
   normed: GPUBuffer;
+  /** A post-norm's (K) stream before the sublayer and (K) stream after it. */
+  base: GPUBuffer;
+  stream: GPUBuffer;
 }
 
 /**
  * How a candidate runs: the matvec alone, with an RMSNorm folded in, or after the norm kernel
- * (reading its output).
+ * (reading its output); with a post-norm and that RMSNorm folded in, or after the kernel that runs
+ * both (Gemma's layers).
  */
-type NormForm = 'none' | 'folded' | 'apart';
+type NormForm = 'none' | 'folded' | 'apart' | 'post-folded' | 'post-apart';
 
 /** Milliseconds per run of one candidate summed over the shapes; Infinity if it cannot run. */
 async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions, norm: NormForm = 'none'): Promise<number> {
@@ -417,9 +443,16 @@ async function timeCandidate(gpu: Gpu, benches: Bench[], options: MatvecOptions,
     let record: (pass: GPUComputePassEncoder) => void;
     try {
       const K = b.weight.cols;
-      const fusion = norm === 'folded' ? { norm: { kind: 'rms' as const, weight: b.normWeight, eps: 1e-5 } } : undefined;
-      const kernel = new Matvec(gpu, { weight: b.weight, input: norm === 'apart' ? b.normed : b.input, output: b.output }, { ...options, fusion });
-      const before = norm === 'apart' ? new Norm(gpu, 'rms', { x: b.input, weight: b.normWeight, out: b.normed }, { eps: 1e-5 }) : undefined;
+      const rms = { kind: 'rms' as const, weight: b.normWeight, eps: 1e-5 };
+      const fusion = norm === 'folded' ? { norm: rms }
+        : norm === 'post-folded' ? { norm: rms, postNorm: { weight: b.normWeight, eps: 1e-5, base: b.base, stream: b.stream } }
+        : undefined;
+      const apart = norm === 'apart' || norm === 'post-apart';
+      const kernel = new Matvec(gpu, { weight: b.weight, input: apart ? b.normed : b.input, output: b.output }, { ...options, fusion });
+      const before = norm === 'apart' ? new Norm(gpu, 'rms', { x: b.input, weight: b.normWeight, out: b.normed }, { eps: 1e-5 })
+        : norm === 'post-apart'
+          ? new Norm(gpu, 'rms', { x: b.input, weight: b.normWeight, residual: b.base, out: b.stream, next: { weight: b.normWeight, out: b.normed } }, { eps: 1e-5 })
+          : undefined;
       record = (pass) => {
         before?.encode(pass, { rows: 1, cols: K });
         kernel.encode(pass, { M: 1 });
@@ -451,7 +484,7 @@ async function msPerRun(gpu: Gpu, records: Array<(pass: GPUComputePassEncoder) =
   return best;
 }
 
-async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['shapes']): Promise<MatvecTuning> {
+async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['shapes'], postNorms: boolean): Promise<MatvecTuning> {
   const benches: Bench[] = [];
   // A block-quantised weight needs K in whole blocks: a model's other widths (a Q4_K ffn_down beside a
   // hidden size of 96) are timed at K rounded up to the block.
@@ -466,6 +499,8 @@ async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['
         output: createStorage(gpu, 'autotune.output', N * 4),
         normWeight: createStorage(gpu, 'autotune.normWeight', new Float32Array(K).fill(1)),
         normed: createStorage(gpu, 'autotune.normed', K * 4),
+        base: createStorage(gpu, 'autotune.base', Float32Array.from({ length: K }, (_, i) => Math.cos(i))),
+        stream: createStorage(gpu, 'autotune.stream', K * 4),
       });
     }
     const describe = (options: MatvecOptions): MatvecTuning => {
@@ -503,11 +538,16 @@ async function tuneDtype(gpu: Gpu, dtype: WeightDtype, shapes: AutotuneRequest['
     const variant: MatvecTuning = best;
     const folded = await timeCandidate(gpu, benches, variant, 'folded');
     const apart = await timeCandidate(gpu, benches, variant, 'apart');
-    return { ...variant, normFold: folded <= apart };
+    const tuning = { ...variant, normFold: folded <= apart };
+    if (!postNorms) return tuning;
+    // 5. With post-norms, the post-norm and the norm folded in, or the kernel that runs both before.
+    const postFolded = postNormFoldFits(gpu) ? await timeCandidate(gpu, benches, variant, 'post-folded') : Infinity;
+    const postApart = await timeCandidate(gpu, benches, variant, 'post-apart');
+    return { ...tuning, postNormFold: postFolded <= postApart };
   } finally {
     for (const b of benches) {
       b.weight.planes.forEach((plane) => plane.destroy());
-      for (const buffer of [b.input, b.output, b.normWeight, b.normed]) buffer.destroy();
+      for (const buffer of [b.input, b.output, b.normWeight, b.normed, b.base, b.stream]) buffer.destroy();
     }
   }
 }

@@ -13,8 +13,8 @@ import { RopeKvWrite, ropeInverseFrequencies } from '../kernels/rope.ts';
 import { DecodeAttention, KvWrite, PrefillAttention } from '../kernels/attention.ts';
 import { PickToken, TopK } from '../kernels/sample.ts';
 import type { ChunkedWeight } from '../kernels/weights-upload.ts';
-import type { MatvecFusion } from '../kernels/matvec.ts';
-import { tunedMatvecOptions, tunedNormFold, type MatvecTunings } from '../kernels/autotune.ts';
+import { postNormFoldFits, type MatvecFusion } from '../kernels/matvec.ts';
+import { tunedMatvecOptions, tunedNormFold, tunedPostNormFold, type MatvecTunings } from '../kernels/autotune.ts';
 import { layerWindow, type ModelConfig } from './config.ts';
 import type { ModelSource } from './source.ts';
 import type { KvCache } from './kv-cache.ts';
@@ -175,46 +175,59 @@ export function buildForwardOps(
       x: b.sublayer, weight: vector(`${prefix}.weight`)!, out: stream, residual,
       next: nextPrefix === undefined ? undefined : { weight: vector(`${nextPrefix}.weight`)!, out: b.h },
     }, { eps: cfg.normEps });
-  // A projection after a norm (norm kernel: `stream` into h) that writes `output` on decode. Its
-  // matvec folds the norm in, reading the raw stream, where this adapter's tuning says that pays
-  // (MatvecTuning.normFold); else it reads h, as the matmul does. `fusion`: what else it fuses.
-  const afterNorm = (name: string, normPrefix: string, stream: GPUBuffer, output: GPUBuffer, fusion: MatvecFusion = {}) => {
-    // With post-norms the pre-norm comes with the post-norm before it, in one kernel (postNorm).
-    const fold = !cfg.postNorms && tunedNormFold(sizes.matvecTunings, matrix(`${name}.weight`).dtype);
+  // The projections after one norm (its kernel: `stream` into h), each writing `output` on decode.
+  // Their matvecs fold the norm in, reading the raw stream, where this adapter's tuning says that pays
+  // for each of their dtypes (MatvecTuning.normFold; all of them or none, since the norm's kernel runs
+  // unless all fold it); else they read h, as the matmul does. `fusion`: what else they fuse. `post`:
+  // a post-norm before the norm (Gemma): folded with it where the tuning says so (postNormFold) and the
+  // adapter binds its buffers, each matvec then reading the sublayer's output and the stream before it
+  // (`base`), the first writing `stream`; else the kernel before them runs both norms.
+  const afterNorm = (
+    names: string[], normPrefix: string, stream: GPUBuffer, output: GPUBuffer, fusion: MatvecFusion = {},
+    post?: { prefix: string; base: GPUBuffer },
+  ): Linear[] => {
+    const tuned = post ? tunedPostNormFold : tunedNormFold;
+    const fold = names.every((name) => tuned(sizes.matvecTunings, matrix(`${name}.weight`).dtype)) && (!post || postNormFoldFits(gpu));
     const norm = { kind: cfg.norm, weight: vector(`${normPrefix}.weight`)!, bias: vector(`${normPrefix}.bias`), eps: cfg.normEps };
-    const matvecFusion = fold ? { ...fusion, norm } : fusion;
-    const fused = fold || Object.keys(fusion).length > 0 ? { input: fold ? stream : b.h, output, fusion: matvecFusion } : undefined;
     const unfusedOutput = output === b.act ? b.mlp : output; // the matmul writes the activation's input
-    return linear(name, b.h, unfusedOutput, undefined, fused);
+    return names.map((name, i) => {
+      const postNorm = post && { weight: vector(`${post.prefix}.weight`)!, eps: cfg.normEps, base: post.base, stream, writeStream: i === 0 };
+      const matvecFusion = fold ? { ...fusion, norm, postNorm } : fusion;
+      const fused = fold || Object.keys(fusion).length > 0 ? { input: !fold ? b.h : post ? b.sublayer : stream, output, fusion: matvecFusion } : undefined;
+      return linear(name, b.h, unfusedOutput, undefined, fused);
+    });
   };
 
   const layers: LayerOps[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `blk.${l}`;
     const [kCache, vCache] = kv.pools[l];
+    const post = cfg.postNorms;
     // Q, K and V land side by side in each row of qkv: one fused weight when the checkpoint has
     // one (GPT-2) or when the loader fused them; else three projections into column slices, each
-    // after the attention norm (afterNorm).
-    const qkv = weights.has(`${p}.attn_qkv.weight`)
-      ? [afterNorm(`${p}.attn_qkv`, `${p}.attn_norm`, b.x, b.qkv)]
-      : ['attn_q', 'attn_k', 'attn_v'].map((part) => afterNorm(`${p}.${part}`, `${p}.attn_norm`, b.x, b.qkv));
+    // after the attention norm (afterNorm). With post-norms, past the first layer, the previous
+    // layer's post-MLP norm comes before it: x = x2 + RMSNorm(sublayer).
+    const qkvNames = weights.has(`${p}.attn_qkv.weight`) ? [`${p}.attn_qkv`] : ['attn_q', 'attn_k', 'attn_v'].map((part) => `${p}.${part}`);
+    const qkv = afterNorm(qkvNames, `${p}.attn_norm`, b.x, b.qkv, {}, post && l > 0 ? { prefix: `blk.${l - 1}.post_ffw_norm`, base: b.x2 } : undefined);
+    // With post-norms the attention's comes before the MLP's norm: x2 = x + RMSNorm(sublayer).
+    const mlpPost = post ? { prefix: `${p}.post_attention_norm`, base: b.x } : undefined;
+    const afterMlpNorm = (names: string[], output: GPUBuffer, fusion: MatvecFusion = {}) =>
+      afterNorm(names.map((name) => `${p}.${name}`), `${p}.ffn_norm`, b.x2, output, fusion, mlpPost);
     const glu = cfg.mlp === 'geglu' ? 'gelu' : 'silu';
-    const mlp = cfg.mlp === 'gelu'
-      ? { up: afterNorm(`${p}.ffn_up`, `${p}.ffn_norm`, b.x2, b.act, { activation: 'gelu' }) }
-      : weights.has(`${p}.ffn_gate_up.weight`)
-        ? { gateUp: afterNorm(`${p}.ffn_gate_up`, `${p}.ffn_norm`, b.x2, b.act, { activation: glu, glu: true }) }
-        : {
-            // Gate and up of different dtypes: two projections (each after the norm), then SwiGLU.
-            gate: afterNorm(`${p}.ffn_gate`, `${p}.ffn_norm`, b.x2, b.mlp),
-            up: afterNorm(`${p}.ffn_up`, `${p}.ffn_norm`, b.x2, b.mlp),
-          };
+    let mlp: Pick<LayerOps, 'gateUp' | 'gate' | 'up'>;
+    if (cfg.mlp === 'gelu') mlp = { up: afterMlpNorm(['ffn_up'], b.act, { activation: 'gelu' })[0] };
+    else if (weights.has(`${p}.ffn_gate_up.weight`)) mlp = { gateUp: afterMlpNorm(['ffn_gate_up'], b.act, { activation: glu, glu: true })[0] };
+    else {
+      // Gate and up of different dtypes: two projections (each after the norm), then SwiGLU.
+      const [gate, up] = afterMlpNorm(['ffn_gate', 'ffn_up'], b.mlp);
+      mlp = { gate, up };
+    }
     const act = cfg.mlp === 'gelu'
       ? new Elementwise(gpu, 'gelu', { a: b.mlp, out: b.act })
       : mlp.gateUp
         ? new Elementwise(gpu, cfg.mlp === 'geglu' ? 'geglu_pairs' : 'swiglu_pairs', { a: b.mlp, out: b.act })
         : new Elementwise(gpu, 'swiglu', { a: b.mlp, b: b.mlp, out: b.act });
     const window = layerWindow(cfg, l);
-    const post = cfg.postNorms;
     const layerInvFreq = window > 0 && localInvFreq ? localInvFreq : invFreq;
     layers.push({
       attnNorm: post && l > 0 ? postNorm(`blk.${l - 1}.post_ffw_norm`, b.x2, b.x, `${p}.attn_norm`) : norm(`${p}.attn_norm`, b.x, b.h),

@@ -352,6 +352,7 @@ export class Transformer {
       const matvecTunings = options.matvecTunings ?? (tuning && (await autotuneMatvecs(gpu, {
         dtypes: [...new Set(Object.values(dtypes))] as HostWeight['dtype'][],
         shapes: [{ N: cfg.hiddenSize, K: cfg.hiddenSize }, { N: cfg.intermediateSize, K: cfg.hiddenSize }],
+        postNorms: cfg.postNorms,
       }, tuning)).tunings);
       // Timed at a one-split context and an eight-split one, where the capacity allows.
       const splitKeys = DECODE_DEFAULTS.splitKeys;

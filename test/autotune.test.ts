@@ -125,6 +125,26 @@ describe('matvec autotune', () => {
     }
   }, TUNING_TIMEOUT_MS);
 
+  it('with post-norms (Gemma) also times the post-norm fold, cached under an id of its own', async () => {
+    const cachePath = join(dir, 'post-norms.json');
+    const plain = await autotuneMatvecs(gpu(), { ...REQUEST, dtypes: [...REQUEST.dtypes] }, { cachePath, ...recorder().options });
+    expect(plain.tunings.q8_0!.postNormFold).toBeUndefined();
+    const request = { ...REQUEST, dtypes: [...REQUEST.dtypes], postNorms: true };
+    const first = recorder();
+    const post = await autotuneMatvecs(gpu(), request, { cachePath, ...first.options });
+    expect(post.tuned).toEqual(['q8_0']); // the plain tuning is not reused: it never timed the post-norm
+    expect(typeof post.tunings.q8_0!.postNormFold).toBe('boolean');
+    expect(first.warnings).toEqual([]);
+    const ids = Object.keys(JSON.parse(readFileSync(cachePath, 'utf8')).entries[post.key].tunings);
+    expect(ids.sort()).toEqual(['q8_0 40x96', 'q8_0 40x96 post-norms']);
+    expect((await autotuneMatvecs(gpu(), request, { cachePath })).cached).toEqual(['q8_0']);
+    // A post-norm tuning without its choice (spoiled) is tuned again.
+    const file = JSON.parse(readFileSync(cachePath, 'utf8'));
+    delete file.entries[post.key].tunings['q8_0 40x96 post-norms'].postNormFold;
+    writeFileSync(cachePath, JSON.stringify(file));
+    expect((await autotuneMatvecs(gpu(), request, { cachePath })).tuned).toEqual(['q8_0']);
+  }, TUNING_TIMEOUT_MS);
+
   it('ignores a corrupt cache with a warning, and rewrites it', async () => {
     const cachePath = join(dir, 'corrupt.json');
     writeFileSync(cachePath, '{"format": 1, "entries": {"trunc');

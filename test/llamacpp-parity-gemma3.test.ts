@@ -26,7 +26,8 @@ import { checkAgainstLlamaCpp, checkHfTwin } from './support/family-parity.ts';
 import { ggmlGelu, roundQ8_0 } from './support/ggml-activations.ts';
 import { useGpu } from './support/gpu.ts';
 import { writeHfFolder } from './support/tiny-models.ts';
-import { decodeStepDispatches, expectRopeKvApartAsFolded, ourLogits, worst } from './support/parity.ts';
+import { decodeCandidates, decodeStepDispatches, expectRopeKvApartAsFolded, ourLogits, worst } from './support/parity.ts';
+import { expectClose } from './support/reference.ts';
 import { referenceLogits } from './support/reference-model.ts';
 
 const gpu = useGpu();
@@ -114,13 +115,27 @@ describe('gemma3: what is refused', () => {
 });
 
 describe('gemma3: decode', () => {
-  it('takes 7 dispatches a layer: a Llama\'s 5 and the two post-norms (decode attention runs the head norm, RoPE and the KV write)', async () => {
+  it('runs each post-norm with the norm after it in one kernel: 7 dispatches a layer (decode attention runs the head norm, RoPE and the KV write)', async () => {
     const counts: number[] = [];
     for (const numLayers of [4, 5]) {
       const tiny = writeTinyGemma3Gguf(join(dir, `gemma3-${numLayers}-layers.gguf`), { seed: 76, numLayers });
       counts.push(await decodeStepDispatches(gpu(), tiny.path));
     }
     expect(counts[1] - counts[0]).toBe(7);
+  });
+
+  it('with a tuning that folds the post-norms into the projections after them: 5 dispatches a layer, as a Llama, the same logits', async () => {
+    const folded = { matvecTunings: { f32: { tier: 'baseline', activations: 'f32', layout: 'strided', rowsPerWorkgroup: 1, workgroupSize: 64, normFold: true, postNormFold: true } } } as const;
+    const paths = [4, 5].map((numLayers) => writeTinyGemma3Gguf(join(dir, `gemma3-${numLayers}-layers-folded.gguf`), { seed: 76, numLayers }).path);
+    expect((await decodeStepDispatches(gpu(), paths[1], folded)) - (await decodeStepDispatches(gpu(), paths[0], folded))).toBe(5);
+    const tokens = Array.from({ length: 12 }, (_, i) => (i * 31 + 5) % 200);
+    const apart = await decodeCandidates(gpu(), paths[0], tokens, 3);
+    const fold = await decodeCandidates(gpu(), paths[0], tokens, 3, folded);
+    expect(fold).toHaveLength(tokens.length - 3);
+    fold.forEach((step, i) => {
+      expect(Array.from(step.ids), `step ${i}`).toEqual(Array.from(apart[i].ids));
+      expectClose(step.logits, apart[i].logits, 1e-5, `step ${i}: post-norms folded vs apart`);
+    });
   });
 
   it('with the head norm, RoPE (local and global) and KV write as a kernel before attention: one dispatch more, the same logits', async () => {

@@ -168,7 +168,7 @@ export async function decodeStepDispatches(gpu: Gpu, path: string, options: Part
  * The candidates of decode steps that feed `tokens` after a prefill of `tokens[0 .. prefill)`, one step
  * per remaining token (teacher-forced), for the model at `path` loaded with `options`.
  */
-async function decodeCandidates(gpu: Gpu, path: string, tokens: number[], prefill: number, options: Partial<TransformerOptions> = {}): Promise<RowCandidates[]> {
+export async function decodeCandidates(gpu: Gpu, path: string, tokens: number[], prefill: number, options: Partial<TransformerOptions> = {}): Promise<RowCandidates[]> {
   const source = await openModelSource(path);
   const model = await Transformer.load(gpu, source, { ...OPTIONS, ...options });
   try {
