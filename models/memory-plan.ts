@@ -20,7 +20,7 @@ import type { ModelConfig } from './config.ts';
 export { KV_BLOCK_TOKENS, KV_DTYPES, type KvDtype };
 
 /** The dimensions the activation buffers depend on. */
-export type ActivationShape = Pick<ModelConfig, 'hiddenSize' | 'numHeads' | 'numKvHeads' | 'headDim' | 'intermediateSize' | 'vocabSize'>;
+export type ActivationShape = Pick<ModelConfig, 'hiddenSize' | 'numHeads' | 'numKvHeads' | 'headDim' | 'intermediateSize' | 'vocabSize' | 'postNorms'>;
 
 /** Bytes of K and V, all layers, per token, as the cache stores them (kernels/attention.ts kvBytesPerToken). */
 export function kvTokenBytes(config: Pick<ModelConfig, 'numLayers' | 'numKvHeads' | 'headDim'>, dtype: KvDtype): number {
@@ -176,7 +176,8 @@ export function estimateActivationBytes(config: ActivationShape, sizes: { slots:
   const R = Math.max(sizes.prefillChunk, sizes.slots);
   const S = sizes.slots;
   const inputs = Math.max(4 * sizes.prefillChunk, (6 + ROW_SAMPLING_WORDS) * S);
-  const rows = 3 * R * C + R * (Hq + 2 * Hkv) * D + R * Hq * D + 3 * R * F;
+  // x, x2, h, the sublayer's output before a post-norm (one element without post-norms), qkv, attn, mlp, act.
+  const rows = 3 * R * C + (config.postNorms ? R * C : 1) + R * (Hq + 2 * Hkv) * D + R * Hq * D + 3 * R * F;
   // Logits, top-k values and ids, log-sum-exps, the GPU's picks, each slot's seen tokens, headRows.
   const head = S * V + 2 * S * TOPK_MAX_K + 2 * S + S * seenWords(V) + S * C;
   const decodeScratch = S * Hq * DECODE_DEFAULTS.maxSplits * (D + 2);
