@@ -87,18 +87,21 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
   }
 }
 
+// Element c of row `row`'s residual + x / rms(x) * weight (scale = 1 / rms(x)), written to out and returned.
+fn add_normalised(row: u32, c: u32, scale: f32) -> f32 {
+  let at = row * params.cols + c;
+  let v = residual[params.residual_offset + at] + x[params.x_offset + at] * scale * weight[params.weight_offset + c];
+  out[params.out_offset + at] = v;
+  return v;
+}
+
 @compute @workgroup_size(WG)
 fn rms_norm_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
   let row = grid_group(wid, nwg);
   if (row >= params.rows) { return; }
-  let src = params.x_offset + row * params.cols;
-  let dst = params.out_offset + row * params.cols;
-  let res = params.residual_offset + row * params.cols;
-  let scale = rms_scale(src, lid);
-  for (var c = lid; c < params.cols; c += WG) {
-    out[dst + c] = residual[res + c] + x[src + c] * scale * weight[params.weight_offset + c];
-  }
+  let scale = rms_scale(params.x_offset + row * params.cols, lid);
+  for (var c = lid; c < params.cols; c += WG) { add_normalised(row, c, scale); }
 }
 
 @compute @workgroup_size(WG)
@@ -106,14 +109,11 @@ fn rms_norm_add_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
                      @builtin(local_invocation_index) lid: u32) {
   let row = grid_group(wid, nwg);
   if (row >= params.rows) { return; }
-  let src = params.x_offset + row * params.cols;
   let dst = params.out_offset + row * params.cols;
-  let res = params.residual_offset + row * params.cols;
-  let scale = rms_scale(src, lid);
+  let scale = rms_scale(params.x_offset + row * params.cols, lid);
   var squares = 0.0;
   for (var c = lid; c < params.cols; c += WG) {
-    let v = residual[res + c] + x[src + c] * scale * weight[params.weight_offset + c];
-    out[dst + c] = v;
+    let v = add_normalised(row, c, scale);
     squares += v * v;
   }
   let next_scale = 1.0 / sqrt(workgroup_sum(lid, squares) / f32(params.cols) + params.eps);
