@@ -1,6 +1,7 @@
 // Matrix-vector products for decode: out = input · Wᵀ (+ bias) (+ residual) for M = 1..8 rows, W any weight
 // dtype. Memory-bound: judge it in GB/s of weight read. Optional fusions (MatvecFusion) fold the norm
-// before a projection and the activation after it into the same dispatch, on both tiers. Two tiers with the same results: the baseline
+// before a projection (and Gemma's post-norm before that) and the activation after it into the same
+// dispatch, on both tiers. Two tiers with the same results: the baseline
 // (shaders/matvec.wgsl, a workgroup-memory tree reduction, runs anywhere) and the subgroup tier
 // (shaders/matvec_subgroup.wgsl, subgroupAdd and two barriers, needs the 'subgroups' feature), picked by
 // kernelTiers() unless MatvecOptions.tier says which.

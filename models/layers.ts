@@ -191,7 +191,7 @@ export function buildForwardOps(
     const norm = { kind: cfg.norm, weight: vector(`${normPrefix}.weight`)!, bias: vector(`${normPrefix}.bias`), eps: cfg.normEps };
     const unfusedOutput = output === b.act ? b.mlp : output; // the matmul writes the activation's input
     return names.map((name, i) => {
-      const postNorm = post && { weight: vector(`${post.prefix}.weight`)!, eps: cfg.normEps, base: post.base, stream, writeStream: i === 0 };
+      const postNorm = fold && post ? { weight: vector(`${post.prefix}.weight`)!, eps: cfg.normEps, base: post.base, stream, writeStream: i === 0 } : undefined;
       const matvecFusion = fold ? { ...fusion, norm, postNorm } : fusion;
       const fused = fold || Object.keys(fusion).length > 0 ? { input: !fold ? b.h : post ? b.sublayer : stream, output, fusion: matvecFusion } : undefined;
       return linear(name, b.h, unfusedOutput, undefined, fused);
