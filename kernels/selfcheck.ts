@@ -6,6 +6,8 @@ import { createStorage, readF32, readU32 } from '../src/gpu/buffers.ts';
 import { runPass } from './dispatch.ts';
 import { Elementwise } from './elementwise.ts';
 import { Linear } from './linear.ts';
+import { Matvec, type MatvecOptions } from './matvec.ts';
+import { hasPackedDot } from './tiers.ts';
 import { defaultMatmulTier, projectionBound } from './matmul.ts';
 import { GGUF_BLOCK_BYTES, f16BitsToF32, isKQuantDtype, packGguf, type HostWeight, type KQuantDtype, type WeightDtype } from './weights.ts';
 import { packWeight } from './weights-quantize.ts';
@@ -14,7 +16,7 @@ import { uploadWeight } from './weights-upload.ts';
 import { Norm } from './norm.ts';
 import { Softmax } from './softmax.ts';
 import { Rope } from './rope.ts';
-import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, kvBlockBytes, type KvDtype } from './attention.ts';
+import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, kvBlockBytes, type KvDtype } from './attention.ts';
 import { TopK } from './sample.ts';
 
 export interface SelfCheckResult {
@@ -72,35 +74,40 @@ function kvPoolValues(words: Uint32Array, blocks: number, blockElements: number,
   return out;
 }
 
+/** The attention checks' shape: GQA 4/2, head dim 32, 45 keys in a 64-token paged cache. */
+const ATTN = { Hq: 4, Hkv: 2, D: 32, L: 45, capacity: 64 } as const;
+
+interface FilledKv {
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
+  blockTable: GPUBuffer;
+  /** The keys and values written, (L, Hkv, D) f32. */
+  k: Float32Array;
+  v: Float32Array;
+  /** What the cache stores of them, read back and decoded, (L, Hkv, D). */
+  storedK: Float32Array;
+  storedV: Float32Array;
+}
+
 /**
- * Decode attention (GQA 4/2, 45 keys over a reversed block table) over a `dtype` KV cache its
- * KvWrite filled. `measure` 'attention': the output against a float64 reference reading the cache as
- * stored; 'stored': the stored keys and values against the f32 ones written.
+ * A `dtype` KV cache filled by KvWrite with ATTN.L keys and values through a reversed block table
+ * (the last block first), and what it stores, read back.
  */
-async function decodeCheck(gpu: Gpu, dtype: KvDtype, measure: 'attention' | 'stored'): Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }> {
-  const [Hq, Hkv, D, L, capacity] = [4, 2, 32, 45, 64];
+async function filledKvCache(gpu: Gpu, dtype: KvDtype): Promise<FilledKv> {
+  const { Hkv, D, L, capacity } = ATTN;
   const k = values(L * Hkv * D, 9);
   const v = values(L * Hkv * D, 10);
-  const q = values(Hq * D, 11);
   const kvBlocks = capacity / KV_BLOCK_TOKENS;
   const blockElements = Hkv * KV_BLOCK_TOKENS * D;
   const cache = (n: string) => createStorage(gpu, n, kvBlocks * kvBlockBytes(Hkv, D, dtype));
   const [kCache, vCache] = [cache('k'), cache('v')];
-  const out = createStorage(gpu, 'out', Hq * D * 4);
-  // The paged cache read through a reversed block table: the last block first.
   const table = Uint32Array.from({ length: kvBlocks }, (_, i) => kvBlocks - 1 - i);
   const blockTable = createStorage(gpu, 'table', table);
   const write = new KvWrite(gpu, { Hkv, D, capacity, kvBlocks, dtype }, {
     k: createStorage(gpu, 'knew', k), v: createStorage(gpu, 'vnew', v), kCache, vCache, blockTable,
     rowMeta: createStorage(gpu, 'wmeta', Uint32Array.from({ length: 2 * L }, (_, i) => (i % 2 ? i >> 1 : 0))),
   });
-  const attend = new DecodeAttention(gpu, { Hq, Hkv, D, capacity, kvBlocks, dtype, maxRows: 1, splitKeys: 16 }, {
-    q: createStorage(gpu, 'q', q), kCache, vCache, blockTable, out, rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])),
-  });
-  await runPass(gpu, (pass) => {
-    write.encode(pass, { rows: L });
-    attend.encode(pass, { rows: 1, maxLen: L });
-  });
+  await runPass(gpu, (pass) => write.encode(pass, { rows: L }));
   const words = (kvBlocks * kvBlockBytes(Hkv, D, dtype)) / 4;
   const kPool = kvPoolValues(await readU32(gpu, kCache, words), kvBlocks, blockElements, dtype);
   const vPool = kvPoolValues(await readU32(gpu, vCache, words), kvBlocks, blockElements, dtype);
@@ -114,21 +121,65 @@ async function decodeCheck(gpu: Gpu, dtype: KvDtype, measure: 'attention' | 'sto
       storedV.set(vPool.subarray(at(t, g), at(t, g) + D), (t * Hkv + g) * D);
     }
   }
-  if (measure === 'stored') return { got: [...storedK, ...storedV], want: [...k, ...v] };
-  const want = new Float64Array(Hq * D);
-  for (let h = 0; h < Hq; h++) {
-    const g = Math.floor(h / (Hq / Hkv));
-    const scores = Array.from({ length: L }, (_, t) => {
-      let s = 0;
-      for (let d = 0; d < D; d++) s += q[h * D + d] * storedK[(t * Hkv + g) * D + d];
-      return s / Math.sqrt(D);
-    });
-    const max = Math.max(...scores);
-    const e = scores.map((s) => Math.exp(s - max));
-    const sum = e.reduce((a, b) => a + b, 0);
-    for (let t = 0; t < L; t++) for (let d = 0; d < D; d++) want[h * D + d] += (e[t] / sum) * storedV[(t * Hkv + g) * D + d];
+  return { kCache, vCache, blockTable, k, v, storedK, storedV };
+}
+
+/** Float64 attention of query rows q (rows, Hq, D) over the stored keys, row r seeing keys 0 .. keys(r) - 1. */
+function attentionReference(q: Float32Array, rows: number, keys: (row: number) => number, kv: FilledKv): Float64Array {
+  const { Hq, Hkv, D } = ATTN;
+  const want = new Float64Array(rows * Hq * D);
+  for (let r = 0; r < rows; r++) {
+    for (let h = 0; h < Hq; h++) {
+      const g = Math.floor(h / (Hq / Hkv));
+      const qh = q.subarray((r * Hq + h) * D, (r * Hq + h + 1) * D);
+      const scores = Array.from({ length: keys(r) }, (_, t) => {
+        let s = 0;
+        for (let d = 0; d < D; d++) s += qh[d] * kv.storedK[(t * Hkv + g) * D + d];
+        return s / Math.sqrt(D);
+      });
+      const max = Math.max(...scores);
+      const e = scores.map((s) => Math.exp(s - max));
+      const sum = e.reduce((a, b) => a + b, 0);
+      const out = want.subarray((r * Hq + h) * D, (r * Hq + h + 1) * D);
+      for (let t = 0; t < scores.length; t++) for (let d = 0; d < D; d++) out[d] += (e[t] / sum) * kv.storedV[(t * Hkv + g) * D + d];
+    }
   }
-  return { got: await readF32(gpu, out, Hq * D), want };
+  return want;
+}
+
+/**
+ * Decode attention over a `dtype` KV cache its KvWrite filled. `measure` 'attention': one query row
+ * over all ATTN.L keys, against a float64 reference reading the cache as stored; 'stored': the stored
+ * keys and values against the f32 ones written.
+ */
+async function decodeCheck(gpu: Gpu, dtype: KvDtype, measure: 'attention' | 'stored'): Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }> {
+  const { Hq, Hkv, D, L, capacity } = ATTN;
+  const kv = await filledKvCache(gpu, dtype);
+  if (measure === 'stored') return { got: [...kv.storedK, ...kv.storedV], want: [...kv.k, ...kv.v] };
+  const q = values(Hq * D, 11);
+  const out = createStorage(gpu, 'out', Hq * D * 4);
+  const attend = new DecodeAttention(gpu, { Hq, Hkv, D, capacity, kvBlocks: capacity / KV_BLOCK_TOKENS, dtype, maxRows: 1, splitKeys: 16 }, {
+    q: createStorage(gpu, 'q', q), kCache: kv.kCache, vCache: kv.vCache, blockTable: kv.blockTable, out, rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])),
+  });
+  await runPass(gpu, (pass) => attend.encode(pass, { rows: 1, maxLen: L }));
+  return { got: await readF32(gpu, out, Hq * D), want: attentionReference(q, 1, () => L, kv) };
+}
+
+/**
+ * Causal prefill attention over the default (f16) KV cache: 17 query rows at positions 28 .. 44 (a
+ * prompt's second chunk after 28 cached tokens), query t seeing keys 0 .. 28 + t.
+ */
+async function prefillCheck(gpu: Gpu): Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }> {
+  const { Hq, Hkv, D, L, capacity } = ATTN;
+  const [tokens, pastLen] = [17, L - 17];
+  const kv = await filledKvCache(gpu, 'f16');
+  const q = values(tokens * Hq * D, 13);
+  const out = createStorage(gpu, 'out', tokens * Hq * D * 4);
+  const attend = new PrefillAttention(gpu, { Hq, Hkv, D, capacity, kvBlocks: capacity / KV_BLOCK_TOKENS, dtype: 'f16' }, {
+    q: createStorage(gpu, 'q', q), kCache: kv.kCache, vCache: kv.vCache, blockTable: kv.blockTable, out,
+  });
+  await runPass(gpu, (pass) => attend.encode(pass, { tokens, pastLen, tableRow: 0 }));
+  return { got: await readF32(gpu, out, tokens * Hq * D), want: attentionReference(q, tokens, (t) => pastLen + t + 1, kv) };
 }
 
 // Byte offsets of each K-quant block's f16 super-block scales (d, and dmin where it has one): the
@@ -159,10 +210,50 @@ function linearCheck(dtype: WeightDtype, M: number, N: number, K: number): Check
   };
 }
 
+/**
+ * Decode's gated MLP in one matvec, as decode runs it: RMSNorm folded into the loads, (gate, up) row
+ * pairs and SwiGLU, N outputs from a (2N, K) weight, with `options` choosing the variant. Each input
+ * element sits a quarter step off the q8 grid once normalised (x_i w_i is (k + 1/4) steps of its block's
+ * largest / 127; the norm's scale cancels in that ratio), so q8 activations round alike on every
+ * device and the reference rounds them as the kernel does.
+ */
+function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout' | 'activations'>): Check {
+  const [N, K, eps] = [12, 256, 1e-5];
+  return async (gpu) => {
+    const normWeight = Float32Array.from(values(K, 14), (v) => 1 + v / 2);
+    const steps = Float32Array.from(values(K, 15), (v, i) => (i % 32 === 7 ? 127 * Math.sign(v || 1) : Math.round(v * 120) + 0.25));
+    const x = Float32Array.from(steps, (s, i) => s / 64 / normWeight[i]);
+    const host = isKQuantDtype(dtype) ? kQuantWeight(dtype, 2 * N, K) : packWeight(dtype, 2 * N, K, values(2 * N * K, 16));
+    const w = dequantize(host);
+    const out = createStorage(gpu, 'selfcheck.out', N * 4);
+    const op = new Matvec(gpu, { weight: uploadWeight(gpu, `selfcheck.${dtype}`, host), input: createStorage(gpu, 'x', x), output: out }, {
+      ...options,
+      fusion: { norm: { kind: 'rms', weight: createStorage(gpu, 'norm', normWeight), eps }, activation: 'silu', glu: true },
+    });
+    await runPass(gpu, (pass) => op.encode(pass, { M: 1 }));
+    const r = 1 / Math.sqrt(x.reduce((a, v) => a + v * v, 0) / K + eps);
+    const normed = Float64Array.from(x, (v, i) => v * r * normWeight[i]);
+    if (op.activations === 'q8') {
+      for (let b = 0; b < K; b += 32) {
+        const block = normed.subarray(b, b + 32);
+        const d = block.reduce((amax, v) => Math.max(amax, Math.abs(v)), 0) / 127;
+        block.forEach((v, i) => (block[i] = Math.round(v / d) * d));
+      }
+    }
+    const dot = (row: number) => normed.reduce((a, v, k) => a + v * w[row * K + k], 0);
+    const want = Float64Array.from({ length: N }, (_, n) => {
+      const gate = dot(2 * n);
+      return (gate / (1 + Math.exp(-gate))) * dot(2 * n + 1);
+    });
+    return { got: await readF32(gpu, out, N), want };
+  };
+}
+
 /** A check's relative L2 bound, or how to find it on a device (a kernel whose tier depends on it). */
 type Bound = number | ((gpu: Gpu) => number);
 
-const CHECKS: Array<{ kernel: string; bound: Bound; run: Check }> = [
+/** `applies`: whether the adapter runs this variant at all (default: it does). */
+const CHECKS: Array<{ kernel: string; bound: Bound; run: Check; applies?: (gpu: Gpu) => boolean }> = [
   { kernel: 'matvec q4_0 (decode)', bound: 1e-5, run: linearCheck('q4_0', 1, 67, 96) },
   { kernel: 'matvec q8_0 (decode)', bound: 1e-5, run: linearCheck('q8_0', 3, 37, 64) },
   { kernel: 'matvec q4_1 (decode)', bound: 1e-5, run: linearCheck('q4_1', 2, 29, 64) },
@@ -172,6 +263,14 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check }> = [
   { kernel: 'matvec q3_k (decode)', bound: 1e-5, run: linearCheck('q3_k', 2, 11, 256) },
   { kernel: 'matvec q4_k (decode)', bound: 1e-5, run: linearCheck('q4_k', 1, 17, 512) },
   { kernel: 'matvec q5_k (decode)', bound: 1e-5, run: linearCheck('q5_k', 3, 7, 256) },
+  { kernel: 'matvec q6_k (decode)', bound: 1e-5, run: linearCheck('q6_k', 1, 13, 512) },
+  { kernel: 'matvec f16 (decode)', bound: 1e-5, run: linearCheck('f16', 2, 37, 72) },
+  { kernel: 'matvec f32 (decode)', bound: 1e-5, run: linearCheck('f32', 1, 29, 53) },
+  // The decode fusions in the variants the autotune may pick (README, Benchmark): the defaults, the
+  // chunked layout, and q8 activations (against the q8-rounded rows) where WGSL has dot4I8Packed.
+  { kernel: 'matvec q4_k + RMSNorm + SwiGLU', bound: 1e-5, run: gatedMlpCheck('q4_k', {}) },
+  { kernel: 'matvec q4_0 chunked + RMSNorm + SwiGLU', bound: 1e-5, run: gatedMlpCheck('q4_0', { layout: 'chunked', activations: 'f32' }) },
+  { kernel: 'matvec q4_0 q8 + RMSNorm + SwiGLU', bound: 1e-5, run: gatedMlpCheck('q4_0', { activations: 'q8', layout: 'chunked' }), applies: hasPackedDot },
   // Prefill projections at the bound of the tier the device gives them (f16 storage on the f16 tier).
   { kernel: 'matmul q6_k (prefill)', bound: (gpu) => projectionBound(defaultMatmulTier(gpu, 'q6_k')), run: linearCheck('q6_k', 19, 9, 256) },
   { kernel: 'matmul f16 (prefill)', bound: (gpu) => projectionBound(defaultMatmulTier(gpu, 'f16')), run: linearCheck('f16', 19, 45, 70) },
@@ -240,6 +339,7 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check }> = [
       return { got: await readF32(gpu, buffer, T * H * D), want };
     },
   },
+  { kernel: 'attention prefill (causal, f16 KV)', bound: 1e-5, run: prefillCheck },
   { kernel: 'attention decode (GQA 4/2)', bound: 1e-5, run: (gpu) => decodeCheck(gpu, 'f32', 'attention') },
   // The default KV cache: attention over what the write stored, and what it stored against the
   // f32 keys and values (f16: 2^-11 relative at most; q8_0: half a step of 1/127 of a block's largest).
@@ -280,6 +380,7 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check }> = [
 export async function runSelfCheck(gpu: Gpu): Promise<SelfCheckResult[]> {
   const results: SelfCheckResult[] = [];
   for (const check of CHECKS) {
+    if (check.applies && !check.applies(gpu)) continue;
     const { got, want } = await check.run(gpu);
     const err = relL2(got, want);
     const bound = typeof check.bound === 'number' ? check.bound : check.bound(gpu);

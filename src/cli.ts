@@ -95,8 +95,9 @@ async function infoCommand(options: { adapter: string; check: boolean; json?: bo
     if (options.check) {
       console.log('kernel self-check (float64 reference on the CPU):');
       const results = await runSelfCheck(gpu);
+      const width = Math.max(...results.map((r) => r.kernel.length));
       for (const r of results) {
-        console.log(`  ${r.ok ? 'ok  ' : 'FAIL'} ${r.kernel.padEnd(28)} rel-L2 ${r.relL2.toExponential(2)} (bound ${r.bound})`);
+        console.log(`  ${r.ok ? 'ok  ' : 'FAIL'} ${r.kernel.padEnd(width)}  rel-L2 ${r.relL2.toExponential(2)} (bound ${r.bound})`);
       }
       if (results.some((r) => !r.ok)) throw new MinerError('SELF_CHECK', 'kernel self-check failed on this adapter');
     }
