@@ -15,7 +15,7 @@ import { dequantize } from './weights-reference.ts';
 import { uploadWeight } from './weights-upload.ts';
 import { Norm } from './norm.ts';
 import { Softmax } from './softmax.ts';
-import { Rope } from './rope.ts';
+import { Rope, ropeInverseFrequencies } from './rope.ts';
 import { DecodeAttention, KV_BLOCK_TOKENS, KvWrite, PrefillAttention, kvBlockBytes, type KvDtype } from './attention.ts';
 import { TopK } from './sample.ts';
 
@@ -78,54 +78,65 @@ function kvPoolValues(words: Uint32Array, blocks: number, blockElements: number,
 const ATTN = { Hq: 4, Hkv: 2, D: 32, L: 45, capacity: 64 } as const;
 
 interface FilledKv {
+  dtype: KvDtype;
   kCache: GPUBuffer;
   vCache: GPUBuffer;
+  /** The block table: the last block first. */
+  table: Uint32Array;
   blockTable: GPUBuffer;
-  /** The keys and values written, (L, Hkv, D) f32. */
+  /** The keys and values written, (keys, Hkv, D) f32. */
   k: Float32Array;
   v: Float32Array;
-  /** What the cache stores of them, read back and decoded, (L, Hkv, D). */
+  /** What the cache stores of them, read back and decoded, (keys, Hkv, D). */
   storedK: Float32Array;
   storedV: Float32Array;
 }
 
-/**
- * A `dtype` KV cache filled by KvWrite with ATTN.L keys and values through a reversed block table
- * (the last block first), and what it stores, read back.
- */
-async function filledKvCache(gpu: Gpu, dtype: KvDtype): Promise<FilledKv> {
-  const { Hkv, D, L, capacity } = ATTN;
-  const k = values(L * Hkv * D, 9);
-  const v = values(L * Hkv * D, 10);
+/** What the cache stores at positions 0 .. keys - 1, read back and decoded: (keys, Hkv, D) each. */
+async function storedKv(gpu: Gpu, kv: Omit<FilledKv, 'storedK' | 'storedV' | 'k' | 'v'>, keys: number): Promise<{ storedK: Float32Array; storedV: Float32Array }> {
+  const { Hkv, D, capacity } = ATTN;
   const kvBlocks = capacity / KV_BLOCK_TOKENS;
   const blockElements = Hkv * KV_BLOCK_TOKENS * D;
+  const words = (kvBlocks * kvBlockBytes(Hkv, D, kv.dtype)) / 4;
+  const kPool = kvPoolValues(await readU32(gpu, kv.kCache, words), kvBlocks, blockElements, kv.dtype);
+  const vPool = kvPoolValues(await readU32(gpu, kv.vCache, words), kvBlocks, blockElements, kv.dtype);
+  // Where (position t, kv head g) is stored: block table[t / 16], row (g, t % 16).
+  const at = (t: number, g: number) => kv.table[Math.floor(t / KV_BLOCK_TOKENS)] * blockElements + (g * KV_BLOCK_TOKENS + (t % KV_BLOCK_TOKENS)) * D;
+  const storedK = new Float32Array(keys * Hkv * D);
+  const storedV = new Float32Array(keys * Hkv * D);
+  for (let t = 0; t < keys; t++) {
+    for (let g = 0; g < Hkv; g++) {
+      storedK.set(kPool.subarray(at(t, g), at(t, g) + D), (t * Hkv + g) * D);
+      storedV.set(vPool.subarray(at(t, g), at(t, g) + D), (t * Hkv + g) * D);
+    }
+  }
+  return { storedK, storedV };
+}
+
+/**
+ * A `dtype` KV cache filled by KvWrite with `keys` keys and values (positions 0 .. keys - 1) through
+ * a reversed block table (the last block first), and what it stores, read back.
+ */
+async function filledKvCache(gpu: Gpu, dtype: KvDtype, keys: number = ATTN.L): Promise<FilledKv> {
+  const { Hkv, D, capacity } = ATTN;
+  const k = values(keys * Hkv * D, 9);
+  const v = values(keys * Hkv * D, 10);
+  const kvBlocks = capacity / KV_BLOCK_TOKENS;
   const cache = (n: string) => createStorage(gpu, n, kvBlocks * kvBlockBytes(Hkv, D, dtype));
   const [kCache, vCache] = [cache('k'), cache('v')];
   const table = Uint32Array.from({ length: kvBlocks }, (_, i) => kvBlocks - 1 - i);
   const blockTable = createStorage(gpu, 'table', table);
   const write = new KvWrite(gpu, { Hkv, D, capacity, kvBlocks, dtype }, {
     k: createStorage(gpu, 'knew', k), v: createStorage(gpu, 'vnew', v), kCache, vCache, blockTable,
-    rowMeta: createStorage(gpu, 'wmeta', Uint32Array.from({ length: 2 * L }, (_, i) => (i % 2 ? i >> 1 : 0))),
+    rowMeta: createStorage(gpu, 'wmeta', Uint32Array.from({ length: 2 * keys }, (_, i) => (i % 2 ? i >> 1 : 0))),
   });
-  await runPass(gpu, (pass) => write.encode(pass, { rows: L }));
-  const words = (kvBlocks * kvBlockBytes(Hkv, D, dtype)) / 4;
-  const kPool = kvPoolValues(await readU32(gpu, kCache, words), kvBlocks, blockElements, dtype);
-  const vPool = kvPoolValues(await readU32(gpu, vCache, words), kvBlocks, blockElements, dtype);
-  // Where (position t, kv head g) is stored: block table[t / 16], row (g, t % 16).
-  const at = (t: number, g: number) => table[Math.floor(t / KV_BLOCK_TOKENS)] * blockElements + (g * KV_BLOCK_TOKENS + (t % KV_BLOCK_TOKENS)) * D;
-  const storedK = new Float32Array(L * Hkv * D);
-  const storedV = new Float32Array(L * Hkv * D);
-  for (let t = 0; t < L; t++) {
-    for (let g = 0; g < Hkv; g++) {
-      storedK.set(kPool.subarray(at(t, g), at(t, g) + D), (t * Hkv + g) * D);
-      storedV.set(vPool.subarray(at(t, g), at(t, g) + D), (t * Hkv + g) * D);
-    }
-  }
-  return { kCache, vCache, blockTable, k, v, storedK, storedV };
+  await runPass(gpu, (pass) => write.encode(pass, { rows: keys }));
+  const kv = { dtype, kCache, vCache, table, blockTable };
+  return { ...kv, k, v, ...(await storedKv(gpu, kv, keys)) };
 }
 
 /** Float64 attention of query rows q (rows, Hq, D) over the stored keys, row r seeing keys 0 .. keys(r) - 1. */
-function attentionReference(q: Float32Array, rows: number, keys: (row: number) => number, kv: FilledKv): Float64Array {
+function attentionReference(q: Float32Array | Float64Array, rows: number, keys: (row: number) => number, kv: FilledKv): Float64Array {
   const { Hq, Hkv, D } = ATTN;
   const want = new Float64Array(rows * Hq * D);
   for (let r = 0; r < rows; r++) {
@@ -163,6 +174,49 @@ async function decodeCheck(gpu: Gpu, dtype: KvDtype, measure: 'attention' | 'sto
   });
   await runPass(gpu, (pass) => attend.encode(pass, { rows: 1, maxLen: L }));
   return { got: await readF32(gpu, out, Hq * D), want: attentionReference(q, 1, () => L, kv) };
+}
+
+/** Float64 rotate_half RoPE of `heads` heads of D elements at `position` (the angle rounded to f32, as HF and the kernels take it). */
+function ropeReference(x: Float32Array, heads: number, D: number, position: number, invFreq: Float32Array): Float64Array {
+  const out = Float64Array.from(x);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < D / 2; i++) {
+      const a = Math.fround(position * invFreq[i]);
+      const [x0, x1] = [x[h * D + i], x[h * D + i + D / 2]];
+      out[h * D + i] = x0 * Math.cos(a) - x1 * Math.sin(a);
+      out[h * D + i + D / 2] = x1 * Math.cos(a) + x0 * Math.sin(a);
+    }
+  }
+  return out;
+}
+
+/**
+ * Decode attention with the step's RoPE and KV write folded in (the form the autotune picks where it
+ * pays), over a `dtype` cache holding ATTN.L - 1 keys: the step's projection row (q, k, v heads
+ * unrotated) goes in, and the kernel rotates q and k to position ATTN.L - 1, stores k and v there and
+ * attends all ATTN.L keys. `measure` 'attention': the output against a float64 reference over the
+ * cache as stored after the run; 'stored': the step's stored key and value against the rotated key and
+ * the value.
+ */
+async function foldedDecodeCheck(gpu: Gpu, dtype: KvDtype, measure: 'attention' | 'stored'): Promise<{ got: ArrayLike<number>; want: ArrayLike<number> }> {
+  const { Hq, Hkv, D, L, capacity } = ATTN;
+  const kv = await filledKvCache(gpu, dtype, L - 1);
+  const [q, kNew, vNew] = [values(Hq * D, 11), values(Hkv * D, 17), values(Hkv * D, 18)];
+  const invFreq = ropeInverseFrequencies(D, 10000);
+  const out = createStorage(gpu, 'out', Hq * D * 4);
+  const attend = new DecodeAttention(gpu, {
+    Hq, Hkv, D, capacity, kvBlocks: capacity / KV_BLOCK_TOKENS, dtype, maxRows: 1, splitKeys: 16, newKv: { rotaryDims: D, mode: 'half' },
+  }, {
+    q: createStorage(gpu, 'qkv', Float32Array.from([...q, ...kNew, ...vNew])), kCache: kv.kCache, vCache: kv.vCache, blockTable: kv.blockTable, out,
+    rowMeta: createStorage(gpu, 'ameta', Uint32Array.from([0, L])), ropeTable: createStorage(gpu, 'inv', invFreq),
+  });
+  await runPass(gpu, (pass) => attend.encode(pass, { rows: 1, maxLen: L, qRowStride: (Hq + 2 * Hkv) * D, kOffset: Hq * D, vOffset: (Hq + Hkv) * D }));
+  const stored = await storedKv(gpu, kv, L);
+  if (measure === 'stored') {
+    const step = (L - 1) * Hkv * D;
+    return { got: [...stored.storedK.subarray(step), ...stored.storedV.subarray(step)], want: [...ropeReference(kNew, Hkv, D, L - 1, invFreq), ...vNew] };
+  }
+  return { got: await readF32(gpu, out, Hq * D), want: attentionReference(ropeReference(q, Hq, D, L - 1, invFreq), 1, () => L, { ...kv, ...stored }) };
 }
 
 /**
@@ -320,22 +374,12 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check; applies?: (gpu: 
     run: async (gpu) => {
       const [T, H, D] = [5, 3, 16];
       const x = values(T * H * D, 8);
-      const inv = Float32Array.from({ length: D / 2 }, (_, i) => 1 / 10000 ** ((2 * i) / D));
+      const inv = ropeInverseFrequencies(D, 10000);
       const buffer = createStorage(gpu, 'x', x);
       const op = new Rope(gpu, 'half', { x: buffer, positions: createStorage(gpu, 'pos', Uint32Array.from([3, 4, 5, 6, 7])), invFreq: createStorage(gpu, 'inv', inv) });
       await runPass(gpu, (pass) => op.encode(pass, { tokens: T, heads: H, headDim: D }));
-      const want = Float64Array.from(x);
-      for (let t = 0; t < T; t++) {
-        for (let h = 0; h < H; h++) {
-          const base = (t * H + h) * D;
-          for (let i = 0; i < D / 2; i++) {
-            const a = Math.fround((t + 3) * inv[i]);
-            const [x0, x1] = [x[base + i], x[base + i + D / 2]];
-            want[base + i] = x0 * Math.cos(a) - x1 * Math.sin(a);
-            want[base + i + D / 2] = x1 * Math.cos(a) + x0 * Math.sin(a);
-          }
-        }
-      }
+      const want = new Float64Array(T * H * D);
+      for (let t = 0; t < T; t++) want.set(ropeReference(x.subarray(t * H * D, (t + 1) * H * D), H, D, t + 3, inv), t * H * D);
       return { got: await readF32(gpu, buffer, T * H * D), want };
     },
   },
@@ -347,6 +391,9 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check; applies?: (gpu: 
   { kernel: 'kv write f16', bound: 5e-4, run: (gpu) => decodeCheck(gpu, 'f16', 'stored') },
   { kernel: 'attention decode q8_0 KV', bound: 1e-5, run: (gpu) => decodeCheck(gpu, 'q8_0', 'attention') },
   { kernel: 'kv write q8_0', bound: 6e-3, run: (gpu) => decodeCheck(gpu, 'q8_0', 'stored') },
+  // The step's RoPE and KV write folded into decode attention, on the default KV cache.
+  { kernel: 'attention decode + RoPE + KV write', bound: 1e-5, run: (gpu) => foldedDecodeCheck(gpu, 'f16', 'attention') },
+  { kernel: 'rope + kv write f16, folded', bound: 5e-4, run: (gpu) => foldedDecodeCheck(gpu, 'f16', 'stored') },
   {
     kernel: 'top-k (k=8 of 5003)',
     bound: 0,

@@ -16,5 +16,6 @@ describe('kernel self-check (what `webgpu-miner info` and `npm start` run)', () 
     // q8 activations are checked exactly where the adapter can run them.
     expect(kernels.includes('matvec q4_0 q8 + RMSNorm + SwiGLU')).toBe(hasPackedDot(gpu()));
     expect(kernels).toContain('attention prefill (causal, f16 KV)');
+    expect(kernels).toContain('attention decode + RoPE + KV write');
   });
 });
