@@ -1,13 +1,12 @@
 // webgpu-miner command line. The only place that prints for humans and sets exit codes.
 import { Command, Option } from 'commander';
 import { acquireGpu, type Gpu } from './gpu/device.ts';
-import { MinerError } from './errors.ts';
+import { GpuError, MinerError, ShapeError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
 import { describeDecodeTuning } from '../kernels/autotune.ts';
 import { WEIGHT_DTYPES } from '../kernels/weights.ts';
 import { KV_DTYPES, type KvDtype } from '../kernels/attention.ts';
-import { ShapeError } from './errors.ts';
 import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type PingFlags, type QueryFlags } from './validator/commands.ts';
 import { addValidatorCommands } from './validator/validate-commands.ts';
 import { Engine } from './engine/engine.ts';
@@ -293,14 +292,21 @@ program
   });
 
 /** Serve until SIGINT/SIGTERM, then finish or cancel in-flight work within 10 s. */
-async function serveUntilSignal(handle: ServeHandle): Promise<void> {
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
+/**
+ * Serve until SIGINT / SIGTERM, then finish in-flight requests. A lost GPU ends it too, with an error
+ * (exit status 1): nothing can run on the device again in this process, so a supervisor should
+ * start a new one (README: Serving validators).
+ */
+async function serveUntilSignal(handle: ServeHandle, gpu: Gpu): Promise<void> {
+  const lost = await new Promise<GpuError | undefined>((resolve) => {
+    const stop = () => resolve(undefined);
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+    void gpu.lost.then(resolve);
   });
-  console.error('shutting down: finishing in-flight requests (10 s at most)');
-  await handle.close(10_000);
+  console.error(lost ? `${lost.message}\nshutting down` : 'shutting down: finishing in-flight requests (10 s at most)');
+  await handle.close(lost ? 0 : 10_000);
+  if (lost) throw lost;
 }
 
 addServeOptions(
@@ -321,7 +327,7 @@ addServeOptions(
   console.error(describeModel(engine));
   const handle = await serve(engine, options);
   console.error(`axon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey}`);
-  await serveUntilSignal(handle);
+  await serveUntilSignal(handle, engine.gpu);
 });
 
 program
@@ -339,7 +345,7 @@ program
     console.log(`\naxon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey} (development key //Miner)`);
     console.log(`the development metagraph admits validator ${dev.validatorUri} (${dev.validatorHotkey}); try, in another terminal:\n`);
     console.log(`  ${queryCommandHint(handle, dev.validatorUri)}\n`);
-    await serveUntilSignal(handle);
+    await serveUntilSignal(handle, engine.gpu);
   });
 
 addConnectOptions(program.command('ping').description("ping a miner's axon: latency, miner info, signature check"))

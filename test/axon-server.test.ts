@@ -21,6 +21,7 @@ import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 
 import { WebSocket, WebSocketServer } from 'ws';
 import { BadRequestError, OverloadedError } from '../src/errors.ts';
 import type { GenerateOptions, GenerateRequest, GeneratedToken, GenerationSummary, TextGenerator } from '../src/engine/types.ts';
+import type { Engine } from '../src/engine/engine.ts';
 import { AxonError, VerificationError, decodeRequestFrame, encodeBody, encodeFrame, type RequestFrame } from '../src/wire/protocol.ts';
 import type { CryptoPool } from '../src/wire/crypto-pool.ts';
 import { serve } from '../src/axon/serve.ts';
@@ -597,6 +598,37 @@ describe('operations', () => {
     expect(line).toMatchObject({ validator: keys.alice.address, outcome: 'ok', tokens: usage.completionTokens, cached_prompt_tokens: usage.promptTokens - 1, finish_reason: expect.stringMatching(/length|stop/) });
     expect(line).toHaveProperty('ttft_ms');
     expect(line).toHaveProperty('tokens_per_s');
+    await client.close();
+    await axon.close();
+  });
+
+  test('a lost GPU: the generation in flight fails naming it, /health answers 503 gpu_lost, new requests are refused', async () => {
+    const { logger, lines } = captureLogger('info');
+    const axon = await startAxon({ logger }); // its own engine, on a device of its own
+    const engine = axon.generator as Engine;
+    const decode = holdDecode(engine);
+    onTestFinished(() => decode.restore());
+    const client = await ValidatorClient.connect({ url: axon.url, signer: keys.alice, minerHotkey: keys.miner.address });
+    const running = client.generate({ prompt: 'lost', maxTokens: LONG, seed: 1 });
+    await waitFor('the first decode step to be held', () => decode.held() >= 1);
+    // A real loss of the device, as a driver reset would cause (not through Gpu.destroy, which is a close).
+    engine.gpu.device.destroy();
+    expect(await engine.gpu.lost).toBe(engine.gpu.lostError);
+    decode.release();
+    await expect(running.result).rejects.toMatchObject({ code: 'INTERNAL' });
+    // The log names the loss (validators get no internals).
+    await waitFor('the request log line', () => lines.some((l) => l.event === 'request' && l.outcome === 'INTERNAL'));
+    const failed = lines.find((l) => l.event === 'request' && l.outcome === 'INTERNAL') as { err?: { message?: string } };
+    expect(failed.err?.message).toMatch(/the GPU device was lost \(destroyed/);
+    const health = await fetch(`http://127.0.0.1:${axon.port}/health`);
+    expect(health.status).toBe(503);
+    expect(await health.json()).toMatchObject({ status: 'gpu_lost', gpu_lost: expect.stringMatching(/GPU device was lost.*restart/) });
+    expect(await (await fetch(`http://127.0.0.1:${axon.port}/metrics`)).text()).toMatch(/engine_gpu_lost 1\b/);
+    // A new request fails at once with the same loss, without touching the device.
+    await expect(client.generate({ prompt: 'after', maxTokens: 2 }).result).rejects.toMatchObject({ code: 'INTERNAL' });
+    await expect(async () => {
+      for await (const _ of engine.generate({ prompt: 'after', maxTokens: 2 })) { /* refused before any token */ }
+    }).rejects.toBe(engine.gpu.lostError);
     await client.close();
     await axon.close();
   });

@@ -58,6 +58,26 @@ describe('device', () => {
     await expect(gpu().sync()).resolves.toBeUndefined();
   });
 
+  it('names a lost device in `lost`, `lostError` and every later sync; closing it with destroy() is no loss', async () => {
+    const lostOne = await acquireGpu();
+    expect(lostOne.lostError).toBeUndefined();
+    lostOne.device.destroy(); // the device goes away under the Gpu, as in a driver reset
+    const error = await lostOne.lost;
+    expect(error).toBeInstanceOf(GpuError);
+    expect(error.message).toMatch(/^the GPU device was lost \(destroyed.*restart it/);
+    expect(lostOne.lostError).toBe(error);
+    await expect(lostOne.sync()).rejects.toBe(error);
+    // A Gpu closed on purpose: its device's loss settles (the spec's 'destroyed'), `lost` does not.
+    const closed = await acquireGpu();
+    let reported = false;
+    void closed.lost.then(() => (reported = true));
+    closed.destroy();
+    await closed.device.lost;
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(reported).toBe(false);
+    expect(closed.lostError).toBeUndefined();
+  });
+
   it('reports a WGSL compile error naming the pipeline', async () => {
     const cache = new PipelineCache(gpu());
     cache.get({ name: 'broken', variant: 'x', code: '@compute @workgroup_size(1) fn main() { let a: u32 = 1.5; }', entryPoint: 'main' });

@@ -46,6 +46,7 @@ export function createAxonMetrics(registry: Registry, processMetrics: boolean, s
   gauge('engine_kv_blocks_total', 'KV-cache blocks in the pool', () => sources.engine().kvBlocksTotal);
   gauge('engine_kv_blocks_shared', 'KV-cache blocks held by two or more sequences (a shared prompt prefix)', () => sources.engine().kvBlocksShared ?? 0);
   gauge('engine_kv_blocks_cached', 'KV-cache blocks held by no sequence, keeping a cached prefix until evicted', () => sources.engine().kvBlocksCached ?? 0);
+  gauge('engine_gpu_lost', '1 once the GPU device is lost (nothing runs again until the miner restarts), else 0', () => (sources.engine().gpuLost ? 1 : 0));
   gauge('axon_connections', 'Open WebSocket connections', () => sources.connections());
   gauge('axon_http_connections', 'Open sockets of the OpenAI-compatible HTTP face', () => sources.httpConnections());
   gauge('axon_active_requests', 'Generations in flight', () => sources.activeRequests());

@@ -262,8 +262,12 @@ export class AxonServer {
         } catch {
           info = undefined;
         }
+        // A lost GPU serves nothing again: 503, so that a supervisor or load balancer takes it out.
+        const lost = info?.gpuLost;
+        const status = lost ? 'gpu_lost' : this.#closing ? 'closing' : 'ok';
         const body = {
-          status: this.#closing ? 'closing' : 'ok',
+          status,
+          ...(lost ? { gpu_lost: lost } : {}),
           hotkey: this.hotkey,
           protocol: PROTOCOL_VERSION,
           version: this.#version,
@@ -276,7 +280,7 @@ export class AxonServer {
           http_connections: this.#sockets.httpSockets,
           active_requests: this.#flights.size,
         };
-        res.writeHead(this.#closing ? 503 : 200, { 'Content-Type': 'application/json' }).end(JSON.stringify(body) + '\n');
+        res.writeHead(status === 'ok' ? 200 : 503, { 'Content-Type': 'application/json' }).end(JSON.stringify(body) + '\n');
       } else {
         res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: connect with a WebSocket, use the OpenAI routes under /v1/, or GET /health or /metrics\n');
       }

@@ -212,6 +212,7 @@ export class Engine implements TextGenerator {
       kvBlockTokens: KV_BLOCK_TOKENS,
       promptTokensReused: this.#promptTokensReused,
       promptTokensComputed: this.#promptTokensComputed,
+      ...(this.gpu.lostError ? { gpuLost: this.gpu.lostError.message } : {}),
     };
   }
 
@@ -304,6 +305,7 @@ export class Engine implements TextGenerator {
 
   async *generate(request: GenerateRequest, options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationSummary> {
     if (this.#closed) throw new OverloadedError('the engine is shutting down');
+    if (this.gpu.lostError) throw this.gpu.lostError;
     const arrival = performance.now();
     const { promptIds, sampler, maxTokens } = this.#validate(request);
     // Queued requests that free slots can take at the next turn are not counted as waiting for one.
@@ -380,11 +382,17 @@ export class Engine implements TextGenerator {
         if (this.#active.length > 0) await this.#decodeSteps();
       }
     } catch (err) {
-      // A GPU failure ends every request in flight with that error; the engine stays usable.
+      // A GPU failure ends every request in flight with that error; the engine stays usable, unless
+      // the device was lost (then every request fails with that loss, and generate() refuses new ones).
       // What the failed step wrote is unknown: the blocks go back and nothing cached is trusted.
+      // Dawn may fail the step with a bare AbortError a moment before it reports the loss itself.
+      if (!this.gpu.lostError && err instanceof DOMException && err.name === 'AbortError') {
+        await Promise.race([this.gpu.lost, new Promise((resolve) => setTimeout(resolve, 100))]);
+      }
+      const failure = this.gpu.lostError ?? err;
       for (const seq of [...this.#prefilling.splice(0), ...this.#active.splice(0), ...this.#queue.splice(0)]) {
         seq.finish ??= 'cancelled';
-        seq.channel.close(err);
+        seq.channel.close(failure);
         if (seq.kv) this.#kv.release(seq.kv, false);
       }
       this.#kv.forgetCached();

@@ -89,6 +89,8 @@ export interface EngineInfo {
   promptTokensReused?: number;
   /** Prompt tokens prefilled, since start (a counter); with promptTokensReused, the prefix cache's hit rate. */
   promptTokensComputed?: number;
+  /** Set once the GPU device is lost: what happened. No request can run again in this process. */
+  gpuLost?: string;
 }
 
 /** What the axon serves. The scheduler implements it over a loaded model. */

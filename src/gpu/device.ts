@@ -67,6 +67,13 @@ export interface Gpu {
   sync(): Promise<void>;
   /** Errors reported by the device and not yet consumed by sync(). */
   readonly pendingErrors: readonly string[];
+  /**
+   * Resolves (never rejects) when the device is lost other than by destroy(): a driver reset, a hung
+   * or removed GPU. Nothing on the device works again in this process; the error says so.
+   */
+  readonly lost: Promise<GpuError>;
+  /** The loss, once `lost` has resolved; undefined while the device works. */
+  readonly lostError: GpuError | undefined;
   destroy(): void;
 }
 
@@ -248,13 +255,22 @@ async function openDevice({ adapter, backend, featureLevel, wgsl }: Found): Prom
   });
 
   const pendingErrors: string[] = [];
-  let lostReason: string | undefined;
+  let lostError: GpuError | undefined;
   let destroyed = false;
   device.addEventListener('uncapturederror', (event) => {
     pendingErrors.push((event as GPUUncapturedErrorEvent).error.message);
   });
-  void device.lost.then((info) => {
-    if (!destroyed) lostReason = `device lost (${info.reason}): ${info.message}`;
+  // Dawn ends every later call on a lost device with a bare AbortError or nothing at all: this names
+  // what happened instead.
+  const lost = new Promise<GpuError>((resolve) => {
+    void device.lost.then((info) => {
+      if (destroyed) return;
+      lostError = new GpuError(
+        `the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ''}); ` +
+          'nothing can run on it again in this process: restart it (a driver reset or a hung GPU does this; if it recurs, see the system log)',
+      );
+      resolve(lostError);
+    });
   });
 
   const gpu: Gpu = {
@@ -265,9 +281,13 @@ async function openDevice({ adapter, backend, featureLevel, wgsl }: Found): Prom
     wgslLanguageFeatures: wgsl,
     limits: device.limits,
     pendingErrors,
+    lost,
+    get lostError() {
+      return lostError;
+    },
     async sync() {
       await device.queue.onSubmittedWorkDone();
-      if (lostReason) throw new GpuError(lostReason);
+      if (lostError) throw lostError;
       if (pendingErrors.length > 0) {
         const messages = pendingErrors.splice(0);
         throw new GpuError(`GPU reported ${messages.length} error(s): ${messages.join(' | ')}`);
