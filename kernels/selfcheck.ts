@@ -6,7 +6,7 @@ import { createStorage, readF32, readU32 } from '../src/gpu/buffers.ts';
 import { runPass } from './dispatch.ts';
 import { Elementwise } from './elementwise.ts';
 import { Linear } from './linear.ts';
-import { Matvec, type MatvecOptions } from './matvec.ts';
+import { Matvec, postNormFoldFits, type MatvecOptions } from './matvec.ts';
 import { hasPackedDot } from './tiers.ts';
 import { defaultMatmulTier, projectionBound } from './matmul.ts';
 import { GGUF_BLOCK_BYTES, f16BitsToF32, isKQuantDtype, packGguf, type HostWeight, type KQuantDtype, type WeightDtype } from './weights.ts';
@@ -269,23 +269,37 @@ function linearCheck(dtype: WeightDtype, M: number, N: number, K: number): Check
  * pairs and SwiGLU, N outputs from a (2N, K) weight, with `options` choosing the variant. Each input
  * element sits a quarter step off the q8 grid once normalised (x_i w_i is (k + 1/4) steps of its block's
  * largest / 127; the norm's scale cancels in that ratio), so q8 activations round alike on every
- * device and the reference rounds them as the kernel does.
+ * device and the reference rounds them as the kernel does. With `postNorm` (Gemma; f32 activations),
+ * the kernel takes a sublayer's output a and the stream before it instead, and its input rows are the
+ * stream x = base + RMSNorm(a) * post weight, which it also writes out: both are compared.
  */
-function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout' | 'activations'>): Check {
+function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout' | 'activations'>, postNorm = false): Check {
   const [N, K, eps] = [12, 256, 1e-5];
+  const rms = (v: ArrayLike<number>) => 1 / Math.sqrt(Array.from(v).reduce((a, e) => a + e * e, 0) / K + eps);
   return async (gpu) => {
     const normWeight = Float32Array.from(values(K, 14), (v) => 1 + v / 2);
     const steps = Float32Array.from(values(K, 15), (v, i) => (i % 32 === 7 ? 127 * Math.sign(v || 1) : Math.round(v * 120) + 0.25));
-    const x = Float32Array.from(steps, (s, i) => s / 64 / normWeight[i]);
+    let input: Float32Array = Float32Array.from(steps, (s, i) => s / 64 / normWeight[i]);
+    let x = Float64Array.from(input);
+    const post = postNorm ? { a: values(K, 19), base: values(K, 20), weight: Float32Array.from(values(K, 21), (v) => 1 + v / 2) } : undefined;
+    if (post) {
+      input = post.a;
+      const r = rms(post.a);
+      x = Float64Array.from(post.base, (b, i) => b + post.a[i] * r * post.weight[i]);
+    }
     const host = isKQuantDtype(dtype) ? kQuantWeight(dtype, 2 * N, K) : packWeight(dtype, 2 * N, K, values(2 * N * K, 16));
     const w = dequantize(host);
     const out = createStorage(gpu, 'selfcheck.out', N * 4);
-    const op = new Matvec(gpu, { weight: uploadWeight(gpu, `selfcheck.${dtype}`, host), input: createStorage(gpu, 'x', x), output: out }, {
+    const stream = createStorage(gpu, 'stream', K * 4);
+    const op = new Matvec(gpu, { weight: uploadWeight(gpu, `selfcheck.${dtype}`, host), input: createStorage(gpu, 'x', input), output: out }, {
       ...options,
-      fusion: { norm: { kind: 'rms', weight: createStorage(gpu, 'norm', normWeight), eps }, activation: 'silu', glu: true },
+      fusion: {
+        norm: { kind: 'rms', weight: createStorage(gpu, 'norm', normWeight), eps }, activation: 'silu', glu: true,
+        ...(post ? { postNorm: { weight: createStorage(gpu, 'post', post.weight), eps, base: createStorage(gpu, 'base', post.base), stream } } : {}),
+      },
     });
     await runPass(gpu, (pass) => op.encode(pass, { M: 1 }));
-    const r = 1 / Math.sqrt(x.reduce((a, v) => a + v * v, 0) / K + eps);
+    const r = rms(x);
     const normed = Float64Array.from(x, (v, i) => v * r * normWeight[i]);
     if (op.activations === 'q8') {
       for (let b = 0; b < K; b += 32) {
@@ -299,7 +313,9 @@ function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout'
       const gate = dot(2 * n);
       return (gate / (1 + Math.exp(-gate))) * dot(2 * n + 1);
     });
-    return { got: await readF32(gpu, out, N), want };
+    const got = await readF32(gpu, out, N);
+    if (!post) return { got, want };
+    return { got: [...got, ...(await readF32(gpu, stream, K))], want: [...want, ...x] };
   };
 }
 
@@ -325,6 +341,8 @@ const CHECKS: Array<{ kernel: string; bound: Bound; run: Check; applies?: (gpu: 
   { kernel: 'matvec q4_k + RMSNorm + SwiGLU', bound: 1e-5, run: gatedMlpCheck('q4_k', {}) },
   { kernel: 'matvec q4_0 chunked + RMSNorm + SwiGLU', bound: 1e-5, run: gatedMlpCheck('q4_0', { layout: 'chunked', activations: 'f32' }) },
   { kernel: 'matvec q4_0 q8 + RMSNorm + SwiGLU', bound: 1e-5, run: gatedMlpCheck('q4_0', { activations: 'q8', layout: 'chunked' }), applies: hasPackedDot },
+  // Gemma's post-norm folded in too, where the adapter binds the storage buffers it needs.
+  { kernel: 'matvec q4_k + post-norm + RMSNorm + SwiGLU', bound: 1e-5, run: gatedMlpCheck('q4_k', { activations: 'f32' }, true), applies: postNormFoldFits },
   // Prefill projections at the bound of the tier the device gives them (f16 storage on the f16 tier).
   { kernel: 'matmul q6_k (prefill)', bound: (gpu) => projectionBound(defaultMatmulTier(gpu, 'q6_k')), run: linearCheck('q6_k', 19, 9, 256) },
   { kernel: 'matmul f16 (prefill)', bound: (gpu) => projectionBound(defaultMatmulTier(gpu, 'f16')), run: linearCheck('f16', 19, 45, 70) },

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { hasPackedDot } from '../kernels/tiers.ts';
+import { postNormFoldFits } from '../kernels/matvec.ts';
 import { useGpu } from './support/gpu.ts';
 
 const gpu = useGpu();
@@ -15,6 +16,7 @@ describe('kernel self-check (what `webgpu-miner info` and `npm start` run)', () 
     expect(kernels).toContain('matvec q4_0 chunked + RMSNorm + SwiGLU');
     // q8 activations are checked exactly where the adapter can run them.
     expect(kernels.includes('matvec q4_0 q8 + RMSNorm + SwiGLU')).toBe(hasPackedDot(gpu()));
+    expect(kernels.includes('matvec q4_k + post-norm + RMSNorm + SwiGLU')).toBe(postNormFoldFits(gpu()));
     expect(kernels).toContain('attention prefill (causal, f16 KV)');
     expect(kernels).toContain('attention decode + RoPE + KV write');
   });
