@@ -291,9 +291,8 @@ program
     process.stdout.write(JSON.stringify({ text: tokenizer.decode(ids, !o.special) }) + '\n');
   });
 
-/** Serve until SIGINT/SIGTERM, then finish or cancel in-flight work within 10 s. */
 /**
- * Serve until SIGINT / SIGTERM, then finish in-flight requests. A lost GPU ends it too, with an error
+ * Serve until SIGINT / SIGTERM, then finish or cancel in-flight work within 10 s. A lost GPU ends it too, with an error
  * (exit status 1): nothing can run on the device again in this process, so a supervisor should
  * start a new one (README: Serving validators).
  */
