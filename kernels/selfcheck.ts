@@ -281,7 +281,9 @@ function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout'
     const steps = Float32Array.from(values(K, 15), (v, i) => (i % 32 === 7 ? 127 * Math.sign(v || 1) : Math.round(v * 120) + 0.25));
     let input: Float32Array = Float32Array.from(steps, (s, i) => s / 64 / normWeight[i]);
     let x = Float64Array.from(input);
-    const post = postNorm ? { a: values(K, 19), base: values(K, 20), weight: Float32Array.from(values(K, 21), (v) => 1 + v / 2) } : undefined;
+    const post = postNorm
+      ? { a: values(K, 19), base: values(K, 20), weight: Float32Array.from(values(K, 21), (v) => 1 + v / 2), stream: createStorage(gpu, 'stream', K * 4) }
+      : undefined;
     if (post) {
       input = post.a;
       const r = rms(post.a);
@@ -290,12 +292,11 @@ function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout'
     const host = isKQuantDtype(dtype) ? kQuantWeight(dtype, 2 * N, K) : packWeight(dtype, 2 * N, K, values(2 * N * K, 16));
     const w = dequantize(host);
     const out = createStorage(gpu, 'selfcheck.out', N * 4);
-    const stream = createStorage(gpu, 'stream', K * 4);
     const op = new Matvec(gpu, { weight: uploadWeight(gpu, `selfcheck.${dtype}`, host), input: createStorage(gpu, 'x', input), output: out }, {
       ...options,
       fusion: {
         norm: { kind: 'rms', weight: createStorage(gpu, 'norm', normWeight), eps }, activation: 'silu', glu: true,
-        ...(post ? { postNorm: { weight: createStorage(gpu, 'post', post.weight), eps, base: createStorage(gpu, 'base', post.base), stream } } : {}),
+        ...(post ? { postNorm: { weight: createStorage(gpu, 'post', post.weight), eps, base: createStorage(gpu, 'base', post.base), stream: post.stream } } : {}),
       },
     });
     await runPass(gpu, (pass) => op.encode(pass, { M: 1 }));
@@ -315,7 +316,7 @@ function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout'
     });
     const got = await readF32(gpu, out, N);
     if (!post) return { got, want };
-    return { got: [...got, ...(await readF32(gpu, stream, K))], want: [...want, ...x] };
+    return { got: [...got, ...(await readF32(gpu, post.stream, K))], want: [...want, ...x] };
   };
 }
 
