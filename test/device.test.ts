@@ -60,6 +60,7 @@ describe('device', () => {
 
   it('names a lost device in `lost`, `lostError` and every later sync; closing it with destroy() is no loss', async () => {
     const lostOne = await acquireGpu();
+    const buffer = createStorage(lostOne, 'x', new Float32Array([1, 2, 3]));
     expect(lostOne.lostError).toBeUndefined();
     lostOne.device.destroy(); // the device goes away under the Gpu, as in a driver reset
     const error = await lostOne.lost;
@@ -67,6 +68,8 @@ describe('device', () => {
     expect(error.message).toMatch(/^the GPU device was lost \(destroyed.*restart it/);
     expect(lostOne.lostError).toBe(error);
     await expect(lostOne.sync()).rejects.toBe(error);
+    // A read back fails with the loss, not Dawn's bare AbortError.
+    await expect(readF32(lostOne, buffer, 3)).rejects.toBe(error);
     // A Gpu closed on purpose: its device's loss settles (the spec's 'destroyed'), `lost` does not.
     const closed = await acquireGpu();
     let reported = false;

@@ -18,7 +18,7 @@
 // tokens (full blocks shared, a partly matching block copied), including prefixes of requests
 // admitted in the same turn. Attention reads keys only below each query's position, through the
 // sequence's own block table, so what other sequences wrote never shows.
-import { acquireGpu, type Gpu } from '../gpu/device.ts';
+import { acquireGpu, gpuFailure, type Gpu } from '../gpu/device.ts';
 import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
 import { Transformer, type DecodeShape, type PrefillPiece, type RowCandidates, type TransformerOptions } from '../../models/transformer.ts';
@@ -385,11 +385,7 @@ export class Engine implements TextGenerator {
       // A GPU failure ends every request in flight with that error; the engine stays usable, unless
       // the device was lost (then every request fails with that loss, and generate() refuses new ones).
       // What the failed step wrote is unknown: the blocks go back and nothing cached is trusted.
-      // Dawn may fail the step with a bare AbortError a moment before it reports the loss itself.
-      if (!this.gpu.lostError && err instanceof DOMException && err.name === 'AbortError') {
-        await Promise.race([this.gpu.lost, new Promise((resolve) => setTimeout(resolve, 100))]);
-      }
-      const failure = this.gpu.lostError ?? err;
+      const failure = await gpuFailure(this.gpu, err);
       for (const seq of [...this.#prefilling.splice(0), ...this.#active.splice(0), ...this.#queue.splice(0)]) {
         seq.finish ??= 'cancelled';
         seq.channel.close(failure);

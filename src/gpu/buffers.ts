@@ -2,7 +2,7 @@
 //
 // The engine allocates its buffers once (weights, activations, KV cache, uniforms) through an
 // arena and reuses them; nothing on the per-token path creates a buffer.
-import type { Gpu } from './device.ts';
+import { gpuFailure, type Gpu } from './device.ts';
 import { ShapeError } from '../errors.ts';
 
 // GPUBufferUsage is a global that exists only once src/gpu/device.ts has installed Dawn's globals.
@@ -45,7 +45,9 @@ export async function readBuffer(gpu: Gpu, buffer: GPUBuffer, bytes = buffer.siz
   encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
   gpu.device.queue.submit([encoder.finish()]);
   try {
-    await staging.mapAsync(GPUMapMode.READ);
+    await staging.mapAsync(GPUMapMode.READ).catch(async (err: unknown) => {
+      throw await gpuFailure(gpu, err);
+    });
     return staging.getMappedRange().slice(0, bytes);
   } finally {
     staging.destroy();

@@ -77,6 +77,18 @@ export interface Gpu {
   destroy(): void;
 }
 
+/**
+ * What to throw for `err`, a GPU call's failure: the device's loss where it is lost. A call that was
+ * waiting on a lost device (mapAsync, say) fails with a bare AbortError, sometimes a moment before
+ * Dawn reports the loss itself: such an error waits up to 100 ms for it.
+ */
+export async function gpuFailure(gpu: Pick<Gpu, 'lost' | 'lostError'>, err: unknown): Promise<unknown> {
+  if (!gpu.lostError && err instanceof DOMException && err.name === 'AbortError') {
+    await Promise.race([gpu.lost, new Promise((resolve) => setTimeout(resolve, 100))]);
+  }
+  return gpu.lostError ?? err;
+}
+
 function parseChoice(value: string | undefined): AdapterChoice {
   const choice = (value ?? 'auto').toLowerCase();
   if ((ADAPTER_CHOICES as readonly string[]).includes(choice)) return choice as AdapterChoice;
