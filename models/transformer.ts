@@ -35,10 +35,10 @@
 // token per decoding sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
 // F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens),
 // N = KV blocks in each pool, B = ceil(P / 16) block-table entries per slot.
-import { gpuFailure, type Gpu } from '../src/gpu/device.ts';
+import { gpuFailure, outOfMemoryIn, type Gpu } from '../src/gpu/device.ts';
 import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
 import { UniformArena } from '../src/gpu/uniforms.ts';
-import { ShapeError } from '../src/errors.ts';
+import { GpuMemoryError, ShapeError } from '../src/errors.ts';
 import type { Norm } from '../kernels/norm.ts';
 import type { Linear } from '../kernels/linear.ts';
 import { DECODE_DEFAULTS, KV_BLOCK_TOKENS, checkKvDtype, type KvDtype } from '../kernels/attention.ts';
@@ -51,6 +51,7 @@ import { WeightsDigest, type ModelSource } from './source.ts';
 import { KvCache } from './kv-cache.ts';
 import { buildForwardOps, type ForwardOps, type LayerOps, type StepBuffers } from './layers.ts';
 import { planMatrix, planVector, tensorPlan } from './tensor-plan.ts';
+import { estimateWeightBytes, fmtBytes } from './memory-plan.ts';
 
 export interface TransformerOptions {
   /** Sequences whose KV cache is held at once (decode batch size; rows of the block table). */
@@ -325,19 +326,35 @@ export class Transformer {
     const plan = tensorPlan(cfg, source);
     let done = 0;
     let model: Transformer | undefined;
-    // A load that fails part-way (a bad tensor, an oversized row) frees what it already uploaded.
+    // Each tensor is uploaded in an out-of-memory error scope: a GPU too small for the weights is
+    // named at the tensor where it ran out (WebGPU reports no memory size to check against first).
+    const upload = async <T>(name: string, bytes: number, allocate: () => T): Promise<T> => {
+      const before = arena.bytes;
+      const [value, outOfMemory] = await outOfMemoryIn(gpu, allocate);
+      if (outOfMemory) {
+        const total = estimateWeightBytes(cfg, (tensor) => source.dtypeOf(tensor));
+        throw new GpuMemoryError(
+          `out of GPU memory uploading tensor "${name}" (${fmtBytes(bytes)}), with ${fmtBytes(before)} of the model's ${fmtBytes(total)} of weights ` +
+            `on the GPU (${outOfMemory.message}): this GPU cannot hold them; take a smaller quantisation or model, or free its memory from other programs`,
+          'weights',
+        );
+      }
+      return value;
+    };
+    // A load that fails part-way (a bad tensor, an oversized row, no memory left) frees what it already uploaded.
     try {
       for (const item of plan) {
         if (item.kind === 'vector') {
           const data = await planVector(source, item);
           digest.add(item.name, data);
-          weights.set(item.name, arena.upload(item.name, data));
+          weights.set(item.name, await upload(item.name, data.byteLength, () => arena.upload(item.name, data)));
           parameters += data.length;
         } else {
           const host = await planMatrix(source, item);
           host.planes.forEach((plane) => digest.add(item.name, plane));
           const rowMultiple = item.interleave ? 2 : 1; // row chunks keep (gate, up) pairs whole
-          weights.set(item.name, uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes, rowMultiple }));
+          const bytes = host.planes.reduce((sum, plane) => sum + plane.byteLength, 0);
+          weights.set(item.name, await upload(item.name, bytes, () => uploadWeightChunks(gpu, item.name, host, { arena, maxChunkBytes: options.maxWeightChunkBytes, rowMultiple })));
           parameters += host.rows * host.cols;
           // Each upload goes through a staging copy that the device frees only once the copy has
           // run: wait for it, so the host holds one tensor (and its staging) at a time, not the model.
@@ -361,7 +378,7 @@ export class Transformer {
         rotaryDims: cfg.rope?.dims ?? 0, mode: source.ropeMode, headNorm: cfg.qkNorm === true,
         capacity: options.capacity, lengths: [...new Set([splitKeys, 8 * splitKeys].map((L) => Math.min(L, options.capacity)))],
       }, tuning)).tuning.fold);
-      model = new Transformer(gpu, source, { ...options, matvecTunings, ropeKvFold }, weights, arena, digest.hex(), {
+      const [built, outOfMemory] = await outOfMemoryIn(gpu, () => new Transformer(gpu, source, { ...options, matvecTunings, ropeKvFold }, weights, arena, digest.hex(), {
         parameters,
         weightBytes,
         kvBytes: 0,
@@ -371,7 +388,17 @@ export class Transformer {
         kvBytesPerToken: 0,
         activationBytes: 0,
         dtypes,
-      });
+      }));
+      model = built;
+      if (outOfMemory) {
+        // stats.activationBytes counts the KV pool too.
+        const { activationBytes, kvBytes, kvBlocks, kvDtype } = model.stats;
+        throw new GpuMemoryError(
+          `out of GPU memory allocating the activations (${fmtBytes(activationBytes - kvBytes)}) and the KV pool (${fmtBytes(kvBytes)}: ${kvBlocks} blocks of ` +
+            `${KV_BLOCK_TOKENS} tokens, ${kvDtype}) after ${fmtBytes(weightBytes)} of weights (${outOfMemory.message}): this GPU cannot hold a pool that size`,
+          'kv',
+        );
+      }
       await gpu.sync();
       return model;
     } catch (err) {

@@ -25,6 +25,18 @@ export class GpuError extends MinerError {
   }
 }
 
+/**
+ * The device ran out of memory allocating a model: its weights, or its activations and KV pool
+ * (`allocation`). WebGPU reports no memory size, so this error is how a GPU too small shows.
+ */
+export class GpuMemoryError extends MinerError {
+  readonly allocation: 'weights' | 'kv';
+  constructor(message: string, allocation: 'weights' | 'kv') {
+    super('GPU_OUT_OF_MEMORY', message);
+    this.allocation = allocation;
+  }
+}
+
 /** A kernel was asked for a shape, dtype or size it does not support. */
 export class ShapeError extends MinerError {
   constructor(message: string) {

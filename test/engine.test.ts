@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
 import type { GenerateRequest, GenerationSummary, GeneratedToken } from '../src/engine/types.ts';
-import { BadRequestError, OverloadedError } from '../src/errors.ts';
+import { BadRequestError, GpuMemoryError, OverloadedError } from '../src/errors.ts';
 import { acquireGpu, type Gpu } from '../src/gpu/device.ts';
 import { watchingDecode } from './support/test-engine.ts';
 
@@ -301,6 +301,42 @@ describe('admission by free KV blocks', () => {
     await expect(Engine.load({ gpu, slots: 2, capacity: 64, kvBlocks: 3 })).rejects.toThrow(/KV pool holds 3 blocks of 16 tokens .* fewer than one sequence of the context \(64 tokens, 4 blocks\) needs/);
     await expect(Engine.load({ gpu, slots: 2, capacity: 64, gpuMemory: '64KiB' })).rejects.toThrow(/--gpu-memory 64\.0 KiB leaves 0 B for the KV cache after .* of weights/);
     await expect(Engine.load({ gpu, gpuMemory: 'plenty' })).rejects.toThrow(/--gpu-memory must be bytes/);
+  });
+
+  // No adapter here runs out of memory, so the device's out-of-memory error scope is made to report
+  // one, as Dawn does when an allocation does not fit: at the third tensor, or after the last one
+  // (the activations and the KV pool).
+  it('a GPU that runs out of memory is named: at the tensor for the weights, with the flags that shrink the KV pool for the pool', async () => {
+    const runningOut = (failAfter: (done: number, total: number) => boolean) => {
+      let fail = false;
+      const device = new Proxy(gpu.device, {
+        get(target, key) {
+          if (key === 'popErrorScope') {
+            return async () => {
+              const reported = await target.popErrorScope();
+              if (!fail) return reported;
+              fail = false;
+              return { message: 'Out of memory (this test)' } as GPUError;
+            };
+          }
+          const value = Reflect.get(target, key, target);
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      });
+      const small = Object.create(gpu, { device: { value: device } }) as Gpu;
+      return { gpu: small, slots: 2, capacity: 64, onProgress: (done: number, total: number) => (fail = failAfter(done, total)) };
+    };
+    const weights = Engine.load(runningOut((done) => done === 2));
+    await expect(weights).rejects.toThrow(GpuMemoryError);
+    await expect(weights).rejects.toMatchObject({ allocation: 'weights', code: 'GPU_OUT_OF_MEMORY' });
+    await expect(weights).rejects.toThrow(/^out of GPU memory uploading tensor "[^"]+" \(.+\), with .+ of the model's .+ of weights on the GPU \(Out of memory \(this test\)\): this GPU cannot hold them; take a smaller quantisation/);
+    const pool = Engine.load(runningOut((done, total) => done === total));
+    await expect(pool).rejects.toMatchObject({ allocation: 'kv' });
+    await expect(pool).rejects.toThrow(/^out of GPU memory allocating the activations \(.+\) and the KV pool \(.+: 8 blocks of 16 tokens, f16\) after .+ of weights .*: give --gpu-memory with the memory this GPU has .*, or fewer --slots or a shorter --context$/);
+    await expect(Engine.load({ ...runningOut((done, total) => done === total), gpuMemory: '64MiB' })).rejects.toThrow(/--gpu-memory 64\.0 MiB is more than this GPU has free: give less, or fewer --slots/);
+    // Nothing was left behind on the device: a load with the same device works.
+    const e = await Engine.load({ gpu, slots: 2, capacity: 64 });
+    await e.close();
   });
 
   it('a budget sizes the pool: blocks = (budget - weights - activations) / block bytes, capped at every slot full', async () => {

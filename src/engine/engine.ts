@@ -19,7 +19,7 @@
 // admitted in the same turn. Attention reads keys only below each query's position, through the
 // sequence's own block table, so what other sequences wrote never shows.
 import { acquireGpu, gpuFailure, type Gpu } from '../gpu/device.ts';
-import { BadRequestError, OptionError, OverloadedError } from '../errors.ts';
+import { BadRequestError, GpuMemoryError, OptionError, OverloadedError } from '../errors.ts';
 import { openModelSource, type ModelSource } from '../../models/source.ts';
 import { Transformer, type DecodeShape, type PrefillPiece, type RowCandidates, type TransformerOptions } from '../../models/transformer.ts';
 import { TINY_MODEL_ID } from '../../models/tiny.ts';
@@ -175,6 +175,13 @@ export class Engine implements TextGenerator {
         kvDtype,
         onProgress: options.onProgress,
         autotune: options.autotune,
+      }).catch((err: unknown) => {
+        // Without a budget the pool holds up to 16 whole contexts, which a small GPU may not fit.
+        if (!(err instanceof GpuMemoryError) || err.allocation !== 'kv') throw err;
+        const fix = budgetBytes === undefined
+          ? 'give --gpu-memory with the memory this GPU has (e.g. --gpu-memory 8GiB) to size the KV pool to what the weights leave of it'
+          : `--gpu-memory ${fmtBytes(budgetBytes)} is more than this GPU has free: give less`;
+        throw new GpuMemoryError(`${err.message}: ${fix}, or fewer --slots or a shorter --context`, 'kv');
       });
       // The plan estimated the weights and activations; the loaded model knows them.
       const used = model.stats.weightBytes + model.stats.activationBytes;

@@ -89,6 +89,23 @@ export async function gpuFailure(gpu: Pick<Gpu, 'lost' | 'lostError'>, err: unkn
   return gpu.lostError ?? err;
 }
 
+/**
+ * Run `allocate` (buffer creation and uploads, all synchronous) and return its value with the device's
+ * out-of-memory error from it, if any: WebGPU reports no memory size, so an allocation past the GPU's
+ * memory is known only from this. The error scope is popped whatever happens.
+ */
+export async function outOfMemoryIn<T>(gpu: Pick<Gpu, 'device'>, allocate: () => T): Promise<[T, GPUError | null]> {
+  gpu.device.pushErrorScope('out-of-memory');
+  let value: T;
+  try {
+    value = allocate();
+  } catch (err) {
+    await gpu.device.popErrorScope();
+    throw err;
+  }
+  return [value, await gpu.device.popErrorScope()];
+}
+
 function parseChoice(value: string | undefined): AdapterChoice {
   const choice = (value ?? 'auto').toLowerCase();
   if ((ADAPTER_CHOICES as readonly string[]).includes(choice)) return choice as AdapterChoice;
