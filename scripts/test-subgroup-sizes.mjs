@@ -4,6 +4,9 @@
 // where the CPU lacks AVX-512). The subgroup kernels assume no size, and these runs hold them to it
 // on the same float64 references as `npm test`. Slow, so not part of it: every shader compiles again
 // for each width (about 8 minutes at 128 bits and half an hour at 512 on a 2-core machine).
+// Not 1024 or 2048 bits: lavapipe then reports subgroups of 32 or 64, but its subgroup operations
+// stop at 16 lanes (Mesa's LP_MAX_VECTOR_WIDTH is 512; a subgroupAdd over 32 lanes summed the first
+// 16), so a kernel's failure there would be lavapipe's (README, Software adapters and the tests).
 // Extra arguments replace the list of test files (e.g. one file).
 import { execFileSync, spawnSync } from 'node:child_process';
 

@@ -58,7 +58,13 @@ if [ -n "$SYNTHETIC" ]; then
   fi
   set -- --model "$MODEL" --peer-gpu "$@"
 fi
-node --import tsx src/cli.ts info --json --adapter "$ADAPTER" > "$OUT/info.json"
+# The adapter and the kernel self-check. A failed check does not stop the kit: the bench still runs,
+# so that one session on a GPU gives both the failure and the figures, and the failure is repeated last.
+SELF_CHECK=passed
+node --import tsx src/cli.ts info --json --adapter "$ADAPTER" > "$OUT/info.json" || SELF_CHECK=FAILED
+[ -s "$OUT/info.json" ] || { echo "kit: no adapter to run on (info's error above)" >&2; exit 1; }
+[ "$SELF_CHECK" = passed ] ||
+  echo "kit: the kernel self-check FAILED on this GPU (info.json, selfCheck: the lines with ok false); the bench runs anyway" >&2
 # The report's file name: the adapter's description, as a file-name-safe slug.
 NAME=$(node -e 'const i = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).adapter;
   const text = [i.description || i.device || i.vendor, i.backend].join(" ");
@@ -77,3 +83,4 @@ for FILL in on off; do
     echo "kit: the matvec run with the workgroup fill $FILL failed (the main report stands)" >&2
 done
 echo "kit: results in $OUT/$NAME.json, .md and .svg" >&2
+[ "$SELF_CHECK" = passed ] || echo "kit: the kernel self-check FAILED on this GPU: see $OUT/info.json before trusting these figures" >&2
