@@ -1,7 +1,7 @@
 // webgpu-miner command line. The only place that prints for humans and sets exit codes.
 import { Command, Option } from 'commander';
 import { acquireGpu, type Gpu } from './gpu/device.ts';
-import { GpuError, MinerError, ShapeError } from './errors.ts';
+import { MinerError, ShapeError } from './errors.ts';
 import { runSelfCheck } from '../kernels/selfcheck.ts';
 import { kernelTiers } from '../kernels/tiers.ts';
 import { describeDecodeTuning } from '../kernels/autotune.ts';
@@ -11,7 +11,7 @@ import { addConnectOptions, addQueryOptions, pingCommand, queryCommand, type Pin
 import { addValidatorCommands } from './validator/validate-commands.ts';
 import { Engine } from './engine/engine.ts';
 import { openTokenizer, parseTokenIds } from './engine/tokenizer.ts';
-import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, type ServeHandle } from './axon/serve.ts';
+import { addServeOptions, developmentServeOptions, parseServeOptions, queryCommandHint, serve, serveUntilStopped } from './axon/serve.ts';
 import { TINY_MODEL_ID } from '../models/tiny.ts';
 import { describeAttentionWindows } from '../models/config.ts';
 import {
@@ -291,23 +291,6 @@ program
     process.stdout.write(JSON.stringify({ text: tokenizer.decode(ids, !o.special) }) + '\n');
   });
 
-/**
- * Serve until SIGINT / SIGTERM, then finish or cancel in-flight work within 10 s. A lost GPU ends it too, with an error
- * (exit status 1): nothing can run on the device again in this process, so a supervisor should
- * start a new one (README: Serving validators).
- */
-async function serveUntilSignal(handle: ServeHandle, gpu: Gpu): Promise<void> {
-  const lost = await new Promise<GpuError | undefined>((resolve) => {
-    const stop = () => resolve(undefined);
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-    void gpu.lost.then(resolve);
-  });
-  console.error(lost ? `${lost.message}\nshutting down` : 'shutting down: finishing in-flight requests (10 s at most)');
-  await handle.close(lost ? 0 : 10_000);
-  if (lost) throw lost;
-}
-
 addServeOptions(
   program
     .command('serve')
@@ -326,7 +309,7 @@ addServeOptions(
   console.error(describeModel(engine));
   const handle = await serve(engine, options);
   console.error(`axon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey}`);
-  await serveUntilSignal(handle, engine.gpu);
+  await serveUntilStopped(handle, engine.gpu, (line) => console.error(line));
 });
 
 program
@@ -344,7 +327,7 @@ program
     console.log(`\naxon listening on ${handle.url} (OpenAI-compatible: ${handle.httpUrl}/v1) as miner ${handle.hotkey} (development key //Miner)`);
     console.log(`the development metagraph admits validator ${dev.validatorUri} (${dev.validatorHotkey}); try, in another terminal:\n`);
     console.log(`  ${queryCommandHint(handle, dev.validatorUri)}\n`);
-    await serveUntilSignal(handle, engine.gpu);
+    await serveUntilStopped(handle, engine.gpu, (line) => console.error(line));
   });
 
 addConnectOptions(program.command('ping').description("ping a miner's axon: latency, miner info, signature check"))

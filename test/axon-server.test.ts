@@ -24,7 +24,7 @@ import type { GenerateOptions, GenerateRequest, GeneratedToken, GenerationSummar
 import type { Engine } from '../src/engine/engine.ts';
 import { AxonError, VerificationError, decodeRequestFrame, encodeBody, encodeFrame, type RequestFrame } from '../src/wire/protocol.ts';
 import type { CryptoPool } from '../src/wire/crypto-pool.ts';
-import { serve } from '../src/axon/serve.ts';
+import { serve, serveUntilStopped } from '../src/axon/serve.ts';
 import { signRequest, signResponse, type Signer } from '../src/wire/signing.ts';
 import { ValidatorClient, createVerifyPool } from '../src/validator/client.ts';
 import { pingCommand, queryCommand } from '../src/validator/commands.ts';
@@ -631,6 +631,20 @@ describe('operations', () => {
     }).rejects.toBe(engine.gpu.lostError);
     await client.close();
     await axon.close();
+  });
+
+  test('serveUntilStopped (serve, start): a lost GPU closes the axon at once and throws the loss, for exit status 1', async () => {
+    const engine = (await createTestGenerator()) as Engine; // its own device
+    const handle = await serve(engine, { port: 0, hotkeyUri: '//Miner', allow: [keys.alice.address], logger: pino({ level: 'silent' }), processMetrics: false });
+    const listeners = process.listenerCount('SIGTERM');
+    const lines: string[] = [];
+    const serving = serveUntilStopped(handle, engine.gpu, (line) => lines.push(line));
+    expect((await fetch(`http://127.0.0.1:${handle.port}/health`)).status).toBe(200);
+    engine.gpu.device.destroy();
+    await expect(serving).rejects.toBe(await engine.gpu.lost);
+    expect(lines.join('\n')).toMatch(/^the GPU device was lost \(destroyed.*\nshutting down$/s);
+    await expect(fetch(`http://127.0.0.1:${handle.port}/health`)).rejects.toThrow(); // closed
+    expect(process.listenerCount('SIGTERM')).toBe(listeners); // its signal handlers are gone
   });
 
   test('graceful shutdown finishes short work, cancels long work, then refuses connections', async () => {

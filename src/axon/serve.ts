@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { pino, type Logger } from 'pino';
 import { OptionError } from '../errors.ts';
 import type { TextGenerator } from '../engine/types.ts';
+import type { Gpu } from '../gpu/device.ts';
 import { MAX_CRYPTO_WORKERS } from '../wire/crypto-pool.ts';
 import { MetagraphWatcher } from './policy.ts';
 import { parseMetagraph, type Metagraph } from '../wire/metagraph.ts';
@@ -64,6 +65,24 @@ export interface ServeHandle {
   hotkey: string;
   /** Stop the axon (graceful: finish or cancel in-flight work within graceMs), the watcher and the generator. */
   close(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Serve until SIGINT or SIGTERM, then finish or cancel in-flight work within `graceMs`. A lost GPU
+ * device ends it too: the axon closes at once and the loss is thrown, since nothing can run on the
+ * device again in this process and a supervisor should start a new one (README: Serving validators).
+ */
+export async function serveUntilStopped(handle: ServeHandle, gpu: Pick<Gpu, 'lost'>, log: (line: string) => void, graceMs = 10_000): Promise<void> {
+  let stop!: () => void;
+  const signalled = new Promise<undefined>((resolve) => (stop = () => resolve(undefined)));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const lost = await Promise.race([signalled, gpu.lost]);
+  process.off('SIGINT', stop);
+  process.off('SIGTERM', stop);
+  log(lost ? `${lost.message}\nshutting down` : `shutting down: finishing in-flight requests (${graceMs / 1000} s at most)`);
+  await handle.close(lost ? 0 : graceMs);
+  if (lost) throw lost;
 }
 
 /** Start the axon in front of `generator`. */
