@@ -11,7 +11,7 @@ import { hasPackedDot } from './tiers.ts';
 import { defaultMatmulTier, projectionBound } from './matmul.ts';
 import { GGUF_BLOCK_BYTES, f16BitsToF32, isKQuantDtype, packGguf, type HostWeight, type KQuantDtype, type WeightDtype } from './weights.ts';
 import { packWeight } from './weights-quantize.ts';
-import { dequantize } from './weights-reference.ts';
+import { dequantize, roundQ8Activations } from './weights-reference.ts';
 import { uploadWeight } from './weights-upload.ts';
 import { Norm } from './norm.ts';
 import { Softmax } from './softmax.ts';
@@ -301,14 +301,8 @@ function gatedMlpCheck(dtype: WeightDtype, options: Pick<MatvecOptions, 'layout'
     });
     await runPass(gpu, (pass) => op.encode(pass, { M: 1 }));
     const r = rms(x);
-    const normed = Float64Array.from(x, (v, i) => v * r * normWeight[i]);
-    if (op.activations === 'q8') {
-      for (let b = 0; b < K; b += 32) {
-        const block = normed.subarray(b, b + 32);
-        const d = block.reduce((amax, v) => Math.max(amax, Math.abs(v)), 0) / 127;
-        block.forEach((v, i) => (block[i] = Math.round(v / d) * d));
-      }
-    }
+    const normalised = Float64Array.from(x, (v, i) => v * r * normWeight[i]);
+    const normed = op.activations === 'q8' ? roundQ8Activations(normalised) : normalised;
     const dot = (row: number) => normed.reduce((a, v, k) => a + v * w[row * K + k], 0);
     const want = Float64Array.from({ length: N }, (_, n) => {
       const gate = dot(2 * n);

@@ -150,3 +150,17 @@ function dequantizeQ23K(weight: HostWeight, out: Float64Array): Float64Array {
   }
   return out;
 }
+
+/**
+ * An activation row as the matvecs' q8 activations take it (float64): per block of 32, d = amax / 127
+ * and each element round(x / d) * d (0 in a block of zeros). Row length a multiple of 32.
+ */
+export function roundQ8Activations(row: Float64Array): Float64Array {
+  const out = new Float64Array(row.length);
+  for (let b = 0; b < row.length; b += 32) {
+    const block = row.subarray(b, b + 32);
+    const d = block.reduce((amax, v) => Math.max(amax, Math.abs(v)), 0) / 127;
+    for (let i = 0; i < block.length; i++) out[b + i] = d > 0 ? Math.round(block[i] / d) * d : 0;
+  }
+  return out;
+}

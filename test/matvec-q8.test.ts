@@ -16,7 +16,7 @@ import { hasPackedDot, kernelTiers, type Tier } from '../kernels/tiers.ts';
 import { runPass } from '../kernels/dispatch.ts';
 import { isKQuantDtype, type WeightDtype } from '../kernels/weights.ts';
 import { packWeight } from '../kernels/weights-quantize.ts';
-import { dequantize } from '../kernels/weights-reference.ts';
+import { dequantize, roundQ8Activations } from '../kernels/weights-reference.ts';
 import { uploadWeight } from '../kernels/weights-upload.ts';
 import type { Gpu } from '../src/gpu/device.ts';
 import { ShapeError } from '../src/errors.ts';
@@ -95,19 +95,6 @@ function reference(c: FusedCase, w: Float64Array, rows: Float64Array[], bias?: F
  * RMSNorm, whose scale cancels in x / amax.
  */
 const TIE_MARGIN = 1e-3;
-
-/** Each row's Q8_0 rounding (q d per element, d = amax / 127 per block of 32), float64. */
-function q8Rounded(rows: Float64Array[]): Float64Array[] {
-  return rows.map((row) => {
-    const out = new Float64Array(row.length);
-    for (let b = 0; b < row.length; b += 32) {
-      const block = row.subarray(b, b + 32);
-      const d = block.reduce((amax, v) => Math.max(amax, Math.abs(v)), 0) / 127;
-      for (let i = 0; i < 32; i++) out[b + i] = d > 0 ? Math.round(block[i] / d) * d : 0;
-    }
-    return out;
-  });
-}
 
 /** The first element (row, column, x / d) within TIE_MARGIN of a rounding tie, if any. */
 function firstTie(rows: Float64Array[]): { m: number; k: number; steps: number; d: number } | undefined {
@@ -190,7 +177,7 @@ async function runCase(c: FusedCase, tier: Tier): Promise<void> {
     else if (!Number.isNaN(all[i])) throw new Error(`${what}: element ${i} outside the output was written (${all[i]})`);
   }
   const rows = normalisedRows(c, a, normWeight, normBias);
-  log.add(`tight ${c.dtype}`, expectClose(got, reference(c, w, q8Rounded(rows), biasValues, residualValues), TIGHT, `${what} (q8-rounded reference)`));
+  log.add(`tight ${c.dtype}`, expectClose(got, reference(c, w, rows.map(roundQ8Activations), biasValues, residualValues), TIGHT, `${what} (q8-rounded reference)`));
   log.add(`loose ${c.dtype}`, expectClose(got, reference(c, w, rows, biasValues, residualValues), LOOSE, `${what} (unquantised reference)`));
 }
 
