@@ -35,8 +35,8 @@
 // token per decoding sequence), C = hidden size, Hq/Hkv = query/key-value heads, D = head size, W = (Hq + 2 Hkv) D,
 // F = MLP size, V = vocabulary, S = KV slots (sequences held at once), P = slot capacity (tokens),
 // N = KV blocks in each pool, B = ceil(P / 16) block-table entries per slot.
-import { gpuFailure, outOfMemoryIn, type Gpu } from '../src/gpu/device.ts';
-import { BufferArena, readF32 } from '../src/gpu/buffers.ts';
+import { outOfMemoryIn, type Gpu } from '../src/gpu/device.ts';
+import { BufferArena, mapForRead, readF32 } from '../src/gpu/buffers.ts';
 import { UniformArena } from '../src/gpu/uniforms.ts';
 import { GpuMemoryError, ShapeError } from '../src/errors.ts';
 import type { Norm } from '../kernels/norm.ts';
@@ -928,9 +928,7 @@ export class Transformer {
     const words = 2 * count * k + 2 * count;
     let data: ArrayBuffer;
     try {
-      await readback.mapAsync(GPUMapMode.READ, 0, words * 4).catch(async (err: unknown) => {
-        throw await gpuFailure(this.#gpu, err);
-      });
+      await mapForRead(this.#gpu, readback, 0, words * 4);
       data = readback.getMappedRange(0, words * 4).slice(0);
       readback.unmap();
     } finally {

@@ -37,6 +37,18 @@ export function createStorage(gpu: Gpu, label: string, data: ArrayBufferView | n
   return buffer;
 }
 
+/**
+ * Map a MAP_READ buffer (`bytes` at `offset`; default all of it). On a lost device it fails with the
+ * loss (gpuFailure), not Dawn's bare AbortError: every read-back goes through here.
+ */
+export async function mapForRead(gpu: Gpu, buffer: GPUBuffer, offset?: number, bytes?: number): Promise<void> {
+  try {
+    await buffer.mapAsync(GPUMapMode.READ, offset, bytes);
+  } catch (err) {
+    throw await gpuFailure(gpu, err);
+  }
+}
+
 /** Copy `bytes` bytes from `buffer` (at `offset`) back to the CPU. */
 export async function readBuffer(gpu: Gpu, buffer: GPUBuffer, bytes = buffer.size, offset = 0): Promise<ArrayBuffer> {
   const size = align4(bytes);
@@ -45,9 +57,7 @@ export async function readBuffer(gpu: Gpu, buffer: GPUBuffer, bytes = buffer.siz
   encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
   gpu.device.queue.submit([encoder.finish()]);
   try {
-    await staging.mapAsync(GPUMapMode.READ).catch(async (err: unknown) => {
-      throw await gpuFailure(gpu, err);
-    });
+    await mapForRead(gpu, staging);
     return staging.getMappedRange().slice(0, bytes);
   } finally {
     staging.destroy();

@@ -2,6 +2,7 @@
 // feature a sample is the GPU time between the start and the end of one compute pass; without it,
 // the wall time from submit to queue completion (gpu.sync()).
 import type { Gpu } from './device.ts';
+import { mapForRead } from './buffers.ts';
 
 export type TimingMethod = 'timestamp-query' | 'queue-completion';
 
@@ -56,7 +57,7 @@ export async function timeSample(gpu: Gpu, record: (pass: GPUComputePassEncoder)
   await gpu.sync();
   const wallMs = performance.now() - start;
   if (!ts) return wallMs;
-  await ts.readback.mapAsync(GPUMapMode.READ);
+  await mapForRead(gpu, ts.readback);
   const [begin, end] = new BigInt64Array(ts.readback.getMappedRange().slice(0));
   ts.readback.unmap();
   const gpuMs = Number(end - begin) / 1e6;
